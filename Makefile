@@ -1,0 +1,120 @@
+# ldmc - ahead-of-time compiler for Latent Diffusion Models.
+#
+#   make            build/ldmc, the runtime library and the runtime tools
+#   make test       build everything and run the Check suite
+#   make check      `make test`, then the suite again under ASan + UBSan
+#   make clean
+#
+# SAN=1 builds everything (and everything ldmc compiles) with
+# AddressSanitizer and UndefinedBehaviorSanitizer into build-san/.
+
+CC      ?= cc
+SAN     ?= 0
+ifeq ($(SAN),1)
+BUILD   ?= build-san
+SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+OPT      = -O1 -g
+else
+BUILD   ?= build
+SANFLAGS =
+OPT      = -O2 -g
+endif
+
+WARN     = -Wall -Wextra -Werror
+BASEFLAGS = -std=gnu11 $(OPT) $(SANFLAGS) -fopenmp -march=native
+CFLAGS   += $(BASEFLAGS) $(WARN)
+CPPFLAGS += -Iruntime -Icompiler -I$(BUILD)/gen -I/usr/include/x86_64-linux-gnu/openblas-pthread
+LDLIBS   = -lopenblas -ljansson -lyaml -lpng -lz -lm
+LDFLAGS += $(SANFLAGS) -fopenmp
+
+ROOT    := $(abspath .)
+
+RT_SRC  := $(wildcard runtime/*.c)
+RT_OBJ  := $(RT_SRC:%.c=$(BUILD)/obj/%.o)
+RT_LIB  := $(BUILD)/libldmrt.a
+
+CLI_SRC := $(wildcard runtime/cli/*.c)
+CLI_BIN := $(patsubst runtime/cli/%.c,$(BUILD)/%,$(subst _,-,$(CLI_SRC)))
+
+COMP_SRC := $(filter-out compiler/main.c,$(wildcard compiler/*.c))
+COMP_OBJ := $(COMP_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/parser.o $(BUILD)/obj/gen/lexer.o
+COMP_LIB := $(BUILD)/libldmc.a
+
+TEST_SRC := $(wildcard tests/*.c)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
+
+.PHONY: all test check clean
+.SECONDARY:
+
+all: $(BUILD)/ldmc $(RT_LIB) $(CLI_BIN)
+
+# ---- runtime --------------------------------------------------------------
+$(RT_LIB): $(RT_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+# runtime/cli/foo_bar.c -> $(BUILD)/foo-bar
+define cli_rule
+$(BUILD)/$(subst _,-,$(1)): $(BUILD)/obj/runtime/cli/$(1).o $(RT_LIB)
+	$$(CC) $$(LDFLAGS) $$^ $$(LDLIBS) -o $$@
+endef
+$(foreach c,$(patsubst runtime/cli/%.c,%,$(CLI_SRC)),$(eval $(call cli_rule,$(c))))
+
+# ---- compiler -------------------------------------------------------------
+$(BUILD)/gen/parser.c $(BUILD)/gen/parser.h: compiler/parser.y
+	@mkdir -p $(BUILD)/gen
+	bison -Wall -Werror --defines=$(BUILD)/gen/parser.h -o $(BUILD)/gen/parser.c $<
+
+$(BUILD)/gen/lexer.c $(BUILD)/gen/lexer.h: compiler/lexer.l
+	@mkdir -p $(BUILD)/gen
+	flex --header-file=$(BUILD)/gen/lexer.h -o $(BUILD)/gen/lexer.c $<
+
+# flex/bison output is not ours to keep warning-free for every warning.
+$(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c $(BUILD)/gen/parser.h $(BUILD)/gen/lexer.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(BASEFLAGS) -Wall -Wno-unused-function -Wno-unused-but-set-variable -c $< -o $@
+
+$(COMP_OBJ): $(BUILD)/gen/parser.h $(BUILD)/gen/lexer.h
+
+# What ldmc needs to compile the C it writes into a runnable program.
+$(BUILD)/obj/compiler/driver.o: CPPFLAGS += \
+	-DLDMC_CC='"$(CC)"' \
+	-DLDMC_CFLAGS='"$(BASEFLAGS) $(WARN) -I$(ROOT)/runtime -I/usr/include/x86_64-linux-gnu/openblas-pthread"' \
+	-DLDMC_LIBS='"$(ROOT)/$(RT_LIB) $(LDLIBS)"'
+
+$(COMP_LIB): $(COMP_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/ldmc: $(BUILD)/obj/compiler/main.o $(COMP_LIB) $(RT_LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+# ---- tests ----------------------------------------------------------------
+# Every tests/*.c defines one or more `Suite *suite_NAME(void)`; the runner
+# collects them all, so adding a test file needs no other edit.
+$(BUILD)/gen/suites.inc: $(TEST_SRC)
+	@mkdir -p $(dir $@)
+	@grep -ho '^Suite \*suite_[a-z0-9_]*(void)' $(TEST_SRC) | \
+	  sed 's/^Suite \*\(suite_[a-z0-9_]*\)(void)/SUITE(\1)/' | sort > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/tests/main.o: $(BUILD)/gen/suites.inc
+
+$(BUILD)/tests/run_tests: $(TEST_OBJ) $(COMP_LIB) $(RT_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ $$(pkg-config --libs check) $(LDLIBS) -o $@
+
+test: all $(BUILD)/tests/run_tests
+	LDM_BUILD=$(BUILD) $(BUILD)/tests/run_tests
+
+check:
+	$(MAKE) test
+	$(MAKE) test SAN=1
+
+clean:
+	rm -rf build build-san
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

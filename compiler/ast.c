@@ -1,0 +1,121 @@
+/*
+ * ast.c - syntax tree constructors and program loading (imports).
+ */
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ldmc.h"
+
+Ast *ast_new(AstKind kind, SrcLoc loc) {
+    Ast *a = ldm_xcalloc(1, sizeof *a);
+    a->kind = kind;
+    a->loc = loc;
+    return a;
+}
+
+void ast_push(AstList *l, Ast *item) {
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 4;
+        l->v = ldm_xrealloc(l->v, (size_t)l->cap * sizeof *l->v);
+    }
+    l->v[l->n++] = item;
+}
+
+void ast_free(Ast *a) {
+    if (!a) return;
+    ast_free(a->a);
+    ast_free(a->b);
+    ast_free(a->c);
+    for (int i = 0; i < a->items.n; i++) ast_free(a->items.v[i]);
+    free(a->items.v);
+    free(a->name);
+    free(a->str);
+    free(a);
+}
+
+static void program_add_file(Program *p, SrcFile *f) {
+    p->files = ldm_xrealloc(p->files, (size_t)(p->n_files + 1) * sizeof *p->files);
+    p->files[p->n_files++] = f;
+}
+
+static int already_read(const Program *p, const char *path) {
+    for (int i = 0; i < p->n_files; i++)
+        if (strcmp(p->files[i]->path, path) == 0) return 1;
+    return 0;
+}
+
+/* Path of `rel` relative to the directory of `base`. */
+static char *resolve_import(const char *base, const char *rel) {
+    if (rel[0] == '/') return ldm_xstrdup(rel);
+    char *tmp = ldm_xstrdup(base);
+    char *dir = dirname(tmp);
+    char *out = strcmp(dir, ".") == 0 ? ldm_xstrdup(rel) : ldm_xasprintf("%s/%s", dir, rel);
+    free(tmp);
+    return out;
+}
+
+/* Parse f and splice its imports (depth first, each file once) into p. */
+static int load_into(Program *p, SrcFile *f) {
+    program_add_file(p, f);
+    AstList decls = {0};
+    if (parse_file(f, &decls) != 0) {
+        for (int i = 0; i < decls.n; i++) ast_free(decls.v[i]);
+        free(decls.v);
+        return -1;
+    }
+    int rc = 0;
+    for (int i = 0; i < decls.n; i++) {
+        Ast *d = decls.v[i];
+        if (rc == 0 && d->kind == D_IMPORT) {
+            char *path = resolve_import(f->path, d->str);
+            if (!already_read(p, path)) {
+                SrcFile *sub = src_load(path);
+                if (!sub) {
+                    char why[1024];
+                    snprintf(why, sizeof why, "%s", ldm_last_error());
+                    rc = diag_error(d->loc, "cannot import '%s': %s", d->str, why);
+                } else {
+                    rc = load_into(p, sub);
+                }
+            }
+            free(path);
+            ast_free(d);
+        } else if (d->kind == D_IMPORT) {
+            ast_free(d);
+        } else {
+            ast_push(&p->decls, d);
+        }
+    }
+    free(decls.v);
+    return rc;
+}
+
+Program *program_parse(const char *path) {
+    SrcFile *f = src_load(path);
+    if (!f) return NULL;
+    Program *p = ldm_xcalloc(1, sizeof *p);
+    if (load_into(p, f) != 0) {
+        program_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+Program *program_parse_string(const char *name, const char *text) {
+    Program *p = ldm_xcalloc(1, sizeof *p);
+    if (load_into(p, src_from_string(name, text)) != 0) {
+        program_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+void program_free(Program *p) {
+    if (!p) return;
+    for (int i = 0; i < p->decls.n; i++) ast_free(p->decls.v[i]);
+    free(p->decls.v);
+    for (int i = 0; i < p->n_files; i++) src_free(p->files[i]);
+    free(p->files);
+    free(p);
+}

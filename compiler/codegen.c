@@ -1,0 +1,631 @@
+/*
+ * codegen.c - C code generation.
+ *
+ * One self-contained C file per graph. Every node becomes one static
+ * kernel function named after its node id and op (n42_conv2d), with a
+ * comment naming the DSL source line, the weight scope, the shapes and the
+ * arena offsets; every shape and trip count is a literal. Large contractions
+ * (convolutions through im2col, linear layers, attention products) call
+ * cblas_sgemm; everything else is an emitted loop, parallelised with OpenMP
+ * where the loop is large. The entry function calls the kernels in
+ * schedule order on buffers at fixed arena offsets.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "ldmc.h"
+
+#define E(...) fprintf(fp, __VA_ARGS__)
+
+/* Loops with fewer iterations than this run on one thread. */
+#define PAR_MIN 32768
+
+/* ---- kernel choices that decide scratch sizes ---------------------------- */
+
+static int conv_is_pointwise(const Node *n) {
+    const Node *w = n->src[1];
+    return w->shape[2] == 1 && w->shape[3] == 1 && n->stride[0] == 1 && n->stride[1] == 1 && !n->pad[0] &&
+           !n->pad[1] && !n->pad[2] && !n->pad[3];
+}
+
+/* im2col is done in tiles of whole output rows, at most ~8 MB each. */
+static int64_t conv_tile_rows(const Node *n) {
+    const Node *w = n->src[1];
+    int64_t k = w->shape[1] * w->shape[2] * w->shape[3], wo = n->shape[3], ho = n->shape[2];
+    int64_t rows = (1 << 21) / (k * wo);
+    if (rows < 1) rows = 1;
+    if (rows > ho) rows = ho;
+    return rows;
+}
+
+/* attention: queries are processed in tiles so the score block is ~4 MB. */
+static int64_t attn_tile(const Node *n) {
+    int64_t tq = n->src[0]->shape[1], tk = n->src[1]->shape[1];
+    int64_t t = (1 << 20) / tk;
+    if (t < 1) t = 1;
+    if (t > tq) t = tq;
+    return t;
+}
+
+int64_t kernel_scratch_bytes(const Node *n) {
+    switch (n->op) {
+    case OPK_CONV2D: {
+        if (conv_is_pointwise(n)) return 0;
+        const Node *w = n->src[1];
+        return 4 * w->shape[1] * w->shape[2] * w->shape[3] * conv_tile_rows(n) * n->shape[3];
+    }
+    case OPK_ATTENTION: return 4 * attn_tile(n) * n->src[1]->shape[1];
+    default: return 0;
+    }
+}
+
+/* ---- helpers -------------------------------------------------------------- */
+
+static const char *ctype(DType d) { return d == DT_I32 ? "int32_t" : "float"; }
+
+static int64_t prod(const int64_t *s, int from, int to) {
+    int64_t k = 1;
+    for (int i = from; i < to; i++) k *= s[i];
+    return k;
+}
+
+static const char *key_of(const Graph *g, const Node *w) {
+    size_t n = strlen(g->prefix);
+    return strncmp(w->name, g->prefix, n) == 0 ? w->name + n : w->name;
+}
+
+static void par(FILE *fp, int64_t iters, const char *indent) {
+    if (iters >= PAR_MIN) E("%s#pragma omp parallel for\n", indent);
+}
+
+/* The comment block above a kernel: where it comes from and what it does. */
+static void kernel_header(const Graph *g, const Node *n, FILE *fp) {
+    char b[128];
+    E("\n/*\n * %%%d %s", n->id, op_names[n->op]);
+    if (n->loc.file) E("  (%s:%d", n->loc.file->path, n->loc.line);
+    else E("  (<builtin>");
+    if (n->scope) E(", scope %s", n->scope);
+    E(")\n");
+    for (int s = 0; s < n->nsrc; s++) {
+        const Node *x = n->src[s];
+        if (x->op == OPK_WEIGHT) E(" *   in  %s %s\n", key_of(g, x), shape_str(x, b, sizeof b));
+        else E(" *   in  %%%d %s %s\n", x->id, op_names[x->op], shape_str(x, b, sizeof b));
+    }
+    E(" *   out %s%s", n->dtype == DT_I32 ? "i32" : "f32", shape_str(n, b, sizeof b));
+    if (n->storage == n) E(" at arena+%lld", (long long)n->offset);
+    if (n->scratch_bytes) E("; scratch %lld bytes at arena+%lld", (long long)n->scratch_bytes, (long long)n->scratch_offset);
+    E("\n */\n");
+}
+
+/* ---- kernels --------------------------------------------------------------- */
+
+static void k_conv2d(const Node *n, FILE *fp) {
+    const Node *x = n->src[0], *w = n->src[1];
+    int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    int64_t O = w->shape[0], KH = w->shape[2], KW = w->shape[3], HO = n->shape[2], WO = n->shape[3];
+    int64_t K = C * KH * KW, P = HO * WO;
+    int bias = n->nsrc > 2;
+    E("static void n%d_conv2d(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, "
+      "float *restrict col) {\n", n->id);
+    if (!bias) E("    (void)b;\n");
+    if (conv_is_pointwise(n)) E("    (void)col;\n");
+    E("    for (int n = 0; n < %lld; n++) {\n", (long long)N);
+    E("        const float *xn = x + (size_t)n * %lld;\n", (long long)(C * H * W));
+    E("        float *yn = y + (size_t)n * %lld;\n", (long long)(O * P));
+    if (bias) {
+        E("        for (int o = 0; o < %lld; o++)\n", (long long)O);
+        E("            for (int p = 0; p < %lld; p++) yn[o * %lld + p] = b[o];\n", (long long)P, (long long)P);
+    }
+    const char *beta = bias ? "1.0f" : "0.0f";
+    if (conv_is_pointwise(n)) {
+        E("        /* 1x1 convolution: y[O, P] = w[O, C] x[C, P] */\n");
+        E("        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, %lld, %lld, %lld, 1.0f, w, %lld, xn, %lld, %s, yn, %lld);\n",
+          (long long)O, (long long)P, (long long)C, (long long)C, (long long)P, beta, (long long)P);
+    } else {
+        int64_t R = conv_tile_rows(n);
+        E("        /* im2col in tiles of %lld output rows, then y[O, tile] += w[O, K] col[K, tile] */\n", (long long)R);
+        E("        for (int r0 = 0; r0 < %lld; r0 += %lld) {\n", (long long)HO, (long long)R);
+        E("            const int rows = %lld - r0 < %lld ? %lld - r0 : %lld;\n", (long long)HO, (long long)R, (long long)HO, (long long)R);
+        E("            const int tp = rows * %lld;\n", (long long)WO);
+        if (K * R * WO >= PAR_MIN) E("            #pragma omp parallel for\n");
+        E("            for (int k = 0; k < %lld; k++) {\n", (long long)K);
+        E("                const int c = k / %lld, ky = k / %lld %% %lld, kx = k %% %lld;\n", (long long)(KH * KW), (long long)KW,
+          (long long)KH, (long long)KW);
+        E("                const float *xc = xn + (size_t)c * %lld;\n", (long long)(H * W));
+        E("                float *row = col + (size_t)k * tp;\n");
+        E("                for (int r = 0; r < rows; r++) {\n");
+        E("                    const int iy = (r0 + r) * %d - %d + ky;\n", n->stride[0], n->pad[0]);
+        E("                    float *dst = row + r * %lld;\n", (long long)WO);
+        E("                    if (iy < 0 || iy >= %lld) {\n", (long long)H);
+        E("                        for (int ox = 0; ox < %lld; ox++) dst[ox] = 0.0f;\n", (long long)WO);
+        E("                        continue;\n");
+        E("                    }\n");
+        E("                    const float *src = xc + (size_t)iy * %lld;\n", (long long)W);
+        E("                    for (int ox = 0; ox < %lld; ox++) {\n", (long long)WO);
+        E("                        const int ix = ox * %d - %d + kx;\n", n->stride[1], n->pad[2]);
+        E("                        dst[ox] = (ix >= 0 && ix < %lld) ? src[ix] : 0.0f;\n", (long long)W);
+        E("                    }\n");
+        E("                }\n");
+        E("            }\n");
+        E("            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, %lld, tp, %lld, 1.0f, w, %lld, col, tp, %s, "
+          "yn + (size_t)r0 * %lld, %lld);\n",
+          (long long)O, (long long)K, (long long)K, beta, (long long)WO, (long long)P);
+        E("        }\n");
+    }
+    E("    }\n}\n");
+}
+
+static void k_linear(const Node *n, FILE *fp) {
+    const Node *w = n->src[1];
+    int64_t O = w->shape[0], I = w->shape[1], M = node_numel(n) / O;
+    int bias = n->nsrc > 2;
+    E("static void n%d_linear(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y) {\n", n->id);
+    if (bias) {
+        E("    /* y[M, O] = b + x[M, I] w[O, I]^T */\n");
+        par(fp, M * O, "    ");
+        E("    for (int m = 0; m < %lld; m++)\n", (long long)M);
+        E("        for (int o = 0; o < %lld; o++) y[(size_t)m * %lld + o] = b[o];\n", (long long)O, (long long)O);
+    } else {
+        E("    (void)b;\n    /* y[M, O] = x[M, I] w[O, I]^T */\n");
+    }
+    E("    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, %lld, %lld, %lld, 1.0f, x, %lld, w, %lld, %s, y, %lld);\n",
+      (long long)M, (long long)O, (long long)I, (long long)I, (long long)I, bias ? "1.0f" : "0.0f", (long long)O);
+    E("}\n");
+}
+
+static void k_matmul(const Node *n, FILE *fp) {
+    const Node *a = n->src[0], *b = n->src[1];
+    int r = n->ndim;
+    int64_t Bt = prod(n->shape, 0, r - 2), M = n->shape[r - 2], N = n->shape[r - 1], K = a->shape[r - 1];
+    int64_t ldb = b->shape[r - 1];
+    E("static void n%d_matmul(const float *restrict a, const float *restrict b, float *restrict y) {\n", n->id);
+    E("    for (int i = 0; i < %lld; i++)\n", (long long)Bt);
+    E("        cblas_sgemm(CblasRowMajor, CblasNoTrans, %s, %lld, %lld, %lld, 1.0f, a + (size_t)i * %lld, %lld, "
+      "b + (size_t)i * %lld, %lld, 0.0f, y + (size_t)i * %lld, %lld);\n",
+      n->trans_b ? "CblasTrans" : "CblasNoTrans", (long long)M, (long long)N, (long long)K, (long long)(M * K),
+      (long long)K, (long long)(K * (n->trans_b ? N : N)), (long long)ldb, (long long)(M * N), (long long)N);
+    E("}\n");
+}
+
+static void k_group_norm(const Node *n, FILE *fp) {
+    int64_t N = n->shape[0], C = n->shape[1], S = prod(n->shape, 2, n->ndim), G = n->groups, CG = C / G;
+    E("static void n%d_group_norm(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y) {\n", n->id);
+    E("    /* statistics per (sample, group of %lld channels x %lld positions), biased variance, in double */\n", (long long)CG, (long long)S);
+    if (N * G > 1 && N * C * S >= PAR_MIN) E("    #pragma omp parallel for collapse(2)\n");
+    E("    for (int n = 0; n < %lld; n++)\n", (long long)N);
+    E("        for (int g = 0; g < %lld; g++) {\n", (long long)G);
+    E("            const size_t base = ((size_t)n * %lld + (size_t)g * %lld) * %lld;\n", (long long)C, (long long)CG, (long long)S);
+    E("            const float *xs = x + base;\n");
+    E("            float *ys = y + base;\n");
+    E("            double sum = 0.0;\n");
+    E("            for (int i = 0; i < %lld; i++) sum += xs[i];\n", (long long)(CG * S));
+    E("            const double mean = sum / %lld.0;\n", (long long)(CG * S));
+    E("            double sq = 0.0;\n");
+    E("            for (int i = 0; i < %lld; i++) { const double d = xs[i] - mean; sq += d * d; }\n", (long long)(CG * S));
+    E("            const double rstd = 1.0 / sqrt(sq / %lld.0 + %.17g);\n", (long long)(CG * S), n->eps);
+    E("            for (int c = 0; c < %lld; c++) {\n", (long long)CG);
+    E("                const int ch = g * %lld + c;\n", (long long)CG);
+    E("                const float scale = (float)(w[ch] * rstd), shift = (float)(b[ch] - mean * w[ch] * rstd);\n");
+    E("                for (int i = 0; i < %lld; i++) ys[c * %lld + i] = xs[c * %lld + i] * scale + shift;\n", (long long)S,
+      (long long)S, (long long)S);
+    E("            }\n");
+    E("        }\n}\n");
+}
+
+static void k_layer_norm(const Node *n, FILE *fp) {
+    int64_t D = n->shape[n->ndim - 1], M = node_numel(n) / D;
+    E("static void n%d_layer_norm(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y) {\n", n->id);
+    par(fp, M * D, "    ");
+    E("    for (int m = 0; m < %lld; m++) {\n", (long long)M);
+    E("        const float *xr = x + (size_t)m * %lld;\n", (long long)D);
+    E("        float *yr = y + (size_t)m * %lld;\n", (long long)D);
+    E("        double sum = 0.0, sq = 0.0;\n");
+    E("        for (int i = 0; i < %lld; i++) sum += xr[i];\n", (long long)D);
+    E("        const double mean = sum / %lld.0;\n", (long long)D);
+    E("        for (int i = 0; i < %lld; i++) { const double d = xr[i] - mean; sq += d * d; }\n", (long long)D);
+    E("        const double rstd = 1.0 / sqrt(sq / %lld.0 + %.17g);\n", (long long)D, n->eps);
+    E("        for (int i = 0; i < %lld; i++) yr[i] = (float)((xr[i] - mean) * rstd) * w[i] + b[i];\n", (long long)D);
+    E("    }\n}\n");
+}
+
+static void k_unary(const Node *n, FILE *fp) {
+    int64_t T = node_numel(n);
+    const char *expr = "";
+    switch (n->op) {
+    case OPK_SILU: expr = "v / (1.0f + expf(-v))"; break;
+    case OPK_GELU: expr = "0.5f * v * (1.0f + erff(v * 0.70710678118654752f))"; break;
+    case OPK_QUICK_GELU: expr = "v / (1.0f + expf(-1.702f * v))"; break;
+    case OPK_SIGMOID: expr = "1.0f / (1.0f + expf(-v))"; break;
+    default: break;
+    }
+    E("static void n%d_%s(const float *restrict x, float *restrict y) {\n", n->id, op_names[n->op]);
+    par(fp, T, "    ");
+    E("    for (size_t i = 0; i < %lldu; i++) {\n", (long long)T);
+    E("        const float v = x[i];\n");
+    E("        y[i] = %s;\n", expr);
+    E("    }\n}\n");
+}
+
+static void k_scale(const Node *n, FILE *fp) {
+    int64_t T = node_numel(n);
+    E("static void n%d_scale(const float *restrict x, float *restrict y) {\n", n->id);
+    par(fp, T, "    ");
+    E("    for (size_t i = 0; i < %lldu; i++) y[i] = x[i] * %.9gf + %.9gf;\n", (long long)T, n->alpha, n->beta);
+    E("}\n");
+}
+
+static void k_geglu(const Node *n, FILE *fp) {
+    int64_t D = n->shape[n->ndim - 1], M = node_numel(n) / D;
+    E("static void n%d_geglu(const float *restrict x, float *restrict y) {\n", n->id);
+    E("    /* y = a * gelu(g): a = first %lld channels (value), g = last %lld (gate), exact erf GELU */\n", (long long)D, (long long)D);
+    par(fp, M * D, "    ");
+    E("    for (int m = 0; m < %lld; m++)\n", (long long)M);
+    E("        for (int d = 0; d < %lld; d++) {\n", (long long)D);
+    E("            const float a = x[(size_t)m * %lld + d], g = x[(size_t)m * %lld + %lld + d];\n", (long long)(2 * D),
+      (long long)(2 * D), (long long)D);
+    E("            y[(size_t)m * %lld + d] = a * (0.5f * g * (1.0f + erff(g * 0.70710678118654752f)));\n", (long long)D);
+    E("        }\n}\n");
+}
+
+static void k_softmax(const Node *n, FILE *fp) {
+    int64_t D = n->shape[n->ndim - 1], M = node_numel(n) / D;
+    E("static void n%d_softmax(const float *restrict x, float *restrict y) {\n", n->id);
+    par(fp, M * D, "    ");
+    E("    for (int m = 0; m < %lld; m++) {\n", (long long)M);
+    E("        const float *xr = x + (size_t)m * %lld;\n", (long long)D);
+    E("        float *yr = y + (size_t)m * %lld;\n", (long long)D);
+    E("        float mx = xr[0];\n");
+    E("        for (int i = 1; i < %lld; i++) mx = xr[i] > mx ? xr[i] : mx;\n", (long long)D);
+    E("        float sum = 0.0f;\n");
+    E("        for (int i = 0; i < %lld; i++) { yr[i] = expf(xr[i] - mx); sum += yr[i]; }\n", (long long)D);
+    E("        const float inv = 1.0f / sum;\n");
+    E("        for (int i = 0; i < %lld; i++) yr[i] *= inv;\n", (long long)D);
+    E("    }\n}\n");
+}
+
+static void k_attention(const Node *n, FILE *fp) {
+    const Node *q = n->src[0], *k = n->src[1], *v = n->src[2];
+    int64_t B = q->shape[0], Tq = q->shape[1], Tk = k->shape[1], C = q->shape[2], Cv = v->shape[2];
+    int64_t H = n->heads, d = C / H, dv = Cv / H, TQ = attn_tile(n);
+    E("static void n%d_attention(const float *restrict q, const float *restrict k, const float *restrict v, float *restrict y, "
+      "float *restrict s) {\n", n->id);
+    E("    /* per batch and head h (channels h*%lld .. h*%lld+%lld), queries in tiles of %lld:\n", (long long)d,
+      (long long)d, (long long)(d - 1), (long long)TQ);
+    E("     * s = %.9g q k^T%s, softmax over keys, y = s v */\n", n->alpha, n->causal ? " (-inf where key > query)" : "");
+    E("    for (int b = 0; b < %lld; b++)\n", (long long)B);
+    E("        for (int h = 0; h < %lld; h++)\n", (long long)H);
+    E("            for (int i0 = 0; i0 < %lld; i0 += %lld) {\n", (long long)Tq, (long long)TQ);
+    E("                const int tq = %lld - i0 < %lld ? %lld - i0 : %lld;\n", (long long)Tq, (long long)TQ,
+      (long long)Tq, (long long)TQ);
+    E("                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tq, %lld, %lld, %.9gf,\n", (long long)Tk,
+      (long long)d, n->alpha);
+    E("                            q + ((size_t)b * %lld + i0) * %lld + h * %lld, %lld,\n", (long long)Tq, (long long)C,
+      (long long)d, (long long)C);
+    E("                            k + (size_t)b * %lld + h * %lld, %lld, 0.0f, s, %lld);\n", (long long)(Tk * C),
+      (long long)d, (long long)C, (long long)Tk);
+    if (TQ * Tk >= PAR_MIN) E("                #pragma omp parallel for\n");
+    E("                for (int i = 0; i < tq; i++) {\n");
+    E("                    float *row = s + (size_t)i * %lld;\n", (long long)Tk);
+    if (n->causal) E("                    const int nk = i0 + i + 1; /* keys 0..query */\n");
+    else E("                    const int nk = %lld;\n", (long long)Tk);
+    E("                    float mx = row[0];\n");
+    E("                    for (int j = 1; j < nk; j++) mx = row[j] > mx ? row[j] : mx;\n");
+    E("                    float sum = 0.0f;\n");
+    E("                    for (int j = 0; j < nk; j++) { row[j] = expf(row[j] - mx); sum += row[j]; }\n");
+    E("                    const float inv = 1.0f / sum;\n");
+    E("                    for (int j = 0; j < nk; j++) row[j] *= inv;\n");
+    if (n->causal) E("                    for (int j = nk; j < %lld; j++) row[j] = 0.0f;\n", (long long)Tk);
+    E("                }\n");
+    E("                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tq, %lld, %lld, 1.0f, s, %lld,\n",
+      (long long)dv, (long long)Tk, (long long)Tk);
+    E("                            v + (size_t)b * %lld + h * %lld, %lld, 0.0f,\n", (long long)(Tk * Cv), (long long)dv,
+      (long long)Cv);
+    E("                            y + ((size_t)b * %lld + i0) * %lld + h * %lld, %lld);\n", (long long)Tq,
+      (long long)Cv, (long long)dv, (long long)Cv);
+    E("            }\n}\n");
+}
+
+static void k_upsample(const Node *n, FILE *fp) {
+    int64_t NC = n->shape[0] * n->shape[1], HO = n->shape[2], WO = n->shape[3], f = n->factor;
+    int64_t H = HO / f, W = WO / f;
+    E("static void n%d_upsample_nearest(const float *restrict x, float *restrict y) {\n", n->id);
+    par(fp, NC * HO * WO, "    ");
+    E("    for (int c = 0; c < %lld; c++)\n", (long long)NC);
+    E("        for (int oy = 0; oy < %lld; oy++)\n", (long long)HO);
+    E("            for (int ox = 0; ox < %lld; ox++)\n", (long long)WO);
+    E("                y[((size_t)c * %lld + oy) * %lld + ox] = x[((size_t)c * %lld + oy / %lld) * %lld + ox / %lld];\n",
+      (long long)HO, (long long)WO, (long long)H, (long long)f, (long long)W, (long long)f);
+    E("}\n");
+}
+
+/* Elementwise binary op with numpy broadcasting: nested loops over the
+ * output with per-operand strides (0 along broadcast dimensions). */
+static void k_binary(const Node *n, FILE *fp) {
+    const Node *a = n->src[0], *b = n->src[1];
+    const char *op = n->op == OPK_ADD ? "+" : n->op == OPK_SUB ? "-" : "*";
+    int64_t T = node_numel(n);
+    E("static void n%d_%s(const float *restrict a, const float *restrict b, float *restrict y) {\n", n->id, op_names[n->op]);
+    if (node_numel(a) == T && node_numel(b) == T) {
+        par(fp, T, "    ");
+        E("    for (size_t i = 0; i < %lldu; i++) y[i] = a[i] %s b[i];\n", (long long)T, op);
+        E("}\n");
+        return;
+    }
+    int r = n->ndim;
+    int64_t sa[MAX_DIMS], sb[MAX_DIMS];
+    int64_t ka = 1, kb = 1;
+    for (int i = r - 1; i >= 0; i--) {
+        int ia = a->ndim - r + i, ib = b->ndim - r + i;
+        int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
+        sa[i] = da == 1 ? 0 : ka;
+        sb[i] = db == 1 ? 0 : kb;
+        ka *= da;
+        kb *= db;
+    }
+    E("    /* broadcast: a strides");
+    for (int i = 0; i < r; i++) E(" %lld", (long long)sa[i]);
+    E(", b strides");
+    for (int i = 0; i < r; i++) E(" %lld", (long long)sb[i]);
+    E(" */\n");
+    if (r > 1 && n->shape[0] > 1 && T >= PAR_MIN) E("    #pragma omp parallel for\n");
+    for (int i = 0; i < r; i++) E("%*sfor (int64_t i%d = 0; i%d < %lld; i%d++)\n", 4 + 4 * i, "", i, i, (long long)n->shape[i], i);
+    E("%*s{\n", 4 + 4 * r, "");
+    E("%*sconst size_t o = ", 8 + 4 * r, "");
+    for (int i = 0; i < r; i++) E("%si%d * %lld", i ? " + " : "", i, (long long)prod(n->shape, i + 1, r));
+    E(";\n%*sy[o] = a[", 8 + 4 * r, "");
+    int first = 1;
+    for (int i = 0; i < r; i++)
+        if (sa[i]) { E("%si%d * %lld", first ? "" : " + ", i, (long long)sa[i]); first = 0; }
+    if (first) E("0");
+    E("] %s b[", op);
+    first = 1;
+    for (int i = 0; i < r; i++)
+        if (sb[i]) { E("%si%d * %lld", first ? "" : " + ", i, (long long)sb[i]); first = 0; }
+    if (first) E("0");
+    E("];\n%*s}\n}\n", 4 + 4 * r, "");
+}
+
+static void k_concat(const Node *n, FILE *fp) {
+    int64_t outer = prod(n->shape, 0, n->axis), inner = prod(n->shape, n->axis + 1, n->ndim);
+    E("static void n%d_concat(", n->id);
+    for (int s = 0; s < n->nsrc; s++) E("const float *restrict x%d, ", s);
+    E("float *restrict y) {\n");
+    E("    for (int o = 0; o < %lld; o++) {\n", (long long)outer);
+    E("        float *dst = y + (size_t)o * %lld;\n", (long long)(n->shape[n->axis] * inner));
+    for (int s = 0; s < n->nsrc; s++) {
+        int64_t len = n->src[s]->shape[n->axis] * inner;
+        E("        memcpy(dst, x%d + (size_t)o * %lld, %lld * sizeof(float));\n", s, (long long)len, (long long)len);
+        if (s + 1 < n->nsrc) E("        dst += %lld;\n", (long long)len);
+    }
+    E("    }\n}\n");
+}
+
+static void k_timestep_emb(const Node *n, FILE *fp) {
+    int64_t B = n->shape[0], D = n->shape[1], half = D / 2;
+    E("static void n%d_timestep_embedding(const float *restrict t, float *restrict y) {\n", n->id);
+    E("    /* openaimodel.timestep_embedding: freqs = exp(-ln(%g) * arange(%lld) / %lld) in float32, [cos, sin] */\n",
+      n->max_period, (long long)half, (long long)half);
+    E("    const float c = (float)(-log(%.17g));\n", n->max_period);
+    E("    for (int b = 0; b < %lld; b++)\n", (long long)B);
+    E("        for (int i = 0; i < %lld; i++) {\n", (long long)half);
+    E("            const float freq = expf(c * (float)i / %lld.0f);\n", (long long)half);
+    E("            const float arg = t[b] * freq;\n");
+    E("            y[b * %lld + i] = cosf(arg);\n", (long long)D);
+    E("            y[b * %lld + %lld + i] = sinf(arg);\n", (long long)D, (long long)half);
+    E("        }\n");
+    if (D % 2) E("    for (int b = 0; b < %lld; b++) y[b * %lld + %lld] = 0.0f; /* odd dim: zero pad */\n", (long long)B, (long long)D, (long long)(D - 1));
+    E("}\n");
+}
+
+static void k_embedding(const Node *n, FILE *fp) {
+    const Node *table = n->src[0];
+    int64_t V = table->shape[0], D = table->shape[1], T = node_numel(n->src[1]);
+    E("static int n%d_embedding(const float *restrict table, const int32_t *restrict ids, float *restrict y) {\n", n->id);
+    E("    for (int i = 0; i < %lld; i++) {\n", (long long)T);
+    E("        if (ids[i] < 0 || ids[i] >= %lld)\n", (long long)V);
+    E("            return ldm_fail(\"node %%%%%d embedding (%s:%d): id %%d at position %%d is outside [0, %lld)\", (int)ids[i], i);\n",
+      n->id, n->loc.file ? n->loc.file->path : "?", n->loc.line, (long long)V);
+    E("        memcpy(y + (size_t)i * %lld, table + (size_t)ids[i] * %lld, %lld * sizeof(float));\n", (long long)D, (long long)D, (long long)D);
+    E("    }\n    return 0;\n}\n");
+}
+
+static void k_permute(const Node *n, FILE *fp) {
+    const Node *x = n->src[0];
+    int r = n->ndim;
+    int64_t xs[MAX_DIMS];
+    for (int i = 0; i < r; i++) xs[i] = prod(x->shape, i + 1, r);
+    E("static void n%d_permute(const %s *restrict x, %s *restrict y) {\n", n->id, ctype(n->dtype), ctype(n->dtype));
+    if (r > 1 && n->shape[0] > 1 && node_numel(n) >= PAR_MIN) E("    #pragma omp parallel for\n");
+    for (int i = 0; i < r; i++) E("%*sfor (int64_t i%d = 0; i%d < %lld; i%d++)\n", 4 + 4 * i, "", i, i, (long long)n->shape[i], i);
+    E("%*sy[", 4 + 4 * r, "");
+    for (int i = 0; i < r; i++) E("%si%d * %lld", i ? " + " : "", i, (long long)prod(n->shape, i + 1, r));
+    E("] = x[");
+    for (int i = 0; i < r; i++) E("%si%d * %lld", i ? " + " : "", i, (long long)xs[n->perm[i]]);
+    E("];\n}\n");
+}
+
+static void k_slice(const Node *n, FILE *fp) {
+    const Node *x = n->src[0];
+    int64_t outer = prod(n->shape, 0, n->axis), inner = prod(n->shape, n->axis + 1, n->ndim);
+    int64_t len = (n->end - n->start) * inner, xrow = x->shape[n->axis] * inner;
+    E("static void n%d_slice(const %s *restrict x, %s *restrict y) {\n", n->id, ctype(n->dtype), ctype(n->dtype));
+    E("    for (int o = 0; o < %lld; o++)\n", (long long)outer);
+    E("        memcpy(y + (size_t)o * %lld, x + (size_t)o * %lld + %lld, %lld * sizeof(*y));\n", (long long)len,
+      (long long)xrow, (long long)(n->start * inner), (long long)len);
+    E("}\n");
+}
+
+static void k_vq_index(const Node *n, FILE *fp) {
+    const Node *z = n->src[0], *cb = n->src[1];
+    int64_t B = z->shape[0], C = z->shape[1], S = z->shape[2] * z->shape[3], K = cb->shape[0];
+    E("static void n%d_vq_index(const float *restrict z, const float *restrict e, int32_t *restrict idx) {\n", n->id);
+    E("    /* taming VectorQuantizer2: d_j = |z|^2 + |e_j|^2 - 2 z.e_j, first minimum wins */\n");
+    E("    for (int b = 0; b < %lld; b++)\n", (long long)B);
+    E("        for (int p = 0; p < %lld; p++) {\n", (long long)S);
+    E("            double zz = 0.0;\n");
+    E("            for (int c = 0; c < %lld; c++) { const double v = z[((size_t)b * %lld + c) * %lld + p]; zz += v * v; }\n",
+      (long long)C, (long long)C, (long long)S);
+    E("            double best = INFINITY;\n            int arg = 0;\n");
+    E("            for (int j = 0; j < %lld; j++) {\n", (long long)K);
+    E("                double ee = 0.0, ze = 0.0;\n");
+    E("                for (int c = 0; c < %lld; c++) {\n", (long long)C);
+    E("                    const double ev = e[(size_t)j * %lld + c];\n", (long long)C);
+    E("                    ee += ev * ev;\n");
+    E("                    ze += ev * z[((size_t)b * %lld + c) * %lld + p];\n", (long long)C, (long long)S);
+    E("                }\n");
+    E("                const double d = zz + ee - 2.0 * ze;\n");
+    E("                if (d < best) { best = d; arg = j; }\n");
+    E("            }\n");
+    E("            idx[(size_t)b * %lld + p] = arg;\n", (long long)S);
+    E("        }\n}\n");
+}
+
+static void k_vq_lookup(const Node *n, FILE *fp) {
+    const Node *cb = n->src[0];
+    int64_t B = n->shape[0], C = n->shape[1], S = n->shape[2] * n->shape[3], K = cb->shape[0];
+    E("static int n%d_vq_lookup(const float *restrict e, const int32_t *restrict idx, float *restrict y) {\n", n->id);
+    E("    for (int b = 0; b < %lld; b++)\n", (long long)B);
+    E("        for (int p = 0; p < %lld; p++) {\n", (long long)S);
+    E("            const int32_t j = idx[(size_t)b * %lld + p];\n", (long long)S);
+    E("            if (j < 0 || j >= %lld) return ldm_fail(\"node %%%%%d vq_lookup: index %%d outside [0, %lld)\", (int)j);\n",
+      (long long)K, n->id, (long long)K);
+    E("            for (int c = 0; c < %lld; c++) y[((size_t)b * %lld + c) * %lld + p] = e[(size_t)j * %lld + c];\n",
+      (long long)C, (long long)C, (long long)S, (long long)C);
+    E("        }\n    return 0;\n}\n");
+}
+
+/* Emit the kernel of n (nothing for inputs, weights and views). */
+static void emit_kernel(const Graph *g, const Node *n, FILE *fp) {
+    if (n->op == OPK_INPUT || n->op == OPK_WEIGHT || n->op == OPK_RESHAPE) return;
+    kernel_header(g, n, fp);
+    switch (n->op) {
+    case OPK_CONV2D: k_conv2d(n, fp); break;
+    case OPK_LINEAR: k_linear(n, fp); break;
+    case OPK_MATMUL: k_matmul(n, fp); break;
+    case OPK_GROUP_NORM: k_group_norm(n, fp); break;
+    case OPK_LAYER_NORM: k_layer_norm(n, fp); break;
+    case OPK_SILU:
+    case OPK_GELU:
+    case OPK_QUICK_GELU:
+    case OPK_SIGMOID: k_unary(n, fp); break;
+    case OPK_GEGLU: k_geglu(n, fp); break;
+    case OPK_SOFTMAX: k_softmax(n, fp); break;
+    case OPK_ATTENTION: k_attention(n, fp); break;
+    case OPK_UPSAMPLE: k_upsample(n, fp); break;
+    case OPK_ADD:
+    case OPK_SUB:
+    case OPK_MUL: k_binary(n, fp); break;
+    case OPK_SCALE: k_scale(n, fp); break;
+    case OPK_CONCAT: k_concat(n, fp); break;
+    case OPK_TIMESTEP_EMB: k_timestep_emb(n, fp); break;
+    case OPK_EMBEDDING: k_embedding(n, fp); break;
+    case OPK_PERMUTE: k_permute(n, fp); break;
+    case OPK_SLICE: k_slice(n, fp); break;
+    case OPK_VQ_INDEX: k_vq_index(n, fp); break;
+    case OPK_VQ_LOOKUP: k_vq_lookup(n, fp); break;
+    default: break;
+    }
+}
+
+/* ---- the entry function --------------------------------------------------- */
+
+/* C expression for the value of node n inside forward(). */
+static void value_ref(const Node *n, char *buf, size_t size) {
+    if (n->op == OPK_WEIGHT) snprintf(buf, size, "w[%d]", n->weight_index);
+    else snprintf(buf, size, "v%d", n->id);
+}
+
+static void emit_call(const Graph *g, const Node *n, FILE *fp) {
+    char b[64];
+    E("    /* %%%d %s @%s%s%s */\n", n->id, op_names[n->op], loc_str(n->loc), n->scope ? " " : "", n->scope ? n->scope : "");
+    if (n->op == OPK_RESHAPE) {
+        value_ref(n->src[0], b, sizeof b);
+        E("    %s%s *v%d = %s;\n", n->src[0]->op == OPK_INPUT || n->src[0]->op == OPK_WEIGHT ? "const " : "",
+          ctype(n->dtype), n->id, b);
+        return;
+    }
+    E("    %s *v%d = (%s *)(arena + %lld);\n", ctype(n->dtype), n->id, ctype(n->dtype), (long long)n->offset);
+    int fallible = n->op == OPK_EMBEDDING || n->op == OPK_VQ_LOOKUP;
+    E("    %sn%d_%s(", fallible ? "if (" : "", n->id, op_names[n->op]);
+    for (int s = 0; s < n->nsrc; s++) {
+        value_ref(n->src[s], b, sizeof b);
+        E("%s, ", b);
+    }
+    if ((n->op == OPK_CONV2D || n->op == OPK_LINEAR) && n->nsrc == 2) E("NULL, ");
+    E("v%d", n->id);
+    if (n->op == OPK_CONV2D || n->op == OPK_ATTENTION) {
+        if (n->scratch_bytes) E(", (float *)(arena + %lld)", (long long)n->scratch_offset);
+        else E(", NULL");
+    }
+    E(")%s;\n", fallible ? ") return -1" : "");
+    (void)g;
+}
+
+static void emit_tensor_table(const char *name, Node *const *nodes, const Output *outs, int count, int is_out, FILE *fp,
+                              const Graph *g) {
+    E("static const LdmTensorInfo %s[%d] = {\n", name, count ? count : 1);
+    for (int i = 0; i < count; i++) {
+        const Node *n = is_out ? outs[i].node : nodes[i];
+        const char *nm = is_out ? outs[i].name : n->name;
+        E("    {\"%s\", %s, %d, {", nm, n->dtype == DT_I32 ? "LDM_I32" : "LDM_F32", n->ndim);
+        for (int d = 0; d < n->ndim; d++) E("%s%lld", d ? ", " : "", (long long)n->shape[d]);
+        E("}},\n");
+    }
+    if (!count) E("    {\"\", 0, 0, {0}},\n");
+    E("};\n");
+    (void)g;
+}
+
+int codegen(const Graph *g, const CodegenInfo *info, FILE *fp) {
+    char upper[256];
+    size_t k = 0;
+    for (const char *p = g->name; *p && k + 1 < sizeof upper; p++) upper[k++] = (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
+    upper[k] = 0;
+    E("/* ldmc %s | graph %s | config %s | %s | source %s */\n", LDMC_VERSION, info->graph_path,
+      info->config_path ? info->config_path : "(none)", info->defines, info->source_hash);
+    E("/*\n * Generated by ldmc from %s: do not edit.\n", info->graph_path);
+    E(" * Graph '%s': %d nodes, %lld parameters, %.6g GFLOP per call.\n", g->name, g->n_nodes,
+      (long long)graph_param_count(g), graph_flops(g) / 1e9);
+    E(" * Arena: %lld bytes of activations and scratch (the naive sum is %lld).\n", (long long)g->arena_bytes,
+      (long long)g->naive_bytes);
+    E(" * Entry point: %s_forward(weights, inputs, outputs, arena); tables in %s_model.\n */\n", g->name, g->name);
+    E("#include <math.h>\n#include <stdint.h>\n#include <stdlib.h>\n#include <string.h>\n\n#include <cblas.h>\n\n");
+    E("#include \"model.h\"\n#include \"util.h\"\n\n");
+    E("#define %s_ARENA_BYTES %lldu\n", upper, (long long)g->arena_bytes);
+    E("#define %s_N_WEIGHTS %d\n", upper, g->n_weights);
+
+    for (int i = 0; i < g->n_nodes; i++) emit_kernel(g, g->nodes[i], fp);
+
+    E("\n/* ---- entry point ---- */\n\n");
+    E("int %s_forward(const float *const *w, const void *const *in, void *const *out, unsigned char *arena) {\n", g->name);
+    E("    (void)w;\n");
+    for (int i = 0; i < g->n_inputs; i++) {
+        const Node *n = g->inputs[i];
+        E("    const %s *v%d = (const %s *)in[%d]; /* input %s */\n", ctype(n->dtype), n->id, ctype(n->dtype), i, n->name);
+    }
+    for (int i = 0; i < g->n_nodes; i++) {
+        const Node *n = g->nodes[i];
+        if (n->op == OPK_INPUT || n->op == OPK_WEIGHT) continue;
+        emit_call(g, n, fp);
+    }
+    for (int i = 0; i < g->n_outputs; i++) {
+        const Node *n = g->outputs[i].node;
+        char b[64];
+        value_ref(n, b, sizeof b);
+        E("    memcpy(out[%d], %s, %lld); /* output %s */\n", i, b, (long long)(node_numel(n) * 4), g->outputs[i].name);
+    }
+    E("    return 0;\n}\n\n");
+
+    emit_tensor_table("weight_table", g->weights, NULL, g->n_weights, 0, fp, g);
+    emit_tensor_table("input_table", g->inputs, NULL, g->n_inputs, 0, fp, g);
+    emit_tensor_table("output_table", NULL, g->outputs, g->n_outputs, 1, fp, g);
+    E("\nconst LdmModel %s_model = {\n", g->name);
+    E("    \"%s\",\n    \"ldmc %s | graph %s | config %s | %s\",\n", g->name, LDMC_VERSION, info->graph_path,
+      info->config_path ? info->config_path : "(none)", info->defines);
+    E("    %d, weight_table,\n    %d, input_table,\n    %d, output_table,\n", g->n_weights, g->n_inputs, g->n_outputs);
+    E("    %s_ARENA_BYTES,\n    %.17g,\n    %lld,\n    %s_forward,\n};\n", upper, graph_flops(g),
+      (long long)graph_param_count(g), g->name);
+    E("\n#ifdef LDM_RUNNER_MAIN\nint main(int argc, char **argv) { return ldm_runner_main(&%s_model, argc, argv); }\n#endif\n",
+      g->name);
+    return ferror(fp) ? ldm_fail("write error while generating C") : 0;
+}

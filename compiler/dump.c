@@ -1,0 +1,119 @@
+/*
+ * dump.c - deterministic text dumps of the graph and of the memory plan,
+ * and Graphviz output.
+ *
+ * One node a line:
+ *   %12 conv2d  %11 input_blocks.0.0.weight input_blocks.0.0.bias  stride=1 pad=1,1,1,1  -> f32[2,32,16,16]  @unet.graph:41
+ * Weight operands are shown by their checkpoint key (without the graph
+ * prefix), other operands by their node id. Weight nodes themselves are
+ * listed in the totals only.
+ */
+#include <string.h>
+
+#include "ldmc.h"
+
+static const char *dtype_name(DType d) { return d == DT_I32 ? "i32" : "f32"; }
+
+/* Checkpoint key without the graph's prefix. */
+static const char *short_key(const Graph *g, const Node *w) {
+    size_t n = strlen(g->prefix);
+    return strncmp(w->name, g->prefix, n) == 0 ? w->name + n : w->name;
+}
+
+static void print_operand(const Graph *g, const Node *s, FILE *fp) {
+    if (s->op == OPK_WEIGHT) fprintf(fp, " %s", short_key(g, s));
+    else fprintf(fp, " %%%d", s->id);
+}
+
+/* Op parameters as "k=v" words. */
+static void print_params(const Node *n, FILE *fp) {
+    switch (n->op) {
+    case OPK_CONV2D:
+        fprintf(fp, "  stride=%d pad=%d,%d,%d,%d", n->stride[0], n->pad[0], n->pad[1], n->pad[2], n->pad[3]);
+        break;
+    case OPK_GROUP_NORM: fprintf(fp, "  groups=%d eps=%g", n->groups, n->eps); break;
+    case OPK_LAYER_NORM: fprintf(fp, "  eps=%g", n->eps); break;
+    case OPK_ATTENTION: fprintf(fp, "  heads=%d scale=%.9g%s", n->heads, n->alpha, n->causal ? " causal" : ""); break;
+    case OPK_MATMUL: if (n->trans_b) fprintf(fp, "  trans_b"); break;
+    case OPK_UPSAMPLE: fprintf(fp, "  factor=%d", n->factor); break;
+    case OPK_SCALE: fprintf(fp, "  alpha=%.9g beta=%.9g", n->alpha, n->beta); break;
+    case OPK_CONCAT: fprintf(fp, "  axis=%d", n->axis); break;
+    case OPK_SLICE: fprintf(fp, "  axis=%d start=%lld end=%lld", n->axis, (long long)n->start, (long long)n->end); break;
+    case OPK_TIMESTEP_EMB: fprintf(fp, "  dim=%lld max_period=%g", (long long)n->shape[1], n->max_period); break;
+    case OPK_PERMUTE:
+        fprintf(fp, "  perm=");
+        for (int i = 0; i < n->ndim; i++) fprintf(fp, "%s%d", i ? "," : "", n->perm[i]);
+        break;
+    default: break;
+    }
+}
+
+static const char *base_name(const SrcLoc *l) {
+    if (!l->file) return "<builtin>";
+    const char *s = strrchr(l->file->path, '/');
+    return s ? s + 1 : l->file->path;
+}
+
+void dump_graph(const Graph *g, FILE *fp) {
+    char b[128];
+    fprintf(fp, "graph %s  prefix \"%s\"\n", g->name, g->prefix);
+    for (int i = 0; i < g->n_nodes; i++) {
+        const Node *n = g->nodes[i];
+        if (n->op == OPK_WEIGHT) continue;
+        fprintf(fp, "%%%d %s", n->id, op_names[n->op]);
+        if (n->op == OPK_INPUT) fprintf(fp, " %s", n->name);
+        for (int s = 0; s < n->nsrc; s++) print_operand(g, n->src[s], fp);
+        print_params(n, fp);
+        fprintf(fp, "  -> %s%s", dtype_name(n->dtype), shape_str(n, b, sizeof b));
+        if (n->storage != n) fprintf(fp, " (view of %%%d)", n->storage->id);
+        fprintf(fp, "  @%s:%d\n", base_name(&n->loc), n->loc.line);
+    }
+    for (int i = 0; i < g->n_outputs; i++)
+        fprintf(fp, "output %s = %%%d\n", g->outputs[i].name, g->outputs[i].node->id);
+    int ops = 0;
+    for (int i = 0; i < g->n_nodes; i++) ops += g->nodes[i]->op != OPK_WEIGHT && g->nodes[i]->op != OPK_INPUT;
+    fprintf(fp, "# nodes %d (ops %d, weights %d, inputs %d)  params %lld  flops %.6g GFLOP\n", g->n_nodes, ops,
+            g->n_weights, g->n_inputs, (long long)graph_param_count(g), graph_flops(g) / 1e9);
+    if (g->arena_bytes)
+        fprintf(fp, "# arena %lld bytes (%.1f MiB), naive sum of buffers %lld bytes (%.1f MiB)\n",
+                (long long)g->arena_bytes, (double)g->arena_bytes / 1048576.0, (long long)g->naive_bytes,
+                (double)g->naive_bytes / 1048576.0);
+}
+
+void dump_plan(const Graph *g, FILE *fp) {
+    char b[128];
+    fprintf(fp, "plan %s  arena %lld bytes  naive %lld bytes\n", g->name, (long long)g->arena_bytes,
+            (long long)g->naive_bytes);
+    fprintf(fp, "# node        op                  offset        bytes   live\n");
+    for (int i = 0; i < g->n_nodes; i++) {
+        const Node *n = g->nodes[i];
+        if (n->op == OPK_WEIGHT || n->op == OPK_INPUT) continue;
+        if (n->storage == n)
+            fprintf(fp, "%%%-6d %-20s %12lld %12lld   %d..%d  %s\n", n->id, op_names[n->op], (long long)n->offset,
+                    (long long)node_bytes(n), n->id, n->last_use, shape_str(n, b, sizeof b));
+        else
+            fprintf(fp, "%%%-6d %-20s view of %%%d\n", n->id, op_names[n->op], n->storage->id);
+        if (n->scratch_bytes)
+            fprintf(fp, "%%%-6d %-20s %12lld %12lld   %d..%d  scratch\n", n->id, op_names[n->op],
+                    (long long)n->scratch_offset, (long long)n->scratch_bytes, n->id, n->id);
+    }
+}
+
+void dump_dot(const Graph *g, FILE *fp) {
+    char b[128];
+    fprintf(fp, "digraph \"%s\" {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\", fontsize=10];\n", g->name);
+    for (int i = 0; i < g->n_nodes; i++) {
+        const Node *n = g->nodes[i];
+        if (n->op == OPK_WEIGHT) continue;
+        fprintf(fp, "  n%d [label=\"%%%d %s%s%s\\n%s\\n%s:%d\"%s];\n", n->id, n->id, op_names[n->op],
+                n->op == OPK_INPUT ? " " : "", n->op == OPK_INPUT ? n->name : "", shape_str(n, b, sizeof b),
+                base_name(&n->loc), n->loc.line, n->op == OPK_INPUT ? ", style=filled, fillcolor=lightblue" : "");
+        for (int s = 0; s < n->nsrc; s++)
+            if (n->src[s]->op != OPK_WEIGHT) fprintf(fp, "  n%d -> n%d;\n", n->src[s]->id, n->id);
+    }
+    for (int i = 0; i < g->n_outputs; i++) {
+        fprintf(fp, "  out%d [label=\"output %s\", style=filled, fillcolor=lightgreen];\n", i, g->outputs[i].name);
+        fprintf(fp, "  n%d -> out%d;\n", g->outputs[i].node->id, i);
+    }
+    fprintf(fp, "}\n");
+}

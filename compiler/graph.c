@@ -1,0 +1,405 @@
+/*
+ * graph.c - the graph IR: nodes, shape inference and per-op cost.
+ *
+ * Builders (eval.c) create a node, fill its sources and op parameters and
+ * call node_infer(), which checks the operands and computes the result
+ * shape. Nothing is computed here: the graph only describes the program.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ldmc.h"
+
+const char *const op_names[OPK_COUNT] = {
+    [OPK_INPUT] = "input",
+    [OPK_WEIGHT] = "weight",
+    [OPK_CONV2D] = "conv2d",
+    [OPK_LINEAR] = "linear",
+    [OPK_MATMUL] = "matmul",
+    [OPK_GROUP_NORM] = "group_norm",
+    [OPK_LAYER_NORM] = "layer_norm",
+    [OPK_SILU] = "silu",
+    [OPK_GELU] = "gelu",
+    [OPK_QUICK_GELU] = "quick_gelu",
+    [OPK_SIGMOID] = "sigmoid",
+    [OPK_GEGLU] = "geglu",
+    [OPK_SOFTMAX] = "softmax",
+    [OPK_ATTENTION] = "attention",
+    [OPK_UPSAMPLE] = "upsample_nearest",
+    [OPK_ADD] = "add",
+    [OPK_SUB] = "sub",
+    [OPK_MUL] = "mul",
+    [OPK_SCALE] = "scale",
+    [OPK_CONCAT] = "concat",
+    [OPK_TIMESTEP_EMB] = "timestep_embedding",
+    [OPK_EMBEDDING] = "embedding",
+    [OPK_RESHAPE] = "reshape",
+    [OPK_PERMUTE] = "permute",
+    [OPK_SLICE] = "slice",
+    [OPK_VQ_INDEX] = "vq_index",
+    [OPK_VQ_LOOKUP] = "vq_lookup",
+};
+
+Graph *graph_new(const char *name) {
+    Graph *g = ldm_xcalloc(1, sizeof *g);
+    g->name = ldm_xstrdup(name);
+    g->prefix = ldm_xstrdup("");
+    return g;
+}
+
+void graph_free(Graph *g) {
+    if (!g) return;
+    for (int i = 0; i < g->n_nodes; i++) {
+        free(g->nodes[i]->name);
+        free(g->nodes[i]->scope);
+        free(g->nodes[i]);
+    }
+    for (int i = 0; i < g->n_outputs; i++) free(g->outputs[i].name);
+    free(g->nodes);
+    free(g->inputs);
+    free(g->weights);
+    free(g->outputs);
+    free(g->name);
+    free(g->prefix);
+    free(g);
+}
+
+Node *graph_add(Graph *g, OpKind op, SrcLoc loc) {
+    if (g->n_nodes == g->cap_nodes) {
+        g->cap_nodes = g->cap_nodes ? 2 * g->cap_nodes : 256;
+        g->nodes = ldm_xrealloc(g->nodes, (size_t)g->cap_nodes * sizeof *g->nodes);
+    }
+    Node *n = ldm_xcalloc(1, sizeof *n);
+    n->id = g->n_nodes;
+    n->op = op;
+    n->loc = loc;
+    n->dtype = DT_F32;
+    n->storage = n;
+    g->nodes[g->n_nodes++] = n;
+    return n;
+}
+
+int64_t node_numel(const Node *n) {
+    int64_t k = 1;
+    for (int i = 0; i < n->ndim; i++) k *= n->shape[i];
+    return k;
+}
+
+int64_t node_bytes(const Node *n) { return node_numel(n) * 4; }
+
+const char *shape_str(const Node *n, char *buf, size_t size) {
+    size_t k = (size_t)snprintf(buf, size, "[");
+    for (int i = 0; i < n->ndim && k < size; i++)
+        k += (size_t)snprintf(buf + k, size - k, "%s%lld", i ? "," : "", (long long)n->shape[i]);
+    if (k < size) snprintf(buf + k, size - k, "]");
+    return buf;
+}
+
+/* ---- shape inference helpers ------------------------------------------ */
+
+static void set_shape(Node *n, int ndim, const int64_t *shape) {
+    n->ndim = ndim;
+    memcpy(n->shape, shape, (size_t)ndim * sizeof *shape);
+}
+
+static int want_rank(Node *n, const Node *x, int rank, const char *what) {
+    char b[128];
+    if (x->ndim != rank)
+        return diag_error(n->loc, "%s: %s must have rank %d, got %s", op_names[n->op], what, rank,
+                          shape_str(x, b, sizeof b));
+    return 0;
+}
+
+static int want_f32(Node *n, const Node *x, const char *what) {
+    if (x->dtype != DT_F32) return diag_error(n->loc, "%s: %s must be f32", op_names[n->op], what);
+    return 0;
+}
+
+static int want_vec(Node *n, const Node *v, int64_t len, const char *what) {
+    char b[128];
+    if (v->ndim != 1 || v->shape[0] != len)
+        return diag_error(n->loc, "%s: %s must have shape [%lld], got %s", op_names[n->op], what,
+                          (long long)len, shape_str(v, b, sizeof b));
+    return want_f32(n, v, what);
+}
+
+/* numpy broadcasting of a and b into n. */
+static int infer_broadcast(Node *n) {
+    const Node *a = n->src[0], *b = n->src[1];
+    char ba[128], bb[128];
+    int nd = a->ndim > b->ndim ? a->ndim : b->ndim;
+    int64_t shape[MAX_DIMS];
+    for (int i = 0; i < nd; i++) {
+        int ia = a->ndim - nd + i, ib = b->ndim - nd + i;
+        int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
+        if (da != db && da != 1 && db != 1)
+            return diag_error(n->loc, "%s: shapes %s and %s do not broadcast", op_names[n->op],
+                              shape_str(a, ba, sizeof ba), shape_str(b, bb, sizeof bb));
+        shape[i] = da == 1 ? db : da;
+    }
+    if (a->dtype != DT_F32 || b->dtype != DT_F32)
+        return diag_error(n->loc, "%s: operands must be f32", op_names[n->op]);
+    set_shape(n, nd, shape);
+    return 0;
+}
+
+static int infer_conv2d(Node *n) {
+    const Node *x = n->src[0], *w = n->src[1];
+    char bx[128], bw[128];
+    if (want_rank(n, x, 4, "input") || want_rank(n, w, 4, "weight")) return -1;
+    if (x->shape[1] != w->shape[1])
+        return diag_error(n->loc, "conv2d: input %s has %lld channels but weight %s expects %lld",
+                          shape_str(x, bx, sizeof bx), (long long)x->shape[1],
+                          shape_str(w, bw, sizeof bw), (long long)w->shape[1]);
+    if (n->nsrc > 2 && want_vec(n, n->src[2], w->shape[0], "bias")) return -1;
+    if (n->stride[0] < 1 || n->stride[1] < 1) return diag_error(n->loc, "conv2d: stride must be >= 1");
+    for (int i = 0; i < 4; i++)
+        if (n->pad[i] < 0) return diag_error(n->loc, "conv2d: padding must be >= 0");
+    int64_t hp = x->shape[2] + n->pad[0] + n->pad[1], wp = x->shape[3] + n->pad[2] + n->pad[3];
+    if (hp < w->shape[2] || wp < w->shape[3])
+        return diag_error(n->loc, "conv2d: kernel %lldx%lld larger than padded input %lldx%lld",
+                          (long long)w->shape[2], (long long)w->shape[3], (long long)hp, (long long)wp);
+    int64_t s[4] = {x->shape[0], w->shape[0], (hp - w->shape[2]) / n->stride[0] + 1,
+                    (wp - w->shape[3]) / n->stride[1] + 1};
+    set_shape(n, 4, s);
+    return 0;
+}
+
+static int infer_linear(Node *n) {
+    const Node *x = n->src[0], *w = n->src[1];
+    char bx[128], bw[128];
+    if (x->ndim < 1) return diag_error(n->loc, "linear: input must have rank >= 1");
+    if (want_rank(n, w, 2, "weight")) return -1;
+    if (x->shape[x->ndim - 1] != w->shape[1])
+        return diag_error(n->loc, "linear: input %s has %lld features but weight %s expects %lld",
+                          shape_str(x, bx, sizeof bx), (long long)x->shape[x->ndim - 1],
+                          shape_str(w, bw, sizeof bw), (long long)w->shape[1]);
+    if (n->nsrc > 2 && want_vec(n, n->src[2], w->shape[0], "bias")) return -1;
+    set_shape(n, x->ndim, x->shape);
+    n->shape[x->ndim - 1] = w->shape[0];
+    return 0;
+}
+
+static int infer_matmul(Node *n) {
+    const Node *a = n->src[0], *b = n->src[1];
+    char ba[128], bb[128];
+    if (a->ndim < 2 || a->ndim != b->ndim)
+        return diag_error(n->loc, "matmul: operands must have the same rank >= 2, got %s and %s",
+                          shape_str(a, ba, sizeof ba), shape_str(b, bb, sizeof bb));
+    int r = a->ndim;
+    for (int i = 0; i < r - 2; i++)
+        if (a->shape[i] != b->shape[i])
+            return diag_error(n->loc, "matmul: batch dimensions differ: %s and %s",
+                              shape_str(a, ba, sizeof ba), shape_str(b, bb, sizeof bb));
+    int64_t k = a->shape[r - 1];
+    int64_t kb = n->trans_b ? b->shape[r - 1] : b->shape[r - 2];
+    if (k != kb)
+        return diag_error(n->loc, "matmul: inner dimensions differ: %s and %s%s",
+                          shape_str(a, ba, sizeof ba), shape_str(b, bb, sizeof bb),
+                          n->trans_b ? " (b transposed)" : "");
+    set_shape(n, r, a->shape);
+    n->shape[r - 1] = n->trans_b ? b->shape[r - 2] : b->shape[r - 1];
+    return 0;
+}
+
+static int infer_norm(Node *n) {
+    const Node *x = n->src[0];
+    char bx[128];
+    if (want_f32(n, x, "input")) return -1;
+    int64_t c;
+    if (n->op == OPK_GROUP_NORM) {
+        if (x->ndim < 2) return diag_error(n->loc, "group_norm: input must have rank >= 2");
+        c = x->shape[1];
+        if (n->groups < 1 || c % n->groups != 0)
+            return diag_error(n->loc, "group_norm: %lld channels of %s are not divisible into %d groups",
+                              (long long)c, shape_str(x, bx, sizeof bx), n->groups);
+    } else {
+        if (x->ndim < 1) return diag_error(n->loc, "layer_norm: input must have rank >= 1");
+        c = x->shape[x->ndim - 1];
+    }
+    if (!(n->eps > 0)) return diag_error(n->loc, "%s: eps must be > 0", op_names[n->op]);
+    if (want_vec(n, n->src[1], c, "weight") || want_vec(n, n->src[2], c, "bias")) return -1;
+    set_shape(n, x->ndim, x->shape);
+    return 0;
+}
+
+static int infer_attention(Node *n) {
+    const Node *q = n->src[0], *k = n->src[1], *v = n->src[2];
+    char bq[128], bk[128], bv[128];
+    if (want_rank(n, q, 3, "q") || want_rank(n, k, 3, "k") || want_rank(n, v, 3, "v")) return -1;
+    if (q->shape[0] != k->shape[0] || k->shape[0] != v->shape[0] || k->shape[1] != v->shape[1] ||
+        q->shape[2] != k->shape[2])
+        return diag_error(n->loc, "attention: q %s, k %s, v %s do not fit ([B,Tq,C], [B,Tk,C], [B,Tk,Cv])",
+                          shape_str(q, bq, sizeof bq), shape_str(k, bk, sizeof bk),
+                          shape_str(v, bv, sizeof bv));
+    if (n->heads < 1 || q->shape[2] % n->heads || v->shape[2] % n->heads)
+        return diag_error(n->loc, "attention: %lld channels are not divisible into %d heads",
+                          (long long)q->shape[2], n->heads);
+    if (n->causal && q->shape[1] != k->shape[1])
+        return diag_error(n->loc, "attention: a causal mask needs as many queries as keys");
+    int64_t s[3] = {q->shape[0], q->shape[1], v->shape[2]};
+    set_shape(n, 3, s);
+    return 0;
+}
+
+static int infer_concat(Node *n) {
+    const Node *a = n->src[0];
+    char ba[128], bb[128];
+    int ax = n->axis;
+    if (ax < 0 || ax >= a->ndim) return diag_error(n->loc, "concat: axis %d out of range", ax);
+    int64_t total = 0;
+    for (int i = 0; i < n->nsrc; i++) {
+        const Node *b = n->src[i];
+        if (b->ndim != a->ndim) goto mismatch;
+        for (int d = 0; d < a->ndim; d++)
+            if (d != ax && a->shape[d] != b->shape[d]) goto mismatch;
+        total += b->shape[ax];
+        continue;
+    mismatch:
+        return diag_error(n->loc, "concat: %s and %s differ outside axis %d", shape_str(a, ba, sizeof ba),
+                          shape_str(b, bb, sizeof bb), ax);
+    }
+    set_shape(n, a->ndim, a->shape);
+    n->shape[ax] = total;
+    return 0;
+}
+
+static int infer_permute(Node *n) {
+    const Node *x = n->src[0];
+    int seen[MAX_DIMS] = {0};
+    for (int i = 0; i < x->ndim; i++) {
+        int p = n->perm[i];
+        if (p < 0 || p >= x->ndim || seen[p])
+            return diag_error(n->loc, "permute: not a permutation of %d dimensions", x->ndim);
+        seen[p] = 1;
+        n->shape[i] = x->shape[p];
+    }
+    n->ndim = x->ndim;
+    n->dtype = x->dtype;
+    return 0;
+}
+
+static int infer_slice(Node *n) {
+    const Node *x = n->src[0];
+    if (n->axis < 0 || n->axis >= x->ndim) return diag_error(n->loc, "slice: axis %d out of range", n->axis);
+    if (n->start < 0 || n->end > x->shape[n->axis] || n->start >= n->end)
+        return diag_error(n->loc, "slice: range [%lld, %lld) is outside [0, %lld)", (long long)n->start,
+                          (long long)n->end, (long long)x->shape[n->axis]);
+    set_shape(n, x->ndim, x->shape);
+    n->shape[n->axis] = n->end - n->start;
+    n->dtype = x->dtype;
+    return 0;
+}
+
+int node_infer(Node *n) {
+    const Node *x = n->nsrc ? n->src[0] : NULL;
+    char b1[128], b2[128];
+    switch (n->op) {
+    case OPK_INPUT:
+    case OPK_WEIGHT:
+    case OPK_RESHAPE: /* shape given by the builder */
+        return 0;
+    case OPK_CONV2D: return infer_conv2d(n);
+    case OPK_LINEAR: return infer_linear(n);
+    case OPK_MATMUL: return infer_matmul(n);
+    case OPK_GROUP_NORM:
+    case OPK_LAYER_NORM: return infer_norm(n);
+    case OPK_SILU:
+    case OPK_GELU:
+    case OPK_QUICK_GELU:
+    case OPK_SIGMOID:
+    case OPK_SOFTMAX:
+    case OPK_SCALE:
+        if (want_f32(n, x, "input")) return -1;
+        set_shape(n, x->ndim, x->shape);
+        return 0;
+    case OPK_GEGLU:
+        if (want_f32(n, x, "input")) return -1;
+        if (x->ndim < 1 || x->shape[x->ndim - 1] % 2)
+            return diag_error(n->loc, "geglu: last dimension of %s must be even", shape_str(x, b1, sizeof b1));
+        set_shape(n, x->ndim, x->shape);
+        n->shape[x->ndim - 1] /= 2;
+        return 0;
+    case OPK_ATTENTION: return infer_attention(n);
+    case OPK_UPSAMPLE:
+        if (want_rank(n, x, 4, "input")) return -1;
+        if (n->factor < 1) return diag_error(n->loc, "upsample_nearest: factor must be >= 1");
+        set_shape(n, 4, x->shape);
+        n->shape[2] *= n->factor;
+        n->shape[3] *= n->factor;
+        return 0;
+    case OPK_ADD:
+    case OPK_SUB:
+    case OPK_MUL: return infer_broadcast(n);
+    case OPK_CONCAT: return infer_concat(n);
+    case OPK_TIMESTEP_EMB: {
+        if (want_rank(n, x, 1, "timesteps") || want_f32(n, x, "timesteps")) return -1;
+        if (n->shape[1] < 2) return diag_error(n->loc, "timestep_embedding: dim must be >= 2");
+        n->ndim = 2;
+        n->shape[0] = x->shape[0];
+        return 0;
+    }
+    case OPK_EMBEDDING: {
+        const Node *table = n->src[0], *ids = n->src[1];
+        if (want_rank(n, table, 2, "table")) return -1;
+        if (ids->dtype != DT_I32) return diag_error(n->loc, "embedding: ids must be i32");
+        if (ids->ndim + 1 > MAX_DIMS) return diag_error(n->loc, "embedding: ids rank too large");
+        set_shape(n, ids->ndim, ids->shape);
+        n->shape[n->ndim++] = table->shape[1];
+        return 0;
+    }
+    case OPK_PERMUTE: return infer_permute(n);
+    case OPK_SLICE: return infer_slice(n);
+    case OPK_VQ_INDEX: {
+        const Node *z = n->src[0], *cb = n->src[1];
+        if (want_rank(n, z, 4, "z") || want_rank(n, cb, 2, "codebook")) return -1;
+        if (z->shape[1] != cb->shape[1])
+            return diag_error(n->loc, "vq_index: z %s has %lld channels, codebook %s rows have %lld",
+                              shape_str(z, b1, sizeof b1), (long long)z->shape[1],
+                              shape_str(cb, b2, sizeof b2), (long long)cb->shape[1]);
+        int64_t s[3] = {z->shape[0], z->shape[2], z->shape[3]};
+        set_shape(n, 3, s);
+        n->dtype = DT_I32;
+        return 0;
+    }
+    case OPK_VQ_LOOKUP: {
+        const Node *cb = n->src[0], *idx = n->src[1];
+        if (want_rank(n, cb, 2, "codebook") || want_rank(n, idx, 3, "indices")) return -1;
+        if (idx->dtype != DT_I32) return diag_error(n->loc, "vq_lookup: indices must be i32");
+        int64_t s[4] = {idx->shape[0], cb->shape[1], idx->shape[1], idx->shape[2]};
+        set_shape(n, 4, s);
+        return 0;
+    }
+    case OPK_COUNT: break;
+    }
+    return diag_error(n->loc, "internal error: unknown op %d", (int)n->op);
+}
+
+double node_flops(const Node *n) {
+    double out = (double)node_numel(n);
+    const Node *x = n->nsrc ? n->src[0] : NULL;
+    switch (n->op) {
+    case OPK_CONV2D: {
+        const Node *w = n->src[1];
+        return 2.0 * out * (double)(w->shape[1] * w->shape[2] * w->shape[3]);
+    }
+    case OPK_LINEAR: return 2.0 * out * (double)n->src[1]->shape[1];
+    case OPK_MATMUL: {
+        int r = x->ndim;
+        return 2.0 * out * (double)x->shape[r - 1];
+    }
+    case OPK_ATTENTION: {
+        const Node *q = n->src[0], *k = n->src[1], *v = n->src[2];
+        double b = (double)q->shape[0], tq = (double)q->shape[1], tk = (double)k->shape[1];
+        return 2.0 * b * tq * tk * (double)q->shape[2] + 2.0 * b * tq * tk * (double)v->shape[2];
+    }
+    case OPK_VQ_INDEX: return 2.0 * out * (double)n->src[1]->shape[0] * (double)n->src[1]->shape[1];
+    case OPK_INPUT:
+    case OPK_WEIGHT:
+    case OPK_RESHAPE:
+        return 0;
+    default:
+        return out;
+    }
+}

@@ -1,0 +1,329 @@
+/*
+ * ldmc.h - the one header of the ldmc compiler: source locations and
+ * diagnostics, the DSL syntax tree, the graph IR, and the passes over it.
+ * Sections are named after the file that owns them.
+ *
+ * Pipeline: lexer.l/parser.y build an Ast from a .graph file (plus its
+ * imports); eval.c interprets that Ast against a model config and builds a
+ * Graph of tensor ops (every shape inferred and checked as it is built);
+ * passes (pass.c) transform the Graph; plan.c assigns arena offsets;
+ * codegen.c writes one C file; driver.c runs the whole thing and, on request,
+ * the C compiler.
+ */
+#ifndef LDMC_H
+#define LDMC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "config.h"
+#include "util.h"
+
+#define LDMC_VERSION "0.1.0"
+
+/* ===================================================================== *
+ * diag.c - source files and diagnostics
+ * ===================================================================== */
+
+/* A source file the compiler has read (kept for the caret diagnostics). */
+typedef struct SrcFile {
+    char *path;          /* as given / as resolved for imports */
+    char *text;          /* whole contents, NUL-terminated */
+    size_t len;          /* length of text */
+} SrcFile;
+
+/* A position in a source file (1-based line and column). */
+typedef struct SrcLoc {
+    SrcFile *file;       /* NULL for compiler-made things */
+    int line, col;       /* first character */
+    int end_col;         /* one past the last character on the first line */
+} SrcLoc;
+
+SrcFile *src_load(const char *path);        /* NULL + ldm_fail on error */
+SrcFile *src_from_string(const char *name, const char *text);
+void src_free(SrcFile *f);
+
+/* Report "file:line:col: error: msg", the source line and a caret. The
+ * message goes to ldm_fail() so library callers can return it; the full
+ * text (with source line) is what ldm_last_error() gives. Returns -1. */
+int diag_error(SrcLoc loc, const char *fmt, ...) LDM_PRINTF(2, 3);
+/* Append a "note:" (e.g. the call chain) to the last error. */
+void diag_note(SrcLoc loc, const char *fmt, ...) LDM_PRINTF(2, 3);
+/* "file:line" of a location ("<builtin>" when none), in a static buffer
+ * rotated among a few slots so several can appear in one printf. */
+const char *loc_str(SrcLoc loc);
+
+/* ===================================================================== *
+ * ast.c, parser.y, lexer.l - the DSL syntax tree
+ * ===================================================================== */
+
+typedef enum AstKind {
+    /* expressions */
+    A_INT,        /* ival */
+    A_FLOAT,      /* fval */
+    A_STR,        /* str (may contain {name} interpolations) */
+    A_BOOL,       /* ival 0/1 */
+    A_NULL,       /* null */
+    A_IDENT,      /* name */
+    A_LIST,       /* [items] */
+    A_CALL,       /* a(items); items may be A_KWARG */
+    A_KWARG,      /* name = a (only inside a call) */
+    A_INDEX,      /* a[b] */
+    A_SLICE,      /* a[b:c], b and/or c may be NULL */
+    A_MEMBER,     /* a.name */
+    A_UNARY,      /* op a: '-' or '!' */
+    A_BINARY,     /* a op b */
+    A_COND,       /* a ? b : c */
+    /* statements */
+    S_LET,        /* let name = a; */
+    S_ASSIGN,     /* name = a; */
+    S_EXPR,       /* a; */
+    S_IF,         /* if a block(b) else c (c: S_IF, S_BLOCK or NULL) */
+    S_FOR,        /* for name in a block(b) */
+    S_SCOPE,      /* scope a block(b): weight-name prefix */
+    S_RETURN,     /* return a; */
+    S_ASSERT,     /* assert a, b; */
+    S_INPUT,      /* input name: dtype(str) [items]; */
+    S_OUTPUT,     /* output name = a; */
+    S_PARAM,      /* param name = a; (overridable with -D) */
+    S_PREFIX,     /* prefix a; (checkpoint key prefix of the graph) */
+    S_BLOCK,      /* { items } */
+    /* top level */
+    D_DEF,        /* def name(items: A_PARAM) block(b) */
+    D_PARAM,      /* a formal parameter: name [= a] */
+    D_GRAPH,      /* graph name block(b) */
+    D_IMPORT,     /* import str; */
+} AstKind;
+
+/* Binary/unary operator codes used in Ast.op (besides single chars). */
+enum {
+    OP_EQ = 256, OP_NE, OP_LE, OP_GE, OP_AND, OP_OR, OP_IN, OP_FLOORDIV, OP_POW,
+};
+
+typedef struct Ast Ast;
+typedef struct AstList {
+    Ast **v;             /* items */
+    int n, cap;          /* count, capacity */
+} AstList;
+
+struct Ast {
+    AstKind kind;        /* what this is */
+    SrcLoc loc;          /* where it starts */
+    int op;              /* A_UNARY / A_BINARY operator */
+    int64_t ival;        /* A_INT, A_BOOL */
+    double fval;         /* A_FLOAT */
+    char *name;          /* identifier / member / keyword / def / graph name */
+    char *str;           /* A_STR, S_INPUT dtype, D_IMPORT path */
+    Ast *a, *b, *c;      /* children, meaning per kind (see AstKind) */
+    AstList items;       /* list items, call args, block statements, params */
+};
+
+Ast *ast_new(AstKind kind, SrcLoc loc);
+void ast_push(AstList *l, Ast *item);
+void ast_free(Ast *a);
+
+/* A parsed program: top-level declarations of one file and its imports. */
+typedef struct Program {
+    SrcFile **files;     /* every file read (main file first) */
+    int n_files;
+    AstList decls;       /* D_DEF and D_GRAPH, imports already expanded */
+} Program;
+
+/* Parse `path` and, recursively, the files it imports (paths relative to
+ * the importing file; each file once). NULL + diagnostic on error. */
+Program *program_parse(const char *path);
+/* Parse from memory (tests); imports resolve relative to the cwd. */
+Program *program_parse_string(const char *name, const char *text);
+void program_free(Program *p);
+
+/* Internal to the parser: parse one file's text into a list of decls. */
+int parse_file(SrcFile *f, AstList *out);
+
+/* ===================================================================== *
+ * graph.c - the graph IR
+ * ===================================================================== */
+
+#define MAX_DIMS 6
+#define MAX_SRC 4
+
+typedef enum DType {
+    DT_F32,   /* float32 */
+    DT_I32,   /* int32 (token ids, code indices) */
+} DType;
+
+/* Every op of the IR. Shapes are NCHW for images, [B, T, C] for
+ * sequences; `x` is src[0], `w` src[1], `b` src[2] unless said otherwise. */
+typedef enum OpKind {
+    OPK_INPUT,        /* graph input (name) */
+    OPK_WEIGHT,       /* checkpoint tensor (name = full key) */
+    OPK_CONV2D,       /* y = conv(x[N,C,H,W], w[O,C,kh,kw]) + b[O]; stride, pad t/b/l/r */
+    OPK_LINEAR,       /* y[..., O] = x[..., I] w[O,I]^T (+ b[O]) */
+    OPK_MATMUL,       /* y[..., M, N] = a[..., M, K] b[..., K, N] (b transposed if trans_b) */
+    OPK_GROUP_NORM,   /* GroupNorm over [C/groups, H, W] per sample, affine w,b */
+    OPK_LAYER_NORM,   /* LayerNorm over the last dim, affine w,b */
+    OPK_SILU,         /* x * sigmoid(x) */
+    OPK_GELU,         /* 0.5 x (1 + erf(x / sqrt 2)) */
+    OPK_QUICK_GELU,   /* x * sigmoid(1.702 x) */
+    OPK_SIGMOID,      /* 1 / (1 + exp(-x)) */
+    OPK_GEGLU,        /* [..., 2D] -> a * gelu(g), a = first D, g = second D */
+    OPK_SOFTMAX,      /* softmax over the last dim */
+    OPK_ATTENTION,    /* softmax(q k^T * scale [+ causal]) v, heads = contiguous chunks */
+    OPK_UPSAMPLE,     /* nearest-neighbour upsampling of H and W by `factor` */
+    OPK_ADD,          /* a + b (numpy broadcasting) */
+    OPK_SUB,          /* a - b (numpy broadcasting) */
+    OPK_MUL,          /* a * b (numpy broadcasting) */
+    OPK_SCALE,        /* x * alpha + beta */
+    OPK_CONCAT,       /* concatenation of all srcs along axis */
+    OPK_TIMESTEP_EMB, /* [B] -> [B, dim]: [cos(t f), sin(t f)], f_i = exp(-ln(max_period) i / half) */
+    OPK_EMBEDDING,    /* table[V, D], ids (I32) -> [..ids, D] */
+    OPK_RESHAPE,      /* same data, new shape (a view) */
+    OPK_PERMUTE,      /* transpose dims by perm (a copy) */
+    OPK_SLICE,        /* [start, end) along axis (a copy) */
+    OPK_VQ_INDEX,     /* z[B,C,H,W], codebook[K,C] -> I32 [B,H,W] nearest row */
+    OPK_VQ_LOOKUP,    /* codebook[K,C], idx I32 [B,H,W] -> [B,C,H,W] */
+    OPK_COUNT
+} OpKind;
+
+/* Printable op names ("conv2d", ...), indexed by OpKind. */
+extern const char *const op_names[OPK_COUNT];
+
+typedef struct Node Node;
+struct Node {
+    int id;                      /* position in Graph.nodes (schedule order) */
+    OpKind op;                   /* what it computes */
+    DType dtype;                 /* element type of the result */
+    int ndim;                    /* rank of the result */
+    int64_t shape[MAX_DIMS];     /* result shape */
+    Node *src[MAX_SRC];          /* operands */
+    int nsrc;                    /* number of operands */
+    char *name;                  /* INPUT: input name; WEIGHT: full checkpoint key */
+    char *scope;                 /* weight scope when built (for dumps), may be NULL */
+    SrcLoc loc;                  /* DSL location that built it */
+    /* op parameters (meaning per op; unused ones are zero) */
+    int stride[2];               /* CONV2D: stride h, w */
+    int pad[4];                  /* CONV2D: top, bottom, left, right */
+    int groups;                  /* GROUP_NORM */
+    int heads;                   /* ATTENTION */
+    int causal;                  /* ATTENTION: mask j > i */
+    int trans_b;                 /* MATMUL */
+    int axis;                    /* CONCAT, SLICE */
+    int factor;                  /* UPSAMPLE */
+    int perm[MAX_DIMS];          /* PERMUTE */
+    int64_t start, end;          /* SLICE */
+    double eps;                  /* GROUP_NORM, LAYER_NORM */
+    double alpha, beta;          /* SCALE: x*alpha+beta; ATTENTION: alpha = scale */
+    double max_period;           /* TIMESTEP_EMB */
+    int weight_index;            /* WEIGHT: index in the weight table */
+    int input_index;             /* INPUT: index in the input table */
+    /* filled by passes */
+    int n_uses;                  /* number of consumers (+1 per output) */
+    int live;                    /* reachable from an output */
+    Node *storage;               /* node whose buffer holds this value (views) */
+    int last_use;                /* schedule index of the last reader of storage */
+    int64_t offset;              /* arena byte offset (storage roots) */
+    int64_t scratch_bytes;       /* temporary workspace this op needs */
+    int64_t scratch_offset;      /* arena offset of that workspace */
+};
+
+/* A graph output: a name and the node that computes it. */
+typedef struct Output {
+    char *name;                  /* output tensor name (e.g. "eps") */
+    Node *node;                  /* value */
+    SrcLoc loc;                  /* `output` statement */
+} Output;
+
+typedef struct Graph {
+    char *name;                  /* graph name from `graph NAME {` */
+    char *prefix;                /* checkpoint key prefix from `prefix "..."` */
+    Node **nodes;                /* all nodes, in schedule order */
+    int n_nodes, cap_nodes;
+    Node **inputs;               /* INPUT nodes, in declaration order */
+    int n_inputs;
+    Node **weights;              /* live WEIGHT nodes, in first-use order */
+    int n_weights;
+    Output *outputs;             /* outputs, in declaration order */
+    int n_outputs;
+    int64_t arena_bytes;         /* set by plan.c */
+    int64_t naive_bytes;         /* sum of all activation sizes (for reports) */
+} Graph;
+
+Graph *graph_new(const char *name);
+void graph_free(Graph *g);
+/* Append a node; the caller fills op params and calls node_infer(). */
+Node *graph_add(Graph *g, OpKind op, SrcLoc loc);
+/* Infer and check the shape of n from its sources and params. On a
+ * mismatch records a diagnostic at n->loc and returns -1. */
+int node_infer(Node *n);
+int64_t node_numel(const Node *n);
+int64_t node_bytes(const Node *n);
+/* Floating-point operations (multiply-add = 2) of one node. */
+double node_flops(const Node *n);
+/* "[2,320,64,64]" into buf. */
+const char *shape_str(const Node *n, char *buf, size_t size);
+
+/* ===================================================================== *
+ * eval.c - elaboration: run the DSL program against a config
+ * ===================================================================== */
+
+/* A -D NAME=VALUE definition from the command line. */
+typedef struct Define {
+    char *name;                  /* graph param (H, W, B, ...) or dotted config path */
+    char *value;                 /* text of the value */
+} Define;
+
+typedef struct BuildOptions {
+    const char *config_path;     /* --config YAML (may be NULL) */
+    Define *defines;             /* -D definitions, in order */
+    int n_defines;
+} BuildOptions;
+
+/* Build the graph of `prog` (its only `graph` declaration). NULL + diagnostic. */
+Graph *graph_build(Program *prog, const BuildOptions *opt);
+
+/* ===================================================================== *
+ * pass.c - passes over the graph
+ * ===================================================================== */
+
+/* Mark nodes reachable from outputs, drop the rest, renumber, collect the
+ * live weights and count uses. */
+void pass_dead_code(Graph *g);
+/* Resolve views (RESHAPE) to the node owning their storage. */
+void pass_views(Graph *g);
+/* Assign arena offsets by liveness (plan.c); returns 0 or -1. */
+int pass_plan_memory(Graph *g);
+/* Check that no two simultaneously-live buffers overlap; -1 + message. */
+int plan_validate(const Graph *g);
+
+/* Totals for reports. */
+int64_t graph_param_count(const Graph *g);
+double graph_flops(const Graph *g);
+
+/* ===================================================================== *
+ * dump.c - text and Graphviz dumps
+ * ===================================================================== */
+
+void dump_graph(const Graph *g, FILE *fp);
+void dump_plan(const Graph *g, FILE *fp);
+void dump_dot(const Graph *g, FILE *fp);
+
+/* ===================================================================== *
+ * codegen.c - C code generation
+ * ===================================================================== */
+
+typedef struct CodegenInfo {
+    const char *graph_path;      /* for the banner */
+    const char *config_path;     /* for the banner (may be NULL) */
+    const char *defines;         /* "H=512 W=512 B=1" for the banner */
+    const char *source_hash;     /* hash of the graph sources, for the banner */
+} CodegenInfo;
+
+/* Bytes of temporary workspace the kernel chosen for n needs (planned in
+ * the arena like any tensor). */
+int64_t kernel_scratch_bytes(const Node *n);
+
+/* Write the C translation of g. `sym` prefixes every exported symbol. */
+int codegen(const Graph *g, const CodegenInfo *info, FILE *fp);
+
+#endif

@@ -1,0 +1,142 @@
+/*
+ * main.c - the ldmc command line.
+ *
+ *   ldmc GRAPH [--config YAML] [-D NAME=VALUE]... [-o OUT.c | -o OUT]
+ *        [--dump[=build|graph|plan]] [--dot FILE] [--stats]
+ *   ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "driver.h"
+#include "safetensors.h"
+
+static void usage(FILE *fp) {
+    fprintf(fp,
+            "usage: ldmc GRAPH [--config YAML] [-D NAME=VALUE]... [-o OUT.c | -o OUT] [--dump[=build|graph|plan]]\n"
+            "            [--dot FILE] [--stats]\n"
+            "       ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors\n"
+            "\n"
+            "  --config YAML     the model's CompVis config (e.g. models/sd1/v1-inference.yaml)\n"
+            "  -D NAME=VALUE     set a graph param (H, W: image pixels; B: batch) or, with a dotted\n"
+            "                    NAME, override a config value (model.params.unet_config.params.num_heads=4)\n"
+            "  -o OUT.c          write the generated C\n"
+            "  -o OUT            write OUT.c and build OUT, a graph runner:\n"
+            "                    OUT --weights CKPT --inputs IN --outputs RESULT\n"
+            "  --dump[=WHAT]     print the graph after the passes (graph, the default), as built (build),\n"
+            "                    or the memory plan (plan)\n"
+            "  --dot FILE        write the graph in Graphviz format\n"
+            "  --stats           print node, parameter and FLOP counts and timings on stderr\n"
+            "  --version         print the version\n");
+}
+
+static int convert_main(int argc, char **argv) {
+    const char *dtype = NULL, *in = NULL, *out = NULL;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = argv[++i];
+        else if (!strncmp(argv[i], "--dtype=", 8)) dtype = argv[i] + 8;
+        else if (argv[i][0] == '-' && argv[i][1]) {
+            fprintf(stderr, "ldmc convert: error: unknown option '%s'\n", argv[i]);
+            return 2;
+        } else if (!in) in = argv[i];
+        else if (!out) out = argv[i];
+        else {
+            fprintf(stderr, "ldmc convert: error: unexpected argument '%s'\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!dtype || !in || !out) {
+        fprintf(stderr, "usage: ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors\n");
+        return 2;
+    }
+    StDtype to;
+    if (!strcmp(dtype, "f32")) to = ST_F32;
+    else if (!strcmp(dtype, "f16")) to = ST_F16;
+    else if (!strcmp(dtype, "bf16")) to = ST_BF16;
+    else {
+        fprintf(stderr, "ldmc convert: error: --dtype must be f32, f16 or bf16, got '%s'\n", dtype);
+        return 2;
+    }
+    if (st_convert(in, out, to) != 0) {
+        fprintf(stderr, "ldmc convert: error: %s\n", ldm_last_error());
+        return 1;
+    }
+    return 0;
+}
+
+/* Record -D NAME=VALUE. */
+static int add_define(DriverOptions *opt, const char *text) {
+    const char *eq = strchr(text, '=');
+    if (!eq || eq == text || !eq[1]) {
+        fprintf(stderr, "ldmc: error: -D expects NAME=VALUE, got '%s'\n", text);
+        return -1;
+    }
+    opt->defines[opt->n_defines].name = strndup(text, (size_t)(eq - text));
+    opt->defines[opt->n_defines].value = strdup(eq + 1);
+    opt->n_defines++;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "convert")) return convert_main(argc, argv);
+    DriverOptions opt = {0};
+    opt.defines = calloc((size_t)argc, sizeof *opt.defines);
+    int rc = 2;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            rc = 0;
+            goto out;
+        } else if (!strcmp(a, "--version")) {
+            printf("ldmc %s\n", LDMC_VERSION);
+            rc = 0;
+            goto out;
+        } else if (!strcmp(a, "--config") || !strcmp(a, "-o") || !strcmp(a, "--dot") || !strcmp(a, "-D")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "ldmc: error: %s needs a value\n", a);
+                goto out;
+            }
+            const char *v = argv[++i];
+            if (!strcmp(a, "--config")) opt.config_path = v;
+            else if (!strcmp(a, "-o")) opt.out_path = v;
+            else if (!strcmp(a, "--dot")) opt.dot_path = v;
+            else if (add_define(&opt, v) != 0) goto out;
+        } else if (!strncmp(a, "-D", 2)) {
+            if (add_define(&opt, a + 2) != 0) goto out;
+        } else if (!strcmp(a, "--dump") || !strcmp(a, "--dump=graph")) {
+            opt.dump_graph = 1;
+        } else if (!strcmp(a, "--dump=build")) {
+            opt.dump_build = 1;
+        } else if (!strcmp(a, "--dump=plan")) {
+            opt.dump_plan = 1;
+        } else if (!strcmp(a, "--stats")) {
+            opt.stats = 1;
+        } else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "ldmc: error: unknown option '%s' (see ldmc --help)\n", a);
+            goto out;
+        } else if (!opt.graph_path) {
+            opt.graph_path = a;
+        } else {
+            fprintf(stderr, "ldmc: error: more than one graph file ('%s' and '%s')\n", opt.graph_path, a);
+            goto out;
+        }
+    }
+    if (!opt.graph_path) {
+        usage(stderr);
+        goto out;
+    }
+    if (!opt.out_path && !opt.dump_graph && !opt.dump_build && !opt.dump_plan && !opt.dot_path && !opt.stats) {
+        fprintf(stderr, "ldmc: error: nothing to do: give -o, --dump, --dot or --stats\n");
+        goto out;
+    }
+    rc = ldmc_compile(&opt) == 0 ? 0 : 1;
+    if (rc) fprintf(stderr, "%s\n", ldm_last_error());
+out:
+    for (int i = 0; i < opt.n_defines; i++) {
+        free(opt.defines[i].name);
+        free(opt.defines[i].value);
+    }
+    free(opt.defines);
+    return rc;
+}

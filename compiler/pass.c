@@ -1,0 +1,224 @@
+/*
+ * pass.c - passes over the graph: dead-code elimination, view resolution,
+ * the static memory plan and its validator, and totals.
+ *
+ * The memory plan gives every activation buffer an offset in one arena.
+ * Buffers are born when their node runs and die after the last node that
+ * reads them (outputs live to the end); a node's scratch workspace lives only
+ * while the node runs. Offsets are assigned by scanning the schedule and
+ * placing each new buffer in the lowest gap among the live ones that fits
+ * (first fit), or by best fit; the smaller arena wins. plan_validate() then
+ * proves that no two buffers that are live at the same time overlap.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "ldmc.h"
+
+#define ALIGN 64
+
+static int64_t align_up(int64_t x) { return (x + ALIGN - 1) / ALIGN * ALIGN; }
+
+/* ---- dead code ------------------------------------------------------------ */
+
+void pass_dead_code(Graph *g) {
+    for (int i = 0; i < g->n_nodes; i++) {
+        g->nodes[i]->live = 0;
+        g->nodes[i]->n_uses = 0;
+    }
+    for (int i = 0; i < g->n_outputs; i++) g->outputs[i].node->live = 1;
+    for (int i = 0; i < g->n_inputs; i++) g->inputs[i]->live = 1; /* inputs are the interface */
+    for (int i = g->n_nodes - 1; i >= 0; i--) {
+        Node *n = g->nodes[i];
+        if (!n->live) continue;
+        for (int s = 0; s < n->nsrc; s++) n->src[s]->live = 1;
+    }
+    int k = 0;
+    for (int i = 0; i < g->n_nodes; i++) {
+        Node *n = g->nodes[i];
+        if (!n->live) {
+            free(n->name);
+            free(n->scope);
+            free(n);
+            continue;
+        }
+        n->id = k;
+        g->nodes[k++] = n;
+    }
+    g->n_nodes = k;
+    g->n_weights = 0;
+    free(g->weights);
+    g->weights = NULL;
+    for (int i = 0; i < g->n_nodes; i++) {
+        Node *n = g->nodes[i];
+        for (int s = 0; s < n->nsrc; s++) n->src[s]->n_uses++;
+        if (n->op == OPK_WEIGHT) {
+            n->weight_index = g->n_weights;
+            g->weights = ldm_xrealloc(g->weights, (size_t)(g->n_weights + 1) * sizeof *g->weights);
+            g->weights[g->n_weights++] = n;
+        }
+    }
+    for (int i = 0; i < g->n_outputs; i++) g->outputs[i].node->n_uses++;
+}
+
+/* ---- views ---------------------------------------------------------------- */
+
+void pass_views(Graph *g) {
+    for (int i = 0; i < g->n_nodes; i++) {
+        Node *n = g->nodes[i];
+        n->storage = n->op == OPK_RESHAPE ? n->src[0]->storage : n;
+    }
+}
+
+/* ---- memory plan ---------------------------------------------------------- */
+
+/* Does node n own an arena buffer? (inputs and weights live outside) */
+static int owns_buffer(const Node *n) {
+    return n->storage == n && n->op != OPK_INPUT && n->op != OPK_WEIGHT;
+}
+
+/* One buffer to place: an activation or a scratch workspace. */
+typedef struct Buf {
+    int64_t size;        /* bytes (aligned) */
+    int first, last;     /* schedule steps during which it is live */
+    int64_t offset;      /* result */
+    Node *node;          /* owner */
+    int scratch;         /* 1 for the node's scratch workspace */
+} Buf;
+
+static int collect_buffers(Graph *g, Buf **out) {
+    /* last use of every storage root */
+    for (int i = 0; i < g->n_nodes; i++) g->nodes[i]->last_use = i;
+    for (int i = 0; i < g->n_nodes; i++) {
+        Node *n = g->nodes[i];
+        for (int s = 0; s < n->nsrc; s++) {
+            Node *st = n->src[s]->storage;
+            if (st->last_use < i) st->last_use = i;
+        }
+    }
+    for (int i = 0; i < g->n_outputs; i++) g->outputs[i].node->storage->last_use = g->n_nodes;
+    Buf *b = ldm_xcalloc((size_t)(2 * g->n_nodes + 1), sizeof *b);
+    int nb = 0;
+    for (int i = 0; i < g->n_nodes; i++) {
+        Node *n = g->nodes[i];
+        if (owns_buffer(n)) b[nb++] = (Buf){align_up(node_bytes(n)), i, n->last_use, 0, n, 0};
+        n->scratch_bytes = kernel_scratch_bytes(n);
+        if (n->scratch_bytes > 0) b[nb++] = (Buf){align_up(n->scratch_bytes), i, i, 0, n, 1};
+    }
+    *out = b;
+    return nb;
+}
+
+/* Place buffers in schedule order; best != 0 picks the smallest fitting gap. */
+static int64_t place(Buf *b, int nb, int best) {
+    int *live = ldm_xmalloc((size_t)(nb + 1) * sizeof *live);
+    int nlive = 0;
+    int64_t top = 0;
+    for (int i = 0; i < nb; i++) {
+        /* retire buffers whose last reader ran before this step */
+        int k = 0;
+        for (int j = 0; j < nlive; j++)
+            if (b[live[j]].last >= b[i].first) live[k++] = live[j];
+        nlive = k;
+        /* live buffers sorted by offset (insertion sort: nearly sorted) */
+        for (int j = 1; j < nlive; j++)
+            for (int m = j; m > 0 && b[live[m - 1]].offset > b[live[m]].offset; m--) {
+                int t = live[m];
+                live[m] = live[m - 1];
+                live[m - 1] = t;
+            }
+        int64_t pos = 0, chosen = -1, chosen_gap = -1;
+        for (int j = 0; j <= nlive; j++) {
+            int64_t end = j < nlive ? b[live[j]].offset : INT64_MAX;
+            int64_t gap = end - pos;
+            if (gap >= b[i].size) {
+                if (!best) {
+                    chosen = pos;
+                    break;
+                }
+                if (chosen < 0 || gap < chosen_gap) {
+                    chosen = pos;
+                    chosen_gap = gap;
+                }
+            }
+            if (j < nlive && b[live[j]].offset + b[live[j]].size > pos) pos = b[live[j]].offset + b[live[j]].size;
+        }
+        b[i].offset = chosen;
+        if (chosen + b[i].size > top) top = chosen + b[i].size;
+        live[nlive++] = i;
+    }
+    free(live);
+    return top;
+}
+
+int pass_plan_memory(Graph *g) {
+    Buf *b;
+    int nb = collect_buffers(g, &b);
+    int64_t naive = 0;
+    for (int i = 0; i < nb; i++) naive += b[i].size;
+    int64_t first_fit = place(b, nb, 0);
+    int64_t best_fit = place(b, nb, 1);
+    int64_t size = best_fit;
+    if (first_fit < best_fit) size = place(b, nb, 0);
+    for (int i = 0; i < nb; i++) {
+        if (b[i].scratch) b[i].node->scratch_offset = b[i].offset;
+        else b[i].node->offset = b[i].offset;
+    }
+    free(b);
+    g->arena_bytes = size;
+    g->naive_bytes = naive;
+    return plan_validate(g);
+}
+
+int plan_validate(const Graph *g) {
+    /* rebuild the interval list from the nodes and check every live pair */
+    int n = g->n_nodes;
+    int64_t *lo = ldm_xmalloc((size_t)(2 * n + 1) * sizeof *lo), *hi = ldm_xmalloc((size_t)(2 * n + 1) * sizeof *hi);
+    int *t0 = ldm_xmalloc((size_t)(2 * n + 1) * sizeof *t0), *t1 = ldm_xmalloc((size_t)(2 * n + 1) * sizeof *t1);
+    const Node **who = ldm_xmalloc((size_t)(2 * n + 1) * sizeof *who);
+    int nb = 0, rc = 0;
+    for (int i = 0; i < n; i++) {
+        const Node *x = g->nodes[i];
+        if (owns_buffer(x)) {
+            lo[nb] = x->offset, hi[nb] = x->offset + node_bytes(x), t0[nb] = i, t1[nb] = x->last_use, who[nb++] = x;
+        }
+        if (x->scratch_bytes > 0) {
+            lo[nb] = x->scratch_offset, hi[nb] = x->scratch_offset + x->scratch_bytes, t0[nb] = i, t1[nb] = i, who[nb++] = x;
+        }
+    }
+    for (int i = 0; i < nb && rc == 0; i++) {
+        if (lo[i] < 0 || hi[i] > g->arena_bytes || lo[i] % ALIGN) {
+            rc = ldm_fail("memory plan: buffer of node %%%d [%lld, %lld) outside the arena or misaligned", who[i]->id,
+                          (long long)lo[i], (long long)hi[i]);
+            break;
+        }
+        for (int j = i + 1; j < nb; j++) {
+            int overlap_time = t0[i] <= t1[j] && t0[j] <= t1[i];
+            int overlap_mem = lo[i] < hi[j] && lo[j] < hi[i];
+            if (overlap_time && overlap_mem) {
+                rc = ldm_fail("memory plan: buffers of nodes %%%d and %%%d overlap while both are live", who[i]->id, who[j]->id);
+                break;
+            }
+        }
+    }
+    free(lo);
+    free(hi);
+    free(t0);
+    free(t1);
+    free(who);
+    return rc;
+}
+
+/* ---- totals --------------------------------------------------------------- */
+
+int64_t graph_param_count(const Graph *g) {
+    int64_t k = 0;
+    for (int i = 0; i < g->n_weights; i++) k += node_numel(g->weights[i]);
+    return k;
+}
+
+double graph_flops(const Graph *g) {
+    double f = 0;
+    for (int i = 0; i < g->n_nodes; i++) f += node_flops(g->nodes[i]);
+    return f;
+}

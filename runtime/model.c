@@ -1,0 +1,227 @@
+/*
+ * model.c - binding a checkpoint to a generated model, and the graph runner.
+ *
+ * A generated model lists every weight it was compiled for; loading checks
+ * each against the checkpoint (present, floating point, exactly the
+ * expected shape) and converts F16/BF16 to float32. The graph runner is the
+ * main() of every `ldmc GRAPH -o OUT` program: inputs by name from one
+ * safetensors file, outputs by name to another.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "util.h"
+
+int64_t ldm_numel(const LdmTensorInfo *t) {
+    int64_t k = 1;
+    for (int i = 0; i < t->ndim; i++) k *= t->shape[i];
+    return k;
+}
+
+const char *ldm_shape_str(int ndim, const int64_t *shape, char *buf, size_t size) {
+    size_t k = (size_t)snprintf(buf, size, "[");
+    for (int i = 0; i < ndim && k < size; i++)
+        k += (size_t)snprintf(buf + k, size - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (k < size) snprintf(buf + k, size - k, "]");
+    return buf;
+}
+
+static int same_shape(int nd, const int64_t *a, int nd2, const int64_t *b) {
+    if (nd != nd2) return 0;
+    for (int i = 0; i < nd; i++)
+        if (a[i] != b[i]) return 0;
+    return 1;
+}
+
+/* Check one checkpoint tensor against what the model expects. */
+static int check_tensor(const StFile *f, const StTensor *t, const LdmTensorInfo *want, const char *role) {
+    char bw[160], bg[160];
+    ldm_shape_str(want->ndim, want->shape, bw, sizeof bw);
+    if (!t)
+        return ldm_fail("%s: %s '%s' is missing (expected %s %s)", f->path, role, want->name,
+                        want->dtype == LDM_I32 ? "I32/I64" : "F32/F16/BF16", bw);
+    int ok_dtype = want->dtype == LDM_F32
+                       ? (t->dtype == ST_F32 || t->dtype == ST_F16 || t->dtype == ST_BF16 || t->dtype == ST_F64)
+                       : (t->dtype == ST_I32 || t->dtype == ST_I64);
+    if (!ok_dtype)
+        return ldm_fail("%s: %s '%s' has dtype %s, expected %s", f->path, role, want->name, st_dtype_name(t->dtype),
+                        want->dtype == LDM_I32 ? "I32 or I64" : "F32, F16 or BF16");
+    if (!same_shape(want->ndim, want->shape, t->ndim, t->shape))
+        return ldm_fail("%s: %s '%s' has shape %s, expected %s (a checkpoint for another model config?)", f->path, role,
+                        want->name, ldm_shape_str(t->ndim, t->shape, bg, sizeof bg), bw);
+    return 0;
+}
+
+int ldm_weights_load(const LdmModel *m, const StFile *f, LdmWeights *w) {
+    memset(w, 0, sizeof *w);
+    w->n = m->n_weights;
+    w->ptr = ldm_xcalloc((size_t)w->n + 1, sizeof *w->ptr);
+    w->owned = ldm_xcalloc((size_t)w->n + 1, sizeof *w->owned);
+    for (int i = 0; i < m->n_weights; i++) {
+        const LdmTensorInfo *want = &m->weights[i];
+        const StTensor *t = st_find(f, want->name);
+        if (check_tensor(f, t, want, "weight") != 0) {
+            ldm_weights_free(w);
+            return -1;
+        }
+        if (t->dtype == ST_F32 && ((uintptr_t)t->data & 3) == 0) {
+            w->ptr[i] = (const float *)(const void *)t->data; /* used in place */
+            continue;
+        }
+        float *buf = ldm_aligned_alloc((size_t)t->numel * sizeof(float));
+        if (st_to_f32(t, buf) != 0) {
+            char why[1024];
+            snprintf(why, sizeof why, "%s", ldm_last_error());
+            free(buf);
+            ldm_weights_free(w);
+            return ldm_fail("%s: %s", f->path, why);
+        }
+        w->owned[i] = buf;
+        w->ptr[i] = buf;
+        w->bytes += (size_t)t->numel * sizeof(float);
+    }
+    return 0;
+}
+
+void ldm_weights_free(LdmWeights *w) {
+    if (w->owned)
+        for (int i = 0; i < w->n; i++) free(w->owned[i]);
+    free(w->owned);
+    free((void *)w->ptr);
+    memset(w, 0, sizeof *w);
+}
+
+unsigned char *ldm_arena_new(const LdmModel *m) {
+    unsigned char *a = ldm_aligned_alloc(m->arena_bytes ? m->arena_bytes : 64);
+    memset(a, 0, m->arena_bytes);
+    return a;
+}
+
+/* ---- graph runner ---------------------------------------------------------- */
+
+static void runner_usage(const LdmModel *m, FILE *fp) {
+    fprintf(fp,
+            "usage: %s --weights CKPT.safetensors --inputs IN.safetensors --outputs OUT.safetensors\n"
+            "          [--prefix P] [--repeat N]\n"
+            "Runs graph '%s' (%s).\n"
+            "Reads the inputs by name (P + name) from IN, writes the outputs by name to OUT.\n"
+            "  --repeat N  run N times and print the median time per call\n",
+            m->name, m->name, m->banner);
+    fprintf(fp, "inputs:");
+    char b[160];
+    for (int i = 0; i < m->n_inputs; i++)
+        fprintf(fp, " %s %s%s", m->inputs[i].name, m->inputs[i].dtype == LDM_I32 ? "i32" : "f32",
+                ldm_shape_str(m->inputs[i].ndim, m->inputs[i].shape, b, sizeof b));
+    fprintf(fp, "\noutputs:");
+    for (int i = 0; i < m->n_outputs; i++)
+        fprintf(fp, " %s %s%s", m->outputs[i].name, m->outputs[i].dtype == LDM_I32 ? "i32" : "f32",
+                ldm_shape_str(m->outputs[i].ndim, m->outputs[i].shape, b, sizeof b));
+    fprintf(fp, "\n");
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
+    const char *weights = NULL, *inputs = NULL, *outputs = NULL, *prefix = "";
+    int repeat = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            runner_usage(m, stdout);
+            return 0;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "%s: error: option %s needs a value (see --help)\n", argv[0], a);
+            return 2;
+        }
+        const char *v = argv[++i];
+        if (!strcmp(a, "--weights")) weights = v;
+        else if (!strcmp(a, "--inputs")) inputs = v;
+        else if (!strcmp(a, "--outputs")) outputs = v;
+        else if (!strcmp(a, "--prefix")) prefix = v;
+        else if (!strcmp(a, "--repeat")) {
+            char *end;
+            long r = strtol(v, &end, 10);
+            if (*end || r < 1 || r > 100000) {
+                fprintf(stderr, "%s: error: --repeat expects a positive integer, got '%s'\n", argv[0], v);
+                return 2;
+            }
+            repeat = (int)r;
+        } else {
+            fprintf(stderr, "%s: error: unknown option '%s' (see --help)\n", argv[0], a);
+            return 2;
+        }
+    }
+    if (!weights || !inputs || !outputs) {
+        fprintf(stderr, "%s: error: --weights, --inputs and --outputs are required\n", argv[0]);
+        runner_usage(m, stderr);
+        return 2;
+    }
+    int rc = 1;
+    StFile wf = {0}, inf = {0};
+    LdmWeights w = {0};
+    void **in = ldm_xcalloc((size_t)m->n_inputs + 1, sizeof *in);
+    void **out = ldm_xcalloc((size_t)m->n_outputs + 1, sizeof *out);
+    unsigned char *arena = NULL;
+    double t0 = ldm_now();
+    if (st_open(&wf, weights) != 0 || ldm_weights_load(m, &wf, &w) != 0) goto done;
+    double t_load = ldm_now() - t0;
+    if (st_open(&inf, inputs) != 0) goto done;
+    for (int i = 0; i < m->n_inputs; i++) {
+        const LdmTensorInfo *want = &m->inputs[i];
+        char *name = ldm_xasprintf("%s%s", prefix, want->name);
+        const StTensor *t = st_find(&inf, name);
+        LdmTensorInfo named = *want;
+        named.name = name;
+        int bad = check_tensor(&inf, t, &named, "input");
+        if (!bad) {
+            in[i] = ldm_aligned_alloc((size_t)ldm_numel(want) * 4);
+            bad = want->dtype == LDM_I32 ? st_to_i32(t, in[i]) : st_to_f32(t, in[i]);
+            if (bad) ldm_fail("%s: %s", inputs, ldm_last_error());
+        }
+        free(name);
+        if (bad) goto done;
+    }
+    for (int i = 0; i < m->n_outputs; i++) out[i] = ldm_aligned_alloc((size_t)ldm_numel(&m->outputs[i]) * 4);
+    arena = ldm_arena_new(m);
+    double *times = ldm_xcalloc((size_t)repeat, sizeof *times);
+    for (int r = 0; r < repeat; r++) {
+        double s = ldm_now();
+        if (m->forward((const float *const *)w.ptr, (const void *const *)in, out, arena) != 0) {
+            free(times);
+            goto done;
+        }
+        times[r] = ldm_now() - s;
+    }
+    qsort(times, (size_t)repeat, sizeof *times, cmp_double);
+    double med = times[repeat / 2];
+    free(times);
+    StWriter *sw = st_writer_new();
+    for (int i = 0; i < m->n_outputs; i++) {
+        const LdmTensorInfo *o = &m->outputs[i];
+        st_writer_add(sw, o->name, o->dtype == LDM_I32 ? ST_I32 : ST_F32, o->ndim, o->shape, out[i]);
+    }
+    st_writer_meta(sw, "ldmc", m->banner);
+    int wrc = st_writer_save(sw, outputs);
+    st_writer_free(sw);
+    if (wrc != 0) goto done;
+    fprintf(stderr, "%s: load %.3f s, forward %.4f s (median of %d), %.2f GFLOP/s, arena %.1f MiB, peak RSS %.1f MiB\n",
+            m->name, t_load, med, repeat, med > 0 ? m->flops / med / 1e9 : 0.0, (double)m->arena_bytes / 1048576.0,
+            (double)ldm_peak_rss() / 1048576.0);
+    rc = 0;
+done:
+    if (rc) fprintf(stderr, "%s: error: %s\n", argv[0], ldm_last_error());
+    for (int i = 0; i < m->n_inputs; i++) free(in[i]);
+    for (int i = 0; i < m->n_outputs; i++) free(out[i]);
+    free(in);
+    free(out);
+    free(arena);
+    ldm_weights_free(&w);
+    st_close(&inf);
+    st_close(&wf);
+    return rc;
+}

@@ -1,0 +1,78 @@
+/*
+ * model.h - the interface between ldmc-generated code and the runtime.
+ *
+ * Every generated C file defines one `const LdmModel <graph>_model`: the
+ * tables of the weights, inputs and outputs it was compiled for (names,
+ * dtypes and shapes, all fixed at compile time), its arena size and its
+ * forward function. The runtime loads a checkpoint against the weight table
+ * (checking every tensor), and the graph runner feeds inputs by name.
+ */
+#ifndef LDM_MODEL_H
+#define LDM_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "safetensors.h"
+
+#define LDM_MAX_DIMS 6
+
+typedef enum LdmDType {
+    LDM_F32 = 0,   /* float32 */
+    LDM_I32 = 1,   /* int32 */
+} LdmDType;
+
+/* A tensor the model was compiled for. */
+typedef struct LdmTensorInfo {
+    const char *name;                /* checkpoint key / input or output name */
+    int dtype;                       /* LdmDType */
+    int ndim;                        /* rank */
+    int64_t shape[LDM_MAX_DIMS];     /* dimensions */
+} LdmTensorInfo;
+
+/* forward(weights, inputs, outputs, arena): 0 or -1 with ldm_fail(). */
+typedef int (*LdmForwardFn)(const float *const *w, const void *const *in, void *const *out, unsigned char *arena);
+
+typedef struct LdmModel {
+    const char *name;                /* graph name ("unet") */
+    const char *banner;              /* compiler version, graph, config, resolution */
+    int n_weights;                   /* weight table */
+    const LdmTensorInfo *weights;
+    int n_inputs;                    /* input table, in forward()'s order */
+    const LdmTensorInfo *inputs;
+    int n_outputs;                   /* output table, in forward()'s order */
+    const LdmTensorInfo *outputs;
+    size_t arena_bytes;              /* activation + scratch arena */
+    double flops;                    /* floating-point operations per call */
+    int64_t n_params;                /* parameter count */
+    LdmForwardFn forward;            /* the generated entry point */
+} LdmModel;
+
+/* Weights of one model, as float32 arrays in the model's table order. */
+typedef struct LdmWeights {
+    const float **ptr;               /* ptr[i] = data of weights[i] */
+    float **owned;                   /* converted copies to free (NULL where ptr points into the mapping) */
+    int n;                           /* number of weights */
+    size_t bytes;                    /* bytes held in converted copies */
+} LdmWeights;
+
+int64_t ldm_numel(const LdmTensorInfo *t);
+/* "[320, 320, 3, 3]" into buf. */
+const char *ldm_shape_str(int ndim, const int64_t *shape, char *buf, size_t size);
+
+/* Bind every weight of m from the checkpoint f, checking presence, dtype
+ * (F32, F16 or BF16) and shape; errors name the tensor and what was
+ * expected. F32 data that is suitably aligned is used in place (mmap). */
+int ldm_weights_load(const LdmModel *m, const StFile *f, LdmWeights *w);
+void ldm_weights_free(LdmWeights *w);
+
+/* Arena for m (64-byte aligned); free with free(). */
+unsigned char *ldm_arena_new(const LdmModel *m);
+
+/* main() of a graph runner:
+ *   RUNNER --weights CKPT --inputs IN --outputs OUT [--prefix P] [--repeat N]
+ * reads the inputs by name (P + name) from IN, runs the model, writes the
+ * outputs by name to OUT. */
+int ldm_runner_main(const LdmModel *m, int argc, char **argv);
+
+#endif

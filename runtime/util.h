@@ -1,0 +1,59 @@
+/*
+ * util.h - error reporting, allocation, files and timers shared by the
+ * runtime, the compiler and every generated program.
+ *
+ * Error convention: library functions never print and never exit. They
+ * record a message with ldm_fail() (which returns -1) and return it; only a
+ * main() prints ldm_last_error() and exits.
+ */
+#ifndef LDM_UTIL_H
+#define LDM_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#if defined(__GNUC__)
+#define LDM_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define LDM_PRINTF(a, b)
+#endif
+
+/* Record an error message (printf-style). Always returns -1. */
+int ldm_fail(const char *fmt, ...) LDM_PRINTF(1, 2);
+/* The message recorded by the last ldm_fail() on this thread ("" if none). */
+const char *ldm_last_error(void);
+
+/* Allocation that aborts with a message when memory is exhausted: running
+ * out of memory is not an input error a caller can recover from. */
+void *ldm_xmalloc(size_t n);
+void *ldm_xcalloc(size_t n, size_t size);
+void *ldm_xrealloc(void *p, size_t n);
+char *ldm_xstrdup(const char *s);
+char *ldm_xasprintf(const char *fmt, ...) LDM_PRINTF(1, 2);
+/* 64-byte aligned allocation (free with free()). */
+void *ldm_aligned_alloc(size_t n);
+
+/* Whole-file read into a NUL-terminated buffer; returns NULL and records an
+ * error naming the path on failure. */
+char *ldm_read_file(const char *path, size_t *len);
+
+/* Atomic output: write to "<path>.tmp.<pid>", then rename over <path> on
+ * success, so a failed run never leaves a half-written file behind. */
+typedef struct LdmOutFile {
+    FILE *fp;        /* stream to write to */
+    char *path;      /* final name */
+    char *tmp_path;  /* temporary name the data goes to first */
+} LdmOutFile;
+int ldm_out_open(LdmOutFile *o, const char *path);
+/* Flush, fsync-free close and rename; on any failure removes the temp file. */
+int ldm_out_commit(LdmOutFile *o);
+/* Remove the temp file without touching <path>. */
+void ldm_out_abort(LdmOutFile *o);
+
+/* Wall clock in seconds (monotonic). */
+double ldm_now(void);
+/* Peak resident set size of this process in bytes (0 if unknown). */
+size_t ldm_peak_rss(void);
+
+#endif
