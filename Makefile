@@ -40,7 +40,7 @@ COMP_SRC := $(filter-out compiler/main.c,$(wildcard compiler/*.c))
 COMP_OBJ := $(COMP_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/parser.o $(BUILD)/obj/gen/lexer.o
 COMP_LIB := $(BUILD)/libldmc.a
 
-TEST_SRC := $(wildcard tests/*.c)
+TEST_SRC ?= $(wildcard tests/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 
 .PHONY: all test check clean
