@@ -43,7 +43,12 @@ COMP_LIB := $(BUILD)/libldmc.a
 TEST_SRC ?= $(wildcard tests/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 
-.PHONY: all test check clean
+# Debian packages needed to build and test (and, statically, to deploy).
+DEB_PACKAGES = build-essential pkg-config flex bison libopenblas-dev check libyaml-dev \
+               zlib1g-dev libpng-dev libjansson-dev
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all test check clean deps
 .SECONDARY:
 
 all: $(BUILD)/ldmc $(RT_LIB) $(CLI_BIN)
@@ -113,6 +118,14 @@ test: all $(BUILD)/tests/run_tests
 check:
 	$(MAKE) test
 	$(MAKE) test SAN=1
+
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "all Debian packages present"; fi
 
 clean:
 	rm -rf build build-san

@@ -545,6 +545,7 @@ static void emit_call(const Graph *g, const Node *n, FILE *fp) {
         return;
     }
     E("    %s *v%d = (%s *)(arena + %lld);\n", ctype(n->dtype), n->id, ctype(n->dtype), (long long)n->offset);
+    E("    if (ldm_profiling) t0 = ldm_now();\n");
     int fallible = n->op == OPK_EMBEDDING || n->op == OPK_VQ_LOOKUP;
     E("    %sn%d_%s(", fallible ? "if (" : "", n->id, op_names[n->op]);
     for (int s = 0; s < n->nsrc; s++) {
@@ -558,7 +559,8 @@ static void emit_call(const Graph *g, const Node *n, FILE *fp) {
         else E(", NULL");
     }
     E(")%s;\n", fallible ? ") return -1" : "");
-    (void)g;
+    E("    if (ldm_profiling) ldm_profile_record(\"%s\", %d, \"%s\", %.17g, ldm_now() - t0);\n", g->name, n->id,
+      op_names[n->op], node_flops(n));
 }
 
 static void emit_tensor_table(const char *name, Node *const *nodes, const Output *outs, int count, int is_out, FILE *fp,
@@ -598,7 +600,7 @@ int codegen(const Graph *g, const CodegenInfo *info, FILE *fp) {
 
     E("\n/* ---- entry point ---- */\n\n");
     E("int %s_forward(const float *const *w, const void *const *in, void *const *out, unsigned char *arena) {\n", g->name);
-    E("    (void)w;\n");
+    E("    (void)w;\n    double t0 = 0.0;\n    (void)t0;\n");
     for (int i = 0; i < g->n_inputs; i++) {
         const Node *n = g->inputs[i];
         E("    const %s *v%d = (const %s *)in[%d]; /* input %s */\n", ctype(n->dtype), n->id, ctype(n->dtype), i, n->name);

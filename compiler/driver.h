@@ -20,4 +20,10 @@ typedef struct DriverOptions {
 /* 0, or -1 with the message in ldm_last_error(). */
 int ldmc_compile(const DriverOptions *opt);
 
+/* `ldmc randckpt`: write a random-weight checkpoint holding every weight the
+ * graphs bind under the build options (randckpt.c). */
+#include "safetensors.h"
+int ldmc_randckpt(const char *const *graphs, int n_graphs, const BuildOptions *bo, StDtype dtype, uint64_t seed,
+                  const char *out_path);
+
 #endif

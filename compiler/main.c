@@ -16,6 +16,7 @@ static void usage(FILE *fp) {
             "usage: ldmc GRAPH [--config YAML] [-D NAME=VALUE]... [-o OUT.c | -o OUT] [--dump[=build|graph|plan]]\n"
             "            [--dot FILE] [--stats]\n"
             "       ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors\n"
+            "       ldmc randckpt --config YAML [-D NAME=VALUE]... [--dtype f32|f16|bf16] [--seed N] -o OUT GRAPH...\n"
             "\n"
             "  --config YAML     the model's CompVis config (e.g. models/sd1/v1-inference.yaml)\n"
             "  -D NAME=VALUE     set a graph param (H, W: image pixels; B: batch) or, with a dotted\n"
@@ -28,6 +29,79 @@ static void usage(FILE *fp) {
             "  --dot FILE        write the graph in Graphviz format\n"
             "  --stats           print node, parameter and FLOP counts and timings on stderr\n"
             "  --version         print the version\n");
+}
+
+static int parse_dtype(const char *s, StDtype *to) {
+    if (!strcmp(s, "f32")) *to = ST_F32;
+    else if (!strcmp(s, "f16")) *to = ST_F16;
+    else if (!strcmp(s, "bf16")) *to = ST_BF16;
+    else return -1;
+    return 0;
+}
+
+/* Record -D NAME=VALUE. */
+static int add_define(DriverOptions *opt, const char *text);
+
+/* ldmc randckpt: a random-weight checkpoint with the shapes the graphs bind. */
+static int randckpt_main(int argc, char **argv) {
+    DriverOptions opt = {0};
+    opt.defines = calloc((size_t)argc, sizeof *opt.defines);
+    const char **graphs = calloc((size_t)argc, sizeof *graphs);
+    int n_graphs = 0, rc = 2;
+    StDtype dtype = ST_F32;
+    unsigned long long seed = 0;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        int has_value = i + 1 < argc;
+        if ((!strcmp(a, "--config") || !strcmp(a, "-o") || !strcmp(a, "--dtype") || !strcmp(a, "--seed") ||
+             !strcmp(a, "-D")) && !has_value) {
+            fprintf(stderr, "ldmc randckpt: error: %s needs a value\n", a);
+            goto out;
+        }
+        if (!strcmp(a, "--config")) opt.config_path = argv[++i];
+        else if (!strcmp(a, "-o")) opt.out_path = argv[++i];
+        else if (!strcmp(a, "--dtype")) {
+            if (parse_dtype(argv[++i], &dtype)) {
+                fprintf(stderr, "ldmc randckpt: error: --dtype must be f32, f16 or bf16, got '%s'\n", argv[i]);
+                goto out;
+            }
+        } else if (!strcmp(a, "--seed")) {
+            char *end;
+            seed = strtoull(argv[++i], &end, 10);
+            if (*end || !*argv[i]) {
+                fprintf(stderr, "ldmc randckpt: error: --seed expects a non-negative integer, got '%s'\n", argv[i]);
+                goto out;
+            }
+        } else if (!strcmp(a, "-D")) {
+            if (add_define(&opt, argv[++i])) goto out;
+        } else if (!strncmp(a, "-D", 2)) {
+            if (add_define(&opt, a + 2)) goto out;
+        } else if (a[0] == '-') {
+            fprintf(stderr, "ldmc randckpt: error: unknown option '%s'\n", a);
+            goto out;
+        } else {
+            graphs[n_graphs++] = a;
+        }
+    }
+    if (!opt.out_path || !n_graphs) {
+        fprintf(stderr, "usage: ldmc randckpt --config YAML [-D NAME=VALUE]... [--dtype f32|f16|bf16] [--seed N] "
+                        "-o OUT.safetensors GRAPH...\n");
+        goto out;
+    }
+    BuildOptions bo = {opt.config_path, opt.defines, opt.n_defines};
+    rc = 0;
+    if (ldmc_randckpt(graphs, n_graphs, &bo, dtype, seed, opt.out_path) != 0) {
+        fprintf(stderr, "%s\n", ldm_last_error());
+        rc = 1;
+    }
+out:
+    for (int i = 0; i < opt.n_defines; i++) {
+        free(opt.defines[i].name);
+        free(opt.defines[i].value);
+    }
+    free(opt.defines);
+    free(graphs);
+    return rc;
 }
 
 static int convert_main(int argc, char **argv) {
@@ -50,10 +124,7 @@ static int convert_main(int argc, char **argv) {
         return 2;
     }
     StDtype to;
-    if (!strcmp(dtype, "f32")) to = ST_F32;
-    else if (!strcmp(dtype, "f16")) to = ST_F16;
-    else if (!strcmp(dtype, "bf16")) to = ST_BF16;
-    else {
+    if (parse_dtype(dtype, &to)) {
         fprintf(stderr, "ldmc convert: error: --dtype must be f32, f16 or bf16, got '%s'\n", dtype);
         return 2;
     }
@@ -64,7 +135,6 @@ static int convert_main(int argc, char **argv) {
     return 0;
 }
 
-/* Record -D NAME=VALUE. */
 static int add_define(DriverOptions *opt, const char *text) {
     const char *eq = strchr(text, '=');
     if (!eq || eq == text || !eq[1]) {
@@ -79,6 +149,7 @@ static int add_define(DriverOptions *opt, const char *text) {
 
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "convert")) return convert_main(argc, argv);
+    if (argc > 1 && !strcmp(argv[1], "randckpt")) return randckpt_main(argc, argv);
     DriverOptions opt = {0};
     opt.defines = calloc((size_t)argc, sizeof *opt.defines);
     int rc = 2;

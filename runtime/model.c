@@ -167,6 +167,7 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
     void **in = ldm_xcalloc((size_t)m->n_inputs + 1, sizeof *in);
     void **out = ldm_xcalloc((size_t)m->n_outputs + 1, sizeof *out);
     unsigned char *arena = NULL;
+    ldm_profile_init();
     double t0 = ldm_now();
     if (st_open(&wf, weights) != 0 || ldm_weights_load(m, &wf, &w) != 0) goto done;
     double t_load = ldm_now() - t0;
@@ -197,6 +198,7 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
         }
         times[r] = ldm_now() - s;
     }
+    ldm_profile_report();
     qsort(times, (size_t)repeat, sizeof *times, cmp_double);
     double med = times[repeat / 2];
     free(times);

@@ -75,4 +75,15 @@ unsigned char *ldm_arena_new(const LdmModel *m);
  * outputs by name to OUT. */
 int ldm_runner_main(const LdmModel *m, int argc, char **argv);
 
+
+
+/* ---- profiling (LDM_PROFILE=1 in the environment) ---------------------- */
+
+/* Set from the environment by ldm_profile_init(); generated code checks it. */
+extern int ldm_profiling;
+void ldm_profile_init(void);
+/* Record that node `id` (op `op`, `flops` operations) took `seconds`. */
+void ldm_profile_record(const char *model, int id, const char *op, double flops, double seconds);
+/* Print time per op kind and the slowest nodes to stderr, then reset. */
+void ldm_profile_report(void);
 #endif

@@ -1,0 +1,288 @@
+/*
+ * image.c - PNG input and output (see image.h).
+ *
+ * libpng reports errors by calling an error function that must not return;
+ * ours records libpng's message and longjmps back to the setjmp in
+ * png_read_body / png_write_body. Everything those functions change after
+ * setjmp lives in a struct owned by their caller (not in locals of the
+ * function that called setjmp), so it is still valid after the longjmp and
+ * the caller can free it. Warnings are dropped: library code never prints.
+ */
+#include "image.h"
+
+#include <errno.h>
+#include <png.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+/* ----------------------------------------------------------------------------
+ * libpng error plumbing
+ * ------------------------------------------------------------------------- */
+
+typedef struct PngMsg {
+    char text[256]; /* libpng's last error message */
+} PngMsg;
+
+static void png_error_fn(png_structp png, png_const_charp msg) {
+    PngMsg *m = png_get_error_ptr(png);
+    if (m) snprintf(m->text, sizeof m->text, "%s", msg ? msg : "unknown libpng error");
+    png_longjmp(png, 1);
+}
+
+static void png_warning_fn(png_structp png, png_const_charp msg) {
+    (void)png;
+    (void)msg;
+}
+
+/* ----------------------------------------------------------------------------
+ * Reading
+ * ------------------------------------------------------------------------- */
+
+typedef struct PngRead {
+    const char *path;
+    FILE *fp;
+    png_structp png;
+    png_infop info;
+    PngMsg msg;
+    uint8_t *pixels;   /* (h, w, 3) */
+    png_bytep *rows;   /* (h) row pointers into pixels */
+    int w, h;
+    int bad_format;    /* set when the decoded layout is not 8-bit RGB */
+} PngRead;
+
+/* The part that can longjmp: header, transforms to 8-bit RGB, pixels. */
+static int png_read_body(PngRead *r) {
+    if (setjmp(png_jmpbuf(r->png))) return -1;
+    png_init_io(r->png, r->fp);
+    png_set_sig_bytes(r->png, 8);
+    png_set_user_limits(r->png, LDM_IMAGE_MAX_DIM, LDM_IMAGE_MAX_DIM);
+    png_read_info(r->png, r->info);
+
+    png_uint_32 w = png_get_image_width(r->png, r->info), h = png_get_image_height(r->png, r->info);
+    int color = png_get_color_type(r->png, r->info), depth = png_get_bit_depth(r->png, r->info);
+    /* To 8-bit RGB, like PIL's Image.open(...).convert("RGB"): */
+    if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(r->png); /* (adds tRNS alpha, stripped below) */
+    if ((color & PNG_COLOR_MASK_COLOR) == 0 && depth < 8) png_set_expand_gray_1_2_4_to_8(r->png);
+    if (depth == 16) png_set_strip_16(r->png); /* high byte */
+    png_set_strip_alpha(r->png);               /* dropped, not composited */
+    if ((color & PNG_COLOR_MASK_COLOR) == 0) png_set_gray_to_rgb(r->png);
+    png_set_interlace_handling(r->png);
+    png_read_update_info(r->png, r->info);
+    if (png_get_bit_depth(r->png, r->info) != 8 || png_get_channels(r->png, r->info) != 3 ||
+        png_get_rowbytes(r->png, r->info) != (size_t)w * 3) {
+        r->bad_format = 1;
+        return -1;
+    }
+    r->w = (int)w;
+    r->h = (int)h;
+    r->pixels = ldm_xmalloc((size_t)w * h * 3);
+    r->rows = ldm_xmalloc((size_t)h * sizeof(png_bytep));
+    for (png_uint_32 y = 0; y < h; y++) r->rows[y] = r->pixels + (size_t)y * w * 3;
+    png_read_image(r->png, r->rows);
+    png_read_end(r->png, NULL);
+    return 0;
+}
+
+int ldm_png_read_rgb8(const char *path, uint8_t **rgb, int *width, int *height) {
+    *rgb = NULL;
+    PngRead r;
+    memset(&r, 0, sizeof r);
+    r.path = path;
+    r.fp = fopen(path, "rb");
+    if (!r.fp) return ldm_fail("%s: cannot open: %s", path, strerror(errno));
+    unsigned char sig[8];
+    size_t got = fread(sig, 1, sizeof sig, r.fp);
+    if (got < sizeof sig || png_sig_cmp(sig, 0, sizeof sig) != 0) {
+        fclose(r.fp);
+        return ldm_fail("%s: not a PNG file (%s)", path,
+                        got < sizeof sig ? "shorter than the 8-byte PNG signature" : "no PNG signature");
+    }
+    r.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &r.msg, png_error_fn, png_warning_fn);
+    if (r.png) r.info = png_create_info_struct(r.png);
+    if (!r.png || !r.info) {
+        png_destroy_read_struct(&r.png, &r.info, NULL);
+        fclose(r.fp);
+        return ldm_fail("%s: cannot initialise libpng", path);
+    }
+    int rc = png_read_body(&r);
+    if (rc != 0) {
+        if (r.bad_format)
+            ldm_fail("%s: unsupported PNG layout (could not convert it to 8-bit RGB)", path);
+        else
+            ldm_fail("%s: bad or truncated PNG: %s", path, r.msg.text);
+        free(r.pixels);
+        r.pixels = NULL;
+    }
+    png_destroy_read_struct(&r.png, &r.info, NULL);
+    free(r.rows);
+    fclose(r.fp);
+    if (rc != 0) return -1;
+    *rgb = r.pixels;
+    *width = r.w;
+    *height = r.h;
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * Writing
+ * ------------------------------------------------------------------------- */
+
+typedef struct PngWrite {
+    LdmOutFile out;
+    png_structp png;
+    png_infop info;
+    PngMsg msg;
+    const uint8_t *rgb;
+    int w, h;
+} PngWrite;
+
+static int png_write_body(PngWrite *wr) {
+    if (setjmp(png_jmpbuf(wr->png))) return -1;
+    png_init_io(wr->png, wr->out.fp);
+    png_set_IHDR(wr->png, wr->info, (png_uint_32)wr->w, (png_uint_32)wr->h, 8, PNG_COLOR_TYPE_RGB,
+                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_write_info(wr->png, wr->info);
+    for (int y = 0; y < wr->h; y++) png_write_row(wr->png, wr->rgb + (size_t)y * wr->w * 3);
+    png_write_end(wr->png, NULL);
+    return 0;
+}
+
+int ldm_png_write_rgb8(const char *path, const uint8_t *rgb, int width, int height) {
+    if (width < 1 || height < 1 || width > LDM_IMAGE_MAX_DIM || height > LDM_IMAGE_MAX_DIM)
+        return ldm_fail("%s: cannot write a %dx%d image (expected 1..%d pixels per side)", path, width, height,
+                        LDM_IMAGE_MAX_DIM);
+    PngWrite wr;
+    memset(&wr, 0, sizeof wr);
+    wr.rgb = rgb;
+    wr.w = width;
+    wr.h = height;
+    if (ldm_out_open(&wr.out, path) != 0) return -1;
+    wr.png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &wr.msg, png_error_fn, png_warning_fn);
+    if (wr.png) wr.info = png_create_info_struct(wr.png);
+    if (!wr.png || !wr.info) {
+        png_destroy_write_struct(&wr.png, &wr.info);
+        ldm_out_abort(&wr.out);
+        return ldm_fail("%s: cannot initialise libpng", path);
+    }
+    int rc = png_write_body(&wr);
+    png_destroy_write_struct(&wr.png, &wr.info);
+    if (rc != 0) {
+        ldm_out_abort(&wr.out);
+        return ldm_fail("%s: cannot write PNG: %s", path, wr.msg.text);
+    }
+    return ldm_out_commit(&wr.out);
+}
+
+/* ----------------------------------------------------------------------------
+ * Float conversions
+ * ------------------------------------------------------------------------- */
+
+static int check_size(const char *path, const char *what, int w, int h, int ew, int eh) {
+    if ((ew > 0 && w != ew) || (eh > 0 && h != eh))
+        return ldm_fail("%s: %s is %dx%d, expected %dx%d", path, what, w, h, ew > 0 ? ew : w, eh > 0 ? eh : h);
+    return 0;
+}
+
+int ldm_image_load(const char *path, int expect_width, int expect_height, float **chw, int *width,
+                   int *height) {
+    *chw = NULL;
+    uint8_t *rgb;
+    int w, h;
+    if (ldm_png_read_rgb8(path, &rgb, &w, &h) != 0) return -1;
+    if (check_size(path, "image", w, h, expect_width, expect_height) != 0) {
+        free(rgb);
+        return -1;
+    }
+    /* load_img: image = np.array(image).astype(np.float32) / 255.0
+     *           image = image[None].transpose(0, 3, 1, 2)      # HWC -> CHW
+     *           return 2. * image - 1.                          (float32) */
+    size_t plane = (size_t)w * h;
+    float *out = ldm_xmalloc(3 * plane * sizeof(float));
+    for (size_t p = 0; p < plane; p++)
+        for (int c = 0; c < 3; c++) {
+            float v = (float)rgb[p * 3 + c] / 255.0f;
+            out[c * plane + p] = 2.0f * v - 1.0f;
+        }
+    free(rgb);
+    *chw = out;
+    if (width) *width = w;
+    if (height) *height = h;
+    return 0;
+}
+
+int ldm_mask_load(const char *path, int expect_width, int expect_height, float **mask, int *width,
+                  int *height) {
+    *mask = NULL;
+    uint8_t *rgb;
+    int w, h;
+    if (ldm_png_read_rgb8(path, &rgb, &w, &h) != 0) return -1;
+    if (check_size(path, "mask", w, h, expect_width, expect_height) != 0) {
+        free(rgb);
+        return -1;
+    }
+    /* inpaint.py: np.array(Image.open(mask).convert("L")).astype(np.float32) / 255.0
+     * PIL's RGB -> L (Convert.c rgb2l): L = (R*19595 + G*38470 + B*7471 + 0x8000) >> 16 */
+    size_t plane = (size_t)w * h;
+    float *out = ldm_xmalloc(plane * sizeof(float));
+    for (size_t p = 0; p < plane; p++) {
+        const uint8_t *px = rgb + p * 3;
+        uint32_t l = ((uint32_t)px[0] * 19595u + (uint32_t)px[1] * 38470u + (uint32_t)px[2] * 7471u + 0x8000u) >> 16;
+        out[p] = (float)l / 255.0f;
+    }
+    free(rgb);
+    *mask = out;
+    if (width) *width = w;
+    if (height) *height = h;
+    return 0;
+}
+
+int ldm_mask_to_latent(const float *mask, int width, int height, int factor, float *known) {
+    if (factor < 1 || width % factor != 0 || height % factor != 0)
+        return ldm_fail("inpainting mask: %dx%d is not a multiple of the latent factor %d", width, height, factor);
+    int lw = width / factor, lh = height / factor;
+    for (int y = 0; y < lh; y++)
+        for (int x = 0; x < lw; x++) {
+            int keep = 1;
+            for (int dy = 0; dy < factor && keep; dy++)
+                for (int dx = 0; dx < factor; dx++)
+                    if (!(mask[(size_t)(y * factor + dy) * width + x * factor + dx] < 0.5f)) {
+                        keep = 0;
+                        break;
+                    }
+            known[(size_t)y * lw + x] = keep ? 1.0f : 0.0f;
+        }
+    return 0;
+}
+
+void ldm_image_to01(const float *x, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; i++) {
+        float v = (x[i] + 1.0f) / 2.0f;
+        out[i] = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+    }
+}
+
+void ldm_image01_to_rgb8(const float *chw01, int width, int height, uint8_t *rgb) {
+    /* txt2img.py: x_sample = 255. * rearrange(x_sample.cpu().numpy(), 'c h w -> h w c')
+     *             Image.fromarray(x_sample.astype(np.uint8))   (float32, truncation) */
+    size_t plane = (size_t)width * height;
+    for (size_t p = 0; p < plane; p++)
+        for (int c = 0; c < 3; c++) {
+            float v = 255.0f * chw01[c * plane + p];
+            rgb[p * 3 + c] = !(v > 0.0f) ? 0 : (v >= 255.0f ? 255 : (uint8_t)v);
+        }
+}
+
+int ldm_image_save(const char *path, const float *chw01, int width, int height) {
+    if (width < 1 || height < 1 || width > LDM_IMAGE_MAX_DIM || height > LDM_IMAGE_MAX_DIM)
+        return ldm_fail("%s: cannot write a %dx%d image (expected 1..%d pixels per side)", path, width, height,
+                        LDM_IMAGE_MAX_DIM);
+    uint8_t *rgb = ldm_xmalloc((size_t)width * height * 3);
+    ldm_image01_to_rgb8(chw01, width, height, rgb);
+    int rc = ldm_png_write_rgb8(path, rgb, width, height);
+    free(rgb);
+    return rc;
+}

@@ -1,0 +1,307 @@
+/*
+ * schedule.c - noise schedules (see schedule.h).
+ *
+ * The reference mixes float64 (numpy, make_beta_schedule) and float32
+ * (the registered buffers and everything derived from them); each function
+ * below says which precision every step runs in, because the goldens are
+ * compared at a few float32 ulps.
+ */
+#include "schedule.h"
+
+/* The reference rounds every product and sum separately; keep GCC from
+ * fusing a * b + c into one FMA (its default in gnu11 mode once
+ * -march=native enables FMA), which moves results by an ulp. */
+#pragma GCC optimize("fp-contract=off")
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+/* ----------------------------------------------------------------------------
+ * torch.linspace
+ * ------------------------------------------------------------------------- */
+
+/* torch 1.13 aten/src/ATen/native/cpu/RangeFactoriesKernel.cpp linspace_kernel:
+ * step = (end - start) / (steps - 1) in the tensor's dtype, point i =
+ * start + step * i. cpu_serial_kernel_vec computes whole blocks of two
+ * 32-byte vectors (16 floats / 8 doubles) with Vectorized::arange(start +
+ * step * idx, step), i.e. each 8-float (4-double) vector as base + j * step,
+ * and the tail one point at a time. Reproduced exactly: the Karras ramp of
+ * the goldens (linspace(0, 1, 10), point 6 = 6 * step, not 1 - 3 * step)
+ * depends on it. */
+#define LINSPACE_BODY(T, LANES)                                                  \
+    if (n <= 0) return;                                                          \
+    if (n == 1) {                                                                \
+        out[0] = start;                                                          \
+        return;                                                                  \
+    }                                                                            \
+    T step = (end - start) / (T)(n - 1);                                         \
+    int i = 0;                                                                   \
+    for (; i <= n - 2 * (LANES); i += 2 * (LANES))                               \
+        for (int v = 0; v < 2; v++) {                                            \
+            int idx = i + v * (LANES);                                           \
+            T base = start + step * (T)idx;                                      \
+            for (int j = 0; j < (LANES); j++) out[idx + j] = base + (T)j * step; \
+        }                                                                        \
+    for (; i < n; i++) out[i] = start + step * (T)i;
+
+void ldm_linspace_f32(float start, float end, int n, float *out) { LINSPACE_BODY(float, 8) }
+
+void ldm_linspace_f64(double start, double end, int n, double *out) { LINSPACE_BODY(double, 4) }
+
+#undef LINSPACE_BODY
+
+/* ----------------------------------------------------------------------------
+ * DDPM schedule
+ * ------------------------------------------------------------------------- */
+
+static void schedule_alloc(LdmSchedule *s, int T) {
+    memset(s, 0, sizeof *s);
+    s->T = T;
+    s->alphas_cumprod64 = ldm_xmalloc((size_t)T * sizeof(double));
+    s->betas = ldm_xmalloc((size_t)T * sizeof(float));
+    s->alphas_cumprod = ldm_xmalloc((size_t)T * sizeof(float));
+    s->alphas_cumprod_prev = ldm_xmalloc((size_t)T * sizeof(float));
+    s->sqrt_alphas_cumprod = ldm_xmalloc((size_t)T * sizeof(float));
+    s->sqrt_one_minus_alphas_cumprod = ldm_xmalloc((size_t)T * sizeof(float));
+    s->sigmas = ldm_xmalloc((size_t)T * sizeof(float));
+    s->log_sigmas = ldm_xmalloc((size_t)T * sizeof(float));
+}
+
+/* Everything derived from alphas_cumprod64 (and the float32 buffer). */
+static int schedule_derive(LdmSchedule *s) {
+    int T = s->T;
+    for (int j = 0; j < T; j++) {
+        double ac = s->alphas_cumprod64[j];
+        /* register_schedule: to_torch(np.append(1., alphas_cumprod[:-1])),
+         * to_torch(np.sqrt(alphas_cumprod)), to_torch(np.sqrt(1. - alphas_cumprod)):
+         * float64 math, one rounding to float32. */
+        s->alphas_cumprod_prev[j] = (float)(j == 0 ? 1.0 : s->alphas_cumprod64[j - 1]);
+        s->sqrt_alphas_cumprod[j] = (float)sqrt(ac);
+        s->sqrt_one_minus_alphas_cumprod[j] = (float)sqrt(1.0 - ac);
+        /* DiscreteEpsDDPMDenoiser.__init__: ((1 - ac) / ac) ** 0.5 on the
+         * float32 buffer, in float32; DiscreteSchedule: log_sigmas = sigmas.log(). */
+        float acf = s->alphas_cumprod[j];
+        s->sigmas[j] = sqrtf((1.0f - acf) / acf);
+        s->log_sigmas[j] = logf(s->sigmas[j]);
+        if (!(acf > 0.0f && acf < 1.0f))
+            return ldm_fail("noise schedule: alphas_cumprod[%d] = %g, expected a value in (0, 1)", j,
+                            (double)acf);
+        if (j > 0 && !(s->sigmas[j] >= s->sigmas[j - 1]))
+            return ldm_fail("noise schedule: sigmas must not decrease with t, but sigma[%d] = %g < sigma[%d] = %g",
+                            j, (double)s->sigmas[j], j - 1, (double)s->sigmas[j - 1]);
+    }
+    return 0;
+}
+
+int ldm_schedule_init(LdmSchedule *s, double linear_start, double linear_end, int T) {
+    memset(s, 0, sizeof *s);
+    if (T < 2)
+        return ldm_fail("noise schedule: timesteps = %d, expected at least 2", T);
+    if (!(linear_start > 0.0 && linear_start < 1.0) || !(linear_end > 0.0 && linear_end < 1.0))
+        return ldm_fail("noise schedule: linear_start = %g and linear_end = %g, expected values in (0, 1)",
+                        linear_start, linear_end);
+    schedule_alloc(s, T);
+    /* make_beta_schedule('linear'):
+     *   betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, T, dtype=torch.float64) ** 2
+     * then register_schedule: alphas = 1. - betas; alphas_cumprod = np.cumprod(alphas, axis=0). */
+    double *lin = ldm_xmalloc((size_t)T * sizeof(double));
+    ldm_linspace_f64(pow(linear_start, 0.5), pow(linear_end, 0.5), T, lin);
+    double prod = 1.0;
+    for (int j = 0; j < T; j++) {
+        double beta = lin[j] * lin[j];
+        prod *= 1.0 - beta;
+        s->betas[j] = (float)beta;
+        s->alphas_cumprod64[j] = prod;
+        s->alphas_cumprod[j] = (float)prod;
+    }
+    free(lin);
+    if (schedule_derive(s) != 0) {
+        ldm_schedule_free(s);
+        return -1;
+    }
+    return 0;
+}
+
+int ldm_schedule_init_from_alphas(LdmSchedule *s, const float *alphas_cumprod, int T) {
+    memset(s, 0, sizeof *s);
+    if (T < 2)
+        return ldm_fail("noise schedule: alphas_cumprod has %d entries, expected at least 2", T);
+    schedule_alloc(s, T);
+    for (int j = 0; j < T; j++) {
+        s->alphas_cumprod[j] = alphas_cumprod[j];
+        s->alphas_cumprod64[j] = alphas_cumprod[j];
+        /* betas = 1 - ac[j] / ac[j-1] (the inverse of the cumprod) */
+        double prev = j == 0 ? 1.0 : (double)alphas_cumprod[j - 1];
+        s->betas[j] = (float)(1.0 - (double)alphas_cumprod[j] / prev);
+    }
+    if (schedule_derive(s) != 0) {
+        ldm_schedule_free(s);
+        return -1;
+    }
+    return 0;
+}
+
+void ldm_schedule_free(LdmSchedule *s) {
+    free(s->alphas_cumprod64);
+    free(s->betas);
+    free(s->alphas_cumprod);
+    free(s->alphas_cumprod_prev);
+    free(s->sqrt_alphas_cumprod);
+    free(s->sqrt_one_minus_alphas_cumprod);
+    free(s->sigmas);
+    free(s->log_sigmas);
+    memset(s, 0, sizeof *s);
+}
+
+/* ----------------------------------------------------------------------------
+ * DDIM
+ * ------------------------------------------------------------------------- */
+
+int ldm_ddim_make(const LdmSchedule *s, int steps, double eta, LdmDdim *d) {
+    memset(d, 0, sizeof *d);
+    int T = s->T;
+    if (steps < 1 || steps > T)
+        return ldm_fail("DDIM: %d steps requested, expected 1..%d (the model's timesteps)", steps, T);
+    if (!(eta >= 0.0) || !isfinite(eta))
+        return ldm_fail("DDIM: eta = %g, expected a finite value >= 0", eta);
+    /* make_ddim_timesteps('uniform'): c = T // S;
+     * ddim_timesteps = np.asarray(list(range(0, T, c))) + 1
+     * (ceil(T / c) entries, which is more than S when c does not divide T
+     * evenly, e.g. S = 7 gives 8 steps; the reference runs them all). */
+    int c = T / steps;
+    int n = (T + c - 1) / c;
+    if ((n - 1) * c + 1 >= T)
+        return ldm_fail("DDIM: %d steps give the timestep %d, outside the %d-step schedule "
+                        "(CompVis make_ddim_timesteps would index alphas_cumprod[%d]); choose another step count",
+                        steps, (n - 1) * c + 1, T, (n - 1) * c + 1);
+    d->n = n;
+    d->timesteps = ldm_xmalloc((size_t)n * sizeof(int));
+    d->alphas = ldm_xmalloc((size_t)n * sizeof(float));
+    d->alphas_prev = ldm_xmalloc((size_t)n * sizeof(float));
+    d->sqrt_one_minus_alphas = ldm_xmalloc((size_t)n * sizeof(float));
+    d->sigmas = ldm_xmalloc((size_t)n * sizeof(float));
+    const float *ac = s->alphas_cumprod; /* make_schedule reads the float32 buffer */
+    for (int i = 0; i < n; i++) {
+        d->timesteps[i] = i * c + 1;
+        /* make_ddim_sampling_parameters:
+         *   alphas = alphacums[ddim_timesteps]
+         *   alphas_prev = np.asarray([alphacums[0]] + alphacums[ddim_timesteps[:-1]].tolist())
+         * (the last DDIM step goes to alphas_cumprod[0], not to 1). */
+        float a = ac[d->timesteps[i]];
+        float ap = i == 0 ? ac[0] : ac[d->timesteps[i - 1]];
+        d->alphas[i] = a;
+        d->alphas_prev[i] = ap;
+        /* self.ddim_sqrt_one_minus_alphas = np.sqrt(1. - ddim_alphas): float32 */
+        d->sqrt_one_minus_alphas[i] = sqrtf(1.0f - a);
+        /* sigmas = eta * np.sqrt((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev)):
+         * alphas_prev is a float64 numpy array, alphas a float32 tensor, so
+         * (1 - alphas) is rounded to float32 and the rest runs in float64;
+         * p_sample_ddim then reads the value into a float32 tensor. */
+        double one_minus_a = (double)(1.0f - a);
+        double sig = eta * sqrt((1.0 - (double)ap) / one_minus_a * (1.0 - (double)a / (double)ap));
+        d->sigmas[i] = (float)sig;
+    }
+    return 0;
+}
+
+void ldm_ddim_free(LdmDdim *d) {
+    free(d->timesteps);
+    free(d->alphas);
+    free(d->alphas_prev);
+    free(d->sqrt_one_minus_alphas);
+    free(d->sigmas);
+    memset(d, 0, sizeof *d);
+}
+
+/* ----------------------------------------------------------------------------
+ * k-diffusion
+ * ------------------------------------------------------------------------- */
+
+const char *ldm_sigma_kind_name(LdmSigmaKind k) {
+    switch (k) {
+    case LDM_SIGMAS_DISCRETE: return "discrete";
+    case LDM_SIGMAS_KARRAS: return "karras";
+    }
+    return "?";
+}
+
+/* DiscreteSchedule.t_to_sigma, in float32:
+ *   low_idx, high_idx, w = t.floor().long(), t.ceil().long(), t.frac()
+ *   log_sigma = (1 - w) * log_sigmas[low_idx] + w * log_sigmas[high_idx]
+ *   return log_sigma.exp() */
+float ldm_t_to_sigma(const LdmSchedule *s, float t) {
+    if (!(t >= 0.0f)) t = 0.0f;
+    if (t > (float)(s->T - 1)) t = (float)(s->T - 1);
+    int lo = (int)floorf(t), hi = (int)ceilf(t);
+    float w = t - truncf(t);
+    float log_sigma = (1.0f - w) * s->log_sigmas[lo] + w * s->log_sigmas[hi];
+    return expf(log_sigma);
+}
+
+/* DiscreteSchedule.sigma_to_t (quantize=False), in float32:
+ *   log_sigma = sigma.log()
+ *   dists = log_sigma - log_sigmas[:, None]
+ *   low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=T - 2)
+ *   high_idx = low_idx + 1
+ *   w = ((low - log_sigma) / (low - high)).clamp(0, 1)
+ *   t = (1 - w) * low_idx + w * high_idx
+ * argmax of the cumulative count is its first maximum, i.e. the LAST j with
+ * log_sigmas[j] <= log_sigma (0 when there is none). */
+float ldm_sigma_to_t(const LdmSchedule *s, float sigma) {
+    float log_sigma = logf(sigma);
+    int lo = 0;
+    for (int j = 0; j < s->T; j++)
+        if (log_sigma - s->log_sigmas[j] >= 0.0f) lo = j;
+    if (lo > s->T - 2) lo = s->T - 2;
+    int hi = lo + 1;
+    float low = s->log_sigmas[lo], high = s->log_sigmas[hi];
+    float w = (low - log_sigma) / (low - high);
+    if (w < 0.0f) w = 0.0f;
+    if (w > 1.0f) w = 1.0f;
+    return (1.0f - w) * (float)lo + w * (float)hi;
+}
+
+int ldm_kdiff_sigmas(const LdmSchedule *s, LdmSigmaKind kind, int steps, float *out) {
+    if (steps < 1)
+        return ldm_fail("k-diffusion: %d steps requested, expected at least 1", steps);
+    switch (kind) {
+    case LDM_SIGMAS_DISCRETE: {
+        /* DiscreteSchedule.get_sigmas(n):
+         *   t = torch.linspace(T - 1, 0, n)   (float32)
+         *   return append_zero(self.t_to_sigma(t)) */
+        float *t = ldm_xmalloc((size_t)steps * sizeof(float));
+        ldm_linspace_f32((float)(s->T - 1), 0.0f, steps, t);
+        for (int i = 0; i < steps; i++) out[i] = ldm_t_to_sigma(s, t[i]);
+        free(t);
+        break;
+    }
+    case LDM_SIGMAS_KARRAS: {
+        /* get_sigmas_karras(n, sigma_min=sigmas[0].item(), sigma_max=sigmas[-1].item(), rho=7.):
+         *   ramp = torch.linspace(0, 1, n)                   (float32)
+         *   min_inv_rho = sigma_min ** (1 / rho)             (Python float64)
+         *   max_inv_rho = sigma_max ** (1 / rho)
+         *   sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+         * The tensor expression runs in float32 with the Python scalars
+         * rounded to float32. */
+        const double rho = 7.0;
+        double min_inv_rho = pow((double)s->sigmas[0], 1.0 / rho);
+        double max_inv_rho = pow((double)s->sigmas[s->T - 1], 1.0 / rho);
+        float *ramp = ldm_xmalloc((size_t)steps * sizeof(float));
+        ldm_linspace_f32(0.0f, 1.0f, steps, ramp);
+        float span = (float)(min_inv_rho - max_inv_rho);
+        for (int i = 0; i < steps; i++) {
+            float base = (float)max_inv_rho + ramp[i] * span;
+            out[i] = powf(base, (float)rho);
+        }
+        free(ramp);
+        break;
+    }
+    default:
+        return ldm_fail("k-diffusion: unknown sigma schedule %d", (int)kind);
+    }
+    out[steps] = 0.0f; /* sampling.append_zero */
+    return 0;
+}

@@ -1,0 +1,90 @@
+/*
+ * schedule.h - the noise schedules of Latent Diffusion / Stable Diffusion v1.
+ *
+ * Everything a sampler needs to know about the noise levels, computed exactly
+ * as the reference does (same float64/float32 steps, same rounding points):
+ *
+ *   - the DDPM schedule of LatentDiffusion.register_schedule
+ *     (ldm/models/diffusion/ddpm.py, make_beta_schedule 'linear'):
+ *     betas = linspace(sqrt(linear_start), sqrt(linear_end), T)^2 and
+ *     alphas_cumprod = cumprod(1 - betas), both in float64, kept as float32
+ *     buffers;
+ *   - the DDIM sub-schedule of DDIMSampler.make_schedule
+ *     (ldm/modules/diffusionmodules/util.py make_ddim_timesteps and
+ *     make_ddim_sampling_parameters), also used by PLMSSampler;
+ *   - the k-diffusion view of the same model (k_diffusion/external.py
+ *     DiscreteSchedule / CompVisDenoiser, k_diffusion/sampling.py
+ *     get_sigmas_karras): sigma = sqrt((1 - ac) / ac), the discrete and Karras
+ *     step schedules and the sigma -> fractional timestep map.
+ */
+#ifndef LDM_SCHEDULE_H
+#define LDM_SCHEDULE_H
+
+#include <stdint.h>
+
+/* ---- DDPM schedule (LatentDiffusion.register_schedule) ------------------ */
+
+typedef struct LdmSchedule {
+    int T;                    /* number of training timesteps (1000) */
+    double *alphas_cumprod64; /* (T) cumprod(1 - betas) in float64 */
+    float *betas;             /* (T) float32 copy of the float64 betas */
+    float *alphas_cumprod;    /* (T) float32 copy: the model buffer every sampler uses */
+    float *alphas_cumprod_prev; /* (T) [1, ac[0], ..., ac[T-2]] (float64 -> float32) */
+    float *sqrt_alphas_cumprod; /* (T) sqrt in float64 -> float32 (q_sample) */
+    float *sqrt_one_minus_alphas_cumprod; /* (T) sqrt(1 - ac) in float64 -> float32 (q_sample) */
+    float *sigmas;            /* (T) k-diffusion sqrt((1 - ac) / ac) in float32, increasing */
+    float *log_sigmas;        /* (T) log(sigmas) in float32 */
+} LdmSchedule;
+
+/* The 'linear' schedule of make_beta_schedule. linear_start/linear_end are
+ * the config values (0.00085/0.012 for SD v1, 0.0015/0.0195 for the LDM
+ * CelebA-HQ models), T the config's `timesteps`. */
+int ldm_schedule_init(LdmSchedule *s, double linear_start, double linear_end, int T);
+/* The same from an alphas_cumprod buffer read from a checkpoint (float32).
+ * The float64 arrays are then the float32 values widened. */
+int ldm_schedule_init_from_alphas(LdmSchedule *s, const float *alphas_cumprod, int T);
+void ldm_schedule_free(LdmSchedule *s);
+
+/* ---- DDIM sub-schedule (DDIMSampler.make_schedule, 'uniform') ----------- */
+
+typedef struct LdmDdim {
+    int n;                   /* number of DDIM steps; ceil(T / (T / S)), can exceed the requested S */
+    int *timesteps;          /* (n) range(0, T, T // S) + 1, increasing: 1, 101, ..., 901 */
+    float *alphas;           /* (n) alphas_cumprod[timesteps[i]] */
+    float *alphas_prev;      /* (n) alphas_cumprod[timesteps[i-1]], and alphas_cumprod[0] for i = 0 */
+    float *sqrt_one_minus_alphas; /* (n) sqrt(1 - alphas) in float32 */
+    float *sigmas;           /* (n) eta * sqrt((1-a_prev)/(1-a) * (1 - a/a_prev)), float64 -> float32 */
+} LdmDdim;
+
+/* DDIM constants for `steps` (the S of DDIMSampler.sample) and `eta`.
+ * Fails (with the reason) where the reference fails: steps < 1 or > T, or a
+ * step count whose last timestep would be T (e.g. S = 3 for T = 1000: the
+ * reference indexes alphas_cumprod[1000]). */
+int ldm_ddim_make(const LdmSchedule *s, int steps, double eta, LdmDdim *d);
+void ldm_ddim_free(LdmDdim *d);
+
+/* ---- k-diffusion sigmas (CompVisDenoiser) ------------------------------- */
+
+typedef enum LdmSigmaKind {
+    LDM_SIGMAS_DISCRETE, /* model_wrap.get_sigmas(n): t = linspace(T-1, 0, n), log-linear interpolation */
+    LDM_SIGMAS_KARRAS,   /* get_sigmas_karras(n, sigmas[0], sigmas[T-1], rho = 7) */
+} LdmSigmaKind;
+
+/* "discrete" / "karras" (for messages and command lines). */
+const char *ldm_sigma_kind_name(LdmSigmaKind k);
+
+/* The steps + 1 noise levels of a k-diffusion run (decreasing, last = 0). */
+int ldm_kdiff_sigmas(const LdmSchedule *s, LdmSigmaKind kind, int steps, float *out);
+/* DiscreteSchedule.t_to_sigma: sigma at a fractional timestep t in [0, T-1]. */
+float ldm_t_to_sigma(const LdmSchedule *s, float t);
+/* DiscreteSchedule.sigma_to_t (quantize=False): the fractional UNet timestep
+ * of noise level sigma > 0, by linear interpolation in log sigma. */
+float ldm_sigma_to_t(const LdmSchedule *s, float sigma);
+
+/* torch.linspace(start, end, n) in float32 / float64, computed the way
+ * torch 1.13's CPU kernel does (start + i * step, in vector blocks), so the
+ * points are bit-identical to the reference's. */
+void ldm_linspace_f32(float start, float end, int n, float *out);
+void ldm_linspace_f64(double start, double end, int n, double *out);
+
+#endif
