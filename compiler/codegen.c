@@ -13,6 +13,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "kernels.h"
 #include "ldmc.h"
 
 #define E(...) fprintf(fp, __VA_ARGS__)
@@ -22,20 +23,12 @@
 
 /* ---- kernel choices that decide scratch sizes ---------------------------- */
 
-static int conv_is_pointwise(const Node *n) {
-    const Node *w = n->src[1];
-    return w->shape[2] == 1 && w->shape[3] == 1 && n->stride[0] == 1 && n->stride[1] == 1 && !n->pad[0] &&
-           !n->pad[1] && !n->pad[2] && !n->pad[3];
-}
-
-/* im2col is done in tiles of whole output rows, at most ~8 MB each. */
-static int64_t conv_tile_rows(const Node *n) {
-    const Node *w = n->src[1];
-    int64_t k = w->shape[1] * w->shape[2] * w->shape[3], wo = n->shape[3], ho = n->shape[2];
-    int64_t rows = (1 << 21) / (k * wo);
-    if (rows < 1) rows = 1;
-    if (rows > ho) rows = ho;
-    return rows;
+static LdmConvShape conv_shape(const Node *n) {
+    const Node *x = n->src[0], *w = n->src[1];
+    LdmConvShape s = {(int)x->shape[0], (int)x->shape[1], (int)x->shape[2], (int)x->shape[3], (int)w->shape[0],
+                      (int)w->shape[2], (int)w->shape[3], n->stride[0], n->stride[1], n->pad[0], n->pad[1], n->pad[2],
+                      n->pad[3], (int)n->shape[2], (int)n->shape[3]};
+    return s;
 }
 
 /* attention: queries are processed in tiles so the score block is ~4 MB. */
@@ -50,10 +43,12 @@ static int64_t attn_tile(const Node *n) {
 int64_t kernel_scratch_bytes(const Node *n) {
     switch (n->op) {
     case OPK_CONV2D: {
-        if (conv_is_pointwise(n)) return 0;
-        const Node *w = n->src[1];
-        return 4 * w->shape[1] * w->shape[2] * w->shape[3] * conv_tile_rows(n) * n->shape[3];
+        LdmConvShape s = conv_shape(n);
+        return (int64_t)ldm_conv_scratch_bytes(&s, n->algo);
     }
+    case OPK_LINEAR:
+        /* linear+geglu: the full product before gating */
+        return n->act == ACT_GEGLU ? 4 * node_numel(n) * 2 : 0;
     case OPK_ATTENTION: return 4 * attn_tile(n) * n->src[1]->shape[1];
     default: return 0;
     }
@@ -78,17 +73,24 @@ static void par(FILE *fp, int64_t iters, const char *indent) {
     if (iters >= PAR_MIN) E("%s#pragma omp parallel for\n", indent);
 }
 
+/* The weight behind a value (through reshape views), or NULL. */
+static const Node *weight_of(const Node *n) {
+    while (n->op == OPK_RESHAPE) n = n->src[0];
+    return n->op == OPK_WEIGHT ? n : NULL;
+}
+
 /* The comment block above a kernel: where it comes from and what it does. */
 static void kernel_header(const Graph *g, const Node *n, FILE *fp) {
-    char b[128];
-    E("\n/*\n * %%%d %s", n->id, op_names[n->op]);
+    char b[128], kn[64];
+    E("\n/*\n * %%%d %s", n->id, node_kernel_name(n, kn, sizeof kn));
     if (n->loc.file) E("  (%s:%d", n->loc.file->path, n->loc.line);
     else E("  (<builtin>");
     if (n->scope) E(", scope %s", n->scope);
     E(")\n");
+    if (n->fused) E(" *   fuses %s\n", n->fused);
     for (int s = 0; s < n->nsrc; s++) {
-        const Node *x = n->src[s];
-        if (x->op == OPK_WEIGHT) E(" *   in  %s %s\n", key_of(g, x), shape_str(x, b, sizeof b));
+        const Node *x = n->src[s], *w = weight_of(x);
+        if (w) E(" *   in  %s %s\n", key_of(g, w), shape_str(x, b, sizeof b));
         else E(" *   in  %%%d %s %s\n", x->id, op_names[x->op], shape_str(x, b, sizeof b));
     }
     E(" *   out %s%s", n->dtype == DT_I32 ? "i32" : "f32", shape_str(n, b, sizeof b));
@@ -99,77 +101,100 @@ static void kernel_header(const Graph *g, const Node *n, FILE *fp) {
 
 /* ---- kernels --------------------------------------------------------------- */
 
+/* Parameter list of a kernel: one per source (weights in half-capable
+ * slots as LdmW, everything else as float or int pointers), then y. */
+static int src_is_lw(const Node *n, int s) {
+    const Node *w = n->src[s];
+    while (w->op == OPK_RESHAPE) w = w->src[0];
+    return w->op == OPK_WEIGHT && ((s == 1 && (n->op == OPK_CONV2D || n->op == OPK_LINEAR)) || (s == 0 && n->op == OPK_EMBEDDING));
+}
+
+static void emit_params(const Node *n, FILE *fp, const char *const *names) {
+    for (int s = 0; s < n->nsrc; s++) {
+        if (src_is_lw(n, s)) E("LdmW %s, ", names[s]);
+        else E("const %s *restrict %s, ", ctype(n->src[s]->dtype), names[s]);
+    }
+    E("%s *restrict y", ctype(n->dtype));
+    if (n->scratch_bytes) E(", float *restrict scratch");
+    E(")");
+}
+
+/* Names of the sources of conv2d/linear: x, w, then bias/rowadd/residual. */
+static void gemm_src_names(const Node *n, const char **names) {
+    names[0] = "x";
+    names[1] = "w";
+    for (int s = 2; s < n->nsrc; s++)
+        names[s] = s + 1 == n->ep_rowadd ? "rowadd" : s + 1 == n->ep_residual ? "residual" : "b";
+}
+
+/* C identifier of a fused kernel: "conv2d_rowadd_residual". */
+static const char *kernel_ident(const Node *n, char *buf, size_t size) {
+    node_kernel_name(n, buf, size);
+    for (char *p = buf; *p; p++)
+        if (*p == '+') *p = '_';
+    return buf;
+}
+
 static void k_conv2d(const Node *n, FILE *fp) {
-    const Node *x = n->src[0], *w = n->src[1];
-    int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
-    int64_t O = w->shape[0], KH = w->shape[2], KW = w->shape[3], HO = n->shape[2], WO = n->shape[3];
-    int64_t K = C * KH * KW, P = HO * WO;
-    int bias = n->nsrc > 2;
-    E("static void n%d_conv2d(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, "
-      "float *restrict col) {\n", n->id);
-    if (!bias) E("    (void)b;\n");
-    if (conv_is_pointwise(n)) E("    (void)col;\n");
-    E("    for (int n = 0; n < %lld; n++) {\n", (long long)N);
-    E("        const float *xn = x + (size_t)n * %lld;\n", (long long)(C * H * W));
-    E("        float *yn = y + (size_t)n * %lld;\n", (long long)(O * P));
-    if (bias) {
-        E("        for (int o = 0; o < %lld; o++)\n", (long long)O);
-        E("            for (int p = 0; p < %lld; p++) yn[o * %lld + p] = b[o];\n", (long long)P, (long long)P);
-    }
-    const char *beta = bias ? "1.0f" : "0.0f";
-    if (conv_is_pointwise(n)) {
-        E("        /* 1x1 convolution: y[O, P] = w[O, C] x[C, P] */\n");
-        E("        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, %lld, %lld, %lld, 1.0f, w, %lld, xn, %lld, %s, yn, %lld);\n",
-          (long long)O, (long long)P, (long long)C, (long long)C, (long long)P, beta, (long long)P);
-    } else {
-        int64_t R = conv_tile_rows(n);
-        E("        /* im2col in tiles of %lld output rows, then y[O, tile] += w[O, K] col[K, tile] */\n", (long long)R);
-        E("        for (int r0 = 0; r0 < %lld; r0 += %lld) {\n", (long long)HO, (long long)R);
-        E("            const int rows = %lld - r0 < %lld ? %lld - r0 : %lld;\n", (long long)HO, (long long)R, (long long)HO, (long long)R);
-        E("            const int tp = rows * %lld;\n", (long long)WO);
-        if (K * R * WO >= PAR_MIN) E("            #pragma omp parallel for\n");
-        E("            for (int k = 0; k < %lld; k++) {\n", (long long)K);
-        E("                const int c = k / %lld, ky = k / %lld %% %lld, kx = k %% %lld;\n", (long long)(KH * KW), (long long)KW,
-          (long long)KH, (long long)KW);
-        E("                const float *xc = xn + (size_t)c * %lld;\n", (long long)(H * W));
-        E("                float *row = col + (size_t)k * tp;\n");
-        E("                for (int r = 0; r < rows; r++) {\n");
-        E("                    const int iy = (r0 + r) * %d - %d + ky;\n", n->stride[0], n->pad[0]);
-        E("                    float *dst = row + r * %lld;\n", (long long)WO);
-        E("                    if (iy < 0 || iy >= %lld) {\n", (long long)H);
-        E("                        for (int ox = 0; ox < %lld; ox++) dst[ox] = 0.0f;\n", (long long)WO);
-        E("                        continue;\n");
-        E("                    }\n");
-        E("                    const float *src = xc + (size_t)iy * %lld;\n", (long long)W);
-        E("                    for (int ox = 0; ox < %lld; ox++) {\n", (long long)WO);
-        E("                        const int ix = ox * %d - %d + kx;\n", n->stride[1], n->pad[2]);
-        E("                        dst[ox] = (ix >= 0 && ix < %lld) ? src[ix] : 0.0f;\n", (long long)W);
-        E("                    }\n");
-        E("                }\n");
-        E("            }\n");
-        E("            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, %lld, tp, %lld, 1.0f, w, %lld, col, tp, %s, "
-          "yn + (size_t)r0 * %lld, %lld);\n",
-          (long long)O, (long long)K, (long long)K, beta, (long long)WO, (long long)P);
-        E("        }\n");
-    }
-    E("    }\n}\n");
+    const char *names[MAX_SRC];
+    char kn[64];
+    gemm_src_names(n, names);
+    LdmConvShape c = conv_shape(n);
+    static const char *algos[] = {"LDM_CONV_IM2COL", "LDM_CONV_POINTWISE", "LDM_CONV_WINOGRAD"};
+    E("static void n%d_%s(", n->id, kernel_ident(n, kn, sizeof kn));
+    emit_params(n, fp, names);
+    E(" {\n");
+    E("    /* N C H W, O KH KW, stride h w, pad t b l r, HO WO */\n");
+    E("    static const LdmConvShape s = {%d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d};\n", c.N, c.C, c.H,
+      c.W, c.O, c.KH, c.KW, c.stride_h, c.stride_w, c.pad_t, c.pad_b, c.pad_l, c.pad_r, c.HO, c.WO);
+    int has_b = 0;
+    for (int s = 2; s < n->nsrc; s++) has_b |= !strcmp(names[s], "b");
+    E("    const LdmEpilogue ep = {%s, %s, %s};\n", has_b ? "b" : "NULL", n->ep_rowadd ? "rowadd" : "NULL",
+      n->ep_residual ? "residual" : "NULL");
+    E("    ldm_conv2d(&s, %s, x, w, &ep, y, %s);\n", algos[n->algo], n->scratch_bytes ? "scratch" : "NULL");
+    E("}\n");
 }
 
 static void k_linear(const Node *n, FILE *fp) {
+    const char *names[MAX_SRC];
+    char kn[64];
+    gemm_src_names(n, names);
     const Node *w = n->src[1];
-    int64_t O = w->shape[0], I = w->shape[1], M = node_numel(n) / O;
-    int bias = n->nsrc > 2;
-    E("static void n%d_linear(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y) {\n", n->id);
-    if (bias) {
-        E("    /* y[M, O] = b + x[M, I] w[O, I]^T */\n");
+    int64_t O = w->shape[0], I = w->shape[1], M = node_numel(n->src[0]) / I;
+    int has_b = 0;
+    for (int s = 2; s < n->nsrc; s++) has_b |= !strcmp(names[s], "b");
+    E("static void n%d_%s(", n->id, kernel_ident(n, kn, sizeof kn));
+    emit_params(n, fp, names);
+    E(" {\n");
+    const char *dst = n->act == ACT_GEGLU ? "scratch" : "y";
+    E("    /* %s[%lld, %lld] = x[%lld, %lld] w[%lld, %lld]^T%s%s */\n", dst, (long long)M, (long long)O, (long long)M,
+      (long long)I, (long long)O, (long long)I, has_b ? " + b" : "", n->ep_residual ? " + residual" : "");
+    int acc = has_b || n->ep_residual;
+    if (acc) {
+        char rhs[128];
+        snprintf(rhs, sizeof rhs, "%s%s%s", has_b ? "b[o]" : "", has_b && n->ep_residual ? " + " : "",
+                 n->ep_residual ? "residual[(size_t)m * O_ + o]" : "");
         par(fp, M * O, "    ");
         E("    for (int m = 0; m < %lld; m++)\n", (long long)M);
-        E("        for (int o = 0; o < %lld; o++) y[(size_t)m * %lld + o] = b[o];\n", (long long)O, (long long)O);
-    } else {
-        E("    (void)b;\n    /* y[M, O] = x[M, I] w[O, I]^T */\n");
+        E("        for (int o = 0; o < %lld; o++) {\n", (long long)O);
+        E("            enum { O_ = %lld };\n", (long long)O);
+        E("            %s[(size_t)m * O_ + o] = %s;\n", dst, rhs);
+        E("        }\n");
     }
-    E("    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, %lld, %lld, %lld, 1.0f, x, %lld, w, %lld, %s, y, %lld);\n",
-      (long long)M, (long long)O, (long long)I, (long long)I, (long long)I, bias ? "1.0f" : "0.0f", (long long)O);
+    E("    ldm_gemm(%lld, %lld, %lld, x, %lld, w, 0, %lld, 1, %s, %lld, %d);\n", (long long)M, (long long)O, (long long)I,
+      (long long)I, (long long)I, dst, (long long)O, acc);
+    if (n->act == ACT_GEGLU) {
+        int64_t D = O / 2;
+        E("    /* geglu: y = a * gelu(g), a = first %lld features (value), g = last %lld (gate), exact erf GELU */\n",
+          (long long)D, (long long)D);
+        par(fp, M * D, "    ");
+        E("    for (int m = 0; m < %lld; m++)\n", (long long)M);
+        E("        for (int d = 0; d < %lld; d++) {\n", (long long)D);
+        E("            const float a = scratch[(size_t)m * %lld + d], g = scratch[(size_t)m * %lld + %lld + d];\n",
+          (long long)O, (long long)O, (long long)D);
+        E("            y[(size_t)m * %lld + d] = a * (0.5f * g * (1.0f + erff(g * 0.70710678118654752f)));\n", (long long)D);
+        E("        }\n");
+    }
     E("}\n");
 }
 
@@ -189,7 +214,8 @@ static void k_matmul(const Node *n, FILE *fp) {
 
 static void k_group_norm(const Node *n, FILE *fp) {
     int64_t N = n->shape[0], C = n->shape[1], S = prod(n->shape, 2, n->ndim), G = n->groups, CG = C / G;
-    E("static void n%d_group_norm(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y) {\n", n->id);
+    E("static void n%d_group_norm%s(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y) {\n",
+      n->id, n->act == ACT_SILU ? "_silu" : "");
     E("    /* statistics per (sample, group of %lld channels x %lld positions), biased variance, in double */\n", (long long)CG, (long long)S);
     if (N * G > 1 && N * C * S >= PAR_MIN) E("    #pragma omp parallel for collapse(2)\n");
     E("    for (int n = 0; n < %lld; n++)\n", (long long)N);
@@ -206,8 +232,15 @@ static void k_group_norm(const Node *n, FILE *fp) {
     E("            for (int c = 0; c < %lld; c++) {\n", (long long)CG);
     E("                const int ch = g * %lld + c;\n", (long long)CG);
     E("                const float scale = (float)(w[ch] * rstd), shift = (float)(b[ch] - mean * w[ch] * rstd);\n");
-    E("                for (int i = 0; i < %lld; i++) ys[c * %lld + i] = xs[c * %lld + i] * scale + shift;\n", (long long)S,
-      (long long)S, (long long)S);
+    if (n->act == ACT_SILU) {
+        E("                for (int i = 0; i < %lld; i++) {\n", (long long)S);
+        E("                    const float v = xs[c * %lld + i] * scale + shift;\n", (long long)S);
+        E("                    ys[c * %lld + i] = v / (1.0f + expf(-v)); /* fused SiLU */\n", (long long)S);
+        E("                }\n");
+    } else {
+        E("                for (int i = 0; i < %lld; i++) ys[c * %lld + i] = xs[c * %lld + i] * scale + shift;\n", (long long)S,
+          (long long)S, (long long)S);
+    }
     E("            }\n");
     E("        }\n}\n");
 }
@@ -420,12 +453,12 @@ static void k_timestep_emb(const Node *n, FILE *fp) {
 static void k_embedding(const Node *n, FILE *fp) {
     const Node *table = n->src[0];
     int64_t V = table->shape[0], D = table->shape[1], T = node_numel(n->src[1]);
-    E("static int n%d_embedding(const float *restrict table, const int32_t *restrict ids, float *restrict y) {\n", n->id);
+    E("static int n%d_embedding(LdmW table, const int32_t *restrict ids, float *restrict y) {\n", n->id);
     E("    for (int i = 0; i < %lld; i++) {\n", (long long)T);
     E("        if (ids[i] < 0 || ids[i] >= %lld)\n", (long long)V);
     E("            return ldm_fail(\"node %%%%%d embedding (%s:%d): id %%d at position %%d is outside [0, %lld)\", (int)ids[i], i);\n",
       n->id, n->loc.file ? n->loc.file->path : "?", n->loc.line, (long long)V);
-    E("        memcpy(y + (size_t)i * %lld, table + (size_t)ids[i] * %lld, %lld * sizeof(float));\n", (long long)D, (long long)D, (long long)D);
+    E("        ldm_w_to_f32(table, (size_t)ids[i] * %lld, %lld, y + (size_t)i * %lld);\n", (long long)D, (long long)D, (long long)D);
     E("    }\n    return 0;\n}\n");
 }
 
@@ -529,38 +562,36 @@ static void emit_kernel(const Graph *g, const Node *n, FILE *fp) {
 
 /* ---- the entry function --------------------------------------------------- */
 
-/* C expression for the value of node n inside forward(). */
-static void value_ref(const Node *n, char *buf, size_t size) {
-    if (n->op == OPK_WEIGHT) snprintf(buf, size, "w[%d]", n->weight_index);
-    else snprintf(buf, size, "v%d", n->id);
+/* C expression for source s of node n inside forward(). */
+static void src_ref(const Node *n, int s, char *buf, size_t size) {
+    const Node *x = n->src[s], *w = weight_of(x);
+    if (w && src_is_lw(n, s)) snprintf(buf, size, "w[%d]", w->weight_index);
+    else if (w) snprintf(buf, size, "(const float *)w[%d].p", w->weight_index);
+    else snprintf(buf, size, "v%d", x->id);
 }
 
 static void emit_call(const Graph *g, const Node *n, FILE *fp) {
-    char b[64];
-    E("    /* %%%d %s @%s%s%s */\n", n->id, op_names[n->op], loc_str(n->loc), n->scope ? " " : "", n->scope ? n->scope : "");
+    char b[64], kn[64];
+    node_kernel_name(n, kn, sizeof kn);
+    E("    /* %%%d %s @%s%s%s */\n", n->id, kn, loc_str(n->loc), n->scope ? " " : "", n->scope ? n->scope : "");
     if (n->op == OPK_RESHAPE) {
-        value_ref(n->src[0], b, sizeof b);
-        E("    %s%s *v%d = %s;\n", n->src[0]->op == OPK_INPUT || n->src[0]->op == OPK_WEIGHT ? "const " : "",
-          ctype(n->dtype), n->id, b);
+        if (weight_of(n)) return; /* a view of a weight: callers use the weight */
+        E("    %s%s *v%d = v%d;\n", n->src[0]->op == OPK_INPUT ? "const " : "", ctype(n->dtype), n->id, n->src[0]->id);
         return;
     }
     E("    %s *v%d = (%s *)(arena + %lld);\n", ctype(n->dtype), n->id, ctype(n->dtype), (long long)n->offset);
     E("    if (ldm_profiling) t0 = ldm_now();\n");
     int fallible = n->op == OPK_EMBEDDING || n->op == OPK_VQ_LOOKUP;
-    E("    %sn%d_%s(", fallible ? "if (" : "", n->id, op_names[n->op]);
+    E("    %sn%d_%s(", fallible ? "if (" : "", n->id, kernel_ident(n, kn, sizeof kn));
     for (int s = 0; s < n->nsrc; s++) {
-        value_ref(n->src[s], b, sizeof b);
+        src_ref(n, s, b, sizeof b);
         E("%s, ", b);
     }
-    if ((n->op == OPK_CONV2D || n->op == OPK_LINEAR) && n->nsrc == 2) E("NULL, ");
     E("v%d", n->id);
-    if (n->op == OPK_CONV2D || n->op == OPK_ATTENTION) {
-        if (n->scratch_bytes) E(", (float *)(arena + %lld)", (long long)n->scratch_offset);
-        else E(", NULL");
-    }
+    if (n->scratch_bytes) E(", (float *)(arena + %lld)", (long long)n->scratch_offset);
     E(")%s;\n", fallible ? ") return -1" : "");
     E("    if (ldm_profiling) ldm_profile_record(\"%s\", %d, \"%s\", %.17g, ldm_now() - t0);\n", g->name, n->id,
-      op_names[n->op], node_flops(n));
+      node_kernel_name(n, kn, sizeof kn), node_flops(n));
 }
 
 static void emit_tensor_table(const char *name, Node *const *nodes, const Output *outs, int count, int is_out, FILE *fp,
@@ -569,11 +600,12 @@ static void emit_tensor_table(const char *name, Node *const *nodes, const Output
     for (int i = 0; i < count; i++) {
         const Node *n = is_out ? outs[i].node : nodes[i];
         const char *nm = is_out ? outs[i].name : n->name;
-        E("    {\"%s\", %s, %d, {", nm, n->dtype == DT_I32 ? "LDM_I32" : "LDM_F32", n->ndim);
+        E("    {\"%s\", %s, %s, %d, {", nm, n->dtype == DT_I32 ? "LDM_I32" : "LDM_F32",
+          n->op == OPK_WEIGHT && n->needs_f32 ? "LDM_TF_F32" : "0", n->ndim);
         for (int d = 0; d < n->ndim; d++) E("%s%lld", d ? ", " : "", (long long)n->shape[d]);
         E("}},\n");
     }
-    if (!count) E("    {\"\", 0, 0, {0}},\n");
+    if (!count) E("    {\"\", 0, 0, 0, {0}},\n");
     E("};\n");
     (void)g;
 }
@@ -592,14 +624,14 @@ int codegen(const Graph *g, const CodegenInfo *info, FILE *fp) {
       (long long)g->naive_bytes);
     E(" * Entry point: %s_forward(weights, inputs, outputs, arena); tables in %s_model.\n */\n", g->name, g->name);
     E("#include <math.h>\n#include <stdint.h>\n#include <stdlib.h>\n#include <string.h>\n\n#include <cblas.h>\n\n");
-    E("#include \"model.h\"\n#include \"util.h\"\n\n");
+    E("#include \"kernels.h\"\n#include \"model.h\"\n#include \"util.h\"\n\n");
     E("#define %s_ARENA_BYTES %lldu\n", upper, (long long)g->arena_bytes);
     E("#define %s_N_WEIGHTS %d\n", upper, g->n_weights);
 
     for (int i = 0; i < g->n_nodes; i++) emit_kernel(g, g->nodes[i], fp);
 
     E("\n/* ---- entry point ---- */\n\n");
-    E("int %s_forward(const float *const *w, const void *const *in, void *const *out, unsigned char *arena) {\n", g->name);
+    E("int %s_forward(const LdmW *w, const void *const *in, void *const *out, unsigned char *arena) {\n", g->name);
     E("    (void)w;\n    double t0 = 0.0;\n    (void)t0;\n");
     for (int i = 0; i < g->n_inputs; i++) {
         const Node *n = g->inputs[i];
@@ -612,9 +644,7 @@ int codegen(const Graph *g, const CodegenInfo *info, FILE *fp) {
     }
     for (int i = 0; i < g->n_outputs; i++) {
         const Node *n = g->outputs[i].node;
-        char b[64];
-        value_ref(n, b, sizeof b);
-        E("    memcpy(out[%d], %s, %lld); /* output %s */\n", i, b, (long long)(node_numel(n) * 4), g->outputs[i].name);
+        E("    memcpy(out[%d], v%d, %lld); /* output %s */\n", i, n->id, (long long)(node_numel(n) * 4), g->outputs[i].name);
     }
     E("    return 0;\n}\n\n");
 

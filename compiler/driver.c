@@ -91,7 +91,8 @@ int ldmc_compile(const DriverOptions *opt) {
     double t_build = ldm_now();
     int rc = 0;
     if (opt->dump_build) dump_graph(g, stdout);
-    pass_dead_code(g);
+    pass_fuse(g);
+    pass_select_kernels(g);
     pass_views(g);
     if (pass_plan_memory(g) != 0) rc = -1;
     double t_pass = ldm_now();

@@ -28,9 +28,12 @@ static void print_operand(const Graph *g, const Node *s, FILE *fp) {
 /* Op parameters as "k=v" words. */
 static void print_params(const Node *n, FILE *fp) {
     switch (n->op) {
-    case OPK_CONV2D:
-        fprintf(fp, "  stride=%d pad=%d,%d,%d,%d", n->stride[0], n->pad[0], n->pad[1], n->pad[2], n->pad[3]);
+    case OPK_CONV2D: {
+        static const char *algos[] = {"im2col", "pointwise", "winograd"};
+        fprintf(fp, "  stride=%d pad=%d,%d,%d,%d algo=%s", n->stride[0], n->pad[0], n->pad[1], n->pad[2], n->pad[3],
+                algos[n->algo]);
         break;
+    }
     case OPK_GROUP_NORM: fprintf(fp, "  groups=%d eps=%g", n->groups, n->eps); break;
     case OPK_LAYER_NORM: fprintf(fp, "  eps=%g", n->eps); break;
     case OPK_ATTENTION: fprintf(fp, "  heads=%d scale=%.9g%s", n->heads, n->alpha, n->causal ? " causal" : ""); break;
@@ -60,11 +63,13 @@ void dump_graph(const Graph *g, FILE *fp) {
     for (int i = 0; i < g->n_nodes; i++) {
         const Node *n = g->nodes[i];
         if (n->op == OPK_WEIGHT) continue;
-        fprintf(fp, "%%%d %s", n->id, op_names[n->op]);
+        char kn[64];
+        fprintf(fp, "%%%d %s", n->id, node_kernel_name(n, kn, sizeof kn));
         if (n->op == OPK_INPUT) fprintf(fp, " %s", n->name);
         for (int s = 0; s < n->nsrc; s++) print_operand(g, n->src[s], fp);
         print_params(n, fp);
         fprintf(fp, "  -> %s%s", dtype_name(n->dtype), shape_str(n, b, sizeof b));
+        if (n->fused) fprintf(fp, "  [fuses %s]", n->fused);
         if (n->storage != n) fprintf(fp, " (view of %%%d)", n->storage->id);
         fprintf(fp, "  @%s:%d\n", base_name(&n->loc), n->loc.line);
     }
@@ -88,13 +93,15 @@ void dump_plan(const Graph *g, FILE *fp) {
     for (int i = 0; i < g->n_nodes; i++) {
         const Node *n = g->nodes[i];
         if (n->op == OPK_WEIGHT || n->op == OPK_INPUT) continue;
+        char kn[64];
+        node_kernel_name(n, kn, sizeof kn);
         if (n->storage == n)
-            fprintf(fp, "%%%-6d %-20s %12lld %12lld   %d..%d  %s\n", n->id, op_names[n->op], (long long)n->offset,
+            fprintf(fp, "%%%-6d %-20s %12lld %12lld   %d..%d  %s\n", n->id, kn, (long long)n->offset,
                     (long long)node_bytes(n), n->id, n->last_use, shape_str(n, b, sizeof b));
         else
-            fprintf(fp, "%%%-6d %-20s view of %%%d\n", n->id, op_names[n->op], n->storage->id);
+            fprintf(fp, "%%%-6d %-20s view of %%%d\n", n->id, kn, n->storage->id);
         if (n->scratch_bytes)
-            fprintf(fp, "%%%-6d %-20s %12lld %12lld   %d..%d  scratch\n", n->id, op_names[n->op],
+            fprintf(fp, "%%%-6d %-20s %12lld %12lld   %d..%d  scratch\n", n->id, kn,
                     (long long)n->scratch_offset, (long long)n->scratch_bytes, n->id, n->id);
     }
 }

@@ -53,6 +53,7 @@ void graph_free(Graph *g) {
     for (int i = 0; i < g->n_nodes; i++) {
         free(g->nodes[i]->name);
         free(g->nodes[i]->scope);
+        free(g->nodes[i]->fused);
         free(g->nodes[i]);
     }
     for (int i = 0; i < g->n_outputs; i++) free(g->outputs[i].name);

@@ -146,7 +146,7 @@ int parse_file(SrcFile *f, AstList *out);
  * ===================================================================== */
 
 #define MAX_DIMS 6
-#define MAX_SRC 4
+#define MAX_SRC 6
 
 typedef enum DType {
     DT_F32,   /* float32 */
@@ -189,6 +189,13 @@ typedef enum OpKind {
 /* Printable op names ("conv2d", ...), indexed by OpKind. */
 extern const char *const op_names[OPK_COUNT];
 
+/* Activations fused into the kernel that produces a value. */
+enum {
+    ACT_NONE = 0,
+    ACT_SILU = 1,     /* GROUP_NORM+silu */
+    ACT_GEGLU = 2,    /* LINEAR+geglu: the result has half the features */
+};
+
 typedef struct Node Node;
 struct Node {
     int id;                      /* position in Graph.nodes (schedule order) */
@@ -216,6 +223,13 @@ struct Node {
     double alpha, beta;          /* SCALE: x*alpha+beta; ATTENTION: alpha = scale */
     double max_period;           /* TIMESTEP_EMB */
     int weight_index;            /* WEIGHT: index in the weight table */
+    /* fusion (fuse.c) and kernel choice (select_kernels) */
+    int act;                     /* ACT_*: activation applied to the result inside this kernel */
+    int ep_rowadd;               /* CONV2D: 1 + index in src of a [B, C] tensor added per (sample, channel); 0 = none */
+    int ep_residual;             /* CONV2D, LINEAR: 1 + index in src of a tensor added to the result; 0 = none */
+    int algo;                    /* CONV2D: LdmConvAlgo (runtime/kernels.h) */
+    int needs_f32;               /* WEIGHT: some kernel reads it as plain float32 */
+    char *fused;                 /* "silu %7 @nn.graph:56; add %9 @..." : nodes folded into this one */
     int input_index;             /* INPUT: index in the input table */
     /* filled by passes */
     int n_uses;                  /* number of consumers (+1 per output) */
@@ -289,6 +303,15 @@ Graph *graph_build(Program *prog, const BuildOptions *opt);
 /* Mark nodes reachable from outputs, drop the rest, renumber, collect the
  * live weights and count uses. */
 void pass_dead_code(Graph *g);
+/* Fuse GroupNorm+SiLU, Linear+GEGLU and the adds that can become a
+ * conv/linear epilogue (time-embedding row add, residual) (fuse.c). */
+void pass_fuse(Graph *g);
+/* Choose the kernel of every heavy node (convolution algorithm) and mark
+ * the weights that must be float32 (fuse.c). */
+void pass_select_kernels(Graph *g);
+/* "conv2d+rowadd+residual": the op chain a fused node computes. */
+const char *node_kernel_name(const Node *n, char *buf, size_t size);
+
 /* Resolve views (RESHAPE) to the node owning their storage. */
 void pass_views(Graph *g);
 /* Assign arena offsets by liveness (plan.c); returns 0 or -1. */

@@ -39,6 +39,7 @@ void pass_dead_code(Graph *g) {
         if (!n->live) {
             free(n->name);
             free(n->scope);
+            free(n->fused);
             free(n);
             continue;
         }

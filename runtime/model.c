@@ -65,8 +65,14 @@ int ldm_weights_load(const LdmModel *m, const StFile *f, LdmWeights *w) {
             ldm_weights_free(w);
             return -1;
         }
-        if (t->dtype == ST_F32 && ((uintptr_t)t->data & 3) == 0) {
-            w->ptr[i] = (const float *)(const void *)t->data; /* used in place */
+        int need_f32 = (want->flags & LDM_TF_F32) != 0;
+        uintptr_t addr = (uintptr_t)t->data;
+        if (t->dtype == ST_F32 && (addr & 3) == 0) {
+            w->ptr[i] = (LdmW){t->data, LDM_W_F32}; /* used in place */
+            continue;
+        }
+        if (!need_f32 && (t->dtype == ST_F16 || t->dtype == ST_BF16) && (addr & 1) == 0) {
+            w->ptr[i] = (LdmW){t->data, t->dtype == ST_F16 ? LDM_W_F16 : LDM_W_BF16};
             continue;
         }
         float *buf = ldm_aligned_alloc((size_t)t->numel * sizeof(float));
@@ -78,7 +84,7 @@ int ldm_weights_load(const LdmModel *m, const StFile *f, LdmWeights *w) {
             return ldm_fail("%s: %s", f->path, why);
         }
         w->owned[i] = buf;
-        w->ptr[i] = buf;
+        w->ptr[i] = (LdmW){buf, LDM_W_F32};
         w->bytes += (size_t)t->numel * sizeof(float);
     }
     return 0;
@@ -88,7 +94,7 @@ void ldm_weights_free(LdmWeights *w) {
     if (w->owned)
         for (int i = 0; i < w->n; i++) free(w->owned[i]);
     free(w->owned);
-    free((void *)w->ptr);
+    free(w->ptr);
     memset(w, 0, sizeof *w);
 }
 
@@ -168,6 +174,7 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
     void **out = ldm_xcalloc((size_t)m->n_outputs + 1, sizeof *out);
     unsigned char *arena = NULL;
     ldm_profile_init();
+    ldm_kernels_init();
     double t0 = ldm_now();
     if (st_open(&wf, weights) != 0 || ldm_weights_load(m, &wf, &w) != 0) goto done;
     double t_load = ldm_now() - t0;
@@ -192,7 +199,7 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
     double *times = ldm_xcalloc((size_t)repeat, sizeof *times);
     for (int r = 0; r < repeat; r++) {
         double s = ldm_now();
-        if (m->forward((const float *const *)w.ptr, (const void *const *)in, out, arena) != 0) {
+        if (m->forward(w.ptr, (const void *const *)in, out, arena) != 0) {
             free(times);
             goto done;
         }

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels.h"
 #include "safetensors.h"
 
 #define LDM_MAX_DIMS 6
@@ -23,15 +24,21 @@ typedef enum LdmDType {
 } LdmDType;
 
 /* A tensor the model was compiled for. */
+/* LdmTensorInfo.flags */
+enum {
+    LDM_TF_F32 = 1,                  /* weight: some kernel reads it as float32 (convert half) */
+};
+
 typedef struct LdmTensorInfo {
     const char *name;                /* checkpoint key / input or output name */
     int dtype;                       /* LdmDType */
+    int flags;                       /* LDM_TF_* */
     int ndim;                        /* rank */
     int64_t shape[LDM_MAX_DIMS];     /* dimensions */
 } LdmTensorInfo;
 
 /* forward(weights, inputs, outputs, arena): 0 or -1 with ldm_fail(). */
-typedef int (*LdmForwardFn)(const float *const *w, const void *const *in, void *const *out, unsigned char *arena);
+typedef int (*LdmForwardFn)(const LdmW *w, const void *const *in, void *const *out, unsigned char *arena);
 
 typedef struct LdmModel {
     const char *name;                /* graph name ("unet") */
@@ -48,10 +55,12 @@ typedef struct LdmModel {
     LdmForwardFn forward;            /* the generated entry point */
 } LdmModel;
 
-/* Weights of one model, as float32 arrays in the model's table order. */
+/* Weights of one model, in the model's table order. Half-precision
+ * weights stay half (used in place from the mapping) unless a kernel needs
+ * them as float32 (LDM_TF_F32). */
 typedef struct LdmWeights {
-    const float **ptr;               /* ptr[i] = data of weights[i] */
-    float **owned;                   /* converted copies to free (NULL where ptr points into the mapping) */
+    LdmW *ptr;                       /* ptr[i] = data and storage type of weights[i] */
+    void **owned;                    /* converted copies to free (NULL where ptr points into the mapping) */
     int n;                           /* number of weights */
     size_t bytes;                    /* bytes held in converted copies */
 } LdmWeights;
@@ -62,7 +71,8 @@ const char *ldm_shape_str(int ndim, const int64_t *shape, char *buf, size_t size
 
 /* Bind every weight of m from the checkpoint f, checking presence, dtype
  * (F32, F16 or BF16) and shape; errors name the tensor and what was
- * expected. F32 data that is suitably aligned is used in place (mmap). */
+ * expected. Aligned F32/F16/BF16 data is used in place (mmap); F64, or
+ * half-precision data of a weight flagged LDM_TF_F32, is converted. */
 int ldm_weights_load(const LdmModel *m, const StFile *f, LdmWeights *w);
 void ldm_weights_free(LdmWeights *w);
 

@@ -1,0 +1,101 @@
+/*
+ * kernels.h - the compute kernels that ldmc-generated code calls for its
+ * heavy ops, with every shape passed as a compile-time constant by the
+ * caller. Everything here runs on all cores (OpenMP); OpenBLAS is only ever
+ * called single-threaded from inside our own parallel regions, so the two
+ * never compete for the cores.
+ *
+ * Weights may be stored as float32 or IEEE half (LDM_W_F16) or bfloat16
+ * (LDM_W_BF16): half-precision weights stay half in memory and are widened
+ * inside the kernels, block by block.
+ */
+#ifndef LDM_KERNELS_H
+#define LDM_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Storage type of a weight tensor. */
+typedef enum LdmWType {
+    LDM_W_F32 = 0,   /* float32 */
+    LDM_W_F16 = 1,   /* IEEE half */
+    LDM_W_BF16 = 2,  /* bfloat16 */
+} LdmWType;
+
+/* A weight as the kernels see it: data and its storage type. */
+typedef struct LdmW {
+    const void *p;   /* data */
+    int type;        /* LdmWType */
+} LdmW;
+
+/* Call once before any kernel (sets OpenBLAS to one thread). */
+void ldm_kernels_init(void);
+
+/* Widen n weights starting at element `off` into dst (float32). */
+void ldm_w_to_f32(LdmW w, size_t off, size_t n, float *dst);
+
+/* ---- epilogue -------------------------------------------------------------
+ * Many kernels finish with y = y + bias[o] + rowadd[n, o] + residual, where
+ * o is the output channel (feature) and n the batch index; any may be NULL. */
+typedef struct LdmEpilogue {
+    const float *bias;       /* [O] */
+    const float *rowadd;     /* [N, O]: e.g. the ResBlock's time embedding */
+    const float *residual;   /* same shape as y */
+} LdmEpilogue;
+
+/* ---- GEMM ---------------------------------------------------------------------
+ * C[M, N] = A[M, K] * op(B) (+ C when accumulate), row-major with leading
+ * dimensions, split over the cores. op(B) = B[K, N] or B[N, K]^T (trans_b).
+ * A is float32; B may be a half-precision weight. */
+void ldm_gemm(int M, int N, int K, const float *A, int lda, LdmW B, size_t b_off, int ldb, int trans_b, float *C,
+              int ldc, int accumulate);
+/* Same with the weight on the left: C[M, N] = W[M, K] * B[K, N] (convolutions). */
+void ldm_gemm_wl(int M, int N, int K, LdmW A, size_t a_off, int lda, const float *B, int ldb, float *C, int ldc,
+                 int accumulate);
+
+/* ---- convolution --------------------------------------------------------------
+ * y[N, O, HO, WO] = conv2d(x[N, C, H, W], w[O, C, KH, KW]) + epilogue, any
+ * stride and zero padding (top, bottom, left, right). The kernel picks
+ * nothing: the compiler chose the algorithm and passes the scratch it
+ * planned (ldm_conv_scratch_bytes for the same arguments). */
+typedef struct LdmConvShape {
+    int N, C, H, W;          /* input */
+    int O, KH, KW;           /* weight */
+    int stride_h, stride_w;  /* stride */
+    int pad_t, pad_b, pad_l, pad_r; /* zero padding */
+    int HO, WO;              /* output */
+} LdmConvShape;
+
+typedef enum LdmConvAlgo {
+    LDM_CONV_IM2COL = 0,     /* im2col tiles + GEMM (any shape) */
+    LDM_CONV_POINTWISE = 1,  /* 1x1, stride 1, no padding: one GEMM */
+    LDM_CONV_WINOGRAD = 2,   /* Winograd F(4x4, 3x3), 3x3 stride 1 pad 1 only */
+} LdmConvAlgo;
+
+size_t ldm_conv_scratch_bytes(const LdmConvShape *s, int algo);
+void ldm_conv2d(const LdmConvShape *s, int algo, const float *x, LdmW w, const LdmEpilogue *ep, float *y,
+                float *scratch);
+
+/* Winograd F(4x4, 3x3) (kernels_winograd.c): 3x3, stride 1, padding 1. */
+size_t ldm_winograd_scratch_bytes(const LdmConvShape *s);
+void ldm_conv3x3_winograd(const LdmConvShape *s, const float *x, LdmW w, const LdmEpilogue *ep, float *y,
+                          float *scratch);
+
+/* ---- attention (kernels_attention.c) ------------------------------------------
+ * y[b, i, h*dv + j] = sum_k softmax_k(scale * q[b,i,h*d:] . k[b,k,h*d:] [+causal]) v[b,k,h*dv + j]
+ * for H heads of contiguous channels; q/k/v/y rows have the given strides
+ * (in floats) so q, k and v may be column slices of one fused qkv buffer.
+ * Flash-attention scheme: tiles of queries against tiles of keys with an
+ * online softmax; the full score matrix is never stored. */
+typedef struct LdmAttnShape {
+    int B, Tq, Tk, H, d, dv;         /* batch, queries, keys, heads, head dims of q/k and v */
+    int ldq, ldk, ldv, ldy;          /* row strides (floats) */
+    long bsq, bsk, bsv, bsy;         /* batch strides (floats) */
+    float scale;                     /* logit scale */
+    int causal;                      /* mask keys after the query */
+} LdmAttnShape;
+
+size_t ldm_attention_scratch_bytes(const LdmAttnShape *s);
+void ldm_attention(const LdmAttnShape *s, const float *q, const float *k, const float *v, float *y, float *scratch);
+
+#endif
