@@ -91,6 +91,8 @@ int ldmc_compile(const DriverOptions *opt) {
     double t_build = ldm_now();
     int rc = 0;
     if (opt->dump_build) dump_graph(g, stdout);
+    pass_dead_code(g);
+    g->nominal_flops = graph_flops(g);
     pass_fuse(g);
     pass_select_kernels(g);
     pass_views(g);
@@ -99,6 +101,7 @@ int ldmc_compile(const DriverOptions *opt) {
     if (rc == 0 && opt->dump_graph) dump_graph(g, stdout);
     if (rc == 0 && opt->dump_plan) dump_plan(g, stdout);
     if (rc == 0 && opt->dot_path) rc = write_text(opt->dot_path, g, dump_dot);
+    if (rc == 0 && opt->svg_path) rc = write_text(opt->svg_path, g, dump_memory_svg);
     double t_cc = t_pass, t_gen = t_pass;
     if (rc == 0 && opt->out_path) {
         int is_c = ends_with(opt->out_path, ".c");

@@ -11,6 +11,7 @@ typedef struct DriverOptions {
     int n_defines;
     const char *out_path;        /* -o: FILE.c writes C, anything else builds a runner */
     const char *dot_path;        /* --dot FILE */
+    const char *svg_path;        /* --plot-memory FILE.svg */
     int dump_build;              /* --dump=build: the graph as built, before passes */
     int dump_graph;              /* --dump / --dump=graph: after passes */
     int dump_plan;               /* --dump=plan: the memory plan */

@@ -87,8 +87,9 @@ void dump_graph(const Graph *g, FILE *fp) {
 
 void dump_plan(const Graph *g, FILE *fp) {
     char b[128];
-    fprintf(fp, "plan %s  arena %lld bytes  naive %lld bytes\n", g->name, (long long)g->arena_bytes,
-            (long long)g->naive_bytes);
+    fprintf(fp, "plan %s  arena %lld bytes  naive %lld bytes  strategy %s (first-fit %lld, best-fit %lld, size-ordered %lld)\n",
+            g->name, (long long)g->arena_bytes, (long long)g->naive_bytes, g->plan_strategy ? g->plan_strategy : "-",
+            (long long)g->plan_sizes[0], (long long)g->plan_sizes[1], (long long)g->plan_sizes[2]);
     fprintf(fp, "# node        op                  offset        bytes   live\n");
     for (int i = 0; i < g->n_nodes; i++) {
         const Node *n = g->nodes[i];
@@ -123,4 +124,37 @@ void dump_dot(const Graph *g, FILE *fp) {
         fprintf(fp, "  n%d -> out%d;\n", g->outputs[i].node->id, i);
     }
     fprintf(fp, "}\n");
+}
+
+void dump_memory_svg(const Graph *g, FILE *fp) {
+    const double W = 1200, H = 600, left = 80, top = 40, right = 20, bottom = 40;
+    int steps = g->n_nodes + 1;
+    double sx = (W - left - right) / steps, sy = (H - top - bottom) / (double)(g->arena_bytes ? g->arena_bytes : 1);
+    fprintf(fp, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"monospace\" font-size=\"12\">\n", W, H);
+    fprintf(fp, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
+    fprintf(fp, "<text x=\"%.0f\" y=\"20\">%s: arena %.1f MiB (%s; naive sum %.1f MiB) over %d steps</text>\n", left, g->name,
+            (double)g->arena_bytes / 1048576.0, g->plan_strategy ? g->plan_strategy : "-", (double)g->naive_bytes / 1048576.0,
+            g->n_nodes);
+    for (int i = 0; i < g->n_nodes; i++) {
+        const Node *n = g->nodes[i];
+        char kn[64];
+        node_kernel_name(n, kn, sizeof kn);
+        if (n->storage == n && n->op != OPK_INPUT && n->op != OPK_WEIGHT)
+            fprintf(fp, "<rect x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" fill=\"#4a90d9\" fill-opacity=\"0.7\" stroke=\"#1d4f80\" stroke-width=\"0.3\"><title>%%%d %s %lld bytes at %lld, steps %d..%d</title></rect>\n",
+                    left + sx * n->id, top + sy * (double)n->offset, sx * (n->last_use - n->id + 1),
+                    sy * (double)node_bytes(n) > 0.5 ? sy * (double)node_bytes(n) : 0.5, n->id, kn, (long long)node_bytes(n),
+                    (long long)n->offset, n->id, n->last_use);
+        if (n->scratch_bytes)
+            fprintf(fp, "<rect x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" fill=\"#e8913a\" fill-opacity=\"0.8\"><title>%%%d %s scratch %lld bytes at %lld</title></rect>\n",
+                    left + sx * n->id, top + sy * (double)n->scratch_offset, sx > 1 ? sx : 1,
+                    sy * (double)n->scratch_bytes > 0.5 ? sy * (double)n->scratch_bytes : 0.5, n->id, kn,
+                    (long long)n->scratch_bytes, (long long)n->scratch_offset);
+    }
+    fprintf(fp, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n", left, top, left, H - bottom);
+    fprintf(fp, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n", left, H - bottom, W - right, H - bottom);
+    fprintf(fp, "<text x=\"5\" y=\"%.0f\">0</text><text x=\"5\" y=\"%.0f\">%.0fM</text>\n", top + 4, H - bottom,
+            (double)g->arena_bytes / 1048576.0);
+    fprintf(fp, "<text x=\"%.0f\" y=\"%.0f\">schedule step (node) &#8594;  blue: tensors, orange: scratch; y: arena offset</text>\n",
+            left, H - 12);
+    fprintf(fp, "</svg>\n");
 }

@@ -385,7 +385,8 @@ double node_flops(const Node *n) {
         const Node *w = n->src[1];
         return 2.0 * out * (double)(w->shape[1] * w->shape[2] * w->shape[3]);
     }
-    case OPK_LINEAR: return 2.0 * out * (double)n->src[1]->shape[1];
+    case OPK_LINEAR: /* linear+geglu computes twice the features it returns */
+        return 2.0 * out * (double)n->src[1]->shape[1] * (n->act == ACT_GEGLU ? 2 : 1);
     case OPK_MATMUL: {
         int r = x->ndim;
         return 2.0 * out * (double)x->shape[r - 1];

@@ -261,6 +261,9 @@ typedef struct Graph {
     int n_outputs;
     int64_t arena_bytes;         /* set by plan.c */
     int64_t naive_bytes;         /* sum of all activation sizes (for reports) */
+    const char *plan_strategy;   /* the placement strategy that won */
+    int64_t plan_sizes[3];       /* arena of first-fit, best-fit, size-ordered */
+    double nominal_flops;        /* FLOPs of the graph as written, before fusion */
 } Graph;
 
 Graph *graph_new(const char *name);
@@ -330,6 +333,8 @@ double graph_flops(const Graph *g);
 void dump_graph(const Graph *g, FILE *fp);
 void dump_plan(const Graph *g, FILE *fp);
 void dump_dot(const Graph *g, FILE *fp);
+/* Arena usage over the schedule as SVG: one rectangle per buffer. */
+void dump_memory_svg(const Graph *g, FILE *fp);
 
 /* ===================================================================== *
  * codegen.c - C code generation

@@ -4,6 +4,7 @@
  *   ldmc GRAPH [--config YAML] [-D NAME=VALUE]... [-o OUT.c | -o OUT]
  *        [--dump[=build|graph|plan]] [--dot FILE] [--stats]
  *   ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors
+ *   ldmc pipeline --config YAML -D H=.. -D W=.. -o OUT.c   (pipeline.c)
  */
 #include <stdlib.h>
 #include <string.h>
@@ -14,9 +15,10 @@
 static void usage(FILE *fp) {
     fprintf(fp,
             "usage: ldmc GRAPH [--config YAML] [-D NAME=VALUE]... [-o OUT.c | -o OUT] [--dump[=build|graph|plan]]\n"
-            "            [--dot FILE] [--stats]\n"
+            "            [--dot FILE] [--plot-memory FILE.svg] [--stats]\n"
             "       ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors\n"
             "       ldmc randckpt --config YAML [-D NAME=VALUE]... [--dtype f32|f16|bf16] [--seed N] -o OUT GRAPH...\n"
+            "       ldmc pipeline --config YAML -D H=PIXELS -D W=PIXELS [-D NAME=VALUE]... -o OUT.c\n"
             "\n"
             "  --config YAML     the model's CompVis config (e.g. models/sd1/v1-inference.yaml)\n"
             "  -D NAME=VALUE     set a graph param (H, W: image pixels; B: batch) or, with a dotted\n"
@@ -27,6 +29,7 @@ static void usage(FILE *fp) {
             "  --dump[=WHAT]     print the graph after the passes (graph, the default), as built (build),\n"
             "                    or the memory plan (plan)\n"
             "  --dot FILE        write the graph in Graphviz format\n"
+            "  --plot-memory F   draw the arena usage over the schedule as SVG\n"
             "  --stats           print node, parameter and FLOP counts and timings on stderr\n"
             "  --version         print the version\n");
 }
@@ -147,9 +150,12 @@ static int add_define(DriverOptions *opt, const char *text) {
     return 0;
 }
 
+int ldmc_pipeline_main(int argc, char **argv); /* `ldmc pipeline` (pipeline.c) */
+
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "convert")) return convert_main(argc, argv);
     if (argc > 1 && !strcmp(argv[1], "randckpt")) return randckpt_main(argc, argv);
+    if (argc > 1 && !strcmp(argv[1], "pipeline")) return ldmc_pipeline_main(argc, argv); /* pipeline.c */
     DriverOptions opt = {0};
     opt.defines = calloc((size_t)argc, sizeof *opt.defines);
     int rc = 2;
@@ -163,7 +169,8 @@ int main(int argc, char **argv) {
             printf("ldmc %s\n", LDMC_VERSION);
             rc = 0;
             goto out;
-        } else if (!strcmp(a, "--config") || !strcmp(a, "-o") || !strcmp(a, "--dot") || !strcmp(a, "-D")) {
+        } else if (!strcmp(a, "--config") || !strcmp(a, "-o") || !strcmp(a, "--dot") || !strcmp(a, "-D") ||
+                   !strcmp(a, "--plot-memory")) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "ldmc: error: %s needs a value\n", a);
                 goto out;
@@ -172,6 +179,7 @@ int main(int argc, char **argv) {
             if (!strcmp(a, "--config")) opt.config_path = v;
             else if (!strcmp(a, "-o")) opt.out_path = v;
             else if (!strcmp(a, "--dot")) opt.dot_path = v;
+            else if (!strcmp(a, "--plot-memory")) opt.svg_path = v;
             else if (add_define(&opt, v) != 0) goto out;
         } else if (!strncmp(a, "-D", 2)) {
             if (add_define(&opt, a + 2) != 0) goto out;
@@ -197,7 +205,8 @@ int main(int argc, char **argv) {
         usage(stderr);
         goto out;
     }
-    if (!opt.out_path && !opt.dump_graph && !opt.dump_build && !opt.dump_plan && !opt.dot_path && !opt.stats) {
+    if (!opt.out_path && !opt.dump_graph && !opt.dump_build && !opt.dump_plan && !opt.dot_path && !opt.svg_path &&
+        !opt.stats) {
         fprintf(stderr, "ldmc: error: nothing to do: give -o, --dump, --dot or --stats\n");
         goto out;
     }

@@ -152,15 +152,62 @@ static int64_t place(Buf *b, int nb, int best) {
     return top;
 }
 
+/* Offline placement, largest buffers first: each goes to the lowest offset
+ * that does not collide with an already placed buffer live at the same time. */
+static int cmp_size_desc(const void *x, const void *y) {
+    const Buf *a = *(Buf *const *)x, *b = *(Buf *const *)y;
+    if (a->size != b->size) return a->size < b->size ? 1 : -1;
+    return a->first - b->first;
+}
+
+static int cmp_offset(const void *x, const void *y) {
+    const Buf *a = *(Buf *const *)x, *b = *(Buf *const *)y;
+    return a->offset < b->offset ? -1 : a->offset > b->offset;
+}
+
+static int64_t place_by_size(Buf *b, int nb) {
+    Buf **order = ldm_xmalloc((size_t)(nb + 1) * sizeof *order), **placed = ldm_xmalloc((size_t)(2 * nb + 1) * sizeof *placed);
+    for (int i = 0; i < nb; i++) order[i] = &b[i];
+    qsort(order, (size_t)nb, sizeof *order, cmp_size_desc);
+    int np = 0;
+    int64_t top = 0;
+    for (int i = 0; i < nb; i++) {
+        Buf *x = order[i];
+        /* the placed buffers live at the same time, by offset */
+        int nc = 0;
+        for (int j = 0; j < np; j++)
+            if (placed[j]->first <= x->last && x->first <= placed[j]->last) placed[np + nc++] = placed[j];
+        Buf **conf = placed + np;
+        qsort(conf, (size_t)nc, sizeof *conf, cmp_offset);
+        int64_t pos = 0;
+        for (int j = 0; j < nc; j++) {
+            if (conf[j]->offset - pos >= x->size) break;
+            if (conf[j]->offset + conf[j]->size > pos) pos = conf[j]->offset + conf[j]->size;
+        }
+        x->offset = pos;
+        if (pos + x->size > top) top = pos + x->size;
+        placed[np++] = x;
+    }
+    free(order);
+    free(placed);
+    return top;
+}
+
 int pass_plan_memory(Graph *g) {
     Buf *b;
     int nb = collect_buffers(g, &b);
     int64_t naive = 0;
     for (int i = 0; i < nb; i++) naive += b[i].size;
-    int64_t first_fit = place(b, nb, 0);
-    int64_t best_fit = place(b, nb, 1);
-    int64_t size = best_fit;
-    if (first_fit < best_fit) size = place(b, nb, 0);
+    /* three strategies; keep the smallest arena (ties: the earlier one) */
+    int64_t sizes[3] = {place(b, nb, 0), place(b, nb, 1), place_by_size(b, nb)};
+    int best = 0;
+    for (int k = 1; k < 3; k++)
+        if (sizes[k] < sizes[best]) best = k;
+    int64_t size = best == 2 ? place_by_size(b, nb) : place(b, nb, best);
+    g->plan_strategy = best == 0 ? "first-fit" : best == 1 ? "best-fit" : "size-ordered";
+    g->plan_sizes[0] = sizes[0];
+    g->plan_sizes[1] = sizes[1];
+    g->plan_sizes[2] = sizes[2];
     for (int i = 0; i < nb; i++) {
         if (b[i].scratch) b[i].node->scratch_offset = b[i].offset;
         else b[i].node->offset = b[i].offset;
