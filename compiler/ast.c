@@ -50,7 +50,17 @@ static char *resolve_import(const char *base, const char *rel) {
     if (rel[0] == '/') return ldm_xstrdup(rel);
     char *tmp = ldm_xstrdup(base);
     char *dir = dirname(tmp);
-    char *out = strcmp(dir, ".") == 0 ? ldm_xstrdup(rel) : ldm_xasprintf("%s/%s", dir, rel);
+    /* fold leading "../" into the directory: models/sd1 + ../common/nn.graph = models/common/nn.graph */
+    char *d = ldm_xstrdup(dir);
+    while (!strncmp(rel, "../", 3) && strcmp(d, ".") && strcmp(d, "/") && strcmp(d, "..") &&
+           (strlen(d) < 3 || strcmp(d + strlen(d) - 3, "/.."))) {
+        char *slash = strrchr(d, '/');
+        if (slash) *slash = 0;
+        else strcpy(d, ".");
+        rel += 3;
+    }
+    char *out = strcmp(d, ".") == 0 ? ldm_xstrdup(rel) : ldm_xasprintf("%s/%s", d, rel);
+    free(d);
     free(tmp);
     return out;
 }

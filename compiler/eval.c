@@ -257,17 +257,6 @@ static int truthy(const Value *v, SrcLoc loc, int *out) {
 
 /* ---- graph building ------------------------------------------------------- */
 
-/* New node with sources; infers its shape. NULL on a shape error. */
-static Node *mk(Eval *E, OpKind op, SrcLoc loc, int nsrc, Node **src) {
-    Node *n = graph_add(E->g, op, loc);
-    for (int i = 0; i < nsrc; i++) n->src[i] = src[i];
-    n->nsrc = nsrc;
-    if (E->n_scopes) n->scope = ldm_xstrdup(E->scopes[E->n_scopes - 1]);
-    return n;
-}
-
-static Node *finish(Node *n) { return node_infer(n) == 0 ? n : NULL; }
-
 /* The weight-name prefix of the current scope: "a.b." or "". */
 static char *scope_prefix(Eval *E) {
     size_t len = 1;
@@ -280,6 +269,20 @@ static char *scope_prefix(Eval *E) {
     }
     return s;
 }
+
+/* New node with sources; infers its shape. NULL on a shape error. */
+static Node *mk(Eval *E, OpKind op, SrcLoc loc, int nsrc, Node **src) {
+    Node *n = graph_add(E->g, op, loc);
+    for (int i = 0; i < nsrc; i++) n->src[i] = src[i];
+    n->nsrc = nsrc;
+    if (E->n_scopes) {
+        n->scope = scope_prefix(E);
+        n->scope[strlen(n->scope) - 1] = 0; /* drop the trailing '.' */
+    }
+    return n;
+}
+
+static Node *finish(Node *n) { return node_infer(n) == 0 ? n : NULL; }
 
 static Node *make_weight(Eval *E, SrcLoc loc, const char *local, const int64_t *shape, int ndim) {
     char *sp = scope_prefix(E);

@@ -7,6 +7,7 @@
  * main() of every `ldmc GRAPH -o OUT` program: inputs by name from one
  * safetensors file, outputs by name to another.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -110,10 +111,12 @@ static void runner_usage(const LdmModel *m, FILE *fp) {
     fprintf(fp,
             "usage: %s --weights CKPT.safetensors --inputs IN.safetensors --outputs OUT.safetensors\n"
             "          [--prefix P] [--repeat N]\n"
+            "       %s --weights CKPT.safetensors --random-inputs SEED [--repeat N] [--outputs OUT]\n"
             "Runs graph '%s' (%s).\n"
             "Reads the inputs by name (P + name) from IN, writes the outputs by name to OUT.\n"
-            "  --repeat N  run N times and print the median time per call\n",
-            m->name, m->name, m->banner);
+            "  --repeat N         run N times and print the median time per call\n"
+            "  --random-inputs S  feed N(0,1) floats and small integer ids from seed S (benchmarks)\n",
+            m->name, m->name, m->name, m->banner);
     fprintf(fp, "inputs:");
     char b[160];
     for (int i = 0; i < m->n_inputs; i++)
@@ -133,7 +136,8 @@ static int cmp_double(const void *a, const void *b) {
 
 int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
     const char *weights = NULL, *inputs = NULL, *outputs = NULL, *prefix = "";
-    int repeat = 1;
+    int repeat = 1, random_inputs = 0;
+    unsigned long long seed = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -149,6 +153,15 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
         else if (!strcmp(a, "--inputs")) inputs = v;
         else if (!strcmp(a, "--outputs")) outputs = v;
         else if (!strcmp(a, "--prefix")) prefix = v;
+        else if (!strcmp(a, "--random-inputs")) {
+            char *end;
+            seed = strtoull(v, &end, 10);
+            if (*end || !*v) {
+                fprintf(stderr, "%s: error: --random-inputs expects a seed (non-negative integer), got '%s'\n", argv[0], v);
+                return 2;
+            }
+            random_inputs = 1;
+        }
         else if (!strcmp(a, "--repeat")) {
             char *end;
             long r = strtol(v, &end, 10);
@@ -162,8 +175,8 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
             return 2;
         }
     }
-    if (!weights || !inputs || !outputs) {
-        fprintf(stderr, "%s: error: --weights, --inputs and --outputs are required\n", argv[0]);
+    if (!weights || (!random_inputs && (!inputs || !outputs)) || (random_inputs && inputs)) {
+        fprintf(stderr, "%s: error: give --weights and either --inputs and --outputs, or --random-inputs\n", argv[0]);
         runner_usage(m, stderr);
         return 2;
     }
@@ -178,8 +191,24 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
     double t0 = ldm_now();
     if (st_open(&wf, weights) != 0 || ldm_weights_load(m, &wf, &w) != 0) goto done;
     double t_load = ldm_now() - t0;
-    if (st_open(&inf, inputs) != 0) goto done;
-    for (int i = 0; i < m->n_inputs; i++) {
+    if (random_inputs) {
+        uint64_t st = seed * 0x9e3779b97f4a7c15ull + 1;
+        for (int i = 0; i < m->n_inputs; i++) {
+            int64_t n = ldm_numel(&m->inputs[i]);
+            in[i] = ldm_aligned_alloc((size_t)n * 4);
+            for (int64_t k = 0; k < n; k++) {
+                st = st * 6364136223846793005ull + 1442695040888963407ull;
+                double u1 = ((double)(st >> 11) + 0.5) / 9007199254740992.0;
+                st = st * 6364136223846793005ull + 1442695040888963407ull;
+                double u2 = (double)(st >> 11) / 9007199254740992.0;
+                if (m->inputs[i].dtype == LDM_I32) ((int32_t *)in[i])[k] = (int32_t)(st >> 56);
+                else ((float *)in[i])[k] = (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+            }
+        }
+    } else if (st_open(&inf, inputs) != 0) {
+        goto done;
+    }
+    for (int i = 0; i < m->n_inputs && !random_inputs; i++) {
         const LdmTensorInfo *want = &m->inputs[i];
         char *name = ldm_xasprintf("%s%s", prefix, want->name);
         const StTensor *t = st_find(&inf, name);
@@ -215,7 +244,7 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
         st_writer_add(sw, o->name, o->dtype == LDM_I32 ? ST_I32 : ST_F32, o->ndim, o->shape, out[i]);
     }
     st_writer_meta(sw, "ldmc", m->banner);
-    int wrc = st_writer_save(sw, outputs);
+    int wrc = outputs ? st_writer_save(sw, outputs) : 0;
     st_writer_free(sw);
     if (wrc != 0) goto done;
     fprintf(stderr, "%s: load %.3f s, forward %.4f s (median of %d), %.2f GFLOP/s, arena %.1f MiB, peak RSS %.1f MiB\n",

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# bench.sh - `make bench` (and `make bench-quick`: 256x256 only).
+#
+# Makes a random-weight checkpoint of the real SD v1.5 shapes with
+# `ldmc randckpt` (no downloads), builds the networks for each resolution,
+# and prints per network: median time per call, achieved GFLOP/s (the
+# graph's nominal FLOPs / time), the ratio to cblas_sgemm on a 2048^3
+# product measured in this same run, the planned arena and peak RSS. Then
+# times a whole 20-step generation with the txt2img executable.
+set -euo pipefail
+BUILD=${BUILD:-build}
+RESOLUTIONS=${RESOLUTIONS:-"256 512"}
+CONFIG=models/sd1/v1-inference.yaml
+B=$BUILD/bench
+mkdir -p "$B"
+LDMC=$BUILD/ldmc
+CKPT=$B/sd15-random-f16.safetensors
+if [ ! -f "$CKPT" ]; then
+    echo "making $CKPT (RANDOM weights with the real SD v1.5 shapes, fp16)"
+    $LDMC randckpt --config $CONFIG --dtype f16 --seed 1 -o "$CKPT" models/sd1/clip_text.graph models/sd1/unet.graph \
+        models/sd1/vae_encoder.graph models/sd1/vae_decoder.graph
+fi
+cc -O2 tests/bench/sgemm_rate.c -I/usr/include/x86_64-linux-gnu/openblas-pthread -lopenblas -o $B/sgemm_rate
+SGEMM=$($B/sgemm_rate 2048 2 | awk '{print $2}')
+echo "machine: $(nproc) cores; cblas_sgemm 2048^3 on 2 threads: $SGEMM GFLOP/s (OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset})"
+printf "%-12s %-9s %5s %10s %9s %8s %10s %10s\n" network res batch "s/call" GFLOP/s "xsgemm" "arena MiB" "RSS MiB"
+run() { # name graph res batch repeat
+    local name=$1 graph=$2 res=$3 batch=$4 rep=$5
+    local exe=$B/$name-$res
+    $LDMC models/sd1/$graph.graph --config $CONFIG -D H=$res -D W=$res -D B=$batch -o $exe >/dev/null
+    local line
+    line=$($exe --weights "$CKPT" --random-inputs 1 --repeat $rep 2>&1 | grep 'forward')
+    # "<g>: load X s, forward T s (median of N), R GFLOP/s, arena A MiB, peak RSS P MiB"
+    local t r a p
+    t=$(echo "$line" | sed -E 's/.*forward ([0-9.]+) s.*/\1/')
+    r=$(echo "$line" | sed -E 's/.*, ([0-9.]+) GFLOP\/s.*/\1/')
+    a=$(echo "$line" | sed -E 's/.*arena ([0-9.]+) MiB.*/\1/')
+    p=$(echo "$line" | sed -E 's/.*peak RSS ([0-9.]+) MiB.*/\1/')
+    printf "%-12s %-9s %5s %10s %9s %8.2f %10s %10s\n" "$name" "${res}x$res" "$batch" "$t" "$r" \
+        "$(echo "$r $SGEMM" | awk '{print $1/$2}')" "$a" "$p"
+}
+for res in $RESOLUTIONS; do
+    rep=5; [ "$res" -ge 512 ] && rep=3
+    run clip_text clip_text "$res" 1 $rep
+    run unet unet "$res" 2 $rep
+    run vae_decoder vae_decoder "$res" 1 $rep
+done
+last=${RESOLUTIONS##* }
+if make -s BUILD=$BUILD txt2img CONFIG=$CONFIG H=$last W=$last >/dev/null 2>&1 && [ -x $BUILD/txt2img-${last}x$last ]; then
+    echo "whole 20-step ${last}x$last generation (ddim, guidance, random weights):"
+    /usr/bin/time -v $BUILD/txt2img-${last}x$last --weights "$CKPT" --vocab ${VOCAB:-../shared/clip/bpe_simple_vocab_16e6.txt.gz} \
+        --prompt "a photograph of an astronaut riding a horse" --steps 20 --seed 1 --quiet -o $B/bench-$last.png 2>&1 |
+        grep -E "stage|total|load|encode|step|decode|peak|Maximum resident|Elapsed" || true
+else
+    echo "(txt2img executable not available: whole-generation timing skipped)"
+fi
