@@ -2,6 +2,7 @@
  * ast.c - syntax tree constructors and program loading (imports).
  */
 #include <libgen.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,10 +40,18 @@ static void program_add_file(Program *p, SrcFile *f) {
     p->files[p->n_files++] = f;
 }
 
+/* Same file, by real path where the files exist (lib/../lib/x.graph is
+ * lib/x.graph), else by name. */
 static int already_read(const Program *p, const char *path) {
-    for (int i = 0; i < p->n_files; i++)
-        if (strcmp(p->files[i]->path, path) == 0) return 1;
-    return 0;
+    char *real = realpath(path, NULL);
+    int found = 0;
+    for (int i = 0; i < p->n_files && !found; i++) {
+        char *other = real ? realpath(p->files[i]->path, NULL) : NULL;
+        found = other ? strcmp(real, other) == 0 : strcmp(p->files[i]->path, path) == 0;
+        free(other);
+    }
+    free(real);
+    return found;
 }
 
 /* Path of `rel` relative to the directory of `base`. */

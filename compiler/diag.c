@@ -93,7 +93,7 @@ static void format_diag(char *out, size_t cap, SrcLoc loc, const char *kind, con
     out[n < cap ? n : cap - 1] = 0;
 }
 
-static _Thread_local char diag_buf[8192];
+static _Thread_local char diag_buf[16384];
 
 int diag_error(SrcLoc loc, const char *fmt, ...) {
     char msg[2048];

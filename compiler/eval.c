@@ -108,6 +108,12 @@ static Value v_list(Eval *E, int n) {
     return (Value){.k = V_LIST, .list = l};
 }
 
+/* "an int", "a string": the kind with its article, for messages. */
+static const char *a_kind(VKind k) {
+    static const char *names[] = {"null", "a bool", "an int", "a float", "a string", "a list", "a map", "a tensor", "a function", "a builtin"};
+    return names[k];
+}
+
 static const char *kind_name(VKind k) {
     static const char *names[] = {"null", "bool", "int", "float", "string", "list", "map", "tensor", "function", "builtin"};
     return names[k];
@@ -251,7 +257,7 @@ static int truthy(const Value *v, SrcLoc loc, int *out) {
     case V_FLOAT: *out = v->f != 0; return 0;
     case V_STR: *out = v->s[0] != 0; return 0;
     case V_LIST: *out = v->list->n != 0; return 0;
-    default: return diag_error(loc, "a %s has no truth value", kind_name(v->k));
+    default: return diag_error(loc, "%s has no truth value", a_kind(v->k));
     }
 }
 
@@ -305,8 +311,8 @@ static Node *make_weight(Eval *E, SrcLoc loc, const char *local, const int64_t *
         }
     }
     for (int i = 0; i < ndim; i++)
-        if (shape[i] < 1) {
-            diag_error(loc, "weight '%s': dimension %d is %lld, must be >= 1", key, i, (long long)shape[i]);
+        if (shape[i] < 1 || shape[i] > (1ll << 31)) {
+            diag_error(loc, "weight '%s': dimension %d is %lld, must be in 1..2^31", key, i, (long long)shape[i]);
             free(key);
             return NULL;
         }
@@ -538,6 +544,7 @@ static int bi_attention(Eval *E, Args *a, Value *out) {
 static int bi_upsample(Eval *E, Args *a, Value *out) {
     ARG_TENSOR(0, x, "input");
     ARG_INT(1, factor, "factor");
+    if (factor < 1 || factor > 1024) return diag_error(a->loc, "upsample_nearest: factor must be in 1..1024, got %lld", (long long)factor);
     Node *n = mk(E, OPK_UPSAMPLE, a->loc, 1, &x);
     n->factor = (int)factor;
     RESULT(finish(n));
@@ -842,10 +849,20 @@ static int eval_binary(Eval *E, Env *env, Ast *a, Value *out) {
     }
     if (x.k == V_INT && y.k == V_INT) {
         int64_t p = x.i, q = y.i;
+        int64_t r = 0;
         switch (a->op) {
-        case '+': *out = v_int(p + q); return 0;
-        case '-': *out = v_int(p - q); return 0;
-        case '*': *out = v_int(p * q); return 0;
+        case '+':
+            if (__builtin_add_overflow(p, q, &r)) return diag_error(a->loc, "integer overflow");
+            *out = v_int(r);
+            return 0;
+        case '-':
+            if (__builtin_sub_overflow(p, q, &r)) return diag_error(a->loc, "integer overflow");
+            *out = v_int(r);
+            return 0;
+        case '*':
+            if (__builtin_mul_overflow(p, q, &r)) return diag_error(a->loc, "integer overflow");
+            *out = v_int(r);
+            return 0;
         case '/':
             if (!q) return diag_error(a->loc, "division by zero");
             *out = v_float((double)p / (double)q);
@@ -853,6 +870,7 @@ static int eval_binary(Eval *E, Env *env, Ast *a, Value *out) {
         case OP_FLOORDIV:
         case '%': {
             if (!q) return diag_error(a->loc, "division by zero");
+            if (p == INT64_MIN && q == -1) return diag_error(a->loc, "integer overflow");
             int64_t d = p / q, r = p % q;
             if (r && ((r < 0) != (q < 0))) { d--; r += q; } /* Python floor semantics */
             *out = v_int(a->op == '%' ? r : d);
@@ -860,8 +878,14 @@ static int eval_binary(Eval *E, Env *env, Ast *a, Value *out) {
         }
         case OP_POW:
             if (q >= 0) {
-                int64_t r = 1;
-                for (int64_t i = 0; i < q; i++) r *= p;
+                /* exponentiation by squaring, refusing overflow */
+                int64_t base = p, e = q;
+                r = 1;
+                while (e) {
+                    if ((e & 1) && __builtin_mul_overflow(r, base, &r)) return diag_error(a->loc, "integer overflow");
+                    e >>= 1;
+                    if (e && __builtin_mul_overflow(base, base, &base)) return diag_error(a->loc, "integer overflow");
+                }
                 *out = v_int(r);
                 return 0;
             }
@@ -925,7 +949,8 @@ static int bind_builtin_args(Eval *E, Env *env, const Builtin *b, Ast *call, Arg
             arg = arg->a;
         } else {
             slot = pos++;
-            if (slot >= np) return diag_error(arg->loc, "%s() takes at most %d arguments (%s)", b->name, np, b->params);
+            if (slot >= np)
+                return diag_error(arg->loc, "%s() takes at most %d argument%s (%s)", b->name, np, np == 1 ? "" : "s", b->params);
         }
         if (args->given[slot]) return diag_error(call->items.v[i]->loc, "%s(): parameter '%s' given twice", b->name, names[slot]);
         if (eval_expr(E, env, arg, &args->v[slot])) return -1;
@@ -950,7 +975,7 @@ static int call_def(Eval *E, Env *env, Ast *fn, Ast *call, Value *out) {
     if (np > 64) return diag_error(fn->loc, "too many parameters");
     int pos = 0;
     for (int i = 0; i < call->items.n; i++) {
-        Ast *arg = call->items.v[i];
+        Ast *arg = call->items.v[i], *at = arg;
         int slot;
         if (arg->kind == A_KWARG) {
             for (slot = 0; slot < np && strcmp(fn->items.v[slot]->name, arg->name); slot++) {}
@@ -958,9 +983,9 @@ static int call_def(Eval *E, Env *env, Ast *fn, Ast *call, Value *out) {
             arg = arg->a;
         } else {
             slot = pos++;
-            if (slot >= np) return diag_error(arg->loc, "%s() takes %d arguments", fn->name, np);
+            if (slot >= np) return diag_error(arg->loc, "%s() takes %d argument%s", fn->name, np, np == 1 ? "" : "s");
         }
-        if (given[slot]) return diag_error(arg->loc, "%s(): parameter '%s' given twice", fn->name, fn->items.v[slot]->name);
+        if (given[slot]) return diag_error(at->loc, "%s(): parameter '%s' given twice", fn->name, fn->items.v[slot]->name);
         Value v = {0};
         if (eval_expr(E, env, arg, &v)) return -1;
         env_bind(E, frame, fn->items.v[slot]->name, v);
@@ -979,7 +1004,7 @@ static int call_def(Eval *E, Env *env, Ast *fn, Ast *call, Value *out) {
     int rc = exec_block(E, frame, fn->b);
     E->depth--;
     if (rc < 0) {
-        diag_note(call->loc, "in the call of %s() from here", fn->name);
+        if (E->depth < 12) diag_note(call->loc, "in the call of %s() from here", fn->name);
         return -1;
     }
     *out = E->ret;
@@ -991,7 +1016,7 @@ static int eval_call(Eval *E, Env *env, Ast *a, Value *out) {
     Value f = {0};
     if (eval_expr(E, env, a->a, &f)) return -1;
     if (f.k == V_FUNC) return call_def(E, env, f.fn, a, out);
-    if (f.k != V_BUILTIN) return diag_error(a->loc, "a %s is not callable", kind_name(f.k));
+    if (f.k != V_BUILTIN) return diag_error(a->loc, "%s is not callable", a_kind(f.k));
     const Builtin *b = &builtins[f.builtin];
     Args args;
     if (bind_builtin_args(E, env, b, a, &args)) return -1;
@@ -1020,7 +1045,7 @@ static int eval_member(Eval *E, Env *env, Ast *a, Value *out) {
         *out = v_int(x.t->ndim);
         return 0;
     }
-    return diag_error(a->loc, "a %s has no member '%s'", kind_name(x.k), a->name);
+    return diag_error(a->loc, "%s has no member '%s'", a_kind(x.k), a->name);
 }
 
 static int eval_index(Eval *E, Env *env, Ast *a, Value *out) {
@@ -1154,7 +1179,8 @@ static int exec_input(Eval *E, Env *env, Ast *s) {
     for (int i = 0; i < s->items.n; i++) {
         Value v = {0};
         if (eval_expr(E, env, s->items.v[i], &v) || want_int(&v, s->items.v[i]->loc, "input dimension", &n->shape[i])) return -1;
-        if (n->shape[i] < 1) return diag_error(s->items.v[i]->loc, "input dimension must be >= 1, got %lld", (long long)n->shape[i]);
+        if (n->shape[i] < 1 || n->shape[i] > (1ll << 31))
+            return diag_error(s->items.v[i]->loc, "input dimension must be in 1..2^31, got %lld", (long long)n->shape[i]);
     }
     n->input_index = E->g->n_inputs;
     E->g->inputs = ldm_xrealloc(E->g->inputs, (size_t)(E->g->n_inputs + 1) * sizeof *E->g->inputs);
@@ -1244,6 +1270,8 @@ static int exec_stmt(Eval *E, Env *env, Ast *s) {
     }
     case S_PARAM: {
         int idx;
+        for (int i = 0; i < env->n; i++)
+            if (strcmp(env->names[i], s->name) == 0) return diag_error(s->loc, "param '%s' is already defined", s->name);
         const Define *d = find_define(E, s->name, &idx);
         if (d) {
             CfgNode *c = cfg_scalar_from_text(d->value, "<command line>", 1, 1);
@@ -1318,7 +1346,7 @@ Graph *graph_build(Program *prog, const BuildOptions *opt) {
     for (int i = 0; i < opt->n_defines; i++) {
         if (!strchr(opt->defines[i].name, '.')) continue;
         if (!E.config) {
-            ldm_fail("-D %s: overriding a config value needs --config", opt->defines[i].name);
+            ldm_fail("error: -D %s: overriding a config value needs --config", opt->defines[i].name);
             eval_free(&E);
             return NULL;
         }
@@ -1348,7 +1376,7 @@ Graph *graph_build(Program *prog, const BuildOptions *opt) {
     }
     for (int i = 0; i < opt->n_defines; i++)
         if (!E.define_used[i]) {
-            ldm_fail("-D %s: graph '%s' has no param %s (dotted names override the config)",
+            ldm_fail("error: -D %s: graph '%s' has no param %s (dotted names override the config)",
                      opt->defines[i].name, graph->name, opt->defines[i].name);
             goto fail;
         }

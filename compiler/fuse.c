@@ -49,6 +49,7 @@ static void note_fused(Node *repl, const Node *old) {
 
 static void replace_uses(Graph *g, Node *old, Node *repl) {
     note_fused(repl, old);
+    repl->fused_flops += node_flops(old);
     for (int i = 0; i < g->n_nodes; i++)
         for (int s = 0; s < g->nodes[i]->nsrc; s++)
             if (g->nodes[i]->src[s] == old) g->nodes[i]->src[s] = repl;

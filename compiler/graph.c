@@ -293,7 +293,19 @@ static int infer_slice(Node *n) {
     return 0;
 }
 
+static int infer_op(Node *n);
+
+/* Tensors beyond 2^40 elements (4 TiB) are refused: no model needs them and
+ * byte offsets must stay far from overflow. */
 int node_infer(Node *n) {
+    if (infer_op(n) != 0) return -1;
+    double numel = 1;
+    for (int i = 0; i < n->ndim; i++) numel *= (double)n->shape[i];
+    if (numel > 1099511627776.0) return diag_error(n->loc, "%s: result has %.3g elements, too large", op_names[n->op], numel);
+    return 0;
+}
+
+static int infer_op(Node *n) {
     const Node *x = n->nsrc ? n->src[0] : NULL;
     char b1[128], b2[128];
     switch (n->op) {
@@ -378,6 +390,10 @@ int node_infer(Node *n) {
 }
 
 double node_flops(const Node *n) {
+    return node_op_flops(n) + n->fused_flops;
+}
+
+double node_op_flops(const Node *n) {
     double out = (double)node_numel(n);
     const Node *x = n->nsrc ? n->src[0] : NULL;
     switch (n->op) {

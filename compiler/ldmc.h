@@ -230,6 +230,7 @@ struct Node {
     int algo;                    /* CONV2D: LdmConvAlgo (runtime/kernels.h) */
     int needs_f32;               /* WEIGHT: some kernel reads it as plain float32 */
     char *fused;                 /* "silu %7 @nn.graph:56; add %9 @..." : nodes folded into this one */
+    double fused_flops;          /* FLOPs of the nodes folded into this one */
     int input_index;             /* INPUT: index in the input table */
     /* filled by passes */
     int n_uses;                  /* number of consumers (+1 per output) */
@@ -275,8 +276,10 @@ Node *graph_add(Graph *g, OpKind op, SrcLoc loc);
 int node_infer(Node *n);
 int64_t node_numel(const Node *n);
 int64_t node_bytes(const Node *n);
-/* Floating-point operations (multiply-add = 2) of one node. */
+/* Floating-point operations (multiply-add = 2) of one node, including the
+ * ops fused into it; node_op_flops counts its own op only. */
 double node_flops(const Node *n);
+double node_op_flops(const Node *n);
 /* "[2,320,64,64]" into buf. */
 const char *shape_str(const Node *n, char *buf, size_t size);
 

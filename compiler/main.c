@@ -144,6 +144,11 @@ static int add_define(DriverOptions *opt, const char *text) {
         fprintf(stderr, "ldmc: error: -D expects NAME=VALUE, got '%s'\n", text);
         return -1;
     }
+    for (int i = 0; i < opt->n_defines; i++)
+        if (strlen(opt->defines[i].name) == (size_t)(eq - text) && !strncmp(opt->defines[i].name, text, (size_t)(eq - text))) {
+            fprintf(stderr, "ldmc: error: -D %.*s is given twice\n", (int)(eq - text), text);
+            return -1;
+        }
     opt->defines[opt->n_defines].name = strndup(text, (size_t)(eq - text));
     opt->defines[opt->n_defines].value = strdup(eq + 1);
     opt->n_defines++;

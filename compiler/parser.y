@@ -74,11 +74,13 @@ static void take_items(Ast *dst, Ast *holder) {
 }
 }
 
-%token <ival> INT
-%token <fval> FLOAT
-%token <str> IDENT STRING
-%token LET DEF GRAPH IMPORT RETURN IF ELSE FOR IN SCOPE ASSERT INPUT OUTPUT PARAM PREFIX
-%token TRUE FALSE NULL_ EQ NE LE GE AND OR POW FLOORDIV
+%token <ival> INT "integer"
+%token <fval> FLOAT "number"
+%token <str> IDENT "identifier" STRING "string"
+%token LET "let" DEF "def" GRAPH "graph" IMPORT "import" RETURN "return" IF "if" ELSE "else"
+%token FOR "for" IN "in" SCOPE "scope" ASSERT "assert" INPUT "input" OUTPUT "output"
+%token PARAM "param" PREFIX "prefix" TRUE "true" FALSE "false" NULL_ "null"
+%token EQ "==" NE "!=" LE "<=" GE ">=" AND "and" OR "or" POW "**" FLOORDIV "//"
 
 %type <ast> decl params param_list param block stmts stmt else_part expr postfix primary
 %type <ast> args arg_list arg exprs expr_list opt_expr

@@ -10,7 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static _Thread_local char last_error[2048];
+static _Thread_local char last_error[16384];
 
 int ldm_fail(const char *fmt, ...) {
     va_list ap;
