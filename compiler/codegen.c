@@ -56,6 +56,14 @@ int64_t kernel_scratch_bytes(const Node *n) {
 
 /* ---- helpers -------------------------------------------------------------- */
 
+/* A float constant as a C literal: 2 -> "2.0f", 0.37 -> "0.370000005f". */
+static const char *flit(double v, char *buf, size_t size) {
+    snprintf(buf, size, "%.9g", v);
+    if (!strpbrk(buf, ".eEn")) strncat(buf, ".0", size - strlen(buf) - 1);
+    strncat(buf, "f", size - strlen(buf) - 1);
+    return buf;
+}
+
 static const char *ctype(DType d) { return d == DT_I32 ? "int32_t" : "float"; }
 
 static int64_t prod(const int64_t *s, int from, int to) {
@@ -281,9 +289,11 @@ static void k_unary(const Node *n, FILE *fp) {
 
 static void k_scale(const Node *n, FILE *fp) {
     int64_t T = node_numel(n);
+    char fa[48], fb[48];
     E("static void n%d_scale(const float *restrict x, float *restrict y) {\n", n->id);
     par(fp, T, "    ");
-    E("    for (size_t i = 0; i < %lldu; i++) y[i] = x[i] * %.9gf + %.9gf;\n", (long long)T, n->alpha, n->beta);
+    E("    for (size_t i = 0; i < %lldu; i++) y[i] = x[i] * %s + %s;\n", (long long)T, flit(n->alpha, fa, sizeof fa),
+      flit(n->beta, fb, sizeof fb));
     E("}\n");
 }
 
@@ -330,8 +340,9 @@ static void k_attention(const Node *n, FILE *fp) {
     E("            for (int i0 = 0; i0 < %lld; i0 += %lld) {\n", (long long)Tq, (long long)TQ);
     E("                const int tq = %lld - i0 < %lld ? %lld - i0 : %lld;\n", (long long)Tq, (long long)TQ,
       (long long)Tq, (long long)TQ);
-    E("                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tq, %lld, %lld, %.9gf,\n", (long long)Tk,
-      (long long)d, n->alpha);
+    char fa[48];
+    E("                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tq, %lld, %lld, %s,\n", (long long)Tk,
+      (long long)d, flit(n->alpha, fa, sizeof fa));
     E("                            q + ((size_t)b * %lld + i0) * %lld + h * %lld, %lld,\n", (long long)Tq, (long long)C,
       (long long)d, (long long)C);
     E("                            k + (size_t)b * %lld + h * %lld, %lld, 0.0f, s, %lld);\n", (long long)(Tk * C),
@@ -421,13 +432,13 @@ static void k_binary(const Node *n, FILE *fp) {
 static void k_concat(const Node *n, FILE *fp) {
     int64_t outer = prod(n->shape, 0, n->axis), inner = prod(n->shape, n->axis + 1, n->ndim);
     E("static void n%d_concat(", n->id);
-    for (int s = 0; s < n->nsrc; s++) E("const float *restrict x%d, ", s);
-    E("float *restrict y) {\n");
+    for (int s = 0; s < n->nsrc; s++) E("const %s *restrict x%d, ", ctype(n->dtype), s);
+    E("%s *restrict y) {\n", ctype(n->dtype));
     E("    for (int o = 0; o < %lld; o++) {\n", (long long)outer);
-    E("        float *dst = y + (size_t)o * %lld;\n", (long long)(n->shape[n->axis] * inner));
+    E("        %s *dst = y + (size_t)o * %lld;\n", ctype(n->dtype), (long long)(n->shape[n->axis] * inner));
     for (int s = 0; s < n->nsrc; s++) {
         int64_t len = n->src[s]->shape[n->axis] * inner;
-        E("        memcpy(dst, x%d + (size_t)o * %lld, %lld * sizeof(float));\n", s, (long long)len, (long long)len);
+        E("        memcpy(dst, x%d + (size_t)o * %lld, %lld * sizeof(*y));\n", s, (long long)len, (long long)len);
         if (s + 1 < n->nsrc) E("        dst += %lld;\n", (long long)len);
     }
     E("    }\n}\n");

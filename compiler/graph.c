@@ -149,6 +149,7 @@ static int infer_conv2d(Node *n) {
     const Node *x = n->src[0], *w = n->src[1];
     char bx[128], bw[128];
     if (want_rank(n, x, 4, "input") || want_rank(n, w, 4, "weight")) return -1;
+    if (want_f32(n, x, "input") || want_f32(n, w, "weight")) return -1;
     if (x->shape[1] != w->shape[1])
         return diag_error(n->loc, "conv2d: input %s has %lld channels but weight %s expects %lld",
                           shape_str(x, bx, sizeof bx), (long long)x->shape[1],
@@ -172,6 +173,7 @@ static int infer_linear(Node *n) {
     char bx[128], bw[128];
     if (x->ndim < 1) return diag_error(n->loc, "linear: input must have rank >= 1");
     if (want_rank(n, w, 2, "weight")) return -1;
+    if (want_f32(n, x, "input") || want_f32(n, w, "weight")) return -1;
     if (x->shape[x->ndim - 1] != w->shape[1])
         return diag_error(n->loc, "linear: input %s has %lld features but weight %s expects %lld",
                           shape_str(x, bx, sizeof bx), (long long)x->shape[x->ndim - 1],
@@ -189,6 +191,7 @@ static int infer_matmul(Node *n) {
         return diag_error(n->loc, "matmul: operands must have the same rank >= 2, got %s and %s",
                           shape_str(a, ba, sizeof ba), shape_str(b, bb, sizeof bb));
     int r = a->ndim;
+    if (want_f32(n, a, "a") || want_f32(n, b, "b")) return -1;
     for (int i = 0; i < r - 2; i++)
         if (a->shape[i] != b->shape[i])
             return diag_error(n->loc, "matmul: batch dimensions differ: %s and %s",
@@ -252,6 +255,7 @@ static int infer_concat(Node *n) {
     int64_t total = 0;
     for (int i = 0; i < n->nsrc; i++) {
         const Node *b = n->src[i];
+        if (b->dtype != a->dtype) return diag_error(n->loc, "concat: operands have different element types");
         if (b->ndim != a->ndim) goto mismatch;
         for (int d = 0; d < a->ndim; d++)
             if (d != ax && a->shape[d] != b->shape[d]) goto mismatch;
@@ -263,6 +267,7 @@ static int infer_concat(Node *n) {
     }
     set_shape(n, a->ndim, a->shape);
     n->shape[ax] = total;
+    n->dtype = a->dtype;
     return 0;
 }
 
@@ -336,7 +341,7 @@ static int infer_op(Node *n) {
         return 0;
     case OPK_ATTENTION: return infer_attention(n);
     case OPK_UPSAMPLE:
-        if (want_rank(n, x, 4, "input")) return -1;
+        if (want_rank(n, x, 4, "input") || want_f32(n, x, "input")) return -1;
         if (n->factor < 1) return diag_error(n->loc, "upsample_nearest: factor must be >= 1");
         set_shape(n, 4, x->shape);
         n->shape[2] *= n->factor;
@@ -367,6 +372,7 @@ static int infer_op(Node *n) {
     case OPK_VQ_INDEX: {
         const Node *z = n->src[0], *cb = n->src[1];
         if (want_rank(n, z, 4, "z") || want_rank(n, cb, 2, "codebook")) return -1;
+        if (want_f32(n, z, "z") || want_f32(n, cb, "codebook")) return -1;
         if (z->shape[1] != cb->shape[1])
             return diag_error(n->loc, "vq_index: z %s has %lld channels, codebook %s rows have %lld",
                               shape_str(z, b1, sizeof b1), (long long)z->shape[1],
