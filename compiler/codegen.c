@@ -467,8 +467,13 @@ static void k_embedding(const Node *n, FILE *fp) {
     E("static int n%d_embedding(LdmW table, const int32_t *restrict ids, float *restrict y) {\n", n->id);
     E("    for (int i = 0; i < %lld; i++) {\n", (long long)T);
     E("        if (ids[i] < 0 || ids[i] >= %lld)\n", (long long)V);
-    E("            return ldm_fail(\"node %%%%%d embedding (%s:%d): id %%d at position %%d is outside [0, %lld)\", (int)ids[i], i);\n",
-      n->id, n->loc.file ? n->loc.file->path : "?", n->loc.line, (long long)V);
+    const Node *ids = n->src[1];
+    while (ids->op == OPK_RESHAPE) ids = ids->src[0];
+    char what[160];
+    if (ids->op == OPK_INPUT) snprintf(what, sizeof what, "input '%s'", ids->name);
+    else snprintf(what, sizeof what, "node %%%%%d", ids->id);
+    E("            return ldm_fail(\"%s: id %%d at position %%d is outside [0, %lld) (node %%%%%d embedding, %s:%d)\", (int)ids[i], i);\n",
+      what, (long long)V, n->id, n->loc.file ? n->loc.file->path : "?", n->loc.line);
     E("        ldm_w_to_f32(table, (size_t)ids[i] * %lld, %lld, y + (size_t)i * %lld);\n", (long long)D, (long long)D, (long long)D);
     E("    }\n    return 0;\n}\n");
 }

@@ -49,8 +49,9 @@ static int check_tensor(const StFile *f, const StTensor *t, const LdmTensorInfo 
         return ldm_fail("%s: %s '%s' has dtype %s, expected %s", f->path, role, want->name, st_dtype_name(t->dtype),
                         want->dtype == LDM_I32 ? "I32 or I64" : "F32, F16 or BF16");
     if (!same_shape(want->ndim, want->shape, t->ndim, t->shape))
-        return ldm_fail("%s: %s '%s' has shape %s, expected %s (a checkpoint for another model config?)", f->path, role,
-                        want->name, ldm_shape_str(t->ndim, t->shape, bg, sizeof bg), bw);
+        return ldm_fail("%s: %s '%s' has shape %s, expected %s%s", f->path, role, want->name,
+                        ldm_shape_str(t->ndim, t->shape, bg, sizeof bg), bw,
+                        strcmp(role, "weight") == 0 ? " (a checkpoint for another model config?)" : "");
     return 0;
 }
 
@@ -229,6 +230,8 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
     for (int r = 0; r < repeat; r++) {
         double s = ldm_now();
         if (m->forward(w.ptr, (const void *const *)in, out, arena) != 0) {
+            /* a bad value in the inputs (e.g. a token id out of range) */
+            if (inputs) ldm_fail("%s: %s", inputs, ldm_last_error());
             free(times);
             goto done;
         }

@@ -13,10 +13,14 @@
 static _Thread_local char last_error[16384];
 
 int ldm_fail(const char *fmt, ...) {
+    /* format aside first: callers may pass ldm_last_error() as an argument
+     * to wrap the previous message ("file: <previous>") */
+    static _Thread_local char tmp[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
+    memcpy(last_error, tmp, sizeof last_error);
     return -1;
 }
 
