@@ -48,7 +48,7 @@ DEB_PACKAGES = build-essential pkg-config flex bison libopenblas-dev check libya
                zlib1g-dev libpng-dev libjansson-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all test check clean deps
+.PHONY: all test check clean deps bench bench-quick
 .SECONDARY:
 
 all: $(BUILD)/ldmc $(RT_LIB) $(CLI_BIN)
@@ -119,6 +119,13 @@ check:
 	$(MAKE) test
 	$(MAKE) test SAN=1
 
+# Benchmarks on random weights of the real SD v1.5 shapes (see tests/bench/bench.sh).
+bench: all
+	BUILD=$(BUILD) tests/bench/bench.sh
+
+bench-quick: all
+	BUILD=$(BUILD) RESOLUTIONS=256 tests/bench/bench.sh
+
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -129,5 +136,60 @@ deps:
 
 clean:
 	rm -rf build build-san
+
+# ==== txt2img: per-resolution text-to-image executables =====================
+#   make txt2img CONFIG=models/sd1/v1-inference.yaml H=512 W=512
+# builds $(BUILD)/txt2img-<H>x<W> (TXT2IMG_NAME=... names it otherwise): ldmc
+# compiles the text encoder (B=1), the UNet (B=2: [uncond, cond] in one call)
+# and both autoencoder halves (B=1) for CONFIG at H x W into
+# $(BUILD)/<name>.d/, `ldmc pipeline` writes the config's constants there,
+# and runtime/apps/txt2img.c + the runtime link them into one -static program
+# (dynamic with SAN=1: the sanitizers need the dynamic loader). Config
+# overrides: TXT2IMG_DEFS='-D model.params.x=V'. A change of CONFIG, H, W or
+# TXT2IMG_DEFS rebuilds (the directory remembers what it was built for).
+TXT2IMG_GRAPH_DIR ?= models/sd1
+TXT2IMG_NAME      ?= txt2img-$(H)x$(W)
+TXT2IMG_DIR        = $(BUILD)/$(TXT2IMG_NAME).d
+TXT2IMG_GRAPHS     = clip_text unet vae_decoder vae_encoder
+TXT2IMG_B_clip_text   = 1
+TXT2IMG_B_unet        = 2
+TXT2IMG_B_vae_decoder = 1
+TXT2IMG_B_vae_encoder = 1
+TXT2IMG_LIBS       = -lopenblas -ljansson -lpng -lz -lm -lpthread
+ifeq ($(SAN),1)
+TXT2IMG_STATIC     =
+else
+TXT2IMG_STATIC     = -static
+endif
+
+.PHONY: txt2img txt2img-force
+ifeq ($(and $(CONFIG),$(H),$(W)),)
+txt2img:
+	@echo "usage: make txt2img CONFIG=<config.yaml> H=<pixels> W=<pixels> [BUILD=<dir>]" >&2; exit 2
+else
+txt2img: $(BUILD)/$(TXT2IMG_NAME)
+
+$(TXT2IMG_DIR)/build.id: txt2img-force
+	@mkdir -p $(@D)
+	@echo '$(abspath $(CONFIG)) H=$(H) W=$(W) $(TXT2IMG_DEFS)' > $@.new
+	@if cmp -s $@.new $@; then rm -f $@.new; else mv -f $@.new $@; fi
+
+$(TXT2IMG_DIR)/pipeline.c: $(CONFIG) $(BUILD)/ldmc $(TXT2IMG_DIR)/build.id
+	$(BUILD)/ldmc pipeline --config $(CONFIG) -D H=$(H) -D W=$(W) $(TXT2IMG_DEFS) -o $@
+
+$(TXT2IMG_DIR)/%.c: $(TXT2IMG_GRAPH_DIR)/%.graph $(wildcard models/common/*.graph) $(CONFIG) $(BUILD)/ldmc \
+                    $(TXT2IMG_DIR)/build.id
+	$(BUILD)/ldmc $< --config $(CONFIG) -D H=$(H) -D W=$(W) -D B=$(TXT2IMG_B_$*) $(TXT2IMG_DEFS) -o $@
+
+$(TXT2IMG_DIR)/%.o: $(TXT2IMG_DIR)/%.c
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/$(TXT2IMG_NAME): $(BUILD)/obj/runtime/apps/txt2img.o $(TXT2IMG_GRAPHS:%=$(TXT2IMG_DIR)/%.o) \
+                          $(TXT2IMG_DIR)/pipeline.o $(RT_LIB)
+	$(CC) $(TXT2IMG_STATIC) $(LDFLAGS) $^ $(TXT2IMG_LIBS) -o $@
+
+-include $(wildcard $(TXT2IMG_DIR)/*.d)
+endif
+# ==== end of txt2img ==========================================================
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

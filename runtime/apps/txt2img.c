@@ -1,0 +1,665 @@
+/*
+ * txt2img.c - main() of the per-resolution text-to-image executables.
+ *
+ *   make txt2img CONFIG=models/sd1/v1-inference.yaml H=512 W=512
+ *   build/txt2img-512x512 --weights v1-5-pruned-emaonly.safetensors \
+ *       --vocab bpe_simple_vocab_16e6.txt.gz --prompt "a red fox in the snow" -o fox.png
+ *
+ * Linked with four ldmc-generated networks compiled for one config and one
+ * resolution - clip_text (B=1), unet (B=2: [uncond, cond] in one call),
+ * vae_decoder and vae_encoder (B=1) - and `ldm_pipeline_config`, the
+ * config's constants from `ldmc pipeline`. The flow is the CompVis scripts'
+ * (scripts/txt2img.py, scripts/img2img.py) and k-diffusion's for the
+ * k-samplers; the exact semantics are in shared/goldens/README.md:
+ *
+ *   tokens = CLIP BPE(prompt), uncond tokens = CLIP BPE(negative prompt, "" by default)
+ *   c, uc = clip_text(tokens), clip_text(uncond tokens)
+ *   x_T = torch.randn(latent shape) after torch.manual_seed(seed)   (or --init-noise)
+ *   img2img: init_latent = scale_factor * encoder(image).mean, noised to int(strength * steps)
+ *   inpainting (--mask): ordinary models re-noise the known region each step
+ *     (latent blending, sampler.h); "hybrid" models (SD inpainting, 9 UNet
+ *     input channels) get [mask, scale_factor * encoder(image * (mask < 0.5)).mean]
+ *     concatenated to the latent (runwayml scripts/inpaint_st.py)
+ *   latent = sampler(x_T, eps = e_u + cfg_scale * (e_c - e_u))
+ *   image = decoder(latent / scale_factor); PNG = uint8(255 * clamp((image + 1) / 2, 0, 1))
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "image.h"
+#include "model.h"
+#include "pipeline.h"
+#include "sampler.h"
+#include "schedule.h"
+#include "tokenizer.h"
+#include "util.h"
+
+/* The generated parts this program is linked with. */
+extern const LdmModel clip_text_model, unet_model, vae_decoder_model, vae_encoder_model;
+extern const LdmPipelineConfig ldm_pipeline_config;
+#define CFG ldm_pipeline_config
+
+enum { NET_CLIP, NET_UNET, NET_DEC, NET_ENC, N_NETS };
+
+/* ----------------------------------------------------------------------------
+ * Command line
+ * ------------------------------------------------------------------------- */
+
+typedef struct Options {
+    const char *weights;       /* --weights CKPT */
+    const char *vocab;         /* --vocab bpe_simple_vocab_16e6.txt.gz */
+    const char *prompt;        /* --prompt */
+    const char *negative;      /* --negative-prompt ("" = the unconditional prompt) */
+    const char *prompts;       /* --prompts FILE */
+    const char *out;           /* -o PNG (with --prompts: a directory) */
+    const char *init_noise;    /* --init-noise F.safetensors (tensor noise) */
+    const char *init_image;    /* --init-image PNG */
+    const char *mask;          /* --mask PNG (white = repaint) */
+    const char *save_latent;   /* --save-latent F.safetensors (with --prompts: a directory) */
+    int steps;                 /* --steps */
+    double cfg_scale;          /* --cfg-scale */
+    LdmSamplerKind sampler;    /* --sampler */
+    LdmSigmaKind schedule;     /* --schedule */
+    int has_schedule;
+    uint64_t seed;             /* --seed */
+    LdmRngKind rng;            /* --rng */
+    double strength;           /* --strength */
+    int has_strength;
+    double eta;                /* --eta (DDIM) */
+    int has_eta;
+    int shard_k, shard_n;      /* --shard K/N */
+    int has_shard;
+    int quiet;                 /* --quiet */
+} Options;
+
+static void usage(FILE *fp, const char *argv0) {
+    fprintf(fp,
+            "usage: %s --weights CKPT.safetensors --vocab bpe_simple_vocab_16e6.txt.gz\n"
+            "          (--prompt TEXT | --prompts FILE [--shard K/N]) -o OUT\n"
+            "          [--negative-prompt TEXT] [--steps N] [--cfg-scale S]\n"
+            "          [--sampler ddim|plms|euler|euler_a|dpmpp_2m] [--schedule discrete|karras] [--eta E]\n"
+            "          [--seed N] [--rng cpu|cuda] [--init-noise F.safetensors]\n"
+            "          [--init-image PNG [--strength S] [--mask PNG]] [--save-latent F] [--quiet]\n"
+            "\n"
+            "Text to image for %s.\n"
+            "\n"
+            "  --weights CKPT      SD v1.x single-file checkpoint (F32, F16 or BF16), checked tensor by tensor\n"
+            "  --vocab FILE        the CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz)\n"
+            "  --prompt TEXT       what to draw\n"
+            "  --negative-prompt T the unconditional prompt of classifier-free guidance (default \"\")\n"
+            "  --prompts FILE      one prompt per line (blank lines skipped), weights loaded once; OUT (and\n"
+            "                      --save-latent) are then directories, images named <line>-<seed>.png,\n"
+            "                      line L (1-based) drawn with seed N + L - 1\n"
+            "  --shard K/N         only the lines whose 0-based index i has i %% N == K (0 <= K < N)\n"
+            "  -o, --output OUT    the PNG to write (8-bit RGB, %dx%d)\n"
+            "  --steps N           sampling steps (default 20)\n"
+            "  --cfg-scale S       classifier-free guidance scale (default 7.5; 1 = no guidance)\n"
+            "  --sampler NAME      ddim (default), plms, euler, euler_a, dpmpp_2m\n"
+            "  --schedule NAME     noise levels of the k-samplers: discrete (default) or karras\n"
+            "  --eta E             DDIM eta (default 0: deterministic)\n"
+            "  --seed N            torch.manual_seed(N) for all noise (default 0)\n"
+            "  --rng cpu|cuda      draw noise as torch does on the CPU (default, the CompVis scripts) or on\n"
+            "                      a CUDA GPU (the common SD UIs); no GPU is used either way\n"
+            "  --init-noise F      start from tensor 'noise' of F (latent shape) instead of the seed's x_T\n"
+            "  --init-image PNG    img2img: start from this %dx%d image\n"
+            "  --strength S        img2img: how much to change it, 0 < S <= 1 (default 0.75; 1 for\n"
+            "                      inpainting models)\n"
+            "  --mask PNG          inpainting: repaint where the mask is white, keep where it is black\n"
+            "  --save-latent F     also write the final latent (tensor 'latent') and the initial noise\n"
+            "                      (tensor 'noise') to F.safetensors\n"
+            "  --quiet             no progress or timing output\n"
+            "  LDM_PROFILE=1       (environment) print per-node kernel times at the end\n",
+            argv0, CFG.banner, CFG.W, CFG.H, CFG.W, CFG.H);
+}
+
+/* Is a the flag `name` ("--name", or "--name=value" for long names)? */
+static int is_flag(const char *a, const char *name) {
+    size_t k = strlen(name);
+    return strncmp(a, name, k) == 0 && (a[k] == 0 || (a[k] == '=' && name[1] == '-'));
+}
+
+/* The flags that take a value. */
+static const char *const value_flags[] = {
+    "--weights", "--vocab", "--prompt", "--negative-prompt", "--prompts", "-o", "--output", "--init-noise",
+    "--init-image", "--mask", "--save-latent", "--steps", "--cfg-scale", "--sampler", "--schedule", "--eta",
+    "--seed", "--rng", "--strength", "--shard", NULL,
+};
+
+/* 0, 1 for --help, or -1 (ldm_fail) on bad usage. */
+static int parse_args(int argc, char **argv, Options *o) {
+    memset(o, 0, sizeof *o);
+    o->negative = "";
+    o->steps = 20;
+    o->cfg_scale = 7.5;
+    o->sampler = LDM_SAMPLER_DDIM;
+    o->schedule = LDM_SIGMAS_DISCRETE;
+    o->rng = LDM_RNG_CPU;
+    o->shard_n = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *f = NULL, *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) return 1;
+        if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
+            o->quiet = 1;
+            continue;
+        }
+        for (int k = 0; value_flags[k] && !f; k++)
+            if (is_flag(a, value_flags[k])) f = value_flags[k];
+        if (!f) {
+            if (a[0] == '-') return ldm_fail("unknown option '%s'", a);
+            return ldm_fail("unexpected argument '%s' (a prompt goes after --prompt, in quotes)", a);
+        }
+        if (a[strlen(f)] == '=') v = a + strlen(f) + 1;
+        else if (i + 1 < argc) v = argv[++i];
+        else return ldm_fail("%s: expected a value after it", f);
+
+        if (!strcmp(f, "--weights")) o->weights = v;
+        else if (!strcmp(f, "--vocab")) o->vocab = v;
+        else if (!strcmp(f, "--prompt")) o->prompt = v;
+        else if (!strcmp(f, "--negative-prompt")) o->negative = v;
+        else if (!strcmp(f, "--prompts")) o->prompts = v;
+        else if (!strcmp(f, "-o") || !strcmp(f, "--output")) o->out = v;
+        else if (!strcmp(f, "--init-noise")) o->init_noise = v;
+        else if (!strcmp(f, "--init-image")) o->init_image = v;
+        else if (!strcmp(f, "--mask")) o->mask = v;
+        else if (!strcmp(f, "--save-latent")) o->save_latent = v;
+        else if (!strcmp(f, "--steps")) {
+            if (ldm_parse_int(f, v, 1, CFG.timesteps, &o->steps)) return -1;
+        } else if (!strcmp(f, "--cfg-scale")) {
+            if (ldm_parse_double(f, v, -1e4, 1e4, &o->cfg_scale)) return -1;
+        } else if (!strcmp(f, "--sampler")) {
+            if (ldm_sampler_parse(v, &o->sampler)) return ldm_fail("--sampler: %s", ldm_last_error());
+        } else if (!strcmp(f, "--schedule")) {
+            if (!strcmp(v, "discrete")) o->schedule = LDM_SIGMAS_DISCRETE;
+            else if (!strcmp(v, "karras")) o->schedule = LDM_SIGMAS_KARRAS;
+            else return ldm_fail("--schedule: expected discrete or karras, got '%s'", v);
+            o->has_schedule = 1;
+        } else if (!strcmp(f, "--eta")) {
+            if (ldm_parse_double(f, v, 0, 1e3, &o->eta)) return -1;
+            o->has_eta = 1;
+        } else if (!strcmp(f, "--seed")) {
+            if (ldm_parse_u64(f, v, &o->seed)) return -1;
+        } else if (!strcmp(f, "--rng")) {
+            if (ldm_rng_parse(v, &o->rng)) return -1;
+        } else if (!strcmp(f, "--strength")) {
+            if (ldm_parse_double(f, v, 0, 1, &o->strength) || !(o->strength > 0))
+                return ldm_fail("--strength: expected a number S with 0 < S <= 1, got '%s'", v);
+            o->has_strength = 1;
+        } else if (!strcmp(f, "--shard")) {
+            if (ldm_shard_parse(v, &o->shard_k, &o->shard_n)) return -1;
+            o->has_shard = 1;
+        }
+    }
+    return 0;
+}
+
+/* Cross-flag checks that need no file. */
+static int check_options(const Options *o) {
+    if (!o->weights) return ldm_fail("missing --weights CKPT.safetensors");
+    if (!o->vocab) return ldm_fail("missing --vocab FILE (bpe_simple_vocab_16e6.txt.gz)");
+    if (!o->prompt && !o->prompts) return ldm_fail("missing --prompt TEXT (or --prompts FILE)");
+    if (o->prompt && o->prompts) return ldm_fail("--prompt and --prompts exclude each other");
+    if (o->has_shard && !o->prompts) return ldm_fail("--shard needs --prompts FILE");
+    if (!o->out) return ldm_fail(o->prompts ? "missing -o DIR (where the images go)" : "missing -o OUT.png");
+    if (o->mask && !o->init_image) return ldm_fail("--mask needs --init-image (the image to inpaint)");
+    if (o->has_strength && !o->init_image) return ldm_fail("--strength needs --init-image");
+    if (o->has_eta && o->sampler != LDM_SAMPLER_DDIM)
+        return ldm_fail("--eta applies to the ddim sampler only (not %s)", ldm_sampler_name(o->sampler));
+    if (o->has_schedule && (o->sampler == LDM_SAMPLER_DDIM || o->sampler == LDM_SAMPLER_PLMS))
+        return ldm_fail("--schedule applies to euler, euler_a and dpmpp_2m (%s uses the DDIM timesteps)",
+                        ldm_sampler_name(o->sampler));
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * The run
+ * ------------------------------------------------------------------------- */
+
+typedef struct App {
+    Options o;
+    const char *argv0;
+    int hybrid;               /* conditioning_key "hybrid": c_concat = [mask, masked-image latent] */
+    ClipTokenizer *tok;
+    LdmNets nets;
+    LdmSchedule sched;
+    LdmTimes times;
+    LdmProgressMode pmode;
+    double scale;             /* scale_factor */
+    int C, h, w;              /* latent channels and size */
+    int64_t n_lat;            /* C * h * w */
+    int ctx_len, ctx_dim;     /* text encoder positions, width */
+    float *init_noise;        /* (n_lat) --init-noise, or NULL */
+    float *image;             /* (3, H, W) --init-image in [-1, 1], or NULL */
+    float *mask_px;           /* (H, W) --mask in [0, 1], white = repaint, or NULL */
+    float *init_latent;       /* (n_lat) scale * encoder(image).mean, or NULL */
+    float *known;             /* (h * w) 1 = keep (latent blending), or NULL */
+    float *concat;            /* (concat_ch, h, w) hybrid c_concat, or NULL */
+    int concat_ch;
+    float *context;           /* (2, ctx, dim): uncond, then cond */
+    double strength;          /* img2img strength actually used */
+    int n_failed;             /* --prompts: lines that failed */
+} App;
+
+/* Check that the generated networks fit together and fit the constants. */
+static int check_models(const App *a) {
+    const LdmModel *clip = &clip_text_model, *unet = &unet_model, *dec = &vae_decoder_model, *enc = &vae_encoder_model;
+    int it = ldm_model_input(clip, "tokens"), oh = ldm_model_output(clip, "hidden");
+    int iz = ldm_model_input(dec, "z"), oi = ldm_model_output(dec, "image"), ii = ldm_model_input(enc, "image");
+    int om = ldm_model_output(enc, "moments") >= 0 ? ldm_model_output(enc, "moments") : ldm_model_output(enc, "h");
+    if (it < 0 || oh < 0 || iz < 0 || oi < 0 || ii < 0 || om < 0)
+        return ldm_fail("internal: the linked networks do not have the expected inputs and outputs");
+    const LdmTensorInfo *tok = &clip->inputs[it], *hid = &clip->outputs[oh];
+    if (tok->ndim != 2 || tok->shape[0] != 1 || tok->shape[1] != a->ctx_len || hid->ndim != 3 ||
+        hid->shape[2] != a->ctx_dim || ldm_numel(&dec->inputs[iz]) != a->n_lat ||
+        ldm_numel(&dec->outputs[oi]) != 3LL * CFG.H * CFG.W || ldm_numel(&enc->inputs[ii]) != 3LL * CFG.H * CFG.W ||
+        ldm_model_input(unet, "context") < 0)
+        return ldm_fail("internal: the linked networks were compiled for another config or resolution than %s",
+                        CFG.banner);
+    return 0;
+}
+
+/* tokens -> hidden states (ctx_len x ctx_dim) */
+static int encode_text(App *a, const char *prompt, float *hidden) {
+    int32_t *ids = ldm_xmalloc((size_t)a->ctx_len * sizeof *ids);
+    int rc = clip_tokenize_ctx(a->tok, prompt, a->ctx_len, ids, NULL);
+    if (rc == 0) {
+        const void *in[1] = {ids};
+        void *out[1] = {hidden};
+        rc = ldm_nets_run(&a->nets, NET_CLIP, in, out);
+    }
+    free(ids);
+    return rc;
+}
+
+/* image (3, H, W) in [-1, 1] -> scale_factor * posterior mean (n_lat):
+ * LatentDiffusion.get_first_stage_encoding(encode_first_stage(x)) with the
+ * mode of the posterior instead of a sample (reproducible, as the goldens). */
+static int encode_image(App *a, const float *chw, float *latent) {
+    const LdmModel *enc = &vae_encoder_model;
+    int om = ldm_model_output(enc, "moments") >= 0 ? ldm_model_output(enc, "moments") : ldm_model_output(enc, "h");
+    float *out = ldm_aligned_alloc((size_t)ldm_numel(&enc->outputs[om]) * sizeof(float));
+    void **outs = ldm_xcalloc((size_t)enc->n_outputs, sizeof *outs);
+    float **bufs = ldm_xcalloc((size_t)enc->n_outputs, sizeof *bufs);
+    for (int i = 0; i < enc->n_outputs; i++)
+        outs[i] = i == om ? out : (bufs[i] = ldm_aligned_alloc((size_t)ldm_numel(&enc->outputs[i]) * sizeof(float)));
+    const void *in[1] = {chw};
+    int rc = ldm_nets_run(&a->nets, NET_ENC, in, outs);
+    if (rc == 0) {
+        /* moments[:, :C] = mean (KL); the unquantised h (VQ) */
+        float s = (float)a->scale;
+        for (int64_t j = 0; j < a->n_lat; j++) latent[j] = s * out[j];
+    }
+    for (int i = 0; i < enc->n_outputs; i++) free(bufs[i]);
+    free(bufs);
+    free(outs);
+    free(out);
+    return rc;
+}
+
+/* latent -> image01 (3, H, W): decode_first_stage = decoder(1. / scale_factor * z) */
+static int decode_latent(App *a, const float *latent, float *image01) {
+    const LdmModel *dec = &vae_decoder_model;
+    int oi = ldm_model_output(dec, "image");
+    float *z = ldm_aligned_alloc((size_t)a->n_lat * sizeof(float));
+    float inv = CFG.scale_by_std ? 1.0f / (float)a->scale : (float)(1.0 / a->scale);
+    for (int64_t j = 0; j < a->n_lat; j++) z[j] = inv * latent[j];
+    void **outs = ldm_xcalloc((size_t)dec->n_outputs, sizeof *outs);
+    for (int i = 0; i < dec->n_outputs; i++)
+        outs[i] = i == oi ? image01 : ldm_aligned_alloc((size_t)ldm_numel(&dec->outputs[i]) * sizeof(float));
+    const void *in[1] = {z};
+    int rc = ldm_nets_run(&a->nets, NET_DEC, in, outs);
+    if (rc == 0) ldm_image_to01(image01, 3LL * CFG.H * CFG.W, image01);
+    for (int i = 0; i < dec->n_outputs; i++)
+        if (i != oi) free(outs[i]);
+    free(outs);
+    free(z);
+    return rc;
+}
+
+/* Everything that depends on the init image and the mask, once per run. */
+static int prepare_images(App *a) {
+    double t0 = ldm_now();
+    int64_t plane = (int64_t)a->h * a->w;
+    if (a->image && !a->hybrid) {
+        a->init_latent = ldm_aligned_alloc((size_t)a->n_lat * sizeof(float));
+        if (encode_image(a, a->image, a->init_latent) != 0) return -1;
+        if (a->mask_px) {
+            a->known = ldm_xmalloc((size_t)plane * sizeof(float));
+            if (ldm_mask_to_latent(a->mask_px, CFG.W, CFG.H, CFG.f, a->known) != 0) return -1;
+        }
+    }
+    if (a->hybrid) {
+        /* runwayml make_batch_sd + inpaint: mask binarised at 0.5 (1 = repaint),
+         * masked_image = image * (mask < 0.5); c_concat = [interpolate(mask,
+         * latent size) (nearest: pixel (f*y, f*x)), scale * encode(masked_image)].
+         * Without --mask everything is repainted (mask 1, masked image 0),
+         * without --init-image the masked image is 0 too. */
+        int64_t npx = (int64_t)CFG.H * CFG.W;
+        float *masked = ldm_aligned_alloc((size_t)(3 * npx) * sizeof(float));
+        for (int c = 0; c < 3; c++)
+            for (int64_t p = 0; p < npx; p++) {
+                float m = a->mask_px ? (a->mask_px[p] < 0.5f ? 0.0f : 1.0f) : 1.0f;
+                float keep = m < 0.5f ? 1.0f : 0.0f;
+                masked[c * npx + p] = a->image ? a->image[c * npx + p] * keep : 0.0f;
+            }
+        a->concat = ldm_aligned_alloc((size_t)(a->concat_ch * plane) * sizeof(float));
+        for (int y = 0; y < a->h; y++)
+            for (int x = 0; x < a->w; x++) {
+                int64_t p = (int64_t)y * CFG.f * CFG.W + (int64_t)x * CFG.f;
+                a->concat[(int64_t)y * a->w + x] = a->mask_px ? (a->mask_px[p] < 0.5f ? 0.0f : 1.0f) : 1.0f;
+            }
+        int rc = encode_image(a, masked, a->concat + plane);
+        free(masked);
+        if (rc != 0) return -1;
+        if (a->image) {
+            a->init_latent = ldm_aligned_alloc((size_t)a->n_lat * sizeof(float));
+            if (encode_image(a, a->image, a->init_latent) != 0) return -1;
+        }
+    }
+    if (a->image || a->hybrid) ldm_times_add(&a->times, "image encode", ldm_now() - t0);
+    return 0;
+}
+
+/* Sampler settings for the run (callbacks filled in by the caller). */
+static void sampler_setup(const App *a, LdmSampler *p) {
+    memset(p, 0, sizeof *p);
+    p->kind = a->o.sampler;
+    p->steps = a->o.steps;
+    p->eta = a->o.eta;
+    p->sigmas = a->o.schedule;
+    p->n = a->n_lat;
+    p->init_latent = a->init_latent;
+    p->strength = a->init_latent ? a->strength : 0.0;
+    if (a->known) {
+        p->mask = a->known;
+        p->plane = (int64_t)a->h * a->w;
+    }
+}
+
+static int on_step(void *ctx, const LdmStepInfo *info) {
+    (void)info;
+    ldm_progress_step(ctx);
+    return 0;
+}
+
+/* One image: prompt -> png_path (and latent_path). */
+static int make_image(App *a, const char *prompt, uint64_t seed, const char *png_path, const char *latent_path,
+                      const char *label) {
+    int rc = -1;
+    int64_t n = a->n_lat;
+    float *x = ldm_aligned_alloc((size_t)n * sizeof(float));
+    float *noise = ldm_aligned_alloc((size_t)n * sizeof(float));
+    float *img = ldm_aligned_alloc((size_t)3 * CFG.H * CFG.W * sizeof(float));
+    LdmProgress prog = {0};
+    LdmGuide g = {0};
+
+    /* c = model.get_learned_conditioning(prompts) (uc once per run) */
+    double t0 = ldm_now();
+    float *c = a->context + (int64_t)a->ctx_len * a->ctx_dim; /* after uc */
+    if (encode_text(a, prompt, c) != 0) goto done;
+    ldm_times_add(&a->times, "text encode", ldm_now() - t0);
+
+    /* torch.manual_seed(seed); x_T = torch.randn(shape). --init-noise
+     * replaces the draw but the generator still advances past it, so later
+     * draws (eta > 0, euler_a, inpainting) are those of the seed. */
+    LdmNoise gen;
+    ldm_noise_seed(&gen, a->o.rng, seed);
+    ldm_noise_draw(&gen, x, n);
+    if (a->init_noise) memcpy(x, a->init_noise, (size_t)n * sizeof(float));
+    memcpy(noise, x, (size_t)n * sizeof(float));
+
+    g.nets = &a->nets;
+    g.unet = NET_UNET;
+    g.batch = 1;
+    g.sample_n = n;
+    g.guided = 1;
+    g.scale = a->o.cfg_scale;
+    g.context = a->context;
+    g.concat = a->concat;
+    g.concat_channels = a->concat_ch;
+    if (ldm_guide_init(&g) != 0) goto done;
+
+    LdmSampler p;
+    sampler_setup(a, &p);
+    p.eps_fn = ldm_guide_eps;
+    p.eps_ctx = &g;
+    p.noise_fn = ldm_noise_draw;
+    p.noise_ctx = &gen;
+    p.step_fn = on_step;
+    p.step_ctx = &prog;
+    int n_steps = ldm_sample_count_steps(&a->sched, &p);
+    if (n_steps < 0) goto done;
+    ldm_progress_start(&prog, stderr, a->pmode, label, n_steps);
+    int src = ldm_sample(&a->sched, &p, x);
+    ldm_progress_finish(&prog);
+    if (src != 0) goto done;
+    ldm_times_add_steps(&a->times, prog.step_seconds, prog.done < prog.n ? prog.done : prog.n);
+
+    t0 = ldm_now();
+    if (decode_latent(a, x, img) != 0) goto done;
+    ldm_times_add(&a->times, "decode", ldm_now() - t0);
+
+    t0 = ldm_now();
+    if (latent_path) {
+        char seed_s[32], steps_s[16], cfg_s[32], eta_s[32], str_s[32], hw_s[32];
+        snprintf(seed_s, sizeof seed_s, "%llu", (unsigned long long)seed);
+        snprintf(steps_s, sizeof steps_s, "%d", a->o.steps);
+        snprintf(cfg_s, sizeof cfg_s, "%g", a->o.cfg_scale);
+        snprintf(eta_s, sizeof eta_s, "%g", a->o.eta);
+        snprintf(str_s, sizeof str_s, "%g", a->init_latent ? a->strength : 1.0);
+        snprintf(hw_s, sizeof hw_s, "%dx%d", CFG.H, CFG.W);
+        const char *meta[] = {"prompt", prompt, "negative_prompt", a->o.negative, "seed", seed_s, "rng",
+                              ldm_rng_name(a->o.rng), "sampler", ldm_sampler_name(a->o.sampler), "schedule",
+                              ldm_sigma_kind_name(a->o.schedule), "steps", steps_s, "cfg_scale", cfg_s, "eta", eta_s,
+                              "strength", str_s, "size", hw_s, "ldmc", CFG.banner, NULL};
+        int64_t shape[4] = {1, a->C, a->h, a->w};
+        if (ldm_latent_save(latent_path, x, noise, 4, shape, meta) != 0) goto done;
+    }
+    if (ldm_image_save(png_path, img, CFG.W, CFG.H) != 0) {
+        if (latent_path) remove(latent_path);
+        goto done;
+    }
+    ldm_times_add(&a->times, "save", ldm_now() - t0);
+    a->times.images++;
+    rc = 0;
+done:
+    ldm_progress_free(&prog);
+    ldm_guide_free(&g);
+    free(x);
+    free(noise);
+    free(img);
+    return rc;
+}
+
+/* A file we will write later: its directory must exist and be writable,
+ * and it must not be a directory itself (checked before the long run). */
+static int check_writable(const char *flag, const char *path) {
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) return ldm_fail("%s %s: is a directory", flag, path);
+    char *dir = ldm_xstrdup(path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) strcpy(dir, ".");
+    else if (slash == dir) dir[1] = 0;
+    else *slash = 0;
+    int rc = 0;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        rc = ldm_fail("%s %s: the directory %s does not exist", flag, path, dir);
+    else if (access(dir, W_OK) != 0)
+        rc = ldm_fail("%s %s: cannot write in %s: %s", flag, path, dir, strerror(errno));
+    free(dir);
+    return rc;
+}
+
+/* Read the inputs named on the command line and check them against this
+ * executable, before the (slow) weights are loaded. */
+static int load_inputs(App *a) {
+    const Options *o = &a->o;
+    if (!o->prompts && (check_writable("-o", o->out) != 0 ||
+                        (o->save_latent && check_writable("--save-latent", o->save_latent) != 0)))
+        return -1;
+    double t0 = ldm_now();
+    a->tok = clip_tokenizer_load(o->vocab);
+    if (!a->tok) return -1;
+    ldm_times_add(&a->times, "load vocab", ldm_now() - t0);
+    if (o->init_noise) {
+        int64_t shape[4] = {1, a->C, a->h, a->w};
+        a->init_noise = ldm_aligned_alloc((size_t)a->n_lat * sizeof(float));
+        if (ldm_noise_load(o->init_noise, 4, shape, a->init_noise) != 0) return -1;
+    }
+    if (o->init_image && ldm_image_load(o->init_image, CFG.W, CFG.H, &a->image, NULL, NULL) != 0) return -1;
+    if (o->mask && ldm_mask_load(o->mask, CFG.W, CFG.H, &a->mask_px, NULL, NULL) != 0) return -1;
+    a->strength = o->has_strength ? o->strength : a->hybrid ? 1.0 : 0.75;
+    if (o->prompt) {
+        int32_t *ids = ldm_xmalloc((size_t)a->ctx_len * sizeof *ids);
+        int rc = clip_tokenize_ctx(a->tok, o->prompt, a->ctx_len, ids, NULL);
+        if (rc == 0) rc = clip_tokenize_ctx(a->tok, o->negative, a->ctx_len, ids, NULL);
+        free(ids);
+        if (rc != 0) return -1;
+    }
+    /* the sampler's own checks (step counts the schedule cannot make,
+     * img2img with int(strength * steps) = 0, ...) */
+    LdmSampler p;
+    sampler_setup(a, &p);
+    float dummy = 0;
+    if (o->init_image && !p.init_latent) {
+        p.init_latent = &dummy; /* checks only: the encoding comes later */
+        p.strength = a->strength;
+    }
+    if (a->mask_px && !a->hybrid) {
+        p.mask = &dummy;
+        p.plane = 1;
+    }
+    p.eps_fn = ldm_guide_eps;
+    p.noise_fn = ldm_noise_draw;
+    if (ldm_sample_count_steps(&a->sched, &p) < 0) return -1;
+    return 0;
+}
+
+static int run(App *a) {
+    const Options *o = &a->o;
+    LdmPromptList list = {0};
+    if (o->prompts && ldm_prompts_read(o->prompts, o->shard_k, o->shard_n, &list) != 0) return -1;
+    if (load_inputs(a) != 0) {
+        ldm_prompts_free(&list);
+        return -1;
+    }
+
+    double t0 = ldm_now();
+    const LdmModel *models[N_NETS] = {&clip_text_model, &unet_model, &vae_decoder_model, &vae_encoder_model};
+    char what[512];
+    snprintf(what, sizeof what, "%s at %dx%d", CFG.config_path, CFG.H, CFG.W);
+    int rc = ldm_nets_load(&a->nets, o->weights, models, N_NETS, what);
+    if (rc == 0) rc = ldm_pipeline_scale_factor(&CFG, &a->nets.ckpt, &a->scale);
+    if (rc != 0) {
+        ldm_prompts_free(&list);
+        return -1;
+    }
+    ldm_times_add(&a->times, "load weights", ldm_now() - t0);
+
+    if (prepare_images(a) != 0) {
+        ldm_prompts_free(&list);
+        return -1;
+    }
+    /* uc = model.get_learned_conditioning(batch_size * [negative prompt]) */
+    t0 = ldm_now();
+    if (encode_text(a, o->negative, a->context) != 0) {
+        ldm_prompts_free(&list);
+        return -1;
+    }
+    ldm_times_add(&a->times, "text encode", ldm_now() - t0);
+
+    if (!o->prompts) {
+        rc = make_image(a, o->prompt, o->seed, o->out, o->save_latent, "sampling");
+    } else {
+        rc = 0;
+        if (list.n == 0 && a->pmode != LDM_PROGRESS_QUIET)
+            fprintf(stderr, "%s: no prompts in %s for shard %d/%d: nothing to do\n", a->argv0, o->prompts,
+                    o->shard_k, o->shard_n);
+        if (list.n > 0 && (ldm_mkdirs(o->out) != 0 || (o->save_latent && ldm_mkdirs(o->save_latent) != 0))) {
+            ldm_prompts_free(&list);
+            return -1;
+        }
+        for (int i = 0; i < list.n; i++) {
+            const LdmPromptLine *l = &list.items[i];
+            uint64_t seed = ldm_line_seed(o->seed, l->line);
+            char *png = ldm_output_name(o->out, l->line, seed, ".png");
+            char *lat = o->save_latent ? ldm_output_name(o->save_latent, l->line, seed, ".safetensors") : NULL;
+            char label[96];
+            snprintf(label, sizeof label, "[%d/%d] line %d", i + 1, list.n, l->line);
+            if (make_image(a, l->text, seed, png, lat, label) != 0) {
+                fprintf(stderr, "%s: error: %s:%d: %s\n", a->argv0, o->prompts, l->line, ldm_last_error());
+                a->n_failed++;
+            } else if (a->pmode == LDM_PROGRESS_LINES) {
+                fprintf(stderr, "%s: line %d -> %s\n", a->argv0, l->line, png);
+            }
+            free(png);
+            free(lat);
+        }
+        if (a->n_failed) rc = ldm_fail("%d of %d prompts failed", a->n_failed, list.n);
+    }
+    ldm_prompts_free(&list);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    App a;
+    memset(&a, 0, sizeof a);
+    const char *slash = strrchr(argv[0], '/');
+    a.argv0 = slash ? slash + 1 : argv[0];
+    int prc = parse_args(argc, argv, &a.o);
+    if (prc == 1) {
+        usage(stdout, a.argv0);
+        return 0;
+    }
+    if (prc == 0) prc = check_options(&a.o);
+    if (prc != 0) {
+        fprintf(stderr, "%s: error: %s\n(see %s --help)\n", a.argv0, ldm_last_error(), a.argv0);
+        return 2;
+    }
+    ldm_profile_init();
+    a.pmode = ldm_progress_mode(stderr, a.o.quiet);
+    a.hybrid = !strcmp(CFG.conditioning_key, "hybrid");
+    a.C = CFG.latent_channels;
+    a.h = CFG.latent_h;
+    a.w = CFG.latent_w;
+    a.n_lat = (int64_t)a.C * a.h * a.w;
+    a.ctx_len = CFG.context_length;
+    a.ctx_dim = CFG.context_dim;
+    a.concat_ch = a.hybrid ? CFG.unet_in_channels - CFG.latent_channels : 0;
+
+    int rc = 1;
+    if (strcmp(CFG.conditioning_key, "crossattn") != 0 && !a.hybrid) {
+        ldm_fail("this executable was built for %s, whose conditioning_key is '%s': txt2img needs a text-conditioned "
+                 "model (crossattn, or hybrid for inpainting models)", CFG.config_path, CFG.conditioning_key);
+        goto out;
+    }
+    if (a.hybrid && a.concat_ch != 1 + a.C) {
+        ldm_fail("%s: a hybrid UNet with %d input channels: expected %d (latent, mask, masked-image latent)",
+                 CFG.config_path, CFG.unet_in_channels, 1 + 2 * a.C);
+        goto out;
+    }
+    if (check_models(&a) != 0) goto out;
+    if (ldm_schedule_init(&a.sched, CFG.linear_start, CFG.linear_end, CFG.timesteps) != 0) goto out;
+    a.context = ldm_aligned_alloc((size_t)(2 * a.ctx_len * a.ctx_dim) * sizeof(float));
+    if (run(&a) == 0) rc = 0;
+out:
+    if (rc != 0) fprintf(stderr, "%s: error: %s\n", a.argv0, ldm_last_error());
+    if (a.pmode != LDM_PROGRESS_QUIET && a.times.images > 0) ldm_times_print(&a.times, stderr);
+    if (ldm_profiling) ldm_profile_report();
+    ldm_nets_free(&a.nets);
+    if (a.sched.alphas_cumprod) ldm_schedule_free(&a.sched);
+    clip_tokenizer_free(a.tok);
+    ldm_times_free(&a.times);
+    free(a.init_noise);
+    free(a.image);
+    free(a.mask_px);
+    free(a.init_latent);
+    free(a.known);
+    free(a.concat);
+    free(a.context);
+    return rc;
+}

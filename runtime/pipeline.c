@@ -1,0 +1,512 @@
+/*
+ * pipeline.c - shared parts of the pipeline executables (see pipeline.h).
+ */
+#include "pipeline.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util.h"
+
+/* ----------------------------------------------------------------------------
+ * Generated constants
+ * ------------------------------------------------------------------------- */
+
+int ldm_pipeline_scale_factor(const LdmPipelineConfig *c, const StFile *f, double *out) {
+    *out = c->scale_factor;
+    if (!c->scale_by_std) return 0;
+    /* LatentDiffusion with scale_by_std: register_buffer('scale_factor', ...) */
+    const StTensor *t = st_find(f, "scale_factor");
+    float v;
+    if (!t || t->numel != 1 || st_to_f32(t, &v) != 0 || !(v > 0) || !isfinite(v))
+        return ldm_fail("%s: the config has scale_by_std, but the checkpoint has no positive scalar tensor "
+                        "'scale_factor'", f->path);
+    *out = v;
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * Models bound to one checkpoint
+ * ------------------------------------------------------------------------- */
+
+int ldm_nets_load(LdmNets *s, const char *ckpt_path, const LdmModel *const *models, int n, const char *what) {
+    memset(s, 0, sizeof *s);
+    ldm_kernels_init();
+    if (st_open(&s->ckpt, ckpt_path) != 0) return -1;
+    s->n = n;
+    s->models = ldm_xcalloc((size_t)n + 1, sizeof *s->models);
+    s->w = ldm_xcalloc((size_t)n + 1, sizeof *s->w);
+    for (int i = 0; i < n; i++) {
+        s->models[i] = models[i];
+        if (ldm_weights_load(models[i], &s->ckpt, &s->w[i]) != 0) {
+            char why[1024];
+            snprintf(why, sizeof why, "%s", ldm_last_error());
+            ldm_nets_free(s);
+            return ldm_fail("%s; this executable was built for %s", why, what ? what : "another checkpoint");
+        }
+        s->weight_bytes += s->w[i].bytes;
+        if (models[i]->arena_bytes > s->arena_bytes) s->arena_bytes = models[i]->arena_bytes;
+    }
+    s->arena = ldm_aligned_alloc(s->arena_bytes ? s->arena_bytes : 64);
+    return 0;
+}
+
+void ldm_nets_free(LdmNets *s) {
+    if (s->w)
+        for (int i = 0; i < s->n; i++) ldm_weights_free(&s->w[i]);
+    free(s->w);
+    free(s->models);
+    free(s->arena);
+    st_close(&s->ckpt);
+    memset(s, 0, sizeof *s);
+}
+
+int ldm_nets_run(LdmNets *s, int i, const void *const *in, void *const *out) {
+    if (i < 0 || i >= s->n) return ldm_fail("no model %d (%d loaded)", i, s->n);
+    return s->models[i]->forward(s->w[i].ptr, in, out, s->arena);
+}
+
+int ldm_model_input(const LdmModel *m, const char *name) {
+    for (int i = 0; i < m->n_inputs; i++)
+        if (strcmp(m->inputs[i].name, name) == 0) return i;
+    return -1;
+}
+
+int ldm_model_output(const LdmModel *m, const char *name) {
+    for (int i = 0; i < m->n_outputs; i++)
+        if (strcmp(m->outputs[i].name, name) == 0) return i;
+    return -1;
+}
+
+/* ----------------------------------------------------------------------------
+ * Noise
+ * ------------------------------------------------------------------------- */
+
+const char *ldm_rng_name(LdmRngKind k) { return k == LDM_RNG_CUDA ? "cuda" : "cpu"; }
+
+int ldm_rng_parse(const char *s, LdmRngKind *out) {
+    if (strcmp(s, "cpu") == 0) *out = LDM_RNG_CPU;
+    else if (strcmp(s, "cuda") == 0) *out = LDM_RNG_CUDA;
+    else return ldm_fail("--rng: expected cpu or cuda, got '%s'", s);
+    return 0;
+}
+
+void ldm_noise_seed(LdmNoise *g, LdmRngKind kind, uint64_t seed) {
+    memset(g, 0, sizeof *g);
+    g->kind = kind;
+    if (kind == LDM_RNG_CUDA) cuda_gen_seed(&g->cuda, seed);
+    else torch_gen_seed(&g->cpu, seed);
+}
+
+void ldm_noise_draw(void *ctx, float *out, int64_t n) {
+    LdmNoise *g = ctx;
+    /* Both fail only for n < 0 (and CUDA for n > INT32_MAX, far beyond any
+     * latent these executables are compiled for). */
+    int rc = g->kind == LDM_RNG_CUDA ? cuda_randn(&g->cuda, out, n) : torch_randn(&g->cpu, out, n);
+    if (rc != 0 && n > 0) memset(out, 0, (size_t)n * sizeof *out);
+}
+
+/* ----------------------------------------------------------------------------
+ * The guided model call
+ * ------------------------------------------------------------------------- */
+
+static int64_t input_numel(const LdmModel *m, int i) { return ldm_numel(&m->inputs[i]); }
+
+int ldm_guide_init(LdmGuide *g) {
+    const LdmModel *m = g->nets->models[g->unet];
+    int B = g->guided ? 2 * g->batch : g->batch;
+    g->in_x = ldm_model_input(m, "x");
+    g->in_t = ldm_model_input(m, "timesteps");
+    g->in_ctx = ldm_model_input(m, "context");
+    if (g->in_x < 0 || g->in_t < 0 || m->n_outputs != 1)
+        return ldm_fail("model '%s' is not a UNet (inputs x, timesteps [, context]; output eps)", m->name);
+    const LdmTensorInfo *xi = &m->inputs[g->in_x], *eo = &m->outputs[0];
+    if (xi->ndim != 4 || xi->shape[0] != B || input_numel(m, g->in_t) != B)
+        return ldm_fail("UNet '%s' is compiled for batch %lld, expected %d", m->name, (long long)xi->shape[0], B);
+    int64_t plane = xi->shape[2] * xi->shape[3];
+    int64_t c_lat = g->sample_n / (plane ? plane : 1);
+    if (c_lat * plane != g->sample_n || xi->shape[1] != c_lat + g->concat_channels)
+        return ldm_fail("UNet '%s' takes x of %lld channels of %lldx%lld, expected %lld latent + %d concat channels",
+                        m->name, (long long)xi->shape[1], (long long)xi->shape[2], (long long)xi->shape[3],
+                        (long long)c_lat, g->concat_channels);
+    if (ldm_numel(eo) != B * g->sample_n)
+        return ldm_fail("UNet '%s' output has %lld values, expected %lld", m->name, (long long)ldm_numel(eo),
+                        (long long)(B * g->sample_n));
+    if ((g->in_ctx >= 0) != (g->context != NULL))
+        return ldm_fail(g->context ? "UNet '%s' takes no context" : "UNet '%s' needs a context", m->name);
+    if (g->concat_channels > 0 && !g->concat) return ldm_fail("UNet '%s': c_concat planes missing", m->name);
+    g->x = ldm_aligned_alloc((size_t)input_numel(m, g->in_x) * sizeof(float));
+    g->t = ldm_aligned_alloc((size_t)B * sizeof(float));
+    g->eps = ldm_aligned_alloc((size_t)ldm_numel(eo) * sizeof(float));
+    g->calls = 0;
+    g->seconds = 0;
+    return 0;
+}
+
+void ldm_guide_free(LdmGuide *g) {
+    free(g->x);
+    free(g->t);
+    free(g->eps);
+    g->x = g->t = g->eps = NULL;
+}
+
+int ldm_guide_eps(void *ctx, const float *x_in, float t, float *eps_out) {
+    LdmGuide *g = ctx;
+    const LdmModel *m = g->nets->models[g->unet];
+    int halves = g->guided ? 2 : 1;
+    int64_t n = g->sample_n, plane = m->inputs[g->in_x].shape[2] * m->inputs[g->in_x].shape[3];
+    int64_t cn = (int64_t)g->concat_channels * plane;
+    /* x_in = torch.cat([x] * 2); with c_concat (DiffusionWrapper 'hybrid'):
+     * xc = torch.cat([x] + c_concat, dim=1) */
+    float *xp = g->x;
+    for (int h = 0; h < halves; h++)
+        for (int b = 0; b < g->batch; b++) {
+            memcpy(xp, x_in + b * n, (size_t)n * sizeof(float));
+            xp += n;
+            if (cn) {
+                memcpy(xp, g->concat + b * cn, (size_t)cn * sizeof(float));
+                xp += cn;
+            }
+        }
+    int B = halves * g->batch;
+    for (int b = 0; b < B; b++) g->t[b] = t;
+    const void *in[3] = {NULL, NULL, NULL};
+    if (m->n_inputs > 3) return ldm_fail("UNet '%s' has %d inputs, expected at most 3", m->name, m->n_inputs);
+    in[g->in_x] = g->x;
+    in[g->in_t] = g->t;
+    if (g->in_ctx >= 0) in[g->in_ctx] = g->context;
+    void *out[1] = {g->eps};
+    double t0 = ldm_now();
+    if (ldm_nets_run(g->nets, g->unet, in, out) != 0) return -1;
+    g->seconds += ldm_now() - t0;
+    g->calls++;
+    int64_t total = g->batch * n;
+    if (!g->guided) {
+        memcpy(eps_out, g->eps, (size_t)total * sizeof(float));
+    } else if (g->scale == 1.0) {
+        memcpy(eps_out, g->eps + total, (size_t)total * sizeof(float));
+    } else {
+        /* e_t_uncond, e_t = self.model.apply_model(x_in, t_in, c_in).chunk(2)
+         * e_t = e_t_uncond + unconditional_guidance_scale * (e_t - e_t_uncond) */
+        float s = (float)g->scale;
+        const float *eu = g->eps, *ec = g->eps + total;
+        for (int64_t j = 0; j < total; j++) eps_out[j] = eu[j] + s * (ec[j] - eu[j]);
+    }
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * Progress
+ * ------------------------------------------------------------------------- */
+
+LdmProgressMode ldm_progress_mode(FILE *fp, int quiet) {
+    if (quiet) return LDM_PROGRESS_QUIET;
+    return isatty(fileno(fp)) ? LDM_PROGRESS_BAR : LDM_PROGRESS_LINES;
+}
+
+const char *ldm_format_duration(double s, char *buf, size_t size) {
+    if (!(s >= 0) || s > 1e9) snprintf(buf, size, "?");
+    else if (s < 60) snprintf(buf, size, "%.1f s", s);
+    else if (s < 3600) snprintf(buf, size, "%d min %02d s", (int)(s / 60), (int)fmod(s, 60));
+    else snprintf(buf, size, "%d h %02d min", (int)(s / 3600), (int)fmod(s / 60, 60));
+    return buf;
+}
+
+void ldm_progress_start(LdmProgress *p, FILE *fp, LdmProgressMode mode, const char *label, int n_steps) {
+    memset(p, 0, sizeof *p);
+    p->fp = fp;
+    p->mode = mode;
+    snprintf(p->label, sizeof p->label, "%s", label ? label : "");
+    p->n = n_steps > 0 ? n_steps : 0;
+    p->step_seconds = ldm_xcalloc((size_t)p->n + 1, sizeof *p->step_seconds);
+    p->t_start = p->t_last = ldm_now();
+    if (mode == LDM_PROGRESS_BAR) {
+        fprintf(fp, "\r%s 0/%d |%*s|", p->label, p->n, 24, "");
+        fflush(fp);
+    }
+}
+
+void ldm_progress_step(LdmProgress *p) {
+    double now = ldm_now();
+    if (p->done < p->n) p->step_seconds[p->done] = now - p->t_last;
+    p->done++;
+    p->t_last = now;
+    if (p->mode == LDM_PROGRESS_QUIET) return;
+    double per = (now - p->t_start) / p->done;
+    int left = p->n > p->done ? p->n - p->done : 0;
+    char eta[32];
+    ldm_format_duration(per * left, eta, sizeof eta);
+    if (p->mode == LDM_PROGRESS_BAR) {
+        enum { WIDTH = 24 };
+        char bar[WIDTH + 1];
+        int full = p->n ? (int)((double)WIDTH * p->done / p->n) : WIDTH;
+        for (int i = 0; i < WIDTH; i++) bar[i] = i < full ? '#' : '.';
+        bar[WIDTH] = 0;
+        /* \033[K clears what a longer previous line left behind */
+        fprintf(p->fp, "\r%s %d/%d |%s| %.2f s/it, ETA %s\033[K", p->label, p->done, p->n, bar, per, eta);
+    } else {
+        fprintf(p->fp, "%s step %d/%d, %.2f s/it, ETA %s\n", p->label, p->done, p->n, per, eta);
+    }
+    fflush(p->fp);
+}
+
+void ldm_progress_finish(LdmProgress *p) {
+    if (p->mode == LDM_PROGRESS_BAR) {
+        fprintf(p->fp, "\n");
+        fflush(p->fp);
+    }
+}
+
+void ldm_progress_free(LdmProgress *p) {
+    free(p->step_seconds);
+    p->step_seconds = NULL;
+}
+
+/* ----------------------------------------------------------------------------
+ * Timing summary
+ * ------------------------------------------------------------------------- */
+
+void ldm_times_add(LdmTimes *t, const char *stage, double seconds) {
+    int i = 0;
+    while (i < t->n && strcmp(t->name[i], stage) != 0) i++;
+    if (i == t->n) {
+        if (t->n == LDM_TIMES_MAX_STAGES) return;
+        t->name[t->n++] = stage;
+    }
+    t->seconds[i] += seconds;
+    t->count[i]++;
+}
+
+void ldm_times_add_steps(LdmTimes *t, const double *seconds, int n) {
+    if (t->n_steps + n > t->cap_steps) {
+        t->cap_steps = 2 * (t->n_steps + n) + 16;
+        t->steps = ldm_xrealloc(t->steps, (size_t)t->cap_steps * sizeof *t->steps);
+    }
+    for (int i = 0; i < n; i++) t->steps[t->n_steps++] = seconds[i];
+}
+
+/* The sampling steps of the summary (steps = their total). */
+static void print_steps(const LdmTimes *t, FILE *fp, double steps) {
+    if (t->n_steps > 0) {
+        double lo = t->steps[0], hi = t->steps[0];
+        for (int i = 1; i < t->n_steps; i++) {
+            if (t->steps[i] < lo) lo = t->steps[i];
+            if (t->steps[i] > hi) hi = t->steps[i];
+        }
+        fprintf(fp, "  %-14s %9.3f s  (%d steps, %.3f s/step, min %.3f, max %.3f)\n", "sampling", steps, t->n_steps,
+                steps / t->n_steps, lo, hi);
+        if (t->images <= 1) {
+            fprintf(fp, "  %-14s", "each step");
+            for (int i = 0; i < t->n_steps; i++) fprintf(fp, "%s%.3f", i % 10 ? " " : i ? "\n                 " : " ", t->steps[i]);
+            fprintf(fp, " s\n");
+        }
+    }
+}
+
+void ldm_times_print(const LdmTimes *t, FILE *fp) {
+    double total = 0, steps = 0;
+    for (int i = 0; i < t->n; i++) total += t->seconds[i];
+    for (int i = 0; i < t->n_steps; i++) steps += t->steps[i];
+    total += steps;
+    fprintf(fp, "timing (%d image%s):\n", t->images, t->images == 1 ? "" : "s");
+    /* the stages in first-use order, the sampling steps just before "decode" */
+    int steps_done = 0;
+    for (int i = 0; i <= t->n; i++) {
+        if (!steps_done && (i == t->n || strcmp(t->name[i], "decode") == 0)) {
+            print_steps(t, fp, steps);
+            steps_done = 1;
+        }
+        if (i == t->n) break;
+        fprintf(fp, "  %-14s %9.3f s", t->name[i], t->seconds[i]);
+        if (t->count[i] > 1) fprintf(fp, "  (%d x %.3f s)", t->count[i], t->seconds[i] / t->count[i]);
+        fprintf(fp, "\n");
+    }
+    fprintf(fp, "  %-14s %9.3f s\n", "total", total);
+    fprintf(fp, "peak memory (RSS): %.1f MiB\n", (double)ldm_peak_rss() / 1048576.0);
+}
+
+void ldm_times_free(LdmTimes *t) {
+    free(t->steps);
+    memset(t, 0, sizeof *t);
+}
+
+/* ----------------------------------------------------------------------------
+ * Prompt lists, shards, output names
+ * ------------------------------------------------------------------------- */
+
+int ldm_shard_parse(const char *s, int *k, int *n) {
+    char *end;
+    errno = 0;
+    long kk = strtol(s, &end, 10);
+    if (end == s || *end != '/' || s[0] == '-' || s[0] == '+' || s[0] == ' ' || errno) goto bad;
+    const char *t = end + 1;
+    long nn = strtol(t, &end, 10);
+    if (end == t || *end || t[0] == '-' || t[0] == '+' || t[0] == ' ' || errno) goto bad;
+    if (nn < 1 || nn > 1000000 || kk < 0 || kk >= nn)
+        return ldm_fail("--shard: K/N needs 0 <= K < N (N at most 1000000), got '%s'", s);
+    *k = (int)kk;
+    *n = (int)nn;
+    return 0;
+bad:
+    return ldm_fail("--shard: expected K/N (this is shard K of N, 0 <= K < N, e.g. 0/4), got '%s'", s);
+}
+
+static int is_blank(const char *s) {
+    for (; *s; s++)
+        if (*s != ' ' && *s != '\t' && *s != '\r' && *s != '\v' && *s != '\f') return 0;
+    return 1;
+}
+
+int ldm_prompts_read(const char *path, int shard_k, int shard_n, LdmPromptList *out) {
+    memset(out, 0, sizeof *out);
+    if (shard_n < 1 || shard_k < 0 || shard_k >= shard_n)
+        return ldm_fail("shard %d/%d: needs 0 <= K < N", shard_k, shard_n);
+    size_t len;
+    char *buf = ldm_read_file(path, &len);
+    if (!buf) return -1;
+    int cap = 0, line = 0;
+    size_t pos = 0;
+    while (pos < len) {
+        size_t end = pos;
+        while (end < len && buf[end] != '\n' && buf[end] != 0) end++;
+        line++;
+        if (end < len && buf[end] == 0) {
+            free(buf);
+            ldm_prompts_free(out);
+            return ldm_fail("%s:%d: NUL byte in the prompt file (not a text file?)", path, line);
+        }
+        size_t stop = end;
+        if (stop > pos && buf[stop - 1] == '\r') stop--;
+        buf[stop] = 0;
+        const char *text = buf + pos;
+        if ((line - 1) % shard_n == shard_k && !is_blank(text)) {
+            if (out->n == cap) {
+                cap = cap ? 2 * cap : 16;
+                out->items = ldm_xrealloc(out->items, (size_t)cap * sizeof *out->items);
+            }
+            out->items[out->n].line = line;
+            out->items[out->n].text = ldm_xstrdup(text);
+            out->n++;
+        }
+        pos = end + 1;
+    }
+    free(buf);
+    return 0;
+}
+
+void ldm_prompts_free(LdmPromptList *l) {
+    for (int i = 0; i < l->n; i++) free(l->items[i].text);
+    free(l->items);
+    memset(l, 0, sizeof *l);
+}
+
+uint64_t ldm_line_seed(uint64_t seed, int line) { return seed + (uint64_t)(line - 1); }
+
+char *ldm_output_name(const char *dir, int line, uint64_t seed, const char *ext) {
+    size_t k = strlen(dir);
+    const char *sep = k && dir[k - 1] == '/' ? "" : "/";
+    return ldm_xasprintf("%s%s%05d-%llu%s", dir, sep, line, (unsigned long long)seed, ext);
+}
+
+int ldm_mkdirs(const char *dir) {
+    char *p = ldm_xstrdup(dir);
+    int rc = 0;
+    for (char *s = p + 1;; s++) {
+        if (*s != '/' && *s != 0) continue;
+        char c = *s;
+        *s = 0;
+        if (mkdir(p, 0777) != 0 && errno != EEXIST) {
+            rc = ldm_fail("%s: cannot create the directory: %s", p, strerror(errno));
+            break;
+        }
+        *s = c;
+        if (!c) break;
+    }
+    struct stat sb;
+    if (rc == 0 && (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)))
+        rc = ldm_fail("%s: not a directory", dir);
+    free(p);
+    return rc;
+}
+
+/* ----------------------------------------------------------------------------
+ * Latent files
+ * ------------------------------------------------------------------------- */
+
+int ldm_latent_save(const char *path, const float *latent, const float *noise, int ndim, const int64_t *shape,
+                    const char *const *meta_kv) {
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "latent", ST_F32, ndim, shape, latent);
+    if (noise) st_writer_add(w, "noise", ST_F32, ndim, shape, noise);
+    for (int i = 0; meta_kv && meta_kv[i] && meta_kv[i + 1]; i += 2) st_writer_meta(w, meta_kv[i], meta_kv[i + 1]);
+    int rc = st_writer_save(w, path);
+    st_writer_free(w);
+    return rc;
+}
+
+int ldm_noise_load(const char *path, int ndim, const int64_t *shape, float *out) {
+    StFile f;
+    if (st_open(&f, path) != 0) return -1;
+    char want[160], got[160];
+    ldm_shape_str(ndim, shape, want, sizeof want);
+    const StTensor *t = st_find(&f, "noise");
+    int rc = 0;
+    if (!t) {
+        rc = ldm_fail("%s: no tensor 'noise' (expected F32 %s)", path, want);
+    } else {
+        /* the same shape, or the same without a leading batch dimension of 1 */
+        int same = t->ndim == ndim;
+        for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+        if (!same && ndim > 1 && shape[0] == 1 && t->ndim == ndim - 1) {
+            same = 1;
+            for (int i = 0; same && i < ndim - 1; i++) same = t->shape[i] == shape[i + 1];
+        }
+        if (!same)
+            rc = ldm_fail("%s: tensor 'noise' has shape %s, expected %s (the latent of this executable)", path,
+                          ldm_shape_str(t->ndim, t->shape, got, sizeof got), want);
+        else if (st_to_f32(t, out) != 0)
+            rc = ldm_fail("%s: %s", path, ldm_last_error());
+        for (int64_t i = 0; rc == 0 && i < t->numel; i++)
+            if (!isfinite(out[i])) rc = ldm_fail("%s: tensor 'noise' has a non-finite value at index %lld", path, (long long)i);
+    }
+    st_close(&f);
+    return rc;
+}
+
+/* ----------------------------------------------------------------------------
+ * Flag values
+ * ------------------------------------------------------------------------- */
+
+int ldm_parse_int(const char *flag, const char *s, long lo, long hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end || errno || v < lo || v > hi)
+        return ldm_fail("%s: expected an integer from %ld to %ld, got '%s'", flag, lo, hi, s);
+    *out = (int)v;
+    return 0;
+}
+
+int ldm_parse_double(const char *flag, const char *s, double lo, double hi, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || *end || errno || !isfinite(v) || v < lo || v > hi)
+        return ldm_fail("%s: expected a number from %g to %g, got '%s'", flag, lo, hi, s);
+    *out = v;
+    return 0;
+}
+
+int ldm_parse_u64(const char *flag, const char *s, uint64_t *out) {
+    char *end;
+    errno = 0;
+    if (s[0] < '0' || s[0] > '9') return ldm_fail("%s: expected a non-negative integer, got '%s'", flag, s);
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end || errno) return ldm_fail("%s: expected an integer from 0 to 18446744073709551615, got '%s'", flag, s);
+    *out = (uint64_t)v;
+    return 0;
+}

@@ -1,0 +1,1020 @@
+/*
+ * test_txt2img.c - the per-resolution text-to-image executable, end to end.
+ *
+ * The first fixture builds the executable for ../shared/goldens/sd1-tiny at
+ * 128x128 exactly as a user does (`make txt2img CONFIG=... H=128 W=128`,
+ * into the build directory under test, named txt2img-test-sd1-tiny so it
+ * never replaces a user's build) and makes the F16 checkpoint with
+ * `ldmc convert --dtype f16`. Then, running the executable as a program:
+ *
+ *   - goldens: txt2img_ddim, txt2img_plms, txt2img_euler, txt2img_dpmpp2m,
+ *     img2img_ddim and fp16/txt2img_ddim with each io file's x_T (or noise)
+ *     fed through --init-noise and its prompts, steps and guidance scale
+ *     from the metadata: --save-latent within the io file's `latent`
+ *     tolerance, the PNG within 1 level of the golden PNG; the golden
+ *     cond/uncond tokens are what the tokenizer gives for those prompts;
+ *   - seeds: --seed N draws torch_randn's x_T (the saved `noise` equals
+ *     torch_randn/randn.io case0, and randn_cuda.io case0 with --rng cuda),
+ *     and --init-noise with that noise gives the same latent as --seed N;
+ *   - properties without goldens: inpainting keeps the known region (equal to
+ *     the golden img2img init_latent there), eta > 0 and euler_a are
+ *     deterministic for a seed and differ across seeds, eta 0 is plain DDIM;
+ *     --prompts/--shard pick the right lines, name and seed them as
+ *     documented, and line 1 is the --prompt image;
+ *   - bad input: missing or wrong weights, another config's checkpoint, a
+ *     bad vocabulary, bad PNGs, a mask of the wrong size, bad flag values:
+ *     non-zero exit, a clear message, and no output file;
+ *   - `ldmc pipeline`: the constants it writes for sd1-tiny and its errors;
+ *     the executable is static (no program interpreter) unless sanitized.
+ */
+#define _GNU_SOURCE
+#include <check.h>
+#include <dirent.h>
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "image.h"
+#include "pipeline.h"
+#include "safetensors.h"
+#include "testutil.h"
+#include "tokenizer.h"
+#include "util.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define T2I_SAN 1
+#else
+#define T2I_SAN 0
+#endif
+
+/* ------------------------------------------------------------------------
+ * scratch directory, paths
+ * ------------------------------------------------------------------------ */
+
+static char g_dir[64];   /* "/tmp/ldm_txt2img_XXXXXX" */
+static pid_t g_owner;    /* the process that made it (Check forks tests) */
+
+static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)flag, (void)ftw;
+    return remove(p);
+}
+
+static void dir_cleanup(void) {
+    if (g_dir[0] && getpid() == g_owner) nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void dir_init(void) {
+    if (g_dir[0]) return;
+    strcpy(g_dir, "/tmp/ldm_txt2img_XXXXXX");
+    if (!mkdtemp(g_dir)) {
+        g_dir[0] = 0;
+        return;
+    }
+    g_owner = getpid();
+    atexit(dir_cleanup);
+}
+
+/* "<scratch>/<fmt...>" in a static ring of buffers (valid for a few calls). */
+static const char *tmp(const char *fmt, ...) LDM_PRINTF(1, 2);
+static const char *tmp(const char *fmt, ...) {
+    static char ring[16][512];
+    static int k;
+    char *b = ring[k++ % 16];
+    ck_assert_msg(g_dir[0], "no scratch directory");
+    int n = snprintf(b, 512, "%s/", g_dir);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b + n, (size_t)(512 - n), fmt, ap);
+    va_end(ap);
+    return b;
+}
+
+/* "<shared>/<rel>" (static ring as above). */
+static const char *shared(const char *rel) {
+    static char ring[16][512];
+    static int k;
+    char *b = ring[k++ % 16];
+    snprintf(b, 512, "%s/%s", test_shared_dir(), rel);
+    return b;
+}
+
+static int exists(const char *p) { return access(p, F_OK) == 0; }
+
+/* ------------------------------------------------------------------------
+ * running programs
+ * ------------------------------------------------------------------------ */
+
+/* Start argv with stdout + stderr going to log; in the child the make
+ * variables of a surrounding `make test` are dropped so an inner make is
+ * not confused by them. */
+static pid_t spawn(char *const argv[], const char *log) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log ? log : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        unsetenv("MAKEFLAGS");
+        unsetenv("MFLAGS");
+        unsetenv("MAKELEVEL");
+        /* OpenMP threads sleep instead of spinning at barriers: on a busy
+         * machine spinning makes these small runs many times slower (the
+         * results do not depend on it) */
+        setenv("OMP_WAIT_POLICY", "passive", 0);
+        execvp(argv[0], argv);
+        fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    return pid;
+}
+
+static int wait_status(pid_t pid) {
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR) return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+/* Run argv; *out gets stdout + stderr (malloc'd). Returns the exit status. */
+static int run_argv(char *const argv[], char **out) {
+    char log[256];
+    snprintf(log, sizeof log, "%s/run.%ld.log", g_dir, (long)getpid());
+    pid_t pid = spawn(argv, log);
+    ck_assert_msg(pid > 0, "fork failed: %s", strerror(errno));
+    int rc = wait_status(pid);
+    size_t n;
+    char *text = ldm_read_file(log, &n);
+    remove(log);
+    if (!text) text = ldm_xstrdup("");
+    if (out) *out = text;
+    else free(text);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------
+ * the executable and the F16 checkpoint, made once per test run
+ * ------------------------------------------------------------------------ */
+
+static char g_exe[700];       /* built executable, "" until built */
+static char *g_build_log;     /* make's output when the build failed */
+static char g_fp16[512];      /* F16 checkpoint, "" until made */
+static char *g_fp16_log;
+
+static void setup_exe(void) {
+    dir_init();
+    if (!g_dir[0] || g_exe[0] || g_build_log) return;
+    char build[300], config[512], path[600];
+    snprintf(build, sizeof build, "BUILD=%s", test_build_dir());
+    snprintf(config, sizeof config, "CONFIG=%s", shared("goldens/sd1-tiny/config.yaml"));
+    snprintf(path, sizeof path, "%s/txt2img-test-sd1-tiny", test_build_dir());
+    char *argv[] = {"make", "-s", "-j2", build, T2I_SAN ? "SAN=1" : "SAN=0", "txt2img", config, "H=128", "W=128",
+                    "TXT2IMG_NAME=txt2img-test-sd1-tiny", NULL};
+    char log[300];
+    snprintf(log, sizeof log, "%s/make.log", g_dir);
+    int rc = wait_status(spawn(argv, log));
+    if (rc == 0 && access(path, X_OK) == 0) {
+        snprintf(g_exe, sizeof g_exe, "%s", path);
+    } else {
+        size_t n;
+        g_build_log = ldm_read_file(log, &n);
+        if (!g_build_log) g_build_log = ldm_xasprintf("make exited with status %d", rc);
+    }
+}
+
+static void setup_fp16(void) {
+    setup_exe();
+    if (!g_dir[0] || g_fp16[0] || g_fp16_log) return;
+    char ldmc[300], out[300], log[300];
+    snprintf(ldmc, sizeof ldmc, "%s/ldmc", test_build_dir());
+    snprintf(out, sizeof out, "%s/model-fp16.safetensors", g_dir);
+    snprintf(log, sizeof log, "%s/convert.log", g_dir);
+    char *argv[] = {ldmc, "convert", "--dtype", "f16", (char *)shared("goldens/sd1-tiny/model.safetensors"), out, NULL};
+    int rc = wait_status(spawn(argv, log));
+    if (rc == 0 && exists(out)) {
+        snprintf(g_fp16, sizeof g_fp16, "%s", out);
+    } else {
+        size_t n;
+        g_fp16_log = ldm_read_file(log, &n);
+        if (!g_fp16_log) g_fp16_log = ldm_xasprintf("ldmc convert exited with status %d", rc);
+    }
+}
+
+static void teardown_nothing(void) {}
+
+static const char *exe(void) {
+    ck_assert_msg(g_exe[0], "make txt2img (sd1-tiny, 128x128) failed:\n%s", g_build_log ? g_build_log : "(not run)");
+    return g_exe;
+}
+
+#define MAX_ARGS 64
+
+/* Run the executable with the common arguments (weights, vocab) and the
+ * NULL-terminated extra arguments; returns the status, output in *out. */
+static int t2i_run_v(const char *weights, char **out, va_list ap) {
+    char *argv[MAX_ARGS];
+    int k = 0;
+    argv[k++] = (char *)exe();
+    if (weights) {
+        argv[k++] = "--weights";
+        argv[k++] = (char *)weights;
+    }
+    argv[k++] = "--vocab";
+    argv[k++] = (char *)shared("clip/bpe_simple_vocab_16e6.txt.gz");
+    const char *a;
+    while ((a = va_arg(ap, const char *)) != NULL) {
+        ck_assert_msg(k < MAX_ARGS - 1, "too many arguments");
+        argv[k++] = (char *)a;
+    }
+    argv[k] = NULL;
+    return run_argv(argv, out);
+}
+
+/* Run with `weights` and the NULL-terminated arguments; want_ok: must
+ * succeed, else must fail cleanly. Returns the output (malloc'd). */
+static char *run_expect(int want_ok, const char *weights, ...) {
+    va_list ap;
+    va_start(ap, weights);
+    char *out;
+    int rc = t2i_run_v(weights, &out, ap);
+    va_end(ap);
+    if (want_ok) ck_assert_msg(rc == 0, "txt2img failed (status %d):\n%s", rc, out);
+    else ck_assert_msg(rc != 0 && rc < 128, "txt2img: expected a clean failure, got status %d:\n%s", rc, out);
+    return out;
+}
+
+static const char *model_path(void) { return shared("goldens/sd1-tiny/model.safetensors"); }
+
+/* ------------------------------------------------------------------------
+ * tensors and images
+ * ------------------------------------------------------------------------ */
+
+/* Tensor `name` of file `path` as float32 (malloc'd), numel in *n. */
+static float *read_f32(const char *path, const char *name, int64_t *n) {
+    StFile f;
+    ck_assert_msg(st_open(&f, path) == 0, "%s", ldm_last_error());
+    const StTensor *t = st_find(&f, name);
+    ck_assert_msg(t, "%s: no tensor '%s'", path, name);
+    float *v = ldm_xmalloc((size_t)t->numel * sizeof *v + 4);
+    ck_assert_msg(st_to_f32(t, v) == 0, "%s", ldm_last_error());
+    if (n) *n = t->numel;
+    st_close(&f);
+    return v;
+}
+
+/* Write tensor `src` of golden file `io` as tensor `noise` of a new file. */
+static void write_noise_from(const char *io, const char *src, const char *dst) {
+    StFile f;
+    ck_assert_msg(st_open(&f, io) == 0, "%s", ldm_last_error());
+    const StTensor *t = st_find(&f, src);
+    ck_assert_msg(t && t->dtype == ST_F32, "%s: no F32 tensor '%s'", io, src);
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "noise", ST_F32, t->ndim, t->shape, t->data);
+    ck_assert_msg(st_writer_save(w, dst) == 0, "%s", ldm_last_error());
+    st_writer_free(w);
+    st_close(&f);
+}
+
+static double max_abs_diff(const float *a, const float *b, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!isfinite(d)) return INFINITY;
+        if (d > m) m = d;
+    }
+    return m;
+}
+
+/* The largest per-byte difference of two PNGs (which must have one size). */
+static int png_max_diff(const char *a, const char *b) {
+    uint8_t *pa, *pb;
+    int wa, ha, wb, hb;
+    ck_assert_msg(ldm_png_read_rgb8(a, &pa, &wa, &ha) == 0, "%s", ldm_last_error());
+    ck_assert_msg(ldm_png_read_rgb8(b, &pb, &wb, &hb) == 0, "%s", ldm_last_error());
+    ck_assert_msg(wa == wb && ha == hb, "%s is %dx%d, %s is %dx%d", a, wa, ha, b, wb, hb);
+    int m = 0;
+    for (int64_t i = 0; i < (int64_t)wa * ha * 3; i++) {
+        int d = abs((int)pa[i] - (int)pb[i]);
+        if (d > m) m = d;
+    }
+    free(pa);
+    free(pb);
+    return m;
+}
+
+/* Are the two files byte for byte the same? */
+static int same_file(const char *a, const char *b) {
+    size_t na, nb;
+    char *x = ldm_read_file(a, &na), *y = ldm_read_file(b, &nb);
+    ck_assert_msg(x && y, "%s", ldm_last_error());
+    int same = na == nb && memcmp(x, y, na) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
+/* The latent of a --save-latent file must be bit-identical / differ. */
+static int same_latent(const char *a, const char *b) {
+    int64_t na, nb;
+    float *x = read_f32(a, "latent", &na), *y = read_f32(b, "latent", &nb);
+    int same = na == nb && memcmp(x, y, (size_t)na * sizeof *x) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
+/* A string from the metadata of an io file (malloc'd), NULL if absent. */
+static char *meta_opt(const char *io, const char *key) {
+    StFile f;
+    ck_assert_msg(st_open(&f, io) == 0, "%s", ldm_last_error());
+    const char *v = st_metadata(&f, key);
+    char *s = v ? ldm_xstrdup(v) : NULL;
+    st_close(&f);
+    return s;
+}
+
+/* The same, required. */
+static char *meta(const char *io, const char *key) {
+    char *s = meta_opt(io, key);
+    ck_assert_msg(s, "%s: no metadata '%s'", io, key);
+    return s;
+}
+
+/* tolerance[name].max_abs of an io file. */
+static double tolerance(const char *io, const char *name) {
+    char *tj = meta(io, "tolerance");
+    json_error_t err;
+    json_t *j = json_loads(tj, 0, &err);
+    ck_assert_msg(json_is_object(j), "%s: tolerance: %s", io, err.text);
+    json_t *m = json_object_get(json_object_get(j, name), "max_abs");
+    ck_assert_msg(json_is_number(m), "%s: no tolerance[%s].max_abs", io, name);
+    double v = json_number_value(m);
+    json_decref(j);
+    free(tj);
+    return v;
+}
+
+/* ------------------------------------------------------------------------
+ * goldens, end to end
+ * ------------------------------------------------------------------------ */
+
+typedef struct Case {
+    const char *io;        /* under goldens/sd1-tiny/ */
+    const char *png;       /* golden PNG under goldens/sd1-tiny/ */
+    const char *sampler;   /* --sampler */
+    const char *noise;     /* tensor fed as --init-noise */
+    int fp16;              /* on the F16 checkpoint */
+    int img2img;           /* --init-image img2img_input.png --strength <metadata> */
+} Case;
+
+static const Case k_cases[] = {
+    {"txt2img_ddim.io.safetensors", "txt2img_ddim.png", "ddim", "x_T", 0, 0},
+    {"txt2img_plms.io.safetensors", "txt2img_plms.png", "plms", "x_T", 0, 0},
+    {"txt2img_euler.io.safetensors", "txt2img_euler.png", "euler", "x_T", 0, 0},
+    {"txt2img_dpmpp2m.io.safetensors", "txt2img_dpmpp2m.png", "dpmpp_2m", "x_T", 0, 0},
+    {"img2img_ddim.io.safetensors", "img2img_ddim.png", "ddim", "noise", 0, 1},
+    {"fp16/txt2img_ddim.io.safetensors", "txt2img_ddim.png", "ddim", "x_T", 1, 0},
+};
+#define N_CASES ((int)(sizeof k_cases / sizeof k_cases[0]))
+
+START_TEST(test_golden_case) {
+    const Case *c = &k_cases[_i];
+    char rel[256];
+    snprintf(rel, sizeof rel, "goldens/sd1-tiny/%s", c->io);
+    const char *io = shared(rel);
+    char *prompt = meta(io, "prompt"), *uncond = meta(io, "uncond_prompt"), *steps = meta(io, "steps");
+    /* img2img_ddim states the scale only in its `reference` */
+    char *scale = meta_opt(io, "guidance_scale");
+    if (!scale) {
+        char *ref = meta(io, "reference");
+        ck_assert_msg(strstr(ref, "unconditional_guidance_scale=7.5"), "%s: no guidance scale in the metadata", io);
+        free(ref);
+        scale = ldm_xstrdup("7.5");
+    }
+    const char *schedule = NULL;
+    if (!strcmp(c->sampler, "euler") || !strcmp(c->sampler, "dpmpp_2m")) {
+        char *ss = meta(io, "sigma_schedule");
+        schedule = strstr(ss, "karras") ? "karras" : "discrete";
+        free(ss);
+    }
+    const char *noise = tmp("noise-%d.safetensors", _i), *latent = tmp("latent-%d.safetensors", _i);
+    const char *png = tmp("out-%d.png", _i);
+    write_noise_from(io, c->noise, noise);
+    const char *weights = model_path();
+    if (c->fp16) {
+        ck_assert_msg(g_fp16[0], "ldmc convert --dtype f16 failed:\n%s", g_fp16_log ? g_fp16_log : "(not run)");
+        weights = g_fp16;
+    }
+    char *strength = c->img2img ? meta(io, "strength") : NULL;
+    char *out;
+    if (c->img2img)
+        out = run_expect(1, weights, "--prompt", prompt, "--negative-prompt", uncond, "--steps", steps, "--cfg-scale",
+                         scale, "--sampler", c->sampler, "--init-noise", noise, "--init-image",
+                         shared("goldens/sd1-tiny/img2img_input.png"), "--strength", strength, "--save-latent", latent,
+                         "-o", png, NULL);
+    else if (schedule)
+        out = run_expect(1, weights, "--prompt", prompt, "--negative-prompt", uncond, "--steps", steps, "--cfg-scale",
+                         scale, "--sampler", c->sampler, "--schedule", schedule, "--init-noise", noise,
+                         "--save-latent", latent, "-o", png, NULL);
+    else
+        out = run_expect(1, weights, "--prompt", prompt, "--negative-prompt", uncond, "--steps", steps, "--cfg-scale",
+                         scale, "--sampler", c->sampler, "--init-noise", noise, "--save-latent", latent, "-o", png,
+                         NULL);
+    /* the summary is printed (stderr is not a terminal here: plain lines) */
+    ck_assert_msg(strstr(out, "peak memory") && strstr(out, "step 1/"), "no progress/summary in:\n%s", out);
+    free(out);
+
+    int64_t n, ng;
+    float *ours = read_f32(latent, "latent", &n), *gold = read_f32(io, "latent", &ng);
+    ck_assert_int_eq(n, ng);
+    double d = max_abs_diff(ours, gold, n), tol = tolerance(io, "latent");
+    snprintf(rel, sizeof rel, "goldens/sd1-tiny/%s", c->png);
+    int pd = png_max_diff(png, shared(rel));
+    printf("txt2img: %-34s latent max|ours - golden| = %.3g (tolerance %.3g), PNG max diff %d\n", c->io, d, tol, pd);
+    fflush(stdout);
+    ck_assert_msg(d <= tol, "%s: latent max |ours - golden| = %.6g > %.6g", c->io, d, tol);
+    ck_assert_msg(pd <= 1, "%s: PNG differs from the golden by %d levels (at most 1 allowed)", c->io, pd);
+    free(ours);
+    free(gold);
+    free(prompt);
+    free(uncond);
+    free(steps);
+    free(scale);
+    free(strength);
+}
+END_TEST
+
+/* The tokens the executable feeds its text encoder are the golden ones. */
+START_TEST(test_golden_tokens) {
+    ClipTokenizer *t = clip_tokenizer_load(shared("clip/bpe_simple_vocab_16e6.txt.gz"));
+    ck_assert_msg(t, "%s", ldm_last_error());
+    for (int i = 0; i < N_CASES; i++) {
+        char rel[256];
+        snprintf(rel, sizeof rel, "goldens/sd1-tiny/%s", k_cases[i].io);
+        const char *io = shared(rel);
+        const char *keys[2][2] = {{"prompt", "cond_tokens"}, {"uncond_prompt", "uncond_tokens"}};
+        for (int k = 0; k < 2; k++) {
+            char *p = meta(io, keys[k][0]);
+            int32_t ids[CLIP_CONTEXT_LENGTH], want[CLIP_CONTEXT_LENGTH];
+            ck_assert_msg(clip_tokenize(t, p, ids, NULL) == 0, "%s", ldm_last_error());
+            StFile f;
+            ck_assert_msg(st_open(&f, io) == 0, "%s", ldm_last_error());
+            const StTensor *g = st_find(&f, keys[k][1]);
+            ck_assert_msg(g && g->numel == CLIP_CONTEXT_LENGTH, "%s: no %s", io, keys[k][1]);
+            ck_assert(st_to_i32(g, want) == 0);
+            for (int j = 0; j < CLIP_CONTEXT_LENGTH; j++)
+                ck_assert_msg(ids[j] == want[j], "%s: %s of '%s': id %d is %d, golden %d", io, keys[k][1], p, j,
+                              ids[j], want[j]);
+            st_close(&f);
+            free(p);
+        }
+    }
+    clip_tokenizer_free(t);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------
+ * seeds
+ * ------------------------------------------------------------------------ */
+
+/* --seed 42 draws torch.manual_seed(42); torch.randn(1, 4, 16, 16) (CPU
+ * and CUDA generators), and feeding that noise back gives the same run. */
+START_TEST(test_seed_draws_torch_noise) {
+    static const char *rngs[2] = {"cpu", "cuda"};
+    static const char *files[2] = {"goldens/torch_randn/randn.io.safetensors",
+                                   "goldens/torch_randn/randn_cuda.io.safetensors"};
+    char *cases = meta(shared(files[_i]), "cases");
+    ck_assert_msg(strstr(cases, "\"case0\", \"seed\": 42, \"shape\": [1, 4, 16, 16]"), "case0 is not seed 42 [1,4,16,16]: %s",
+                  cases);
+    free(cases);
+    const char *lat = tmp("seed-%s.safetensors", rngs[_i]), *png = tmp("seed-%s.png", rngs[_i]);
+    free(run_expect(1, model_path(), "--prompt", "a cat", "--steps", "2", "--seed", "42", "--rng", rngs[_i],
+                    "--save-latent", lat, "-o", png, "--quiet", NULL));
+    int64_t n, ng;
+    float *ours = read_f32(lat, "noise", &n), *gold = read_f32(shared(files[_i]), "case0.noise", &ng);
+    ck_assert_int_eq(n, ng);
+    double d = max_abs_diff(ours, gold, n);
+    ck_assert_msg(d <= 1e-6, "--rng %s --seed 42: x_T differs from torch's by %g", rngs[_i], d);
+    free(ours);
+    free(gold);
+
+    /* the same x_T through --init-noise (another seed: nothing else is drawn by DDIM eta 0) */
+    const char *noise = tmp("seed-noise-%s.safetensors", rngs[_i]), *lat2 = tmp("seed2-%s.safetensors", rngs[_i]);
+    write_noise_from(shared(files[_i]), "case0.noise", noise);
+    free(run_expect(1, model_path(), "--prompt", "a cat", "--steps", "2", "--seed", "7", "--init-noise", noise,
+                    "--save-latent", lat2, "-o", tmp("seed2-%s.png", rngs[_i]), "--quiet", NULL));
+    ck_assert_msg(same_latent(lat, lat2), "--init-noise with the seed's noise gave another latent");
+}
+END_TEST
+
+/* ------------------------------------------------------------------------
+ * properties of the paths without goldens
+ * ------------------------------------------------------------------------ */
+
+/* DDIM with --eta 0 is the plain DDIM of the golden. */
+START_TEST(test_eta0_is_ddim) {
+    const char *io = shared("goldens/sd1-tiny/txt2img_ddim.io.safetensors");
+    char *prompt = meta(io, "prompt");
+    const char *noise = tmp("eta0-noise.safetensors"), *lat = tmp("eta0.safetensors");
+    write_noise_from(io, "x_T", noise);
+    free(run_expect(1, model_path(), "--prompt", prompt, "--steps", "10", "--eta", "0", "--sampler", "ddim",
+                    "--init-noise", noise, "--save-latent", lat, "-o", tmp("eta0.png"), "--quiet", NULL));
+    int64_t n, ng;
+    float *ours = read_f32(lat, "latent", &n), *gold = read_f32(io, "latent", &ng);
+    ck_assert_int_eq(n, ng);
+    double d = max_abs_diff(ours, gold, n), tol = tolerance(io, "latent");
+    ck_assert_msg(d <= tol, "--eta 0: latent max |ours - golden DDIM| = %g > %g", d, tol);
+    free(ours);
+    free(gold);
+    free(prompt);
+}
+END_TEST
+
+/* A stochastic sampler (DDIM eta > 0, euler_a): the same seed gives the
+ * same image, another seed another one, and the per-step noise matters
+ * (same x_T, other seed: other latent). */
+static void check_stochastic(const char *tag, const char *sampler, const char *eta) {
+    const char *a = tmp("%s-a.safetensors", tag), *b = tmp("%s-b.safetensors", tag);
+    const char *c = tmp("%s-c.safetensors", tag), *d = tmp("%s-d.safetensors", tag);
+    const char *pa = tmp("%s-a.png", tag), *pb = tmp("%s-b.png", tag);
+#define RUN(seed, extra1, extra2, lat, png)                                                                         \
+    free(run_expect(1, model_path(), "--prompt", "a red fox", "--steps", "4", "--sampler", sampler, "--seed", seed, \
+                    "--save-latent", lat, "-o", png, "--quiet", eta ? "--eta" : NULL, eta, extra1, extra2, NULL))
+    RUN("11", NULL, NULL, a, pa);
+    RUN("11", NULL, NULL, b, pb);
+    ck_assert_msg(same_latent(a, b), "%s: seed 11 twice gave two latents", tag);
+    ck_assert_msg(same_file(pa, pb), "%s: seed 11 twice gave two PNGs", tag);
+    RUN("12", NULL, NULL, c, tmp("%s-c.png", tag));
+    ck_assert_msg(!same_latent(a, c), "%s: seeds 11 and 12 gave the same latent", tag);
+    /* x_T of seed 11 but the per-step noise of seed 12 */
+    const char *noise = tmp("%s-noise.safetensors", tag);
+    int64_t n;
+    float *x = read_f32(a, "noise", &n);
+    StWriter *w = st_writer_new();
+    int64_t shape[4] = {1, 4, 16, 16};
+    st_writer_add(w, "noise", ST_F32, 4, shape, x);
+    ck_assert(st_writer_save(w, noise) == 0);
+    st_writer_free(w);
+    free(x);
+    if (eta) {
+        free(run_expect(1, model_path(), "--prompt", "a red fox", "--steps", "4", "--sampler", sampler, "--seed", "12",
+                        "--eta", eta, "--init-noise", noise, "--save-latent", d, "-o", tmp("%s-d.png", tag), "--quiet",
+                        NULL));
+    } else {
+        free(run_expect(1, model_path(), "--prompt", "a red fox", "--steps", "4", "--sampler", sampler, "--seed", "12",
+                        "--init-noise", noise, "--save-latent", d, "-o", tmp("%s-d.png", tag), "--quiet", NULL));
+    }
+    ck_assert_msg(!same_latent(a, d), "%s: the per-step noise of the seed is not used", tag);
+    /* --init-noise replaces x_T but the generator still moves past it: seed
+     * 11 with its own x_T given as a file is the plain seed 11 run */
+    const char *e = tmp("%s-e.safetensors", tag);
+    if (eta) {
+        free(run_expect(1, model_path(), "--prompt", "a red fox", "--steps", "4", "--sampler", sampler, "--seed", "11",
+                        "--eta", eta, "--init-noise", noise, "--save-latent", e, "-o", tmp("%s-e.png", tag), "--quiet",
+                        NULL));
+    } else {
+        free(run_expect(1, model_path(), "--prompt", "a red fox", "--steps", "4", "--sampler", sampler, "--seed", "11",
+                        "--init-noise", noise, "--save-latent", e, "-o", tmp("%s-e.png", tag), "--quiet", NULL));
+    }
+    ck_assert_msg(same_latent(a, e), "%s: --init-noise changed the per-step noise of the seed", tag);
+#undef RUN
+}
+
+START_TEST(test_eta_deterministic) { check_stochastic("eta", "ddim", "0.8"); }
+END_TEST
+
+START_TEST(test_euler_a_deterministic) { check_stochastic("eula", "euler_a", NULL); }
+END_TEST
+
+/* Inpainting by latent blending: the known (black) half of the mask ends
+ * as exactly the init image's latent, which is the golden init_latent of
+ * img2img_ddim (same image); the white half is repainted. */
+START_TEST(test_inpaint_keeps_known_region) {
+    const char *mask = tmp("mask.png");
+    uint8_t *rgb = ldm_xcalloc(128 * 128 * 3, 1);
+    for (int y = 0; y < 128; y++)
+        for (int x = 64; x < 128; x++) memset(rgb + (y * 128 + x) * 3, 255, 3);
+    ck_assert(ldm_png_write_rgb8(mask, rgb, 128, 128) == 0);
+    free(rgb);
+    static const char *samplers[2] = {"ddim", "euler_a"};
+    const char *io = shared("goldens/sd1-tiny/img2img_ddim.io.safetensors");
+    const char *lat = tmp("inpaint-%s.safetensors", samplers[_i]);
+    free(run_expect(1, model_path(), "--prompt", "a fox", "--steps", "4", "--sampler", samplers[_i], "--seed", "3",
+                    "--init-image", shared("goldens/sd1-tiny/img2img_input.png"), "--strength", "1", "--mask", mask,
+                    "--save-latent", lat, "-o", tmp("inpaint-%s.png", samplers[_i]), "--quiet", NULL));
+    int64_t n, ng;
+    float *ours = read_f32(lat, "latent", &n), *x0 = read_f32(io, "init_latent", &ng);
+    ck_assert_int_eq(n, 4 * 16 * 16);
+    ck_assert_int_eq(n, ng);
+    double tol = tolerance(io, "init_latent"), known = 0, painted = 0;
+    for (int c = 0; c < 4; c++)
+        for (int y = 0; y < 16; y++)
+            for (int x = 0; x < 16; x++) {
+                int i = (c * 16 + y) * 16 + x;
+                double d = fabs((double)ours[i] - (double)x0[i]);
+                if (x < 8) known = fmax(known, d);
+                else painted = fmax(painted, d);
+            }
+    ck_assert_msg(known <= tol, "%s: known region moved by %g (> %g)", samplers[_i], known, tol);
+    ck_assert_msg(painted > 100 * tol, "%s: the masked region was not repainted (max change %g)", samplers[_i], painted);
+    free(ours);
+    free(x0);
+}
+END_TEST
+
+/* --prompts / --shard: lines, names, seeds; line 1 = the --prompt image. */
+START_TEST(test_prompts_and_shards) {
+    const char *file = tmp("prompts.txt");
+    FILE *fp = fopen(file, "wb");
+    ck_assert(fp);
+    fputs("a cat\r\n\nan owl\n  \na dog at night\n", fp); /* lines 1..5, 2 and 4 blank, CRLF on line 1 */
+    fclose(fp);
+    const char *d0 = tmp("shard0"), *d1 = tmp("shard1"), *l0 = tmp("shard0-lat");
+    char *out = run_expect(1, model_path(), "--prompts", file, "--shard", "0/2", "--steps", "2", "--seed", "100",
+                           "--save-latent", l0, "-o", d0, NULL);
+    free(out);
+    /* shard 0/2: 0-based indices 0, 2, 4 = lines 1, 3, 5; seeds 100 + line - 1 */
+    ck_assert_msg(exists(tmp("shard0/00001-100.png")), "no shard0/00001-100.png");
+    ck_assert_msg(exists(tmp("shard0/00003-102.png")), "no shard0/00003-102.png");
+    ck_assert_msg(exists(tmp("shard0/00005-104.png")), "no shard0/00005-104.png");
+    ck_assert_msg(exists(tmp("shard0-lat/00003-102.safetensors")), "no latent for line 3");
+    /* shard 1/2: indices 1, 3 = lines 2, 4, both blank: nothing, success */
+    free(run_expect(1, model_path(), "--prompts", file, "--shard", "1/2", "--steps", "2", "--seed", "100", "-o", d1,
+                    NULL));
+    ck_assert_msg(!exists(tmp("shard1/00002-101.png")) && !exists(tmp("shard1/00004-103.png")),
+                  "blank lines made images");
+    /* line 1 with seed 100 is `--prompt "a cat" --seed 100`; line 3 is `--prompt "an owl" --seed 102` */
+    free(run_expect(1, model_path(), "--prompt", "a cat", "--steps", "2", "--seed", "100", "-o", tmp("single1.png"),
+                    "--quiet", NULL));
+    free(run_expect(1, model_path(), "--prompt", "an owl", "--steps", "2", "--seed", "102", "--save-latent",
+                    tmp("single3.safetensors"), "-o", tmp("single3.png"), "--quiet", NULL));
+    ck_assert_msg(same_file(tmp("single1.png"), tmp("shard0/00001-100.png")), "line 1 differs from --prompt");
+    ck_assert_msg(same_file(tmp("single3.png"), tmp("shard0/00003-102.png")), "line 3 differs from --prompt");
+    ck_assert_msg(same_latent(tmp("single3.safetensors"), tmp("shard0-lat/00003-102.safetensors")),
+                  "line 3 latent differs from --prompt");
+    ck_assert_msg(!same_file(tmp("shard0/00001-100.png"), tmp("shard0/00005-104.png")), "lines 1 and 5 are the same image");
+}
+END_TEST
+
+/* ------------------------------------------------------------------------
+ * bad input
+ * ------------------------------------------------------------------------ */
+
+/* Write n bytes of text to a scratch file; returns its path. */
+static const char *write_file(const char *name, const char *text, size_t n) {
+    const char *p = tmp("%s", name);
+    FILE *fp = fopen(p, "wb");
+    ck_assert(fp);
+    fwrite(text, 1, n, fp);
+    fclose(fp);
+    return p;
+}
+
+/* No file of the scratch directory starts with `prefix` (no output, no
+ * temporary left behind). */
+static void assert_no_output(const char *prefix) {
+    DIR *d = opendir(g_dir);
+    ck_assert(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        ck_assert_msg(strncmp(e->d_name, prefix, strlen(prefix)) != 0, "'%s' was left in %s", e->d_name, g_dir);
+    closedir(d);
+}
+
+typedef struct Bad {
+    const char *label;      /* what is wrong */
+    const char *weights;    /* "model", "fp16", "ldm", "missing", "garbage" or NULL (not given) */
+    const char *args[14];   /* extra arguments ("$IMG", "$SMALL", "$GARBAGE", "$NOISE8" are substituted) */
+    const char *expect;     /* a substring of the message */
+} Bad;
+
+static const Bad k_bad[] = {
+    {"no weights flag", NULL, {"--prompt", "x"}, "--weights"},
+    {"missing weights", "missing", {"--prompt", "x"}, "no-such.safetensors"},
+    {"garbage weights", "garbage", {"--prompt", "x"}, "garbage.safetensors"},
+    {"another config's checkpoint", "ldm", {"--prompt", "x"}, "built for"},
+    {"missing vocab", "model", {"--vocab", "$GARBAGE_DIR/none.txt.gz", "--prompt", "x"}, "none.txt.gz"},
+    {"bad vocab", "model", {"--vocab", "$GARBAGE", "--prompt", "x"}, "garbage.safetensors"},
+    {"bad init image", "model", {"--prompt", "x", "--init-image", "$GARBAGE"}, "garbage.safetensors"},
+    {"init image of the wrong size", "model", {"--prompt", "x", "--init-image", "$SMALL"}, "expected 128x128"},
+    {"mask of the wrong size", "model", {"--prompt", "x", "--init-image", "$IMG", "--mask", "$SMALL"}, "expected 128x128"},
+    {"mask without init image", "model", {"--prompt", "x", "--mask", "$IMG"}, "--init-image"},
+    {"strength 0", "model", {"--prompt", "x", "--init-image", "$IMG", "--strength", "0"}, "--strength"},
+    {"strength 1.5", "model", {"--prompt", "x", "--init-image", "$IMG", "--strength", "1.5"}, "--strength"},
+    {"strength text", "model", {"--prompt", "x", "--init-image", "$IMG", "--strength", "lots"}, "--strength"},
+    {"strength without image", "model", {"--prompt", "x", "--strength", "0.5"}, "--init-image"},
+    {"strength too small for the steps", "model", {"--prompt", "x", "--init-image", "$IMG", "--strength", "0.01"}, "strength"},
+    {"shard N/N", "model", {"--prompts", "$GARBAGE", "--shard", "2/2"}, "--shard"},
+    {"shard syntax", "model", {"--prompts", "$GARBAGE", "--shard", "1"}, "--shard"},
+    {"shard negative", "model", {"--prompts", "$GARBAGE", "--shard", "-1/2"}, "--shard"},
+    {"shard without prompts", "model", {"--prompt", "x", "--shard", "0/2"}, "--prompts"},
+    {"prompt and prompts", "model", {"--prompt", "x", "--prompts", "$GARBAGE"}, "exclude"},
+    {"no prompt", "model", {"--steps", "2"}, "--prompt"},
+    {"missing prompts file", "model", {"--prompts", "$GARBAGE_DIR/none.txt"}, "none.txt"},
+    {"unknown option", "model", {"--prompt", "x", "--colour", "red"}, "--colour"},
+    {"stray argument", "model", {"--prompt", "x", "y"}, "'y'"},
+    {"steps 0", "model", {"--prompt", "x", "--steps", "0"}, "--steps"},
+    {"steps text", "model", {"--prompt", "x", "--steps", "ten"}, "--steps"},
+    {"steps the schedule cannot make", "model", {"--prompt", "x", "--steps", "3"}, "3"},
+    {"unknown sampler", "model", {"--prompt", "x", "--sampler", "heun"}, "heun"},
+    {"unknown schedule", "model", {"--prompt", "x", "--sampler", "euler", "--schedule", "cosine"}, "cosine"},
+    {"schedule for ddim", "model", {"--prompt", "x", "--schedule", "karras"}, "--schedule"},
+    {"eta for plms", "model", {"--prompt", "x", "--sampler", "plms", "--eta", "0.5"}, "--eta"},
+    {"negative eta", "model", {"--prompt", "x", "--eta", "-1"}, "--eta"},
+    {"cfg scale nan", "model", {"--prompt", "x", "--cfg-scale", "nan"}, "--cfg-scale"},
+    {"negative seed", "model", {"--prompt", "x", "--seed", "-1"}, "--seed"},
+    {"seed too large", "model", {"--prompt", "x", "--seed", "18446744073709551616"}, "--seed"},
+    {"unknown rng", "model", {"--prompt", "x", "--rng", "gpu"}, "--rng"},
+    {"flag without value", "model", {"--prompt", "x", "--steps"}, "--steps"},
+    {"init noise without 'noise'", "model", {"--prompt", "x", "--init-noise", "$RANDN"}, "'noise'"},
+    {"init noise of the wrong shape", "model", {"--prompt", "x", "--init-noise", "$NOISE8"}, "[1, 4, 8, 8]"},
+    {"invalid UTF-8 prompt", "model", {"--prompt", "caf\xe9"}, "UTF-8"},
+    {"output directory missing", "model", {"--prompt", "x", "--steps", "2", "-o", "$GARBAGE_DIR/no/dir/bad-out.png"}, "bad-out.png"},
+};
+#define N_BAD ((int)(sizeof k_bad / sizeof k_bad[0]))
+
+START_TEST(test_bad_input) {
+    const Bad *b = &k_bad[_i];
+    /* inputs the cases refer to */
+    const char *garbage = write_file("garbage.safetensors", "this is not a file of any of those kinds\n", 41);
+    const char *small = tmp("small.png");
+    uint8_t px[64 * 64 * 3] = {0};
+    ck_assert(ldm_png_write_rgb8(small, px, 64, 64) == 0);
+    const char *noise8 = tmp("noise8.safetensors");
+    float z[4 * 8 * 8] = {0};
+    int64_t shape[4] = {1, 4, 8, 8};
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "noise", ST_F32, 4, shape, z);
+    ck_assert(st_writer_save(w, noise8) == 0);
+    st_writer_free(w);
+
+    const char *weights = NULL;
+    if (!b->weights) weights = NULL;
+    else if (!strcmp(b->weights, "model")) weights = model_path();
+    else if (!strcmp(b->weights, "ldm")) weights = shared("goldens/ldm-vq4-tiny/model.safetensors");
+    else if (!strcmp(b->weights, "missing")) weights = tmp("no-such.safetensors");
+    else if (!strcmp(b->weights, "garbage")) weights = garbage;
+
+    char *argv[MAX_ARGS];
+    char subst[14][600];
+    int k = 0;
+    argv[k++] = (char *)exe();
+    if (weights) {
+        argv[k++] = "--weights";
+        argv[k++] = (char *)weights;
+    }
+    int has_vocab = 0;
+    for (int i = 0; b->args[i]; i++)
+        if (!strcmp(b->args[i], "--vocab")) has_vocab = 1;
+    if (!has_vocab) {
+        argv[k++] = "--vocab";
+        argv[k++] = (char *)shared("clip/bpe_simple_vocab_16e6.txt.gz");
+    }
+    argv[k++] = "-o";
+    argv[k++] = (char *)tmp("bad-out.png");
+    argv[k++] = "--save-latent";
+    argv[k++] = (char *)tmp("bad-latent.safetensors");
+    for (int i = 0; b->args[i]; i++) {
+        const char *a = b->args[i];
+        if (!strcmp(a, "$GARBAGE")) a = garbage;
+        else if (!strcmp(a, "$SMALL")) a = small;
+        else if (!strcmp(a, "$NOISE8")) a = noise8;
+        else if (!strcmp(a, "$IMG")) a = shared("goldens/sd1-tiny/img2img_input.png");
+        else if (!strcmp(a, "$RANDN")) a = shared("goldens/torch_randn/randn.io.safetensors");
+        else if (!strncmp(a, "$GARBAGE_DIR", 12)) {
+            snprintf(subst[i], sizeof subst[i], "%s%s", g_dir, a + 12);
+            a = subst[i];
+        }
+        argv[k++] = (char *)a;
+    }
+    argv[k] = NULL;
+    char *out;
+    int rc = run_argv(argv, &out);
+    ck_assert_msg(rc != 0 && rc < 128, "%s: expected a clean failure, got status %d:\n%s", b->label, rc, out);
+    ck_assert_msg(strstr(out, "error") && strstr(out, b->expect), "%s: the message does not mention '%s':\n%s",
+                  b->label, b->expect, out);
+    ck_assert_msg(!strstr(out, "AddressSanitizer") && !strstr(out, "runtime error"), "%s: sanitizer report:\n%s",
+                  b->label, out);
+    assert_no_output("bad-");
+    free(out);
+}
+END_TEST
+
+START_TEST(test_help) {
+    char *argv[] = {(char *)exe(), "--help", NULL};
+    char *out;
+    int rc = run_argv(argv, &out);
+    ck_assert_msg(rc == 0, "--help failed (%d):\n%s", rc, out);
+    ck_assert_msg(strstr(out, "--prompt") && strstr(out, "--shard K/N") && strstr(out, "128x128"), "help:\n%s", out);
+    free(out);
+}
+END_TEST
+
+/* Linked statically: no PT_INTERP program header (sanitized builds are
+ * dynamic on purpose). */
+START_TEST(test_static) {
+    if (T2I_SAN) return;
+    size_t n;
+    char *elf = ldm_read_file(exe(), &n);
+    ck_assert_msg(elf && n > sizeof(Elf64_Ehdr), "cannot read %s", exe());
+    const Elf64_Ehdr *eh = (const Elf64_Ehdr *)(const void *)elf;
+    ck_assert(memcmp(eh->e_ident, ELFMAG, SELFMAG) == 0 && eh->e_ident[EI_CLASS] == ELFCLASS64);
+    int interp = 0;
+    for (int i = 0; i < eh->e_phnum; i++) {
+        const Elf64_Phdr *ph = (const Elf64_Phdr *)(const void *)(elf + eh->e_phoff + (size_t)i * eh->e_phentsize);
+        if (ph->p_type == PT_INTERP) interp = 1;
+    }
+    ck_assert_msg(!interp, "%s has a program interpreter: not linked statically", exe());
+    free(elf);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------
+ * progress output and the timing summary (runtime/pipeline.c, in process)
+ * ------------------------------------------------------------------------ */
+
+static char *progress_text(LdmProgressMode mode, int steps) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *fp = open_memstream(&buf, &len);
+    ck_assert(fp);
+    LdmProgress p;
+    ldm_progress_start(&p, fp, mode, "sampling", 4);
+    for (int i = 0; i < steps; i++) ldm_progress_step(&p);
+    ldm_progress_finish(&p);
+    ck_assert_int_eq(p.done, steps);
+    for (int i = 0; i < steps; i++) ck_assert(p.step_seconds[i] >= 0);
+    ldm_progress_free(&p);
+    fclose(fp);
+    return buf;
+}
+
+START_TEST(test_progress_modes) {
+    char *bar = progress_text(LDM_PROGRESS_BAR, 4);
+    ck_assert_msg(strstr(bar, "\rsampling 0/4 |") && strstr(bar, "\rsampling 2/4 |############............| ") &&
+                      strstr(bar, "\rsampling 4/4 |########################| ") && strstr(bar, " s/it, ETA ") &&
+                      bar[strlen(bar) - 1] == '\n' && !strchr(bar, '\n')[1],
+                  "bar output: '%s'", bar);
+    free(bar);
+    char *lines = progress_text(LDM_PROGRESS_LINES, 4);
+    int n = 0;
+    for (const char *c = lines; *c; c++) n += *c == '\n';
+    ck_assert_msg(n == 4 && !strchr(lines, '\r') && strstr(lines, "sampling step 1/4, ") &&
+                      strstr(lines, "sampling step 4/4, ") && strstr(lines, " s/it, ETA 0.0 s\n"),
+                  "plain lines: '%s'", lines);
+    free(lines);
+    char *quiet = progress_text(LDM_PROGRESS_QUIET, 4);
+    ck_assert_msg(quiet[0] == 0, "quiet output: '%s'", quiet);
+    free(quiet);
+    /* a file is not a terminal */
+    FILE *f = tmpfile();
+    ck_assert(f);
+    ck_assert_int_eq(ldm_progress_mode(f, 0), LDM_PROGRESS_LINES);
+    ck_assert_int_eq(ldm_progress_mode(f, 1), LDM_PROGRESS_QUIET);
+    fclose(f);
+}
+END_TEST
+
+START_TEST(test_times_summary) {
+    LdmTimes t;
+    memset(&t, 0, sizeof t);
+    ldm_times_add(&t, "load weights", 1.5);
+    ldm_times_add(&t, "text encode", 0.25);
+    ldm_times_add(&t, "text encode", 0.25);
+    double steps[3] = {2.0, 3.0, 4.0};
+    ldm_times_add_steps(&t, steps, 3);
+    ldm_times_add(&t, "decode", 0.5);
+    t.images = 1;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *fp = open_memstream(&buf, &len);
+    ldm_times_print(&t, fp);
+    fclose(fp);
+    static const char *want[] = {"timing (1 image):\n", "  load weights       1.500 s\n",
+                                 "  text encode        0.500 s  (2 x 0.250 s)\n", "  decode             0.500 s\n",
+                                 "  sampling           9.000 s  (3 steps, 3.000 s/step, min 2.000, max 4.000)\n",
+                                 "  each step      2.000 3.000 4.000 s\n", "  total             11.500 s\n",
+                                 "peak memory (RSS): "};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        ck_assert_msg(strstr(buf, want[i]), "summary lacks '%s':\n%s", want[i], buf);
+    ck_assert_msg(strstr(buf, "load weights") < strstr(buf, "text encode") &&
+                      strstr(buf, "text encode") < strstr(buf, "decode"), "stages out of order:\n%s", buf);
+    free(buf);
+    ldm_times_free(&t);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------
+ * ldmc pipeline
+ * ------------------------------------------------------------------------ */
+
+static char *ldmc_pipeline(int *rc, const char *out, const char *d1, const char *d2, const char *d3) {
+    char ldmc[300];
+    snprintf(ldmc, sizeof ldmc, "%s/ldmc", test_build_dir());
+    char *argv[] = {ldmc, "pipeline", "--config", (char *)shared("goldens/sd1-tiny/config.yaml"), "-o", (char *)out,
+                    "-D", (char *)d1, "-D", (char *)d2, d3 ? "-D" : NULL, (char *)d3, NULL};
+    char *text;
+    *rc = run_argv(argv, &text);
+    return text;
+}
+
+START_TEST(test_ldmc_pipeline) {
+    int rc;
+    const char *c = tmp("pipe.c");
+    char *out = ldmc_pipeline(&rc, c, "H=128", "W=96", NULL);
+    ck_assert_msg(rc == 0, "ldmc pipeline failed:\n%s", out);
+    free(out);
+    size_t n;
+    char *text = ldm_read_file(c, &n);
+    ck_assert(text);
+    /* the values of goldens/sd1-tiny/config.yaml and its README section */
+    static const char *want[] = {".H = 128,", ".W = 96,", ".f = 8,", ".latent_channels = 4,", ".latent_h = 16,",
+                                 ".latent_w = 12,", ".unet_in_channels = 4,", ".linear_start = 0.00084999999999999995,",
+                                 ".linear_end = 0.012,", ".timesteps = 1000,", ".scale_factor = 0.18215000000000001,",
+                                 ".conditioning_key = \"crossattn\",", ".first_stage = \"kl\",", ".context_length = 77,",
+                                 ".context_dim = 64,", ".vocab_size = 49408,", "const LdmPipelineConfig ldm_pipeline_config"};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        ck_assert_msg(strstr(text, want[i]), "ldmc pipeline output lacks '%s':\n%s", want[i], text);
+    free(text);
+    /* a config override and the defaults of LatentDiffusion */
+    out = ldmc_pipeline(&rc, c, "H=128", "W=128", "model.params.scale_factor=null");
+    ck_assert_msg(rc == 0, "ldmc pipeline failed:\n%s", out);
+    free(out);
+    text = ldm_read_file(c, &n);
+    ck_assert_msg(strstr(text, ".scale_factor = 1,"), "scale_factor default is not 1.0:\n%s", text);
+    free(text);
+    /* errors */
+    static const char *bad[][3] = {{"H=100", "W=128", "multiples of 8"},
+                                   {"H=128", "W=0", "-D W"},
+                                   {"H=128", "Q=1", "unknown parameter"},
+                                   {"H=128", "model.params.parameterization=v", "parameterization"},
+                                   {"H=128", "model.params.conditioning_key=film", "conditioning_key"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *o = tmp("pipe-bad-%zu.c", i);
+        out = ldmc_pipeline(&rc, o, bad[i][0], bad[i][1], i >= 3 ? "W=128" : NULL);
+        ck_assert_msg(rc != 0 && strstr(out, bad[i][2]), "ldmc pipeline -D %s -D %s: status %d, message:\n%s",
+                      bad[i][0], bad[i][1], rc, out);
+        ck_assert_msg(!exists(o), "ldmc pipeline wrote %s despite the error", o);
+        free(out);
+    }
+}
+END_TEST
+
+Suite *suite_txt2img(void) {
+    Suite *s = suite_create("txt2img");
+    int t = T2I_SAN ? 900 : 300;
+
+    TCase *tc = tcase_create("golden");
+    tcase_add_unchecked_fixture(tc, setup_fp16, teardown_nothing);
+    tcase_set_timeout(tc, t);
+    tcase_add_loop_test(tc, test_golden_case, 0, N_CASES);
+    tcase_add_test(tc, test_golden_tokens);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("seeds");
+    tcase_add_unchecked_fixture(tc, setup_exe, teardown_nothing);
+    tcase_set_timeout(tc, t);
+    tcase_add_loop_test(tc, test_seed_draws_torch_noise, 0, 2);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("properties");
+    tcase_add_unchecked_fixture(tc, setup_exe, teardown_nothing);
+    tcase_set_timeout(tc, t);
+    tcase_add_test(tc, test_eta0_is_ddim);
+    tcase_add_test(tc, test_eta_deterministic);
+    tcase_add_test(tc, test_euler_a_deterministic);
+    tcase_add_loop_test(tc, test_inpaint_keeps_known_region, 0, 2);
+    tcase_add_test(tc, test_prompts_and_shards);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("bad_input");
+    tcase_add_unchecked_fixture(tc, setup_exe, teardown_nothing);
+    tcase_set_timeout(tc, t);
+    tcase_add_loop_test(tc, test_bad_input, 0, N_BAD);
+    tcase_add_test(tc, test_help);
+    tcase_add_test(tc, test_static);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("progress");
+    tcase_add_test(tc, test_progress_modes);
+    tcase_add_test(tc, test_times_summary);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("ldmc_pipeline");
+    tcase_add_unchecked_fixture(tc, dir_init, teardown_nothing);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_ldmc_pipeline);
+    suite_add_tcase(s, tc);
+    return s;
+}
