@@ -48,7 +48,7 @@ DEB_PACKAGES = build-essential pkg-config flex bison libopenblas-dev check libya
                zlib1g-dev libpng-dev libjansson-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all test check clean deps bench bench-quick
+.PHONY: all test check clean deps bench bench-quick demo
 .SECONDARY:
 
 all: $(BUILD)/ldmc $(RT_LIB) $(CLI_BIN)
@@ -115,9 +115,33 @@ $(BUILD)/tests/run_tests: $(TEST_OBJ) $(COMP_LIB) $(RT_LIB)
 test: all $(BUILD)/tests/run_tests
 	LDM_BUILD=$(BUILD) $(BUILD)/tests/run_tests
 
-check:
+check: deps
 	$(MAKE) test
 	$(MAKE) test SAN=1
+
+# ---- the main job: a prompt to a 512x512 image ------------------------------
+# With no checkpoint of your own, the demo makes one with RANDOM weights of
+# the real SD v1.5 shapes (ldmc randckpt; the image is noise). With a real
+# one: make demo WEIGHTS=v1-5-pruned-emaonly.safetensors VOCAB=bpe_simple_vocab_16e6.txt.gz
+DEMO_RES    ?= 512
+DEMO_STEPS  ?= 20
+DEMO_PROMPT ?= a photograph of an astronaut riding a horse
+VOCAB       ?= ../shared/clip/bpe_simple_vocab_16e6.txt.gz
+RANDOM_CKPT := $(BUILD)/sd15-random-f16.safetensors
+WEIGHTS     ?= $(RANDOM_CKPT)
+
+$(RANDOM_CKPT): | $(BUILD)/ldmc
+	@echo "making $@: RANDOM weights with the real SD v1.5 shapes (not a trained model)"
+	$(BUILD)/ldmc randckpt --config models/sd1/v1-inference.yaml --dtype f16 --seed 1 -o $@ \
+	    models/sd1/clip_text.graph models/sd1/unet.graph models/sd1/vae_encoder.graph models/sd1/vae_decoder.graph
+
+demo: deps all
+	$(MAKE) txt2img CONFIG=models/sd1/v1-inference.yaml H=$(DEMO_RES) W=$(DEMO_RES)
+	@if [ "$(WEIGHTS)" = "$(RANDOM_CKPT)" ]; then $(MAKE) --no-print-directory $(RANDOM_CKPT); fi
+	@mkdir -p $(BUILD)/demo
+	$(BUILD)/txt2img-$(DEMO_RES)x$(DEMO_RES) --weights $(WEIGHTS) --vocab $(VOCAB) \
+	    --prompt "$(DEMO_PROMPT)" --steps $(DEMO_STEPS) --seed 1 -o $(BUILD)/demo/demo-$(DEMO_RES)x$(DEMO_RES).png
+	@echo "wrote $(BUILD)/demo/demo-$(DEMO_RES)x$(DEMO_RES).png"
 
 # Benchmarks on random weights of the real SD v1.5 shapes (see tests/bench/bench.sh).
 bench: all

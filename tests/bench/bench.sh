@@ -14,7 +14,7 @@ CONFIG=models/sd1/v1-inference.yaml
 B=$BUILD/bench
 mkdir -p "$B"
 LDMC=$BUILD/ldmc
-CKPT=$B/sd15-random-f16.safetensors
+CKPT=$BUILD/sd15-random-f16.safetensors
 if [ ! -f "$CKPT" ]; then
     echo "making $CKPT (RANDOM weights with the real SD v1.5 shapes, fp16)"
     $LDMC randckpt --config $CONFIG --dtype f16 --seed 1 -o "$CKPT" models/sd1/clip_text.graph models/sd1/unet.graph \
