@@ -31,14 +31,7 @@ static LdmConvShape conv_shape(const Node *n) {
     return s;
 }
 
-/* attention: queries are processed in tiles so the score block is ~4 MB. */
-static int64_t attn_tile(const Node *n) {
-    int64_t tq = n->src[0]->shape[1], tk = n->src[1]->shape[1];
-    int64_t t = (1 << 20) / tk;
-    if (t < 1) t = 1;
-    if (t > tq) t = tq;
-    return t;
-}
+static LdmAttnShape attn_shape(const Node *n);
 
 int64_t kernel_scratch_bytes(const Node *n) {
     switch (n->op) {
@@ -49,7 +42,10 @@ int64_t kernel_scratch_bytes(const Node *n) {
     case OPK_LINEAR:
         /* linear+geglu: the full product before gating */
         return n->act == ACT_GEGLU ? 4 * node_numel(n) * 2 : 0;
-    case OPK_ATTENTION: return 4 * attn_tile(n) * n->src[1]->shape[1];
+    case OPK_ATTENTION: {
+        LdmAttnShape a = attn_shape(n);
+        return (int64_t)ldm_attention_scratch_bytes(&a);
+    }
     default: return 0;
     }
 }
@@ -326,47 +322,27 @@ static void k_softmax(const Node *n, FILE *fp) {
     E("    }\n}\n");
 }
 
-static void k_attention(const Node *n, FILE *fp) {
+static LdmAttnShape attn_shape(const Node *n) {
     const Node *q = n->src[0], *k = n->src[1], *v = n->src[2];
-    int64_t B = q->shape[0], Tq = q->shape[1], Tk = k->shape[1], C = q->shape[2], Cv = v->shape[2];
-    int64_t H = n->heads, d = C / H, dv = Cv / H, TQ = attn_tile(n);
-    E("static void n%d_attention(const float *restrict q, const float *restrict k, const float *restrict v, float *restrict y, "
-      "float *restrict s) {\n", n->id);
-    E("    /* per batch and head h (channels h*%lld .. h*%lld+%lld), queries in tiles of %lld:\n", (long long)d,
-      (long long)d, (long long)(d - 1), (long long)TQ);
-    E("     * s = %.9g q k^T%s, softmax over keys, y = s v */\n", n->alpha, n->causal ? " (-inf where key > query)" : "");
-    E("    for (int b = 0; b < %lld; b++)\n", (long long)B);
-    E("        for (int h = 0; h < %lld; h++)\n", (long long)H);
-    E("            for (int i0 = 0; i0 < %lld; i0 += %lld) {\n", (long long)Tq, (long long)TQ);
-    E("                const int tq = %lld - i0 < %lld ? %lld - i0 : %lld;\n", (long long)Tq, (long long)TQ,
-      (long long)Tq, (long long)TQ);
+    int B = (int)q->shape[0], Tq = (int)q->shape[1], Tk = (int)k->shape[1], C = (int)q->shape[2], Cv = (int)v->shape[2];
+    LdmAttnShape s = {B, Tq, Tk, n->heads, C / n->heads, Cv / n->heads, C, C, Cv, Cv, (long)Tq * C, (long)Tk * C,
+                      (long)Tk * Cv, (long)Tq * Cv, (float)n->alpha, n->causal};
+    return s;
+}
+
+static void k_attention(const Node *n, FILE *fp) {
+    LdmAttnShape a = attn_shape(n);
     char fa[48];
-    E("                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tq, %lld, %lld, %s,\n", (long long)Tk,
-      (long long)d, flit(n->alpha, fa, sizeof fa));
-    E("                            q + ((size_t)b * %lld + i0) * %lld + h * %lld, %lld,\n", (long long)Tq, (long long)C,
-      (long long)d, (long long)C);
-    E("                            k + (size_t)b * %lld + h * %lld, %lld, 0.0f, s, %lld);\n", (long long)(Tk * C),
-      (long long)d, (long long)C, (long long)Tk);
-    if (TQ * Tk >= PAR_MIN) E("                #pragma omp parallel for\n");
-    E("                for (int i = 0; i < tq; i++) {\n");
-    E("                    float *row = s + (size_t)i * %lld;\n", (long long)Tk);
-    if (n->causal) E("                    const int nk = i0 + i + 1; /* keys 0..query */\n");
-    else E("                    const int nk = %lld;\n", (long long)Tk);
-    E("                    float mx = row[0];\n");
-    E("                    for (int j = 1; j < nk; j++) mx = row[j] > mx ? row[j] : mx;\n");
-    E("                    float sum = 0.0f;\n");
-    E("                    for (int j = 0; j < nk; j++) { row[j] = expf(row[j] - mx); sum += row[j]; }\n");
-    E("                    const float inv = 1.0f / sum;\n");
-    E("                    for (int j = 0; j < nk; j++) row[j] *= inv;\n");
-    if (n->causal) E("                    for (int j = nk; j < %lld; j++) row[j] = 0.0f;\n", (long long)Tk);
-    E("                }\n");
-    E("                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tq, %lld, %lld, 1.0f, s, %lld,\n",
-      (long long)dv, (long long)Tk, (long long)Tk);
-    E("                            v + (size_t)b * %lld + h * %lld, %lld, 0.0f,\n", (long long)(Tk * Cv), (long long)dv,
-      (long long)Cv);
-    E("                            y + ((size_t)b * %lld + i0) * %lld + h * %lld, %lld);\n", (long long)Tq,
-      (long long)Cv, (long long)dv, (long long)Cv);
-    E("            }\n}\n");
+    E("static void n%d_attention(const float *restrict q, const float *restrict k, const float *restrict v, float *restrict y%s) {\n",
+      n->id, n->scratch_bytes ? ", float *restrict scratch" : "");
+    E("    /* fused multi-head attention (flash scheme: query tiles x key tiles, online softmax);\n");
+    E("     * %d heads of %d (q, k) / %d (v) channels, scale %s%s */\n", a.H, a.d, a.dv, flit(a.scale, fa, sizeof fa),
+      a.causal ? ", causal" : "");
+    E("    /* B Tq Tk H d dv, ldq ldk ldv ldy, batch strides q k v y, scale, causal */\n");
+    E("    static const LdmAttnShape s = {%d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %ld, %ld, %ld, %ld, %s, %d};\n", a.B, a.Tq,
+      a.Tk, a.H, a.d, a.dv, a.ldq, a.ldk, a.ldv, a.ldy, a.bsq, a.bsk, a.bsv, a.bsy, flit(a.scale, fa, sizeof fa), a.causal);
+    E("    ldm_attention(&s, q, k, v, y, %s);\n", n->scratch_bytes ? "scratch" : "NULL");
+    E("}\n");
 }
 
 static void k_upsample(const Node *n, FILE *fp) {
