@@ -48,7 +48,7 @@ DEB_PACKAGES = build-essential pkg-config flex bison libopenblas-dev check libya
                zlib1g-dev libpng-dev libjansson-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all test check clean deps bench bench-quick demo
+.PHONY: all test check clean deps bench bench-quick demo FORCE
 .SECONDARY:
 
 all: $(BUILD)/ldmc $(RT_LIB) $(CLI_BIN)
@@ -101,10 +101,14 @@ $(BUILD)/ldmc: $(BUILD)/obj/compiler/main.o $(COMP_LIB) $(RT_LIB)
 # ---- tests ----------------------------------------------------------------
 # Every tests/*.c defines one or more `Suite *suite_NAME(void)`; the runner
 # collects them all, so adding a test file needs no other edit.
-$(BUILD)/gen/suites.inc: $(TEST_SRC)
+# (rewritten only when the list changes, e.g. with another TEST_SRC)
+$(BUILD)/gen/suites.inc: $(TEST_SRC) FORCE
 	@mkdir -p $(dir $@)
 	@grep -ho '^Suite \*suite_[a-z0-9_]*(void)' $(TEST_SRC) | \
-	  sed 's/^Suite \*\(suite_[a-z0-9_]*\)(void)/SUITE(\1)/' | sort > $@.tmp && mv $@.tmp $@
+	  sed 's/^Suite \*\(suite_[a-z0-9_]*\)(void)/SUITE(\1)/' | sort > $@.tmp
+	@cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@
+
+FORCE:
 
 $(BUILD)/obj/tests/main.o: $(BUILD)/gen/suites.inc
 
@@ -215,5 +219,72 @@ $(BUILD)/$(TXT2IMG_NAME): $(BUILD)/obj/runtime/apps/txt2img.o $(TXT2IMG_GRAPHS:%
 -include $(wildcard $(TXT2IMG_DIR)/*.d)
 endif
 # ==== end of txt2img ==========================================================
+
+# ==== sample: per-resolution LDM sampling executables =======================
+#   make sample CONFIG=models/ldm/celebahq-ldm-vq-4.yaml H=256 W=256
+# builds $(BUILD)/sample-<H>x<W> (SAMPLE_NAME=... names it otherwise): DDIM
+# sampling for the LDM paper's unconditional models and, with --class N, the
+# class-conditional ones (cond stage ClassEmbedder, classifier-free guidance).
+# `ldmc pipeline` writes the config's constants to $(BUILD)/<name>.d/, and
+# `kind` there records which of the two the config is ("uncond" or "class";
+# other conditionings stop the build with a message). ldmc then compiles the
+# UNet (B=1, or B=2 = [uncond, cond] for "class"), the decoder (B=1, VQ or
+# KL) and class_embed (B=1; for "uncond" an empty table in its place), and
+# runtime/apps/sample.c + the runtime link them into one -static program
+# (dynamic with SAN=1). Config overrides: SAMPLE_DEFS='-D model.params.x=V'.
+# A change of CONFIG, H, W or SAMPLE_DEFS rebuilds.
+SAMPLE_GRAPH_DIR ?= models/ldm
+SAMPLE_NAME      ?= sample-$(H)x$(W)
+SAMPLE_DIR        = $(BUILD)/$(SAMPLE_NAME).d
+SAMPLE_GRAPHS     = unet vae_decoder class_embed
+SAMPLE_DSL        = $(wildcard models/common/*.graph models/sd1/*.graph $(SAMPLE_GRAPH_DIR)/*.graph)
+
+.PHONY: sample sample-force
+ifeq ($(and $(CONFIG),$(H),$(W)),)
+sample:
+	@echo "usage: make sample CONFIG=<config.yaml> H=<pixels> W=<pixels> [BUILD=<dir>] [SAMPLE_NAME=<name>]" >&2; exit 2
+else
+sample: $(BUILD)/$(SAMPLE_NAME)
+
+$(SAMPLE_DIR)/build.id: sample-force
+	@mkdir -p $(@D)
+	@echo '$(abspath $(CONFIG)) H=$(H) W=$(W) $(SAMPLE_DEFS)' > $@.new
+	@if cmp -s $@.new $@; then rm -f $@.new; else mv -f $@.new $@; fi
+
+$(SAMPLE_DIR)/pipeline.c: $(CONFIG) $(BUILD)/ldmc $(SAMPLE_DIR)/build.id
+	$(BUILD)/ldmc pipeline --config $(CONFIG) -D H=$(H) -D W=$(W) $(SAMPLE_DEFS) -o $@
+
+$(SAMPLE_DIR)/kind: $(SAMPLE_DIR)/pipeline.c
+	@if grep -q '^ *\.cond_stage = "ldm\.modules\.encoders\.modules\.ClassEmbedder",' $<; then echo class > $@; \
+	elif grep -q '^ *\.conditioning_key = "none",' $<; then echo uncond > $@; \
+	else echo "make sample: $(CONFIG): not an unconditional (cond_stage_config: __is_unconditional__) or" \
+	          "class-conditional (ClassEmbedder) LDM; text-conditioned models: make txt2img" >&2; exit 1; fi
+
+$(SAMPLE_DIR)/unet.c: $(SAMPLE_GRAPH_DIR)/unet.graph $(SAMPLE_DSL) $(CONFIG) $(BUILD)/ldmc $(SAMPLE_DIR)/kind
+	$(BUILD)/ldmc $< --config $(CONFIG) -D H=$(H) -D W=$(W) \
+	    -D B=$$(if [ "$$(cat $(SAMPLE_DIR)/kind)" = class ]; then echo 2; else echo 1; fi) $(SAMPLE_DEFS) -o $@
+
+$(SAMPLE_DIR)/vae_decoder.c: $(SAMPLE_GRAPH_DIR)/vae_decoder.graph $(SAMPLE_DSL) $(CONFIG) $(BUILD)/ldmc $(SAMPLE_DIR)/kind
+	$(BUILD)/ldmc $< --config $(CONFIG) -D H=$(H) -D W=$(W) -D B=1 $(SAMPLE_DEFS) -o $@
+
+$(SAMPLE_DIR)/class_embed.c: $(SAMPLE_GRAPH_DIR)/class_embed.graph $(SAMPLE_DSL) $(CONFIG) $(BUILD)/ldmc $(SAMPLE_DIR)/kind
+	@if [ "$$(cat $(SAMPLE_DIR)/kind)" = class ]; then \
+	    echo "$(BUILD)/ldmc $< --config $(CONFIG) -D H=$(H) -D W=$(W) -D B=1 $(SAMPLE_DEFS) -o $@"; \
+	    $(BUILD)/ldmc $< --config $(CONFIG) -D H=$(H) -D W=$(W) -D B=1 $(SAMPLE_DEFS) -o $@; \
+	else \
+	    printf '%s\n' '/* $(CONFIG) has no ClassEmbedder: no class_embed network (sample.c checks .forward). */' \
+	        '#include "model.h"' 'const LdmModel class_embed_model = {.name = "class_embed (none)"};' > $@; \
+	fi
+
+$(SAMPLE_DIR)/%.o: $(SAMPLE_DIR)/%.c
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/$(SAMPLE_NAME): $(BUILD)/obj/runtime/apps/sample.o $(SAMPLE_GRAPHS:%=$(SAMPLE_DIR)/%.o) \
+                         $(SAMPLE_DIR)/pipeline.o $(RT_LIB)
+	$(CC) $(TXT2IMG_STATIC) $(LDFLAGS) $^ $(TXT2IMG_LIBS) -o $@
+
+-include $(wildcard $(SAMPLE_DIR)/*.d)
+endif
+# ==== end of sample ===========================================================
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -8,6 +8,8 @@
  * safetensors file, outputs by name to another.
  */
 #include <math.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,6 +62,7 @@ int ldm_weights_load(const LdmModel *m, const StFile *f, LdmWeights *w) {
     w->n = m->n_weights;
     w->ptr = ldm_xcalloc((size_t)w->n + 1, sizeof *w->ptr);
     w->owned = ldm_xcalloc((size_t)w->n + 1, sizeof *w->owned);
+    w->mapped_bytes = ldm_xcalloc((size_t)w->n + 1, sizeof *w->mapped_bytes);
     for (int i = 0; i < m->n_weights; i++) {
         const LdmTensorInfo *want = &m->weights[i];
         const StTensor *t = st_find(f, want->name);
@@ -71,10 +74,12 @@ int ldm_weights_load(const LdmModel *m, const StFile *f, LdmWeights *w) {
         uintptr_t addr = (uintptr_t)t->data;
         if (t->dtype == ST_F32 && (addr & 3) == 0) {
             w->ptr[i] = (LdmW){t->data, LDM_W_F32}; /* used in place */
+            w->mapped_bytes[i] = t->nbytes;
             continue;
         }
         if (!need_f32 && (t->dtype == ST_F16 || t->dtype == ST_BF16) && (addr & 1) == 0) {
             w->ptr[i] = (LdmW){t->data, t->dtype == ST_F16 ? LDM_W_F16 : LDM_W_BF16};
+            w->mapped_bytes[i] = t->nbytes;
             continue;
         }
         float *buf = ldm_aligned_alloc((size_t)t->numel * sizeof(float));
@@ -97,7 +102,20 @@ void ldm_weights_free(LdmWeights *w) {
         for (int i = 0; i < w->n; i++) free(w->owned[i]);
     free(w->owned);
     free(w->ptr);
+    free(w->mapped_bytes);
     memset(w, 0, sizeof *w);
+}
+
+void ldm_weights_release(const LdmWeights *w) {
+    if (!w->mapped_bytes) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < w->n; i++) {
+        if (!w->mapped_bytes[i]) continue;
+        /* only whole pages inside the tensor: neighbours may belong to a model still in use */
+        uintptr_t lo = ((uintptr_t)w->ptr[i].p + page - 1) & ~(page - 1);
+        uintptr_t hi = ((uintptr_t)w->ptr[i].p + w->mapped_bytes[i]) & ~(page - 1);
+        if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    }
 }
 
 unsigned char *ldm_arena_new(const LdmModel *m) {
@@ -265,4 +283,48 @@ done:
     st_close(&inf);
     st_close(&wf);
     return rc;
+}
+
+/* ---- weights stored under other names -------------------------------------- */
+
+int ldm_weights_load_mapped(const LdmModel *m, const StFile *f, LdmKeyMapFn map, LdmWeights *w) {
+    if (!map) return ldm_weights_load(m, f, w);
+    memset(w, 0, sizeof *w);
+    /* Check every weight under its mapped key (so errors name the key that
+     * is really missing or wrong), then bind them through a view of f in
+     * which those tensors carry the model's names. */
+    StFile view = *f;
+    view.tensors = ldm_xcalloc((size_t)m->n_weights + 1, sizeof *view.tensors);
+    view.n_tensors = m->n_weights;
+    char buf[1024];
+    for (int i = 0; i < m->n_weights; i++) {
+        const LdmTensorInfo *want = &m->weights[i];
+        const char *key = map(want->name, buf, sizeof buf);
+        const StTensor *t = st_find(f, key);
+        LdmTensorInfo named = *want;
+        named.name = key;
+        if (check_tensor(f, t, &named, "weight") != 0) {
+            free(view.tensors);
+            return -1;
+        }
+        view.tensors[i] = *t;
+        view.tensors[i].name = (char *)want->name;
+    }
+    int rc = ldm_weights_load(m, &view, w);
+    free(view.tensors);
+    return rc;
+}
+
+const char *ldm_ema_key(const char *name, char *buf, size_t size) {
+    static const char from[] = "model.", to[] = "model_ema.";
+    if (strncmp(name, from, sizeof from - 1) != 0 || size < sizeof to) return name;
+    /* LitEma: s_name = name.replace('.', '') of the DiffusionWrapper's
+     * parameter name (the part after "model."); a key too long for buf is
+     * cut short, which no checkpoint holds: a clear "missing" error. */
+    size_t o = sizeof to - 1;
+    memcpy(buf, to, o);
+    for (const char *c = name + sizeof from - 1; *c && o + 1 < size; c++)
+        if (*c != '.') buf[o++] = *c;
+    buf[o] = 0;
+    return buf;
 }

@@ -63,6 +63,7 @@ typedef struct LdmWeights {
     void **owned;                    /* converted copies to free (NULL where ptr points into the mapping) */
     int n;                           /* number of weights */
     size_t bytes;                    /* bytes held in converted copies */
+    size_t *mapped_bytes;            /* size of ptr[i] where it points into the file mapping, else 0 */
 } LdmWeights;
 
 int64_t ldm_numel(const LdmTensorInfo *t);
@@ -75,6 +76,10 @@ const char *ldm_shape_str(int ndim, const int64_t *shape, char *buf, size_t size
  * half-precision data of a weight flagged LDM_TF_F32, is converted. */
 int ldm_weights_load(const LdmModel *m, const StFile *f, LdmWeights *w);
 void ldm_weights_free(LdmWeights *w);
+/* Hand the pages of the weights used in place from the file mapping back to
+ * the kernel (madvise MADV_DONTNEED): they leave the resident set and are
+ * read again from the page cache or the file on the next use. */
+void ldm_weights_release(const LdmWeights *w);
 
 /* Arena for m (64-byte aligned); free with free(). */
 unsigned char *ldm_arena_new(const LdmModel *m);
@@ -86,6 +91,26 @@ unsigned char *ldm_arena_new(const LdmModel *m);
 int ldm_runner_main(const LdmModel *m, int argc, char **argv);
 
 
+
+/* ---- weights stored under other names ------------------------------------ */
+
+/* Where weight `name` of a model is stored in a checkpoint: the key, written
+ * to buf (size bytes) or `name` itself. */
+typedef const char *(*LdmKeyMapFn)(const char *name, char *buf, size_t size);
+
+/* ldm_weights_load, reading every weight from the checkpoint key map(name)
+ * instead of name (map NULL: the names themselves). Errors name the key
+ * that was looked up. */
+int ldm_weights_load_mapped(const LdmModel *m, const StFile *f, LdmKeyMapFn map, LdmWeights *w);
+
+/* LdmKeyMapFn for the EMA copies of the diffusion model: LatentDiffusion
+ * with use_ema keeps `model_ema = LitEma(self.model)` (ldm/modules/ema.py),
+ * which stores every parameter of the DiffusionWrapper as a buffer whose
+ * name is the parameter name with all '.' removed. So
+ *   model.diffusion_model.input_blocks.0.0.weight
+ *     -> model_ema.diffusion_modelinput_blocks00weight
+ * Names outside "model." (first stage, cond stage: no EMA) are unchanged. */
+const char *ldm_ema_key(const char *name, char *buf, size_t size);
 
 /* ---- profiling (LDM_PROFILE=1 in the environment) ---------------------- */
 

@@ -34,6 +34,11 @@ int ldm_pipeline_scale_factor(const LdmPipelineConfig *c, const StFile *f, doubl
  * ------------------------------------------------------------------------- */
 
 int ldm_nets_load(LdmNets *s, const char *ckpt_path, const LdmModel *const *models, int n, const char *what) {
+    return ldm_nets_load_mapped(s, ckpt_path, models, NULL, n, what);
+}
+
+int ldm_nets_load_mapped(LdmNets *s, const char *ckpt_path, const LdmModel *const *models, const LdmKeyMapFn *maps,
+                         int n, const char *what) {
     memset(s, 0, sizeof *s);
     ldm_kernels_init();
     if (st_open(&s->ckpt, ckpt_path) != 0) return -1;
@@ -42,7 +47,7 @@ int ldm_nets_load(LdmNets *s, const char *ckpt_path, const LdmModel *const *mode
     s->w = ldm_xcalloc((size_t)n + 1, sizeof *s->w);
     for (int i = 0; i < n; i++) {
         s->models[i] = models[i];
-        if (ldm_weights_load(models[i], &s->ckpt, &s->w[i]) != 0) {
+        if (ldm_weights_load_mapped(models[i], &s->ckpt, maps ? maps[i] : NULL, &s->w[i]) != 0) {
             char why[1024];
             snprintf(why, sizeof why, "%s", ldm_last_error());
             ldm_nets_free(s);
@@ -67,6 +72,8 @@ void ldm_nets_free(LdmNets *s) {
 
 int ldm_nets_run(LdmNets *s, int i, const void *const *in, void *const *out) {
     if (i < 0 || i >= s->n) return ldm_fail("no model %d (%d loaded)", i, s->n);
+    if (s->last_run && s->last_run != i + 1) ldm_weights_release(&s->w[s->last_run - 1]);
+    s->last_run = i + 1;
     return s->models[i]->forward(s->w[i].ptr, in, out, s->arena);
 }
 
@@ -474,6 +481,28 @@ int ldm_noise_load(const char *path, int ndim, const int64_t *shape, float *out)
             if (!isfinite(out[i])) rc = ldm_fail("%s: tensor 'noise' has a non-finite value at index %lld", path, (long long)i);
     }
     st_close(&f);
+    return rc;
+}
+
+/* ----------------------------------------------------------------------------
+ * Output files
+ * ------------------------------------------------------------------------- */
+
+int ldm_check_output_path(const char *flag, const char *path) {
+    struct stat sb;
+    if (!path[0]) return ldm_fail("%s: empty file name", flag);
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) return ldm_fail("%s %s: is a directory", flag, path);
+    char *dir = ldm_xstrdup(path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) strcpy(dir, ".");
+    else if (slash == dir) dir[1] = 0;
+    else *slash = 0;
+    int rc = 0;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        rc = ldm_fail("%s %s: the directory %s does not exist", flag, path, dir);
+    else if (access(dir, W_OK) != 0)
+        rc = ldm_fail("%s %s: cannot write in %s: %s", flag, path, dir, strerror(errno));
+    free(dir);
     return rc;
 }
 

@@ -78,6 +78,7 @@ typedef struct LdmNets {
     unsigned char *arena;        /* shared activation arena */
     size_t arena_bytes;          /* its size: max over the models */
     size_t weight_bytes;         /* float32 copies made (F16/BF16 checkpoints) */
+    int last_run;                /* 1 + the model that ran last (0: none yet) */
 } LdmNets;
 
 /* Open ckpt_path and bind every model. `what` names the executable's build
@@ -85,8 +86,17 @@ typedef struct LdmNets {
  * not fit gives "<ckpt>: weight '...' has shape [..], expected [..] (...);
  * this executable was built for <what>". */
 int ldm_nets_load(LdmNets *s, const char *ckpt_path, const LdmModel *const *models, int n, const char *what);
+/* The same, model i reading its weights under the keys maps[i] gives
+ * (ldm_weights_load_mapped; maps or maps[i] NULL: the plain names), e.g.
+ * ldm_ema_key for the UNet of `--ema`. */
+int ldm_nets_load_mapped(LdmNets *s, const char *ckpt_path, const LdmModel *const *models, const LdmKeyMapFn *maps,
+                         int n, const char *what);
 void ldm_nets_free(LdmNets *s);
-/* Run model i: inputs / outputs in the model's table order. */
+/* Run model i: inputs / outputs in the model's table order. When the
+ * previous call ran another model, that model's weight pages are handed
+ * back to the kernel first (ldm_weights_release): the text encoder is not
+ * resident while the UNet samples, nor the UNet while the VAE decodes, which
+ * is what keeps a 512x512 generation from F16 weights under 2 GB. */
 int ldm_nets_run(LdmNets *s, int i, const void *const *in, void *const *out);
 /* Index of input `name` of m, or -1. */
 int ldm_model_input(const LdmModel *m, const char *name);
@@ -251,6 +261,14 @@ int ldm_latent_save(const char *path, const float *latent, const float *noise, i
 /* Read tensor `noise` of path into out: its shape must be `shape` (a
  * leading batch dimension of 1 may be left out); any float dtype. */
 int ldm_noise_load(const char *path, int ndim, const int64_t *shape, float *out);
+
+/* ---- output files --------------------------------------------------------------- */
+
+/* A file to be written at the end of a run (flag names it in messages:
+ * "-o out/x.png: the directory out does not exist"): it must not be a
+ * directory, and its directory must exist and be writable. Checked before
+ * the slow part of a run, so a typo costs nothing. */
+int ldm_check_output_path(const char *flag, const char *path);
 
 /* ---- flag values ---------------------------------------------------------------- */
 
