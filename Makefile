@@ -261,8 +261,9 @@ $(SAMPLE_DIR)/kind: $(SAMPLE_DIR)/pipeline.c
 	          "class-conditional (ClassEmbedder) LDM; text-conditioned models: make txt2img" >&2; exit 1; fi
 
 $(SAMPLE_DIR)/unet.c: $(SAMPLE_GRAPH_DIR)/unet.graph $(SAMPLE_DSL) $(CONFIG) $(BUILD)/ldmc $(SAMPLE_DIR)/kind
-	$(BUILD)/ldmc $< --config $(CONFIG) -D H=$(H) -D W=$(W) \
-	    -D B=$$(if [ "$$(cat $(SAMPLE_DIR)/kind)" = class ]; then echo 2; else echo 1; fi) $(SAMPLE_DEFS) -o $@
+	@B=$$(if [ "$$(cat $(SAMPLE_DIR)/kind)" = class ]; then echo 2; else echo 1; fi); \
+	echo "$(BUILD)/ldmc $< --config $(CONFIG) -D H=$(H) -D W=$(W) -D B=$$B $(SAMPLE_DEFS) -o $@"; \
+	$(BUILD)/ldmc $< --config $(CONFIG) -D H=$(H) -D W=$(W) -D B=$$B $(SAMPLE_DEFS) -o $@
 
 $(SAMPLE_DIR)/vae_decoder.c: $(SAMPLE_GRAPH_DIR)/vae_decoder.graph $(SAMPLE_DSL) $(CONFIG) $(BUILD)/ldmc $(SAMPLE_DIR)/kind
 	$(BUILD)/ldmc $< --config $(CONFIG) -D H=$(H) -D W=$(W) -D B=1 $(SAMPLE_DEFS) -o $@
@@ -279,6 +280,7 @@ $(SAMPLE_DIR)/class_embed.c: $(SAMPLE_GRAPH_DIR)/class_embed.graph $(SAMPLE_DSL)
 $(SAMPLE_DIR)/%.o: $(SAMPLE_DIR)/%.c
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
+# linked as the txt2img executables are
 $(BUILD)/$(SAMPLE_NAME): $(BUILD)/obj/runtime/apps/sample.o $(SAMPLE_GRAPHS:%=$(SAMPLE_DIR)/%.o) \
                          $(SAMPLE_DIR)/pipeline.o $(RT_LIB)
 	$(CC) $(TXT2IMG_STATIC) $(LDFLAGS) $^ $(TXT2IMG_LIBS) -o $@

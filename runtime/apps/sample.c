@@ -1,0 +1,528 @@
+/*
+ * sample.c - main() of the per-resolution LDM sampling executables.
+ *
+ *   make sample CONFIG=models/ldm/celebahq-ldm-vq-4.yaml H=256 W=256
+ *   build/sample-256x256 --weights celeba.safetensors --steps 50 --seed 1 -o face.png
+ *   make sample CONFIG=models/ldm/cin256-v2.yaml H=256 W=256
+ *   build/sample-256x256 --weights cin256-v2.safetensors --class 207 -o retriever.png
+ *
+ * Linked with the ldmc-generated networks of one LDM config at one
+ * resolution - unet, vae_decoder (VQ or KL) and, for class-conditional
+ * configs, class_embed - and `ldm_pipeline_config`, the config's constants
+ * from `ldmc pipeline`. Unconditional models follow
+ * scripts/sample_diffusion.py (CompVis/latent-diffusion), class-conditional
+ * ones the cin256 notebook (scripts/latent_imagenet_diffusion.ipynb); the
+ * exact semantics are in shared/goldens/README.md, family 2:
+ *
+ *   x_T = torch.randn(latent shape) after torch.manual_seed(seed)   (or --init-noise)
+ *   unconditional: latent = DDIM(x_T, eps = unet(x, t))
+ *   class-conditional: c = class_embed(N), uc = class_embed(n_classes - 1), and
+ *     latent = DDIM(x_T, eps = e_u + cfg_scale * (e_c - e_u)), one UNet call
+ *     on [x, x] with context [uc, c]
+ *   image = decoder(latent / scale_factor)      (VQ: nearest codebook row first)
+ *   PNG = uint8(255 * (clamp(image, -1, 1) + 1) / 2)     (custom_to_pil, truncating)
+ *
+ * The sampler, the guided UNet call, noise, progress, timing and the weight
+ * loading are the ones every pipeline executable shares (runtime/pipeline.h,
+ * runtime/sampler.h); this file only strings them together.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "image.h"
+#include "model.h"
+#include "pipeline.h"
+#include "safetensors.h"
+#include "sampler.h"
+#include "schedule.h"
+#include "util.h"
+
+/* The generated parts this program is linked with. For configs without a
+ * ClassEmbedder, class_embed_model is an empty table (forward == NULL). */
+extern const LdmModel unet_model, vae_decoder_model, class_embed_model;
+extern const LdmPipelineConfig ldm_pipeline_config;
+#define CFG ldm_pipeline_config
+
+enum { NET_UNET, NET_DEC, NET_CLASS, N_NETS };
+
+/* cin256 notebook: scale = 3.0 (unconditional_guidance_scale) */
+#define DEFAULT_CFG_SCALE 3.0
+
+/* ----------------------------------------------------------------------------
+ * Command line
+ * ------------------------------------------------------------------------- */
+
+typedef struct Options {
+    const char *weights;       /* --weights CKPT */
+    const char *out;           /* -o PNG (with --batch K > 1: a directory) */
+    const char *init_noise;    /* --init-noise F.safetensors (tensor noise) */
+    const char *save_latent;   /* --save-latent F.safetensors (with --batch K > 1: a directory) */
+    int steps;                 /* --steps */
+    double eta;                /* --eta */
+    uint64_t seed;             /* --seed */
+    LdmRngKind rng;            /* --rng */
+    int batch;                 /* --batch K */
+    int has_batch;
+    int class_label;           /* --class N */
+    int has_class;
+    double cfg_scale;          /* --cfg-scale */
+    int has_cfg;
+    int ema;                   /* --ema */
+    int quiet;                 /* --quiet */
+} Options;
+
+static int n_classes(void) { return class_embed_model.forward ? CFG.n_classes : 0; }
+
+static void usage(FILE *fp, const char *argv0) {
+    fprintf(fp,
+            "usage: %s --weights CKPT.safetensors -o OUT.png [--steps N] [--eta E] [--seed N]\n"
+            "          [--rng cpu|cuda] [--init-noise F] [--save-latent F] [--batch K]\n"
+            "          %s[--ema] [--quiet]\n"
+            "\n"
+            "DDIM sampling for %s (%s model).\n"
+            "\n"
+            "  --weights CKPT      LDM checkpoint (LatentDiffusion state dict as .safetensors; F32, F16 or BF16),\n"
+            "                      checked tensor by tensor\n"
+            "  -o, --output OUT    the PNG to write (8-bit RGB, %d wide, %d high)\n"
+            "  --steps N           DDIM steps (default 50)\n"
+            "  --eta E             DDIM eta (default 0: deterministic; sample_diffusion.py uses 1)\n"
+            "  --seed N            torch.manual_seed(N) for all noise (default 0)\n"
+            "  --rng cpu|cuda      draw noise as torch does on the CPU (default) or on a CUDA GPU\n"
+            "  --init-noise F      start from tensor 'noise' of F ([K, %d, %d, %d]) instead of the seed's x_T\n"
+            "  --save-latent F     also write the final latent ('latent'), the initial noise ('noise')%s%s to F\n"
+            "  --batch K           K images, weights loaded once; OUT (and --save-latent) are then directories,\n"
+            "                      image i (1-based) drawn with seed N + i - 1 and written to <i, 5 digits>-<seed>.png\n",
+            argv0, n_classes() ? "--class N [--cfg-scale S] " : "", CFG.banner,
+            n_classes() ? "class-conditional" : "unconditional", CFG.W, CFG.H, CFG.latent_channels, CFG.latent_h,
+            CFG.latent_w, strcmp(CFG.first_stage, "vq") == 0 ? ", the codebook indices ('indices')" : "",
+            n_classes() ? ", the context ('context', [uncond, cond]) and 'class_label'" : "");
+    if (n_classes())
+        fprintf(fp,
+                "  --class N           the ImageNet-style class to draw, 0 <= N < %d (required; N = %d is the\n"
+                "                      unconditional class)\n"
+                "  --cfg-scale S       classifier-free guidance scale against the unconditional class %d\n"
+                "                      (default %g as in the cin256 notebook; 1 = no guidance)\n",
+                CFG.n_classes, CFG.n_classes - 1, CFG.n_classes - 1, DEFAULT_CFG_SCALE);
+    fprintf(fp,
+            "  --ema               use the EMA weights (model_ema.*) of the UNet instead of model.diffusion_model.*\n"
+            "  --quiet             no progress or timing output\n"
+            "  LDM_PROFILE=1       (environment) print per-node kernel times at the end\n");
+}
+
+/* Is a the flag `name` ("--name", or "--name=value" for long names)? */
+static int is_flag(const char *a, const char *name) {
+    size_t k = strlen(name);
+    return strncmp(a, name, k) == 0 && (a[k] == 0 || (a[k] == '=' && name[1] == '-'));
+}
+
+/* The flags that take a value. */
+static const char *const value_flags[] = {
+    "--weights", "-o", "--output", "--init-noise", "--save-latent", "--steps", "--eta", "--seed", "--rng",
+    "--batch", "--class", "--cfg-scale", NULL,
+};
+
+/* 0, 1 for --help, or -1 (ldm_fail) on bad usage. */
+static int parse_args(int argc, char **argv, Options *o) {
+    memset(o, 0, sizeof *o);
+    o->steps = 50;
+    o->rng = LDM_RNG_CPU;
+    o->batch = 1;
+    o->cfg_scale = DEFAULT_CFG_SCALE;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *f = NULL, *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) return 1;
+        if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
+            o->quiet = 1;
+            continue;
+        }
+        if (!strcmp(a, "--ema")) {
+            o->ema = 1;
+            continue;
+        }
+        for (int k = 0; value_flags[k] && !f; k++)
+            if (is_flag(a, value_flags[k])) f = value_flags[k];
+        if (!f) {
+            if (a[0] == '-') return ldm_fail("unknown option '%s'", a);
+            return ldm_fail("unexpected argument '%s'", a);
+        }
+        if (a[strlen(f)] == '=') v = a + strlen(f) + 1;
+        else if (i + 1 < argc) v = argv[++i];
+        else return ldm_fail("%s: expected a value after it", f);
+
+        if (!strcmp(f, "--weights")) o->weights = v;
+        else if (!strcmp(f, "-o") || !strcmp(f, "--output")) o->out = v;
+        else if (!strcmp(f, "--init-noise")) o->init_noise = v;
+        else if (!strcmp(f, "--save-latent")) o->save_latent = v;
+        else if (!strcmp(f, "--steps")) {
+            if (ldm_parse_int(f, v, 1, CFG.timesteps, &o->steps)) return -1;
+        } else if (!strcmp(f, "--eta")) {
+            if (ldm_parse_double(f, v, 0, 1e3, &o->eta)) return -1;
+        } else if (!strcmp(f, "--seed")) {
+            if (ldm_parse_u64(f, v, &o->seed)) return -1;
+        } else if (!strcmp(f, "--rng")) {
+            if (ldm_rng_parse(v, &o->rng)) return -1;
+        } else if (!strcmp(f, "--batch")) {
+            if (ldm_parse_int(f, v, 1, 100000, &o->batch)) return -1;
+            o->has_batch = 1;
+        } else if (!strcmp(f, "--class")) {
+            if (!n_classes())
+                return ldm_fail("--class: this executable was built for %s, an unconditional model (no "
+                                "ClassEmbedder cond stage): it has no classes", CFG.config_path);
+            if (ldm_parse_int(f, v, 0, n_classes() - 1, &o->class_label)) return -1;
+            o->has_class = 1;
+        } else if (!strcmp(f, "--cfg-scale")) {
+            if (!n_classes())
+                return ldm_fail("--cfg-scale: this executable was built for %s, an unconditional model: there is "
+                                "nothing to guide towards", CFG.config_path);
+            if (ldm_parse_double(f, v, -1e4, 1e4, &o->cfg_scale)) return -1;
+            o->has_cfg = 1;
+        }
+    }
+    return 0;
+}
+
+/* Cross-flag checks that need no file. */
+static int check_options(const Options *o) {
+    if (!o->weights) return ldm_fail("missing --weights CKPT.safetensors");
+    if (!o->out) return ldm_fail(o->batch > 1 ? "missing -o DIR (where the images go)" : "missing -o OUT.png");
+    if (n_classes() && !o->has_class)
+        return ldm_fail("%s is class-conditional: give --class N with 0 <= N < %d (%d is the unconditional class)",
+                        CFG.config_path, n_classes(), n_classes() - 1);
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * The run
+ * ------------------------------------------------------------------------- */
+
+typedef struct App {
+    Options o;
+    const char *argv0;
+    int classes;              /* ClassEmbedder classes, 0 for unconditional models */
+    int vq;                   /* first stage VQModelInterface: the decoder also gives z_q and indices */
+    LdmNets nets;
+    LdmSchedule sched;
+    LdmTimes times;
+    LdmProgressMode pmode;
+    double scale;             /* scale_factor */
+    int C, h, w;              /* latent channels and size */
+    int64_t n_lat;            /* C * h * w */
+    int ctx_dim;              /* class embedding width */
+    int32_t labels[2];        /* [unconditional class, --class] */
+    float *context;           /* (2, 1, ctx_dim): [class_embed(uncond), class_embed(class)], or NULL */
+    float *init_noise;        /* (batch, n_lat) --init-noise, or NULL */
+} App;
+
+/* The linked networks must fit each other and the generated constants (a
+ * mismatch is a build bug, not a user error). */
+static int check_models(const App *a) {
+    const LdmModel *unet = &unet_model, *dec = &vae_decoder_model;
+    int iz = ldm_model_input(dec, "z"), oi = ldm_model_output(dec, "image");
+    if (iz < 0 || oi < 0 || ldm_numel(&dec->inputs[iz]) != a->n_lat ||
+        ldm_numel(&dec->outputs[oi]) != 3LL * CFG.H * CFG.W)
+        return ldm_fail("internal: the linked decoder was compiled for another config or resolution than %s",
+                        CFG.banner);
+    if (a->vq && (ldm_model_output(dec, "indices") < 0 ||
+                  ldm_numel(&dec->outputs[ldm_model_output(dec, "indices")]) != (int64_t)a->h * a->w))
+        return ldm_fail("internal: the linked VQ decoder has no indices output of %dx%d", a->h, a->w);
+    if ((CFG.n_classes > 0) != (class_embed_model.forward != NULL))
+        return ldm_fail("internal: %s %s a ClassEmbedder but the executable was linked %s class_embed",
+                        CFG.config_path, CFG.n_classes > 0 ? "has" : "has no", CFG.n_classes > 0 ? "without" : "with");
+    int ic = ldm_model_input(unet, "context");
+    if (a->classes) {
+        const LdmModel *ce = &class_embed_model;
+        int il = ldm_model_input(ce, "class_label"), oc = ldm_model_output(ce, "context");
+        if (il < 0 || oc < 0 || ldm_numel(&ce->inputs[il]) != 1 || ldm_numel(&ce->outputs[oc]) != a->ctx_dim ||
+            ic < 0 || ldm_numel(&unet->inputs[ic]) != 2LL * a->ctx_dim)
+            return ldm_fail("internal: class_embed and the UNet do not fit (one-token context of %d for batch 2)",
+                            a->ctx_dim);
+    } else if (ic >= 0) {
+        return ldm_fail("internal: the UNet of an unconditional model takes a context");
+    }
+    return 0;
+}
+
+/* context[0] = class_embed(n_classes - 1), context[1] = class_embed(class):
+ * model.get_learned_conditioning({class_label: [1000]}) / ({class_label: [N]}). */
+static int embed_classes(App *a) {
+    const LdmModel *ce = &class_embed_model;
+    void **outs = ldm_xcalloc((size_t)ce->n_outputs, sizeof *outs);
+    int oc = ldm_model_output(ce, "context"), rc = 0;
+    for (int k = 0; k < 2 && rc == 0; k++) {
+        for (int i = 0; i < ce->n_outputs; i++)
+            outs[i] = i == oc ? a->context + (int64_t)k * a->ctx_dim
+                              : ldm_aligned_alloc((size_t)ldm_numel(&ce->outputs[i]) * sizeof(float));
+        const void *in[1] = {&a->labels[k]};
+        rc = ldm_nets_run(&a->nets, NET_CLASS, in, outs);
+        for (int i = 0; i < ce->n_outputs; i++)
+            if (i != oc) free(outs[i]);
+    }
+    free(outs);
+    return rc;
+}
+
+/* latent -> image01 (3, H, W) and, for VQ decoders, the codebook rows
+ * chosen for each latent pixel (h * w):
+ * decode_first_stage(z) = first_stage_model.decode(1. / scale_factor * z),
+ * VQModelInterface.decode quantising first (inside the decoder graph). */
+static int decode_latent(App *a, const float *latent, float *image01, int32_t *indices) {
+    const LdmModel *dec = &vae_decoder_model;
+    int oi = ldm_model_output(dec, "image"), ox = a->vq ? ldm_model_output(dec, "indices") : -1;
+    float *z = ldm_aligned_alloc((size_t)a->n_lat * sizeof(float));
+    float inv = CFG.scale_by_std ? 1.0f / (float)a->scale : (float)(1.0 / a->scale);
+    for (int64_t j = 0; j < a->n_lat; j++) z[j] = inv * latent[j];
+    void **outs = ldm_xcalloc((size_t)dec->n_outputs, sizeof *outs);
+    for (int i = 0; i < dec->n_outputs; i++)
+        outs[i] = i == oi ? (void *)image01 : i == ox ? (void *)indices
+                                                      : ldm_aligned_alloc((size_t)ldm_numel(&dec->outputs[i]) * 4);
+    const void *in[1] = {z};
+    int rc = ldm_nets_run(&a->nets, NET_DEC, in, outs);
+    /* custom_to_pil: (clamp(x, -1, 1) + 1) / 2, which is exactly
+     * clamp((x + 1) / 2, 0, 1) in float32 (same operations inside [-1, 1],
+     * 0 and 1 outside) */
+    if (rc == 0) ldm_image_to01(image01, 3LL * CFG.H * CFG.W, image01);
+    for (int i = 0; i < dec->n_outputs; i++)
+        if (i != oi && i != ox) free(outs[i]);
+    free(outs);
+    free(z);
+    return rc;
+}
+
+static void sampler_setup(const App *a, LdmSampler *p) {
+    memset(p, 0, sizeof *p);
+    p->kind = LDM_SAMPLER_DDIM;
+    p->steps = a->o.steps;
+    p->eta = a->o.eta;
+    p->n = a->n_lat;
+}
+
+static int on_step(void *ctx, const LdmStepInfo *info) {
+    (void)info;
+    ldm_progress_step(ctx);
+    return 0;
+}
+
+/* --save-latent: the final latent (what decode_first_stage takes), the
+ * initial noise, and what the decoder and the UNet were given. */
+static int save_latent(App *a, const char *path, const float *latent, const float *noise, const int32_t *indices,
+                       uint64_t seed, int image) {
+    char seed_s[32], steps_s[16], eta_s[32], cfg_s[32], class_s[16], hw_s[32], img_s[16];
+    snprintf(seed_s, sizeof seed_s, "%llu", (unsigned long long)seed);
+    snprintf(steps_s, sizeof steps_s, "%d", a->o.steps);
+    snprintf(eta_s, sizeof eta_s, "%g", a->o.eta);
+    snprintf(cfg_s, sizeof cfg_s, "%g", a->o.cfg_scale);
+    snprintf(class_s, sizeof class_s, "%d", a->o.class_label);
+    snprintf(hw_s, sizeof hw_s, "%dx%d", CFG.H, CFG.W);
+    snprintf(img_s, sizeof img_s, "%d", image);
+    int64_t shape[4] = {1, a->C, a->h, a->w};
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "latent", ST_F32, 4, shape, latent);
+    st_writer_add(w, "noise", ST_F32, 4, shape, noise);
+    if (indices) {
+        int64_t ishape[3] = {1, a->h, a->w};
+        st_writer_add(w, "indices", ST_I32, 3, ishape, indices);
+    }
+    if (a->classes) {
+        int64_t cshape[3] = {2, 1, a->ctx_dim}, lshape[1] = {2};
+        st_writer_add(w, "context", ST_F32, 3, cshape, a->context);
+        st_writer_add(w, "class_label", ST_I32, 1, lshape, a->labels);
+        st_writer_meta(w, "class", class_s);
+        st_writer_meta(w, "cfg_scale", cfg_s);
+    }
+    const char *meta[] = {"seed", seed_s, "rng", ldm_rng_name(a->o.rng), "sampler", "ddim", "steps", steps_s,
+                          "eta", eta_s, "weights", a->o.ema ? "ema" : "model", "image", img_s, "size", hw_s,
+                          "ldmc", CFG.banner, NULL};
+    for (int i = 0; meta[i]; i += 2) st_writer_meta(w, meta[i], meta[i + 1]);
+    int rc = st_writer_save(w, path);
+    st_writer_free(w);
+    return rc;
+}
+
+/* Image `image` (0-based) of the run: seed -> png_path (and latent_path). */
+static int make_image(App *a, int image, uint64_t seed, const char *png_path, const char *latent_path,
+                      const char *label) {
+    int rc = -1;
+    int64_t n = a->n_lat;
+    float *x = ldm_aligned_alloc((size_t)n * sizeof(float));
+    float *noise = ldm_aligned_alloc((size_t)n * sizeof(float));
+    float *img = ldm_aligned_alloc((size_t)3 * CFG.H * CFG.W * sizeof(float));
+    int32_t *indices = a->vq ? ldm_xcalloc((size_t)a->h * a->w, sizeof *indices) : NULL;
+    LdmProgress prog = {0};
+    LdmGuide g = {0};
+
+    /* torch.manual_seed(seed); x_T = torch.randn(shape). --init-noise
+     * replaces the draw but the generator still moves past it, so the
+     * per-step noise of eta > 0 is the seed's. */
+    LdmNoise gen;
+    ldm_noise_seed(&gen, a->o.rng, seed);
+    ldm_noise_draw(&gen, x, n);
+    if (a->init_noise) memcpy(x, a->init_noise + (int64_t)image * n, (size_t)n * sizeof(float));
+    memcpy(noise, x, (size_t)n * sizeof(float));
+
+    g.nets = &a->nets;
+    g.unet = NET_UNET;
+    g.batch = 1;
+    g.sample_n = n;
+    g.guided = a->classes > 0;
+    g.scale = a->o.cfg_scale;
+    g.context = a->context;
+    if (ldm_guide_init(&g) != 0) goto done;
+
+    LdmSampler p;
+    sampler_setup(a, &p);
+    p.eps_fn = ldm_guide_eps;
+    p.eps_ctx = &g;
+    p.noise_fn = ldm_noise_draw;
+    p.noise_ctx = &gen;
+    p.step_fn = on_step;
+    p.step_ctx = &prog;
+    int n_steps = ldm_sample_count_steps(&a->sched, &p);
+    if (n_steps < 0) goto done;
+    ldm_progress_start(&prog, stderr, a->pmode, label, n_steps);
+    int src = ldm_sample(&a->sched, &p, x);
+    ldm_progress_finish(&prog);
+    if (src != 0) goto done;
+    ldm_times_add_steps(&a->times, prog.step_seconds, prog.done < prog.n ? prog.done : prog.n);
+
+    double t0 = ldm_now();
+    if (decode_latent(a, x, img, indices) != 0) goto done;
+    ldm_times_add(&a->times, "decode", ldm_now() - t0);
+
+    t0 = ldm_now();
+    if (latent_path && save_latent(a, latent_path, x, noise, indices, seed, image + 1) != 0) goto done;
+    if (ldm_image_save(png_path, img, CFG.W, CFG.H) != 0) {
+        if (latent_path) remove(latent_path);
+        goto done;
+    }
+    ldm_times_add(&a->times, "save", ldm_now() - t0);
+    a->times.images++;
+    rc = 0;
+done:
+    ldm_progress_free(&prog);
+    ldm_guide_free(&g);
+    free(x);
+    free(noise);
+    free(img);
+    free(indices);
+    return rc;
+}
+
+/* Does the checkpoint hold the UNet's EMA copies (LitEma buffers)? Checked
+ * before loading so that a file without any gets a message saying so. */
+static int check_has_ema(const char *path) {
+    StFile f;
+    if (st_open(&f, path) != 0) return -1;
+    static const char prefix[] = "model_ema.diffusion_model";
+    int found = 0;
+    for (int i = 0; i < f.n_tensors && !found; i++) found = strncmp(f.tensors[i].name, prefix, sizeof prefix - 1) == 0;
+    st_close(&f);
+    if (!found)
+        return ldm_fail("%s: --ema, but the checkpoint has no EMA weights (no model_ema.diffusion_model* tensors; "
+                        "drop --ema to use model.diffusion_model.*)", path);
+    return 0;
+}
+
+/* Everything named on the command line that can be checked before the
+ * (slow) weights are loaded. */
+static int load_inputs(App *a) {
+    const Options *o = &a->o;
+    if (o->batch == 1 && (ldm_check_output_path("-o", o->out) != 0 ||
+                          (o->save_latent && ldm_check_output_path("--save-latent", o->save_latent) != 0)))
+        return -1;
+    if (o->init_noise) {
+        int64_t shape[4] = {o->batch, a->C, a->h, a->w};
+        a->init_noise = ldm_aligned_alloc((size_t)(o->batch * a->n_lat) * sizeof(float));
+        if (ldm_noise_load(o->init_noise, 4, shape, a->init_noise) != 0) return -1;
+    }
+    /* the sampler's own checks (step counts the DDIM schedule cannot make) */
+    LdmSampler p;
+    sampler_setup(a, &p);
+    p.eps_fn = ldm_guide_eps;
+    p.noise_fn = ldm_noise_draw;
+    if (ldm_sample_count_steps(&a->sched, &p) < 0) return -1;
+    if (o->ema && check_has_ema(o->weights) != 0) return -1;
+    return 0;
+}
+
+static int run(App *a) {
+    const Options *o = &a->o;
+    if (load_inputs(a) != 0) return -1;
+
+    double t0 = ldm_now();
+    const LdmModel *models[N_NETS] = {&unet_model, &vae_decoder_model, &class_embed_model};
+    LdmKeyMapFn maps[N_NETS] = {o->ema ? ldm_ema_key : NULL, NULL, NULL};
+    char what[512];
+    snprintf(what, sizeof what, "%s at %dx%d", CFG.config_path, CFG.H, CFG.W);
+    if (ldm_nets_load_mapped(&a->nets, o->weights, models, maps, a->classes ? 3 : 2, what) != 0) return -1;
+    if (ldm_pipeline_scale_factor(&CFG, &a->nets.ckpt, &a->scale) != 0) return -1;
+    ldm_times_add(&a->times, "load weights", ldm_now() - t0);
+
+    if (a->classes) {
+        t0 = ldm_now();
+        a->labels[0] = a->classes - 1;
+        a->labels[1] = o->class_label;
+        a->context = ldm_aligned_alloc((size_t)(2 * a->ctx_dim) * sizeof(float));
+        if (embed_classes(a) != 0) return -1;
+        ldm_times_add(&a->times, "class embed", ldm_now() - t0);
+    }
+
+    if (o->batch == 1) return make_image(a, 0, o->seed, o->out, o->save_latent, "sampling");
+
+    if (ldm_mkdirs(o->out) != 0 || (o->save_latent && ldm_mkdirs(o->save_latent) != 0)) return -1;
+    for (int i = 0; i < o->batch; i++) {
+        uint64_t seed = ldm_line_seed(o->seed, i + 1);
+        char *png = ldm_output_name(o->out, i + 1, seed, ".png");
+        char *lat = o->save_latent ? ldm_output_name(o->save_latent, i + 1, seed, ".safetensors") : NULL;
+        char label[96];
+        snprintf(label, sizeof label, "[%d/%d] seed %llu", i + 1, o->batch, (unsigned long long)seed);
+        int rc = make_image(a, i, seed, png, lat, label);
+        if (rc == 0 && a->pmode == LDM_PROGRESS_LINES) fprintf(stderr, "%s: image %d -> %s\n", a->argv0, i + 1, png);
+        free(png);
+        free(lat);
+        if (rc != 0) return ldm_fail("image %d of %d (seed %llu): %s", i + 1, o->batch, (unsigned long long)seed,
+                                     ldm_last_error());
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    App a;
+    memset(&a, 0, sizeof a);
+    const char *slash = strrchr(argv[0], '/');
+    a.argv0 = slash ? slash + 1 : argv[0];
+    int prc = parse_args(argc, argv, &a.o);
+    if (prc == 1) {
+        usage(stdout, a.argv0);
+        return 0;
+    }
+    if (prc == 0) prc = check_options(&a.o);
+    if (prc != 0) {
+        fprintf(stderr, "%s: error: %s\n(see %s --help)\n", a.argv0, ldm_last_error(), a.argv0);
+        return 2;
+    }
+    ldm_profile_init();
+    a.pmode = ldm_progress_mode(stderr, a.o.quiet);
+    a.classes = n_classes();
+    a.vq = strcmp(CFG.first_stage, "vq") == 0;
+    a.C = CFG.latent_channels;
+    a.h = CFG.latent_h;
+    a.w = CFG.latent_w;
+    a.n_lat = (int64_t)a.C * a.h * a.w;
+    a.ctx_dim = CFG.context_dim;
+
+    int rc = 1;
+    if (check_models(&a) != 0) goto out;
+    if (ldm_schedule_init(&a.sched, CFG.linear_start, CFG.linear_end, CFG.timesteps) != 0) goto out;
+    if (run(&a) == 0) rc = 0;
+out:
+    if (rc != 0) fprintf(stderr, "%s: error: %s\n", a.argv0, ldm_last_error());
+    if (a.pmode != LDM_PROGRESS_QUIET && a.times.images > 0) ldm_times_print(&a.times, stderr);
+    if (ldm_profiling) ldm_profile_report();
+    ldm_nets_free(&a.nets);
+    if (a.sched.alphas_cumprod) ldm_schedule_free(&a.sched);
+    ldm_times_free(&a.times);
+    free(a.context);
+    free(a.init_noise);
+    return rc;
+}
