@@ -358,6 +358,26 @@ static void k_upsample(const Node *n, FILE *fp) {
     E("}\n");
 }
 
+static void k_avgpool(const Node *n, FILE *fp) {
+    const Node *x = n->src[0];
+    int64_t NC = n->shape[0] * n->shape[1], HO = n->shape[2], WO = n->shape[3], k = n->factor;
+    int64_t H = x->shape[2], W = x->shape[3];
+    char fk[48];
+    E("static void n%d_avg_pool2d(const float *restrict x, float *restrict y) {\n", n->id);
+    par(fp, NC * H * W, "    ");
+    E("    for (int c = 0; c < %lld; c++)\n", (long long)NC);
+    E("        for (int oy = 0; oy < %lld; oy++)\n", (long long)HO);
+    E("            for (int ox = 0; ox < %lld; ox++) {\n", (long long)WO);
+    E("                float sum = 0.0f;\n");
+    E("                for (int dy = 0; dy < %lld; dy++)\n", (long long)k);
+    E("                    for (int dx = 0; dx < %lld; dx++)\n", (long long)k);
+    E("                        sum += x[((size_t)c * %lld + oy * %lld + dy) * %lld + ox * %lld + dx];\n", (long long)H,
+      (long long)k, (long long)W, (long long)k);
+    E("                y[((size_t)c * %lld + oy) * %lld + ox] = sum * %s;\n", (long long)HO, (long long)WO,
+      flit(1.0 / (double)(k * k), fk, sizeof fk));
+    E("            }\n}\n");
+}
+
 /* Elementwise binary op with numpy broadcasting: nested loops over the
  * output with per-operand strides (0 along broadcast dimensions). */
 static void k_binary(const Node *n, FILE *fp) {
@@ -537,6 +557,7 @@ static void emit_kernel(const Graph *g, const Node *n, FILE *fp) {
     case OPK_SOFTMAX: k_softmax(n, fp); break;
     case OPK_ATTENTION: k_attention(n, fp); break;
     case OPK_UPSAMPLE: k_upsample(n, fp); break;
+    case OPK_AVGPOOL: k_avgpool(n, fp); break;
     case OPK_ADD:
     case OPK_SUB:
     case OPK_MUL: k_binary(n, fp); break;

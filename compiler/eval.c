@@ -550,6 +550,15 @@ static int bi_upsample(Eval *E, Args *a, Value *out) {
     RESULT(finish(n));
 }
 
+static int bi_avg_pool2d(Eval *E, Args *a, Value *out) {
+    ARG_TENSOR(0, x, "input");
+    ARG_INT(1, k, "window");
+    if (k < 1 || k > 1024) return diag_error(a->loc, "avg_pool2d: window must be in 1..1024, got %lld", (long long)k);
+    Node *n = mk(E, OPK_AVGPOOL, a->loc, 1, &x);
+    n->factor = (int)k;
+    RESULT(finish(n));
+}
+
 static int bi_concat(Eval *E, Args *a, Value *out) {
     ARG_INT(1, axis, "axis");
     const Value *l = &a->v[0];
@@ -673,6 +682,7 @@ static const Builtin builtins[] = {
     {"geglu", "x", bi_geglu},
     {"attention", "q,k,v,heads,scale,causal=false", bi_attention},
     {"upsample_nearest", "x,factor=2", bi_upsample},
+    {"avg_pool2d", "x,k=2", bi_avg_pool2d},
     {"concat", "xs,axis", bi_concat},
     {"timestep_embedding", "t,dim,max_period=10000", bi_timestep_embedding},
     {"embedding", "table,ids", bi_embedding},

@@ -27,6 +27,7 @@ const char *const op_names[OPK_COUNT] = {
     [OPK_SOFTMAX] = "softmax",
     [OPK_ATTENTION] = "attention",
     [OPK_UPSAMPLE] = "upsample_nearest",
+    [OPK_AVGPOOL] = "avg_pool2d",
     [OPK_ADD] = "add",
     [OPK_SUB] = "sub",
     [OPK_MUL] = "mul",
@@ -346,6 +347,14 @@ static int infer_op(Node *n) {
         set_shape(n, 4, x->shape);
         n->shape[2] *= n->factor;
         n->shape[3] *= n->factor;
+        return 0;
+    case OPK_AVGPOOL:
+        if (want_rank(n, x, 4, "input") || want_f32(n, x, "input")) return -1;
+        if (n->factor < 1 || x->shape[2] < n->factor || x->shape[3] < n->factor)
+            return diag_error(n->loc, "avg_pool2d: window %d does not fit %s", n->factor, shape_str(x, b1, sizeof b1));
+        set_shape(n, 4, x->shape);
+        n->shape[2] /= n->factor; /* floor, as torch's avg_pool2d */
+        n->shape[3] /= n->factor;
         return 0;
     case OPK_ADD:
     case OPK_SUB:

@@ -171,6 +171,7 @@ typedef enum OpKind {
     OPK_SOFTMAX,      /* softmax over the last dim */
     OPK_ATTENTION,    /* softmax(q k^T * scale [+ causal]) v, heads = contiguous chunks */
     OPK_UPSAMPLE,     /* nearest-neighbour upsampling of H and W by `factor` */
+    OPK_AVGPOOL,      /* average pooling of H and W over factor x factor windows, stride factor */
     OPK_ADD,          /* a + b (numpy broadcasting) */
     OPK_SUB,          /* a - b (numpy broadcasting) */
     OPK_MUL,          /* a * b (numpy broadcasting) */
