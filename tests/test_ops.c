@@ -724,6 +724,27 @@ static void ref_upsample(const Tens *x, int f, Ref *r) {
                     r->v[((n * C + c) * H * f + i) * W * f + j] = x->f[((n * C + c) * H + i / f) * W + j / f];
 }
 
+/* average pooling over k x k windows with stride k (floor): y = mean of the window. */
+static void ref_avgpool(const Tens *x, int k, Ref *r) {
+    int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3], HO = H / k, WO = W / k;
+    ref_init(r, 4, (int64_t[]){N, C, HO, WO});
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t i = 0; i < HO; i++)
+                for (int64_t j = 0; j < WO; j++) {
+                    double sum = 0, mag = 0;
+                    for (int dy = 0; dy < k; dy++)
+                        for (int dx = 0; dx < k; dx++) {
+                            double v = x->f[((n * C + c) * H + i * k + dy) * W + j * k + dx];
+                            sum += v;
+                            mag += fabs(v);
+                        }
+                    int64_t o = ((n * C + c) * HO + i) * WO + j;
+                    r->v[o] = sum / (k * k);
+                    r->mag[o] = mag / (k * k);
+                }
+}
+
 /* concatenation of xs[0..n) along axis. */
 static void ref_concat(const Tens *const *xs, int n, int axis, Ref *r) {
     int64_t shape[MAXD], idx[MAXD];
@@ -1327,6 +1348,24 @@ START_TEST(test_upsample_nearest_3) {
     Ref r;
     ref_upsample(tens(&R, "y"), 3, &r);
     expect_exact(&R, "up3", &r, 0);
+    ref_free(&r);
+}
+END_TEST
+
+START_TEST(test_avg_pool2d_2) {
+    Run R = ready(&shp, _i);
+    Ref r;
+    ref_avgpool(tens(&R, "x"), 2, &r);
+    expect_close(&R, "pool2", &r);
+    ref_free(&r);
+}
+END_TEST
+
+START_TEST(test_avg_pool2d_3) {
+    Run R = ready(&shp, _i);
+    Ref r;
+    ref_avgpool(tens(&R, "y"), 3, &r);
+    expect_close(&R, "pool3", &r);
     ref_free(&r);
 }
 END_TEST
@@ -1991,6 +2030,8 @@ Suite *suite_ops(void) {
     tc = family_tcase("shape", shp_setup, shp_teardown);
     ADD(tc, shp, test_upsample_nearest_2);
     ADD(tc, shp, test_upsample_nearest_3);
+    ADD(tc, shp, test_avg_pool2d_2);
+    ADD(tc, shp, test_avg_pool2d_3);
     ADD(tc, shp, test_concat_axis1);
     ADD(tc, shp, test_concat_last_axis);
     ADD(tc, shp, test_concat_four);
