@@ -21,7 +21,7 @@
 
 /* Winograd convolutions are used once runtime/kernels_winograd.c exists. */
 #ifndef LDMC_WINOGRAD
-#define LDMC_WINOGRAD 0
+#define LDMC_WINOGRAD 1
 #endif
 
 const char *node_kernel_name(const Node *n, char *buf, size_t size) {

@@ -17,10 +17,6 @@
 
 void openblas_set_num_threads(int n);
 
-/* TEMPORARY until kernels_winograd.c lands: weak so the library links. */
-size_t ldm_winograd_scratch_bytes(const LdmConvShape *s) __attribute__((weak));
-void ldm_conv3x3_winograd(const LdmConvShape *s, const float *x, LdmW w, const LdmEpilogue *ep, float *y,
-                          float *scratch) __attribute__((weak));
 
 void ldm_kernels_init(void) { openblas_set_num_threads(1); }
 

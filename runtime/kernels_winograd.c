@@ -1,0 +1,905 @@
+/*
+ * kernels_winograd.c - 3x3 convolution, stride 1, padding 1, by Winograd
+ * F(4x4, 3x3) (Lavin & Gray 2016, interpolation points 0, 1, -1, 2, -2, inf).
+ *
+ * Each 4x4 block of outputs ("tile") of channel o is
+ *     Y = A^T [ sum_c (G g[o,c] G^T) .* (B^T d[c] B) ] A
+ * where d[c] is the 6x6 input patch (rows 4i-1 .. 4i+4, columns 4j-1 ..
+ * 4j+4, zero outside the image) and g[o,c] the 3x3 kernel. With
+ * U = G g G^T and V = B^T d B, the channel sum at each of the 36 positions
+ * xi = 6k + l of the transformed tile is a matrix product:
+ *     M[xi][o][t] = sum_c U[xi][o][c] V[xi][c][t]        (36 GEMMs)
+ * 36 multiplies per (tile, channel pair) instead of 144: a quarter of the
+ * direct convolution's arithmetic. G is used with its rows scaled to
+ * integers (G' = D G, D = diag(4, -6, -6, 24, 24, 1)) so the weight
+ * transform is cheap; the output transform undoes it (A'^T = A^T D^-1).
+ *
+ * Blocking. U for a whole layer (36 O C floats: 236 MB at 1280 x 1280) and
+ * V for a whole image do not fit any cache, so one of the two is kept for
+ * a block ("resident") and the other is recomputed for every block:
+ *   tile-major: for each tile block   { V;  for each output block { U; GEMMs } }
+ *   out-major:  for each output block { U;  for each tile block   { V; GEMMs } }
+ * wg_plan picks the order that recomputes less: few tiles (the UNet's
+ * small latents) tile-major, usually with V of all tiles and each weight
+ * transformed once, in K blocks; many tiles and few channels (the VAE
+ * decoder at full resolution) out-major, with U of all outputs. The budgets
+ * keep the working set (V + U + the GEMM products M) around 10 MB, inside
+ * the L3 cache even when it is shared: past it, memory bandwidth decides.
+ *
+ * Threads (run_shared). V is shared: every thread transforms some input
+ * channels of it, between two barriers (the only ones, per tile block). U
+ * and M are not: each thread owns a slice of every output block's rows and
+ * transforms the weights of, multiplies, and writes back only those.
+ *   P1 input transform  V[36][panel][C][width]   split over input channels
+ *   P2 weight transform U[36][OB/4][kw][4]       own output rows
+ *   P3 36 GEMMs         M[36][OB][sub-block]     own output rows
+ *   P4 output transform and epilogue -> y        own output rows
+ * Out-major with many tile blocks (run_private) instead splits V and M
+ * into one slice per thread: U is made by all threads, then each thread
+ * takes whole tile blocks (P1, P3, P4 for all rows) with no barrier at all,
+ * so that a thread the OS preempts holds up nobody.
+ * Tiles are numbered t = (n*TH + i)*TW + j (TH x TW tiles per image) and
+ * transformed 8 at a time ("units", one AVX2 lane per tile). V is stored
+ * in panels of 24, 16 or 8 tiles, [C][width] each, so that the GEMM
+ * micro-kernel (4 output channels x up to 24 tiles) reads both operands
+ * contiguously. All scratch is in the caller's buffer and independent of
+ * the thread count (the compiler plans it ahead of time). x must not
+ * alias y; the residual may.
+ */
+#include <immintrin.h>
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "util.h"
+
+#ifdef WG_TUNE
+#include <stdlib.h>
+static int wg_env(const char *k, int d) { return getenv(k) ? atoi(getenv(k)) : d; }
+#define WG_RES_BYTES ((size_t)wg_env("WG_RES_KB", 6144) << 10)
+#define WG_CHUNK_BYTES ((size_t)wg_env("WG_CHUNK_KB", 3072) << 10)
+#define WG_KBLK_UNITS wg_env("WG_KBLK_UNITS", 16)
+#define WG_M_BYTES ((size_t)wg_env("WG_M_KB", 768) << 10)
+#define WG_KC wg_env("WG_KC", 256)
+#define WG_MODE wg_env("WG_MODE", -1)
+#else
+#define WG_RES_BYTES (6u << 20)    /* the resident transformed operand (stays in L3) */
+#define WG_CHUNK_BYTES (3u << 20)  /* the recomputed one, per block */
+#define WG_KBLK_UNITS 16           /* tile blocks up to this many units: weights in K blocks */
+#define WG_M_BYTES (768u << 10)    /* GEMM products M of a sub-block */
+#define WG_KC 256                  /* channels per GEMM K block (a V micro-panel stays in L1) */
+#define WG_MODE -1
+#endif
+#define WG_WCHUNK 32               /* input channels per widened half-precision weight chunk */
+#define WG_NT_BYTES (16u << 20)    /* outputs larger than this bypass the cache */
+
+/* ------------------------------------------------------------------------
+ * plan: block sizes and loop order (a pure function of the shape)
+ * ------------------------------------------------------------------------ */
+
+typedef struct WgPlan {
+    int TH, TW;           /* tile rows and columns per image */
+    long T;               /* tiles in all, N*TH*TW */
+    int blk_units;        /* 8-tile units per tile block */
+    int ntb;              /* tile blocks */
+    int OB;               /* output channels per output block (multiple of 4) */
+    int nob;              /* output blocks */
+    int out_major;        /* 1: output blocks outermost (U resident) */
+    int sub_units;        /* max units per GEMM sub-block (<= blk_units) */
+    int kw;               /* channels per weight transform (C, or a K block) */
+    size_t vxs, uxs, mxs; /* floats between the 36 planes xi of V, U and M */
+} WgPlan;
+
+/* Stride between the 36 planes of n floats: 64 bytes past a multiple of
+ * 4 KB, so that the 36 vectors a transform loads or stores for one tile
+ * fall in different cache sets (at a multiple of 4 KB they all collide). */
+static size_t plane_stride(size_t n) { return ((n + 1023) & ~(size_t)1023) + 16; }
+
+/* Units per tile block for a budget of V bytes, and the block count. */
+static void tile_blocks(long units, int C, size_t bytes, int *blk, int *n) {
+    long maxu = (long)(bytes / (36ul * 8 * sizeof(float) * (size_t)C));
+    if (maxu < 1) maxu = 1;
+    long nb = (units + maxu - 1) / maxu;
+    *blk = (int)((units + nb - 1) / nb);
+    *n = (int)nb;
+}
+
+/* Outputs per output block for a budget of U bytes, and the block count. */
+static void out_blocks(int O, int C, size_t bytes, int *ob, int *n) {
+    int O4 = (O + 3) & ~3;
+    long maxo = (long)(bytes / (36ul * sizeof(float) * (size_t)C)) & ~3l;
+    if (maxo < 4) maxo = 4;
+    if (maxo > O4) maxo = O4;
+    long nb = (O4 + maxo - 1) / maxo;
+    *ob = (int)(((O4 + nb - 1) / nb + 3) & ~3l);
+    *n = (int)nb;
+}
+
+static void wg_plan(const LdmConvShape *s, WgPlan *p) {
+    int C = s->C > 0 ? s->C : 1, O = s->O > 0 ? s->O : 1;
+    p->TH = (s->H + 3) / 4;
+    p->TW = (s->W + 3) / 4;
+    p->T = (long)s->N * p->TH * p->TW;
+    long units = (p->T + 7) / 8;
+    if (units < 1) units = 1;
+    /* tile-major: V of a tile block resident, U recomputed per tile block */
+    int tb_t, ntb_t, ob_t, nob_t;
+    tile_blocks(units, C, WG_RES_BYTES, &tb_t, &ntb_t);
+    out_blocks(O, C, WG_CHUNK_BYTES, &ob_t, &nob_t);
+    /* out-major: U of an output block resident, V recomputed per output block */
+    int tb_o, ntb_o, ob_o, nob_o;
+    tile_blocks(units, C, WG_CHUNK_BYTES, &tb_o, &ntb_o);
+    out_blocks(O, C, WG_RES_BYTES, &ob_o, &nob_o);
+    /* transform work: per (tile, channel) a little more than per weight
+     * pair (measured, rereading the input or the weights included) */
+    double tiles = (double)units * 8, in = tiles * C, wt = (double)O * C;
+    double cost_t = 1.25 * in + wt * ntb_t;
+    double cost_o = 1.25 * in * nob_o + wt;
+    p->out_major = WG_MODE >= 0 ? WG_MODE : cost_o < cost_t;
+    p->blk_units = p->out_major ? tb_o : tb_t;
+    p->ntb = p->out_major ? ntb_o : ntb_t;
+    p->OB = p->out_major ? ob_o : ob_t;
+    p->nob = p->out_major ? nob_o : nob_t;
+    /* GEMM sub-blocks: M (36 x OB x tiles) within its budget, >= 3 units */
+    long su = (long)(WG_M_BYTES / (36ul * sizeof(float) * 8 * (size_t)p->OB));
+    if (su < 3) su = 3;
+    p->sub_units = p->blk_units < su ? p->blk_units : (int)su;
+    p->kw = C;
+    if (!p->out_major && p->blk_units <= WG_KBLK_UNITS) {
+        /* few tiles: each weight is used by few GEMM columns, so make the
+         * output blocks large and transform their weights in K blocks, one
+         * GEMM sub-block covering the whole (tile block, output block) */
+        int kw = C < WG_KC ? C : WG_KC;
+        size_t ub = WG_CHUNK_BYTES * (size_t)C / kw, mb = WG_M_BYTES * (size_t)C / ((size_t)p->blk_units * 8);
+        out_blocks(O, C, ub < mb ? ub : mb, &p->OB, &p->nob);
+        p->kw = kw;
+        p->sub_units = p->blk_units;
+    }
+    p->vxs = plane_stride((size_t)C * (size_t)p->blk_units * 8);
+    p->uxs = plane_stride((size_t)p->OB * (size_t)p->kw);
+    p->mxs = plane_stride((size_t)p->OB * (size_t)p->sub_units * 8);
+}
+
+size_t ldm_winograd_scratch_bytes(const LdmConvShape *s) {
+    WgPlan p;
+    wg_plan(s, &p);
+    return 36 * (p.vxs + p.uxs + p.mxs) * sizeof(float);
+}
+
+/* The panel (first unit, width in units) holding unit u of a block of nu
+ * units: panels of 3 units, then a tail of 2, 2+2 or a lone 1. */
+static void unit_panel(int nu, int u, int *po, int *pw) {
+    int r = nu % 3;
+    int n3 = r == 0 ? nu / 3 : r == 2 ? nu / 3 : nu >= 4 ? (nu - 4) / 3 : 0;
+    if (u < 3 * n3) {
+        *po = u / 3 * 3;
+        *pw = 3;
+    } else if (nu - 3 * n3 == 1) {
+        *po = 3 * n3;
+        *pw = 1;
+    } else {
+        *po = 3 * n3 + (u - 3 * n3) / 2 * 2;
+        *pw = 2;
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * the 1-D transforms, 8 lanes at a time
+ * ------------------------------------------------------------------------ */
+
+/* o = B^T d (6 -> 6):
+ *   [4  0 -5  0 1 0]   [0 -4 -4  1 1 0]   [0  4 -4 -1 1 0]
+ *   [0 -2 -1  2 1 0]   [0  2 -1 -2 1 0]   [0  4  0 -5 0 1] */
+static inline void bt6(const __m256 *d, __m256 *o) {
+    const __m256 two = _mm256_set1_ps(2.0f), four = _mm256_set1_ps(4.0f), five = _mm256_set1_ps(5.0f);
+    __m256 a = _mm256_fnmadd_ps(d[2], four, d[4]); /* d4 - 4 d2 */
+    __m256 b = _mm256_fnmadd_ps(d[1], four, d[3]); /* d3 - 4 d1 */
+    __m256 c = _mm256_sub_ps(d[4], d[2]);
+    __m256 e = _mm256_sub_ps(d[3], d[1]);
+    o[0] = _mm256_fmadd_ps(d[0], four, _mm256_fnmadd_ps(d[2], five, d[4]));
+    o[1] = _mm256_add_ps(a, b);
+    o[2] = _mm256_sub_ps(a, b);
+    o[3] = _mm256_fmadd_ps(e, two, c);
+    o[4] = _mm256_fnmadd_ps(e, two, c);
+    o[5] = _mm256_fmadd_ps(d[1], four, _mm256_fnmadd_ps(d[3], five, d[5]));
+}
+
+/* o = A'^T m (6 -> 4), A'^T = A^T D^-1:
+ *   [1/4 -1/6 -1/6 1/24  1/24 0]   [0 -1/6  1/6 2/24 -2/24 0]
+ *   [0   -1/6 -1/6 4/24  4/24 0]   [0 -1/6  1/6 8/24 -8/24 1] */
+static inline void at6(const __m256 *m, __m256 *o) {
+    __m256 s12 = _mm256_add_ps(m[1], m[2]), d12 = _mm256_sub_ps(m[1], m[2]);
+    __m256 s34 = _mm256_add_ps(m[3], m[4]), d34 = _mm256_sub_ps(m[3], m[4]);
+    __m256 a = _mm256_mul_ps(s12, _mm256_set1_ps(-1.0f / 6)), b = _mm256_mul_ps(d12, _mm256_set1_ps(-1.0f / 6));
+    o[0] = _mm256_fmadd_ps(m[0], _mm256_set1_ps(0.25f), _mm256_fmadd_ps(s34, _mm256_set1_ps(1.0f / 24), a));
+    o[1] = _mm256_fmadd_ps(d34, _mm256_set1_ps(2.0f / 24), b);
+    o[2] = _mm256_fmadd_ps(s34, _mm256_set1_ps(4.0f / 24), a);
+    o[3] = _mm256_add_ps(_mm256_fmadd_ps(d34, _mm256_set1_ps(8.0f / 24), b), m[5]);
+}
+
+/* o = G' g (3 -> 6), G' = D G = [1 0 0; 1 1 1; 1 -1 1; 1 2 4; 1 -2 4; 0 0 1]. */
+static inline void g3(__m256 g0, __m256 g1, __m256 g2, __m256 *o) {
+    __m256 s = _mm256_add_ps(g0, g2), t = _mm256_fmadd_ps(g2, _mm256_set1_ps(4.0f), g0);
+    o[0] = g0;
+    o[1] = _mm256_add_ps(s, g1);
+    o[2] = _mm256_sub_ps(s, g1);
+    o[3] = _mm256_fmadd_ps(g1, _mm256_set1_ps(2.0f), t);
+    o[4] = _mm256_fnmadd_ps(g1, _mm256_set1_ps(2.0f), t);
+    o[5] = g2;
+}
+
+/* ------------------------------------------------------------------------
+ * P1: input transform
+ * ------------------------------------------------------------------------ */
+
+typedef struct WgCtx {
+    const LdmConvShape *s;
+    const WgPlan *p;
+    const float *x;            /* [N, C, H, W] */
+    LdmW w;                    /* [O, C, 3, 3] */
+    const float *bias;         /* [O] or NULL */
+    const float *rowadd;       /* [N, O] or NULL */
+    const float *residual;     /* [N, O, H, W] or NULL */
+    float *y;                  /* [N, O, H, W] */
+    int nt_store;              /* stream y past the caches */
+    float *V, *U, *M;          /* scratch parts */
+} WgCtx;
+
+/* Where a thread's transformed input and GEMM products go: the shared V
+ * and M, or its own slices of them. */
+typedef struct WgBuf {
+    float *V;                  /* [36][panel][C][width], planes vxs apart */
+    float *M;                  /* [36][rows][ldm], planes mxs apart */
+    size_t vxs, mxs;
+    int ldm;                   /* tiles per M row */
+    int mrow0;                 /* output row of M's first row */
+    int units;                 /* private: units per tile block */
+} WgBuf;
+
+/* 8 floats of an image row from column col on, zero outside [0, W). */
+static inline __m256 load_row8(const float *row, int col, int W) {
+    if (col >= 0 && col + 8 <= W) return _mm256_loadu_ps(row + col);
+    float t[8];
+    for (int e = 0; e < 8; e++) t[e] = col + e >= 0 && col + e < W ? row[col + e] : 0.0f;
+    return _mm256_loadu_ps(t);
+}
+
+/* Columns 4j-1+s (s = 0..5) of 8 consecutive tiles j = j0 .. j0+7 of an
+ * image row, as 6 vectors over the tiles: a stride-4 de-interleave of the
+ * 34 floats from column 4 j0 - 1 on. */
+static inline void row_phases(const float *row, int W, int j0, __m256 *P) {
+    int b = 4 * j0 - 1;
+    __m256 q0 = load_row8(row, b, W), q1 = load_row8(row, b + 8, W);
+    __m256 q2 = load_row8(row, b + 16, W), q3 = load_row8(row, b + 24, W);
+    __m256 r0 = _mm256_permute2f128_ps(q0, q2, 0x20), r1 = _mm256_permute2f128_ps(q0, q2, 0x31);
+    __m256 r2 = _mm256_permute2f128_ps(q1, q3, 0x20), r3 = _mm256_permute2f128_ps(q1, q3, 0x31);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    P[0] = _mm256_shuffle_ps(t0, t2, 0x44);
+    P[1] = _mm256_shuffle_ps(t0, t2, 0xEE);
+    P[2] = _mm256_shuffle_ps(t1, t3, 0x44);
+    P[3] = _mm256_shuffle_ps(t1, t3, 0xEE);
+    /* phases 4 and 5 are phases 0 and 1 of the next tile */
+    const __m256i rot = _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 0);
+    float a32 = b + 32 < W ? row[b + 32] : 0.0f, a33 = b + 33 < W ? row[b + 33] : 0.0f;
+    P[4] = _mm256_blend_ps(_mm256_permutevar8x32_ps(P[0], rot), _mm256_set1_ps(a32), 0x80);
+    P[5] = _mm256_blend_ps(_mm256_permutevar8x32_ps(P[1], rot), _mm256_set1_ps(a33), 0x80);
+}
+
+/* Transform the 6x6 patches D[r][s] (vectors over 8 tiles) of one channel
+ * and store V[xi] at dst + xi*xs. */
+static inline void input_tf(__m256 D[6][6], float *dst, size_t xs) {
+    __m256 R[6][6];
+#pragma GCC unroll 6
+    for (int r = 0; r < 6; r++) bt6(D[r], R[r]); /* along the row */
+#pragma GCC unroll 6
+    for (int l = 0; l < 6; l++) {
+        __m256 col[6], o[6];
+#pragma GCC unroll 6
+        for (int r = 0; r < 6; r++) col[r] = R[r][l];
+        bt6(col, o); /* along the column */
+#pragma GCC unroll 6
+        for (int k = 0; k < 6; k++) _mm256_storeu_ps(dst + (size_t)(6 * k + l) * xs, o[k]);
+    }
+}
+
+/* V for channel c of the 8 tiles t0 .. t0+7 (nt < 8: the rest are padding). */
+static void input_unit(const WgCtx *cx, int c, long t0, int nt, float *dst, size_t xs) {
+    const LdmConvShape *s = cx->s;
+    const WgPlan *p = cx->p;
+    int H = s->H, W = s->W;
+    long per_img = (long)p->TH * p->TW;
+    __m256 D[6][6];
+    long n = t0 / per_img, rem = t0 % per_img;
+    int i = (int)(rem / p->TW), j0 = (int)(rem % p->TW);
+    if (nt == 8 && j0 + 8 <= p->TW) {
+        /* one tile row: contiguous loads and a de-interleave */
+        const float *xc = cx->x + ((size_t)n * s->C + c) * (size_t)H * W;
+#pragma GCC unroll 6
+        for (int r = 0; r < 6; r++) {
+            int h = 4 * i - 1 + r;
+            if (h < 0 || h >= H) {
+                for (int q = 0; q < 6; q++) D[r][q] = _mm256_setzero_ps();
+                continue;
+            }
+            const float *row = xc + (size_t)h * W;
+            if (c + 1 < s->C) {
+                /* the same columns of the next channel, wanted one sweep of the block later */
+                const char *nx = (const char *)(row + (size_t)H * W + (j0 ? 4 * j0 - 1 : 0));
+                _mm_prefetch(nx, _MM_HINT_T0);
+                _mm_prefetch(nx + 64, _MM_HINT_T0);
+                _mm_prefetch(nx + 128, _MM_HINT_T0);
+            }
+            row_phases(row, W, j0, D[r]);
+        }
+    } else {
+        /* tiles across rows or images, or padding: gather one by one */
+        float d[36][8];
+        for (int e = 0; e < 8; e++) {
+            long t = t0 + e;
+            if (e >= nt) {
+                for (int q = 0; q < 36; q++) d[q][e] = 0.0f;
+                continue;
+            }
+            long tn = t / per_img, tr = t % per_img;
+            int ti = (int)(tr / p->TW), tj = (int)(tr % p->TW);
+            const float *xc = cx->x + ((size_t)tn * s->C + c) * (size_t)H * W;
+            for (int r = 0; r < 6; r++) {
+                int h = 4 * ti - 1 + r;
+                for (int q = 0; q < 6; q++) {
+                    int w = 4 * tj - 1 + q;
+                    d[6 * r + q][e] = h >= 0 && h < H && w >= 0 && w < W ? xc[(size_t)h * W + w] : 0.0f;
+                }
+            }
+        }
+        for (int r = 0; r < 6; r++)
+            for (int q = 0; q < 6; q++) D[r][q] = _mm256_loadu_ps(d[6 * r + q]);
+    }
+    input_tf(D, dst, xs);
+}
+
+/* P1: V for the block's tiles [bt0, bt0 + nb) and channels [c0, c1); one
+ * channel at a time, so that its image rows are read in order. */
+static void phase_input(const WgCtx *cx, const WgBuf *bf, long bt0, long nb, int c0, int c1) {
+    int C = cx->s->C, nu = (int)((nb + 7) / 8);
+    size_t xs = bf->vxs;
+    for (int c = c0; c < c1; c++)
+        for (int u = 0; u < nu; u++) {
+            int po, pw;
+            unit_panel(nu, u, &po, &pw);
+            int nt = nb - 8l * u < 8 ? (int)(nb - 8l * u) : 8;
+            float *dst = bf->V + (size_t)po * 8 * C + (size_t)c * pw * 8 + (size_t)(u - po) * 8;
+            input_unit(cx, c, bt0 + 8l * u, nt, dst, xs);
+        }
+}
+
+/* ------------------------------------------------------------------------
+ * P2: weight transform
+ * ------------------------------------------------------------------------ */
+
+/* 8x8 transpose of r[0..7]. */
+static inline void transpose8(__m256 *r) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+/* U' = G' g G'^T for 4 output channels (rows base + o*ostride, o < no) and
+ * channels [0, nc), 9 floats each. A vector holds a channel pair x the 4
+ * outputs, i.e. 8 consecutive floats of U[xi][c][4]; stored at dst + xi*xs. */
+static void weight_group(const float *base, int ostride, int no, int nc, float *dst, size_t xs) {
+    static const float zero[9];
+    for (int c = 0; c < nc; c += 2) {
+        if (c + 24 < nc) /* the weight rows, a few iterations ahead */
+            for (int o = 0; o < no; o++)
+                _mm_prefetch((const char *)(base + (size_t)o * ostride + (size_t)(c + 24) * 9), _MM_HINT_T0);
+        const float *row[8];
+#pragma GCC unroll 8
+        for (int l = 0; l < 8; l++) {
+            int o = l & 3, cc = c + (l >> 2);
+            row[l] = o < no && cc < nc ? base + (size_t)o * ostride + (size_t)cc * 9 : zero;
+        }
+        __m256 g[9];
+#pragma GCC unroll 8
+        for (int l = 0; l < 8; l++) g[l] = _mm256_loadu_ps(row[l]); /* taps 0..7 of lane l */
+        transpose8(g);                                              /* -> tap k of all lanes */
+        g[8] = _mm256_setr_ps(row[0][8], row[1][8], row[2][8], row[3][8], row[4][8], row[5][8], row[6][8], row[7][8]);
+        __m256 Z[6][3];
+#pragma GCC unroll 3
+        for (int kx = 0; kx < 3; kx++) {
+            __m256 o[6];
+            g3(g[kx], g[3 + kx], g[6 + kx], o); /* along the kernel column */
+#pragma GCC unroll 6
+            for (int r = 0; r < 6; r++) Z[r][kx] = o[r];
+        }
+#pragma GCC unroll 6
+        for (int r = 0; r < 6; r++) {
+            __m256 o[6];
+            g3(Z[r][0], Z[r][1], Z[r][2], o); /* along the kernel row */
+#pragma GCC unroll 6
+            for (int l = 0; l < 6; l++) {
+                float *d = dst + (size_t)(6 * r + l) * xs + (size_t)c * 4;
+                if (c + 1 < nc) _mm256_storeu_ps(d, o[l]);
+                else _mm_storeu_ps(d, _mm256_castps256_ps128(o[l]));
+            }
+        }
+    }
+}
+
+/* n half-precision weights (IEEE half or bfloat16) from src, as float32. */
+static void widen(const uint16_t *src, int type, int n, float *dst) {
+    int i = 0;
+    if (type == LDM_W_F16) {
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+        for (; i < n; i++) dst[i] = _cvtsh_ss(src[i]);
+    } else {
+        for (; i + 8 <= n; i += 8) {
+            __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i)));
+            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+        }
+        for (; i < n; i++) {
+            uint32_t b = (uint32_t)src[i] << 16;
+            memcpy(dst + i, &b, 4);
+        }
+    }
+}
+
+/* P2: U for the 4-output groups [g0, g1) of the output block at o0 and
+ * input channels [k0, k0 + kn) (U rows hold kw channels). */
+static void phase_weights(const WgCtx *cx, int o0, int g0, int g1, int k0, int kn) {
+    const LdmConvShape *s = cx->s;
+    int C = s->C, kw = cx->p->kw;
+    size_t xs = cx->p->uxs;
+    for (int g = g0; g < g1; g++) {
+        int o = o0 + 4 * g, no = s->O - o < 4 ? s->O - o : 4;
+        float *dst = cx->U + (size_t)g * 4 * kw;
+        if (no <= 0) {
+            /* padding rows past O: zeros */
+            for (int xi = 0; xi < 36; xi++) memset(dst + xi * xs, 0, (size_t)kn * 4 * sizeof(float));
+            continue;
+        }
+        if (cx->w.type == LDM_W_F32) {
+            weight_group((const float *)cx->w.p + ((size_t)o * C + k0) * 9, C * 9, no, kn, dst, xs);
+            continue;
+        }
+        /* half precision: widen a chunk of channels, then transform it */
+        float wb[4 * WG_WCHUNK * 9];
+        for (int c = 0; c < kn; c += WG_WCHUNK) {
+            int nc = kn - c < WG_WCHUNK ? kn - c : WG_WCHUNK;
+            for (int q = 0; q < no; q++)
+                widen((const uint16_t *)cx->w.p + ((size_t)(o + q) * C + k0 + c) * 9, cx->w.type, nc * 9,
+                      wb + q * WG_WCHUNK * 9);
+            weight_group(wb, WG_WCHUNK * 9, no, nc, dst + (size_t)c * 4, xs);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * P3: GEMM micro-kernels, C[4][w] (+)= A[kc][4]^T B[kc][w]: 4 output
+ * channels broadcast, w tiles in vectors. This loop is where the time goes.
+ * ------------------------------------------------------------------------ */
+
+/* The K loops are written in assembly: compilers fold the B loads into the
+ * FMAs (4 loads of each vector instead of 1) or hoist all 4 broadcasts
+ * (19 live vectors for 16 registers), either of which costs a third.
+ * Accumulators ymm0..11 (row r, vector v in ymm(3r+v), or ymm(2r+v)), B in
+ * ymm12..14, broadcasts in ymm15 (and ymm14); they end up in out[r][v]. */
+#define WG_CLOBBERS                                                                                           \
+    "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", \
+        "xmm11", "xmm12", "xmm13", "xmm14", "xmm15"
+
+static void kern_4x24(int kc, const float *a, const float *b, float *restrict c, int ldc, int acc) {
+    float out[96] __attribute__((aligned(32)));
+    __asm__ volatile(
+        "vxorps %%ymm0, %%ymm0, %%ymm0\n\t vxorps %%ymm1, %%ymm1, %%ymm1\n\t vxorps %%ymm2, %%ymm2, %%ymm2\n\t"
+        "vxorps %%ymm3, %%ymm3, %%ymm3\n\t vxorps %%ymm4, %%ymm4, %%ymm4\n\t vxorps %%ymm5, %%ymm5, %%ymm5\n\t"
+        "vxorps %%ymm6, %%ymm6, %%ymm6\n\t vxorps %%ymm7, %%ymm7, %%ymm7\n\t vxorps %%ymm8, %%ymm8, %%ymm8\n\t"
+        "vxorps %%ymm9, %%ymm9, %%ymm9\n\t vxorps %%ymm10, %%ymm10, %%ymm10\n\t vxorps %%ymm11, %%ymm11, %%ymm11\n\t"
+        "testl %[k], %[k]\n\t"
+        "jle 2f\n\t"
+        "1:\n\t"
+        "prefetcht0 1024(%[b])\n\t"
+        "prefetcht0 1088(%[b])\n\t"
+        "vmovups (%[b]), %%ymm12\n\t"
+        "vmovups 32(%[b]), %%ymm13\n\t"
+        "vmovups 64(%[b]), %%ymm14\n\t"
+        "vbroadcastss (%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %%ymm0\n\t vfmadd231ps %%ymm13, %%ymm15, %%ymm1\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %%ymm2\n\t"
+        "vbroadcastss 4(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %%ymm3\n\t vfmadd231ps %%ymm13, %%ymm15, %%ymm4\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %%ymm5\n\t"
+        "vbroadcastss 8(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %%ymm6\n\t vfmadd231ps %%ymm13, %%ymm15, %%ymm7\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %%ymm8\n\t"
+        "vbroadcastss 12(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %%ymm9\n\t vfmadd231ps %%ymm13, %%ymm15, %%ymm10\n\t"
+        "vfmadd231ps %%ymm14, %%ymm15, %%ymm11\n\t"
+        "addq $16, %[a]\n\t"
+        "addq $96, %[b]\n\t"
+        "decl %[k]\n\t"
+        "jnz 1b\n\t"
+        "2:\n\t"
+        "vmovaps %%ymm0, (%[o])\n\t vmovaps %%ymm1, 32(%[o])\n\t vmovaps %%ymm2, 64(%[o])\n\t"
+        "vmovaps %%ymm3, 96(%[o])\n\t vmovaps %%ymm4, 128(%[o])\n\t vmovaps %%ymm5, 160(%[o])\n\t"
+        "vmovaps %%ymm6, 192(%[o])\n\t vmovaps %%ymm7, 224(%[o])\n\t vmovaps %%ymm8, 256(%[o])\n\t"
+        "vmovaps %%ymm9, 288(%[o])\n\t vmovaps %%ymm10, 320(%[o])\n\t vmovaps %%ymm11, 352(%[o])\n\t"
+        "vzeroupper\n\t"
+        : [a] "+r"(a), [b] "+r"(b), [k] "+r"(kc)
+        : [o] "r"(out)
+        : WG_CLOBBERS);
+    for (int r = 0; r < 4; r++)
+        for (int v = 0; v < 3; v++) {
+            __m256 z = _mm256_load_ps(out + 24 * r + 8 * v);
+            float *d = c + (size_t)r * ldc + 8 * v;
+            _mm256_storeu_ps(d, acc ? _mm256_add_ps(z, _mm256_loadu_ps(d)) : z);
+        }
+}
+
+static void kern_4x16(int kc, const float *a, const float *b, float *restrict c, int ldc, int acc) {
+    float out[64] __attribute__((aligned(32)));
+    __asm__ volatile(
+        "vxorps %%ymm0, %%ymm0, %%ymm0\n\t vxorps %%ymm1, %%ymm1, %%ymm1\n\t vxorps %%ymm2, %%ymm2, %%ymm2\n\t"
+        "vxorps %%ymm3, %%ymm3, %%ymm3\n\t vxorps %%ymm4, %%ymm4, %%ymm4\n\t vxorps %%ymm5, %%ymm5, %%ymm5\n\t"
+        "vxorps %%ymm6, %%ymm6, %%ymm6\n\t vxorps %%ymm7, %%ymm7, %%ymm7\n\t"
+        "testl %[k], %[k]\n\t"
+        "jle 2f\n\t"
+        "1:\n\t"
+        "prefetcht0 1024(%[b])\n\t"
+        "vmovups (%[b]), %%ymm12\n\t"
+        "vmovups 32(%[b]), %%ymm13\n\t"
+        "vbroadcastss (%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %%ymm0\n\t vfmadd231ps %%ymm13, %%ymm15, %%ymm1\n\t"
+        "vbroadcastss 4(%[a]), %%ymm14\n\t"
+        "vfmadd231ps %%ymm12, %%ymm14, %%ymm2\n\t vfmadd231ps %%ymm13, %%ymm14, %%ymm3\n\t"
+        "vbroadcastss 8(%[a]), %%ymm15\n\t"
+        "vfmadd231ps %%ymm12, %%ymm15, %%ymm4\n\t vfmadd231ps %%ymm13, %%ymm15, %%ymm5\n\t"
+        "vbroadcastss 12(%[a]), %%ymm14\n\t"
+        "vfmadd231ps %%ymm12, %%ymm14, %%ymm6\n\t vfmadd231ps %%ymm13, %%ymm14, %%ymm7\n\t"
+        "addq $16, %[a]\n\t"
+        "addq $64, %[b]\n\t"
+        "decl %[k]\n\t"
+        "jnz 1b\n\t"
+        "2:\n\t"
+        "vmovaps %%ymm0, (%[o])\n\t vmovaps %%ymm1, 32(%[o])\n\t vmovaps %%ymm2, 64(%[o])\n\t"
+        "vmovaps %%ymm3, 96(%[o])\n\t vmovaps %%ymm4, 128(%[o])\n\t vmovaps %%ymm5, 160(%[o])\n\t"
+        "vmovaps %%ymm6, 192(%[o])\n\t vmovaps %%ymm7, 224(%[o])\n\t"
+        "vzeroupper\n\t"
+        : [a] "+r"(a), [b] "+r"(b), [k] "+r"(kc)
+        : [o] "r"(out)
+        : WG_CLOBBERS);
+    for (int r = 0; r < 4; r++)
+        for (int v = 0; v < 2; v++) {
+            __m256 z = _mm256_load_ps(out + 16 * r + 8 * v);
+            float *d = c + (size_t)r * ldc + 8 * v;
+            _mm256_storeu_ps(d, acc ? _mm256_add_ps(z, _mm256_loadu_ps(d)) : z);
+        }
+}
+
+/* One vector of tiles (blocks of 8 tiles or fewer only): plain C. */
+static void kern_4x8(int kc, const float *a, const float *b, float *restrict c, int ldc, int acc) {
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    for (int k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_loadu_ps(b + 8 * k);
+        c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 4 * k), b0, c0);
+        c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 4 * k + 1), b0, c1);
+        c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 4 * k + 2), b0, c2);
+        c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 4 * k + 3), b0, c3);
+    }
+    __m256 z[4] = {c0, c1, c2, c3};
+    for (int r = 0; r < 4; r++) {
+        float *d = c + (size_t)r * ldc;
+        _mm256_storeu_ps(d, acc ? _mm256_add_ps(z[r], _mm256_loadu_ps(d)) : z[r]);
+    }
+}
+
+/* P3: M for output rows [r0, r0 + nr) of the output block (multiples of
+ * 4) x units [u0, u1) (whole panels) of the tile block of nu units, summed
+ * over the channels [kb, kb + kn) whose weights U holds (M accumulates
+ * unless kb is 0). */
+static void phase_gemm(const WgCtx *cx, const WgBuf *bf, int nu, int u0, int u1, int r0, int nr, int kb, int kn) {
+    int C = cx->s->C, kw = cx->p->kw, ldm = bf->ldm;
+    size_t vxs = bf->vxs, uxs = cx->p->uxs, mxs = bf->mxs;
+    for (int xi = 0; xi < 36; xi++) {
+        const float *V = bf->V + xi * vxs, *U = cx->U + xi * uxs + (size_t)r0 * kw;
+        float *M = bf->M + xi * mxs + (size_t)(r0 - bf->mrow0) * ldm;
+        for (int k0 = kb; k0 < kb + kn; k0 += WG_KC) {
+            int kc = kb + kn - k0 < WG_KC ? kb + kn - k0 : WG_KC;
+            for (int u = u0; u < u1;) {
+                int po, pw;
+                unit_panel(nu, u, &po, &pw);
+                const float *b = V + (size_t)po * 8 * C + (size_t)k0 * pw * 8;
+                float *mc = M + (size_t)(po - u0) * 8;
+                for (int g = 0; g < nr / 4; g++) {
+                    const float *a = U + (size_t)g * 4 * kw + (size_t)(k0 - kb) * 4;
+                    float *c = mc + (size_t)g * 4 * ldm;
+                    if (pw == 3) kern_4x24(kc, a, b, c, ldm, k0 > 0);
+                    else if (pw == 2) kern_4x16(kc, a, b, c, ldm, k0 > 0);
+                    else kern_4x8(kc, a, b, c, ldm, k0 > 0);
+                }
+                u = po + pw;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * P4: output transform and epilogue
+ * ------------------------------------------------------------------------ */
+
+/* 4 vectors P[s] over 8 tiles (column 4j+s) -> 32 consecutive floats q[4]. */
+static inline void interleave4(const __m256 *P, __m256 *q) {
+    __m256 t0 = _mm256_unpacklo_ps(P[0], P[1]), t1 = _mm256_unpackhi_ps(P[0], P[1]);
+    __m256 t2 = _mm256_unpacklo_ps(P[2], P[3]), t3 = _mm256_unpackhi_ps(P[2], P[3]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    q[0] = _mm256_permute2f128_ps(u0, u1, 0x20);
+    q[1] = _mm256_permute2f128_ps(u2, u3, 0x20);
+    q[2] = _mm256_permute2f128_ps(u0, u1, 0x31);
+    q[3] = _mm256_permute2f128_ps(u2, u3, 0x31);
+}
+
+/* y for output channel o of the 8 tiles t0 .. t0+nt-1, from m + xi*xs. */
+static void output_unit(const WgCtx *cx, int o, long t0, int nt, const float *m, size_t xs) {
+    const LdmConvShape *s = cx->s;
+    const WgPlan *p = cx->p;
+    int H = s->H, W = s->W, O = s->O;
+    long per_img = (long)p->TH * p->TW;
+    __m256 Z[4][6], Y[4][4];
+#pragma GCC unroll 6
+    for (int l = 0; l < 6; l++) {
+        __m256 col[6], r[4];
+#pragma GCC unroll 6
+        for (int k = 0; k < 6; k++) col[k] = _mm256_loadu_ps(m + (size_t)(6 * k + l) * xs);
+        at6(col, r); /* along the column */
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++) Z[q][l] = r[q];
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++) at6(Z[q], Y[q]); /* along the row */
+    float bo = cx->bias ? cx->bias[o] : 0.0f;
+    long n = t0 / per_img, rem = t0 % per_img;
+    int i = (int)(rem / p->TW), j0 = (int)(rem % p->TW);
+    if (nt == 8 && j0 + 8 <= p->TW) {
+        /* one tile row: 4 output rows of 32 columns (fewer at the edges) */
+        __m256 cst = _mm256_set1_ps(bo + (cx->rowadd ? cx->rowadd[(size_t)n * O + o] : 0.0f));
+        size_t plane = ((size_t)n * O + o) * (size_t)H * W;
+        int col0 = 4 * j0, ncol = W - col0 < 32 ? W - col0 : 32;
+        for (int q = 0; q < 4 && 4 * i + q < H; q++) {
+            size_t off = plane + (size_t)(4 * i + q) * W + col0;
+            __m256 v[4];
+            interleave4(Y[q], v);
+            if (ncol == 32) {
+                float *yo = cx->y + off;
+                int nts = cx->nt_store && !((uintptr_t)yo & 31);
+                for (int e = 0; e < 4; e++) {
+                    __m256 z = _mm256_add_ps(v[e], cst);
+                    if (cx->residual) z = _mm256_add_ps(z, _mm256_loadu_ps(cx->residual + off + 8 * e));
+                    if (nts) _mm256_stream_ps(yo + 8 * e, z);
+                    else _mm256_storeu_ps(yo + 8 * e, z);
+                }
+            } else {
+                float t[32];
+                for (int e = 0; e < 4; e++) _mm256_storeu_ps(t + 8 * e, _mm256_add_ps(v[e], cst));
+                for (int e = 0; e < ncol; e++) cx->y[off + e] = t[e] + (cx->residual ? cx->residual[off + e] : 0.0f);
+            }
+        }
+        return;
+    }
+    /* tiles across rows or images: one by one */
+    float yt[16][8];
+    for (int q = 0; q < 4; q++)
+        for (int e = 0; e < 4; e++) _mm256_storeu_ps(yt[4 * q + e], Y[q][e]);
+    for (int e = 0; e < nt; e++) {
+        long t = t0 + e, tn = t / per_img, tr = t % per_img;
+        int ti = (int)(tr / p->TW), tj = (int)(tr % p->TW);
+        float cst = bo + (cx->rowadd ? cx->rowadd[(size_t)tn * O + o] : 0.0f);
+        size_t plane = ((size_t)tn * O + o) * (size_t)H * W;
+        for (int q = 0; q < 4 && 4 * ti + q < H; q++)
+            for (int r = 0; r < 4 && 4 * tj + r < W; r++) {
+                size_t off = plane + (size_t)(4 * ti + q) * W + 4 * tj + r;
+                cx->y[off] = yt[4 * q + r][e] + cst + (cx->residual ? cx->residual[off] : 0.0f);
+            }
+    }
+}
+
+/* P4: y for output channels o0 + [r0, r1) and the units [u0, u1) of the
+ * tile block at tile bt0 (nb tiles). */
+static void phase_output(const WgCtx *cx, const WgBuf *bf, long bt0, long nb, int u0, int u1, int o0, int r0,
+                         int r1) {
+    for (int r = r0; r < r1; r++)
+        for (int u = u0; u < u1; u++) {
+            int nt = nb - 8l * u < 8 ? (int)(nb - 8l * u) : 8;
+            const float *m = bf->M + (size_t)(r - bf->mrow0) * bf->ldm + (size_t)(u - u0) * 8;
+            output_unit(cx, o0 + r, bt0 + 8l * u, nt, m, bf->mxs);
+        }
+}
+
+/* ------------------------------------------------------------------------
+ * driver
+ * ------------------------------------------------------------------------ */
+
+#ifdef WG_PROFILE
+#include <time.h>
+double wg_prof[4];
+static double wg_cpu(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+#define PROF(k, stmt)                             \
+    do {                                          \
+        double t_ = th == 0 ? wg_cpu() : 0;       \
+        stmt;                                     \
+        if (th == 0) wg_prof[k] += wg_cpu() - t_; \
+    } while (0)
+#else
+#define PROF(k, stmt) stmt
+#endif
+
+/* [lo, hi) of part i of `parts` over n items. */
+static void part(int n, int parts, int i, int *lo, int *hi) {
+    *lo = (int)((long)n * i / parts);
+    *hi = (int)((long)n * (i + 1) / parts);
+}
+
+/* Row chunk of the private schedule's GEMM sub-blocks. */
+#define WG_PRIV_ROWS 32
+
+/* The private schedule gives each thread its own slices of V and M; their
+ * size depends on the thread count, within the same scratch. 0 if the
+ * slices would be too small to be worth it (then: the shared schedule). */
+static int private_slices(const WgPlan *p, int C, int nth, int th, const WgCtx *cx, WgBuf *bf) {
+    size_t vfl = 36 * p->vxs / (size_t)nth & ~(size_t)15, mfl = 36 * p->mxs / (size_t)nth & ~(size_t)15;
+    int bu = p->blk_units / nth, rows = p->OB < WG_PRIV_ROWS ? p->OB : WG_PRIV_ROWS;
+    while (bu >= 3 && 36 * plane_stride((size_t)C * bu * 8) > vfl) bu--;
+    int su = bu;
+    while (su >= 3 && 36 * plane_stride((size_t)rows * su * 8) > mfl) su--;
+    if (bu < 3 || su < 3) return 0;
+    bf->vxs = plane_stride((size_t)C * bu * 8);
+    bf->mxs = plane_stride((size_t)rows * su * 8);
+    bf->V = cx->V + (size_t)th * vfl;
+    bf->M = cx->M + (size_t)th * mfl;
+    bf->ldm = su * 8;
+    bf->mrow0 = 0;
+    bf->units = bu;
+    return 1;
+}
+
+/* The whole (all output rows) GEMM and output of the units [u0, u1) of a
+ * tile block, in chunks of WG_PRIV_ROWS rows and sub-blocks of ldm tiles. */
+static void gemm_output_all_rows(const WgCtx *cx, WgBuf *bf, long bt0, long nb, int nu, int o0, int nob) {
+    int su = bf->ldm / 8;
+    for (int r0 = 0; r0 < nob; r0 += WG_PRIV_ROWS) {
+        int nr = nob - r0 < WG_PRIV_ROWS ? nob - r0 : WG_PRIV_ROWS;
+        bf->mrow0 = r0;
+        for (int u0 = 0; u0 < nu;) {
+            int u1 = u0, po, pw;
+            while (u1 < nu) {
+                unit_panel(nu, u1, &po, &pw);
+                if (u1 > u0 && u1 + pw - u0 > su) break;
+                u1 += pw;
+            }
+            phase_gemm(cx, bf, nu, u0, u1, r0, (nr + 3) & ~3, 0, cx->s->C);
+            phase_output(cx, bf, bt0, nb, u0, u1, o0, r0, r0 + nr);
+            u0 = u1;
+        }
+    }
+}
+
+/* Out-major, private: per output block, U by all threads (one barrier),
+ * then each thread takes whole tile blocks of its own, dynamically, and
+ * transforms, multiplies and writes them back alone. */
+static void run_private(const WgCtx *cx, WgBuf *bf, int nth, int th) {
+    const WgPlan *p = cx->p;
+    int O = cx->s->O, g0, g1;
+    long blk_tiles = (long)bf->units * 8, nblk = (p->T + blk_tiles - 1) / blk_tiles;
+    part(p->OB / 4, nth, th, &g0, &g1);
+    for (int ob = 0; ob < p->nob; ob++) {
+        int o0 = ob * p->OB, nob = O - o0 < p->OB ? O - o0 : p->OB;
+        PROF(1, phase_weights(cx, o0, g0, g1, 0, cx->s->C));
+#pragma omp barrier
+        /* (the loop ends with a barrier: U is not rewritten under anyone) */
+#pragma omp for schedule(dynamic, 1)
+        for (long tb = 0; tb < nblk; tb++) {
+            long bt0 = tb * blk_tiles, nb = p->T - bt0 < blk_tiles ? p->T - bt0 : blk_tiles;
+            int nu = (int)((nb + 7) / 8);
+            PROF(0, phase_input(cx, bf, bt0, nb, 0, cx->s->C));
+            PROF(2, gemm_output_all_rows(cx, bf, bt0, nb, nu, o0, nob));
+        }
+    }
+}
+
+/* Shared: V of each tile block by all threads between two barriers; each
+ * thread owns a slice of every output block's rows (U, M and y). */
+static void run_shared(const WgCtx *cx, int nth, int th) {
+    const WgPlan *p = cx->p;
+    int C = cx->s->C, O = cx->s->O, c0, c1, g0, g1;
+    long blk_tiles = (long)p->blk_units * 8;
+    int n_outer = p->out_major ? p->nob : p->ntb, n_inner = p->out_major ? p->ntb : p->nob;
+    WgBuf bf = {cx->V, cx->M, p->vxs, p->mxs, p->sub_units * 8, 0, p->blk_units};
+    part(C, nth, th, &c0, &c1);
+    part(p->OB / 4, nth, th, &g0, &g1);
+    int r0 = 4 * g0, r1 = 4 * g1;
+    int cur_tb = -1, cur_ob = -1;
+    for (int io = 0; io < n_outer; io++)
+        for (int ii = 0; ii < n_inner; ii++) {
+            int tb = p->out_major ? ii : io, ob = p->out_major ? io : ii;
+            long bt0 = tb * blk_tiles, nb = p->T - bt0 < blk_tiles ? p->T - bt0 : blk_tiles;
+            int nu = (int)((nb + 7) / 8), o0 = ob * p->OB, nob = O - o0 < p->OB ? O - o0 : p->OB;
+            int rend = r1 < nob ? r1 : nob; /* my rows that are outputs */
+            if (tb != cur_tb) {
+                if (cur_tb >= 0) {
+#pragma omp barrier
+                }
+                PROF(0, phase_input(cx, &bf, bt0, nb, c0, c1));
+#pragma omp barrier
+            }
+            cur_tb = tb;
+            if (r1 == r0) continue;
+            if (p->kw < C) {
+                /* weights in K blocks; the whole block is one GEMM sub-block */
+                for (int k0 = 0; k0 < C; k0 += p->kw) {
+                    int kn = C - k0 < p->kw ? C - k0 : p->kw;
+                    PROF(1, phase_weights(cx, o0, g0, g1, k0, kn));
+                    PROF(2, phase_gemm(cx, &bf, nu, 0, nu, r0, r1 - r0, k0, kn));
+                }
+                PROF(3, phase_output(cx, &bf, bt0, nb, 0, nu, o0, r0, rend));
+                continue;
+            }
+            if (ob != cur_ob) PROF(1, phase_weights(cx, o0, g0, g1, 0, C));
+            cur_ob = ob;
+            for (int u0 = 0; u0 < nu;) {
+                /* a sub-block: whole panels, at most sub_units units */
+                int u1 = u0, po, pw;
+                while (u1 < nu) {
+                    unit_panel(nu, u1, &po, &pw);
+                    if (u1 > u0 && u1 + pw - u0 > p->sub_units) break;
+                    u1 += pw;
+                }
+                PROF(2, phase_gemm(cx, &bf, nu, u0, u1, r0, r1 - r0, 0, C));
+                PROF(3, phase_output(cx, &bf, bt0, nb, u0, u1, o0, r0, rend));
+                u0 = u1;
+            }
+        }
+}
+
+void ldm_conv3x3_winograd(const LdmConvShape *s, const float *x, LdmW w, const LdmEpilogue *ep, float *y,
+                          float *scratch) {
+    if (s->KH != 3 || s->KW != 3 || s->stride_h != 1 || s->stride_w != 1 || s->pad_t != 1 || s->pad_b != 1 ||
+        s->pad_l != 1 || s->pad_r != 1 || s->HO != s->H || s->WO != s->W) {
+        ldm_fail("winograd: needs a 3x3 kernel, stride 1 and padding 1");
+        return;
+    }
+    if (s->N <= 0 || s->O <= 0 || s->H <= 0 || s->W <= 0) return;
+    WgPlan p;
+    wg_plan(s, &p);
+    size_t ybytes = (size_t)s->N * s->O * s->H * s->W * sizeof(float);
+    WgCtx cx = {s,    &p, x, w, ep ? ep->bias : NULL, ep ? ep->rowadd : NULL, ep ? ep->residual : NULL, y,
+                ybytes > WG_NT_BYTES, scratch, scratch + 36 * p.vxs, scratch + 36 * (p.vxs + p.uxs)};
+    int C = s->C;
+#pragma omp parallel
+    {
+        int nth = omp_get_num_threads(), th = omp_get_thread_num();
+        WgBuf own;
+        if (p.out_major && private_slices(&p, C, nth, th, &cx, &own))
+            run_private(&cx, &own, nth, th);
+        else
+            run_shared(&cx, nth, th);
+        if (cx.nt_store) _mm_sfence();
+    }
+}

@@ -1,0 +1,341 @@
+/*
+ * test_winograd.c - ldm_conv3x3_winograd (Winograd F(4x4, 3x3)) against a
+ * naive direct convolution in double precision written here.
+ *
+ * Shapes are odd on purpose: H and W not multiples of 4 (partial edge
+ * tiles), 1x1 images, channel counts not multiples of 4 or 8, batch 2, and
+ * images wide enough (W > 32) for the kernel's one-tile-row fast paths.
+ * Every epilogue combination (bias, rowadd, residual) and every weight
+ * storage type (float32, IEEE half, bfloat16; the reference uses the same
+ * widened weights) is checked.
+ *
+ * Tolerance: Winograd reassociates the sum and scales terms by the
+ * transform matrices (entries up to 8 and 1/24), so the error of an output
+ * is bounded by the size of the terms of its 6x6 tile, not of the output
+ * itself. We compare with
+ *     max |got - ref| <= TOL * S,   TOL = 1e-5,
+ * where S is the largest, over all outputs, of the sum of |terms| making
+ * the output (|w x| over the 3x3xC window, plus |bias|, |rowadd|,
+ * |residual|). A wrong index or a missed tile is an error of order S.
+ * For the large-C check the bound is relative to the RMS of the output
+ * (the scale a network sees): 1e-4.
+ */
+#include <check.h>
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "util.h"
+
+#define TOL 1e-5
+
+/* ---- random data -------------------------------------------------------- */
+
+static uint64_t rng_state;
+static double urand(void) {
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return ((z >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+static double nrand(void) { return sqrt(-2.0 * log(urand())) * cos(6.283185307179586 * urand()); }
+static float *rand_buf(size_t n, double scale) {
+    float *p = ldm_aligned_alloc(n * sizeof *p);
+    for (size_t i = 0; i < n; i++) p[i] = (float)(nrand() * scale);
+    return p;
+}
+
+/* ---- weight storage: stored bits and the float32 values they mean ------- */
+
+/* Store w (n floats) as `type`; wf receives the widened values. */
+static void *store_weights(const float *w, size_t n, int type, float *wf) {
+    if (type == LDM_W_F32) {
+        memcpy(wf, w, n * sizeof *w);
+        float *p = ldm_aligned_alloc(n * sizeof *p);
+        memcpy(p, w, n * sizeof *w);
+        return p;
+    }
+    uint16_t *h = ldm_aligned_alloc(n * sizeof *h);
+    for (size_t i = 0; i < n; i++) {
+        if (type == LDM_W_F16) {
+            h[i] = _cvtss_sh(w[i], _MM_FROUND_TO_NEAREST_INT); /* hardware F16C conversion */
+            wf[i] = _cvtsh_ss(h[i]);
+        } else {
+            uint32_t b;
+            memcpy(&b, &w[i], 4);
+            b += 0x7fff + ((b >> 16) & 1); /* round to nearest even */
+            h[i] = (uint16_t)(b >> 16);
+            b = (uint32_t)h[i] << 16;
+            memcpy(&wf[i], &b, 4);
+        }
+    }
+    return h;
+}
+
+/* ---- reference ------------------------------------------------------------ */
+
+/* One output of the direct convolution, and in *mag the sum of |terms|. */
+static double ref_at(const LdmConvShape *s, const float *x, const float *w, const float *bias, const float *rowadd,
+                     const float *res, int n, int o, int h, int v, double *mag) {
+    int C = s->C, H = s->H, W = s->W, O = s->O;
+    double acc = 0, m = 0;
+    for (int c = 0; c < C; c++)
+        for (int ky = 0; ky < 3; ky++)
+            for (int kx = 0; kx < 3; kx++) {
+                int hh = h + ky - 1, ww = v + kx - 1;
+                if (hh < 0 || hh >= H || ww < 0 || ww >= W) continue;
+                double t = (double)w[((size_t)o * C + c) * 9 + ky * 3 + kx] * x[(((size_t)n * C + c) * H + hh) * W + ww];
+                acc += t;
+                m += fabs(t);
+            }
+    size_t i = (((size_t)n * O + o) * H + h) * W + v;
+    if (bias) acc += bias[o], m += fabs(bias[o]);
+    if (rowadd) acc += rowadd[(size_t)n * O + o], m += fabs(rowadd[(size_t)n * O + o]);
+    if (res) acc += res[i], m += fabs(res[i]);
+    *mag = m;
+    return acc;
+}
+
+/* y (double) at every output and the largest sum of |terms| S. */
+static double ref_conv(const LdmConvShape *s, const float *x, const float *w, const float *bias, const float *rowadd,
+                       const float *res, double *y) {
+    double smax = 0, mag;
+    size_t i = 0;
+    for (int n = 0; n < s->N; n++)
+        for (int o = 0; o < s->O; o++)
+            for (int h = 0; h < s->H; h++)
+                for (int v = 0; v < s->W; v++, i++) {
+                    y[i] = ref_at(s, x, w, bias, rowadd, res, n, o, h, v, &mag);
+                    if (mag > smax) smax = mag;
+                }
+    return smax;
+}
+
+/* ---- one case --------------------------------------------------------------- */
+
+enum { EP_BIAS = 1, EP_ROWADD = 2, EP_RES = 4 };
+
+typedef struct Case {
+    int N, C, H, W, O;
+} Case;
+
+static LdmConvShape shape_of(Case k) {
+    return (LdmConvShape){k.N, k.C, k.H, k.W, k.O, 3, 3, 1, 1, 1, 1, 1, 1, k.H, k.W};
+}
+
+/* Runs one convolution and returns max |got - ref| / S (S: see the top).
+ * The output buffer starts as NaN so that any output not written shows. */
+static double run_case(Case k, int wtype, int epi, uint64_t seed) {
+    rng_state = seed;
+    LdmConvShape s = shape_of(k);
+    size_t nx = (size_t)k.N * k.C * k.H * k.W, ny = (size_t)k.N * k.O * k.H * k.W, nw = (size_t)k.O * k.C * 9;
+    float *x = rand_buf(nx, 1.0), *w = rand_buf(nw, 1.0 / sqrt(9.0 * k.C));
+    float *bias = epi & EP_BIAS ? rand_buf((size_t)k.O, 1.0) : NULL;
+    float *rowadd = epi & EP_ROWADD ? rand_buf((size_t)k.N * k.O, 1.0) : NULL;
+    float *res = epi & EP_RES ? rand_buf(ny, 1.0) : NULL;
+    float *wf = ldm_aligned_alloc(nw * sizeof *wf);
+    void *wstore = store_weights(w, nw, wtype, wf);
+    float *y = ldm_aligned_alloc(ny * sizeof *y);
+    for (size_t i = 0; i < ny; i++) y[i] = NAN;
+    size_t sb = ldm_winograd_scratch_bytes(&s);
+    float *scratch = ldm_aligned_alloc(sb);
+    LdmEpilogue ep = {bias, rowadd, res};
+    ldm_conv3x3_winograd(&s, x, (LdmW){wstore, wtype}, epi ? &ep : NULL, y, scratch);
+    double *ref = malloc(ny * sizeof *ref);
+    double smax = ref_conv(&s, x, wf, bias, rowadd, res, ref);
+    double maxe = 0;
+    for (size_t i = 0; i < ny; i++) {
+        double e = fabs((double)y[i] - ref[i]);
+        if (!(e <= maxe)) maxe = e; /* NaN sticks */
+    }
+    free(x), free(w), free(bias), free(rowadd), free(res), free(wf), free(wstore), free(y), free(scratch), free(ref);
+    return maxe / smax;
+}
+
+/* ---- tests ------------------------------------------------------------------ */
+
+/* Small shapes: edge tiles, tiles across rows and images, wide rows. */
+static const Case small[] = {
+    {2, 3, 7, 5, 5},   /* partial tiles both ways */
+    {2, 5, 1, 1, 3},   /* a single pixel */
+    {1, 9, 4, 4, 7},   /* exactly one tile */
+    {2, 11, 9, 13, 6}, /* 3x4 tiles, odd channels */
+    {2, 5, 10, 62, 6}, /* 16 tiles per row: de-interleave path, ragged right edge */
+    {1, 7, 5, 64, 9},  /* W a multiple of 4 wider than 32 */
+    {2, 6, 6, 37, 10}, /* 10 tiles per row: units across rows */
+};
+
+START_TEST(test_small_shapes_f32) {
+    Case k = small[_i];
+    for (int epi = 0; epi < 8; epi++) {
+        double e = run_case(k, LDM_W_F32, epi, 1000 + 17 * _i + epi);
+        ck_assert_msg(e <= TOL, "N%d C%d %dx%d O%d epilogue %d: max err %.3g of scale", k.N, k.C, k.H, k.W, k.O, epi, e);
+    }
+}
+END_TEST
+
+START_TEST(test_small_shapes_half) {
+    Case k = small[_i];
+    for (int t = LDM_W_F16; t <= LDM_W_BF16; t++)
+        for (int epi = 0; epi < 8; epi += 7) {
+            double e = run_case(k, t, epi, 2000 + 17 * _i + epi + t);
+            ck_assert_msg(e <= TOL, "N%d C%d %dx%d O%d weights %s epilogue %d: max err %.3g of scale", k.N, k.C, k.H,
+                          k.W, k.O, t == LDM_W_F16 ? "f16" : "bf16", epi, e);
+        }
+}
+END_TEST
+
+/* 200 tiles in several tile blocks, each transformed again per output
+ * block, with C above one GEMM K block (256). */
+START_TEST(test_tile_blocks) {
+    Case k = {2, 300, 40, 37, 12};
+    double e = run_case(k, LDM_W_F16, EP_BIAS | EP_RES, 31);
+    ck_assert_msg(e <= TOL, "max err %.3g of scale", e);
+}
+END_TEST
+
+/* Large C: several tile blocks (the scratch budgets bind), weights
+ * transformed in K blocks, a ragged last block. */
+START_TEST(test_blocks) {
+    Case k = {1, 4096, 19, 21, 13};
+    double e = run_case(k, LDM_W_F32, EP_BIAS | EP_ROWADD, 32);
+    ck_assert_msg(e <= TOL, "max err %.3g of scale", e);
+}
+END_TEST
+
+/* Several output-channel blocks, ragged, with weights transformed in K
+ * blocks (C > 256) and whole (C <= 256). */
+START_TEST(test_out_blocks) {
+    Case a = {2, 300, 16, 20, 90}, b = {1, 200, 12, 20, 150};
+    double e = run_case(a, LDM_W_BF16, EP_BIAS | EP_ROWADD | EP_RES, 33);
+    ck_assert_msg(e <= TOL, "C300 O90: max err %.3g of scale", e);
+    e = run_case(b, LDM_W_F32, EP_RES, 34);
+    ck_assert_msg(e <= TOL, "C200 O150: max err %.3g of scale", e);
+}
+END_TEST
+
+/* The result must not depend on the number of threads: every output is
+ * computed by the same operations whichever thread does it, however the
+ * tiles are blocked. Two shapes: few tiles (threads split each block's
+ * output channels) and many tiles with few channels (threads take whole
+ * tile blocks, units across tile rows). */
+START_TEST(test_threads) {
+    static const Case cases[] = {{2, 21, 13, 45, 18}, {1, 64, 100, 112, 40}};
+    Case k = cases[_i];
+    LdmConvShape s = shape_of(k);
+    rng_state = 77;
+    size_t nx = (size_t)k.N * k.C * k.H * k.W, ny = (size_t)k.N * k.O * k.H * k.W, nw = (size_t)k.O * k.C * 9;
+    float *x = rand_buf(nx, 1.0), *w = rand_buf(nw, 0.1), *bias = rand_buf((size_t)k.O, 1.0);
+    float *scratch = ldm_aligned_alloc(ldm_winograd_scratch_bytes(&s));
+    float *y1 = ldm_aligned_alloc(ny * sizeof(float)), *y = ldm_aligned_alloc(ny * sizeof(float));
+    LdmEpilogue ep = {bias, NULL, NULL};
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    ldm_conv3x3_winograd(&s, x, (LdmW){w, LDM_W_F32}, &ep, y1, scratch);
+    for (int nt = 2; nt <= 5; nt++) {
+        omp_set_num_threads(nt);
+        memset(y, 0, ny * sizeof *y);
+        ldm_conv3x3_winograd(&s, x, (LdmW){w, LDM_W_F32}, &ep, y, scratch);
+        ck_assert_msg(!memcmp(y, y1, ny * sizeof *y), "%d threads differ from 1", nt);
+    }
+    omp_set_num_threads(saved);
+    free(x), free(w), free(bias), free(scratch), free(y1), free(y);
+}
+END_TEST
+
+/* Many tiles, few channels: tile blocks per thread, units across rows. */
+START_TEST(test_many_tiles) {
+    Case k = {1, 64, 100, 112, 40};
+    double e = run_case(k, LDM_W_F16, EP_BIAS | EP_ROWADD | EP_RES, 35);
+    ck_assert_msg(e <= TOL, "max err %.3g of scale", e);
+}
+END_TEST
+
+/* An output over 16 MB (written past the caches, in several GEMM sub-
+ * blocks), checked at every output of a few rows of every channel: the
+ * first, the last and a middle one, and every output of channel 0. */
+START_TEST(test_large_output) {
+    Case k = {1, 4, 256, 256, 68};
+    LdmConvShape s = shape_of(k);
+    rng_state = 55;
+    size_t nx = (size_t)k.N * k.C * k.H * k.W, ny = (size_t)k.N * k.O * k.H * k.W, nw = (size_t)k.O * k.C * 9;
+    float *x = rand_buf(nx, 1.0), *w = rand_buf(nw, 1.0 / 6), *bias = rand_buf((size_t)k.O, 1.0), *res = rand_buf(ny, 1.0);
+    float *y = ldm_aligned_alloc(ny * sizeof *y), *scratch = ldm_aligned_alloc(ldm_winograd_scratch_bytes(&s));
+    for (size_t i = 0; i < ny; i++) y[i] = NAN;
+    LdmEpilogue ep = {bias, NULL, res};
+    ldm_conv3x3_winograd(&s, x, (LdmW){w, LDM_W_F32}, &ep, y, scratch);
+    double maxe = 0, smax = 0, mag;
+    for (int o = 0; o < k.O; o++)
+        for (int h = 0; h < k.H; h++) {
+            if (o && h != 0 && h != 131 && h != k.H - 1) continue;
+            for (int v = 0; v < k.W; v++) {
+                double r = ref_at(&s, x, w, bias, NULL, res, 0, o, h, v, &mag);
+                double e = fabs(y[((size_t)o * k.H + h) * k.W + v] - r);
+                if (!(e <= maxe)) maxe = e;
+                if (mag > smax) smax = mag;
+            }
+        }
+    ck_assert_msg(maxe <= TOL * smax, "max err %.3g of scale %.3g", maxe, smax);
+    free(x), free(w), free(bias), free(res), free(y), free(scratch);
+}
+END_TEST
+
+/* SD-sized channel count: error relative to the output scale stays small
+ * (F(4x4, 3x3) in float32 is ~1e-5; it must not grow with C). */
+START_TEST(test_error_large_c) {
+    Case k = {1, 1280, 12, 16, 8};
+    LdmConvShape s = shape_of(k);
+    rng_state = 99;
+    size_t nx = (size_t)k.N * k.C * k.H * k.W, ny = (size_t)k.N * k.O * k.H * k.W, nw = (size_t)k.O * k.C * 9;
+    float *x = rand_buf(nx, 1.0), *w = rand_buf(nw, 1.0 / sqrt(9.0 * k.C));
+    float *y = ldm_aligned_alloc(ny * sizeof *y), *scratch = ldm_aligned_alloc(ldm_winograd_scratch_bytes(&s));
+    double *ref = malloc(ny * sizeof *ref);
+    ldm_conv3x3_winograd(&s, x, (LdmW){w, LDM_W_F32}, NULL, y, scratch);
+    ref_conv(&s, x, w, NULL, NULL, NULL, ref);
+    double maxe = 0, ss = 0;
+    for (size_t i = 0; i < ny; i++) {
+        double e = fabs(y[i] - ref[i]);
+        if (!(e <= maxe)) maxe = e;
+        ss += ref[i] * ref[i];
+    }
+    double rms = sqrt(ss / ny);
+    ck_assert_msg(rms > 0.5, "output scale %.3g", rms);
+    ck_assert_msg(maxe <= 1e-4 * rms, "max err %.3g, output rms %.3g", maxe, rms);
+    free(x), free(w), free(y), free(scratch), free(ref);
+}
+END_TEST
+
+/* The scratch size: positive, and modest for the largest SD shapes. */
+START_TEST(test_scratch_size) {
+    LdmConvShape a = shape_of((Case){2, 640, 64, 64, 640}), b = shape_of((Case){1, 512, 512, 512, 512});
+    LdmConvShape c = shape_of((Case){2, 1280, 16, 16, 1280});
+    ck_assert(ldm_winograd_scratch_bytes(&a) <= (32u << 20));
+    ck_assert(ldm_winograd_scratch_bytes(&b) <= (32u << 20));
+    ck_assert(ldm_winograd_scratch_bytes(&c) <= (32u << 20));
+    ck_assert(ldm_winograd_scratch_bytes(&c) < 36ull * 1280 * 1280 * 4 / 8);
+}
+END_TEST
+
+Suite *suite_winograd(void) {
+    Suite *s = suite_create("winograd");
+    TCase *tc = tcase_create("winograd");
+    tcase_set_timeout(tc, 120);
+    int nsmall = (int)(sizeof small / sizeof *small);
+    tcase_add_loop_test(tc, test_small_shapes_f32, 0, nsmall);
+    tcase_add_loop_test(tc, test_small_shapes_half, 0, nsmall);
+    tcase_add_test(tc, test_tile_blocks);
+    tcase_add_test(tc, test_blocks);
+    tcase_add_test(tc, test_out_blocks);
+    tcase_add_test(tc, test_large_output);
+    tcase_add_loop_test(tc, test_threads, 0, 2);
+    tcase_add_test(tc, test_many_tiles);
+    tcase_add_test(tc, test_error_large_c);
+    tcase_add_test(tc, test_scratch_size);
+    suite_add_tcase(s, tc);
+    return s;
+}
