@@ -128,14 +128,16 @@ void pass_fuse(Graph *g) {
     pass_dead_code(g);
 }
 
-/* Winograd F(4x4,3x3) pays when there are enough tiles to feed its GEMMs. */
+/* Winograd F(4x4,3x3) pays when there are enough tiles to feed its GEMMs.
+ * The choice looks at one sample's tiles, not the batch's, so that a
+ * sample's result does not depend on the batch it is computed in. */
 static int use_winograd(const Node *n) {
     const Node *x = n->src[0], *w = n->src[1];
     if (w->shape[2] != 3 || w->shape[3] != 3 || n->stride[0] != 1 || n->stride[1] != 1) return 0;
     for (int i = 0; i < 4; i++)
         if (n->pad[i] != 1) return 0;
-    int64_t tiles = x->shape[0] * ((n->shape[2] + 3) / 4) * ((n->shape[3] + 3) / 4);
-    return LDMC_WINOGRAD && tiles >= 32 && x->shape[1] >= 16 && w->shape[0] >= 16;
+    int64_t tiles = ((n->shape[2] + 3) / 4) * ((n->shape[3] + 3) / 4);
+    return LDMC_WINOGRAD && tiles >= 16 && x->shape[1] >= 16 && w->shape[0] >= 16;
 }
 
 void pass_select_kernels(Graph *g) {

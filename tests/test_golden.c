@@ -885,6 +885,21 @@ START_TEST(test_batch_independence) {
     const int64_t shape2[] = {2, 4, 16, 16};
     assert_shape(t2, 4, shape2);
     int64_t per = t2->numel / 2;
+    /* The bound is the float32 rounding noise the goldens measured for this
+     * very computation (fp32 reference vs its float64 re-run): a B=1 and a
+     * B=2 run may sum in a different order (BLAS blocks depend on the
+     * shapes), which is float32 noise; a real batch bug (samples mixed,
+     * wrong strides) gives differences of order 1. */
+    StFile gf;
+    open_st(&gf, io);
+    const char *tol_json = st_metadata(&gf, "tolerance");
+    ck_assert_msg(tol_json != NULL, "%s: no tolerance metadata", io);
+    json_t *tol = json_loads(tol_json, 0, NULL);
+    json_t *noise = json_object_get(json_object_get(tol, "case0.eps"), "fp32_vs_fp64_max_abs");
+    ck_assert_msg(json_is_number(noise), "%s: no tolerance[case0.eps].fp32_vs_fp64_max_abs", io);
+    double bound = json_number_value(noise);
+    json_decref(tol);
+    st_close(&gf);
     for (int s = 0; s < 2; s++) {
         scratch(in1, sizeof in1, "batch-in%d.safetensors", s);
         scratch(out1, sizeof out1, "batch-b1-%d.safetensors", s);
@@ -897,9 +912,10 @@ START_TEST(test_batch_independence) {
         const int64_t shape1[] = {1, 4, 16, 16};
         assert_shape(t1, 4, shape1);
         double d = max_abs_diff(e1, e2 + s * per, per);
-        printf("batch: sd1-tiny unet case0 sample %d: max|B=1 - B=2| = %.3g (bound 1e-5)\n", s, d);
+        printf("batch: sd1-tiny unet case0 sample %d: max|B=1 - B=2| = %.3g (bound: the golden's fp32 noise %.3g)\n", s,
+               d, bound);
         fflush(stdout);
-        ck_assert_msg(d <= 1e-5, "sample %d: B=1 and B=2 runs differ by %.6g", s, d);
+        ck_assert_msg(d <= bound, "sample %d: B=1 and B=2 runs differ by %.6g (float32 noise is %.6g)", s, d, bound);
         free(e1);
         st_close(&f1);
     }
