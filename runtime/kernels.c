@@ -214,11 +214,57 @@ static int im2col_rows(const LdmConvShape *s) {
     return (int)rows;
 }
 
+/* Small outputs (the UNet's lowest levels): the columns of all samples go
+ * into one GEMM, so the weights are read (and widened) once per call, not
+ * once per sample. Worth it while the columns fit in about 16 MB. */
+static int im2col_batched(const LdmConvShape *s) {
+    long k = (long)s->C * s->KH * s->KW, cols = (long)s->N * s->HO * s->WO;
+    return s->N > 1 && (long)s->HO * s->WO <= 256 && k * cols <= (1L << 22);
+}
+
 size_t ldm_conv_scratch_bytes(const LdmConvShape *s, int algo) {
     switch (algo) {
     case LDM_CONV_POINTWISE: return 0;
     case LDM_CONV_WINOGRAD: return ldm_winograd_scratch_bytes(s);
-    default: return (size_t)s->C * s->KH * s->KW * (size_t)im2col_rows(s) * s->WO * sizeof(float);
+    default:
+        if (im2col_batched(s)) /* columns of all samples + the product before it is scattered */
+            return ((size_t)s->C * s->KH * s->KW + (size_t)s->O) * (size_t)s->N * s->HO * s->WO * sizeof(float);
+        return (size_t)s->C * s->KH * s->KW * (size_t)im2col_rows(s) * s->WO * sizeof(float);
+    }
+}
+
+/* Rows [r0, r0+rows) of the im2col matrix of one sample into col (row k of
+ * col has stride ldc and holds rows*WO values starting at column c0). */
+static void im2col_rows_into(const LdmConvShape *s, const float *xn, int r0, int rows, float *col, long ldc, long c0) {
+    long HW = (long)s->H * s->W;
+    int K = s->C * s->KH * s->KW;
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < K; k++) {
+        int c = k / (s->KH * s->KW), ky = k / s->KW % s->KH, kx = k % s->KW;
+        const float *xc = xn + (size_t)c * HW;
+        float *row = col + (size_t)k * ldc + c0;
+        for (int r = 0; r < rows; r++) {
+            int iy = (r0 + r) * s->stride_h - s->pad_t + ky;
+            float *dst = row + (size_t)r * s->WO;
+            if (iy < 0 || iy >= s->H) {
+                memset(dst, 0, (size_t)s->WO * sizeof *dst);
+                continue;
+            }
+            const float *src = xc + (size_t)iy * s->W;
+            if (s->stride_w == 1) {
+                /* contiguous run with zero borders */
+                int ox0 = s->pad_l - kx > 0 ? s->pad_l - kx : 0;
+                int ox1 = s->W + s->pad_l - kx < s->WO ? s->W + s->pad_l - kx : s->WO;
+                for (int ox = 0; ox < ox0 && ox < s->WO; ox++) dst[ox] = 0.0f;
+                if (ox1 > ox0) memcpy(dst + ox0, src + ox0 - s->pad_l + kx, (size_t)(ox1 - ox0) * sizeof *dst);
+                for (int ox = ox1 > ox0 ? ox1 : ox0; ox < s->WO; ox++) dst[ox] = 0.0f;
+            } else {
+                for (int ox = 0; ox < s->WO; ox++) {
+                    int ix = ox * s->stride_w - s->pad_l + kx;
+                    dst[ox] = (ix >= 0 && ix < s->W) ? src[ix] : 0.0f;
+                }
+            }
+        }
     }
 }
 
@@ -250,6 +296,25 @@ void ldm_conv2d(const LdmConvShape *s, int algo, const float *x, LdmW w, const L
     int acc = epilogue_init(s, ep, y);
     long P = (long)s->HO * s->WO, HW = (long)s->H * s->W;
     int K = s->C * s->KH * s->KW;
+    if (algo == LDM_CONV_IM2COL && im2col_batched(s)) {
+        /* col[K, N*P] for all samples, one GEMM into prod[O, N*P], then
+         * scattered to y[N, O, P] (accumulating onto the epilogue) */
+        long cols = (long)s->N * P;
+        float *prod = scratch + (size_t)K * cols;
+        for (int n = 0; n < s->N; n++) im2col_rows_into(s, x + (size_t)n * s->C * HW, 0, s->HO, scratch, cols, n * P);
+        ldm_gemm_wl(s->O, (int)cols, K, w, 0, K, scratch, (int)cols, prod, (int)cols, 0);
+#pragma omp parallel for collapse(2)
+        for (int n = 0; n < s->N; n++)
+            for (int o = 0; o < s->O; o++) {
+                float *yr = y + ((size_t)n * s->O + o) * P;
+                const float *pr = prod + (size_t)o * cols + (size_t)n * P;
+                if (acc)
+                    for (long p = 0; p < P; p++) yr[p] += pr[p];
+                else
+                    memcpy(yr, pr, (size_t)P * sizeof *yr);
+            }
+        return;
+    }
     for (int n = 0; n < s->N; n++) {
         const float *xn = x + (size_t)n * s->C * HW;
         float *yn = y + (size_t)n * s->O * P;
@@ -261,34 +326,7 @@ void ldm_conv2d(const LdmConvShape *s, int algo, const float *x, LdmW w, const L
         for (int r0 = 0; r0 < s->HO; r0 += R) {
             int rows = s->HO - r0 < R ? s->HO - r0 : R;
             int tp = rows * s->WO;
-#pragma omp parallel for schedule(static)
-            for (int k = 0; k < K; k++) {
-                int c = k / (s->KH * s->KW), ky = k / s->KW % s->KH, kx = k % s->KW;
-                const float *xc = xn + (size_t)c * HW;
-                float *row = scratch + (size_t)k * tp;
-                for (int r = 0; r < rows; r++) {
-                    int iy = (r0 + r) * s->stride_h - s->pad_t + ky;
-                    float *dst = row + (size_t)r * s->WO;
-                    if (iy < 0 || iy >= s->H) {
-                        memset(dst, 0, (size_t)s->WO * sizeof *dst);
-                        continue;
-                    }
-                    const float *src = xc + (size_t)iy * s->W;
-                    if (s->stride_w == 1) {
-                        /* contiguous run with zero borders */
-                        int ox0 = s->pad_l - kx > 0 ? s->pad_l - kx : 0;
-                        int ox1 = s->W + s->pad_l - kx < s->WO ? s->W + s->pad_l - kx : s->WO;
-                        for (int ox = 0; ox < ox0 && ox < s->WO; ox++) dst[ox] = 0.0f;
-                        if (ox1 > ox0) memcpy(dst + ox0, src + ox0 - s->pad_l + kx, (size_t)(ox1 - ox0) * sizeof *dst);
-                        for (int ox = ox1 > ox0 ? ox1 : ox0; ox < s->WO; ox++) dst[ox] = 0.0f;
-                    } else {
-                        for (int ox = 0; ox < s->WO; ox++) {
-                            int ix = ox * s->stride_w - s->pad_l + kx;
-                            dst[ox] = (ix >= 0 && ix < s->W) ? src[ix] : 0.0f;
-                        }
-                    }
-                }
-            }
+            im2col_rows_into(s, xn, r0, rows, scratch, tp, 0);
             ldm_gemm_wl(s->O, tp, K, w, 0, K, scratch, tp, yn + (size_t)r0 * s->WO, (int)P, acc);
         }
     }
