@@ -539,3 +539,30 @@ int ldm_parse_u64(const char *flag, const char *s, uint64_t *out) {
     *out = (uint64_t)v;
     return 0;
 }
+
+/* LdmStepFn: one tick of the progress display. */
+static int progress_tick(void *ctx, const LdmStepInfo *info) {
+    (void)info;
+    ldm_progress_step(ctx);
+    return 0;
+}
+
+int ldm_sample_guided(const LdmSchedule *sched, LdmSampler *p, LdmGuide *g, LdmNoise *gen, LdmProgressMode mode,
+                      const char *label, LdmTimes *t, float *x) {
+    LdmProgress prog = {0};
+    p->eps_fn = ldm_guide_eps;
+    p->eps_ctx = g;
+    p->noise_fn = ldm_noise_draw;
+    p->noise_ctx = gen;
+    p->step_fn = progress_tick;
+    p->step_ctx = &prog;
+    int rc = -1, n_steps = ldm_sample_count_steps(sched, p);
+    if (n_steps >= 0) {
+        ldm_progress_start(&prog, stderr, mode, label, n_steps);
+        rc = ldm_sample(sched, p, x);
+        ldm_progress_finish(&prog);
+        if (rc == 0) ldm_times_add_steps(t, prog.step_seconds, prog.done < prog.n ? prog.done : prog.n);
+    }
+    ldm_progress_free(&prog);
+    return rc;
+}

@@ -214,6 +214,12 @@ typedef struct LdmTimes {
 
 void ldm_times_add(LdmTimes *t, const char *stage, double seconds);
 void ldm_times_add_steps(LdmTimes *t, const double *seconds, int n);
+
+/* Run sampler p (its schedule-dependent fields already set) on x with the
+ * guided UNet g as the model and gen as the noise source, showing progress
+ * on stderr under `label` and adding the step times to t. */
+int ldm_sample_guided(const LdmSchedule *sched, LdmSampler *p, LdmGuide *g, LdmNoise *gen, LdmProgressMode mode,
+                      const char *label, LdmTimes *t, float *x);
 /* The summary: one line per stage, the sampling steps (each one for a
  * single image, else count / mean / min / max), total and peak RSS. */
 void ldm_times_print(const LdmTimes *t, FILE *fp);

@@ -297,12 +297,6 @@ static void sampler_setup(const App *a, LdmSampler *p) {
     p->n = a->n_lat;
 }
 
-static int on_step(void *ctx, const LdmStepInfo *info) {
-    (void)info;
-    ldm_progress_step(ctx);
-    return 0;
-}
-
 /* --save-latent: the final latent (what decode_first_stage takes), the
  * initial noise, and what the decoder and the UNet were given. */
 static int save_latent(App *a, const char *path, const float *latent, const float *noise, const int32_t *indices,
@@ -348,7 +342,6 @@ static int make_image(App *a, int image, uint64_t seed, const char *png_path, co
     float *noise = ldm_aligned_alloc((size_t)n * sizeof(float));
     float *img = ldm_aligned_alloc((size_t)3 * CFG.H * CFG.W * sizeof(float));
     int32_t *indices = a->vq ? ldm_xcalloc((size_t)a->h * a->w, sizeof *indices) : NULL;
-    LdmProgress prog = {0};
     LdmGuide g = {0};
 
     /* torch.manual_seed(seed); x_T = torch.randn(shape). --init-noise
@@ -371,19 +364,7 @@ static int make_image(App *a, int image, uint64_t seed, const char *png_path, co
 
     LdmSampler p;
     sampler_setup(a, &p);
-    p.eps_fn = ldm_guide_eps;
-    p.eps_ctx = &g;
-    p.noise_fn = ldm_noise_draw;
-    p.noise_ctx = &gen;
-    p.step_fn = on_step;
-    p.step_ctx = &prog;
-    int n_steps = ldm_sample_count_steps(&a->sched, &p);
-    if (n_steps < 0) goto done;
-    ldm_progress_start(&prog, stderr, a->pmode, label, n_steps);
-    int src = ldm_sample(&a->sched, &p, x);
-    ldm_progress_finish(&prog);
-    if (src != 0) goto done;
-    ldm_times_add_steps(&a->times, prog.step_seconds, prog.done < prog.n ? prog.done : prog.n);
+    if (ldm_sample_guided(&a->sched, &p, &g, &gen, a->pmode, label, &a->times, x) != 0) goto done;
 
     double t0 = ldm_now();
     if (decode_latent(a, x, img, indices) != 0) goto done;
@@ -399,7 +380,6 @@ static int make_image(App *a, int image, uint64_t seed, const char *png_path, co
     a->times.images++;
     rc = 0;
 done:
-    ldm_progress_free(&prog);
     ldm_guide_free(&g);
     free(x);
     free(noise);

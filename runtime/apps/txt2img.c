@@ -380,12 +380,6 @@ static void sampler_setup(const App *a, LdmSampler *p) {
     }
 }
 
-static int on_step(void *ctx, const LdmStepInfo *info) {
-    (void)info;
-    ldm_progress_step(ctx);
-    return 0;
-}
-
 /* One image: prompt -> png_path (and latent_path). */
 static int make_image(App *a, const char *prompt, uint64_t seed, const char *png_path, const char *latent_path,
                       const char *label) {
@@ -394,7 +388,6 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
     float *x = ldm_aligned_alloc((size_t)n * sizeof(float));
     float *noise = ldm_aligned_alloc((size_t)n * sizeof(float));
     float *img = ldm_aligned_alloc((size_t)3 * CFG.H * CFG.W * sizeof(float));
-    LdmProgress prog = {0};
     LdmGuide g = {0};
 
     /* c = model.get_learned_conditioning(prompts) (uc once per run) */
@@ -425,19 +418,7 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
 
     LdmSampler p;
     sampler_setup(a, &p);
-    p.eps_fn = ldm_guide_eps;
-    p.eps_ctx = &g;
-    p.noise_fn = ldm_noise_draw;
-    p.noise_ctx = &gen;
-    p.step_fn = on_step;
-    p.step_ctx = &prog;
-    int n_steps = ldm_sample_count_steps(&a->sched, &p);
-    if (n_steps < 0) goto done;
-    ldm_progress_start(&prog, stderr, a->pmode, label, n_steps);
-    int src = ldm_sample(&a->sched, &p, x);
-    ldm_progress_finish(&prog);
-    if (src != 0) goto done;
-    ldm_times_add_steps(&a->times, prog.step_seconds, prog.done < prog.n ? prog.done : prog.n);
+    if (ldm_sample_guided(&a->sched, &p, &g, &gen, a->pmode, label, &a->times, x) != 0) goto done;
 
     t0 = ldm_now();
     if (decode_latent(a, x, img) != 0) goto done;
@@ -467,7 +448,6 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
     a->times.images++;
     rc = 0;
 done:
-    ldm_progress_free(&prog);
     ldm_guide_free(&g);
     free(x);
     free(noise);
