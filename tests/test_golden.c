@@ -43,6 +43,7 @@
 
 #include "model.h"
 #include "safetensors.h"
+#include "testproc.h"
 #include "testutil.h"
 #include "util.h"
 
@@ -50,34 +51,11 @@
  * scratch directory (one per test run, removed at exit by the parent)
  * ------------------------------------------------------------------------ */
 
-static char g_dir[64];      /* "/tmp/ldm_golden_XXXXXX" */
-static pid_t g_owner;       /* process that made g_dir (Check forks tests) */
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
-static void dir_cleanup(void) {
-    if (g_dir[0] && getpid() == g_owner) nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static void dir_init(void) {
-    if (g_dir[0]) return;
-    strcpy(g_dir, "/tmp/ldm_golden_XXXXXX");
-    if (!mkdtemp(g_dir)) {
-        g_dir[0] = 0;
-        return;
-    }
-    g_owner = getpid();
-    atexit(dir_cleanup);
-}
-
 /* "<scratch>/<name>" (name may contain %d etc.) into buf. */
 static const char *scratch(char *buf, size_t n, const char *fmt, ...) LDM_PRINTF(3, 4);
 static const char *scratch(char *buf, size_t n, const char *fmt, ...) {
-    ck_assert_msg(g_dir[0], "no scratch directory");
-    int k = snprintf(buf, n, "%s/", g_dir);
+    ck_assert_msg(test_dir[0], "no scratch directory");
+    int k = snprintf(buf, n, "%s/", test_dir);
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(buf + k, n - (size_t)k, fmt, ap);
@@ -95,44 +73,14 @@ static const char *golden(char *buf, size_t n, const char *rel) {
  * running programs
  * ------------------------------------------------------------------------ */
 
-/* Start argv[0] with stdout and stderr going to log (NULL: /dev/null).
- * Unless the caller's environment says otherwise, OpenMP threads sleep
- * instead of spinning while they wait: on a busy machine spinning makes a
- * tiny UNet forward take seconds instead of a fraction of one (it does not
- * change any result). */
-static pid_t spawn(char *const argv[], const char *log) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        setenv("OMP_WAIT_POLICY", "passive", 0);
-        int fd = open(log ? log : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        execv(argv[0], argv);
-        fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Exit status of pid, or 128 + signal number when it was killed. */
-static int wait_status(pid_t pid) {
-    int st = 0;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR) return -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
-}
-
 /* Run argv to completion; *err (if not NULL) gets its stdout + stderr
- * (malloc'd). Returns the exit status as wait_status(). */
+ * (malloc'd). Returns the exit status as test_wait_status(). */
 static int run(char *const argv[], char **err) {
     char log[256];
     scratch(log, sizeof log, "run.%ld.log", (long)getpid());
-    pid_t pid = spawn(argv, log);
+    pid_t pid = test_spawn(argv, log);
     ck_assert_msg(pid > 0, "fork failed: %s", strerror(errno));
-    int rc = wait_status(pid);
+    int rc = test_wait_status(pid);
     size_t n;
     char *text = ldm_read_file(log, &n);
     remove(log);
@@ -192,8 +140,8 @@ static Runner g_runners[R_COUNT] = {
  * (one per CPU). Runs in an unchecked fixture, i.e. in the parent process,
  * so the results serve every later test. */
 static void compile_runners(const int *ids, int n) {
-    dir_init();
-    if (!g_dir[0]) return;
+    test_dir_init("ldm_golden_");
+    if (!test_dir[0]) return;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     int jobs = ncpu < 2 ? 2 : ncpu > 8 ? 8 : (int)ncpu;
     pid_t pids[R_COUNT];
@@ -227,7 +175,7 @@ static void compile_runners(const int *ids, int n) {
         if (k == n) break;
         Runner *r = &g_runners[ids[k]];
         if (r->state != 0) continue;
-        snprintf(r->path, sizeof r->path, "%s/%s-%s-B%d-%dx%d", g_dir, r->graph, r->family, r->B, r->H, r->W);
+        snprintf(r->path, sizeof r->path, "%s/%s-%s-B%d-%dx%d", test_dir, r->graph, r->family, r->B, r->H, r->W);
         snprintf(graph, sizeof graph, "models/sd1/%s.graph", r->graph);
         snprintf(config, sizeof config, "%s/goldens/%s/config.yaml", test_shared_dir(), r->family);
         snprintf(logs[ids[k]], sizeof logs[0], "%s.log", r->path);
@@ -236,7 +184,7 @@ static void compile_runners(const int *ids, int n) {
         snprintf(defs[2], sizeof defs[2], "W=%d", r->W);
         char *argv[] = {ldmc, graph, "--config", config, "-D", defs[0], "-D", defs[1], "-D", defs[2],
                         "-o", r->path, NULL};
-        pid_t p = spawn(argv, logs[ids[k]]);
+        pid_t p = test_spawn(argv, logs[ids[k]]);
         if (p < 0) {
             r->state = -1;
             continue;
@@ -255,7 +203,7 @@ static void compile_runners(const int *ids, int n) {
 /* The path of a built runner; fails the test with ldmc's output otherwise. */
 static const char *runner(int id) {
     const Runner *r = &g_runners[id];
-    ck_assert_msg(g_dir[0], "no scratch directory");
+    ck_assert_msg(test_dir[0], "no scratch directory");
     ck_assert_msg(r->state == 1, "ldmc %s.graph (%s, B=%d H=%d W=%d) did not build a runner%s:\n%s", r->graph,
                   r->family, r->B, r->H, r->W, r->state ? "" : " (not compiled by this tcase's fixture)",
                   r->log ? r->log : "");
@@ -283,16 +231,16 @@ static char *g_fp16_log;   /* ldmc convert's output when it failed */
 
 static void setup_sd1_fp16(void) {
     setup_sd1();
-    if (!g_dir[0] || g_fp16[0] || g_fp16_log) return;
+    if (!test_dir[0] || g_fp16[0] || g_fp16_log) return;
     char ldmc[256], in[256], out[256];
     snprintf(ldmc, sizeof ldmc, "%s/ldmc", test_build_dir());
     snprintf(in, sizeof in, "%s/goldens/sd1-tiny/model.safetensors", test_shared_dir());
-    snprintf(out, sizeof out, "%s/model-fp16.safetensors", g_dir);
+    snprintf(out, sizeof out, "%s/model-fp16.safetensors", test_dir);
     char log[300];
     snprintf(log, sizeof log, "%s.log", out);
     char *argv[] = {ldmc, "convert", "--dtype", "f16", in, out, NULL};
-    pid_t p = spawn(argv, log);
-    int rc = p > 0 ? wait_status(p) : -1;
+    pid_t p = test_spawn(argv, log);
+    int rc = p > 0 ? test_wait_status(p) : -1;
     if (rc == 0 && access(out, R_OK) == 0) {
         snprintf(g_fp16, sizeof g_fp16, "%s", out);
     } else {

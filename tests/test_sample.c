@@ -60,6 +60,7 @@
 #include "image.h"
 #include "model.h"
 #include "safetensors.h"
+#include "testproc.h"
 #include "testutil.h"
 #include "util.h"
 
@@ -81,107 +82,14 @@
  * scratch directory, paths
  * ------------------------------------------------------------------------ */
 
-static char g_dir[64];   /* "/tmp/ldm_sample_XXXXXX" */
-static pid_t g_owner;    /* the process that made it (Check forks tests) */
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
-static void dir_cleanup(void) {
-    if (g_dir[0] && getpid() == g_owner) nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static void dir_init(void) {
-    if (g_dir[0]) return;
-    strcpy(g_dir, "/tmp/ldm_sample_XXXXXX");
-    if (!mkdtemp(g_dir)) {
-        g_dir[0] = 0;
-        return;
-    }
-    g_owner = getpid();
-    atexit(dir_cleanup);
-}
-
-/* "<scratch>/<fmt...>" in a static ring of buffers (valid for a few calls). */
-static const char *tmp(const char *fmt, ...) LDM_PRINTF(1, 2);
-static const char *tmp(const char *fmt, ...) {
-    static char ring[24][512];
-    static int k;
-    char *b = ring[k++ % 24];
-    ck_assert_msg(g_dir[0], "no scratch directory");
-    int n = snprintf(b, 512, "%s/", g_dir);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(b + n, (size_t)(512 - n), fmt, ap);
-    va_end(ap);
-    return b;
-}
-
-/* "<shared>/<rel>" (static ring as above). */
-static const char *shared(const char *rel) {
-    static char ring[16][512];
-    static int k;
-    char *b = ring[k++ % 16];
-    snprintf(b, 512, "%s/%s", test_shared_dir(), rel);
-    return b;
-}
-
-static int exists(const char *p) { return access(p, F_OK) == 0; }
-
-static const char *vq_model(void) { return shared("goldens/ldm-vq4-tiny/model.safetensors"); }
-static const char *vq_io(void) { return shared("goldens/ldm-vq4-tiny/sample_ddim.io.safetensors"); }
+static const char *vq_model(void) { return test_shared("goldens/ldm-vq4-tiny/model.safetensors"); }
+static const char *vq_io(void) { return test_shared("goldens/ldm-vq4-tiny/sample_ddim.io.safetensors"); }
 
 /* ------------------------------------------------------------------------
  * running programs
  * ------------------------------------------------------------------------ */
 
-/* Start argv with stdout + stderr going to log; the make variables of a
- * surrounding `make test` are dropped so an inner make is not confused. */
-static pid_t spawn(char *const argv[], const char *log) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(log ? log : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        unsetenv("MAKEFLAGS");
-        unsetenv("MFLAGS");
-        unsetenv("MAKELEVEL");
-        /* OpenMP threads sleep at barriers instead of spinning (busy machines) */
-        setenv("OMP_WAIT_POLICY", "passive", 0);
-        execvp(argv[0], argv);
-        fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
-    return pid;
-}
-
-static int wait_status(pid_t pid) {
-    int st = 0;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR) return -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
-}
-
-/* Run argv; *out gets stdout + stderr (malloc'd). Returns the exit status. */
-static int run_argv(char *const argv[], char **out) {
-    char log[256];
-    snprintf(log, sizeof log, "%s/run.%ld.log", g_dir, (long)getpid());
-    pid_t pid = spawn(argv, log);
-    ck_assert_msg(pid > 0, "fork failed: %s", strerror(errno));
-    int rc = wait_status(pid);
-    size_t n;
-    char *text = ldm_read_file(log, &n);
-    remove(log);
-    if (!text) text = ldm_xstrdup("");
-    if (out) *out = text;
-    else free(text);
-    return rc;
-}
 
 /* ------------------------------------------------------------------------
  * the executables and the random class-conditional checkpoint, made once
@@ -203,9 +111,9 @@ static void build_exe(Built *b, const char *config, const char *h, const char *w
     snprintf(nm, sizeof nm, "SAMPLE_NAME=%s", name);
     char *argv[] = {"make", "-s", "-j2", build, SMP_SAN ? "SAN=1" : "SAN=0", "sample", cfg, hh, ww, nm, NULL};
     char log[300], path[600];
-    snprintf(log, sizeof log, "%s/make-%s.log", g_dir, name);
+    snprintf(log, sizeof log, "%s/make-%s.log", test_dir, name);
     snprintf(path, sizeof path, "%s/%s", test_build_dir(), name);
-    int rc = wait_status(spawn(argv, log));
+    int rc = test_wait_status(test_spawn(argv, log));
     if (rc == 0 && access(path, X_OK) == 0) {
         snprintf(b->path, sizeof b->path, "%s", path);
     } else {
@@ -218,9 +126,9 @@ static void build_exe(Built *b, const char *config, const char *h, const char *w
 /* Run argv (a tool of the build) once; on success b->path = out. */
 static void make_file(Built *b, char *const argv[], const char *out, const char *what) {
     char log[300];
-    snprintf(log, sizeof log, "%s/%s.log", g_dir, what);
-    int rc = wait_status(spawn(argv, log));
-    if (rc == 0 && exists(out)) {
+    snprintf(log, sizeof log, "%s/%s.log", test_dir, what);
+    int rc = test_wait_status(test_spawn(argv, log));
+    if (rc == 0 && test_exists(out)) {
         snprintf(b->path, sizeof b->path, "%s", out);
     } else {
         size_t n;
@@ -230,19 +138,19 @@ static void make_file(Built *b, char *const argv[], const char *out, const char 
 }
 
 static void setup_vq(void) {
-    dir_init();
-    if (!g_dir[0] || g_vq.path[0] || g_vq.log) return;
-    build_exe(&g_vq, shared("goldens/ldm-vq4-tiny/config.yaml"), "64", "64", "sample-test-vq4-tiny");
+    test_dir_init("ldm_sample_");
+    if (!test_dir[0] || g_vq.path[0] || g_vq.log) return;
+    build_exe(&g_vq, test_shared("goldens/ldm-vq4-tiny/config.yaml"), "64", "64", "sample-test-vq4-tiny");
 }
 
 static void setup_cin(void) {
-    dir_init();
-    if (!g_dir[0]) return;
+    test_dir_init("ldm_sample_");
+    if (!test_dir[0]) return;
     if (!g_cin.path[0] && !g_cin.log) build_exe(&g_cin, CIN_CONFIG, "32", "48", "sample-test-cin-tiny");
     if (g_cin_ckpt.path[0] || g_cin_ckpt.log) return;
     char ldmc[300];
     snprintf(ldmc, sizeof ldmc, "%s/ldmc", test_build_dir());
-    const char *out = tmp("cin.safetensors");
+    const char *out = test_tmp("cin.safetensors");
     char *argv[] = {ldmc, "randckpt", "--config", CIN_CONFIG, "-D", "H=32", "-D", "W=48", "--seed", "5", "-o",
                     (char *)out, "models/ldm/unet.graph", "models/ldm/vae_decoder.graph",
                     "models/ldm/class_embed.graph", NULL};
@@ -256,19 +164,19 @@ static char g_kl_ckpt[600];
 #define KL_SCALE 0.37f
 
 static void setup_kl(void) {
-    dir_init();
-    if (!g_dir[0]) return;
+    test_dir_init("ldm_sample_");
+    if (!test_dir[0]) return;
     if (!g_kl.path[0] && !g_kl.log) build_exe(&g_kl, KL_CONFIG, "32", "40", "sample-test-kl-tiny");
     char ldmc[300];
     snprintf(ldmc, sizeof ldmc, "%s/ldmc", test_build_dir());
     if (!g_kl_raw.path[0] && !g_kl_raw.log) {
-        const char *out = tmp("kl-raw.safetensors");
+        const char *out = test_tmp("kl-raw.safetensors");
         char *argv[] = {ldmc, "randckpt", "--config", KL_CONFIG, "-D", "H=32", "-D", "W=40", "--seed", "11", "-o",
                         (char *)out, "models/ldm/unet.graph", "models/ldm/vae_decoder.graph", NULL};
         make_file(&g_kl_raw, argv, out, "randckpt-kl");
     }
     if (!g_kl_dec.path[0] && !g_kl_dec.log) {
-        const char *out = tmp("kl-decoder");
+        const char *out = test_tmp("kl-decoder");
         char *argv[] = {ldmc, "models/ldm/vae_decoder.graph", "--config", KL_CONFIG, "-D", "H=32", "-D", "W=40", "-D",
                         "B=1", "-o", (char *)out, NULL};
         make_file(&g_kl_dec, argv, out, "ldmc-kl-decoder");
@@ -283,7 +191,7 @@ static void setup_kl(void) {
                           f.tensors[i].data);
         float sf = KL_SCALE;
         st_writer_add(w, "scale_factor", ST_F32, 0, NULL, &sf);
-        const char *out = tmp("kl.safetensors");
+        const char *out = test_tmp("kl.safetensors");
         if (st_writer_save(w, out) == 0) snprintf(g_kl_ckpt, sizeof g_kl_ckpt, "%s", out);
         st_writer_free(w);
         st_close(&f);
@@ -334,7 +242,7 @@ static char *run_expect(int want_ok, const char *exe, const char *weights, ...) 
     va_end(ap);
     argv[k] = NULL;
     char *out;
-    int rc = run_argv(argv, &out);
+    int rc = test_run(argv, &out);
     if (want_ok) ck_assert_msg(rc == 0, "%s failed (status %d):\n%s", exe, rc, out);
     else ck_assert_msg(rc != 0 && rc < 128, "%s: expected a clean failure, got status %d:\n%s", exe, rc, out);
     ck_assert_msg(!strstr(out, "AddressSanitizer") && !strstr(out, "runtime error"), "sanitizer report:\n%s", out);
@@ -500,8 +408,8 @@ static void assert_no_output(const char *prefix);
 START_TEST(test_golden_sample_ddim) {
     const char *io = vq_io();
     char *steps = meta(io, "steps"), *eta = meta(io, "eta");
-    const char *noise = tmp("golden-noise.safetensors"), *lat = tmp("golden-latent.safetensors");
-    const char *png = tmp("golden.png");
+    const char *noise = test_tmp("golden-noise.safetensors"), *lat = test_tmp("golden-latent.safetensors");
+    const char *png = test_tmp("golden.png");
     int64_t n, ng;
     float *xT = read_f32(io, "x_T", &n);
     int64_t shape[4] = {1, 3, 16, 16};
@@ -523,7 +431,7 @@ START_TEST(test_golden_sample_ddim) {
     ck_assert_int_eq(n, ng);
     int bad = 0;
     for (int64_t i = 0; i < n; i++) bad += idx[i] != gidx[i];
-    int pd = png_max_diff(png, shared("goldens/ldm-vq4-tiny/sample_ddim.png"));
+    int pd = png_max_diff(png, test_shared("goldens/ldm-vq4-tiny/sample_ddim.png"));
     printf("sample: ldm-vq4-tiny/sample_ddim latent max|ours - golden| = %.3g (tolerance %.3g), %d/%lld indices "
            "differ, PNG max diff %d\n", d, tol, bad, (long long)n, pd);
     fflush(stdout);
@@ -546,7 +454,7 @@ END_TEST
 /* randn(.io) case7 is seed 4294967295, shape [1, 3, 16, 16]: the latent of
  * ldm-vq4-tiny at 64x64. */
 static void check_case7(const char *file) {
-    char *cases = meta(shared(file), "cases");
+    char *cases = meta(test_shared(file), "cases");
     ck_assert_msg(strstr(cases, "\"case7\", \"seed\": 4294967295, \"shape\": [1, 3, 16, 16]"),
                   "%s: case7 is not seed 4294967295 [1, 3, 16, 16]: %s", file, cases);
     free(cases);
@@ -557,11 +465,11 @@ START_TEST(test_seed_draws_torch_noise) {
     static const char *files[2] = {"goldens/torch_randn/randn.io.safetensors",
                                    "goldens/torch_randn/randn_cuda.io.safetensors"};
     check_case7(files[_i]);
-    const char *lat = tmp("seed-%s.safetensors", rngs[_i]);
+    const char *lat = test_tmp("seed-%s.safetensors", rngs[_i]);
     free(run_expect(1, vq_exe(), vq_model(), "--steps", "2", "--seed", "4294967295", "--rng", rngs[_i],
-                    "--save-latent", lat, "-o", tmp("seed-%s.png", rngs[_i]), "--quiet", NULL));
+                    "--save-latent", lat, "-o", test_tmp("seed-%s.png", rngs[_i]), "--quiet", NULL));
     int64_t n, ng;
-    float *ours = read_f32(lat, "noise", &n), *gold = read_f32(shared(files[_i]), "case7.noise", &ng);
+    float *ours = read_f32(lat, "noise", &n), *gold = read_f32(test_shared(files[_i]), "case7.noise", &ng);
     ck_assert_int_eq(n, ng);
     double d = max_abs_diff(ours, gold, n);
     ck_assert_msg(d <= 1e-6, "--rng %s --seed 4294967295: x_T differs from torch's by %g", rngs[_i], d);
@@ -573,7 +481,7 @@ END_TEST
 /* --batch 3 --seed N: images <i>-<N+i-1>.png, each the --seed N+i-1 image
  * (with eta > 0, so the per-step noise is per image too). */
 START_TEST(test_batch_names_and_seeds) {
-    const char *dir = tmp("batch"), *ldir = tmp("batch-lat");
+    const char *dir = test_tmp("batch"), *ldir = test_tmp("batch-lat");
     char *out = run_expect(1, vq_exe(), vq_model(), "--batch", "3", "--seed", "4294967294", "--steps", "4", "--eta",
                            "0.5", "--save-latent", ldir, "-o", dir, NULL);
     ck_assert_msg(strstr(out, "[2/3] seed 4294967295 step 4/4") && strstr(out, "timing (3 images)"),
@@ -581,24 +489,24 @@ START_TEST(test_batch_names_and_seeds) {
     free(out);
     static const char *names[3] = {"00001-4294967294", "00002-4294967295", "00003-4294967296"};
     for (int i = 0; i < 3; i++) {
-        ck_assert_msg(exists(tmp("batch/%s.png", names[i])), "no batch/%s.png", names[i]);
-        ck_assert_msg(exists(tmp("batch-lat/%s.safetensors", names[i])), "no batch-lat/%s.safetensors", names[i]);
+        ck_assert_msg(test_exists(test_tmp("batch/%s.png", names[i])), "no batch/%s.png", names[i]);
+        ck_assert_msg(test_exists(test_tmp("batch-lat/%s.safetensors", names[i])), "no batch-lat/%s.safetensors", names[i]);
     }
     /* image 2 drew torch.manual_seed(4294967295); torch.randn(1, 3, 16, 16) */
     int64_t n, ng;
-    float *x = read_f32(tmp("batch-lat/%s.safetensors", names[1]), "noise", &n);
-    float *gold = read_f32(shared("goldens/torch_randn/randn.io.safetensors"), "case7.noise", &ng);
+    float *x = read_f32(test_tmp("batch-lat/%s.safetensors", names[1]), "noise", &n);
+    float *gold = read_f32(test_shared("goldens/torch_randn/randn.io.safetensors"), "case7.noise", &ng);
     ck_assert_int_eq(n, ng);
     ck_assert_msg(max_abs_diff(x, gold, n) <= 1e-6, "image 2 of the batch did not start from seed 4294967295's noise");
     free(x);
     free(gold);
     /* and is the single image of that seed */
-    const char *single = tmp("batch-single.png"), *slat = tmp("batch-single.safetensors");
+    const char *single = test_tmp("batch-single.png"), *slat = test_tmp("batch-single.safetensors");
     free(run_expect(1, vq_exe(), vq_model(), "--seed", "4294967295", "--steps", "4", "--eta", "0.5", "--save-latent",
                     slat, "-o", single, "--quiet", NULL));
-    ck_assert_msg(same_file(single, tmp("batch/%s.png", names[1])), "image 2 of the batch differs from --seed 4294967295");
-    ck_assert_msg(same_latent(slat, tmp("batch-lat/%s.safetensors", names[1])), "image 2's latent differs");
-    ck_assert_msg(!same_file(tmp("batch/%s.png", names[0]), tmp("batch/%s.png", names[2])),
+    ck_assert_msg(same_file(single, test_tmp("batch/%s.png", names[1])), "image 2 of the batch differs from --seed 4294967295");
+    ck_assert_msg(same_latent(slat, test_tmp("batch-lat/%s.safetensors", names[1])), "image 2's latent differs");
+    ck_assert_msg(!same_file(test_tmp("batch/%s.png", names[0]), test_tmp("batch/%s.png", names[2])),
                   "images 1 and 3 of the batch are the same");
 }
 END_TEST
@@ -613,14 +521,14 @@ START_TEST(test_batch_init_noise_rows) {
     for (int64_t i = 0; i < n; i++) both[i] = -0.5f * xT[(i * 7) % n]; /* some other start for image 1 */
     memcpy(both + n, xT, (size_t)n * sizeof *both);
     int64_t shape[4] = {2, 3, 16, 16};
-    const char *noise = tmp("rows-noise.safetensors");
+    const char *noise = test_tmp("rows-noise.safetensors");
     write_noise(noise, both, 4, shape);
     free(run_expect(1, vq_exe(), vq_model(), "--batch", "2", "--seed", "9", "--steps", "10", "--init-noise", noise,
-                    "--save-latent", tmp("rows-lat"), "-o", tmp("rows"), "--quiet", NULL));
-    float *l1 = read_f32(tmp("rows-lat/00001-9.safetensors"), "noise", &ng);
+                    "--save-latent", test_tmp("rows-lat"), "-o", test_tmp("rows"), "--quiet", NULL));
+    float *l1 = read_f32(test_tmp("rows-lat/00001-9.safetensors"), "noise", &ng);
     ck_assert_msg(ng == n && memcmp(l1, both, (size_t)n * sizeof *l1) == 0, "image 1 did not start from row 0");
     free(l1);
-    float *ours = read_f32(tmp("rows-lat/00002-10.safetensors"), "latent", &ng), *gold = read_f32(io, "latent", NULL);
+    float *ours = read_f32(test_tmp("rows-lat/00002-10.safetensors"), "latent", &ng), *gold = read_f32(io, "latent", NULL);
     double d = max_abs_diff(ours, gold, n), tol = tolerance(io, "latent");
     ck_assert_msg(d <= tol, "image 2 (row 1 = golden x_T): latent max |ours - golden| = %g > %g", d, tol);
     free(ours);
@@ -636,15 +544,15 @@ START_TEST(test_eta_uses_seed_noise) {
     int64_t n;
     float *xT = read_f32(io, "x_T", &n);
     int64_t shape[4] = {1, 3, 16, 16};
-    const char *noise = tmp("eta-noise.safetensors");
+    const char *noise = test_tmp("eta-noise.safetensors");
     write_noise(noise, xT, 4, shape);
     free(xT);
     const char *lat[4];
     static const char *seeds[2] = {"1", "2"}, *etas[2] = {"0", "0.7"};
     for (int k = 0; k < 4; k++) {
-        lat[k] = tmp("eta-%d.safetensors", k);
+        lat[k] = test_tmp("eta-%d.safetensors", k);
         free(run_expect(1, vq_exe(), vq_model(), "--steps", "4", "--seed", seeds[k & 1], "--eta", etas[k >> 1],
-                        "--init-noise", noise, "--save-latent", lat[k], "-o", tmp("eta-%d.png", k), "--quiet", NULL));
+                        "--init-noise", noise, "--save-latent", lat[k], "-o", test_tmp("eta-%d.png", k), "--quiet", NULL));
     }
     ck_assert_msg(same_latent(lat[0], lat[1]), "eta 0: the seed changed the result of a given x_T");
     ck_assert_msg(!same_latent(lat[2], lat[3]), "eta 0.7: the seed's per-step noise is not used");
@@ -722,18 +630,18 @@ static void add_litema_buffers(const char *path) {
 }
 
 START_TEST(test_ema) {
-    const char *ema = tmp("ema.safetensors"), *plain = tmp("ema-as-plain.safetensors");
-    const char *partial = tmp("ema-partial.safetensors");
+    const char *ema = test_tmp("ema.safetensors"), *plain = test_tmp("ema-as-plain.safetensors");
+    const char *partial = test_tmp("ema-partial.safetensors");
     EmaEdit e0 = {0, NULL}, e1 = {1, NULL}, e2 = {2, "model.diffusion_model.out.2.bias"};
     rewrite_ckpt(vq_model(), ema, ema_edit, &e0);
     add_litema_buffers(ema);
     rewrite_ckpt(vq_model(), plain, ema_edit, &e1);
     rewrite_ckpt(vq_model(), partial, ema_edit, &e2);
 
-    const char *la = tmp("ema-a.safetensors"), *lb = tmp("ema-b.safetensors"), *lc = tmp("ema-c.safetensors");
-    const char *ld = tmp("ema-d.safetensors");
+    const char *la = test_tmp("ema-a.safetensors"), *lb = test_tmp("ema-b.safetensors"), *lc = test_tmp("ema-c.safetensors");
+    const char *ld = test_tmp("ema-d.safetensors");
 #define RUN(w, flag, lat, png) \
-    free(run_expect(1, vq_exe(), w, "--steps", "2", "--seed", "3", "--save-latent", lat, "-o", tmp(png), "--quiet", \
+    free(run_expect(1, vq_exe(), w, "--steps", "2", "--seed", "3", "--save-latent", lat, "-o", test_tmp(png), "--quiet", \
                     flag, NULL))
     RUN(vq_model(), NULL, la, "ema-a.png");
     RUN(ema, NULL, lb, "ema-b.png");
@@ -748,13 +656,13 @@ START_TEST(test_ema) {
     free(w);
 
     /* no copies at all, and one copy missing */
-    char *out = run_expect(0, vq_exe(), vq_model(), "--ema", "--steps", "2", "-o", tmp("bad-ema.png"), NULL);
+    char *out = run_expect(0, vq_exe(), vq_model(), "--ema", "--steps", "2", "-o", test_tmp("bad-ema.png"), NULL);
     ck_assert_msg(strstr(out, "no EMA weights") && strstr(out, "model_ema"), "message:\n%s", out);
     free(out);
-    out = run_expect(0, vq_exe(), partial, "--ema", "--steps", "2", "-o", tmp("bad-ema.png"), NULL);
+    out = run_expect(0, vq_exe(), partial, "--ema", "--steps", "2", "-o", test_tmp("bad-ema.png"), NULL);
     ck_assert_msg(strstr(out, "'model_ema.diffusion_modelout2bias' is missing"), "message:\n%s", out);
     free(out);
-    ck_assert_msg(!exists(tmp("bad-ema.png")), "an output was written despite the error");
+    ck_assert_msg(!test_exists(test_tmp("bad-ema.png")), "an output was written despite the error");
 }
 END_TEST
 
@@ -818,8 +726,8 @@ static void row_edit(void *ctx, StWriter *w, const StTensor *t, float *v) {
  * --seed seed --steps steps; returns the saved latent file. */
 static const char *cin_run(const char *ckpt, const char *tag, const char *cls, const char *scale, const char *seed,
                            const char *steps) {
-    const char *lat = tmp("cin-%s.safetensors", tag);
-    const char *png = tmp("cin-%s.png", tag);
+    const char *lat = test_tmp("cin-%s.safetensors", tag);
+    const char *png = test_tmp("cin-%s.png", tag);
     if (scale)
         free(run_expect(1, cin_exe(), ckpt, "--class", cls, "--cfg-scale", scale, "--seed", seed, "--steps", steps,
                         "--save-latent", lat, "-o", png, "--quiet", NULL));
@@ -858,7 +766,7 @@ END_TEST
 /* Only the class's row matters: with rows 1 and 2 swapped, class 1 draws
  * what class 2 drew. Same seed same image, other class or seed another. */
 START_TEST(test_class_rows_decide) {
-    const char *swapped = tmp("cin-swap12.safetensors");
+    const char *swapped = test_tmp("cin-swap12.safetensors");
     RowEdit e = {1, 2, -1, -1, -1};
     rewrite_ckpt(cin_ckpt(), swapped, row_edit, &e);
     const char *c2 = cin_run(cin_ckpt(), "rd-c2", "2", NULL, "4", "2");
@@ -867,10 +775,10 @@ START_TEST(test_class_rows_decide) {
     const char *s1 = cin_run(swapped, "rd-s1", "1", NULL, "4", "2");
     const char *c2s = cin_run(cin_ckpt(), "rd-c2s", "2", NULL, "5", "2");
     ck_assert_msg(same_latent(s1, c2), "class 1 with rows 1 and 2 swapped is not class 2");
-    ck_assert_msg(same_latent(c2, c2b) && same_file(tmp("cin-rd-c2.png"), tmp("cin-rd-c2b.png")),
+    ck_assert_msg(same_latent(c2, c2b) && same_file(test_tmp("cin-rd-c2.png"), test_tmp("cin-rd-c2b.png")),
                   "same seed and class (default scale = 3) gave two images");
     ck_assert_msg(!same_latent(c1, c2), "classes 1 and 2 gave the same latent");
-    ck_assert_msg(!same_file(tmp("cin-rd-c1.png"), tmp("cin-rd-c2.png")), "classes 1 and 2 gave the same image");
+    ck_assert_msg(!same_file(test_tmp("cin-rd-c1.png"), test_tmp("cin-rd-c2.png")), "classes 1 and 2 gave the same image");
     ck_assert_msg(!same_latent(c2, c2s), "seeds 4 and 5 gave the same latent");
 }
 END_TEST
@@ -878,7 +786,7 @@ END_TEST
 /* --cfg-scale 1 is the purely conditional prediction: the unconditional
  * row does not matter; at scale 3 it does. */
 START_TEST(test_cfg1_is_conditional) {
-    const char *scr = tmp("cin-scramble4.safetensors");
+    const char *scr = test_tmp("cin-scramble4.safetensors");
     RowEdit e = {-1, -1, -1, -1, CIN_CLASSES - 1};
     rewrite_ckpt(cin_ckpt(), scr, row_edit, &e);
     ck_assert_msg(same_latent(cin_run(cin_ckpt(), "c1-a", "3", "1", "6", "2"), cin_run(scr, "c1-b", "3", "1", "6", "2")),
@@ -894,7 +802,7 @@ END_TEST
  * computed independently, so the results may differ only by float32
  * rounding, amplified by the sampler, far below the scale's own effect. */
 START_TEST(test_guidance_against_uncond_class) {
-    const char *same = tmp("cin-u-is-2.safetensors");
+    const char *same = test_tmp("cin-u-is-2.safetensors");
     RowEdit e = {-1, -1, CIN_CLASSES - 1, 2, -1};
     rewrite_ckpt(cin_ckpt(), same, row_edit, &e);
     int64_t n;
@@ -967,7 +875,7 @@ START_TEST(test_kl_decode) {
     ck_assert_msg(g_kl.path[0], "make sample (%s) failed:\n%s", KL_CONFIG, g_kl.log ? g_kl.log : "(not run)");
     ck_assert_msg(g_kl_dec.path[0], "ldmc (KL decoder runner) failed:\n%s", g_kl_dec.log ? g_kl_dec.log : "(not run)");
     ck_assert_msg(g_kl_ckpt[0], "no KL checkpoint:\n%s", g_kl_raw.log ? g_kl_raw.log : ldm_last_error());
-    const char *lat = tmp("kl-latent.safetensors"), *png = tmp("kl.png");
+    const char *lat = test_tmp("kl-latent.safetensors"), *png = test_tmp("kl.png");
     free(run_expect(1, g_kl.path, g_kl_ckpt, "--steps", "2", "--seed", "3", "--save-latent", lat, "-o", png, "--quiet",
                     NULL));
     int64_t n;
@@ -980,7 +888,7 @@ START_TEST(test_kl_decode) {
     /* model.decode_first_stage: z = 1. / self.scale_factor * z (float32 buffer) */
     float inv = 1.0f / KL_SCALE;
     for (int64_t i = 0; i < n; i++) latent[i] = inv * latent[i];
-    const char *in = tmp("kl-dec-in.safetensors"), *out = tmp("kl-dec-out.safetensors");
+    const char *in = test_tmp("kl-dec-in.safetensors"), *out = test_tmp("kl-dec-out.safetensors");
     StWriter *w = st_writer_new();
     int64_t shape[4] = {1, 4, 8, 10};
     st_writer_add(w, "z", ST_F32, 4, shape, latent);
@@ -988,7 +896,7 @@ START_TEST(test_kl_decode) {
     st_writer_free(w);
     char *argv[] = {g_kl_dec.path, "--weights", g_kl_ckpt, "--inputs", (char *)in, "--outputs", (char *)out, NULL};
     char *log;
-    int rc = run_argv(argv, &log);
+    int rc = test_run(argv, &log);
     ck_assert_msg(rc == 0, "decoder runner failed:\n%s", log);
     free(log);
     float *img = read_f32(out, "image", &n);
@@ -1014,7 +922,7 @@ START_TEST(test_kl_decode) {
     free(latent);
 
     /* scale_by_std without the tensor */
-    char *msg = run_expect(0, g_kl.path, g_kl_raw.path, "--steps", "2", "-o", tmp("bad-kl.png"), NULL);
+    char *msg = run_expect(0, g_kl.path, g_kl_raw.path, "--steps", "2", "-o", test_tmp("bad-kl.png"), NULL);
     ck_assert_msg(strstr(msg, "scale_factor"), "message:\n%s", msg);
     free(msg);
     assert_no_output("bad-");
@@ -1027,11 +935,11 @@ END_TEST
 
 /* No file of the scratch directory starts with `prefix`. */
 static void assert_no_output(const char *prefix) {
-    DIR *d = opendir(g_dir);
+    DIR *d = opendir(test_dir);
     ck_assert(d);
     struct dirent *e;
     while ((e = readdir(d)) != NULL)
-        ck_assert_msg(strncmp(e->d_name, prefix, strlen(prefix)) != 0, "'%s' was left in %s", e->d_name, g_dir);
+        ck_assert_msg(strncmp(e->d_name, prefix, strlen(prefix)) != 0, "'%s' was left in %s", e->d_name, test_dir);
     closedir(d);
 }
 
@@ -1077,12 +985,12 @@ static const Bad k_bad[] = {
 
 START_TEST(test_bad_input) {
     const Bad *b = &k_bad[_i];
-    const char *garbage = tmp("garbage.safetensors");
+    const char *garbage = test_tmp("garbage.safetensors");
     FILE *fp = fopen(garbage, "wb");
     ck_assert(fp);
     fputs("this is not a safetensors file\n", fp);
     fclose(fp);
-    const char *noise1 = tmp("noise1.safetensors");
+    const char *noise1 = test_tmp("noise1.safetensors");
     float z[3 * 16 * 16] = {0};
     int64_t shape[4] = {1, 3, 16, 16};
     write_noise(noise1, z, 4, shape);
@@ -1091,8 +999,8 @@ START_TEST(test_bad_input) {
     if (!b->weights) weights = NULL;
     else if (!strcmp(b->weights, "vq")) weights = vq_model();
     else if (!strcmp(b->weights, "cin")) weights = cin_ckpt();
-    else if (!strcmp(b->weights, "sd1")) weights = shared("goldens/sd1-tiny/model.safetensors");
-    else if (!strcmp(b->weights, "missing")) weights = tmp("no-such.safetensors");
+    else if (!strcmp(b->weights, "sd1")) weights = test_shared("goldens/sd1-tiny/model.safetensors");
+    else if (!strcmp(b->weights, "missing")) weights = test_tmp("no-such.safetensors");
     else if (!strcmp(b->weights, "garbage")) weights = garbage;
 
     char *argv[MAX_ARGS];
@@ -1104,23 +1012,23 @@ START_TEST(test_bad_input) {
         argv[k++] = (char *)weights;
     }
     argv[k++] = "-o";
-    argv[k++] = (char *)tmp("bad-out.png");
+    argv[k++] = (char *)test_tmp("bad-out.png");
     argv[k++] = "--save-latent";
-    argv[k++] = (char *)tmp("bad-latent.safetensors");
+    argv[k++] = (char *)test_tmp("bad-latent.safetensors");
     for (int i = 0; b->args[i]; i++) {
         const char *a = b->args[i];
         if (!strcmp(a, "$GARBAGE")) a = garbage;
         else if (!strcmp(a, "$NOISE1")) a = noise1;
-        else if (!strcmp(a, "$RANDN")) a = shared("goldens/torch_randn/randn.io.safetensors");
+        else if (!strcmp(a, "$RANDN")) a = test_shared("goldens/torch_randn/randn.io.safetensors");
         else if (!strncmp(a, "$DIR", 4)) {
-            snprintf(subst[i], sizeof subst[i], "%s%s", g_dir, a + 4);
+            snprintf(subst[i], sizeof subst[i], "%s%s", test_dir, a + 4);
             a = subst[i];
         }
         argv[k++] = (char *)a;
     }
     argv[k] = NULL;
     char *out;
-    int rc = run_argv(argv, &out);
+    int rc = test_run(argv, &out);
     ck_assert_msg(rc != 0 && rc < 128, "%s: expected a clean failure, got status %d:\n%s", b->label, rc, out);
     ck_assert_msg(strstr(out, "error") && strstr(out, b->expect), "%s: the message does not mention '%s':\n%s",
                   b->label, b->expect, out);
@@ -1133,8 +1041,8 @@ END_TEST
 
 /* --batch K names directories: an error before sampling creates none. */
 START_TEST(test_bad_batch_makes_nothing) {
-    free(run_expect(0, vq_exe(), shared("goldens/sd1-tiny/model.safetensors"), "--batch", "2", "--steps", "2", "-o",
-                    tmp("bad-batch"), "--save-latent", tmp("bad-batch-lat"), NULL));
+    free(run_expect(0, vq_exe(), test_shared("goldens/sd1-tiny/model.safetensors"), "--batch", "2", "--steps", "2", "-o",
+                    test_tmp("bad-batch"), "--save-latent", test_tmp("bad-batch-lat"), NULL));
     assert_no_output("bad-");
 }
 END_TEST
@@ -1142,7 +1050,7 @@ END_TEST
 START_TEST(test_help) {
     char *argv[] = {(char *)(_i ? cin_exe() : vq_exe()), "--help", NULL};
     char *out;
-    int rc = run_argv(argv, &out);
+    int rc = test_run(argv, &out);
     ck_assert_msg(rc == 0, "--help failed (%d):\n%s", rc, out);
     if (_i)
         ck_assert_msg(strstr(out, "--class N") && strstr(out, "--cfg-scale") && strstr(out, "48 wide, 32 high") &&
@@ -1180,16 +1088,16 @@ END_TEST
 START_TEST(test_make_refuses_text_model) {
     char build[300], cfg[512];
     snprintf(build, sizeof build, "BUILD=%s", test_build_dir());
-    snprintf(cfg, sizeof cfg, "CONFIG=%s", shared("goldens/sd1-tiny/config.yaml"));
+    snprintf(cfg, sizeof cfg, "CONFIG=%s", test_shared("goldens/sd1-tiny/config.yaml"));
     char *argv[] = {"make", "-s", build, SMP_SAN ? "SAN=1" : "SAN=0", "sample", cfg, "H=64", "W=64",
                     "SAMPLE_NAME=sample-test-refused", NULL};
     char *out;
-    int rc = run_argv(argv, &out);
+    int rc = test_run(argv, &out);
     ck_assert_msg(rc != 0 && strstr(out, "txt2img") && strstr(out, "not an unconditional"), "make: status %d:\n%s",
                   rc, out);
     char path[600];
     snprintf(path, sizeof path, "%s/sample-test-refused", test_build_dir());
-    ck_assert_msg(!exists(path), "%s was built", path);
+    ck_assert_msg(!test_exists(path), "%s was built", path);
     free(out);
 }
 END_TEST

@@ -47,6 +47,7 @@
 #include "image.h"
 #include "pipeline.h"
 #include "safetensors.h"
+#include "testproc.h"
 #include "testutil.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -61,107 +62,11 @@
  * scratch directory, paths
  * ------------------------------------------------------------------------ */
 
-static char g_dir[64];   /* "/tmp/ldm_txt2img_XXXXXX" */
-static pid_t g_owner;    /* the process that made it (Check forks tests) */
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
-static void dir_cleanup(void) {
-    if (g_dir[0] && getpid() == g_owner) nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static void dir_init(void) {
-    if (g_dir[0]) return;
-    strcpy(g_dir, "/tmp/ldm_txt2img_XXXXXX");
-    if (!mkdtemp(g_dir)) {
-        g_dir[0] = 0;
-        return;
-    }
-    g_owner = getpid();
-    atexit(dir_cleanup);
-}
-
-/* "<scratch>/<fmt...>" in a static ring of buffers (valid for a few calls). */
-static const char *tmp(const char *fmt, ...) LDM_PRINTF(1, 2);
-static const char *tmp(const char *fmt, ...) {
-    static char ring[16][512];
-    static int k;
-    char *b = ring[k++ % 16];
-    ck_assert_msg(g_dir[0], "no scratch directory");
-    int n = snprintf(b, 512, "%s/", g_dir);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(b + n, (size_t)(512 - n), fmt, ap);
-    va_end(ap);
-    return b;
-}
-
-/* "<shared>/<rel>" (static ring as above). */
-static const char *shared(const char *rel) {
-    static char ring[16][512];
-    static int k;
-    char *b = ring[k++ % 16];
-    snprintf(b, 512, "%s/%s", test_shared_dir(), rel);
-    return b;
-}
-
-static int exists(const char *p) { return access(p, F_OK) == 0; }
 
 /* ------------------------------------------------------------------------
  * running programs
  * ------------------------------------------------------------------------ */
 
-/* Start argv with stdout + stderr going to log; in the child the make
- * variables of a surrounding `make test` are dropped so an inner make is
- * not confused by them. */
-static pid_t spawn(char *const argv[], const char *log) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(log ? log : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        unsetenv("MAKEFLAGS");
-        unsetenv("MFLAGS");
-        unsetenv("MAKELEVEL");
-        /* OpenMP threads sleep instead of spinning at barriers: on a busy
-         * machine spinning makes these small runs many times slower (the
-         * results do not depend on it) */
-        setenv("OMP_WAIT_POLICY", "passive", 0);
-        execvp(argv[0], argv);
-        fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
-    return pid;
-}
-
-static int wait_status(pid_t pid) {
-    int st = 0;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR) return -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
-}
-
-/* Run argv; *out gets stdout + stderr (malloc'd). Returns the exit status. */
-static int run_argv(char *const argv[], char **out) {
-    char log[256];
-    snprintf(log, sizeof log, "%s/run.%ld.log", g_dir, (long)getpid());
-    pid_t pid = spawn(argv, log);
-    ck_assert_msg(pid > 0, "fork failed: %s", strerror(errno));
-    int rc = wait_status(pid);
-    size_t n;
-    char *text = ldm_read_file(log, &n);
-    remove(log);
-    if (!text) text = ldm_xstrdup("");
-    if (out) *out = text;
-    else free(text);
-    return rc;
-}
 
 /* ------------------------------------------------------------------------
  * the executable and the F16 checkpoint, made once per test run
@@ -173,17 +78,17 @@ static char g_fp16[512];      /* F16 checkpoint, "" until made */
 static char *g_fp16_log;
 
 static void setup_exe(void) {
-    dir_init();
-    if (!g_dir[0] || g_exe[0] || g_build_log) return;
+    test_dir_init("ldm_txt2img_");
+    if (!test_dir[0] || g_exe[0] || g_build_log) return;
     char build[300], config[512], path[600];
     snprintf(build, sizeof build, "BUILD=%s", test_build_dir());
-    snprintf(config, sizeof config, "CONFIG=%s", shared("goldens/sd1-tiny/config.yaml"));
+    snprintf(config, sizeof config, "CONFIG=%s", test_shared("goldens/sd1-tiny/config.yaml"));
     snprintf(path, sizeof path, "%s/txt2img-test-sd1-tiny", test_build_dir());
     char *argv[] = {"make", "-s", "-j2", build, T2I_SAN ? "SAN=1" : "SAN=0", "txt2img", config, "H=128", "W=128",
                     "TXT2IMG_NAME=txt2img-test-sd1-tiny", NULL};
     char log[300];
-    snprintf(log, sizeof log, "%s/make.log", g_dir);
-    int rc = wait_status(spawn(argv, log));
+    snprintf(log, sizeof log, "%s/make.log", test_dir);
+    int rc = test_wait_status(test_spawn(argv, log));
     if (rc == 0 && access(path, X_OK) == 0) {
         snprintf(g_exe, sizeof g_exe, "%s", path);
     } else {
@@ -195,14 +100,14 @@ static void setup_exe(void) {
 
 static void setup_fp16(void) {
     setup_exe();
-    if (!g_dir[0] || g_fp16[0] || g_fp16_log) return;
+    if (!test_dir[0] || g_fp16[0] || g_fp16_log) return;
     char ldmc[300], out[300], log[300];
     snprintf(ldmc, sizeof ldmc, "%s/ldmc", test_build_dir());
-    snprintf(out, sizeof out, "%s/model-fp16.safetensors", g_dir);
-    snprintf(log, sizeof log, "%s/convert.log", g_dir);
-    char *argv[] = {ldmc, "convert", "--dtype", "f16", (char *)shared("goldens/sd1-tiny/model.safetensors"), out, NULL};
-    int rc = wait_status(spawn(argv, log));
-    if (rc == 0 && exists(out)) {
+    snprintf(out, sizeof out, "%s/model-fp16.safetensors", test_dir);
+    snprintf(log, sizeof log, "%s/convert.log", test_dir);
+    char *argv[] = {ldmc, "convert", "--dtype", "f16", (char *)test_shared("goldens/sd1-tiny/model.safetensors"), out, NULL};
+    int rc = test_wait_status(test_spawn(argv, log));
+    if (rc == 0 && test_exists(out)) {
         snprintf(g_fp16, sizeof g_fp16, "%s", out);
     } else {
         size_t n;
@@ -231,14 +136,14 @@ static int t2i_run_v(const char *weights, char **out, va_list ap) {
         argv[k++] = (char *)weights;
     }
     argv[k++] = "--vocab";
-    argv[k++] = (char *)shared("clip/bpe_simple_vocab_16e6.txt.gz");
+    argv[k++] = (char *)test_shared("clip/bpe_simple_vocab_16e6.txt.gz");
     const char *a;
     while ((a = va_arg(ap, const char *)) != NULL) {
         ck_assert_msg(k < MAX_ARGS - 1, "too many arguments");
         argv[k++] = (char *)a;
     }
     argv[k] = NULL;
-    return run_argv(argv, out);
+    return test_run(argv, out);
 }
 
 /* Run with `weights` and the NULL-terminated arguments; want_ok: must
@@ -254,7 +159,7 @@ static char *run_expect(int want_ok, const char *weights, ...) {
     return out;
 }
 
-static const char *model_path(void) { return shared("goldens/sd1-tiny/model.safetensors"); }
+static const char *model_path(void) { return test_shared("goldens/sd1-tiny/model.safetensors"); }
 
 /* ------------------------------------------------------------------------
  * tensors and images
@@ -392,7 +297,7 @@ START_TEST(test_golden_case) {
     const Case *c = &k_cases[_i];
     char rel[256];
     snprintf(rel, sizeof rel, "goldens/sd1-tiny/%s", c->io);
-    const char *io = shared(rel);
+    const char *io = test_shared(rel);
     char *prompt = meta(io, "prompt"), *uncond = meta(io, "uncond_prompt"), *steps = meta(io, "steps");
     /* img2img_ddim states the scale only in its `reference` */
     char *scale = meta_opt(io, "guidance_scale");
@@ -408,8 +313,8 @@ START_TEST(test_golden_case) {
         schedule = strstr(ss, "karras") ? "karras" : "discrete";
         free(ss);
     }
-    const char *noise = tmp("noise-%d.safetensors", _i), *latent = tmp("latent-%d.safetensors", _i);
-    const char *png = tmp("out-%d.png", _i);
+    const char *noise = test_tmp("noise-%d.safetensors", _i), *latent = test_tmp("latent-%d.safetensors", _i);
+    const char *png = test_tmp("out-%d.png", _i);
     write_noise_from(io, c->noise, noise);
     const char *weights = model_path();
     if (c->fp16) {
@@ -421,7 +326,7 @@ START_TEST(test_golden_case) {
     if (c->img2img)
         out = run_expect(1, weights, "--prompt", prompt, "--negative-prompt", uncond, "--steps", steps, "--cfg-scale",
                          scale, "--sampler", c->sampler, "--init-noise", noise, "--init-image",
-                         shared("goldens/sd1-tiny/img2img_input.png"), "--strength", strength, "--save-latent", latent,
+                         test_shared("goldens/sd1-tiny/img2img_input.png"), "--strength", strength, "--save-latent", latent,
                          "-o", png, NULL);
     else if (schedule)
         out = run_expect(1, weights, "--prompt", prompt, "--negative-prompt", uncond, "--steps", steps, "--cfg-scale",
@@ -440,7 +345,7 @@ START_TEST(test_golden_case) {
     ck_assert_int_eq(n, ng);
     double d = max_abs_diff(ours, gold, n), tol = tolerance(io, "latent");
     snprintf(rel, sizeof rel, "goldens/sd1-tiny/%s", c->png);
-    int pd = png_max_diff(png, shared(rel));
+    int pd = png_max_diff(png, test_shared(rel));
     printf("txt2img: %-34s latent max|ours - golden| = %.3g (tolerance %.3g), PNG max diff %d\n", c->io, d, tol, pd);
     fflush(stdout);
     ck_assert_msg(d <= tol, "%s: latent max |ours - golden| = %.6g > %.6g", c->io, d, tol);
@@ -457,12 +362,12 @@ END_TEST
 
 /* The tokens the executable feeds its text encoder are the golden ones. */
 START_TEST(test_golden_tokens) {
-    ClipTokenizer *t = clip_tokenizer_load(shared("clip/bpe_simple_vocab_16e6.txt.gz"));
+    ClipTokenizer *t = clip_tokenizer_load(test_shared("clip/bpe_simple_vocab_16e6.txt.gz"));
     ck_assert_msg(t, "%s", ldm_last_error());
     for (int i = 0; i < N_CASES; i++) {
         char rel[256];
         snprintf(rel, sizeof rel, "goldens/sd1-tiny/%s", k_cases[i].io);
-        const char *io = shared(rel);
+        const char *io = test_shared(rel);
         const char *keys[2][2] = {{"prompt", "cond_tokens"}, {"uncond_prompt", "uncond_tokens"}};
         for (int k = 0; k < 2; k++) {
             char *p = meta(io, keys[k][0]);
@@ -494,15 +399,15 @@ START_TEST(test_seed_draws_torch_noise) {
     static const char *rngs[2] = {"cpu", "cuda"};
     static const char *files[2] = {"goldens/torch_randn/randn.io.safetensors",
                                    "goldens/torch_randn/randn_cuda.io.safetensors"};
-    char *cases = meta(shared(files[_i]), "cases");
+    char *cases = meta(test_shared(files[_i]), "cases");
     ck_assert_msg(strstr(cases, "\"case0\", \"seed\": 42, \"shape\": [1, 4, 16, 16]"), "case0 is not seed 42 [1,4,16,16]: %s",
                   cases);
     free(cases);
-    const char *lat = tmp("seed-%s.safetensors", rngs[_i]), *png = tmp("seed-%s.png", rngs[_i]);
+    const char *lat = test_tmp("seed-%s.safetensors", rngs[_i]), *png = test_tmp("seed-%s.png", rngs[_i]);
     free(run_expect(1, model_path(), "--prompt", "a cat", "--steps", "2", "--seed", "42", "--rng", rngs[_i],
                     "--save-latent", lat, "-o", png, "--quiet", NULL));
     int64_t n, ng;
-    float *ours = read_f32(lat, "noise", &n), *gold = read_f32(shared(files[_i]), "case0.noise", &ng);
+    float *ours = read_f32(lat, "noise", &n), *gold = read_f32(test_shared(files[_i]), "case0.noise", &ng);
     ck_assert_int_eq(n, ng);
     double d = max_abs_diff(ours, gold, n);
     ck_assert_msg(d <= 1e-6, "--rng %s --seed 42: x_T differs from torch's by %g", rngs[_i], d);
@@ -510,10 +415,10 @@ START_TEST(test_seed_draws_torch_noise) {
     free(gold);
 
     /* the same x_T through --init-noise (another seed: nothing else is drawn by DDIM eta 0) */
-    const char *noise = tmp("seed-noise-%s.safetensors", rngs[_i]), *lat2 = tmp("seed2-%s.safetensors", rngs[_i]);
-    write_noise_from(shared(files[_i]), "case0.noise", noise);
+    const char *noise = test_tmp("seed-noise-%s.safetensors", rngs[_i]), *lat2 = test_tmp("seed2-%s.safetensors", rngs[_i]);
+    write_noise_from(test_shared(files[_i]), "case0.noise", noise);
     free(run_expect(1, model_path(), "--prompt", "a cat", "--steps", "2", "--seed", "7", "--init-noise", noise,
-                    "--save-latent", lat2, "-o", tmp("seed2-%s.png", rngs[_i]), "--quiet", NULL));
+                    "--save-latent", lat2, "-o", test_tmp("seed2-%s.png", rngs[_i]), "--quiet", NULL));
     ck_assert_msg(same_latent(lat, lat2), "--init-noise with the seed's noise gave another latent");
 }
 END_TEST
@@ -524,12 +429,12 @@ END_TEST
 
 /* DDIM with --eta 0 is the plain DDIM of the golden. */
 START_TEST(test_eta0_is_ddim) {
-    const char *io = shared("goldens/sd1-tiny/txt2img_ddim.io.safetensors");
+    const char *io = test_shared("goldens/sd1-tiny/txt2img_ddim.io.safetensors");
     char *prompt = meta(io, "prompt");
-    const char *noise = tmp("eta0-noise.safetensors"), *lat = tmp("eta0.safetensors");
+    const char *noise = test_tmp("eta0-noise.safetensors"), *lat = test_tmp("eta0.safetensors");
     write_noise_from(io, "x_T", noise);
     free(run_expect(1, model_path(), "--prompt", prompt, "--steps", "10", "--eta", "0", "--sampler", "ddim",
-                    "--init-noise", noise, "--save-latent", lat, "-o", tmp("eta0.png"), "--quiet", NULL));
+                    "--init-noise", noise, "--save-latent", lat, "-o", test_tmp("eta0.png"), "--quiet", NULL));
     int64_t n, ng;
     float *ours = read_f32(lat, "latent", &n), *gold = read_f32(io, "latent", &ng);
     ck_assert_int_eq(n, ng);
@@ -545,9 +450,9 @@ END_TEST
  * same image, another seed another one, and the per-step noise matters
  * (same x_T, other seed: other latent). */
 static void check_stochastic(const char *tag, const char *sampler, const char *eta) {
-    const char *a = tmp("%s-a.safetensors", tag), *b = tmp("%s-b.safetensors", tag);
-    const char *c = tmp("%s-c.safetensors", tag), *d = tmp("%s-d.safetensors", tag);
-    const char *pa = tmp("%s-a.png", tag), *pb = tmp("%s-b.png", tag);
+    const char *a = test_tmp("%s-a.safetensors", tag), *b = test_tmp("%s-b.safetensors", tag);
+    const char *c = test_tmp("%s-c.safetensors", tag), *d = test_tmp("%s-d.safetensors", tag);
+    const char *pa = test_tmp("%s-a.png", tag), *pb = test_tmp("%s-b.png", tag);
 #define RUN(seed, extra1, extra2, lat, png)                                                                         \
     free(run_expect(1, model_path(), "--prompt", "a red fox", "--steps", "4", "--sampler", sampler, "--seed", seed, \
                     "--save-latent", lat, "-o", png, "--quiet", eta ? "--eta" : NULL, eta, extra1, extra2, NULL))
@@ -555,10 +460,10 @@ static void check_stochastic(const char *tag, const char *sampler, const char *e
     RUN("11", NULL, NULL, b, pb);
     ck_assert_msg(same_latent(a, b), "%s: seed 11 twice gave two latents", tag);
     ck_assert_msg(same_file(pa, pb), "%s: seed 11 twice gave two PNGs", tag);
-    RUN("12", NULL, NULL, c, tmp("%s-c.png", tag));
+    RUN("12", NULL, NULL, c, test_tmp("%s-c.png", tag));
     ck_assert_msg(!same_latent(a, c), "%s: seeds 11 and 12 gave the same latent", tag);
     /* x_T of seed 11 but the per-step noise of seed 12 */
-    const char *noise = tmp("%s-noise.safetensors", tag);
+    const char *noise = test_tmp("%s-noise.safetensors", tag);
     int64_t n;
     float *x = read_f32(a, "noise", &n);
     StWriter *w = st_writer_new();
@@ -569,23 +474,23 @@ static void check_stochastic(const char *tag, const char *sampler, const char *e
     free(x);
     if (eta) {
         free(run_expect(1, model_path(), "--prompt", "a red fox", "--steps", "4", "--sampler", sampler, "--seed", "12",
-                        "--eta", eta, "--init-noise", noise, "--save-latent", d, "-o", tmp("%s-d.png", tag), "--quiet",
+                        "--eta", eta, "--init-noise", noise, "--save-latent", d, "-o", test_tmp("%s-d.png", tag), "--quiet",
                         NULL));
     } else {
         free(run_expect(1, model_path(), "--prompt", "a red fox", "--steps", "4", "--sampler", sampler, "--seed", "12",
-                        "--init-noise", noise, "--save-latent", d, "-o", tmp("%s-d.png", tag), "--quiet", NULL));
+                        "--init-noise", noise, "--save-latent", d, "-o", test_tmp("%s-d.png", tag), "--quiet", NULL));
     }
     ck_assert_msg(!same_latent(a, d), "%s: the per-step noise of the seed is not used", tag);
     /* --init-noise replaces x_T but the generator still moves past it: seed
      * 11 with its own x_T given as a file is the plain seed 11 run */
-    const char *e = tmp("%s-e.safetensors", tag);
+    const char *e = test_tmp("%s-e.safetensors", tag);
     if (eta) {
         free(run_expect(1, model_path(), "--prompt", "a red fox", "--steps", "4", "--sampler", sampler, "--seed", "11",
-                        "--eta", eta, "--init-noise", noise, "--save-latent", e, "-o", tmp("%s-e.png", tag), "--quiet",
+                        "--eta", eta, "--init-noise", noise, "--save-latent", e, "-o", test_tmp("%s-e.png", tag), "--quiet",
                         NULL));
     } else {
         free(run_expect(1, model_path(), "--prompt", "a red fox", "--steps", "4", "--sampler", sampler, "--seed", "11",
-                        "--init-noise", noise, "--save-latent", e, "-o", tmp("%s-e.png", tag), "--quiet", NULL));
+                        "--init-noise", noise, "--save-latent", e, "-o", test_tmp("%s-e.png", tag), "--quiet", NULL));
     }
     ck_assert_msg(same_latent(a, e), "%s: --init-noise changed the per-step noise of the seed", tag);
 #undef RUN
@@ -601,18 +506,18 @@ END_TEST
  * as exactly the init image's latent, which is the golden init_latent of
  * img2img_ddim (same image); the white half is repainted. */
 START_TEST(test_inpaint_keeps_known_region) {
-    const char *mask = tmp("mask.png");
+    const char *mask = test_tmp("mask.png");
     uint8_t *rgb = ldm_xcalloc(128 * 128 * 3, 1);
     for (int y = 0; y < 128; y++)
         for (int x = 64; x < 128; x++) memset(rgb + (y * 128 + x) * 3, 255, 3);
     ck_assert(ldm_png_write_rgb8(mask, rgb, 128, 128) == 0);
     free(rgb);
     static const char *samplers[2] = {"ddim", "euler_a"};
-    const char *io = shared("goldens/sd1-tiny/img2img_ddim.io.safetensors");
-    const char *lat = tmp("inpaint-%s.safetensors", samplers[_i]);
+    const char *io = test_shared("goldens/sd1-tiny/img2img_ddim.io.safetensors");
+    const char *lat = test_tmp("inpaint-%s.safetensors", samplers[_i]);
     free(run_expect(1, model_path(), "--prompt", "a fox", "--steps", "4", "--sampler", samplers[_i], "--seed", "3",
-                    "--init-image", shared("goldens/sd1-tiny/img2img_input.png"), "--strength", "1", "--mask", mask,
-                    "--save-latent", lat, "-o", tmp("inpaint-%s.png", samplers[_i]), "--quiet", NULL));
+                    "--init-image", test_shared("goldens/sd1-tiny/img2img_input.png"), "--strength", "1", "--mask", mask,
+                    "--save-latent", lat, "-o", test_tmp("inpaint-%s.png", samplers[_i]), "--quiet", NULL));
     int64_t n, ng;
     float *ours = read_f32(lat, "latent", &n), *x0 = read_f32(io, "init_latent", &ng);
     ck_assert_int_eq(n, 4 * 16 * 16);
@@ -635,35 +540,35 @@ END_TEST
 
 /* --prompts / --shard: lines, names, seeds; line 1 = the --prompt image. */
 START_TEST(test_prompts_and_shards) {
-    const char *file = tmp("prompts.txt");
+    const char *file = test_tmp("prompts.txt");
     FILE *fp = fopen(file, "wb");
     ck_assert(fp);
     fputs("a cat\r\n\nan owl\n  \na dog at night\n", fp); /* lines 1..5, 2 and 4 blank, CRLF on line 1 */
     fclose(fp);
-    const char *d0 = tmp("shard0"), *d1 = tmp("shard1"), *l0 = tmp("shard0-lat");
+    const char *d0 = test_tmp("shard0"), *d1 = test_tmp("shard1"), *l0 = test_tmp("shard0-lat");
     char *out = run_expect(1, model_path(), "--prompts", file, "--shard", "0/2", "--steps", "2", "--seed", "100",
                            "--save-latent", l0, "-o", d0, NULL);
     free(out);
     /* shard 0/2: 0-based indices 0, 2, 4 = lines 1, 3, 5; seeds 100 + line - 1 */
-    ck_assert_msg(exists(tmp("shard0/00001-100.png")), "no shard0/00001-100.png");
-    ck_assert_msg(exists(tmp("shard0/00003-102.png")), "no shard0/00003-102.png");
-    ck_assert_msg(exists(tmp("shard0/00005-104.png")), "no shard0/00005-104.png");
-    ck_assert_msg(exists(tmp("shard0-lat/00003-102.safetensors")), "no latent for line 3");
+    ck_assert_msg(test_exists(test_tmp("shard0/00001-100.png")), "no shard0/00001-100.png");
+    ck_assert_msg(test_exists(test_tmp("shard0/00003-102.png")), "no shard0/00003-102.png");
+    ck_assert_msg(test_exists(test_tmp("shard0/00005-104.png")), "no shard0/00005-104.png");
+    ck_assert_msg(test_exists(test_tmp("shard0-lat/00003-102.safetensors")), "no latent for line 3");
     /* shard 1/2: indices 1, 3 = lines 2, 4, both blank: nothing, success */
     free(run_expect(1, model_path(), "--prompts", file, "--shard", "1/2", "--steps", "2", "--seed", "100", "-o", d1,
                     NULL));
-    ck_assert_msg(!exists(tmp("shard1/00002-101.png")) && !exists(tmp("shard1/00004-103.png")),
+    ck_assert_msg(!test_exists(test_tmp("shard1/00002-101.png")) && !test_exists(test_tmp("shard1/00004-103.png")),
                   "blank lines made images");
     /* line 1 with seed 100 is `--prompt "a cat" --seed 100`; line 3 is `--prompt "an owl" --seed 102` */
-    free(run_expect(1, model_path(), "--prompt", "a cat", "--steps", "2", "--seed", "100", "-o", tmp("single1.png"),
+    free(run_expect(1, model_path(), "--prompt", "a cat", "--steps", "2", "--seed", "100", "-o", test_tmp("single1.png"),
                     "--quiet", NULL));
     free(run_expect(1, model_path(), "--prompt", "an owl", "--steps", "2", "--seed", "102", "--save-latent",
-                    tmp("single3.safetensors"), "-o", tmp("single3.png"), "--quiet", NULL));
-    ck_assert_msg(same_file(tmp("single1.png"), tmp("shard0/00001-100.png")), "line 1 differs from --prompt");
-    ck_assert_msg(same_file(tmp("single3.png"), tmp("shard0/00003-102.png")), "line 3 differs from --prompt");
-    ck_assert_msg(same_latent(tmp("single3.safetensors"), tmp("shard0-lat/00003-102.safetensors")),
+                    test_tmp("single3.safetensors"), "-o", test_tmp("single3.png"), "--quiet", NULL));
+    ck_assert_msg(same_file(test_tmp("single1.png"), test_tmp("shard0/00001-100.png")), "line 1 differs from --prompt");
+    ck_assert_msg(same_file(test_tmp("single3.png"), test_tmp("shard0/00003-102.png")), "line 3 differs from --prompt");
+    ck_assert_msg(same_latent(test_tmp("single3.safetensors"), test_tmp("shard0-lat/00003-102.safetensors")),
                   "line 3 latent differs from --prompt");
-    ck_assert_msg(!same_file(tmp("shard0/00001-100.png"), tmp("shard0/00005-104.png")), "lines 1 and 5 are the same image");
+    ck_assert_msg(!same_file(test_tmp("shard0/00001-100.png"), test_tmp("shard0/00005-104.png")), "lines 1 and 5 are the same image");
 }
 END_TEST
 
@@ -673,7 +578,7 @@ END_TEST
 
 /* Write n bytes of text to a scratch file; returns its path. */
 static const char *write_file(const char *name, const char *text, size_t n) {
-    const char *p = tmp("%s", name);
+    const char *p = test_tmp("%s", name);
     FILE *fp = fopen(p, "wb");
     ck_assert(fp);
     fwrite(text, 1, n, fp);
@@ -684,11 +589,11 @@ static const char *write_file(const char *name, const char *text, size_t n) {
 /* No file of the scratch directory starts with `prefix` (no output, no
  * temporary left behind). */
 static void assert_no_output(const char *prefix) {
-    DIR *d = opendir(g_dir);
+    DIR *d = opendir(test_dir);
     ck_assert(d);
     struct dirent *e;
     while ((e = readdir(d)) != NULL)
-        ck_assert_msg(strncmp(e->d_name, prefix, strlen(prefix)) != 0, "'%s' was left in %s", e->d_name, g_dir);
+        ck_assert_msg(strncmp(e->d_name, prefix, strlen(prefix)) != 0, "'%s' was left in %s", e->d_name, test_dir);
     closedir(d);
 }
 
@@ -748,10 +653,10 @@ START_TEST(test_bad_input) {
     const Bad *b = &k_bad[_i];
     /* inputs the cases refer to */
     const char *garbage = write_file("garbage.safetensors", "this is not a file of any of those kinds\n", 41);
-    const char *small = tmp("small.png");
+    const char *small = test_tmp("small.png");
     uint8_t px[64 * 64 * 3] = {0};
     ck_assert(ldm_png_write_rgb8(small, px, 64, 64) == 0);
-    const char *noise8 = tmp("noise8.safetensors");
+    const char *noise8 = test_tmp("noise8.safetensors");
     float z[4 * 8 * 8] = {0};
     int64_t shape[4] = {1, 4, 8, 8};
     StWriter *w = st_writer_new();
@@ -762,8 +667,8 @@ START_TEST(test_bad_input) {
     const char *weights = NULL;
     if (!b->weights) weights = NULL;
     else if (!strcmp(b->weights, "model")) weights = model_path();
-    else if (!strcmp(b->weights, "ldm")) weights = shared("goldens/ldm-vq4-tiny/model.safetensors");
-    else if (!strcmp(b->weights, "missing")) weights = tmp("no-such.safetensors");
+    else if (!strcmp(b->weights, "ldm")) weights = test_shared("goldens/ldm-vq4-tiny/model.safetensors");
+    else if (!strcmp(b->weights, "missing")) weights = test_tmp("no-such.safetensors");
     else if (!strcmp(b->weights, "garbage")) weights = garbage;
 
     char *argv[MAX_ARGS];
@@ -779,28 +684,28 @@ START_TEST(test_bad_input) {
         if (!strcmp(b->args[i], "--vocab")) has_vocab = 1;
     if (!has_vocab) {
         argv[k++] = "--vocab";
-        argv[k++] = (char *)shared("clip/bpe_simple_vocab_16e6.txt.gz");
+        argv[k++] = (char *)test_shared("clip/bpe_simple_vocab_16e6.txt.gz");
     }
     argv[k++] = "-o";
-    argv[k++] = (char *)tmp("bad-out.png");
+    argv[k++] = (char *)test_tmp("bad-out.png");
     argv[k++] = "--save-latent";
-    argv[k++] = (char *)tmp("bad-latent.safetensors");
+    argv[k++] = (char *)test_tmp("bad-latent.safetensors");
     for (int i = 0; b->args[i]; i++) {
         const char *a = b->args[i];
         if (!strcmp(a, "$GARBAGE")) a = garbage;
         else if (!strcmp(a, "$SMALL")) a = small;
         else if (!strcmp(a, "$NOISE8")) a = noise8;
-        else if (!strcmp(a, "$IMG")) a = shared("goldens/sd1-tiny/img2img_input.png");
-        else if (!strcmp(a, "$RANDN")) a = shared("goldens/torch_randn/randn.io.safetensors");
+        else if (!strcmp(a, "$IMG")) a = test_shared("goldens/sd1-tiny/img2img_input.png");
+        else if (!strcmp(a, "$RANDN")) a = test_shared("goldens/torch_randn/randn.io.safetensors");
         else if (!strncmp(a, "$GARBAGE_DIR", 12)) {
-            snprintf(subst[i], sizeof subst[i], "%s%s", g_dir, a + 12);
+            snprintf(subst[i], sizeof subst[i], "%s%s", test_dir, a + 12);
             a = subst[i];
         }
         argv[k++] = (char *)a;
     }
     argv[k] = NULL;
     char *out;
-    int rc = run_argv(argv, &out);
+    int rc = test_run(argv, &out);
     ck_assert_msg(rc != 0 && rc < 128, "%s: expected a clean failure, got status %d:\n%s", b->label, rc, out);
     ck_assert_msg(strstr(out, "error") && strstr(out, b->expect), "%s: the message does not mention '%s':\n%s",
                   b->label, b->expect, out);
@@ -814,7 +719,7 @@ END_TEST
 START_TEST(test_help) {
     char *argv[] = {(char *)exe(), "--help", NULL};
     char *out;
-    int rc = run_argv(argv, &out);
+    int rc = test_run(argv, &out);
     ck_assert_msg(rc == 0, "--help failed (%d):\n%s", rc, out);
     ck_assert_msg(strstr(out, "--prompt") && strstr(out, "--shard K/N") && strstr(out, "128x128"), "help:\n%s", out);
     free(out);
@@ -922,16 +827,16 @@ END_TEST
 static char *ldmc_pipeline(int *rc, const char *out, const char *d1, const char *d2, const char *d3) {
     char ldmc[300];
     snprintf(ldmc, sizeof ldmc, "%s/ldmc", test_build_dir());
-    char *argv[] = {ldmc, "pipeline", "--config", (char *)shared("goldens/sd1-tiny/config.yaml"), "-o", (char *)out,
+    char *argv[] = {ldmc, "pipeline", "--config", (char *)test_shared("goldens/sd1-tiny/config.yaml"), "-o", (char *)out,
                     "-D", (char *)d1, "-D", (char *)d2, d3 ? "-D" : NULL, (char *)d3, NULL};
     char *text;
-    *rc = run_argv(argv, &text);
+    *rc = test_run(argv, &text);
     return text;
 }
 
 START_TEST(test_ldmc_pipeline) {
     int rc;
-    const char *c = tmp("pipe.c");
+    const char *c = test_tmp("pipe.c");
     char *out = ldmc_pipeline(&rc, c, "H=128", "W=96", NULL);
     ck_assert_msg(rc == 0, "ldmc pipeline failed:\n%s", out);
     free(out);
@@ -961,15 +866,17 @@ START_TEST(test_ldmc_pipeline) {
                                    {"H=128", "model.params.parameterization=v", "parameterization"},
                                    {"H=128", "model.params.conditioning_key=film", "conditioning_key"}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        const char *o = tmp("pipe-bad-%zu.c", i);
+        const char *o = test_tmp("pipe-bad-%zu.c", i);
         out = ldmc_pipeline(&rc, o, bad[i][0], bad[i][1], i >= 3 ? "W=128" : NULL);
         ck_assert_msg(rc != 0 && strstr(out, bad[i][2]), "ldmc pipeline -D %s -D %s: status %d, message:\n%s",
                       bad[i][0], bad[i][1], rc, out);
-        ck_assert_msg(!exists(o), "ldmc pipeline wrote %s despite the error", o);
+        ck_assert_msg(!test_exists(o), "ldmc pipeline wrote %s despite the error", o);
         free(out);
     }
 }
 END_TEST
+
+static void scratch_setup(void) { test_dir_init("ldm_txt2img_"); }
 
 Suite *suite_txt2img(void) {
     Suite *s = suite_create("txt2img");
@@ -1012,7 +919,7 @@ Suite *suite_txt2img(void) {
     suite_add_tcase(s, tc);
 
     tc = tcase_create("ldmc_pipeline");
-    tcase_add_unchecked_fixture(tc, dir_init, teardown_nothing);
+    tcase_add_unchecked_fixture(tc, scratch_setup, teardown_nothing);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_ldmc_pipeline);
     suite_add_tcase(s, tc);
