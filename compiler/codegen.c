@@ -40,8 +40,10 @@ int64_t kernel_scratch_bytes(const Node *n) {
         return (int64_t)ldm_conv_scratch_bytes(&s, n->algo);
     }
     case OPK_LINEAR:
-        /* linear+geglu: the full product before gating */
-        return n->act == ACT_GEGLU ? 4 * node_numel(n) * 2 : 0;
+        /* linear+geglu: the full product before gating; layer_norm+linear:
+         * the mean and 1/std of every input row */
+        return (n->act == ACT_GEGLU ? 4 * node_numel(n) * 2 : 0) +
+               (n->pro_lnorm ? 8 * (node_numel(n->src[0]) / n->src[1]->shape[1]) : 0);
     case OPK_ATTENTION: {
         LdmAttnShape a = attn_shape(n);
         return (int64_t)ldm_attention_scratch_bytes(&a);
@@ -128,7 +130,11 @@ static void gemm_src_names(const Node *n, const char **names) {
     names[0] = "x";
     names[1] = "w";
     for (int s = 2; s < n->nsrc; s++)
-        names[s] = s + 1 == n->ep_rowadd ? "rowadd" : s + 1 == n->ep_residual ? "residual" : "b";
+        names[s] = s + 1 == n->ep_rowadd      ? "rowadd"
+                   : s + 1 == n->ep_residual  ? "residual"
+                   : s + 1 == n->pro_lnorm    ? "ln_w"
+                   : s == n->pro_lnorm        ? "ln_b"
+                                              : "b";
 }
 
 /* C identifier of a fused kernel: "conv2d_rowadd_residual". */
@@ -167,6 +173,7 @@ static void k_linear(const Node *n, FILE *fp) {
     int64_t O = w->shape[0], I = w->shape[1], M = node_numel(n->src[0]) / I;
     int has_b = 0;
     for (int s = 2; s < n->nsrc; s++) has_b |= !strcmp(names[s], "b");
+    int64_t geglu_floats = n->act == ACT_GEGLU ? M * O : 0;
     E("static void n%d_%s(", n->id, kernel_ident(n, kn, sizeof kn));
     emit_params(n, fp, names);
     E(" {\n");
@@ -185,20 +192,19 @@ static void k_linear(const Node *n, FILE *fp) {
         E("            %s[(size_t)m * O_ + o] = %s;\n", dst, rhs);
         E("        }\n");
     }
-    E("    ldm_gemm(%lld, %lld, %lld, x, %lld, w, 0, %lld, 1, %s, %lld, %d);\n", (long long)M, (long long)O, (long long)I,
-      (long long)I, (long long)I, dst, (long long)O, acc);
-    if (n->act == ACT_GEGLU) {
-        int64_t D = O / 2;
-        E("    /* geglu: y = a * gelu(g), a = first %lld features (value), g = last %lld (gate), exact erf GELU */\n",
-          (long long)D, (long long)D);
-        par(fp, M * D, "    ");
-        E("    for (int m = 0; m < %lld; m++)\n", (long long)M);
-        E("        for (int d = 0; d < %lld; d++) {\n", (long long)D);
-        E("            const float a = scratch[(size_t)m * %lld + d], g = scratch[(size_t)m * %lld + %lld + d];\n",
-          (long long)O, (long long)O, (long long)D);
-        E("            y[(size_t)m * %lld + d] = a * (0.5f * g * (1.0f + erff(g * 0.70710678118654752f)));\n", (long long)D);
-        E("        }\n");
+    if (n->pro_lnorm) {
+        E("    /* layer_norm (eps %g) fused: statistics of the rows of x, which the GEMM normalises as it packs them */\n",
+          n->eps);
+        E("    float *mean = scratch + %lld, *rstd = mean + %lld;\n", (long long)geglu_floats, (long long)M);
+        E("    ldm_row_stats(%lld, %lld, x, %.17g, mean, rstd);\n", (long long)M, (long long)I, n->eps);
+        E("    const LdmRowNorm ln = {mean, rstd, ln_w, ln_b};\n");
     }
+    E("    ldm_gemm_norm(%lld, %lld, %lld, x, %lld, %s, w, 0, %lld, 1, %s, %lld, %d);\n", (long long)M, (long long)O,
+      (long long)I, (long long)I, n->pro_lnorm ? "&ln" : "NULL", (long long)I, dst, (long long)O, acc);
+    if (n->act == ACT_GEGLU)
+        E("    /* geglu: y = a * gelu(g), a = first %lld features (value), g = last %lld (gate), erf GELU */\n"
+          "    ldm_geglu(%lld, %lld, scratch, y);\n",
+          (long long)(O / 2), (long long)(O / 2), (long long)M, (long long)(O / 2));
     E("}\n");
 }
 

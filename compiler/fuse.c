@@ -7,6 +7,9 @@
  *   geglu(linear(x))               -> linear+geglu
  *   conv(x) + reshape(e, [B,C,1,1]) -> conv2d+rowadd   (ResBlock time embedding)
  *   conv(x) + r, linear(x) + r     -> conv2d+residual, linear+residual
+ *   linear(layer_norm(x))          -> layer_norm+linear (every reader of the
+ *                                     norm a linear layer: each normalises
+ *                                     the rows of x as its GEMM packs them)
  * The consumers of the removed node read the fused producer instead; the
  * dump prints the op chain of every fused node (group_norm+silu, ...).
  *
@@ -25,7 +28,7 @@
 #endif
 
 const char *node_kernel_name(const Node *n, char *buf, size_t size) {
-    snprintf(buf, size, "%s%s%s%s", op_names[n->op],
+    snprintf(buf, size, "%s%s%s%s%s", n->pro_lnorm ? "layer_norm+" : "", op_names[n->op],
              n->act == ACT_SILU ? "+silu" : n->act == ACT_GEGLU ? "+geglu" : "", n->ep_rowadd ? "+rowadd" : "",
              n->ep_residual ? "+residual" : "");
     return buf;
@@ -108,6 +111,37 @@ static int try_epilogue(Graph *g, Node *add, int i) {
     return 0;
 }
 
+/* linear(layer_norm(x)): when every reader of the norm is a linear layer
+ * taking it as input, each reads x and normalises it itself. */
+static void try_lnorm(Graph *g, Node *ln) {
+    if (is_output(g, ln) || ln->n_uses < 1) return;
+    int readers = 0;
+    for (int i = 0; i < g->n_nodes; i++) {
+        const Node *c = g->nodes[i];
+        for (int s = 0; s < c->nsrc; s++)
+            if (c->src[s] == ln) {
+                if (s != 0 || c->op != OPK_LINEAR || c->pro_lnorm || c->nsrc + 2 > MAX_SRC) return;
+                readers++;
+            }
+    }
+    if (readers != ln->n_uses) return;
+    for (int i = 0; i < g->n_nodes; i++) {
+        Node *c = g->nodes[i];
+        if (c->op != OPK_LINEAR || c->src[0] != ln) continue;
+        c->src[0] = ln->src[0];
+        c->src[c->nsrc++] = ln->src[1];
+        c->pro_lnorm = c->nsrc;
+        c->src[c->nsrc++] = ln->src[2];
+        c->eps = ln->eps;
+        note_fused(c, ln);
+        c->fused_flops += node_flops(ln) / readers;
+        ln->src[0]->n_uses++;
+        ln->src[1]->n_uses++;
+        ln->src[2]->n_uses++;
+    }
+    ln->n_uses = 0;
+}
+
 void pass_fuse(Graph *g) {
     pass_dead_code(g);
     for (int i = 0; i < g->n_nodes; i++) {
@@ -123,6 +157,8 @@ void pass_fuse(Graph *g) {
             replace_uses(g, n, x);
         } else if (n->op == OPK_ADD) {
             try_epilogue(g, n, i);
+        } else if (n->op == OPK_LAYER_NORM && n->nsrc == 3) {
+            try_lnorm(g, n);
         }
     }
     pass_dead_code(g);

@@ -228,6 +228,8 @@ struct Node {
     int act;                     /* ACT_*: activation applied to the result inside this kernel */
     int ep_rowadd;               /* CONV2D: 1 + index in src of a [B, C] tensor added per (sample, channel); 0 = none */
     int ep_residual;             /* CONV2D, LINEAR: 1 + index in src of a tensor added to the result; 0 = none */
+    int pro_lnorm;               /* LINEAR: 1 + index in src of LayerNorm's weight (its bias follows): the input
+                                    rows are layer-normalised (eps) while the GEMM packs them; 0 = none */
     int algo;                    /* CONV2D: LdmConvAlgo (runtime/kernels.h) */
     int needs_f32;               /* WEIGHT: some kernel reads it as plain float32 */
     char *fused;                 /* "silu %7 @nn.graph:56; add %9 @..." : nodes folded into this one */

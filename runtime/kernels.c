@@ -1,16 +1,14 @@
 /*
- * kernels.c - GEMM and convolution kernels for generated code (see
- * kernels.h): OpenBLAS does the inner products single-threaded, we split the
- * work over the cores with OpenMP, widen half-precision weights block by
- * block, and fold epilogues (bias, per-sample row add, residual) into the
- * GEMM by initialising C with them and accumulating.
+ * kernels.c - convolution by im2col / pointwise GEMM, row statistics and
+ * GEGLU for generated code (see kernels.h). Epilogues (bias, per-sample row
+ * add, residual) are folded into the GEMM by initialising C with them and
+ * accumulating; the GEMM itself is in kernels_gemm.c.
  */
 #include <immintrin.h>
+#include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <cblas.h>
 
 #include "kernels.h"
 #include "util.h"
@@ -55,152 +53,56 @@ void ldm_w_to_f32(LdmW w, size_t off, size_t n, float *dst) {
     }
 }
 
-/* A per-thread buffer for widened weight blocks, kept between calls. */
-static float *thread_buf(size_t n) {
-    static _Thread_local float *buf;
-    static _Thread_local size_t cap;
-    if (n > cap) {
-        free(buf);
-        cap = n + n / 4;
-        buf = ldm_aligned_alloc(cap * sizeof *buf);
+/* ---- row statistics and GEGLU ----------------------------------------------------- */
+
+void ldm_row_stats(int M, int D, const float *x, double eps, float *mean, float *rstd) {
+#pragma omp parallel for if ((long)M * D > 32768)
+    for (int m = 0; m < M; m++) {
+        const float *r = x + (size_t)m * D;
+        double sum = 0.0, sq = 0.0;
+        for (int i = 0; i < D; i++) sum += r[i];
+        double mu = sum / D;
+        for (int i = 0; i < D; i++) sq += (r[i] - mu) * (r[i] - mu);
+        mean[m] = (float)mu;
+        rstd[m] = (float)(1.0 / sqrt(sq / D + eps));
     }
-    return buf;
 }
 
-/* [lo, hi) of `total` items for part `i` of `parts`, in multiples of `q`. */
-static void split(int total, int parts, int i, int q, int *lo, int *hi) {
-    int units = (total + q - 1) / q;
-    int a = (int)((long)units * i / parts), b = (int)((long)units * (i + 1) / parts);
-    *lo = a * q < total ? a * q : total;
-    *hi = b * q < total ? b * q : total;
+/* erf(x), float: x P(x^2) / Q(x^2) on [-4, 4] (a rational minimax fit; at
+ * most 3.3e-7 from the correctly rounded value), +-1 beyond. */
+static inline __m256 erf8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-4.0f)), _mm256_set1_ps(4.0f));
+    __m256 x2 = _mm256_mul_ps(x, x);
+    __m256 p = _mm256_set1_ps(-2.72614225801306e-10f);
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(2.77068142495902e-08f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-2.10102402082508e-06f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-5.69250639462346e-05f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-7.34990630326855e-04f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-2.95459980854025e-03f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-1.60960333262415e-02f));
+    p = _mm256_mul_ps(p, x);
+    __m256 q = _mm256_set1_ps(-1.45660718464996e-05f);
+    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(-2.13374055278905e-04f));
+    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(-1.68282697438203e-03f));
+    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(-7.37332916720468e-03f));
+    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(-1.42647390514189e-02f));
+    return _mm256_div_ps(p, q);
 }
 
-/* ---- GEMM ------------------------------------------------------------------- */
-
-/* Rows of the weight per widened block: keep a block around 4 MB. */
-static int block_rows(int K) {
-    int r = (1 << 20) / (K > 0 ? K : 1);
-    if (r < 16) r = 16;
-    return r & ~15;
-}
-
-void ldm_gemm(int M, int N, int K, const float *A, int lda, LdmW B, size_t b_off, int ldb, int trans_b, float *C,
-              int ldc, int accumulate) {
-    const float beta = accumulate ? 1.0f : 0.0f;
-    int nt = omp_get_max_threads();
-    if (!trans_b) {
-        /* B[K, N] (activations or a row-major weight): split the rows of A */
-        if (B.type != LDM_W_F32) {
-            float *wb = ldm_aligned_alloc((size_t)K * (size_t)N * sizeof *wb);
-            for (int k = 0; k < K; k++) ldm_w_to_f32(B, b_off + (size_t)k * (size_t)ldb, (size_t)N, wb + (size_t)k * N);
-            ldm_gemm(M, N, K, A, lda, (LdmW){wb, LDM_W_F32}, 0, N, 0, C, ldc, accumulate);
-            free(wb);
-            return;
+void ldm_geglu(int M, int D, const float *x, float *y) {
+#pragma omp parallel for if ((long)M * D > 32768)
+    for (int m = 0; m < M; m++) {
+        const float *a = x + (size_t)m * 2 * D, *g = a + D;
+        float *yr = y + (size_t)m * D;
+        int d = 0;
+        for (; d + 8 <= D; d += 8) {
+            __m256 gv = _mm256_loadu_ps(g + d);
+            __m256 e = erf8(_mm256_mul_ps(gv, _mm256_set1_ps(0.70710678118654752f)));
+            __m256 gelu = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), gv), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+            _mm256_storeu_ps(yr + d, _mm256_mul_ps(_mm256_loadu_ps(a + d), gelu));
         }
-        const float *Bp = (const float *)B.p + b_off;
-#pragma omp parallel num_threads(nt)
-        {
-            int lo, hi;
-            split(M, omp_get_num_threads(), omp_get_thread_num(), 8, &lo, &hi);
-            if (hi > lo)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, hi - lo, N, K, 1.0f, A + (size_t)lo * lda, lda, Bp,
-                            ldb, beta, C + (size_t)lo * ldc, ldc);
-        }
-        return;
+        for (; d < D; d++) yr[d] = a[d] * (0.5f * g[d] * (1.0f + erff(g[d] * 0.70710678118654752f)));
     }
-    /* C[M, N] = A[M, K] W[N, K]^T: W is a weight; split its rows (= N). */
-    if (N >= 64 * nt || M < 64 * nt) {
-#pragma omp parallel num_threads(nt)
-        {
-            int lo, hi;
-            split(N, omp_get_num_threads(), omp_get_thread_num(), 16, &lo, &hi);
-            int rb = B.type == LDM_W_F32 ? (hi - lo) : block_rows(K);
-            for (int n0 = lo; n0 < hi; n0 += rb) {
-                int nb = hi - n0 < rb ? hi - n0 : rb;
-                const float *wp;
-                int ldw = ldb;
-                if (B.type == LDM_W_F32) {
-                    wp = (const float *)B.p + b_off + (size_t)n0 * ldb;
-                } else {
-                    float *t = thread_buf((size_t)nb * K);
-                    for (int r = 0; r < nb; r++) ldm_w_to_f32(B, b_off + (size_t)(n0 + r) * ldb, (size_t)K, t + (size_t)r * K);
-                    wp = t;
-                    ldw = K;
-                }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, nb, K, 1.0f, A, lda, wp, ldw, beta, C + n0, ldc);
-            }
-        }
-        return;
-    }
-    /* few output features, many rows: split the rows of A, each thread with the whole W */
-    const float *wp = (const float *)B.p + b_off;
-    float *wb = NULL;
-    int ldw = ldb;
-    if (B.type != LDM_W_F32) {
-        wb = ldm_aligned_alloc((size_t)N * K * sizeof *wb);
-        for (int r = 0; r < N; r++) ldm_w_to_f32(B, b_off + (size_t)r * ldb, (size_t)K, wb + (size_t)r * K);
-        wp = wb;
-        ldw = K;
-    }
-#pragma omp parallel num_threads(nt)
-    {
-        int lo, hi;
-        split(M, omp_get_num_threads(), omp_get_thread_num(), 8, &lo, &hi);
-        if (hi > lo)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, hi - lo, N, K, 1.0f, A + (size_t)lo * lda, lda, wp, ldw,
-                        beta, C + (size_t)lo * ldc, ldc);
-    }
-    free(wb);
-}
-
-void ldm_gemm_wl(int M, int N, int K, LdmW A, size_t a_off, int lda, const float *B, int ldb, float *C, int ldc,
-                 int accumulate) {
-    const float beta = accumulate ? 1.0f : 0.0f;
-    int nt = omp_get_max_threads();
-    if (M >= 32 * nt) {
-        /* split the weight rows (output channels) */
-#pragma omp parallel num_threads(nt)
-        {
-            int lo, hi;
-            split(M, omp_get_num_threads(), omp_get_thread_num(), 8, &lo, &hi);
-            int rb = A.type == LDM_W_F32 ? (hi - lo) : block_rows(K);
-            for (int m0 = lo; m0 < hi; m0 += rb) {
-                int mb = hi - m0 < rb ? hi - m0 : rb;
-                const float *ap;
-                int lda2 = lda;
-                if (A.type == LDM_W_F32) {
-                    ap = (const float *)A.p + a_off + (size_t)m0 * lda;
-                } else {
-                    float *t = thread_buf((size_t)mb * K);
-                    for (int r = 0; r < mb; r++) ldm_w_to_f32(A, a_off + (size_t)(m0 + r) * lda, (size_t)K, t + (size_t)r * K);
-                    ap = t;
-                    lda2 = K;
-                }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, mb, N, K, 1.0f, ap, lda2, B, ldb, beta,
-                            C + (size_t)m0 * ldc, ldc);
-            }
-        }
-        return;
-    }
-    /* few output channels: split the columns, each thread with the whole weight */
-    const float *ap = (const float *)A.p + a_off;
-    float *wb = NULL;
-    int lda2 = lda;
-    if (A.type != LDM_W_F32) {
-        wb = ldm_aligned_alloc((size_t)M * K * sizeof *wb);
-        for (int r = 0; r < M; r++) ldm_w_to_f32(A, a_off + (size_t)r * lda, (size_t)K, wb + (size_t)r * K);
-        ap = wb;
-        lda2 = K;
-    }
-#pragma omp parallel num_threads(nt)
-    {
-        int lo, hi;
-        split(N, omp_get_num_threads(), omp_get_thread_num(), 16, &lo, &hi);
-        if (hi > lo)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, hi - lo, K, 1.0f, ap, lda2, B + lo, ldb, beta,
-                        C + lo, ldc);
-    }
-    free(wb);
 }
 
 /* ---- convolution -------------------------------------------------------------- */

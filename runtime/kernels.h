@@ -7,7 +7,7 @@
  *
  * Weights may be stored as float32 or IEEE half (LDM_W_F16) or bfloat16
  * (LDM_W_BF16): half-precision weights stay half in memory and are widened
- * inside the kernels, block by block.
+ * inside the kernels while they are packed.
  */
 #ifndef LDM_KERNELS_H
 #define LDM_KERNELS_H
@@ -43,15 +43,32 @@ typedef struct LdmEpilogue {
     const float *residual;   /* same shape as y */
 } LdmEpilogue;
 
-/* ---- GEMM ---------------------------------------------------------------------
+/* ---- GEMM (kernels_gemm.c) -------------------------------------------------------
  * C[M, N] = A[M, K] * op(B) (+ C when accumulate), row-major with leading
  * dimensions, split over the cores. op(B) = B[K, N] or B[N, K]^T (trans_b).
  * A is float32; B may be a half-precision weight. */
 void ldm_gemm(int M, int N, int K, const float *A, int lda, LdmW B, size_t b_off, int ldb, int trans_b, float *C,
               int ldc, int accumulate);
+
+/* LayerNorm of the rows of A applied while A is packed (LayerNorm fused
+ * into the linear layer that consumes it): row m is used as
+ * (A[m] - mean[m]) * rstd[m] * gamma + beta. */
+typedef struct LdmRowNorm {
+    const float *mean, *rstd;   /* [M], from ldm_row_stats */
+    const float *gamma, *beta;  /* [K] */
+} LdmRowNorm;
+
+/* mean and 1/sqrt(var + eps) of each of the M rows of x[M, D] (biased variance, in double). */
+void ldm_row_stats(int M, int D, const float *x, double eps, float *mean, float *rstd);
+void ldm_gemm_norm(int M, int N, int K, const float *A, int lda, const LdmRowNorm *norm, LdmW B, size_t b_off, int ldb,
+                   int trans_b, float *C, int ldc, int accumulate);
+
 /* Same with the weight on the left: C[M, N] = W[M, K] * B[K, N] (convolutions). */
 void ldm_gemm_wl(int M, int N, int K, LdmW A, size_t a_off, int lda, const float *B, int ldb, float *C, int ldc,
                  int accumulate);
+
+/* y[m, d] = x[m, d] * gelu(x[m, D + d]) for x[M, 2D] (GEGLU, exact erf GELU). */
+void ldm_geglu(int M, int D, const float *x, float *y);
 
 /* ---- convolution --------------------------------------------------------------
  * y[N, O, HO, WO] = conv2d(x[N, C, H, W], w[O, C, KH, KW]) + epilogue, any

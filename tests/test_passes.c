@@ -101,6 +101,14 @@ static Node *output_node(const Graph *g, const char *name) {
     return NULL;
 }
 
+/* The INPUT node `name`. */
+static Node *input_node(const Graph *g, const char *name) {
+    for (int i = 0; i < g->n_inputs; i++)
+        if (strcmp(g->inputs[i]->name, name) == 0) return g->inputs[i];
+    ck_abort_msg("no input '%s'", name);
+    return NULL;
+}
+
 static void expect_shape(const Node *n, int ndim, const int64_t *shape) {
     char b[128];
     ck_assert_msg(n->ndim == ndim && memcmp(n->shape, shape, (size_t)ndim * sizeof *shape) == 0,
@@ -627,10 +635,17 @@ START_TEST(test_flops_survive_fusion) {
                       "    let c = conv2d(h, weight(\"c.w\", [8, 4, 3, 3]), pad=1) + reshape(e, [1, 8, 1, 1]);\n"
                       "    output y = conv2d(c, weight(\"r.w\", [8, 8, 1, 1])) + c;\n"
                       "    output z = geglu(linear(s, weight(\"l.w\", [12, 8])));\n"
+                      "    let t = layer_norm(s, weight(\"ln.w\", [8]), weight(\"ln.b\", [8]), eps=1e-5);\n"
+                      "    output q = linear(t, weight(\"q.w\", [4, 8]));\n"
+                      "    output k = linear(t, weight(\"k.w\", [4, 8]), weight(\"k.b\", [4]));\n"
+                      "    let u = layer_norm(s, weight(\"ln2.w\", [8]), weight(\"ln2.b\", [8]), eps=1e-5);\n"
+                      "    output v = linear(u, weight(\"v.w\", [8, 8])) + u;\n"
                       "}\n";
     /* group_norm 64 + silu 64; conv 2*128*36 = 9216 + row add 128; conv 1x1
-     * 2*128*8 = 2048 + residual add 128; linear 2*(2*5*12)*8 = 1920 + geglu 60 */
-    const double want = 64 + 64 + 9216 + 128 + 2048 + 128 + 1920 + 60;
+     * 2*128*8 = 2048 + residual add 128; linear 2*(2*5*12)*8 = 1920 + geglu 60;
+     * layer_norm 80 + linears 2*(2*5*4)*8 = 640 twice; layer_norm 80 +
+     * linear 2*(2*5*8)*8 = 1280 + residual add 80 */
+    const double want = 64 + 64 + 9216 + 128 + 2048 + 128 + 1920 + 60 + 80 + 640 + 640 + 80 + 1280 + 80;
     Built b = build(src);
     run_passes(b.g);
     ck_assert_double_eq(graph_flops(b.g), want);
@@ -638,9 +653,13 @@ START_TEST(test_flops_survive_fusion) {
 
     b = build(src);
     run_driver_passes(b.g);
-    int silu = 0, rowadd = 0, residual = 0, geglu = 0;
+    int silu = 0, rowadd = 0, residual = 0, geglu = 0, lnorm = 0, layer_norms = 0;
     for (int i = 0; i < b.g->n_nodes; i++) {
         const Node *n = b.g->nodes[i];
+        /* t is read by linear layers only: both normalise s themselves; u is
+         * also the residual of v's linear, so it stays a node */
+        lnorm += n->op == OPK_LINEAR && n->pro_lnorm && n->src[0] == input_node(b.g, "s");
+        layer_norms += n->op == OPK_LAYER_NORM;
         silu += n->op == OPK_GROUP_NORM && n->act == ACT_SILU;
         rowadd += n->op == OPK_CONV2D && n->ep_rowadd;
         residual += n->op == OPK_CONV2D && n->ep_residual;
@@ -648,9 +667,11 @@ START_TEST(test_flops_survive_fusion) {
     }
     ck_assert_msg(silu == 1 && rowadd == 1 && residual == 1 && geglu == 1, "fusions: %d %d %d %d", silu, rowadd,
                   residual, geglu);
+    ck_assert_msg(lnorm == 2 && layer_norms == 1, "layer_norm+linear: %d fused readers, %d layer_norm nodes left", lnorm,
+                  layer_norms);
     EXPECT_SHAPE(output_node(b.g, "z"), 2, 5, 6);
     check_plan(b.g, "fused");
-    char msg[256] = "";
+    char msg[512] = "";
     for (int i = 0; i < b.g->n_nodes; i++) {
         char kn[64];
         size_t k = strlen(msg);

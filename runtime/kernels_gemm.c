@@ -1,0 +1,281 @@
+/*
+ * kernels_gemm.c - the packed GEMM behind every linear layer and every
+ * im2col / pointwise convolution: C[M, N] (+)= A[M, K] B[K, N].
+ *
+ * GotoBLAS / BLIS blocking around the 4x24 micro-kernel of microkernel.h:
+ *   for each NC block of columns:
+ *     for each KC block of the inner dimension:   pack B  -> [kc][24] panels
+ *       for each MC block of rows:                pack A  -> [kc][4] panels
+ *         micro-kernel over every 4 x 24 tile of the block
+ * The packers read the operands where they are: a weight in its file
+ * precision (half-precision weights are widened while they are packed, so
+ * no float copy of a weight ever exists), an activation matrix row-major,
+ * or a weight used transposed (linear layers: B[k][n] = W[n][k]). The rows
+ * of A may be layer-normalised while they are packed (LayerNorm fused into
+ * the linear layer that consumes it).
+ *
+ * Threads: each thread takes a contiguous share of the rows (or, when the
+ * rows are few and the columns many, of the columns) and runs the whole
+ * blocked loop on it with its own packing buffers: no barrier, no shared
+ * state, and a thread the OS preempts holds up only its own share.
+ */
+#include <immintrin.h>
+#include <omp.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "microkernel.h"
+#include "util.h"
+
+#define MR 4
+#define NR 24
+#define KC_MAX 256   /* a [kc][24] B micro-panel stays in L1 */
+#define MC 128       /* an A block ([kc][4] panels, 128 KB) stays in L2 */
+#define NC 3072      /* a B block (3 MB) stays in L3 */
+
+/* One operand of the product and how to pack it. */
+typedef enum { SRC_ROWS, SRC_COLS } SrcLayout;
+
+typedef struct GemmSrc {
+    LdmW w;             /* data (float32 activations are LDM_W_F32) */
+    size_t off;         /* first element */
+    long ld;            /* leading dimension (elements) */
+    SrcLayout layout;   /* A: ROWS = A[m][k]. B: ROWS = B[k][n], COLS = B[k][n] stored as [n][k] */
+    const LdmRowNorm *norm; /* A only: layer-normalise each row while packing */
+} GemmSrc;
+
+/* ---- loading 8 consecutive elements, widened ------------------------------ */
+
+static inline __m256 load8(LdmW w, size_t i) {
+    if (w.type == LDM_W_F32) return _mm256_loadu_ps((const float *)w.p + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w.p + i));
+    if (w.type == LDM_W_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+static inline float load1(LdmW w, size_t i) {
+    if (w.type == LDM_W_F32) return ((const float *)w.p)[i];
+    float f;
+    ldm_w_to_f32(w, i, 1, &f);
+    return f;
+}
+
+/* ---- packing A: [mc][kc] -> ceil(mc/4) panels of [kc][4] ------------------- */
+
+/* 4 rows x 8 columns (r[0..3]) -> 8 columns of 4 at dst (32 floats). */
+static inline void store_4x8_transposed(const __m256 *r, float *dst) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u1, 0x20));
+    _mm256_storeu_ps(dst + 8, _mm256_permute2f128_ps(u2, u3, 0x20));
+    _mm256_storeu_ps(dst + 16, _mm256_permute2f128_ps(u0, u1, 0x31));
+    _mm256_storeu_ps(dst + 24, _mm256_permute2f128_ps(u2, u3, 0x31));
+}
+
+static void pack_a(const GemmSrc *a, int M, int i0, int mc, int k0, int kc, float *dst) {
+    const LdmRowNorm *nm = a->norm;
+    for (int p = 0; p < mc; p += MR, dst += (size_t)MR * kc) {
+        int rows = mc - p < MR ? mc - p : MR;
+        if (i0 + p + rows > M) rows = M - i0 - p;
+        size_t base[MR];
+        float mean[MR], rstd[MR];
+        for (int r = 0; r < MR; r++) {
+            int i = i0 + p + (r < rows ? r : 0);
+            base[r] = a->off + (size_t)i * a->ld;
+            mean[r] = nm ? nm->mean[i] : 0.0f;
+            rstd[r] = nm ? nm->rstd[i] : 1.0f;
+        }
+        int k = 0;
+        if (rows == MR) {
+            for (; k + 8 <= kc; k += 8) {
+                __m256 v[MR];
+                for (int r = 0; r < MR; r++) {
+                    v[r] = load8(a->w, base[r] + (size_t)(k0 + k));
+                    if (nm) {
+                        __m256 t = _mm256_mul_ps(_mm256_sub_ps(v[r], _mm256_set1_ps(mean[r])), _mm256_set1_ps(rstd[r]));
+                        v[r] = _mm256_fmadd_ps(t, _mm256_loadu_ps(nm->gamma + k0 + k), _mm256_loadu_ps(nm->beta + k0 + k));
+                    }
+                }
+                store_4x8_transposed(v, dst + (size_t)k * MR);
+            }
+        }
+        for (; k < kc; k++)
+            for (int r = 0; r < MR; r++) {
+                float v = 0.0f;
+                if (r < rows) {
+                    v = load1(a->w, base[r] + (size_t)(k0 + k));
+                    if (nm) v = (v - mean[r]) * rstd[r] * nm->gamma[k0 + k] + nm->beta[k0 + k];
+                }
+                dst[(size_t)k * MR + r] = v;
+            }
+    }
+}
+
+/* ---- packing B: [kc][nc] -> panels of [kc][w], w = 24 (the last 8 or 16) -- */
+
+static inline int panel_width(int n) { return n >= NR ? NR : (n + 7) & ~7; }
+
+/* 8x8 transpose of r[0..7]. */
+static inline void transpose8(__m256 *r) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+static void pack_b(const GemmSrc *b, int N, int j0, int nc, int k0, int kc, float *dst) {
+    for (int j = 0; j < nc; j += NR) {
+        int w = panel_width(nc - j), cols = nc - j < w ? nc - j : w;
+        if (j0 + j + cols > N) cols = N - j0 - j;
+        if (b->layout == SRC_ROWS) {
+            for (int k = 0; k < kc; k++) {
+                size_t s = b->off + (size_t)(k0 + k) * b->ld + (size_t)(j0 + j);
+                float *d = dst + (size_t)k * w;
+                int c = 0;
+                for (; c + 8 <= cols; c += 8) _mm256_storeu_ps(d + c, load8(b->w, s + c));
+                for (; c < cols; c++) d[c] = load1(b->w, s + c);
+                for (; c < w; c++) d[c] = 0.0f;
+            }
+        } else {
+            /* B[k][n] = W[n][k]: 8 rows of W x 8 k at a time, transposed */
+            int k = 0;
+            if (cols == w)
+                for (; k + 8 <= kc; k += 8)
+                    for (int g = 0; g < w; g += 8) {
+                        __m256 v[8];
+                        for (int r = 0; r < 8; r++)
+                            v[r] = load8(b->w, b->off + (size_t)(j0 + j + g + r) * b->ld + (size_t)(k0 + k));
+                        transpose8(v);
+                        for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (size_t)(k + q) * w + g, v[q]);
+                    }
+            for (; k < kc; k++)
+                for (int c = 0; c < w; c++)
+                    dst[(size_t)k * w + c] =
+                        c < cols ? load1(b->w, b->off + (size_t)(j0 + j + c) * b->ld + (size_t)(k0 + k)) : 0.0f;
+        }
+        dst += (size_t)w * kc;
+    }
+}
+
+/* ---- the blocked loop for one thread's share ---------------------------------- */
+
+typedef struct Gemm {
+    int M, N, K;
+    GemmSrc a, b;
+    float *c;
+    long ldc;
+    int accumulate;
+} Gemm;
+
+static float *thread_buf(int which, size_t n) {
+    static _Thread_local float *buf[2];
+    static _Thread_local size_t cap[2];
+    if (n > cap[which]) {
+        free(buf[which]);
+        cap[which] = n;
+        buf[which] = ldm_aligned_alloc(n * sizeof(float));
+    }
+    return buf[which];
+}
+
+static void run_block(const Gemm *g, int m0, int m1, int n0, int n1) {
+    if (m1 <= m0 || n1 <= n0) return;
+    int nk = (g->K + KC_MAX - 1) / KC_MAX;
+    int kstep = ((g->K + nk - 1) / nk + 7) & ~7;
+    float *ap = thread_buf(0, (size_t)MC * kstep);
+    float *bp = thread_buf(1, (size_t)(NC + NR) * kstep);
+    float tile[MR * NR] __attribute__((aligned(32)));
+    for (int jc = n0; jc < n1; jc += NC) {
+        int nc = n1 - jc < NC ? n1 - jc : NC;
+        for (int pc = 0; pc < g->K; pc += kstep) {
+            int kc = g->K - pc < kstep ? g->K - pc : kstep;
+            int acc = pc > 0 || g->accumulate;
+            pack_b(&g->b, g->N, jc, nc, pc, kc, bp);
+            for (int ic = m0; ic < m1; ic += MC) {
+                int mc = m1 - ic < MC ? m1 - ic : MC;
+                pack_a(&g->a, g->M, ic, mc, pc, kc, ap);
+                for (int jr = 0; jr < nc; jr += NR) {
+                    int w = panel_width(nc - jr), cols = nc - jr < w ? nc - jr : w;
+                    const float *b = bp + (size_t)jr * kc;
+                    for (int ir = 0; ir < mc; ir += MR) {
+                        const float *a = ap + (size_t)ir * kc;
+                        int rows = mc - ir < MR ? mc - ir : MR;
+                        float *c = g->c + (size_t)(ic + ir) * g->ldc + (jc + jr);
+                        if (ir + MR < mc)
+                            for (int r = 0; r < MR; r++) {
+                                const char *nx = (const char *)(c + (size_t)(MR + r) * g->ldc);
+                                _mm_prefetch(nx, _MM_HINT_T0);
+                                _mm_prefetch(nx + 64, _MM_HINT_T0);
+                            }
+                        int full = rows == MR && cols == w;
+                        float *d = full ? c : tile;
+                        int ldd = full ? (int)g->ldc : w, accd = full ? acc : 0;
+                        if (w == 24) kern_4x24(kc, a, b, d, ldd, accd);
+                        else if (w == 16) kern_4x16(kc, a, b, d, ldd, accd);
+                        else kern_4x8(kc, a, b, d, ldd, accd);
+                        if (!full)
+                            for (int r = 0; r < rows; r++)
+                                for (int q = 0; q < cols; q++)
+                                    c[(size_t)r * g->ldc + q] = (acc ? c[(size_t)r * g->ldc + q] : 0.0f) + tile[r * w + q];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Split over the threads: by rows (each thread packs all of B) unless the
+ * rows are few, then by columns (each packs all of A). */
+static void run(const Gemm *g) {
+    int nt = omp_get_max_threads();
+    long dupB = (long)g->N, dupA = (long)g->M * ((g->N / nt + NC - 1) / NC);
+    int by_rows = g->M >= 8 * MR * nt && (dupB <= dupA || g->N < 2 * NR * nt);
+    if ((double)g->M * g->N * g->K < 2e6) nt = 1;
+#pragma omp parallel num_threads(nt)
+    {
+        int th = omp_get_thread_num(), n = omp_get_num_threads();
+        if (by_rows) {
+            int units = (g->M + MR - 1) / MR;
+            int lo = (int)((long)units * th / n) * MR, hi = (int)((long)units * (th + 1) / n) * MR;
+            run_block(g, lo, hi < g->M ? hi : g->M, 0, g->N);
+        } else {
+            int units = (g->N + 7) / 8;
+            int lo = (int)((long)units * th / n) * 8, hi = (int)((long)units * (th + 1) / n) * 8;
+            run_block(g, 0, g->M, lo, hi < g->N ? hi : g->N);
+        }
+    }
+}
+
+/* ---- entry points -------------------------------------------------------------- */
+
+void ldm_gemm(int M, int N, int K, const float *A, int lda, LdmW B, size_t b_off, int ldb, int trans_b, float *C,
+              int ldc, int accumulate) {
+    ldm_gemm_norm(M, N, K, A, lda, NULL, B, b_off, ldb, trans_b, C, ldc, accumulate);
+}
+
+void ldm_gemm_norm(int M, int N, int K, const float *A, int lda, const LdmRowNorm *norm, LdmW B, size_t b_off, int ldb,
+                   int trans_b, float *C, int ldc, int accumulate) {
+    Gemm g = {M, N, K, {{A, LDM_W_F32}, 0, lda, SRC_ROWS, norm}, {B, b_off, ldb, trans_b ? SRC_COLS : SRC_ROWS, NULL},
+              C, ldc, accumulate};
+    run(&g);
+}
+
+void ldm_gemm_wl(int M, int N, int K, LdmW A, size_t a_off, int lda, const float *B, int ldb, float *C, int ldc,
+                 int accumulate) {
+    Gemm g = {M, N, K, {A, a_off, lda, SRC_ROWS, NULL}, {{B, LDM_W_F32}, 0, ldb, SRC_ROWS, NULL}, C, ldc, accumulate};
+    run(&g);
+}

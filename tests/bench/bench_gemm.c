@@ -1,0 +1,104 @@
+/*
+ * bench_gemm.c - GFLOP/s of ldm_gemm (linear layers: x w^T) and ldm_gemm_wl
+ * (convolutions: w x) on the UNet's shapes, with float32 or half weights,
+ * next to cblas_sgemm on the same float32 operands (single-threaded BLAS
+ * split over the cores is not what we call; plain multi-threaded BLAS is).
+ *   bench_gemm [f16|f32]   (CBLAS=1: also time cblas_sgemm, float32 only)
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cblas.h>
+#include <omp.h>
+
+#include "kernels.h"
+#include "util.h"
+
+void openblas_set_num_threads(int n);
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void *rnd_alloc(size_t n, size_t sz) {
+    unsigned char *p = ldm_aligned_alloc(n * sz);
+    for (size_t i = 0; i < n * sz; i += sz) {
+        float f = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+        if (sz == 4) memcpy(p + i, &f, 4);
+        else p[i] = 0, p[i + 1] = 0x38; /* half 0.5 */
+    }
+    return p;
+}
+
+static void one(const char *what, int wl, int M, int N, int K, int type) {
+    size_t asz = (size_t)M * K, bsz = (size_t)K * N;
+    void *A = rnd_alloc(asz, wl && type ? 2 : 4), *B = rnd_alloc(bsz, !wl && type ? 2 : 4);
+    float *C = ldm_aligned_alloc((size_t)M * N * sizeof(float));
+    double best = 1e9, bestb = 1e9;
+    for (int r = 0; r < 5; r++) {
+        double t = now();
+        if (wl) ldm_gemm_wl(M, N, K, (LdmW){A, type}, 0, K, B, N, C, N, 0);
+        else ldm_gemm(M, N, K, A, K, (LdmW){B, type}, 0, K, 1, C, N, 0);
+        t = now() - t;
+        if (t < best) best = t;
+    }
+    if (!type && getenv("CBLAS")) {
+        openblas_set_num_threads(omp_get_max_threads());
+        for (int r = 0; r < 5; r++) {
+            double t = now();
+            if (wl) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1, A, K, B, N, 0, C, N);
+            else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, A, K, B, K, 0, C, N);
+            t = now() - t;
+            if (t < bestb) bestb = t;
+        }
+        openblas_set_num_threads(1);
+    }
+    double f = 2.0 * M * N * K;
+    printf("%-22s M %5d N %5d K %5d  ldm %6.1f GFLOP/s", what, M, N, K, f / best / 1e9);
+    if (bestb < 1e9) printf("   cblas %6.1f", f / bestb / 1e9);
+    printf("\n");
+    free(A), free(B), free(C);
+}
+
+/* a whole convolution through ldm_conv2d (im2col or pointwise) */
+static void conv(const char *what, int N, int C, int H, int O, int k, int type) {
+    LdmConvShape s = {N, C, H, H, O, k, k, 1, 1, k / 2, k / 2, k / 2, k / 2, H, H};
+    float *x = rnd_alloc((size_t)N * C * H * H, 4), *y = ldm_aligned_alloc((size_t)N * O * H * H * 4);
+    void *w = rnd_alloc((size_t)O * C * k * k, type ? 2 : 4);
+    int algo = k == 1 ? LDM_CONV_POINTWISE : LDM_CONV_IM2COL;
+    float *scratch = ldm_aligned_alloc(ldm_conv_scratch_bytes(&s, algo) + 64);
+    double best = 1e9;
+    for (int r = 0; r < 5; r++) {
+        double t = now();
+        ldm_conv2d(&s, algo, x, (LdmW){w, type}, NULL, y, scratch);
+        t = now() - t;
+        if (t < best) best = t;
+    }
+    printf("%-22s N %d C %4d %3dx%-3d O %4d %dx%d  ldm %6.1f GFLOP/s\n", what, N, C, H, H, O, k, k,
+           2.0 * N * O * H * H * C * k * k / best / 1e9);
+    free(x), free(y), free(w), free(scratch);
+}
+
+int main(int argc, char **argv) {
+    int type = argc > 1 && !strcmp(argv[1], "f16") ? LDM_W_F16 : LDM_W_F32;
+    ldm_kernels_init();
+    one("linear 32x32 ff", 0, 2048, 2560, 320, type);
+    one("linear 32x32 ff2", 0, 2048, 320, 1280, type);
+    one("linear 32x32 qkv", 0, 2048, 320, 320, type);
+    one("linear 16x16 qkv", 0, 512, 640, 640, type);
+    one("linear 64x64 ff", 0, 8192, 2560, 320, type);
+    one("linear ctx k/v", 0, 154, 320, 768, type);
+    one("conv 8x8 1280", 1, 1280, 128, 11520, type);
+    one("conv 8x8 2560", 1, 1280, 128, 23040, type);
+    one("conv 16x16 640", 1, 640, 512, 5760, type);
+    one("pointwise 32x32", 1, 320, 1024, 640, type);
+    one("square 2048", 1, 2048, 2048, 2048, type);
+    conv("conv 8x8 2560", 2, 2560, 8, 1280, 3, type);
+    conv("conv 8x8 1280", 2, 1280, 8, 1280, 3, type);
+    conv("conv 16x16 1280", 2, 1280, 16, 1280, 3, type);
+    return 0;
+}

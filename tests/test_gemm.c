@@ -1,0 +1,173 @@
+/*
+ * test_gemm.c - the packed GEMM (runtime/kernels_gemm.c) against a double
+ * reference: every edge of its blocking (rows not a multiple of 4, columns
+ * not a multiple of 8 or 24 and past one NC block, inner dimensions past
+ * one KC block), every weight precision, both weight orientations,
+ * accumulation and the fused LayerNorm; and GEGLU's erf.
+ */
+#include <check.h>
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "util.h"
+
+static uint32_t rng_state = 12345;
+static float frand(void) {
+    rng_state = rng_state * 1664525u + 1013904223u;
+    return (float)((rng_state >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+/* float -> storage type (round to nearest even) and back. */
+static uint16_t to_half(float f, int type) {
+    uint16_t h;
+    if (type == LDM_W_F16) {
+        h = _cvtss_sh(f, 0);
+    } else {
+        uint32_t b;
+        memcpy(&b, &f, 4);
+        b += 0x7fff + ((b >> 16) & 1);
+        h = (uint16_t)(b >> 16);
+    }
+    return h;
+}
+
+/* n random weights of the given type; their exact float values in ref. */
+static void *make_weights(size_t n, int type, double *ref) {
+    if (type == LDM_W_F32) {
+        float *w = malloc(n * sizeof *w);
+        for (size_t i = 0; i < n; i++) ref[i] = w[i] = frand();
+        return w;
+    }
+    uint16_t *w = malloc(n * sizeof *w);
+    for (size_t i = 0; i < n; i++) {
+        w[i] = to_half(frand(), type);
+        float f;
+        ldm_w_to_f32((LdmW){w, type}, i, 1, &f);
+        ref[i] = f;
+    }
+    return w;
+}
+
+typedef struct GemmCase {
+    int M, N, K;
+} GemmCase;
+
+static const GemmCase cases[] = {
+    {1, 1, 1},    {3, 7, 5},      {4, 24, 8},    {5, 25, 9},     {130, 50, 300}, {33, 3100, 20},
+    {64, 100, 520}, {200, 48, 257}, {7, 200, 64}, {1280, 16, 40},
+};
+#define N_CASES (int)(sizeof cases / sizeof *cases)
+
+/* Worst |got - want| / (sum_k |a||b| + 1) over C; float32 accumulation
+ * over K terms is good to a few K * 2^-24 of that. */
+static double rel_err(int M, int N, const float *got, const double *want, const double *mag) {
+    double e = 0;
+    for (int i = 0; i < M * N; i++) {
+        double d = fabs(got[i] - want[i]) / (mag[i] + 1.0);
+        if (!(d <= e)) e = d; /* NaN counts */
+    }
+    return e;
+}
+
+/* C = A x op(B) (x a weight, A activations, optionally layer-normalised) and
+ * C = W x B (weight on the left), each plain and accumulating. */
+START_TEST(test_gemm_vs_reference) {
+    const GemmCase c = cases[_i % N_CASES];
+    const int type = (_i / N_CASES) % 3, trans = (_i / N_CASES / 3) % 2, norm = (_i / N_CASES / 6) % 2;
+    const int M = c.M, N = c.N, K = c.K;
+    double *wref = malloc((size_t)N * K * sizeof *wref), *want = malloc((size_t)M * N * sizeof *want),
+           *mag = malloc((size_t)M * N * sizeof *mag), *aref = malloc((size_t)M * K * sizeof *aref);
+    float *A = malloc((size_t)M * K * sizeof *A), *C = malloc((size_t)M * N * sizeof *C), *C0 = malloc((size_t)M * N * sizeof *C0);
+    void *W = make_weights((size_t)N * K, type, wref); /* [N][K] if trans, else [K][N] */
+    for (int i = 0; i < M * K; i++) A[i] = frand() * 3.0f + 0.5f;
+    float *gamma = malloc((size_t)K * sizeof *gamma), *beta = malloc((size_t)K * sizeof *beta);
+    float *mean = malloc((size_t)M * sizeof *mean), *rstd = malloc((size_t)M * sizeof *rstd);
+    for (int k = 0; k < K; k++) gamma[k] = frand(), beta[k] = frand();
+    ldm_row_stats(M, K, A, 1e-5, mean, rstd);
+    for (int m = 0; m < M; m++) {
+        double s = 0, q = 0;
+        for (int k = 0; k < K; k++) s += A[m * K + k];
+        s /= K;
+        for (int k = 0; k < K; k++) q += (A[m * K + k] - s) * (A[m * K + k] - s);
+        double r = 1.0 / sqrt(q / K + 1e-5);
+        ck_assert_msg(fabs(mean[m] - s) <= 1e-6 * (fabs(s) + 1) && fabs(rstd[m] - r) <= 1e-6 * r, "row stats of row %d", m);
+        for (int k = 0; k < K; k++) aref[m * K + k] = norm ? (A[m * K + k] - s) * r * gamma[k] + beta[k] : A[m * K + k];
+    }
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double s = 0, a = 0;
+            for (int k = 0; k < K; k++) {
+                double w = trans ? wref[(size_t)n * K + k] : wref[(size_t)k * N + n];
+                s += aref[m * K + k] * w;
+                a += fabs(aref[m * K + k] * w);
+            }
+            want[m * N + n] = s;
+            mag[m * N + n] = a;
+        }
+    const LdmRowNorm ln = {mean, rstd, gamma, beta};
+    for (int acc = 0; acc < 2; acc++) {
+        for (int i = 0; i < M * N; i++) C[i] = C0[i] = acc ? frand() : NAN; /* NaN: must be overwritten */
+        ldm_gemm_norm(M, N, K, A, K, norm ? &ln : NULL, (LdmW){W, type}, 0, trans ? K : N, trans, C, N, acc);
+        if (acc)
+            for (int i = 0; i < M * N; i++) C[i] -= C0[i];
+        double e = rel_err(M, N, C, want, mag);
+        ck_assert_msg(e < 1e-6, "gemm M %d N %d K %d type %d trans %d norm %d acc %d: relative error %g", M, N, K, type,
+                      trans, norm, acc, e);
+    }
+    if (!norm && trans) {
+        /* weight on the left: C'[N, M] = W[N, K] A^T, with B = A^T [K, M] */
+        float *At = malloc((size_t)M * K * sizeof *At), *Ct = malloc((size_t)M * N * sizeof *Ct);
+        double *wt = malloc((size_t)M * N * sizeof *wt), *mt = malloc((size_t)M * N * sizeof *mt);
+        for (int m = 0; m < M; m++)
+            for (int k = 0; k < K; k++) At[(size_t)k * M + m] = A[m * K + k];
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) wt[(size_t)n * M + m] = want[m * N + n], mt[(size_t)n * M + m] = mag[m * N + n];
+        for (int i = 0; i < M * N; i++) Ct[i] = NAN;
+        ldm_gemm_wl(N, M, K, (LdmW){W, type}, 0, K, At, M, Ct, M, 0);
+        double e = rel_err(N, M, Ct, wt, mt);
+        ck_assert_msg(e < 1e-6, "gemm_wl M %d N %d K %d type %d: relative error %g", N, M, K, type, e);
+        free(At), free(Ct), free(wt), free(mt);
+    }
+    free(wref), free(want), free(mag), free(aref), free(A), free(C), free(C0), free(W);
+    free(gamma), free(beta), free(mean), free(rstd);
+}
+END_TEST
+
+/* GEGLU: y = a * 0.5 g (1 + erf(g / sqrt 2)) over the range activations
+ * take, against erf in double. */
+START_TEST(test_geglu_erf) {
+    enum { M = 3, D = 4001 };
+    float *x = malloc(2 * M * D * sizeof *x), *y = malloc(M * D * sizeof *y);
+    for (int m = 0; m < M; m++)
+        for (int d = 0; d < D; d++) {
+            x[(size_t)m * 2 * D + d] = 1.0f + 0.001f * (float)m;
+            x[(size_t)m * 2 * D + D + d] = -10.0f + 20.0f * (float)d / (D - 1) + 0.0003f * (float)m;
+        }
+    ldm_geglu(M, D, x, y);
+    double worst = 0;
+    for (int m = 0; m < M; m++)
+        for (int d = 0; d < D; d++) {
+            double a = x[(size_t)m * 2 * D + d], g = x[(size_t)m * 2 * D + D + d];
+            double want = a * 0.5 * g * (1.0 + erf(g / sqrt(2.0)));
+            double e = fabs(y[m * D + d] - want) / (fabs(a * g) + 1.0);
+            if (!(e <= worst)) worst = e;
+        }
+    /* the rational erf is within 3.3e-7 of erf; float rounding adds a few 1e-8 */
+    ck_assert_msg(worst < 4e-7, "geglu: worst error %g relative to |a g| + 1", worst);
+    free(x), free(y);
+}
+END_TEST
+
+Suite *suite_gemm(void) {
+    Suite *s = suite_create("gemm");
+    TCase *tc = tcase_create("gemm");
+    tcase_set_timeout(tc, 60);
+    tcase_add_loop_test(tc, test_gemm_vs_reference, 0, N_CASES * 12);
+    tcase_add_test(tc, test_geglu_erf);
+    suite_add_tcase(s, tc);
+    return s;
+}
