@@ -27,7 +27,7 @@ static LdmConvShape conv_shape(const Node *n) {
     const Node *x = n->src[0], *w = n->src[1];
     LdmConvShape s = {(int)x->shape[0], (int)x->shape[1], (int)x->shape[2], (int)x->shape[3], (int)w->shape[0],
                       (int)w->shape[2], (int)w->shape[3], n->stride[0], n->stride[1], n->pad[0], n->pad[1], n->pad[2],
-                      n->pad[3], (int)n->shape[2], (int)n->shape[3]};
+                      n->pad[3], (int)n->shape[2], (int)n->shape[3], (long)n->out_gap};
     return s;
 }
 
@@ -101,6 +101,9 @@ static void kernel_header(const Graph *g, const Node *n, FILE *fp) {
     }
     E(" *   out %s%s", n->dtype == DT_I32 ? "i32" : "f32", shape_str(n, b, sizeof b));
     if (n->storage == n) E(" at arena+%lld", (long long)n->offset);
+    else if (n->op != OPK_RESHAPE)
+        E(" written straight into %%%d at arena+%lld (samples %lld floats apart)", n->storage->id,
+          (long long)(n->storage->offset + n->into_offset), (long long)(node_numel(n) / n->shape[0] + n->out_gap));
     if (n->scratch_bytes) E("; scratch %lld bytes at arena+%lld", (long long)n->scratch_bytes, (long long)n->scratch_offset);
     E("\n */\n");
 }
@@ -155,8 +158,10 @@ static void k_conv2d(const Node *n, FILE *fp) {
     emit_params(n, fp, names);
     E(" {\n");
     E("    /* N C H W, O KH KW, stride h w, pad t b l r, HO WO */\n");
-    E("    static const LdmConvShape s = {%d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d};\n", c.N, c.C, c.H,
-      c.W, c.O, c.KH, c.KW, c.stride_h, c.stride_w, c.pad_t, c.pad_b, c.pad_l, c.pad_r, c.HO, c.WO);
+    if (n->out_gap) E("    /* y is this node's part of a concatenation: %lld floats between samples */\n", (long long)n->out_gap);
+    E("    static const LdmConvShape s = {%d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %d, %lld};\n", c.N, c.C,
+      c.H, c.W, c.O, c.KH, c.KW, c.stride_h, c.stride_w, c.pad_t, c.pad_b, c.pad_l, c.pad_r, c.HO, c.WO,
+      (long long)n->out_gap);
     int has_b = 0;
     for (int s = 2; s < n->nsrc; s++) has_b |= !strcmp(names[s], "b");
     E("    const LdmEpilogue ep = {%s, %s, %s};\n", has_b ? "b" : "NULL", n->ep_rowadd ? "rowadd" : "NULL",
@@ -440,10 +445,16 @@ static void k_concat(const Node *n, FILE *fp) {
     E("        %s *dst = y + (size_t)o * %lld;\n", ctype(n->dtype), (long long)(n->shape[n->axis] * inner));
     for (int s = 0; s < n->nsrc; s++) {
         int64_t len = n->src[s]->shape[n->axis] * inner;
-        E("        memcpy(dst, x%d + (size_t)o * %lld, %lld * sizeof(*y));\n", s, (long long)len, (long long)len);
+        if (n->src[s]->storage == n)
+            E("        /* x%d: %%%d wrote it in place */\n", s, n->src[s]->id);
+        else
+            E("        memcpy(dst, x%d + (size_t)o * %lld, %lld * sizeof(*y));\n", s, (long long)len, (long long)len);
         if (s + 1 < n->nsrc) E("        dst += %lld;\n", (long long)len);
     }
-    E("    }\n}\n");
+    E("    }\n");
+    for (int s = 0; s < n->nsrc; s++)
+        if (n->src[s]->storage == n) E("    (void)x%d;\n", s);
+    E("}\n");
 }
 
 static void k_timestep_emb(const Node *n, FILE *fp) {
@@ -598,7 +609,11 @@ static void emit_call(const Graph *g, const Node *n, FILE *fp) {
         E("    %s%s *v%d = v%d;\n", n->src[0]->op == OPK_INPUT ? "const " : "", ctype(n->dtype), n->id, n->src[0]->id);
         return;
     }
-    E("    %s *v%d = (%s *)(arena + %lld);\n", ctype(n->dtype), n->id, ctype(n->dtype), (long long)n->offset);
+    if (n->storage != n)
+        E("    %s *v%d = (%s *)(arena + %lld); /* its part of %%%d */\n", ctype(n->dtype), n->id, ctype(n->dtype),
+          (long long)(n->storage->offset + n->into_offset), n->storage->id);
+    else
+        E("    %s *v%d = (%s *)(arena + %lld);\n", ctype(n->dtype), n->id, ctype(n->dtype), (long long)n->offset);
     E("    if (ldm_profiling) t0 = ldm_now();\n");
     int fallible = n->op == OPK_EMBEDDING || n->op == OPK_VQ_LOOKUP;
     E("    %sn%d_%s(", fallible ? "if (" : "", n->id, kernel_ident(n, kn, sizeof kn));

@@ -70,7 +70,8 @@ void dump_graph(const Graph *g, FILE *fp) {
         print_params(n, fp);
         fprintf(fp, "  -> %s%s", dtype_name(n->dtype), shape_str(n, b, sizeof b));
         if (n->fused) fprintf(fp, "  [fuses %s]", n->fused);
-        if (n->storage != n) fprintf(fp, " (view of %%%d)", n->storage->id);
+        if (n->storage != n && n->op == OPK_RESHAPE) fprintf(fp, " (view of %%%d)", n->storage->id);
+        else if (n->storage != n) fprintf(fp, " (written into %%%d at +%lld)", n->storage->id, (long long)n->into_offset);
         fprintf(fp, "  @%s:%d\n", base_name(&n->loc), n->loc.line);
     }
     for (int i = 0; i < g->n_outputs; i++)
@@ -83,6 +84,13 @@ void dump_graph(const Graph *g, FILE *fp) {
         fprintf(fp, "# arena %lld bytes (%.1f MiB), naive sum of buffers %lld bytes (%.1f MiB)\n",
                 (long long)g->arena_bytes, (double)g->arena_bytes / 1048576.0, (long long)g->naive_bytes,
                 (double)g->naive_bytes / 1048576.0);
+}
+
+/* The step that first writes n's buffer: n, or a part written in place. */
+static int first_write(const Graph *g, const Node *n) {
+    for (int i = 0; i < n->id; i++)
+        if (g->nodes[i]->storage == n) return i;
+    return n->id;
 }
 
 void dump_plan(const Graph *g, FILE *fp) {
@@ -98,9 +106,13 @@ void dump_plan(const Graph *g, FILE *fp) {
         node_kernel_name(n, kn, sizeof kn);
         if (n->storage == n)
             fprintf(fp, "%%%-6d %-20s %12lld %12lld   %d..%d  %s\n", n->id, kn, (long long)n->offset,
-                    (long long)node_bytes(n), n->id, n->last_use, shape_str(n, b, sizeof b));
-        else
+                    (long long)node_bytes(n), first_write(g, n), n->last_use, shape_str(n, b, sizeof b));
+        else if (n->op == OPK_RESHAPE)
             fprintf(fp, "%%%-6d %-20s view of %%%d\n", n->id, kn, n->storage->id);
+        else
+            fprintf(fp, "%%%-6d %-20s %12lld %12lld   part of %%%d, samples %lld floats apart\n", n->id, kn,
+                    (long long)(n->storage->offset + n->into_offset), (long long)node_bytes(n), n->storage->id,
+                    (long long)(node_numel(n) / n->shape[0] + n->out_gap));
         if (n->scratch_bytes)
             fprintf(fp, "%%%-6d %-20s %12lld %12lld   %d..%d  scratch\n", n->id, kn,
                     (long long)n->scratch_offset, (long long)n->scratch_bytes, n->id, n->id);
@@ -141,9 +153,9 @@ void dump_memory_svg(const Graph *g, FILE *fp) {
         node_kernel_name(n, kn, sizeof kn);
         if (n->storage == n && n->op != OPK_INPUT && n->op != OPK_WEIGHT)
             fprintf(fp, "<rect x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" fill=\"#4a90d9\" fill-opacity=\"0.7\" stroke=\"#1d4f80\" stroke-width=\"0.3\"><title>%%%d %s %lld bytes at %lld, steps %d..%d</title></rect>\n",
-                    left + sx * n->id, top + sy * (double)n->offset, sx * (n->last_use - n->id + 1),
+                    left + sx * first_write(g, n), top + sy * (double)n->offset, sx * (n->last_use - first_write(g, n) + 1),
                     sy * (double)node_bytes(n) > 0.5 ? sy * (double)node_bytes(n) : 0.5, n->id, kn, (long long)node_bytes(n),
-                    (long long)n->offset, n->id, n->last_use);
+                    (long long)n->offset, first_write(g, n), n->last_use);
         if (n->scratch_bytes)
             fprintf(fp, "<rect x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" fill=\"#e8913a\" fill-opacity=\"0.8\"><title>%%%d %s scratch %lld bytes at %lld</title></rect>\n",
                     left + sx * n->id, top + sy * (double)n->scratch_offset, sx > 1 ? sx : 1,

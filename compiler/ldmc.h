@@ -238,7 +238,11 @@ struct Node {
     /* filled by passes */
     int n_uses;                  /* number of consumers (+1 per output) */
     int live;                    /* reachable from an output */
-    Node *storage;               /* node whose buffer holds this value (views) */
+    Node *storage;               /* node whose buffer holds this value (views, and producers writing
+                                    straight into a concatenation) */
+    int64_t into_offset;         /* bytes from the start of storage's buffer (concatenation parts) */
+    int64_t out_gap;             /* floats between one sample's result and the next beyond its own
+                                    size (a part of a channel concatenation); 0 = contiguous */
     int last_use;                /* schedule index of the last reader of storage */
     int64_t offset;              /* arena byte offset (storage roots) */
     int64_t scratch_bytes;       /* temporary workspace this op needs */
@@ -321,7 +325,9 @@ void pass_select_kernels(Graph *g);
 /* "conv2d+rowadd+residual": the op chain a fused node computes. */
 const char *node_kernel_name(const Node *n, char *buf, size_t size);
 
-/* Resolve views (RESHAPE) to the node owning their storage. */
+/* Resolve views (RESHAPE) to the node owning their storage, and let the
+ * convolution producing the last-computed part of a channel concatenation
+ * write straight into the concatenated buffer. */
 void pass_views(Graph *g);
 /* Assign arena offsets by liveness (plan.c); returns 0 or -1. */
 int pass_plan_memory(Graph *g);

@@ -64,11 +64,43 @@ void pass_dead_code(Graph *g) {
 
 /* ---- views ---------------------------------------------------------------- */
 
+/* concat(..., p, ...) along the channels of [N, C, H, W]: the convolution p
+ * writes its part in place (each sample's channels at their offset in the
+ * concatenated sample) and the concat copies only the other parts. Only the
+ * part computed last qualifies: its producer runs just before the concat,
+ * so the concatenated buffer is live hardly longer than before, whereas an
+ * earlier part (a UNet skip, computed on the way down) would hold the
+ * buffer live across the whole network. */
+static void concat_in_place(Graph *g, Node *c, int at) {
+    if (c->axis != 1 || c->ndim != 4 || c->dtype != DT_F32) return;
+    int last = -1, last_idx = -1;
+    for (int s = 0; s < c->nsrc; s++) {
+        int idx = -1;
+        for (int j = 0; j < at; j++)
+            if (g->nodes[j] == c->src[s]) idx = j;
+        if (idx > last_idx) last_idx = idx, last = s;
+    }
+    if (last < 0) return;
+    Node *p = c->src[last];
+    if (p->op != OPK_CONV2D || p->n_uses != 1 || p->storage != p || p->ndim != 4) return;
+    for (int i = 0; i < g->n_outputs; i++)
+        if (g->outputs[i].node == p) return;
+    int64_t inner = p->shape[2] * p->shape[3], before = 0;
+    for (int s = 0; s < last; s++) before += c->src[s]->shape[1];
+    p->storage = c;
+    p->into_offset = before * inner * 4;
+    p->out_gap = (c->shape[1] - p->shape[1]) * inner;
+}
+
 void pass_views(Graph *g) {
     for (int i = 0; i < g->n_nodes; i++) {
         Node *n = g->nodes[i];
         n->storage = n->op == OPK_RESHAPE ? n->src[0]->storage : n;
+        n->into_offset = 0;
+        n->out_gap = 0;
     }
+    for (int i = 0; i < g->n_nodes; i++)
+        if (g->nodes[i]->op == OPK_CONCAT) concat_in_place(g, g->nodes[i], i);
 }
 
 /* ---- memory plan ---------------------------------------------------------- */
@@ -87,6 +119,13 @@ typedef struct Buf {
     int scratch;         /* 1 for the node's scratch workspace */
 } Buf;
 
+static int cmp_first(const void *x, const void *y) {
+    const Buf *a = x, *b = y;
+    if (a->first != b->first) return a->first - b->first;
+    if (a->node->id != b->node->id) return a->node->id - b->node->id;
+    return a->scratch - b->scratch;
+}
+
 static int collect_buffers(Graph *g, Buf **out) {
     /* last use of every storage root */
     for (int i = 0; i < g->n_nodes; i++) g->nodes[i]->last_use = i;
@@ -98,14 +137,25 @@ static int collect_buffers(Graph *g, Buf **out) {
         }
     }
     for (int i = 0; i < g->n_outputs; i++) g->outputs[i].node->storage->last_use = g->n_nodes;
+    /* first writer of every storage root (a concatenation's in-place part
+     * is written before the concat itself runs) */
+    int *first = ldm_xmalloc((size_t)(g->n_nodes + 1) * sizeof *first);
+    for (int i = 0; i < g->n_nodes; i++) first[i] = i;
+    for (int i = 0; i < g->n_nodes; i++) {
+        const Node *st = g->nodes[i]->storage;
+        if (st->id >= 0 && st->id < g->n_nodes && g->nodes[st->id] == st && i < first[st->id]) first[st->id] = i;
+    }
     Buf *b = ldm_xcalloc((size_t)(2 * g->n_nodes + 1), sizeof *b);
     int nb = 0;
     for (int i = 0; i < g->n_nodes; i++) {
         Node *n = g->nodes[i];
-        if (owns_buffer(n)) b[nb++] = (Buf){align_up(node_bytes(n)), i, n->last_use, 0, n, 0};
+        if (owns_buffer(n)) b[nb++] = (Buf){align_up(node_bytes(n)), first[i], n->last_use, 0, n, 0};
         n->scratch_bytes = kernel_scratch_bytes(n);
         if (n->scratch_bytes > 0) b[nb++] = (Buf){align_up(n->scratch_bytes), i, i, 0, n, 1};
     }
+    free(first);
+    /* the placers take buffers in order of their first step */
+    qsort(b, (size_t)nb, sizeof *b, cmp_first);
     *out = b;
     return nb;
 }
@@ -228,7 +278,21 @@ int plan_validate(const Graph *g) {
     for (int i = 0; i < n; i++) {
         const Node *x = g->nodes[i];
         if (owns_buffer(x)) {
-            lo[nb] = x->offset, hi[nb] = x->offset + node_bytes(x), t0[nb] = i, t1[nb] = x->last_use, who[nb++] = x;
+            /* live from its first writer (itself, or a part written in place) */
+            int start = i;
+            for (int j = 0; j < i; j++)
+                if (g->nodes[j]->storage == x) {
+                    start = j;
+                    break;
+                }
+            lo[nb] = x->offset, hi[nb] = x->offset + node_bytes(x), t0[nb] = start, t1[nb] = x->last_use, who[nb++] = x;
+        }
+        if (x->storage != x && x->op != OPK_RESHAPE &&
+            (x->into_offset < 0 || x->into_offset + node_bytes(x) + 4 * x->out_gap * (x->shape[0] - 1) >
+                                       node_bytes(x->storage))) {
+            rc = ldm_fail("memory plan: node %%%d written into %%%d at +%lld runs past its end", x->id, x->storage->id,
+                          (long long)x->into_offset);
+            break;
         }
         if (x->scratch_bytes > 0) {
             lo[nb] = x->scratch_offset, hi[nb] = x->scratch_offset + x->scratch_bytes, t0[nb] = i, t1[nb] = i, who[nb++] = x;

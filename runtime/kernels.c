@@ -178,7 +178,7 @@ static int epilogue_init(const LdmConvShape *s, const LdmEpilogue *ep, float *y)
     for (int n = 0; n < s->N; n++)
         for (int o = 0; o < s->O; o++) {
             float c = (ep->bias ? ep->bias[o] : 0.0f) + (ep->rowadd ? ep->rowadd[(size_t)n * s->O + o] : 0.0f);
-            float *yr = y + ((size_t)n * s->O + o) * P;
+            float *yr = y + ((size_t)n * s->O + o) * P + (size_t)n * s->y_gap;
             if (ep->residual) {
                 const float *r = ep->residual + ((size_t)n * s->O + o) * P;
                 for (long p = 0; p < P; p++) yr[p] = r[p] + c;
@@ -208,7 +208,7 @@ void ldm_conv2d(const LdmConvShape *s, int algo, const float *x, LdmW w, const L
 #pragma omp parallel for collapse(2)
         for (int n = 0; n < s->N; n++)
             for (int o = 0; o < s->O; o++) {
-                float *yr = y + ((size_t)n * s->O + o) * P;
+                float *yr = y + ((size_t)n * s->O + o) * P + (size_t)n * s->y_gap;
                 const float *pr = prod + (size_t)o * cols + (size_t)n * P;
                 if (acc)
                     for (long p = 0; p < P; p++) yr[p] += pr[p];
@@ -219,7 +219,7 @@ void ldm_conv2d(const LdmConvShape *s, int algo, const float *x, LdmW w, const L
     }
     for (int n = 0; n < s->N; n++) {
         const float *xn = x + (size_t)n * s->C * HW;
-        float *yn = y + (size_t)n * s->O * P;
+        float *yn = y + (size_t)n * (s->O * P + s->y_gap);
         if (algo == LDM_CONV_POINTWISE) {
             ldm_gemm_wl(s->O, (int)P, s->C, w, 0, s->C, xn, (int)P, yn, (int)P, acc);
             continue;

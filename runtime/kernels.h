@@ -74,13 +74,17 @@ void ldm_geglu(int M, int D, const float *x, float *y);
  * y[N, O, HO, WO] = conv2d(x[N, C, H, W], w[O, C, KH, KW]) + epilogue, any
  * stride and zero padding (top, bottom, left, right). The kernel picks
  * nothing: the compiler chose the algorithm and passes the scratch it
- * planned (ldm_conv_scratch_bytes for the same arguments). */
+ * planned (ldm_conv_scratch_bytes for the same arguments). Sample n of y
+ * starts at y + n * (O * HO * WO + y_gap); bias, rowadd and residual are
+ * always contiguous. */
 typedef struct LdmConvShape {
     int N, C, H, W;          /* input */
     int O, KH, KW;           /* weight */
     int stride_h, stride_w;  /* stride */
     int pad_t, pad_b, pad_l, pad_r; /* zero padding */
     int HO, WO;              /* output */
+    long y_gap;              /* floats between one sample's output and the next beyond O*HO*WO: the
+                                output is part of a channel concatenation; 0 = contiguous */
 } LdmConvShape;
 
 typedef enum LdmConvAlgo {

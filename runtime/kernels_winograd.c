@@ -568,7 +568,7 @@ static void output_unit(const WgCtx *cx, int o, long t0, int nt, const float *m,
             __m256 v[4];
             interleave4(Y[q], v);
             if (ncol == 32) {
-                float *yo = cx->y + off;
+                float *yo = cx->y + off + (size_t)n * s->y_gap;
                 int nts = cx->nt_store && !((uintptr_t)yo & 31);
                 for (int e = 0; e < 4; e++) {
                     __m256 z = _mm256_add_ps(v[e], cst);
@@ -579,7 +579,8 @@ static void output_unit(const WgCtx *cx, int o, long t0, int nt, const float *m,
             } else {
                 float t[32];
                 for (int e = 0; e < 4; e++) _mm256_storeu_ps(t + 8 * e, _mm256_add_ps(v[e], cst));
-                for (int e = 0; e < ncol; e++) cx->y[off + e] = t[e] + (cx->residual ? cx->residual[off + e] : 0.0f);
+                for (int e = 0; e < ncol; e++)
+                    cx->y[off + (size_t)n * s->y_gap + e] = t[e] + (cx->residual ? cx->residual[off + e] : 0.0f);
             }
         }
         return;
@@ -596,7 +597,7 @@ static void output_unit(const WgCtx *cx, int o, long t0, int nt, const float *m,
         for (int q = 0; q < 4 && 4 * ti + q < H; q++)
             for (int r = 0; r < 4 && 4 * tj + r < W; r++) {
                 size_t off = plane + (size_t)(4 * ti + q) * W + 4 * tj + r;
-                cx->y[off] = yt[4 * q + r][e] + cst + (cx->residual ? cx->residual[off] : 0.0f);
+                cx->y[off + (size_t)tn * s->y_gap] = yt[4 * q + r][e] + cst + (cx->residual ? cx->residual[off] : 0.0f);
             }
     }
 }

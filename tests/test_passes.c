@@ -165,20 +165,37 @@ static PlanStats check_plan(const Graph *g, const char *what) {
         }
     for (int i = 0; i < g->n_outputs; i++) last[root_of(g->outputs[i].node)->id] = n;
 
+    /* a convolution may write its part of a channel concatenation in place:
+     * check where, and that the concatenation is live from that write on */
+    int *first = malloc((size_t)n * sizeof *first);
+    for (int i = 0; i < n; i++) first[i] = i;
+    for (int i = 0; i < n; i++) {
+        const Node *x = g->nodes[i], *c = x->storage;
+        if (c == root_of(x)) continue;
+        if (x->op != OPK_CONV2D || c->op != OPK_CONCAT || c->axis != 1 || x->n_uses != 1)
+            ck_abort_msg("%s: node %%%d stored in %%%d, expected %%%d", what, i, c->id, root_of(x)->id);
+        int64_t before = -1, ch = 0, hw = x->shape[2] * x->shape[3];
+        for (int s = 0; s < c->nsrc; s++) {
+            if (c->src[s] == x) before = ch;
+            ch += c->src[s]->shape[1];
+        }
+        ck_assert_msg(before >= 0 && x->into_offset == before * hw * 4 && x->out_gap == (ch - x->shape[1]) * hw,
+                      "%s: %%%d written into %%%d at +%lld with gap %lld; its channels start at %lld of %lld", what, i,
+                      c->id, (long long)x->into_offset, (long long)x->out_gap, (long long)before, (long long)ch);
+        if (i < first[c->id]) first[c->id] = i;
+    }
     Interval *iv = malloc((size_t)(2 * n + 1) * sizeof *iv);
     int nb = 0;
     PlanStats st = {0};
     for (int i = 0; i < n; i++) {
         const Node *x = g->nodes[i];
         if (x->id != i) ck_abort_msg("%s: node at position %d has id %d", what, i, x->id);
-        if (x->storage != root_of(x))
-            ck_abort_msg("%s: node %%%d stored in %%%d, expected %%%d", what, i, x->storage->id, root_of(x)->id);
         int64_t ws = kernel_scratch_bytes(x);
         if (x->scratch_bytes != ws)
             ck_abort_msg("%s: node %%%d scratch %lld, kernel needs %lld", what, i, (long long)x->scratch_bytes,
                          (long long)ws);
-        if (x->op != OPK_INPUT && x->op != OPK_WEIGHT && x->op != OPK_RESHAPE)
-            iv[nb++] = (Interval){x->offset, x->offset + node_bytes(x), i, last[i], x, 0};
+        if (x->op != OPK_INPUT && x->op != OPK_WEIGHT && x->op != OPK_RESHAPE && x->storage == x)
+            iv[nb++] = (Interval){x->offset, x->offset + node_bytes(x), first[i], last[i], x, 0};
         if (ws > 0) iv[nb++] = (Interval){x->scratch_offset, x->scratch_offset + ws, i, i, x, 1};
     }
     for (int a = 0; a < nb; a++) {
@@ -210,6 +227,7 @@ static PlanStats check_plan(const Graph *g, const char *what) {
                   (long long)g->naive_bytes, (long long)st.sum_aligned);
     free(iv);
     free(last);
+    free(first);
     return st;
 }
 

@@ -125,7 +125,7 @@ typedef struct Case {
 } Case;
 
 static LdmConvShape shape_of(Case k) {
-    return (LdmConvShape){k.N, k.C, k.H, k.W, k.O, 3, 3, 1, 1, 1, 1, 1, 1, k.H, k.W};
+    return (LdmConvShape){k.N, k.C, k.H, k.W, k.O, 3, 3, 1, 1, 1, 1, 1, 1, k.H, k.W, 0};
 }
 
 /* Runs one convolution and returns max |got - ref| / S (S: see the top).
@@ -216,6 +216,51 @@ START_TEST(test_out_blocks) {
     ck_assert_msg(e <= TOL, "C300 O90: max err %.3g of scale", e);
     e = run_case(b, LDM_W_F32, EP_RES, 34);
     ck_assert_msg(e <= TOL, "C200 O150: max err %.3g of scale", e);
+}
+END_TEST
+
+/* A convolution writing its part of a channel concatenation (y_gap): every
+ * algorithm puts sample n at y + n * (O*H*W + gap), the same values as
+ * when it writes a tensor of its own, and leaves the gaps (the other
+ * parts) alone. */
+START_TEST(test_concat_part) {
+    static const struct {
+        Case k;
+        int k1, algo;
+    } cases[] = {
+        {{2, 24, 16, 20, 20}, 3, LDM_CONV_WINOGRAD},
+        {{2, 40, 4, 4, 24}, 3, LDM_CONV_IM2COL},   /* small outputs: all samples in one GEMM */
+        {{2, 8, 40, 36, 12}, 3, LDM_CONV_IM2COL},  /* row tiles per sample */
+        {{2, 16, 9, 7, 20}, 1, LDM_CONV_POINTWISE},
+    };
+    const Case k = cases[_i].k;
+    const int kk = cases[_i].k1, algo = cases[_i].algo, pad = kk / 2;
+    LdmConvShape s = {k.N, k.C, k.H, k.W, k.O, kk, kk, 1, 1, pad, pad, pad, pad, k.H, k.W, 0};
+    rng_state = 99 + _i;
+    size_t nx = (size_t)k.N * k.C * k.H * k.W, P = (size_t)k.H * k.W, ny = (size_t)k.N * k.O * P;
+    size_t nw = (size_t)k.O * k.C * kk * kk;
+    const long gap = 3 * (long)P + 5;
+    float *x = rand_buf(nx, 1.0), *w = rand_buf(nw, 0.1), *bias = rand_buf((size_t)k.O, 1.0);
+    float *rowadd = rand_buf((size_t)k.N * k.O, 1.0), *res = rand_buf(ny, 1.0);
+    float *scratch = ldm_aligned_alloc(ldm_conv_scratch_bytes(&s, algo) + 64);
+    float *y = ldm_aligned_alloc(ny * sizeof(float));
+    size_t nz = ny + (size_t)gap * k.N;
+    float *z = ldm_aligned_alloc(nz * sizeof(float));
+    for (size_t i = 0; i < nz; i++) z[i] = 12345.0f;
+    LdmEpilogue ep = {bias, rowadd, res};
+    ldm_conv2d(&s, algo, x, (LdmW){w, LDM_W_F32}, &ep, y, scratch);
+    LdmConvShape sg = s;
+    sg.y_gap = gap;
+    ldm_conv2d(&sg, algo, x, (LdmW){w, LDM_W_F32}, &ep, z, scratch);
+    for (int n = 0; n < k.N; n++) {
+        const float *zn = z + (size_t)n * (k.O * P + gap);
+        for (size_t i = 0; i < k.O * P; i++)
+            ck_assert_msg(zn[i] == y[(size_t)n * k.O * P + i], "algo %d sample %d element %zu: %g in the concatenation, %g alone",
+                          algo, n, i, zn[i], y[(size_t)n * k.O * P + i]);
+        for (long i = 0; i < gap; i++)
+            ck_assert_msg(zn[k.O * P + i] == 12345.0f, "algo %d wrote into the gap after sample %d (at %ld)", algo, n, i);
+    }
+    free(x), free(w), free(bias), free(rowadd), free(res), free(scratch), free(y), free(z);
 }
 END_TEST
 
@@ -326,6 +371,7 @@ Suite *suite_winograd(void) {
     TCase *tc = tcase_create("winograd");
     tcase_set_timeout(tc, 120);
     int nsmall = (int)(sizeof small / sizeof *small);
+    tcase_add_loop_test(tc, test_concat_part, 0, 4);
     tcase_add_loop_test(tc, test_small_shapes_f32, 0, nsmall);
     tcase_add_loop_test(tc, test_small_shapes_half, 0, nsmall);
     tcase_add_test(tc, test_tile_blocks);
