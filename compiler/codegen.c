@@ -33,17 +33,27 @@ static LdmConvShape conv_shape(const Node *n) {
 
 static LdmAttnShape attn_shape(const Node *n);
 
+/* linear+geglu runs in blocks of rows, so the product before gating (twice
+ * the result) needs a scratch of about 8 MB instead of the whole product
+ * (80 MB in SD's UNet at 512x512). */
+static int64_t geglu_rows(int64_t M, int64_t O) {
+    int64_t r = ((int64_t)2 << 20) / (O > 0 ? O : 1);
+    r = r < 64 ? 64 : r & ~(int64_t)7;
+    return r < M ? r : M;
+}
+
 int64_t kernel_scratch_bytes(const Node *n) {
     switch (n->op) {
     case OPK_CONV2D: {
         LdmConvShape s = conv_shape(n);
         return (int64_t)ldm_conv_scratch_bytes(&s, n->algo);
     }
-    case OPK_LINEAR:
-        /* linear+geglu: the full product before gating; layer_norm+linear:
-         * the mean and 1/std of every input row */
-        return (n->act == ACT_GEGLU ? 4 * node_numel(n) * 2 : 0) +
-               (n->pro_lnorm ? 8 * (node_numel(n->src[0]) / n->src[1]->shape[1]) : 0);
+    case OPK_LINEAR: {
+        /* linear+geglu: a block of rows of the product before gating;
+         * layer_norm+linear: the mean and 1/std of every input row */
+        int64_t O = n->src[1]->shape[0], M = node_numel(n->src[0]) / n->src[1]->shape[1];
+        return (n->act == ACT_GEGLU ? 4 * geglu_rows(M, O) * O : 0) + (n->pro_lnorm ? 8 * M : 0);
+    }
     case OPK_ATTENTION: {
         LdmAttnShape a = attn_shape(n);
         return (int64_t)ldm_attention_scratch_bytes(&a);
@@ -178,39 +188,42 @@ static void k_linear(const Node *n, FILE *fp) {
     int64_t O = w->shape[0], I = w->shape[1], M = node_numel(n->src[0]) / I;
     int has_b = 0;
     for (int s = 2; s < n->nsrc; s++) has_b |= !strcmp(names[s], "b");
-    int64_t geglu_floats = n->act == ACT_GEGLU ? M * O : 0;
+    const int geglu = n->act == ACT_GEGLU, acc = has_b || n->ep_residual;
+    const int64_t R = geglu ? geglu_rows(M, O) : M; /* rows per block */
     E("static void n%d_%s(", n->id, kernel_ident(n, kn, sizeof kn));
     emit_params(n, fp, names);
     E(" {\n");
-    const char *dst = n->act == ACT_GEGLU ? "scratch" : "y";
-    E("    /* %s[%lld, %lld] = x[%lld, %lld] w[%lld, %lld]^T%s%s */\n", dst, (long long)M, (long long)O, (long long)M,
-      (long long)I, (long long)O, (long long)I, has_b ? " + b" : "", n->ep_residual ? " + residual" : "");
-    int acc = has_b || n->ep_residual;
-    if (acc) {
-        char rhs[128];
-        snprintf(rhs, sizeof rhs, "%s%s%s", has_b ? "b[o]" : "", has_b && n->ep_residual ? " + " : "",
-                 n->ep_residual ? "residual[(size_t)m * O_ + o]" : "");
-        par(fp, M * O, "    ");
-        E("    for (int m = 0; m < %lld; m++)\n", (long long)M);
-        E("        for (int o = 0; o < %lld; o++) {\n", (long long)O);
-        E("            enum { O_ = %lld };\n", (long long)O);
-        E("            %s[(size_t)m * O_ + o] = %s;\n", dst, rhs);
-        E("        }\n");
-    }
+    E("    /* %s[%lld, %lld] = %sx[%lld, %lld] w[%lld, %lld]^T%s%s%s */\n", geglu ? "p" : "y", (long long)M, (long long)O,
+      n->pro_lnorm ? "layer_norm(x) with " : "", (long long)M, (long long)I, (long long)O, (long long)I,
+      has_b ? " + b" : "", n->ep_residual ? " + residual" : "",
+      geglu ? "; y = geglu(p), in blocks of rows (p in scratch)" : "");
+    E("    enum { M_ = %lld, O_ = %lld, I_ = %lld, R_ = %lld };\n", (long long)M, (long long)O, (long long)I, (long long)R);
     if (n->pro_lnorm) {
         E("    /* layer_norm (eps %g) fused: statistics of the rows of x, which the GEMM normalises as it packs them */\n",
           n->eps);
-        E("    float *mean = scratch + %lld, *rstd = mean + %lld;\n", (long long)geglu_floats, (long long)M);
-        E("    ldm_row_stats(%lld, %lld, x, %.17g, mean, rstd);\n", (long long)M, (long long)I, n->eps);
-        E("    const LdmRowNorm ln = {mean, rstd, ln_w, ln_b};\n");
+        E("    float *mean = scratch + %lld, *rstd = mean + M_;\n", (long long)(geglu ? R * O : 0));
+        E("    ldm_row_stats(M_, I_, x, %.17g, mean, rstd);\n", n->eps);
     }
-    E("    ldm_gemm_norm(%lld, %lld, %lld, x, %lld, %s, w, 0, %lld, 1, %s, %lld, %d);\n", (long long)M, (long long)O,
-      (long long)I, (long long)I, n->pro_lnorm ? "&ln" : "NULL", (long long)I, dst, (long long)O, acc);
-    if (n->act == ACT_GEGLU)
-        E("    /* geglu: y = a * gelu(g), a = first %lld features (value), g = last %lld (gate), erf GELU */\n"
-          "    ldm_geglu(%lld, %lld, scratch, y);\n",
-          (long long)(O / 2), (long long)(O / 2), (long long)M, (long long)(O / 2));
-    E("}\n");
+    E("    for (int m0 = 0; m0 < M_; m0 += R_) {\n");
+    E("        const int rows = M_ - m0 < R_ ? M_ - m0 : R_;\n");
+    E("        float *dst = %s;\n", geglu ? "scratch" : "y + (size_t)m0 * O_");
+    if (acc) {
+        char rhs[128];
+        snprintf(rhs, sizeof rhs, "%s%s%s", has_b ? "b[o]" : "", has_b && n->ep_residual ? " + " : "",
+                 n->ep_residual ? "residual[(size_t)(m0 + m) * O_ + o]" : "");
+        E("        /* the GEMM accumulates onto the epilogue */\n");
+        par(fp, R * O, "        ");
+        E("        for (int m = 0; m < rows; m++)\n");
+        E("            for (int o = 0; o < O_; o++) dst[(size_t)m * O_ + o] = %s;\n", rhs);
+    }
+    if (n->pro_lnorm) E("        const LdmRowNorm ln = {mean + m0, rstd + m0, ln_w, ln_b};\n");
+    E("        ldm_gemm_norm(rows, O_, I_, x + (size_t)m0 * I_, I_, %s, w, 0, I_, 1, dst, O_, %d);\n",
+      n->pro_lnorm ? "&ln" : "NULL", acc);
+    if (geglu)
+        E("        /* geglu: y = a * gelu(g), a = first %lld features (value), g = last %lld (gate), erf GELU */\n"
+          "        ldm_geglu(rows, O_ / 2, scratch, y + (size_t)m0 * (O_ / 2));\n",
+          (long long)(O / 2), (long long)(O / 2));
+    E("    }\n}\n");
 }
 
 static void k_matmul(const Node *n, FILE *fp) {

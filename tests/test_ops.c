@@ -41,7 +41,7 @@
 
 #define TOL 1e-5
 #define MAXD 6      /* ranks used here */
-#define MAXT 32     /* tensors per family and kind */
+#define MAXT 64     /* tensors per family and kind */
 #define MAXV 3      /* runs per family (checkpoint dtypes) */
 
 /* ------------------------------------------------------------------------
@@ -1675,6 +1675,20 @@ static void make_fused(Family *F) {
     add_f32(F, T_WEIGHT, "lr.weight", -0.5, 0.5, SHAPE(5, 6));
     add_f32(F, T_WEIGHT, "lrb.weight", -0.5, 0.5, SHAPE(5, 6));
     add_f32(F, T_WEIGHT, "lrb.bias", -0.5, 0.5, SHAPE(5));
+    add_f32(F, T_INPUT, "tb", -1, 1, SHAPE(1, 300, 6));
+    add_f32(F, T_WEIGHT, "ffb.weight", -0.5, 0.5, SHAPE(8200, 6));
+    add_f32(F, T_WEIGHT, "ffb.bias", -0.5, 0.5, SHAPE(8200));
+    const char *lns[] = {"ln", "ln2", "ln3"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(b, sizeof b, "%s.weight", lns[i]);
+        add_f32(F, T_WEIGHT, b, 0.5, 1.5, SHAPE(6));
+        snprintf(b, sizeof b, "%s.bias", lns[i]);
+        add_f32(F, T_WEIGHT, b, -0.5, 0.5, SHAPE(6));
+    }
+    add_f32(F, T_WEIGHT, "lq.weight", -0.5, 0.5, SHAPE(5, 6));
+    add_f32(F, T_WEIGHT, "lk.weight", -0.5, 0.5, SHAPE(5, 6));
+    add_f32(F, T_WEIGHT, "lk.bias", -0.5, 0.5, SHAPE(5));
+    add_f32(F, T_WEIGHT, "lr2.weight", -0.5, 0.5, SHAPE(5, 6));
 }
 
 static Family fused = {.name = "fused", .make = make_fused, .n_var = 2, .wdtype = {ST_F32, ST_F16}};
@@ -1724,19 +1738,75 @@ START_TEST(test_unfused_group_norm_two_readers) {
 }
 END_TEST
 
+/* geglu of h[M, 2D] into r[M, D] with the errors of a and g (gelu' <= 1.13) carried through. */
+static void geglu_of(const Ref *h, int64_t M, int64_t D, Ref *r) {
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t d = 0; d < D; d++) {
+            double a = h->v[m * 2 * D + d], g = h->v[m * 2 * D + D + d];
+            r->v[m * D + d] = a * gelu_d(g);
+            r->mag[m * D + d] = h->mag[m * 2 * D + d] * fabs(gelu_d(g)) + fabs(a) * 1.13 * h->mag[m * 2 * D + D + d] + fabs(a * g);
+        }
+}
+
 START_TEST(test_fused_linear_geglu) {
     Run R = ready(&fused, _i);
     Ref h, r;
     ref_linear(tens(&R, "t"), tens(&R, "ff.weight"), tens(&R, "ff.bias"), &h); /* [2, 7, 10] */
     ref_init(&r, SHAPE(2, 7, 5));
-    for (int64_t m = 0; m < 14; m++)
-        for (int64_t d = 0; d < 5; d++) {
-            double a = h.v[m * 10 + d], g = h.v[m * 10 + 5 + d];
-            r.v[m * 5 + d] = a * gelu_d(g);
-            /* errors of a and g (gelu' <= 1.13) carried through */
-            r.mag[m * 5 + d] = h.mag[m * 10 + d] * fabs(gelu_d(g)) + fabs(a) * 1.13 * h.mag[m * 10 + 5 + d] + fabs(a * g);
-        }
+    geglu_of(&h, 14, 5, &r);
     expect_close(&R, "lin_geglu", &r);
+    ref_free(&h);
+    ref_free(&r);
+    /* 300 rows x 8200 features: the pre-gate product is made in blocks of rows */
+    ref_linear(tens(&R, "tb"), tens(&R, "ffb.weight"), tens(&R, "ffb.bias"), &h);
+    ref_init(&r, SHAPE(1, 300, 4100));
+    geglu_of(&h, 300, 4100, &r);
+    expect_close(&R, "lin_geglu_blocks", &r);
+    ref_free(&h);
+    ref_free(&r);
+}
+END_TEST
+
+/* linear(layer_norm(x)) with x[M, I]: the norm's own error bound (mag)
+ * carried through the weights. */
+static void ref_ln_linear(const Tens *x, const Tens *lw, const Tens *lb, const Tens *w, const Tens *b, Ref *r) {
+    Ref ln;
+    ref_layer_norm(x, lw, lb, 1e-5, &ln);
+    int64_t I = w->shape[1], O = w->shape[0], M = x->n / I;
+    int64_t shape[MAXD];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = O;
+    ref_init(r, x->ndim, shape);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t o = 0; o < O; o++) {
+            double s = b ? b->f[o] : 0.0, g = b ? fabs(b->f[o]) : 0.0;
+            for (int64_t i = 0; i < I; i++) {
+                s += ln.v[m * I + i] * w->f[o * I + i];
+                g += (fabs(ln.v[m * I + i]) + ln.mag[m * I + i]) * fabs(w->f[o * I + i]);
+            }
+            r->v[m * O + o] = s;
+            r->mag[m * O + o] = g;
+        }
+    ref_free(&ln);
+}
+
+START_TEST(test_fused_layer_norm_linear) {
+    Run R = ready(&fused, _i);
+    Ref r, h;
+    ref_ln_linear(tens(&R, "t"), tens(&R, "ln.weight"), tens(&R, "ln.bias"), tens(&R, "lq.weight"), NULL, &r);
+    expect_close(&R, "ln_q", &r);
+    ref_free(&r);
+    ref_ln_linear(tens(&R, "t"), tens(&R, "ln.weight"), tens(&R, "ln.bias"), tens(&R, "lk.weight"), tens(&R, "lk.bias"), &r);
+    expect_close(&R, "ln_k", &r);
+    ref_free(&r);
+    ref_ln_linear(tens(&R, "t"), tens(&R, "ln2.weight"), tens(&R, "ln2.bias"), tens(&R, "lr2.weight"), NULL, &r);
+    add_epilogue(&r, NULL, tens(&R, "tr"));
+    expect_close(&R, "ln_res", &r);
+    ref_free(&r);
+    ref_ln_linear(tens(&R, "tb"), tens(&R, "ln3.weight"), tens(&R, "ln3.bias"), tens(&R, "ffb.weight"), NULL, &h);
+    ref_init(&r, SHAPE(1, 300, 4100));
+    geglu_of(&h, 300, 4100, &r);
+    expect_close(&R, "ln_geglu", &r);
     ref_free(&h);
     ref_free(&r);
 }
@@ -2079,6 +2149,7 @@ Suite *suite_ops(void) {
     ADD(tc, fused, test_unfused_conv_also_output);
     ADD(tc, fused, test_fused_linear_residual);
     ADD(tc, fused, test_fused_linear_bias_residual);
+    ADD(tc, fused, test_fused_layer_norm_linear);
     suite_add_tcase(s, tc);
 
     tc = family_tcase("scale", scl_setup, scl_teardown);
