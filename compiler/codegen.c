@@ -241,36 +241,13 @@ static void k_matmul(const Node *n, FILE *fp) {
 }
 
 static void k_group_norm(const Node *n, FILE *fp) {
-    int64_t N = n->shape[0], C = n->shape[1], S = prod(n->shape, 2, n->ndim), G = n->groups, CG = C / G;
+    int64_t N = n->shape[0], C = n->shape[1], S = prod(n->shape, 2, n->ndim), G = n->groups;
     E("static void n%d_group_norm%s(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y) {\n",
       n->id, n->act == ACT_SILU ? "_silu" : "");
-    E("    /* statistics per (sample, group of %lld channels x %lld positions), biased variance, in double */\n", (long long)CG, (long long)S);
-    if (N * G > 1 && N * C * S >= PAR_MIN) E("    #pragma omp parallel for collapse(2)\n");
-    E("    for (int n = 0; n < %lld; n++)\n", (long long)N);
-    E("        for (int g = 0; g < %lld; g++) {\n", (long long)G);
-    E("            const size_t base = ((size_t)n * %lld + (size_t)g * %lld) * %lld;\n", (long long)C, (long long)CG, (long long)S);
-    E("            const float *xs = x + base;\n");
-    E("            float *ys = y + base;\n");
-    E("            double sum = 0.0;\n");
-    E("            for (int i = 0; i < %lld; i++) sum += xs[i];\n", (long long)(CG * S));
-    E("            const double mean = sum / %lld.0;\n", (long long)(CG * S));
-    E("            double sq = 0.0;\n");
-    E("            for (int i = 0; i < %lld; i++) { const double d = xs[i] - mean; sq += d * d; }\n", (long long)(CG * S));
-    E("            const double rstd = 1.0 / sqrt(sq / %lld.0 + %.17g);\n", (long long)(CG * S), n->eps);
-    E("            for (int c = 0; c < %lld; c++) {\n", (long long)CG);
-    E("                const int ch = g * %lld + c;\n", (long long)CG);
-    E("                const float scale = (float)(w[ch] * rstd), shift = (float)(b[ch] - mean * w[ch] * rstd);\n");
-    if (n->act == ACT_SILU) {
-        E("                for (int i = 0; i < %lld; i++) {\n", (long long)S);
-        E("                    const float v = xs[c * %lld + i] * scale + shift;\n", (long long)S);
-        E("                    ys[c * %lld + i] = v / (1.0f + expf(-v)); /* fused SiLU */\n", (long long)S);
-        E("                }\n");
-    } else {
-        E("                for (int i = 0; i < %lld; i++) ys[c * %lld + i] = xs[c * %lld + i] * scale + shift;\n", (long long)S,
-          (long long)S, (long long)S);
-    }
-    E("            }\n");
-    E("        }\n}\n");
+    E("    /* %lld samples x %lld groups of %lld channels x %lld positions, eps %g%s */\n", (long long)N, (long long)G,
+      (long long)(C / G), (long long)S, n->eps, n->act == ACT_SILU ? ", then SiLU (fused)" : "");
+    E("    ldm_group_norm(%lld, %lld, %lld, %lld, %.17g, x, w, b, y, %d);\n}\n", (long long)N, (long long)C, (long long)S,
+      (long long)G, n->eps, n->act == ACT_SILU);
 }
 
 static void k_layer_norm(const Node *n, FILE *fp) {

@@ -89,6 +89,86 @@ static inline __m256 erf8(__m256 x) {
     return _mm256_div_ps(p, q);
 }
 
+/* exp(x), float: Cody-Waite reduction by ln 2 and a degree-6 polynomial
+ * (the Cephes expf coefficients, within 2 ulp) for x in [-87.3, 88.0],
+ * where 2^n is a normal float; clamped there outside (1.2e-38, 1.6e38). */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(x, x), x), _mm256_set1_ps(1.0f));
+    /* n in [-126, 127]: 2^n from the exponent bits */
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* Sum of n floats (and of (x - c)^2 when sq): float vectors over blocks of
+ * 512, added up in double. */
+static double sum_of(const float *x, long n, int sq, double c) {
+    double total = 0.0;
+    __m256 cv = _mm256_set1_ps((float)c);
+    long i = 0;
+    for (; i + 512 <= n; i += 512) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (long j = i; j < i + 512; j += 32) {
+            __m256 v0 = _mm256_loadu_ps(x + j), v1 = _mm256_loadu_ps(x + j + 8);
+            __m256 v2 = _mm256_loadu_ps(x + j + 16), v3 = _mm256_loadu_ps(x + j + 24);
+            if (sq) {
+                v0 = _mm256_sub_ps(v0, cv), v1 = _mm256_sub_ps(v1, cv), v2 = _mm256_sub_ps(v2, cv), v3 = _mm256_sub_ps(v3, cv);
+                a0 = _mm256_fmadd_ps(v0, v0, a0), a1 = _mm256_fmadd_ps(v1, v1, a1);
+                a2 = _mm256_fmadd_ps(v2, v2, a2), a3 = _mm256_fmadd_ps(v3, v3, a3);
+            } else {
+                a0 = _mm256_add_ps(a0, v0), a1 = _mm256_add_ps(a1, v1), a2 = _mm256_add_ps(a2, v2), a3 = _mm256_add_ps(a3, v3);
+            }
+        }
+        float f[8];
+        _mm256_storeu_ps(f, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+        for (int k = 0; k < 8; k++) total += f[k];
+    }
+    for (; i < n; i++) total += sq ? ((double)x[i] - c) * ((double)x[i] - c) : (double)x[i];
+    return total;
+}
+
+void ldm_group_norm(int N, int C, long S, int G, double eps, const float *x, const float *w, const float *b, float *y,
+                    int silu) {
+    const int CG = C / G;
+    const long n_el = (long)CG * S;
+#pragma omp parallel for collapse(2) schedule(dynamic) if ((long)N * C * S > 32768)
+    for (int n = 0; n < N; n++)
+        for (int g = 0; g < G; g++) {
+            const size_t base = ((size_t)n * C + (size_t)g * CG) * (size_t)S;
+            const float *xs = x + base;
+            float *ys = y + base;
+            const double mean = sum_of(xs, n_el, 0, 0.0) / (double)n_el;
+            const double rstd = 1.0 / sqrt(sum_of(xs, n_el, 1, mean) / (double)n_el + eps);
+            for (int c = 0; c < CG; c++) {
+                const int ch = g * CG + c;
+                const float scale = (float)(w[ch] * rstd), shift = (float)(b[ch] - mean * w[ch] * rstd);
+                const float *xc = xs + (size_t)c * S;
+                float *yc = ys + (size_t)c * S;
+                const __m256 sv = _mm256_set1_ps(scale), hv = _mm256_set1_ps(shift), one = _mm256_set1_ps(1.0f);
+                long i = 0;
+                for (; i + 8 <= S; i += 8) {
+                    __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(xc + i), sv, hv);
+                    if (silu) v = _mm256_div_ps(v, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), v))));
+                    _mm256_storeu_ps(yc + i, v);
+                }
+                for (; i < S; i++) {
+                    const float v = xc[i] * scale + shift;
+                    yc[i] = silu ? v / (1.0f + expf(-v)) : v;
+                }
+            }
+        }
+}
+
 void ldm_geglu(int M, int D, const float *x, float *y) {
 #pragma omp parallel for if ((long)M * D > 32768)
     for (int m = 0; m < M; m++) {

@@ -67,6 +67,11 @@ void ldm_gemm_norm(int M, int N, int K, const float *A, int lda, const LdmRowNor
 void ldm_gemm_wl(int M, int N, int K, LdmW A, size_t a_off, int lda, const float *B, int ldb, float *C, int ldc,
                  int accumulate);
 
+/* GroupNorm of x[N, C, S] in G groups of C/G channels (statistics in
+ * double over float partial sums, biased variance), then SiLU if silu. */
+void ldm_group_norm(int N, int C, long S, int G, double eps, const float *x, const float *w, const float *b, float *y,
+                    int silu);
+
 /* y[m, d] = x[m, d] * gelu(x[m, D + d]) for x[M, 2D] (GEGLU, exact erf GELU). */
 void ldm_geglu(int M, int D, const float *x, float *y);
 

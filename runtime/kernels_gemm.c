@@ -29,9 +29,17 @@
 
 #define MR 4
 #define NR 24
+#ifdef GEMM_TUNE
+#include <stdlib.h>
+static int genv(const char *k, int d) { return getenv(k) ? atoi(getenv(k)) : d; }
+#define KC_MAX genv("GEMM_KC", 256)
+#define MC genv("GEMM_MC", 128)
+#define NC genv("GEMM_NC", 3072)
+#else
 #define KC_MAX 256   /* a [kc][24] B micro-panel stays in L1 */
 #define MC 128       /* an A block ([kc][4] panels, 128 KB) stays in L2 */
 #define NC 3072      /* a B block (3 MB) stays in L3 */
+#endif
 
 /* One operand of the product and how to pack it. */
 typedef enum { SRC_ROWS, SRC_COLS } SrcLayout;

@@ -1,5 +1,6 @@
 /*
- * profile.c - per-node timing of generated code (LDM_PROFILE=1).
+ * profile.c - per-node timing of generated code (LDM_PROFILE=1, or
+ * LDM_PROFILE=N to list the N slowest nodes instead of 12).
  *
  * Generated forward functions time every kernel call when ldm_profiling is
  * set; the report sums time and FLOPs per op kind and lists the slowest
@@ -12,6 +13,7 @@
 #include "util.h"
 
 int ldm_profiling;
+static int ldm_profile_top = 12; /* slowest nodes listed (LDM_PROFILE=N > 1: N of them) */
 
 #define MAX_RECORDS 65536
 #define MAX_KINDS 64
@@ -31,6 +33,7 @@ static int n_records;
 void ldm_profile_init(void) {
     const char *e = getenv("LDM_PROFILE");
     ldm_profiling = e && *e && strcmp(e, "0") != 0;
+    if (ldm_profiling && atoi(e) > 1) ldm_profile_top = atoi(e);
 }
 
 void ldm_profile_record(const char *model, int id, const char *op, double flops, double seconds) {
@@ -73,7 +76,7 @@ void ldm_profile_report(void) {
                 kinds[k].calls, kinds[k].seconds > 0 ? kinds[k].flops / kinds[k].seconds / 1e9 : 0.0);
     qsort(records, (size_t)n_records, sizeof *records, by_time);
     fprintf(stderr, "  slowest nodes:\n");
-    for (int i = 0; i < n_records && i < 12; i++)
+    for (int i = 0; i < n_records && i < ldm_profile_top; i++)
         fprintf(stderr, "  %s %%%-5d %-24s %8.4f s/call %9.1f GFLOP/s\n", records[i].model, records[i].id, records[i].op,
                 records[i].seconds / records[i].calls,
                 records[i].seconds > 0 ? records[i].flops * records[i].calls / records[i].seconds / 1e9 : 0.0);

@@ -3,7 +3,8 @@
  * reference: every edge of its blocking (rows not a multiple of 4, columns
  * not a multiple of 8 or 24 and past one NC block, inner dimensions past
  * one KC block), every weight precision, both weight orientations,
- * accumulation and the fused LayerNorm; and GEGLU's erf.
+ * accumulation and the fused LayerNorm; GEGLU's erf and GroupNorm+SiLU's
+ * exp over their whole range.
  */
 #include <check.h>
 #include <immintrin.h>
@@ -162,12 +163,40 @@ START_TEST(test_geglu_erf) {
 }
 END_TEST
 
+/* GroupNorm + SiLU over the whole range of float exp: one group per
+ * channel pair, values spread so that the normalised ones reach +-100. */
+START_TEST(test_group_norm_silu_range) {
+    enum { N = 1, C = 4, S = 1001 };
+    float x[C * S], y[C * S], w[C] = {40, 80, 1, 0.5f}, b[C] = {0, 10, -3, 0.25f};
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < S; i++) x[c * S + i] = (float)(i - 500) / 289.0f + (float)c;
+    ldm_group_norm(N, C, S, 2, 1e-5, x, w, b, y, 1);
+    double worst = 0;
+    for (int g = 0; g < 2; g++) {
+        double sum = 0, sq = 0;
+        for (int i = 0; i < 2 * S; i++) sum += x[g * 2 * S + i];
+        double mean = sum / (2 * S);
+        for (int i = 0; i < 2 * S; i++) sq += (x[g * 2 * S + i] - mean) * (x[g * 2 * S + i] - mean);
+        double rstd = 1.0 / sqrt(sq / (2 * S) + 1e-5);
+        for (int i = 0; i < 2 * S; i++) {
+            int c = 2 * g + i / S;
+            double v = (x[g * 2 * S + i] - mean) * rstd * w[c] + b[c];
+            double want = v / (1.0 + exp(-v));
+            double e = fabs(y[g * 2 * S + i] - want) / (fabs(v) + 1.0);
+            if (!(e <= worst)) worst = e;
+        }
+    }
+    ck_assert_msg(worst < 1e-6, "group_norm+silu: worst error %g relative to |v| + 1", worst);
+}
+END_TEST
+
 Suite *suite_gemm(void) {
     Suite *s = suite_create("gemm");
     TCase *tc = tcase_create("gemm");
     tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, test_gemm_vs_reference, 0, N_CASES * 12);
     tcase_add_test(tc, test_geglu_erf);
+    tcase_add_test(tc, test_group_norm_silu_range);
     suite_add_tcase(s, tc);
     return s;
 }

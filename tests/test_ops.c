@@ -1030,6 +1030,9 @@ static void make_norm(Family *F) {
     add_f32(F, T_INPUT, "xs", -2, 1, SHAPE(2, 6, 35));
     add_f32(F, T_INPUT, "t", 0, 2, SHAPE(2, 7, 6));
     add_f32(F, T_INPUT, "t2", -3, 1, SHAPE(3, 10));
+    add_f32(F, T_INPUT, "xb", 2, 5, SHAPE(2, 8, 33, 31));
+    add_f32(F, T_WEIGHT, "gn_big.weight", 0.5, 1.5, SHAPE(8));
+    add_f32(F, T_WEIGHT, "gn_big.bias", -0.5, 0.5, SHAPE(8));
     const char *names[] = {"gn3", "gn1", "gn6", "gn_seq", "ln"};
     char b[64];
     for (int i = 0; i < 5; i++) {
@@ -1068,6 +1071,9 @@ START_TEST(test_group_norm_group_per_channel) { check_norm(_i, "gn6", "x", 6, 1e
 END_TEST
 
 START_TEST(test_group_norm_sequence) { check_norm(_i, "gn_seq", "xs", 2, 1e-5); }
+END_TEST
+
+START_TEST(test_group_norm_big) { check_norm(_i, "gn_big", "xb", 4, 1e-5); }
 END_TEST
 
 START_TEST(test_layer_norm) { check_norm(_i, "ln", "t", 0, 1e-5); }
@@ -2057,6 +2063,7 @@ Suite *suite_ops(void) {
     ADD(tc, norm, test_group_norm_1_group_big_eps);
     ADD(tc, norm, test_group_norm_group_per_channel);
     ADD(tc, norm, test_group_norm_sequence);
+    ADD(tc, norm, test_group_norm_big);
     ADD(tc, norm, test_layer_norm);
     ADD(tc, norm, test_layer_norm_rank2_eps);
     suite_add_tcase(s, tc);
