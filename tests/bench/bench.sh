@@ -21,23 +21,28 @@ if [ ! -f "$CKPT" ]; then
         models/sd1/vae_encoder.graph models/sd1/vae_decoder.graph
 fi
 cc -O2 tests/bench/sgemm_rate.c -I/usr/include/x86_64-linux-gnu/openblas-pthread -lopenblas -o $B/sgemm_rate
-SGEMM=$($B/sgemm_rate 2048 2 | awk '{print $2}')
-echo "machine: $(nproc) cores; cblas_sgemm 2048^3 on 2 threads: $SGEMM GFLOP/s (OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset})"
-printf "%-12s %-9s %5s %10s %9s %8s %10s %10s\n" network res batch "s/call" GFLOP/s "xsgemm" "arena MiB" "RSS MiB"
+sgemm() { $B/sgemm_rate 2048 2 | awk '{print $2}'; }
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
+echo "xsgemm: the network's nominal GFLOP/s over cblas_sgemm's on 2048^3 (2 threads), measured right before and"
+echo "right after the network (their mean; both shown): on a shared machine the two drift together."
+printf "%-12s %-9s %5s %9s %9s %8s %15s %9s %19s %8s\n" network res batch "s/call" GFLOP/s xsgemm "sgemm before/after" "arena MiB" "naive sum of buffers" "RSS MiB"
 run() { # name graph res batch repeat
     local name=$1 graph=$2 res=$3 batch=$4 rep=$5
     local exe=$B/$name-$res
-    $LDMC models/sd1/$graph.graph --config $CONFIG -D H=$res -D W=$res -D B=$batch -o $exe >/dev/null
-    local line
+    local stats
+    stats=$($LDMC models/sd1/$graph.graph --config $CONFIG -D H=$res -D W=$res -D B=$batch -o $exe --stats 2>&1 | grep -o 'naive [0-9.]* MiB' || true)
+    local s0 s1 line
+    s0=$(sgemm)
     line=$($exe --weights "$CKPT" --random-inputs 1 --repeat $rep 2>&1 | grep 'forward')
+    s1=$(sgemm)
     # "<g>: load X s, forward T s (median of N), R GFLOP/s, arena A MiB, peak RSS P MiB"
     local t r a p
     t=$(echo "$line" | sed -E 's/.*forward ([0-9.]+) s.*/\1/')
     r=$(echo "$line" | sed -E 's/.*, ([0-9.]+) GFLOP\/s.*/\1/')
     a=$(echo "$line" | sed -E 's/.*arena ([0-9.]+) MiB.*/\1/')
     p=$(echo "$line" | sed -E 's/.*peak RSS ([0-9.]+) MiB.*/\1/')
-    printf "%-12s %-9s %5s %10s %9s %8.2f %10s %10s\n" "$name" "${res}x$res" "$batch" "$t" "$r" \
-        "$(echo "$r $SGEMM" | awk '{print $1/$2}')" "$a" "$p"
+    printf "%-12s %-9s %5s %9s %9s %8.2f %9s/%-9s %9s %19s %8s\n" "$name" "${res}x$res" "$batch" "$t" "$r" \
+        "$(echo "$r $s0 $s1" | awk '{print 2*$1/($2+$3)}')" "$s0" "$s1" "$a" "${stats#naive }" "$p"
 }
 for res in $RESOLUTIONS; do
     rep=5; [ "$res" -ge 512 ] && rep=3
@@ -49,8 +54,8 @@ last=${RESOLUTIONS##* }
 if make -s BUILD=$BUILD txt2img CONFIG=$CONFIG H=$last W=$last >/dev/null 2>&1 && [ -x $BUILD/txt2img-${last}x$last ]; then
     echo "whole 20-step ${last}x$last generation (ddim, guidance, random weights):"
     /usr/bin/time -v $BUILD/txt2img-${last}x$last --weights "$CKPT" --vocab ${VOCAB:-../shared/clip/bpe_simple_vocab_16e6.txt.gz} \
-        --prompt "a photograph of an astronaut riding a horse" --steps 20 --seed 1 --quiet -o $B/bench-$last.png 2>&1 |
-        grep -E "stage|total|load|encode|step|decode|peak|Maximum resident|Elapsed" || true
+        --prompt "a photograph of an astronaut riding a horse" --steps 20 --seed 1 -o $B/bench-$last.png 2>&1 |
+        grep -E "^  |^timing|peak memory|Maximum resident|Elapsed" || true
 else
     echo "(txt2img executable not available: whole-generation timing skipped)"
 fi

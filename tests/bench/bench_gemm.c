@@ -1,9 +1,16 @@
 /*
- * bench_gemm.c - GFLOP/s of ldm_gemm (linear layers: x w^T) and ldm_gemm_wl
- * (convolutions: w x) on the UNet's shapes, with float32 or half weights,
- * next to cblas_sgemm on the same float32 operands (single-threaded BLAS
- * split over the cores is not what we call; plain multi-threaded BLAS is).
- *   bench_gemm [f16|f32]   (CBLAS=1: also time cblas_sgemm, float32 only)
+ * bench_gemm.c - GFLOP/s of ldm_gemm (linear layers: x w^T), ldm_gemm_wl
+ * (convolutions: w x) and whole im2col convolutions on the UNet's shapes,
+ * with float32 or half weights; with CBLAS=1 also multi-threaded
+ * cblas_sgemm on the same float32 operands. Not part of the test suite.
+ *
+ *   make && gcc -O2 -march=native -fopenmp -Iruntime tests/bench/bench_gemm.c build/libldmrt.a \
+ *       -I/usr/include/x86_64-linux-gnu/openblas-pthread -lopenblas -lm -o bench_gemm
+ *   ./bench_gemm [f16|f32]                  the table
+ *   ./bench_gemm f16 linear|wl M N K        one shape
+ * Block sizes can be tried without rebuilding the library: add
+ * -DGEMM_TUNE runtime/kernels_gemm.c to the command above and set
+ * GEMM_KC, GEMM_MC, GEMM_NC.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,6 +93,10 @@ static void conv(const char *what, int N, int C, int H, int O, int k, int type) 
 int main(int argc, char **argv) {
     int type = argc > 1 && !strcmp(argv[1], "f16") ? LDM_W_F16 : LDM_W_F32;
     ldm_kernels_init();
+    if (argc > 5) { /* bench_gemm TYPE linear|wl M N K: one shape */
+        one(argv[2], !strcmp(argv[2], "wl"), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), type);
+        return 0;
+    }
     one("linear 32x32 ff", 0, 2048, 2560, 320, type);
     one("linear 32x32 ff2", 0, 2048, 320, 1280, type);
     one("linear 32x32 qkv", 0, 2048, 320, 320, type);
