@@ -163,7 +163,7 @@ static void k_conv2d(const Node *n, FILE *fp) {
     char kn[64];
     gemm_src_names(n, names);
     LdmConvShape c = conv_shape(n);
-    static const char *algos[] = {"LDM_CONV_IM2COL", "LDM_CONV_POINTWISE", "LDM_CONV_WINOGRAD"};
+    static const char *algos[] = {"LDM_CONV_IM2COL", "LDM_CONV_POINTWISE", "LDM_CONV_WINOGRAD", "LDM_CONV_DIRECT"};
     E("static void n%d_%s(", n->id, kernel_ident(n, kn, sizeof kn));
     emit_params(n, fp, names);
     E(" {\n");

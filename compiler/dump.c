@@ -29,7 +29,7 @@ static void print_operand(const Graph *g, const Node *s, FILE *fp) {
 static void print_params(const Node *n, FILE *fp) {
     switch (n->op) {
     case OPK_CONV2D: {
-        static const char *algos[] = {"im2col", "pointwise", "winograd"};
+        static const char *algos[] = {"im2col", "pointwise", "winograd", "direct"};
         fprintf(fp, "  stride=%d pad=%d,%d,%d,%d algo=%s", n->stride[0], n->pad[0], n->pad[1], n->pad[2], n->pad[3],
                 algos[n->algo]);
         break;

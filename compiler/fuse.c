@@ -14,7 +14,8 @@
  * dump prints the op chain of every fused node (group_norm+silu, ...).
  *
  * pass_select_kernels picks the convolution algorithm per node from its
- * shape and marks weights that some kernel reads as plain float32.
+ * shape (direct for at most 8 output channels, pointwise for 1x1,
+ * Winograd where a sample has enough 4x4 tiles, else im2col) and marks weights that some kernel reads as plain float32.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -187,7 +188,13 @@ void pass_select_kernels(Graph *g) {
             const Node *w = n->src[1];
             int pointwise = w->shape[2] == 1 && w->shape[3] == 1 && n->stride[0] == 1 && n->stride[1] == 1 &&
                             !n->pad[0] && !n->pad[1] && !n->pad[2] && !n->pad[3];
-            n->algo = pointwise ? LDM_CONV_POINTWISE : use_winograd(n) ? LDM_CONV_WINOGRAD : LDM_CONV_IM2COL;
+            /* a handful of output channels (a network's last conv): no GEMM
+             * has enough rows to pay for its packing */
+            int direct = w->shape[0] <= 8 && n->stride[0] == 1 && n->stride[1] == 1;
+            n->algo = direct      ? LDM_CONV_DIRECT
+                      : pointwise ? LDM_CONV_POINTWISE
+                      : use_winograd(n) ? LDM_CONV_WINOGRAD
+                                        : LDM_CONV_IM2COL;
         }
         for (int s = 0; s < n->nsrc; s++) {
             Node *w = n->src[s];

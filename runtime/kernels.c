@@ -206,7 +206,8 @@ static int im2col_batched(const LdmConvShape *s) {
 
 size_t ldm_conv_scratch_bytes(const LdmConvShape *s, int algo) {
     switch (algo) {
-    case LDM_CONV_POINTWISE: return 0;
+    case LDM_CONV_POINTWISE:
+    case LDM_CONV_DIRECT: return 0;
     case LDM_CONV_WINOGRAD: return ldm_winograd_scratch_bytes(s);
     default:
         if (im2col_batched(s)) /* columns of all samples + the product before it is scattered */
@@ -269,6 +270,123 @@ static int epilogue_init(const LdmConvShape *s, const LdmEpilogue *ep, float *y)
     return 1;
 }
 
+/* ---- direct convolution: few output channels ------------------------------------ */
+
+/* 8 inputs of row xr from column ix (zero outside [0, W)). */
+static inline __m256 load_row8(const float *xr, int ix, int W) {
+    if (ix >= 0 && ix + 8 <= W) return _mm256_loadu_ps(xr + ix);
+    const __m256i lane = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(ix));
+    const __m256i in = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), lane),
+                                           _mm256_cmpgt_epi32(_mm256_set1_epi32(W), lane));
+    return _mm256_maskload_ps(xr + ix, in); /* masked-off lanes are not read */
+}
+
+/* Output row oy of sample xn, columns [ox0, ox0 + 8V), all NO output
+ * channels: yr[o] += sum over c, ky, kx of w[o][c][ky][kx] x[c][iy][ix]. */
+static inline __attribute__((always_inline)) void direct_block(const LdmConvShape *s, const float *xn, const float *w,
+                                                               float *const *yr, int oy, int ox0, const int NO,
+                                                               const int V) {
+    __m256 acc[8][4];
+#pragma GCC unroll 8
+    for (int o = 0; o < NO; o++)
+#pragma GCC unroll 4
+        for (int v = 0; v < V; v++) acc[o][v] = _mm256_setzero_ps();
+    const long HW = (long)s->H * s->W, taps = (long)s->KH * s->KW;
+    for (int c = 0; c < s->C; c++)
+        for (int ky = 0; ky < s->KH; ky++) {
+            int iy = oy - s->pad_t + ky;
+            if (iy < 0 || iy >= s->H) continue;
+            const float *xr = xn + c * HW + (long)iy * s->W;
+            const float *wk = w + (long)c * taps + (long)ky * s->KW;
+            for (int kx = 0; kx < s->KW; kx++) {
+                __m256 xv[4];
+#pragma GCC unroll 4
+                for (int v = 0; v < V; v++) xv[v] = load_row8(xr, ox0 + 8 * v - s->pad_l + kx, s->W);
+#pragma GCC unroll 8
+                for (int o = 0; o < NO; o++) {
+                    __m256 wv = _mm256_broadcast_ss(wk + (long)o * s->C * taps + kx);
+#pragma GCC unroll 4
+                    for (int v = 0; v < V; v++) acc[o][v] = _mm256_fmadd_ps(wv, xv[v], acc[o][v]);
+                }
+            }
+        }
+#pragma GCC unroll 8
+    for (int o = 0; o < NO; o++)
+#pragma GCC unroll 4
+        for (int v = 0; v < V; v++) {
+            float *d = yr[o] + ox0 + 8 * v;
+            _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), acc[o][v]));
+        }
+}
+
+/* The same for one output pixel (the right edge of rows not a multiple of 8). */
+static void direct_pixel(const LdmConvShape *s, const float *xn, const float *w, float *const *yr, int oy, int ox) {
+    const long HW = (long)s->H * s->W, taps = (long)s->KH * s->KW;
+    for (int o = 0; o < s->O; o++) {
+        float a = 0.0f;
+        for (int c = 0; c < s->C; c++)
+            for (int ky = 0; ky < s->KH; ky++) {
+                int iy = oy - s->pad_t + ky;
+                if (iy < 0 || iy >= s->H) continue;
+                for (int kx = 0; kx < s->KW; kx++) {
+                    int ix = ox - s->pad_l + kx;
+                    if (ix >= 0 && ix < s->W) a += w[((long)o * s->C + c) * taps + ky * s->KW + kx] * xn[c * HW + (long)iy * s->W + ix];
+                }
+            }
+        yr[o][ox] += a;
+    }
+}
+
+#define DIRECT_ROW(NO, V)                                                          \
+    do {                                                                           \
+        for (; ox + 8 * (V) <= s->WO; ox += 8 * (V)) direct_block(s, xn, wf, yr, oy, ox, NO, V); \
+    } while (0)
+
+/* y (+)= conv(x, w) for at most 8 output channels, stride 1: every output
+ * row of every sample is a work item; 8-pixel vectors along the row, all
+ * output channels at once, so each input vector loaded feeds O FMAs. */
+static void conv_direct(const LdmConvShape *s, const float *x, LdmW w, float *y, int acc) {
+    const long P = (long)s->HO * s->WO, HW = (long)s->H * s->W;
+    const size_t nw = (size_t)s->O * s->C * s->KH * s->KW;
+    float *wf = ldm_aligned_alloc(nw * sizeof *wf);
+    ldm_w_to_f32(w, 0, nw, wf);
+#pragma omp parallel for collapse(2) schedule(dynamic, 4) if ((long)s->N * P * s->C > 65536)
+    for (int n = 0; n < s->N; n++)
+        for (int oy = 0; oy < s->HO; oy++) {
+            const float *xn = x + (size_t)n * s->C * HW;
+            float *yr[8];
+            for (int o = 0; o < s->O; o++) {
+                yr[o] = y + (size_t)n * (s->O * P + s->y_gap) + (size_t)o * P + (size_t)oy * s->WO;
+                if (!acc) memset(yr[o], 0, (size_t)s->WO * sizeof(float));
+            }
+            int ox = 0;
+            switch (s->O) {
+            case 1: DIRECT_ROW(1, 4); break;
+            case 2: DIRECT_ROW(2, 4); break;
+            case 3: DIRECT_ROW(3, 3); break;
+            case 4: DIRECT_ROW(4, 2); break;
+            case 5: DIRECT_ROW(5, 2); break;
+            case 6: DIRECT_ROW(6, 2); break;
+            case 7: DIRECT_ROW(7, 1); break;
+            default: DIRECT_ROW(8, 1); break;
+            }
+            for (; ox + 8 <= s->WO; ox += 8) {
+                switch (s->O) {
+                case 1: direct_block(s, xn, wf, yr, oy, ox, 1, 1); break;
+                case 2: direct_block(s, xn, wf, yr, oy, ox, 2, 1); break;
+                case 3: direct_block(s, xn, wf, yr, oy, ox, 3, 1); break;
+                case 4: direct_block(s, xn, wf, yr, oy, ox, 4, 1); break;
+                case 5: direct_block(s, xn, wf, yr, oy, ox, 5, 1); break;
+                case 6: direct_block(s, xn, wf, yr, oy, ox, 6, 1); break;
+                case 7: direct_block(s, xn, wf, yr, oy, ox, 7, 1); break;
+                default: direct_block(s, xn, wf, yr, oy, ox, 8, 1); break;
+                }
+            }
+            for (; ox < s->WO; ox++) direct_pixel(s, xn, wf, yr, oy, ox);
+        }
+    free(wf);
+}
+
 void ldm_conv2d(const LdmConvShape *s, int algo, const float *x, LdmW w, const LdmEpilogue *ep, float *y,
                 float *scratch) {
     if (algo == LDM_CONV_WINOGRAD) {
@@ -276,6 +394,10 @@ void ldm_conv2d(const LdmConvShape *s, int algo, const float *x, LdmW w, const L
         return;
     }
     int acc = epilogue_init(s, ep, y);
+    if (algo == LDM_CONV_DIRECT) {
+        conv_direct(s, x, w, y, acc);
+        return;
+    }
     long P = (long)s->HO * s->WO, HW = (long)s->H * s->W;
     int K = s->C * s->KH * s->KW;
     if (algo == LDM_CONV_IM2COL && im2col_batched(s)) {

@@ -96,6 +96,7 @@ typedef enum LdmConvAlgo {
     LDM_CONV_IM2COL = 0,     /* im2col tiles + GEMM (any shape) */
     LDM_CONV_POINTWISE = 1,  /* 1x1, stride 1, no padding: one GEMM */
     LDM_CONV_WINOGRAD = 2,   /* Winograd F(4x4, 3x3), 3x3 stride 1 pad 1 only */
+    LDM_CONV_DIRECT = 3,     /* direct, at most 8 output channels, stride 1 (a network's last conv) */
 } LdmConvAlgo;
 
 size_t ldm_conv_scratch_bytes(const LdmConvShape *s, int algo);

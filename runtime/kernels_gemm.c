@@ -146,35 +146,42 @@ static inline void transpose8(__m256 *r) {
 }
 
 static void pack_b(const GemmSrc *b, int N, int j0, int nc, int k0, int kc, float *dst) {
+    if (b->layout == SRC_ROWS) {
+        /* row by row of B, each read once from start to end (rows of a
+         * large power-of-two width would all fall into the same cache
+         * sets if the panels were filled one after the other) */
+        for (int k = 0; k < kc; k++) {
+            size_t s = b->off + (size_t)(k0 + k) * b->ld + (size_t)j0;
+            float *d = dst;
+            for (int j = 0; j < nc; j += NR) {
+                int w = panel_width(nc - j), cols = nc - j < w ? nc - j : w;
+                float *dk = d + (size_t)k * w;
+                int c = 0;
+                for (; c + 8 <= cols; c += 8) _mm256_storeu_ps(dk + c, load8(b->w, s + j + c));
+                for (; c < cols; c++) dk[c] = load1(b->w, s + j + c);
+                for (; c < w; c++) dk[c] = 0.0f;
+                d += (size_t)w * kc;
+            }
+        }
+        return;
+    }
+    /* B[k][n] = W[n][k]: 8 rows of W x 8 k at a time, transposed */
     for (int j = 0; j < nc; j += NR) {
         int w = panel_width(nc - j), cols = nc - j < w ? nc - j : w;
         if (j0 + j + cols > N) cols = N - j0 - j;
-        if (b->layout == SRC_ROWS) {
-            for (int k = 0; k < kc; k++) {
-                size_t s = b->off + (size_t)(k0 + k) * b->ld + (size_t)(j0 + j);
-                float *d = dst + (size_t)k * w;
-                int c = 0;
-                for (; c + 8 <= cols; c += 8) _mm256_storeu_ps(d + c, load8(b->w, s + c));
-                for (; c < cols; c++) d[c] = load1(b->w, s + c);
-                for (; c < w; c++) d[c] = 0.0f;
-            }
-        } else {
-            /* B[k][n] = W[n][k]: 8 rows of W x 8 k at a time, transposed */
-            int k = 0;
-            if (cols == w)
-                for (; k + 8 <= kc; k += 8)
-                    for (int g = 0; g < w; g += 8) {
-                        __m256 v[8];
-                        for (int r = 0; r < 8; r++)
-                            v[r] = load8(b->w, b->off + (size_t)(j0 + j + g + r) * b->ld + (size_t)(k0 + k));
-                        transpose8(v);
-                        for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (size_t)(k + q) * w + g, v[q]);
-                    }
-            for (; k < kc; k++)
-                for (int c = 0; c < w; c++)
-                    dst[(size_t)k * w + c] =
-                        c < cols ? load1(b->w, b->off + (size_t)(j0 + j + c) * b->ld + (size_t)(k0 + k)) : 0.0f;
-        }
+        int k = 0;
+        if (cols == w)
+            for (; k + 8 <= kc; k += 8)
+                for (int g = 0; g < w; g += 8) {
+                    __m256 v[8];
+                    for (int r = 0; r < 8; r++)
+                        v[r] = load8(b->w, b->off + (size_t)(j0 + j + g + r) * b->ld + (size_t)(k0 + k));
+                    transpose8(v);
+                    for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (size_t)(k + q) * w + g, v[q]);
+                }
+        for (; k < kc; k++)
+            for (int c = 0; c < w; c++)
+                dst[(size_t)k * w + c] = c < cols ? load1(b->w, b->off + (size_t)(j0 + j + c) * b->ld + (size_t)(k0 + k)) : 0.0f;
         dst += (size_t)w * kc;
     }
 }
@@ -200,13 +207,28 @@ static float *thread_buf(int which, size_t n) {
     return buf[which];
 }
 
+/* One 4 x w tile of C (+)= A panel x B panel; edge tiles through a buffer. */
+static inline void tile_op(const Gemm *g, const float *a, const float *b, int kc, float *c, int rows, int cols, int w,
+                           int acc) {
+    float tile[MR * NR] __attribute__((aligned(32)));
+    int full = rows == MR && cols == w;
+    float *d = full ? c : tile;
+    int ldd = full ? (int)g->ldc : w, accd = full ? acc : 0;
+    if (w == 24) kern_4x24(kc, a, b, d, ldd, accd);
+    else if (w == 16) kern_4x16(kc, a, b, d, ldd, accd);
+    else kern_4x8(kc, a, b, d, ldd, accd);
+    if (!full)
+        for (int r = 0; r < rows; r++)
+            for (int q = 0; q < cols; q++)
+                c[(size_t)r * g->ldc + q] = (acc ? c[(size_t)r * g->ldc + q] : 0.0f) + tile[r * w + q];
+}
+
 static void run_block(const Gemm *g, int m0, int m1, int n0, int n1) {
     if (m1 <= m0 || n1 <= n0) return;
     int nk = (g->K + KC_MAX - 1) / KC_MAX;
     int kstep = ((g->K + nk - 1) / nk + 7) & ~7;
     float *ap = thread_buf(0, (size_t)MC * kstep);
     float *bp = thread_buf(1, (size_t)(NC + NR) * kstep);
-    float tile[MR * NR] __attribute__((aligned(32)));
     for (int jc = n0; jc < n1; jc += NC) {
         int nc = n1 - jc < NC ? n1 - jc : NC;
         for (int pc = 0; pc < g->K; pc += kstep) {
@@ -218,27 +240,16 @@ static void run_block(const Gemm *g, int m0, int m1, int n0, int n1) {
                 pack_a(&g->a, g->M, ic, mc, pc, kc, ap);
                 for (int jr = 0; jr < nc; jr += NR) {
                     int w = panel_width(nc - jr), cols = nc - jr < w ? nc - jr : w;
-                    const float *b = bp + (size_t)jr * kc;
                     for (int ir = 0; ir < mc; ir += MR) {
-                        const float *a = ap + (size_t)ir * kc;
                         int rows = mc - ir < MR ? mc - ir : MR;
                         float *c = g->c + (size_t)(ic + ir) * g->ldc + (jc + jr);
-                        if (ir + MR < mc)
+                        if (ir + MR < mc) /* the next tile of C, while this one computes */
                             for (int r = 0; r < MR; r++) {
                                 const char *nx = (const char *)(c + (size_t)(MR + r) * g->ldc);
                                 _mm_prefetch(nx, _MM_HINT_T0);
                                 _mm_prefetch(nx + 64, _MM_HINT_T0);
                             }
-                        int full = rows == MR && cols == w;
-                        float *d = full ? c : tile;
-                        int ldd = full ? (int)g->ldc : w, accd = full ? acc : 0;
-                        if (w == 24) kern_4x24(kc, a, b, d, ldd, accd);
-                        else if (w == 16) kern_4x16(kc, a, b, d, ldd, accd);
-                        else kern_4x8(kc, a, b, d, ldd, accd);
-                        if (!full)
-                            for (int r = 0; r < rows; r++)
-                                for (int q = 0; q < cols; q++)
-                                    c[(size_t)r * g->ldc + q] = (acc ? c[(size_t)r * g->ldc + q] : 0.0f) + tile[r * w + q];
+                        tile_op(g, ap + (size_t)ir * kc, bp + (size_t)jr * kc, kc, c, rows, cols, w, acc);
                     }
                 }
             }

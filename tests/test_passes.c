@@ -895,12 +895,12 @@ START_TEST(test_dumps) {
     FILE *fp = open_memstream(&text, &len);
     dump_graph(b.g, fp);
     fclose(fp);
-    /* conv 1x1 (one GEMM, no workspace): 2 * 48 outputs * 2 inputs = 192
+    /* conv 1x1 (3 output channels: direct, no workspace): 2 * 48 outputs * 2 inputs = 192
      * FLOPs, silu 48: 240; two 192-byte buffers live together (conv until
      * silu runs, silu to the end) */
     ck_assert_str_eq(text, "graph small  prefix \"p.\"\n"
                            "%0 input x  -> f32[1,2,4,4]  @t.graph:3\n"
-                           "%3 conv2d %0 c.weight c.bias  stride=1 pad=0,0,0,0 algo=pointwise  -> f32[1,3,4,4]  @t.graph:4\n"
+                           "%3 conv2d %0 c.weight c.bias  stride=1 pad=0,0,0,0 algo=direct  -> f32[1,3,4,4]  @t.graph:4\n"
                            "%4 silu %3  -> f32[1,3,4,4]  @t.graph:5\n"
                            "%5 reshape %4  -> f32[1,3,16] (view of %4)  @t.graph:5\n"
                            "output y = %5\n"

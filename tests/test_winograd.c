@@ -84,12 +84,13 @@ static double ref_at(const LdmConvShape *s, const float *x, const float *w, cons
                      const float *res, int n, int o, int h, int v, double *mag) {
     int C = s->C, H = s->H, W = s->W, O = s->O;
     double acc = 0, m = 0;
+    const int KH = s->KH, KW = s->KW;
     for (int c = 0; c < C; c++)
-        for (int ky = 0; ky < 3; ky++)
-            for (int kx = 0; kx < 3; kx++) {
-                int hh = h + ky - 1, ww = v + kx - 1;
+        for (int ky = 0; ky < KH; ky++)
+            for (int kx = 0; kx < KW; kx++) {
+                int hh = h + ky - s->pad_t, ww = v + kx - s->pad_l;
                 if (hh < 0 || hh >= H || ww < 0 || ww >= W) continue;
-                double t = (double)w[((size_t)o * C + c) * 9 + ky * 3 + kx] * x[(((size_t)n * C + c) * H + hh) * W + ww];
+                double t = (double)w[(((size_t)o * C + c) * KH + ky) * KW + kx] * x[(((size_t)n * C + c) * H + hh) * W + ww];
                 acc += t;
                 m += fabs(t);
             }
@@ -129,11 +130,14 @@ static LdmConvShape shape_of(Case k) {
 }
 
 /* Runs one convolution and returns max |got - ref| / S (S: see the top).
- * The output buffer starts as NaN so that any output not written shows. */
-static double run_case(Case k, int wtype, int epi, uint64_t seed) {
+ * The output buffer starts as NaN so that any output not written shows.
+ * algo -1: Winograd (3x3); else ldm_conv2d with that algorithm and a
+ * ksize x ksize kernel, "same" padding. */
+static double run_algo(Case k, int wtype, int epi, uint64_t seed, int algo, int ksize) {
     rng_state = seed;
     LdmConvShape s = shape_of(k);
-    size_t nx = (size_t)k.N * k.C * k.H * k.W, ny = (size_t)k.N * k.O * k.H * k.W, nw = (size_t)k.O * k.C * 9;
+    if (algo >= 0) s.KH = s.KW = ksize, s.pad_t = s.pad_b = s.pad_l = s.pad_r = ksize / 2;
+    size_t nx = (size_t)k.N * k.C * k.H * k.W, ny = (size_t)k.N * k.O * k.H * k.W, nw = (size_t)k.O * k.C * s.KH * s.KW;
     float *x = rand_buf(nx, 1.0), *w = rand_buf(nw, 1.0 / sqrt(9.0 * k.C));
     float *bias = epi & EP_BIAS ? rand_buf((size_t)k.O, 1.0) : NULL;
     float *rowadd = epi & EP_ROWADD ? rand_buf((size_t)k.N * k.O, 1.0) : NULL;
@@ -142,10 +146,11 @@ static double run_case(Case k, int wtype, int epi, uint64_t seed) {
     void *wstore = store_weights(w, nw, wtype, wf);
     float *y = ldm_aligned_alloc(ny * sizeof *y);
     for (size_t i = 0; i < ny; i++) y[i] = NAN;
-    size_t sb = ldm_winograd_scratch_bytes(&s);
-    float *scratch = ldm_aligned_alloc(sb);
+    size_t sb = algo < 0 ? ldm_winograd_scratch_bytes(&s) : ldm_conv_scratch_bytes(&s, algo);
+    float *scratch = ldm_aligned_alloc(sb + 64);
     LdmEpilogue ep = {bias, rowadd, res};
-    ldm_conv3x3_winograd(&s, x, (LdmW){wstore, wtype}, epi ? &ep : NULL, y, scratch);
+    if (algo < 0) ldm_conv3x3_winograd(&s, x, (LdmW){wstore, wtype}, epi ? &ep : NULL, y, scratch);
+    else ldm_conv2d(&s, algo, x, (LdmW){wstore, wtype}, epi ? &ep : NULL, y, scratch);
     double *ref = malloc(ny * sizeof *ref);
     double smax = ref_conv(&s, x, wf, bias, rowadd, res, ref);
     double maxe = 0;
@@ -157,7 +162,26 @@ static double run_case(Case k, int wtype, int epi, uint64_t seed) {
     return maxe / smax;
 }
 
+static double run_case(Case k, int wtype, int epi, uint64_t seed) { return run_algo(k, wtype, epi, seed, -1, 3); }
+
 /* ---- tests ------------------------------------------------------------------ */
+
+/* The direct convolution (at most 8 output channels): every channel count,
+ * 3x3 and 1x1, rows shorter than a vector, not a multiple of 8 or of the
+ * column blocks, every epilogue, half-precision weights. */
+START_TEST(test_direct) {
+    static const Case shapes[] = {{2, 5, 7, 5, 1}, {1, 3, 9, 37, 3}, {2, 16, 6, 64, 4}, {1, 7, 4, 3, 5},
+                                  {2, 9, 5, 25, 6}, {1, 4, 8, 17, 7}, {2, 12, 3, 40, 8}, {1, 130, 4, 30, 2}};
+    Case k = shapes[_i];
+    for (int ks = 1; ks <= 3; ks += 2)
+        for (int epi = 0; epi < 8; epi++) {
+            int wt = epi % 3; /* f32, f16, bf16 */
+            double e = run_algo(k, wt, epi, 500 + 31 * _i + epi, LDM_CONV_DIRECT, ks);
+            ck_assert_msg(e <= TOL, "direct N%d C%d %dx%d O%d %dx%d weights %d epilogue %d: max err %.3g of scale", k.N,
+                          k.C, k.H, k.W, k.O, ks, ks, wt, epi, e);
+        }
+}
+END_TEST
 
 /* Small shapes: edge tiles, tiles across rows and images, wide rows. */
 static const Case small[] = {
@@ -232,6 +256,7 @@ START_TEST(test_concat_part) {
         {{2, 40, 4, 4, 24}, 3, LDM_CONV_IM2COL},   /* small outputs: all samples in one GEMM */
         {{2, 8, 40, 36, 12}, 3, LDM_CONV_IM2COL},  /* row tiles per sample */
         {{2, 16, 9, 7, 20}, 1, LDM_CONV_POINTWISE},
+        {{2, 16, 9, 21, 5}, 3, LDM_CONV_DIRECT},
     };
     const Case k = cases[_i].k;
     const int kk = cases[_i].k1, algo = cases[_i].algo, pad = kk / 2;
@@ -371,7 +396,8 @@ Suite *suite_winograd(void) {
     TCase *tc = tcase_create("winograd");
     tcase_set_timeout(tc, 120);
     int nsmall = (int)(sizeof small / sizeof *small);
-    tcase_add_loop_test(tc, test_concat_part, 0, 4);
+    tcase_add_loop_test(tc, test_concat_part, 0, 5);
+    tcase_add_loop_test(tc, test_direct, 0, 8);
     tcase_add_loop_test(tc, test_small_shapes_f32, 0, nsmall);
     tcase_add_loop_test(tc, test_small_shapes_half, 0, nsmall);
     tcase_add_test(tc, test_tile_blocks);
