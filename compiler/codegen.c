@@ -36,6 +36,11 @@ static LdmAttnShape attn_shape(const Node *n);
 /* linear+geglu runs in blocks of rows, so the product before gating (twice
  * the result) needs a scratch of about 8 MB instead of the whole product
  * (80 MB in SD's UNet at 512x512). */
+/* Its rows are padded by 16 floats: rows of 2560 or 10240 floats (SD's
+ * feed-forward widths) are a multiple of 4 KB apart and would all fall
+ * into the same cache sets. */
+static int64_t geglu_ld(int64_t O) { return O + 16; }
+
 static int64_t geglu_rows(int64_t M, int64_t O) {
     int64_t r = ((int64_t)2 << 20) / (O > 0 ? O : 1);
     r = r < 64 ? 64 : r & ~(int64_t)7;
@@ -52,7 +57,7 @@ int64_t kernel_scratch_bytes(const Node *n) {
         /* linear+geglu: a block of rows of the product before gating;
          * layer_norm+linear: the mean and 1/std of every input row */
         int64_t O = n->src[1]->shape[0], M = node_numel(n->src[0]) / n->src[1]->shape[1];
-        return (n->act == ACT_GEGLU ? 4 * geglu_rows(M, O) * O : 0) + (n->pro_lnorm ? 8 * M : 0);
+        return (n->act == ACT_GEGLU ? 4 * geglu_rows(M, O) * geglu_ld(O) : 0) + (n->pro_lnorm ? 8 * M : 0);
     }
     case OPK_ATTENTION: {
         LdmAttnShape a = attn_shape(n);
@@ -197,11 +202,12 @@ static void k_linear(const Node *n, FILE *fp) {
       n->pro_lnorm ? "layer_norm(x) with " : "", (long long)M, (long long)I, (long long)O, (long long)I,
       has_b ? " + b" : "", n->ep_residual ? " + residual" : "",
       geglu ? "; y = geglu(p), in blocks of rows (p in scratch)" : "");
-    E("    enum { M_ = %lld, O_ = %lld, I_ = %lld, R_ = %lld };\n", (long long)M, (long long)O, (long long)I, (long long)R);
+    E("    enum { M_ = %lld, O_ = %lld, I_ = %lld, R_ = %lld, LD_ = %lld /* row stride of %s */ };\n", (long long)M,
+      (long long)O, (long long)I, (long long)R, (long long)(geglu ? geglu_ld(O) : O), geglu ? "p" : "y");
     if (n->pro_lnorm) {
         E("    /* layer_norm (eps %g) fused: statistics of the rows of x, which the GEMM normalises as it packs them */\n",
           n->eps);
-        E("    float *mean = scratch + %lld, *rstd = mean + M_;\n", (long long)(geglu ? R * O : 0));
+        E("    float *mean = scratch + %lld, *rstd = mean + M_;\n", (long long)(geglu ? R * geglu_ld(O) : 0));
         E("    ldm_row_stats(M_, I_, x, %.17g, mean, rstd);\n", n->eps);
     }
     E("    for (int m0 = 0; m0 < M_; m0 += R_) {\n");
@@ -214,14 +220,14 @@ static void k_linear(const Node *n, FILE *fp) {
         E("        /* the GEMM accumulates onto the epilogue */\n");
         par(fp, R * O, "        ");
         E("        for (int m = 0; m < rows; m++)\n");
-        E("            for (int o = 0; o < O_; o++) dst[(size_t)m * O_ + o] = %s;\n", rhs);
+        E("            for (int o = 0; o < O_; o++) dst[(size_t)m * LD_ + o] = %s;\n", rhs);
     }
     if (n->pro_lnorm) E("        const LdmRowNorm ln = {mean + m0, rstd + m0, ln_w, ln_b};\n");
-    E("        ldm_gemm_norm(rows, O_, I_, x + (size_t)m0 * I_, I_, %s, w, 0, I_, 1, dst, O_, %d);\n",
+    E("        ldm_gemm_norm(rows, O_, I_, x + (size_t)m0 * I_, I_, %s, w, 0, I_, 1, dst, LD_, %d);\n",
       n->pro_lnorm ? "&ln" : "NULL", acc);
     if (geglu)
         E("        /* geglu: y = a * gelu(g), a = first %lld features (value), g = last %lld (gate), erf GELU */\n"
-          "        ldm_geglu(rows, O_ / 2, scratch, y + (size_t)m0 * (O_ / 2));\n",
+          "        ldm_geglu(rows, O_ / 2, scratch, LD_, y + (size_t)m0 * (O_ / 2));\n",
           (long long)(O / 2), (long long)(O / 2));
     E("    }\n}\n");
 }

@@ -169,10 +169,10 @@ void ldm_group_norm(int N, int C, long S, int G, double eps, const float *x, con
         }
 }
 
-void ldm_geglu(int M, int D, const float *x, float *y) {
+void ldm_geglu(int M, int D, const float *x, long ldx, float *y) {
 #pragma omp parallel for if ((long)M * D > 32768)
     for (int m = 0; m < M; m++) {
-        const float *a = x + (size_t)m * 2 * D, *g = a + D;
+        const float *a = x + (size_t)m * ldx, *g = a + D;
         float *yr = y + (size_t)m * D;
         int d = 0;
         for (; d + 8 <= D; d += 8) {
