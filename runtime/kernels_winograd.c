@@ -52,6 +52,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "microkernel.h"
 #include "util.h"
 
 #ifdef WG_TUNE
@@ -378,25 +379,6 @@ static void phase_input(const WgCtx *cx, const WgBuf *bf, long bt0, long nb, int
  * P2: weight transform
  * ------------------------------------------------------------------------ */
 
-/* 8x8 transpose of r[0..7]. */
-static inline void transpose8(__m256 *r) {
-    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
 
 /* U' = G' g G'^T for 4 output channels (rows base + o*ostride, o < no) and
  * channels [0, nc), 9 floats each. A vector holds a channel pair x the 4
@@ -487,9 +469,6 @@ static void phase_weights(const WgCtx *cx, int o0, int g0, int g1, int k0, int k
         }
     }
 }
-
-#include "microkernel.h"
-
 
 /* P3: M for output rows [r0, r0 + nr) of the output block (multiples of
  * 4) x units [u0, u1) (whole panels) of the tile block of nu units, summed
