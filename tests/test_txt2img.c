@@ -48,6 +48,7 @@
 #include "pipeline.h"
 #include "safetensors.h"
 #include "testproc.h"
+#include "testio.h"
 #include "testutil.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -57,16 +58,6 @@
 #else
 #define T2I_SAN 0
 #endif
-
-/* ------------------------------------------------------------------------
- * scratch directory, paths
- * ------------------------------------------------------------------------ */
-
-
-/* ------------------------------------------------------------------------
- * running programs
- * ------------------------------------------------------------------------ */
-
 
 /* ------------------------------------------------------------------------
  * the executable and the F16 checkpoint, made once per test run
@@ -165,19 +156,6 @@ static const char *model_path(void) { return test_shared("goldens/sd1-tiny/model
  * tensors and images
  * ------------------------------------------------------------------------ */
 
-/* Tensor `name` of file `path` as float32 (malloc'd), numel in *n. */
-static float *read_f32(const char *path, const char *name, int64_t *n) {
-    StFile f;
-    ck_assert_msg(st_open(&f, path) == 0, "%s", ldm_last_error());
-    const StTensor *t = st_find(&f, name);
-    ck_assert_msg(t, "%s: no tensor '%s'", path, name);
-    float *v = ldm_xmalloc((size_t)t->numel * sizeof *v + 4);
-    ck_assert_msg(st_to_f32(t, v) == 0, "%s", ldm_last_error());
-    if (n) *n = t->numel;
-    st_close(&f);
-    return v;
-}
-
 /* Write tensor `src` of golden file `io` as tensor `noise` of a new file. */
 static void write_noise_from(const char *io, const char *src, const char *dst) {
     StFile f;
@@ -189,85 +167,6 @@ static void write_noise_from(const char *io, const char *src, const char *dst) {
     ck_assert_msg(st_writer_save(w, dst) == 0, "%s", ldm_last_error());
     st_writer_free(w);
     st_close(&f);
-}
-
-static double max_abs_diff(const float *a, const float *b, int64_t n) {
-    double m = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        if (!isfinite(d)) return INFINITY;
-        if (d > m) m = d;
-    }
-    return m;
-}
-
-/* The largest per-byte difference of two PNGs (which must have one size). */
-static int png_max_diff(const char *a, const char *b) {
-    uint8_t *pa, *pb;
-    int wa, ha, wb, hb;
-    ck_assert_msg(ldm_png_read_rgb8(a, &pa, &wa, &ha) == 0, "%s", ldm_last_error());
-    ck_assert_msg(ldm_png_read_rgb8(b, &pb, &wb, &hb) == 0, "%s", ldm_last_error());
-    ck_assert_msg(wa == wb && ha == hb, "%s is %dx%d, %s is %dx%d", a, wa, ha, b, wb, hb);
-    int m = 0;
-    for (int64_t i = 0; i < (int64_t)wa * ha * 3; i++) {
-        int d = abs((int)pa[i] - (int)pb[i]);
-        if (d > m) m = d;
-    }
-    free(pa);
-    free(pb);
-    return m;
-}
-
-/* Are the two files byte for byte the same? */
-static int same_file(const char *a, const char *b) {
-    size_t na, nb;
-    char *x = ldm_read_file(a, &na), *y = ldm_read_file(b, &nb);
-    ck_assert_msg(x && y, "%s", ldm_last_error());
-    int same = na == nb && memcmp(x, y, na) == 0;
-    free(x);
-    free(y);
-    return same;
-}
-
-/* The latent of a --save-latent file must be bit-identical / differ. */
-static int same_latent(const char *a, const char *b) {
-    int64_t na, nb;
-    float *x = read_f32(a, "latent", &na), *y = read_f32(b, "latent", &nb);
-    int same = na == nb && memcmp(x, y, (size_t)na * sizeof *x) == 0;
-    free(x);
-    free(y);
-    return same;
-}
-
-/* A string from the metadata of an io file (malloc'd), NULL if absent. */
-static char *meta_opt(const char *io, const char *key) {
-    StFile f;
-    ck_assert_msg(st_open(&f, io) == 0, "%s", ldm_last_error());
-    const char *v = st_metadata(&f, key);
-    char *s = v ? ldm_xstrdup(v) : NULL;
-    st_close(&f);
-    return s;
-}
-
-/* The same, required. */
-static char *meta(const char *io, const char *key) {
-    char *s = meta_opt(io, key);
-    ck_assert_msg(s, "%s: no metadata '%s'", io, key);
-    return s;
-}
-
-/* tolerance[name].max_abs of an io file. */
-static double tolerance(const char *io, const char *name) {
-    char *tj = meta(io, "tolerance");
-    json_error_t err;
-    json_t *j = json_loads(tj, 0, &err);
-    ck_assert_msg(json_is_object(j), "%s: tolerance: %s", io, err.text);
-    json_t *m = json_object_get(json_object_get(j, name), "max_abs");
-    ck_assert_msg(json_is_number(m), "%s: no tolerance[%s].max_abs", io, name);
-    double v = json_number_value(m);
-    json_decref(j);
-    free(tj);
-    return v;
 }
 
 /* ------------------------------------------------------------------------
@@ -584,17 +483,6 @@ static const char *write_file(const char *name, const char *text, size_t n) {
     fwrite(text, 1, n, fp);
     fclose(fp);
     return p;
-}
-
-/* No file of the scratch directory starts with `prefix` (no output, no
- * temporary left behind). */
-static void assert_no_output(const char *prefix) {
-    DIR *d = opendir(test_dir);
-    ck_assert(d);
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        ck_assert_msg(strncmp(e->d_name, prefix, strlen(prefix)) != 0, "'%s' was left in %s", e->d_name, test_dir);
-    closedir(d);
 }
 
 typedef struct Bad {

@@ -1,0 +1,116 @@
+/*
+ * testio.h - reading the files the executables write, shared by the suites
+ * that run them (test_txt2img.c, test_sample.c): tensors of safetensors
+ * files, PNG and byte comparisons, golden metadata, and the check that a
+ * failed run left no output behind. Needs check.h, jansson.h, image.h,
+ * safetensors.h, util.h and testproc.h (test_dir) first.
+ */
+#ifndef LDM_TESTIO_H
+#define LDM_TESTIO_H
+
+/* Tensor `name` of file `path` as float32 (malloc'd), numel in *n. */
+static inline float *read_f32(const char *path, const char *name, int64_t *n) {
+    StFile f;
+    ck_assert_msg(st_open(&f, path) == 0, "%s", ldm_last_error());
+    const StTensor *t = st_find(&f, name);
+    ck_assert_msg(t, "%s: no tensor '%s'", path, name);
+    float *v = ldm_xmalloc((size_t)t->numel * sizeof *v + 4);
+    ck_assert_msg(st_to_f32(t, v) == 0, "%s", ldm_last_error());
+    if (n) *n = t->numel;
+    st_close(&f);
+    return v;
+}
+
+static inline double max_abs_diff(const float *a, const float *b, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!isfinite(d)) return INFINITY;
+        if (d > m) m = d;
+    }
+    return m;
+}
+
+/* The largest per-byte difference of two PNGs (which must have one size). */
+static inline int png_max_diff(const char *a, const char *b) {
+    uint8_t *pa, *pb;
+    int wa, ha, wb, hb;
+    ck_assert_msg(ldm_png_read_rgb8(a, &pa, &wa, &ha) == 0, "%s", ldm_last_error());
+    ck_assert_msg(ldm_png_read_rgb8(b, &pb, &wb, &hb) == 0, "%s", ldm_last_error());
+    ck_assert_msg(wa == wb && ha == hb, "%s is %dx%d, %s is %dx%d", a, wa, ha, b, wb, hb);
+    int m = 0;
+    for (int64_t i = 0; i < (int64_t)wa * ha * 3; i++) {
+        int d = abs((int)pa[i] - (int)pb[i]);
+        if (d > m) m = d;
+    }
+    free(pa);
+    free(pb);
+    return m;
+}
+
+/* Are the two files byte for byte the same? */
+static inline int same_file(const char *a, const char *b) {
+    size_t na, nb;
+    char *x = ldm_read_file(a, &na), *y = ldm_read_file(b, &nb);
+    ck_assert_msg(x && y, "%s", ldm_last_error());
+    int same = na == nb && memcmp(x, y, na) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
+/* Tensor `name` of two files bit-identical? */
+static inline int same_tensor(const char *a, const char *b, const char *name) {
+    int64_t na, nb;
+    float *x = read_f32(a, name, &na), *y = read_f32(b, name, &nb);
+    int same = na == nb && memcmp(x, y, (size_t)na * sizeof *x) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
+static inline int same_latent(const char *a, const char *b) { return same_tensor(a, b, "latent"); }
+
+/* A string from the metadata of an io file (malloc'd), NULL if absent. */
+static inline char *meta_opt(const char *io, const char *key) {
+    StFile f;
+    ck_assert_msg(st_open(&f, io) == 0, "%s", ldm_last_error());
+    const char *v = st_metadata(&f, key);
+    char *s = v ? ldm_xstrdup(v) : NULL;
+    st_close(&f);
+    return s;
+}
+
+/* The same, required. */
+static inline char *meta(const char *io, const char *key) {
+    char *s = meta_opt(io, key);
+    ck_assert_msg(s, "%s: no metadata '%s'", io, key);
+    return s;
+}
+
+/* tolerance[name].max_abs of an io file. */
+static inline double tolerance(const char *io, const char *name) {
+    char *tj = meta(io, "tolerance");
+    json_error_t err;
+    json_t *j = json_loads(tj, 0, &err);
+    ck_assert_msg(json_is_object(j), "%s: tolerance: %s", io, err.text);
+    json_t *m = json_object_get(json_object_get(j, name), "max_abs");
+    ck_assert_msg(json_is_number(m), "%s: no tolerance[%s].max_abs", io, name);
+    double v = json_number_value(m);
+    json_decref(j);
+    free(tj);
+    return v;
+}
+
+/* No file of the scratch directory starts with `prefix` (no output, no
+ * temporary left behind). */
+static inline void assert_no_output(const char *prefix) {
+    DIR *d = opendir(test_dir);
+    ck_assert(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        ck_assert_msg(strncmp(e->d_name, prefix, strlen(prefix)) != 0, "'%s' was left in %s", e->d_name, test_dir);
+    closedir(d);
+}
+
+#endif
