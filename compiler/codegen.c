@@ -193,7 +193,9 @@ static void k_linear(const Node *n, FILE *fp) {
     int64_t O = w->shape[0], I = w->shape[1], M = node_numel(n->src[0]) / I;
     int has_b = 0;
     for (int s = 2; s < n->nsrc; s++) has_b |= !strcmp(names[s], "b");
-    const int geglu = n->act == ACT_GEGLU, acc = has_b || n->ep_residual;
+    /* the GEMM accumulates onto bias and residual, except under GEGLU, whose
+     * pass over the product adds the bias (no residual there: fuse.c) */
+    const int geglu = n->act == ACT_GEGLU, acc = !geglu && (has_b || n->ep_residual);
     const int64_t R = geglu ? geglu_rows(M, O) : M; /* rows per block */
     E("static void n%d_%s(", n->id, kernel_ident(n, kn, sizeof kn));
     emit_params(n, fp, names);
@@ -227,8 +229,8 @@ static void k_linear(const Node *n, FILE *fp) {
       n->pro_lnorm ? "&ln" : "NULL", acc);
     if (geglu)
         E("        /* geglu: y = a * gelu(g), a = first %lld features (value), g = last %lld (gate), erf GELU */\n"
-          "        ldm_geglu(rows, O_ / 2, scratch, LD_, y + (size_t)m0 * (O_ / 2));\n",
-          (long long)(O / 2), (long long)(O / 2));
+          "        ldm_geglu(rows, O_ / 2, scratch, LD_, %s, y + (size_t)m0 * (O_ / 2));\n",
+          (long long)(O / 2), (long long)(O / 2), has_b ? "b" : "NULL");
     E("    }\n}\n");
 }
 

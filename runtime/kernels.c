@@ -169,19 +169,23 @@ void ldm_group_norm(int N, int C, long S, int G, double eps, const float *x, con
         }
 }
 
-void ldm_geglu(int M, int D, const float *x, long ldx, float *y) {
+void ldm_geglu(int M, int D, const float *x, long ldx, const float *bias, float *y) {
 #pragma omp parallel for if ((long)M * D > 32768)
     for (int m = 0; m < M; m++) {
         const float *a = x + (size_t)m * ldx, *g = a + D;
         float *yr = y + (size_t)m * D;
         int d = 0;
         for (; d + 8 <= D; d += 8) {
-            __m256 gv = _mm256_loadu_ps(g + d);
+            __m256 av = _mm256_loadu_ps(a + d), gv = _mm256_loadu_ps(g + d);
+            if (bias) av = _mm256_add_ps(av, _mm256_loadu_ps(bias + d)), gv = _mm256_add_ps(gv, _mm256_loadu_ps(bias + D + d));
             __m256 e = erf8(_mm256_mul_ps(gv, _mm256_set1_ps(0.70710678118654752f)));
             __m256 gelu = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), gv), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
-            _mm256_storeu_ps(yr + d, _mm256_mul_ps(_mm256_loadu_ps(a + d), gelu));
+            _mm256_storeu_ps(yr + d, _mm256_mul_ps(av, gelu));
         }
-        for (; d < D; d++) yr[d] = a[d] * (0.5f * g[d] * (1.0f + erff(g[d] * 0.70710678118654752f)));
+        for (; d < D; d++) {
+            const float av = a[d] + (bias ? bias[d] : 0.0f), gv = g[d] + (bias ? bias[D + d] : 0.0f);
+            yr[d] = av * (0.5f * gv * (1.0f + erff(gv * 0.70710678118654752f)));
+        }
     }
 }
 

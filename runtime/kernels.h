@@ -72,9 +72,9 @@ void ldm_gemm_wl(int M, int N, int K, LdmW A, size_t a_off, int lda, const float
 void ldm_group_norm(int N, int C, long S, int G, double eps, const float *x, const float *w, const float *b, float *y,
                     int silu);
 
-/* y[m, d] = x[m, d] * gelu(x[m, D + d]) for x[M, 2D] with rows ldx floats
- * apart (GEGLU, erf GELU). */
-void ldm_geglu(int M, int D, const float *x, long ldx, float *y);
+/* y[m, d] = a * gelu(g), a = x[m, d] + bias[d], g = x[m, D + d] + bias[D + d],
+ * for x[M, 2D] with rows ldx floats apart and bias[2D] or NULL (GEGLU, erf GELU). */
+void ldm_geglu(int M, int D, const float *x, long ldx, const float *bias, float *y);
 
 /* ---- convolution --------------------------------------------------------------
  * y[N, O, HO, WO] = conv2d(x[N, C, H, W], w[O, C, KH, KW]) + epilogue, any

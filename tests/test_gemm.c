@@ -148,7 +148,7 @@ START_TEST(test_geglu_erf) {
             x[(size_t)m * 2 * D + d] = 1.0f + 0.001f * (float)m;
             x[(size_t)m * 2 * D + D + d] = -10.0f + 20.0f * (float)d / (D - 1) + 0.0003f * (float)m;
         }
-    ldm_geglu(M, D, x, 2 * D, y);
+    ldm_geglu(M, D, x, 2 * D, NULL, y);
     double worst = 0;
     for (int m = 0; m < M; m++)
         for (int d = 0; d < D; d++) {
