@@ -224,7 +224,11 @@ static void run_block(const Gemm *g, int m0, int m1, int n0, int n1) {
                     for (int ir = 0; ir < mc; ir += MR) {
                         int rows = mc - ir < MR ? mc - ir : MR;
                         float *c = g->c + (size_t)(ic + ir) * g->ldc + (jc + jr);
-                        if (ir + MR < mc) /* the next tile of C, while this one computes */
+                        /* the next tile of C, while this one computes; not when a
+                         * tile is over in a few hundred cycles (K of a network's
+                         * first conv): then the prefetches only pile up and a
+                         * product with rows of C 4 KB apart ran 20x slower */
+                        if (kc >= 64 && ir + MR < mc)
                             for (int r = 0; r < MR; r++) {
                                 const char *nx = (const char *)(c + (size_t)(MR + r) * g->ldc);
                                 _mm_prefetch(nx, _MM_HINT_T0);
