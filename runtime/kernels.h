@@ -1,9 +1,9 @@
 /*
  * kernels.h - the compute kernels that ldmc-generated code calls for its
  * heavy ops, with every shape passed as a compile-time constant by the
- * caller. Everything here runs on all cores (OpenMP); OpenBLAS is only ever
- * called single-threaded from inside our own parallel regions, so the two
- * never compete for the cores.
+ * caller. Everything here runs on all cores (OpenMP) with our own GEMM
+ * (kernels_gemm.c); OpenBLAS serves only the rare `matmul` op, set to one
+ * thread so that it never competes with OpenMP for the cores.
  *
  * Weights may be stored as float32 or IEEE half (LDM_W_F16) or bfloat16
  * (LDM_W_BF16): half-precision weights stay half in memory and are widened
@@ -28,7 +28,7 @@ typedef struct LdmW {
     int type;        /* LdmWType */
 } LdmW;
 
-/* Call once before any kernel (sets OpenBLAS to one thread). */
+/* Call once before any kernel (sets OpenBLAS, used by `matmul`, to one thread). */
 void ldm_kernels_init(void);
 
 /* Widen n weights starting at element `off` into dst (float32). */
