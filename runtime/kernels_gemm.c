@@ -204,6 +204,35 @@ static inline void tile_op(const Gemm *g, const float *a, const float *b, int kc
                 c[(size_t)r * g->ldc + q] = (acc ? c[(size_t)r * g->ldc + q] : 0.0f) + tile[r * w + q];
 }
 
+/* Software prefetch of the A block packed next, a few lines per tile of the
+ * current block: a weight streamed from memory (the 8x8 and 4x4 levels'
+ * convolutions, with few columns to share each weight row) then arrives
+ * while this block computes instead of stalling the packing. */
+typedef struct APrefetch {
+    const char *base;   /* first row */
+    size_t ld;          /* bytes between rows */
+    int rows, lines;    /* rows, 64-byte lines per row */
+    int r, l;           /* cursor */
+} APrefetch;
+
+static APrefetch a_prefetch(const Gemm *g, int i0, int mc, int k0, int kc) {
+    APrefetch p = {NULL, 0, 0, 0, 0, 0};
+    if (mc <= 0 || kc <= 0) return p;
+    const size_t es = g->a.w.type == LDM_W_F32 ? 4 : 2;
+    p.base = (const char *)g->a.w.p + (g->a.off + (size_t)i0 * g->a.ld + (size_t)k0) * es;
+    p.ld = (size_t)g->a.ld * es;
+    p.rows = i0 + mc <= g->M ? mc : g->M - i0;
+    p.lines = (int)(((size_t)kc * es + 63) / 64) + 1;
+    return p;
+}
+
+static inline void a_prefetch_step(APrefetch *p, int n) {
+    for (; n > 0 && p->r < p->rows; n--) {
+        _mm_prefetch(p->base + (size_t)p->r * p->ld + (size_t)p->l * 64, _MM_HINT_T1);
+        if (++p->l == p->lines) p->l = 0, p->r++;
+    }
+}
+
 static void run_block(const Gemm *g, int m0, int m1, int n0, int n1) {
     if (m1 <= m0 || n1 <= n0) return;
     int nk = (g->K + KC_MAX - 1) / KC_MAX;
@@ -219,6 +248,14 @@ static void run_block(const Gemm *g, int m0, int m1, int n0, int n1) {
             for (int ic = m0; ic < m1; ic += MC) {
                 int mc = m1 - ic < MC ? m1 - ic : MC;
                 pack_a(&g->a, g->M, ic, mc, pc, kc, ap);
+                /* the block after this one: next rows, else the next K block */
+                APrefetch pf = {NULL, 0, 0, 0, 0, 0};
+                if (ic + MC < m1) pf = a_prefetch(g, ic + MC, m1 - ic - MC < MC ? m1 - ic - MC : MC, pc, kc);
+                else if (pc + kstep < g->K)
+                    pf = a_prefetch(g, m0, m1 - m0 < MC ? m1 - m0 : MC, pc + kstep,
+                                    g->K - pc - kstep < kstep ? g->K - pc - kstep : kstep);
+                const int tiles = ((nc + NR - 1) / NR) * ((mc + MR - 1) / MR);
+                const int per_tile = (pf.rows * pf.lines + tiles - 1) / tiles;
                 for (int jr = 0; jr < nc; jr += NR) {
                     int w = panel_width(nc - jr), cols = nc - jr < w ? nc - jr : w;
                     for (int ir = 0; ir < mc; ir += MR) {
@@ -234,6 +271,7 @@ static void run_block(const Gemm *g, int m0, int m1, int n0, int n1) {
                                 _mm_prefetch(nx, _MM_HINT_T0);
                                 _mm_prefetch(nx + 64, _MM_HINT_T0);
                             }
+                        a_prefetch_step(&pf, per_tile);
                         tile_op(g, ap + (size_t)ir * kc, bp + (size_t)jr * kc, kc, c, rows, cols, w, acc);
                     }
                 }
