@@ -376,9 +376,38 @@ typedef struct Loader {
 static int mark_line(yaml_mark_t m) { return (int)m.line + 1; }
 static int mark_col(yaml_mark_t m) { return (int)m.column + 1; }
 
+/* "\n NNNNN | source line\n       | ^": the line of the input and a caret
+ * under column col (in characters), laid out as the DSL's diagnostics. */
+static const char *excerpt(const Loader *L, int line, int col, char *buf, size_t cap) {
+    buf[0] = 0;
+    if (!L->text || cap < 32) return buf;
+    size_t off = 0;
+    for (int l = 1; l < line && off < L->len; off++)
+        if (L->text[off] == '\n') l++;
+    if (off > L->len || (off == L->len && line > 1 && (L->len == 0 || L->text[L->len - 1] != '\n'))) return buf;
+    size_t end = off;
+    while (end < L->len && L->text[end] != '\n' && L->text[end] != '\r') end++;
+    int len = end - off > 200 ? 200 : (int)(end - off);
+    int w = snprintf(buf, cap, "\n %5d | %.*s\n       | ", line, len, (const char *)L->text + off);
+    if (w < 0 || (size_t)w >= cap) {
+        buf[0] = 0;
+        return buf;
+    }
+    size_t n = (size_t)w, k = off;
+    for (int c = 1; c < col && k < end && n + 2 < cap; c++) {
+        buf[n++] = L->text[k] == '\t' ? '\t' : ' ';
+        k++;
+        while (k < end && (L->text[k] & 0xC0) == 0x80) k++;
+    }
+    buf[n++] = '^';
+    buf[n] = 0;
+    return buf;
+}
+
 static int fail_at(Loader *L, yaml_mark_t m, const char *msg, const char *arg) {
-    return ldm_fail("%s:%d:%d: error: %s%s%s%s", L->file, mark_line(m), mark_col(m), msg,
-                    arg ? " '" : "", arg ? arg : "", arg ? "'" : "");
+    char ex[512];
+    return ldm_fail("%s:%d:%d: error: %s%s%s%s%s", L->file, mark_line(m), mark_col(m), msg, arg ? " '" : "",
+                    arg ? arg : "", arg ? "'" : "", excerpt(L, mark_line(m), mark_col(m), ex, sizeof ex));
 }
 
 /* Byte offset of a libyaml mark (whose column counts characters). */
@@ -406,6 +435,7 @@ static int parser_error(Loader *L) {
             if (L->text[k] == '\n') line++, col = 1;
             else if ((L->text[k] & 0xC0) != 0x80) col++;
         }
+        /* (no source excerpt: the line may not be valid text) */
         if (strstr(problem, "UTF-8") && off < L->len)
             return ldm_fail("%s:%d:%d: error: the file is not valid UTF-8: %s (byte 0x%02X)", L->file, line, col,
                             problem, L->text[off]);
@@ -416,11 +446,13 @@ static int parser_error(Loader *L) {
     yaml_mark_t m = p->problem_mark;
     size_t off = mark_offset(L, m);
     const char *hint = off < L->len && L->text[off] == '\t' && !strstr(problem, "tab") ? " (a tab: YAML indentation must use spaces)" : "";
+    char ex[512];
+    excerpt(L, mark_line(m), mark_col(m), ex, sizeof ex);
     if (p->context)
-        return ldm_fail("%s:%d:%d: error: %s%s (%s started at line %d, column %d)", L->file, mark_line(m),
+        return ldm_fail("%s:%d:%d: error: %s%s (%s started at line %d, column %d)%s", L->file, mark_line(m),
                         mark_col(m), problem, hint, p->context, mark_line(p->context_mark),
-                        mark_col(p->context_mark));
-    return ldm_fail("%s:%d:%d: error: %s%s", L->file, mark_line(m), mark_col(m), problem, hint);
+                        mark_col(p->context_mark), ex);
+    return ldm_fail("%s:%d:%d: error: %s%s%s", L->file, mark_line(m), mark_col(m), problem, hint, ex);
 }
 
 static int next_event(Loader *L, yaml_event_t *ev) {
@@ -490,6 +522,12 @@ static CfgNode *make_scalar(Loader *L, const yaml_event_t *ev) {
     if (!tag || strcmp((const char *)tag, "!") == 0) {
         if (!tag && ev->data.scalar.style == YAML_PLAIN_SCALAR_STYLE) {
             n = cfg_scalar_from_text(text, L->file, line, col);
+            if (!n) { /* the message, with the source line */
+                char msg[1024], ex[512];
+                snprintf(msg, sizeof msg, "%s", ldm_last_error());
+                ldm_fail("%s%s", msg, excerpt(L, line, col, ex, sizeof ex));
+                return NULL;
+            }
         } else {
             n = new_node(CFG_STRING, L->file, line, col);
             n->s = ldm_xstrdup(text);
@@ -642,8 +680,10 @@ static CfgNode *parse_map(Loader *L, const yaml_event_t *start, int depth) {
         if (key) {
             int dup = map_find(n, key);
             if (dup >= 0) {
-                ldm_fail("%s:%d:%d: error: duplicate key '%s' (first defined at line %d, column %d)", L->file,
-                         mark_line(km), mark_col(km), key, mark_line(key_marks[dup]), mark_col(key_marks[dup]));
+                char ex[512];
+                ldm_fail("%s:%d:%d: error: duplicate key '%s' (first defined at line %d, column %d)%s", L->file,
+                         mark_line(km), mark_col(km), key, mark_line(key_marks[dup]), mark_col(key_marks[dup]),
+                         excerpt(L, mark_line(km), mark_col(km), ex, sizeof ex));
                 free(key);
                 goto fail;
             }
@@ -664,8 +704,9 @@ static CfgNode *parse_map(Loader *L, const yaml_event_t *start, int depth) {
                 for (int k = 0; k < v->n; k++) ok = ok && v->items[k]->kind == CFG_MAP;
             }
             if (!ok) {
-                ldm_fail("%s:%d:%d: error: merge key '<<' needs a mapping or a list of mappings, not a %s", L->file,
-                         v->line, v->col, cfg_kind_name(v->kind));
+                char ex[512];
+                ldm_fail("%s:%d:%d: error: merge key '<<' needs a mapping or a list of mappings, not a %s%s", L->file,
+                         v->line, v->col, cfg_kind_name(v->kind), excerpt(L, v->line, v->col, ex, sizeof ex));
                 cfg_free(v);
                 goto fail;
             }

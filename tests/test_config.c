@@ -792,6 +792,40 @@ static const ErrCase err_cases[] = {
     {"a:\n  <<: 3\n", "bad.yaml:2:7: error: merge key '<<' needs a mapping or a list of mappings, not a int"},
 };
 
+/* Whole diagnostics: the message, then the source line and a caret under
+ * the column, as for the graph DSL (end of file: an empty line). */
+static const ErrCase excerpt_cases[] = {
+    {"a:\n  b: 99999999999999999999\n",
+     "bad.yaml:2:6: error: integer '99999999999999999999' does not fit in 64 bits\n"
+     "     2 |   b: 99999999999999999999\n"
+     "       |      ^"},
+    {"m:\n  k: 1\n  j: 2\n  k: 3\n",
+     "bad.yaml:4:3: error: duplicate key 'k' (first defined at line 2, column 3)\n"
+     "     4 |   k: 3\n"
+     "       |   ^"},
+    {"a:\n\tb: 1\n",
+     "bad.yaml:2:1: error: found character that cannot start any token (a tab: YAML indentation must use spaces)"
+     " (while scanning for the next token started at line 2, column 1)\n"
+     "     2 | \tb: 1\n"
+     "       | ^"},
+    {"a: {x: 1\n",
+     "bad.yaml:2:1: error: did not find expected ',' or '}' (while parsing a flow mapping started at line 1, column 4)\n"
+     "     2 | \n"
+     "       | ^"},
+    /* columns count characters, not bytes: the caret stays under the key */
+    {"\"\xc3\xa9t\xc3\xa9\": {a: 1, a: 2}\n",
+     "bad.yaml:1:15: error: duplicate key 'a' (first defined at line 1, column 9)\n"
+     "     1 | \"\xc3\xa9t\xc3\xa9\": {a: 1, a: 2}\n"
+     "       |               ^"},
+};
+
+START_TEST(test_malformed_excerpt) {
+    const ErrCase *c = &excerpt_cases[_i];
+    ck_assert_ptr_null(cfg_parse_string(c->text, "bad.yaml"));
+    ck_assert_str_eq(ldm_last_error(), c->prefix);
+}
+END_TEST
+
 START_TEST(test_malformed) {
     for (size_t k = 0; k < sizeof err_cases / sizeof err_cases[0]; k++)
         expect_parse_error(err_cases[k].text, err_cases[k].prefix);
@@ -951,6 +985,7 @@ Suite *suite_config(void) {
 
     tc = tcase_create("diagnostics");
     tcase_add_test(tc, test_malformed);
+    tcase_add_loop_test(tc, test_malformed_excerpt, 0, (int)(sizeof excerpt_cases / sizeof excerpt_cases[0]));
     tcase_add_test(tc, test_file_errors);
     suite_add_tcase(s, tc);
 
