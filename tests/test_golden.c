@@ -41,9 +41,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "image.h"
 #include "model.h"
 #include "safetensors.h"
 #include "testproc.h"
+#include "testio.h"
 #include "testutil.h"
 #include "util.h"
 
@@ -67,27 +69,6 @@ static const char *scratch(char *buf, size_t n, const char *fmt, ...) {
 static const char *golden(char *buf, size_t n, const char *rel) {
     snprintf(buf, n, "%s/goldens/%s", test_shared_dir(), rel);
     return buf;
-}
-
-/* ------------------------------------------------------------------------
- * running programs
- * ------------------------------------------------------------------------ */
-
-/* Run argv to completion; *err (if not NULL) gets its stdout + stderr
- * (malloc'd). Returns the exit status as test_wait_status(). */
-static int run(char *const argv[], char **err) {
-    char log[256];
-    scratch(log, sizeof log, "run.%ld.log", (long)getpid());
-    pid_t pid = test_spawn(argv, log);
-    ck_assert_msg(pid > 0, "fork failed: %s", strerror(errno));
-    int rc = test_wait_status(pid);
-    size_t n;
-    char *text = ldm_read_file(log, &n);
-    remove(log);
-    if (!text) text = ldm_xstrdup("");
-    if (err) *err = text;
-    else free(text);
-    return rc;
 }
 
 /* ------------------------------------------------------------------------
@@ -299,17 +280,6 @@ static void assert_shape(const StTensor *t, int ndim, const int64_t *shape) {
                   ldm_shape_str(t->ndim, t->shape, a, sizeof a), ldm_shape_str(ndim, shape, b, sizeof b));
 }
 
-/* max |a - b| over n values; NaN/inf anywhere gives +inf. */
-static double max_abs_diff(const float *a, const float *b, int64_t n) {
-    double m = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        if (!isfinite(d)) return INFINITY;
-        if (d > m) m = d;
-    }
-    return m;
-}
-
 /* Run a runner; fails the test (with its messages) unless it succeeds. */
 static void run_ok(const char *prog, const char *weights, const char *inputs, const char *outputs,
                    const char *prefix) {
@@ -328,7 +298,7 @@ static void run_ok(const char *prog, const char *weights, const char *inputs, co
     }
     argv[k] = NULL;
     char *err;
-    int rc = run(argv, &err);
+    int rc = test_run(argv, &err);
     ck_assert_msg(rc == 0, "%s failed (status %d) on %s %s:\n%s", prog, rc, inputs, prefix ? prefix : "", err);
     free(err);
 }
@@ -590,7 +560,7 @@ static char *expect_fail(const char *tag, const char *const *args, const char *c
     for (int i = 0; args[i] && k < 15; i++) argv[k++] = strcmp(args[i], "$OUT") ? (char *)args[i] : out;
     argv[k] = NULL;
     char *err;
-    int rc = run(argv, &err);
+    int rc = test_run(argv, &err);
     printf("bad input: %-14s status %d: %s", tag, rc, err);
     fflush(stdout);
     ck_assert_msg(rc == 1 || rc == 2, "%s: expected exit status 1 or 2, got %d; output:\n%s", tag, rc, err);

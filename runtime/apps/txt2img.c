@@ -23,13 +23,10 @@
  *   latent = sampler(x_T, eps = e_u + cfg_scale * (e_c - e_u))
  *   image = decoder(latent / scale_factor); PNG = uint8(255 * clamp((image + 1) / 2, 0, 1))
  */
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "image.h"
 #include "model.h"
@@ -455,31 +452,12 @@ done:
     return rc;
 }
 
-/* A file we will write later: its directory must exist and be writable,
- * and it must not be a directory itself (checked before the long run). */
-static int check_writable(const char *flag, const char *path) {
-    struct stat sb;
-    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) return ldm_fail("%s %s: is a directory", flag, path);
-    char *dir = ldm_xstrdup(path);
-    char *slash = strrchr(dir, '/');
-    if (!slash) strcpy(dir, ".");
-    else if (slash == dir) dir[1] = 0;
-    else *slash = 0;
-    int rc = 0;
-    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
-        rc = ldm_fail("%s %s: the directory %s does not exist", flag, path, dir);
-    else if (access(dir, W_OK) != 0)
-        rc = ldm_fail("%s %s: cannot write in %s: %s", flag, path, dir, strerror(errno));
-    free(dir);
-    return rc;
-}
-
 /* Read the inputs named on the command line and check them against this
  * executable, before the (slow) weights are loaded. */
 static int load_inputs(App *a) {
     const Options *o = &a->o;
-    if (!o->prompts && (check_writable("-o", o->out) != 0 ||
-                        (o->save_latent && check_writable("--save-latent", o->save_latent) != 0)))
+    if (!o->prompts && (ldm_check_output_path("-o", o->out) != 0 ||
+                        (o->save_latent && ldm_check_output_path("--save-latent", o->save_latent) != 0)))
         return -1;
     double t0 = ldm_now();
     a->tok = clip_tokenizer_load(o->vocab);
