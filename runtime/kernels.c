@@ -46,6 +46,11 @@ void ldm_w_to_f32(LdmW w, size_t off, size_t n, float *dst) {
             memcpy(dst + i, &bits, 4);
         }
     } else {
+        /* bfloat16: the top half of a float32 */
+        for (; i + 8 <= n; i += 8) {
+            __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + i)));
+            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+        }
         for (; i < n; i++) {
             uint32_t bits = (uint32_t)s[i] << 16;
             memcpy(dst + i, &bits, 4);

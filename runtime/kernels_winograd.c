@@ -422,24 +422,6 @@ static void weight_group(const float *base, int ostride, int no, int nc, float *
     }
 }
 
-/* n half-precision weights (IEEE half or bfloat16) from src, as float32. */
-static void widen(const uint16_t *src, int type, int n, float *dst) {
-    int i = 0;
-    if (type == LDM_W_F16) {
-        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
-        for (; i < n; i++) dst[i] = _cvtsh_ss(src[i]);
-    } else {
-        for (; i + 8 <= n; i += 8) {
-            __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i)));
-            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
-        }
-        for (; i < n; i++) {
-            uint32_t b = (uint32_t)src[i] << 16;
-            memcpy(dst + i, &b, 4);
-        }
-    }
-}
-
 /* P2: U for the 4-output groups [g0, g1) of the output block at o0 and
  * input channels [k0, k0 + kn) (U rows hold kw channels). */
 static void phase_weights(const WgCtx *cx, int o0, int g0, int g1, int k0, int kn) {
@@ -463,8 +445,7 @@ static void phase_weights(const WgCtx *cx, int o0, int g0, int g1, int k0, int k
         for (int c = 0; c < kn; c += WG_WCHUNK) {
             int nc = kn - c < WG_WCHUNK ? kn - c : WG_WCHUNK;
             for (int q = 0; q < no; q++)
-                widen((const uint16_t *)cx->w.p + ((size_t)(o + q) * C + k0 + c) * 9, cx->w.type, nc * 9,
-                      wb + q * WG_WCHUNK * 9);
+                ldm_w_to_f32(cx->w, ((size_t)(o + q) * C + k0 + c) * 9, (size_t)nc * 9, wb + q * WG_WCHUNK * 9);
             weight_group(wb, WG_WCHUNK * 9, no, nc, dst + (size_t)c * 4, xs);
         }
     }
