@@ -46,16 +46,12 @@ typedef struct LdmEpilogue {
 /* ---- GEMM (kernels_gemm.c) -------------------------------------------------------
  * C[M, N] = A[M, K] * op(B) (+ C when accumulate), row-major with leading
  * dimensions, split over the cores. op(B) = B[K, N] or B[N, K]^T (trans_b).
- * A is float32; B may be a half-precision weight. */
-void ldm_gemm(int M, int N, int K, const float *A, int lda, LdmW B, size_t b_off, int ldb, int trans_b, float *C,
-              int ldc, int accumulate);
-
-/* LayerNorm of the rows of A applied while A is packed (LayerNorm fused
- * into the linear layer that consumes it): row m is used as
- * (A[m] - mean[m]) * rstd[m] * gamma + beta. */
+ * A is float32, optionally layer-normalised row by row while it is packed
+ * (norm: LayerNorm fused into the linear layer that consumes it; NULL for
+ * none); B may be a half-precision weight. */
 typedef struct LdmRowNorm {
-    const float *mean, *rstd;   /* [M], from ldm_row_stats */
-    const float *gamma, *beta;  /* [K] */
+    const float *mean, *rstd;   /* [M], from ldm_row_stats: row m is used as */
+    const float *gamma, *beta;  /* [K]   (A[m] - mean[m]) * rstd[m] * gamma + beta */
 } LdmRowNorm;
 
 /* mean and 1/sqrt(var + eps) of each of the M rows of x[M, D] (biased variance, in double). */

@@ -304,11 +304,6 @@ static void run(const Gemm *g) {
 
 /* ---- entry points -------------------------------------------------------------- */
 
-void ldm_gemm(int M, int N, int K, const float *A, int lda, LdmW B, size_t b_off, int ldb, int trans_b, float *C,
-              int ldc, int accumulate) {
-    ldm_gemm_norm(M, N, K, A, lda, NULL, B, b_off, ldb, trans_b, C, ldc, accumulate);
-}
-
 void ldm_gemm_norm(int M, int N, int K, const float *A, int lda, const LdmRowNorm *norm, LdmW B, size_t b_off, int ldb,
                    int trans_b, float *C, int ldc, int accumulate) {
     Gemm g = {M, N, K, {{A, LDM_W_F32}, 0, lda, SRC_ROWS, norm}, {B, b_off, ldb, trans_b ? SRC_COLS : SRC_ROWS, NULL},

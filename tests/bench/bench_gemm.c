@@ -1,5 +1,5 @@
 /*
- * bench_gemm.c - GFLOP/s of ldm_gemm (linear layers: x w^T), ldm_gemm_wl
+ * bench_gemm.c - GFLOP/s of ldm_gemm_norm (linear layers: x w^T), ldm_gemm_wl
  * (convolutions: w x) and whole im2col convolutions on the UNet's shapes,
  * with float32 or half weights; with CBLAS=1 also multi-threaded
  * cblas_sgemm on the same float32 operands. Not part of the test suite.
@@ -49,7 +49,7 @@ static void one(const char *what, int wl, int M, int N, int K, int type) {
     for (int r = 0; r < 5; r++) {
         double t = now();
         if (wl) ldm_gemm_wl(M, N, K, (LdmW){A, type}, 0, K, B, N, C, N, 0);
-        else ldm_gemm(M, N, K, A, K, (LdmW){B, type}, 0, K, 1, C, N, 0);
+        else ldm_gemm_norm(M, N, K, A, K, NULL, (LdmW){B, type}, 0, K, 1, C, N, 0);
         t = now() - t;
         if (t < best) best = t;
     }
