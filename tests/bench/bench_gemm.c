@@ -8,6 +8,9 @@
  *       -I/usr/include/x86_64-linux-gnu/openblas-pthread -lopenblas -lm -o bench_gemm
  *   ./bench_gemm [f16|f32]                  the table
  *   ./bench_gemm f16 linear|wl M N K        one shape
+ *   ./bench_gemm f16 conv N C H O k         one convolution (im2col, or pointwise for k = 1)
+ * COLD=1 cycles through copies of the weight that exceed the caches;
+ * SMALLPAGES=1 keeps the operands in 4 KB pages (as a mapped checkpoint).
  * Block sizes can be tried without rebuilding the library: add
  * -DGEMM_TUNE runtime/kernels_gemm.c to the command above and set
  * GEMM_KC, GEMM_MC, GEMM_NC.
@@ -16,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <stdint.h>
+#include <sys/mman.h>
 
 #include <cblas.h>
 #include <omp.h>
@@ -31,8 +36,10 @@ static double now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+/* SMALLPAGES=1: 4 KB pages, as for weights mapped from the checkpoint file */
 static void *rnd_alloc(size_t n, size_t sz) {
     unsigned char *p = ldm_aligned_alloc(n * sz);
+    if (getenv("SMALLPAGES")) madvise((void *)((uintptr_t)p & ~(uintptr_t)4095), n * sz + 4096, MADV_NOHUGEPAGE);
     for (size_t i = 0; i < n * sz; i += sz) {
         float f = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
         if (sz == 4) memcpy(p + i, &f, 4);
@@ -43,10 +50,21 @@ static void *rnd_alloc(size_t n, size_t sz) {
 
 static void one(const char *what, int wl, int M, int N, int K, int type) {
     size_t asz = (size_t)M * K, bsz = (size_t)K * N;
-    void *A = rnd_alloc(asz, wl && type ? 2 : 4), *B = rnd_alloc(bsz, !wl && type ? 2 : 4);
+    /* COLD=1: the weight is one of copies that together exceed the caches,
+     * used in turn, as a network reads each weight once per forward */
+    size_t wsz = wl ? asz * (type ? 2 : 4) : bsz * (type ? 2 : 4);
+    int copies = getenv("COLD") ? (int)(256e6 / wsz) + 2 : 1;
+    if (copies > 64) copies = 64;
+    void *As[64], *Bs[64];
+    for (int i = 0; i < copies; i++) {
+        As[i] = wl || i == 0 ? rnd_alloc(asz, wl && type ? 2 : 4) : As[0];
+        Bs[i] = !wl || i == 0 ? rnd_alloc(bsz, !wl && type ? 2 : 4) : Bs[0];
+    }
+    void *A = As[0], *B = Bs[0];
     float *C = ldm_aligned_alloc((size_t)M * N * sizeof(float));
     double best = 1e9, bestb = 1e9;
-    for (int r = 0; r < 5; r++) {
+    for (int r = 0; r < 5 * copies; r++) {
+        A = As[r % copies], B = Bs[r % copies];
         double t = now();
         if (wl) ldm_gemm_wl(M, N, K, (LdmW){A, type}, 0, K, B, N, C, N, 0);
         else ldm_gemm_norm(M, N, K, A, K, NULL, (LdmW){B, type}, 0, K, 1, C, N, 0);
@@ -68,7 +86,11 @@ static void one(const char *what, int wl, int M, int N, int K, int type) {
     printf("%-22s M %5d N %5d K %5d  ldm %6.1f GFLOP/s", what, M, N, K, f / best / 1e9);
     if (bestb < 1e9) printf("   cblas %6.1f", f / bestb / 1e9);
     printf("\n");
-    free(A), free(B), free(C);
+    for (int i = 0; i < copies; i++) {
+        if (wl || i == 0) free(As[i]);
+        if (!wl || i == 0) free(Bs[i]);
+    }
+    free(C);
 }
 
 /* a whole convolution through ldm_conv2d (im2col or pointwise) */
@@ -93,6 +115,10 @@ static void conv(const char *what, int N, int C, int H, int O, int k, int type) 
 int main(int argc, char **argv) {
     int type = argc > 1 && !strcmp(argv[1], "f16") ? LDM_W_F16 : LDM_W_F32;
     ldm_kernels_init();
+    if (argc > 7 && !strcmp(argv[2], "conv")) { /* bench_gemm TYPE conv N C H O k: one convolution */
+        conv("conv", atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atoi(argv[6]), atoi(argv[7]), type);
+        return 0;
+    }
     if (argc > 5) { /* bench_gemm TYPE linear|wl M N K: one shape */
         one(argv[2], !strcmp(argv[2], "wl"), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), type);
         return 0;
