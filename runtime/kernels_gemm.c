@@ -2,11 +2,12 @@
  * kernels_gemm.c - the packed GEMM behind every linear layer and every
  * im2col / pointwise convolution: C[M, N] (+)= A[M, K] B[K, N].
  *
- * GotoBLAS / BLIS blocking around the 4x24 micro-kernel of microkernel.h:
+ * GotoBLAS / BLIS blocking around the micro-kernels of microkernel.h
+ * (4x24 with AVX2, 4x48 with AVX-512: NR below):
  *   for each NC block of columns:
- *     for each KC block of the inner dimension:   pack B  -> [kc][24] panels
+ *     for each KC block of the inner dimension:   pack B  -> [kc][NR] panels
  *       for each MC block of rows:                pack A  -> [kc][4] panels
- *         micro-kernel over every 4 x 24 tile of the block
+ *         micro-kernel over every 4 x NR tile of the block
  * The packers read the operands where they are: a weight in its file
  * precision (half-precision weights are widened while they are packed, so
  * no float copy of a weight ever exists), an activation matrix row-major,
@@ -28,7 +29,8 @@
 #include "util.h"
 
 #define MR 4
-#define NR 24
+#define PU LDM_PANEL_UNITS /* units of 8 columns in a full B panel */
+#define NR (8 * PU)
 #ifdef GEMM_TUNE
 #include <stdlib.h>
 static int genv(const char *k, int d) { return getenv(k) ? atoi(getenv(k)) : d; }
@@ -121,10 +123,16 @@ static void pack_a(const GemmSrc *a, int M, int i0, int mc, int k0, int kc, floa
     }
 }
 
-/* ---- packing B: [kc][nc] -> panels of [kc][w], w = 24 (the last 8 or 16) -- */
+/* ---- packing B: [kc][nc] -> panels of [kc][w], w = NR but at the end ----- */
 
-static inline int panel_width(int n) { return n >= NR ? NR : (n + 7) & ~7; }
-
+/* The panel starting at column j of nc: its width w and the columns of
+ * it that exist (ldm_panel's cut of the nc/8 units). */
+static inline void panel_at(int nc, int j, int *w, int *cols) {
+    int po, pw;
+    ldm_panel((nc + 7) / 8, j / 8, PU, &po, &pw);
+    *w = 8 * pw;
+    *cols = nc - j < *w ? nc - j : *w;
+}
 
 static void pack_b(const GemmSrc *b, int N, int j0, int nc, int k0, int kc, float *dst) {
     if (b->layout == SRC_ROWS) {
@@ -134,8 +142,8 @@ static void pack_b(const GemmSrc *b, int N, int j0, int nc, int k0, int kc, floa
         for (int k = 0; k < kc; k++) {
             size_t s = b->off + (size_t)(k0 + k) * b->ld + (size_t)j0;
             float *d = dst;
-            for (int j = 0; j < nc; j += NR) {
-                int w = panel_width(nc - j), cols = nc - j < w ? nc - j : w;
+            for (int j = 0, w, cols; j < nc; j += w) {
+                panel_at(nc, j, &w, &cols);
                 float *dk = d + (size_t)k * w;
                 int c = 0;
                 for (; c + 8 <= cols; c += 8) _mm256_storeu_ps(dk + c, load8(b->w, s + j + c));
@@ -147,8 +155,8 @@ static void pack_b(const GemmSrc *b, int N, int j0, int nc, int k0, int kc, floa
         return;
     }
     /* B[k][n] = W[n][k]: 8 rows of W x 8 k at a time, transposed */
-    for (int j = 0; j < nc; j += NR) {
-        int w = panel_width(nc - j), cols = nc - j < w ? nc - j : w;
+    for (int j = 0, w, cols; j < nc; j += w) {
+        panel_at(nc, j, &w, &cols);
         if (j0 + j + cols > N) cols = N - j0 - j;
         int k = 0;
         if (cols == w)
@@ -195,9 +203,7 @@ static inline void tile_op(const Gemm *g, const float *a, const float *b, int kc
     int full = rows == MR && cols == w;
     float *d = full ? c : tile;
     int ldd = full ? (int)g->ldc : w, accd = full ? acc : 0;
-    if (w == 24) kern_4x24(kc, a, b, d, ldd, accd);
-    else if (w == 16) kern_4x16(kc, a, b, d, ldd, accd);
-    else kern_4x8(kc, a, b, d, ldd, accd);
+    kern_panel(w / 8, kc, a, b, d, ldd, accd);
     if (!full)
         for (int r = 0; r < rows; r++)
             for (int q = 0; q < cols; q++)
@@ -256,8 +262,8 @@ static void run_block(const Gemm *g, int m0, int m1, int n0, int n1) {
                                     g->K - pc - kstep < kstep ? g->K - pc - kstep : kstep);
                 const int tiles = ((nc + NR - 1) / NR) * ((mc + MR - 1) / MR);
                 const int per_tile = (pf.rows * pf.lines + tiles - 1) / tiles;
-                for (int jr = 0; jr < nc; jr += NR) {
-                    int w = panel_width(nc - jr), cols = nc - jr < w ? nc - jr : w;
+                for (int jr = 0, w, cols; jr < nc; jr += w) {
+                    panel_at(nc, jr, &w, &cols);
                     for (int ir = 0; ir < mc; ir += MR) {
                         int rows = mc - ir < MR ? mc - ir : MR;
                         float *c = g->c + (size_t)(ic + ir) * g->ldc + (jc + jr);

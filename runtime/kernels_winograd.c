@@ -40,9 +40,10 @@
  * so that a thread the OS preempts holds up nobody.
  * Tiles are numbered t = (n*TH + i)*TW + j (TH x TW tiles per image) and
  * transformed 8 at a time ("units", one AVX2 lane per tile). V is stored
- * in panels of 24, 16 or 8 tiles, [C][width] each, so that the GEMM
- * micro-kernel (4 output channels x up to 24 tiles) reads both operands
- * contiguously. All scratch is in the caller's buffer and independent of
+ * in panels of units cut by ldm_panel (24, 16 or 8 tiles; also 48 and 32
+ * with AVX-512), [C][width] each, so that the GEMM micro-kernel (4 output
+ * channels x a panel) reads both operands contiguously. The panel widths
+ * do not change the plan or the scratch size. All scratch is in the caller's buffer and independent of
  * the thread count (the compiler plans it ahead of time). x must not
  * alias y; the residual may.
  */
@@ -168,22 +169,9 @@ size_t ldm_winograd_scratch_bytes(const LdmConvShape *s) {
     return 36 * (p.vxs + p.uxs + p.mxs) * sizeof(float);
 }
 
-/* The panel (first unit, width in units) holding unit u of a block of nu
- * units: panels of 3 units, then a tail of 2, 2+2 or a lone 1. */
-static void unit_panel(int nu, int u, int *po, int *pw) {
-    int r = nu % 3;
-    int n3 = r == 0 ? nu / 3 : r == 2 ? nu / 3 : nu >= 4 ? (nu - 4) / 3 : 0;
-    if (u < 3 * n3) {
-        *po = u / 3 * 3;
-        *pw = 3;
-    } else if (nu - 3 * n3 == 1) {
-        *po = 3 * n3;
-        *pw = 1;
-    } else {
-        *po = 3 * n3 + (u - 3 * n3) / 2 * 2;
-        *pw = 2;
-    }
-}
+/* Widest panel (units) for GEMM sub-blocks of su units: the wide kernels'
+ * 6 where a sub-block holds them, else 3. Panels are cut by ldm_panel. */
+static int wg_pmax(int su) { return LDM_PANEL_UNITS == 6 && su >= 6 ? 6 : 3; }
 
 /* ------------------------------------------------------------------------
  * the 1-D transforms, 8 lanes at a time
@@ -256,6 +244,7 @@ typedef struct WgBuf {
     int ldm;                   /* tiles per M row */
     int mrow0;                 /* output row of M's first row */
     int units;                 /* private: units per tile block */
+    int pmax;                  /* widest panel, units (wg_pmax) */
 } WgBuf;
 
 /* 8 floats of an image row from column col on, zero outside [0, W). */
@@ -368,7 +357,7 @@ static void phase_input(const WgCtx *cx, const WgBuf *bf, long bt0, long nb, int
     for (int c = c0; c < c1; c++)
         for (int u = 0; u < nu; u++) {
             int po, pw;
-            unit_panel(nu, u, &po, &pw);
+            ldm_panel(nu, u, bf->pmax, &po, &pw);
             int nt = nb - 8l * u < 8 ? (int)(nb - 8l * u) : 8;
             float *dst = bf->V + (size_t)po * 8 * C + (size_t)c * pw * 8 + (size_t)(u - po) * 8;
             input_unit(cx, c, bt0 + 8l * u, nt, dst, xs);
@@ -465,15 +454,13 @@ static void phase_gemm(const WgCtx *cx, const WgBuf *bf, int nu, int u0, int u1,
             int kc = kb + kn - k0 < WG_KC ? kb + kn - k0 : WG_KC;
             for (int u = u0; u < u1;) {
                 int po, pw;
-                unit_panel(nu, u, &po, &pw);
+                ldm_panel(nu, u, bf->pmax, &po, &pw);
                 const float *b = V + (size_t)po * 8 * C + (size_t)k0 * pw * 8;
                 float *mc = M + (size_t)(po - u0) * 8;
                 for (int g = 0; g < nr / 4; g++) {
                     const float *a = U + (size_t)g * 4 * kw + (size_t)(k0 - kb) * 4;
                     float *c = mc + (size_t)g * 4 * ldm;
-                    if (pw == 3) kern_4x24(kc, a, b, c, ldm, k0 > 0);
-                    else if (pw == 2) kern_4x16(kc, a, b, c, ldm, k0 > 0);
-                    else kern_4x8(kc, a, b, c, ldm, k0 > 0);
+                    kern_panel(pw, kc, a, b, c, ldm, k0 > 0);
                 }
                 u = po + pw;
             }
@@ -622,6 +609,7 @@ static int private_slices(const WgPlan *p, int C, int nth, int th, const WgCtx *
     bf->ldm = su * 8;
     bf->mrow0 = 0;
     bf->units = bu;
+    bf->pmax = wg_pmax(su);
     return 1;
 }
 
@@ -635,7 +623,7 @@ static void gemm_output_all_rows(const WgCtx *cx, WgBuf *bf, long bt0, long nb, 
         for (int u0 = 0; u0 < nu;) {
             int u1 = u0, po, pw;
             while (u1 < nu) {
-                unit_panel(nu, u1, &po, &pw);
+                ldm_panel(nu, u1, bf->pmax, &po, &pw);
                 if (u1 > u0 && u1 + pw - u0 > su) break;
                 u1 += pw;
             }
@@ -676,7 +664,7 @@ static void run_shared(const WgCtx *cx, int nth, int th) {
     int C = cx->s->C, O = cx->s->O, c0, c1, g0, g1;
     long blk_tiles = (long)p->blk_units * 8;
     int n_outer = p->out_major ? p->nob : p->ntb, n_inner = p->out_major ? p->ntb : p->nob;
-    WgBuf bf = {cx->V, cx->M, p->vxs, p->mxs, p->sub_units * 8, 0, p->blk_units};
+    WgBuf bf = {cx->V, cx->M, p->vxs, p->mxs, p->sub_units * 8, 0, p->blk_units, wg_pmax(p->sub_units)};
     part(C, nth, th, &c0, &c1);
     part(p->OB / 4, nth, th, &g0, &g1);
     int r0 = 4 * g0, r1 = 4 * g1;
@@ -712,7 +700,7 @@ static void run_shared(const WgCtx *cx, int nth, int th) {
                 /* a sub-block: whole panels, at most sub_units units */
                 int u1 = u0, po, pw;
                 while (u1 < nu) {
-                    unit_panel(nu, u1, &po, &pw);
+                    ldm_panel(nu, u1, bf.pmax, &po, &pw);
                     if (u1 > u0 && u1 + pw - u0 > p->sub_units) break;
                     u1 += pw;
                 }

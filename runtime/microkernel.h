@@ -1,7 +1,10 @@
 /*
  * microkernel.h - the GEMM micro-kernels shared by the Winograd convolution
- * and the packed GEMM: C[4][w] (+)= A[kc][4]^T B[kc][w] for w = 24, 16, 8,
- * A and B packed ("panels") so that both are read contiguously.
+ * and the packed GEMM: C[4][w] (+)= A[kc][4]^T B[kc][w], A and B packed
+ * ("panels") so that both are read contiguously. B panels are 8w' columns
+ * wide ("units" of 8): w' = 3, 2, 1 with AVX2 (4x24, 4x16, 4x8 kernels),
+ * and also 6 and 4 where the CPU has AVX-512 (4x48 and 4x32 kernels in
+ * 16-float vectors). ldm_panel says how a row of units is cut into panels.
  */
 #ifndef LDM_MICROKERNEL_H
 #define LDM_MICROKERNEL_H
@@ -139,6 +142,84 @@ static inline void kern_4x8(int kc, const float *a, const float *b, float *restr
     for (int r = 0; r < 4; r++) {
         float *d = c + (size_t)r * ldc;
         _mm256_storeu_ps(d, acc ? _mm256_add_ps(z[r], _mm256_loadu_ps(d)) : z[r]);
+    }
+}
+
+/* ---- AVX-512: 4 x 48 and 4 x 32 --------------------------------------------
+ * Written with GCC's generic vectors of 16 floats, so the same source is
+ * also compiled and tested where there is no AVX-512: define
+ * LDM_WIDE_KERNELS (make WIDE=1) and each vector becomes two AVX2 ones
+ * (slow, but the same arithmetic and the same panel layout). With 32
+ * vector registers the compiler keeps the 12 accumulators, 3 B vectors and
+ * the broadcast in registers (checked in the generated assembly). */
+#if defined(__AVX512F__) || defined(LDM_WIDE_KERNELS)
+#define LDM_PANEL_UNITS 6
+typedef float ldm_v16 __attribute__((vector_size(64), aligned(4))); /* unaligned loads and stores */
+#define V16(p) (*(const ldm_v16 *)(const void *)(p))
+#define V16_STORE(p, v) (*(ldm_v16 *)(void *)(p) = (v))
+#define V16_SPLAT(x) ((ldm_v16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x})
+#define V16_OUT(r, v, s) V16_STORE(c + (size_t)(r) * ldc + 16 * (v), acc ? (s) + V16(c + (size_t)(r) * ldc + 16 * (v)) : (s))
+
+static inline void kern_4x48(int kc, const float *a, const float *b, float *restrict c, int ldc, int acc) {
+    ldm_v16 z = V16_SPLAT(0.0f);
+    ldm_v16 s00 = z, s01 = z, s02 = z, s10 = z, s11 = z, s12 = z, s20 = z, s21 = z, s22 = z, s30 = z, s31 = z,
+            s32 = z;
+    for (int k = 0; k < kc; k++, a += 4, b += 48) {
+        __builtin_prefetch(b + 384);
+        ldm_v16 b0 = V16(b), b1 = V16(b + 16), b2 = V16(b + 32), x;
+        x = V16_SPLAT(a[0]), s00 += x * b0, s01 += x * b1, s02 += x * b2;
+        x = V16_SPLAT(a[1]), s10 += x * b0, s11 += x * b1, s12 += x * b2;
+        x = V16_SPLAT(a[2]), s20 += x * b0, s21 += x * b1, s22 += x * b2;
+        x = V16_SPLAT(a[3]), s30 += x * b0, s31 += x * b1, s32 += x * b2;
+    }
+    V16_OUT(0, 0, s00), V16_OUT(0, 1, s01), V16_OUT(0, 2, s02);
+    V16_OUT(1, 0, s10), V16_OUT(1, 1, s11), V16_OUT(1, 2, s12);
+    V16_OUT(2, 0, s20), V16_OUT(2, 1, s21), V16_OUT(2, 2, s22);
+    V16_OUT(3, 0, s30), V16_OUT(3, 1, s31), V16_OUT(3, 2, s32);
+}
+
+static inline void kern_4x32(int kc, const float *a, const float *b, float *restrict c, int ldc, int acc) {
+    ldm_v16 z = V16_SPLAT(0.0f);
+    ldm_v16 s00 = z, s01 = z, s10 = z, s11 = z, s20 = z, s21 = z, s30 = z, s31 = z;
+    for (int k = 0; k < kc; k++, a += 4, b += 32) {
+        __builtin_prefetch(b + 256);
+        ldm_v16 b0 = V16(b), b1 = V16(b + 16), x;
+        x = V16_SPLAT(a[0]), s00 += x * b0, s01 += x * b1;
+        x = V16_SPLAT(a[1]), s10 += x * b0, s11 += x * b1;
+        x = V16_SPLAT(a[2]), s20 += x * b0, s21 += x * b1;
+        x = V16_SPLAT(a[3]), s30 += x * b0, s31 += x * b1;
+    }
+    V16_OUT(0, 0, s00), V16_OUT(0, 1, s01), V16_OUT(1, 0, s10), V16_OUT(1, 1, s11);
+    V16_OUT(2, 0, s20), V16_OUT(2, 1, s21), V16_OUT(3, 0, s30), V16_OUT(3, 1, s31);
+}
+#else
+#define LDM_PANEL_UNITS 3
+#endif
+
+/* The panel of at most pmax units (3, or 6 with the wide kernels) that
+ * holds unit u of nu: first unit *po, width *pw. As many full panels as
+ * fit; the rest in panels the kernels have (never 5), and a last panel of
+ * one unit (the slow 4x8 kernel) only when nu is 1: 4 -> 2+2, 7 -> 4+3. */
+static inline void ldm_panel(int nu, int u, int pmax, int *po, int *pw) {
+    int nf = nu / pmax, r = nu % pmax, t1 = r, t2 = 0;
+    if (r == 1 && nf > 0) nf--, t1 = pmax == 6 ? 4 : 2, t2 = pmax + 1 - t1;
+    else if (r == 5) t1 = 3, t2 = 2;
+    int base = nf * pmax;
+    if (u < base) *po = u / pmax * pmax, *pw = pmax;
+    else if (u < base + t1) *po = base, *pw = t1;
+    else *po = base + t1, *pw = t2;
+}
+
+/* C[4][8 pw] (+)= A panel x B panel of pw units. */
+static inline void kern_panel(int pw, int kc, const float *a, const float *b, float *restrict c, int ldc, int acc) {
+    switch (pw) {
+#if LDM_PANEL_UNITS == 6
+    case 6: kern_4x48(kc, a, b, c, ldc, acc); break;
+    case 4: kern_4x32(kc, a, b, c, ldc, acc); break;
+#endif
+    case 3: kern_4x24(kc, a, b, c, ldc, acc); break;
+    case 2: kern_4x16(kc, a, b, c, ldc, acc); break;
+    default: kern_4x8(kc, a, b, c, ldc, acc); break;
     }
 }
 

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "microkernel.h"
 #include "util.h"
 
 static uint32_t rng_state = 12345;
@@ -59,7 +60,7 @@ typedef struct GemmCase {
 
 static const GemmCase cases[] = {
     {1, 1, 1},    {3, 7, 5},      {4, 24, 8},    {5, 25, 9},     {130, 50, 300}, {33, 3100, 20},
-    {64, 100, 520}, {200, 48, 257}, {7, 200, 64}, {1280, 16, 40},
+    {64, 100, 520}, {200, 48, 257}, {7, 200, 64}, {1280, 16, 40}, {9, 40, 33}, {6, 88, 70}, {2, 32, 17},
 };
 #define N_CASES (int)(sizeof cases / sizeof *cases)
 
@@ -190,11 +191,40 @@ START_TEST(test_group_norm_silu_range) {
 }
 END_TEST
 
+/* How ldm_panel cuts a row of nu units into panels: contiguous, covering,
+ * only widths a kernel exists for, as many full panels as possible but one,
+ * and a one-unit panel (the slow kernel) only when nu is 1. */
+START_TEST(test_panel_cuts) {
+    for (int pmax = 3; pmax <= 6; pmax += 3)
+        for (int nu = 1; nu <= 60; nu++) {
+            int u = 0, full = 0;
+            while (u < nu) {
+                int po, pw;
+                ldm_panel(nu, u, pmax, &po, &pw);
+                ck_assert_msg(po == u, "pmax %d nu %d: unit %d starts a panel at %d", pmax, nu, u, po);
+                ck_assert_msg(pw >= 1 && pw <= pmax && pw != 5 && (pmax == 6 || pw != 4),
+                              "pmax %d nu %d: width %d at %d", pmax, nu, pw, u);
+                ck_assert_msg(pw > 1 || nu == 1, "pmax %d nu %d: a one-unit panel at %d", pmax, nu, u);
+                for (int v = u; v < u + pw; v++) {
+                    int po2, pw2;
+                    ldm_panel(nu, v, pmax, &po2, &pw2);
+                    ck_assert(po2 == po && pw2 == pw);
+                }
+                full += pw == pmax;
+                u += pw;
+            }
+            ck_assert_msg(u == nu, "pmax %d nu %d: panels cover %d units", pmax, nu, u);
+            ck_assert_msg(full >= nu / pmax - 1, "pmax %d nu %d: %d full panels", pmax, nu, full);
+        }
+}
+END_TEST
+
 Suite *suite_gemm(void) {
     Suite *s = suite_create("gemm");
     TCase *tc = tcase_create("gemm");
     tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, test_gemm_vs_reference, 0, N_CASES * 12);
+    tcase_add_test(tc, test_panel_cuts);
     tcase_add_test(tc, test_geglu_erf);
     tcase_add_test(tc, test_group_norm_silu_range);
     suite_add_tcase(s, tc);
