@@ -21,7 +21,8 @@
  * reductions), keys and values are only ever broadcast (read in place
  * through their row strides, or from a packed copy), and the rescaling of OT
  * is folded into the load of the accumulators. Both products run on a
- * 4 x 24 register block (12 accumulators, AVX2 + FMA). Tails: keys and
+ * 4 x MQ register block (12 accumulators): MQ = 24 queries with AVX2 +
+ * FMA, 48 with AVX-512 (where the softmax also runs on 16 lanes). Tails: keys and
  * value channels are padded to multiples of 4 (repeated or zero rows,
  * results discarded), queries by zero columns of QT.
  *
@@ -40,7 +41,9 @@
  * ldm_attention_scratch_bytes() returns the total. The slot count is a
  * constant, not the current thread count, because the compiler plans the
  * scratch ahead of time, maybe on another machine; with more cores the
- * kernel uses ATTN_MAX_THREADS of them.
+ * kernel uses ATTN_MAX_THREADS of them. For the same reason the size is
+ * stated for 24-query tiles whatever this build's MQ: an AVX-512 build
+ * fits its 48-query tiles into the same bytes with fewer slots (8 or more).
  *
  * Causal masking hides keys j > i (query i, both counted from 0); key tiles
  * entirely above the diagonal are skipped.
@@ -54,7 +57,8 @@
 #include "kernels.h"
 #include "microkernel.h"
 
-#define MQ 24                   /* queries per tile = width of the register block */
+#define MQ (8 * LDM_PANEL_UNITS) /* queries per tile = width of the register block: 24, 48 with AVX-512 */
+#define MQ_PLAN 24              /* the query tile the scratch size is stated for (see below) */
 #define NK 64                   /* keys per tile (multiple of 4) */
 #define NK_ONE 128              /* up to this many keys: one tile of all of them */
 #define KC 64                   /* channels per block of the score product */
@@ -89,27 +93,28 @@ typedef struct Tiles {
     QTile g[MAX_GROUP];  /* query tiles processed together */
 } Tiles;
 
-static size_t qtile_bytes(const LdmAttnShape *s) {
+static size_t qtile_bytes(const LdmAttnShape *s, int mq) {
     size_t f = sizeof(float);
-    return round64((size_t)s->d * MQ * f) + round64((size_t)round4(s->dv) * MQ * f) + 3 * round64(MQ * f);
+    return round64((size_t)s->d * mq * f) + round64((size_t)round4(s->dv) * mq * f) + 3 * round64(mq * f);
 }
 
 /* Query tiles per group: as many as keep their state within GROUP_BYTES
  * (in L2 with a key tile), so each key tile, read once from memory or L3,
  * serves a whole group. */
-static int max_group(const LdmAttnShape *s) {
-    int g = (int)(GROUP_BYTES / qtile_bytes(s));
+static int max_group(const LdmAttnShape *s, int mq) {
+    int g = (int)(GROUP_BYTES / qtile_bytes(s, mq));
     return g < 1 ? 1 : g > MAX_GROUP ? MAX_GROUP : g;
 }
 
 /* The packed key and value tile (only when query tiles are grouped). */
-static size_t kv_bytes(const LdmAttnShape *s) {
+static size_t kv_bytes(const LdmAttnShape *s, int mq) {
     const size_t nkt = (size_t)key_tile(s->Tk), f = sizeof(float);
-    return max_group(s) > 1 ? round64(nkt * s->d * f) + round64(nkt * round4(s->dv) * f) : 0;
+    return max_group(s, mq) > 1 ? round64(nkt * s->d * f) + round64(nkt * round4(s->dv) * f) : 0;
 }
 
-static size_t thread_bytes(const LdmAttnShape *s) {
-    return round64((size_t)key_tile(s->Tk) * MQ * sizeof(float)) + kv_bytes(s) + (size_t)max_group(s) * qtile_bytes(s);
+static size_t thread_bytes(const LdmAttnShape *s, int mq) {
+    return round64((size_t)key_tile(s->Tk) * mq * sizeof(float)) + kv_bytes(s, mq) +
+           (size_t)max_group(s, mq) * qtile_bytes(s, mq);
 }
 
 static Tiles tiles_at(const LdmAttnShape *s, char *p) {
@@ -118,11 +123,11 @@ static Tiles tiles_at(const LdmAttnShape *s, char *p) {
     memset(&t, 0, sizeof t);
     const size_t nkt = (size_t)key_tile(s->Tk);
     t.st = (float *)p, p += round64(nkt * MQ * f);
-    if (kv_bytes(s)) {
+    if (kv_bytes(s, MQ)) {
         t.kp = (float *)p, p += round64(nkt * s->d * f);
         t.vp = (float *)p, p += round64(nkt * round4(s->dv) * f);
     }
-    for (int g = 0; g < max_group(s); g++) {
+    for (int g = 0; g < max_group(s, MQ); g++) {
         QTile *u = &t.g[g];
         u->qt = (float *)p, p += round64((size_t)s->d * MQ * f);
         u->ot = (float *)p, p += round64((size_t)round4(s->dv) * MQ * f);
@@ -135,7 +140,15 @@ static Tiles tiles_at(const LdmAttnShape *s, char *p) {
 
 size_t ldm_attention_scratch_bytes(const LdmAttnShape *s) {
     if (s->B <= 0 || s->Tq <= 0 || s->Tk <= 0 || s->H <= 0 || s->d < 0 || s->dv <= 0) return 0;
-    return 64 + ATTN_MAX_THREADS * thread_bytes(s);
+    return 64 + ATTN_MAX_THREADS * thread_bytes(s, MQ_PLAN);
+}
+
+/* Threads the scratch has slots for with this build's query tile: all
+ * ATTN_MAX_THREADS with tiles of MQ_PLAN queries; with the wider tiles of
+ * AVX-512, as many as fit in the same bytes (8 or more). */
+static int scratch_slots(const LdmAttnShape *s) {
+    size_t n = ATTN_MAX_THREADS * thread_bytes(s, MQ_PLAN) / thread_bytes(s, MQ);
+    return n > ATTN_MAX_THREADS ? ATTN_MAX_THREADS : (int)n;
 }
 
 /* ---- exp2 ------------------------------------------------------------------
@@ -165,6 +178,7 @@ static inline __m256 exp2_ps(__m256 t) {
  * each of the 4 FMAs that use it, and the loop becomes load-bound. */
 #define IN_REG(x) __asm__("" : "+x"(x))
 
+#if LDM_PANEL_UNITS == 3
 /* st[r][0..23] (+)= sum_{c < nc} k[c*ks + o_r] qt[c][0..23] for 4 keys r whose
  * channel c sits at k + c*ks + o_r (qt and st rows MQ apart). */
 static __attribute__((noinline)) void qk_4x24(int nc, const float *k, long ks, long o0, long o1, long o2, long o3,
@@ -231,6 +245,115 @@ static __attribute__((noinline)) void pv_4x24(int nk, const float *v, long ldv, 
     _mm256_store_ps(ot + 2 * MQ, a20), _mm256_store_ps(ot + 2 * MQ + 8, a21), _mm256_store_ps(ot + 2 * MQ + 16, a22);
     _mm256_store_ps(ot + 3 * MQ, a30), _mm256_store_ps(ot + 3 * MQ + 8, a31), _mm256_store_ps(ot + 3 * MQ + 16, a32);
 }
+#endif
+
+#if LDM_PANEL_UNITS == 6
+/* The same two products over 48 queries, in 16-float vectors (AVX-512;
+ * see microkernel.h for how they are tested without it). */
+static __attribute__((noinline)) void qk_4x48(int nc, const float *k, long ks, long o0, long o1, long o2, long o3,
+                                              const float *qt, float *st, int accumulate) {
+    ldm_v16 z = V16_SPLAT(0.0f);
+    ldm_v16 a00 = z, a01 = z, a02 = z, a10 = z, a11 = z, a12 = z, a20 = z, a21 = z, a22 = z, a30 = z, a31 = z,
+            a32 = z;
+    if (accumulate) {
+        a00 = V16(st), a01 = V16(st + 16), a02 = V16(st + 32);
+        a10 = V16(st + MQ), a11 = V16(st + MQ + 16), a12 = V16(st + MQ + 32);
+        a20 = V16(st + 2 * MQ), a21 = V16(st + 2 * MQ + 16), a22 = V16(st + 2 * MQ + 32);
+        a30 = V16(st + 3 * MQ), a31 = V16(st + 3 * MQ + 16), a32 = V16(st + 3 * MQ + 32);
+    }
+    for (int c = 0; c < nc; c++, k += ks) {
+        const float *qc = qt + (size_t)c * MQ;
+        ldm_v16 q0 = V16(qc), q1 = V16(qc + 16), q2 = V16(qc + 32), b;
+        b = V16_SPLAT(k[o0]), a00 += b * q0, a01 += b * q1, a02 += b * q2;
+        b = V16_SPLAT(k[o1]), a10 += b * q0, a11 += b * q1, a12 += b * q2;
+        b = V16_SPLAT(k[o2]), a20 += b * q0, a21 += b * q1, a22 += b * q2;
+        b = V16_SPLAT(k[o3]), a30 += b * q0, a31 += b * q1, a32 += b * q2;
+    }
+    V16_STORE(st, a00), V16_STORE(st + 16, a01), V16_STORE(st + 32, a02);
+    V16_STORE(st + MQ, a10), V16_STORE(st + MQ + 16, a11), V16_STORE(st + MQ + 32, a12);
+    V16_STORE(st + 2 * MQ, a20), V16_STORE(st + 2 * MQ + 16, a21), V16_STORE(st + 2 * MQ + 32, a22);
+    V16_STORE(st + 3 * MQ, a30), V16_STORE(st + 3 * MQ + 16, a31), V16_STORE(st + 3 * MQ + 32, a32);
+}
+
+static __attribute__((noinline)) void pv_4x48(int nk, const float *v, long ldv, long o0, long o1, long o2, long o3,
+                                              const float *pt, const float *alpha, float *ot) {
+    const ldm_v16 s0 = V16(alpha), s1 = V16(alpha + 16), s2 = V16(alpha + 32);
+    ldm_v16 a00 = V16(ot) * s0, a01 = V16(ot + 16) * s1, a02 = V16(ot + 32) * s2;
+    ldm_v16 a10 = V16(ot + MQ) * s0, a11 = V16(ot + MQ + 16) * s1, a12 = V16(ot + MQ + 32) * s2;
+    ldm_v16 a20 = V16(ot + 2 * MQ) * s0, a21 = V16(ot + 2 * MQ + 16) * s1, a22 = V16(ot + 2 * MQ + 32) * s2;
+    ldm_v16 a30 = V16(ot + 3 * MQ) * s0, a31 = V16(ot + 3 * MQ + 16) * s1, a32 = V16(ot + 3 * MQ + 32) * s2;
+    for (int j = 0; j < nk; j++) {
+        const float *pj = pt + (size_t)j * MQ, *vj = v + j * ldv;
+        ldm_v16 p0 = V16(pj), p1 = V16(pj + 16), p2 = V16(pj + 32), b;
+        b = V16_SPLAT(vj[o0]), a00 += b * p0, a01 += b * p1, a02 += b * p2;
+        b = V16_SPLAT(vj[o1]), a10 += b * p0, a11 += b * p1, a12 += b * p2;
+        b = V16_SPLAT(vj[o2]), a20 += b * p0, a21 += b * p1, a22 += b * p2;
+        b = V16_SPLAT(vj[o3]), a30 += b * p0, a31 += b * p1, a32 += b * p2;
+    }
+    V16_STORE(ot, a00), V16_STORE(ot + 16, a01), V16_STORE(ot + 32, a02);
+    V16_STORE(ot + MQ, a10), V16_STORE(ot + MQ + 16, a11), V16_STORE(ot + MQ + 32, a12);
+    V16_STORE(ot + 2 * MQ, a20), V16_STORE(ot + 2 * MQ + 16, a21), V16_STORE(ot + 2 * MQ + 32, a22);
+    V16_STORE(ot + 3 * MQ, a30), V16_STORE(ot + 3 * MQ + 16, a31), V16_STORE(ot + 3 * MQ + 32, a32);
+}
+/* exp2_ps and the online softmax step of tile_keys over 16 queries, the
+ * same arithmetic. Where the vectors are emulated (make WIDE=1 without
+ * AVX-512), -Wpsabi warns that vector arguments and results would be
+ * passed differently with AVX-512: irrelevant for these static functions,
+ * and GCC reports it at the end of the file, so it is off for the file. */
+#if !defined(__AVX512F__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+typedef int ldm_v16i __attribute__((vector_size(64), aligned(4)));
+
+/* a > b ? a : b per lane, b where either is NaN (as _mm256_max_ps(a, b)) */
+static inline ldm_v16 max16(ldm_v16 a, ldm_v16 b) {
+    ldm_v16i gt = a > b;
+    return (ldm_v16)((gt & (ldm_v16i)a) | (~gt & (ldm_v16i)b));
+}
+
+static inline ldm_v16 exp2_16(ldm_v16 t) {
+    const ldm_v16 magic = V16_SPLAT(12583039.0f);
+    t = max16(t, V16_SPLAT(-127.0f));
+    ldm_v16 z = t + magic;
+    ldm_v16 f = t - (z - magic);
+    ldm_v16 p = V16_SPLAT(1.5345812000853494e-4f);
+    p = p * f + V16_SPLAT(1.3399931219081813e-3f);
+    p = p * f + V16_SPLAT(9.61848895711658e-3f);
+    p = p * f + V16_SPLAT(5.550328776965722e-2f);
+    p = p * f + V16_SPLAT(2.4022646890634244e-1f);
+    p = p * f + V16_SPLAT(6.931472057372674e-1f);
+    p = p * f + V16_SPLAT(1.0f);
+    return p * (ldm_v16)((ldm_v16i)z << 23);
+}
+
+/* New max m, rescale factor alpha, probabilities in place of the scores
+ * sw[j * MQ] (j < nk), and sum l of 16 queries. */
+static void softmax_16(float *sw, int nk, float *m, float *l, float *alpha) {
+    const ldm_v16 mold = V16(m);
+    ldm_v16 mx0 = mold, mx1 = mold;
+    int j = 0;
+    for (; j + 2 <= nk; j += 2) mx0 = max16(mx0, V16(sw + (size_t)j * MQ)), mx1 = max16(mx1, V16(sw + (size_t)(j + 1) * MQ));
+    if (j < nk) mx0 = max16(mx0, V16(sw + (size_t)j * MQ));
+    const ldm_v16 mx = max16(mx0, mx1), al = exp2_16(mold - mx);
+    ldm_v16 sum0 = V16_SPLAT(0.0f), sum1 = sum0;
+    for (j = 0; j + 2 <= nk; j += 2) {
+        ldm_v16 p0 = exp2_16(V16(sw + (size_t)j * MQ) - mx), p1 = exp2_16(V16(sw + (size_t)(j + 1) * MQ) - mx);
+        V16_STORE(sw + (size_t)j * MQ, p0), V16_STORE(sw + (size_t)(j + 1) * MQ, p1);
+        sum0 += p0, sum1 += p1;
+    }
+    if (j < nk) {
+        ldm_v16 p0 = exp2_16(V16(sw + (size_t)j * MQ) - mx);
+        V16_STORE(sw + (size_t)j * MQ, p0);
+        sum0 += p0;
+    }
+    V16_STORE(l, V16(l) * al + (sum0 + sum1)), V16_STORE(m, mx), V16_STORE(alpha, al);
+}
+#define QK qk_4x48
+#define PV pv_4x48
+#else
+#define QK qk_4x24
+#define PV pv_4x24
+#endif
 
 /* ---- one query tile ------------------------------------------------------------ */
 
@@ -322,11 +445,11 @@ static void tile_keys(const LdmAttnShape *s, const KVTile *kv, int i0, int j0, i
             const float *qt = t->qt + (size_t)c0 * MQ;
             float *sj = st + (size_t)j * MQ;
             if (kv->packed) {
-                qk_4x24(nc, kv->k + (size_t)j * d + c0 * 4, 4, 0, 1, 2, 3, qt, sj, c0 > 0);
+                QK(nc, kv->k + (size_t)j * d + c0 * 4, 4, 0, 1, 2, 3, qt, sj, c0 > 0);
             } else {
                 long o[4];
                 for (int r = 0; r < 4; r++) o[r] = (long)(j + r < nk ? j + r : nk - 1) * s->ldk;
-                qk_4x24(nc, kv->k + c0, 1, o[0], o[1], o[2], o[3], qt, sj, c0 > 0);
+                QK(nc, kv->k + c0, 1, o[0], o[1], o[2], o[3], qt, sj, c0 > 0);
             }
         }
     }
@@ -338,6 +461,9 @@ static void tile_keys(const LdmAttnShape *s, const KVTile *kv, int i0, int j0, i
                 if (j0 + j > i0 + i) st[(size_t)j * MQ + i] = -INFINITY;
 
     /* online softmax: new max, rescale factor, probabilities, sums */
+#if LDM_PANEL_UNITS == 6
+    for (int w = 0; w < MQ; w += 16) softmax_16(st + w, nk, t->m + w, t->l + w, t->alpha + w);
+#else
     for (int w = 0; w < MQ; w += 8) {
         float *sw = st + w;
         const __m256 mold = _mm256_load_ps(t->m + w);
@@ -364,16 +490,17 @@ static void tile_keys(const LdmAttnShape *s, const KVTile *kv, int i0, int j0, i
         const __m256 l = _mm256_fmadd_ps(_mm256_load_ps(t->l + w), al, _mm256_add_ps(sum0, sum1));
         _mm256_store_ps(t->l + w, l), _mm256_store_ps(t->m + w, mx), _mm256_store_ps(t->alpha + w, al);
     }
+#endif
 
     /* OT = OT * alpha + V^T PT over blocks of 4 channels (in place: the
      * last channel repeated to fill a block) */
     for (int c = 0; c < dv; c += 4) {
         if (kv->packed) {
-            pv_4x24(nk, kv->v + (size_t)c * nkt, 4, 0, 1, 2, 3, st, t->alpha, t->ot + (size_t)c * MQ);
+            PV(nk, kv->v + (size_t)c * nkt, 4, 0, 1, 2, 3, st, t->alpha, t->ot + (size_t)c * MQ);
         } else {
             const long o1 = c + 1 < dv ? c + 1 : dv - 1, o2 = c + 2 < dv ? c + 2 : dv - 1;
             const long o3 = c + 3 < dv ? c + 3 : dv - 1;
-            pv_4x24(nk, kv->v, s->ldv, c, o1, o2, o3, st, t->alpha, t->ot + (size_t)c * MQ);
+            PV(nk, kv->v, s->ldv, c, o1, o2, o3, st, t->alpha, t->ot + (size_t)c * MQ);
         }
     }
 }
@@ -437,13 +564,13 @@ void ldm_attention(const LdmAttnShape *s, const float *q, const float *k, const 
         return;
     }
     char *base = (char *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-    const size_t per_thread = thread_bytes(s);
+    const size_t per_thread = thread_bytes(s, MQ);
     const int nqt = (s->Tq + MQ - 1) / MQ;
     int nt = omp_get_max_threads();
-    if (nt > ATTN_MAX_THREADS) nt = ATTN_MAX_THREADS;
+    if (nt > scratch_slots(s)) nt = scratch_slots(s);
     /* group query tiles, but keep at least 4 work items per thread */
     const long heads = (long)s->B * s->H;
-    int ng = max_group(s);
+    int ng = max_group(s, MQ);
     while (ng > 1 && heads * ((nqt + ng - 1) / ng) < 4L * nt) ng--;
     const int ngroups = (nqt + ng - 1) / ng;
     const long items = heads * ngroups;
