@@ -31,6 +31,9 @@ typedef struct LdmW {
 /* Call once before any kernel (sets OpenBLAS, used by `matmul`, to one thread). */
 void ldm_kernels_init(void);
 
+/* Which micro-kernels this build runs, e.g. "AVX-512 (4x48)" (for reports). */
+const char *ldm_kernels_isa(void);
+
 /* Widen n weights starting at element `off` into dst (float32). */
 void ldm_w_to_f32(LdmW w, size_t off, size_t n, float *dst);
 

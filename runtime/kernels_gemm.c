@@ -310,6 +310,16 @@ static void run(const Gemm *g) {
 
 /* ---- entry points -------------------------------------------------------------- */
 
+const char *ldm_kernels_isa(void) {
+#if LDM_PANEL_UNITS == 6 && defined(__AVX512F__)
+    return "AVX-512 (4x48 GEMM and Winograd, 48-query attention)";
+#elif LDM_PANEL_UNITS == 6
+    return "AVX-512 kernels emulated with AVX2 (WIDE=1 test build)";
+#else
+    return "AVX2+FMA (4x24 GEMM and Winograd, 24-query attention)";
+#endif
+}
+
 void ldm_gemm_norm(int M, int N, int K, const float *A, int lda, const LdmRowNorm *norm, LdmW B, size_t b_off, int ldb,
                    int trans_b, float *C, int ldc, int accumulate) {
     Gemm g = {M, N, K, {{A, LDM_W_F32}, 0, lda, SRC_ROWS, norm}, {B, b_off, ldb, trans_b ? SRC_COLS : SRC_ROWS, NULL},

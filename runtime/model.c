@@ -8,6 +8,8 @@
  * safetensors file, outputs by name to another.
  */
 #include <math.h>
+#include <omp.h>
+#include <stdio.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <stdlib.h>
@@ -268,6 +270,7 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
     int wrc = outputs ? st_writer_save(sw, outputs) : 0;
     st_writer_free(sw);
     if (wrc != 0) goto done;
+    fprintf(stderr, "%s: kernels %s, %d threads\n", m->name, ldm_kernels_isa(), omp_get_max_threads());
     fprintf(stderr, "%s: load %.3f s, forward %.4f s (median of %d), %.2f GFLOP/s, arena %.1f MiB, peak RSS %.1f MiB\n",
             m->name, t_load, med, repeat, med > 0 ? m->flops / med / 1e9 : 0.0, (double)m->arena_bytes / 1048576.0,
             (double)ldm_peak_rss() / 1048576.0);

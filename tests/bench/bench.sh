@@ -33,7 +33,10 @@ run() { # name graph res batch repeat
     stats=$($LDMC models/sd1/$graph.graph --config $CONFIG -D H=$res -D W=$res -D B=$batch -o $exe --stats 2>&1 | grep -o 'naive [0-9.]* MiB' || true)
     local s0 s1 line
     s0=$(sgemm)
-    line=$($exe --weights "$CKPT" --random-inputs 1 --repeat $rep 2>&1 | grep 'forward')
+    local out
+    out=$($exe --weights "$CKPT" --random-inputs 1 --repeat $rep 2>&1)
+    line=$(echo "$out" | grep 'forward')
+    [ -n "$KERNELS_SHOWN" ] || { echo "$out" | grep -o 'kernels .*' | sed 's/^/  /'; KERNELS_SHOWN=1; }
     s1=$(sgemm)
     # "<g>: load X s, forward T s (median of N), R GFLOP/s, arena A MiB, peak RSS P MiB"
     local t r a p
