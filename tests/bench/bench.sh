@@ -36,7 +36,7 @@ run() { # name graph res batch repeat
     local out
     out=$($exe --weights "$CKPT" --random-inputs 1 --repeat $rep 2>&1)
     line=$(echo "$out" | grep 'forward')
-    [ -n "$KERNELS_SHOWN" ] || { echo "$out" | grep -o 'kernels .*' | sed 's/^/  /'; KERNELS_SHOWN=1; }
+    [ -n "${KERNELS_SHOWN:-}" ] || { echo "$out" | grep -o 'kernels .*' | sed 's/^/  /'; KERNELS_SHOWN=1; }
     s1=$(sgemm)
     # "<g>: load X s, forward T s (median of N), R GFLOP/s, arena A MiB, peak RSS P MiB"
     local t r a p
