@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
 #include "ldmc.h"
 #include "testutil.h"
 
@@ -879,6 +880,45 @@ START_TEST(test_build_defines) {
 }
 END_TEST
 
+/* Which kernel each convolution gets: Winograd for a 3x3, stride 1, pad 1
+ * conv from 4 tiles of 4x4 per sample (an 8x8 map, or 5x5) on, whatever
+ * the batch; im2col below that, for strided convs and for other padding;
+ * pointwise for 1x1; direct for at most 8 output channels. */
+START_TEST(test_conv_algo_choice) {
+    Built b = build("graph algos {\n"
+                    "    input a: f32[2, 16, 4, 4];\n"
+                    "    input c: f32[2, 16, 5, 5];\n"
+                    "    input d: f32[1, 16, 8, 8];\n"
+                    "    input e: f32[2, 16, 16, 16];\n"
+                    "    let w = weight(\"w\", [16, 16, 3, 3]);\n"
+                    "    let b = weight(\"b\", [16]);\n"
+                    "    output y4 = conv2d(a, w, b, pad=1);\n"
+                    "    output y5 = conv2d(c, w, b, pad=1);\n"
+                    "    output y8 = conv2d(d, w, b, pad=1);\n"
+                    "    output y16 = conv2d(e, w, b, pad=1);\n"
+                    "    output s2 = conv2d(e, w, b, stride=2, pad=1);\n"
+                    "    output p0 = conv2d(e, w, b);\n"
+                    "    output pw = conv2d(e, weight(\"w1\", [16, 16, 1, 1]), b);\n"
+                    "    output few = conv2d(e, weight(\"w8\", [8, 16, 3, 3]), weight(\"b8\", [8]), pad=1);\n"
+                    "}\n");
+    run_driver_passes(b.g);
+    static const struct {
+        const char *out;
+        int algo;
+    } want[] = {
+        {"y4", LDM_CONV_IM2COL},  {"y5", LDM_CONV_WINOGRAD}, {"y8", LDM_CONV_WINOGRAD},  {"y16", LDM_CONV_WINOGRAD},
+        {"s2", LDM_CONV_IM2COL},  {"p0", LDM_CONV_IM2COL},   {"pw", LDM_CONV_POINTWISE}, {"few", LDM_CONV_DIRECT},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+        const Node *n = output_node(b.g, want[i].out);
+        ck_assert_ptr_nonnull(n);
+        ck_assert_msg(n->op == OPK_CONV2D, "%s: op %d", want[i].out, n->op);
+        ck_assert_msg(n->algo == want[i].algo, "%s: algo %d, want %d", want[i].out, n->algo, want[i].algo);
+    }
+    built_free(&b);
+}
+END_TEST
+
 /* dump_graph / dump_plan / dump_dot of a small graph, written by hand. */
 START_TEST(test_dumps) {
     Built b = build("graph small {\n"
@@ -953,6 +993,7 @@ Suite *suite_passes(void) {
     tcase_add_test(fe, test_parse_errors);
     tcase_add_test(fe, test_build_defines);
     tcase_add_test(fe, test_dumps);
+    tcase_add_test(fe, test_conv_algo_choice);
     suite_add_tcase(s, fe);
     return s;
 }

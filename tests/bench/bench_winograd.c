@@ -99,6 +99,9 @@ int main(int argc, char **argv) {
     static const int shapes[][5] = {
         {2, 320, 64, 64, 320},  {2, 640, 32, 32, 640},  {2, 1280, 16, 16, 1280},
         {1, 512, 256, 256, 512}, {1, 256, 512, 512, 256}, {1, 128, 512, 512, 128},
+        /* the UNet's low-resolution levels (im2col by default: few tiles) */
+        {2, 1280, 8, 8, 1280},  {2, 2560, 8, 8, 1280},  {2, 1280, 4, 4, 1280},  {2, 2560, 4, 4, 1280},
+        {1, 1280, 8, 8, 1280},  {4, 1280, 8, 8, 1280},
     };
     int bt = getenv("BENCH_BLAS_THREADS") ? atoi(getenv("BENCH_BLAS_THREADS")) : 2;
     Sgemm sg;
