@@ -130,17 +130,34 @@ static inline void kern_4x16(int kc, const float *a, const float *b, float *rest
         }
 }
 
-/* One vector of tiles (blocks of 8 tiles or fewer only): plain C. */
+/* One vector of tiles (blocks of 8 tiles or fewer only). With 4
+ * accumulators the loop waits on the FMA latency (one FMA per cycle where
+ * two could issue), so even and odd k go to separate accumulators, summed
+ * at the end. The empty asm keeps each B vector in a register (otherwise
+ * gcc folds its load into all 4 FMAs). */
 static inline void kern_4x8(int kc, const float *a, const float *b, float *restrict c, int ldc, int acc) {
-    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
-    for (int k = 0; k < kc; k++) {
-        __m256 b0 = _mm256_loadu_ps(b + 8 * k);
-        c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 4 * k), b0, c0);
-        c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 4 * k + 1), b0, c1);
-        c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 4 * k + 2), b0, c2);
-        c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 4 * k + 3), b0, c3);
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, e0 = c0, e1 = c0, e2 = c0, e3 = c0;
+    int k = 0;
+    for (; k + 2 <= kc; k += 2, a += 8, b += 16) {
+        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+        __asm__("" : "+x"(b0), "+x"(b1));
+        c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a), b0, c0);
+        c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 1), b0, c1);
+        c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 2), b0, c2);
+        c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 3), b0, c3);
+        e0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 4), b1, e0);
+        e1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 5), b1, e1);
+        e2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 6), b1, e2);
+        e3 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 7), b1, e3);
     }
-    __m256 z[4] = {c0, c1, c2, c3};
+    if (k < kc) {
+        __m256 b0 = _mm256_loadu_ps(b);
+        c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a), b0, c0);
+        c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 1), b0, c1);
+        c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 2), b0, c2);
+        c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 3), b0, c3);
+    }
+    __m256 z[4] = {_mm256_add_ps(c0, e0), _mm256_add_ps(c1, e1), _mm256_add_ps(c2, e2), _mm256_add_ps(c3, e3)};
     for (int r = 0; r < 4; r++) {
         float *d = c + (size_t)r * ldc;
         _mm256_storeu_ps(d, acc ? _mm256_add_ps(z[r], _mm256_loadu_ps(d)) : z[r]);
