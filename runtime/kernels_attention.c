@@ -250,6 +250,25 @@ static __attribute__((noinline)) void pv_4x24(int nk, const float *v, long ldv, 
 #if LDM_PANEL_UNITS == 6
 /* The same two products over 48 queries, in 16-float vectors (AVX-512;
  * see microkernel.h for how they are tested without it). */
+/* One step of both: the 4 x 48 accumulators a00..a32 += x[o_r] * y[0..47]
+ * (x: 4 values at offsets o0..o3, broadcast; y: a row of 48 queries). */
+#define STEP_4X48(x, y)                                                                                 \
+    do {                                                                                                \
+        const float *x_ = (x), *y_ = (y);                                                               \
+        ldm_v16 y0 = V16(y_), y1 = V16(y_ + 16), y2 = V16(y_ + 32), b;                                  \
+        b = V16_SPLAT(x_[o0]), a00 += b * y0, a01 += b * y1, a02 += b * y2;                             \
+        b = V16_SPLAT(x_[o1]), a10 += b * y0, a11 += b * y1, a12 += b * y2;                             \
+        b = V16_SPLAT(x_[o2]), a20 += b * y0, a21 += b * y1, a22 += b * y2;                             \
+        b = V16_SPLAT(x_[o3]), a30 += b * y0, a31 += b * y1, a32 += b * y2;                             \
+    } while (0)
+#define STORE_4X48(p)                                                                                   \
+    do {                                                                                                \
+        V16_STORE(p, a00), V16_STORE(p + 16, a01), V16_STORE(p + 32, a02);                              \
+        V16_STORE(p + MQ, a10), V16_STORE(p + MQ + 16, a11), V16_STORE(p + MQ + 32, a12);               \
+        V16_STORE(p + 2 * MQ, a20), V16_STORE(p + 2 * MQ + 16, a21), V16_STORE(p + 2 * MQ + 32, a22);   \
+        V16_STORE(p + 3 * MQ, a30), V16_STORE(p + 3 * MQ + 16, a31), V16_STORE(p + 3 * MQ + 32, a32);   \
+    } while (0)
+
 static __attribute__((noinline)) void qk_4x48(int nc, const float *k, long ks, long o0, long o1, long o2, long o3,
                                               const float *qt, float *st, int accumulate) {
     ldm_v16 z = V16_SPLAT(0.0f);
@@ -261,18 +280,8 @@ static __attribute__((noinline)) void qk_4x48(int nc, const float *k, long ks, l
         a20 = V16(st + 2 * MQ), a21 = V16(st + 2 * MQ + 16), a22 = V16(st + 2 * MQ + 32);
         a30 = V16(st + 3 * MQ), a31 = V16(st + 3 * MQ + 16), a32 = V16(st + 3 * MQ + 32);
     }
-    for (int c = 0; c < nc; c++, k += ks) {
-        const float *qc = qt + (size_t)c * MQ;
-        ldm_v16 q0 = V16(qc), q1 = V16(qc + 16), q2 = V16(qc + 32), b;
-        b = V16_SPLAT(k[o0]), a00 += b * q0, a01 += b * q1, a02 += b * q2;
-        b = V16_SPLAT(k[o1]), a10 += b * q0, a11 += b * q1, a12 += b * q2;
-        b = V16_SPLAT(k[o2]), a20 += b * q0, a21 += b * q1, a22 += b * q2;
-        b = V16_SPLAT(k[o3]), a30 += b * q0, a31 += b * q1, a32 += b * q2;
-    }
-    V16_STORE(st, a00), V16_STORE(st + 16, a01), V16_STORE(st + 32, a02);
-    V16_STORE(st + MQ, a10), V16_STORE(st + MQ + 16, a11), V16_STORE(st + MQ + 32, a12);
-    V16_STORE(st + 2 * MQ, a20), V16_STORE(st + 2 * MQ + 16, a21), V16_STORE(st + 2 * MQ + 32, a22);
-    V16_STORE(st + 3 * MQ, a30), V16_STORE(st + 3 * MQ + 16, a31), V16_STORE(st + 3 * MQ + 32, a32);
+    for (int c = 0; c < nc; c++, k += ks) STEP_4X48(k, qt + (size_t)c * MQ);
+    STORE_4X48(st);
 }
 
 static __attribute__((noinline)) void pv_4x48(int nk, const float *v, long ldv, long o0, long o1, long o2, long o3,
@@ -282,18 +291,8 @@ static __attribute__((noinline)) void pv_4x48(int nk, const float *v, long ldv, 
     ldm_v16 a10 = V16(ot + MQ) * s0, a11 = V16(ot + MQ + 16) * s1, a12 = V16(ot + MQ + 32) * s2;
     ldm_v16 a20 = V16(ot + 2 * MQ) * s0, a21 = V16(ot + 2 * MQ + 16) * s1, a22 = V16(ot + 2 * MQ + 32) * s2;
     ldm_v16 a30 = V16(ot + 3 * MQ) * s0, a31 = V16(ot + 3 * MQ + 16) * s1, a32 = V16(ot + 3 * MQ + 32) * s2;
-    for (int j = 0; j < nk; j++) {
-        const float *pj = pt + (size_t)j * MQ, *vj = v + j * ldv;
-        ldm_v16 p0 = V16(pj), p1 = V16(pj + 16), p2 = V16(pj + 32), b;
-        b = V16_SPLAT(vj[o0]), a00 += b * p0, a01 += b * p1, a02 += b * p2;
-        b = V16_SPLAT(vj[o1]), a10 += b * p0, a11 += b * p1, a12 += b * p2;
-        b = V16_SPLAT(vj[o2]), a20 += b * p0, a21 += b * p1, a22 += b * p2;
-        b = V16_SPLAT(vj[o3]), a30 += b * p0, a31 += b * p1, a32 += b * p2;
-    }
-    V16_STORE(ot, a00), V16_STORE(ot + 16, a01), V16_STORE(ot + 32, a02);
-    V16_STORE(ot + MQ, a10), V16_STORE(ot + MQ + 16, a11), V16_STORE(ot + MQ + 32, a12);
-    V16_STORE(ot + 2 * MQ, a20), V16_STORE(ot + 2 * MQ + 16, a21), V16_STORE(ot + 2 * MQ + 32, a22);
-    V16_STORE(ot + 3 * MQ, a30), V16_STORE(ot + 3 * MQ + 16, a31), V16_STORE(ot + 3 * MQ + 32, a32);
+    for (int j = 0; j < nk; j++) STEP_4X48(v + j * ldv, pt + (size_t)j * MQ);
+    STORE_4X48(ot);
 }
 /* exp2_ps and the online softmax step of tile_keys over 16 queries, the
  * same arithmetic. Where the vectors are emulated (make WIDE=1 without
