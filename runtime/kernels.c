@@ -346,10 +346,16 @@ static void direct_pixel(const LdmConvShape *s, const float *xn, const float *w,
     }
 }
 
-#define DIRECT_ROW(NO, V)                                                          \
-    do {                                                                           \
-        for (; ox + 8 * (V) <= s->WO; ox += 8 * (V)) direct_block(s, xn, wf, yr, oy, ox, NO, V); \
-    } while (0)
+/* Output row oy in blocks of V vectors, then single vectors; returns the
+ * first column left (fewer than 8). NO and V are constants at each call,
+ * so every block is specialised. */
+static inline __attribute__((always_inline)) int direct_row(const LdmConvShape *s, const float *xn, const float *w,
+                                                            float *const *yr, int oy, const int NO, const int V) {
+    int ox = 0;
+    for (; ox + 8 * V <= s->WO; ox += 8 * V) direct_block(s, xn, w, yr, oy, ox, NO, V);
+    for (; ox + 8 <= s->WO; ox += 8) direct_block(s, xn, w, yr, oy, ox, NO, 1);
+    return ox;
+}
 
 /* y (+)= conv(x, w) for at most 8 output channels, stride 1: every output
  * row of every sample is a work item; 8-pixel vectors along the row, all
@@ -368,28 +374,16 @@ static void conv_direct(const LdmConvShape *s, const float *x, LdmW w, float *y,
                 yr[o] = y + (size_t)n * (s->O * P + s->y_gap) + (size_t)o * P + (size_t)oy * s->WO;
                 if (!acc) memset(yr[o], 0, (size_t)s->WO * sizeof(float));
             }
-            int ox = 0;
-            switch (s->O) {
-            case 1: DIRECT_ROW(1, 4); break;
-            case 2: DIRECT_ROW(2, 4); break;
-            case 3: DIRECT_ROW(3, 3); break;
-            case 4: DIRECT_ROW(4, 2); break;
-            case 5: DIRECT_ROW(5, 2); break;
-            case 6: DIRECT_ROW(6, 2); break;
-            case 7: DIRECT_ROW(7, 1); break;
-            default: DIRECT_ROW(8, 1); break;
-            }
-            for (; ox + 8 <= s->WO; ox += 8) {
-                switch (s->O) {
-                case 1: direct_block(s, xn, wf, yr, oy, ox, 1, 1); break;
-                case 2: direct_block(s, xn, wf, yr, oy, ox, 2, 1); break;
-                case 3: direct_block(s, xn, wf, yr, oy, ox, 3, 1); break;
-                case 4: direct_block(s, xn, wf, yr, oy, ox, 4, 1); break;
-                case 5: direct_block(s, xn, wf, yr, oy, ox, 5, 1); break;
-                case 6: direct_block(s, xn, wf, yr, oy, ox, 6, 1); break;
-                case 7: direct_block(s, xn, wf, yr, oy, ox, 7, 1); break;
-                default: direct_block(s, xn, wf, yr, oy, ox, 8, 1); break;
-                }
+            int ox;
+            switch (s->O) { /* vectors per block: as many as the 16 registers hold */
+            case 1: ox = direct_row(s, xn, wf, yr, oy, 1, 4); break;
+            case 2: ox = direct_row(s, xn, wf, yr, oy, 2, 4); break;
+            case 3: ox = direct_row(s, xn, wf, yr, oy, 3, 3); break;
+            case 4: ox = direct_row(s, xn, wf, yr, oy, 4, 2); break;
+            case 5: ox = direct_row(s, xn, wf, yr, oy, 5, 2); break;
+            case 6: ox = direct_row(s, xn, wf, yr, oy, 6, 2); break;
+            case 7: ox = direct_row(s, xn, wf, yr, oy, 7, 1); break;
+            default: ox = direct_row(s, xn, wf, yr, oy, 8, 1); break;
             }
             for (; ox < s->WO; ox++) direct_pixel(s, xn, wf, yr, oy, ox);
         }
