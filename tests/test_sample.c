@@ -254,19 +254,6 @@ static char *run_expect(int want_ok, const char *exe, const char *weights, ...) 
  * tensors, checkpoints and images
  * ------------------------------------------------------------------------ */
 
-/* The same for an integer tensor. */
-static int32_t *read_i32(const char *path, const char *name, int64_t *n) {
-    StFile f;
-    ck_assert_msg(st_open(&f, path) == 0, "%s", ldm_last_error());
-    const StTensor *t = st_find(&f, name);
-    ck_assert_msg(t, "%s: no tensor '%s'", path, name);
-    int32_t *v = ldm_xmalloc((size_t)t->numel * sizeof *v + 4);
-    ck_assert_msg(st_to_i32(t, v) == 0, "%s", ldm_last_error());
-    if (n) *n = t->numel;
-    st_close(&f);
-    return v;
-}
-
 /* Write n floats as tensor `noise` of shape (ndim, shape) to a new file. */
 static void write_noise(const char *dst, const float *x, int ndim, const int64_t *shape) {
     StWriter *w = st_writer_new();

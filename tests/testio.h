@@ -8,18 +8,22 @@
 #ifndef LDM_TESTIO_H
 #define LDM_TESTIO_H
 
-/* Tensor `name` of file `path` as float32 (malloc'd), numel in *n. */
-static inline float *read_f32(const char *path, const char *name, int64_t *n) {
+/* Tensor `name` of file `path` as float32, or as int32 when as_i32
+ * (malloc'd), numel in *n. */
+static inline void *read_tensor(const char *path, const char *name, int64_t *n, int as_i32) {
     StFile f;
     ck_assert_msg(st_open(&f, path) == 0, "%s", ldm_last_error());
     const StTensor *t = st_find(&f, name);
     ck_assert_msg(t, "%s: no tensor '%s'", path, name);
-    float *v = ldm_xmalloc((size_t)t->numel * sizeof *v + 4);
-    ck_assert_msg(st_to_f32(t, v) == 0, "%s", ldm_last_error());
+    void *v = ldm_xmalloc((size_t)t->numel * 4 + 4);
+    ck_assert_msg((as_i32 ? st_to_i32(t, v) : st_to_f32(t, v)) == 0, "%s", ldm_last_error());
     if (n) *n = t->numel;
     st_close(&f);
     return v;
 }
+
+static inline float *read_f32(const char *path, const char *name, int64_t *n) { return read_tensor(path, name, n, 0); }
+static inline int32_t *read_i32(const char *path, const char *name, int64_t *n) { return read_tensor(path, name, n, 1); }
 
 static inline double max_abs_diff(const float *a, const float *b, int64_t n) {
     double m = 0;
