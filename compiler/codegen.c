@@ -33,14 +33,14 @@ static LdmConvShape conv_shape(const Node *n) {
 
 static LdmAttnShape attn_shape(const Node *n);
 
+/* The rows of linear+geglu's product before gating are padded by 16
+ * floats: rows of 2560 or 10240 floats (SD's feed-forward widths) are a
+ * multiple of 4 KB apart and would all fall into the same cache sets. */
+static int64_t geglu_ld(int64_t O) { return O + 16; }
+
 /* linear+geglu runs in blocks of rows, so the product before gating (twice
  * the result) needs a scratch of about 8 MB instead of the whole product
  * (80 MB in SD's UNet at 512x512). */
-/* Its rows are padded by 16 floats: rows of 2560 or 10240 floats (SD's
- * feed-forward widths) are a multiple of 4 KB apart and would all fall
- * into the same cache sets. */
-static int64_t geglu_ld(int64_t O) { return O + 16; }
-
 static int64_t geglu_rows(int64_t M, int64_t O) {
     int64_t r = ((int64_t)2 << 20) / (O > 0 ? O : 1);
     r = r < 64 ? 64 : r & ~(int64_t)7;

@@ -15,7 +15,8 @@
  *
  * pass_select_kernels picks the convolution algorithm per node from its
  * shape (direct for at most 8 output channels, pointwise for 1x1,
- * Winograd where a sample has enough 4x4 tiles, else im2col) and marks weights that some kernel reads as plain float32.
+ * Winograd where a sample has enough 4x4 tiles, else im2col) and marks
+ * weights that some kernel reads as plain float32.
  */
 #include <stdlib.h>
 #include <string.h>

@@ -22,9 +22,9 @@
  * through their row strides, or from a packed copy), and the rescaling of OT
  * is folded into the load of the accumulators. Both products run on a
  * 4 x MQ register block (12 accumulators): MQ = 24 queries with AVX2 +
- * FMA, 48 with AVX-512 (where the softmax also runs on 16 lanes). Tails: keys and
- * value channels are padded to multiples of 4 (repeated or zero rows,
- * results discarded), queries by zero columns of QT.
+ * FMA, 48 with AVX-512 (where the softmax also runs on 16 lanes). Tails:
+ * keys and value channels are padded to multiples of 4 (repeated or zero
+ * rows, results discarded), queries by zero columns of QT.
  *
  * Work items, spread over the cores, are (batch, head, group of query
  * tiles): a group shares each key tile, packed once into a dense

@@ -43,9 +43,9 @@
  * in panels of units cut by ldm_panel (24, 16 or 8 tiles; also 48 and 32
  * with AVX-512), [C][width] each, so that the GEMM micro-kernel (4 output
  * channels x a panel) reads both operands contiguously. The panel widths
- * do not change the plan or the scratch size. All scratch is in the caller's buffer and independent of
- * the thread count (the compiler plans it ahead of time). x must not
- * alias y; the residual may.
+ * do not change the plan or the scratch size. All scratch is in the
+ * caller's buffer and independent of the thread count (the compiler plans
+ * it ahead of time). x must not alias y; the residual may.
  */
 #include <immintrin.h>
 #include <omp.h>
@@ -367,7 +367,6 @@ static void phase_input(const WgCtx *cx, const WgBuf *bf, long bt0, long nb, int
 /* ------------------------------------------------------------------------
  * P2: weight transform
  * ------------------------------------------------------------------------ */
-
 
 /* U' = G' g G'^T for 4 output channels (rows base + o*ostride, o < no) and
  * channels [0, nc), 9 floats each. A vector holds a channel pair x the 4
