@@ -18,6 +18,7 @@
 #include <yaml.h>
 
 #include "config.h"
+#include "ldmc.h"
 #include "util.h"
 
 #define CMDLINE "<command line>"
@@ -376,31 +377,20 @@ typedef struct Loader {
 static int mark_line(yaml_mark_t m) { return (int)m.line + 1; }
 static int mark_col(yaml_mark_t m) { return (int)m.column + 1; }
 
-/* "\n NNNNN | source line\n       | ^": the line of the input and a caret
- * under column col (in characters), laid out as the DSL's diagnostics. */
+/* The source excerpt (diag_excerpt) of line `line` of the input, with a
+ * caret under column col (libyaml counts characters); empty where there is
+ * no such line. */
 static const char *excerpt(const Loader *L, int line, int col, char *buf, size_t cap) {
     buf[0] = 0;
-    if (!L->text || cap < 32) return buf;
+    if (!L->text) return buf;
     size_t off = 0;
     for (int l = 1; l < line && off < L->len; off++)
         if (L->text[off] == '\n') l++;
-    if (off > L->len || (off == L->len && line > 1 && (L->len == 0 || L->text[L->len - 1] != '\n'))) return buf;
+    if (off == L->len && line > 1 && (L->len == 0 || L->text[L->len - 1] != '\n')) return buf;
     size_t end = off;
     while (end < L->len && L->text[end] != '\n' && L->text[end] != '\r') end++;
     int len = end - off > 200 ? 200 : (int)(end - off);
-    int w = snprintf(buf, cap, "\n %5d | %.*s\n       | ", line, len, (const char *)L->text + off);
-    if (w < 0 || (size_t)w >= cap) {
-        buf[0] = 0;
-        return buf;
-    }
-    size_t n = (size_t)w, k = off;
-    for (int c = 1; c < col && k < end && n + 2 < cap; c++) {
-        buf[n++] = L->text[k] == '\t' ? '\t' : ' ';
-        k++;
-        while (k < end && (L->text[k] & 0xC0) == 0x80) k++;
-    }
-    buf[n++] = '^';
-    buf[n] = 0;
+    diag_excerpt(buf, cap, 0, line, (const char *)L->text + off, len, col, 1, 1);
     return buf;
 }
 

@@ -84,13 +84,30 @@ static void format_diag(char *out, size_t cap, SrcLoc loc, const char *kind, con
     if (n >= cap) return;
     int len;
     const char *line = src_line(loc.file, loc.line, &len);
+    diag_excerpt(out, cap, n, loc.line, line, len, loc.col, loc.end_col > loc.col ? loc.end_col - loc.col : 1, 0);
+}
+
+size_t diag_excerpt(char *out, size_t cap, size_t n, int line_no, const char *line, int len, int col, int width,
+                    int chars) {
     if (len > 200) len = 200;
-    n += snprintf(out + n, cap - n, "\n %5d | %.*s\n       | ", loc.line, len, line);
-    for (int i = 1; i < loc.col && n + 2 < cap; i++) out[n++] = line[i - 1] == '\t' ? '\t' : ' ';
+    int w = snprintf(out + n, cap - n, "\n %5d | %.*s\n       | ", line_no, len, line);
+    if (w < 0 || (size_t)w >= cap - n) {
+        out[n] = 0;
+        return n;
+    }
+    n += (size_t)w;
+    /* the caret's indent copies the line's tabs, so it lines up in any
+     * tab width; a column counted in characters skips UTF-8 continuation bytes */
+    int k = 0;
+    for (int c = 1; c < col && k < len && n + 2 < cap; c++) {
+        out[n++] = line[k] == '\t' ? '\t' : ' ';
+        k++;
+        while (chars && k < len && (line[k] & 0xC0) == 0x80) k++;
+    }
     if (n + 2 < cap) out[n++] = '^';
-    int width = loc.end_col > loc.col ? loc.end_col - loc.col : 1;
     for (int i = 1; i < width && n + 2 < cap; i++) out[n++] = '~';
-    out[n < cap ? n : cap - 1] = 0;
+    out[n] = 0;
+    return n;
 }
 
 static _Thread_local char diag_buf[16384];

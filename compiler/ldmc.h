@@ -51,6 +51,13 @@ void src_free(SrcFile *f);
 int diag_error(SrcLoc loc, const char *fmt, ...) LDM_PRINTF(2, 3);
 /* Append a "note:" (e.g. the call chain) to the last error. */
 void diag_note(SrcLoc loc, const char *fmt, ...) LDM_PRINTF(2, 3);
+/* Append to out (a string of n bytes, capacity cap) the source excerpt of
+ * a diagnostic: "\n NNNNN | <line>\n       | " and a caret under column
+ * col, then width - 1 '~'. line is the line's text (len bytes, no newline);
+ * col counts bytes, or characters (UTF-8 sequences) when chars. Returns
+ * the new length. */
+size_t diag_excerpt(char *out, size_t cap, size_t n, int line_no, const char *line, int len, int col, int width,
+                    int chars);
 /* "file:line" of a location ("<builtin>" when none), in a static buffer
  * rotated among a few slots so several can appear in one printf. */
 const char *loc_str(SrcLoc loc);
