@@ -84,11 +84,10 @@ static inline void store_4x8_transposed(const __m256 *r, float *dst) {
     _mm256_storeu_ps(dst + 24, _mm256_permute2f128_ps(u2, u3, 0x31));
 }
 
-static void pack_a(const GemmSrc *a, int M, int i0, int mc, int k0, int kc, float *dst) {
+static void pack_a(const GemmSrc *a, int i0, int mc, int k0, int kc, float *dst) {
     const LdmRowNorm *nm = a->norm;
     for (int p = 0; p < mc; p += MR, dst += (size_t)MR * kc) {
         int rows = mc - p < MR ? mc - p : MR;
-        if (i0 + p + rows > M) rows = M - i0 - p;
         size_t base[MR];
         float mean[MR], rstd[MR];
         for (int r = 0; r < MR; r++) {
@@ -134,7 +133,7 @@ static inline void panel_at(int nc, int j, int *w, int *cols) {
     *cols = nc - j < *w ? nc - j : *w;
 }
 
-static void pack_b(const GemmSrc *b, int N, int j0, int nc, int k0, int kc, float *dst) {
+static void pack_b(const GemmSrc *b, int j0, int nc, int k0, int kc, float *dst) {
     if (b->layout == SRC_ROWS) {
         /* row by row of B, each read once from start to end (rows of a
          * large power-of-two width would all fall into the same cache
@@ -157,7 +156,6 @@ static void pack_b(const GemmSrc *b, int N, int j0, int nc, int k0, int kc, floa
     /* B[k][n] = W[n][k]: 8 rows of W x 8 k at a time, transposed */
     for (int j = 0, w, cols; j < nc; j += w) {
         panel_at(nc, j, &w, &cols);
-        if (j0 + j + cols > N) cols = N - j0 - j;
         int k = 0;
         if (cols == w)
             for (; k + 8 <= kc; k += 8)
@@ -250,10 +248,10 @@ static void run_block(const Gemm *g, int m0, int m1, int n0, int n1) {
         for (int pc = 0; pc < g->K; pc += kstep) {
             int kc = g->K - pc < kstep ? g->K - pc : kstep;
             int acc = pc > 0 || g->accumulate;
-            pack_b(&g->b, g->N, jc, nc, pc, kc, bp);
+            pack_b(&g->b, jc, nc, pc, kc, bp);
             for (int ic = m0; ic < m1; ic += MC) {
                 int mc = m1 - ic < MC ? m1 - ic : MC;
-                pack_a(&g->a, g->M, ic, mc, pc, kc, ap);
+                pack_a(&g->a, ic, mc, pc, kc, ap);
                 /* the block after this one: next rows, else the next K block */
                 APrefetch pf = {NULL, 0, 0, 0, 0, 0};
                 if (ic + MC < m1) pf = a_prefetch(g, ic + MC, m1 - ic - MC < MC ? m1 - ic - MC : MC, pc, kc);
