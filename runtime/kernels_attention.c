@@ -171,12 +171,7 @@ static inline __m256 exp2_ps(__m256 t) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-/* ---- micro-kernels ------------------------------------------------------------ */
-
-
-/* Keep a loaded vector in a register: without this gcc folds the load into
- * each of the 4 FMAs that use it, and the loop becomes load-bound. */
-#define IN_REG(x) __asm__("" : "+x"(x))
+/* ---- micro-kernels (IN_REG: microkernel.h) ------------------------------------ */
 
 #if LDM_PANEL_UNITS == 3
 /* st[r][0..23] (+)= sum_{c < nc} k[c*ks + o_r] qt[c][0..23] for 4 keys r whose

@@ -28,6 +28,10 @@ static inline void transpose8(__m256 r[8]) {
     r[3] = _mm256_permute2f128_ps(u3, u7, 0x20), r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
+/* Keep a loaded vector in a register: without this gcc folds the load into
+ * each of the 4 FMAs that use it, and the loop becomes load-bound. */
+#define IN_REG(x) __asm__("" : "+x"(x))
+
 /* 4 rows of A broadcast (output channels or tokens), w columns of B in
  * vectors (tiles, pixels or features). This loop is where the time goes. */
 
@@ -133,14 +137,14 @@ static inline void kern_4x16(int kc, const float *a, const float *b, float *rest
 /* One vector of tiles (blocks of 8 tiles or fewer only). With 4
  * accumulators the loop waits on the FMA latency (one FMA per cycle where
  * two could issue), so even and odd k go to separate accumulators, summed
- * at the end. The empty asm keeps each B vector in a register (otherwise
- * gcc folds its load into all 4 FMAs). */
+ * at the end. */
 static inline void kern_4x8(int kc, const float *a, const float *b, float *restrict c, int ldc, int acc) {
     __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, e0 = c0, e1 = c0, e2 = c0, e3 = c0;
     int k = 0;
     for (; k + 2 <= kc; k += 2, a += 8, b += 16) {
         __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-        __asm__("" : "+x"(b0), "+x"(b1));
+        IN_REG(b0);
+        IN_REG(b1);
         c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a), b0, c0);
         c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 1), b0, c1);
         c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 2), b0, c2);
