@@ -75,6 +75,10 @@ void ldm_group_norm(int N, int C, long S, int G, double eps, const float *x, con
  * for x[M, 2D] with rows ldx floats apart and bias[2D] or NULL (GEGLU, erf GELU). */
 void ldm_geglu(int M, int D, const float *x, long ldx, const float *bias, float *y);
 
+/* y[b, c, r] = x[b, r, c] for x[B, R, C]: a permute (0, 2, 1), e.g. feature
+ * maps [B, C, H*W] to tokens [B, H*W, C] and back. */
+void ldm_transpose(int B, int R, int C, const float *x, float *y);
+
 /* ---- convolution --------------------------------------------------------------
  * y[N, O, HO, WO] = conv2d(x[N, C, H, W], w[O, C, KH, KW]) + epilogue, any
  * stride and zero padding (top, bottom, left, right). The kernel picks

@@ -1334,6 +1334,7 @@ static void make_shape(Family *F) {
     add_f32(F, T_INPUT, "t", -2, 2, SHAPE(2, 7, 4));
     add_f32(F, T_INPUT, "u", -2, 2, SHAPE(2, 3, 1, 4, 5));
     add_i32(F, T_INPUT, "ids", -1000, 1000, SHAPE(2, 7, 5));
+    add_f32(F, T_INPUT, "m", -2, 2, SHAPE(2, 20, 37)); /* 8 x 8 blocks and both edges */
 }
 
 static Family shp = {.name = "shape", .make = make_shape, .n_var = 1, .wdtype = {ST_F32}};
@@ -1429,6 +1430,9 @@ static void check_permute(int v, const char *name, const char *x, const int *per
     expect_exact(&R, name, &r, i32);
     ref_free(&r);
 }
+
+START_TEST(test_permute_blocks) { check_permute(_i, "tokens_big", "m", (int[]){0, 2, 1}, 0); }
+END_TEST
 
 START_TEST(test_permute_rank4) { check_permute(_i, "perm4", "x", (int[]){0, 2, 3, 1}, 0); }
 END_TEST
@@ -2115,6 +2119,7 @@ Suite *suite_ops(void) {
     ADD(tc, shp, test_concat_axis0);
     ADD(tc, shp, test_reshape);
     ADD(tc, shp, test_permute_to_tokens);
+    ADD(tc, shp, test_permute_blocks);
     ADD(tc, shp, test_permute_rank4);
     ADD(tc, shp, test_permute_rank5);
     ADD(tc, shp, test_permute_i32);
