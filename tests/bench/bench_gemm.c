@@ -30,6 +30,11 @@
 
 void openblas_set_num_threads(int n);
 
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
 static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -62,15 +67,18 @@ static void one(const char *what, int wl, int M, int N, int K, int type) {
     }
     void *A = As[0], *B = Bs[0];
     float *C = ldm_aligned_alloc((size_t)M * N * sizeof(float));
-    double best = 1e9, bestb = 1e9;
-    for (int r = 0; r < 5 * copies; r++) {
+    double best = 1e9, bestb = 1e9, ts[4096];
+    int nrep = 5 * copies;
+    for (int r = 0; r < nrep; r++) {
         A = As[r % copies], B = Bs[r % copies];
         double t = now();
         if (wl) ldm_gemm_wl(M, N, K, (LdmW){A, type}, 0, K, B, N, C, N, 0);
         else ldm_gemm_norm(M, N, K, A, K, NULL, (LdmW){B, type}, 0, K, 1, C, N, 0);
         t = now() - t;
+        ts[r] = t;
         if (t < best) best = t;
     }
+    qsort(ts, (size_t)nrep, sizeof *ts, cmp_double);
     if (!type && getenv("CBLAS")) {
         openblas_set_num_threads(omp_get_max_threads());
         for (int r = 0; r < 5; r++) {
@@ -83,7 +91,7 @@ static void one(const char *what, int wl, int M, int N, int K, int type) {
         openblas_set_num_threads(1);
     }
     double f = 2.0 * M * N * K;
-    printf("%-22s M %5d N %5d K %5d  ldm %6.1f GFLOP/s", what, M, N, K, f / best / 1e9);
+    printf("%-22s M %5d N %5d K %5d  ldm %6.1f GFLOP/s (median %6.1f)", what, M, N, K, f / best / 1e9, f / ts[nrep / 2] / 1e9);
     if (bestb < 1e9) printf("   cblas %6.1f", f / bestb / 1e9);
     printf("\n");
     for (int i = 0; i < copies; i++) {
