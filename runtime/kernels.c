@@ -61,14 +61,38 @@ void ldm_w_to_f32(LdmW w, size_t off, size_t n, float *dst) {
 
 /* ---- row statistics and GEGLU ----------------------------------------------------- */
 
+static inline double hsum4d(__m256d v) {
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+
+/* Two passes in double, 8 floats at a time into two vectors of 4 doubles:
+ * the scalar loops waited on the latency of every double add, and took a
+ * quarter of the time of the GEMM they feed (8192 rows of 320). */
 void ldm_row_stats(int M, int D, const float *x, double eps, float *mean, float *rstd) {
 #pragma omp parallel for if ((long)M * D > 32768)
     for (int m = 0; m < M; m++) {
         const float *r = x + (size_t)m * D;
-        double sum = 0.0, sq = 0.0;
-        for (int i = 0; i < D; i++) sum += r[i];
-        double mu = sum / D;
-        for (int i = 0; i < D; i++) sq += (r[i] - mu) * (r[i] - mu);
+        __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+        int i = 0;
+        for (; i + 8 <= D; i += 8) {
+            __m256 v = _mm256_loadu_ps(r + i);
+            s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+            s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+        }
+        double sum = hsum4d(_mm256_add_pd(s0, s1));
+        for (int j = i; j < D; j++) sum += r[j];
+        const double mu = sum / D;
+        const __m256d mv = _mm256_set1_pd(mu);
+        s0 = s1 = _mm256_setzero_pd();
+        for (i = 0; i + 8 <= D; i += 8) {
+            __m256 v = _mm256_loadu_ps(r + i);
+            __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), mv);
+            __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), mv);
+            s0 = _mm256_fmadd_pd(d0, d0, s0), s1 = _mm256_fmadd_pd(d1, d1, s1);
+        }
+        double sq = hsum4d(_mm256_add_pd(s0, s1));
+        for (int j = i; j < D; j++) sq += (r[j] - mu) * (r[j] - mu);
         mean[m] = (float)mu;
         rstd[m] = (float)(1.0 / sqrt(sq / D + eps));
     }
