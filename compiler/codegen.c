@@ -42,8 +42,9 @@ static int64_t geglu_ld(int64_t O) { return O + 16; }
  * the result) needs a scratch of about 32 MB instead of the whole product
  * (80 MB in SD's UNet at 512x512). Every block packs the whole weight again
  * (the GEMM's B), so the blocks are not smaller: with 8 MB blocks the
- * 512x512 UNet's feed-forward layers ran 4% slower (10 blocks of 816 rows
- * for 8192 rows, 3 of 200 for 512); at 256x256 they now run in one block. */
+ * 512x512 UNet's feed-forward layers ran 4-8% slower (11 blocks of up to
+ * 816 rows for 8192 rows, 6 of 408 for 2048, 3 of 200 for 512; now 3, 2
+ * and 1); at 256x256 they now run in one block. */
 static int64_t geglu_rows(int64_t M, int64_t O) {
     int64_t r = ((int64_t)8 << 20) / (O > 0 ? O : 1);
     r = r < 64 ? 64 : r & ~(int64_t)7;
