@@ -66,35 +66,56 @@ static inline double hsum4d(__m256d v) {
     return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
 }
 
-/* Two passes in double, 8 floats at a time into two vectors of 4 doubles:
- * the scalar loops waited on the latency of every double add, and took a
- * quarter of the time of the GEMM they feed (8192 rows of 320). */
+/* Sum of n floats (and of (x - c)^2 when sq), for GroupNorm and LayerNorm:
+ * float vectors over blocks of 512, added up in double; the rest (a whole
+ * LayerNorm row of 320) in vectors of 4 doubles, never one double add
+ * after the other (that latency chain cost a quarter of the time of the
+ * 8192x320x320 GEMM a LayerNorm feeds). */
+static double sum_of(const float *x, long n, int sq, double c) {
+    double total = 0.0;
+    __m256 cv = _mm256_set1_ps((float)c);
+    long i = 0;
+    for (; i + 512 <= n; i += 512) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (long j = i; j < i + 512; j += 32) {
+            __m256 v0 = _mm256_loadu_ps(x + j), v1 = _mm256_loadu_ps(x + j + 8);
+            __m256 v2 = _mm256_loadu_ps(x + j + 16), v3 = _mm256_loadu_ps(x + j + 24);
+            if (sq) {
+                v0 = _mm256_sub_ps(v0, cv), v1 = _mm256_sub_ps(v1, cv), v2 = _mm256_sub_ps(v2, cv), v3 = _mm256_sub_ps(v3, cv);
+                a0 = _mm256_fmadd_ps(v0, v0, a0), a1 = _mm256_fmadd_ps(v1, v1, a1);
+                a2 = _mm256_fmadd_ps(v2, v2, a2), a3 = _mm256_fmadd_ps(v3, v3, a3);
+            } else {
+                a0 = _mm256_add_ps(a0, v0), a1 = _mm256_add_ps(a1, v1), a2 = _mm256_add_ps(a2, v2), a3 = _mm256_add_ps(a3, v3);
+            }
+        }
+        float f[8];
+        _mm256_storeu_ps(f, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+        for (int k = 0; k < 8; k++) total += f[k];
+    }
+    const __m256d cd = _mm256_set1_pd(c);
+    __m256d s0 = _mm256_setzero_pd(), s1 = s0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256d d0 = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), d1 = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+        if (sq) {
+            d0 = _mm256_sub_pd(d0, cd), d1 = _mm256_sub_pd(d1, cd);
+            s0 = _mm256_fmadd_pd(d0, d0, s0), s1 = _mm256_fmadd_pd(d1, d1, s1);
+        } else {
+            s0 = _mm256_add_pd(s0, d0), s1 = _mm256_add_pd(s1, d1);
+        }
+    }
+    total += hsum4d(_mm256_add_pd(s0, s1));
+    for (; i < n; i++) total += sq ? ((double)x[i] - c) * ((double)x[i] - c) : (double)x[i];
+    return total;
+}
+
 void ldm_row_stats(int M, int D, const float *x, double eps, float *mean, float *rstd) {
 #pragma omp parallel for if ((long)M * D > 32768)
     for (int m = 0; m < M; m++) {
         const float *r = x + (size_t)m * D;
-        __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
-        int i = 0;
-        for (; i + 8 <= D; i += 8) {
-            __m256 v = _mm256_loadu_ps(r + i);
-            s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
-            s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
-        }
-        double sum = hsum4d(_mm256_add_pd(s0, s1));
-        for (int j = i; j < D; j++) sum += r[j];
-        const double mu = sum / D;
-        const __m256d mv = _mm256_set1_pd(mu);
-        s0 = s1 = _mm256_setzero_pd();
-        for (i = 0; i + 8 <= D; i += 8) {
-            __m256 v = _mm256_loadu_ps(r + i);
-            __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), mv);
-            __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), mv);
-            s0 = _mm256_fmadd_pd(d0, d0, s0), s1 = _mm256_fmadd_pd(d1, d1, s1);
-        }
-        double sq = hsum4d(_mm256_add_pd(s0, s1));
-        for (int j = i; j < D; j++) sq += (r[j] - mu) * (r[j] - mu);
+        const double mu = sum_of(r, D, 0, 0.0) / D;
         mean[m] = (float)mu;
-        rstd[m] = (float)(1.0 / sqrt(sq / D + eps));
+        rstd[m] = (float)(1.0 / sqrt(sum_of(r, D, 1, mu) / D + eps));
     }
 }
 
@@ -138,33 +159,6 @@ static inline __m256 exp8(__m256 x) {
     /* n in [-126, 127]: 2^n from the exponent bits */
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
-/* Sum of n floats (and of (x - c)^2 when sq): float vectors over blocks of
- * 512, added up in double. */
-static double sum_of(const float *x, long n, int sq, double c) {
-    double total = 0.0;
-    __m256 cv = _mm256_set1_ps((float)c);
-    long i = 0;
-    for (; i + 512 <= n; i += 512) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (long j = i; j < i + 512; j += 32) {
-            __m256 v0 = _mm256_loadu_ps(x + j), v1 = _mm256_loadu_ps(x + j + 8);
-            __m256 v2 = _mm256_loadu_ps(x + j + 16), v3 = _mm256_loadu_ps(x + j + 24);
-            if (sq) {
-                v0 = _mm256_sub_ps(v0, cv), v1 = _mm256_sub_ps(v1, cv), v2 = _mm256_sub_ps(v2, cv), v3 = _mm256_sub_ps(v3, cv);
-                a0 = _mm256_fmadd_ps(v0, v0, a0), a1 = _mm256_fmadd_ps(v1, v1, a1);
-                a2 = _mm256_fmadd_ps(v2, v2, a2), a3 = _mm256_fmadd_ps(v3, v3, a3);
-            } else {
-                a0 = _mm256_add_ps(a0, v0), a1 = _mm256_add_ps(a1, v1), a2 = _mm256_add_ps(a2, v2), a3 = _mm256_add_ps(a3, v3);
-            }
-        }
-        float f[8];
-        _mm256_storeu_ps(f, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-        for (int k = 0; k < 8; k++) total += f[k];
-    }
-    for (; i < n; i++) total += sq ? ((double)x[i] - c) * ((double)x[i] - c) : (double)x[i];
-    return total;
 }
 
 void ldm_group_norm(int N, int C, long S, int G, double eps, const float *x, const float *w, const float *b, float *y,

@@ -57,7 +57,8 @@ typedef struct LdmRowNorm {
     const float *gamma, *beta;  /* [K]   (A[m] - mean[m]) * rstd[m] * gamma + beta */
 } LdmRowNorm;
 
-/* mean and 1/sqrt(var + eps) of each of the M rows of x[M, D] (biased variance, in double). */
+/* mean and 1/sqrt(var + eps) of each of the M rows of x[M, D] (biased variance;
+ * sums as GroupNorm's: float within blocks of 512, double across them). */
 void ldm_row_stats(int M, int D, const float *x, double eps, float *mean, float *rstd);
 void ldm_gemm_norm(int M, int N, int K, const float *A, int lda, const LdmRowNorm *norm, LdmW B, size_t b_off, int ldb,
                    int trans_b, float *C, int ldc, int accumulate);
