@@ -5,8 +5,9 @@
 # `ldmc randckpt` (no downloads), builds the networks for each resolution,
 # and prints per network: median time per call, achieved GFLOP/s (the
 # graph's nominal FLOPs / time), the ratio to cblas_sgemm on a 2048^3
-# product measured in this same run, the planned arena and peak RSS. Then
-# times a whole 20-step generation with the txt2img executable.
+# product measured in this same run (ROUNDS rounds, each between two sgemm
+# measurements; the median round is shown), the planned arena and peak
+# RSS. Then times a whole 20-step generation with the txt2img executable.
 set -euo pipefail
 BUILD=${BUILD:-build}
 RESOLUTIONS=${RESOLUTIONS:-"256 512"}
@@ -23,35 +24,44 @@ fi
 cc -O2 tests/bench/sgemm_rate.c -I/usr/include/x86_64-linux-gnu/openblas-pthread -lopenblas -o $B/sgemm_rate
 sgemm() { $B/sgemm_rate 2048 2 | awk '{print $2}'; }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
-echo "xsgemm: the network's nominal GFLOP/s over cblas_sgemm's on 2048^3 (2 threads), measured right before and"
-echo "right after the network (their mean; both shown): on a shared machine the two drift together."
-printf "%-12s %-9s %5s %9s %9s %8s %15s %9s %19s %8s\n" network res batch "s/call" GFLOP/s xsgemm "sgemm before/after" "arena MiB" "naive sum of buffers" "RSS MiB"
+ROUNDS=${ROUNDS:-3}
+echo "xsgemm: the network's nominal GFLOP/s over cblas_sgemm's on 2048^3 (2 threads). The machine's speed drifts by"
+echo "10-30% within minutes, so each network runs in $ROUNDS rounds, each between two sgemm measurements: a round's"
+echo "ratio uses the mean of the two around it, and the table shows the median round (time, rate and ratio) and"
+echo "the range of the sgemm rates measured."
+printf "%-12s %-9s %5s %9s %9s %8s %15s %9s %19s %8s\n" network res batch "s/call" GFLOP/s xsgemm "sgemm range" "arena MiB" "naive sum of buffers" "RSS MiB"
 run() { # name graph res batch repeat
     local name=$1 graph=$2 res=$3 batch=$4 rep=$5
     local exe=$B/$name-$res
     local stats
     stats=$($LDMC models/sd1/$graph.graph --config $CONFIG -D H=$res -D W=$res -D B=$batch -o $exe --stats 2>&1 | grep -o 'naive [0-9.]* MiB' || true)
-    local s0 s1 line
-    s0=$(sgemm)
-    local out
-    out=$($exe --weights "$CKPT" --random-inputs 1 --repeat $rep 2>&1)
-    line=$(echo "$out" | grep 'forward')
-    [ -n "${KERNELS_SHOWN:-}" ] || { echo "$out" | grep -o 'kernels .*' | sed 's/^/  /'; KERNELS_SHOWN=1; }
-    s1=$(sgemm)
-    # "<g>: load X s, forward T s (median of N), R GFLOP/s, arena A MiB, peak RSS P MiB"
-    local t r a p
-    t=$(echo "$line" | sed -E 's/.*forward ([0-9.]+) s.*/\1/')
-    r=$(echo "$line" | sed -E 's/.*, ([0-9.]+) GFLOP\/s.*/\1/')
-    a=$(echo "$line" | sed -E 's/.*arena ([0-9.]+) MiB.*/\1/')
-    p=$(echo "$line" | sed -E 's/.*peak RSS ([0-9.]+) MiB.*/\1/')
-    printf "%-12s %-9s %5s %9s %9s %8.2f %9s/%-9s %9s %19s %8s\n" "$name" "${res}x$res" "$batch" "$t" "$r" \
-        "$(echo "$r $s0 $s1" | awk '{print 2*$1/($2+$3)}')" "$s0" "$s1" "$a" "${stats#naive }" "$p"
+    local s_prev s_next out line rounds="" a p i
+    s_prev=$(sgemm)
+    local smin=$s_prev smax=$s_prev
+    for i in $(seq "$ROUNDS"); do
+        out=$($exe --weights "$CKPT" --random-inputs 1 --repeat $rep 2>&1)
+        line=$(echo "$out" | grep 'forward')
+        [ -n "${KERNELS_SHOWN:-}" ] || { echo "$out" | grep -o 'kernels .*' | sed 's/^/  /'; KERNELS_SHOWN=1; }
+        s_next=$(sgemm)
+        smin=$(echo "$smin $s_next" | awk '{print ($2 < $1) ? $2 : $1}')
+        smax=$(echo "$smax $s_next" | awk '{print ($2 > $1) ? $2 : $1}')
+        # "<g>: load X s, forward T s (median of N), R GFLOP/s, arena A MiB, peak RSS P MiB"
+        rounds="$rounds$(echo "$line" | sed -E 's/.*forward ([0-9.]+) s.*, ([0-9.]+) GFLOP\/s.*/\1 \2/') $s_prev $s_next
+"
+        a=$(echo "$line" | sed -E 's/.*arena ([0-9.]+) MiB.*/\1/')
+        p=$(echo "$line" | sed -E 's/.*peak RSS ([0-9.]+) MiB.*/\1/')
+        s_prev=$s_next
+    done
+    # the median round by its ratio (time T, rate R, sgemm before S0 and after S1)
+    local med
+    med=$(printf "%s" "$rounds" | awk '{print 2*$2/($3+$4), $1, $2}' | sort -n | awk '{r[NR]=$0} END {print r[int((NR+1)/2)]}')
+    printf "%-12s %-9s %5s %9s %9s %8.2f %15s %9s %19s %8s\n" "$name" "${res}x$res" "$batch" "$(echo "$med" | cut -d' ' -f2)" \
+        "$(echo "$med" | cut -d' ' -f3)" "$(echo "$med" | cut -d' ' -f1)" "$smin-$smax" "$a" "${stats#naive }" "$p"
 }
 for res in $RESOLUTIONS; do
-    rep=5; [ "$res" -ge 512 ] && rep=3
-    run clip_text clip_text "$res" 1 $rep
-    run unet unet "$res" 2 $rep
-    run vae_decoder vae_decoder "$res" 1 $rep
+    run clip_text clip_text "$res" 1 3
+    run unet unet "$res" 2 3
+    run vae_decoder vae_decoder "$res" 1 3
 done
 last=${RESOLUTIONS##* }
 if make -s BUILD=$BUILD txt2img CONFIG=$CONFIG H=$last W=$last >/dev/null 2>&1 && [ -x $BUILD/txt2img-${last}x$last ]; then
