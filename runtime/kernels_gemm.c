@@ -84,6 +84,23 @@ static inline void store_4x8_transposed(const __m256 *r, float *dst) {
     _mm256_storeu_ps(dst + 24, _mm256_permute2f128_ps(u2, u3, 0x31));
 }
 
+/* 4 whole rows at base[] without LayerNorm, 8 k at a time, for one weight
+ * type: inlined once per type, so the loop has no branch on the type and
+ * keeps the 4 rows in registers (the generic loop below, with its
+ * per-element branches, left the convolutions' few-column products
+ * waiting on the packing: 1280 x 32 x 11520 ran at 70 GFLOP/s instead of 95). */
+static inline __attribute__((always_inline)) int pack_a_plain(const void *w, LdmWType type, const size_t *base,
+                                                               int k0, int kc, float *dst) {
+    const LdmW src = {w, type};
+    int k = 0;
+    for (; k + 8 <= kc; k += 8) {
+        __m256 v[MR];
+        for (int r = 0; r < MR; r++) v[r] = load8(src, base[r] + (size_t)(k0 + k));
+        store_4x8_transposed(v, dst + (size_t)k * MR);
+    }
+    return k;
+}
+
 static void pack_a(const GemmSrc *a, int i0, int mc, int k0, int kc, float *dst) {
     const LdmRowNorm *nm = a->norm;
     for (int p = 0; p < mc; p += MR, dst += (size_t)MR * kc) {
@@ -97,7 +114,13 @@ static void pack_a(const GemmSrc *a, int i0, int mc, int k0, int kc, float *dst)
             rstd[r] = nm ? nm->rstd[i] : 1.0f;
         }
         int k = 0;
-        if (rows == MR) {
+        if (rows == MR && !nm) {
+            switch (a->w.type) {
+            case LDM_W_F16: k = pack_a_plain(a->w.p, LDM_W_F16, base, k0, kc, dst); break;
+            case LDM_W_BF16: k = pack_a_plain(a->w.p, LDM_W_BF16, base, k0, kc, dst); break;
+            default: k = pack_a_plain(a->w.p, LDM_W_F32, base, k0, kc, dst); break;
+            }
+        } else if (rows == MR) {
             for (; k + 8 <= kc; k += 8) {
                 __m256 v[MR];
                 for (int r = 0; r < MR; r++) {
