@@ -101,6 +101,25 @@ static inline __attribute__((always_inline)) int pack_a_plain(const void *w, Ldm
     return k;
 }
 
+/* The same for float rows layer-normalised on the way (LayerNorm fused
+ * into a linear layer, whose activations are always float). */
+static int pack_a_norm(const float *x, const size_t *base, const float *mean, const float *rstd,
+                       const LdmRowNorm *nm, int k0, int kc, float *dst) {
+    __m256 mu[MR], rs[MR];
+    for (int r = 0; r < MR; r++) mu[r] = _mm256_set1_ps(mean[r]), rs[r] = _mm256_set1_ps(rstd[r]);
+    int k = 0;
+    for (; k + 8 <= kc; k += 8) {
+        const __m256 ga = _mm256_loadu_ps(nm->gamma + k0 + k), be = _mm256_loadu_ps(nm->beta + k0 + k);
+        __m256 v[MR];
+        for (int r = 0; r < MR; r++) {
+            __m256 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + base[r] + (size_t)(k0 + k)), mu[r]), rs[r]);
+            v[r] = _mm256_fmadd_ps(t, ga, be);
+        }
+        store_4x8_transposed(v, dst + (size_t)k * MR);
+    }
+    return k;
+}
+
 static void pack_a(const GemmSrc *a, int i0, int mc, int k0, int kc, float *dst) {
     const LdmRowNorm *nm = a->norm;
     for (int p = 0; p < mc; p += MR, dst += (size_t)MR * kc) {
@@ -114,23 +133,13 @@ static void pack_a(const GemmSrc *a, int i0, int mc, int k0, int kc, float *dst)
             rstd[r] = nm ? nm->rstd[i] : 1.0f;
         }
         int k = 0;
-        if (rows == MR && !nm) {
+        if (rows == MR && nm) {
+            k = pack_a_norm((const float *)a->w.p, base, mean, rstd, nm, k0, kc, dst); /* A: float (ldm_gemm_norm) */
+        } else if (rows == MR) {
             switch (a->w.type) {
             case LDM_W_F16: k = pack_a_plain(a->w.p, LDM_W_F16, base, k0, kc, dst); break;
             case LDM_W_BF16: k = pack_a_plain(a->w.p, LDM_W_BF16, base, k0, kc, dst); break;
             default: k = pack_a_plain(a->w.p, LDM_W_F32, base, k0, kc, dst); break;
-            }
-        } else if (rows == MR) {
-            for (; k + 8 <= kc; k += 8) {
-                __m256 v[MR];
-                for (int r = 0; r < MR; r++) {
-                    v[r] = load8(a->w, base[r] + (size_t)(k0 + k));
-                    if (nm) {
-                        __m256 t = _mm256_mul_ps(_mm256_sub_ps(v[r], _mm256_set1_ps(mean[r])), _mm256_set1_ps(rstd[r]));
-                        v[r] = _mm256_fmadd_ps(t, _mm256_loadu_ps(nm->gamma + k0 + k), _mm256_loadu_ps(nm->beta + k0 + k));
-                    }
-                }
-                store_4x8_transposed(v, dst + (size_t)k * MR);
             }
         }
         for (; k < kc; k++)
@@ -154,6 +163,23 @@ static inline void panel_at(int nc, int j, int *w, int *cols) {
     ldm_panel((nc + 7) / 8, j / 8, PU, &po, &pw);
     *w = 8 * pw;
     *cols = nc - j < *w ? nc - j : *w;
+}
+
+/* One whole panel of w columns of B[k][n] = W[n][k] (rows first, first +
+ * ld, ... of W), 8 rows x 8 k at a time, transposed; inlined once per
+ * weight type, as pack_a_plain. Returns the k done (multiples of 8). */
+static inline __attribute__((always_inline)) int pack_b_cols(const void *p, LdmWType type, size_t first, long ld,
+                                                              int w, int kc, float *dst) {
+    const LdmW src = {p, type};
+    int k = 0;
+    for (; k + 8 <= kc; k += 8)
+        for (int g = 0; g < w; g += 8) {
+            __m256 v[8];
+            for (int r = 0; r < 8; r++) v[r] = load8(src, first + (size_t)(g + r) * ld + (size_t)k);
+            transpose8(v);
+            for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (size_t)(k + q) * w + g, v[q]);
+        }
+    return k;
 }
 
 static void pack_b(const GemmSrc *b, int j0, int nc, int k0, int kc, float *dst) {
@@ -180,15 +206,14 @@ static void pack_b(const GemmSrc *b, int j0, int nc, int k0, int kc, float *dst)
     for (int j = 0, w, cols; j < nc; j += w) {
         panel_at(nc, j, &w, &cols);
         int k = 0;
-        if (cols == w)
-            for (; k + 8 <= kc; k += 8)
-                for (int g = 0; g < w; g += 8) {
-                    __m256 v[8];
-                    for (int r = 0; r < 8; r++)
-                        v[r] = load8(b->w, b->off + (size_t)(j0 + j + g + r) * b->ld + (size_t)(k0 + k));
-                    transpose8(v);
-                    for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (size_t)(k + q) * w + g, v[q]);
-                }
+        if (cols == w) {
+            const size_t first = b->off + (size_t)(j0 + j) * b->ld + (size_t)k0;
+            switch (b->w.type) {
+            case LDM_W_F16: k = pack_b_cols(b->w.p, LDM_W_F16, first, b->ld, w, kc, dst); break;
+            case LDM_W_BF16: k = pack_b_cols(b->w.p, LDM_W_BF16, first, b->ld, w, kc, dst); break;
+            default: k = pack_b_cols(b->w.p, LDM_W_F32, first, b->ld, w, kc, dst); break;
+            }
+        }
         for (; k < kc; k++)
             for (int c = 0; c < w; c++)
                 dst[(size_t)k * w + c] = c < cols ? load1(b->w, b->off + (size_t)(j0 + j + c) * b->ld + (size_t)(k0 + k)) : 0.0f;
