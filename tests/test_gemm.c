@@ -9,6 +9,7 @@
 #include <check.h>
 #include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +62,7 @@ typedef struct GemmCase {
 static const GemmCase cases[] = {
     {1, 1, 1},    {3, 7, 5},      {4, 24, 8},    {5, 25, 9},     {130, 50, 300}, {33, 3100, 20},
     {64, 100, 520}, {200, 48, 257}, {7, 200, 64}, {1280, 16, 40}, {9, 40, 33}, {6, 88, 70}, {2, 32, 17},
+    {302, 200, 520}, /* split by rows over two threads, 3 K blocks */
 };
 #define N_CASES (int)(sizeof cases / sizeof *cases)
 
@@ -136,6 +138,45 @@ START_TEST(test_gemm_vs_reference) {
     }
     free(wref), free(want), free(mag), free(aref), free(A), free(C), free(C0), free(W);
     free(gamma), free(beta), free(mean), free(rstd);
+}
+END_TEST
+
+/* The product does not depend on the thread count: each element of C gets
+ * the same sums in the same order whichever thread computes it. Compared
+ * bit for bit with one thread on shapes that cross the block boundaries:
+ * two column blocks of 3072 and several K blocks, split by rows and by
+ * columns, rows not a multiple of 4. */
+START_TEST(test_gemm_threads_agree) {
+    static const GemmCase big[] = {{302, 3100, 520}, {1283, 40, 1000}, {130, 1283, 600}, {77, 1000, 300}, {255, 2000, 64}};
+    const GemmCase c = big[_i % 5];
+    const int type = (_i / 5) % 3, M = c.M, N = c.N, K = c.K;
+    double *wref = malloc((size_t)N * K * sizeof *wref);
+    void *W = make_weights((size_t)N * K, type, wref);
+    float *A = malloc((size_t)M * K * sizeof *A), *C1 = malloc((size_t)M * N * sizeof *C1),
+          *C2 = malloc((size_t)M * N * sizeof *C2);
+    float *gamma = malloc((size_t)K * sizeof *gamma), *beta = malloc((size_t)K * sizeof *beta);
+    float *mean = malloc((size_t)M * sizeof *mean), *rstd = malloc((size_t)M * sizeof *rstd);
+    for (int i = 0; i < M * K; i++) A[i] = frand();
+    for (int k = 0; k < K; k++) gamma[k] = frand(), beta[k] = frand();
+    ldm_row_stats(M, K, A, 1e-5, mean, rstd);
+    const LdmRowNorm ln = {mean, rstd, gamma, beta};
+    const int threads = omp_get_max_threads();
+    for (int v = 0; v < 3; v++) { /* linear (W^T), linear with LayerNorm, weight on the left */
+        for (int t = 0; t < 2; t++) {
+            float *C = t ? C2 : C1;
+            omp_set_num_threads(t ? 2 : 1);
+            for (int i = 0; i < M * N; i++) C[i] = NAN;
+            if (v < 2) ldm_gemm_norm(M, N, K, A, K, v ? &ln : NULL, (LdmW){W, type}, 0, K, 1, C, N, 0);
+            else ldm_gemm_wl(N, M, K, (LdmW){W, type}, 0, K, A, M, C, M, 0); /* A read as [K][M] */
+        }
+        omp_set_num_threads(threads);
+        int nan = 0;
+        for (int i = 0; i < M * N; i++) nan += C1[i] != C1[i];
+        ck_assert_msg(!nan, "M %d N %d K %d type %d variant %d: %d elements not written", M, N, K, type, v, nan);
+        ck_assert_msg(memcmp(C1, C2, (size_t)M * N * sizeof *C1) == 0,
+                      "M %d N %d K %d type %d variant %d: two threads differ from one", M, N, K, type, v);
+    }
+    free(wref), free(W), free(A), free(C1), free(C2), free(gamma), free(beta), free(mean), free(rstd);
 }
 END_TEST
 
@@ -224,6 +265,7 @@ Suite *suite_gemm(void) {
     TCase *tc = tcase_create("gemm");
     tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, test_gemm_vs_reference, 0, N_CASES * 12);
+    tcase_add_loop_test(tc, test_gemm_threads_agree, 0, 15);
     tcase_add_test(tc, test_panel_cuts);
     tcase_add_test(tc, test_geglu_erf);
     tcase_add_test(tc, test_group_norm_silu_range);
