@@ -432,6 +432,16 @@ static void phase_weights(const WgCtx *cx, int o0, int g0, int g1, int k0, int k
         float wb[4 * WG_WCHUNK * 9];
         for (int c = 0; c < kn; c += WG_WCHUNK) {
             int nc = kn - c < WG_WCHUNK ? kn - c : WG_WCHUNK;
+            /* the next chunk's rows, from memory while this one is transformed
+             * (short pieces of 4 rows: the hardware prefetchers miss them) */
+            int pg = c + WG_WCHUNK < kn ? g : g + 1, pc = c + WG_WCHUNK < kn ? c + WG_WCHUNK : 0;
+            int po = o0 + 4 * pg, pno = s->O - po < 4 ? s->O - po : 4;
+            if (pg < g1)
+                for (int q = 0; q < pno; q++) {
+                    const char *r = (const char *)((const uint16_t *)cx->w.p + ((size_t)(po + q) * C + k0 + pc) * 9);
+                    const int nb = (kn - pc < WG_WCHUNK ? kn - pc : WG_WCHUNK) * 9 * 2;
+                    for (int b = 0; b < nb + 63; b += 64) _mm_prefetch(r + b, _MM_HINT_T0);
+                }
             for (int q = 0; q < no; q++)
                 ldm_w_to_f32(cx->w, ((size_t)(o + q) * C + k0 + c) * 9, (size_t)nc * 9, wb + q * WG_WCHUNK * 9);
             weight_group(wb, WG_WCHUNK * 9, no, nc, dst + (size_t)c * 4, xs);
