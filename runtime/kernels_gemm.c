@@ -203,8 +203,19 @@ static void pack_b(const GemmSrc *b, int j0, int nc, int k0, int kc, float *dst)
         return;
     }
     /* B[k][n] = W[n][k]: 8 rows of W x 8 k at a time, transposed */
+    const size_t es = b->w.type == LDM_W_F32 ? 4 : 2;
     for (int j = 0, w, cols; j < nc; j += w) {
         panel_at(nc, j, &w, &cols);
+        /* the next panel's rows, into L2 while this one is packed: the
+         * weight comes from memory once per forward, in pieces of kc
+         * elements per row that the hardware prefetchers do not follow */
+        if (j + w < nc) {
+            int w2, cols2;
+            panel_at(nc, j + w, &w2, &cols2);
+            const char *r = (const char *)b->w.p + (b->off + (size_t)(j0 + j + w) * b->ld + (size_t)k0) * es;
+            for (int q = 0; q < cols2; q++, r += (size_t)b->ld * es)
+                for (size_t o = 0; o < (size_t)kc * es + 63; o += 64) _mm_prefetch(r + o, _MM_HINT_T1);
+        }
         int k = 0;
         if (cols == w) {
             const size_t first = b->off + (size_t)(j0 + j) * b->ld + (size_t)k0;
