@@ -187,14 +187,25 @@ static void pack_b(const GemmSrc *b, int j0, int nc, int k0, int kc, float *dst)
         /* row by row of B, each read once from start to end (rows of a
          * large power-of-two width would all fall into the same cache
          * sets if the panels were filled one after the other) */
+        /* the cut into panels, once (not per row: that cost more than the copy) */
+        int pj[NC / 8 + 2], pw[NC / 8 + 2], pc[NC / 8 + 2], np = 0;
+        for (int j = 0, w, cols; j < nc && np < NC / 8 + 2; j += w, np++) {
+            panel_at(nc, j, &w, &cols);
+            pj[np] = j, pw[np] = w, pc[np] = cols;
+        }
         for (int k = 0; k < kc; k++) {
             size_t s = b->off + (size_t)(k0 + k) * b->ld + (size_t)j0;
             float *d = dst;
-            for (int j = 0, w, cols; j < nc; j += w) {
-                panel_at(nc, j, &w, &cols);
+            for (int p = 0; p < np; p++) {
+                const int j = pj[p], w = pw[p], cols = pc[p];
                 float *dk = d + (size_t)k * w;
                 int c = 0;
-                for (; c + 8 <= cols; c += 8) _mm256_storeu_ps(dk + c, load8(b->w, s + j + c));
+                if (b->w.type == LDM_W_F32) { /* activations (im2col, pointwise convolutions) */
+                    const float *src = (const float *)b->w.p + s + j;
+                    for (; c + 8 <= cols; c += 8) _mm256_storeu_ps(dk + c, _mm256_loadu_ps(src + c));
+                } else {
+                    for (; c + 8 <= cols; c += 8) _mm256_storeu_ps(dk + c, load8(b->w, s + j + c));
+                }
                 for (; c < cols; c++) dk[c] = load1(b->w, s + j + c);
                 for (; c < w; c++) dk[c] = 0.0f;
                 d += (size_t)w * kc;
