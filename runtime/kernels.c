@@ -338,20 +338,20 @@ static inline __m256 load_row8(const float *xr, int ix, int W) {
 
 /* Output row oy of sample xn, columns [ox0, ox0 + 8V), all NO output
  * channels: yr[o] += sum over c, ky, kx of w[o][c][ky][kx] x[c][iy][ix]. */
-static inline __attribute__((always_inline)) void direct_block(const LdmConvShape *s, const float *xn, const float *w,
-                                                               float *const *yr, int oy, int ox0, const int NO,
-                                                               const int V) {
+static inline __attribute__((always_inline)) void direct_block(const LdmConvShape *s, const float *xn, long cs,
+                                                               const float *w, float *const *yr, int oy, int ox0,
+                                                               const int NO, const int V) {
     __m256 acc[8][4];
 #pragma GCC unroll 8
     for (int o = 0; o < NO; o++)
 #pragma GCC unroll 4
         for (int v = 0; v < V; v++) acc[o][v] = _mm256_setzero_ps();
-    const long HW = (long)s->H * s->W, taps = (long)s->KH * s->KW;
+    const long taps = (long)s->KH * s->KW;
     for (int c = 0; c < s->C; c++)
         for (int ky = 0; ky < s->KH; ky++) {
             int iy = oy - s->pad_t + ky;
             if (iy < 0 || iy >= s->H) continue;
-            const float *xr = xn + c * HW + (long)iy * s->W;
+            const float *xr = xn + c * cs + (long)iy * s->W;
             const float *wk = w + (long)c * taps + (long)ky * s->KW;
             for (int kx = 0; kx < s->KW; kx++) {
                 __m256 xv[4];
@@ -375,8 +375,9 @@ static inline __attribute__((always_inline)) void direct_block(const LdmConvShap
 }
 
 /* The same for one output pixel (the right edge of rows not a multiple of 8). */
-static void direct_pixel(const LdmConvShape *s, const float *xn, const float *w, float *const *yr, int oy, int ox) {
-    const long HW = (long)s->H * s->W, taps = (long)s->KH * s->KW;
+static void direct_pixel(const LdmConvShape *s, const float *xn, long cs, const float *w, float *const *yr, int oy,
+                         int ox) {
+    const long taps = (long)s->KH * s->KW;
     for (int o = 0; o < s->O; o++) {
         float a = 0.0f;
         for (int c = 0; c < s->C; c++)
@@ -385,7 +386,7 @@ static void direct_pixel(const LdmConvShape *s, const float *xn, const float *w,
                 if (iy < 0 || iy >= s->H) continue;
                 for (int kx = 0; kx < s->KW; kx++) {
                     int ix = ox - s->pad_l + kx;
-                    if (ix >= 0 && ix < s->W) a += w[((long)o * s->C + c) * taps + ky * s->KW + kx] * xn[c * HW + (long)iy * s->W + ix];
+                    if (ix >= 0 && ix < s->W) a += w[((long)o * s->C + c) * taps + ky * s->KW + kx] * xn[c * cs + (long)iy * s->W + ix];
                 }
             }
         yr[o][ox] += a;
@@ -395,44 +396,65 @@ static void direct_pixel(const LdmConvShape *s, const float *xn, const float *w,
 /* Output row oy in blocks of V vectors, then single vectors; returns the
  * first column left (fewer than 8). NO and V are constants at each call,
  * so every block is specialised. */
-static inline __attribute__((always_inline)) int direct_row(const LdmConvShape *s, const float *xn, const float *w,
-                                                            float *const *yr, int oy, const int NO, const int V) {
+static inline __attribute__((always_inline)) int direct_row(const LdmConvShape *s, const float *xn, long cs,
+                                                            const float *w, float *const *yr, int oy, const int NO,
+                                                            const int V) {
     int ox = 0;
-    for (; ox + 8 * V <= s->WO; ox += 8 * V) direct_block(s, xn, w, yr, oy, ox, NO, V);
-    for (; ox + 8 <= s->WO; ox += 8) direct_block(s, xn, w, yr, oy, ox, NO, 1);
+    for (; ox + 8 * V <= s->WO; ox += 8 * V) direct_block(s, xn, cs, w, yr, oy, ox, NO, V);
+    for (; ox + 8 <= s->WO; ox += 8) direct_block(s, xn, cs, w, yr, oy, ox, NO, 1);
     return ox;
 }
 
 /* y (+)= conv(x, w) for at most 8 output channels, stride 1: every output
  * row of every sample is a work item; 8-pixel vectors along the row, all
- * output channels at once, so each input vector loaded feeds O FMAs. */
+ * output channels at once, so each input vector loaded feeds O FMAs.
+ * The KH input rows of all channels that an output row reads are first
+ * copied side by side, channels (KH W + 16) floats apart: in x they are
+ * H W apart, for the VAE's last layer 256 KB, so the 3 x 128 rows fell
+ * into the same few cache sets and every load came from L3 (10 GFLOP/s). */
 static void conv_direct(const LdmConvShape *s, const float *x, LdmW w, float *y, int acc) {
     const long P = (long)s->HO * s->WO, HW = (long)s->H * s->W;
+    const long cs = (long)s->KH * s->W + 16; /* channel stride of the copy */
     const size_t nw = (size_t)s->O * s->C * s->KH * s->KW;
     float *wf = ldm_aligned_alloc(nw * sizeof *wf);
     ldm_w_to_f32(w, 0, nw, wf);
-#pragma omp parallel for collapse(2) schedule(dynamic, 4) if ((long)s->N * P * s->C > 65536)
-    for (int n = 0; n < s->N; n++)
-        for (int oy = 0; oy < s->HO; oy++) {
-            const float *xn = x + (size_t)n * s->C * HW;
-            float *yr[8];
-            for (int o = 0; o < s->O; o++) {
-                yr[o] = y + (size_t)n * (s->O * P + s->y_gap) + (size_t)o * P + (size_t)oy * s->WO;
-                if (!acc) memset(yr[o], 0, (size_t)s->WO * sizeof(float));
+    /* the copy is a KH-row image: output row oy of it is row 0, no top padding */
+    LdmConvShape sr = *s;
+    sr.H = s->KH, sr.pad_t = 0;
+#pragma omp parallel if ((long)s->N * P * s->C > 65536)
+    {
+        float *xs = ldm_aligned_alloc((size_t)s->C * cs * sizeof *xs);
+#pragma omp for collapse(2) schedule(dynamic, 4)
+        for (int n = 0; n < s->N; n++)
+            for (int oy = 0; oy < s->HO; oy++) {
+                const float *xn = x + (size_t)n * s->C * HW;
+                for (int c = 0; c < s->C; c++)
+                    for (int r = 0; r < s->KH; r++) {
+                        const int iy = oy - s->pad_t + r;
+                        float *d = xs + (size_t)c * cs + (size_t)r * s->W;
+                        if (iy >= 0 && iy < s->H) memcpy(d, xn + (size_t)c * HW + (size_t)iy * s->W, (size_t)s->W * sizeof *d);
+                        else memset(d, 0, (size_t)s->W * sizeof *d);
+                    }
+                float *yr[8];
+                for (int o = 0; o < s->O; o++) {
+                    yr[o] = y + (size_t)n * (s->O * P + s->y_gap) + (size_t)o * P + (size_t)oy * s->WO;
+                    if (!acc) memset(yr[o], 0, (size_t)s->WO * sizeof(float));
+                }
+                int ox;
+                switch (s->O) { /* vectors per block: as many as the 16 registers hold */
+                case 1: ox = direct_row(&sr, xs, cs, wf, yr, 0, 1, 4); break;
+                case 2: ox = direct_row(&sr, xs, cs, wf, yr, 0, 2, 4); break;
+                case 3: ox = direct_row(&sr, xs, cs, wf, yr, 0, 3, 3); break;
+                case 4: ox = direct_row(&sr, xs, cs, wf, yr, 0, 4, 2); break;
+                case 5: ox = direct_row(&sr, xs, cs, wf, yr, 0, 5, 2); break;
+                case 6: ox = direct_row(&sr, xs, cs, wf, yr, 0, 6, 2); break;
+                case 7: ox = direct_row(&sr, xs, cs, wf, yr, 0, 7, 1); break;
+                default: ox = direct_row(&sr, xs, cs, wf, yr, 0, 8, 1); break;
+                }
+                for (; ox < s->WO; ox++) direct_pixel(&sr, xs, cs, wf, yr, 0, ox);
             }
-            int ox;
-            switch (s->O) { /* vectors per block: as many as the 16 registers hold */
-            case 1: ox = direct_row(s, xn, wf, yr, oy, 1, 4); break;
-            case 2: ox = direct_row(s, xn, wf, yr, oy, 2, 4); break;
-            case 3: ox = direct_row(s, xn, wf, yr, oy, 3, 3); break;
-            case 4: ox = direct_row(s, xn, wf, yr, oy, 4, 2); break;
-            case 5: ox = direct_row(s, xn, wf, yr, oy, 5, 2); break;
-            case 6: ox = direct_row(s, xn, wf, yr, oy, 6, 2); break;
-            case 7: ox = direct_row(s, xn, wf, yr, oy, 7, 1); break;
-            default: ox = direct_row(s, xn, wf, yr, oy, 8, 1); break;
-            }
-            for (; ox < s->WO; ox++) direct_pixel(s, xn, wf, yr, oy, ox);
-        }
+        free(xs);
+    }
     free(wf);
 }
 
