@@ -86,9 +86,9 @@ static inline void store_4x8_transposed(const __m256 *r, float *dst) {
 
 /* 4 whole rows at base[] without LayerNorm, 8 k at a time, for one weight
  * type: inlined once per type, so the loop has no branch on the type and
- * keeps the 4 rows in registers (the generic loop below, with its
- * per-element branches, left the convolutions' few-column products
- * waiting on the packing: 1280 x 32 x 11520 ran at 70 GFLOP/s instead of 95). */
+ * keeps the 4 rows in registers (a generic loop with per-element branches
+ * had left the convolutions' few-column products waiting on the packing:
+ * 1280 x 32 x 11520 ran at 70 GFLOP/s instead of 95). */
 static inline __attribute__((always_inline)) int pack_a_plain(const void *w, LdmWType type, const size_t *base,
                                                                int k0, int kc, float *dst) {
     const LdmW src = {w, type};
@@ -186,8 +186,8 @@ static void pack_b(const GemmSrc *b, int j0, int nc, int k0, int kc, float *dst)
     if (b->layout == SRC_ROWS) {
         /* row by row of B, each read once from start to end (rows of a
          * large power-of-two width would all fall into the same cache
-         * sets if the panels were filled one after the other) */
-        /* the cut into panels, once (not per row: that cost more than the copy) */
+         * sets if the panels were filled one after the other); the cut
+         * into panels once, not per row (that had cost more than the copy) */
         int pj[NC / 8 + 2], pw[NC / 8 + 2], pc[NC / 8 + 2], np = 0;
         for (int j = 0, w, cols; j < nc && np < NC / 8 + 2; j += w, np++) {
             panel_at(nc, j, &w, &cols);
