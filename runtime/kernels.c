@@ -336,8 +336,10 @@ static inline __m256 load_row8(const float *xr, int ix, int W) {
     return _mm256_maskload_ps(xr + ix, in); /* masked-off lanes are not read */
 }
 
-/* Output row oy of sample xn, columns [ox0, ox0 + 8V), all NO output
- * channels: yr[o] += sum over c, ky, kx of w[o][c][ky][kx] x[c][iy][ix]. */
+/* Output row oy of the rows copied at xn (channels cs floats apart, every
+ * row an output row reads present, zeros above and below the image),
+ * columns [ox0, ox0 + 8V), all NO output channels:
+ * yr[o] += sum over c, ky, kx of w[o][c][ky][kx] xn[c][oy + ky][ix]. */
 static inline __attribute__((always_inline)) void direct_block(const LdmConvShape *s, const float *xn, long cs,
                                                                const float *w, float *const *yr, int oy, int ox0,
                                                                const int NO, const int V) {
@@ -349,9 +351,7 @@ static inline __attribute__((always_inline)) void direct_block(const LdmConvShap
     const long taps = (long)s->KH * s->KW;
     for (int c = 0; c < s->C; c++)
         for (int ky = 0; ky < s->KH; ky++) {
-            int iy = oy - s->pad_t + ky;
-            if (iy < 0 || iy >= s->H) continue;
-            const float *xr = xn + c * cs + (long)iy * s->W;
+            const float *xr = xn + c * cs + (long)(oy + ky) * s->W;
             const float *wk = w + (long)c * taps + (long)ky * s->KW;
             for (int kx = 0; kx < s->KW; kx++) {
                 __m256 xv[4];
@@ -381,14 +381,11 @@ static void direct_pixel(const LdmConvShape *s, const float *xn, long cs, const 
     for (int o = 0; o < s->O; o++) {
         float a = 0.0f;
         for (int c = 0; c < s->C; c++)
-            for (int ky = 0; ky < s->KH; ky++) {
-                int iy = oy - s->pad_t + ky;
-                if (iy < 0 || iy >= s->H) continue;
+            for (int ky = 0; ky < s->KH; ky++)
                 for (int kx = 0; kx < s->KW; kx++) {
                     int ix = ox - s->pad_l + kx;
-                    if (ix >= 0 && ix < s->W) a += w[((long)o * s->C + c) * taps + ky * s->KW + kx] * xn[c * cs + (long)iy * s->W + ix];
+                    if (ix >= 0 && ix < s->W) a += w[((long)o * s->C + c) * taps + ky * s->KW + kx] * xn[c * cs + (long)(oy + ky) * s->W + ix];
                 }
-            }
         yr[o][ox] += a;
     }
 }
@@ -405,53 +402,57 @@ static inline __attribute__((always_inline)) int direct_row(const LdmConvShape *
     return ox;
 }
 
-/* y (+)= conv(x, w) for at most 8 output channels, stride 1: every output
- * row of every sample is a work item; 8-pixel vectors along the row, all
- * output channels at once, so each input vector loaded feeds O FMAs.
- * The KH input rows of all channels that an output row reads are first
- * copied side by side, channels (KH W + 16) floats apart: in x they are
- * H W apart, for the VAE's last layer 256 KB, so the 3 x 128 rows fell
- * into the same few cache sets and every load came from L3 (10 GFLOP/s). */
+#define DIRECT_BAND 8 /* output rows per work item of conv_direct */
+
+/* y (+)= conv(x, w) for at most 8 output channels, stride 1: every band of
+ * DIRECT_BAND output rows of every sample is a work item; 8-pixel vectors
+ * along a row, all output channels at once, so each input vector loaded
+ * feeds O FMAs. The input rows a band reads (KH - 1 more than the band,
+ * zeros outside the image) are first copied side by side, channels
+ * (rows W + 16) floats apart: in x they are H W apart, for the VAE's last
+ * layer 256 KB, so the 3 x 128 rows of an output row fell into the same
+ * few cache sets and every load came from L3 (10 GFLOP/s). */
 static void conv_direct(const LdmConvShape *s, const float *x, LdmW w, float *y, int acc) {
     const long P = (long)s->HO * s->WO, HW = (long)s->H * s->W;
-    const long cs = (long)s->KH * s->W + 16; /* channel stride of the copy */
+    const int rows = DIRECT_BAND + s->KH - 1, bands = (s->HO + DIRECT_BAND - 1) / DIRECT_BAND;
+    const long cs = (long)rows * s->W + 16; /* channel stride of the copy */
     const size_t nw = (size_t)s->O * s->C * s->KH * s->KW;
     float *wf = ldm_aligned_alloc(nw * sizeof *wf);
     ldm_w_to_f32(w, 0, nw, wf);
-    /* the copy is a KH-row image: output row oy of it is row 0, no top padding */
-    LdmConvShape sr = *s;
-    sr.H = s->KH, sr.pad_t = 0;
 #pragma omp parallel if ((long)s->N * P * s->C > 65536)
     {
         float *xs = ldm_aligned_alloc((size_t)s->C * cs * sizeof *xs);
-#pragma omp for collapse(2) schedule(dynamic, 4)
+#pragma omp for collapse(2) schedule(dynamic, 1)
         for (int n = 0; n < s->N; n++)
-            for (int oy = 0; oy < s->HO; oy++) {
+            for (int band = 0; band < bands; band++) {
                 const float *xn = x + (size_t)n * s->C * HW;
+                const int oy0 = band * DIRECT_BAND, nb = s->HO - oy0 < DIRECT_BAND ? s->HO - oy0 : DIRECT_BAND;
                 for (int c = 0; c < s->C; c++)
-                    for (int r = 0; r < s->KH; r++) {
-                        const int iy = oy - s->pad_t + r;
+                    for (int r = 0; r < nb + s->KH - 1; r++) {
+                        const int iy = oy0 - s->pad_t + r;
                         float *d = xs + (size_t)c * cs + (size_t)r * s->W;
                         if (iy >= 0 && iy < s->H) memcpy(d, xn + (size_t)c * HW + (size_t)iy * s->W, (size_t)s->W * sizeof *d);
                         else memset(d, 0, (size_t)s->W * sizeof *d);
                     }
-                float *yr[8];
-                for (int o = 0; o < s->O; o++) {
-                    yr[o] = y + (size_t)n * (s->O * P + s->y_gap) + (size_t)o * P + (size_t)oy * s->WO;
-                    if (!acc) memset(yr[o], 0, (size_t)s->WO * sizeof(float));
+                for (int oy = 0; oy < nb; oy++) {
+                    float *yr[8];
+                    for (int o = 0; o < s->O; o++) {
+                        yr[o] = y + (size_t)n * (s->O * P + s->y_gap) + (size_t)o * P + (size_t)(oy0 + oy) * s->WO;
+                        if (!acc) memset(yr[o], 0, (size_t)s->WO * sizeof(float));
+                    }
+                    int ox;
+                    switch (s->O) { /* vectors per block: as many as the 16 registers hold */
+                    case 1: ox = direct_row(s, xs, cs, wf, yr, oy, 1, 4); break;
+                    case 2: ox = direct_row(s, xs, cs, wf, yr, oy, 2, 4); break;
+                    case 3: ox = direct_row(s, xs, cs, wf, yr, oy, 3, 3); break;
+                    case 4: ox = direct_row(s, xs, cs, wf, yr, oy, 4, 2); break;
+                    case 5: ox = direct_row(s, xs, cs, wf, yr, oy, 5, 2); break;
+                    case 6: ox = direct_row(s, xs, cs, wf, yr, oy, 6, 2); break;
+                    case 7: ox = direct_row(s, xs, cs, wf, yr, oy, 7, 1); break;
+                    default: ox = direct_row(s, xs, cs, wf, yr, oy, 8, 1); break;
+                    }
+                    for (; ox < s->WO; ox++) direct_pixel(s, xs, cs, wf, yr, oy, ox);
                 }
-                int ox;
-                switch (s->O) { /* vectors per block: as many as the 16 registers hold */
-                case 1: ox = direct_row(&sr, xs, cs, wf, yr, 0, 1, 4); break;
-                case 2: ox = direct_row(&sr, xs, cs, wf, yr, 0, 2, 4); break;
-                case 3: ox = direct_row(&sr, xs, cs, wf, yr, 0, 3, 3); break;
-                case 4: ox = direct_row(&sr, xs, cs, wf, yr, 0, 4, 2); break;
-                case 5: ox = direct_row(&sr, xs, cs, wf, yr, 0, 5, 2); break;
-                case 6: ox = direct_row(&sr, xs, cs, wf, yr, 0, 6, 2); break;
-                case 7: ox = direct_row(&sr, xs, cs, wf, yr, 0, 7, 1); break;
-                default: ox = direct_row(&sr, xs, cs, wf, yr, 0, 8, 1); break;
-                }
-                for (; ox < s->WO; ox++) direct_pixel(&sr, xs, cs, wf, yr, 0, ox);
             }
         free(xs);
     }
