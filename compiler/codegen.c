@@ -642,8 +642,13 @@ static void emit_tensor_table(const char *name, Node *const *nodes, const Output
     for (int i = 0; i < count; i++) {
         const Node *n = is_out ? outs[i].node : nodes[i];
         const char *nm = is_out ? outs[i].name : n->name;
-        E("    {\"%s\", %s, %s, %d, {", nm, n->dtype == DT_I32 ? "LDM_I32" : "LDM_F32",
-          n->op == OPK_WEIGHT && n->needs_f32 ? "LDM_TF_F32" : "0", n->ndim);
+        const int w = n->op == OPK_WEIGHT, f32 = w && n->needs_f32;
+        const char *lay = !w ? NULL : n->wlayout == LDM_WL_BPANELS ? "LDM_TF_BPANELS"
+                                    : n->wlayout == LDM_WL_APANELS ? "LDM_TF_APANELS" : NULL;
+        char flags[64];
+        snprintf(flags, sizeof flags, "%s%s%s", f32 ? "LDM_TF_F32" : "", f32 && lay ? " | " : "",
+                 lay ? lay : f32 ? "" : "0");
+        E("    {\"%s\", %s, %s, %d, {", nm, n->dtype == DT_I32 ? "LDM_I32" : "LDM_F32", flags, n->ndim);
         for (int d = 0; d < n->ndim; d++) E("%s%lld", d ? ", " : "", (long long)n->shape[d]);
         E("}},\n");
     }

@@ -186,7 +186,7 @@ static int use_winograd(const Node *n) {
 void pass_select_kernels(Graph *g) {
     for (int i = 0; i < g->n_nodes; i++) {
         Node *n = g->nodes[i];
-        if (n->op == OPK_WEIGHT) n->needs_f32 = 0;
+        if (n->op == OPK_WEIGHT) n->needs_f32 = 0, n->wlayout = -1; /* -1: no use seen yet */
     }
     for (int i = 0; i < g->n_nodes; i++) {
         Node *n = g->nodes[i];
@@ -209,6 +209,17 @@ void pass_select_kernels(Graph *g) {
             /* kernels that widen half-precision weights themselves */
             int half_ok = (s == 1 && (n->op == OPK_CONV2D || n->op == OPK_LINEAR)) || (s == 0 && n->op == OPK_EMBEDDING);
             if (!half_ok) w->needs_f32 = 1;
+            /* the layout this use reads; panels keep the rows of the weight
+             * ([O, ...]), so a reshape must keep its first dimension */
+            int want = LDM_WL_ROWS;
+            if (s == 1 && n->src[s]->shape[0] == w->shape[0]) {
+                if (n->op == OPK_LINEAR) want = LDM_WL_BPANELS;
+                else if (n->op == OPK_CONV2D && (n->algo == LDM_CONV_IM2COL || n->algo == LDM_CONV_POINTWISE))
+                    want = LDM_WL_APANELS;
+            }
+            w->wlayout = w->wlayout == -1 || w->wlayout == want ? want : LDM_WL_ROWS;
         }
     }
+    for (int i = 0; i < g->n_nodes; i++)
+        if (g->nodes[i]->op == OPK_WEIGHT && g->nodes[i]->wlayout == -1) g->nodes[i]->wlayout = LDM_WL_ROWS;
 }

@@ -239,6 +239,8 @@ struct Node {
                                     rows are layer-normalised (eps) while the GEMM packs them; 0 = none */
     int algo;                    /* CONV2D: LdmConvAlgo (runtime/kernels.h) */
     int needs_f32;               /* WEIGHT: some kernel reads it as plain float32 */
+    int wlayout;                 /* WEIGHT: LdmWLayout the runtime binds it in: panels when every use is a
+                                    GEMM operand that reads them (linear: B, im2col/pointwise conv: A) */
     char *fused;                 /* "silu %7 @nn.graph:56; add %9 @..." : nodes folded into this one */
     double fused_flops;          /* FLOPs of the nodes folded into this one */
     int input_index;             /* INPUT: index in the input table */

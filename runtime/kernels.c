@@ -461,6 +461,8 @@ static void conv_direct(const LdmConvShape *s, const float *x, LdmW w, float *y,
 
 void ldm_conv2d(const LdmConvShape *s, int algo, const float *x, LdmW w, const LdmEpilogue *ep, float *y,
                 float *scratch) {
+    if (w.layout != LDM_WL_ROWS && w.layout != (algo == LDM_CONV_IM2COL || algo == LDM_CONV_POINTWISE ? LDM_WL_APANELS : -1))
+        ldm_internal_error("ldm_conv2d: algorithm %d cannot read a weight in layout %d", algo, w.layout);
     if (algo == LDM_CONV_WINOGRAD) {
         ldm_conv3x3_winograd(s, x, w, ep, y, scratch);
         return;

@@ -22,11 +22,40 @@ typedef enum LdmWType {
     LDM_W_BF16 = 2,  /* bfloat16 */
 } LdmWType;
 
-/* A weight as the kernels see it: data and its storage type. */
+/* How a weight's elements are ordered. The loader re-lays the weights a
+ * GEMM streams in the order its packers read them (LdmTensorInfo flags):
+ * each panel's rows for a block of k are then one contiguous run, read in
+ * order, instead of short pieces of many rows far apart. */
+typedef enum LdmWLayout {
+    LDM_WL_ROWS = 0,     /* row-major, as in the checkpoint */
+    LDM_WL_BPANELS = 1,  /* linear weight W[N][K], the GEMM's B = W^T: the N rows
+                          * cut as the GEMM cuts B's columns into panels
+                          * (ldm_w_panel_end), each panel of w rows stored
+                          * [K][w] (rows past N zero); the panel of row j starts
+                          * at element j K */
+    LDM_WL_APANELS = 2,  /* weight on the left (im2col and pointwise convolutions),
+                          * W[M][K]: panels of 4 rows stored [K][4], panel p at
+                          * element 4 p K (rows past M zero) */
+} LdmWLayout;
+
+/* A weight as the kernels see it: data, storage type and element order. */
 typedef struct LdmW {
     const void *p;   /* data */
     int type;        /* LdmWType */
+    int layout;      /* LdmWLayout */
 } LdmW;
+
+/* Elements of a [rows][cols] weight stored in `layout` (padding included). */
+size_t ldm_w_layout_size(int layout, int64_t rows, int64_t cols);
+/* The row after the panel that starts at row r of a [rows][...] weight in
+ * `layout` (r + 1 for LDM_WL_ROWS, whose "panels" are single rows). */
+int64_t ldm_w_panel_end(int layout, int64_t rows, int64_t r);
+/* Re-lay rows [r0, r1) (panel boundaries) of a row-major weight
+ * [rows][cols] of elements of es bytes (2 or 4, the type unchanged) into
+ * dst, the whole weight stored in `layout`. src is row r0 (rows r0 ..
+ * min(r1, rows) - 1 are read; rows past `rows` are the layout's zeros). */
+void ldm_w_relayout(int layout, const void *src, size_t es, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
+                    void *dst);
 
 /* Call once before any kernel (sets OpenBLAS, used by `matmul`, to one thread). */
 void ldm_kernels_init(void);

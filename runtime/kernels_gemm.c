@@ -44,13 +44,18 @@ static int genv(const char *k, int d) { return getenv(k) ? atoi(getenv(k)) : d; 
 #endif
 
 /* One operand of the product and how to pack it. */
-typedef enum { SRC_ROWS, SRC_COLS } SrcLayout;
+typedef enum {
+    SRC_ROWS,     /* A[m][k] or B[k][n], row-major */
+    SRC_COLS,     /* B[k][n] stored as [n][k] (a linear layer's weight) */
+    SRC_BPANELS,  /* B as a weight in LDM_WL_BPANELS */
+    SRC_APANELS,  /* A as a weight in LDM_WL_APANELS */
+} SrcLayout;
 
 typedef struct GemmSrc {
     LdmW w;             /* data (float32 activations are LDM_W_F32) */
     size_t off;         /* first element */
     long ld;            /* leading dimension (elements) */
-    SrcLayout layout;   /* A: ROWS = A[m][k]. B: ROWS = B[k][n], COLS = B[k][n] stored as [n][k] */
+    SrcLayout layout;
     const LdmRowNorm *norm; /* A only: layer-normalise each row while packing */
 } GemmSrc;
 
@@ -91,7 +96,7 @@ static inline void store_4x8_transposed(const __m256 *r, float *dst) {
  * 1280 x 32 x 11520 ran at 70 GFLOP/s instead of 95). */
 static inline __attribute__((always_inline)) int pack_a_plain(const void *w, LdmWType type, const size_t *base,
                                                                int k0, int kc, float *dst) {
-    const LdmW src = {w, type};
+    const LdmW src = {w, type, LDM_WL_ROWS};
     int k = 0;
     for (; k + 8 <= kc; k += 8) {
         __m256 v[MR];
@@ -121,6 +126,11 @@ static int pack_a_norm(const float *x, const size_t *base, const float *mean, co
 }
 
 static void pack_a(const GemmSrc *a, int i0, int mc, int k0, int kc, float *dst) {
+    if (a->layout == SRC_APANELS) { /* each panel's k0.. k0 + kc: kc * 4 elements in a row (i0 % 4 == 0) */
+        for (int p = 0; p < mc; p += MR, dst += (size_t)MR * kc)
+            ldm_w_to_f32(a->w, (size_t)(i0 + p) * a->ld + (size_t)k0 * MR, (size_t)kc * MR, dst);
+        return;
+    }
     const LdmRowNorm *nm = a->norm;
     for (int p = 0; p < mc; p += MR, dst += (size_t)MR * kc) {
         int rows = mc - p < MR ? mc - p : MR;
@@ -165,12 +175,19 @@ static inline void panel_at(int nc, int j, int *w, int *cols) {
     *cols = nc - j < *w ? nc - j : *w;
 }
 
+/* The first column of the panel that holds column j of nc. */
+static inline int panel_start(int nc, int j) {
+    int po, pw;
+    ldm_panel((nc + 7) / 8, j / 8, PU, &po, &pw);
+    return 8 * po;
+}
+
 /* One whole panel of w columns of B[k][n] = W[n][k] (rows first, first +
  * ld, ... of W), 8 rows x 8 k at a time, transposed; inlined once per
  * weight type, as pack_a_plain. Returns the k done (multiples of 8). */
 static inline __attribute__((always_inline)) int pack_b_cols(const void *p, LdmWType type, size_t first, long ld,
                                                               int w, int kc, float *dst) {
-    const LdmW src = {p, type};
+    const LdmW src = {p, type, LDM_WL_ROWS};
     int k = 0;
     for (; k + 8 <= kc; k += 8)
         for (int g = 0; g < w; g += 8) {
@@ -182,7 +199,27 @@ static inline __attribute__((always_inline)) int pack_b_cols(const void *p, LdmW
     return k;
 }
 
-static void pack_b(const GemmSrc *b, int j0, int nc, int k0, int kc, float *dst) {
+/* Columns j0 .. j0 + nc of the N (panel boundaries: every cut is that of
+ * all N columns, whatever the block or thread, so that a weight laid out
+ * in panels at load can be read as it is, and a result does not depend on
+ * the number of threads). */
+static void pack_b(const GemmSrc *b, int N, int j0, int nc, int k0, int kc, float *dst) {
+    const size_t es = b->w.type == LDM_W_F32 ? 4 : 2;
+    if (b->layout == SRC_BPANELS) { /* each panel's k0 .. k0 + kc: kc * w elements in a row */
+        for (int j = 0, w, cols; j < nc; j += w) {
+            panel_at(N, j0 + j, &w, &cols);
+            const size_t first = (size_t)(j0 + j) * b->ld + (size_t)k0 * w;
+            if (j + w < nc) { /* the next panel's piece, into L2 while this one is widened */
+                int w2, cols2;
+                panel_at(N, j0 + j + w, &w2, &cols2);
+                const char *r = (const char *)b->w.p + ((size_t)(j0 + j + w) * b->ld + (size_t)k0 * w2) * es;
+                for (size_t o = 0; o < (size_t)kc * w2 * es; o += 64) _mm_prefetch(r + o, _MM_HINT_T1);
+            }
+            ldm_w_to_f32(b->w, first, (size_t)kc * w, dst);
+            dst += (size_t)w * kc;
+        }
+        return;
+    }
     if (b->layout == SRC_ROWS) {
         /* row by row of B, each read once from start to end (rows of a
          * large power-of-two width would all fall into the same cache
@@ -190,7 +227,7 @@ static void pack_b(const GemmSrc *b, int j0, int nc, int k0, int kc, float *dst)
          * into panels once, not per row (that had cost more than the copy) */
         int pj[NC / 8 + 2], pw[NC / 8 + 2], pc[NC / 8 + 2], np = 0;
         for (int j = 0, w, cols; j < nc && np < NC / 8 + 2; j += w, np++) {
-            panel_at(nc, j, &w, &cols);
+            panel_at(N, j0 + j, &w, &cols);
             pj[np] = j, pw[np] = w, pc[np] = cols;
         }
         for (int k = 0; k < kc; k++) {
@@ -214,15 +251,14 @@ static void pack_b(const GemmSrc *b, int j0, int nc, int k0, int kc, float *dst)
         return;
     }
     /* B[k][n] = W[n][k]: 8 rows of W x 8 k at a time, transposed */
-    const size_t es = b->w.type == LDM_W_F32 ? 4 : 2;
     for (int j = 0, w, cols; j < nc; j += w) {
-        panel_at(nc, j, &w, &cols);
+        panel_at(N, j0 + j, &w, &cols);
         /* the next panel's rows, into L2 while this one is packed: the
          * weight comes from memory once per forward, in pieces of kc
          * elements per row that the hardware prefetchers do not follow */
         if (j + w < nc) {
             int w2, cols2;
-            panel_at(nc, j + w, &w2, &cols2);
+            panel_at(N, j0 + j + w, &w2, &cols2);
             const char *r = (const char *)b->w.p + (b->off + (size_t)(j0 + j + w) * b->ld + (size_t)k0) * es;
             for (int q = 0; q < cols2; q++, r += (size_t)b->ld * es)
                 for (size_t o = 0; o < (size_t)kc * es + 63; o += 64) _mm_prefetch(r + o, _MM_HINT_T1);
@@ -293,9 +329,16 @@ static APrefetch a_prefetch(const Gemm *g, int i0, int mc, int k0, int kc) {
     APrefetch p = {NULL, 0, 0, 0, 0, 0};
     if (mc <= 0 || kc <= 0) return p;
     const size_t es = g->a.w.type == LDM_W_F32 ? 4 : 2;
+    p.rows = i0 + mc <= g->M ? mc : g->M - i0;
+    if (g->a.layout == SRC_APANELS) { /* "rows" are the panels' runs of kc * 4 */
+        p.base = (const char *)g->a.w.p + ((size_t)i0 * g->a.ld + (size_t)k0 * MR) * es;
+        p.ld = (size_t)g->a.ld * MR * es;
+        p.rows = (p.rows + MR - 1) / MR;
+        p.lines = (int)(((size_t)kc * MR * es + 63) / 64) + 1;
+        return p;
+    }
     p.base = (const char *)g->a.w.p + (g->a.off + (size_t)i0 * g->a.ld + (size_t)k0) * es;
     p.ld = (size_t)g->a.ld * es;
-    p.rows = i0 + mc <= g->M ? mc : g->M - i0;
     p.lines = (int)(((size_t)kc * es + 63) / 64) + 1;
     return p;
 }
@@ -313,12 +356,13 @@ static void run_block(const Gemm *g, int m0, int m1, int n0, int n1) {
     int kstep = ((g->K + nk - 1) / nk + 7) & ~7;
     float *ap = thread_buf(0, (size_t)MC * kstep);
     float *bp = thread_buf(1, (size_t)(NC + NR) * kstep);
-    for (int jc = n0; jc < n1; jc += NC) {
-        int nc = n1 - jc < NC ? n1 - jc : NC;
+    for (int jc = n0, nc; jc < n1; jc += nc) {
+        /* blocks of NC columns, each ending where a panel ends */
+        nc = n1 - jc <= NC ? n1 - jc : panel_start(g->N, jc + NC) - jc;
         for (int pc = 0; pc < g->K; pc += kstep) {
             int kc = g->K - pc < kstep ? g->K - pc : kstep;
             int acc = pc > 0 || g->accumulate;
-            pack_b(&g->b, jc, nc, pc, kc, bp);
+            pack_b(&g->b, g->N, jc, nc, pc, kc, bp);
             for (int ic = m0; ic < m1; ic += MC) {
                 int mc = m1 - ic < MC ? m1 - ic : MC;
                 pack_a(&g->a, ic, mc, pc, kc, ap);
@@ -331,7 +375,7 @@ static void run_block(const Gemm *g, int m0, int m1, int n0, int n1) {
                 const int tiles = ((nc + NR - 1) / NR) * ((mc + MR - 1) / MR);
                 const int per_tile = (pf.rows * pf.lines + tiles - 1) / tiles;
                 for (int jr = 0, w, cols; jr < nc; jr += w) {
-                    panel_at(nc, jr, &w, &cols);
+                    panel_at(g->N, jc + jr, &w, &cols);
                     for (int ir = 0; ir < mc; ir += MR) {
                         int rows = mc - ir < MR ? mc - ir : MR;
                         float *c = g->c + (size_t)(ic + ir) * g->ldc + (jc + jr);
@@ -368,10 +412,11 @@ static void run(const Gemm *g) {
             int units = (g->M + MR - 1) / MR;
             int lo = (int)((long)units * th / n) * MR, hi = (int)((long)units * (th + 1) / n) * MR;
             run_block(g, lo, hi < g->M ? hi : g->M, 0, g->N);
-        } else {
+        } else { /* shares that begin where a panel begins */
             int units = (g->N + 7) / 8;
-            int lo = (int)((long)units * th / n) * 8, hi = (int)((long)units * (th + 1) / n) * 8;
-            run_block(g, 0, g->M, lo, hi < g->N ? hi : g->N);
+            int lo = panel_start(g->N, (int)((long)units * th / n) * 8);
+            int hi = th + 1 == n ? g->N : panel_start(g->N, (int)((long)units * (th + 1) / n) * 8);
+            run_block(g, 0, g->M, lo, hi);
         }
     }
 }
@@ -390,13 +435,59 @@ const char *ldm_kernels_isa(void) {
 
 void ldm_gemm_norm(int M, int N, int K, const float *A, int lda, const LdmRowNorm *norm, LdmW B, size_t b_off, int ldb,
                    int trans_b, float *C, int ldc, int accumulate) {
-    Gemm g = {M, N, K, {{A, LDM_W_F32}, 0, lda, SRC_ROWS, norm}, {B, b_off, ldb, trans_b ? SRC_COLS : SRC_ROWS, NULL},
-              C, ldc, accumulate};
+    SrcLayout lb = B.layout == LDM_WL_BPANELS ? SRC_BPANELS : trans_b ? SRC_COLS : SRC_ROWS;
+    if (lb == SRC_BPANELS && (!trans_b || b_off || ldb != K)) ldm_internal_error("ldm_gemm_norm: a weight in panels must be a whole B^T");
+    Gemm g = {M, N, K, {{A, LDM_W_F32, 0}, 0, lda, SRC_ROWS, norm}, {B, b_off, ldb, lb, NULL}, C, ldc, accumulate};
     run(&g);
 }
 
 void ldm_gemm_wl(int M, int N, int K, LdmW A, size_t a_off, int lda, const float *B, int ldb, float *C, int ldc,
                  int accumulate) {
-    Gemm g = {M, N, K, {A, a_off, lda, SRC_ROWS, NULL}, {{B, LDM_W_F32}, 0, ldb, SRC_ROWS, NULL}, C, ldc, accumulate};
+    SrcLayout la = A.layout == LDM_WL_APANELS ? SRC_APANELS : SRC_ROWS;
+    if (la == SRC_APANELS && (a_off || lda != K)) ldm_internal_error("ldm_gemm_wl: a weight in panels must be a whole A");
+    Gemm g = {M, N, K, {A, a_off, lda, la, NULL}, {{B, LDM_W_F32, 0}, 0, ldb, SRC_ROWS, NULL}, C, ldc, accumulate};
     run(&g);
+}
+
+/* ---- weights laid out for the packers (LdmWLayout) ------------------------------- */
+
+size_t ldm_w_layout_size(int layout, int64_t rows, int64_t cols) {
+    if (layout == LDM_WL_BPANELS) return (size_t)((rows + 7) / 8 * 8) * (size_t)cols;
+    if (layout == LDM_WL_APANELS) return (size_t)((rows + MR - 1) / MR * MR) * (size_t)cols;
+    return (size_t)rows * (size_t)cols;
+}
+
+int64_t ldm_w_panel_end(int layout, int64_t rows, int64_t r) {
+    if (layout == LDM_WL_BPANELS) { /* pack_b's cut of B's columns */
+        int w, cols;
+        panel_at((int)rows, (int)r, &w, &cols);
+        return r + w;
+    }
+    if (layout == LDM_WL_APANELS) return r / MR * MR + MR;
+    return r + 1;
+}
+
+void ldm_w_relayout(int layout, const void *src, size_t es, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
+                    void *dst) {
+    const unsigned char *s = src;
+    unsigned char *d = dst;
+    if (layout != LDM_WL_BPANELS && layout != LDM_WL_APANELS) {
+        memcpy(d + (size_t)(r0 * cols) * es, s, (size_t)((r1 - r0) * cols) * es);
+        return;
+    }
+    for (int64_t r = r0, end; r < r1; r = end) {
+        end = ldm_w_panel_end(layout, rows, r);
+        const size_t w = (size_t)(end - r);
+        unsigned char *panel = d + (size_t)(r * cols) * es; /* panel [cols][w] */
+        for (size_t c = 0; c < w; c++) {
+            const unsigned char *row = s + (size_t)((r - r0 + (int64_t)c) * cols) * es;
+            if (r + (int64_t)c >= rows) { /* padding */
+                for (int64_t k = 0; k < cols; k++) memset(panel + ((size_t)k * w + c) * es, 0, es);
+            } else if (es == 2) {
+                for (int64_t k = 0; k < cols; k++) memcpy(panel + ((size_t)k * w + c) * 2, row + (size_t)k * 2, 2);
+            } else {
+                for (int64_t k = 0; k < cols; k++) memcpy(panel + ((size_t)k * w + c) * 4, row + (size_t)k * 4, 4);
+            }
+        }
+    }
 }

@@ -3,7 +3,8 @@
  *
  * A generated model lists every weight it was compiled for; loading checks
  * each against the checkpoint (present, floating point, exactly the
- * expected shape) and converts F16/BF16 to float32. The graph runner is the
+ * expected shape) and binding copies them into the layout the kernels read
+ * (model.h: LdmWeights). The graph runner is the
  * main() of every `ldmc GRAPH -o OUT` program: inputs by name from one
  * safetensors file, outputs by name to another.
  */
@@ -59,12 +60,12 @@ static int check_tensor(const StFile *f, const StTensor *t, const LdmTensorInfo 
     return 0;
 }
 
-int ldm_weights_load(const LdmModel *m, const StFile *f, LdmWeights *w) {
+int ldm_weights_open(const LdmModel *m, const StFile *f, LdmWeights *w) {
     memset(w, 0, sizeof *w);
     w->n = m->n_weights;
     w->ptr = ldm_xcalloc((size_t)w->n + 1, sizeof *w->ptr);
-    w->owned = ldm_xcalloc((size_t)w->n + 1, sizeof *w->owned);
-    w->mapped_bytes = ldm_xcalloc((size_t)w->n + 1, sizeof *w->mapped_bytes);
+    w->src = ldm_xcalloc((size_t)w->n + 1, sizeof *w->src);
+    w->off = ldm_xcalloc((size_t)w->n + 1, sizeof *w->off);
     for (int i = 0; i < m->n_weights; i++) {
         const LdmTensorInfo *want = &m->weights[i];
         const StTensor *t = st_find(f, want->name);
@@ -72,52 +73,132 @@ int ldm_weights_load(const LdmModel *m, const StFile *f, LdmWeights *w) {
             ldm_weights_free(w);
             return -1;
         }
-        int need_f32 = (want->flags & LDM_TF_F32) != 0;
-        uintptr_t addr = (uintptr_t)t->data;
-        if (t->dtype == ST_F32 && (addr & 3) == 0) {
-            w->ptr[i] = (LdmW){t->data, LDM_W_F32}; /* used in place */
-            w->mapped_bytes[i] = t->nbytes;
-            continue;
-        }
-        if (!need_f32 && (t->dtype == ST_F16 || t->dtype == ST_BF16) && (addr & 1) == 0) {
-            w->ptr[i] = (LdmW){t->data, t->dtype == ST_F16 ? LDM_W_F16 : LDM_W_BF16};
-            w->mapped_bytes[i] = t->nbytes;
-            continue;
-        }
-        float *buf = ldm_aligned_alloc((size_t)t->numel * sizeof(float));
-        if (st_to_f32(t, buf) != 0) {
-            char why[1024];
-            snprintf(why, sizeof why, "%s", ldm_last_error());
-            free(buf);
+        if (want->dtype != LDM_F32) {
             ldm_weights_free(w);
-            return ldm_fail("%s: %s", f->path, why);
+            return ldm_fail("%s: weight '%s': integer weights are not supported (expected F32, F16 or BF16)", f->path,
+                            want->name);
         }
-        w->owned[i] = buf;
-        w->ptr[i] = (LdmW){buf, LDM_W_F32};
-        w->bytes += (size_t)t->numel * sizeof(float);
+        w->src[i] = *t;
+        const int half = (t->dtype == ST_F16 || t->dtype == ST_BF16) && !(want->flags & LDM_TF_F32);
+        const int layout = want->ndim < 2                       ? LDM_WL_ROWS
+                           : (want->flags & LDM_TF_BPANELS) ? LDM_WL_BPANELS
+                           : (want->flags & LDM_TF_APANELS) ? LDM_WL_APANELS
+                                                            : LDM_WL_ROWS;
+        w->ptr[i] = (LdmW){NULL, !half ? LDM_W_F32 : t->dtype == ST_F16 ? LDM_W_F16 : LDM_W_BF16, layout};
+        const int64_t rows = want->ndim ? want->shape[0] : 1, cols = rows ? ldm_numel(want) / rows : 0;
+        w->off[i] = w->bytes;
+        w->bytes += (ldm_w_layout_size(layout, rows, cols) * (half ? 2 : 4) + 63) & ~(size_t)63;
     }
     return 0;
 }
 
-void ldm_weights_free(LdmWeights *w) {
-    if (w->owned)
-        for (int i = 0; i < w->n; i++) free(w->owned[i]);
-    free(w->owned);
-    free(w->ptr);
-    free(w->mapped_bytes);
-    memset(w, 0, sizeof *w);
+/* madvise(MADV_DONTNEED) on the whole pages inside [p, p + n): pages at
+ * the ends may hold a neighbour still in use */
+static void drop_pages(const void *p, size_t n) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1), hi = ((uintptr_t)p + n) & ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
-void ldm_weights_release(const LdmWeights *w) {
-    if (!w->mapped_bytes) return;
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    for (int i = 0; i < w->n; i++) {
-        if (!w->mapped_bytes[i]) continue;
-        /* only whole pages inside the tensor: neighbours may belong to a model still in use */
-        uintptr_t lo = ((uintptr_t)w->ptr[i].p + page - 1) & ~(page - 1);
-        uintptr_t hi = ((uintptr_t)w->ptr[i].p + w->mapped_bytes[i]) & ~(page - 1);
-        if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+/* rows [r0, r1) of weight i: the unit of work of ldm_weights_bind */
+typedef struct BindPiece {
+    int i;
+    int64_t r0, r1;
+} BindPiece;
+
+static size_t st_elem_size(int dtype) { return dtype == ST_F64 ? 8 : dtype == ST_F32 ? 4 : 2; }
+
+static void bind_piece(LdmWeights *w, const BindPiece *pc) {
+    const StTensor *t = &w->src[pc->i];
+    const LdmW *d = &w->ptr[pc->i];
+    const int64_t rows = t->ndim ? t->shape[0] : 1, cols = rows ? t->numel / rows : 0;
+    const int64_t r1 = pc->r1 < rows ? pc->r1 : rows; /* rows past r1 are the layout's padding */
+    const size_t ses = st_elem_size(t->dtype), n = (size_t)((r1 - pc->r0) * cols);
+    const unsigned char *s = (const unsigned char *)t->data + (size_t)(pc->r0 * cols) * ses;
+    unsigned char *dst = w->region + w->off[pc->i];
+    const int same = (d->type == LDM_W_F32 && t->dtype == ST_F32) || (d->type == LDM_W_F16 && t->dtype == ST_F16) ||
+                     (d->type == LDM_W_BF16 && t->dtype == ST_BF16);
+    if (same) {
+        ldm_w_relayout(d->layout, s, ses, rows, cols, pc->r0, pc->r1, dst);
+    } else { /* to float32 first (F64; half that a kernel reads as float32) */
+        float *f = ldm_xmalloc(n * sizeof *f + 4);
+        for (size_t k = 0; k < n; k++) {
+            const unsigned char *e = s + k * ses;
+            uint16_t h;
+            double v;
+            switch (t->dtype) {
+            case ST_F16: memcpy(&h, e, 2), f[k] = st_f16_to_f32(h); break;
+            case ST_BF16: memcpy(&h, e, 2), f[k] = st_bf16_to_f32(h); break;
+            case ST_F64: memcpy(&v, e, 8), f[k] = (float)v; break;
+            default: memcpy(f + k, e, 4); break;
+            }
+        }
+        ldm_w_relayout(d->layout, f, 4, rows, cols, pc->r0, pc->r1, dst);
+        free(f);
     }
+    drop_pages(s, n * ses);
+}
+
+void ldm_weights_bind(LdmWeights *w) {
+    if (w->region || !w->n) return;
+    /* one mapping, 2 MB aligned, in huge pages where the system gives them */
+    const size_t huge = (size_t)2 << 20;
+    w->map_bytes = w->bytes + huge;
+    w->map = mmap(NULL, w->map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (w->map == MAP_FAILED) {
+        fprintf(stderr, "fatal: out of memory mapping %zu bytes of weights\n", w->map_bytes);
+        abort();
+    }
+    w->region = (unsigned char *)(((uintptr_t)w->map + huge - 1) & ~(uintptr_t)(huge - 1));
+#ifdef MADV_HUGEPAGE
+    madvise(w->region, w->bytes, MADV_HUGEPAGE);
+#endif
+    /* pieces of about 4 MB of the checkpoint, whole panels, so that the
+     * mapped pages go back while the region fills */
+    size_t np = 0, cap = 1024;
+    BindPiece *pcs = ldm_xmalloc(cap * sizeof *pcs);
+    for (int i = 0; i < w->n; i++) {
+        const StTensor *t = &w->src[i];
+        const int64_t rows = t->ndim ? t->shape[0] : 1, cols = rows ? t->numel / rows : 0;
+        const size_t row_bytes = (size_t)cols * st_elem_size(t->dtype) + 1;
+        const int64_t want = (int64_t)(((size_t)4 << 20) / row_bytes) + 1;
+        for (int64_t r = 0, e; r < rows; r = e) {
+            e = r;
+            while (e < rows && e - r < want) e = ldm_w_panel_end(w->ptr[i].layout, rows, e);
+            if (np == cap) pcs = ldm_xrealloc(pcs, (cap *= 2) * sizeof *pcs);
+            pcs[np++] = (BindPiece){i, r, e};
+        }
+    }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (size_t k = 0; k < np; k++) bind_piece(w, &pcs[k]);
+    free(pcs);
+    for (int i = 0; i < w->n; i++) {
+        w->ptr[i].p = w->region + w->off[i];
+        drop_pages(w->src[i].data, w->src[i].nbytes); /* the pages the pieces shared */
+    }
+}
+
+int ldm_weights_load(const LdmModel *m, const StFile *f, LdmWeights *w) {
+    if (ldm_weights_open(m, f, w) != 0) return -1;
+    ldm_weights_bind(w);
+    return 0;
+}
+
+void ldm_weights_release(LdmWeights *w) {
+    if (w->map) munmap(w->map, w->map_bytes);
+    w->map = NULL, w->region = NULL, w->map_bytes = 0;
+    for (int i = 0; i < w->n; i++) {
+        w->ptr[i].p = NULL;
+        drop_pages(w->src[i].data, w->src[i].nbytes);
+    }
+}
+
+void ldm_weights_free(LdmWeights *w) {
+    ldm_weights_release(w);
+    free(w->ptr);
+    free(w->src);
+    free(w->off);
+    memset(w, 0, sizeof *w);
 }
 
 unsigned char *ldm_arena_new(const LdmModel *m) {
@@ -290,8 +371,8 @@ done:
 
 /* ---- weights stored under other names -------------------------------------- */
 
-int ldm_weights_load_mapped(const LdmModel *m, const StFile *f, LdmKeyMapFn map, LdmWeights *w) {
-    if (!map) return ldm_weights_load(m, f, w);
+int ldm_weights_open_mapped(const LdmModel *m, const StFile *f, LdmKeyMapFn map, LdmWeights *w) {
+    if (!map) return ldm_weights_open(m, f, w);
     memset(w, 0, sizeof *w);
     /* Check every weight under its mapped key (so errors name the key that
      * is really missing or wrong), then bind them through a view of f in
@@ -313,10 +394,17 @@ int ldm_weights_load_mapped(const LdmModel *m, const StFile *f, LdmKeyMapFn map,
         view.tensors[i] = *t;
         view.tensors[i].name = (char *)want->name;
     }
-    int rc = ldm_weights_load(m, &view, w);
+    int rc = ldm_weights_open(m, &view, w); /* w->src copies the tensors: the view can go */
     free(view.tensors);
     return rc;
 }
+
+int ldm_weights_load_mapped(const LdmModel *m, const StFile *f, LdmKeyMapFn map, LdmWeights *w) {
+    if (ldm_weights_open_mapped(m, f, map, w) != 0) return -1;
+    ldm_weights_bind(w);
+    return 0;
+}
+
 
 const char *ldm_ema_key(const char *name, char *buf, size_t size) {
     static const char from[] = "model.", to[] = "model_ema.";

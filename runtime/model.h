@@ -27,6 +27,8 @@ typedef enum LdmDType {
 /* LdmTensorInfo.flags */
 enum {
     LDM_TF_F32 = 1,                  /* weight: some kernel reads it as float32 (convert half) */
+    LDM_TF_BPANELS = 2,              /* weight: bind in LDM_WL_BPANELS (every use is a linear layer's) */
+    LDM_TF_APANELS = 4,              /* weight: bind in LDM_WL_APANELS (every use is an im2col or pointwise conv's) */
 };
 
 typedef struct LdmTensorInfo {
@@ -55,31 +57,44 @@ typedef struct LdmModel {
     LdmForwardFn forward;            /* the generated entry point */
 } LdmModel;
 
-/* Weights of one model, in the model's table order. Half-precision
- * weights stay half (used in place from the mapping) unless a kernel needs
- * them as float32 (LDM_TF_F32). */
+/* Weights of one model, in the model's table order. The checkpoint stays
+ * mapped; binding copies every weight into one anonymous region in huge
+ * pages (a weight streamed through 4 KB pages of a file mapping costs a TLB
+ * miss per row piece), half-precision ones still half unless a kernel needs
+ * float32 (LDM_TF_F32), and the weights a GEMM streams re-laid out in the
+ * order its packers read them (LDM_TF_BPANELS, LDM_TF_APANELS). The mapped
+ * pages are given back as they are copied, so the resident set holds each
+ * weight once. */
 typedef struct LdmWeights {
-    LdmW *ptr;                       /* ptr[i] = data and storage type of weights[i] */
-    void **owned;                    /* converted copies to free (NULL where ptr points into the mapping) */
+    LdmW *ptr;                       /* ptr[i] = data, storage type and layout of weights[i] (p NULL until bound) */
+    StTensor *src;                   /* src[i] = the checkpoint tensor weights[i] is made from */
+    size_t *off;                     /* offset of weights[i] in the region */
     int n;                           /* number of weights */
-    size_t bytes;                    /* bytes held in converted copies */
-    size_t *mapped_bytes;            /* size of ptr[i] where it points into the file mapping, else 0 */
+    size_t bytes;                    /* size of the bound region */
+    unsigned char *region;           /* the bound weights, NULL when not bound */
+    void *map;                       /* the region's mapping (aligned to 2 MB inside it) */
+    size_t map_bytes;
 } LdmWeights;
 
 int64_t ldm_numel(const LdmTensorInfo *t);
 /* "[320, 320, 3, 3]" into buf. */
 const char *ldm_shape_str(int ndim, const int64_t *shape, char *buf, size_t size);
 
-/* Bind every weight of m from the checkpoint f, checking presence, dtype
- * (F32, F16 or BF16) and shape; errors name the tensor and what was
- * expected. Aligned F32/F16/BF16 data is used in place (mmap); F64, or
- * half-precision data of a weight flagged LDM_TF_F32, is converted. */
+/* Check every weight of m in the checkpoint f: present, F32, F16, BF16 or
+ * F64, exactly the expected shape; errors name the tensor and what was
+ * expected. Plans the region; binds nothing (f must stay open while w is
+ * in use). */
+int ldm_weights_open(const LdmModel *m, const StFile *f, LdmWeights *w);
+/* Make the region (once; again after ldm_weights_release). */
+void ldm_weights_bind(LdmWeights *w);
+/* ldm_weights_open, then ldm_weights_bind. */
 int ldm_weights_load(const LdmModel *m, const StFile *f, LdmWeights *w);
 void ldm_weights_free(LdmWeights *w);
-/* Hand the pages of the weights used in place from the file mapping back to
- * the kernel (madvise MADV_DONTNEED): they leave the resident set and are
- * read again from the page cache or the file on the next use. */
-void ldm_weights_release(const LdmWeights *w);
+/* Give the region back to the system and the weights' pages of the file
+ * mapping back to the kernel (madvise MADV_DONTNEED): they leave the
+ * resident set; the next ldm_weights_bind reads them again from the page
+ * cache or the file. */
+void ldm_weights_release(LdmWeights *w);
 
 /* Arena for m (64-byte aligned); free with free(). */
 unsigned char *ldm_arena_new(const LdmModel *m);
@@ -98,9 +113,10 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv);
  * to buf (size bytes) or `name` itself. */
 typedef const char *(*LdmKeyMapFn)(const char *name, char *buf, size_t size);
 
-/* ldm_weights_load, reading every weight from the checkpoint key map(name)
- * instead of name (map NULL: the names themselves). Errors name the key
- * that was looked up. */
+/* ldm_weights_open and ldm_weights_load, reading every weight from the
+ * checkpoint key map(name) instead of name (map NULL: the names
+ * themselves). Errors name the key that was looked up. */
+int ldm_weights_open_mapped(const LdmModel *m, const StFile *f, LdmKeyMapFn map, LdmWeights *w);
 int ldm_weights_load_mapped(const LdmModel *m, const StFile *f, LdmKeyMapFn map, LdmWeights *w);
 
 /* LdmKeyMapFn for the EMA copies of the diffusion model: LatentDiffusion

@@ -47,13 +47,13 @@ int ldm_nets_load_mapped(LdmNets *s, const char *ckpt_path, const LdmModel *cons
     s->w = ldm_xcalloc((size_t)n + 1, sizeof *s->w);
     for (int i = 0; i < n; i++) {
         s->models[i] = models[i];
-        if (ldm_weights_load_mapped(models[i], &s->ckpt, maps ? maps[i] : NULL, &s->w[i]) != 0) {
+        if (ldm_weights_open_mapped(models[i], &s->ckpt, maps ? maps[i] : NULL, &s->w[i]) != 0) {
             char why[1024];
             snprintf(why, sizeof why, "%s", ldm_last_error());
             ldm_nets_free(s);
             return ldm_fail("%s; this executable was built for %s", why, what ? what : "another checkpoint");
         }
-        s->weight_bytes += s->w[i].bytes;
+        if (s->w[i].bytes > s->weight_bytes) s->weight_bytes = s->w[i].bytes;
         if (models[i]->arena_bytes > s->arena_bytes) s->arena_bytes = models[i]->arena_bytes;
     }
     s->arena = ldm_aligned_alloc(s->arena_bytes ? s->arena_bytes : 64);
@@ -72,8 +72,10 @@ void ldm_nets_free(LdmNets *s) {
 
 int ldm_nets_run(LdmNets *s, int i, const void *const *in, void *const *out) {
     if (i < 0 || i >= s->n) return ldm_fail("no model %d (%d loaded)", i, s->n);
+    /* one model's weights resident at a time */
     if (s->last_run && s->last_run != i + 1) ldm_weights_release(&s->w[s->last_run - 1]);
     s->last_run = i + 1;
+    ldm_weights_bind(&s->w[i]);
     return s->models[i]->forward(s->w[i].ptr, in, out, s->arena);
 }
 

@@ -68,7 +68,7 @@ int ldm_pipeline_scale_factor(const LdmPipelineConfig *c, const StFile *f, doubl
 
 /* Several generated models run one at a time on the weights of one
  * checkpoint: the file is mapped once and every model's tensors are checked
- * against it (ldm_weights_load). The models share one arena of the largest
+ * against it (ldm_weights_open). The models share one arena of the largest
  * model's size: a forward pass only uses the arena while it runs. */
 typedef struct LdmNets {
     StFile ckpt;                 /* the checkpoint, mapped */
@@ -77,11 +77,12 @@ typedef struct LdmNets {
     LdmWeights *w;               /* (n) bound weights */
     unsigned char *arena;        /* shared activation arena */
     size_t arena_bytes;          /* its size: max over the models */
-    size_t weight_bytes;         /* float32 copies made (F16/BF16 checkpoints) */
+    size_t weight_bytes;         /* the largest model's bound weights (one is resident at a time) */
     int last_run;                /* 1 + the model that ran last (0: none yet) */
 } LdmNets;
 
-/* Open ckpt_path and bind every model. `what` names the executable's build
+/* Open ckpt_path and check every model's weights in it (each is bound,
+ * ldm_weights_bind, when it first runs). `what` names the executable's build
  * for messages ("sd1-tiny/config.yaml at 128x128"): a checkpoint that does
  * not fit gives "<ckpt>: weight '...' has shape [..], expected [..] (...);
  * this executable was built for <what>". */

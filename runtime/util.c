@@ -64,6 +64,16 @@ char *ldm_xasprintf(const char *fmt, ...) {
     return s;
 }
 
+_Noreturn void ldm_internal_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("internal error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    abort();
+}
+
 void *ldm_aligned_alloc(size_t n) {
     void *p = NULL;
     if (posix_memalign(&p, 64, n ? n : 64) != 0) oom(n);

@@ -24,6 +24,10 @@ int ldm_fail(const char *fmt, ...) LDM_PRINTF(1, 2);
 /* The message recorded by the last ldm_fail() on this thread ("" if none). */
 const char *ldm_last_error(void);
 
+/* A broken invariant of the program itself (never bad input): prints
+ * "internal error: ..." and aborts. */
+_Noreturn void ldm_internal_error(const char *fmt, ...) LDM_PRINTF(1, 2);
+
 /* Allocation that aborts with a message when memory is exhausted: running
  * out of memory is not an input error a caller can recover from. */
 void *ldm_xmalloc(size_t n);

@@ -49,7 +49,7 @@ static void *make_weights(size_t n, int type, double *ref) {
     for (size_t i = 0; i < n; i++) {
         w[i] = to_half(frand(), type);
         float f;
-        ldm_w_to_f32((LdmW){w, type}, i, 1, &f);
+        ldm_w_to_f32((LdmW){w, type, LDM_WL_ROWS}, i, 1, &f);
         ref[i] = f;
     }
     return w;
@@ -115,7 +115,7 @@ START_TEST(test_gemm_vs_reference) {
     const LdmRowNorm ln = {mean, rstd, gamma, beta};
     for (int acc = 0; acc < 2; acc++) {
         for (int i = 0; i < M * N; i++) C[i] = C0[i] = acc ? frand() : NAN; /* NaN: must be overwritten */
-        ldm_gemm_norm(M, N, K, A, K, norm ? &ln : NULL, (LdmW){W, type}, 0, trans ? K : N, trans, C, N, acc);
+        ldm_gemm_norm(M, N, K, A, K, norm ? &ln : NULL, (LdmW){W, type, LDM_WL_ROWS}, 0, trans ? K : N, trans, C, N, acc);
         if (acc)
             for (int i = 0; i < M * N; i++) C[i] -= C0[i];
         double e = rel_err(M, N, C, want, mag);
@@ -131,7 +131,7 @@ START_TEST(test_gemm_vs_reference) {
         for (int m = 0; m < M; m++)
             for (int n = 0; n < N; n++) wt[(size_t)n * M + m] = want[m * N + n], mt[(size_t)n * M + m] = mag[m * N + n];
         for (int i = 0; i < M * N; i++) Ct[i] = NAN;
-        ldm_gemm_wl(N, M, K, (LdmW){W, type}, 0, K, At, M, Ct, M, 0);
+        ldm_gemm_wl(N, M, K, (LdmW){W, type, LDM_WL_ROWS}, 0, K, At, M, Ct, M, 0);
         double e = rel_err(N, M, Ct, wt, mt);
         ck_assert_msg(e < 1e-6, "gemm_wl M %d N %d K %d type %d: relative error %g", N, M, K, type, e);
         free(At), free(Ct), free(wt), free(mt);
@@ -166,8 +166,8 @@ START_TEST(test_gemm_threads_agree) {
             float *C = t ? C2 : C1;
             omp_set_num_threads(t ? 2 : 1);
             for (int i = 0; i < M * N; i++) C[i] = NAN;
-            if (v < 2) ldm_gemm_norm(M, N, K, A, K, v ? &ln : NULL, (LdmW){W, type}, 0, K, 1, C, N, 0);
-            else ldm_gemm_wl(N, M, K, (LdmW){W, type}, 0, K, A, M, C, M, 0); /* A read as [K][M] */
+            if (v < 2) ldm_gemm_norm(M, N, K, A, K, v ? &ln : NULL, (LdmW){W, type, LDM_WL_ROWS}, 0, K, 1, C, N, 0);
+            else ldm_gemm_wl(N, M, K, (LdmW){W, type, LDM_WL_ROWS}, 0, K, A, M, C, M, 0); /* A read as [K][M] */
         }
         omp_set_num_threads(threads);
         int nan = 0;
@@ -232,6 +232,91 @@ START_TEST(test_group_norm_silu_range) {
 }
 END_TEST
 
+/* A weight laid out in panels at load (ldm_w_relayout, in pieces of a few
+ * panels as the loader makes them) gives the product bit for bit as the
+ * row-major weight does, with one thread and with two: every panel is read
+ * at the place the layout puts it. Shapes with every cut of a row of
+ * panels (2+2, 3+2, 4+3, a last panel past N), past one NC block of
+ * columns (3080: the block ends inside the tail cut), rows not a multiple
+ * of 4 and several K blocks. Cases 0..23: linear (B), 24..38: weight on the
+ * left (A, as im2col and pointwise convolutions). */
+static void *relayout_in_pieces(int layout, const void *w, int type, int64_t rows, int64_t cols) {
+    const size_t es = type == LDM_W_F32 ? 4 : 2;
+    unsigned char *d = malloc(ldm_w_layout_size(layout, rows, cols) * es);
+    memset(d, 0xff, ldm_w_layout_size(layout, rows, cols) * es); /* NaN / garbage unless written */
+    for (int64_t r = 0, e; r < rows; r = e) {
+        e = r;
+        for (int p = 0; p < 3 && e < rows; p++) e = ldm_w_panel_end(layout, rows, e);
+        ldm_w_relayout(layout, (const unsigned char *)w + (size_t)(r * cols) * es, es, rows, cols, r, e, d);
+    }
+    return d;
+}
+
+START_TEST(test_gemm_weight_panels) {
+    static const GemmCase lin[] = {{5, 8, 20},   {130, 32, 300}, {7, 56, 64},    {33, 40, 260},
+                                   {2, 320, 300}, {130, 3080, 300}, {64, 3100, 40}, {300, 1283, 520}};
+    static const GemmCase wl[] = {{3, 40, 9}, {4, 7, 300}, {130, 50, 64}, {1281, 32, 600}, {66, 3100, 30}};
+    const int is_a = _i >= 24, type = is_a ? (_i - 24) % 3 : _i % 3;
+    const GemmCase c = is_a ? wl[(_i - 24) / 3] : lin[_i / 3];
+    /* the weight: [N][K] (linear: C[M][N] = A W^T) or [M][K] (C[M][N] = W B) */
+    const int M = c.M, N = c.N, K = c.K, wrows = is_a ? M : N;
+    double *wref = malloc((size_t)wrows * K * sizeof *wref);
+    void *W = make_weights((size_t)wrows * K, type, wref);
+    const int layout = is_a ? LDM_WL_APANELS : LDM_WL_BPANELS;
+    void *P = relayout_in_pieces(layout, W, type, wrows, K);
+    const int bn = is_a ? N : K; /* the activation: A[M][K], or B[K][N] */
+    float *X = malloc((size_t)(is_a ? K : M) * bn * sizeof *X), *C0 = malloc((size_t)M * N * sizeof *C0),
+          *C = malloc((size_t)M * N * sizeof *C);
+    for (int i = 0; i < (is_a ? K : M) * bn; i++) X[i] = frand();
+    float *gamma = malloc((size_t)K * sizeof *gamma), *beta = malloc((size_t)K * sizeof *beta);
+    float *mean = malloc((size_t)M * sizeof *mean), *rstd = malloc((size_t)M * sizeof *rstd);
+    for (int k = 0; k < K; k++) gamma[k] = frand(), beta[k] = frand();
+    if (!is_a) ldm_row_stats(M, K, X, 1e-5, mean, rstd);
+    const LdmRowNorm ln = {mean, rstd, gamma, beta};
+    const int threads = omp_get_max_threads();
+    for (int norm = 0; norm < (is_a ? 1 : 2); norm++)
+        for (int t = 0; t < 3; t++) { /* row-major (reference), panels on 1 thread, on 2 */
+            float *out = t ? C : C0;
+            omp_set_num_threads(t == 1 ? 1 : 2);
+            const LdmW w = {t ? P : W, type, t ? layout : LDM_WL_ROWS};
+            for (int i = 0; i < M * N; i++) out[i] = NAN;
+            if (is_a) ldm_gemm_wl(M, N, K, w, 0, K, X, N, out, N, 0);
+            else ldm_gemm_norm(M, N, K, X, K, norm ? &ln : NULL, w, 0, K, 1, out, N, 0);
+            if (t)
+                ck_assert_msg(memcmp(C0, C, (size_t)M * N * sizeof *C) == 0,
+                              "%s M %d N %d K %d type %d norm %d, %d thread(s): panels differ from rows",
+                              is_a ? "weight on the left" : "linear", M, N, K, type, norm, t);
+        }
+    omp_set_num_threads(threads);
+    for (int i = 0; i < M * N; i++) ck_assert_msg(C0[i] == C0[i], "element %d not written", i);
+    free(wref), free(W), free(P), free(X), free(C0), free(C), free(gamma), free(beta), free(mean), free(rstd);
+}
+END_TEST
+
+/* The layout's padding is zeros and every element of the weight is somewhere. */
+START_TEST(test_weight_layout_cover) {
+    for (int layout = LDM_WL_BPANELS; layout <= LDM_WL_APANELS; layout++)
+        for (int rows = 1; rows <= 61; rows += 3) {
+            const int cols = 5;
+            uint16_t *w = malloc((size_t)rows * cols * sizeof *w);
+            for (int i = 0; i < rows * cols; i++) w[i] = (uint16_t)(i + 1);
+            const size_t n = ldm_w_layout_size(layout, rows, cols);
+            uint16_t *d = relayout_in_pieces(layout, w, LDM_W_F16, rows, cols);
+            int *count = calloc((size_t)rows * cols + 1, sizeof *count);
+            for (size_t i = 0; i < n; i++) {
+                ck_assert_msg(d[i] <= rows * cols, "layout %d rows %d: element %zu never written", layout, rows, i);
+                count[d[i]]++;
+            }
+            ck_assert_msg(count[0] == (int)n - rows * cols, "layout %d rows %d: %d zeros of padding, expected %d",
+                          layout, rows, count[0], (int)n - rows * cols);
+            for (int v = 1; v <= rows * cols; v++)
+                ck_assert_msg(count[v] == 1, "layout %d rows %d: element %d stored %d times", layout, rows, v - 1,
+                              count[v]);
+            free(w), free(d), free(count);
+        }
+}
+END_TEST
+
 /* How ldm_panel cuts a row of nu units into panels: contiguous, covering,
  * only widths a kernel exists for, as many full panels as possible but one,
  * and a one-unit panel (the slow kernel) only when nu is 1. */
@@ -267,6 +352,8 @@ Suite *suite_gemm(void) {
     tcase_add_loop_test(tc, test_gemm_vs_reference, 0, N_CASES * 12);
     tcase_add_loop_test(tc, test_gemm_threads_agree, 0, 15);
     tcase_add_test(tc, test_panel_cuts);
+    tcase_add_loop_test(tc, test_gemm_weight_panels, 0, 39);
+    tcase_add_test(tc, test_weight_layout_cover);
     tcase_add_test(tc, test_geglu_erf);
     tcase_add_test(tc, test_group_norm_silu_range);
     suite_add_tcase(s, tc);

@@ -149,8 +149,8 @@ static double run_algo(Case k, int wtype, int epi, uint64_t seed, int algo, int 
     size_t sb = algo < 0 ? ldm_winograd_scratch_bytes(&s) : ldm_conv_scratch_bytes(&s, algo);
     float *scratch = ldm_aligned_alloc(sb + 64);
     LdmEpilogue ep = {bias, rowadd, res};
-    if (algo < 0) ldm_conv3x3_winograd(&s, x, (LdmW){wstore, wtype}, epi ? &ep : NULL, y, scratch);
-    else ldm_conv2d(&s, algo, x, (LdmW){wstore, wtype}, epi ? &ep : NULL, y, scratch);
+    if (algo < 0) ldm_conv3x3_winograd(&s, x, (LdmW){wstore, wtype, LDM_WL_ROWS}, epi ? &ep : NULL, y, scratch);
+    else ldm_conv2d(&s, algo, x, (LdmW){wstore, wtype, LDM_WL_ROWS}, epi ? &ep : NULL, y, scratch);
     double *ref = malloc(ny * sizeof *ref);
     double smax = ref_conv(&s, x, wf, bias, rowadd, res, ref);
     double maxe = 0;
@@ -273,10 +273,10 @@ START_TEST(test_concat_part) {
     float *z = ldm_aligned_alloc(nz * sizeof(float));
     for (size_t i = 0; i < nz; i++) z[i] = 12345.0f;
     LdmEpilogue ep = {bias, rowadd, res};
-    ldm_conv2d(&s, algo, x, (LdmW){w, LDM_W_F32}, &ep, y, scratch);
+    ldm_conv2d(&s, algo, x, (LdmW){w, LDM_W_F32, LDM_WL_ROWS}, &ep, y, scratch);
     LdmConvShape sg = s;
     sg.y_gap = gap;
-    ldm_conv2d(&sg, algo, x, (LdmW){w, LDM_W_F32}, &ep, z, scratch);
+    ldm_conv2d(&sg, algo, x, (LdmW){w, LDM_W_F32, LDM_WL_ROWS}, &ep, z, scratch);
     for (int n = 0; n < k.N; n++) {
         const float *zn = z + (size_t)n * (k.O * P + gap);
         for (size_t i = 0; i < k.O * P; i++)
@@ -306,11 +306,11 @@ START_TEST(test_threads) {
     LdmEpilogue ep = {bias, NULL, NULL};
     int saved = omp_get_max_threads();
     omp_set_num_threads(1);
-    ldm_conv3x3_winograd(&s, x, (LdmW){w, LDM_W_F32}, &ep, y1, scratch);
+    ldm_conv3x3_winograd(&s, x, (LdmW){w, LDM_W_F32, LDM_WL_ROWS}, &ep, y1, scratch);
     for (int nt = 2; nt <= 5; nt++) {
         omp_set_num_threads(nt);
         memset(y, 0, ny * sizeof *y);
-        ldm_conv3x3_winograd(&s, x, (LdmW){w, LDM_W_F32}, &ep, y, scratch);
+        ldm_conv3x3_winograd(&s, x, (LdmW){w, LDM_W_F32, LDM_WL_ROWS}, &ep, y, scratch);
         ck_assert_msg(!memcmp(y, y1, ny * sizeof *y), "%d threads differ from 1", nt);
     }
     omp_set_num_threads(saved);
@@ -338,7 +338,7 @@ START_TEST(test_large_output) {
     float *y = ldm_aligned_alloc(ny * sizeof *y), *scratch = ldm_aligned_alloc(ldm_winograd_scratch_bytes(&s));
     for (size_t i = 0; i < ny; i++) y[i] = NAN;
     LdmEpilogue ep = {bias, NULL, res};
-    ldm_conv3x3_winograd(&s, x, (LdmW){w, LDM_W_F32}, &ep, y, scratch);
+    ldm_conv3x3_winograd(&s, x, (LdmW){w, LDM_W_F32, LDM_WL_ROWS}, &ep, y, scratch);
     double maxe = 0, smax = 0, mag;
     for (int o = 0; o < k.O; o++)
         for (int h = 0; h < k.H; h++) {
@@ -365,7 +365,7 @@ START_TEST(test_error_large_c) {
     float *x = rand_buf(nx, 1.0), *w = rand_buf(nw, 1.0 / sqrt(9.0 * k.C));
     float *y = ldm_aligned_alloc(ny * sizeof *y), *scratch = ldm_aligned_alloc(ldm_winograd_scratch_bytes(&s));
     double *ref = malloc(ny * sizeof *ref);
-    ldm_conv3x3_winograd(&s, x, (LdmW){w, LDM_W_F32}, NULL, y, scratch);
+    ldm_conv3x3_winograd(&s, x, (LdmW){w, LDM_W_F32, LDM_WL_ROWS}, NULL, y, scratch);
     ref_conv(&s, x, w, NULL, NULL, NULL, ref);
     double maxe = 0, ss = 0;
     for (size_t i = 0; i < ny; i++) {

@@ -72,8 +72,8 @@ static void one(const char *what, int wl, int M, int N, int K, int type) {
     for (int r = 0; r < nrep; r++) {
         A = As[r % copies], B = Bs[r % copies];
         double t = now();
-        if (wl) ldm_gemm_wl(M, N, K, (LdmW){A, type}, 0, K, B, N, C, N, 0);
-        else ldm_gemm_norm(M, N, K, A, K, NULL, (LdmW){B, type}, 0, K, 1, C, N, 0);
+        if (wl) ldm_gemm_wl(M, N, K, (LdmW){A, type, LDM_WL_ROWS}, 0, K, B, N, C, N, 0);
+        else ldm_gemm_norm(M, N, K, A, K, NULL, (LdmW){B, type, LDM_WL_ROWS}, 0, K, 1, C, N, 0);
         t = now() - t;
         ts[r] = t;
         if (t < best) best = t;
@@ -111,7 +111,7 @@ static void conv(const char *what, int N, int C, int H, int O, int k, int type) 
     double best = 1e9;
     for (int r = 0; r < 5; r++) {
         double t = now();
-        ldm_conv2d(&s, algo, x, (LdmW){w, type}, NULL, y, scratch);
+        ldm_conv2d(&s, algo, x, (LdmW){w, type, LDM_WL_ROWS}, NULL, y, scratch);
         t = now() - t;
         if (t < best) best = t;
     }
