@@ -251,10 +251,14 @@ static __attribute__((noinline)) void pv_4x24(int nk, const float *v, long ldv, 
     do {                                                                                                \
         const float *x_ = (x), *y_ = (y);                                                               \
         ldm_v16 y0 = V16(y_), y1 = V16(y_ + 16), y2 = V16(y_ + 32), b;                                  \
-        b = V16_SPLAT(x_[o0]), a00 += b * y0, a01 += b * y1, a02 += b * y2;                             \
-        b = V16_SPLAT(x_[o1]), a10 += b * y0, a11 += b * y1, a12 += b * y2;                             \
-        b = V16_SPLAT(x_[o2]), a20 += b * y0, a21 += b * y1, a22 += b * y2;                             \
-        b = V16_SPLAT(x_[o3]), a30 += b * y0, a31 += b * y1, a32 += b * y2;                             \
+        b = V16_SPLAT(x_[o0]), a00 = v16_fma(b, y0, a00);                                               \
+        a01 = v16_fma(b, y1, a01), a02 = v16_fma(b, y2, a02);                                           \
+        b = V16_SPLAT(x_[o1]), a10 = v16_fma(b, y0, a10);                                               \
+        a11 = v16_fma(b, y1, a11), a12 = v16_fma(b, y2, a12);                                           \
+        b = V16_SPLAT(x_[o2]), a20 = v16_fma(b, y0, a20);                                               \
+        a21 = v16_fma(b, y1, a21), a22 = v16_fma(b, y2, a22);                                           \
+        b = V16_SPLAT(x_[o3]), a30 = v16_fma(b, y0, a30);                                               \
+        a31 = v16_fma(b, y1, a31), a32 = v16_fma(b, y2, a32);                                           \
     } while (0)
 #define STORE_4X48(p)                                                                                   \
     do {                                                                                                \

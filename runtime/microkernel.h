@@ -181,6 +181,24 @@ typedef float ldm_v16 __attribute__((vector_size(64), aligned(4))); /* unaligned
 #define V16(p) (*(const ldm_v16 *)(const void *)(p))
 #define V16_STORE(p, v) (*(ldm_v16 *)(void *)(p) = (v))
 #define V16_SPLAT(x) ((ldm_v16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x})
+/* acc + x * y, rounded once: written out rather than left to the
+ * compiler's contraction of `acc += x * y`, which GCC does only from -O2,
+ * so that every build (the -O1 sanitizer one too) rounds as the FMA
+ * assembly kernels do and a result never depends on which kernel, hence
+ * which panel split or thread count, computed it. */
+static inline ldm_v16 v16_fma(ldm_v16 x, ldm_v16 y, ldm_v16 acc) {
+#ifdef __AVX512F__
+    return (ldm_v16)_mm512_fmadd_ps((__m512)x, (__m512)y, (__m512)acc);
+#else
+    union {
+        ldm_v16 v;
+        __m256 h[2];
+    } a = {x}, b = {y}, c = {acc};
+    c.h[0] = _mm256_fmadd_ps(a.h[0], b.h[0], c.h[0]);
+    c.h[1] = _mm256_fmadd_ps(a.h[1], b.h[1], c.h[1]);
+    return c.v;
+#endif
+}
 #define V16_OUT(r, v, s) V16_STORE(c + (size_t)(r) * ldc + 16 * (v), acc ? (s) + V16(c + (size_t)(r) * ldc + 16 * (v)) : (s))
 
 static inline void kern_4x48(int kc, const float *a, const float *b, float *restrict c, int ldc, int acc) {
@@ -190,10 +208,10 @@ static inline void kern_4x48(int kc, const float *a, const float *b, float *rest
     for (int k = 0; k < kc; k++, a += 4, b += 48) {
         __builtin_prefetch(b + 384);
         ldm_v16 b0 = V16(b), b1 = V16(b + 16), b2 = V16(b + 32), x;
-        x = V16_SPLAT(a[0]), s00 += x * b0, s01 += x * b1, s02 += x * b2;
-        x = V16_SPLAT(a[1]), s10 += x * b0, s11 += x * b1, s12 += x * b2;
-        x = V16_SPLAT(a[2]), s20 += x * b0, s21 += x * b1, s22 += x * b2;
-        x = V16_SPLAT(a[3]), s30 += x * b0, s31 += x * b1, s32 += x * b2;
+        x = V16_SPLAT(a[0]), s00 = v16_fma(x, b0, s00), s01 = v16_fma(x, b1, s01), s02 = v16_fma(x, b2, s02);
+        x = V16_SPLAT(a[1]), s10 = v16_fma(x, b0, s10), s11 = v16_fma(x, b1, s11), s12 = v16_fma(x, b2, s12);
+        x = V16_SPLAT(a[2]), s20 = v16_fma(x, b0, s20), s21 = v16_fma(x, b1, s21), s22 = v16_fma(x, b2, s22);
+        x = V16_SPLAT(a[3]), s30 = v16_fma(x, b0, s30), s31 = v16_fma(x, b1, s31), s32 = v16_fma(x, b2, s32);
     }
     V16_OUT(0, 0, s00), V16_OUT(0, 1, s01), V16_OUT(0, 2, s02);
     V16_OUT(1, 0, s10), V16_OUT(1, 1, s11), V16_OUT(1, 2, s12);
@@ -207,10 +225,10 @@ static inline void kern_4x32(int kc, const float *a, const float *b, float *rest
     for (int k = 0; k < kc; k++, a += 4, b += 32) {
         __builtin_prefetch(b + 256);
         ldm_v16 b0 = V16(b), b1 = V16(b + 16), x;
-        x = V16_SPLAT(a[0]), s00 += x * b0, s01 += x * b1;
-        x = V16_SPLAT(a[1]), s10 += x * b0, s11 += x * b1;
-        x = V16_SPLAT(a[2]), s20 += x * b0, s21 += x * b1;
-        x = V16_SPLAT(a[3]), s30 += x * b0, s31 += x * b1;
+        x = V16_SPLAT(a[0]), s00 = v16_fma(x, b0, s00), s01 = v16_fma(x, b1, s01);
+        x = V16_SPLAT(a[1]), s10 = v16_fma(x, b0, s10), s11 = v16_fma(x, b1, s11);
+        x = V16_SPLAT(a[2]), s20 = v16_fma(x, b0, s20), s21 = v16_fma(x, b1, s21);
+        x = V16_SPLAT(a[3]), s30 = v16_fma(x, b0, s30), s31 = v16_fma(x, b1, s31);
     }
     V16_OUT(0, 0, s00), V16_OUT(0, 1, s01), V16_OUT(1, 0, s10), V16_OUT(1, 1, s11);
     V16_OUT(2, 0, s20), V16_OUT(2, 1, s21), V16_OUT(3, 0, s30), V16_OUT(3, 1, s31);
