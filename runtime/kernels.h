@@ -63,6 +63,16 @@ void ldm_kernels_init(void);
 /* Which micro-kernels this build runs, e.g. "AVX-512 (4x48)" (for reports). */
 const char *ldm_kernels_isa(void);
 
+/* The compute mode: "f32" (the default) or "bf16": the GEMM kernel's
+ * products (linear layers, im2col and pointwise convolutions) with both
+ * operands rounded to bfloat16 and float32 sums (AVX-512 BF16), the rest
+ * (Winograd, attention, direct convolutions, norms) unchanged. 0, or -1
+ * (ldm_fail) for another name or where the build or CPU has no AVX-512
+ * BF16. Set it before running kernels, not while they run. */
+int ldm_set_compute(const char *mode);
+/* The mode set, for reports ("f32", or "bf16 (...)"). */
+const char *ldm_compute_mode(void);
+
 /* Widen n weights starting at element `off` into dst (float32). */
 void ldm_w_to_f32(LdmW w, size_t off, size_t n, float *dst);
 

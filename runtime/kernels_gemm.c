@@ -290,8 +290,8 @@ typedef struct Gemm {
 } Gemm;
 
 static float *thread_buf(int which, size_t n) {
-    static _Thread_local float *buf[2];
-    static _Thread_local size_t cap[2];
+    static _Thread_local float *buf[4];
+    static _Thread_local size_t cap[4];
     if (n > cap[which]) {
         free(buf[which]);
         cap[which] = n;
@@ -313,6 +313,122 @@ static inline void tile_op(const Gemm *g, const float *a, const float *b, int kc
             for (int q = 0; q < cols; q++)
                 c[(size_t)r * g->ldc + q] = (acc ? c[(size_t)r * g->ldc + q] : 0.0f) + tile[r * w + q];
 }
+
+/* ---- bfloat16 compute (ldm_set_compute("bf16")) --------------------------------
+ * The same blocking and packing; each packed block is then rounded to
+ * bfloat16 (to nearest even) in the layout of vdpbf16ps, pairs of
+ * consecutive k side by side: an A panel [kc][4] becomes [kc/2][4][2], a B
+ * panel [kc][w] becomes [kc/2][w][2] (an odd kc gets a zero k). The
+ * kernel accumulates in float32: c[r][j] += a[2p][r] b[2p][j] +
+ * a[2p+1][r] b[2p+1][j], one instruction per 16 columns and pair of k. */
+static int compute_bf16;
+
+#ifdef __AVX512BF16__
+static inline uint16_t bf16_rne(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* [kc][w] floats -> [kcp/2][w][2] bfloat16, kcp = kc rounded up to even. */
+static void panel_to_bf16(const float *src, int kc, int w, uint16_t *dst) {
+    const int np = kc / 2;
+    int p = 0;
+    if (w == 4) { /* A: two pairs of k (16 floats, contiguous) at a time */
+        const __m256i ix = _mm256_setr_epi16(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
+        for (; p + 2 <= np; p += 2) {
+            __m256i h = (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + (size_t)p * 8));
+            _mm256_storeu_si256((__m256i *)(dst + (size_t)p * 8), _mm256_permutexvar_epi16(ix, h));
+        }
+    } else if (w % 8 == 0) { /* B: 16 (then 8) columns of both k of a pair */
+        const __m512i ix16 = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
+                                              6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        const __m256i ix8 = _mm256_setr_epi16(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+        for (; p < np; p++) {
+            const float *r0 = src + (size_t)(2 * p) * w, *r1 = r0 + w;
+            uint16_t *d = dst + (size_t)p * w * 2;
+            int c = 0;
+            for (; c + 16 <= w; c += 16) {
+                __m512i h = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(r1 + c), _mm512_loadu_ps(r0 + c));
+                _mm512_storeu_si512(d + 2 * c, _mm512_permutexvar_epi16(ix16, h));
+            }
+            for (; c + 8 <= w; c += 8) {
+                __m256i h = (__m256i)_mm256_cvtne2ps_pbh(_mm256_loadu_ps(r1 + c), _mm256_loadu_ps(r0 + c));
+                _mm256_storeu_si256((__m256i *)(d + 2 * c), _mm256_permutexvar_epi16(ix8, h));
+            }
+        }
+    }
+    for (; p < np; p++)
+        for (int c = 0; c < w; c++) {
+            dst[((size_t)p * w + c) * 2] = bf16_rne(src[(size_t)(2 * p) * w + c]);
+            dst[((size_t)p * w + c) * 2 + 1] = bf16_rne(src[(size_t)(2 * p + 1) * w + c]);
+        }
+    if (kc & 1)
+        for (int c = 0; c < w; c++) {
+            dst[((size_t)np * w + c) * 2] = bf16_rne(src[(size_t)(kc - 1) * w + c]);
+            dst[((size_t)np * w + c) * 2 + 1] = 0;
+        }
+}
+
+/* C[4][w] (+)= A x B over kp pairs of k, w = 16 nv + 8 h (48, 32, 24, 16
+ * or 8): inlined once per width, the accumulators in registers. */
+static inline __attribute__((always_inline)) void kern_bf16(int nv, int h, int kp, const uint16_t *a,
+                                                              const uint16_t *b, float *restrict c, int ldc, int acc) {
+    const int w = 16 * nv + 8 * h;
+    __m512 s[4][3];
+    __m256 t[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) s[r][v] = _mm512_setzero_ps();
+        t[r] = _mm256_setzero_ps();
+    }
+    for (int p = 0; p < kp; p++, a += 8, b += 2 * w) {
+        __m512bh bv[3];
+        __m256bh bh = (__m256bh)_mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) bv[v] = (__m512bh)_mm512_loadu_si512(b + 32 * v);
+        if (h) bh = (__m256bh)_mm256_loadu_si256((const __m256i *)(b + 32 * nv));
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            uint32_t pair;
+            memcpy(&pair, a + 2 * r, 4);
+            __m512i x = _mm512_set1_epi32((int)pair);
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) s[r][v] = _mm512_dpbf16_ps(s[r][v], (__m512bh)x, bv[v]);
+            if (h) t[r] = _mm256_dpbf16_ps(t[r], (__m256bh)_mm512_castsi512_si256(x), bh);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+        float *cr = c + (size_t)r * ldc;
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            _mm512_storeu_ps(cr + 16 * v, acc ? _mm512_add_ps(s[r][v], _mm512_loadu_ps(cr + 16 * v)) : s[r][v]);
+        if (h) _mm256_storeu_ps(cr + 16 * nv, acc ? _mm256_add_ps(t[r], _mm256_loadu_ps(cr + 16 * nv)) : t[r]);
+    }
+}
+
+/* tile_op for the bfloat16 panels (kp pairs of k). */
+static void tile_op_bf16(const Gemm *g, const uint16_t *a, const uint16_t *b, int kp, float *c, int rows, int cols,
+                         int w, int acc) {
+    float tile[MR * 48] __attribute__((aligned(64)));
+    int full = rows == MR && cols == w;
+    float *d = full ? c : tile;
+    int ldd = full ? (int)g->ldc : w, accd = full ? acc : 0;
+    switch (w) {
+    case 48: kern_bf16(3, 0, kp, a, b, d, ldd, accd); break;
+    case 32: kern_bf16(2, 0, kp, a, b, d, ldd, accd); break;
+    case 24: kern_bf16(1, 1, kp, a, b, d, ldd, accd); break;
+    case 16: kern_bf16(1, 0, kp, a, b, d, ldd, accd); break;
+    default: kern_bf16(0, 1, kp, a, b, d, ldd, accd); break;
+    }
+    if (!full)
+        for (int r = 0; r < rows; r++)
+            for (int q = 0; q < cols; q++)
+                c[(size_t)r * g->ldc + q] = (acc ? c[(size_t)r * g->ldc + q] : 0.0f) + tile[r * w + q];
+}
+#endif
 
 /* Software prefetch of the A block packed next, a few lines per tile of the
  * current block: a weight streamed from memory (the 8x8 and 4x4 levels'
@@ -356,6 +472,11 @@ static void run_block(const Gemm *g, int m0, int m1, int n0, int n1) {
     int kstep = ((g->K + nk - 1) / nk + 7) & ~7;
     float *ap = thread_buf(0, (size_t)MC * kstep);
     float *bp = thread_buf(1, (size_t)(NC + NR) * kstep);
+#ifdef __AVX512BF16__
+    const int bf = compute_bf16; /* kstep is even: every kc but the last is */
+    uint16_t *ab = bf ? (uint16_t *)thread_buf(2, (size_t)MC * (kstep + 1) / 2 + 16) : NULL;
+    uint16_t *bb = bf ? (uint16_t *)thread_buf(3, (size_t)(NC + NR) * (kstep + 1) / 2 + 16) : NULL;
+#endif
     for (int jc = n0, nc; jc < n1; jc += nc) {
         /* blocks of NC columns, each ending where a panel ends */
         nc = n1 - jc <= NC ? n1 - jc : panel_start(g->N, jc + NC) - jc;
@@ -363,9 +484,21 @@ static void run_block(const Gemm *g, int m0, int m1, int n0, int n1) {
             int kc = g->K - pc < kstep ? g->K - pc : kstep;
             int acc = pc > 0 || g->accumulate;
             pack_b(&g->b, g->N, jc, nc, pc, kc, bp);
+#ifdef __AVX512BF16__
+            const int kcp = (kc + 1) & ~1;
+            if (bf)
+                for (int jr = 0, w, cols; jr < nc; jr += w) {
+                    panel_at(g->N, jc + jr, &w, &cols);
+                    panel_to_bf16(bp + (size_t)jr * kc, kc, w, bb + (size_t)jr * kcp);
+                }
+#endif
             for (int ic = m0; ic < m1; ic += MC) {
                 int mc = m1 - ic < MC ? m1 - ic : MC;
                 pack_a(&g->a, ic, mc, pc, kc, ap);
+#ifdef __AVX512BF16__
+                if (bf)
+                    for (int ir = 0; ir < mc; ir += MR) panel_to_bf16(ap + (size_t)ir * kc, kc, MR, ab + (size_t)ir * kcp);
+#endif
                 /* the block after this one: next rows, else the next K block */
                 APrefetch pf = {NULL, 0, 0, 0, 0, 0};
                 if (ic + MC < m1) pf = a_prefetch(g, ic + MC, m1 - ic - MC < MC ? m1 - ic - MC : MC, pc, kc);
@@ -390,6 +523,12 @@ static void run_block(const Gemm *g, int m0, int m1, int n0, int n1) {
                                 _mm_prefetch(nx + 64, _MM_HINT_T0);
                             }
                         a_prefetch_step(&pf, per_tile);
+#ifdef __AVX512BF16__
+                        if (bf) {
+                            tile_op_bf16(g, ab + (size_t)ir * kcp, bb + (size_t)jr * kcp, kcp / 2, c, rows, cols, w, acc);
+                            continue;
+                        }
+#endif
                         tile_op(g, ap + (size_t)ir * kc, bp + (size_t)jr * kc, kc, c, rows, cols, w, acc);
                     }
                 }
@@ -431,6 +570,26 @@ const char *ldm_kernels_isa(void) {
 #else
     return "AVX2+FMA (4x24 GEMM and Winograd, 24-query attention)";
 #endif
+}
+
+int ldm_set_compute(const char *mode) {
+    if (!strcmp(mode, "f32")) {
+        compute_bf16 = 0;
+        return 0;
+    }
+    if (strcmp(mode, "bf16")) return ldm_fail("--compute: expected f32 or bf16, got '%s'", mode);
+#ifdef __AVX512BF16__
+    if (!__builtin_cpu_supports("avx512bf16")) return ldm_fail("--compute bf16: this CPU has no AVX-512 BF16");
+    compute_bf16 = 1;
+    return 0;
+#else
+    return ldm_fail("--compute bf16: this build has no AVX-512 BF16 kernels (built for a CPU without it)");
+#endif
+}
+
+const char *ldm_compute_mode(void) {
+    return compute_bf16 ? "bf16 (GEMM products in bfloat16, float32 sums; Winograd, attention and the rest float32)"
+                        : "f32";
 }
 
 void ldm_gemm_norm(int M, int N, int K, const float *A, int lda, const LdmRowNorm *norm, LdmW B, size_t b_off, int ldb,

@@ -212,12 +212,14 @@ unsigned char *ldm_arena_new(const LdmModel *m) {
 static void runner_usage(const LdmModel *m, FILE *fp) {
     fprintf(fp,
             "usage: %s --weights CKPT.safetensors --inputs IN.safetensors --outputs OUT.safetensors\n"
-            "          [--prefix P] [--repeat N]\n"
+            "          [--prefix P] [--repeat N] [--compute f32|bf16]\n"
             "       %s --weights CKPT.safetensors --random-inputs SEED [--repeat N] [--outputs OUT]\n"
             "Runs graph '%s' (%s).\n"
             "Reads the inputs by name (P + name) from IN, writes the outputs by name to OUT.\n"
             "  --repeat N         run N times and print the median time per call\n"
-            "  --random-inputs S  feed N(0,1) floats and small integer ids from seed S (benchmarks)\n",
+            "  --random-inputs S  feed N(0,1) floats and small integer ids from seed S (benchmarks)\n"
+            "  --compute f32|bf16 f32 (default), or the GEMM kernel's products in bfloat16 with float32\n"
+            "                     sums (CPUs with AVX-512 BF16; Winograd, attention and the rest stay f32)\n",
             m->name, m->name, m->name, m->banner);
     fprintf(fp, "inputs:");
     char b[160];
@@ -255,6 +257,12 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
         else if (!strcmp(a, "--inputs")) inputs = v;
         else if (!strcmp(a, "--outputs")) outputs = v;
         else if (!strcmp(a, "--prefix")) prefix = v;
+        else if (!strcmp(a, "--compute")) {
+            if (ldm_set_compute(v) != 0) {
+                fprintf(stderr, "%s: error: %s\n", argv[0], ldm_last_error());
+                return 2;
+            }
+        }
         else if (!strcmp(a, "--random-inputs")) {
             char *end;
             seed = strtoull(v, &end, 10);
@@ -351,7 +359,8 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
     int wrc = outputs ? st_writer_save(sw, outputs) : 0;
     st_writer_free(sw);
     if (wrc != 0) goto done;
-    fprintf(stderr, "%s: kernels %s, %d threads\n", m->name, ldm_kernels_isa(), omp_get_max_threads());
+    fprintf(stderr, "%s: kernels %s, %d threads, compute %s\n", m->name, ldm_kernels_isa(), omp_get_max_threads(),
+            ldm_compute_mode());
     fprintf(stderr, "%s: load %.3f s, forward %.4f s (median of %d), %.2f GFLOP/s, arena %.1f MiB, peak RSS %.1f MiB\n",
             m->name, t_load, med, repeat, med > 0 ? m->flops / med / 1e9 : 0.0, (double)m->arena_bytes / 1048576.0,
             (double)ldm_peak_rss() / 1048576.0);

@@ -345,6 +345,88 @@ START_TEST(test_panel_cuts) {
 }
 END_TEST
 
+/* --compute bf16: both operands rounded to bfloat16 (to nearest even), the
+ * products summed in float32. Against a double reference on the rounded
+ * operands, to the float32 bound of the other tests: a kernel that did
+ * not round (or rounded otherwise, or lost a k of an odd kc) is off by
+ * about 2^-9 of the magnitude, a thousand times more. Every panel width
+ * (cases above), both weight orientations, weights in panels, float and
+ * half weights, the weight on the left, and one thread against two, bit
+ * for bit. Where the build or CPU has no AVX-512 BF16 the mode must be
+ * refused with a message saying so. */
+static double bf16_of(double v) {
+    float f = (float)v;
+    uint16_t h = to_half(f, LDM_W_BF16);
+    uint32_t b = (uint32_t)h << 16;
+    memcpy(&f, &b, 4);
+    return f;
+}
+
+START_TEST(test_gemm_bf16) {
+    if (ldm_set_compute("bf16") != 0) {
+        ck_assert_msg(strstr(ldm_last_error(), "AVX-512 BF16"), "refusal without the reason: %s", ldm_last_error());
+        return;
+    }
+    const GemmCase c = cases[_i % N_CASES];
+    const int type = (_i / N_CASES) % 2 ? LDM_W_F16 : LDM_W_F32, lay = (_i / N_CASES / 2) % 3; /* 0 [K][N], 1 [N][K], 2 panels */
+    const int M = c.M, N = c.N, K = c.K, trans = lay > 0;
+    double *wref = malloc((size_t)N * K * sizeof *wref), *want = malloc((size_t)M * N * sizeof *want),
+           *mag = malloc((size_t)M * N * sizeof *mag), *aref = malloc((size_t)M * K * sizeof *aref);
+    float *A = malloc((size_t)M * K * sizeof *A), *C = malloc((size_t)M * N * sizeof *C), *C2 = malloc((size_t)M * N * sizeof *C2);
+    void *W = make_weights((size_t)N * K, type, wref);
+    void *Wp = lay == 2 ? relayout_in_pieces(LDM_WL_BPANELS, W, type, N, K) : NULL;
+    LdmW w = lay == 2 ? (LdmW){Wp, type, LDM_WL_BPANELS} : (LdmW){W, type, LDM_WL_ROWS};
+    for (int i = 0; i < M * K; i++) A[i] = frand() * 3.0f + 0.5f, aref[i] = bf16_of(A[i]);
+    for (size_t i = 0; i < (size_t)N * K; i++) wref[i] = bf16_of(wref[i]);
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double s = 0, a = 0;
+            for (int k = 0; k < K; k++) {
+                double x = aref[m * K + k] * (trans ? wref[(size_t)n * K + k] : wref[(size_t)k * N + n]);
+                s += x, a += fabs(x);
+            }
+            want[m * N + n] = s, mag[m * N + n] = a;
+        }
+    const int threads = omp_get_max_threads();
+    for (int t = 1; t <= 2; t++) {
+        float *Ct = t == 1 ? C : C2;
+        omp_set_num_threads(t);
+        for (int i = 0; i < M * N; i++) Ct[i] = NAN;
+        ldm_gemm_norm(M, N, K, A, K, NULL, w, 0, trans ? K : N, trans, Ct, N, 0);
+    }
+    omp_set_num_threads(threads);
+    double e = rel_err(M, N, C, want, mag);
+    ck_assert_msg(e < 1e-6, "bf16 gemm M %d N %d K %d type %d layout %d: relative error %g", M, N, K, type, lay, e);
+    ck_assert_msg(!memcmp(C, C2, (size_t)M * N * sizeof *C), "bf16 gemm M %d N %d K %d: two threads differ from one", M, N, K);
+    if (lay > 0) { /* weight on the left: C'[N, M] = W[N, K] A^T (rows, or A panels as convolutions bind it) */
+        float *At = malloc((size_t)M * K * sizeof *At), *Ct = malloc((size_t)M * N * sizeof *Ct);
+        double *wt = malloc((size_t)M * N * sizeof *wt), *mt = malloc((size_t)M * N * sizeof *mt);
+        for (int m = 0; m < M; m++)
+            for (int k = 0; k < K; k++) At[(size_t)k * M + m] = A[m * K + k];
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) wt[(size_t)n * M + m] = want[m * N + n], mt[(size_t)n * M + m] = mag[m * N + n];
+        for (int i = 0; i < M * N; i++) Ct[i] = NAN;
+        void *Wa = lay == 2 ? relayout_in_pieces(LDM_WL_APANELS, W, type, N, K) : NULL;
+        ldm_gemm_wl(N, M, K, lay == 2 ? (LdmW){Wa, type, LDM_WL_APANELS} : w, 0, K, At, M, Ct, M, 0);
+        double e2 = rel_err(N, M, Ct, wt, mt);
+        ck_assert_msg(e2 < 1e-6, "bf16 gemm_wl M %d N %d K %d type %d layout %d: relative error %g", N, M, K, type, lay, e2);
+        free(At), free(Ct), free(wt), free(mt), free(Wa);
+    }
+    ldm_set_compute("f32");
+    free(wref), free(want), free(mag), free(aref), free(A), free(C), free(C2), free(W), free(Wp);
+}
+END_TEST
+
+/* The mode's names: f32 and bf16, nothing else. */
+START_TEST(test_compute_names) {
+    ck_assert_int_eq(ldm_set_compute("f32"), 0);
+    ck_assert_str_eq(ldm_compute_mode(), "f32");
+    ck_assert_int_eq(ldm_set_compute("fp8"), -1);
+    ck_assert_msg(strstr(ldm_last_error(), "expected f32 or bf16, got 'fp8'"), "message: %s", ldm_last_error());
+    ck_assert_str_eq(ldm_compute_mode(), "f32");
+}
+END_TEST
+
 Suite *suite_gemm(void) {
     Suite *s = suite_create("gemm");
     TCase *tc = tcase_create("gemm");
@@ -354,6 +436,8 @@ Suite *suite_gemm(void) {
     tcase_add_test(tc, test_panel_cuts);
     tcase_add_loop_test(tc, test_gemm_weight_panels, 0, 39);
     tcase_add_test(tc, test_weight_layout_cover);
+    tcase_add_loop_test(tc, test_gemm_bf16, 0, N_CASES * 6);
+    tcase_add_test(tc, test_compute_names);
     tcase_add_test(tc, test_geglu_erf);
     tcase_add_test(tc, test_group_norm_silu_range);
     suite_add_tcase(s, tc);

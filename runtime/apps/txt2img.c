@@ -81,7 +81,7 @@ static void usage(FILE *fp, const char *argv0) {
             "          [--negative-prompt TEXT] [--steps N] [--cfg-scale S]\n"
             "          [--sampler ddim|plms|euler|euler_a|dpmpp_2m] [--schedule discrete|karras] [--eta E]\n"
             "          [--seed N] [--rng cpu|cuda] [--init-noise F.safetensors]\n"
-            "          [--init-image PNG [--strength S] [--mask PNG]] [--save-latent F] [--quiet]\n"
+            "          [--init-image PNG [--strength S] [--mask PNG]] [--save-latent F] [--compute f32|bf16] [--quiet]\n"
             "\n"
             "Text to image for %s.\n"
             "\n"
@@ -109,6 +109,9 @@ static void usage(FILE *fp, const char *argv0) {
             "  --mask PNG          inpainting: repaint where the mask is white, keep where it is black\n"
             "  --save-latent F     also write the final latent (tensor 'latent') and the initial noise\n"
             "                      (tensor 'noise') to F.safetensors\n"
+            "  --compute f32|bf16  f32 (default), or the GEMM kernel's products (linear layers, im2col and\n"
+            "                      pointwise convolutions) in bfloat16 with float32 sums, on CPUs with\n"
+            "                      AVX-512 BF16; Winograd, attention and the rest stay f32\n"
             "  --quiet             no progress or timing output\n"
             "  LDM_PROFILE=1       (environment) print per-node kernel times at the end\n",
             argv0, CFG.banner, CFG.W, CFG.H, CFG.W, CFG.H);
@@ -124,7 +127,7 @@ static int is_flag(const char *a, const char *name) {
 static const char *const value_flags[] = {
     "--weights", "--vocab", "--prompt", "--negative-prompt", "--prompts", "-o", "--output", "--init-noise",
     "--init-image", "--mask", "--save-latent", "--steps", "--cfg-scale", "--sampler", "--schedule", "--eta",
-    "--seed", "--rng", "--strength", "--shard", NULL,
+    "--seed", "--rng", "--strength", "--shard", "--compute", NULL,
 };
 
 /* 0, 1 for --help, or -1 (ldm_fail) on bad usage. */
@@ -186,6 +189,8 @@ static int parse_args(int argc, char **argv, Options *o) {
             if (ldm_parse_double(f, v, 0, 1, &o->strength) || !(o->strength > 0))
                 return ldm_fail("--strength: expected a number S with 0 < S <= 1, got '%s'", v);
             o->has_strength = 1;
+        } else if (!strcmp(f, "--compute")) {
+            if (ldm_set_compute(v)) return -1;
         } else if (!strcmp(f, "--shard")) {
             if (ldm_shard_parse(v, &o->shard_k, &o->shard_n)) return -1;
             o->has_shard = 1;

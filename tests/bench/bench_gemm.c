@@ -122,6 +122,7 @@ static void conv(const char *what, int N, int C, int H, int O, int k, int type) 
 
 int main(int argc, char **argv) {
     int type = argc > 1 && !strcmp(argv[1], "f16") ? LDM_W_F16 : LDM_W_F32;
+    if (getenv("COMPUTE") && ldm_set_compute(getenv("COMPUTE"))) return fprintf(stderr, "%s\n", ldm_last_error()), 2;
     ldm_kernels_init();
     if (argc > 7 && !strcmp(argv[2], "conv")) { /* bench_gemm TYPE conv N C H O k: one convolution */
         conv("conv", atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atoi(argv[6]), atoi(argv[7]), type);
