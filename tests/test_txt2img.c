@@ -529,6 +529,7 @@ static const Bad k_bad[] = {
     {"negative seed", "model", {"--prompt", "x", "--seed", "-1"}, "--seed"},
     {"seed too large", "model", {"--prompt", "x", "--seed", "18446744073709551616"}, "--seed"},
     {"unknown rng", "model", {"--prompt", "x", "--rng", "gpu"}, "--rng"},
+    {"unknown compute mode", "model", {"--prompt", "x", "--compute", "f16"}, "expected f32 or bf16, got 'f16'"},
     {"flag without value", "model", {"--prompt", "x", "--steps"}, "--steps"},
     {"init noise without 'noise'", "model", {"--prompt", "x", "--init-noise", "$RANDN"}, "'noise'"},
     {"init noise of the wrong shape", "model", {"--prompt", "x", "--init-noise", "$NOISE8"}, "[1, 4, 8, 8]"},
