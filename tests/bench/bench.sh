@@ -30,16 +30,16 @@ echo "10-30% within minutes, so each network runs in $ROUNDS rounds, each betwee
 echo "ratio uses the mean of the two around it, and the table shows the median round (time, rate and ratio) and"
 echo "the range of the sgemm rates measured."
 printf "%-12s %-9s %5s %9s %9s %8s %15s %9s %19s %8s\n" network res batch "s/call" GFLOP/s xsgemm "sgemm range" "arena MiB" "naive sum of buffers" "RSS MiB"
-run() { # name graph res batch repeat
-    local name=$1 graph=$2 res=$3 batch=$4 rep=$5
-    local exe=$B/$name-$res
+run() { # name graph res batch repeat [runner flags]
+    local name=$1 graph=$2 res=$3 batch=$4 rep=$5 flags=${6:-}
+    local exe=$B/$graph-$res
     local stats
     stats=$($LDMC models/sd1/$graph.graph --config $CONFIG -D H=$res -D W=$res -D B=$batch -o $exe --stats 2>&1 | grep -o 'naive [0-9.]* MiB' || true)
     local s_prev s_next out line rounds="" a p i
     s_prev=$(sgemm)
     local smin=$s_prev smax=$s_prev
     for i in $(seq "$ROUNDS"); do
-        out=$($exe --weights "$CKPT" --random-inputs 1 --repeat $rep 2>&1)
+        out=$($exe --weights "$CKPT" --random-inputs 1 --repeat $rep $flags 2>&1)
         line=$(echo "$out" | grep 'forward')
         [ -n "${KERNELS_SHOWN:-}" ] || { echo "$out" | grep -o 'kernels .*' | sed 's/^/  /'; KERNELS_SHOWN=1; }
         s_next=$(sgemm)
@@ -58,11 +58,22 @@ run() { # name graph res batch repeat
     printf "%-12s %-9s %5s %9s %9s %8.2f %15s %9s %19s %8s\n" "$name" "${res}x$res" "$batch" "$(echo "$med" | cut -d' ' -f2)" \
         "$(echo "$med" | cut -d' ' -f3)" "$(echo "$med" | cut -d' ' -f1)" "$smin-$smax" "$a" "${stats#naive }" "$p"
 }
+# The optional bf16 compute mode (--compute bf16: the GEMM kernel's products
+# in bfloat16, float32 sums; Winograd, attention and the rest float32), on
+# CPUs with AVX-512 BF16. Its error against the goldens is printed by the
+# test suite (golden bf16: ...).
+BF16=0
+if [ -z "${NO_BF16:-}" ] && grep -qw avx512_bf16 /proc/cpuinfo; then BF16=1; fi
 for res in $RESOLUTIONS; do
     run clip_text clip_text "$res" 1 3
     run unet unet "$res" 2 3
     run vae_decoder vae_decoder "$res" 1 3
+    if [ $BF16 = 1 ]; then
+        run "unet bf16" unet "$res" 2 3 "--compute bf16"
+        run "vae bf16" vae_decoder "$res" 1 3 "--compute bf16"
+    fi
 done
+[ $BF16 = 1 ] || echo "(no AVX-512 BF16 on this CPU, or NO_BF16 set: the bf16 compute rows are skipped)"
 last=${RESOLUTIONS##* }
 if make -s BUILD=$BUILD txt2img CONFIG=$CONFIG H=$last W=$last >/dev/null 2>&1 && [ -x $BUILD/txt2img-${last}x$last ]; then
     echo "whole 20-step ${last}x$last generation (ddim, guidance, random weights):"
