@@ -323,6 +323,8 @@ static inline void tile_op(const Gemm *g, const float *a, const float *b, int kc
  * a[2p+1][r] b[2p+1][j], one instruction per 16 columns and pair of k. */
 static int compute_bf16;
 
+int ldm_compute_is_bf16(void) { return compute_bf16; }
+
 #ifdef __AVX512BF16__
 static inline uint16_t bf16_rne(float f) {
     uint32_t u;
@@ -370,45 +372,6 @@ static void panel_to_bf16(const float *src, int kc, int w, uint16_t *dst) {
         }
 }
 
-/* C[4][w] (+)= A x B over kp pairs of k, w = 16 nv + 8 h (48, 32, 24, 16
- * or 8): inlined once per width, the accumulators in registers. */
-static inline __attribute__((always_inline)) void kern_bf16(int nv, int h, int kp, const uint16_t *a,
-                                                              const uint16_t *b, float *restrict c, int ldc, int acc) {
-    const int w = 16 * nv + 8 * h;
-    __m512 s[4][3];
-    __m256 t[4];
-#pragma GCC unroll 4
-    for (int r = 0; r < 4; r++) {
-#pragma GCC unroll 4
-        for (int v = 0; v < nv; v++) s[r][v] = _mm512_setzero_ps();
-        t[r] = _mm256_setzero_ps();
-    }
-    for (int p = 0; p < kp; p++, a += 8, b += 2 * w) {
-        __m512bh bv[3];
-        __m256bh bh = (__m256bh)_mm256_setzero_si256();
-#pragma GCC unroll 4
-        for (int v = 0; v < nv; v++) bv[v] = (__m512bh)_mm512_loadu_si512(b + 32 * v);
-        if (h) bh = (__m256bh)_mm256_loadu_si256((const __m256i *)(b + 32 * nv));
-#pragma GCC unroll 4
-        for (int r = 0; r < 4; r++) {
-            uint32_t pair;
-            memcpy(&pair, a + 2 * r, 4);
-            __m512i x = _mm512_set1_epi32((int)pair);
-#pragma GCC unroll 4
-            for (int v = 0; v < nv; v++) s[r][v] = _mm512_dpbf16_ps(s[r][v], (__m512bh)x, bv[v]);
-            if (h) t[r] = _mm256_dpbf16_ps(t[r], (__m256bh)_mm512_castsi512_si256(x), bh);
-        }
-    }
-#pragma GCC unroll 4
-    for (int r = 0; r < 4; r++) {
-        float *cr = c + (size_t)r * ldc;
-#pragma GCC unroll 4
-        for (int v = 0; v < nv; v++)
-            _mm512_storeu_ps(cr + 16 * v, acc ? _mm512_add_ps(s[r][v], _mm512_loadu_ps(cr + 16 * v)) : s[r][v]);
-        if (h) _mm256_storeu_ps(cr + 16 * nv, acc ? _mm256_add_ps(t[r], _mm256_loadu_ps(cr + 16 * nv)) : t[r]);
-    }
-}
-
 /* tile_op for the bfloat16 panels (kp pairs of k). */
 static void tile_op_bf16(const Gemm *g, const uint16_t *a, const uint16_t *b, int kp, float *c, int rows, int cols,
                          int w, int acc) {
@@ -416,13 +379,7 @@ static void tile_op_bf16(const Gemm *g, const uint16_t *a, const uint16_t *b, in
     int full = rows == MR && cols == w;
     float *d = full ? c : tile;
     int ldd = full ? (int)g->ldc : w, accd = full ? acc : 0;
-    switch (w) {
-    case 48: kern_bf16(3, 0, kp, a, b, d, ldd, accd); break;
-    case 32: kern_bf16(2, 0, kp, a, b, d, ldd, accd); break;
-    case 24: kern_bf16(1, 1, kp, a, b, d, ldd, accd); break;
-    case 16: kern_bf16(1, 0, kp, a, b, d, ldd, accd); break;
-    default: kern_bf16(0, 1, kp, a, b, d, ldd, accd); break;
-    }
+    kern_panel_bf16(w / 8, kp, a, b, d, ldd, accd);
     if (!full)
         for (int r = 0; r < rows; r++)
             for (int q = 0; q < cols; q++)

@@ -11,6 +11,8 @@
 
 #include <immintrin.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
 /* Transpose the 8 x 8 block r[0..7] (rows) in registers (the packers'). */
 static inline void transpose8(__m256 r[8]) {
@@ -263,5 +265,61 @@ static inline void kern_panel(int pw, int kc, const float *a, const float *b, fl
     default: kern_4x8(kc, a, b, c, ldc, acc); break;
     }
 }
+
+/* ---- bfloat16 products (--compute bf16; AVX-512 BF16) ----------------------
+ * Panels of pairs of consecutive k side by side, as vdpbf16ps reads them:
+ * A [kp][4][2], B [kp][w][2]. */
+#ifdef __AVX512BF16__
+/* C[4][w] (+)= A x B over kp pairs of k, w = 16 nv + 8 h (48, 32, 24, 16
+ * or 8): inlined once per width, the accumulators in registers. */
+static inline __attribute__((always_inline)) void kern_bf16(int nv, int h, int kp, const uint16_t *a,
+                                                              const uint16_t *b, float *restrict c, int ldc, int acc) {
+    const int w = 16 * nv + 8 * h;
+    __m512 s[4][3];
+    __m256 t[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) s[r][v] = _mm512_setzero_ps();
+        t[r] = _mm256_setzero_ps();
+    }
+    for (int p = 0; p < kp; p++, a += 8, b += 2 * w) {
+        __m512bh bv[3];
+        __m256bh bh = (__m256bh)_mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) bv[v] = (__m512bh)_mm512_loadu_si512(b + 32 * v);
+        if (h) bh = (__m256bh)_mm256_loadu_si256((const __m256i *)(b + 32 * nv));
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            uint32_t pair;
+            memcpy(&pair, a + 2 * r, 4);
+            __m512i x = _mm512_set1_epi32((int)pair);
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) s[r][v] = _mm512_dpbf16_ps(s[r][v], (__m512bh)x, bv[v]);
+            if (h) t[r] = _mm256_dpbf16_ps(t[r], (__m256bh)_mm512_castsi512_si256(x), bh);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+        float *cr = c + (size_t)r * ldc;
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            _mm512_storeu_ps(cr + 16 * v, acc ? _mm512_add_ps(s[r][v], _mm512_loadu_ps(cr + 16 * v)) : s[r][v]);
+        if (h) _mm256_storeu_ps(cr + 16 * nv, acc ? _mm256_add_ps(t[r], _mm256_loadu_ps(cr + 16 * nv)) : t[r]);
+    }
+}
+
+/* C[4][8 pw] (+)= A x B over kp pairs of k (pw units of 8 columns). */
+static inline void kern_panel_bf16(int pw, int kp, const uint16_t *a, const uint16_t *b, float *restrict c, int ldc,
+                                   int acc) {
+    switch (pw) {
+    case 6: kern_bf16(3, 0, kp, a, b, c, ldc, acc); break;
+    case 4: kern_bf16(2, 0, kp, a, b, c, ldc, acc); break;
+    case 3: kern_bf16(1, 1, kp, a, b, c, ldc, acc); break;
+    case 2: kern_bf16(1, 0, kp, a, b, c, ldc, acc); break;
+    default: kern_bf16(0, 1, kp, a, b, c, ldc, acc); break;
+    }
+}
+#endif
 
 #endif
