@@ -72,8 +72,6 @@ const char *ldm_kernels_isa(void);
 int ldm_set_compute(const char *mode);
 /* The mode set, for reports ("f32", or "bf16 (...)"). */
 const char *ldm_compute_mode(void);
-/* 1 if the bf16 mode is set (for the kernels that follow it). */
-int ldm_compute_is_bf16(void);
 
 /* Widen n weights starting at element `off` into dst (float32). */
 void ldm_w_to_f32(LdmW w, size_t off, size_t n, float *dst);

@@ -323,8 +323,6 @@ static inline void tile_op(const Gemm *g, const float *a, const float *b, int kc
  * a[2p+1][r] b[2p+1][j], one instruction per 16 columns and pair of k. */
 static int compute_bf16;
 
-int ldm_compute_is_bf16(void) { return compute_bf16; }
-
 #ifdef __AVX512BF16__
 static inline uint16_t bf16_rne(float f) {
     uint32_t u;
@@ -375,7 +373,7 @@ static void panel_to_bf16(const float *src, int kc, int w, uint16_t *dst) {
 /* tile_op for the bfloat16 panels (kp pairs of k). */
 static void tile_op_bf16(const Gemm *g, const uint16_t *a, const uint16_t *b, int kp, float *c, int rows, int cols,
                          int w, int acc) {
-    float tile[MR * 48] __attribute__((aligned(64)));
+    float tile[MR * NR] __attribute__((aligned(64)));
     int full = rows == MR && cols == w;
     float *d = full ? c : tile;
     int ldd = full ? (int)g->ldc : w, accd = full ? acc : 0;
@@ -430,7 +428,7 @@ static void run_block(const Gemm *g, int m0, int m1, int n0, int n1) {
     float *ap = thread_buf(0, (size_t)MC * kstep);
     float *bp = thread_buf(1, (size_t)(NC + NR) * kstep);
 #ifdef __AVX512BF16__
-    const int bf = compute_bf16; /* kstep is even: every kc but the last is */
+    const int bf = compute_bf16; /* kstep is a multiple of 8: only the last kc can be odd */
     uint16_t *ab = bf ? (uint16_t *)thread_buf(2, (size_t)MC * (kstep + 1) / 2 + 16) : NULL;
     uint16_t *bb = bf ? (uint16_t *)thread_buf(3, (size_t)(NC + NR) * (kstep + 1) / 2 + 16) : NULL;
 #endif
