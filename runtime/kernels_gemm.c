@@ -300,18 +300,21 @@ static float *thread_buf(int which, size_t n) {
     return buf[which];
 }
 
+/* The rows x cols corner of an edge tile (computed into a 4 x w buffer)
+ * into C. */
+static inline void tile_edge(const Gemm *g, const float *tile, int w, float *c, int rows, int cols, int acc) {
+    for (int r = 0; r < rows; r++)
+        for (int q = 0; q < cols; q++)
+            c[(size_t)r * g->ldc + q] = (acc ? c[(size_t)r * g->ldc + q] : 0.0f) + tile[r * w + q];
+}
+
 /* One 4 x w tile of C (+)= A panel x B panel; edge tiles through a buffer. */
 static inline void tile_op(const Gemm *g, const float *a, const float *b, int kc, float *c, int rows, int cols, int w,
                            int acc) {
     float tile[MR * NR] __attribute__((aligned(32)));
     int full = rows == MR && cols == w;
-    float *d = full ? c : tile;
-    int ldd = full ? (int)g->ldc : w, accd = full ? acc : 0;
-    kern_panel(w / 8, kc, a, b, d, ldd, accd);
-    if (!full)
-        for (int r = 0; r < rows; r++)
-            for (int q = 0; q < cols; q++)
-                c[(size_t)r * g->ldc + q] = (acc ? c[(size_t)r * g->ldc + q] : 0.0f) + tile[r * w + q];
+    kern_panel(w / 8, kc, a, b, full ? c : tile, full ? (int)g->ldc : w, full ? acc : 0);
+    if (!full) tile_edge(g, tile, w, c, rows, cols, acc);
 }
 
 /* ---- bfloat16 compute (ldm_set_compute("bf16")) --------------------------------
@@ -375,13 +378,8 @@ static void tile_op_bf16(const Gemm *g, const uint16_t *a, const uint16_t *b, in
                          int w, int acc) {
     float tile[MR * NR] __attribute__((aligned(64)));
     int full = rows == MR && cols == w;
-    float *d = full ? c : tile;
-    int ldd = full ? (int)g->ldc : w, accd = full ? acc : 0;
-    kern_panel_bf16(w / 8, kp, a, b, d, ldd, accd);
-    if (!full)
-        for (int r = 0; r < rows; r++)
-            for (int q = 0; q < cols; q++)
-                c[(size_t)r * g->ldc + q] = (acc ? c[(size_t)r * g->ldc + q] : 0.0f) + tile[r * w + q];
+    kern_panel_bf16(w / 8, kp, a, b, full ? c : tile, full ? (int)g->ldc : w, full ? acc : 0);
+    if (!full) tile_edge(g, tile, w, c, rows, cols, acc);
 }
 #endif
 

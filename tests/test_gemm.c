@@ -77,6 +77,19 @@ static double rel_err(int M, int N, const float *got, const double *want, const 
     return e;
 }
 
+/* The weight-on-the-left form of a case: C'[N, M] = W[N, K] A^T with
+ * B = A^T [K, M]: A^T, and the reference and magnitudes transposed. */
+static void transposed_case(int M, int N, int K, const float *A, const double *want, const double *mag, float **At,
+                            double **wt, double **mt) {
+    *At = malloc((size_t)M * K * sizeof **At);
+    *wt = malloc((size_t)M * N * sizeof **wt);
+    *mt = malloc((size_t)M * N * sizeof **mt);
+    for (int m = 0; m < M; m++)
+        for (int k = 0; k < K; k++) (*At)[(size_t)k * M + m] = A[m * K + k];
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) (*wt)[(size_t)n * M + m] = want[m * N + n], (*mt)[(size_t)n * M + m] = mag[m * N + n];
+}
+
 /* C = A x op(B) (x a weight, A activations, optionally layer-normalised) and
  * C = W x B (weight on the left), each plain and accumulating. */
 START_TEST(test_gemm_vs_reference) {
@@ -124,12 +137,9 @@ START_TEST(test_gemm_vs_reference) {
     }
     if (!norm && trans) {
         /* weight on the left: C'[N, M] = W[N, K] A^T, with B = A^T [K, M] */
-        float *At = malloc((size_t)M * K * sizeof *At), *Ct = malloc((size_t)M * N * sizeof *Ct);
-        double *wt = malloc((size_t)M * N * sizeof *wt), *mt = malloc((size_t)M * N * sizeof *mt);
-        for (int m = 0; m < M; m++)
-            for (int k = 0; k < K; k++) At[(size_t)k * M + m] = A[m * K + k];
-        for (int m = 0; m < M; m++)
-            for (int n = 0; n < N; n++) wt[(size_t)n * M + m] = want[m * N + n], mt[(size_t)n * M + m] = mag[m * N + n];
+        float *At, *Ct = malloc((size_t)M * N * sizeof *Ct);
+        double *wt, *mt;
+        transposed_case(M, N, K, A, want, mag, &At, &wt, &mt);
         for (int i = 0; i < M * N; i++) Ct[i] = NAN;
         ldm_gemm_wl(N, M, K, (LdmW){W, type, LDM_WL_ROWS}, 0, K, At, M, Ct, M, 0);
         double e = rel_err(N, M, Ct, wt, mt);
@@ -399,12 +409,9 @@ START_TEST(test_gemm_bf16) {
     ck_assert_msg(e < 1e-6, "bf16 gemm M %d N %d K %d type %d layout %d: relative error %g", M, N, K, type, lay, e);
     ck_assert_msg(!memcmp(C, C2, (size_t)M * N * sizeof *C), "bf16 gemm M %d N %d K %d: two threads differ from one", M, N, K);
     if (lay > 0) { /* weight on the left: C'[N, M] = W[N, K] A^T (rows, or A panels as convolutions bind it) */
-        float *At = malloc((size_t)M * K * sizeof *At), *Ct = malloc((size_t)M * N * sizeof *Ct);
-        double *wt = malloc((size_t)M * N * sizeof *wt), *mt = malloc((size_t)M * N * sizeof *mt);
-        for (int m = 0; m < M; m++)
-            for (int k = 0; k < K; k++) At[(size_t)k * M + m] = A[m * K + k];
-        for (int m = 0; m < M; m++)
-            for (int n = 0; n < N; n++) wt[(size_t)n * M + m] = want[m * N + n], mt[(size_t)n * M + m] = mag[m * N + n];
+        float *At, *Ct = malloc((size_t)M * N * sizeof *Ct);
+        double *wt, *mt;
+        transposed_case(M, N, K, A, want, mag, &At, &wt, &mt);
         for (int i = 0; i < M * N; i++) Ct[i] = NAN;
         void *Wa = lay == 2 ? relayout_in_pieces(LDM_WL_APANELS, W, type, N, K) : NULL;
         ldm_gemm_wl(N, M, K, lay == 2 ? (LdmW){Wa, type, LDM_WL_APANELS} : w, 0, K, At, M, Ct, M, 0);
