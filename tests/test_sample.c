@@ -861,6 +861,7 @@ static const Bad k_bad[] = {
     {"negative eta", 0, "vq", {"--eta", "-1"}, "--eta"},
     {"negative seed", 0, "vq", {"--seed", "-1"}, "--seed"},
     {"unknown rng", 0, "vq", {"--rng", "gpu"}, "--rng"},
+    {"unknown compute mode", 0, "vq", {"--compute", "f16"}, "expected f32 or bf16, got 'f16'"},
     {"batch 0", 0, "vq", {"--batch", "0"}, "--batch"},
     {"unknown option", 0, "vq", {"--sampler", "plms"}, "--sampler"},
     {"stray argument", 0, "vq", {"--steps", "2", "extra"}, "'extra'"},

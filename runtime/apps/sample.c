@@ -78,7 +78,7 @@ static void usage(FILE *fp, const char *argv0) {
     fprintf(fp,
             "usage: %s --weights CKPT.safetensors -o OUT.png [--steps N] [--eta E] [--seed N]\n"
             "          [--rng cpu|cuda] [--init-noise F] [--save-latent F] [--batch K]\n"
-            "          %s[--ema] [--quiet]\n"
+            "          %s[--ema] [--compute f32|bf16] [--quiet]\n"
             "\n"
             "DDIM sampling for %s (%s model).\n"
             "\n"
@@ -106,6 +106,9 @@ static void usage(FILE *fp, const char *argv0) {
                 CFG.n_classes, CFG.n_classes - 1, CFG.n_classes - 1, DEFAULT_CFG_SCALE);
     fprintf(fp,
             "  --ema               use the EMA weights (model_ema.*) of the UNet instead of model.diffusion_model.*\n"
+            "  --compute f32|bf16  f32 (default), or the GEMM kernel's products (linear layers, im2col and\n"
+            "                      pointwise convolutions) in bfloat16 with float32 sums, on CPUs with\n"
+            "                      AVX-512 BF16; Winograd, attention and the rest stay f32\n"
             "  --quiet             no progress or timing output\n"
             "  LDM_PROFILE=1       (environment) print per-node kernel times at the end\n");
 }
@@ -119,7 +122,7 @@ static int is_flag(const char *a, const char *name) {
 /* The flags that take a value. */
 static const char *const value_flags[] = {
     "--weights", "-o", "--output", "--init-noise", "--save-latent", "--steps", "--eta", "--seed", "--rng",
-    "--batch", "--class", "--cfg-scale", NULL,
+    "--batch", "--class", "--cfg-scale", "--compute", NULL,
 };
 
 /* 0, 1 for --help, or -1 (ldm_fail) on bad usage. */
@@ -162,6 +165,8 @@ static int parse_args(int argc, char **argv, Options *o) {
             if (ldm_parse_u64(f, v, &o->seed)) return -1;
         } else if (!strcmp(f, "--rng")) {
             if (ldm_rng_parse(v, &o->rng)) return -1;
+        } else if (!strcmp(f, "--compute")) {
+            if (ldm_set_compute(v)) return -1;
         } else if (!strcmp(f, "--batch")) {
             if (ldm_parse_int(f, v, 1, 100000, &o->batch)) return -1;
             o->has_batch = 1;
