@@ -26,6 +26,7 @@
 
 #include "kernels.h"
 #include "microkernel.h"
+#include "safetensors.h"
 #include "util.h"
 
 #define MR 4
@@ -327,12 +328,6 @@ static inline void tile_op(const Gemm *g, const float *a, const float *b, int kc
 static int compute_bf16;
 
 #ifdef __AVX512BF16__
-static inline uint16_t bf16_rne(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-
 /* [kc][w] floats -> [kcp/2][w][2] bfloat16, kcp = kc rounded up to even. */
 static void panel_to_bf16(const float *src, int kc, int w, uint16_t *dst) {
     const int np = kc / 2;
@@ -363,12 +358,12 @@ static void panel_to_bf16(const float *src, int kc, int w, uint16_t *dst) {
     }
     for (; p < np; p++)
         for (int c = 0; c < w; c++) {
-            dst[((size_t)p * w + c) * 2] = bf16_rne(src[(size_t)(2 * p) * w + c]);
-            dst[((size_t)p * w + c) * 2 + 1] = bf16_rne(src[(size_t)(2 * p + 1) * w + c]);
+            dst[((size_t)p * w + c) * 2] = st_f32_to_bf16(src[(size_t)(2 * p) * w + c]);
+            dst[((size_t)p * w + c) * 2 + 1] = st_f32_to_bf16(src[(size_t)(2 * p + 1) * w + c]);
         }
     if (kc & 1)
         for (int c = 0; c < w; c++) {
-            dst[((size_t)np * w + c) * 2] = bf16_rne(src[(size_t)(kc - 1) * w + c]);
+            dst[((size_t)np * w + c) * 2] = st_f32_to_bf16(src[(size_t)(kc - 1) * w + c]);
             dst[((size_t)np * w + c) * 2 + 1] = 0;
         }
 }

@@ -11,6 +11,7 @@
  *   ./bench_gemm f16 conv N C H O k         one convolution (im2col, or pointwise for k = 1)
  * COLD=1 cycles through copies of the weight that exceed the caches;
  * SMALLPAGES=1 keeps the operands in 4 KB pages (as a mapped checkpoint).
+ * COMPUTE=bf16 times the --compute bf16 products (AVX-512 BF16 CPUs).
  * Block sizes can be tried without rebuilding the library: add
  * -DGEMM_TUNE runtime/kernels_gemm.c to the command above and set
  * GEMM_KC, GEMM_MC, GEMM_NC.
