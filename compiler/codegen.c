@@ -119,11 +119,12 @@ static void kernel_header(const Graph *g, const Node *n, FILE *fp) {
         else E(" *   in  %%%d %s %s\n", x->id, op_names[x->op], shape_str(x, b, sizeof b));
     }
     E(" *   out %s%s", n->dtype == DT_I32 ? "i32" : "f32", shape_str(n, b, sizeof b));
-    if (n->storage == n) E(" at arena+%lld", (long long)n->offset);
+    if (n->storage == n) E(" at arena+%lld", (long long)plan_offset(g, n));
     else if (n->op != OPK_RESHAPE)
         E(" written straight into %%%d at arena+%lld (samples %lld floats apart)", n->storage->id,
-          (long long)(n->storage->offset + n->into_offset), (long long)(node_numel(n) / n->shape[0] + n->out_gap));
-    if (n->scratch_bytes) E("; scratch %lld bytes at arena+%lld", (long long)n->scratch_bytes, (long long)n->scratch_offset);
+          (long long)plan_offset(g, n), (long long)(node_numel(n) / n->shape[0] + n->out_gap));
+    if (n->scratch_bytes)
+        E("; scratch %lld bytes at arena+%lld", (long long)n->scratch_bytes, (long long)g->plan[n->scratch_buf].offset);
     E("\n */\n");
 }
 
@@ -619,9 +620,9 @@ static void emit_call(const Graph *g, const Node *n, FILE *fp) {
     }
     if (n->storage != n)
         E("    %s *v%d = (%s *)(arena + %lld); /* its part of %%%d */\n", ctype(n->dtype), n->id, ctype(n->dtype),
-          (long long)(n->storage->offset + n->into_offset), n->storage->id);
+          (long long)plan_offset(g, n), n->storage->id);
     else
-        E("    %s *v%d = (%s *)(arena + %lld);\n", ctype(n->dtype), n->id, ctype(n->dtype), (long long)n->offset);
+        E("    %s *v%d = (%s *)(arena + %lld);\n", ctype(n->dtype), n->id, ctype(n->dtype), (long long)plan_offset(g, n));
     E("    if (ldm_profiling) t0 = ldm_now();\n");
     int fallible = n->op == OPK_EMBEDDING || n->op == OPK_VQ_LOOKUP;
     E("    %sn%d_%s(", fallible ? "if (" : "", n->id, kernel_ident(n, kn, sizeof kn));
@@ -630,7 +631,7 @@ static void emit_call(const Graph *g, const Node *n, FILE *fp) {
         E("%s, ", b);
     }
     E("v%d", n->id);
-    if (n->scratch_bytes) E(", (float *)(arena + %lld)", (long long)n->scratch_offset);
+    if (n->scratch_bytes) E(", (float *)(arena + %lld)", (long long)g->plan[n->scratch_buf].offset);
     E(")%s;\n", fallible ? ") return -1" : "");
     E("    if (ldm_profiling) ldm_profile_record(\"%s\", %d, \"%s\", %.17g, ldm_now() - t0);\n", g->name, n->id,
       node_kernel_name(n, kn, sizeof kn), node_flops(n));

@@ -1,6 +1,7 @@
 /*
- * driver.c - the compile pipeline: parse, build, passes, dumps, codegen,
- * and (for a runner) the C compiler.
+ * driver.c - the compile pipeline: parse, build, the passes in the order
+ * of the pass table below (the driver, not a pass, decides the order),
+ * dumps, codegen, and (for a runner) the C compiler.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -20,16 +21,80 @@
 #define LDMC_LIBS "-lopenblas -lm"
 #endif
 
-/* FNV-1a over every source file of the program: names the exact source
- * in the banner of the generated file. */
-static void source_hash(const Program *p, char *buf, size_t size) {
+/* ---- the passes, in order ------------------------------------------------- */
+
+static int run_dce(Graph *g) {
+    pass_dead_code(g);
+    g->nominal_flops = graph_flops(g); /* the graph as written, before any rewrite */
+    return 0;
+}
+static int run_cse(Graph *g) { pass_cse(g); return 0; }
+static int run_fuse(Graph *g) { pass_fuse(g); return 0; }
+static int run_select(Graph *g) { pass_select_kernels(g); return 0; }
+static int run_views(Graph *g) { pass_views(g); return 0; }
+static int run_plan(Graph *g) { return pass_plan_memory(g); }
+
+static void dump_graph_pass(const Graph *g, const char *name, FILE *fp) { dump_graph_after(g, name, fp); }
+static void dump_plan_pass(const Graph *g, const char *name, FILE *fp) {
+    (void)name;
+    dump_plan(g, fp);
+}
+
+const PassInfo ldmc_passes[] = {
+    {"dce", run_dce, dump_graph_pass, "drop what no output reads"},
+    {"cse", run_cse, dump_graph_pass, "merge nodes computing the same thing"},
+    {"fuse", run_fuse, dump_graph_pass, "fold norms, activations and epilogues into their producers"},
+    {"select", run_select, dump_graph_pass, "choose each convolution's algorithm and each weight's layout"},
+    {"views", run_views, dump_graph_pass, "reshapes as views; convolutions writing into concatenations"},
+    {"plan", run_plan, dump_plan_pass, "the memory plan (its dump is the plan table)"},
+};
+const int ldmc_n_passes = (int)(sizeof ldmc_passes / sizeof ldmc_passes[0]);
+
+int ldmc_pass_index(const char *name) {
+    for (int i = 0; i < ldmc_n_passes; i++)
+        if (!strcmp(ldmc_passes[i].name, name)) return i;
+    return -1;
+}
+
+int ldmc_run_passes(Graph *g, unsigned dump_after, FILE *fp) {
+    for (int i = 0; i < ldmc_n_passes; i++) {
+        if (ldmc_passes[i].run(g) != 0) return -1;
+        if (dump_after & (1u << i)) ldmc_passes[i].dump(g, ldmc_passes[i].name, fp);
+    }
+    return 0;
+}
+
+/* ---- the source hash of the banner ------------------------------------------- */
+
+/* FNV-1a over everything the generated file depends on: every source
+ * file of the program, the config file's bytes and the -D definitions,
+ * so the banner's hash changes whenever the output can. */
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+    for (size_t k = 0; k < n; k++) {
+        h ^= ((const unsigned char *)p)[k];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static int source_hash(const Program *p, const DriverOptions *opt, char *buf, size_t size) {
     uint64_t h = 1469598103934665603ull;
-    for (int i = 0; i < p->n_files; i++)
-        for (size_t k = 0; k < p->files[i]->len; k++) {
-            h ^= (unsigned char)p->files[i]->text[k];
-            h *= 1099511628211ull;
-        }
+    for (int i = 0; i < p->n_files; i++) h = fnv(h, p->files[i]->text, p->files[i]->len);
+    if (opt->config_path) {
+        size_t n = 0;
+        char *text = ldm_read_file(opt->config_path, &n);
+        if (!text) return -1;
+        h = fnv(h, "\0config\0", 8);
+        h = fnv(h, text, n);
+        free(text);
+    }
+    for (int i = 0; i < opt->n_defines; i++) {
+        h = fnv(h, "\0-D\0", 4);
+        h = fnv(h, opt->defines[i].name, strlen(opt->defines[i].name) + 1);
+        h = fnv(h, opt->defines[i].value, strlen(opt->defines[i].value) + 1);
+    }
     snprintf(buf, size, "%016llx", (unsigned long long)h);
+    return 0;
 }
 
 static int ends_with(const char *s, const char *suffix) {
@@ -90,16 +155,10 @@ int ldmc_compile(const DriverOptions *opt) {
     }
     double t_build = ldm_now();
     int rc = 0;
-    if (opt->dump_build) dump_graph(g, stdout);
-    pass_dead_code(g);
-    g->nominal_flops = graph_flops(g);
-    pass_fuse(g);
-    pass_select_kernels(g);
-    pass_views(g);
-    if (pass_plan_memory(g) != 0) rc = -1;
+    if (opt->dump_build) dump_graph_after(g, "build", stdout);
+    if (ldmc_run_passes(g, opt->dump_after, stdout) != 0) rc = -1;
     double t_pass = ldm_now();
     if (rc == 0 && opt->dump_graph) dump_graph(g, stdout);
-    if (rc == 0 && opt->dump_plan) dump_plan(g, stdout);
     if (rc == 0 && opt->dot_path) rc = write_text(opt->dot_path, g, dump_dot);
     if (rc == 0 && opt->svg_path) rc = write_text(opt->svg_path, g, dump_memory_svg);
     double t_cc = t_pass, t_gen = t_pass;
@@ -107,7 +166,7 @@ int ldmc_compile(const DriverOptions *opt) {
         int is_c = ends_with(opt->out_path, ".c");
         char *c_path = is_c ? ldm_xstrdup(opt->out_path) : ldm_xasprintf("%s.c", opt->out_path);
         char hash[32], defs[1024] = "";
-        source_hash(prog, hash, sizeof hash);
+        if (source_hash(prog, opt, hash, sizeof hash) != 0) rc = -1;
         for (int i = 0; i < opt->n_defines; i++) {
             size_t k = strlen(defs);
             snprintf(defs + k, sizeof defs - k, "%s%s=%s", i ? " " : "", opt->defines[i].name, opt->defines[i].value);

@@ -13,10 +13,26 @@ typedef struct DriverOptions {
     const char *dot_path;        /* --dot FILE */
     const char *svg_path;        /* --plot-memory FILE.svg */
     int dump_build;              /* --dump=build: the graph as built, before passes */
-    int dump_graph;              /* --dump / --dump=graph: after passes */
-    int dump_plan;               /* --dump=plan: the memory plan */
+    unsigned dump_after;         /* --dump=PASS: bit k = the dump after ldmc_passes[k] */
+    int dump_graph;              /* --dump / --dump=graph: the graph after every pass */
     int stats;                   /* --stats: totals and timings on stderr */
 } DriverOptions;
+
+/* The passes in the order the driver runs them; each has a name for
+ * --dump=NAME and a dump (the graph, or the plan pass's table). */
+typedef struct PassInfo {
+    const char *name;            /* "dce", "cse", "fuse", "select", "views", "plan" */
+    int (*run)(Graph *g);        /* 0, or -1 with a message */
+    void (*dump)(const Graph *g, const char *name, FILE *fp); /* what --dump=NAME prints */
+    const char *what;            /* one line for ldmc --help */
+} PassInfo;
+extern const PassInfo ldmc_passes[];
+extern const int ldmc_n_passes;
+/* The index of pass `name` in ldmc_passes, or -1. */
+int ldmc_pass_index(const char *name);
+/* Run every pass on g in order (the -o path does exactly this); dump_after
+ * as in DriverOptions, printed to fp. 0, or -1 with the message. */
+int ldmc_run_passes(Graph *g, unsigned dump_after, FILE *fp);
 
 /* 0, or -1 with the message in ldm_last_error(). */
 int ldmc_compile(const DriverOptions *opt);

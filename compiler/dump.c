@@ -3,10 +3,14 @@
  * and Graphviz output.
  *
  * One node a line:
- *   %12 conv2d  %11 input_blocks.0.0.weight input_blocks.0.0.bias  stride=1 pad=1,1,1,1  -> f32[2,32,16,16]  @unet.graph:41
- * Weight operands are shown by their checkpoint key (without the graph
- * prefix), other operands by their node id. Weight nodes themselves are
- * listed in the totals only.
+ *   %12 conv2d %11 input_blocks.0.0.weight input_blocks.0.0.bias  stride=1 pad=1,1,1,1 algo=winograd
+ *       -> f32[2,32,16,16]  @unet.graph:62 Conv > nn.graph:12
+ * (on one line): the node's id (given when it was built, never changed by
+ * a pass), its op chain, its operands (weights by checkpoint key without
+ * the graph prefix, other values by id), its parameters, its result, and
+ * its provenance: the def calls that built it and the line of the op.
+ * Weight nodes themselves are listed in the totals only. The memory plan
+ * dump prints the plan table row by row.
  */
 #include <string.h>
 
@@ -30,8 +34,8 @@ static void print_params(const Node *n, FILE *fp) {
     switch (n->op) {
     case OPK_CONV2D: {
         static const char *algos[] = {"im2col", "pointwise", "winograd", "direct"};
-        fprintf(fp, "  stride=%d pad=%d,%d,%d,%d algo=%s", n->stride[0], n->pad[0], n->pad[1], n->pad[2], n->pad[3],
-                algos[n->algo]);
+        fprintf(fp, "  stride=%d pad=%d,%d,%d,%d", n->stride[0], n->pad[0], n->pad[1], n->pad[2], n->pad[3]);
+        if (n->algo >= 0) fprintf(fp, " algo=%s", algos[n->algo]); /* chosen by the select pass */
         break;
     }
     case OPK_GROUP_NORM: fprintf(fp, "  groups=%d eps=%g", n->groups, n->eps); break;
@@ -57,9 +61,13 @@ static const char *base_name(const SrcLoc *l) {
     return s ? s + 1 : l->file->path;
 }
 
-void dump_graph(const Graph *g, FILE *fp) {
+void dump_graph(const Graph *g, FILE *fp) { dump_graph_after(g, NULL, fp); }
+
+void dump_graph_after(const Graph *g, const char *pass, FILE *fp) {
     char b[128];
-    fprintf(fp, "graph %s  prefix \"%s\"\n", g->name, g->prefix);
+    fprintf(fp, "graph %s  prefix \"%s\"", g->name, g->prefix);
+    if (pass) fprintf(fp, "  (after %s)", pass);
+    fprintf(fp, "\n");
     for (int i = 0; i < g->n_nodes; i++) {
         const Node *n = g->nodes[i];
         if (n->op == OPK_WEIGHT) continue;
@@ -72,50 +80,50 @@ void dump_graph(const Graph *g, FILE *fp) {
         if (n->fused) fprintf(fp, "  [fuses %s]", n->fused);
         if (n->storage != n && n->op == OPK_RESHAPE) fprintf(fp, " (view of %%%d)", n->storage->id);
         else if (n->storage != n) fprintf(fp, " (written into %%%d at +%lld)", n->storage->id, (long long)n->into_offset);
-        fprintf(fp, "  @%s:%d\n", base_name(&n->loc), n->loc.line);
+        if (n->prov) fprintf(fp, "  @%s\n", n->prov);
+        else fprintf(fp, "  @%s:%d\n", base_name(&n->loc), n->loc.line);
     }
     for (int i = 0; i < g->n_outputs; i++)
         fprintf(fp, "output %s = %%%d\n", g->outputs[i].name, g->outputs[i].node->id);
-    int ops = 0;
-    for (int i = 0; i < g->n_nodes; i++) ops += g->nodes[i]->op != OPK_WEIGHT && g->nodes[i]->op != OPK_INPUT;
-    fprintf(fp, "# nodes %d (ops %d, weights %d, inputs %d)  params %lld  flops %.6g GFLOP\n", g->n_nodes, ops,
-            g->n_weights, g->n_inputs, (long long)graph_param_count(g), graph_flops(g) / 1e9);
+    /* counted from the nodes: the weight table exists only once a pass swept the graph */
+    int ops = 0, weights = 0;
+    int64_t params = 0;
+    for (int i = 0; i < g->n_nodes; i++) {
+        const Node *n = g->nodes[i];
+        ops += n->op != OPK_WEIGHT && n->op != OPK_INPUT;
+        if (n->op == OPK_WEIGHT) weights++, params += node_numel(n);
+    }
+    fprintf(fp, "# nodes %d (ops %d, weights %d, inputs %d)  params %lld  flops %.6g GFLOP\n", g->n_nodes, ops, weights,
+            g->n_inputs, (long long)params, graph_flops(g) / 1e9);
     if (g->arena_bytes)
         fprintf(fp, "# arena %lld bytes (%.1f MiB), naive sum of buffers %lld bytes (%.1f MiB)\n",
                 (long long)g->arena_bytes, (double)g->arena_bytes / 1048576.0, (long long)g->naive_bytes,
                 (double)g->naive_bytes / 1048576.0);
 }
 
-/* The step that first writes n's buffer: n, or a part written in place. */
-static int first_write(const Graph *g, const Node *n) {
-    for (int i = 0; i < n->id; i++)
-        if (g->nodes[i]->storage == n) return i;
-    return n->id;
-}
-
 void dump_plan(const Graph *g, FILE *fp) {
-    char b[128];
+    char b[128], kn[64];
     fprintf(fp, "plan %s  arena %lld bytes  naive %lld bytes  strategy %s (first-fit %lld, best-fit %lld, size-ordered %lld)\n",
             g->name, (long long)g->arena_bytes, (long long)g->naive_bytes, g->plan_strategy ? g->plan_strategy : "-",
             (long long)g->plan_sizes[0], (long long)g->plan_sizes[1], (long long)g->plan_sizes[2]);
     fprintf(fp, "# node        op                  offset        bytes   live\n");
-    for (int i = 0; i < g->n_nodes; i++) {
-        const Node *n = g->nodes[i];
-        if (n->op == OPK_WEIGHT || n->op == OPK_INPUT) continue;
-        char kn[64];
+    for (int i = 0; i < g->n_plan; i++) {
+        const PlanBuf *p = &g->plan[i];
+        const Node *n = p->node;
         node_kernel_name(n, kn, sizeof kn);
-        if (n->storage == n)
-            fprintf(fp, "%%%-6d %-20s %12lld %12lld   %d..%d  %s\n", n->id, kn, (long long)n->offset,
-                    (long long)node_bytes(n), first_write(g, n), n->last_use, shape_str(n, b, sizeof b));
-        else if (n->op == OPK_RESHAPE)
-            fprintf(fp, "%%%-6d %-20s view of %%%d\n", n->id, kn, n->storage->id);
-        else
-            fprintf(fp, "%%%-6d %-20s %12lld %12lld   part of %%%d, samples %lld floats apart\n", n->id, kn,
-                    (long long)(n->storage->offset + n->into_offset), (long long)node_bytes(n), n->storage->id,
-                    (long long)(node_numel(n) / n->shape[0] + n->out_gap));
-        if (n->scratch_bytes)
-            fprintf(fp, "%%%-6d %-20s %12lld %12lld   %d..%d  scratch\n", n->id, kn,
-                    (long long)n->scratch_offset, (long long)n->scratch_bytes, n->id, n->id);
+        fprintf(fp, "%%%-6d %-20s %12lld %12lld   %d..%d  %s\n", n->id, kn, (long long)p->offset, (long long)p->size,
+                p->first, p->last, p->scratch ? "scratch" : shape_str(n, b, sizeof b));
+        /* the values kept inside this buffer: views and parts written in place */
+        for (int k = 0; k < g->n_nodes && !p->scratch; k++) {
+            const Node *v = g->nodes[k];
+            if (v == n || v->storage != n || v->op == OPK_INPUT || v->op == OPK_WEIGHT) continue;
+            node_kernel_name(v, kn, sizeof kn);
+            if (v->op == OPK_RESHAPE) fprintf(fp, "%%%-6d %-20s view of %%%d\n", v->id, kn, n->id);
+            else
+                fprintf(fp, "%%%-6d %-20s %12lld %12lld   part of %%%d, samples %lld floats apart\n", v->id, kn,
+                        (long long)(p->offset + v->into_offset), (long long)node_bytes(v), n->id,
+                        (long long)(node_numel(v) / v->shape[0] + v->out_gap));
+        }
     }
 }
 
@@ -147,20 +155,19 @@ void dump_memory_svg(const Graph *g, FILE *fp) {
     fprintf(fp, "<text x=\"%.0f\" y=\"20\">%s: arena %.1f MiB (%s; naive sum %.1f MiB) over %d steps</text>\n", left, g->name,
             (double)g->arena_bytes / 1048576.0, g->plan_strategy ? g->plan_strategy : "-", (double)g->naive_bytes / 1048576.0,
             g->n_nodes);
-    for (int i = 0; i < g->n_nodes; i++) {
-        const Node *n = g->nodes[i];
+    for (int i = 0; i < g->n_plan; i++) {
+        const PlanBuf *p = &g->plan[i];
         char kn[64];
-        node_kernel_name(n, kn, sizeof kn);
-        if (n->storage == n && n->op != OPK_INPUT && n->op != OPK_WEIGHT)
+        node_kernel_name(p->node, kn, sizeof kn);
+        double h = sy * (double)p->size > 0.5 ? sy * (double)p->size : 0.5;
+        if (!p->scratch)
             fprintf(fp, "<rect x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" fill=\"#4a90d9\" fill-opacity=\"0.7\" stroke=\"#1d4f80\" stroke-width=\"0.3\"><title>%%%d %s %lld bytes at %lld, steps %d..%d</title></rect>\n",
-                    left + sx * first_write(g, n), top + sy * (double)n->offset, sx * (n->last_use - first_write(g, n) + 1),
-                    sy * (double)node_bytes(n) > 0.5 ? sy * (double)node_bytes(n) : 0.5, n->id, kn, (long long)node_bytes(n),
-                    (long long)n->offset, first_write(g, n), n->last_use);
-        if (n->scratch_bytes)
-            fprintf(fp, "<rect x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" fill=\"#e8913a\" fill-opacity=\"0.8\"><title>%%%d %s scratch %lld bytes at %lld</title></rect>\n",
-                    left + sx * n->id, top + sy * (double)n->scratch_offset, sx > 1 ? sx : 1,
-                    sy * (double)n->scratch_bytes > 0.5 ? sy * (double)n->scratch_bytes : 0.5, n->id, kn,
-                    (long long)n->scratch_bytes, (long long)n->scratch_offset);
+                    left + sx * p->first, top + sy * (double)p->offset, sx * (p->last - p->first + 1), h, p->node->id, kn,
+                    (long long)p->size, (long long)p->offset, p->first, p->last);
+        else
+            fprintf(fp, "<rect x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" fill=\"#e8913a\" fill-opacity=\"0.8\"><title>%%%d %s scratch %lld bytes at %lld, step %d</title></rect>\n",
+                    left + sx * p->first, top + sy * (double)p->offset, sx > 1 ? sx : 1, h, p->node->id, kn,
+                    (long long)p->size, (long long)p->offset, p->first);
     }
     fprintf(fp, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n", left, top, left, H - bottom);
     fprintf(fp, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n", left, H - bottom, W - right, H - bottom);

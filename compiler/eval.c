@@ -76,7 +76,10 @@ typedef struct Eval {
     int *define_used;            /* per -D: consumed by a param or the config */
     Value ret;                   /* value of the last `return` */
     int depth;                   /* call depth (recursion guard) */
+    const char **calls;          /* the def calls being run, outermost first: "unet.graph:74 ResBlock" */
+    int n_calls, cap_calls;
     int prefix_set;              /* a `prefix` statement ran */
+    CfgNode *facts;              /* model_facts() of the config, made on first use */
 } Eval;
 
 static void *ev_alloc(Eval *E, size_t n) {
@@ -276,9 +279,34 @@ static char *scope_prefix(Eval *E) {
     return s;
 }
 
+/* "nn.graph:12": a location as provenance shows it (file name only, so
+ * that dumps do not depend on the directory the compiler ran in). */
+static void prov_loc(SrcLoc loc, char *buf, size_t size) {
+    const char *f = loc.file ? strrchr(loc.file->path, '/') : NULL;
+    f = f ? f + 1 : loc.file ? loc.file->path : "<builtin>";
+    snprintf(buf, size, "%s:%d", f, loc.line);
+}
+
+/* A node built at loc, with its provenance: the def calls on the way, then loc. */
+static Node *graph_add_here(Eval *E, OpKind op, SrcLoc loc) {
+    Node *n = graph_add(E->g, op, loc);
+    size_t len = 32;
+    for (int i = 0; i < E->n_calls; i++) len += strlen(E->calls[i]) + 3;
+    char *p = ldm_xmalloc(len + 512), here[512];
+    p[0] = 0;
+    for (int i = 0; i < E->n_calls; i++) {
+        strcat(p, E->calls[i]);
+        strcat(p, " > ");
+    }
+    prov_loc(loc, here, sizeof here);
+    strcat(p, here);
+    n->prov = p;
+    return n;
+}
+
 /* New node with sources; infers its shape. NULL on a shape error. */
 static Node *mk(Eval *E, OpKind op, SrcLoc loc, int nsrc, Node **src) {
-    Node *n = graph_add(E->g, op, loc);
+    Node *n = graph_add_here(E, op, loc);
     for (int i = 0; i < nsrc; i++) n->src[i] = src[i];
     n->nsrc = nsrc;
     if (E->n_scopes) {
@@ -344,6 +372,25 @@ typedef struct Builtin {
 #define ARG_INT(i, var, what) int64_t var = 0; if (want_int(&a->v[i], a->loc, what, &var)) return -1
 #define ARG_NUM(i, var, what) double var = 0; if (want_num(&a->v[i], a->loc, what, &var)) return -1
 #define RESULT(node) do { Node *r_ = (node); if (!r_) return -1; *out = v_tensor(r_); return 0; } while (0)
+
+/* model_facts(): what the config means (modelcfg.c) as a map: f,
+ * context_length, unet_context, cond_kind, ... */
+static int bi_model_facts(Eval *E, Args *a, Value *out) {
+    if (!E->config) return diag_error(a->loc, "model_facts() needs a config (--config)");
+    if (!E->facts) {
+        ModelFacts mf;
+        if (model_facts(E->config, &mf) != 0) {
+            char *why = ldm_xstrdup(ldm_last_error());
+            diag_error(a->loc, "model_facts(): %s", why);
+            free(why);
+            return -1;
+        }
+        E->facts = model_facts_map(&mf);
+        if (!E->facts) return diag_error(a->loc, "internal error: model_facts(): %s", ldm_last_error());
+    }
+    *out = cfg_value(E, E->facts);
+    return 0;
+}
 
 static int bi_len(Eval *E, Args *a, Value *out) {
     (void)E;
@@ -658,6 +705,7 @@ static int bi_vq_lookup(Eval *E, Args *a, Value *out) {
 }
 
 static const Builtin builtins[] = {
+    {"model_facts", "", bi_model_facts},
     {"len", "x", bi_len},
     {"range", "a,b=null,step=1", bi_range},
     {"has", "map,key", bi_has},
@@ -1011,7 +1059,17 @@ static int call_def(Eval *E, Env *env, Ast *fn, Ast *call, Value *out) {
     }
     if (++E->depth > 200) return diag_error(call->loc, "calls nested too deeply (recursion?)");
     E->ret = v_null();
+    if (E->n_calls == E->cap_calls) {
+        E->cap_calls = E->cap_calls ? 2 * E->cap_calls : 16;
+        E->calls = ldm_xrealloc(E->calls, (size_t)E->cap_calls * sizeof *E->calls);
+    }
+    char at[512];
+    prov_loc(call->loc, at, sizeof at);
+    char *frame_name = ldm_xasprintf("%s %s", at, fn->name);
+    E->calls[E->n_calls++] = ev_strdup(E, frame_name);
+    free(frame_name);
     int rc = exec_block(E, frame, fn->b);
+    E->n_calls--;
     E->depth--;
     if (rc < 0) {
         if (E->depth < 12) diag_note(call->loc, "in the call of %s() from here", fn->name);
@@ -1182,7 +1240,7 @@ static int exec_input(Eval *E, Env *env, Ast *s) {
     for (int i = 0; i < E->g->n_inputs; i++)
         if (strcmp(E->g->inputs[i]->name, s->name) == 0) return diag_error(s->loc, "input '%s' declared twice", s->name);
     if (s->items.n > MAX_DIMS) return diag_error(s->loc, "input '%s' has more than %d dimensions", s->name, MAX_DIMS);
-    Node *n = graph_add(E->g, OPK_INPUT, s->loc);
+    Node *n = graph_add_here(E, OPK_INPUT, s->loc);
     n->name = ldm_xstrdup(s->name);
     n->dtype = dt;
     n->ndim = s->items.n;
@@ -1320,6 +1378,8 @@ static void eval_free(Eval *E) {
     for (int i = 0; i < E->n_pool; i++) free(E->pool[i]);
     free(E->pool);
     free(E->scopes);
+    free(E->calls);
+    cfg_free(E->facts);
     free(E->define_used);
     cfg_free(E->config);
 }

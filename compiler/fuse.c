@@ -11,36 +11,16 @@
  *                                     norm a linear layer: each normalises
  *                                     the rows of x as its GEMM packs them)
  * The consumers of the removed node read the fused producer instead; the
- * dump prints the op chain of every fused node (group_norm+silu, ...).
- *
- * pass_select_kernels picks the convolution algorithm per node from its
- * shape (direct for at most 8 output channels, pointwise for 1x1,
- * Winograd where a sample has enough 4x4 tiles, else im2col) and marks
- * weights that some kernel reads as plain float32.
+ * dump prints the op chain of every fused node (group_norm+silu, ...) and
+ * what it folded, by node id (ids never change) and source line. Nothing
+ * fuses across a value with another reader or a value that is a graph
+ * output. Needs the use counts of a swept graph (the dce or cse pass runs
+ * before it) and leaves one: the folded nodes are swept at the end.
  */
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
 #include "ldmc.h"
-
-/* Winograd convolutions are used once runtime/kernels_winograd.c exists. */
-#ifndef LDMC_WINOGRAD
-#define LDMC_WINOGRAD 1
-#endif
-
-const char *node_kernel_name(const Node *n, char *buf, size_t size) {
-    snprintf(buf, size, "%s%s%s%s%s", n->pro_lnorm ? "layer_norm+" : "", op_names[n->op],
-             n->act == ACT_SILU ? "+silu" : n->act == ACT_GEGLU ? "+geglu" : "", n->ep_rowadd ? "+rowadd" : "",
-             n->ep_residual ? "+residual" : "");
-    return buf;
-}
-
-static int is_output(const Graph *g, const Node *n) {
-    for (int i = 0; i < g->n_outputs; i++)
-        if (g->outputs[i].node == n) return 1;
-    return 0;
-}
 
 /* Record in repl that old was folded into it (for dumps and comments). */
 static void note_fused(Node *repl, const Node *old) {
@@ -55,11 +35,7 @@ static void note_fused(Node *repl, const Node *old) {
 static void replace_uses(Graph *g, Node *old, Node *repl) {
     note_fused(repl, old);
     repl->fused_flops += node_flops(old);
-    for (int i = 0; i < g->n_nodes; i++)
-        for (int s = 0; s < g->nodes[i]->nsrc; s++)
-            if (g->nodes[i]->src[s] == old) g->nodes[i]->src[s] = repl;
-    for (int i = 0; i < g->n_outputs; i++)
-        if (g->outputs[i].node == old) g->outputs[i].node = repl;
+    graph_replace_uses(g, old, repl);
     repl->n_uses = old->n_uses;
     old->n_uses = 0;
 }
@@ -70,7 +46,7 @@ static int same_shape(const Node *a, const Node *b) {
 
 /* A producer whose result can still take an epilogue. */
 static int fusable_producer(const Graph *g, const Node *p) {
-    return (p->op == OPK_CONV2D || p->op == OPK_LINEAR) && p->n_uses == 1 && !is_output(g, p) && !p->ep_residual &&
+    return (p->op == OPK_CONV2D || p->op == OPK_LINEAR) && p->n_uses == 1 && !graph_is_output(g, p) && !p->ep_residual &&
            p->nsrc < MAX_SRC;
 }
 
@@ -116,7 +92,7 @@ static int try_epilogue(Graph *g, Node *add, int i) {
 /* linear(layer_norm(x)): when every reader of the norm is a linear layer
  * taking it as input, each reads x and normalises it itself. */
 static void try_lnorm(Graph *g, Node *ln) {
-    if (is_output(g, ln) || ln->n_uses < 1) return;
+    if (graph_is_output(g, ln) || ln->n_uses < 1) return;
     int readers = 0;
     for (int i = 0; i < g->n_nodes; i++) {
         const Node *c = g->nodes[i];
@@ -145,15 +121,14 @@ static void try_lnorm(Graph *g, Node *ln) {
 }
 
 void pass_fuse(Graph *g) {
-    pass_dead_code(g);
     for (int i = 0; i < g->n_nodes; i++) {
         Node *n = g->nodes[i];
         Node *x = n->nsrc ? n->src[0] : NULL;
-        if (n->op == OPK_SILU && x->op == OPK_GROUP_NORM && x->n_uses == 1 && x->act == ACT_NONE && !is_output(g, x)) {
+        if (n->op == OPK_SILU && x->op == OPK_GROUP_NORM && x->n_uses == 1 && x->act == ACT_NONE && !graph_is_output(g, x)) {
             x->act = ACT_SILU;
             replace_uses(g, n, x);
         } else if (n->op == OPK_GEGLU && x->op == OPK_LINEAR && x->n_uses == 1 && x->act == ACT_NONE && !x->ep_residual &&
-                   !is_output(g, x)) {
+                   !graph_is_output(g, x)) {
             x->act = ACT_GEGLU;
             x->shape[x->ndim - 1] /= 2;
             replace_uses(g, n, x);
@@ -163,63 +138,5 @@ void pass_fuse(Graph *g) {
             try_lnorm(g, n);
         }
     }
-    pass_dead_code(g);
-}
-
-/* Winograd F(4x4,3x3) pays from 4 tiles per sample (an 8x8 map) on: its
- * weight transform costs about as much as the whole product of one unit of
- * 8 tiles, and still the UNet's 8x8 convolutions (1280 channels) ran 1.6-2x
- * faster than through im2col at batch 2 (145-153 against 73-95 GFLOP/s,
- * F16 weights, bench_winograd / bench_gemm) and no slower at batch 1; at
- * 4x4 (one tile) im2col is 1.5x faster. The choice looks at one sample's
- * tiles, not the batch's, so that a sample's result does not depend on the
- * batch it is computed in. */
-static int use_winograd(const Node *n) {
-    const Node *x = n->src[0], *w = n->src[1];
-    if (w->shape[2] != 3 || w->shape[3] != 3 || n->stride[0] != 1 || n->stride[1] != 1) return 0;
-    for (int i = 0; i < 4; i++)
-        if (n->pad[i] != 1) return 0;
-    int64_t tiles = ((n->shape[2] + 3) / 4) * ((n->shape[3] + 3) / 4);
-    return LDMC_WINOGRAD && tiles >= 4 && x->shape[1] >= 16 && w->shape[0] >= 16;
-}
-
-void pass_select_kernels(Graph *g) {
-    for (int i = 0; i < g->n_nodes; i++) {
-        Node *n = g->nodes[i];
-        if (n->op == OPK_WEIGHT) n->needs_f32 = 0, n->wlayout = -1; /* -1: no use seen yet */
-    }
-    for (int i = 0; i < g->n_nodes; i++) {
-        Node *n = g->nodes[i];
-        if (n->op == OPK_CONV2D) {
-            const Node *w = n->src[1];
-            int pointwise = w->shape[2] == 1 && w->shape[3] == 1 && n->stride[0] == 1 && n->stride[1] == 1 &&
-                            !n->pad[0] && !n->pad[1] && !n->pad[2] && !n->pad[3];
-            /* a handful of output channels (a network's last conv): no GEMM
-             * has enough rows to pay for its packing */
-            int direct = w->shape[0] <= 8 && n->stride[0] == 1 && n->stride[1] == 1;
-            n->algo = direct      ? LDM_CONV_DIRECT
-                      : pointwise ? LDM_CONV_POINTWISE
-                      : use_winograd(n) ? LDM_CONV_WINOGRAD
-                                        : LDM_CONV_IM2COL;
-        }
-        for (int s = 0; s < n->nsrc; s++) {
-            Node *w = n->src[s];
-            while (w->op == OPK_RESHAPE) w = w->src[0];
-            if (w->op != OPK_WEIGHT) continue;
-            /* kernels that widen half-precision weights themselves */
-            int half_ok = (s == 1 && (n->op == OPK_CONV2D || n->op == OPK_LINEAR)) || (s == 0 && n->op == OPK_EMBEDDING);
-            if (!half_ok) w->needs_f32 = 1;
-            /* the layout this use reads; panels keep the rows of the weight
-             * ([O, ...]), so a reshape must keep its first dimension */
-            int want = LDM_WL_ROWS;
-            if (s == 1 && n->src[s]->shape[0] == w->shape[0]) {
-                if (n->op == OPK_LINEAR) want = LDM_WL_BPANELS;
-                else if (n->op == OPK_CONV2D && (n->algo == LDM_CONV_IM2COL || n->algo == LDM_CONV_POINTWISE))
-                    want = LDM_WL_APANELS;
-            }
-            w->wlayout = w->wlayout == -1 || w->wlayout == want ? want : LDM_WL_ROWS;
-        }
-    }
-    for (int i = 0; i < g->n_nodes; i++)
-        if (g->nodes[i]->op == OPK_WEIGHT && g->nodes[i]->wlayout == -1) g->nodes[i]->wlayout = LDM_WL_ROWS;
+    graph_sweep(g); /* the folded nodes: nothing reads them any more */
 }

@@ -55,8 +55,10 @@ void graph_free(Graph *g) {
         free(g->nodes[i]->name);
         free(g->nodes[i]->scope);
         free(g->nodes[i]->fused);
+        free(g->nodes[i]->prov);
         free(g->nodes[i]);
     }
+    free(g->plan);
     for (int i = 0; i < g->n_outputs; i++) free(g->outputs[i].name);
     free(g->nodes);
     free(g->inputs);
@@ -73,7 +75,9 @@ Node *graph_add(Graph *g, OpKind op, SrcLoc loc) {
         g->nodes = ldm_xrealloc(g->nodes, (size_t)g->cap_nodes * sizeof *g->nodes);
     }
     Node *n = ldm_xcalloc(1, sizeof *n);
-    n->id = g->n_nodes;
+    n->id = g->next_id++;
+    n->buf = n->scratch_buf = -1;
+    n->algo = -1;
     n->op = op;
     n->loc = loc;
     n->dtype = DT_F32;
@@ -435,4 +439,88 @@ double node_op_flops(const Node *n) {
     default:
         return out;
     }
+}
+
+/* ---- graph-level queries and edits shared by the passes ------------------ */
+
+const char *node_kernel_name(const Node *n, char *buf, size_t size) {
+    snprintf(buf, size, "%s%s%s%s%s", n->pro_lnorm ? "layer_norm+" : "", op_names[n->op],
+             n->act == ACT_SILU ? "+silu" : n->act == ACT_GEGLU ? "+geglu" : "", n->ep_rowadd ? "+rowadd" : "",
+             n->ep_residual ? "+residual" : "");
+    return buf;
+}
+
+int graph_is_output(const Graph *g, const Node *n) {
+    for (int i = 0; i < g->n_outputs; i++)
+        if (g->outputs[i].node == n) return 1;
+    return 0;
+}
+
+void graph_replace_uses(Graph *g, Node *old, Node *repl) {
+    for (int i = 0; i < g->n_nodes; i++)
+        for (int s = 0; s < g->nodes[i]->nsrc; s++)
+            if (g->nodes[i]->src[s] == old) g->nodes[i]->src[s] = repl;
+    for (int i = 0; i < g->n_outputs; i++)
+        if (g->outputs[i].node == old) g->outputs[i].node = repl;
+}
+
+static void node_free(Node *n) {
+    free(n->name);
+    free(n->scope);
+    free(n->fused);
+    free(n->prov);
+    free(n);
+}
+
+void graph_sweep(Graph *g) {
+    for (int i = 0; i < g->n_nodes; i++) {
+        g->nodes[i]->live = 0;
+        g->nodes[i]->n_uses = 0;
+    }
+    for (int i = 0; i < g->n_outputs; i++) g->outputs[i].node->live = 1;
+    for (int i = 0; i < g->n_inputs; i++) g->inputs[i]->live = 1; /* inputs are the interface */
+    for (int i = g->n_nodes - 1; i >= 0; i--) {
+        Node *n = g->nodes[i];
+        if (!n->live) continue;
+        for (int s = 0; s < n->nsrc; s++) n->src[s]->live = 1;
+    }
+    int k = 0;
+    for (int i = 0; i < g->n_nodes; i++) {
+        Node *n = g->nodes[i];
+        if (n->live) g->nodes[k++] = n;
+        else node_free(n);
+    }
+    g->n_nodes = k;
+    g->n_weights = 0;
+    free(g->weights);
+    g->weights = NULL;
+    for (int i = 0; i < g->n_nodes; i++) {
+        Node *n = g->nodes[i];
+        for (int s = 0; s < n->nsrc; s++) n->src[s]->n_uses++;
+        if (n->op == OPK_WEIGHT) {
+            n->weight_index = g->n_weights;
+            g->weights = ldm_xrealloc(g->weights, (size_t)(g->n_weights + 1) * sizeof *g->weights);
+            g->weights[g->n_weights++] = n;
+        }
+    }
+    for (int i = 0; i < g->n_outputs; i++) g->outputs[i].node->n_uses++;
+}
+
+int *graph_positions(const Graph *g) {
+    int *pos = ldm_xmalloc((size_t)(g->next_id + 1) * sizeof *pos);
+    for (int i = 0; i <= g->next_id; i++) pos[i] = -1;
+    for (int i = 0; i < g->n_nodes; i++) pos[g->nodes[i]->id] = i;
+    return pos;
+}
+
+int64_t graph_param_count(const Graph *g) {
+    int64_t k = 0;
+    for (int i = 0; i < g->n_weights; i++) k += node_numel(g->weights[i]);
+    return k;
+}
+
+double graph_flops(const Graph *g) {
+    double f = 0;
+    for (int i = 0; i < g->n_nodes; i++) f += node_flops(g->nodes[i]);
+    return f;
 }

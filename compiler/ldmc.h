@@ -6,9 +6,12 @@
  * Pipeline: lexer.l/parser.y build an Ast from a .graph file (plus its
  * imports); eval.c interprets that Ast against a model config and builds a
  * Graph of tensor ops (every shape inferred and checked as it is built);
- * passes (pass.c) transform the Graph; plan.c assigns arena offsets;
+ * the passes transform the Graph, one file each (dce.c, cse.c, fuse.c,
+ * select.c, views.c, plan.c), in the order driver.c's pass table gives;
  * codegen.c writes one C file; driver.c runs the whole thing and, on request,
- * the C compiler.
+ * the C compiler. Files depend on each other in that order only: a pass uses
+ * graph.c and diag.c, never another pass; codegen reads what the passes left
+ * (kernel choices, the plan table).
  */
 #ifndef LDMC_H
 #define LDMC_H
@@ -206,7 +209,8 @@ enum {
 
 typedef struct Node Node;
 struct Node {
-    int id;                      /* position in Graph.nodes (schedule order) */
+    int id;                      /* assigned once when the node is built (creation order), never reused or
+                                    renumbered: a note naming %id names this node after every pass */
     OpKind op;                   /* what it computes */
     DType dtype;                 /* element type of the result */
     int ndim;                    /* rank of the result */
@@ -216,6 +220,8 @@ struct Node {
     char *name;                  /* INPUT: input name; WEIGHT: full checkpoint key */
     char *scope;                 /* weight scope when built (for dumps), may be NULL */
     SrcLoc loc;                  /* DSL location that built it */
+    char *prov;                  /* provenance: the chain of graph-file calls that built it,
+                                    "unet.graph:74 ResBlock > nn.graph:78 Conv > nn.graph:12" */
     /* op parameters (meaning per op; unused ones are zero) */
     int stride[2];               /* CONV2D: stride h, w */
     int pad[4];                  /* CONV2D: top, bottom, left, right */
@@ -237,7 +243,7 @@ struct Node {
     int ep_residual;             /* CONV2D, LINEAR: 1 + index in src of a tensor added to the result; 0 = none */
     int pro_lnorm;               /* LINEAR: 1 + index in src of LayerNorm's weight (its bias follows): the input
                                     rows are layer-normalised (eps) while the GEMM packs them; 0 = none */
-    int algo;                    /* CONV2D: LdmConvAlgo (runtime/kernels.h) */
+    int algo;                    /* CONV2D: LdmConvAlgo (runtime/kernels.h); -1 until the select pass */
     int needs_f32;               /* WEIGHT: some kernel reads it as plain float32 */
     int wlayout;                 /* WEIGHT: LdmWLayout the runtime binds it in: panels when every use is a
                                     GEMM operand that reads them (linear: B, im2col/pointwise conv: A) */
@@ -246,17 +252,28 @@ struct Node {
     int input_index;             /* INPUT: index in the input table */
     /* filled by passes */
     int n_uses;                  /* number of consumers (+1 per output) */
-    int live;                    /* reachable from an output */
+    int live;                    /* reachable from an output (graph_sweep) */
+    int buf;                     /* index in Graph.plan of the buffer holding its result when it owns one,
+                                    else -1 (plan.c) */
+    int scratch_buf;             /* index in Graph.plan of its scratch workspace, or -1 */
     Node *storage;               /* node whose buffer holds this value (views, and producers writing
                                     straight into a concatenation) */
     int64_t into_offset;         /* bytes from the start of storage's buffer (concatenation parts) */
     int64_t out_gap;             /* floats between one sample's result and the next beyond its own
                                     size (a part of a channel concatenation); 0 = contiguous */
-    int last_use;                /* schedule index of the last reader of storage */
-    int64_t offset;              /* arena byte offset (storage roots) */
-    int64_t scratch_bytes;       /* temporary workspace this op needs */
-    int64_t scratch_offset;      /* arena offset of that workspace */
+    int64_t scratch_bytes;       /* temporary workspace this op needs (set by the plan) */
 };
+
+/* One row of the memory plan: a buffer of the arena and when it is live.
+ * The plan dump, the SVG, codegen and the validator all read this table. */
+typedef struct PlanBuf {
+    Node *node;                  /* the value (a storage root) or the node whose scratch this is */
+    int scratch;                 /* 1: the node's scratch workspace; 0: its result buffer */
+    int64_t offset;              /* arena byte offset, 64-byte aligned */
+    int64_t size;                /* bytes (64-byte aligned) */
+    int first, last;             /* schedule positions of the first writer and the last reader
+                                    (n_nodes: a graph output, live to the end) */
+} PlanBuf;
 
 /* A graph output: a name and the node that computes it. */
 typedef struct Output {
@@ -276,6 +293,9 @@ typedef struct Graph {
     int n_weights;
     Output *outputs;             /* outputs, in declaration order */
     int n_outputs;
+    int next_id;                 /* id of the next node built (ids are never reused) */
+    PlanBuf *plan;               /* the memory plan, by first use (plan.c) */
+    int n_plan;
     int64_t arena_bytes;         /* set by plan.c */
     int64_t naive_bytes;         /* sum of all activation sizes (for reports) */
     const char *plan_strategy;   /* the placement strategy that won */
@@ -298,6 +318,59 @@ double node_flops(const Node *n);
 double node_op_flops(const Node *n);
 /* "[2,320,64,64]" into buf. */
 const char *shape_str(const Node *n, char *buf, size_t size);
+/* "conv2d+rowadd+residual": the op chain a (fused) node computes. */
+const char *node_kernel_name(const Node *n, char *buf, size_t size);
+/* Is n one of g's outputs? */
+int graph_is_output(const Graph *g, const Node *n);
+/* Let every reader of old (and every output) read repl instead. */
+void graph_replace_uses(Graph *g, Node *old, Node *repl);
+/* Drop the nodes no output reaches (inputs stay: they are the interface),
+ * then recount uses (n_uses) and collect the live weights in first-use
+ * order. Ids are kept. */
+void graph_sweep(Graph *g);
+/* Schedule position of every node, indexed by id (next_id entries, -1 for
+ * ids no longer in the graph); free() it. */
+int *graph_positions(const Graph *g);
+
+/* Totals for reports. */
+int64_t graph_param_count(const Graph *g);
+double graph_flops(const Graph *g);
+
+/* ===================================================================== *
+ * modelcfg.c - what a model config means
+ * ===================================================================== */
+
+/* The facts of a CompVis config that graphs and executables need, derived
+ * once (with the reference classes' defaults). Strings point into the
+ * config tree (or are literals). */
+typedef struct ModelFacts {
+    int f;                       /* first-stage downsampling factor 2^(len(ddconfig.ch_mult) - 1) */
+    const CfgNode *ch_mult;      /* ddconfig.ch_mult (for messages about f) */
+    int latent_channels;         /* diffusion latent channels (model.params.channels) */
+    int unet_in, unet_out;       /* UNet in/out channels */
+    double linear_start, linear_end; /* DDPM beta schedule */
+    const char *beta_schedule;   /* "linear" unless the config says otherwise */
+    const char *parameterization; /* "eps" unless the config says otherwise */
+    int timesteps;               /* training timesteps (1000) */
+    double scale_factor;         /* latent scale factor (1.0 when absent) */
+    int scale_by_std;            /* the checkpoint's scale_factor replaces it */
+    const char *conditioning_key; /* "crossattn", "hybrid", "concat", "adm" or "none" */
+    const char *first_stage;     /* "kl" or "vq" */
+    const char *cond_stage;      /* cond_stage_config target, "__is_unconditional__", or "" */
+    const char *cond_kind;       /* "text" (FrozenCLIPEmbedder), "class" (ClassEmbedder), "none", "other" */
+    int context_length;          /* text encoder positions (max_length, 77), 0 without a text encoder */
+    int unet_context;            /* context tokens the UNet cross-attends to: context_length for text,
+                                    1 for a class embedding, 0 for none */
+    int context_dim;             /* UNet cross-attention width, 0 without a spatial transformer */
+    int vocab_size;              /* text encoder vocabulary, 0 without one */
+    int n_classes;               /* ClassEmbedder classes, 0 otherwise */
+} ModelFacts;
+
+/* Derive the facts from a config root; 0, or -1 with a located message. */
+int model_facts(const CfgNode *root, ModelFacts *out);
+/* The facts as a config map (keys named as the fields; unet_in/unet_out as
+ * unet_in_channels/unet_out_channels), for the DSL's model_facts(). */
+CfgNode *model_facts_map(const ModelFacts *p);
 
 /* ===================================================================== *
  * eval.c - elaboration: run the DSL program against a config
@@ -319,39 +392,47 @@ typedef struct BuildOptions {
 Graph *graph_build(Program *prog, const BuildOptions *opt);
 
 /* ===================================================================== *
- * pass.c - passes over the graph
+ * dce.c, cse.c, fuse.c, select.c, views.c, plan.c - the passes
  * ===================================================================== */
 
-/* Mark nodes reachable from outputs, drop the rest, renumber, collect the
- * live weights and count uses. */
+/* dce.c: drop what no output reads; renumber nothing. */
 void pass_dead_code(Graph *g);
-/* Fuse GroupNorm+SiLU, Linear+GEGLU and the adds that can become a
- * conv/linear epilogue (time-embedding row add, residual) (fuse.c). */
+/* cse.c: merge nodes computing the same op on the same operands with the
+ * same parameters (e.g. the time embedding's SiLU, once per ResBlock). */
+void pass_cse(Graph *g);
+/* fuse.c: fold GroupNorm+SiLU, Linear+GEGLU, LayerNorm into the linear
+ * layers reading it, and the adds that can become a conv/linear epilogue
+ * (time-embedding row add, residual). */
 void pass_fuse(Graph *g);
-/* Choose the kernel of every heavy node (convolution algorithm) and mark
- * the weights that must be float32 (fuse.c). */
+/* select.c: choose the kernel of every heavy node (convolution algorithm)
+ * and the storage type and layout of every weight. */
 void pass_select_kernels(Graph *g);
-/* "conv2d+rowadd+residual": the op chain a fused node computes. */
-const char *node_kernel_name(const Node *n, char *buf, size_t size);
-
-/* Resolve views (RESHAPE) to the node owning their storage, and let the
- * convolution producing the last-computed part of a channel concatenation
- * write straight into the concatenated buffer. */
+/* views.c: resolve views (RESHAPE) to the node owning their storage, and
+ * let the convolution producing the last-computed part of a channel
+ * concatenation write straight into the concatenated buffer. */
 void pass_views(Graph *g);
-/* Assign arena offsets by liveness (plan.c); returns 0 or -1. */
+/* plan.c: the memory plan (Graph.plan): an arena offset for every buffer
+ * by liveness over the schedule; 0, or -1 with the validator's message. */
 int pass_plan_memory(Graph *g);
-/* Check that no two simultaneously-live buffers overlap; -1 + message. */
+/* Arena byte offset of n's value (its storage root's buffer, plus its
+ * place in it for a part written into a concatenation). */
+int64_t plan_offset(const Graph *g, const Node *n);
+/* Check the plan table against the schedule: every buffer present, live at
+ * least from its first writer to its last reader (derived here again from
+ * the nodes, not from the table), aligned, inside the arena, and no two
+ * buffers live at the same time overlapping. 0 or -1 + message. */
 int plan_validate(const Graph *g);
-
-/* Totals for reports. */
-int64_t graph_param_count(const Graph *g);
-double graph_flops(const Graph *g);
 
 /* ===================================================================== *
  * dump.c - text and Graphviz dumps
  * ===================================================================== */
 
+/* The graph, one node a line (after any pass: the driver's --dump=PASS). */
 void dump_graph(const Graph *g, FILE *fp);
+/* The same, with "(after PASS)" on its first line. */
+void dump_graph_after(const Graph *g, const char *pass, FILE *fp);
+/* The memory plan table, a row per buffer, with the views and in-place
+ * parts each buffer holds. */
 void dump_plan(const Graph *g, FILE *fp);
 void dump_dot(const Graph *g, FILE *fp);
 /* Arena usage over the schedule as SVG: one rectangle per buffer. */

@@ -2,7 +2,7 @@
  * main.c - the ldmc command line.
  *
  *   ldmc GRAPH [--config YAML] [-D NAME=VALUE]... [-o OUT.c | -o OUT]
- *        [--dump[=build|graph|plan]] [--dot FILE] [--stats]
+ *        [--dump[=build|graph|PASS]]... [--dot FILE] [--stats]
  *   ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors
  *   ldmc pipeline --config YAML -D H=.. -D W=.. -o OUT.c   (pipeline.c)
  */
@@ -14,7 +14,7 @@
 
 static void usage(FILE *fp) {
     fprintf(fp,
-            "usage: ldmc GRAPH [--config YAML] [-D NAME=VALUE]... [-o OUT.c | -o OUT] [--dump[=build|graph|plan]]\n"
+            "usage: ldmc GRAPH [--config YAML] [-D NAME=VALUE]... [-o OUT.c | -o OUT] [--dump[=WHAT]]...\n"
             "            [--dot FILE] [--plot-memory FILE.svg] [--stats]\n"
             "       ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors\n"
             "       ldmc randckpt --config YAML [-D NAME=VALUE]... [--dtype f32|f16|bf16] [--seed N] -o OUT GRAPH...\n"
@@ -26,12 +26,16 @@ static void usage(FILE *fp) {
             "  -o OUT.c          write the generated C\n"
             "  -o OUT            write OUT.c and build OUT, a graph runner:\n"
             "                    OUT --weights CKPT --inputs IN --outputs RESULT\n"
-            "  --dump[=WHAT]     print the graph after the passes (graph, the default), as built (build),\n"
-            "                    or the memory plan (plan)\n"
+            "  --dump[=WHAT]     print the graph after every pass (graph, the default), as built (build),\n"
+            "                    or after one pass (WHAT = its name below; plan: the memory plan table);\n"
+            "                    may be given several times\n"
             "  --dot FILE        write the graph in Graphviz format\n"
             "  --plot-memory F   draw the arena usage over the schedule as SVG\n"
             "  --stats           print node, parameter and FLOP counts and timings on stderr\n"
-            "  --version         print the version\n");
+            "  --version         print the version\n"
+            "\n"
+            "passes, in the order they run:\n");
+    for (int i = 0; i < ldmc_n_passes; i++) fprintf(fp, "  %-8s %s\n", ldmc_passes[i].name, ldmc_passes[i].what);
 }
 
 static int parse_dtype(const char *s, StDtype *to) {
@@ -192,8 +196,15 @@ int main(int argc, char **argv) {
             opt.dump_graph = 1;
         } else if (!strcmp(a, "--dump=build")) {
             opt.dump_build = 1;
-        } else if (!strcmp(a, "--dump=plan")) {
-            opt.dump_plan = 1;
+        } else if (!strncmp(a, "--dump=", 7)) {
+            int k = ldmc_pass_index(a + 7);
+            if (k < 0) {
+                fprintf(stderr, "ldmc: error: --dump=%s: no such pass (expected build, graph or one of:", a + 7);
+                for (int p = 0; p < ldmc_n_passes; p++) fprintf(stderr, " %s", ldmc_passes[p].name);
+                fprintf(stderr, ")\n");
+                goto out;
+            }
+            opt.dump_after |= 1u << k;
         } else if (!strcmp(a, "--stats")) {
             opt.stats = 1;
         } else if (a[0] == '-' && a[1]) {
@@ -210,7 +221,7 @@ int main(int argc, char **argv) {
         usage(stderr);
         goto out;
     }
-    if (!opt.out_path && !opt.dump_graph && !opt.dump_build && !opt.dump_plan && !opt.dot_path && !opt.svg_path &&
+    if (!opt.out_path && !opt.dump_graph && !opt.dump_build && !opt.dump_after && !opt.dot_path && !opt.svg_path &&
         !opt.stats) {
         fprintf(stderr, "ldmc: error: nothing to do: give -o, --dump, --dot or --stats\n");
         goto out;

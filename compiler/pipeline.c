@@ -23,192 +23,36 @@
 
 /* Everything the generated file states. */
 typedef struct PipeInfo {
-    int H, W, f;
-    int latent_channels, unet_in, unet_out;
-    double linear_start, linear_end, scale_factor;
-    int timesteps, scale_by_std;
-    const char *conditioning_key, *first_stage, *cond_stage;
-    int context_length, context_dim, vocab_size, n_classes;
+    int H, W;                    /* image size in pixels */
+    ModelFacts m;                /* what the config means (modelcfg.c) */
 } PipeInfo;
 
-/* "file:line:col: error: " prefix of a config node. */
-static int cfg_error(const CfgNode *n, const char *fmt, const char *a, const char *b) {
-    char msg[512];
-    snprintf(msg, sizeof msg, fmt, a, b ? b : "");
-    if (n) return ldm_fail("%s:%d:%d: error: %s", n->file, n->line, n->col, msg);
-    return ldm_fail("error: %s", msg);
+/* "file:line:col" of a config node. */
+static const char *where(const CfgNode *n) {
+    static char buf[512];
+    if (!n) return "<config>";
+    snprintf(buf, sizeof buf, "%s:%d:%d", n->file, n->line, n->col);
+    return buf;
 }
 
-/* A number at key of map (int or float), or def when absent. */
-static int get_num(const CfgNode *map, const char *key, double def, double *out) {
-    const CfgNode *v = cfg_get(map, key);
-    if (!v || v->kind == CFG_NULL) {
-        *out = def;
-        return 0;
-    }
-    if (v->kind == CFG_INT) *out = (double)v->i;
-    else if (v->kind == CFG_FLOAT) *out = v->f;
-    else return cfg_error(v, "'%s' must be a number, got a %s", key, cfg_kind_name(v->kind));
-    if (!isfinite(*out)) return cfg_error(v, "'%s' must be finite%s", key, NULL);
-    return 0;
-}
-
-static int get_int(const CfgNode *map, const char *key, long def, long lo, long hi, int *out) {
-    const CfgNode *v = cfg_get(map, key);
-    if (!v || v->kind == CFG_NULL) {
-        *out = (int)def;
-        return 0;
-    }
-    if (v->kind != CFG_INT) return cfg_error(v, "'%s' must be an integer, got a %s", key, cfg_kind_name(v->kind));
-    if (v->i < lo || v->i > hi) {
-        char range[64];
-        snprintf(range, sizeof range, "%ld..%ld", lo, hi);
-        return cfg_error(v, "'%s' is out of range (expected %s)", key, range);
-    }
-    *out = (int)v->i;
-    return 0;
-}
-
-/* A string at key, def when absent/null; NULL + error for another kind. */
-static const char *get_str(const CfgNode *map, const char *key, const char *def, int *err) {
-    const CfgNode *v = cfg_get(map, key);
-    if (!v || v->kind == CFG_NULL) return def;
-    if (v->kind != CFG_STRING) {
-        cfg_error(v, "'%s' must be a string, got a %s", key, cfg_kind_name(v->kind));
-        *err = 1;
-        return NULL;
-    }
-    return v->s;
-}
-
-static const CfgNode *need_map(const CfgNode *parent, const char *key, const char *where) {
-    const CfgNode *v = cfg_get(parent, key);
-    if (!v || v->kind != CFG_MAP) {
-        cfg_error(v ? v : parent, v ? "'%s' must be a map (in %s)" : "missing map '%s' (in %s)", key, where);
-        return NULL;
-    }
-    return v;
-}
-
-/* Derive the constants from the config root. */
+/* Derive the constants from the config root (model_facts, modelcfg.c), and
+ * check what this pipeline supports and the size. */
 static int pipe_info(const CfgNode *root, int H, int W, PipeInfo *p) {
     memset(p, 0, sizeof *p);
     p->H = H;
     p->W = W;
-    const CfgNode *model = need_map(root, "model", "the config");
-    if (!model) return -1;
-    const CfgNode *M = need_map(model, "params", "model");
-    if (!M) return -1;
-    int err = 0;
-
-    /* DDPM.__init__ defaults: timesteps=1000, beta_schedule="linear",
-     * linear_start=1e-4, linear_end=2e-2, parameterization="eps", channels=3 */
-    const char *beta = get_str(M, "beta_schedule", "linear", &err);
-    const char *param = get_str(M, "parameterization", "eps", &err);
-    if (err) return -1;
-    if (strcmp(beta, "linear") != 0)
-        return cfg_error(cfg_get(M, "beta_schedule"), "beta_schedule '%s' is not supported (only 'linear')%s", beta,
-                         NULL);
-    if (strcmp(param, "eps") != 0)
-        return cfg_error(cfg_get(M, "parameterization"),
-                         "parameterization '%s' is not supported (only 'eps': SD v1 and the LDM models)%s", param, NULL);
-    if (get_num(M, "linear_start", 1e-4, &p->linear_start) || get_num(M, "linear_end", 2e-2, &p->linear_end) ||
-        get_int(M, "timesteps", 1000, 2, 1000000, &p->timesteps) || get_int(M, "channels", 3, 1, 4096, &p->latent_channels))
-        return -1;
-    if (!(p->linear_start > 0 && p->linear_end > p->linear_start && p->linear_end < 1))
-        return cfg_error(cfg_get(M, "linear_end"), "the schedule needs 0 < linear_start < linear_end < 1%s%s", "", NULL);
-
-    /* LatentDiffusion.__init__: scale_factor=1.0, scale_by_std=False */
-    if (get_num(M, "scale_factor", 1.0, &p->scale_factor)) return -1;
-    if (!(p->scale_factor > 0)) return cfg_error(cfg_get(M, "scale_factor"), "scale_factor must be positive%s%s", "", NULL);
-    const CfgNode *sbs = cfg_get(M, "scale_by_std");
-    if (sbs && sbs->kind != CFG_NULL) {
-        if (sbs->kind != CFG_BOOL) return cfg_error(sbs, "'%s' must be a bool, got a %s", "scale_by_std", cfg_kind_name(sbs->kind));
-        p->scale_by_std = sbs->b;
-    }
-
-    /* first stage: AutoencoderKL or VQModelInterface; f = 2^(len(ch_mult) - 1) */
-    const CfgNode *fs = need_map(M, "first_stage_config", "model.params");
-    if (!fs) return -1;
-    const char *fst = get_str(fs, "target", "", &err);
-    if (err) return -1;
-    if (!strcmp(fst, "ldm.models.autoencoder.AutoencoderKL")) p->first_stage = "kl";
-    else if (!strcmp(fst, "ldm.models.autoencoder.VQModelInterface") || !strcmp(fst, "ldm.models.autoencoder.VQModel"))
-        p->first_stage = "vq";
-    else
-        return cfg_error(cfg_get(fs, "target") ? cfg_get(fs, "target") : fs,
-                         "unsupported first stage '%s' (expected AutoencoderKL or VQModelInterface)%s", fst, NULL);
-    const CfgNode *fsp = need_map(fs, "params", "first_stage_config");
-    const CfgNode *dd = fsp ? need_map(fsp, "ddconfig", "first_stage_config.params") : NULL;
-    if (!dd) return -1;
-    const CfgNode *mult = cfg_get(dd, "ch_mult");
-    if (!mult || mult->kind != CFG_LIST || mult->n < 1 || mult->n > 20)
-        return cfg_error(mult ? mult : dd, "ddconfig.ch_mult must be a non-empty list%s%s", "", NULL);
-    p->f = 1 << (mult->n - 1);
-    if (H % p->f || W % p->f) {
-        char msg[128];
-        snprintf(msg, sizeof msg, "H=%d W=%d: both must be multiples of %d", H, W, p->f);
-        return cfg_error(mult, "%s (the first stage downsamples by 2^(len(ch_mult) - 1))%s", msg, NULL);
-    }
-
-    /* UNet */
-    const CfgNode *uc = need_map(M, "unet_config", "model.params");
-    const CfgNode *U = uc ? need_map(uc, "params", "unet_config") : NULL;
-    if (!U) return -1;
-    if (get_int(U, "in_channels", -1, 1, 4096, &p->unet_in) || get_int(U, "out_channels", -1, 1, 4096, &p->unet_out))
-        return -1;
-    if (p->unet_in < 0 || p->unet_out < 0)
-        return cfg_error(U, "unet_config.params needs in_channels and out_channels%s%s", "", NULL);
-    const CfgNode *st = cfg_get(U, "use_spatial_transformer");
-    if (st && st->kind == CFG_BOOL && st->b && get_int(U, "context_dim", 0, 1, 1 << 20, &p->context_dim)) return -1;
-    if (p->unet_out != p->latent_channels)
-        return cfg_error(cfg_get(U, "out_channels"), "UNet out_channels must equal model.params.channels%s%s", "", NULL);
-
-    /* cond stage and LatentDiffusion's conditioning_key:
-     *   if conditioning_key is None: conditioning_key = 'concat' if concat_mode else 'crossattn'
-     *   if cond_stage_config == '__is_unconditional__': conditioning_key = None */
-    const CfgNode *cs = cfg_get(M, "cond_stage_config");
-    const char *ck = get_str(M, "conditioning_key", NULL, &err);
-    if (err) return -1;
-    const CfgNode *cm = cfg_get(M, "concat_mode");
-    int concat_mode = !(cm && cm->kind == CFG_BOOL && !cm->b);
-    if (!ck) ck = concat_mode ? "concat" : "crossattn";
-    if (cs && cs->kind == CFG_STRING) {
-        p->cond_stage = cs->s;
-        if (!strcmp(cs->s, "__is_unconditional__")) ck = "none";
-    } else if (cs && cs->kind == CFG_MAP) {
-        p->cond_stage = get_str(cs, "target", "", &err);
-        if (err) return -1;
-        const CfgNode *cp = cfg_get(cs, "params");
-        if (!strcmp(p->cond_stage, "ldm.modules.encoders.modules.FrozenCLIPEmbedder")) {
-            /* FrozenCLIPEmbedder(max_length=77) = CLIP ViT-L/14's text transformer */
-            if (get_int(cp, "max_length", 77, 2, 100000, &p->context_length) ||
-                get_int(cp, "vocab_size", 49408, 1, 1 << 24, &p->vocab_size))
-                return -1;
-        } else if (!strcmp(p->cond_stage, "ldm.modules.encoders.modules.ClassEmbedder")) {
-            if (get_int(cp, "n_classes", 1000, 1, 1 << 24, &p->n_classes)) return -1;
-        }
-    } else {
-        p->cond_stage = "";
-    }
-    static const char *keys[] = {"none", "crossattn", "hybrid", "concat", "adm"};
-    int known = 0;
-    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-        if (!strcmp(ck, keys[i])) {
-            p->conditioning_key = keys[i];
-            known = 1;
-        }
-    if (!known)
-        return cfg_error(cfg_get(M, "conditioning_key"), "unknown conditioning_key '%s'%s", ck, NULL);
-    int concat = !strcmp(ck, "hybrid") || !strcmp(ck, "concat");
-    if (!concat && p->unet_in != p->latent_channels)
-        return cfg_error(cfg_get(U, "in_channels"),
-                         "UNet in_channels differs from model.params.channels, but conditioning_key '%s' "
-                         "concatenates nothing%s", ck, NULL);
-    if (concat && p->unet_in <= p->latent_channels)
-        return cfg_error(cfg_get(U, "in_channels"),
-                         "conditioning_key '%s' concatenates channels, so in_channels must exceed "
-                         "model.params.channels%s", ck, NULL);
+    if (model_facts(root, &p->m) != 0) return -1;
+    const CfgNode *M = cfg_path(root, "model.params");
+    if (strcmp(p->m.beta_schedule, "linear") != 0)
+        return ldm_fail("%s: error: beta_schedule '%s' is not supported (only 'linear')", where(cfg_get(M, "beta_schedule")),
+                        p->m.beta_schedule);
+    if (strcmp(p->m.parameterization, "eps") != 0)
+        return ldm_fail("%s: error: parameterization '%s' is not supported (only 'eps': SD v1 and the LDM models)",
+                        where(cfg_get(M, "parameterization")), p->m.parameterization);
+    if (H % p->m.f || W % p->m.f)
+        return ldm_fail("%s: error: H=%d W=%d: both must be multiples of %d (the first stage downsamples by "
+                        "2^(len(ch_mult) - 1))",
+                        where(p->m.ch_mult), H, W, p->m.f);
     return 0;
 }
 
@@ -242,21 +86,21 @@ static void emit(FILE *fp, const PipeInfo *p, const char *config_path, const cha
     put_cstr(fp, banner);
     fputs(",\n    .config_path = ", fp);
     put_cstr(fp, config_path);
-    fprintf(fp, ",\n    .H = %d,\n    .W = %d,\n    .f = %d,\n", p->H, p->W, p->f);
-    fprintf(fp, "    .latent_channels = %d,\n    .latent_h = %d,\n    .latent_w = %d,\n", p->latent_channels, p->H / p->f,
-            p->W / p->f);
-    fprintf(fp, "    .unet_in_channels = %d,\n    .unet_out_channels = %d,\n", p->unet_in, p->unet_out);
-    fprintf(fp, "    .linear_start = %.17g,\n    .linear_end = %.17g,\n    .timesteps = %d,\n", p->linear_start,
-            p->linear_end, p->timesteps);
-    fprintf(fp, "    .scale_factor = %.17g,\n    .scale_by_std = %d,\n", p->scale_factor, p->scale_by_std);
+    fprintf(fp, ",\n    .H = %d,\n    .W = %d,\n    .f = %d,\n", p->H, p->W, p->m.f);
+    fprintf(fp, "    .latent_channels = %d,\n    .latent_h = %d,\n    .latent_w = %d,\n", p->m.latent_channels, p->H / p->m.f,
+            p->W / p->m.f);
+    fprintf(fp, "    .unet_in_channels = %d,\n    .unet_out_channels = %d,\n", p->m.unet_in, p->m.unet_out);
+    fprintf(fp, "    .linear_start = %.17g,\n    .linear_end = %.17g,\n    .timesteps = %d,\n", p->m.linear_start,
+            p->m.linear_end, p->m.timesteps);
+    fprintf(fp, "    .scale_factor = %.17g,\n    .scale_by_std = %d,\n", p->m.scale_factor, p->m.scale_by_std);
     fputs("    .conditioning_key = ", fp);
-    put_cstr(fp, p->conditioning_key);
+    put_cstr(fp, p->m.conditioning_key);
     fputs(",\n    .first_stage = ", fp);
-    put_cstr(fp, p->first_stage);
+    put_cstr(fp, p->m.first_stage);
     fputs(",\n    .cond_stage = ", fp);
-    put_cstr(fp, p->cond_stage);
+    put_cstr(fp, p->m.cond_stage);
     fprintf(fp, ",\n    .context_length = %d,\n    .context_dim = %d,\n    .vocab_size = %d,\n    .n_classes = %d,\n};\n",
-            p->context_length, p->context_dim, p->vocab_size, p->n_classes);
+            p->m.context_length, p->m.context_dim, p->m.vocab_size, p->m.n_classes);
 }
 
 static int parse_hw(const char *name, const char *v, int *out) {

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "driver.h"
 #include "kernels.h"
 #include "ldmc.h"
 #include "testutil.h"
@@ -85,13 +86,9 @@ static void run_passes(Graph *g) {
     ck_assert_msg(pass_plan_memory(g) == 0, "pass_plan_memory: %s", ldm_last_error());
 }
 
-/* The passes as the driver (driver.c) runs them: fusion and kernel choice
- * first. */
+/* The passes as the driver runs them: its own pass table (driver.c). */
 static void run_driver_passes(Graph *g) {
-    pass_fuse(g);
-    pass_select_kernels(g);
-    pass_views(g);
-    ck_assert_msg(pass_plan_memory(g) == 0, "pass_plan_memory: %s", ldm_last_error());
+    ck_assert_msg(ldmc_run_passes(g, 0, NULL) == 0, "ldmc_run_passes: %s", ldm_last_error());
 }
 
 /* The node computing output `name`. */
@@ -156,15 +153,20 @@ typedef struct PlanStats {
  * share a byte; views own nothing. */
 static PlanStats check_plan(const Graph *g, const char *what) {
     int n = g->n_nodes;
+    /* schedule positions by id (ids are stable, not positions) */
+    int *at = malloc((size_t)(g->next_id + 1) * sizeof *at);
+    for (int i = 0; i <= g->next_id; i++) at[i] = -1;
+    for (int i = 0; i < n; i++) at[g->nodes[i]->id] = i;
     int *last = malloc((size_t)n * sizeof *last);
     for (int i = 0; i < n; i++) last[i] = i;
     for (int i = 0; i < n; i++)
         for (int s = 0; s < g->nodes[i]->nsrc; s++) {
             const Node *r = root_of(g->nodes[i]->src[s]);
-            if (r->id >= i) ck_abort_msg("%s: node %%%d reads %%%d, which runs later", what, i, r->id);
-            if (last[r->id] < i) last[r->id] = i;
+            int ri = at[r->id];
+            if (ri < 0 || ri >= i) ck_abort_msg("%s: node %%%d reads %%%d, which runs later", what, g->nodes[i]->id, r->id);
+            if (last[ri] < i) last[ri] = i;
         }
-    for (int i = 0; i < g->n_outputs; i++) last[root_of(g->outputs[i].node)->id] = n;
+    for (int i = 0; i < g->n_outputs; i++) last[at[root_of(g->outputs[i].node)->id]] = n;
 
     /* a convolution may write its part of a channel concatenation in place:
      * check where, and that the concatenation is live from that write on */
@@ -174,30 +176,36 @@ static PlanStats check_plan(const Graph *g, const char *what) {
         const Node *x = g->nodes[i], *c = x->storage;
         if (c == root_of(x)) continue;
         if (x->op != OPK_CONV2D || c->op != OPK_CONCAT || c->axis != 1 || x->n_uses != 1)
-            ck_abort_msg("%s: node %%%d stored in %%%d, expected %%%d", what, i, c->id, root_of(x)->id);
+            ck_abort_msg("%s: node %%%d stored in %%%d, expected %%%d", what, x->id, c->id, root_of(x)->id);
         int64_t before = -1, ch = 0, hw = x->shape[2] * x->shape[3];
         for (int s = 0; s < c->nsrc; s++) {
             if (c->src[s] == x) before = ch;
             ch += c->src[s]->shape[1];
         }
         ck_assert_msg(before >= 0 && x->into_offset == before * hw * 4 && x->out_gap == (ch - x->shape[1]) * hw,
-                      "%s: %%%d written into %%%d at +%lld with gap %lld; its channels start at %lld of %lld", what, i,
-                      c->id, (long long)x->into_offset, (long long)x->out_gap, (long long)before, (long long)ch);
-        if (i < first[c->id]) first[c->id] = i;
+                      "%s: %%%d written into %%%d at +%lld with gap %lld; its channels start at %lld of %lld", what,
+                      x->id, c->id, (long long)x->into_offset, (long long)x->out_gap, (long long)before, (long long)ch);
+        if (i < first[at[c->id]]) first[at[c->id]] = i;
     }
     Interval *iv = malloc((size_t)(2 * n + 1) * sizeof *iv);
     int nb = 0;
     PlanStats st = {0};
     for (int i = 0; i < n; i++) {
         const Node *x = g->nodes[i];
-        if (x->id != i) ck_abort_msg("%s: node at position %d has id %d", what, i, x->id);
         int64_t ws = kernel_scratch_bytes(x);
         if (x->scratch_bytes != ws)
-            ck_abort_msg("%s: node %%%d scratch %lld, kernel needs %lld", what, i, (long long)x->scratch_bytes,
+            ck_abort_msg("%s: node %%%d scratch %lld, kernel needs %lld", what, x->id, (long long)x->scratch_bytes,
                          (long long)ws);
-        if (x->op != OPK_INPUT && x->op != OPK_WEIGHT && x->op != OPK_RESHAPE && x->storage == x)
-            iv[nb++] = (Interval){x->offset, x->offset + node_bytes(x), first[i], last[i], x, 0};
-        if (ws > 0) iv[nb++] = (Interval){x->scratch_offset, x->scratch_offset + ws, i, i, x, 1};
+        if (x->op != OPK_INPUT && x->op != OPK_WEIGHT && x->op != OPK_RESHAPE && x->storage == x) {
+            ck_assert_msg(x->buf >= 0 && x->buf < g->n_plan, "%s: %%%d has no row in the plan", what, x->id);
+            int64_t o = g->plan[x->buf].offset;
+            iv[nb++] = (Interval){o, o + node_bytes(x), first[i], last[i], x, 0};
+        }
+        if (ws > 0) {
+            ck_assert_msg(x->scratch_buf >= 0 && x->scratch_buf < g->n_plan, "%s: %%%d has no scratch row", what, x->id);
+            int64_t o = g->plan[x->scratch_buf].offset;
+            iv[nb++] = (Interval){o, o + ws, i, i, x, 1};
+        }
     }
     for (int a = 0; a < nb; a++) {
         if (!(iv[a].lo >= 0 && iv[a].hi <= g->arena_bytes && iv[a].lo % 64 == 0))
@@ -229,6 +237,7 @@ static PlanStats check_plan(const Graph *g, const char *what) {
     free(iv);
     free(last);
     free(first);
+    free(at);
     return st;
 }
 
@@ -236,7 +245,7 @@ static PlanStats check_plan(const Graph *g, const char *what) {
  * dead code
  * ------------------------------------------------------------------------ */
 
-START_TEST(test_dead_code_removes_and_renumbers) {
+START_TEST(test_dead_code_removes_and_keeps_ids) {
     Built b = build("graph t {\n"
                     "    input x: f32[2, 4];\n"
                     "    input spare: f32[3];\n"
@@ -253,8 +262,9 @@ START_TEST(test_dead_code_removes_and_renumbers) {
     pass_dead_code(g);
     ck_assert_int_eq(g->n_nodes, 5);
     static const OpKind ops[] = {OPK_INPUT, OPK_INPUT, OPK_WEIGHT, OPK_LINEAR, OPK_ADD};
+    static const int ids[] = {0, 1, 2, 5, 7}; /* as built: ids are never renumbered */
     for (int i = 0; i < 5; i++) {
-        ck_assert_int_eq(g->nodes[i]->id, i);
+        ck_assert_int_eq(g->nodes[i]->id, ids[i]);
         ck_assert_msg(g->nodes[i]->op == ops[i], "node %d is %s", i, op_names[g->nodes[i]->op]);
         for (int s = 0; s < g->nodes[i]->nsrc; s++) ck_assert(is_live_node(g, g->nodes[i]->src[s]));
     }
@@ -342,7 +352,7 @@ START_TEST(test_views_share_storage) {
     EXPECT_SHAPE(n[3], 12);
     EXPECT_SHAPE(n[5], 2, 2, 3);
     /* h is read through its views up to the add (step 7) */
-    ck_assert_int_eq(n[1]->last_use, 7);
+    ck_assert_int_eq(g->plan[n[1]->buf].last, 7);
     PlanStats st = check_plan(g, "views");
     ck_assert_int_eq(st.n_buffers, 3); /* silu, permute, add */
     built_free(&b);
@@ -536,6 +546,10 @@ END_TEST
  * with one whose life is over, and rejects two live buffers (or a buffer and
  * a workspace) on the same bytes, a misaligned buffer and one outside the
  * arena. */
+/* a node's result and scratch rows in the plan table */
+#define OFF(n) g->plan[(n)->buf].offset
+#define SOFF(n) g->plan[(n)->scratch_buf].offset
+
 START_TEST(test_plan_validate_rejects_corruption) {
     Built b = build("graph t {\n"
                     "    input x: f32[1, 4, 4, 4];\n"
@@ -551,48 +565,48 @@ START_TEST(test_plan_validate_rejects_corruption) {
     ck_assert_int_eq(node_bytes(a), 256);
     ck_assert(c->scratch_bytes > 0);
     /* a and y share [0, 256): a is dead (last read at 3) before y is born (5) */
-    a->offset = 0;
-    y->offset = 0;
-    c->offset = 256;
-    d->offset = 512;
-    c->scratch_offset = 768;
+    OFF(a) = 0;
+    OFF(y) = 0;
+    OFF(c) = 256;
+    OFF(d) = 512;
+    SOFF(c) = 768;
     g->arena_bytes = 768 + (c->scratch_bytes + 63) / 64 * 64;
     ck_assert_msg(plan_validate(g) == 0, "a valid hand-made plan rejected: %s", ldm_last_error());
     check_plan(g, "hand-made plan");
 
     /* c and d are both live at step 4 */
-    d->offset = 256;
+    OFF(d) = 256;
     ck_assert_int_eq(plan_validate(g), -1);
     ck_assert_msg(strstr(ldm_last_error(), "overlap") && strstr(ldm_last_error(), "%3") && strstr(ldm_last_error(), "%4"),
                   "message: %s", ldm_last_error());
     /* partly overlapping is overlapping */
-    d->offset = 448;
+    OFF(d) = 448;
     ck_assert_int_eq(plan_validate(g), -1);
-    d->offset = 512;
+    OFF(d) = 512;
     ck_assert_int_eq(plan_validate(g), 0);
 
     /* a and c: a is read by c at step 3, so both are live then */
-    c->offset = 0;
+    OFF(c) = 0;
     ck_assert_int_eq(plan_validate(g), -1);
-    c->offset = 256;
+    OFF(c) = 256;
 
     /* the workspace of c over c's own result, and over its input a */
-    c->scratch_offset = 256;
+    SOFF(c) = 256;
     ck_assert_int_eq(plan_validate(g), -1);
     ck_assert_ptr_ne(strstr(ldm_last_error(), "overlap"), NULL);
-    c->scratch_offset = 0;
+    SOFF(c) = 0;
     ck_assert_int_eq(plan_validate(g), -1);
-    c->scratch_offset = 768;
+    SOFF(c) = 768;
     ck_assert_int_eq(plan_validate(g), 0);
 
     /* misaligned, past the end of the arena, negative */
-    y->offset = 4;
+    OFF(y) = 4;
     ck_assert_int_eq(plan_validate(g), -1);
-    y->offset = g->arena_bytes - 192;
+    OFF(y) = g->arena_bytes - 192;
     ck_assert_int_eq(plan_validate(g), -1);
-    y->offset = -256;
+    OFF(y) = -256;
     ck_assert_int_eq(plan_validate(g), -1);
-    y->offset = 0;
+    OFF(y) = 0;
     ck_assert_int_eq(plan_validate(g), 0);
     built_free(&b);
 }
@@ -975,7 +989,7 @@ Suite *suite_passes(void) {
     Suite *s = suite_create("passes");
     TCase *tc = tcase_create("passes");
     tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, test_dead_code_removes_and_renumbers);
+    tcase_add_test(tc, test_dead_code_removes_and_keeps_ids);
     tcase_add_test(tc, test_weights_shared_once);
     tcase_add_test(tc, test_views_share_storage);
     tcase_add_test(tc, test_plan_random_programs);
