@@ -108,15 +108,16 @@ static const Node *weight_of(const Node *n) {
 static void kernel_header(const Graph *g, const Node *n, FILE *fp) {
     char b[128], kn[64];
     E("\n/*\n * %%%d %s", n->id, node_kernel_name(n, kn, sizeof kn));
-    if (n->loc.file) E("  (%s:%d", n->loc.file->path, n->loc.line);
-    else E("  (<builtin>");
-    if (n->scope) E(", scope %s", n->scope);
-    E(")\n");
+    if (n->scope) E("  (scope %s)", n->scope);
+    E("\n");
+    /* provenance: the graph-file calls that built the node, then its op's line */
+    if (n->prov) E(" *   from  %s\n", n->prov);
+    else if (n->loc.file) E(" *   from  %s:%d\n", n->loc.file->path, n->loc.line);
     if (n->fused) E(" *   fuses %s\n", n->fused);
     for (int s = 0; s < n->nsrc; s++) {
         const Node *x = n->src[s], *w = weight_of(x);
         if (w) E(" *   in  %s %s\n", key_of(g, w), shape_str(x, b, sizeof b));
-        else E(" *   in  %%%d %s %s\n", x->id, op_names[x->op], shape_str(x, b, sizeof b));
+        else E(" *   in  %%%d %s %s\n", x->id, node_kernel_name(x, kn, sizeof kn), shape_str(x, b, sizeof b));
     }
     E(" *   out %s%s", n->dtype == DT_I32 ? "i32" : "f32", shape_str(n, b, sizeof b));
     if (n->storage == n) E(" at arena+%lld", (long long)plan_offset(g, n));

@@ -397,6 +397,52 @@ START_TEST(test_cli_output_files) {
 }
 END_TEST
 
+/* Each kernel's comment names its node, where it came from (the chain of
+ * graph-file calls that built it) and what it fused, by node id as built;
+ * the banner's source hash changes with a -D value (it covers the config
+ * and the definitions, not only the graph sources). */
+START_TEST(test_cli_kernel_provenance) {
+    char *dir = make_tmpdir();
+    char *out_c = path_join(dir, "net.c");
+    Run r = run_ldmc(GRAPH_DIR, (const char *[]){"import_lib.graph", "-o", out_c, NULL}, NULL);
+    ck_assert_msg(r.status == 0, "status %d: %s", r.status, r.err);
+    run_free(&r);
+    char *c = slurp(out_c);
+    ck_assert(c != NULL);
+    /* Dense() at import_lib.graph:7 calls linear at layers.graph:6, and act() at act.graph:2 */
+    ck_assert_msg(strstr(c, " * %3 linear  (scope fc)\n *   from  import_lib.graph:7 Dense > layers.graph:6\n") != NULL,
+                  "no provenance of the linear kernel in:\n%s", c);
+    ck_assert_msg(strstr(c, " * %4 silu  (scope fc)\n *   from  import_lib.graph:7 Dense > layers.graph:6 act > act.graph:2\n"),
+                  "no provenance of the silu kernel in:\n%s", c);
+    free(c);
+    r = run_ldmc(GRAPH_DIR, (const char *[]){"fuse_ids.graph", "-o", out_c, NULL}, NULL);
+    ck_assert_msg(r.status == 0, "status %d: %s", r.status, r.err);
+    run_free(&r);
+    c = slurp(out_c);
+    ck_assert_msg(strstr(c, " * %4 conv2d+residual\n *   from  fuse_ids.graph:8\n *   fuses add %5 @fuse_ids.graph:9\n"),
+                  "no fused-kernel comment naming the add by its build id in:\n%s", c);
+    char hash1[64] = "", hash2[64] = "";
+    ck_assert(sscanf(strstr(c, "| source ") + 9, "%16s", hash1) == 1);
+    free(c);
+    r = run_ldmc(GRAPH_DIR, (const char *[]){"param_override.graph", "-D", "H=16", "-D", "B=2", "-o", out_c, NULL}, NULL);
+    ck_assert_msg(r.status == 0, "status %d: %s", r.status, r.err);
+    run_free(&r);
+    c = slurp(out_c);
+    ck_assert(sscanf(strstr(c, "| source ") + 9, "%16s", hash1) == 1);
+    free(c);
+    r = run_ldmc(GRAPH_DIR, (const char *[]){"param_override.graph", "-D", "H=16", "-D", "B=3", "-o", out_c, NULL}, NULL);
+    ck_assert_msg(r.status == 0, "status %d: %s", r.status, r.err);
+    run_free(&r);
+    c = slurp(out_c);
+    ck_assert(sscanf(strstr(c, "| source ") + 9, "%16s", hash2) == 1);
+    ck_assert_msg(strcmp(hash1, hash2) != 0, "the source hash %s does not change with -D B", hash1);
+    free(c);
+    unlink(out_c);
+    free(out_c);
+    remove_tmpdir(dir);
+}
+END_TEST
+
 /* --dot FILE writes a Graphviz digraph: one box per non-weight node, an edge
  * per tensor operand, one per output. */
 START_TEST(test_cli_dot) {
@@ -452,6 +498,7 @@ Suite *suite_graphs(void) {
     tcase_add_test(cli, test_cli_failed_compile_leaves_nothing);
     tcase_add_test(cli, test_cli_output_files);
     tcase_add_test(cli, test_cli_dot);
+    tcase_add_test(cli, test_cli_kernel_provenance);
     suite_add_tcase(s, cli);
     return s;
 }
