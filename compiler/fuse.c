@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "kernel_sizes.h"
 #include "ldmc.h"
 
 /* Winograd convolutions are used once runtime/kernels_winograd.c exists. */
