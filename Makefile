@@ -1,8 +1,9 @@
 # ldmc - ahead-of-time compiler for Latent Diffusion Models.
 #
-#   make            build/ldmc, the runtime library and the runtime tools
+#   make            build/ldmc, the runtime libraries and the runtime tools
 #   make test       build everything and run the Check suite
 #   make check      `make test`, then the suite again under ASan + UBSan
+#   make depgraph   the include and link graphs of compiler/ and runtime/; fails on a cycle
 #   make clean
 #
 # SAN=1 builds everything (and everything ldmc compiles) with
@@ -65,7 +66,7 @@ DEB_PACKAGES = build-essential pkg-config flex bison libopenblas-dev check libya
                zlib1g-dev libpng-dev libjansson-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all test check clean deps bench bench-quick demo FORCE
+.PHONY: all test check clean deps bench bench-quick demo depgraph FORCE
 .SECONDARY:
 
 all: $(BUILD)/ldmc $(RT_LIB) $(CLI_BIN)
@@ -143,6 +144,12 @@ $(BUILD)/tests/run_tests: $(TEST_OBJ) $(COMP_LIB) $(RT_LIB)
 
 test: all $(BUILD)/tests/run_tests
 	LDM_BUILD=$(BUILD) $(BUILD)/tests/run_tests
+
+# The include and link graphs of compiler/ and runtime/ (tools/depgraph.sh);
+# fails on a cycle. DEPGRAPH_DIRS=runtime checks one directory.
+DEPGRAPH_DIRS ?= compiler runtime
+depgraph: all
+	tools/depgraph.sh -b $(BUILD) $(DEPGRAPH_DIRS)
 
 check: deps
 	$(MAKE) test
