@@ -42,8 +42,8 @@ START_TEST(test_runtime_acyclic) {
     int rc = depgraph("runtime", &out);
     EXPECT(rc == 0, out, "runtime/ has a dependency cycle, or the tool failed (status %d; its output above)", rc);
     /* both graphs were read (the objects exist) */
-    EXPECT(strstr(out, "\nkernels.h -> kernel_sizes.h\n"), out, "no include edge kernels.h -> kernel_sizes.h");
-    EXPECT(strstr(out, "\nconv.c -> kernels_gemm.c\n"), out, "no link edge conv.c -> kernels_gemm.c");
+    EXPECT(strstr(out, " -> util.h\n"), out, "no include edge to util.h");
+    EXPECT(strstr(out, " -> util.c\n"), out, "no link edge to util.c");
     EXPECT(strstr(out, "-- runtime/ include graph: no cycle") && strstr(out, "-- runtime/ link graph: no cycle"), out,
            "runtime/: no verdict on both graphs");
     free(out);
@@ -54,7 +54,7 @@ START_TEST(test_compiler_includes_acyclic) {
     char *out;
     int rc = depgraph("-g include compiler", &out);
     EXPECT(rc == 0, out, "compiler/'s include graph has a cycle (status %d)", rc);
-    EXPECT(strstr(out, "\ncodegen.c -> runtime/kernel_sizes.h\n"), out, "no include edge codegen.c -> runtime/kernel_sizes.h");
+    EXPECT(strstr(out, " -> ldmc.h\n"), out, "no include edge to ldmc.h");
     free(out);
 }
 END_TEST
