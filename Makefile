@@ -1,8 +1,9 @@
 # ldmc - ahead-of-time compiler for Latent Diffusion Models.
 #
-#   make            build/ldmc, the runtime library and the runtime tools
+#   make            build/ldmc, the runtime libraries and the runtime tools
 #   make test       build everything and run the Check suite
 #   make check      `make test`, then the suite again under ASan + UBSan
+#   make depgraph   the include and link graphs of compiler/ and runtime/; fails on a cycle
 #   make clean
 #
 # SAN=1 builds everything (and everything ldmc compiles) with
@@ -38,9 +39,17 @@ LDFLAGS += $(SANFLAGS) -fopenmp
 
 ROOT    := $(abspath .)
 
-RT_SRC  := $(wildcard runtime/*.c)
-RT_OBJ  := $(RT_SRC:%.c=$(BUILD)/obj/%.o)
-RT_LIB  := $(BUILD)/libldmrt.a
+# The runtime is two libraries. libldmcore.a is its plain part (errors,
+# allocation, files, safetensors): no OpenMP, no BLAS, no kernels, all that
+# ldmc itself links. libldmrt.a is the rest (kernels, models, tokenizer,
+# samplers, PNG, ...), which needs libldmcore.a after it. RT_LIB is the
+# whole runtime in link order: what generated programs and the tests link.
+RT_SRC   := $(wildcard runtime/*.c)
+RT_OBJ   := $(RT_SRC:%.c=$(BUILD)/obj/%.o)
+CORE_SRC := runtime/util.c runtime/safetensors.c
+CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
+CORE_LIB := $(BUILD)/libldmcore.a
+RT_LIB   := $(BUILD)/libldmrt.a $(CORE_LIB)
 
 CLI_SRC := $(wildcard runtime/cli/*.c)
 CLI_BIN := $(patsubst runtime/cli/%.c,$(BUILD)/%,$(subst _,-,$(CLI_SRC)))
@@ -57,13 +66,17 @@ DEB_PACKAGES = build-essential pkg-config flex bison libopenblas-dev check libya
                zlib1g-dev libpng-dev libjansson-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all test check clean deps bench bench-quick demo FORCE
+.PHONY: all test check clean deps bench bench-quick demo depgraph FORCE
 .SECONDARY:
 
 all: $(BUILD)/ldmc $(RT_LIB) $(CLI_BIN)
 
 # ---- runtime --------------------------------------------------------------
-$(RT_LIB): $(RT_OBJ)
+$(BUILD)/libldmrt.a: $(filter-out $(CORE_OBJ),$(RT_OBJ))
+	@rm -f $@
+	ar rcs $@ $^
+
+$(CORE_LIB): $(CORE_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
@@ -98,14 +111,18 @@ $(COMP_OBJ): $(BUILD)/gen/parser.h $(BUILD)/gen/lexer.h
 $(BUILD)/obj/compiler/driver.o: CPPFLAGS += \
 	-DLDMC_CC='"$(CC)"' \
 	-DLDMC_CFLAGS='"$(BASEFLAGS) $(WARN) -I$(ROOT)/runtime -I/usr/include/x86_64-linux-gnu/openblas-pthread"' \
-	-DLDMC_LIBS='"$(ROOT)/$(RT_LIB) $(LDLIBS)"'
+	-DLDMC_LIBS='"$(addprefix $(ROOT)/,$(RT_LIB)) $(LDLIBS)"'
 
 $(COMP_LIB): $(COMP_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/ldmc: $(BUILD)/obj/compiler/main.o $(COMP_LIB) $(RT_LIB)
-	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+# ldmc is a compiler: only the runtime's core, no OpenMP, no BLAS, no kernels
+# (runtime/kernel_sizes.h gives it the kernels' scratch sizes inline).
+LDMC_LDFLAGS = $(filter-out -fopenmp,$(LDFLAGS))
+LDMC_LDLIBS  = -ljansson -lyaml -lm
+$(BUILD)/ldmc: $(BUILD)/obj/compiler/main.o $(COMP_LIB) $(CORE_LIB)
+	$(CC) $(LDMC_LDFLAGS) $^ $(LDMC_LDLIBS) -o $@
 
 # ---- tests ----------------------------------------------------------------
 # Every tests/*.c defines one or more `Suite *suite_NAME(void)`; the runner
@@ -127,6 +144,12 @@ $(BUILD)/tests/run_tests: $(TEST_OBJ) $(COMP_LIB) $(RT_LIB)
 
 test: all $(BUILD)/tests/run_tests
 	LDM_BUILD=$(BUILD) $(BUILD)/tests/run_tests
+
+# The include and link graphs of compiler/ and runtime/ (tools/depgraph.sh);
+# fails on a cycle. DEPGRAPH_DIRS=runtime checks one directory.
+DEPGRAPH_DIRS ?= compiler runtime
+depgraph: all
+	tools/depgraph.sh -b $(BUILD) $(DEPGRAPH_DIRS)
 
 check: deps
 	$(MAKE) test

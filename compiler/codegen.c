@@ -13,7 +13,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "kernel_sizes.h"
 #include "ldmc.h"
 
 #define E(...) fprintf(fp, __VA_ARGS__)
@@ -33,23 +33,9 @@ static LdmConvShape conv_shape(const Node *n) {
 
 static LdmAttnShape attn_shape(const Node *n);
 
-/* The rows of linear+geglu's product before gating are padded by 16
- * floats: rows of 2560 or 10240 floats (SD's feed-forward widths) are a
- * multiple of 4 KB apart and would all fall into the same cache sets. */
-static int64_t geglu_ld(int64_t O) { return O + 16; }
-
-/* linear+geglu runs in blocks of rows, so the product before gating (twice
- * the result) needs a scratch of about 32 MB instead of the whole product
- * (80 MB in SD's UNet at 512x512). Every block packs the whole weight again
- * (the GEMM's B), so the blocks are not smaller: with 8 MB blocks the
- * 512x512 UNet's feed-forward layers ran 4-8% slower (11 blocks of up to
- * 816 rows for 8192 rows, 6 of 408 for 2048, 3 of 200 for 512; now 3, 2
- * and 1); at 256x256 they now run in one block. */
-static int64_t geglu_rows(int64_t M, int64_t O) {
-    int64_t r = ((int64_t)8 << 20) / (O > 0 ? O : 1);
-    r = r < 64 ? 64 : r & ~(int64_t)7;
-    return r < M ? r : M;
-}
+/* The scratch sizes (and linear+geglu's row blocks, ldm_geglu_rows and
+ * ldm_geglu_ld) are runtime/kernel_sizes.h's: the kernels cut their
+ * scratch with the same functions. */
 
 int64_t kernel_scratch_bytes(const Node *n) {
     switch (n->op) {
@@ -61,7 +47,7 @@ int64_t kernel_scratch_bytes(const Node *n) {
         /* linear+geglu: a block of rows of the product before gating;
          * layer_norm+linear: the mean and 1/std of every input row */
         int64_t O = n->src[1]->shape[0], M = node_numel(n->src[0]) / n->src[1]->shape[1];
-        return (n->act == ACT_GEGLU ? 4 * geglu_rows(M, O) * geglu_ld(O) : 0) + (n->pro_lnorm ? 8 * M : 0);
+        return ldm_linear_scratch_bytes(M, O, n->act == ACT_GEGLU, n->pro_lnorm);
     }
     case OPK_ATTENTION: {
         LdmAttnShape a = attn_shape(n);
@@ -202,7 +188,7 @@ static void k_linear(const Node *n, FILE *fp) {
     /* the GEMM accumulates onto bias and residual, except under GEGLU, whose
      * pass over the product adds the bias (no residual there: fuse.c) */
     const int geglu = n->act == ACT_GEGLU, acc = !geglu && (has_b || n->ep_residual);
-    const int64_t R = geglu ? geglu_rows(M, O) : M; /* rows per block */
+    const int64_t R = geglu ? ldm_geglu_rows(M, O) : M; /* rows per block */
     E("static void n%d_%s(", n->id, kernel_ident(n, kn, sizeof kn));
     emit_params(n, fp, names);
     E(" {\n");
@@ -211,11 +197,11 @@ static void k_linear(const Node *n, FILE *fp) {
       has_b ? " + b" : "", n->ep_residual ? " + residual" : "",
       geglu ? "; y = geglu(p), in blocks of rows (p in scratch)" : "");
     E("    enum { M_ = %lld, O_ = %lld, I_ = %lld, R_ = %lld, LD_ = %lld /* row stride of %s */ };\n", (long long)M,
-      (long long)O, (long long)I, (long long)R, (long long)(geglu ? geglu_ld(O) : O), geglu ? "p" : "y");
+      (long long)O, (long long)I, (long long)R, (long long)(geglu ? ldm_geglu_ld(O) : O), geglu ? "p" : "y");
     if (n->pro_lnorm) {
         E("    /* layer_norm (eps %g) fused: statistics of the rows of x, which the GEMM normalises as it packs them */\n",
           n->eps);
-        E("    float *mean = scratch + %lld, *rstd = mean + M_;\n", (long long)(geglu ? R * geglu_ld(O) : 0));
+        E("    float *mean = scratch + %lld, *rstd = mean + M_;\n", (long long)(geglu ? R * ldm_geglu_ld(O) : 0));
         E("    ldm_row_stats(M_, I_, x, %.17g, mean, rstd);\n", n->eps);
     }
     E("    for (int m0 = 0; m0 < M_; m0 += R_) {\n");

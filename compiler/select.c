@@ -6,7 +6,7 @@
  * (half precision kept unless some kernel reads plain float32; GEMM panels
  * when every use is a GEMM operand that reads them).
  */
-#include "kernels.h"
+#include "kernel_sizes.h"
 #include "ldmc.h"
 
 /* Winograd convolutions can be switched off for experiments (-DLDMC_WINOGRAD=0). */

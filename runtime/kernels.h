@@ -15,28 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Storage type of a weight tensor. */
-typedef enum LdmWType {
-    LDM_W_F32 = 0,   /* float32 */
-    LDM_W_F16 = 1,   /* IEEE half */
-    LDM_W_BF16 = 2,  /* bfloat16 */
-} LdmWType;
-
-/* How a weight's elements are ordered. The loader re-lays the weights a
- * GEMM streams in the order its packers read them (LdmTensorInfo flags):
- * each panel's rows for a block of k are then one contiguous run, read in
- * order, instead of short pieces of many rows far apart. */
-typedef enum LdmWLayout {
-    LDM_WL_ROWS = 0,     /* row-major, as in the checkpoint */
-    LDM_WL_BPANELS = 1,  /* linear weight W[N][K], the GEMM's B = W^T: the N rows
-                          * cut as the GEMM cuts B's columns into panels
-                          * (ldm_w_panel_end), each panel of w rows stored
-                          * [K][w] (rows past N zero); the panel of row j starts
-                          * at element j K */
-    LDM_WL_APANELS = 2,  /* weight on the left (im2col and pointwise convolutions),
-                          * W[M][K]: panels of 4 rows stored [K][4], panel p at
-                          * element 4 p K (rows past M zero) */
-} LdmWLayout;
+#include "kernel_sizes.h" /* LdmWType, LdmWLayout, the shapes, the scratch sizes */
 
 /* A weight as the kernels see it: data, storage type and element order. */
 typedef struct LdmW {
@@ -119,36 +98,19 @@ void ldm_geglu(int M, int D, const float *x, long ldx, const float *bias, float 
  * maps [B, C, H*W] to tokens [B, H*W, C] and back. */
 void ldm_transpose(int B, int R, int C, const float *x, float *y);
 
-/* ---- convolution --------------------------------------------------------------
+/* ---- convolution (conv.c) -------------------------------------------------------
  * y[N, O, HO, WO] = conv2d(x[N, C, H, W], w[O, C, KH, KW]) + epilogue, any
  * stride and zero padding (top, bottom, left, right). The kernel picks
  * nothing: the compiler chose the algorithm and passes the scratch it
  * planned (ldm_conv_scratch_bytes for the same arguments). Sample n of y
  * starts at y + n * (O * HO * WO + y_gap); bias, rowadd and residual are
  * always contiguous. */
-typedef struct LdmConvShape {
-    int N, C, H, W;          /* input */
-    int O, KH, KW;           /* weight */
-    int stride_h, stride_w;  /* stride */
-    int pad_t, pad_b, pad_l, pad_r; /* zero padding */
-    int HO, WO;              /* output */
-    long y_gap;              /* floats between one sample's output and the next beyond O*HO*WO: the
-                                output is part of a channel concatenation; 0 = contiguous */
-} LdmConvShape;
-
-typedef enum LdmConvAlgo {
-    LDM_CONV_IM2COL = 0,     /* im2col tiles + GEMM (any shape) */
-    LDM_CONV_POINTWISE = 1,  /* 1x1, stride 1, no padding: one GEMM */
-    LDM_CONV_WINOGRAD = 2,   /* Winograd F(4x4, 3x3), 3x3 stride 1 pad 1 only */
-    LDM_CONV_DIRECT = 3,     /* direct, at most 8 output channels, stride 1 (a network's last conv) */
-} LdmConvAlgo;
-
-size_t ldm_conv_scratch_bytes(const LdmConvShape *s, int algo);
+/* LdmConvShape, LdmConvAlgo and ldm_conv_scratch_bytes: kernel_sizes.h */
 void ldm_conv2d(const LdmConvShape *s, int algo, const float *x, LdmW w, const LdmEpilogue *ep, float *y,
                 float *scratch);
 
-/* Winograd F(4x4, 3x3) (kernels_winograd.c): 3x3, stride 1, padding 1. */
-size_t ldm_winograd_scratch_bytes(const LdmConvShape *s);
+/* Winograd F(4x4, 3x3) (kernels_winograd.c): 3x3, stride 1, padding 1;
+ * scratch ldm_winograd_scratch_bytes (kernel_sizes.h). */
 void ldm_conv3x3_winograd(const LdmConvShape *s, const float *x, LdmW w, const LdmEpilogue *ep, float *y,
                           float *scratch);
 
@@ -158,15 +120,7 @@ void ldm_conv3x3_winograd(const LdmConvShape *s, const float *x, LdmW w, const L
  * (in floats) so q, k and v may be column slices of one fused qkv buffer.
  * Flash-attention scheme: tiles of queries against tiles of keys with an
  * online softmax; the full score matrix is never stored. */
-typedef struct LdmAttnShape {
-    int B, Tq, Tk, H, d, dv;         /* batch, queries, keys, heads, head dims of q/k and v */
-    int ldq, ldk, ldv, ldy;          /* row strides (floats) */
-    long bsq, bsk, bsv, bsy;         /* batch strides (floats) */
-    float scale;                     /* logit scale */
-    int causal;                      /* mask keys after the query */
-} LdmAttnShape;
-
-size_t ldm_attention_scratch_bytes(const LdmAttnShape *s);
+/* LdmAttnShape and ldm_attention_scratch_bytes: kernel_sizes.h */
 void ldm_attention(const LdmAttnShape *s, const float *q, const float *k, const float *v, float *y, float *scratch);
 
 #endif

@@ -4,7 +4,7 @@
  *   y[b, i, h*dv + j] = sum_k softmax_k(scale * q[b,i,h*d:] . k[b,k,h*d:]) v[b,k,h*dv + j]
  *
  * in the flash-attention scheme: a tile of MQ queries walks the keys in
- * tiles of up to NK, computes that block of scores, folds it into an online
+ * tiles of up to LDM_ATTN_NK, computes that block of scores, folds it into an online
  * softmax (running max m and running sum l per query; when the max grows,
  * the accumulated output and sum are rescaled by exp(m_old - m_new)) and
  * accumulates p v. The full [Tq, Tk] score matrix is never stored: each
@@ -13,7 +13,7 @@
  * Everything is computed "transposed", with queries along the SIMD lanes:
  *
  *   QT[c][i]  = q[i][c] * scale * log2(e)    (d x MQ, packed once per tile)
- *   ST[j][i]  = sum_c k[j][c] QT[c][i]       (NK x MQ, scores in base 2)
+ *   ST[j][i]  = sum_c k[j][c] QT[c][i]       (LDM_ATTN_NK x MQ, scores in base 2)
  *   PT[j][i]  = exp2(ST[j][i] - m[i])        (in place of ST)
  *   OT[v][i]  = OT[v][i] * alpha[i] + sum_j v[j][v] PT[j][i]   (dv x MQ)
  *
@@ -30,18 +30,18 @@
  * tiles): a group shares each key tile, packed once into a dense
  * [keys/4][d][4] / [dv/4][keys][4] copy, so that K and V stream from memory
  * once per group rather than once per query tile; the group's state stays
- * in L2 (GROUP_BYTES). A large head dim (the VAE's 512) gets groups of one
+ * in L2 (LDM_ATTN_GROUP_BYTES). A large head dim (the VAE's 512) gets groups of one
  * query tile, reads K and V in place, and blocks the score product over
  * channels (KC at a time) so its slice of QT stays in L1.
  *
  * Results do not depend on the thread count or the grouping: every query
  * tile sees the same key tiles with the same arithmetic.
  *
- * Scratch: per thread (up to ATTN_MAX_THREADS threads) the tiles above;
+ * Scratch: per thread (up to LDM_ATTN_MAX_THREADS threads) the tiles above;
  * ldm_attention_scratch_bytes() returns the total. The slot count is a
  * constant, not the current thread count, because the compiler plans the
  * scratch ahead of time, maybe on another machine; with more cores the
- * kernel uses ATTN_MAX_THREADS of them. For the same reason the size is
+ * kernel uses LDM_ATTN_MAX_THREADS of them. For the same reason the size is
  * stated for 24-query tiles whatever this build's MQ: an AVX-512 build
  * fits its 48-query tiles into the same bytes with fewer slots (8 or more).
  *
@@ -58,28 +58,16 @@
 #include "microkernel.h"
 
 #define MQ (8 * LDM_PANEL_UNITS) /* queries per tile = width of the register block: 24, 48 with AVX-512 */
-#define MQ_PLAN 24              /* the query tile the scratch size is stated for (see below) */
-#define NK 64                   /* keys per tile (multiple of 4) */
-#define NK_ONE 128              /* up to this many keys: one tile of all of them */
 #define KC 64                   /* channels per block of the score product */
-#define GROUP_BYTES (160 << 10) /* state of a group of query tiles, at most */
-#define MAX_GROUP 8             /* query tiles per group, at most */
-#define ATTN_MAX_THREADS 16     /* scratch slots */
 
 #define LOG2E 1.44269504088896340736
 
 /* ---- scratch layout ----------------------------------------------------------- */
 
-static size_t round64(size_t n) { return (n + 63) & ~(size_t)63; }
-static int round4(int n) { return (n + 3) & ~3; }
-
-/* Key tile size for Tk keys. */
-static int key_tile(int Tk) { return Tk <= NK_ONE ? round4(Tk) : NK; }
-
 /* The state of one query tile (floats, each array 64-byte aligned). */
 typedef struct QTile {
     float *qt;      /* [d][MQ]          scaled queries, transposed */
-    float *ot;      /* [round4(dv)][MQ] output accumulator, transposed */
+    float *ot;      /* [round4(dv)][MQ]  output accumulator, transposed */
     float *m;       /* [MQ]             running max (base-2 logits) */
     float *l;       /* [MQ]             running sum */
     float *alpha;   /* [MQ]             rescale factor of the current key tile */
@@ -90,65 +78,39 @@ typedef struct Tiles {
     float *st;           /* [nkt][MQ] scores, then probabilities */
     float *kp;           /* [nkt/4][d][4] packed key tile (groups only) */
     float *vp;           /* [round4(dv)/4][nkt][4] packed value tile (groups only) */
-    QTile g[MAX_GROUP];  /* query tiles processed together */
+    QTile g[LDM_ATTN_MAX_GROUP];  /* query tiles processed together */
 } Tiles;
 
-static size_t qtile_bytes(const LdmAttnShape *s, int mq) {
-    size_t f = sizeof(float);
-    return round64((size_t)s->d * mq * f) + round64((size_t)round4(s->dv) * mq * f) + 3 * round64(mq * f);
-}
-
-/* Query tiles per group: as many as keep their state within GROUP_BYTES
- * (in L2 with a key tile), so each key tile, read once from memory or L3,
- * serves a whole group. */
-static int max_group(const LdmAttnShape *s, int mq) {
-    int g = (int)(GROUP_BYTES / qtile_bytes(s, mq));
-    return g < 1 ? 1 : g > MAX_GROUP ? MAX_GROUP : g;
-}
-
-/* The packed key and value tile (only when query tiles are grouped). */
-static size_t kv_bytes(const LdmAttnShape *s, int mq) {
-    const size_t nkt = (size_t)key_tile(s->Tk), f = sizeof(float);
-    return max_group(s, mq) > 1 ? round64(nkt * s->d * f) + round64(nkt * round4(s->dv) * f) : 0;
-}
-
-static size_t thread_bytes(const LdmAttnShape *s, int mq) {
-    return round64((size_t)key_tile(s->Tk) * mq * sizeof(float)) + kv_bytes(s, mq) +
-           (size_t)max_group(s, mq) * qtile_bytes(s, mq);
-}
+/* The sizes of these (ldm_attn_*_bytes) and the key tile and group sizes
+ * are in kernel_sizes.h, where the compiler sizes the scratch from them. */
 
 static Tiles tiles_at(const LdmAttnShape *s, char *p) {
     size_t f = sizeof(float);
     Tiles t;
     memset(&t, 0, sizeof t);
-    const size_t nkt = (size_t)key_tile(s->Tk);
-    t.st = (float *)p, p += round64(nkt * MQ * f);
-    if (kv_bytes(s, MQ)) {
-        t.kp = (float *)p, p += round64(nkt * s->d * f);
-        t.vp = (float *)p, p += round64(nkt * round4(s->dv) * f);
+    const size_t nkt = (size_t)ldm_attn_key_tile(s->Tk);
+    t.st = (float *)p, p += ldm_attn_round64(nkt * MQ * f);
+    if (ldm_attn_kv_bytes(s, MQ)) {
+        t.kp = (float *)p, p += ldm_attn_round64(nkt * s->d * f);
+        t.vp = (float *)p, p += ldm_attn_round64(nkt * ldm_attn_round4(s->dv) * f);
     }
-    for (int g = 0; g < max_group(s, MQ); g++) {
+    for (int g = 0; g < ldm_attn_max_group(s, MQ); g++) {
         QTile *u = &t.g[g];
-        u->qt = (float *)p, p += round64((size_t)s->d * MQ * f);
-        u->ot = (float *)p, p += round64((size_t)round4(s->dv) * MQ * f);
-        u->m = (float *)p, p += round64(MQ * f);
-        u->l = (float *)p, p += round64(MQ * f);
-        u->alpha = (float *)p, p += round64(MQ * f);
+        u->qt = (float *)p, p += ldm_attn_round64((size_t)s->d * MQ * f);
+        u->ot = (float *)p, p += ldm_attn_round64((size_t)ldm_attn_round4(s->dv) * MQ * f);
+        u->m = (float *)p, p += ldm_attn_round64(MQ * f);
+        u->l = (float *)p, p += ldm_attn_round64(MQ * f);
+        u->alpha = (float *)p, p += ldm_attn_round64(MQ * f);
     }
     return t;
 }
 
-size_t ldm_attention_scratch_bytes(const LdmAttnShape *s) {
-    if (s->B <= 0 || s->Tq <= 0 || s->Tk <= 0 || s->H <= 0 || s->d < 0 || s->dv <= 0) return 0;
-    return 64 + ATTN_MAX_THREADS * thread_bytes(s, MQ_PLAN);
-}
-
 /* Threads the scratch has slots for with this build's query tile: all
- * ATTN_MAX_THREADS with tiles of MQ_PLAN queries; with the wider tiles of
- * AVX-512, as many as fit in the same bytes (8 or more). */
+ * LDM_ATTN_MAX_THREADS with tiles of LDM_ATTN_MQ_PLAN queries; with the
+ * wider tiles of AVX-512, as many as fit in the same bytes (8 or more). */
 static int scratch_slots(const LdmAttnShape *s) {
-    size_t n = ATTN_MAX_THREADS * thread_bytes(s, MQ_PLAN) / thread_bytes(s, MQ);
-    return n > ATTN_MAX_THREADS ? ATTN_MAX_THREADS : (int)n;
+    size_t n = LDM_ATTN_MAX_THREADS * ldm_attn_thread_bytes(s, LDM_ATTN_MQ_PLAN) / ldm_attn_thread_bytes(s, MQ);
+    return n > LDM_ATTN_MAX_THREADS ? LDM_ATTN_MAX_THREADS : (int)n;
 }
 
 /* ---- exp2 ------------------------------------------------------------------
@@ -377,7 +339,7 @@ static void tile_start(const LdmAttnShape *s, const float *q, int i0, int mq, co
                 t->qt[(size_t)cc * MQ + i] = i < mq ? q[(size_t)(i0 + i) * s->ldq + cc] * qs : 0.0f;
     }
     for (int i = 0; i < MQ; i++) t->m[i] = -INFINITY, t->l[i] = 0.0f;
-    memset(t->ot, 0, (size_t)round4(s->dv) * MQ * sizeof(float));
+    memset(t->ot, 0, (size_t)ldm_attn_round4(s->dv) * MQ * sizeof(float));
 }
 
 /* Where a key tile is read from: in place (the rows of k and v) or packed
@@ -391,7 +353,7 @@ typedef struct KVTile {
  * side by side, zero rows past nk) and t->vp as [dv/4][nkt][4] (4
  * channels of key j side by side, zero channels past dv). */
 static KVTile pack_keys(const LdmAttnShape *s, const float *k, const float *v, int j0, int nk, const Tiles *t) {
-    const int d = s->d, dv = s->dv, nkt = key_tile(s->Tk);
+    const int d = s->d, dv = s->dv, nkt = ldm_attn_key_tile(s->Tk);
     for (int j = 0; j < nk; j += 4) {
         const float *kr[4];
         for (int r = 0; r < 4; r++) kr[r] = j + r < nk ? k + (size_t)(j0 + j + r) * s->ldk : NULL;
@@ -432,11 +394,11 @@ static KVTile keys_in_place(const LdmAttnShape *s, const float *k, const float *
 /* Fold nk keys from j0 (the start of the tile kv, maybe not all of it) into
  * the tile of queries starting at i0; st is the score scratch. */
 static void tile_keys(const LdmAttnShape *s, const KVTile *kv, int i0, int j0, int nk, float *st, const QTile *t) {
-    const int d = s->d, dv = s->dv, nkt = key_tile(s->Tk);
+    const int d = s->d, dv = s->dv, nkt = ldm_attn_key_tile(s->Tk);
 
     /* ST = K QT over blocks of KC channels and 4 keys (in place: the last
      * key repeated to fill a block) */
-    if (d == 0) memset(st, 0, (size_t)round4(nk) * MQ * sizeof(float));
+    if (d == 0) memset(st, 0, (size_t)ldm_attn_round4(nk) * MQ * sizeof(float));
     for (int c0 = 0; c0 < d; c0 += KC) {
         const int nc = d - c0 < KC ? d - c0 : KC;
         for (int j = 0; j < nk; j += 4) {
@@ -530,8 +492,8 @@ static void tile_finish(const LdmAttnShape *s, float *y, int i0, int mq, const Q
  * same order, whatever its group: results do not depend on the grouping. */
 static void attend_group(const LdmAttnShape *s, const float *q, const float *k, const float *v, float *y, int qt0,
                          int ng, const Tiles *t) {
-    const int Tq = s->Tq, Tk = s->Tk, nkt = key_tile(Tk);
-    int i0[MAX_GROUP], mq[MAX_GROUP], kend[MAX_GROUP], kmax = 0;
+    const int Tq = s->Tq, Tk = s->Tk, nkt = ldm_attn_key_tile(Tk);
+    int i0[LDM_ATTN_MAX_GROUP], mq[LDM_ATTN_MAX_GROUP], kend[LDM_ATTN_MAX_GROUP], kmax = 0;
     for (int g = 0; g < ng; g++) {
         i0[g] = (qt0 + g) * MQ;
         mq[g] = Tq - i0[g] < MQ ? Tq - i0[g] : MQ;
@@ -572,13 +534,13 @@ void ldm_attention(const LdmAttnShape *s, const float *q, const float *k, const 
         return;
     }
     char *base = (char *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-    const size_t per_thread = thread_bytes(s, MQ);
+    const size_t per_thread = ldm_attn_thread_bytes(s, MQ);
     const int nqt = (s->Tq + MQ - 1) / MQ;
     int nt = omp_get_max_threads();
     if (nt > scratch_slots(s)) nt = scratch_slots(s);
     /* group query tiles, but keep at least 4 work items per thread */
     const long heads = (long)s->B * s->H;
-    int ng = max_group(s, MQ);
+    int ng = ldm_attn_max_group(s, MQ);
     while (ng > 1 && heads * ((nqt + ng - 1) / ng) < 4L * nt) ng--;
     const int ngroups = (nqt + ng - 1) / ng;
     const long items = heads * ngroups;

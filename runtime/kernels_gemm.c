@@ -26,7 +26,6 @@
 
 #include "kernels.h"
 #include "microkernel.h"
-#include "safetensors.h"
 #include "util.h"
 
 #define MR 4
@@ -72,7 +71,7 @@ static inline __m256 load8(LdmW w, size_t i) {
 static inline float load1(LdmW w, size_t i) {
     if (w.type == LDM_W_F32) return ((const float *)w.p)[i];
     float f;
-    ldm_w_to_f32(w, i, 1, &f);
+    ldm_w_widen(w, i, 1, &f);
     return f;
 }
 
@@ -129,7 +128,7 @@ static int pack_a_norm(const float *x, const size_t *base, const float *mean, co
 static void pack_a(const GemmSrc *a, int i0, int mc, int k0, int kc, float *dst) {
     if (a->layout == SRC_APANELS) { /* each panel's k0.. k0 + kc: kc * 4 elements in a row (i0 % 4 == 0) */
         for (int p = 0; p < mc; p += MR, dst += (size_t)MR * kc)
-            ldm_w_to_f32(a->w, (size_t)(i0 + p) * a->ld + (size_t)k0 * MR, (size_t)kc * MR, dst);
+            ldm_w_widen(a->w, (size_t)(i0 + p) * a->ld + (size_t)k0 * MR, (size_t)kc * MR, dst);
         return;
     }
     const LdmRowNorm *nm = a->norm;
@@ -216,7 +215,7 @@ static void pack_b(const GemmSrc *b, int N, int j0, int nc, int k0, int kc, floa
                 const char *r = (const char *)b->w.p + ((size_t)(j0 + j + w) * b->ld + (size_t)k0 * w2) * es;
                 for (size_t o = 0; o < (size_t)kc * w2 * es; o += 64) _mm_prefetch(r + o, _MM_HINT_T1);
             }
-            ldm_w_to_f32(b->w, first, (size_t)kc * w, dst);
+            ldm_w_widen(b->w, first, (size_t)kc * w, dst);
             dst += (size_t)w * kc;
         }
         return;
@@ -358,12 +357,12 @@ static void panel_to_bf16(const float *src, int kc, int w, uint16_t *dst) {
     }
     for (; p < np; p++)
         for (int c = 0; c < w; c++) {
-            dst[((size_t)p * w + c) * 2] = st_f32_to_bf16(src[(size_t)(2 * p) * w + c]);
-            dst[((size_t)p * w + c) * 2 + 1] = st_f32_to_bf16(src[(size_t)(2 * p + 1) * w + c]);
+            dst[((size_t)p * w + c) * 2] = ldm_f32_to_bf16(src[(size_t)(2 * p) * w + c]);
+            dst[((size_t)p * w + c) * 2 + 1] = ldm_f32_to_bf16(src[(size_t)(2 * p + 1) * w + c]);
         }
     if (kc & 1)
         for (int c = 0; c < w; c++) {
-            dst[((size_t)np * w + c) * 2] = st_f32_to_bf16(src[(size_t)(kc - 1) * w + c]);
+            dst[((size_t)np * w + c) * 2] = ldm_f32_to_bf16(src[(size_t)(kc - 1) * w + c]);
             dst[((size_t)np * w + c) * 2 + 1] = 0;
         }
 }

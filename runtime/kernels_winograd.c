@@ -56,23 +56,7 @@
 #include "microkernel.h"
 #include "util.h"
 
-#ifdef WG_TUNE
-#include <stdlib.h>
-static int wg_env(const char *k, int d) { return getenv(k) ? atoi(getenv(k)) : d; }
-#define WG_RES_BYTES ((size_t)wg_env("WG_RES_KB", 6144) << 10)
-#define WG_CHUNK_BYTES ((size_t)wg_env("WG_CHUNK_KB", 3072) << 10)
-#define WG_KBLK_UNITS wg_env("WG_KBLK_UNITS", 16)
-#define WG_M_BYTES ((size_t)wg_env("WG_M_KB", 768) << 10)
-#define WG_KC wg_env("WG_KC", 256)
-#define WG_MODE wg_env("WG_MODE", -1)
-#else
-#define WG_RES_BYTES (6u << 20)    /* the resident transformed operand (stays in L3) */
-#define WG_CHUNK_BYTES (3u << 20)  /* the recomputed one, per block */
-#define WG_KBLK_UNITS 16           /* tile blocks up to this many units: weights in K blocks */
-#define WG_M_BYTES (768u << 10)    /* GEMM products M of a sub-block */
-#define WG_KC 256                  /* channels per GEMM K block (a V micro-panel stays in L1) */
-#define WG_MODE -1
-#endif
+/* WG_RES_BYTES, WG_CHUNK_BYTES, WG_KBLK_UNITS, WG_M_BYTES, WG_KC, WG_MODE: kernel_sizes.h */
 #define WG_WCHUNK 32               /* input channels per widened half-precision weight chunk */
 #define WG_NT_BYTES (16u << 20)    /* outputs larger than this bypass the cache */
 
@@ -80,94 +64,8 @@ static int wg_env(const char *k, int d) { return getenv(k) ? atoi(getenv(k)) : d
  * plan: block sizes and loop order (a pure function of the shape)
  * ------------------------------------------------------------------------ */
 
-typedef struct WgPlan {
-    int TH, TW;           /* tile rows and columns per image */
-    long T;               /* tiles in all, N*TH*TW */
-    int blk_units;        /* 8-tile units per tile block */
-    int ntb;              /* tile blocks */
-    int OB;               /* output channels per output block (multiple of 4) */
-    int nob;              /* output blocks */
-    int out_major;        /* 1: output blocks outermost (U resident) */
-    int sub_units;        /* max units per GEMM sub-block (<= blk_units) */
-    int kw;               /* channels per weight transform (C, or a K block) */
-    size_t vxs, uxs, mxs; /* floats between the 36 planes xi of V, U and M */
-} WgPlan;
-
-/* Stride between the 36 planes of n floats: 64 bytes past a multiple of
- * 4 KB, so that the 36 vectors a transform loads or stores for one tile
- * fall in different cache sets (at a multiple of 4 KB they all collide). */
-static size_t plane_stride(size_t n) { return ((n + 1023) & ~(size_t)1023) + 16; }
-
-/* Units per tile block for a budget of V bytes, and the block count. */
-static void tile_blocks(long units, int C, size_t bytes, int *blk, int *n) {
-    long maxu = (long)(bytes / (36ul * 8 * sizeof(float) * (size_t)C));
-    if (maxu < 1) maxu = 1;
-    long nb = (units + maxu - 1) / maxu;
-    *blk = (int)((units + nb - 1) / nb);
-    *n = (int)nb;
-}
-
-/* Outputs per output block for a budget of U bytes, and the block count. */
-static void out_blocks(int O, int C, size_t bytes, int *ob, int *n) {
-    int O4 = (O + 3) & ~3;
-    long maxo = (long)(bytes / (36ul * sizeof(float) * (size_t)C)) & ~3l;
-    if (maxo < 4) maxo = 4;
-    if (maxo > O4) maxo = O4;
-    long nb = (O4 + maxo - 1) / maxo;
-    *ob = (int)(((O4 + nb - 1) / nb + 3) & ~3l);
-    *n = (int)nb;
-}
-
-static void wg_plan(const LdmConvShape *s, WgPlan *p) {
-    int C = s->C > 0 ? s->C : 1, O = s->O > 0 ? s->O : 1;
-    p->TH = (s->H + 3) / 4;
-    p->TW = (s->W + 3) / 4;
-    p->T = (long)s->N * p->TH * p->TW;
-    long units = (p->T + 7) / 8;
-    if (units < 1) units = 1;
-    /* tile-major: V of a tile block resident, U recomputed per tile block */
-    int tb_t, ntb_t, ob_t, nob_t;
-    tile_blocks(units, C, WG_RES_BYTES, &tb_t, &ntb_t);
-    out_blocks(O, C, WG_CHUNK_BYTES, &ob_t, &nob_t);
-    /* out-major: U of an output block resident, V recomputed per output block */
-    int tb_o, ntb_o, ob_o, nob_o;
-    tile_blocks(units, C, WG_CHUNK_BYTES, &tb_o, &ntb_o);
-    out_blocks(O, C, WG_RES_BYTES, &ob_o, &nob_o);
-    /* transform work: per (tile, channel) a little more than per weight
-     * pair (measured, rereading the input or the weights included) */
-    double tiles = (double)units * 8, in = tiles * C, wt = (double)O * C;
-    double cost_t = 1.25 * in + wt * ntb_t;
-    double cost_o = 1.25 * in * nob_o + wt;
-    p->out_major = WG_MODE >= 0 ? WG_MODE : cost_o < cost_t;
-    p->blk_units = p->out_major ? tb_o : tb_t;
-    p->ntb = p->out_major ? ntb_o : ntb_t;
-    p->OB = p->out_major ? ob_o : ob_t;
-    p->nob = p->out_major ? nob_o : nob_t;
-    /* GEMM sub-blocks: M (36 x OB x tiles) within its budget, >= 3 units */
-    long su = (long)(WG_M_BYTES / (36ul * sizeof(float) * 8 * (size_t)p->OB));
-    if (su < 3) su = 3;
-    p->sub_units = p->blk_units < su ? p->blk_units : (int)su;
-    p->kw = C;
-    if (!p->out_major && p->blk_units <= WG_KBLK_UNITS) {
-        /* few tiles: each weight is used by few GEMM columns, so make the
-         * output blocks large and transform their weights in K blocks, one
-         * GEMM sub-block covering the whole (tile block, output block) */
-        int kw = C < WG_KC ? C : WG_KC;
-        size_t ub = WG_CHUNK_BYTES * (size_t)C / kw, mb = WG_M_BYTES * (size_t)C / ((size_t)p->blk_units * 8);
-        out_blocks(O, C, ub < mb ? ub : mb, &p->OB, &p->nob);
-        p->kw = kw;
-        p->sub_units = p->blk_units;
-    }
-    p->vxs = plane_stride((size_t)C * (size_t)p->blk_units * 8);
-    p->uxs = plane_stride((size_t)p->OB * (size_t)p->kw);
-    p->mxs = plane_stride((size_t)p->OB * (size_t)p->sub_units * 8);
-}
-
-size_t ldm_winograd_scratch_bytes(const LdmConvShape *s) {
-    WgPlan p;
-    wg_plan(s, &p);
-    return 36 * (p.vxs + p.uxs + p.mxs) * sizeof(float);
-}
+/* The plan (LdmWgPlan, ldm_wg_plan) is in kernel_sizes.h, where the
+ * compiler sizes the scratch from it (ldm_winograd_scratch_bytes). */
 
 /* Widest panel (units) for GEMM sub-blocks of su units: the wide kernels'
  * 6 where a sub-block holds them, else 3. Panels are cut by ldm_panel. */
@@ -224,7 +122,7 @@ static inline void g3(__m256 g0, __m256 g1, __m256 g2, __m256 *o) {
 
 typedef struct WgCtx {
     const LdmConvShape *s;
-    const WgPlan *p;
+    const LdmWgPlan *p;
     const float *x;            /* [N, C, H, W] */
     LdmW w;                    /* [O, C, 3, 3] */
     const float *bias;         /* [O] or NULL */
@@ -297,7 +195,7 @@ static inline void input_tf(__m256 D[6][6], float *dst, size_t xs) {
 /* V for channel c of the 8 tiles t0 .. t0+7 (nt < 8: the rest are padding). */
 static void input_unit(const WgCtx *cx, int c, long t0, int nt, float *dst, size_t xs) {
     const LdmConvShape *s = cx->s;
-    const WgPlan *p = cx->p;
+    const LdmWgPlan *p = cx->p;
     int H = s->H, W = s->W;
     long per_img = (long)p->TH * p->TW;
     __m256 D[6][6];
@@ -443,7 +341,7 @@ static void phase_weights(const WgCtx *cx, int o0, int g0, int g1, int k0, int k
                     for (int b = 0; b < nb + 63; b += 64) _mm_prefetch(r + b, _MM_HINT_T0);
                 }
             for (int q = 0; q < no; q++)
-                ldm_w_to_f32(cx->w, ((size_t)(o + q) * C + k0 + c) * 9, (size_t)nc * 9, wb + q * WG_WCHUNK * 9);
+                ldm_w_widen(cx->w, ((size_t)(o + q) * C + k0 + c) * 9, (size_t)nc * 9, wb + q * WG_WCHUNK * 9);
             weight_group(wb, WG_WCHUNK * 9, no, nc, dst + (size_t)c * 4, xs);
         }
     }
@@ -496,7 +394,7 @@ static inline void interleave4(const __m256 *P, __m256 *q) {
 /* y for output channel o of the 8 tiles t0 .. t0+nt-1, from m + xi*xs. */
 static void output_unit(const WgCtx *cx, int o, long t0, int nt, const float *m, size_t xs) {
     const LdmConvShape *s = cx->s;
-    const WgPlan *p = cx->p;
+    const LdmWgPlan *p = cx->p;
     int H = s->H, W = s->W, O = s->O;
     long per_img = (long)p->TH * p->TW;
     __m256 Z[4][6], Y[4][4];
@@ -604,15 +502,15 @@ static void part(int n, int parts, int i, int *lo, int *hi) {
 /* The private schedule gives each thread its own slices of V and M; their
  * size depends on the thread count, within the same scratch. 0 if the
  * slices would be too small to be worth it (then: the shared schedule). */
-static int private_slices(const WgPlan *p, int C, int nth, int th, const WgCtx *cx, WgBuf *bf) {
+static int private_slices(const LdmWgPlan *p, int C, int nth, int th, const WgCtx *cx, WgBuf *bf) {
     size_t vfl = 36 * p->vxs / (size_t)nth & ~(size_t)15, mfl = 36 * p->mxs / (size_t)nth & ~(size_t)15;
     int bu = p->blk_units / nth, rows = p->OB < WG_PRIV_ROWS ? p->OB : WG_PRIV_ROWS;
-    while (bu >= 3 && 36 * plane_stride((size_t)C * bu * 8) > vfl) bu--;
+    while (bu >= 3 && 36 * ldm_wg_plane_stride((size_t)C * bu * 8) > vfl) bu--;
     int su = bu;
-    while (su >= 3 && 36 * plane_stride((size_t)rows * su * 8) > mfl) su--;
+    while (su >= 3 && 36 * ldm_wg_plane_stride((size_t)rows * su * 8) > mfl) su--;
     if (bu < 3 || su < 3) return 0;
-    bf->vxs = plane_stride((size_t)C * bu * 8);
-    bf->mxs = plane_stride((size_t)rows * su * 8);
+    bf->vxs = ldm_wg_plane_stride((size_t)C * bu * 8);
+    bf->mxs = ldm_wg_plane_stride((size_t)rows * su * 8);
     bf->V = cx->V + (size_t)th * vfl;
     bf->M = cx->M + (size_t)th * mfl;
     bf->ldm = su * 8;
@@ -647,7 +545,7 @@ static void gemm_output_all_rows(const WgCtx *cx, WgBuf *bf, long bt0, long nb, 
  * then each thread takes whole tile blocks of its own, dynamically, and
  * transforms, multiplies and writes them back alone. */
 static void run_private(const WgCtx *cx, WgBuf *bf, int nth, int th) {
-    const WgPlan *p = cx->p;
+    const LdmWgPlan *p = cx->p;
     int O = cx->s->O, g0, g1;
     long blk_tiles = (long)bf->units * 8, nblk = (p->T + blk_tiles - 1) / blk_tiles;
     part(p->OB / 4, nth, th, &g0, &g1);
@@ -669,7 +567,7 @@ static void run_private(const WgCtx *cx, WgBuf *bf, int nth, int th) {
 /* Shared: V of each tile block by all threads between two barriers; each
  * thread owns a slice of every output block's rows (U, M and y). */
 static void run_shared(const WgCtx *cx, int nth, int th) {
-    const WgPlan *p = cx->p;
+    const LdmWgPlan *p = cx->p;
     int C = cx->s->C, O = cx->s->O, c0, c1, g0, g1;
     long blk_tiles = (long)p->blk_units * 8;
     int n_outer = p->out_major ? p->nob : p->ntb, n_inner = p->out_major ? p->ntb : p->nob;
@@ -728,8 +626,8 @@ void ldm_conv3x3_winograd(const LdmConvShape *s, const float *x, LdmW w, const L
         return;
     }
     if (s->N <= 0 || s->O <= 0 || s->H <= 0 || s->W <= 0) return;
-    WgPlan p;
-    wg_plan(s, &p);
+    LdmWgPlan p;
+    ldm_wg_plan(s, &p);
     size_t ybytes = (size_t)s->N * s->O * s->H * s->W * sizeof(float);
     WgCtx cx = {s,    &p, x, w, ep ? ep->bias : NULL, ep ? ep->rowadd : NULL, ep ? ep->residual : NULL, y,
                 ybytes > WG_NT_BYTES, scratch, scratch + 36 * p.vxs, scratch + 36 * (p.vxs + p.uxs)};

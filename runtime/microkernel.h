@@ -4,7 +4,8 @@
  * ("panels") so that both are read contiguously. B panels are 8w' columns
  * wide ("units" of 8): w' = 3, 2, 1 with AVX2 (4x24, 4x16, 4x8 kernels),
  * and also 6 and 4 where the CPU has AVX-512 (4x48 and 4x32 kernels in
- * 16-float vectors). ldm_panel says how a row of units is cut into panels.
+ * 16-float vectors). ldm_panel says how a row of units is cut into panels;
+ * ldm_w_widen widens a weight's elements to float32 for the packers.
  */
 #ifndef LDM_MICROKERNEL_H
 #define LDM_MICROKERNEL_H
@@ -13,6 +14,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "half.h"
+#include "kernels.h"
 
 /* Transpose the 8 x 8 block r[0..7] (rows) in registers (the packers'). */
 static inline void transpose8(__m256 r[8]) {
@@ -321,5 +325,30 @@ static inline void kern_panel_bf16(int pw, int kp, const uint16_t *a, const uint
     }
 }
 #endif
+
+/* Widen n elements of w starting at element `off` into dst (float32): the
+ * kernels' copy of ldm_w_to_f32 (which wraps it for generated code), so
+ * that no kernel object calls another for it. */
+static inline void ldm_w_widen(LdmW w, size_t off, size_t n, float *dst) {
+    if (w.type == LDM_W_F32) {
+        memcpy(dst, (const float *)w.p + off, n * sizeof *dst);
+        return;
+    }
+    const uint16_t *s = (const uint16_t *)w.p + off;
+    size_t i = 0;
+    if (w.type == LDM_W_F16) {
+#ifdef __F16C__
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+#endif
+        for (; i < n; i++) dst[i] = ldm_f16_to_f32(s[i]);
+    } else {
+        /* bfloat16: the top half of a float32 */
+        for (; i + 8 <= n; i += 8) {
+            __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + i)));
+            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+        }
+        for (; i < n; i++) dst[i] = ldm_bf16_to_f32(s[i]);
+    }
+}
 
 #endif

@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include "safetensors.h"
 
+#include "half.h"
 #include "util.h"
 
 #include <errno.h>
@@ -63,65 +64,13 @@ static int dtype_is_float(StDtype dt) {
 }
 
 /* ------------------------------------------------------------------------
- * scalar conversions (bit-exact, round-to-nearest-even)
+ * scalar conversions (bit-exact, round-to-nearest-even: half.h)
  * ------------------------------------------------------------------------ */
 
-static uint32_t f32_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
-static float bits_f32(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-/* Shift right by s (1..31) rounding to nearest, ties to even. */
-static uint32_t shift_rne(uint32_t x, int s) {
-    uint32_t q = x >> s, rem = x & ((1u << s) - 1), half = 1u << (s - 1);
-    if (rem > half || (rem == half && (q & 1))) q++;
-    return q;
-}
-
-float st_f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-    if (exp == 0) { /* zero or subnormal: mant * 2^-24, exact in float32 */
-        float v = (float)mant * 0x1p-24f;
-        return bits_f32(f32_bits(v) | sign);
-    }
-    if (exp == 31) /* inf, or NaN keeping its payload */
-        return bits_f32(sign | 0x7f800000u | (mant << 13));
-    return bits_f32(sign | ((exp - 15 + 127) << 23) | (mant << 13));
-}
-
-uint16_t st_f32_to_f16(float f) {
-    uint32_t x = f32_bits(f);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
-    uint32_t a = x & 0x7fffffffu;
-    if (a > 0x7f800000u) /* NaN: keep the top payload bits, force quiet */
-        return (uint16_t)(sign | 0x7e00 | ((a >> 13) & 0x3ff));
-    if (a >= 0x477ff000u) /* >= 65520 (halfway past 65504) rounds to inf */
-        return (uint16_t)(sign | 0x7c00);
-    if (a >= 0x38800000u) /* normal half: rebias exponent 127 -> 15 */
-        return (uint16_t)(sign | shift_rne(a - (112u << 23), 13));
-    if (a <= 0x33000000u) /* <= 2^-25 (half the smallest subnormal) -> 0 */
-        return sign;
-    /* subnormal half: value / 2^-24 = mant * 2^(e - 126), 14 <= shift <= 24 */
-    uint32_t e = a >> 23, mant = (a & 0x7fffffu) | 0x800000u;
-    return (uint16_t)(sign | shift_rne(mant, (int)(126 - e)));
-}
-
-float st_bf16_to_f32(uint16_t b) { return bits_f32((uint32_t)b << 16); }
-
-uint16_t st_f32_to_bf16(float f) {
-    uint32_t x = f32_bits(f);
-    if ((x & 0x7fffffffu) > 0x7f800000u) /* NaN: truncate, force quiet */
-        return (uint16_t)((x >> 16) | 0x40);
-    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1)) >> 16);
-}
+float st_f16_to_f32(uint16_t h) { return ldm_f16_to_f32(h); }
+uint16_t st_f32_to_f16(float f) { return ldm_f32_to_f16(f); }
+float st_bf16_to_f32(uint16_t b) { return ldm_bf16_to_f32(b); }
+uint16_t st_f32_to_bf16(float f) { return ldm_f32_to_bf16(f); }
 
 /* Little-endian loads from possibly misaligned bytes. */
 static uint16_t load_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }

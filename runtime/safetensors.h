@@ -74,7 +74,7 @@ int st_to_f32(const StTensor *t, float *dst);
 int st_to_i32(const StTensor *t, int32_t *dst);
 
 /* Scalar conversions, round-to-nearest-even, with correct subnormal, inf and
- * NaN handling. */
+ * NaN handling (half.h's, as functions). */
 float st_f16_to_f32(uint16_t h);
 float st_bf16_to_f32(uint16_t b);
 uint16_t st_f32_to_f16(float f);

@@ -4,7 +4,7 @@
  * with float32 or half weights; with CBLAS=1 also multi-threaded
  * cblas_sgemm on the same float32 operands. Not part of the test suite.
  *
- *   make && gcc -O2 -march=native -fopenmp -Iruntime tests/bench/bench_gemm.c build/libldmrt.a \
+ *   make && gcc -O2 -march=native -fopenmp -Iruntime tests/bench/bench_gemm.c build/libldmrt.a build/libldmcore.a \
  *       -I/usr/include/x86_64-linux-gnu/openblas-pthread -lopenblas -lm -o bench_gemm
  *   ./bench_gemm [f16|f32]                  the table
  *   ./bench_gemm f16 linear|wl M N K        one shape

@@ -17,7 +17,7 @@
  *
  * Build (from the repo root):
  *   gcc -std=gnu11 -O2 -march=native -fopenmp -Iruntime -I/usr/include/x86_64-linux-gnu/openblas-pthread \
- *       tests/bench/bench_winograd.c runtime/kernels_winograd.c build/libldmrt.a -lopenblas -lm \
+ *       tests/bench/bench_winograd.c runtime/kernels_winograd.c build/libldmrt.a build/libldmcore.a -lopenblas -lm \
  *       -o bench_winograd
  * (-DWG_PROFILE adds the CPU time of each phase on thread 0.)
  */
