@@ -66,7 +66,7 @@ size_t diag_excerpt(char *out, size_t cap, size_t n, int line_no, const char *li
 const char *loc_str(SrcLoc loc);
 
 /* ===================================================================== *
- * ast.c, parser.y, lexer.l - the DSL syntax tree
+ * ast.c, parser.y, lexer.l, program.c - the DSL syntax tree and loading
  * ===================================================================== */
 
 typedef enum AstKind {

@@ -240,38 +240,6 @@ arg
 
 %%
 
-SrcLoc lex_loc(struct LexExtra *x, const void *l) {
-    const LDMC_YYLTYPE *loc = l;
-    SrcLoc s = {x->file, loc->first_line, loc->first_column,
-                loc->last_line == loc->first_line ? loc->last_column : loc->first_column + 1};
-    return s;
-}
-
-int lex_error(struct LexExtra *x, const void *yylloc, const char *msg) {
-    if (!x->failed) diag_error(lex_loc(x, yylloc), "%s", msg);
-    x->failed = 1;
-    return LDMC_YYerror;
-}
-
-char *lex_unescape(const char *s, int len) {
-    char *out = ldm_xmalloc((size_t)len + 1), *o = out;
-    for (int i = 0; i < len; i++) {
-        if (s[i] != '\\') {
-            *o++ = s[i];
-            continue;
-        }
-        switch (s[++i]) {
-        case 'n': *o++ = '\n'; break;
-        case 't': *o++ = '\t'; break;
-        case '\\': *o++ = '\\'; break;
-        case '"': *o++ = '"'; break;
-        default: free(out); return NULL;
-        }
-    }
-    *o = 0;
-    return out;
-}
-
 int parse_file(SrcFile *f, AstList *out) {
     struct LexExtra x = {f, out, 0};
     yyscan_t scanner;

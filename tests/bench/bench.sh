@@ -30,6 +30,7 @@ echo "10-30% within minutes, so each network runs in $ROUNDS rounds, each betwee
 echo "ratio uses the mean of the two around it, and the table shows the median round (time, rate and ratio) and"
 echo "the range of the sgemm rates measured."
 printf "%-12s %-9s %5s %9s %9s %8s %15s %9s %19s %8s\n" network res batch "s/call" GFLOP/s xsgemm "sgemm range" "arena MiB" "naive sum of buffers" "RSS MiB"
+CFG1=""
 declare -A NAIVE # "graph-res" -> the naive sum of its buffers, from ldmc --stats
 run() { # name graph res batch repeat [runner flags]
     local name=$1 graph=$2 res=$3 batch=$4 rep=$5 flags=${6:-}
@@ -59,6 +60,7 @@ run() { # name graph res batch repeat [runner flags]
     # the median round by its ratio (time T, rate R, sgemm before S0 and after S1)
     local med
     med=$(printf "%s" "$rounds" | awk '{print 2*$2/($3+$4), $1, $2}' | sort -n | awk '{r[NR]=$0} END {print r[int((NR+1)/2)]}')
+    LAST_T=$(echo "$med" | cut -d' ' -f2)
     printf "%-12s %-9s %5s %9s %9s %8.2f %15s %9s %19s %8s\n" "$name" "${res}x$res" "$batch" "$(echo "$med" | cut -d' ' -f2)" \
         "$(echo "$med" | cut -d' ' -f3)" "$(echo "$med" | cut -d' ' -f1)" "$smin-$smax" "$a" "${stats#naive }" "$p"
 }
@@ -71,12 +73,19 @@ if [ -z "${NO_BF16:-}" ] && grep -qw avx512_bf16 /proc/cpuinfo; then BF16=1; fi
 for res in $RESOLUTIONS; do
     run clip_text clip_text "$res" 1 3
     run unet unet "$res" 2 3
+    t_guided=$LAST_T
+    # --cfg-scale 1: the same executable runs the UNet on the conditional
+    # sample only (its batch is a run-time extent, B <= 2)
+    run "unet cfg1" unet "$res" 1 3 "--extent B=1"
+    CFG1="$CFG1${res}x$res: a step at cfg 1 takes $(echo "$LAST_T $t_guided" | awk '{printf "%.3f s = %.2f", $1, $1/$2}') of a step at cfg 7.5 ($t_guided s; target <= 0.55)
+"
     run vae_decoder vae_decoder "$res" 1 3
     if [ $BF16 = 1 ]; then
         run "unet bf16" unet "$res" 2 3 "--compute bf16"
         run "vae bf16" vae_decoder "$res" 1 3 "--compute bf16"
     fi
 done
+printf "%s" "$CFG1"
 [ $BF16 = 1 ] || echo "(no AVX-512 BF16 on this CPU, or NO_BF16 set: the bf16 compute rows are skipped)"
 last=${RESOLUTIONS##* }
 if make -s BUILD=$BUILD txt2img CONFIG=$CONFIG H=$last W=$last >/dev/null 2>&1 && [ -x $BUILD/txt2img-${last}x$last ]; then
