@@ -60,6 +60,9 @@ static const char *base_name(const SrcLoc *l) {
 void dump_graph(const Graph *g, FILE *fp) {
     char b[128];
     fprintf(fp, "graph %s  prefix \"%s\"\n", g->name, g->prefix);
+    for (int k = 0; k < g->n_extents; k++) /* run-time extents: shapes show their dims as NAME<=MAX */
+        fprintf(fp, "extent %s<=%lld%s%.0lld\n", g->extents[k].name, (long long)g->extents[k].max,
+                g->extents[k].step > 1 ? " step " : "", g->extents[k].step > 1 ? (long long)g->extents[k].step : 0ll);
     for (int i = 0; i < g->n_nodes; i++) {
         const Node *n = g->nodes[i];
         if (n->op == OPK_WEIGHT) continue;

@@ -95,6 +95,7 @@ typedef enum AstKind {
     S_INPUT,      /* input name: dtype(str) [items]; */
     S_OUTPUT,     /* output name = a; */
     S_PARAM,      /* param name = a; (overridable with -D) */
+    S_EXTENT,     /* param name <= a [step b]; a run-time extent of at most a (-D overrides a) */
     S_PREFIX,     /* prefix a; (checkpoint key prefix of the graph) */
     S_BLOCK,      /* { items } */
     /* top level */
@@ -204,13 +205,27 @@ enum {
     ACT_GEGLU = 2,    /* LINEAR+geglu: the result has half the features */
 };
 
+/* A run-time extent: a param whose value is given when the generated code
+ * runs (`param T <= 154 step 77;`), 1 <= value <= max, a multiple of step.
+ * Shapes hold the maximum; Node.dyn says which dims scale with which extent. */
+typedef struct Extent {
+    char *name;                  /* the param's name ("B", "T") */
+    int64_t max;                 /* largest value (what every buffer is planned for) */
+    int64_t step;                /* the value is a multiple of this (1: any) */
+    SrcLoc loc;                  /* the `param` statement */
+} Extent;
+
+typedef struct Graph Graph;
 typedef struct Node Node;
 struct Node {
     int id;                      /* position in Graph.nodes (schedule order) */
     OpKind op;                   /* what it computes */
     DType dtype;                 /* element type of the result */
     int ndim;                    /* rank of the result */
-    int64_t shape[MAX_DIMS];     /* result shape */
+    int64_t shape[MAX_DIMS];     /* result shape (of a run-time dim: its maximum) */
+    int8_t dyn[MAX_DIMS];        /* 0: dim d is static; k + 1: it is run-time, extent k of the graph, and
+                                    its value is shape[d] / extents[k].max * (value of extent k) */
+    Graph *graph;                /* the graph it belongs to (its extents table) */
     Node *src[MAX_SRC];          /* operands */
     int nsrc;                    /* number of operands */
     char *name;                  /* INPUT: input name; WEIGHT: full checkpoint key */
@@ -265,7 +280,7 @@ typedef struct Output {
     SrcLoc loc;                  /* `output` statement */
 } Output;
 
-typedef struct Graph {
+struct Graph {
     char *name;                  /* graph name from `graph NAME {` */
     char *prefix;                /* checkpoint key prefix from `prefix "..."` */
     Node **nodes;                /* all nodes, in schedule order */
@@ -281,7 +296,9 @@ typedef struct Graph {
     const char *plan_strategy;   /* the placement strategy that won */
     int64_t plan_sizes[3];       /* arena of first-fit, best-fit, size-ordered */
     double nominal_flops;        /* FLOPs of the graph as written, before fusion */
-} Graph;
+    Extent *extents;             /* run-time extents, in declaration order (index k: Node.dyn k + 1) */
+    int n_extents;
+};
 
 Graph *graph_new(const char *name);
 void graph_free(Graph *g);
@@ -296,8 +313,15 @@ int64_t node_bytes(const Node *n);
  * ops fused into it; node_op_flops counts its own op only. */
 double node_flops(const Node *n);
 double node_op_flops(const Node *n);
-/* "[2,320,64,64]" into buf. */
+/* "[2,320,64,64]" into buf; a run-time dim as NAME<=MAX, or C*NAME<=MAX
+ * for C times extent NAME ("[B<=2,4,64,64]", "[B<=2,T<=154,768]"). */
 const char *shape_str(const Node *n, char *buf, size_t size);
+/* Add extent `name` (max >= 1, step dividing max); its index. */
+int graph_add_extent(Graph *g, const char *name, int64_t max, int64_t step, SrcLoc loc);
+/* Dim d of n when the extents have the values val[] (NULL: their maxima). */
+int64_t node_dim_at(const Node *n, int d, const int64_t *val);
+/* 1 if any dim of n is run-time. */
+int node_is_dyn(const Node *n);
 
 /* ===================================================================== *
  * eval.c - elaboration: run the DSL program against a config
