@@ -153,8 +153,8 @@ static int same_dim(const Node *a, int i, const Node *b, int j) {
 static int static_dim(Node *n, const Node *x, int d, const char *what, const char *why) {
     char b[128];
     if (!x->dyn[d]) return 0;
-    return diag_error(n->loc, "%s: %s of %s (dim %d) is run-time, but %s", op_names[n->op], what,
-                      shape_str(x, b, sizeof b), d, why);
+    return diag_error(n->loc, "%s: dim %d of %s (%s) is run-time, but %s", op_names[n->op], d, shape_str(x, b, sizeof b),
+                      what, why);
 }
 
 /* The run-time dims of x and y are of the same extents, each as often. */
