@@ -309,9 +309,10 @@ static void k_conv2d(const Node *n, FILE *fp) {
     if (n->out_gap) E("    /* y is this node's part of a concatenation: %lld floats between samples */\n", (long long)n->out_gap);
     E("    %s LdmConvShape s = {.N = %s, .C = %d, .H = %d, .W = %d, .O = %d, .KH = %d, .KW = %d,\n", shape_qual(n),
       sz_int(sz_dim(n->src[0], 0)), c.C, c.H, c.W, c.O, c.KH, c.KW);
-    E("                               .stride_h = %d, .stride_w = %d, .pad_t = %d, .pad_b = %d, .pad_l = %d, .pad_r = %d,\n",
+    const int ind = 4 + (int)strlen(shape_qual(n)) + (int)strlen(" LdmConvShape s = {");
+    E("%*s.stride_h = %d, .stride_w = %d, .pad_t = %d, .pad_b = %d, .pad_l = %d, .pad_r = %d,\n", ind, "",
       c.stride_h, c.stride_w, c.pad_t, c.pad_b, c.pad_l, c.pad_r);
-    E("                               .HO = %d, .WO = %d, .y_gap = %lld};\n", c.HO, c.WO, (long long)n->out_gap);
+    E("%*s.HO = %d, .WO = %d, .y_gap = %lld};\n", ind, "", c.HO, c.WO, (long long)n->out_gap);
     int has_b = 0;
     for (int s = 2; s < n->nsrc; s++) has_b |= !strcmp(names[s], "b");
     E("    const LdmEpilogue ep = {.bias = %s, .rowadd = %s, .residual = %s};\n", has_b ? "b" : "NULL",
@@ -490,10 +491,11 @@ static void k_attention(const Node *n, FILE *fp) {
       a.causal ? ", causal" : "");
     E("    %s LdmAttnShape s = {.B = %s, .Tq = %s, .Tk = %s, .H = %d, .d = %d, .dv = %d,\n", shape_qual(n),
       sz_int(sz_dim(q, 0)), sz_int(Tq), sz_int(Tk), a.H, a.d, a.dv);
-    E("                               .ldq = %d, .ldk = %d, .ldv = %d, .ldy = %d,\n", a.ldq, a.ldk, a.ldv, a.ldy);
-    E("                               .bsq = %s, .bsk = %s, .bsv = %s, .bsy = %s,\n", sz_c(sz_mul(Tq, sz_k(a.ldq))),
+    const int ind = 4 + (int)strlen(shape_qual(n)) + (int)strlen(" LdmAttnShape s = {");
+    E("%*s.ldq = %d, .ldk = %d, .ldv = %d, .ldy = %d,\n", ind, "", a.ldq, a.ldk, a.ldv, a.ldy);
+    E("%*s.bsq = %s, .bsk = %s, .bsv = %s, .bsy = %s,\n", ind, "", sz_c(sz_mul(Tq, sz_k(a.ldq))),
       sz_c(sz_mul(Tk, sz_k(a.ldk))), sz_c(sz_mul(Tk, sz_k(a.ldv))), sz_c(sz_mul(Tq, sz_k(a.ldy))));
-    E("                               .scale = %s, .causal = %d};\n", flit(a.scale, fa, sizeof fa), a.causal);
+    E("%*s.scale = %s, .causal = %d};\n", ind, "", flit(a.scale, fa, sizeof fa), a.causal);
     E("    ldm_attention(&s, q, k, v, y, %s);\n", n->scratch_bytes ? "scratch" : "NULL");
     E("}\n");
 }

@@ -161,6 +161,11 @@ stmt
                                       diag_error(LOC(@5), "expected 'step' or ';' after the maximum of param %s, got '%s'",
                                                  $2, $5);
                                       extra->failed = 1;
+                                      /* YYERROR pops the rule's symbols without their destructors */
+                                      free($2);
+                                      ast_free($4);
+                                      free($5);
+                                      ast_free($6);
                                       YYERROR;
                                   }
                                   free($5);
