@@ -18,7 +18,7 @@
 /* Same op parameters (every field of Node that an op reads). */
 static int same_params(const Node *a, const Node *b) {
     return a->op == b->op && a->dtype == b->dtype && a->ndim == b->ndim && a->nsrc == b->nsrc &&
-           !memcmp(a->shape, b->shape, sizeof a->shape) && !memcmp(a->stride, b->stride, sizeof a->stride) &&
+           !memcmp(a->shape, b->shape, sizeof a->shape) && !memcmp(a->dyn, b->dyn, sizeof a->dyn) && !memcmp(a->stride, b->stride, sizeof a->stride) &&
            !memcmp(a->pad, b->pad, sizeof a->pad) && a->groups == b->groups && a->heads == b->heads &&
            a->causal == b->causal && a->trans_b == b->trans_b && a->axis == b->axis && a->factor == b->factor &&
            !memcmp(a->perm, b->perm, sizeof a->perm) && a->start == b->start && a->end == b->end &&

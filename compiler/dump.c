@@ -68,6 +68,9 @@ void dump_graph_after(const Graph *g, const char *pass, FILE *fp) {
     fprintf(fp, "graph %s  prefix \"%s\"", g->name, g->prefix);
     if (pass) fprintf(fp, "  (after %s)", pass);
     fprintf(fp, "\n");
+    for (int k = 0; k < g->n_extents; k++) /* run-time extents: shapes show their dims as NAME<=MAX */
+        fprintf(fp, "extent %s<=%lld%s%.0lld\n", g->extents[k].name, (long long)g->extents[k].max,
+                g->extents[k].step > 1 ? " step " : "", g->extents[k].step > 1 ? (long long)g->extents[k].step : 0ll);
     for (int i = 0; i < g->n_nodes; i++) {
         const Node *n = g->nodes[i];
         if (n->op == OPK_WEIGHT) continue;

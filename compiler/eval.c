@@ -33,6 +33,7 @@ typedef enum VKind {
     V_TENSOR,   /* t: a graph node */
     V_FUNC,     /* fn: a `def` */
     V_BUILTIN,  /* builtin: index into builtins[] */
+    V_DIM,      /* i * (extent ext): a size known only at run time (a dim of a run-time extent) */
 } VKind;
 
 typedef struct List List;
@@ -47,6 +48,7 @@ typedef struct Value {
     Node *t;               /* V_TENSOR */
     Ast *fn;               /* V_FUNC */
     int builtin;           /* V_BUILTIN */
+    int ext;               /* V_DIM: index in the graph's extents (its coefficient is i) */
 } Value;
 
 struct List {
@@ -103,6 +105,7 @@ static Value v_int(int64_t i) { return (Value){.k = V_INT, .i = i}; }
 static Value v_float(double f) { return (Value){.k = V_FLOAT, .f = f}; }
 static Value v_str(const char *s) { return (Value){.k = V_STR, .s = s}; }
 static Value v_tensor(Node *t) { return (Value){.k = V_TENSOR, .t = t}; }
+static Value v_dim(int ext, int64_t coef) { return (Value){.k = V_DIM, .ext = ext, .i = coef}; }
 
 static Value v_list(Eval *E, int n) {
     List *l = ev_alloc(E, sizeof *l);
@@ -113,19 +116,30 @@ static Value v_list(Eval *E, int n) {
 
 /* "an int", "a string": the kind with its article, for messages. */
 static const char *a_kind(VKind k) {
-    static const char *names[] = {"null", "a bool", "an int", "a float", "a string", "a list", "a map", "a tensor", "a function", "a builtin"};
+    static const char *names[] = {"null", "a bool", "an int", "a float", "a string", "a list", "a map", "a tensor", "a function", "a builtin", "a run-time size"};
     return names[k];
 }
 
 static const char *kind_name(VKind k) {
-    static const char *names[] = {"null", "bool", "int", "float", "string", "list", "map", "tensor", "function", "builtin"};
+    static const char *names[] = {"null", "bool", "int", "float", "string", "list", "map", "tensor", "function", "builtin", "run-time size"};
     return names[k];
+}
+
+/* The graph being built (value_fmt names run-time extents by it). */
+static const Graph *fmt_graph;
+
+/* "T", "8*T": a run-time size as the DSL would write it. */
+static void dim_fmt(const Value *v, char *buf, size_t size) {
+    const char *name = fmt_graph && v->ext < fmt_graph->n_extents ? fmt_graph->extents[v->ext].name : "?";
+    if (v->i == 1) snprintf(buf, size, "%s", name);
+    else snprintf(buf, size, "%lld*%s", (long long)v->i, name);
 }
 
 /* Short printable form of a value (for messages and interpolation). */
 static void value_fmt(const Value *v, char *buf, size_t size) {
     size_t k = 0;
     switch (v->k) {
+    case V_DIM: dim_fmt(v, buf, size); return;
     case V_NULL: snprintf(buf, size, "null"); return;
     case V_BOOL: snprintf(buf, size, "%s", v->i ? "true" : "false"); return;
     case V_INT: snprintf(buf, size, "%lld", (long long)v->i); return;
@@ -209,7 +223,31 @@ static Value cfg_value(Eval *E, const CfgNode *c) {
 
 /* ---- conversions with diagnostics --------------------------------------- */
 
+/* The diagnostic for a run-time size used where a compile-time number is
+ * needed: "T is a run-time extent (at most 154); its value is not known at
+ * compile time". */
+static int dim_error(const Value *v, SrcLoc loc) {
+    const Extent *e = &fmt_graph->extents[v->ext];
+    if (v->i == 1)
+        return diag_error(loc, "%s is a run-time extent (at most %lld); its value is not known at compile time", e->name,
+                          (long long)e->max);
+    return diag_error(loc, "%lld*%s is a run-time size (%s is at most %lld); its value is not known at compile time",
+                      (long long)v->i, e->name, e->name, (long long)e->max);
+}
+
+/* A run-time size anywhere inside v (a list of them included), or NULL. */
+static const Value *find_dim(const Value *v) {
+    if (v->k == V_DIM) return v;
+    if (v->k == V_LIST)
+        for (int i = 0; i < v->list->n; i++) {
+            const Value *d = find_dim(&v->list->v[i]);
+            if (d) return d;
+        }
+    return NULL;
+}
+
 static int want_int(const Value *v, SrcLoc loc, const char *what, int64_t *out) {
+    if (v->k == V_DIM) return dim_error(v, loc);
     if (v->k == V_INT) {
         *out = v->i;
         return 0;
@@ -224,6 +262,7 @@ static int want_int(const Value *v, SrcLoc loc, const char *what, int64_t *out) 
 }
 
 static int want_num(const Value *v, SrcLoc loc, const char *what, double *out) {
+    if (v->k == V_DIM) return dim_error(v, loc);
     if (v->k == V_INT) *out = (double)v->i;
     else if (v->k == V_FLOAT) *out = v->f;
     else return diag_error(loc, "%s must be a number, got %s", what, kind_name(v->k));
@@ -252,8 +291,28 @@ static int want_int_list(const Value *v, SrcLoc loc, const char *what, int64_t *
     return 0;
 }
 
+/* A shape: a list of at most `max` integers and run-time sizes; a run-time
+ * size gives its maximum in out[] and 1 + its extent in dyn[]. */
+static int want_shape(const Value *v, SrcLoc loc, const char *what, int64_t *out, int8_t *dyn, int max, int *n) {
+    if (v->k != V_LIST) return diag_error(loc, "%s must be a list of integers, got %s", what, kind_name(v->k));
+    if (v->list->n > max) return diag_error(loc, "%s has %d items, at most %d allowed", what, v->list->n, max);
+    for (int i = 0; i < v->list->n; i++) {
+        const Value *d = &v->list->v[i];
+        dyn[i] = 0;
+        if (d->k == V_DIM) {
+            out[i] = d->i * fmt_graph->extents[d->ext].max;
+            dyn[i] = (int8_t)(d->ext + 1);
+        } else if (want_int(d, loc, what, &out[i])) {
+            return -1;
+        }
+    }
+    *n = v->list->n;
+    return 0;
+}
+
 static int truthy(const Value *v, SrcLoc loc, int *out) {
     switch (v->k) {
+    case V_DIM: return dim_error(v, loc);
     case V_NULL: *out = 0; return 0;
     case V_BOOL:
     case V_INT: *out = v->i != 0; return 0;
@@ -640,9 +699,10 @@ static int bi_embedding(Eval *E, Args *a, Value *out) {
 static int bi_reshape(Eval *E, Args *a, Value *out) {
     ARG_TENSOR(0, x, "input");
     int64_t shape[MAX_DIMS];
-    int nd;
+    int8_t dyn[MAX_DIMS] = {0};
+    int nd = 0;
     char b1[128];
-    if (want_int_list(&a->v[1], a->loc, "shape", shape, MAX_DIMS, &nd)) return -1;
+    if (want_shape(&a->v[1], a->loc, "shape", shape, dyn, MAX_DIMS, &nd)) return -1;
     int infer = -1;
     int64_t known = 1;
     for (int i = 0; i < nd; i++) {
@@ -655,6 +715,23 @@ static int bi_reshape(Eval *E, Args *a, Value *out) {
         if (numel % known) return diag_error(a->loc, "reshape: cannot infer -1 for %s", shape_str(x, b1, sizeof b1));
         shape[infer] = numel / known;
         known = numel;
+        /* -1 takes the run-time extent of x that no other dim of the new shape has */
+        int count[64] = {0}, left = -1;
+        for (int d = 0; d < x->ndim; d++)
+            if (x->dyn[d]) count[x->dyn[d]]++;
+        for (int d = 0; d < nd; d++)
+            if (dyn[d]) count[dyn[d]]--;
+        for (int k = 1; k < 64; k++)
+            if (count[k] > 0) {
+                if (left >= 0 || count[k] > 1)
+                    return diag_error(a->loc, "reshape: -1 would merge run-time dims of %s", shape_str(x, b1, sizeof b1));
+                left = k;
+            }
+        if (left > 0) {
+            if (shape[infer] % E->g->extents[left - 1].max)
+                return diag_error(a->loc, "reshape: cannot infer -1 for %s", shape_str(x, b1, sizeof b1));
+            dyn[infer] = (int8_t)left;
+        }
     }
     if (known != numel)
         return diag_error(a->loc, "reshape: %s has %lld elements, the new shape %lld", shape_str(x, b1, sizeof b1),
@@ -663,6 +740,7 @@ static int bi_reshape(Eval *E, Args *a, Value *out) {
     n->ndim = nd;
     n->dtype = x->dtype;
     memcpy(n->shape, shape, (size_t)nd * sizeof *shape);
+    memcpy(n->dyn, dyn, (size_t)nd * sizeof *dyn);
     RESULT(finish(n));
 }
 
@@ -777,6 +855,10 @@ static int eval_string(Eval *E, Env *env, Ast *a, Value *out) {
                 free(buf);
                 return diag_error(a->loc, "unknown name '%s' in string interpolation", name);
             }
+            if (v->k == V_DIM) {
+                free(buf);
+                return dim_error(v, a->loc);
+            }
             value_fmt(v, piece, sizeof piece);
             p = e + 1;
         } else if (*p == '}') {
@@ -856,6 +938,36 @@ static int tensor_arith(Eval *E, int op, const Value *x, const Value *y, SrcLoc 
     return 0;
 }
 
+/* Arithmetic with a run-time size: times a positive integer, or divided
+ * exactly (by a divisor of its coefficient); anything else needs its value. */
+static int dim_arith(Ast *a, const Value *x, const Value *y, Value *out) {
+    const Value *d = x->k == V_DIM ? x : y, *o = x->k == V_DIM ? y : x;
+    SrcLoc dloc = x->k == V_DIM ? a->a->loc : a->b->loc, oloc = x->k == V_DIM ? a->b->loc : a->a->loc;
+    if (a->op == '*' && o->k == V_DIM) {
+        char b1[64], b2[64];
+        dim_fmt(x, b1, sizeof b1);
+        dim_fmt(y, b2, sizeof b2);
+        return diag_error(a->loc, "%s * %s: a product of two run-time sizes is not supported", b1, b2);
+    }
+    if (a->op == '*' && o->k == V_INT) {
+        if (o->i < 1) return diag_error(oloc, "a run-time size can only be multiplied by a positive integer, got %lld", (long long)o->i);
+        if (__builtin_mul_overflow(d->i, o->i, &out->i)) return diag_error(a->loc, "integer overflow");
+        *out = v_dim(d->ext, out->i);
+        return 0;
+    }
+    if (a->op == OP_FLOORDIV && d == x && o->k == V_INT) {
+        char b[64];
+        dim_fmt(d, b, sizeof b);
+        if (o->i < 1 || d->i % o->i)
+            return diag_error(oloc, "%s // %lld is not exact for every run-time value (divide by a divisor of %lld)", b,
+                              (long long)o->i, (long long)d->i);
+        *out = v_dim(d->ext, d->i / o->i);
+        return 0;
+    }
+    (void)oloc;
+    return dim_error(d, dloc);
+}
+
 static int eval_binary(Eval *E, Env *env, Ast *a, Value *out) {
     Value x = {0}, y = {0};
     if (a->op == OP_AND || a->op == OP_OR) {
@@ -870,6 +982,9 @@ static int eval_binary(Eval *E, Env *env, Ast *a, Value *out) {
         return 0;
     }
     if (eval_expr(E, env, a->a, &x) || eval_expr(E, env, a->b, &y)) return -1;
+    if (x.k == V_DIM || y.k == V_DIM) return dim_arith(a, &x, &y, out);
+    const Value *dx = find_dim(&x), *dy = find_dim(&y);
+    if (dx || dy) return dim_error(dx ? dx : dy, dx ? a->a->loc : a->b->loc);
     switch (a->op) {
     case OP_EQ: *out = v_bool(values_equal(&x, &y)); return 0;
     case OP_NE: *out = v_bool(!values_equal(&x, &y)); return 0;
@@ -1106,7 +1221,10 @@ static int eval_member(Eval *E, Env *env, Ast *a, Value *out) {
     }
     if (x.k == V_TENSOR && strcmp(a->name, "shape") == 0) {
         *out = v_list(E, x.t->ndim);
-        for (int i = 0; i < x.t->ndim; i++) out->list->v[i] = v_int(x.t->shape[i]);
+        for (int i = 0; i < x.t->ndim; i++) {
+            int k = x.t->dyn[i] - 1;
+            out->list->v[i] = k < 0 ? v_int(x.t->shape[i]) : v_dim(k, x.t->shape[i] / E->g->extents[k].max);
+        }
         return 0;
     }
     if (x.k == V_TENSOR && strcmp(a->name, "ndim") == 0) {
@@ -1197,6 +1315,7 @@ static int eval_expr(Eval *E, Env *env, Ast *a, Value *out) {
             *out = v_bool(!t);
             return 0;
         }
+        if (x.k == V_DIM) return dim_error(&x, a->a->loc);
         if (x.k == V_INT) *out = v_int(-x.i);
         else if (x.k == V_FLOAT) *out = v_float(-x.f);
         else if (x.k == V_TENSOR) return tensor_arith(E, '*', &x, &(Value){.k = V_INT, .i = -1}, a->loc, out);
@@ -1246,7 +1365,13 @@ static int exec_input(Eval *E, Env *env, Ast *s) {
     n->ndim = s->items.n;
     for (int i = 0; i < s->items.n; i++) {
         Value v = {0};
-        if (eval_expr(E, env, s->items.v[i], &v) || want_int(&v, s->items.v[i]->loc, "input dimension", &n->shape[i])) return -1;
+        if (eval_expr(E, env, s->items.v[i], &v)) return -1;
+        if (v.k == V_DIM) {
+            n->shape[i] = v.i * E->g->extents[v.ext].max;
+            n->dyn[i] = (int8_t)(v.ext + 1);
+        } else if (want_int(&v, s->items.v[i]->loc, "input dimension", &n->shape[i])) {
+            return -1;
+        }
         if (n->shape[i] < 1 || n->shape[i] > (1ll << 31))
             return diag_error(s->items.v[i]->loc, "input dimension must be in 1..2^31, got %lld", (long long)n->shape[i]);
     }
@@ -1257,6 +1382,42 @@ static int exec_input(Eval *E, Env *env, Ast *s) {
     Value *slot = env_find(env, s->name);
     if (slot && slot->k != V_FUNC && slot->k != V_BUILTIN) *slot = v_tensor(n);
     else env_bind(E, env, s->name, v_tensor(n));
+    return 0;
+}
+
+/* param T <= max [step s];  a run-time extent: T is a run-time size of
+ * 1 .. max (a multiple of s); -D T=N sets the maximum. */
+static int exec_extent(Eval *E, Env *env, Ast *s) {
+    int idx;
+    Value v = {0};
+    int64_t max = 0, step = 1;
+    for (int i = 0; i < env->n; i++)
+        if (strcmp(env->names[i], s->name) == 0) return diag_error(s->loc, "param '%s' is already defined", s->name);
+    const Define *d = find_define(E, s->name, &idx);
+    if (d) {
+        char *end;
+        long long m = strtoll(d->value, &end, 10);
+        if (!*d->value || *end || m < 1)
+            return diag_error(s->loc, "-D %s=%s: the maximum of a run-time extent must be a positive integer", d->name,
+                              d->value);
+        max = m;
+        E->define_used[idx] = 1;
+    } else {
+        if (eval_expr(E, env, s->a, &v) || want_int(&v, s->a->loc, "the maximum of a run-time extent", &max)) return -1;
+        if (max < 1)
+            return diag_error(s->a->loc, "param %s: the maximum of a run-time extent must be at least 1, got %lld", s->name,
+                              (long long)max);
+    }
+    if (s->b) {
+        if (eval_expr(E, env, s->b, &v) || want_int(&v, s->b->loc, "the step of a run-time extent", &step)) return -1;
+        if (step < 1) return diag_error(s->b->loc, "param %s: the step must be at least 1, got %lld", s->name, (long long)step);
+        if (max % step)
+            return diag_error(d ? s->loc : s->b->loc, "param %s: the step %lld does not divide the maximum %lld%s", s->name,
+                              (long long)step, (long long)max, d ? " (set by -D)" : "");
+    }
+    if (E->g->n_extents >= 32) return diag_error(s->loc, "more than 32 run-time extents");
+    int k = graph_add_extent(E->g, s->name, max, step, s->loc);
+    env_bind(E, env, s->name, v_dim(k, 1));
     return 0;
 }
 
@@ -1357,6 +1518,7 @@ static int exec_stmt(Eval *E, Env *env, Ast *s) {
         env_bind(E, env, s->name, v);
         return 0;
     }
+    case S_EXTENT: return exec_extent(E, env, s);
     case S_PREFIX: {
         const char *p = NULL;
         if (eval_expr(E, env, s->a, &v) || want_str(&v, s->a->loc, "prefix", &p)) return -1;
@@ -1427,6 +1589,7 @@ Graph *graph_build(Program *prog, const BuildOptions *opt) {
         E.define_used[i] = 1;
     }
     E.g = graph_new(graph->name);
+    fmt_graph = E.g;
     E.globals = env_new(&E, NULL);
     for (int i = 0; i < N_BUILTINS; i++) env_bind(&E, E.globals, builtins[i].name, (Value){.k = V_BUILTIN, .builtin = i});
     for (int i = 0; i < prog->decls.n; i++) {

@@ -60,6 +60,8 @@ void graph_free(Graph *g) {
     }
     free(g->plan);
     for (int i = 0; i < g->n_outputs; i++) free(g->outputs[i].name);
+    for (int i = 0; i < g->n_extents; i++) free(g->extents[i].name);
+    free(g->extents);
     free(g->nodes);
     free(g->inputs);
     free(g->weights);
@@ -82,8 +84,27 @@ Node *graph_add(Graph *g, OpKind op, SrcLoc loc) {
     n->loc = loc;
     n->dtype = DT_F32;
     n->storage = n;
+    n->graph = g;
     g->nodes[g->n_nodes++] = n;
     return n;
+}
+
+int graph_add_extent(Graph *g, const char *name, int64_t max, int64_t step, SrcLoc loc) {
+    g->extents = ldm_xrealloc(g->extents, (size_t)(g->n_extents + 1) * sizeof *g->extents);
+    g->extents[g->n_extents] = (Extent){ldm_xstrdup(name), max, step, loc};
+    return g->n_extents++;
+}
+
+int64_t node_dim_at(const Node *n, int d, const int64_t *val) {
+    int k = n->dyn[d] - 1;
+    if (k < 0 || !val) return n->shape[d];
+    return n->shape[d] / n->graph->extents[k].max * val[k];
+}
+
+int node_is_dyn(const Node *n) {
+    for (int d = 0; d < n->ndim; d++)
+        if (n->dyn[d]) return 1;
+    return 0;
 }
 
 int64_t node_numel(const Node *n) {
@@ -96,8 +117,17 @@ int64_t node_bytes(const Node *n) { return node_numel(n) * 4; }
 
 const char *shape_str(const Node *n, char *buf, size_t size) {
     size_t k = (size_t)snprintf(buf, size, "[");
-    for (int i = 0; i < n->ndim && k < size; i++)
-        k += (size_t)snprintf(buf + k, size - k, "%s%lld", i ? "," : "", (long long)n->shape[i]);
+    for (int i = 0; i < n->ndim && k < size; i++) {
+        const char *sep = i ? "," : "";
+        if (!n->dyn[i]) {
+            k += (size_t)snprintf(buf + k, size - k, "%s%lld", sep, (long long)n->shape[i]);
+            continue;
+        }
+        const Extent *e = n->graph ? &n->graph->extents[n->dyn[i] - 1] : NULL;
+        int64_t coef = e ? n->shape[i] / e->max : 1;
+        if (coef == 1) k += (size_t)snprintf(buf + k, size - k, "%s%s<=%lld", sep, e ? e->name : "?", (long long)n->shape[i]);
+        else k += (size_t)snprintf(buf + k, size - k, "%s%lld*%s<=%lld", sep, (long long)coef, e->name, (long long)n->shape[i]);
+    }
     if (k < size) snprintf(buf + k, size - k, "]");
     return buf;
 }
@@ -107,6 +137,38 @@ const char *shape_str(const Node *n, char *buf, size_t size) {
 static void set_shape(Node *n, int ndim, const int64_t *shape) {
     n->ndim = ndim;
     memcpy(n->shape, shape, (size_t)ndim * sizeof *shape);
+    memset(n->dyn, 0, sizeof n->dyn);
+}
+
+/* n gets the shape of x, run-time dims included. */
+static void copy_shape(Node *n, const Node *x) {
+    set_shape(n, x->ndim, x->shape);
+    memcpy(n->dyn, x->dyn, sizeof n->dyn);
+}
+
+/* Dim i of a and dim j of b are the same size for every run-time value. */
+static int same_dim(const Node *a, int i, const Node *b, int j) {
+    return a->shape[i] == b->shape[j] && a->dyn[i] == b->dyn[j];
+}
+
+/* Refuse a run-time dim d of x where the op needs its value at compile
+ * time ("linear: the features of [B<=2,T<=154,768] ... are a run-time
+ * extent: a contracted dimension must be static"). */
+static int static_dim(Node *n, const Node *x, int d, const char *what, const char *why) {
+    char b[128];
+    if (!x->dyn[d]) return 0;
+    return diag_error(n->loc, "%s: dim %d of %s (%s) is run-time, but %s", op_names[n->op], d, shape_str(x, b, sizeof b),
+                      what, why);
+}
+
+/* The run-time dims of x and y are of the same extents, each as often. */
+static int same_extents(const Node *x, const Node *y) {
+    int count[128] = {0};
+    for (int d = 0; d < x->ndim; d++) count[x->dyn[d]]++;
+    for (int d = 0; d < y->ndim; d++) count[y->dyn[d]]--;
+    for (int k = 1; k < 128; k++)
+        if (count[k]) return 0;
+    return 1;
 }
 
 static int want_rank(Node *n, const Node *x, int rank, const char *what) {
@@ -136,17 +198,24 @@ static int infer_broadcast(Node *n) {
     char ba[128], bb[128];
     int nd = a->ndim > b->ndim ? a->ndim : b->ndim;
     int64_t shape[MAX_DIMS];
+    int8_t dyn[MAX_DIMS] = {0};
     for (int i = 0; i < nd; i++) {
         int ia = a->ndim - nd + i, ib = b->ndim - nd + i;
         int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
+        int ka = ia >= 0 ? a->dyn[ia] : 0, kb = ib >= 0 ? b->dyn[ib] : 0;
+        if ((ka || kb) && (ka != kb || da != db) && !(ka && !kb && db == 1) && !(kb && !ka && da == 1))
+            return diag_error(n->loc, "%s: shapes %s and %s do not broadcast for every run-time value (dim %d)",
+                              op_names[n->op], shape_str(a, ba, sizeof ba), shape_str(b, bb, sizeof bb), i);
         if (da != db && da != 1 && db != 1)
             return diag_error(n->loc, "%s: shapes %s and %s do not broadcast", op_names[n->op],
                               shape_str(a, ba, sizeof ba), shape_str(b, bb, sizeof bb));
-        shape[i] = da == 1 ? db : da;
+        shape[i] = ka ? da : kb ? db : da == 1 ? db : da;
+        dyn[i] = (int8_t)(ka ? ka : kb);
     }
     if (a->dtype != DT_F32 || b->dtype != DT_F32)
         return diag_error(n->loc, "%s: operands must be f32", op_names[n->op]);
     set_shape(n, nd, shape);
+    memcpy(n->dyn, dyn, sizeof n->dyn);
     return 0;
 }
 
@@ -155,6 +224,10 @@ static int infer_conv2d(Node *n) {
     char bx[128], bw[128];
     if (want_rank(n, x, 4, "input") || want_rank(n, w, 4, "weight")) return -1;
     if (want_f32(n, x, "input") || want_f32(n, w, "weight")) return -1;
+    if (static_dim(n, x, 1, "the channels", "a contracted dimension must be static") ||
+        static_dim(n, x, 2, "the height", "only the batch of a convolution may be run-time") ||
+        static_dim(n, x, 3, "the width", "only the batch of a convolution may be run-time"))
+        return -1;
     if (x->shape[1] != w->shape[1])
         return diag_error(n->loc, "conv2d: input %s has %lld channels but weight %s expects %lld",
                           shape_str(x, bx, sizeof bx), (long long)x->shape[1],
@@ -170,6 +243,7 @@ static int infer_conv2d(Node *n) {
     int64_t s[4] = {x->shape[0], w->shape[0], (hp - w->shape[2]) / n->stride[0] + 1,
                     (wp - w->shape[3]) / n->stride[1] + 1};
     set_shape(n, 4, s);
+    n->dyn[0] = x->dyn[0];
     return 0;
 }
 
@@ -179,12 +253,13 @@ static int infer_linear(Node *n) {
     if (x->ndim < 1) return diag_error(n->loc, "linear: input must have rank >= 1");
     if (want_rank(n, w, 2, "weight")) return -1;
     if (want_f32(n, x, "input") || want_f32(n, w, "weight")) return -1;
+    if (static_dim(n, x, x->ndim - 1, "the features", "a contracted dimension must be static")) return -1;
     if (x->shape[x->ndim - 1] != w->shape[1])
         return diag_error(n->loc, "linear: input %s has %lld features but weight %s expects %lld",
                           shape_str(x, bx, sizeof bx), (long long)x->shape[x->ndim - 1],
                           shape_str(w, bw, sizeof bw), (long long)w->shape[1]);
     if (n->nsrc > 2 && want_vec(n, n->src[2], w->shape[0], "bias")) return -1;
-    set_shape(n, x->ndim, x->shape);
+    copy_shape(n, x);
     n->shape[x->ndim - 1] = w->shape[0];
     return 0;
 }
@@ -198,17 +273,21 @@ static int infer_matmul(Node *n) {
     int r = a->ndim;
     if (want_f32(n, a, "a") || want_f32(n, b, "b")) return -1;
     for (int i = 0; i < r - 2; i++)
-        if (a->shape[i] != b->shape[i])
+        if (!same_dim(a, i, b, i))
             return diag_error(n->loc, "matmul: batch dimensions differ: %s and %s",
                               shape_str(a, ba, sizeof ba), shape_str(b, bb, sizeof bb));
+    if (static_dim(n, a, r - 1, "the inner dimension", "a contracted dimension must be static") ||
+        static_dim(n, b, n->trans_b ? r - 1 : r - 2, "the inner dimension", "a contracted dimension must be static"))
+        return -1;
     int64_t k = a->shape[r - 1];
     int64_t kb = n->trans_b ? b->shape[r - 1] : b->shape[r - 2];
     if (k != kb)
         return diag_error(n->loc, "matmul: inner dimensions differ: %s and %s%s",
                           shape_str(a, ba, sizeof ba), shape_str(b, bb, sizeof bb),
                           n->trans_b ? " (b transposed)" : "");
-    set_shape(n, r, a->shape);
+    copy_shape(n, a);
     n->shape[r - 1] = n->trans_b ? b->shape[r - 2] : b->shape[r - 1];
+    n->dyn[r - 1] = n->trans_b ? b->dyn[r - 2] : b->dyn[r - 1];
     return 0;
 }
 
@@ -220,16 +299,18 @@ static int infer_norm(Node *n) {
     if (n->op == OPK_GROUP_NORM) {
         if (x->ndim < 2) return diag_error(n->loc, "group_norm: input must have rank >= 2");
         c = x->shape[1];
+        if (static_dim(n, x, 1, "the channels", "they are normalised in groups of a fixed size")) return -1;
         if (n->groups < 1 || c % n->groups != 0)
             return diag_error(n->loc, "group_norm: %lld channels of %s are not divisible into %d groups",
                               (long long)c, shape_str(x, bx, sizeof bx), n->groups);
     } else {
         if (x->ndim < 1) return diag_error(n->loc, "layer_norm: input must have rank >= 1");
         c = x->shape[x->ndim - 1];
+        if (static_dim(n, x, x->ndim - 1, "the normalised dimension", "its size must be static")) return -1;
     }
     if (!(n->eps > 0)) return diag_error(n->loc, "%s: eps must be > 0", op_names[n->op]);
     if (want_vec(n, n->src[1], c, "weight") || want_vec(n, n->src[2], c, "bias")) return -1;
-    set_shape(n, x->ndim, x->shape);
+    copy_shape(n, x);
     return 0;
 }
 
@@ -237,18 +318,23 @@ static int infer_attention(Node *n) {
     const Node *q = n->src[0], *k = n->src[1], *v = n->src[2];
     char bq[128], bk[128], bv[128];
     if (want_rank(n, q, 3, "q") || want_rank(n, k, 3, "k") || want_rank(n, v, 3, "v")) return -1;
-    if (q->shape[0] != k->shape[0] || k->shape[0] != v->shape[0] || k->shape[1] != v->shape[1] ||
-        q->shape[2] != k->shape[2])
+    if (static_dim(n, q, 2, "the channels of q", "a contracted dimension must be static") ||
+        static_dim(n, k, 2, "the channels of k", "a contracted dimension must be static") ||
+        static_dim(n, v, 2, "the channels of v", "they must be static"))
+        return -1;
+    if (!same_dim(q, 0, k, 0) || !same_dim(k, 0, v, 0) || !same_dim(k, 1, v, 1) || q->shape[2] != k->shape[2])
         return diag_error(n->loc, "attention: q %s, k %s, v %s do not fit ([B,Tq,C], [B,Tk,C], [B,Tk,Cv])",
                           shape_str(q, bq, sizeof bq), shape_str(k, bk, sizeof bk),
                           shape_str(v, bv, sizeof bv));
     if (n->heads < 1 || q->shape[2] % n->heads || v->shape[2] % n->heads)
         return diag_error(n->loc, "attention: %lld channels are not divisible into %d heads",
                           (long long)q->shape[2], n->heads);
-    if (n->causal && q->shape[1] != k->shape[1])
+    if (n->causal && !same_dim(q, 1, k, 1))
         return diag_error(n->loc, "attention: a causal mask needs as many queries as keys");
     int64_t s[3] = {q->shape[0], q->shape[1], v->shape[2]};
     set_shape(n, 3, s);
+    n->dyn[0] = q->dyn[0];
+    n->dyn[1] = q->dyn[1];
     return 0;
 }
 
@@ -262,15 +348,16 @@ static int infer_concat(Node *n) {
         const Node *b = n->src[i];
         if (b->dtype != a->dtype) return diag_error(n->loc, "concat: operands have different element types");
         if (b->ndim != a->ndim) goto mismatch;
+        if (static_dim(n, b, ax, "the concatenated dimension", "parts are placed at compile-time offsets")) return -1;
         for (int d = 0; d < a->ndim; d++)
-            if (d != ax && a->shape[d] != b->shape[d]) goto mismatch;
+            if (d != ax && !same_dim(a, d, b, d)) goto mismatch;
         total += b->shape[ax];
         continue;
     mismatch:
         return diag_error(n->loc, "concat: %s and %s differ outside axis %d", shape_str(a, ba, sizeof ba),
                           shape_str(b, bb, sizeof bb), ax);
     }
-    set_shape(n, a->ndim, a->shape);
+    copy_shape(n, a);
     n->shape[ax] = total;
     n->dtype = a->dtype;
     return 0;
@@ -285,6 +372,7 @@ static int infer_permute(Node *n) {
             return diag_error(n->loc, "permute: not a permutation of %d dimensions", x->ndim);
         seen[p] = 1;
         n->shape[i] = x->shape[p];
+        n->dyn[i] = x->dyn[p];
     }
     n->ndim = x->ndim;
     n->dtype = x->dtype;
@@ -294,10 +382,11 @@ static int infer_permute(Node *n) {
 static int infer_slice(Node *n) {
     const Node *x = n->src[0];
     if (n->axis < 0 || n->axis >= x->ndim) return diag_error(n->loc, "slice: axis %d out of range", n->axis);
+    if (static_dim(n, x, n->axis, "the sliced dimension", "a slice's range is fixed at compile time")) return -1;
     if (n->start < 0 || n->end > x->shape[n->axis] || n->start >= n->end)
         return diag_error(n->loc, "slice: range [%lld, %lld) is outside [0, %lld)", (long long)n->start,
                           (long long)n->end, (long long)x->shape[n->axis]);
-    set_shape(n, x->ndim, x->shape);
+    copy_shape(n, x);
     n->shape[n->axis] = n->end - n->start;
     n->dtype = x->dtype;
     return 0;
@@ -320,8 +409,12 @@ static int infer_op(Node *n) {
     char b1[128], b2[128];
     switch (n->op) {
     case OPK_INPUT:
-    case OPK_WEIGHT:
-    case OPK_RESHAPE: /* shape given by the builder */
+    case OPK_WEIGHT: /* shape given by the builder */
+        return 0;
+    case OPK_RESHAPE: /* shape given by the builder; a view for every run-time value if the extents match */
+        if (!same_extents(x, n) || (n->ndim && node_numel(n) != node_numel(x)))
+            return diag_error(n->loc, "reshape: %s to %s would merge, split or drop run-time dims", shape_str(x, b1, sizeof b1),
+                              shape_str(n, b2, sizeof b2));
         return 0;
     case OPK_CONV2D: return infer_conv2d(n);
     case OPK_LINEAR: return infer_linear(n);
@@ -335,20 +428,24 @@ static int infer_op(Node *n) {
     case OPK_SOFTMAX:
     case OPK_SCALE:
         if (want_f32(n, x, "input")) return -1;
-        set_shape(n, x->ndim, x->shape);
+        copy_shape(n, x);
         return 0;
     case OPK_GEGLU:
         if (want_f32(n, x, "input")) return -1;
         if (x->ndim < 1 || x->shape[x->ndim - 1] % 2)
             return diag_error(n->loc, "geglu: last dimension of %s must be even", shape_str(x, b1, sizeof b1));
-        set_shape(n, x->ndim, x->shape);
+        if (static_dim(n, x, x->ndim - 1, "the last dimension", "it is split in halves at a fixed place")) return -1;
+        copy_shape(n, x);
         n->shape[x->ndim - 1] /= 2;
         return 0;
     case OPK_ATTENTION: return infer_attention(n);
     case OPK_UPSAMPLE:
         if (want_rank(n, x, 4, "input") || want_f32(n, x, "input")) return -1;
         if (n->factor < 1) return diag_error(n->loc, "upsample_nearest: factor must be >= 1");
-        set_shape(n, 4, x->shape);
+        if (static_dim(n, x, 2, "the height", "only batch and channels may be run-time") ||
+            static_dim(n, x, 3, "the width", "only batch and channels may be run-time"))
+            return -1;
+        copy_shape(n, x);
         n->shape[2] *= n->factor;
         n->shape[3] *= n->factor;
         return 0;
@@ -356,7 +453,10 @@ static int infer_op(Node *n) {
         if (want_rank(n, x, 4, "input") || want_f32(n, x, "input")) return -1;
         if (n->factor < 1 || x->shape[2] < n->factor || x->shape[3] < n->factor)
             return diag_error(n->loc, "avg_pool2d: window %d does not fit %s", n->factor, shape_str(x, b1, sizeof b1));
-        set_shape(n, 4, x->shape);
+        if (static_dim(n, x, 2, "the height", "only batch and channels may be run-time") ||
+            static_dim(n, x, 3, "the width", "only batch and channels may be run-time"))
+            return -1;
+        copy_shape(n, x);
         n->shape[2] /= n->factor; /* floor, as torch's avg_pool2d */
         n->shape[3] /= n->factor;
         return 0;
@@ -369,6 +469,7 @@ static int infer_op(Node *n) {
         if (n->shape[1] < 2) return diag_error(n->loc, "timestep_embedding: dim must be >= 2");
         n->ndim = 2;
         n->shape[0] = x->shape[0];
+        n->dyn[0] = x->dyn[0];
         return 0;
     }
     case OPK_EMBEDDING: {
@@ -376,7 +477,7 @@ static int infer_op(Node *n) {
         if (want_rank(n, table, 2, "table")) return -1;
         if (ids->dtype != DT_I32) return diag_error(n->loc, "embedding: ids must be i32");
         if (ids->ndim + 1 > MAX_DIMS) return diag_error(n->loc, "embedding: ids rank too large");
-        set_shape(n, ids->ndim, ids->shape);
+        copy_shape(n, ids);
         n->shape[n->ndim++] = table->shape[1];
         return 0;
     }
@@ -390,8 +491,11 @@ static int infer_op(Node *n) {
             return diag_error(n->loc, "vq_index: z %s has %lld channels, codebook %s rows have %lld",
                               shape_str(z, b1, sizeof b1), (long long)z->shape[1],
                               shape_str(cb, b2, sizeof b2), (long long)cb->shape[1]);
+        for (int d = 1; d < 4; d++)
+            if (static_dim(n, z, d, "a dim other than the batch", "only the batch may be run-time")) return -1;
         int64_t s[3] = {z->shape[0], z->shape[2], z->shape[3]};
         set_shape(n, 3, s);
+        n->dyn[0] = z->dyn[0];
         n->dtype = DT_I32;
         return 0;
     }
@@ -399,8 +503,11 @@ static int infer_op(Node *n) {
         const Node *cb = n->src[0], *idx = n->src[1];
         if (want_rank(n, cb, 2, "codebook") || want_rank(n, idx, 3, "indices")) return -1;
         if (idx->dtype != DT_I32) return diag_error(n->loc, "vq_lookup: indices must be i32");
+        for (int d = 1; d < 3; d++)
+            if (static_dim(n, idx, d, "a dim other than the batch", "only the batch may be run-time")) return -1;
         int64_t s[4] = {idx->shape[0], cb->shape[1], idx->shape[1], idx->shape[2]};
         set_shape(n, 4, s);
+        n->dyn[0] = idx->dyn[0];
         return 0;
     }
     case OPK_COUNT: break;

@@ -22,6 +22,7 @@
 #include <stdio.h>
 
 #include "config.h"
+#include "kernel_sizes.h"
 #include "util.h"
 
 #define LDMC_VERSION "0.1.0"
@@ -98,6 +99,7 @@ typedef enum AstKind {
     S_INPUT,      /* input name: dtype(str) [items]; */
     S_OUTPUT,     /* output name = a; */
     S_PARAM,      /* param name = a; (overridable with -D) */
+    S_EXTENT,     /* param name <= a [step b]; a run-time extent of at most a (-D overrides a) */
     S_PREFIX,     /* prefix a; (checkpoint key prefix of the graph) */
     S_BLOCK,      /* { items } */
     /* top level */
@@ -207,6 +209,17 @@ enum {
     ACT_GEGLU = 2,    /* LINEAR+geglu: the result has half the features */
 };
 
+/* A run-time extent: a param whose value is given when the generated code
+ * runs (`param T <= 154 step 77;`), 1 <= value <= max, a multiple of step.
+ * Shapes hold the maximum; Node.dyn says which dims scale with which extent. */
+typedef struct Extent {
+    char *name;                  /* the param's name ("B", "T") */
+    int64_t max;                 /* largest value (what every buffer is planned for) */
+    int64_t step;                /* the value is a multiple of this (1: any) */
+    SrcLoc loc;                  /* the `param` statement */
+} Extent;
+
+typedef struct Graph Graph;
 typedef struct Node Node;
 struct Node {
     int id;                      /* assigned once when the node is built (creation order), never reused or
@@ -214,7 +227,10 @@ struct Node {
     OpKind op;                   /* what it computes */
     DType dtype;                 /* element type of the result */
     int ndim;                    /* rank of the result */
-    int64_t shape[MAX_DIMS];     /* result shape */
+    int64_t shape[MAX_DIMS];     /* result shape (of a run-time dim: its maximum) */
+    int8_t dyn[MAX_DIMS];        /* 0: dim d is static; k + 1: it is run-time, extent k of the graph, and
+                                    its value is shape[d] / extents[k].max * (value of extent k) */
+    Graph *graph;                /* the graph it belongs to (its extents table) */
     Node *src[MAX_SRC];          /* operands */
     int nsrc;                    /* number of operands */
     char *name;                  /* INPUT: input name; WEIGHT: full checkpoint key */
@@ -282,7 +298,7 @@ typedef struct Output {
     SrcLoc loc;                  /* `output` statement */
 } Output;
 
-typedef struct Graph {
+struct Graph {
     char *name;                  /* graph name from `graph NAME {` */
     char *prefix;                /* checkpoint key prefix from `prefix "..."` */
     Node **nodes;                /* all nodes, in schedule order */
@@ -301,7 +317,9 @@ typedef struct Graph {
     const char *plan_strategy;   /* the placement strategy that won */
     int64_t plan_sizes[3];       /* arena of first-fit, best-fit, size-ordered */
     double nominal_flops;        /* FLOPs of the graph as written, before fusion */
-} Graph;
+    Extent *extents;             /* run-time extents, in declaration order (index k: Node.dyn k + 1) */
+    int n_extents;
+};
 
 Graph *graph_new(const char *name);
 void graph_free(Graph *g);
@@ -316,7 +334,8 @@ int64_t node_bytes(const Node *n);
  * ops fused into it; node_op_flops counts its own op only. */
 double node_flops(const Node *n);
 double node_op_flops(const Node *n);
-/* "[2,320,64,64]" into buf. */
+/* "[2,320,64,64]" into buf; a run-time dim as NAME<=MAX, or C*NAME<=MAX
+ * for C times extent NAME ("[B<=2,4,64,64]", "[B<=2,T<=154,768]"). */
 const char *shape_str(const Node *n, char *buf, size_t size);
 /* "conv2d+rowadd+residual": the op chain a (fused) node computes. */
 const char *node_kernel_name(const Node *n, char *buf, size_t size);
@@ -331,6 +350,13 @@ void graph_sweep(Graph *g);
 /* Schedule position of every node, indexed by id (next_id entries, -1 for
  * ids no longer in the graph); free() it. */
 int *graph_positions(const Graph *g);
+
+/* Add extent `name` (max >= 1, step dividing max); its index. */
+int graph_add_extent(Graph *g, const char *name, int64_t max, int64_t step, SrcLoc loc);
+/* Dim d of n when the extents have the values val[] (NULL: their maxima). */
+int64_t node_dim_at(const Node *n, int d, const int64_t *val);
+/* 1 if any dim of n is run-time. */
+int node_is_dyn(const Node *n);
 
 /* Totals for reports. */
 int64_t graph_param_count(const Graph *g);
@@ -407,6 +433,13 @@ void pass_fuse(Graph *g);
 /* select.c: choose the kernel of every heavy node (convolution algorithm)
  * and the storage type and layout of every weight. */
 void pass_select_kernels(Graph *g);
+/* Bytes of workspace the kernel chosen for n needs, the largest over every
+ * run-time value of its extents (planned in the arena like any tensor). */
+int64_t kernel_scratch_bytes(const Node *n);
+/* The runtime's shape structs of a conv2d / attention node when the extents
+ * have the values val (NULL: their maxima). */
+LdmConvShape node_conv_shape(const Node *n, const int64_t *val);
+LdmAttnShape node_attn_shape(const Node *n, const int64_t *val);
 /* views.c: resolve views (RESHAPE) to the node owning their storage, and
  * let the convolution producing the last-computed part of a channel
  * concatenation write straight into the concatenated buffer. */
@@ -449,9 +482,7 @@ typedef struct CodegenInfo {
     const char *source_hash;     /* hash of the graph sources, for the banner */
 } CodegenInfo;
 
-/* Bytes of temporary workspace the kernel chosen for n needs (planned in
- * the arena like any tensor). */
-int64_t kernel_scratch_bytes(const Node *n);
+
 
 /* Write the C translation of g. `sym` prefixes every exported symbol. */
 int codegen(const Graph *g, const CodegenInfo *info, FILE *fp);

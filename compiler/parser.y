@@ -9,7 +9,9 @@
  *              | 'if' expr block ['else' (block | if)] | 'for' IDENT 'in' expr block
  *              | 'scope' expr block | 'return' expr ';' | 'assert' expr [',' expr] ';'
  *              | 'input' IDENT ':' IDENT '[' exprs ']' ';' | 'output' IDENT '=' expr ';'
- *              | 'param' IDENT '=' expr ';' | 'prefix' expr ';' | block
+ *              | 'param' IDENT '=' expr ';' | 'param' IDENT '<=' expr ['step' expr] ';'
+ *              | 'prefix' expr ';' | block
+ *   ('step' is a word only there: a range(..., step=2) argument keeps its name)
  *   expr      := the usual operators, a ? b : c, calls f(x, k=v), a[i], a[i:j], a.b
  */
 %define api.pure full
@@ -152,6 +154,24 @@ stmt
                                 { $$ = named(S_INPUT, LOC(@2), $2, NULL); $$->str = $4; take_items($$, $6); }
     | OUTPUT IDENT '=' expr ';' { $$ = named(S_OUTPUT, LOC(@2), $2, $4); }
     | PARAM IDENT '=' expr ';'  { $$ = named(S_PARAM, LOC(@2), $2, $4); }
+    | PARAM IDENT LE expr ';'   { $$ = named(S_EXTENT, LOC(@2), $2, $4); }
+    | PARAM IDENT LE expr IDENT expr ';'
+                                {
+                                  if (strcmp($5, "step") != 0) {
+                                      diag_error(LOC(@5), "expected 'step' or ';' after the maximum of param %s, got '%s'",
+                                                 $2, $5);
+                                      extra->failed = 1;
+                                      /* YYERROR pops the rule's symbols without their destructors */
+                                      free($2);
+                                      ast_free($4);
+                                      free($5);
+                                      ast_free($6);
+                                      YYERROR;
+                                  }
+                                  free($5);
+                                  $$ = named(S_EXTENT, LOC(@2), $2, $4);
+                                  $$->b = $6;
+                                }
     | PREFIX expr ';'           { $$ = node(S_PREFIX, LOC(@1)); $$->a = $2; }
     | block                     { $$ = $1; }
     ;

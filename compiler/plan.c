@@ -60,7 +60,6 @@ static int collect_buffers(Graph *g, PlanBuf **out) {
     for (int i = 0; i < g->n_nodes; i++) {
         Node *n = g->nodes[i];
         if (owns_buffer(n)) b[nb++] = (PlanBuf){n, 0, 0, align_up(node_bytes(n)), first[n->id], last[n->id]};
-        n->scratch_bytes = kernel_scratch_bytes(n);
         if (n->scratch_bytes > 0) b[nb++] = (PlanBuf){n, 1, 0, align_up(n->scratch_bytes), i, i};
     }
     free(first);

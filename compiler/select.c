@@ -4,8 +4,13 @@
  * 1x1, Winograd F(4x4,3x3) where a sample has enough 4x4 tiles, else
  * im2col + GEMM), and for every weight the storage the runtime binds it in
  * (half precision kept unless some kernel reads plain float32; GEMM panels
- * when every use is a GEMM operand that reads them).
+ * when every use is a GEMM operand that reads them), and the scratch
+ * workspace each chosen kernel needs (Node.scratch_bytes, which the memory
+ * plan places). The sizes are runtime/kernel_sizes.h's formulas, the same
+ * functions the kernels cut their scratch with.
  */
+#include <stdlib.h>
+
 #include "kernel_sizes.h"
 #include "ldmc.h"
 
@@ -29,6 +34,92 @@ static int use_winograd(const Node *n) {
         if (n->pad[i] != 1) return 0;
     int64_t tiles = ((n->shape[2] + 3) / 4) * ((n->shape[3] + 3) / 4);
     return LDMC_WINOGRAD && tiles >= 4 && x->shape[1] >= 16 && w->shape[0] >= 16;
+}
+
+/* ---- the shapes and scratch of the chosen kernels --------------------------- */
+
+/* Dim d of n when the extents have the values val (NULL: the maxima), as an int. */
+static int dim_at(const Node *n, int d, const int64_t *val) { return (int)node_dim_at(n, d, val); }
+
+LdmConvShape node_conv_shape(const Node *n, const int64_t *val) {
+    const Node *x = n->src[0], *w = n->src[1];
+    LdmConvShape s = {.N = dim_at(x, 0, val), .C = (int)x->shape[1], .H = (int)x->shape[2], .W = (int)x->shape[3],
+                      .O = (int)w->shape[0], .KH = (int)w->shape[2], .KW = (int)w->shape[3],
+                      .stride_h = n->stride[0], .stride_w = n->stride[1], .pad_t = n->pad[0], .pad_b = n->pad[1],
+                      .pad_l = n->pad[2], .pad_r = n->pad[3], .HO = (int)n->shape[2], .WO = (int)n->shape[3],
+                      .y_gap = (long)n->out_gap};
+    return s;
+}
+
+LdmAttnShape node_attn_shape(const Node *n, const int64_t *val) {
+    const Node *q = n->src[0], *k = n->src[1], *v = n->src[2];
+    int B = dim_at(q, 0, val), Tq = dim_at(q, 1, val), Tk = dim_at(k, 1, val), C = (int)q->shape[2], Cv = (int)v->shape[2];
+    LdmAttnShape s = {.B = B, .Tq = Tq, .Tk = Tk, .H = n->heads, .d = C / n->heads, .dv = Cv / n->heads, .ldq = C,
+                      .ldk = C, .ldv = Cv, .ldy = Cv, .bsq = (long)Tq * C, .bsk = (long)Tk * C, .bsv = (long)Tk * Cv,
+                      .bsy = (long)Tq * Cv, .scale = (float)n->alpha, .causal = n->causal};
+    return s;
+}
+
+/* The scratch sizes (and linear+geglu's row blocks, ldm_geglu_rows and
+ * ldm_geglu_ld) are runtime/kernel_sizes.h's: the kernels cut their
+ * scratch with the same functions. With run-time rows the geglu block is
+ * chosen for the maximum: min(r, M) splits every smaller M as a graph
+ * compiled for it would (one block while M <= r, blocks of r beyond). */
+
+/* Scratch of n's kernel when the extents have the values val (NULL: maxima). */
+static int64_t scratch_at(const Node *n, const int64_t *val) {
+    switch (n->op) {
+    case OPK_CONV2D: {
+        LdmConvShape s = node_conv_shape(n, val);
+        return (int64_t)ldm_conv_scratch_bytes(&s, n->algo);
+    }
+    case OPK_LINEAR: {
+        /* linear+geglu: a block of rows of the product before gating;
+         * layer_norm+linear: the mean and 1/std of every input row */
+        int64_t O = n->src[1]->shape[0], M = node_numel(n->src[0]) / n->src[1]->shape[1];
+        return ldm_linear_scratch_bytes(M, O, n->act == ACT_GEGLU, n->pro_lnorm);
+    }
+    case OPK_ATTENTION: {
+        LdmAttnShape a = node_attn_shape(n, val);
+        return (int64_t)ldm_attention_scratch_bytes(&a);
+    }
+    default: return 0;
+    }
+}
+
+/* The scratch is planned once, for every run-time value: the largest over
+ * all values of the extents n's shapes involve (a kernel's scratch need
+ * not grow with its sizes: Winograd's blocking and im2col's batching
+ * change with the batch). */
+int64_t kernel_scratch_bytes(const Node *n) {
+    int ks[MAX_DIMS * (MAX_SRC + 1)], nk = 0;
+    for (int s = -1; s < n->nsrc; s++) {
+        const Node *x = s < 0 ? n : n->src[s];
+        for (int d = 0; d < x->ndim; d++) {
+            int k = x->dyn[d] - 1, seen = 0;
+            for (int i = 0; i < nk; i++) seen |= ks[i] == k;
+            if (k >= 0 && !seen) ks[nk++] = k;
+        }
+    }
+    int64_t best = scratch_at(n, NULL);
+    if (!nk) return best;
+    const Graph *g = n->graph;
+    int64_t *val = ldm_xcalloc((size_t)g->n_extents + 1, sizeof *val), combos = 1;
+    for (int k = 0; k < g->n_extents; k++) val[k] = g->extents[k].max;
+    for (int i = 0; i < nk; i++) combos *= g->extents[ks[i]].max / g->extents[ks[i]].step;
+    if (combos <= (1 << 16)) {
+        for (int i = 0; i < nk; i++) val[ks[i]] = g->extents[ks[i]].step;
+        for (;;) {
+            int64_t b = scratch_at(n, val);
+            best = b > best ? b : best;
+            int i = 0; /* next combination (odometer) */
+            while (i < nk && (val[ks[i]] += g->extents[ks[i]].step) > g->extents[ks[i]].max)
+                val[ks[i]] = g->extents[ks[i]].step, i++;
+            if (i == nk) break;
+        }
+    }
+    free(val);
+    return best;
 }
 
 void pass_select_kernels(Graph *g) {
@@ -68,6 +159,9 @@ void pass_select_kernels(Graph *g) {
             w->wlayout = w->wlayout == -1 || w->wlayout == want ? want : LDM_WL_ROWS;
         }
     }
-    for (int i = 0; i < g->n_nodes; i++)
-        if (g->nodes[i]->op == OPK_WEIGHT && g->nodes[i]->wlayout == -1) g->nodes[i]->wlayout = LDM_WL_ROWS;
+    for (int i = 0; i < g->n_nodes; i++) {
+        Node *n = g->nodes[i];
+        if (n->op == OPK_WEIGHT && n->wlayout == -1) n->wlayout = LDM_WL_ROWS;
+        n->scratch_bytes = kernel_scratch_bytes(n); /* the workspace the chosen kernel needs */
+    }
 }

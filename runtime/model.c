@@ -33,6 +33,62 @@ const char *ldm_shape_str(int ndim, const int64_t *shape, char *buf, size_t size
     return buf;
 }
 
+/* ---- run-time extents -------------------------------------------------------- */
+
+int ldm_check_extents(const LdmModel *m, const int64_t *ext) {
+    for (int k = 0; ext && k < m->n_extents; k++) {
+        const LdmExtent *e = &m->extents[k];
+        if (ext[k] < 1 || ext[k] > e->max)
+            return ldm_fail("%s: extent %s = %lld is out of range (1 <= %s <= %lld)", m->name, e->name, (long long)ext[k],
+                            e->name, (long long)e->max);
+        if (ext[k] % e->step)
+            return ldm_fail("%s: extent %s = %lld is not a multiple of its step %lld (%s <= %lld)", m->name, e->name,
+                            (long long)ext[k], (long long)e->step, e->name, (long long)e->max);
+    }
+    return 0;
+}
+
+void ldm_tensor_shape(const LdmModel *m, const LdmTensorInfo *t, const int64_t *ext, int64_t *shape) {
+    for (int d = 0; d < t->ndim; d++) {
+        int k = t->dyn[d] - 1;
+        shape[d] = k < 0 || !ext ? t->shape[d] : t->shape[d] / m->extents[k].max * ext[k];
+    }
+}
+
+int64_t ldm_numel_at(const LdmModel *m, const LdmTensorInfo *t, const int64_t *ext) {
+    int64_t s[LDM_MAX_DIMS], n = 1;
+    ldm_tensor_shape(m, t, ext, s);
+    for (int d = 0; d < t->ndim; d++) n *= s[d];
+    return n;
+}
+
+const char *ldm_tensor_shape_str(const LdmModel *m, const LdmTensorInfo *t, char *buf, size_t size) {
+    size_t k = (size_t)snprintf(buf, size, "[");
+    for (int i = 0; i < t->ndim && k < size; i++) {
+        const char *sep = i ? ", " : "";
+        const LdmExtent *e = t->dyn[i] ? &m->extents[t->dyn[i] - 1] : NULL;
+        if (!e) k += (size_t)snprintf(buf + k, size - k, "%s%lld", sep, (long long)t->shape[i]);
+        else if (t->shape[i] == e->max) k += (size_t)snprintf(buf + k, size - k, "%s%s<=%lld", sep, e->name, (long long)e->max);
+        else
+            k += (size_t)snprintf(buf + k, size - k, "%s%lld*%s<=%lld", sep, (long long)(t->shape[i] / e->max), e->name,
+                                  (long long)t->shape[i]);
+    }
+    if (k < size) snprintf(buf + k, size - k, "]");
+    return buf;
+}
+
+int ldm_forward(const LdmModel *m, const LdmW *w, const void *const *in, void *const *out, unsigned char *arena,
+                const int64_t *ext) {
+    int64_t full[64];
+    if (ldm_check_extents(m, ext) != 0) return -1;
+    if (!ext) {
+        if (m->n_extents > 64) return ldm_fail("%s: %d run-time extents, at most 64", m->name, m->n_extents);
+        for (int k = 0; k < m->n_extents; k++) full[k] = m->extents[k].max;
+        ext = full;
+    }
+    return m->forward(w, in, out, arena, ext);
+}
+
 static int same_shape(int nd, const int64_t *a, int nd2, const int64_t *b) {
     if (nd != nd2) return 0;
     for (int i = 0; i < nd; i++)
@@ -212,24 +268,34 @@ unsigned char *ldm_arena_new(const LdmModel *m) {
 static void runner_usage(const LdmModel *m, FILE *fp) {
     fprintf(fp,
             "usage: %s --weights CKPT.safetensors --inputs IN.safetensors --outputs OUT.safetensors\n"
-            "          [--prefix P] [--repeat N] [--compute f32|bf16]\n"
+            "          [--prefix P] [--repeat N] [--compute f32|bf16] [--extent NAME=VALUE]...\n"
             "       %s --weights CKPT.safetensors --random-inputs SEED [--repeat N] [--outputs OUT]\n"
             "Runs graph '%s' (%s).\n"
             "Reads the inputs by name (P + name) from IN, writes the outputs by name to OUT.\n"
             "  --repeat N         run N times and print the median time per call\n"
             "  --random-inputs S  feed N(0,1) floats and small integer ids from seed S (benchmarks)\n"
             "  --compute f32|bf16 f32 (default), or the GEMM kernel's products in bfloat16 with float32\n"
-            "                     sums (CPUs with AVX-512 BF16; Winograd, attention and the rest stay f32)\n",
+            "                     sums (CPUs with AVX-512 BF16; Winograd, attention and the rest stay f32)\n"
+            "  --extent NAME=V    run at value V of run-time extent NAME (repeatable; default: its maximum);\n"
+            "                     inputs and outputs then have the shapes of that value\n",
             m->name, m->name, m->name, m->banner);
+    if (m->n_extents) {
+        fprintf(fp, "extents:");
+        for (int k = 0; k < m->n_extents; k++) {
+            fprintf(fp, " %s<=%lld", m->extents[k].name, (long long)m->extents[k].max);
+            if (m->extents[k].step > 1) fprintf(fp, " (step %lld)", (long long)m->extents[k].step);
+        }
+        fprintf(fp, "\n");
+    }
     fprintf(fp, "inputs:");
     char b[160];
     for (int i = 0; i < m->n_inputs; i++)
         fprintf(fp, " %s %s%s", m->inputs[i].name, m->inputs[i].dtype == LDM_I32 ? "i32" : "f32",
-                ldm_shape_str(m->inputs[i].ndim, m->inputs[i].shape, b, sizeof b));
+                ldm_tensor_shape_str(m, &m->inputs[i], b, sizeof b));
     fprintf(fp, "\noutputs:");
     for (int i = 0; i < m->n_outputs; i++)
         fprintf(fp, " %s %s%s", m->outputs[i].name, m->outputs[i].dtype == LDM_I32 ? "i32" : "f32",
-                ldm_shape_str(m->outputs[i].ndim, m->outputs[i].shape, b, sizeof b));
+                ldm_tensor_shape_str(m, &m->outputs[i], b, sizeof b));
     fprintf(fp, "\n");
 }
 
@@ -238,10 +304,35 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* --extent NAME=VALUE into ext[]: 0, or -1 with a message. */
+static int parse_extent(const LdmModel *m, const char *v, int64_t *ext) {
+    const char *eq = strchr(v, '=');
+    if (!eq || eq == v) return ldm_fail("--extent expects NAME=VALUE, got '%s'", v);
+    int k = 0;
+    while (k < m->n_extents && (strlen(m->extents[k].name) != (size_t)(eq - v) || strncmp(m->extents[k].name, v, (size_t)(eq - v))))
+        k++;
+    if (k == m->n_extents) {
+        char names[512] = "";
+        for (int i = 0; i < m->n_extents; i++) {
+            size_t n = strlen(names);
+            snprintf(names + n, sizeof names - n, "%s%s", i ? ", " : "", m->extents[i].name);
+        }
+        return ldm_fail("--extent %s: %s has no run-time extent '%.*s' (%s%s)", v, m->name, (int)(eq - v), v,
+                        m->n_extents ? "its extents: " : "it has none", names);
+    }
+    char *end;
+    long long x = strtoll(eq + 1, &end, 10);
+    if (!eq[1] || *end) return ldm_fail("--extent %s: the value must be an integer", v);
+    ext[k] = x;
+    return 0;
+}
+
 int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
     const char *weights = NULL, *inputs = NULL, *outputs = NULL, *prefix = "";
     int repeat = 1, random_inputs = 0;
     unsigned long long seed = 0;
+    int64_t ext[64] = {0}; /* values of the run-time extents (ldm_forward allows 64) */
+    for (int k = 0; k < m->n_extents && k < 64; k++) ext[k] = m->extents[k].max;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -257,6 +348,12 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
         else if (!strcmp(a, "--inputs")) inputs = v;
         else if (!strcmp(a, "--outputs")) outputs = v;
         else if (!strcmp(a, "--prefix")) prefix = v;
+        else if (!strcmp(a, "--extent")) {
+            if (parse_extent(m, v, ext) != 0) {
+                fprintf(stderr, "%s: error: %s\n", argv[0], ldm_last_error());
+                return 2;
+            }
+        }
         else if (!strcmp(a, "--compute")) {
             if (ldm_set_compute(v) != 0) {
                 fprintf(stderr, "%s: error: %s\n", argv[0], ldm_last_error());
@@ -285,6 +382,10 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
             return 2;
         }
     }
+    if (ldm_check_extents(m, ext) != 0) {
+        fprintf(stderr, "%s: error: --extent: %s\n", argv[0], ldm_last_error());
+        return 2;
+    }
     if (!weights || (!random_inputs && (!inputs || !outputs)) || (random_inputs && inputs)) {
         fprintf(stderr, "%s: error: give --weights and either --inputs and --outputs, or --random-inputs\n", argv[0]);
         runner_usage(m, stderr);
@@ -304,7 +405,7 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
     if (random_inputs) {
         uint64_t st = seed * 0x9e3779b97f4a7c15ull + 1;
         for (int i = 0; i < m->n_inputs; i++) {
-            int64_t n = ldm_numel(&m->inputs[i]);
+            int64_t n = ldm_numel_at(m, &m->inputs[i], ext);
             in[i] = ldm_aligned_alloc((size_t)n * 4);
             for (int64_t k = 0; k < n; k++) {
                 st = st * 6364136223846793005ull + 1442695040888963407ull;
@@ -322,23 +423,24 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
         const LdmTensorInfo *want = &m->inputs[i];
         char *name = ldm_xasprintf("%s%s", prefix, want->name);
         const StTensor *t = st_find(&inf, name);
-        LdmTensorInfo named = *want;
+        LdmTensorInfo named = *want; /* at its run-time shape */
         named.name = name;
+        ldm_tensor_shape(m, want, ext, named.shape);
         int bad = check_tensor(&inf, t, &named, "input");
         if (!bad) {
-            in[i] = ldm_aligned_alloc((size_t)ldm_numel(want) * 4);
+            in[i] = ldm_aligned_alloc((size_t)ldm_numel(&named) * 4);
             bad = want->dtype == LDM_I32 ? st_to_i32(t, in[i]) : st_to_f32(t, in[i]);
             if (bad) ldm_fail("%s: %s", inputs, ldm_last_error());
         }
         free(name);
         if (bad) goto done;
     }
-    for (int i = 0; i < m->n_outputs; i++) out[i] = ldm_aligned_alloc((size_t)ldm_numel(&m->outputs[i]) * 4);
+    for (int i = 0; i < m->n_outputs; i++) out[i] = ldm_aligned_alloc((size_t)ldm_numel_at(m, &m->outputs[i], ext) * 4 + 4);
     arena = ldm_arena_new(m);
     double *times = ldm_xcalloc((size_t)repeat, sizeof *times);
     for (int r = 0; r < repeat; r++) {
         double s = ldm_now();
-        if (m->forward(w.ptr, (const void *const *)in, out, arena) != 0) {
+        if (ldm_forward(m, w.ptr, (const void *const *)in, out, arena, ext) != 0) {
             /* a bad value in the inputs (e.g. a token id out of range) */
             if (inputs) ldm_fail("%s: %s", inputs, ldm_last_error());
             free(times);
@@ -353,7 +455,9 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
     StWriter *sw = st_writer_new();
     for (int i = 0; i < m->n_outputs; i++) {
         const LdmTensorInfo *o = &m->outputs[i];
-        st_writer_add(sw, o->name, o->dtype == LDM_I32 ? ST_I32 : ST_F32, o->ndim, o->shape, out[i]);
+        int64_t shape[LDM_MAX_DIMS];
+        ldm_tensor_shape(m, o, ext, shape);
+        st_writer_add(sw, o->name, o->dtype == LDM_I32 ? ST_I32 : ST_F32, o->ndim, shape, out[i]);
     }
     st_writer_meta(sw, "ldmc", m->banner);
     int wrc = outputs ? st_writer_save(sw, outputs) : 0;

@@ -3,8 +3,10 @@
  *
  * Every generated C file defines one `const LdmModel <graph>_model`: the
  * tables of the weights, inputs and outputs it was compiled for (names,
- * dtypes and shapes, all fixed at compile time), its arena size and its
- * forward function. The runtime loads a checkpoint against the weight table
+ * dtypes and shapes), its run-time extents, its arena size and its forward
+ * function. Shapes are fixed at compile time except the dims of a run-time
+ * extent (`param T <= 154 step 77;` in the graph): those are given per
+ * call, between 1 and the maximum the arena was planned for. The runtime loads a checkpoint against the weight table
  * (checking every tensor), and the graph runner feeds inputs by name.
  */
 #ifndef LDM_MODEL_H
@@ -36,11 +38,24 @@ typedef struct LdmTensorInfo {
     int dtype;                       /* LdmDType */
     int flags;                       /* LDM_TF_* */
     int ndim;                        /* rank */
-    int64_t shape[LDM_MAX_DIMS];     /* dimensions */
+    int64_t shape[LDM_MAX_DIMS];     /* dimensions (of a run-time dim: its maximum) */
+    int8_t dyn[LDM_MAX_DIMS];        /* 0: static; k + 1: dim d is shape[d] / extents[k].max * ext[k] */
 } LdmTensorInfo;
 
-/* forward(weights, inputs, outputs, arena): 0 or -1 with ldm_fail(). */
-typedef int (*LdmForwardFn)(const LdmW *w, const void *const *in, void *const *out, unsigned char *arena);
+/* A run-time extent of a model: its value ext[k] is given to every call,
+ * 1 <= ext[k] <= max and a multiple of step. */
+typedef struct LdmExtent {
+    const char *name;                /* the graph's param ("B", "T") */
+    int64_t max;                     /* largest value (the arena is planned for it) */
+    int64_t step;                    /* the value is a multiple of this */
+} LdmExtent;
+
+/* forward(weights, inputs, outputs, arena, ext): 0 or -1 with ldm_fail().
+ * ext[k] is the value of extent k (unchecked: call it through ldm_forward);
+ * a model without extents ignores it. Inputs and outputs are compact at
+ * their run-time shapes. */
+typedef int (*LdmForwardFn)(const LdmW *w, const void *const *in, void *const *out, unsigned char *arena,
+                            const int64_t *ext);
 
 typedef struct LdmModel {
     const char *name;                /* graph name ("unet") */
@@ -55,6 +70,8 @@ typedef struct LdmModel {
     double flops;                    /* floating-point operations per call */
     int64_t n_params;                /* parameter count */
     LdmForwardFn forward;            /* the generated entry point */
+    int n_extents;                   /* run-time extents (ext[] of forward) */
+    const LdmExtent *extents;
 } LdmModel;
 
 /* Weights of one model, in the model's table order. The checkpoint stays
@@ -77,6 +94,22 @@ typedef struct LdmWeights {
 } LdmWeights;
 
 int64_t ldm_numel(const LdmTensorInfo *t);
+
+/* ---- run-time extents ---------------------------------------------------- */
+
+/* Check ext (m->n_extents values; NULL = every extent at its maximum):
+ * 0, or -1 with a message naming the extent, its value and the bound. */
+int ldm_check_extents(const LdmModel *m, const int64_t *ext);
+/* Shape of t (a table entry of m) at ext (NULL: the maxima) into shape. */
+void ldm_tensor_shape(const LdmModel *m, const LdmTensorInfo *t, const int64_t *ext, int64_t *shape);
+/* Elements of t at ext (NULL: the maxima). */
+int64_t ldm_numel_at(const LdmModel *m, const LdmTensorInfo *t, const int64_t *ext);
+/* "[B<=2, T<=154, 768]": t's shape with its run-time dims named. */
+const char *ldm_tensor_shape_str(const LdmModel *m, const LdmTensorInfo *t, char *buf, size_t size);
+/* Check ext, then run m's forward on it (ext NULL: every extent at its
+ * maximum). 0, or -1 with ldm_fail(). */
+int ldm_forward(const LdmModel *m, const LdmW *w, const void *const *in, void *const *out, unsigned char *arena,
+                const int64_t *ext);
 /* "[320, 320, 3, 3]" into buf. */
 const char *ldm_shape_str(int ndim, const int64_t *shape, char *buf, size_t size);
 
@@ -100,9 +133,10 @@ void ldm_weights_release(LdmWeights *w);
 unsigned char *ldm_arena_new(const LdmModel *m);
 
 /* main() of a graph runner:
- *   RUNNER --weights CKPT --inputs IN --outputs OUT [--prefix P] [--repeat N]
+ *   RUNNER --weights CKPT --inputs IN --outputs OUT [--prefix P] [--repeat N] [--extent NAME=VALUE]...
  * reads the inputs by name (P + name) from IN, runs the model, writes the
- * outputs by name to OUT. */
+ * outputs by name to OUT, at the run-time extents given (default: their
+ * maxima); a bad --extent exits with status 2. */
 int ldm_runner_main(const LdmModel *m, int argc, char **argv);
 
 

@@ -71,12 +71,17 @@ void ldm_nets_free(LdmNets *s) {
 }
 
 int ldm_nets_run(LdmNets *s, int i, const void *const *in, void *const *out) {
+    return ldm_nets_run_ext(s, i, in, out, NULL);
+}
+
+int ldm_nets_run_ext(LdmNets *s, int i, const void *const *in, void *const *out, const int64_t *ext) {
     if (i < 0 || i >= s->n) return ldm_fail("no model %d (%d loaded)", i, s->n);
+    if (ldm_check_extents(s->models[i], ext) != 0) return -1;
     /* one model's weights resident at a time */
     if (s->last_run && s->last_run != i + 1) ldm_weights_release(&s->w[s->last_run - 1]);
     s->last_run = i + 1;
     ldm_weights_bind(&s->w[i]);
-    return s->models[i]->forward(s->w[i].ptr, in, out, s->arena);
+    return ldm_forward(s->models[i], s->w[i].ptr, in, out, s->arena, ext);
 }
 
 int ldm_model_input(const LdmModel *m, const char *name) {

@@ -99,6 +99,11 @@ void ldm_nets_free(LdmNets *s);
  * resident while the UNet samples, nor the UNet while the VAE decodes, which
  * is what keeps a 512x512 generation from F16 weights under 2 GB. */
 int ldm_nets_run(LdmNets *s, int i, const void *const *in, void *const *out);
+/* The same at run-time extents ext (ext[k] for extent k of model i, checked
+ * against its bounds; NULL: every extent at its maximum, as ldm_nets_run):
+ * e.g. the UNet at batch 1 when guidance is off. Inputs and outputs are
+ * compact at the shapes of those values. */
+int ldm_nets_run_ext(LdmNets *s, int i, const void *const *in, void *const *out, const int64_t *ext);
 /* Index of input `name` of m, or -1. */
 int ldm_model_input(const LdmModel *m, const char *name);
 /* Index of output `name` of m, or -1. */
