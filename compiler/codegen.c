@@ -658,6 +658,7 @@ static void emit_tensor_table(const char *name, Node *const *nodes, const Output
 }
 
 int codegen(const Graph *g, const CodegenInfo *info, FILE *fp) {
+    const char *sym = info->symbol ? info->symbol : g->name; /* exported: <sym>_forward, <sym>_model */
     char upper[256];
     size_t k = 0;
     for (const char *p = g->name; *p && k + 1 < sizeof upper; p++) upper[k++] = (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
@@ -669,7 +670,7 @@ int codegen(const Graph *g, const CodegenInfo *info, FILE *fp) {
       g->n_nodes, (long long)graph_param_count(g), g->nominal_flops / 1e9, graph_flops(g) / 1e9);
     E(" * Arena: %lld bytes of activations and scratch (the naive sum is %lld).\n", (long long)g->arena_bytes,
       (long long)g->naive_bytes);
-    E(" * Entry point: %s_forward(weights, inputs, outputs, arena); tables in %s_model.\n */\n", g->name, g->name);
+    E(" * Entry point: %s_forward(weights, inputs, outputs, arena); tables in %s_model.\n */\n", sym, sym);
     E("#include <math.h>\n#include <stdint.h>\n#include <stdlib.h>\n#include <string.h>\n\n#include <cblas.h>\n\n");
     E("#include \"kernels.h\"\n#include \"model.h\"\n#include \"util.h\"\n\n");
     E("#define %s_ARENA_BYTES %lldu\n", upper, (long long)g->arena_bytes);
@@ -678,7 +679,7 @@ int codegen(const Graph *g, const CodegenInfo *info, FILE *fp) {
     for (int i = 0; i < g->n_nodes; i++) emit_kernel(g, g->nodes[i], fp);
 
     E("\n/* ---- entry point ---- */\n\n");
-    E("int %s_forward(const LdmW *w, const void *const *in, void *const *out, unsigned char *arena) {\n", g->name);
+    E("int %s_forward(const LdmW *w, const void *const *in, void *const *out, unsigned char *arena) {\n", sym);
     E("    (void)w;\n    double t0 = 0.0;\n    (void)t0;\n");
     for (int i = 0; i < g->n_inputs; i++) {
         const Node *n = g->inputs[i];
@@ -698,14 +699,14 @@ int codegen(const Graph *g, const CodegenInfo *info, FILE *fp) {
     emit_tensor_table("weight_table", g->weights, NULL, g->n_weights, 0, fp, g);
     emit_tensor_table("input_table", g->inputs, NULL, g->n_inputs, 0, fp, g);
     emit_tensor_table("output_table", NULL, g->outputs, g->n_outputs, 1, fp, g);
-    E("\nconst LdmModel %s_model = {\n", g->name);
+    E("\nconst LdmModel %s_model = {\n", sym);
     E("    \"%s\",\n    \"ldmc %s | graph %s | config %s | %s\",\n", g->name, LDMC_VERSION, info->graph_path,
       info->config_path ? info->config_path : "(none)", info->defines);
     E("    %d, weight_table,\n    %d, input_table,\n    %d, output_table,\n", g->n_weights, g->n_inputs, g->n_outputs);
     E("    %s_ARENA_BYTES,\n    %.17g,\n    %lld,\n    %s_forward,\n};\n", upper,
       g->nominal_flops > 0 ? g->nominal_flops : graph_flops(g),
-      (long long)graph_param_count(g), g->name);
+      (long long)graph_param_count(g), sym);
     E("\n#ifdef LDM_RUNNER_MAIN\nint main(int argc, char **argv) { return ldm_runner_main(&%s_model, argc, argv); }\n#endif\n",
-      g->name);
+      sym);
     return ferror(fp) ? ldm_fail("write error while generating C") : 0;
 }

@@ -16,6 +16,7 @@ typedef struct DriverOptions {
     int dump_graph;              /* --dump / --dump=graph: after passes */
     int dump_plan;               /* --dump=plan: the memory plan */
     int stats;                   /* --stats: totals and timings on stderr */
+    const char *symbol;          /* --symbol NAME: NAME_forward / NAME_model (NULL: the graph name) */
 } DriverOptions;
 
 /* 0, or -1 with the message in ldm_last_error(). */
