@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -167,10 +168,25 @@ void ldm_nets_free(LdmNets *s) {
     memset(s, 0, sizeof *s);
 }
 
+/* Hand the arena's pages past `keep` bytes back to the kernel: what a
+ * previous network left there is dead (a forward pass only uses the arena
+ * while it runs), and the next one will not touch it. */
+static void arena_trim(LdmNets *s, size_t keep) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)s->arena + keep + page - 1) & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)s->arena + s->arena_bytes) & ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 LdmWeights *ldm_nets_weights(LdmNets *s, int i) {
     int k = s->owner ? s->owner[i] : i;
-    /* one weight set resident at a time */
-    if (s->last_run && s->last_run != k + 1) ldm_weights_release(&s->w[s->last_run - 1]);
+    /* one weight set resident at a time; and the activations a larger
+     * network left in the arena (the VAE decoder's, 650 MiB at 512x512)
+     * not resident while the next one (the UNet of the next image) runs */
+    if (s->last_run && s->last_run != k + 1) {
+        ldm_weights_release(&s->w[s->last_run - 1]);
+        arena_trim(s, s->models[i]->arena_bytes);
+    }
     s->last_run = k + 1;
     ldm_weights_bind(&s->w[k]);
     return &s->w[k];
