@@ -134,7 +134,9 @@ int ldm_nets_load_mapped(LdmNets *s, const char *ckpt_path, const LdmModel *cons
                          int n, const char *what);
 void ldm_nets_free(LdmNets *s);
 /* The bound weights model i runs on (w[owner[i]]), bound now if they are
- * not; when another weight set ran last, it is released first (below). */
+ * not; when another weight set ran last, it is released first (below) and
+ * the arena's pages past model i's arena_bytes are handed back (what the
+ * previous network left there is dead). */
 LdmWeights *ldm_nets_weights(LdmNets *s, int i);
 /* Run model i: inputs / outputs in the model's table order. When the
  * previous call ran another model, that model's weight pages are handed
