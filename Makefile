@@ -200,16 +200,22 @@ clean:
 
 # ==== txt2img: per-resolution text-to-image executables =====================
 #   make txt2img CONFIG=models/sd1/v1-inference.yaml H=512 W=512
-# builds $(BUILD)/txt2img-<H>x<W> (TXT2IMG_NAME=... names it otherwise): ldmc
-# compiles the text encoder (B=1), the UNet (B=2: [uncond, cond] in one call)
-# and both autoencoder halves (B=1) for CONFIG at H x W into
-# $(BUILD)/<name>.d/, `ldmc pipeline` writes the config's constants there,
-# and runtime/apps/txt2img.c + the runtime link them into one -static program
+#   make txt2img CONFIG=models/sd1/v1-inference.yaml SIZES="512x512 512x768 768x512"
+# builds $(BUILD)/txt2img-<H>x<W>, or with SIZES (each HEIGHTxWIDTH, the first
+# the default) $(BUILD)/txt2img holding every listed size (TXT2IMG_NAME=...
+# names either otherwise). For each size S, ldmc compiles the text encoder
+# (B=1), the UNet (B=2: [uncond, cond] in one call) and both autoencoder
+# halves (B=1) for CONFIG into $(BUILD)/<name>.d/<net>_S.c, exporting
+# <net>_S_model (ldmc --symbol); `ldmc pipeline --size S... --nets ...` writes
+# the config's constants per size and the table of the sizes (pipeline.c);
+# runtime/apps/txt2img.c + the runtime link them into one -static program
 # (dynamic with SAN=1: the sanitizers need the dynamic loader). Config
-# overrides: TXT2IMG_DEFS='-D model.params.x=V'. A change of CONFIG, H, W or
-# TXT2IMG_DEFS rebuilds (the directory remembers what it was built for).
+# overrides: TXT2IMG_DEFS='-D model.params.x=V'. A change of CONFIG or
+# TXT2IMG_DEFS rebuilds everything; another SIZES list compiles only the
+# sizes not compiled yet and writes the table again.
 TXT2IMG_GRAPH_DIR ?= models/sd1
-TXT2IMG_NAME      ?= txt2img-$(H)x$(W)
+TXT2IMG_SIZES      = $(if $(SIZES),$(SIZES),$(if $(and $(H),$(W)),$(H)x$(W)))
+TXT2IMG_NAME      ?= $(if $(SIZES),txt2img,txt2img-$(H)x$(W))
 TXT2IMG_DIR        = $(BUILD)/$(TXT2IMG_NAME).d
 TXT2IMG_GRAPHS     = clip_text unet vae_decoder vae_encoder
 TXT2IMG_B_clip_text   = 1
@@ -222,30 +228,55 @@ TXT2IMG_STATIC     =
 else
 TXT2IMG_STATIC     = -static
 endif
+# HxW -> H, W
+size_h = $(word 1,$(subst x, ,$(1)))
+size_w = $(word 2,$(subst x, ,$(1)))
+# the args of ldmc pipeline for a size list
+size_flags = $(foreach s,$(1),--size $(s))
+comma := ,
+empty :=
+space := $(empty) $(empty)
 
 .PHONY: txt2img txt2img-force
-ifeq ($(and $(CONFIG),$(H),$(W)),)
+ifeq ($(and $(CONFIG),$(TXT2IMG_SIZES)),)
 txt2img:
-	@echo "usage: make txt2img CONFIG=<config.yaml> H=<pixels> W=<pixels> [BUILD=<dir>]" >&2; exit 2
+	@echo "usage: make txt2img CONFIG=<config.yaml> H=<pixels> W=<pixels> [BUILD=<dir>]" >&2; \
+	 echo "       make txt2img CONFIG=<config.yaml> SIZES=\"<H>x<W> <H>x<W> ...\" [BUILD=<dir>]" >&2; exit 2
+else ifneq ($(and $(SIZES),$(or $(H),$(W))),)
+txt2img:
+	@echo "make txt2img: give SIZES=\"<H>x<W> ...\" or H= and W=, not both" >&2; exit 2
 else
 txt2img: $(BUILD)/$(TXT2IMG_NAME)
 
+# what every network depends on (config, overrides), and the size list
 $(TXT2IMG_DIR)/build.id: txt2img-force
 	@mkdir -p $(@D)
-	@echo '$(abspath $(CONFIG)) H=$(H) W=$(W) $(TXT2IMG_DEFS)' > $@.new
+	@echo '$(abspath $(CONFIG)) $(TXT2IMG_DEFS)' > $@.new
 	@if cmp -s $@.new $@; then rm -f $@.new; else mv -f $@.new $@; fi
 
-$(TXT2IMG_DIR)/pipeline.c: $(CONFIG) $(BUILD)/ldmc $(TXT2IMG_DIR)/build.id
-	$(BUILD)/ldmc pipeline --config $(CONFIG) -D H=$(H) -D W=$(W) $(TXT2IMG_DEFS) -o $@
+$(TXT2IMG_DIR)/sizes.id: txt2img-force
+	@mkdir -p $(@D)
+	@echo '$(TXT2IMG_SIZES)' > $@.new
+	@if cmp -s $@.new $@; then rm -f $@.new; else mv -f $@.new $@; fi
 
-$(TXT2IMG_DIR)/%.c: $(TXT2IMG_GRAPH_DIR)/%.graph $(wildcard models/common/*.graph) $(CONFIG) $(BUILD)/ldmc \
-                    $(TXT2IMG_DIR)/build.id
-	$(BUILD)/ldmc $< --config $(CONFIG) -D H=$(H) -D W=$(W) -D B=$(TXT2IMG_B_$*) $(TXT2IMG_DEFS) -o $@
+$(TXT2IMG_DIR)/pipeline.c: $(CONFIG) $(BUILD)/ldmc $(TXT2IMG_DIR)/build.id $(TXT2IMG_DIR)/sizes.id
+	$(BUILD)/ldmc pipeline --config $(CONFIG) $(call size_flags,$(TXT2IMG_SIZES)) \
+	    --nets $(subst $(space),$(comma),$(TXT2IMG_GRAPHS)) $(TXT2IMG_DEFS) -o $@
+
+# <net>_<H>x<W>.c for each size (after pipeline.c, which checks the sizes)
+define txt2img_size_rule
+$(TXT2IMG_DIR)/%_$(1).c: $(TXT2IMG_GRAPH_DIR)/%.graph $(wildcard models/common/*.graph) $(CONFIG) $(BUILD)/ldmc \
+                         $(TXT2IMG_DIR)/build.id | $(TXT2IMG_DIR)/pipeline.c
+	$(BUILD)/ldmc $$< --config $(CONFIG) -D H=$(call size_h,$(1)) -D W=$(call size_w,$(1)) -D B=$$(TXT2IMG_B_$$*) \
+	    $(TXT2IMG_DEFS) --symbol $$*_$(1) -o $$@
+endef
+$(foreach s,$(TXT2IMG_SIZES),$(eval $(call txt2img_size_rule,$(s))))
 
 $(TXT2IMG_DIR)/%.o: $(TXT2IMG_DIR)/%.c
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/$(TXT2IMG_NAME): $(BUILD)/obj/runtime/apps/txt2img.o $(TXT2IMG_GRAPHS:%=$(TXT2IMG_DIR)/%.o) \
+$(BUILD)/$(TXT2IMG_NAME): $(BUILD)/obj/runtime/apps/txt2img.o \
+                          $(foreach s,$(TXT2IMG_SIZES),$(TXT2IMG_GRAPHS:%=$(TXT2IMG_DIR)/%_$(s).o)) \
                           $(TXT2IMG_DIR)/pipeline.o $(RT_LIB)
 	$(CC) $(TXT2IMG_STATIC) $(LDFLAGS) $^ $(TXT2IMG_LIBS) -o $@
 
@@ -255,66 +286,91 @@ endif
 
 # ==== sample: per-resolution LDM sampling executables =======================
 #   make sample CONFIG=models/ldm/celebahq-ldm-vq-4.yaml H=256 W=256
-# builds $(BUILD)/sample-<H>x<W> (SAMPLE_NAME=... names it otherwise): DDIM
-# sampling for the LDM paper's unconditional models and, with --class N, the
+#   make sample CONFIG=models/ldm/celebahq-ldm-vq-4.yaml SIZES="256x256 256x384"
+# builds $(BUILD)/sample-<H>x<W>, or with SIZES $(BUILD)/sample holding every
+# listed size (SAMPLE_NAME=... names either otherwise): DDIM sampling for the
+# LDM paper's unconditional models and, with --class N, the
 # class-conditional ones (cond stage ClassEmbedder, classifier-free guidance).
-# `ldmc pipeline` writes the config's constants to $(BUILD)/<name>.d/, and
-# `kind` there records which of the two the config is ("uncond" or "class";
-# other conditionings stop the build with a message). ldmc then compiles the
-# UNet (B=1, or B=2 = [uncond, cond] for "class"), the decoder (B=1, VQ or
-# KL) and class_embed (B=1; for "uncond" an empty table in its place), and
-# runtime/apps/sample.c + the runtime link them into one -static program
-# (dynamic with SAN=1). Config overrides: SAMPLE_DEFS='-D model.params.x=V'.
-# A change of CONFIG, H, W or SAMPLE_DEFS rebuilds.
+# `ldmc pipeline` writes the config's constants per size and the table of
+# the sizes to $(BUILD)/<name>.d/, and `kind` there records which of the two
+# the config is ("uncond" or "class"; other conditionings stop the build
+# with a message). ldmc then compiles, per size S, the UNet (B=1, or B=2 =
+# [uncond, cond] for "class"), the decoder (B=1, VQ or KL) and class_embed
+# (B=1; for "uncond" an empty table in its place) as <net>_S.c exporting
+# <net>_S_model, and runtime/apps/sample.c + the runtime link them into one
+# -static program (dynamic with SAN=1). Config overrides:
+# SAMPLE_DEFS='-D model.params.x=V'. A change of CONFIG or SAMPLE_DEFS
+# rebuilds everything; another SIZES list compiles only the new sizes.
 SAMPLE_GRAPH_DIR ?= models/ldm
-SAMPLE_NAME      ?= sample-$(H)x$(W)
+SAMPLE_SIZES      = $(if $(SIZES),$(SIZES),$(if $(and $(H),$(W)),$(H)x$(W)))
+SAMPLE_NAME      ?= $(if $(SIZES),sample,sample-$(H)x$(W))
 SAMPLE_DIR        = $(BUILD)/$(SAMPLE_NAME).d
 SAMPLE_GRAPHS     = unet vae_decoder class_embed
 SAMPLE_DSL        = $(wildcard models/common/*.graph models/sd1/*.graph $(SAMPLE_GRAPH_DIR)/*.graph)
 
 .PHONY: sample sample-force
-ifeq ($(and $(CONFIG),$(H),$(W)),)
+ifeq ($(and $(CONFIG),$(SAMPLE_SIZES)),)
 sample:
-	@echo "usage: make sample CONFIG=<config.yaml> H=<pixels> W=<pixels> [BUILD=<dir>] [SAMPLE_NAME=<name>]" >&2; exit 2
+	@echo "usage: make sample CONFIG=<config.yaml> H=<pixels> W=<pixels> [BUILD=<dir>] [SAMPLE_NAME=<name>]" >&2; \
+	 echo "       make sample CONFIG=<config.yaml> SIZES=\"<H>x<W> <H>x<W> ...\" [BUILD=<dir>] [SAMPLE_NAME=<name>]" >&2; \
+	 exit 2
+else ifneq ($(and $(SIZES),$(or $(H),$(W))),)
+sample:
+	@echo "make sample: give SIZES=\"<H>x<W> ...\" or H= and W=, not both" >&2; exit 2
 else
 sample: $(BUILD)/$(SAMPLE_NAME)
 
 $(SAMPLE_DIR)/build.id: sample-force
 	@mkdir -p $(@D)
-	@echo '$(abspath $(CONFIG)) H=$(H) W=$(W) $(SAMPLE_DEFS)' > $@.new
+	@echo '$(abspath $(CONFIG)) $(SAMPLE_DEFS)' > $@.new
 	@if cmp -s $@.new $@; then rm -f $@.new; else mv -f $@.new $@; fi
 
-$(SAMPLE_DIR)/pipeline.c: $(CONFIG) $(BUILD)/ldmc $(SAMPLE_DIR)/build.id
-	$(BUILD)/ldmc pipeline --config $(CONFIG) -D H=$(H) -D W=$(W) $(SAMPLE_DEFS) -o $@
+$(SAMPLE_DIR)/sizes.id: sample-force
+	@mkdir -p $(@D)
+	@echo '$(SAMPLE_SIZES)' > $@.new
+	@if cmp -s $@.new $@; then rm -f $@.new; else mv -f $@.new $@; fi
 
+$(SAMPLE_DIR)/pipeline.c: $(CONFIG) $(BUILD)/ldmc $(SAMPLE_DIR)/build.id $(SAMPLE_DIR)/sizes.id
+	$(BUILD)/ldmc pipeline --config $(CONFIG) $(call size_flags,$(SAMPLE_SIZES)) \
+	    --nets $(subst $(space),$(comma),$(SAMPLE_GRAPHS)) $(SAMPLE_DEFS) -o $@
+
+# from the first size's constants (the conditioning is the same for all)
 $(SAMPLE_DIR)/kind: $(SAMPLE_DIR)/pipeline.c
 	@if grep -q '^ *\.cond_stage = "ldm\.modules\.encoders\.modules\.ClassEmbedder",' $<; then echo class > $@; \
 	elif grep -q '^ *\.conditioning_key = "none",' $<; then echo uncond > $@; \
 	else echo "make sample: $(CONFIG): not an unconditional (cond_stage_config: __is_unconditional__) or" \
 	          "class-conditional (ClassEmbedder) LDM; text-conditioned models: make txt2img" >&2; exit 1; fi
 
-$(SAMPLE_DIR)/unet.c: $(SAMPLE_GRAPH_DIR)/unet.graph $(SAMPLE_DSL) $(CONFIG) $(BUILD)/ldmc $(SAMPLE_DIR)/kind
-	@B=$$(if [ "$$(cat $(SAMPLE_DIR)/kind)" = class ]; then echo 2; else echo 1; fi); \
-	echo "$(BUILD)/ldmc $< --config $(CONFIG) -D H=$(H) -D W=$(W) -D B=$$B $(SAMPLE_DEFS) -o $@"; \
-	$(BUILD)/ldmc $< --config $(CONFIG) -D H=$(H) -D W=$(W) -D B=$$B $(SAMPLE_DEFS) -o $@
+define sample_size_rule
+$(SAMPLE_DIR)/unet_$(1).c: $(SAMPLE_GRAPH_DIR)/unet.graph $(SAMPLE_DSL) $(CONFIG) $(BUILD)/ldmc $(SAMPLE_DIR)/build.id \
+                           $(SAMPLE_DIR)/kind
+	@B=$$$$(if [ "$$$$(cat $(SAMPLE_DIR)/kind)" = class ]; then echo 2; else echo 1; fi); \
+	echo "$(BUILD)/ldmc $$< --config $(CONFIG) -D H=$(call size_h,$(1)) -D W=$(call size_w,$(1)) -D B=$$$$B $(SAMPLE_DEFS) --symbol unet_$(1) -o $$@"; \
+	$(BUILD)/ldmc $$< --config $(CONFIG) -D H=$(call size_h,$(1)) -D W=$(call size_w,$(1)) -D B=$$$$B $(SAMPLE_DEFS) --symbol unet_$(1) -o $$@
 
-$(SAMPLE_DIR)/vae_decoder.c: $(SAMPLE_GRAPH_DIR)/vae_decoder.graph $(SAMPLE_DSL) $(CONFIG) $(BUILD)/ldmc $(SAMPLE_DIR)/kind
-	$(BUILD)/ldmc $< --config $(CONFIG) -D H=$(H) -D W=$(W) -D B=1 $(SAMPLE_DEFS) -o $@
+$(SAMPLE_DIR)/vae_decoder_$(1).c: $(SAMPLE_GRAPH_DIR)/vae_decoder.graph $(SAMPLE_DSL) $(CONFIG) $(BUILD)/ldmc \
+                                  $(SAMPLE_DIR)/build.id $(SAMPLE_DIR)/kind
+	$(BUILD)/ldmc $$< --config $(CONFIG) -D H=$(call size_h,$(1)) -D W=$(call size_w,$(1)) -D B=1 $(SAMPLE_DEFS) \
+	    --symbol vae_decoder_$(1) -o $$@
 
-$(SAMPLE_DIR)/class_embed.c: $(SAMPLE_GRAPH_DIR)/class_embed.graph $(SAMPLE_DSL) $(CONFIG) $(BUILD)/ldmc $(SAMPLE_DIR)/kind
-	@if [ "$$(cat $(SAMPLE_DIR)/kind)" = class ]; then \
-	    echo "$(BUILD)/ldmc $< --config $(CONFIG) -D H=$(H) -D W=$(W) -D B=1 $(SAMPLE_DEFS) -o $@"; \
-	    $(BUILD)/ldmc $< --config $(CONFIG) -D H=$(H) -D W=$(W) -D B=1 $(SAMPLE_DEFS) -o $@; \
+$(SAMPLE_DIR)/class_embed_$(1).c: $(SAMPLE_GRAPH_DIR)/class_embed.graph $(SAMPLE_DSL) $(CONFIG) $(BUILD)/ldmc \
+                                  $(SAMPLE_DIR)/build.id $(SAMPLE_DIR)/kind
+	@if [ "$$$$(cat $(SAMPLE_DIR)/kind)" = class ]; then \
+	    echo "$(BUILD)/ldmc $$< --config $(CONFIG) -D H=$(call size_h,$(1)) -D W=$(call size_w,$(1)) -D B=1 $(SAMPLE_DEFS) --symbol class_embed_$(1) -o $$@"; \
+	    $(BUILD)/ldmc $$< --config $(CONFIG) -D H=$(call size_h,$(1)) -D W=$(call size_w,$(1)) -D B=1 $(SAMPLE_DEFS) --symbol class_embed_$(1) -o $$@; \
 	else \
 	    printf '%s\n' '/* $(CONFIG) has no ClassEmbedder: no class_embed network (sample.c checks .forward). */' \
-	        '#include "model.h"' 'const LdmModel class_embed_model = {.name = "class_embed (none)"};' > $@; \
+	        '#include "model.h"' 'const LdmModel class_embed_$(1)_model = {.name = "class_embed (none)"};' > $$@; \
 	fi
+endef
+$(foreach s,$(SAMPLE_SIZES),$(eval $(call sample_size_rule,$(s))))
 
 $(SAMPLE_DIR)/%.o: $(SAMPLE_DIR)/%.c
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
 # linked as the txt2img executables are
-$(BUILD)/$(SAMPLE_NAME): $(BUILD)/obj/runtime/apps/sample.o $(SAMPLE_GRAPHS:%=$(SAMPLE_DIR)/%.o) \
+$(BUILD)/$(SAMPLE_NAME): $(BUILD)/obj/runtime/apps/sample.o \
+                         $(foreach s,$(SAMPLE_SIZES),$(SAMPLE_GRAPHS:%=$(SAMPLE_DIR)/%_$(s).o)) \
                          $(SAMPLE_DIR)/pipeline.o $(RT_LIB)
 	$(CC) $(TXT2IMG_STATIC) $(LDFLAGS) $^ $(TXT2IMG_LIBS) -o $@
 

@@ -819,6 +819,7 @@ static void emit_includes(const Graph *g, FILE *fp) {
 }
 
 int codegen(const Graph *g, const CodegenInfo *info, FILE *fp) {
+    const char *sym = info->symbol ? info->symbol : g->name; /* exported: <sym>_forward, <sym>_model */
     char upper[256];
     size_t k = 0;
     cur_graph = g;
@@ -838,7 +839,7 @@ int codegen(const Graph *g, const CodegenInfo *info, FILE *fp) {
               (long long)g->extents[e].max, g->extents[e].step > 1 ? ", a multiple of " : "",
               g->extents[e].step > 1 ? (long long)g->extents[e].step : 0ll, loc_str(g->extents[e].loc));
     }
-    E(" * Entry point: %s_forward(weights, inputs, outputs, arena, ext); tables in %s_model.\n */\n", g->name, g->name);
+    E(" * Entry point: %s_forward(weights, inputs, outputs, arena, ext); tables in %s_model.\n */\n", sym, sym);
     emit_includes(g, fp);
     E("#define %s_ARENA_BYTES %lldu\n", upper, (long long)g->arena_bytes);
     E("#define %s_N_WEIGHTS %d\n\n", upper, g->n_weights);
@@ -859,7 +860,7 @@ int codegen(const Graph *g, const CodegenInfo *info, FILE *fp) {
 
     E("\n/* ---- entry point ---- */\n\n");
     E("int %s_forward(const LdmW *w, const void *const *in, void *const *out, unsigned char *arena, const int64_t *ext) {\n",
-      g->name);
+      sym);
     E("    (void)w;\n");
     if (!g->n_extents) E("    (void)ext; /* no run-time extents */\n");
     for (int i = 0; i < g->n_inputs; i++) {
@@ -896,17 +897,17 @@ int codegen(const Graph *g, const CodegenInfo *info, FILE *fp) {
               (long long)g->extents[e].step);
         E("};\n");
     }
-    E("\nconst LdmModel %s_model = {\n", g->name);
+    E("\nconst LdmModel %s_model = {\n", sym);
     E("    .name = \"%s\",\n    .banner = \"ldmc %s | graph %s | config %s | %s\",\n", g->name, LDMC_VERSION,
       info->graph_path, info->config_path ? info->config_path : "(none)", info->defines);
     E("    .n_weights = %d,\n    .weights = weight_table,\n", g->n_weights);
     E("    .n_inputs = %d,\n    .inputs = input_table,\n", g->n_inputs);
     E("    .n_outputs = %d,\n    .outputs = output_table,\n", g->n_outputs);
     E("    .arena_bytes = %s_ARENA_BYTES,\n    .flops = %.17g,\n    .n_params = %lld,\n    .forward = %s_forward,\n",
-      upper, g->nominal_flops > 0 ? g->nominal_flops : graph_flops(g), (long long)graph_param_count(g), g->name);
+      upper, g->nominal_flops > 0 ? g->nominal_flops : graph_flops(g), (long long)graph_param_count(g), sym);
     if (g->n_extents) E("    .n_extents = %d,\n    .extents = extent_table,\n", g->n_extents);
     E("};\n");
     E("\n#ifdef LDM_RUNNER_MAIN\nint main(int argc, char **argv) { return ldm_runner_main(&%s_model, argc, argv); }\n#endif\n",
-      g->name);
+      sym);
     return ferror(fp) ? ldm_fail("write error while generating C") : 0;
 }

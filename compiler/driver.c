@@ -172,7 +172,7 @@ int ldmc_compile(const DriverOptions *opt) {
             snprintf(defs + k, sizeof defs - k, "%s%s=%s", i ? " " : "", opt->defines[i].name, opt->defines[i].value);
         }
         if (!defs[0]) snprintf(defs, sizeof defs, "(default params)");
-        CodegenInfo info = {opt->graph_path, opt->config_path, defs, hash};
+        CodegenInfo info = {opt->graph_path, opt->config_path, defs, hash, opt->symbol};
         LdmOutFile o;
         rc = ldm_out_open(&o, c_path);
         if (rc == 0) {

@@ -16,6 +16,7 @@ typedef struct DriverOptions {
     unsigned dump_after;         /* --dump=PASS: bit k = the dump after ldmc_passes[k] */
     int dump_graph;              /* --dump / --dump=graph: the graph after every pass */
     int stats;                   /* --stats: totals and timings on stderr */
+    const char *symbol;          /* --symbol NAME: NAME_forward / NAME_model (NULL: the graph name) */
 } DriverOptions;
 
 /* The passes in the order the driver runs them; each has a name for

@@ -480,11 +480,12 @@ typedef struct CodegenInfo {
     const char *config_path;     /* for the banner (may be NULL) */
     const char *defines;         /* "H=512 W=512 B=1" for the banner */
     const char *source_hash;     /* hash of the graph sources, for the banner */
+    const char *symbol;          /* prefix of the exported <symbol>_forward / <symbol>_model (NULL: the graph name) */
 } CodegenInfo;
 
 
 
-/* Write the C translation of g. `sym` prefixes every exported symbol. */
+/* Write the C translation of g. info->symbol (or the graph name) prefixes every exported symbol. */
 int codegen(const Graph *g, const CodegenInfo *info, FILE *fp);
 
 #endif

@@ -1,10 +1,11 @@
 /*
  * main.c - the ldmc command line.
  *
- *   ldmc GRAPH [--config YAML] [-D NAME=VALUE]... [-o OUT.c | -o OUT]
+ *   ldmc GRAPH [--config YAML] [-D NAME=VALUE]... [-o OUT.c | -o OUT] [--symbol NAME]
  *        [--dump[=build|graph|PASS]]... [--dot FILE] [--stats]
  *   ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors
  *   ldmc pipeline --config YAML -D H=.. -D W=.. -o OUT.c   (pipeline.c)
+ *   ldmc pipeline --config YAML --size HxW... [--nets NET,...] -o OUT.c
  */
 #include <stdlib.h>
 #include <string.h>
@@ -14,11 +15,12 @@
 
 static void usage(FILE *fp) {
     fprintf(fp,
-            "usage: ldmc GRAPH [--config YAML] [-D NAME=VALUE]... [-o OUT.c | -o OUT] [--dump[=WHAT]]...\n"
-            "            [--dot FILE] [--plot-memory FILE.svg] [--stats]\n"
+            "usage: ldmc GRAPH [--config YAML] [-D NAME=VALUE]... [-o OUT.c | -o OUT] [--symbol NAME]\n"
+            "            [--dump[=WHAT]]... [--dot FILE] [--plot-memory FILE.svg] [--stats]\n"
             "       ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors\n"
             "       ldmc randckpt --config YAML [-D NAME=VALUE]... [--dtype f32|f16|bf16] [--seed N] -o OUT GRAPH...\n"
             "       ldmc pipeline --config YAML -D H=PIXELS -D W=PIXELS [-D NAME=VALUE]... -o OUT.c\n"
+            "       ldmc pipeline --config YAML --size HxW [--size HxW]... [--nets NET,...] [-D NAME=VALUE]... -o OUT.c\n"
             "\n"
             "  --config YAML     the model's CompVis config (e.g. models/sd1/v1-inference.yaml)\n"
             "  -D NAME=VALUE     set a graph param (H, W: image pixels; B: batch), the maximum of a\n"
@@ -27,6 +29,9 @@ static void usage(FILE *fp) {
             "  -o OUT.c          write the generated C\n"
             "  -o OUT            write OUT.c and build OUT, a graph runner:\n"
             "                    OUT --weights CKPT --inputs IN --outputs RESULT\n"
+            "  --symbol NAME     name the generated file's exported symbols NAME_forward and NAME_model\n"
+            "                    (default: the graph's name, e.g. unet_forward / unet_model); one program\n"
+            "                    can then link the same graph compiled for several sizes (unet_512x768)\n"
             "  --dump[=WHAT]     print the graph after every pass (graph, the default), as built (build),\n"
             "                    or after one pass (WHAT = its name below; plan: the memory plan table);\n"
             "                    may be given several times\n"
@@ -45,6 +50,15 @@ static int parse_dtype(const char *s, StDtype *to) {
     else if (!strcmp(s, "bf16")) *to = ST_BF16;
     else return -1;
     return 0;
+}
+
+/* [A-Za-z_][A-Za-z0-9_]*, at most 200 characters: --symbol. */
+static int is_c_identifier(const char *s) {
+    size_t n = strlen(s);
+    if (n == 0 || n > 200 || (s[0] >= '0' && s[0] <= '9')) return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '_')) return 0;
+    return 1;
 }
 
 /* Record -D NAME=VALUE. */
@@ -180,7 +194,7 @@ int main(int argc, char **argv) {
             rc = 0;
             goto out;
         } else if (!strcmp(a, "--config") || !strcmp(a, "-o") || !strcmp(a, "--dot") || !strcmp(a, "-D") ||
-                   !strcmp(a, "--plot-memory")) {
+                   !strcmp(a, "--plot-memory") || !strcmp(a, "--symbol")) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "ldmc: error: %s needs a value\n", a);
                 goto out;
@@ -190,7 +204,14 @@ int main(int argc, char **argv) {
             else if (!strcmp(a, "-o")) opt.out_path = v;
             else if (!strcmp(a, "--dot")) opt.dot_path = v;
             else if (!strcmp(a, "--plot-memory")) opt.svg_path = v;
-            else if (add_define(&opt, v) != 0) goto out;
+            else if (!strcmp(a, "--symbol")) {
+                if (!is_c_identifier(v)) {
+                    fprintf(stderr, "ldmc: error: --symbol: '%s' is not a C identifier (letters, digits and '_', "
+                                    "not starting with a digit)\n", v);
+                    goto out;
+                }
+                opt.symbol = v;
+            } else if (add_define(&opt, v) != 0) goto out;
         } else if (!strncmp(a, "-D", 2)) {
             if (add_define(&opt, a + 2) != 0) goto out;
         } else if (!strcmp(a, "--dump") || !strcmp(a, "--dump=graph")) {

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -29,12 +30,78 @@ int ldm_pipeline_scale_factor(const LdmPipelineConfig *c, const StFile *f, doubl
     return 0;
 }
 
+const char *ldm_pipeline_size_list(const LdmPipelineSize *sizes, int n, char *buf, size_t size) {
+    size_t k = 0;
+    buf[0] = 0;
+    for (int i = 0; i < n && k < size; i++) {
+        int r = snprintf(buf + k, size - k, "%s%dx%d%s", i ? ", " : "", sizes[i].config->H, sizes[i].config->W,
+                         i == 0 && n > 1 ? " (default)" : "");
+        if (r < 0) break;
+        k += (size_t)r;
+    }
+    return buf;
+}
+
+int ldm_pipeline_find_size(const LdmPipelineSize *sizes, int n, int H, int W, const char *target,
+                           const char *defs_var) {
+    for (int i = 0; i < n; i++)
+        if (sizes[i].config->H == H && sizes[i].config->W == W) return i;
+    char list[1024], cmd[2048];
+    ldm_pipeline_size_list(sizes, n, list, sizeof list);
+    size_t k = (size_t)snprintf(cmd, sizeof cmd, "make %s CONFIG=%s SIZES=\"", target, sizes[0].config->config_path);
+    for (int i = 0; i < n && k < sizeof cmd; i++)
+        k += (size_t)snprintf(cmd + k, sizeof cmd - k, "%dx%d ", sizes[i].config->H, sizes[i].config->W);
+    if (k < sizeof cmd) k += (size_t)snprintf(cmd + k, sizeof cmd - k, "%dx%d\"", H, W);
+    const char *ov = sizes[0].config->overrides;
+    if (ov && ov[0] && k < sizeof cmd) {
+        k += (size_t)snprintf(cmd + k, sizeof cmd - k, " %s='", defs_var);
+        char *copy = ldm_xstrdup(ov);
+        for (char *tok = strtok(copy, " "); tok && k < sizeof cmd; tok = strtok(NULL, " "))
+            k += (size_t)snprintf(cmd + k, sizeof cmd - k, "%s-D %s", cmd[k - 1] == '\'' ? "" : " ", tok);
+        free(copy);
+        if (k < sizeof cmd) snprintf(cmd + k, sizeof cmd - k, "'");
+    }
+    return ldm_fail("%dx%d (height x width) was not compiled into this executable; it has %s %s. To add it, build "
+                    "with: %s", H, W, n == 1 ? "only" : "these sizes:", list, cmd);
+}
+
 /* ----------------------------------------------------------------------------
  * Models bound to one checkpoint
  * ------------------------------------------------------------------------- */
 
 int ldm_nets_load(LdmNets *s, const char *ckpt_path, const LdmModel *const *models, int n, const char *what) {
     return ldm_nets_load_mapped(s, ckpt_path, models, NULL, n, what);
+}
+
+/* "H=64 W=128 B=2" of a generated model's banner (its last field), or its name. */
+static const char *model_build(const LdmModel *m) {
+    const char *b = m->banner ? strrchr(m->banner, '|') : NULL;
+    return b ? b + 2 : m->name;
+}
+
+int ldm_model_weights_compatible(const LdmModel *a, const LdmModel *b, char *why, size_t why_size) {
+    char tmp[8];
+    if (!why) why = tmp, why_size = sizeof tmp;
+    why[0] = 0;
+    if (a->n_weights != b->n_weights) {
+        snprintf(why, why_size, "%d weights against %d", a->n_weights, b->n_weights);
+        return 0;
+    }
+    for (int i = 0; i < a->n_weights; i++) {
+        const LdmTensorInfo *x = &a->weights[i], *y = &b->weights[i];
+        char sx[160], sy[160];
+        if (strcmp(x->name, y->name) != 0) snprintf(why, why_size, "weight %d is '%s' against '%s'", i, x->name, y->name);
+        else if (x->dtype != y->dtype) snprintf(why, why_size, "weight '%s' has dtype %d against %d", x->name, x->dtype, y->dtype);
+        else if (x->flags != y->flags)
+            snprintf(why, why_size, "weight '%s' is bound with flags %d against %d (another kernel reads it)", x->name,
+                     x->flags, y->flags);
+        else if (x->ndim != y->ndim || memcmp(x->shape, y->shape, (size_t)x->ndim * sizeof x->shape[0]) != 0)
+            snprintf(why, why_size, "weight '%s' has shape %s against %s", x->name, ldm_shape_str(x->ndim, x->shape, sx, sizeof sx),
+                     ldm_shape_str(y->ndim, y->shape, sy, sizeof sy));
+        else continue;
+        return 0;
+    }
+    return 1;
 }
 
 int ldm_nets_load_mapped(LdmNets *s, const char *ckpt_path, const LdmModel *const *models, const LdmKeyMapFn *maps,
@@ -45,16 +112,45 @@ int ldm_nets_load_mapped(LdmNets *s, const char *ckpt_path, const LdmModel *cons
     s->n = n;
     s->models = ldm_xcalloc((size_t)n + 1, sizeof *s->models);
     s->w = ldm_xcalloc((size_t)n + 1, sizeof *s->w);
+    s->owner = ldm_xcalloc((size_t)n + 1, sizeof *s->owner);
+    s->notes = ldm_xstrdup("");
     for (int i = 0; i < n; i++) {
         s->models[i] = models[i];
-        if (ldm_weights_open_mapped(models[i], &s->ckpt, maps ? maps[i] : NULL, &s->w[i]) != 0) {
-            char why[1024];
-            snprintf(why, sizeof why, "%s", ldm_last_error());
+        if (models[i]->arena_bytes > s->arena_bytes) s->arena_bytes = models[i]->arena_bytes;
+        /* Weights bound once for every model with the same table (the same
+         * network at several sizes): the first such model owns them. */
+        LdmKeyMapFn map = maps ? maps[i] : NULL;
+        int owner = -1, same_name = -1;
+        char why[512] = "";
+        for (int j = 0; j < i && owner < 0; j++) {
+            if (s->owner[j] != j || (maps ? maps[j] : NULL) != map) continue;
+            if (ldm_model_weights_compatible(models[j], models[i], NULL, 0)) owner = j;
+            else if (same_name < 0 && models[i]->name && models[j]->name && !strcmp(models[i]->name, models[j]->name))
+                same_name = j;
+        }
+        if (owner >= 0) {
+            s->owner[i] = owner;
+            continue;
+        }
+        if (same_name >= 0) {
+            /* the same network, bound differently: bound separately, never
+             * shared (the other table's bytes would be read wrongly) */
+            ldm_model_weights_compatible(models[i], models[same_name], why, sizeof why);
+            char *notes = ldm_xasprintf("%s%s (%s) binds its weights separately from %s (%s): %s\n", s->notes,
+                                        models[i]->name, model_build(models[i]), models[same_name]->name,
+                                        model_build(models[same_name]), why);
+            free(s->notes);
+            s->notes = notes;
+        }
+        s->owner[i] = i;
+        s->n_weight_sets++;
+        if (ldm_weights_open_mapped(models[i], &s->ckpt, map, &s->w[i]) != 0) {
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", ldm_last_error());
             ldm_nets_free(s);
-            return ldm_fail("%s; this executable was built for %s", why, what ? what : "another checkpoint");
+            return ldm_fail("%s; this executable was built for %s", msg, what ? what : "another checkpoint");
         }
         if (s->w[i].bytes > s->weight_bytes) s->weight_bytes = s->w[i].bytes;
-        if (models[i]->arena_bytes > s->arena_bytes) s->arena_bytes = models[i]->arena_bytes;
     }
     s->arena = ldm_aligned_alloc(s->arena_bytes ? s->arena_bytes : 64);
     return 0;
@@ -65,9 +161,35 @@ void ldm_nets_free(LdmNets *s) {
         for (int i = 0; i < s->n; i++) ldm_weights_free(&s->w[i]);
     free(s->w);
     free(s->models);
+    free(s->owner);
+    free(s->notes);
     free(s->arena);
     st_close(&s->ckpt);
     memset(s, 0, sizeof *s);
+}
+
+/* Hand the arena's pages past `keep` bytes back to the kernel: what a
+ * previous network left there is dead (a forward pass only uses the arena
+ * while it runs), and the next one will not touch it. */
+static void arena_trim(LdmNets *s, size_t keep) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)s->arena + keep + page - 1) & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)s->arena + s->arena_bytes) & ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
+LdmWeights *ldm_nets_weights(LdmNets *s, int i) {
+    int k = s->owner ? s->owner[i] : i;
+    /* one weight set resident at a time; and the activations a larger
+     * network left in the arena (the VAE decoder's, 650 MiB at 512x512)
+     * not resident while the next one (the UNet of the next image) runs */
+    if (s->last_run && s->last_run != k + 1) {
+        ldm_weights_release(&s->w[s->last_run - 1]);
+        arena_trim(s, s->models[i]->arena_bytes);
+    }
+    s->last_run = k + 1;
+    ldm_weights_bind(&s->w[k]);
+    return &s->w[k];
 }
 
 int ldm_nets_run(LdmNets *s, int i, const void *const *in, void *const *out) {
@@ -77,11 +199,8 @@ int ldm_nets_run(LdmNets *s, int i, const void *const *in, void *const *out) {
 int ldm_nets_run_ext(LdmNets *s, int i, const void *const *in, void *const *out, const int64_t *ext) {
     if (i < 0 || i >= s->n) return ldm_fail("no model %d (%d loaded)", i, s->n);
     if (ldm_check_extents(s->models[i], ext) != 0) return -1;
-    /* one model's weights resident at a time */
-    if (s->last_run && s->last_run != i + 1) ldm_weights_release(&s->w[s->last_run - 1]);
-    s->last_run = i + 1;
-    ldm_weights_bind(&s->w[i]);
-    return ldm_forward(s->models[i], s->w[i].ptr, in, out, s->arena, ext);
+    LdmWeights *w = ldm_nets_weights(s, i); /* one weight set resident at a time, shared across sizes */
+    return ldm_forward(s->models[i], w->ptr, in, out, s->arena, ext);
 }
 
 int ldm_model_input(const LdmModel *m, const char *name) {
@@ -416,6 +535,52 @@ void ldm_prompts_free(LdmPromptList *l) {
     for (int i = 0; i < l->n; i++) free(l->items[i].text);
     free(l->items);
     memset(l, 0, sizeof *l);
+}
+
+int ldm_split_args(const char *line, int *argc, char ***argv) {
+    size_t len = strlen(line);
+    char **v = ldm_xcalloc(len / 2 + 2, sizeof *v); /* at most (len + 1) / 2 words */
+    char *word = ldm_xmalloc(len + 1);
+    int n = 0;
+    const char *p = line;
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n' || *p == '\v' || *p == '\f') p++;
+        if (!*p) break;
+        size_t k = 0;
+        while (*p && !(*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n' || *p == '\v' || *p == '\f')) {
+            char q = *p;
+            if (q == '\'' || q == '"') {
+                const char *start = p++;
+                while (*p && *p != q) {
+                    if (q == '"' && *p == '\\' && (p[1] == '"' || p[1] == '\\')) p++;
+                    word[k++] = *p++;
+                }
+                if (!*p) {
+                    free(word);
+                    ldm_args_free(n, v);
+                    return ldm_fail("unterminated %s quote at column %d", q == '"' ? "double" : "single",
+                                    (int)(start - line) + 1);
+                }
+                p++;
+            } else if (q == '\\' && p[1]) {
+                word[k++] = p[1];
+                p += 2;
+            } else {
+                word[k++] = *p++;
+            }
+        }
+        word[k] = 0;
+        v[n++] = ldm_xstrdup(word);
+    }
+    free(word);
+    *argc = n;
+    *argv = v;
+    return 0;
+}
+
+void ldm_args_free(int argc, char **argv) {
+    for (int i = 0; argv && i < argc; i++) free(argv[i]);
+    free(argv);
 }
 
 uint64_t ldm_line_seed(uint64_t seed, int line) { return seed + (uint64_t)(line - 1); }

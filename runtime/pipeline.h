@@ -58,7 +58,32 @@ typedef struct LdmPipelineConfig {
     int context_dim;             /* UNet cross-attention context width, 0 without one */
     int vocab_size;              /* text encoder vocabulary, 0 without a text encoder */
     int n_classes;               /* ClassEmbedder classes, 0 otherwise */
+    const char *overrides;       /* the config overrides it was built with ("name=value ...", "" for none) */
 } LdmPipelineConfig;
+
+/* ---- the sizes of an executable ---------------------------------------------
+ * `ldmc pipeline --config YAML --size HxW [--size HxW]... --nets NET,...`
+ * writes, per size, `const LdmPipelineConfig ldm_pipeline_config_<H>x<W>`
+ * and the table
+ *   const LdmPipelineSize ldm_pipeline_sizes[]   (in --size order: [0] is the default)
+ *   const int ldm_pipeline_n_sizes
+ * whose entry k lists the networks compiled for that size in --nets order,
+ * `<net>_<H>x<W>_model` (ldmc GRAPH --symbol <net>_<H>x<W>). A single-size
+ * executable is the same with one entry. */
+typedef struct LdmPipelineSize {
+    const LdmPipelineConfig *config;   /* its constants (config->H, config->W: the size) */
+    int n_models;                      /* networks, in --nets order */
+    const LdmModel *const *models;
+} LdmPipelineSize;
+
+/* The entry of sizes[0..n) that is H x W, or -1 with the message every
+ * executable prints: the size was not compiled, these were, and the make
+ * command that adds it ("make <target> CONFIG=<config> SIZES=\"... HxW\"",
+ * with <defs_var>='-D ...' when the build had config overrides). */
+int ldm_pipeline_find_size(const LdmPipelineSize *sizes, int n, int H, int W, const char *target,
+                           const char *defs_var);
+/* "128x128 (default), 128x192, 64x128" into buf. */
+const char *ldm_pipeline_size_list(const LdmPipelineSize *sizes, int n, char *buf, size_t size);
 
 /* The scale factor to use with checkpoint f: c->scale_factor, or for
  * scale_by_std configs the checkpoint's scalar tensor `scale_factor`. */
@@ -78,8 +103,23 @@ typedef struct LdmNets {
     unsigned char *arena;        /* shared activation arena */
     size_t arena_bytes;          /* its size: max over the models */
     size_t weight_bytes;         /* the largest model's bound weights (one is resident at a time) */
-    int last_run;                /* 1 + the model that ran last (0: none yet) */
+    int last_run;                /* 1 + the owner (below) of the weights that ran last (0: none yet) */
+    int *owner;                  /* (n) model i runs on the bound weights w[owner[i]]: i itself, or an
+                                  * earlier model with the same key map and an identical weight table
+                                  * (ldm_model_weights_compatible), e.g. the same network compiled for
+                                  * another size; w[i] is then unused */
+    int n_weight_sets;           /* models that own their weights */
+    char *notes;                 /* "" or lines saying which same-named models could not share, and why */
 } LdmNets;
+
+/* Can a weight set bound for model a serve model b? Yes when their weight
+ * tables are identical: the same names in the same order, dtypes, flags
+ * (float32 or half storage, GEMM panel layouts) and shapes, so every
+ * weight is bound to the same bytes at the same place of the region. The
+ * tables depend on the kernels chosen, and those can depend on the size
+ * (a 3x3 convolution on a small map is not Winograd's). 0 with the first
+ * difference in why (why may be NULL) when they are not. */
+int ldm_model_weights_compatible(const LdmModel *a, const LdmModel *b, char *why, size_t why_size);
 
 /* Open ckpt_path and check every model's weights in it (each is bound,
  * ldm_weights_bind, when it first runs). `what` names the executable's build
@@ -93,6 +133,11 @@ int ldm_nets_load(LdmNets *s, const char *ckpt_path, const LdmModel *const *mode
 int ldm_nets_load_mapped(LdmNets *s, const char *ckpt_path, const LdmModel *const *models, const LdmKeyMapFn *maps,
                          int n, const char *what);
 void ldm_nets_free(LdmNets *s);
+/* The bound weights model i runs on (w[owner[i]]), bound now if they are
+ * not; when another weight set ran last, it is released first (below) and
+ * the arena's pages past model i's arena_bytes are handed back (what the
+ * previous network left there is dead). */
+LdmWeights *ldm_nets_weights(LdmNets *s, int i);
 /* Run model i: inputs / outputs in the model's table order. When the
  * previous call ran another model, that model's weight pages are handed
  * back to the kernel first (ldm_weights_release): the text encoder is not
@@ -252,6 +297,14 @@ int ldm_shard_parse(const char *s, int *k, int *n);
  * file is an error naming the line. */
 int ldm_prompts_read(const char *path, int shard_k, int shard_n, LdmPromptList *out);
 void ldm_prompts_free(LdmPromptList *l);
+
+/* Split a line into words as a POSIX shell (and Python's shlex.split, which
+ * the AUTOMATIC1111 webui's "prompts from file" script uses) does: blanks
+ * separate words; '...' is literal; in "..." a backslash escapes " and \\;
+ * elsewhere a backslash escapes the next character. -1 with a message for
+ * an unterminated quote. Free with ldm_args_free. */
+int ldm_split_args(const char *line, int *argc, char ***argv);
+void ldm_args_free(int argc, char **argv);
 
 /* Seed of prompt line `line` (1-based) for a run seeded with `seed`:
  * seed + line - 1 (mod 2^64), so every line's image is the same whichever

@@ -38,7 +38,12 @@
  *     through the decoder's runner, then uint8(255 * (clamp(x, -1, 1) + 1) / 2);
  *   - bad input: missing or wrong checkpoints, --class on an unconditional
  *     model, classes out of range, bad flags: non-zero exit, a clear
- *     message, no output file.
+ *     message, no output file;
+ *   - sizes: `make sample SIZES="64x64 64x96"` for ldm-vq4-tiny: each size
+ *     (-H/-W, --width alone, the default) makes, with --batch, the images
+ *     and latents of the single-size executables bit for bit, from one set
+ *     of bound weights; other sizes are refused with the make command that
+ *     adds them (exit 2, no output), and bad size flags too.
  */
 #define _GNU_SOURCE
 #include <check.h>
@@ -974,6 +979,108 @@ START_TEST(test_static) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------------
+ * several sizes in one executable
+ * ------------------------------------------------------------------------ */
+
+static Built g_vq_multi, g_vq_96;
+
+static void setup_sizes(void) {
+    setup_vq();
+    if (!test_dir[0]) return;
+    if (!g_vq_96.path[0] && !g_vq_96.log)
+        build_exe(&g_vq_96, test_shared("goldens/ldm-vq4-tiny/config.yaml"), "64", "96", "sample-test-vq4-tiny-64x96");
+    if (g_vq_multi.path[0] || g_vq_multi.log) return;
+    char build[300], cfg[512], log[300], path[600];
+    snprintf(build, sizeof build, "BUILD=%s", test_build_dir());
+    snprintf(cfg, sizeof cfg, "CONFIG=%s", test_shared("goldens/ldm-vq4-tiny/config.yaml"));
+    snprintf(log, sizeof log, "%s/make-multi.log", test_dir);
+    snprintf(path, sizeof path, "%s/sample-test-vq4-tiny-multi", test_build_dir());
+    char *argv[] = {"make", "-s", "-j2", build, SMP_SAN ? "SAN=1" : "SAN=0", "sample", cfg, "SIZES=64x64 64x96",
+                    "SAMPLE_NAME=sample-test-vq4-tiny-multi", NULL};
+    int rc = test_wait_status(test_spawn(argv, log));
+    if (rc == 0 && access(path, X_OK) == 0) {
+        snprintf(g_vq_multi.path, sizeof g_vq_multi.path, "%s", path);
+    } else {
+        size_t n;
+        g_vq_multi.log = ldm_read_file(log, &n);
+        if (!g_vq_multi.log) g_vq_multi.log = ldm_xasprintf("make exited with status %d", rc);
+    }
+}
+
+static const char *multi_exe(void) {
+    ck_assert_msg(g_vq_multi.path[0], "make sample SIZES=\"64x64 64x96\" failed:\n%s",
+                  g_vq_multi.log ? g_vq_multi.log : "(not run)");
+    return g_vq_multi.path;
+}
+
+/* _i = 0: the default size 64x64 against the 64x64 executable; 1: --width
+ * 96 and 2: -H 64 -W 96 against the 64x96 one. Two images (--batch 2), with
+ * eta > 0 so that the per-step noise matters too. */
+START_TEST(test_multi_matches_single) {
+    const char *single = _i == 0 ? vq_exe() : g_vq_96.path;
+    ck_assert_msg(single[0], "make sample (64x96) failed:\n%s", g_vq_96.log ? g_vq_96.log : "(not run)");
+    const char *dm = test_tmp("multi-%d", _i), *ds = test_tmp("single-%d", _i);
+    const char *lm = test_tmp("multi-lat-%d", _i), *ls = test_tmp("single-lat-%d", _i);
+    char *out;
+    if (_i == 0)
+        out = run_expect(1, multi_exe(), vq_model(), "--batch", "2", "--steps", "4", "--eta", "0.5", "--seed", "8",
+                         "--save-latent", lm, "-o", dm, NULL);
+    else if (_i == 1)
+        out = run_expect(1, multi_exe(), vq_model(), "--batch", "2", "--steps", "4", "--eta", "0.5", "--seed", "8",
+                         "--width", "96", "--save-latent", lm, "-o", dm, NULL);
+    else
+        out = run_expect(1, multi_exe(), vq_model(), "--batch", "2", "--steps", "4", "--eta", "0.5", "--seed", "8",
+                         "-H", "64", "-W", "96", "--save-latent", lm, "-o", dm, NULL);
+    ck_assert_msg(strstr(out, "2 sizes: 4 networks on 2 weight sets"), "no sharing summary:\n%s", out);
+    free(out);
+    free(run_expect(1, single, vq_model(), "--batch", "2", "--steps", "4", "--eta", "0.5", "--seed", "8",
+                    "--save-latent", ls, "-o", ds, "--quiet", NULL));
+    for (int k = 0; k < 2; k++) {
+        char a[64], b[64];
+        snprintf(a, sizeof a, "multi-%d/%05d-%d.png", _i, k + 1, 8 + k);
+        snprintf(b, sizeof b, "single-%d/%05d-%d.png", _i, k + 1, 8 + k);
+        char pa[600], pb[600];
+        snprintf(pa, sizeof pa, "%s", test_tmp("%s", a));
+        snprintf(pb, sizeof pb, "%s", test_tmp("%s", b));
+        ck_assert_msg(test_exists(pa) && same_file(pa, pb), "%s differs from %s", a, b);
+        snprintf(a, sizeof a, "multi-lat-%d/%05d-%d.safetensors", _i, k + 1, 8 + k);
+        snprintf(b, sizeof b, "single-lat-%d/%05d-%d.safetensors", _i, k + 1, 8 + k);
+        snprintf(pa, sizeof pa, "%s", test_tmp("%s", a));
+        snprintf(pb, sizeof pb, "%s", test_tmp("%s", b));
+        ck_assert_msg(same_latent(pa, pb), "%s differs from %s", a, b);
+        int64_t n;
+        float *lat = read_f32(pa, "latent", &n);
+        ck_assert_int_eq(n, 3 * 16 * (_i ? 24 : 16));
+        free(lat);
+    }
+}
+END_TEST
+
+START_TEST(test_size_refused) {
+    char *out = run_expect(0, multi_exe(), vq_model(), "-H", "96", "-o", test_tmp("bad-size.png"), NULL);
+    char want[1024];
+    snprintf(want, sizeof want, "make sample CONFIG=%s SIZES=\"64x64 64x96 96x64\"",
+             test_shared("goldens/ldm-vq4-tiny/config.yaml"));
+    ck_assert_msg(strstr(out, "96x64 (height x width) was not compiled") && strstr(out, "64x64 (default), 64x96") &&
+                      strstr(out, want),
+                  "message:\n%s", out);
+    free(out);
+    char *argv[] = {(char *)vq_exe(), "--weights", (char *)vq_model(), "--width", "96", "-o",
+                    (char *)test_tmp("bad-size.png"), NULL};
+    int rc = test_run(argv, &out);
+    ck_assert_msg(rc == 2 && strstr(out, "only 64x64") && strstr(out, "SIZES=\"64x64 64x96\""), "status %d:\n%s", rc,
+                  out);
+    free(out);
+    argv[3] = "--height";
+    argv[4] = "sixty";
+    rc = test_run(argv, &out);
+    ck_assert_msg(rc == 2 && strstr(out, "--height: expected an integer"), "status %d:\n%s", rc, out);
+    free(out);
+    assert_no_output("bad-");
+}
+END_TEST
+
 /* make sample refuses text-conditioned configs, naming the way out. */
 START_TEST(test_make_refuses_text_model) {
     char build[300], cfg[512];
@@ -1042,6 +1149,13 @@ Suite *suite_sample(void) {
     tcase_add_loop_test(tc, test_help, 0, 2);
     tcase_add_loop_test(tc, test_static, 0, 2);
     tcase_add_test(tc, test_make_refuses_text_model);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("sizes");
+    tcase_add_unchecked_fixture(tc, setup_sizes, teardown_nothing);
+    tcase_set_timeout(tc, t);
+    tcase_add_loop_test(tc, test_multi_matches_single, 0, 3);
+    tcase_add_test(tc, test_size_refused);
     suite_add_tcase(s, tc);
     return s;
 }

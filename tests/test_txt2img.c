@@ -25,7 +25,20 @@
  *     bad vocabulary, bad PNGs, a mask of the wrong size, bad flag values:
  *     non-zero exit, a clear message, and no output file;
  *   - `ldmc pipeline`: the constants it writes for sd1-tiny and its errors;
- *     the executable is static (no program interpreter) unless sanitized.
+ *     the executable is static (no program interpreter) unless sanitized;
+ *   - sizes: `make txt2img SIZES="128x128 128x192 64x128"` (one executable,
+ *     three sizes; the UNet at 64x128 binds some weights differently, so it
+ *     also covers a network that cannot share) against the single-size
+ *     executables: -H/-W/--height/--width pick the size and each size's
+ *     image and latent are bit for bit the single-size ones; a --prompts
+ *     file mixing sizes with webui-style line options makes the same images
+ *     from one weight load; sizes not compiled are refused (the compiled
+ *     sizes and the make command that adds one, exit 2, no output) and bad
+ *     size flags too; make's own SIZES errors;
+ *   - in process: ldm_model_weights_compatible and LdmNets binding one
+ *     weight set for models with identical tables (and separately, with a
+ *     note, otherwise), ldm_split_args, ldmc pipeline --size and
+ *     ldmc --symbol.
  */
 #define _GNU_SOURCE
 #include <check.h>
@@ -765,6 +778,442 @@ START_TEST(test_ldmc_pipeline) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------------
+ * several sizes in one executable
+ * ------------------------------------------------------------------------ */
+
+#define MULTI_SIZES "128x128 128x192 64x128"
+
+typedef struct Exe {
+    char path[700];       /* "" until built */
+    char *log;            /* why not */
+} Exe;
+
+static Exe g_multi, g_single[3]; /* [0] unused: the 128x128 one is exe() */
+static const char *const k_sizes[3][2] = {{"128", "128"}, {"128", "192"}, {"64", "128"}};
+
+/* make txt2img CONFIG=sd1-tiny <size args> TXT2IMG_NAME=name into e. */
+static void make_t2i(Exe *e, const char *name, const char *a1, const char *a2) {
+    if (e->path[0] || e->log) return;
+    char build[300], config[512], nm[200], path[600], log[300];
+    snprintf(build, sizeof build, "BUILD=%s", test_build_dir());
+    snprintf(config, sizeof config, "CONFIG=%s", test_shared("goldens/sd1-tiny/config.yaml"));
+    snprintf(nm, sizeof nm, "TXT2IMG_NAME=%s", name);
+    snprintf(path, sizeof path, "%s/%s", test_build_dir(), name);
+    snprintf(log, sizeof log, "%s/make-%s.log", test_dir, name);
+    char *argv[] = {"make", "-s", "-j2", build, T2I_SAN ? "SAN=1" : "SAN=0", "txt2img", config, nm,
+                    (char *)a1, (char *)a2, NULL};
+    int rc = test_wait_status(test_spawn(argv, log));
+    if (rc == 0 && access(path, X_OK) == 0) {
+        snprintf(e->path, sizeof e->path, "%s", path);
+    } else {
+        size_t n;
+        e->log = ldm_read_file(log, &n);
+        if (!e->log) e->log = ldm_xasprintf("make exited with status %d", rc);
+    }
+}
+
+static void setup_multi(void) {
+    setup_exe();
+    if (!test_dir[0]) return;
+    make_t2i(&g_multi, "txt2img-test-sd1-tiny-multi", "SIZES=" MULTI_SIZES, NULL);
+    make_t2i(&g_single[1], "txt2img-test-sd1-tiny-128x192", "H=128", "W=192");
+    make_t2i(&g_single[2], "txt2img-test-sd1-tiny-64x128", "H=64", "W=128");
+}
+
+static const char *built(const Exe *e, const char *what) {
+    ck_assert_msg(e->path[0], "make txt2img (%s) failed:\n%s", what, e->log ? e->log : "(not run)");
+    return e->path;
+}
+static const char *multi_exe(void) { return built(&g_multi, "SIZES=" MULTI_SIZES); }
+static const char *single_exe(int k) { return k == 0 ? exe() : built(&g_single[k], "one size"); }
+
+/* Run program with the weights, the vocabulary and the NULL-terminated
+ * arguments; the status, output in *out (malloc'd). */
+static int run_prog(const char *prog, char **out, ...) {
+    char *argv[MAX_ARGS];
+    int k = 0;
+    argv[k++] = (char *)prog;
+    argv[k++] = "--weights";
+    argv[k++] = (char *)model_path();
+    argv[k++] = "--vocab";
+    argv[k++] = (char *)test_shared("clip/bpe_simple_vocab_16e6.txt.gz");
+    va_list ap;
+    va_start(ap, out);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) != NULL) {
+        ck_assert_msg(k < MAX_ARGS - 1, "too many arguments");
+        argv[k++] = (char *)a;
+    }
+    va_end(ap);
+    argv[k] = NULL;
+    return test_run(argv, out);
+}
+
+static void png_size(const char *path, int *w, int *h) {
+    uint8_t *rgb = NULL;
+    ck_assert_msg(ldm_png_read_rgb8(path, &rgb, w, h) == 0, "%s: %s", path, ldm_last_error());
+    free(rgb);
+}
+
+/* Each size of the three-size executable, chosen with -H/-W, --height /
+ * --width, only one of them, or not at all (the default), makes the image
+ * and latent of the single-size executable, bit for bit. */
+START_TEST(test_multi_matches_single) {
+    const char *H = k_sizes[_i][0], *W = k_sizes[_i][1];
+    const char *pm = test_tmp("multi-%d.png", _i), *ps = test_tmp("single-%d.png", _i);
+    const char *lm = test_tmp("multi-%d.safetensors", _i), *ls = test_tmp("single-%d.safetensors", _i);
+    char *out;
+    int rc;
+    if (_i == 0) /* the default size */
+        rc = run_prog(multi_exe(), &out, "--prompt", "a red fox", "--steps", "4", "--seed", "21", "--sampler", "euler_a",
+                      "--save-latent", lm, "-o", pm, NULL);
+    else if (_i == 1) /* --width alone: the default's height */
+        rc = run_prog(multi_exe(), &out, "--prompt", "a red fox", "--steps", "4", "--seed", "21", "--sampler", "euler_a",
+                      "--width", W, "--save-latent", lm, "-o", pm, NULL);
+    else
+        rc = run_prog(multi_exe(), &out, "--prompt", "a red fox", "--steps", "4", "--seed", "21", "--sampler", "euler_a",
+                      "-H", H, "-W", W, "--save-latent", lm, "-o", pm, NULL);
+    ck_assert_msg(rc == 0, "multi-size txt2img at %sx%s failed (%d):\n%s", H, W, rc, out);
+    /* the weights of the four networks bound once for all three sizes, but
+     * the UNet's at 64x128 (some of its convolutions use other kernels) */
+    ck_assert_msg(strstr(out, "3 sizes: 12 networks on 5 weight sets") &&
+                      strstr(out, "note: unet (H=64 W=128 B=2) binds its weights separately from unet (H=128 W=128"),
+                  "no sharing summary:\n%s", out);
+    free(out);
+    /* the single-size executable also takes -H/-W equal to its size */
+    rc = run_prog(single_exe(_i), &out, "--prompt", "a red fox", "--steps", "4", "--seed", "21", "--sampler", "euler_a",
+                  "--height", H, "-W", W, "--save-latent", ls, "-o", ps, "--quiet", NULL);
+    ck_assert_msg(rc == 0, "single-size txt2img %sx%s failed (%d):\n%s", H, W, rc, out);
+    ck_assert_msg(!strstr(out, "weight sets"), "a single-size run printed the sharing summary:\n%s", out);
+    free(out);
+    int w, h;
+    png_size(pm, &w, &h);
+    ck_assert_msg(w == atoi(W) && h == atoi(H), "%s is %dx%d (w x h), expected %sx%s", pm, w, h, W, H);
+    ck_assert_msg(same_latent(lm, ls), "%sx%s: the multi-size latent differs from the single-size one", H, W);
+    ck_assert_msg(same_file(pm, ps), "%sx%s: the multi-size PNG differs from the single-size one", H, W);
+}
+END_TEST
+
+/* One process, one weight load, three sizes: a --prompts file whose lines
+ * choose their size (and seed, negative prompt, steps) as the webui's
+ * "prompts from file" lines do, each image the single-size executable's;
+ * a line asking for a size not compiled fails alone. */
+START_TEST(test_multi_prompts_file) {
+    const char *file = test_tmp("sizes.txt");
+    FILE *fp = fopen(file, "wb");
+    ck_assert(fp);
+    fputs("a cat\n"
+          "--prompt a red   fox --height 128 --width 192 --seed 5 --steps 4\n"
+          "--prompt 'an \"owl\"' --height 64 --negative_prompt blurry, dark --cfg_scale 5\n"
+          "--prompt a dog --height 96\n"
+          "  --width 128 --prompt a cat again\n",
+          fp);
+    fclose(fp);
+    const char *dir = test_tmp("sizes-out");
+    char *out;
+    int rc = run_prog(multi_exe(), &out, "--prompts", file, "--steps", "2", "--seed", "10", "-o", dir, NULL);
+    ck_assert_msg(rc == 1, "expected status 1 (line 4 fails), got %d:\n%s", rc, out);
+    ck_assert_msg(strstr(out, "sizes.txt:4: 96x128 (height x width) was not compiled") &&
+                      strstr(out, "SIZES=\"128x128 128x192 64x128 96x128\"") && strstr(out, "1 of 5 prompts failed"),
+                  "line 4's error:\n%s", out);
+    /* weights loaded once: one "load weights" stage in the summary */
+    const char *lw = strstr(out, "  load weights");
+    ck_assert_msg(lw && !strstr(lw + 1, "  load weights") && strstr(out, "timing (4 images)"), "summary:\n%s", out);
+    char *eol = strchr(lw, '\n');
+    ck_assert_msg(eol && !memchr(lw, '(', (size_t)(eol - lw)), "weights loaded more than once:\n%s", out);
+    ck_assert_msg(strstr(out, "line 2, 128x192") && strstr(out, "line 3, 64x128"), "labels:\n%s", out);
+    free(out);
+    ck_assert_msg(!test_exists(test_tmp("sizes-out/00004-13.png")), "the failed line wrote an image");
+    /* the same images from the single-size executables */
+    struct {
+        const char *png;
+        int k;
+        const char *args[12];
+    } want[] = {
+        {"00001-10.png", 0, {"--prompt", "a cat", "--steps", "2", "--seed", "10", NULL}},
+        {"00002-5.png", 1, {"--prompt", "a red fox", "--steps", "4", "--seed", "5", NULL}},
+        {"00003-12.png", 2, {"--prompt", "an \"owl\"", "--negative-prompt", "blurry, dark", "--cfg-scale", "5", "--steps",
+                             "2", "--seed", "12", NULL}},
+        {"00005-14.png", 0, {"--prompt", "a cat again", "--steps", "2", "--seed", "14", NULL}},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const char *ref = test_tmp("sizes-ref-%zu.png", i);
+        char *argv[MAX_ARGS];
+        int k = 0;
+        argv[k++] = (char *)single_exe(want[i].k);
+        argv[k++] = "--weights";
+        argv[k++] = (char *)model_path();
+        argv[k++] = "--vocab";
+        argv[k++] = (char *)test_shared("clip/bpe_simple_vocab_16e6.txt.gz");
+        for (const char *const *a = want[i].args; *a; a++) argv[k++] = (char *)*a;
+        argv[k++] = "-o";
+        argv[k++] = (char *)ref;
+        argv[k++] = "--quiet";
+        argv[k] = NULL;
+        rc = test_run(argv, &out);
+        ck_assert_msg(rc == 0, "single-size run for %s failed (%d):\n%s", want[i].png, rc, out);
+        free(out);
+        char rel[64];
+        snprintf(rel, sizeof rel, "sizes-out/%s", want[i].png);
+        ck_assert_msg(test_exists(test_tmp("%s", rel)), "no %s", rel);
+        ck_assert_msg(same_file(test_tmp("%s", rel), ref), "%s differs from the single-size executable's image",
+                      want[i].png);
+    }
+}
+END_TEST
+
+/* A size that was not compiled: refused before anything is loaded, with the
+ * compiled sizes and the make command that adds it; status 2, no output. */
+START_TEST(test_size_refused) {
+    char *out;
+    const char *png = test_tmp("bad-size.png");
+    int rc = run_prog(multi_exe(), &out, "--prompt", "x", "-H", "256", "-o", png, NULL);
+    char want[1024];
+    snprintf(want, sizeof want, "make txt2img CONFIG=%s SIZES=\"128x128 128x192 64x128 256x128\"",
+             test_shared("goldens/sd1-tiny/config.yaml"));
+    ck_assert_msg(rc == 2, "status %d:\n%s", rc, out);
+    ck_assert_msg(strstr(out, "error: 256x128 (height x width) was not compiled into this executable") &&
+                      strstr(out, "128x128 (default), 128x192, 64x128") && strstr(out, want),
+                  "message:\n%s", out);
+    free(out);
+    /* the single-size executable the same way */
+    rc = run_prog(exe(), &out, "--prompt", "x", "--width", "64", "-o", png, NULL);
+    snprintf(want, sizeof want, "make txt2img CONFIG=%s SIZES=\"128x128 128x64\"",
+             test_shared("goldens/sd1-tiny/config.yaml"));
+    ck_assert_msg(rc == 2 && strstr(out, "128x64 (height x width) was not compiled") && strstr(out, "only 128x128") &&
+                      strstr(out, want),
+                  "status %d, message:\n%s", rc, out);
+    free(out);
+    assert_no_output("bad-");
+}
+END_TEST
+
+static const char *const k_bad_size[][3] = {
+    {"-H", "x", "-H: expected an integer"},
+    {"--height", "0", "--height: expected an integer from 1"},
+    {"--width=abc", NULL, "--width: expected an integer"},
+    {"-W", "99999999", "-W: expected an integer from 1 to 65536"},
+    {"-H", "-5", "-H: expected an integer"},
+    {"-W", NULL, "-W: expected a value"},
+};
+
+START_TEST(test_size_flag_errors) {
+    const char *const *b = k_bad_size[_i];
+    char *out;
+    int rc = run_prog(multi_exe(), &out, "--prompt", "x", "-o", test_tmp("bad-flag.png"), b[0], b[1], NULL);
+    ck_assert_msg(rc == 2 && strstr(out, b[2]), "%s %s: status %d, message:\n%s", b[0], b[1] ? b[1] : "", rc, out);
+    free(out);
+    assert_no_output("bad-");
+}
+END_TEST
+
+START_TEST(test_multi_help) {
+    char *argv[] = {(char *)multi_exe(), "--help", NULL};
+    char *out;
+    ck_assert(test_run(argv, &out) == 0);
+    ck_assert_msg(strstr(out, "Sizes (height x width): 128x128 (default), 128x192, 64x128.") && strstr(out, "--height"),
+                  "help:\n%s", out);
+    free(out);
+}
+END_TEST
+
+/* make's own checks of SIZES. */
+START_TEST(test_make_sizes_errors) {
+    char build[300], config[512], log[300];
+    snprintf(build, sizeof build, "BUILD=%s", test_build_dir());
+    snprintf(config, sizeof config, "CONFIG=%s", test_shared("goldens/sd1-tiny/config.yaml"));
+    snprintf(log, sizeof log, "%s/make-bad.log", test_dir);
+    struct {
+        const char *a1, *a2, *expect;
+    } bad[] = {
+        {"SIZES=128x128", "H=128", "not both"},
+        {"SIZES=128x128 128", NULL, "--size: expected HEIGHTxWIDTH"},
+        {"SIZES=128x128 128x100", NULL, "multiples of 8"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *argv[] = {"make", "-s", build, T2I_SAN ? "SAN=1" : "SAN=0", "txt2img", config,
+                        "TXT2IMG_NAME=txt2img-test-bad-sizes", (char *)bad[i].a1, (char *)bad[i].a2, NULL};
+        int rc = test_wait_status(test_spawn(argv, log));
+        size_t n;
+        char *text = ldm_read_file(log, &n);
+        ck_assert_msg(rc != 0 && text && strstr(text, bad[i].expect), "make %s %s: status %d:\n%s", bad[i].a1,
+                      bad[i].a2 ? bad[i].a2 : "", rc, text ? text : "");
+        free(text);
+    }
+    char path[600];
+    snprintf(path, sizeof path, "%s/txt2img-test-bad-sizes", test_build_dir());
+    ck_assert_msg(!test_exists(path), "%s was built", path);
+}
+END_TEST
+
+/* ---- in process: weight tables, shared weight sets ---------------------- */
+
+static const LdmW *g_seen_w;
+static int fake_forward(const LdmW *w, const void *const *in, void *const *out, unsigned char *arena,
+                        const int64_t *ext) {
+    (void)in, (void)out, (void)arena, (void)ext;
+    g_seen_w = w;
+    return 0;
+}
+
+START_TEST(test_weights_sharing) {
+    /* a checkpoint with two tensors */
+    const char *ckpt = test_tmp("share.safetensors");
+    float a[16], b[4];
+    for (int i = 0; i < 16; i++) a[i] = (float)i;
+    for (int i = 0; i < 4; i++) b[i] = (float)-i;
+    int64_t sa[2] = {4, 4}, sb[1] = {4};
+    StWriter *wr = st_writer_new();
+    st_writer_add(wr, "x.weight", ST_F32, 2, sa, a);
+    st_writer_add(wr, "x.bias", ST_F32, 1, sb, b);
+    ck_assert(st_writer_save(wr, ckpt) == 0);
+    st_writer_free(wr);
+#define TI(nm, fl, nd, ...) {.name = nm, .dtype = LDM_F32, .flags = fl, .ndim = nd, .shape = {__VA_ARGS__}}
+    static const LdmTensorInfo t1[2] = {TI("x.weight", 0, 2, 4, 4), TI("x.bias", 0, 1, 4)};
+    static const LdmTensorInfo t2[2] = {TI("x.weight", LDM_TF_BPANELS, 2, 4, 4), TI("x.bias", 0, 1, 4)};
+    static const LdmTensorInfo t3[2] = {TI("x.weight", 0, 2, 2, 8), TI("x.bias", 0, 1, 4)};
+#undef TI
+    LdmModel m1 = {.name = "net", .banner = "ldmc | graph net | H=64 W=64", .n_weights = 2, .weights = t1,
+                   .arena_bytes = 64, .forward = fake_forward};
+    LdmModel m2 = m1, m3 = m1, m4 = m1;
+    m2.banner = "ldmc | graph net | H=64 W=96";                        /* same table: shares */
+    m3.banner = "ldmc | graph net | H=32 W=32", m3.weights = t2;       /* another layout: its own */
+    m4.name = "other", m4.weights = t3;                                /* another shape */
+    char why[256];
+    ck_assert(ldm_model_weights_compatible(&m1, &m2, why, sizeof why));
+    ck_assert(!ldm_model_weights_compatible(&m1, &m3, why, sizeof why));
+    ck_assert_msg(strstr(why, "'x.weight'") && strstr(why, "flags 0 against 2"), "why: %s", why);
+    ck_assert(!ldm_model_weights_compatible(&m1, &m4, why, sizeof why));
+    ck_assert_msg(strstr(why, "shape [4, 4] against [2, 8]"), "why: %s", why);
+    LdmModel m5 = m1;
+    m5.n_weights = 1;
+    ck_assert(!ldm_model_weights_compatible(&m1, &m5, NULL, 0));
+
+    const LdmModel *models[3] = {&m1, &m2, &m3};
+    LdmNets s;
+    ck_assert_msg(ldm_nets_load(&s, ckpt, models, 3, "test") == 0, "%s", ldm_last_error());
+    ck_assert_int_eq(s.n_weight_sets, 2);
+    ck_assert_int_eq(s.owner[0], 0);
+    ck_assert_int_eq(s.owner[1], 0);
+    ck_assert_int_eq(s.owner[2], 2);
+    ck_assert_msg(strstr(s.notes, "net (H=32 W=32) binds its weights separately from net (H=64 W=64): weight "
+                                  "'x.weight' is bound with flags 2 against 0"),
+                  "notes: %s", s.notes);
+    ck_assert_int_eq(ldm_nets_run(&s, 0, NULL, NULL), 0);
+    const LdmW *w0 = g_seen_w;
+    const unsigned char *region = s.w[0].region;
+    ck_assert(region && ((const float *)w0[0].p)[5] == 5.0f);
+    /* model 1 runs on the same bound weights: not released, not bound again */
+    ck_assert_int_eq(ldm_nets_run(&s, 1, NULL, NULL), 0);
+    ck_assert(g_seen_w == w0 && s.w[0].region == region && s.w[1].region == NULL);
+    /* model 2 has its own; the shared set is released while it runs */
+    ck_assert_int_eq(ldm_nets_run(&s, 2, NULL, NULL), 0);
+    ck_assert(g_seen_w == s.w[2].ptr && s.w[2].region && s.w[0].region == NULL);
+    ck_assert_int_eq(ldm_nets_run(&s, 1, NULL, NULL), 0);
+    ck_assert(g_seen_w == s.w[0].ptr && s.w[0].region && s.w[2].region == NULL);
+    ldm_nets_free(&s);
+    /* with another key map per model nothing is shared */
+    LdmKeyMapFn maps[3] = {NULL, ldm_ema_key, NULL};
+    ck_assert(ldm_nets_load_mapped(&s, ckpt, models, maps, 2, "test") == 0);
+    ck_assert_int_eq(s.n_weight_sets, 2);
+    ldm_nets_free(&s);
+}
+END_TEST
+
+START_TEST(test_split_args) {
+    struct {
+        const char *line;
+        int n;
+        const char *words[5];
+    } ok[] = {
+        {"  --prompt a   b ", 3, {"--prompt", "a", "b"}},
+        {"--prompt 'it''s' \"a \\\"q\\\" \\\\ \\n\"", 3, {"--prompt", "its", "a \"q\" \\ \\n"}},
+        {"a\\ b 'c d'e", 2, {"a b", "c de"}},
+        {"", 0, {NULL}},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        int argc;
+        char **argv;
+        ck_assert_msg(ldm_split_args(ok[i].line, &argc, &argv) == 0, "%s: %s", ok[i].line, ldm_last_error());
+        ck_assert_msg(argc == ok[i].n, "'%s': %d words", ok[i].line, argc);
+        for (int k = 0; k < argc; k++)
+            ck_assert_msg(!strcmp(argv[k], ok[i].words[k]), "'%s': word %d is '%s', expected '%s'", ok[i].line, k,
+                          argv[k], ok[i].words[k]);
+        ldm_args_free(argc, argv);
+    }
+    int argc;
+    char **argv;
+    ck_assert(ldm_split_args("--prompt \"open", &argc, &argv) != 0);
+    ck_assert_msg(strstr(ldm_last_error(), "unterminated double quote at column 10"), "%s", ldm_last_error());
+    ck_assert(ldm_split_args("'x", &argc, &argv) != 0);
+}
+END_TEST
+
+/* ldmc pipeline --size / --nets, and ldmc --symbol. */
+START_TEST(test_ldmc_sizes_and_symbol) {
+    char ldmc[300];
+    snprintf(ldmc, sizeof ldmc, "%s/ldmc", test_build_dir());
+    const char *cfg = test_shared("goldens/sd1-tiny/config.yaml"), *c = test_tmp("sizes.c");
+    char *argv[] = {ldmc, "pipeline", "--config", (char *)cfg, "--size", "128x128", "--size", "64x96", "--nets",
+                    "clip_text,unet", "-D", "model.params.scale_factor=0.5", "-o", (char *)c, NULL};
+    char *out;
+    int rc = test_run(argv, &out);
+    ck_assert_msg(rc == 0, "ldmc pipeline --size failed:\n%s", out);
+    free(out);
+    size_t n;
+    char *text = ldm_read_file(c, &n);
+    static const char *want[] = {"const LdmPipelineConfig ldm_pipeline_config_128x128 = {",
+                                 "const LdmPipelineConfig ldm_pipeline_config_64x96 = {", ".latent_h = 8,",
+                                 ".latent_w = 12,", ".scale_factor = 0.5,",
+                                 ".overrides = \"model.params.scale_factor=0.5\",",
+                                 "extern const LdmModel clip_text_64x96_model, unet_64x96_model;",
+                                 "const LdmPipelineSize ldm_pipeline_sizes[2] = {",
+                                 "    {&ldm_pipeline_config_128x128, 2, models_128x128},\n"
+                                 "    {&ldm_pipeline_config_64x96, 2, models_64x96},",
+                                 "const int ldm_pipeline_n_sizes = 2;"};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        ck_assert_msg(strstr(text, want[i]), "lacks '%s':\n%s", want[i], text);
+    free(text);
+    /* errors */
+    static const char *bad[][5] = {
+        {"--size", "128x128", "--size", "128x128", "given twice"},
+        {"--size", "128", "--size", "64x64", "expected HEIGHTxWIDTH"},
+        {"--size", "128x128", "-D", "H=128", "not both"},
+        {"--size", "128x128", "--nets", "unet,9x", "'9x' is not a network name"},
+        {"--size", "128x128", "--size", "128x100", "multiples of 8"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *o = test_tmp("sizes-bad-%zu.c", i);
+        char *av[] = {ldmc, "pipeline", "--config", (char *)cfg, (char *)bad[i][0], (char *)bad[i][1],
+                      (char *)bad[i][2], (char *)bad[i][3], "-o", (char *)o, NULL};
+        rc = test_run(av, &out);
+        ck_assert_msg(rc != 0 && strstr(out, bad[i][4]), "case %zu: status %d:\n%s", i, rc, out);
+        ck_assert(!test_exists(o));
+        free(out);
+    }
+    /* --symbol names the exported symbols */
+    const char *g = test_tmp("clip.c");
+    char *av[] = {ldmc, "models/sd1/clip_text.graph", "--config", (char *)cfg, "-D", "B=1", "--symbol",
+                  "clip_text_64x96", "-o", (char *)g, NULL};
+    rc = test_run(av, &out);
+    ck_assert_msg(rc == 0, "ldmc --symbol failed:\n%s", out);
+    free(out);
+    text = ldm_read_file(g, &n);
+    ck_assert_msg(strstr(text, "\nint clip_text_64x96_forward(const LdmW *w,") &&
+                      strstr(text, "\nconst LdmModel clip_text_64x96_model = {\n    .name = \"clip_text\",") &&
+                      !strstr(text, "clip_text_forward") && !strstr(text, "clip_text_model"),
+                  "symbols in:\n%.2000s", text);
+    free(text);
+    char *av2[] = {ldmc, "models/sd1/clip_text.graph", "--config", (char *)cfg, "--symbol", "x-y", "-o",
+                   (char *)test_tmp("bad-sym.c"), NULL};
+    rc = test_run(av2, &out);
+    ck_assert_msg(rc == 2 && strstr(out, "--symbol: 'x-y' is not a C identifier"), "status %d:\n%s", rc, out);
+    free(out);
+    assert_no_output("bad-");
+}
+END_TEST
+
 static void scratch_setup(void) { test_dir_init("ldm_txt2img_"); }
 
 Suite *suite_txt2img(void) {
@@ -811,6 +1260,20 @@ Suite *suite_txt2img(void) {
     tcase_add_unchecked_fixture(tc, scratch_setup, teardown_nothing);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_ldmc_pipeline);
+    tcase_add_test(tc, test_ldmc_sizes_and_symbol);
+    tcase_add_test(tc, test_weights_sharing);
+    tcase_add_test(tc, test_split_args);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("sizes");
+    tcase_add_unchecked_fixture(tc, setup_multi, teardown_nothing);
+    tcase_set_timeout(tc, t);
+    tcase_add_loop_test(tc, test_multi_matches_single, 0, 3);
+    tcase_add_test(tc, test_multi_prompts_file);
+    tcase_add_test(tc, test_size_refused);
+    tcase_add_loop_test(tc, test_size_flag_errors, 0, (int)(sizeof k_bad_size / sizeof k_bad_size[0]));
+    tcase_add_test(tc, test_multi_help);
+    tcase_add_test(tc, test_make_sizes_errors);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -5,11 +5,15 @@
  *   build/sample-256x256 --weights celeba.safetensors --steps 50 --seed 1 -o face.png
  *   make sample CONFIG=models/ldm/cin256-v2.yaml H=256 W=256
  *   build/sample-256x256 --weights cin256-v2.safetensors --class 207 -o retriever.png
+ *   make sample CONFIG=models/ldm/celebahq-ldm-vq-4.yaml SIZES="256x256 256x384"
+ *   build/sample -H 256 -W 384 --weights celeba.safetensors -o wide.png
  *
- * Linked with the ldmc-generated networks of one LDM config at one
- * resolution - unet, vae_decoder (VQ or KL) and, for class-conditional
- * configs, class_embed - and `ldm_pipeline_config`, the config's constants
- * from `ldmc pipeline`. Unconditional models follow
+ * Linked with the ldmc-generated networks of one LDM config at each size it
+ * was built for - unet, vae_decoder (VQ or KL) and, for class-conditional
+ * configs, class_embed - and `ldm_pipeline_sizes`, the table of `ldmc
+ * pipeline`: per size the config's constants and those networks. -H/-W pick
+ * the size (default the first); the sizes' networks share their bound
+ * weights (LdmNets). Unconditional models follow
  * scripts/sample_diffusion.py (CompVis/latent-diffusion), class-conditional
  * ones the cin256 notebook (scripts/latent_imagenet_diffusion.ipynb); the
  * exact semantics are in shared/goldens/README.md, family 2:
@@ -38,13 +42,18 @@
 #include "schedule.h"
 #include "util.h"
 
-/* The generated parts this program is linked with. For configs without a
- * ClassEmbedder, class_embed_model is an empty table (forward == NULL). */
-extern const LdmModel unet_model, vae_decoder_model, class_embed_model;
-extern const LdmPipelineConfig ldm_pipeline_config;
-#define CFG ldm_pipeline_config
+/* The generated table this program is linked with: per size its constants
+ * and its networks in the order below (`ldmc pipeline --nets
+ * unet,vae_decoder,class_embed`). For configs without a ClassEmbedder,
+ * class_embed is an empty table (forward == NULL). */
+extern const LdmPipelineSize ldm_pipeline_sizes[];
+extern const int ldm_pipeline_n_sizes;
 
 enum { NET_UNET, NET_DEC, NET_CLASS, N_NETS };
+
+/* The constants of the size in use (the default size until one is chosen). */
+static const LdmPipelineConfig *g_cfg;
+#define CFG (*g_cfg)
 
 /* cin256 notebook: scale = 3.0 (unconditional_guidance_scale) */
 #define DEFAULT_CFG_SCALE 3.0
@@ -69,22 +78,29 @@ typedef struct Options {
     double cfg_scale;          /* --cfg-scale */
     int has_cfg;
     int ema;                   /* --ema */
+    int H, W;                  /* -H/--height, -W/--width */
+    int has_H, has_W;
     int quiet;                 /* --quiet */
 } Options;
 
-static int n_classes(void) { return class_embed_model.forward ? CFG.n_classes : 0; }
+static int n_classes(void) { return ldm_pipeline_sizes[0].models[NET_CLASS]->forward ? CFG.n_classes : 0; }
 
 static void usage(FILE *fp, const char *argv0) {
+    char sizes[1024];
+    ldm_pipeline_size_list(ldm_pipeline_sizes, ldm_pipeline_n_sizes, sizes, sizeof sizes);
     fprintf(fp,
             "usage: %s --weights CKPT.safetensors -o OUT.png [--steps N] [--eta E] [--seed N]\n"
             "          [--rng cpu|cuda] [--init-noise F] [--save-latent F] [--batch K]\n"
-            "          %s[--ema] [--compute f32|bf16] [--quiet]\n"
+            "          %s[--ema] [--compute f32|bf16] [--quiet] [-H PIXELS] [-W PIXELS]\n"
             "\n"
             "DDIM sampling for %s (%s model).\n"
+            "Sizes (height x width): %s.\n"
             "\n"
             "  --weights CKPT      LDM checkpoint (LatentDiffusion state dict as .safetensors; F32, F16 or BF16),\n"
             "                      checked tensor by tensor\n"
-            "  -o, --output OUT    the PNG to write (8-bit RGB, %d wide, %d high)\n"
+            "  -o, --output OUT    the PNG to write (8-bit RGB, %d wide, %d high at the default size)\n"
+            "  -H, --height N      image height in pixels, -W, --width N its width: one of the sizes above\n"
+            "                      (default: the first; one flag alone keeps the default's other side)\n"
             "  --steps N           DDIM steps (default 50)\n"
             "  --eta E             DDIM eta (default 0: deterministic; sample_diffusion.py uses 1)\n"
             "  --seed N            torch.manual_seed(N) for all noise (default 0)\n"
@@ -94,7 +110,7 @@ static void usage(FILE *fp, const char *argv0) {
             "  --batch K           K images, weights loaded once; OUT (and --save-latent) are then directories,\n"
             "                      image i (1-based) drawn with seed N + i - 1 and written to <i, 5 digits>-<seed>.png\n",
             argv0, n_classes() ? "--class N [--cfg-scale S] " : "", CFG.banner,
-            n_classes() ? "class-conditional" : "unconditional", CFG.W, CFG.H, CFG.latent_channels, CFG.latent_h,
+            n_classes() ? "class-conditional" : "unconditional", sizes, CFG.W, CFG.H, CFG.latent_channels, CFG.latent_h,
             CFG.latent_w, strcmp(CFG.first_stage, "vq") == 0 ? ", the codebook indices ('indices')" : "",
             n_classes() ? ", the context ('context', [uncond, cond]) and 'class_label'" : "");
     if (n_classes())
@@ -122,7 +138,7 @@ static int is_flag(const char *a, const char *name) {
 /* The flags that take a value. */
 static const char *const value_flags[] = {
     "--weights", "-o", "--output", "--init-noise", "--save-latent", "--steps", "--eta", "--seed", "--rng",
-    "--batch", "--class", "--cfg-scale", "--compute", NULL,
+    "--batch", "--class", "--cfg-scale", "--compute", "-H", "--height", "-W", "--width", NULL,
 };
 
 /* 0, 1 for --help, or -1 (ldm_fail) on bad usage. */
@@ -182,6 +198,12 @@ static int parse_args(int argc, char **argv, Options *o) {
                                 "nothing to guide towards", CFG.config_path);
             if (ldm_parse_double(f, v, -1e4, 1e4, &o->cfg_scale)) return -1;
             o->has_cfg = 1;
+        } else if (!strcmp(f, "-H") || !strcmp(f, "--height")) {
+            if (ldm_parse_int(f, v, 1, 65536, &o->H)) return -1;
+            o->has_H = 1;
+        } else if (!strcmp(f, "-W") || !strcmp(f, "--width")) {
+            if (ldm_parse_int(f, v, 1, 65536, &o->W)) return -1;
+            o->has_W = 1;
         }
     }
     return 0;
@@ -217,12 +239,30 @@ typedef struct App {
     int32_t labels[2];        /* [unconditional class, --class] */
     float *context;           /* (2, 1, ctx_dim): [class_embed(uncond), class_embed(class)], or NULL */
     float *init_noise;        /* (batch, n_lat) --init-noise, or NULL */
+    int size;                 /* the size in use: index in ldm_pipeline_sizes */
+    int per_size;             /* networks loaded per size: unet, vae_decoder (, class_embed) */
 } App;
 
-/* The linked networks must fit each other and the generated constants (a
- * mismatch is a build bug, not a user error). */
-static int check_models(const App *a) {
-    const LdmModel *unet = &unet_model, *dec = &vae_decoder_model;
+/* Network `net` of the size in use, and its index in a->nets. */
+static const LdmModel *net_model(const App *a, int net) { return ldm_pipeline_sizes[a->size].models[net]; }
+static int net_index(const App *a, int net) { return a->size * a->per_size + net; }
+
+/* Make size k the one in use (CFG, latent shape, networks). */
+static void use_size(App *a, int k) {
+    a->size = k;
+    g_cfg = ldm_pipeline_sizes[k].config;
+    a->h = CFG.latent_h;
+    a->w = CFG.latent_w;
+    a->n_lat = (int64_t)a->C * a->h * a->w;
+}
+
+/* The linked networks of the size in use must fit each other and the
+ * generated constants (a mismatch is a build bug, not a user error). */
+static int check_size_models(const App *a) {
+    if (ldm_pipeline_sizes[a->size].n_models != N_NETS)
+        return ldm_fail("internal: the size table lists %d networks for %dx%d, expected %d",
+                        ldm_pipeline_sizes[a->size].n_models, CFG.H, CFG.W, N_NETS);
+    const LdmModel *unet = net_model(a, NET_UNET), *dec = net_model(a, NET_DEC), *ce = net_model(a, NET_CLASS);
     int iz = ldm_model_input(dec, "z"), oi = ldm_model_output(dec, "image");
     if (iz < 0 || oi < 0 || ldm_numel(&dec->inputs[iz]) != a->n_lat ||
         ldm_numel(&dec->outputs[oi]) != 3LL * CFG.H * CFG.W)
@@ -231,12 +271,11 @@ static int check_models(const App *a) {
     if (a->vq && (ldm_model_output(dec, "indices") < 0 ||
                   ldm_numel(&dec->outputs[ldm_model_output(dec, "indices")]) != (int64_t)a->h * a->w))
         return ldm_fail("internal: the linked VQ decoder has no indices output of %dx%d", a->h, a->w);
-    if ((CFG.n_classes > 0) != (class_embed_model.forward != NULL))
+    if ((CFG.n_classes > 0) != (ce->forward != NULL))
         return ldm_fail("internal: %s %s a ClassEmbedder but the executable was linked %s class_embed",
                         CFG.config_path, CFG.n_classes > 0 ? "has" : "has no", CFG.n_classes > 0 ? "without" : "with");
     int ic = ldm_model_input(unet, "context");
     if (a->classes) {
-        const LdmModel *ce = &class_embed_model;
         int il = ldm_model_input(ce, "class_label"), oc = ldm_model_output(ce, "context");
         if (il < 0 || oc < 0 || ldm_numel(&ce->inputs[il]) != 1 || ldm_numel(&ce->outputs[oc]) != a->ctx_dim ||
             ic < 0 || ldm_numel(&unet->inputs[ic]) != 2LL * a->ctx_dim)
@@ -248,10 +287,21 @@ static int check_models(const App *a) {
     return 0;
 }
 
+/* Every size's networks (leaves the default size in use). */
+static int check_models(App *a) {
+    int rc = 0;
+    for (int k = 0; k < ldm_pipeline_n_sizes && rc == 0; k++) {
+        use_size(a, k);
+        rc = check_size_models(a);
+    }
+    use_size(a, 0);
+    return rc;
+}
+
 /* context[0] = class_embed(n_classes - 1), context[1] = class_embed(class):
  * model.get_learned_conditioning({class_label: [1000]}) / ({class_label: [N]}). */
 static int embed_classes(App *a) {
-    const LdmModel *ce = &class_embed_model;
+    const LdmModel *ce = net_model(a, NET_CLASS);
     void **outs = ldm_xcalloc((size_t)ce->n_outputs, sizeof *outs);
     int oc = ldm_model_output(ce, "context"), rc = 0;
     for (int k = 0; k < 2 && rc == 0; k++) {
@@ -259,7 +309,7 @@ static int embed_classes(App *a) {
             outs[i] = i == oc ? a->context + (int64_t)k * a->ctx_dim
                               : ldm_aligned_alloc((size_t)ldm_numel(&ce->outputs[i]) * sizeof(float));
         const void *in[1] = {&a->labels[k]};
-        rc = ldm_nets_run(&a->nets, NET_CLASS, in, outs);
+        rc = ldm_nets_run(&a->nets, net_index(a, NET_CLASS), in, outs);
         for (int i = 0; i < ce->n_outputs; i++)
             if (i != oc) free(outs[i]);
     }
@@ -272,7 +322,7 @@ static int embed_classes(App *a) {
  * decode_first_stage(z) = first_stage_model.decode(1. / scale_factor * z),
  * VQModelInterface.decode quantising first (inside the decoder graph). */
 static int decode_latent(App *a, const float *latent, float *image01, int32_t *indices) {
-    const LdmModel *dec = &vae_decoder_model;
+    const LdmModel *dec = net_model(a, NET_DEC);
     int oi = ldm_model_output(dec, "image"), ox = a->vq ? ldm_model_output(dec, "indices") : -1;
     float *z = ldm_aligned_alloc((size_t)a->n_lat * sizeof(float));
     float inv = CFG.scale_by_std ? 1.0f / (float)a->scale : (float)(1.0 / a->scale);
@@ -282,7 +332,7 @@ static int decode_latent(App *a, const float *latent, float *image01, int32_t *i
         outs[i] = i == oi ? (void *)image01 : i == ox ? (void *)indices
                                                       : ldm_aligned_alloc((size_t)ldm_numel(&dec->outputs[i]) * 4);
     const void *in[1] = {z};
-    int rc = ldm_nets_run(&a->nets, NET_DEC, in, outs);
+    int rc = ldm_nets_run(&a->nets, net_index(a, NET_DEC), in, outs);
     /* custom_to_pil: (clamp(x, -1, 1) + 1) / 2, which is exactly
      * clamp((x + 1) / 2, 0, 1) in float32 (same operations inside [-1, 1],
      * 0 and 1 outside) */
@@ -359,7 +409,7 @@ static int make_image(App *a, int image, uint64_t seed, const char *png_path, co
     memcpy(noise, x, (size_t)n * sizeof(float));
 
     g.nets = &a->nets;
-    g.unet = NET_UNET;
+    g.unet = net_index(a, NET_UNET);
     g.batch = 1;
     g.sample_n = n;
     g.guided = a->classes > 0;
@@ -434,14 +484,35 @@ static int run(App *a) {
     const Options *o = &a->o;
     if (load_inputs(a) != 0) return -1;
 
+    /* every size's networks, size k's at k * per_size: those of one network
+     * share one weight set (ldm_nets_load_mapped), bound when it first runs */
     double t0 = ldm_now();
-    const LdmModel *models[N_NETS] = {&unet_model, &vae_decoder_model, &class_embed_model};
-    LdmKeyMapFn maps[N_NETS] = {o->ema ? ldm_ema_key : NULL, NULL, NULL};
-    char what[512];
-    snprintf(what, sizeof what, "%s at %dx%d", CFG.config_path, CFG.H, CFG.W);
-    if (ldm_nets_load_mapped(&a->nets, o->weights, models, maps, a->classes ? 3 : 2, what) != 0) return -1;
+    int n_models = ldm_pipeline_n_sizes * a->per_size;
+    const LdmModel **models = ldm_xcalloc((size_t)n_models, sizeof *models);
+    LdmKeyMapFn *maps = ldm_xcalloc((size_t)n_models, sizeof *maps);
+    for (int k = 0; k < ldm_pipeline_n_sizes; k++)
+        for (int j = 0; j < a->per_size; j++) {
+            models[k * a->per_size + j] = ldm_pipeline_sizes[k].models[j];
+            maps[k * a->per_size + j] = j == NET_UNET && o->ema ? ldm_ema_key : NULL;
+        }
+    char what[1024], sizes[900];
+    snprintf(what, sizeof what, "%s at %s", CFG.config_path,
+             ldm_pipeline_size_list(ldm_pipeline_sizes, ldm_pipeline_n_sizes, sizes, sizeof sizes));
+    int rc = ldm_nets_load_mapped(&a->nets, o->weights, models, maps, n_models, what);
+    free(models);
+    free(maps);
+    if (rc != 0) return -1;
     if (ldm_pipeline_scale_factor(&CFG, &a->nets.ckpt, &a->scale) != 0) return -1;
     ldm_times_add(&a->times, "load weights", ldm_now() - t0);
+    if (ldm_pipeline_n_sizes > 1 && a->pmode != LDM_PROGRESS_QUIET) {
+        fprintf(stderr, "%s: %d sizes: %d networks on %d weight sets (bound once, shared by the sizes)\n", a->argv0,
+                ldm_pipeline_n_sizes, n_models, a->nets.n_weight_sets);
+        for (const char *p = a->nets.notes; *p;) {
+            const char *e = strchr(p, '\n');
+            fprintf(stderr, "%s: note: %.*s\n", a->argv0, (int)(e ? e - p : (long)strlen(p)), p);
+            p = e ? e + 1 : p + strlen(p);
+        }
+    }
 
     if (a->classes) {
         t0 = ldm_now();
@@ -476,12 +547,23 @@ int main(int argc, char **argv) {
     memset(&a, 0, sizeof a);
     const char *slash = strrchr(argv[0], '/');
     a.argv0 = slash ? slash + 1 : argv[0];
+    g_cfg = ldm_pipeline_sizes[0].config;
     int prc = parse_args(argc, argv, &a.o);
     if (prc == 1) {
         usage(stdout, a.argv0);
         return 0;
     }
     if (prc == 0) prc = check_options(&a.o);
+    int run_size = 0;
+    if (prc == 0) {
+        /* -H/-W: a compiled size (one alone keeps the default's other side) */
+        int H = a.o.has_H ? a.o.H : CFG.H, W = a.o.has_W ? a.o.W : CFG.W;
+        run_size = ldm_pipeline_find_size(ldm_pipeline_sizes, ldm_pipeline_n_sizes, H, W, "sample", "SAMPLE_DEFS");
+        if (run_size < 0) {
+            fprintf(stderr, "%s: error: %s\n", a.argv0, ldm_last_error());
+            return 2;
+        }
+    }
     if (prc != 0) {
         fprintf(stderr, "%s: error: %s\n(see %s --help)\n", a.argv0, ldm_last_error(), a.argv0);
         return 2;
@@ -491,13 +573,12 @@ int main(int argc, char **argv) {
     a.classes = n_classes();
     a.vq = strcmp(CFG.first_stage, "vq") == 0;
     a.C = CFG.latent_channels;
-    a.h = CFG.latent_h;
-    a.w = CFG.latent_w;
-    a.n_lat = (int64_t)a.C * a.h * a.w;
     a.ctx_dim = CFG.context_dim;
+    a.per_size = a.classes ? 3 : 2;
 
     int rc = 1;
     if (check_models(&a) != 0) goto out;
+    use_size(&a, run_size);
     if (ldm_schedule_init(&a.sched, CFG.linear_start, CFG.linear_end, CFG.timesteps) != 0) goto out;
     if (run(&a) == 0) rc = 0;
 out:

@@ -4,11 +4,18 @@
  *   make txt2img CONFIG=models/sd1/v1-inference.yaml H=512 W=512
  *   build/txt2img-512x512 --weights v1-5-pruned-emaonly.safetensors \
  *       --vocab bpe_simple_vocab_16e6.txt.gz --prompt "a red fox in the snow" -o fox.png
+ *   make txt2img CONFIG=models/sd1/v1-inference.yaml SIZES="512x512 512x768 768x512"
+ *   build/txt2img -H 512 -W 768 --weights ... --prompt "a red fox in the snow" -o fox.png
  *
- * Linked with four ldmc-generated networks compiled for one config and one
- * resolution - clip_text (B=1), unet (B=2: [uncond, cond] in one call),
- * vae_decoder and vae_encoder (B=1) - and `ldm_pipeline_config`, the
- * config's constants from `ldmc pipeline`. The flow is the CompVis scripts'
+ * Linked with, for each size it was built for, four ldmc-generated networks
+ * compiled for one config at that resolution - clip_text (B=1), unet (B=2:
+ * [uncond, cond] in one call), vae_decoder and vae_encoder (B=1) - and
+ * `ldm_pipeline_sizes`, the table `ldmc pipeline` writes: per size the
+ * config's constants and those four networks. -H/-W pick the size (default
+ * the first); every size's networks run on the same bound weights
+ * (LdmNets shares a weight set between models with identical weight tables),
+ * so a --prompts file can mix sizes (per-line --height/--width) with one
+ * weight load. The flow is the CompVis scripts'
  * (scripts/txt2img.py, scripts/img2img.py) and k-diffusion's for the
  * k-samplers; the exact semantics are in shared/goldens/README.md:
  *
@@ -36,12 +43,17 @@
 #include "tokenizer.h"
 #include "util.h"
 
-/* The generated parts this program is linked with. */
-extern const LdmModel clip_text_model, unet_model, vae_decoder_model, vae_encoder_model;
-extern const LdmPipelineConfig ldm_pipeline_config;
-#define CFG ldm_pipeline_config
+/* The generated table this program is linked with: per size its constants
+ * and its networks in the order below (`ldmc pipeline --nets
+ * clip_text,unet,vae_decoder,vae_encoder`). */
+extern const LdmPipelineSize ldm_pipeline_sizes[];
+extern const int ldm_pipeline_n_sizes;
 
 enum { NET_CLIP, NET_UNET, NET_DEC, NET_ENC, N_NETS };
+
+/* The constants of the size in use (the default size until one is chosen). */
+static const LdmPipelineConfig *g_cfg;
+#define CFG (*g_cfg)
 
 /* ----------------------------------------------------------------------------
  * Command line
@@ -71,10 +83,14 @@ typedef struct Options {
     int has_eta;
     int shard_k, shard_n;      /* --shard K/N */
     int has_shard;
+    int H, W;                  /* -H/--height, -W/--width */
+    int has_H, has_W;
     int quiet;                 /* --quiet */
 } Options;
 
 static void usage(FILE *fp, const char *argv0) {
+    char sizes[1024];
+    ldm_pipeline_size_list(ldm_pipeline_sizes, ldm_pipeline_n_sizes, sizes, sizeof sizes);
     fprintf(fp,
             "usage: %s --weights CKPT.safetensors --vocab bpe_simple_vocab_16e6.txt.gz\n"
             "          (--prompt TEXT | --prompts FILE [--shard K/N]) -o OUT\n"
@@ -82,8 +98,10 @@ static void usage(FILE *fp, const char *argv0) {
             "          [--sampler ddim|plms|euler|euler_a|dpmpp_2m] [--schedule discrete|karras] [--eta E]\n"
             "          [--seed N] [--rng cpu|cuda] [--init-noise F.safetensors]\n"
             "          [--init-image PNG [--strength S] [--mask PNG]] [--save-latent F] [--compute f32|bf16] [--quiet]\n"
+            "          [-H PIXELS] [-W PIXELS]\n"
             "\n"
             "Text to image for %s.\n"
+            "Sizes (height x width): %s.\n"
             "\n"
             "  --weights CKPT      SD v1.x single-file checkpoint (F32, F16 or BF16), checked tensor by tensor\n"
             "  --vocab FILE        the CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz)\n"
@@ -91,9 +109,14 @@ static void usage(FILE *fp, const char *argv0) {
             "  --negative-prompt T the unconditional prompt of classifier-free guidance (default \"\")\n"
             "  --prompts FILE      one prompt per line (blank lines skipped), weights loaded once; OUT (and\n"
             "                      --save-latent) are then directories, images named <line>-<seed>.png,\n"
-            "                      line L (1-based) drawn with seed N + L - 1\n"
+            "                      line L (1-based) drawn with seed N + L - 1. A line starting with --\n"
+            "                      holds options, as in the webui's prompts from file: --prompt TEXT...\n"
+            "                      [--negative_prompt TEXT...] [--height N] [--width N] [--seed N]\n"
+            "                      [--steps N] [--cfg_scale S]\n"
             "  --shard K/N         only the lines whose 0-based index i has i %% N == K (0 <= K < N)\n"
-            "  -o, --output OUT    the PNG to write (8-bit RGB, %dx%d)\n"
+            "  -o, --output OUT    the PNG to write (8-bit RGB)\n"
+            "  -H, --height N      image height in pixels, -W, --width N its width: one of the sizes above\n"
+            "                      (default: the first; one flag alone keeps the default's other side)\n"
             "  --steps N           sampling steps (default 20)\n"
             "  --cfg-scale S       classifier-free guidance scale (default 7.5; 1 = no guidance)\n"
             "  --sampler NAME      ddim (default), plms, euler, euler_a, dpmpp_2m\n"
@@ -103,7 +126,7 @@ static void usage(FILE *fp, const char *argv0) {
             "  --rng cpu|cuda      draw noise as torch does on the CPU (default, the CompVis scripts) or on\n"
             "                      a CUDA GPU (the common SD UIs); no GPU is used either way\n"
             "  --init-noise F      start from tensor 'noise' of F (latent shape) instead of the seed's x_T\n"
-            "  --init-image PNG    img2img: start from this %dx%d image\n"
+            "  --init-image PNG    img2img: start from this image, of the chosen size\n"
             "  --strength S        img2img: how much to change it, 0 < S <= 1 (default 0.75; 1 for\n"
             "                      inpainting models)\n"
             "  --mask PNG          inpainting: repaint where the mask is white, keep where it is black\n"
@@ -114,7 +137,7 @@ static void usage(FILE *fp, const char *argv0) {
             "                      AVX-512 BF16; Winograd, attention and the rest stay f32\n"
             "  --quiet             no progress or timing output\n"
             "  LDM_PROFILE=1       (environment) print per-node kernel times at the end\n",
-            argv0, CFG.banner, CFG.W, CFG.H, CFG.W, CFG.H);
+            argv0, CFG.banner, sizes);
 }
 
 /* Is a the flag `name` ("--name", or "--name=value" for long names)? */
@@ -127,7 +150,7 @@ static int is_flag(const char *a, const char *name) {
 static const char *const value_flags[] = {
     "--weights", "--vocab", "--prompt", "--negative-prompt", "--prompts", "-o", "--output", "--init-noise",
     "--init-image", "--mask", "--save-latent", "--steps", "--cfg-scale", "--sampler", "--schedule", "--eta",
-    "--seed", "--rng", "--strength", "--shard", "--compute", NULL,
+    "--seed", "--rng", "--strength", "--shard", "--compute", "-H", "--height", "-W", "--width", NULL,
 };
 
 /* 0, 1 for --help, or -1 (ldm_fail) on bad usage. */
@@ -194,6 +217,12 @@ static int parse_args(int argc, char **argv, Options *o) {
         } else if (!strcmp(f, "--shard")) {
             if (ldm_shard_parse(v, &o->shard_k, &o->shard_n)) return -1;
             o->has_shard = 1;
+        } else if (!strcmp(f, "-H") || !strcmp(f, "--height")) {
+            if (ldm_parse_int(f, v, 1, 65536, &o->H)) return -1;
+            o->has_H = 1;
+        } else if (!strcmp(f, "-W") || !strcmp(f, "--width")) {
+            if (ldm_parse_int(f, v, 1, 65536, &o->W)) return -1;
+            o->has_W = 1;
         }
     }
     return 0;
@@ -244,11 +273,32 @@ typedef struct App {
     float *context;           /* (2, ctx, dim): uncond, then cond */
     double strength;          /* img2img strength actually used */
     int n_failed;             /* --prompts: lines that failed */
+    int size;                 /* the size in use: index in ldm_pipeline_sizes */
+    int run_size;             /* the size -H/-W chose (a --prompts line may use another) */
+    char *uc_prompt;          /* the negative prompt whose encoding context[0] holds, or NULL */
 } App;
 
-/* Check that the generated networks fit together and fit the constants. */
-static int check_models(const App *a) {
-    const LdmModel *clip = &clip_text_model, *unet = &unet_model, *dec = &vae_decoder_model, *enc = &vae_encoder_model;
+/* Network `net` of the size in use, and its index in a->nets. */
+static const LdmModel *net_model(const App *a, int net) { return ldm_pipeline_sizes[a->size].models[net]; }
+static int net_index(const App *a, int net) { return a->size * N_NETS + net; }
+
+/* Make size k the one in use (CFG, latent shape, networks). */
+static void use_size(App *a, int k) {
+    a->size = k;
+    g_cfg = ldm_pipeline_sizes[k].config;
+    a->h = CFG.latent_h;
+    a->w = CFG.latent_w;
+    a->n_lat = (int64_t)a->C * a->h * a->w;
+}
+
+/* Check that the generated networks of the size in use fit together and
+ * fit the constants. */
+static int check_size_models(const App *a) {
+    if (ldm_pipeline_sizes[a->size].n_models != N_NETS)
+        return ldm_fail("internal: the size table lists %d networks for %dx%d, expected %d",
+                        ldm_pipeline_sizes[a->size].n_models, CFG.H, CFG.W, N_NETS);
+    const LdmModel *clip = net_model(a, NET_CLIP), *unet = net_model(a, NET_UNET), *dec = net_model(a, NET_DEC),
+                   *enc = net_model(a, NET_ENC);
     int it = ldm_model_input(clip, "tokens"), oh = ldm_model_output(clip, "hidden");
     int iz = ldm_model_input(dec, "z"), oi = ldm_model_output(dec, "image"), ii = ldm_model_input(enc, "image");
     int om = ldm_model_output(enc, "moments") >= 0 ? ldm_model_output(enc, "moments") : ldm_model_output(enc, "h");
@@ -264,6 +314,17 @@ static int check_models(const App *a) {
     return 0;
 }
 
+/* Every size's networks (leaves the default size in use). */
+static int check_models(App *a) {
+    int rc = 0;
+    for (int k = 0; k < ldm_pipeline_n_sizes && rc == 0; k++) {
+        use_size(a, k);
+        rc = check_size_models(a);
+    }
+    use_size(a, 0);
+    return rc;
+}
+
 /* tokens -> hidden states (ctx_len x ctx_dim) */
 static int encode_text(App *a, const char *prompt, float *hidden) {
     int32_t *ids = ldm_xmalloc((size_t)a->ctx_len * sizeof *ids);
@@ -271,7 +332,7 @@ static int encode_text(App *a, const char *prompt, float *hidden) {
     if (rc == 0) {
         const void *in[1] = {ids};
         void *out[1] = {hidden};
-        rc = ldm_nets_run(&a->nets, NET_CLIP, in, out);
+        rc = ldm_nets_run(&a->nets, net_index(a, NET_CLIP), in, out);
     }
     free(ids);
     return rc;
@@ -281,7 +342,7 @@ static int encode_text(App *a, const char *prompt, float *hidden) {
  * LatentDiffusion.get_first_stage_encoding(encode_first_stage(x)) with the
  * mode of the posterior instead of a sample (reproducible, as the goldens). */
 static int encode_image(App *a, const float *chw, float *latent) {
-    const LdmModel *enc = &vae_encoder_model;
+    const LdmModel *enc = net_model(a, NET_ENC);
     int om = ldm_model_output(enc, "moments") >= 0 ? ldm_model_output(enc, "moments") : ldm_model_output(enc, "h");
     float *out = ldm_aligned_alloc((size_t)ldm_numel(&enc->outputs[om]) * sizeof(float));
     void **outs = ldm_xcalloc((size_t)enc->n_outputs, sizeof *outs);
@@ -289,7 +350,7 @@ static int encode_image(App *a, const float *chw, float *latent) {
     for (int i = 0; i < enc->n_outputs; i++)
         outs[i] = i == om ? out : (bufs[i] = ldm_aligned_alloc((size_t)ldm_numel(&enc->outputs[i]) * sizeof(float)));
     const void *in[1] = {chw};
-    int rc = ldm_nets_run(&a->nets, NET_ENC, in, outs);
+    int rc = ldm_nets_run(&a->nets, net_index(a, NET_ENC), in, outs);
     if (rc == 0) {
         /* moments[:, :C] = mean (KL); the unquantised h (VQ) */
         float s = (float)a->scale;
@@ -304,7 +365,7 @@ static int encode_image(App *a, const float *chw, float *latent) {
 
 /* latent -> image01 (3, H, W): decode_first_stage = decoder(1. / scale_factor * z) */
 static int decode_latent(App *a, const float *latent, float *image01) {
-    const LdmModel *dec = &vae_decoder_model;
+    const LdmModel *dec = net_model(a, NET_DEC);
     int oi = ldm_model_output(dec, "image");
     float *z = ldm_aligned_alloc((size_t)a->n_lat * sizeof(float));
     float inv = CFG.scale_by_std ? 1.0f / (float)a->scale : (float)(1.0 / a->scale);
@@ -313,7 +374,7 @@ static int decode_latent(App *a, const float *latent, float *image01) {
     for (int i = 0; i < dec->n_outputs; i++)
         outs[i] = i == oi ? image01 : ldm_aligned_alloc((size_t)ldm_numel(&dec->outputs[i]) * sizeof(float));
     const void *in[1] = {z};
-    int rc = ldm_nets_run(&a->nets, NET_DEC, in, outs);
+    int rc = ldm_nets_run(&a->nets, net_index(a, NET_DEC), in, outs);
     if (rc == 0) ldm_image_to01(image01, 3LL * CFG.H * CFG.W, image01);
     for (int i = 0; i < dec->n_outputs; i++)
         if (i != oi) free(outs[i]);
@@ -408,7 +469,7 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
     memcpy(noise, x, (size_t)n * sizeof(float));
 
     g.nets = &a->nets;
-    g.unet = NET_UNET;
+    g.unet = net_index(a, NET_UNET);
     g.batch = 1;
     g.sample_n = n;
     g.guided = 1;
@@ -502,6 +563,139 @@ static int load_inputs(App *a) {
     return 0;
 }
 
+/* uc = model.get_learned_conditioning(batch_size * [negative prompt]) into
+ * context[0], unless it holds that prompt's encoding already. */
+static int encode_negative(App *a, const char *negative) {
+    if (a->uc_prompt && !strcmp(a->uc_prompt, negative)) return 0;
+    double t0 = ldm_now();
+    free(a->uc_prompt);
+    a->uc_prompt = NULL;
+    if (encode_text(a, negative, a->context) != 0) return -1;
+    a->uc_prompt = ldm_xstrdup(negative);
+    ldm_times_add(&a->times, "text encode", ldm_now() - t0);
+    return 0;
+}
+
+/* A --prompts line's own settings (a line starting with "--"). */
+typedef struct LineArgs {
+    char *prompt, *negative;   /* malloc'd; NULL: the line is the prompt / --negative-prompt */
+    int H, W, has_H, has_W;
+    uint64_t seed;
+    int has_seed;
+    int steps, has_steps;
+    double cfg_scale;
+    int has_cfg;
+} LineArgs;
+
+static void line_args_free(LineArgs *l) {
+    free(l->prompt);
+    free(l->negative);
+    memset(l, 0, sizeof *l);
+}
+
+/* Parse a line of options the way the AUTOMATIC1111 webui's "prompts from
+ * file" script does (scripts/prompts_from_file.py, cmdargs): shell words;
+ * --prompt and --negative_prompt take every word up to the next one starting
+ * with "--", joined by spaces; every other option takes one value. */
+static int parse_line_args(const char *text, LineArgs *l) {
+    memset(l, 0, sizeof *l);
+    int argc;
+    char **argv;
+    if (ldm_split_args(text, &argc, &argv) != 0) return -1;
+    int rc = 0;
+    for (int i = 0; i < argc && rc == 0;) {
+        const char *f = argv[i];
+        if (strncmp(f, "--", 2) != 0) {
+            rc = ldm_fail("'%s': expected an option starting with \"--\" (a line starting with -- holds options: "
+                          "--prompt TEXT [--height N] ...)", f);
+            break;
+        }
+        if (i + 1 >= argc || !strncmp(argv[i + 1], "--", 2)) {
+            rc = ldm_fail("%s: expected a value after it", f);
+            break;
+        }
+        if (!strcmp(f, "--prompt") || !strcmp(f, "--negative_prompt") || !strcmp(f, "--negative-prompt")) {
+            size_t n = 0;
+            int j = i + 1;
+            for (; j < argc && strncmp(argv[j], "--", 2) != 0; j++) n += strlen(argv[j]) + 1;
+            char *t = ldm_xmalloc(n + 1);
+            t[0] = 0;
+            for (int k = i + 1; k < j; k++) {
+                if (k > i + 1) strcat(t, " ");
+                strcat(t, argv[k]);
+            }
+            char **dst = !strcmp(f, "--prompt") ? &l->prompt : &l->negative;
+            free(*dst);
+            *dst = t;
+            i = j;
+            continue;
+        }
+        const char *v = argv[i + 1];
+        if (!strcmp(f, "--height")) {
+            rc = ldm_parse_int(f, v, 1, 65536, &l->H);
+            l->has_H = 1;
+        } else if (!strcmp(f, "--width")) {
+            rc = ldm_parse_int(f, v, 1, 65536, &l->W);
+            l->has_W = 1;
+        } else if (!strcmp(f, "--seed")) {
+            rc = ldm_parse_u64(f, v, &l->seed);
+            l->has_seed = 1;
+        } else if (!strcmp(f, "--steps")) {
+            rc = ldm_parse_int(f, v, 1, CFG.timesteps, &l->steps);
+            l->has_steps = 1;
+        } else if (!strcmp(f, "--cfg_scale") || !strcmp(f, "--cfg-scale")) {
+            rc = ldm_parse_double(f, v, -1e4, 1e4, &l->cfg_scale);
+            l->has_cfg = 1;
+        } else {
+            rc = ldm_fail("unknown option '%s' (a line takes --prompt, --negative_prompt, --height, --width, --seed, "
+                          "--steps, --cfg_scale)", f);
+        }
+        i += 2;
+    }
+    if (rc == 0 && !l->prompt) rc = ldm_fail("the line has options but no --prompt");
+    ldm_args_free(argc, argv);
+    if (rc != 0) line_args_free(l);
+    return rc;
+}
+
+/* One --prompts line: its own settings (if any) over the run's. */
+static int make_line_image(App *a, const LdmPromptLine *l, int i, int n, char **png_out) {
+    const Options *o = &a->o;
+    LineArgs la = {0};
+    int has_args = !strncmp(l->text + strspn(l->text, " \t"), "--", 2);
+    if (has_args && parse_line_args(l->text, &la) != 0) return -1;
+    int rc = 0, k = a->run_size;
+    if (la.has_H || la.has_W) {
+        int H = la.has_H ? la.H : ldm_pipeline_sizes[a->run_size].config->H;
+        int W = la.has_W ? la.W : ldm_pipeline_sizes[a->run_size].config->W;
+        k = ldm_pipeline_find_size(ldm_pipeline_sizes, ldm_pipeline_n_sizes, H, W, "txt2img", "TXT2IMG_DEFS");
+        if (k < 0) rc = -1;
+        else if (k != a->run_size && (o->init_image || o->mask || o->init_noise))
+            rc = ldm_fail("%dx%d: --init-image, --mask and --init-noise are of the run's size, %dx%d: a line cannot "
+                          "choose another size with them", H, W, CFG.H, CFG.W);
+    }
+    Options saved = a->o;
+    const char *prompt = la.prompt ? la.prompt : l->text;
+    uint64_t seed = la.has_seed ? la.seed : ldm_line_seed(o->seed, l->line);
+    if (la.negative) a->o.negative = la.negative;
+    if (la.has_steps) a->o.steps = la.steps;
+    if (la.has_cfg) a->o.cfg_scale = la.cfg_scale;
+    if (rc == 0) use_size(a, k);
+    char *png = ldm_output_name(o->out, l->line, seed, ".png");
+    char *lat = o->save_latent ? ldm_output_name(o->save_latent, l->line, seed, ".safetensors") : NULL;
+    char label[96];
+    if (ldm_pipeline_n_sizes > 1) snprintf(label, sizeof label, "[%d/%d] line %d, %dx%d", i + 1, n, l->line, CFG.H, CFG.W);
+    else snprintf(label, sizeof label, "[%d/%d] line %d", i + 1, n, l->line);
+    if (rc == 0) rc = encode_negative(a, a->o.negative);
+    if (rc == 0) rc = make_image(a, prompt, seed, png, lat, label);
+    a->o = saved;
+    use_size(a, a->run_size);
+    line_args_free(&la);
+    free(lat);
+    *png_out = png;
+    return rc;
+}
+
 static int run(App *a) {
     const Options *o = &a->o;
     LdmPromptList list = {0};
@@ -511,29 +705,42 @@ static int run(App *a) {
         return -1;
     }
 
+    /* every size's networks, size k's at k * N_NETS: those of one network
+     * share one weight set (ldm_nets_load_mapped), bound when it first runs */
     double t0 = ldm_now();
-    const LdmModel *models[N_NETS] = {&clip_text_model, &unet_model, &vae_decoder_model, &vae_encoder_model};
-    char what[512];
-    snprintf(what, sizeof what, "%s at %dx%d", CFG.config_path, CFG.H, CFG.W);
-    int rc = ldm_nets_load(&a->nets, o->weights, models, N_NETS, what);
+    int n_models = ldm_pipeline_n_sizes * N_NETS;
+    const LdmModel **models = ldm_xcalloc((size_t)n_models, sizeof *models);
+    for (int k = 0; k < ldm_pipeline_n_sizes; k++)
+        for (int j = 0; j < N_NETS; j++) models[k * N_NETS + j] = ldm_pipeline_sizes[k].models[j];
+    char what[1024], sizes[900];
+    snprintf(what, sizeof what, "%s at %s", CFG.config_path,
+             ldm_pipeline_size_list(ldm_pipeline_sizes, ldm_pipeline_n_sizes, sizes, sizeof sizes));
+    int rc = ldm_nets_load(&a->nets, o->weights, models, n_models, what);
+    free(models);
     if (rc == 0) rc = ldm_pipeline_scale_factor(&CFG, &a->nets.ckpt, &a->scale);
     if (rc != 0) {
         ldm_prompts_free(&list);
         return -1;
     }
     ldm_times_add(&a->times, "load weights", ldm_now() - t0);
+    if (ldm_pipeline_n_sizes > 1 && a->pmode != LDM_PROGRESS_QUIET) {
+        fprintf(stderr, "%s: %d sizes: %d networks on %d weight sets (bound once, shared by the sizes)\n", a->argv0,
+                ldm_pipeline_n_sizes, n_models, a->nets.n_weight_sets);
+        for (const char *p = a->nets.notes; *p;) {
+            const char *e = strchr(p, '\n');
+            fprintf(stderr, "%s: note: %.*s\n", a->argv0, (int)(e ? e - p : (long)strlen(p)), p);
+            p = e ? e + 1 : p + strlen(p);
+        }
+    }
 
     if (prepare_images(a) != 0) {
         ldm_prompts_free(&list);
         return -1;
     }
-    /* uc = model.get_learned_conditioning(batch_size * [negative prompt]) */
-    t0 = ldm_now();
-    if (encode_text(a, o->negative, a->context) != 0) {
+    if (encode_negative(a, o->negative) != 0) {
         ldm_prompts_free(&list);
         return -1;
     }
-    ldm_times_add(&a->times, "text encode", ldm_now() - t0);
 
     if (!o->prompts) {
         rc = make_image(a, o->prompt, o->seed, o->out, o->save_latent, "sampling");
@@ -548,19 +755,14 @@ static int run(App *a) {
         }
         for (int i = 0; i < list.n; i++) {
             const LdmPromptLine *l = &list.items[i];
-            uint64_t seed = ldm_line_seed(o->seed, l->line);
-            char *png = ldm_output_name(o->out, l->line, seed, ".png");
-            char *lat = o->save_latent ? ldm_output_name(o->save_latent, l->line, seed, ".safetensors") : NULL;
-            char label[96];
-            snprintf(label, sizeof label, "[%d/%d] line %d", i + 1, list.n, l->line);
-            if (make_image(a, l->text, seed, png, lat, label) != 0) {
+            char *png = NULL;
+            if (make_line_image(a, l, i, list.n, &png) != 0) {
                 fprintf(stderr, "%s: error: %s:%d: %s\n", a->argv0, o->prompts, l->line, ldm_last_error());
                 a->n_failed++;
             } else if (a->pmode == LDM_PROGRESS_LINES) {
                 fprintf(stderr, "%s: line %d -> %s\n", a->argv0, l->line, png);
             }
             free(png);
-            free(lat);
         }
         if (a->n_failed) rc = ldm_fail("%d of %d prompts failed", a->n_failed, list.n);
     }
@@ -573,12 +775,22 @@ int main(int argc, char **argv) {
     memset(&a, 0, sizeof a);
     const char *slash = strrchr(argv[0], '/');
     a.argv0 = slash ? slash + 1 : argv[0];
+    g_cfg = ldm_pipeline_sizes[0].config;
     int prc = parse_args(argc, argv, &a.o);
     if (prc == 1) {
         usage(stdout, a.argv0);
         return 0;
     }
     if (prc == 0) prc = check_options(&a.o);
+    if (prc == 0) {
+        /* -H/-W: a compiled size (one alone keeps the default's other side) */
+        int H = a.o.has_H ? a.o.H : CFG.H, W = a.o.has_W ? a.o.W : CFG.W;
+        a.run_size = ldm_pipeline_find_size(ldm_pipeline_sizes, ldm_pipeline_n_sizes, H, W, "txt2img", "TXT2IMG_DEFS");
+        if (a.run_size < 0) {
+            fprintf(stderr, "%s: error: %s\n", a.argv0, ldm_last_error());
+            return 2;
+        }
+    }
     if (prc != 0) {
         fprintf(stderr, "%s: error: %s\n(see %s --help)\n", a.argv0, ldm_last_error(), a.argv0);
         return 2;
@@ -587,9 +799,6 @@ int main(int argc, char **argv) {
     a.pmode = ldm_progress_mode(stderr, a.o.quiet);
     a.hybrid = !strcmp(CFG.conditioning_key, "hybrid");
     a.C = CFG.latent_channels;
-    a.h = CFG.latent_h;
-    a.w = CFG.latent_w;
-    a.n_lat = (int64_t)a.C * a.h * a.w;
     a.ctx_len = CFG.context_length;
     a.ctx_dim = CFG.context_dim;
     a.concat_ch = a.hybrid ? CFG.unet_in_channels - CFG.latent_channels : 0;
@@ -606,6 +815,7 @@ int main(int argc, char **argv) {
         goto out;
     }
     if (check_models(&a) != 0) goto out;
+    use_size(&a, a.run_size);
     if (ldm_schedule_init(&a.sched, CFG.linear_start, CFG.linear_end, CFG.timesteps) != 0) goto out;
     a.context = ldm_aligned_alloc((size_t)(2 * a.ctx_len * a.ctx_dim) * sizeof(float));
     if (run(&a) == 0) rc = 0;
@@ -624,5 +834,6 @@ out:
     free(a.known);
     free(a.concat);
     free(a.context);
+    free(a.uc_prompt);
     return rc;
 }
