@@ -225,21 +225,28 @@ void ldm_conv2d(const LdmConvShape *s, int algo, const float *x, LdmW w, const L
     int K = s->C * s->KH * s->KW;
     if (algo == LDM_CONV_IM2COL && ldm_im2col_batched(s)) {
         /* col[K, N*P] for all samples, one GEMM into prod[O, N*P], then
-         * scattered to y[N, O, P] (accumulating onto the epilogue) */
+         * scattered to y[N, O, P]. The GEMM accumulates onto the epilogue
+         * gathered into prod first, exactly as the per-sample path below
+         * accumulates onto y: a sample's result is then the same bits
+         * whether it is computed alone (N = 1 is never batched) or in a
+         * batch (adding the epilogue after the product rounded differently
+         * once K spans several GEMM blocks). */
         long cols = (long)s->N * P;
         float *prod = scratch + (size_t)K * cols;
         for (int n = 0; n < s->N; n++) im2col_rows_into(s, x + (size_t)n * s->C * HW, 0, s->HO, scratch, cols, n * P);
-        ldm_gemm_wl(s->O, (int)cols, K, w, 0, K, scratch, (int)cols, prod, (int)cols, 0);
+        if (acc) {
+#pragma omp parallel for collapse(2)
+            for (int n = 0; n < s->N; n++)
+                for (int o = 0; o < s->O; o++)
+                    memcpy(prod + (size_t)o * cols + (size_t)n * P, y + ((size_t)n * s->O + o) * P + (size_t)n * s->y_gap,
+                           (size_t)P * sizeof *prod);
+        }
+        ldm_gemm_wl(s->O, (int)cols, K, w, 0, K, scratch, (int)cols, prod, (int)cols, acc);
 #pragma omp parallel for collapse(2)
         for (int n = 0; n < s->N; n++)
-            for (int o = 0; o < s->O; o++) {
-                float *yr = y + ((size_t)n * s->O + o) * P + (size_t)n * s->y_gap;
-                const float *pr = prod + (size_t)o * cols + (size_t)n * P;
-                if (acc)
-                    for (long p = 0; p < P; p++) yr[p] += pr[p];
-                else
-                    memcpy(yr, pr, (size_t)P * sizeof *yr);
-            }
+            for (int o = 0; o < s->O; o++)
+                memcpy(y + ((size_t)n * s->O + o) * P + (size_t)n * s->y_gap, prod + (size_t)o * cols + (size_t)n * P,
+                       (size_t)P * sizeof *y);
         return;
     }
     for (int n = 0; n < s->N; n++) {

@@ -313,7 +313,10 @@ static inline void tile_op(const Gemm *g, const float *a, const float *b, int kc
                            int acc) {
     float tile[MR * NR] __attribute__((aligned(32)));
     int full = rows == MR && cols == w;
-    kern_panel(w / 8, kc, a, b, full ? c : tile, full ? (int)g->ldc : w, full ? acc : 0);
+    if (w == 8) /* k in one chain, as the wider panels sum: see kern_4x8_seq */
+        kern_4x8_seq(kc, a, b, full ? c : tile, full ? (int)g->ldc : w, full ? acc : 0);
+    else
+        kern_panel(w / 8, kc, a, b, full ? c : tile, full ? (int)g->ldc : w, full ? acc : 0);
     if (!full) tile_edge(g, tile, w, c, rows, cols, acc);
 }
 

@@ -174,6 +174,29 @@ static inline void kern_4x8(int kc, const float *a, const float *b, float *restr
     }
 }
 
+/* kern_4x8 with every k in one chain, in order, as the wider kernels sum:
+ * the GEMM's 8-column panels (its narrowest, at the right edge of C) use
+ * it, so an element of C is the same bits whichever panel width computes
+ * it. That makes a GEMM's result independent of where its column falls,
+ * and so a sample's result independent of the batch it is computed in
+ * (an im2col GEMM over one sample's columns or a batch's). It waits on the
+ * FMA latency, at half the rate of kern_4x8, only on those edge panels. */
+static inline void kern_4x8_seq(int kc, const float *a, const float *b, float *restrict c, int ldc, int acc) {
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    for (int k = 0; k < kc; k++, a += 4, b += 8) {
+        __m256 b0 = _mm256_loadu_ps(b);
+        c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a), b0, c0);
+        c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 1), b0, c1);
+        c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 2), b0, c2);
+        c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 3), b0, c3);
+    }
+    __m256 z[4] = {c0, c1, c2, c3};
+    for (int r = 0; r < 4; r++) {
+        float *d = c + (size_t)r * ldc;
+        _mm256_storeu_ps(d, acc ? _mm256_add_ps(z[r], _mm256_loadu_ps(d)) : z[r]);
+    }
+}
+
 /* ---- AVX-512: 4 x 48 and 4 x 32 --------------------------------------------
  * Written with GCC's generic vectors of 16 floats, so the same source is
  * also compiled and tested where there is no AVX-512: define

@@ -272,6 +272,10 @@ int ldm_guide_init(LdmGuide *g) {
     if ((g->in_ctx >= 0) != (g->context != NULL))
         return ldm_fail(g->context ? "UNet '%s' takes no context" : "UNet '%s' needs a context", m->name);
     if (g->concat_channels > 0 && !g->concat) return ldm_fail("UNet '%s': c_concat planes missing", m->name);
+    /* a run-time batch (param B <= 2 batch): --cfg-scale 1 runs the cond half only */
+    g->batch_ext = xi->dyn[0] > 0 ? xi->dyn[0] - 1 : -1;
+    g->ext = ldm_xcalloc((size_t)m->n_extents + 1, sizeof *g->ext);
+    for (int k = 0; k < m->n_extents; k++) g->ext[k] = m->extents[k].max;
     g->x = ldm_aligned_alloc((size_t)input_numel(m, g->in_x) * sizeof(float));
     g->t = ldm_aligned_alloc((size_t)B * sizeof(float));
     g->eps = ldm_aligned_alloc((size_t)ldm_numel(eo) * sizeof(float));
@@ -284,13 +288,17 @@ void ldm_guide_free(LdmGuide *g) {
     free(g->x);
     free(g->t);
     free(g->eps);
+    free(g->ext);
     g->x = g->t = g->eps = NULL;
+    g->ext = NULL;
 }
 
 int ldm_guide_eps(void *ctx, const float *x_in, float t, float *eps_out) {
     LdmGuide *g = ctx;
     const LdmModel *m = g->nets->models[g->unet];
-    int halves = g->guided ? 2 : 1;
+    /* scale 1 is e = e_c: with a run-time batch only the cond half runs */
+    const int cond_only = g->guided && g->scale == 1.0 && g->batch_ext >= 0;
+    int halves = g->guided && !cond_only ? 2 : 1;
     int64_t n = g->sample_n, plane = m->inputs[g->in_x].shape[2] * m->inputs[g->in_x].shape[3];
     int64_t cn = (int64_t)g->concat_channels * plane;
     /* x_in = torch.cat([x] * 2); with c_concat (DiffusionWrapper 'hybrid'):
@@ -311,14 +319,19 @@ int ldm_guide_eps(void *ctx, const float *x_in, float t, float *eps_out) {
     if (m->n_inputs > 3) return ldm_fail("UNet '%s' has %d inputs, expected at most 3", m->name, m->n_inputs);
     in[g->in_x] = g->x;
     in[g->in_t] = g->t;
-    if (g->in_ctx >= 0) in[g->in_ctx] = g->context;
+    if (g->in_ctx >= 0) {
+        /* the context is [uncond x batch, cond x batch]: the cond half starts at row batch */
+        int64_t rows = m->inputs[g->in_ctx].shape[0];
+        in[g->in_ctx] = cond_only ? g->context + ldm_numel(&m->inputs[g->in_ctx]) / rows * g->batch : g->context;
+    }
     void *out[1] = {g->eps};
+    if (g->batch_ext >= 0) g->ext[g->batch_ext] = B;
     double t0 = ldm_now();
-    if (ldm_nets_run(g->nets, g->unet, in, out) != 0) return -1;
+    if (ldm_nets_run_ext(g->nets, g->unet, in, out, g->ext) != 0) return -1;
     g->seconds += ldm_now() - t0;
     g->calls++;
     int64_t total = g->batch * n;
-    if (!g->guided) {
+    if (!g->guided || cond_only) {
         memcpy(eps_out, g->eps, (size_t)total * sizeof(float));
     } else if (g->scale == 1.0) {
         memcpy(eps_out, g->eps + total, (size_t)total * sizeof(float));

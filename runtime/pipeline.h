@@ -186,7 +186,10 @@ void ldm_noise_draw(void *ctx, float *out, int64_t n);
  * conditional call; that is the cond half here (the batch entries are
  * independent), so e = e_c exactly. Without guidance the UNet is compiled for
  * `batch` and e is its output (unconditional models; context may then be a
- * (batch, ...) class context or NULL).
+ * (batch, ...) class context or NULL). When the UNet's batch is a run-time
+ * extent (B <= 2 batch), scale 1 runs it on the cond half alone: half the
+ * work, the same result, since a sample's prediction does not depend on the
+ * batch it is computed in.
  * c_concat ("hybrid" inpainting models): `concat` holds concat_channels
  * planes per latent, appended after the latent's channels for both halves. */
 typedef struct LdmGuide {
@@ -201,6 +204,8 @@ typedef struct LdmGuide {
     int concat_channels;
     /* scratch, set up by ldm_guide_init */
     int in_x, in_t, in_ctx;      /* UNet input indices */
+    int batch_ext;               /* index of the UNet's run-time batch extent (its x's first dim), or -1 */
+    int64_t *ext;                /* (n_extents) the values of the UNet's extents for a call */
     float *x;                    /* UNet input x */
     float *t;                    /* UNet input timesteps */
     float *eps;                  /* UNet output */

@@ -197,6 +197,76 @@ START_TEST(test_sequence_ops_at_run_time_extents) { check_case(&cases[1]); }
 END_TEST
 
 /* Every op that can have a run-time dim has one in the graphs above. */
+/* A sample's result does not depend on the batch it is computed in: the
+ * image graph run at B=2 on two samples gives for the second one the same
+ * bits as the graph run at B=1 on that sample alone. This is what makes
+ * txt2img's --cfg-scale 1 (the UNet on the conditional sample alone) equal
+ * to the cond half of a guided batch; it failed for im2col convolutions
+ * with a bias before the batched im2col GEMM accumulated onto the epilogue
+ * (runtime/conv.c). */
+static uint64_t lcg_state;
+static float lcg_uniform(void) {
+    lcg_state = lcg_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((lcg_state >> 40) & 0xffffff) / (float)0x1000000;
+}
+
+START_TEST(test_sample_independent_of_batch) {
+    char dyn[512], fixed[512], weights[512];
+    build_case(&cases[0], dyn, fixed, weights);
+    /* the inputs of tests/extents/image.graph at B=2 (ids in 0..255, the
+     * lookup's codebook), and the second sample alone at B=1 */
+    static const struct { const char *name; int i32; int ndim; int64_t shape[4]; } ins[] = {
+        {"x", 0, 4, {2, 6, 7, 5}},   {"xw", 0, 4, {2, 16, 15, 13}}, {"e", 0, 2, {2, 4}},
+        {"r", 0, 4, {2, 4, 7, 5}},   {"t", 0, 1, {2}},              {"idx", 1, 3, {2, 7, 5}},
+    };
+    StWriter *w2 = st_writer_new(), *w1 = st_writer_new();
+    void *bufs[16];
+    int nb = 0;
+    lcg_state = 7;
+    for (size_t i = 0; i < sizeof ins / sizeof ins[0]; i++) {
+        int64_t n = 1, s1[4];
+        for (int d = 0; d < ins[i].ndim; d++) n *= ins[i].shape[d], s1[d] = ins[i].shape[d];
+        s1[0] = 1;
+        void *b = ldm_xmalloc((size_t)n * 4);
+        for (int64_t k = 0; k < n; k++) {
+            float u = lcg_uniform();
+            if (ins[i].i32) ((int32_t *)b)[k] = (int32_t)(u * 256.0f) & 255;
+            else ((float *)b)[k] = !strcmp(ins[i].name, "t") ? 999.0f * u : 4.0f * u - 2.0f;
+        }
+        st_writer_add(w2, ins[i].name, ins[i].i32 ? ST_I32 : ST_F32, ins[i].ndim, ins[i].shape, b);
+        st_writer_add(w1, ins[i].name, ins[i].i32 ? ST_I32 : ST_F32, ins[i].ndim, s1, (char *)b + n / 2 * 4);
+        bufs[nb++] = b;
+    }
+    const char *in2 = test_tmp("batch_in2.safetensors"), *in1 = test_tmp("batch_in1.safetensors");
+    ck_assert(st_writer_save(w2, in2) == 0 && st_writer_save(w1, in1) == 0);
+    st_writer_free(w2);
+    st_writer_free(w1);
+    for (int i = 0; i < nb; i++) free(bufs[i]);
+    const char *out2 = test_tmp("batch_out2.safetensors"), *out1 = test_tmp("batch_out1.safetensors");
+    for (int b = 1; b <= 2; b++) {
+        char ext[16];
+        snprintf(ext, sizeof ext, "B=%d", b);
+        char *argv[] = {dyn, "--weights", weights, "--inputs", (char *)(b == 2 ? in2 : in1), "--outputs",
+                        (char *)(b == 2 ? out2 : out1), "--extent", ext, NULL};
+        char *log = NULL;
+        int rc = test_run(argv, &log);
+        ck_assert_msg(rc == 0, "%s at %s failed (%d):\n%s", dyn, ext, rc, log);
+        free(log);
+    }
+    StFile a = {0}, one = {0};
+    ck_assert_msg(st_open(&a, out2) == 0 && st_open(&one, out1) == 0, "%s", ldm_last_error());
+    ck_assert_int_eq(a.n_tensors, one.n_tensors);
+    for (int i = 0; i < one.n_tensors; i++) {
+        const StTensor *s1 = &one.tensors[i], *s2 = st_find(&a, s1->name);
+        ck_assert_msg(s2 && s2->nbytes == 2 * s1->nbytes, "output %s: not twice the size at B=2", s1->name);
+        ck_assert_msg(memcmp((const char *)s2->data + s1->nbytes, s1->data, s1->nbytes) == 0,
+                      "output %s: the second sample of a batch of 2 differs from that sample computed alone", s1->name);
+    }
+    st_close(&a);
+    st_close(&one);
+}
+END_TEST
+
 START_TEST(test_every_op_covered) {
     static const char *ops[] = {"conv2d", "linear", "matmul", "group_norm", "layer_norm", "silu", "gelu",
                                 "quick_gelu", "sigmoid", "geglu", "softmax", "attention", "upsample_nearest",
@@ -315,6 +385,7 @@ Suite *suite_extents(void) {
     tcase_add_test(tc, test_image_ops_at_run_time_batch);
     tcase_add_test(tc, test_sequence_ops_at_run_time_extents);
     tcase_add_test(tc, test_every_op_covered);
+    tcase_add_test(tc, test_sample_independent_of_batch);
     suite_add_tcase(s, tc);
     TCase *tr = tcase_create("runner");
     tcase_set_timeout(tr, 600);

@@ -358,6 +358,29 @@ START_TEST(test_eta0_is_ddim) {
 }
 END_TEST
 
+/* --cfg-scale 1 runs the UNet on the cond sample alone (its batch is a
+ * run-time extent): the prediction must be the cond half of the guided
+ * batch, bit for bit. A guided run whose negative prompt is the prompt
+ * itself computes e_u + 7.5 (e_c - e_u) with e_u = e_c, so exactly e_c of a
+ * batch of two; the cfg-1 run is given another negative prompt, which it
+ * must ignore (reading the uncond half of the context would change it). */
+START_TEST(test_cfg1_cond_only) {
+    const char *a = test_tmp("cfg1-a.safetensors"), *b = test_tmp("cfg1-b.safetensors");
+    const char *c = test_tmp("cfg1-c.safetensors");
+    free(run_expect(1, model_path(), "--prompt", "a red fox", "--negative-prompt", "a blue whale", "--steps", "4",
+                    "--cfg-scale", "1", "--seed", "5", "--save-latent", a, "-o", test_tmp("cfg1-a.png"), "--quiet", NULL));
+    free(run_expect(1, model_path(), "--prompt", "a red fox", "--negative-prompt", "a red fox", "--steps", "4",
+                    "--cfg-scale", "7.5", "--seed", "5", "--save-latent", b, "-o", test_tmp("cfg1-b.png"), "--quiet",
+                    NULL));
+    ck_assert_msg(same_latent(a, b), "--cfg-scale 1 (cond only, batch 1) differs from the cond half of a batch of 2");
+    /* and the guidance does matter: another negative prompt at 7.5 changes it */
+    free(run_expect(1, model_path(), "--prompt", "a red fox", "--negative-prompt", "a blue whale", "--steps", "4",
+                    "--cfg-scale", "7.5", "--seed", "5", "--save-latent", c, "-o", test_tmp("cfg1-c.png"), "--quiet",
+                    NULL));
+    ck_assert_msg(!same_latent(a, c), "the negative prompt made no difference at --cfg-scale 7.5");
+}
+END_TEST
+
 /* A stochastic sampler (DDIM eta > 0, euler_a): the same seed gives the
  * same image, another seed another one, and the per-step noise matters
  * (same x_T, other seed: other latent). */
@@ -1237,6 +1260,7 @@ Suite *suite_txt2img(void) {
     tcase_add_unchecked_fixture(tc, setup_exe, teardown_nothing);
     tcase_set_timeout(tc, t);
     tcase_add_test(tc, test_eta0_is_ddim);
+    tcase_add_test(tc, test_cfg1_cond_only);
     tcase_add_test(tc, test_eta_deterministic);
     tcase_add_test(tc, test_euler_a_deterministic);
     tcase_add_loop_test(tc, test_inpaint_keeps_known_region, 0, 2);
