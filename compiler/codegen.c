@@ -818,6 +818,55 @@ static void emit_includes(const Graph *g, FILE *fp) {
     E("#include \"model.h\"\n#include \"util.h\"\n\n");
 }
 
+/* The FLOPs of one call at run-time extents: each kernel's count at the
+ * maxima scales with the extents its result runs over (no contracted dim
+ * is a run-time one), and an attention's also with its key length. Terms
+ * with the same powers of the extents are summed; the total is scaled like
+ * .flops, the count of the graph as written. */
+static void emit_flops_at(const Graph *g, const char *sym, FILE *fp) {
+    enum { MAXE = 32 };
+    typedef struct Term {
+        int p[MAXE];             /* power of each extent's ratio to its maximum */
+        double f;                /* FLOPs of the kernels with these powers, at the maxima */
+    } Term;
+    Term *t = ldm_xcalloc((size_t)g->n_nodes + 1, sizeof *t);
+    int nt = 0, used[MAXE] = {0};
+    double total = 0;
+    for (int i = 0; i < g->n_nodes; i++) {
+        const Node *n = g->nodes[i];
+        double f = node_flops(n);
+        if (f <= 0) continue;
+        Term x = {.f = f};
+        for (int d = 0; d < n->ndim; d++)
+            if (n->dyn[d] > 0 && n->dyn[d] <= MAXE) x.p[n->dyn[d] - 1]++;
+        if (n->op == OPK_ATTENTION && n->src[1]->dyn[1] > 0 && n->src[1]->dyn[1] <= MAXE) x.p[n->src[1]->dyn[1] - 1]++;
+        int j = 0;
+        while (j < nt && memcmp(t[j].p, x.p, sizeof x.p)) j++;
+        if (j == nt) t[nt++] = x;
+        else t[j].f += f;
+        for (int k = 0; k < MAXE; k++) used[k] |= x.p[k] > 0;
+        total += f;
+    }
+    double nominal = g->nominal_flops > 0 ? g->nominal_flops : graph_flops(g);
+    E("\n/* FLOPs per call at run-time extents: each kernel's count at the maxima scales with the\n"
+      " * extents its result (and an attention's key length) runs over; scaled like .flops. */\n");
+    E("static double %s_flops_at(const int64_t *ext) {\n", sym);
+    E("    if (!ext) return %.17g;\n", nominal);
+    for (int k = 0; k < g->n_extents && k < MAXE; k++)
+        if (used[k])
+            E("    const double r%d = (double)ext[%d] / %lld.0; /* %s */\n", k, k, (long long)g->extents[k].max,
+              g->extents[k].name);
+    E("    const double f = ");
+    for (int j = 0; j < nt; j++) {
+        E("%s%.17g", j ? "\n                   + " : "", t[j].f);
+        for (int k = 0; k < MAXE; k++)
+            for (int q = 0; q < t[j].p[k]; q++) E(" * r%d", k);
+    }
+    if (!nt) E("0.0");
+    E(";\n    return %.17g * (f / %.17g);\n}\n", nominal, total > 0 ? total : 1.0);
+    free(t);
+}
+
 int codegen(const Graph *g, const CodegenInfo *info, FILE *fp) {
     const char *sym = info->symbol ? info->symbol : g->name; /* exported: <sym>_forward, <sym>_model */
     char upper[256];
@@ -897,6 +946,7 @@ int codegen(const Graph *g, const CodegenInfo *info, FILE *fp) {
               (long long)g->extents[e].step);
         E("};\n");
     }
+    if (g->n_extents) emit_flops_at(g, sym, fp);
     E("\nconst LdmModel %s_model = {\n", sym);
     E("    .name = \"%s\",\n    .banner = \"ldmc %s | graph %s | config %s | %s\",\n", g->name, LDMC_VERSION,
       info->graph_path, info->config_path ? info->config_path : "(none)", info->defines);
@@ -905,7 +955,8 @@ int codegen(const Graph *g, const CodegenInfo *info, FILE *fp) {
     E("    .n_outputs = %d,\n    .outputs = output_table,\n", g->n_outputs);
     E("    .arena_bytes = %s_ARENA_BYTES,\n    .flops = %.17g,\n    .n_params = %lld,\n    .forward = %s_forward,\n",
       upper, g->nominal_flops > 0 ? g->nominal_flops : graph_flops(g), (long long)graph_param_count(g), sym);
-    if (g->n_extents) E("    .n_extents = %d,\n    .extents = extent_table,\n", g->n_extents);
+    if (g->n_extents)
+        E("    .n_extents = %d,\n    .extents = extent_table,\n    .flops_at = %s_flops_at,\n", g->n_extents, sym);
     E("};\n");
     E("\n#ifdef LDM_RUNNER_MAIN\nint main(int argc, char **argv) { return ldm_runner_main(&%s_model, argc, argv); }\n#endif\n",
       sym);

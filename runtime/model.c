@@ -466,7 +466,7 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
     fprintf(stderr, "%s: kernels %s, %d threads, compute %s\n", m->name, ldm_kernels_isa(), omp_get_max_threads(),
             ldm_compute_mode());
     fprintf(stderr, "%s: load %.3f s, forward %.4f s (median of %d), %.2f GFLOP/s, arena %.1f MiB, peak RSS %.1f MiB\n",
-            m->name, t_load, med, repeat, med > 0 ? m->flops / med / 1e9 : 0.0, (double)m->arena_bytes / 1048576.0,
+            m->name, t_load, med, repeat, med > 0 ? (m->flops_at ? m->flops_at(ext) : m->flops) / med / 1e9 : 0.0, (double)m->arena_bytes / 1048576.0,
             (double)ldm_peak_rss() / 1048576.0);
     rc = 0;
 done:

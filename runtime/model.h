@@ -72,6 +72,7 @@ typedef struct LdmModel {
     LdmForwardFn forward;            /* the generated entry point */
     int n_extents;                   /* run-time extents (ext[] of forward) */
     const LdmExtent *extents;
+    double (*flops_at)(const int64_t *ext); /* flops at run-time extents (NULL: no extents; ext NULL: maxima) */
 } LdmModel;
 
 /* Weights of one model, in the model's table order. The checkpoint stays

@@ -443,6 +443,30 @@ START_TEST(test_cli_kernel_provenance) {
 }
 END_TEST
 
+/* A graph with run-time extents states its FLOPs at any values of them
+ * (LdmModel.flops_at, what the runner's GFLOP/s uses): flops_at.graph's
+ * counts, worked out by hand in its comment, as terms in the extents'
+ * ratios to their maxima. */
+START_TEST(test_cli_flops_at) {
+    char *dir = make_tmpdir();
+    char *out_c = path_join(dir, "f.c");
+    Run r = run_ldmc(GRAPH_DIR, (const char *[]){"flops_at.graph", "-o", out_c, NULL}, NULL);
+    ck_assert_msg(r.status == 0, "status %d: %s", r.status, r.err);
+    run_free(&r);
+    char *c = slurp(out_c);
+    ck_assert(c != NULL);
+    ck_assert_msg(strstr(c, "    if (!ext) return 816;\n") && strstr(c, "= (double)ext[0] / 2.0; /* B */") &&
+                      strstr(c, "= (double)ext[1] / 6.0; /* T */") &&
+                      strstr(c, "    const double f = 240 * r0\n                   + 576 * r0 * r1;\n") &&
+                      strstr(c, ".flops_at = flops_at_flops_at,"),
+                  "flops_at not as worked out by hand in:\n%s", c);
+    free(c);
+    unlink(out_c);
+    free(out_c);
+    remove_tmpdir(dir);
+}
+END_TEST
+
 /* --dot FILE writes a Graphviz digraph: one box per non-weight node, an edge
  * per tensor operand, one per output. */
 START_TEST(test_cli_dot) {
@@ -499,6 +523,7 @@ Suite *suite_graphs(void) {
     tcase_add_test(cli, test_cli_output_files);
     tcase_add_test(cli, test_cli_dot);
     tcase_add_test(cli, test_cli_kernel_provenance);
+    tcase_add_test(cli, test_cli_flops_at);
     suite_add_tcase(s, cli);
     return s;
 }
