@@ -40,13 +40,13 @@ LDFLAGS += $(SANFLAGS) -fopenmp
 ROOT    := $(abspath .)
 
 # The runtime is two libraries. libldmcore.a is its plain part (errors,
-# allocation, files, safetensors): no OpenMP, no BLAS, no kernels, all that
-# ldmc itself links. libldmrt.a is the rest (kernels, models, tokenizer,
+# allocation, files, safetensors, LoRA merging): no OpenMP, no BLAS, no
+# kernels, all that ldmc itself links. libldmrt.a is the rest (kernels, models, tokenizer,
 # samplers, PNG, ...), which needs libldmcore.a after it. RT_LIB is the
 # whole runtime in link order: what generated programs and the tests link.
 RT_SRC   := $(wildcard runtime/*.c)
 RT_OBJ   := $(RT_SRC:%.c=$(BUILD)/obj/%.o)
-CORE_SRC := runtime/util.c runtime/safetensors.c
+CORE_SRC := runtime/util.c runtime/safetensors.c runtime/lora.c
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
 CORE_LIB := $(BUILD)/libldmcore.a
 RT_LIB   := $(BUILD)/libldmrt.a $(CORE_LIB)

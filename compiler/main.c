@@ -4,13 +4,16 @@
  *   ldmc GRAPH [--config YAML] [-D NAME=VALUE]... [-o OUT.c | -o OUT] [--symbol NAME]
  *        [--dump[=build|graph|PASS]]... [--dot FILE] [--stats]
  *   ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors
+ *   ldmc merge --lora FILE[:MULT]... BASE.safetensors -o OUT.safetensors [--dtype f32|f16|bf16]
  *   ldmc pipeline --config YAML -D H=.. -D W=.. -o OUT.c   (pipeline.c)
  *   ldmc pipeline --config YAML --size HxW... [--nets NET,...] -o OUT.c
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "driver.h"
+#include "lora.h"
 #include "safetensors.h"
 
 static void usage(FILE *fp) {
@@ -18,6 +21,7 @@ static void usage(FILE *fp) {
             "usage: ldmc GRAPH [--config YAML] [-D NAME=VALUE]... [-o OUT.c | -o OUT] [--symbol NAME]\n"
             "            [--dump[=WHAT]]... [--dot FILE] [--plot-memory FILE.svg] [--stats]\n"
             "       ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors\n"
+            "       ldmc merge --lora FILE[:MULT]... BASE.safetensors -o OUT.safetensors [--dtype f32|f16|bf16]\n"
             "       ldmc randckpt --config YAML [-D NAME=VALUE]... [--dtype f32|f16|bf16] [--seed N] -o OUT GRAPH...\n"
             "       ldmc pipeline --config YAML -D H=PIXELS -D W=PIXELS [-D NAME=VALUE]... -o OUT.c\n"
             "       ldmc pipeline --config YAML --size HxW [--size HxW]... [--nets NET,...] [-D NAME=VALUE]... -o OUT.c\n"
@@ -157,6 +161,112 @@ static int convert_main(int argc, char **argv) {
     return 0;
 }
 
+/* ldmc merge: bake kohya LoRA files into a checkpoint (lora.c). */
+static int merge_main(int argc, char **argv) {
+    static const char usage_merge[] =
+        "usage: ldmc merge --lora FILE[:MULT]... BASE.safetensors -o OUT.safetensors [--dtype f32|f16|bf16]\n"
+        "  MULT (default 1) multiplies the LoRA for the UNet and the text encoder; LoRAs are merged in order\n"
+        "  --dtype: the output's floating-point weights (default: each tensor keeps BASE's dtype)\n";
+    const char *base = NULL, *out = NULL, *dtype = NULL;
+    char **files = calloc((size_t)argc, sizeof *files);
+    float *mults = calloc((size_t)argc, sizeof *mults);
+    LdmLora **loras = calloc((size_t)argc, sizeof *loras);
+    int n = 0, rc = 2, base_open = 0;
+    StFile bf;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if ((!strcmp(a, "--lora") || !strcmp(a, "-o") || !strcmp(a, "--dtype")) && i + 1 >= argc) {
+            fprintf(stderr, "ldmc merge: error: %s needs a value\n", a);
+            goto out;
+        }
+        if (!strcmp(a, "--lora")) {
+            const char *v = argv[++i];
+            const char *colon = strrchr(v, ':');
+            files[n] = strdup(v);
+            mults[n] = 1.0f;
+            if (colon) {
+                char *end;
+                float m = strtof(colon + 1, &end);
+                if (colon[1] && !*end) {
+                    if (!isfinite(m)) {
+                        fprintf(stderr, "ldmc merge: error: --lora %s: the multiplier must be finite\n", v);
+                        n++;
+                        goto out;
+                    }
+                    files[n][colon - v] = 0;
+                    mults[n] = m;
+                }
+            }
+            if (!files[n][0]) {
+                fprintf(stderr, "ldmc merge: error: --lora '%s': no file name\n", v);
+                n++;
+                goto out;
+            }
+            n++;
+        } else if (!strcmp(a, "-o")) out = argv[++i];
+        else if (!strcmp(a, "--dtype")) dtype = argv[++i];
+        else if (!strncmp(a, "--dtype=", 8)) dtype = a + 8;
+        else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "ldmc merge: error: unknown option '%s'\n", a);
+            goto out;
+        } else if (!base) base = a;
+        else {
+            fprintf(stderr, "ldmc merge: error: unexpected argument '%s'\n", a);
+            goto out;
+        }
+    }
+    if (!base || !out || !n) {
+        fputs(usage_merge, stderr);
+        goto out;
+    }
+    StDtype to = ST_F32;
+    if (dtype && parse_dtype(dtype, &to)) {
+        fprintf(stderr, "ldmc merge: error: --dtype must be f32, f16 or bf16, got '%s'\n", dtype);
+        goto out;
+    }
+    rc = 1;
+    if (st_open(&bf, base) != 0) {
+        fprintf(stderr, "ldmc merge: error: %s\n", ldm_last_error());
+        goto out;
+    }
+    base_open = 1;
+    const char **keys = calloc((size_t)bf.n_tensors + 1, sizeof *keys);
+    for (int i = 0; i < bf.n_tensors; i++) keys[i] = bf.tensors[i].name;
+    for (int k = 0; k < n; k++) {
+        if (ldm_lora_open(&loras[k], files[k], keys, bf.n_tensors, mults[k], mults[k]) != 0) {
+            fprintf(stderr, "ldmc merge: error: %s\n", ldm_last_error());
+            free(keys);
+            goto out;
+        }
+        int nu = ldm_lora_n_unmatched(loras[k]);
+        if (nu) {
+            fprintf(stderr, "ldmc merge: warning: %s: %d module%s match%s no weight of %s (ignored):", files[k], nu,
+                    nu == 1 ? "" : "s", nu == 1 ? "es" : "", base);
+            for (int i = 0; i < nu && i < LDM_LORA_KEEP_UNMATCHED; i++)
+                fprintf(stderr, " %s", ldm_lora_unmatched(loras[k], i));
+            fprintf(stderr, "%s\n", nu > LDM_LORA_KEEP_UNMATCHED ? " ..." : "");
+        }
+    }
+    free(keys);
+    int merged = 0;
+    if (ldm_lora_merge_checkpoint(&bf, loras, n, dtype ? (int)to : -1, out, &merged) != 0) {
+        fprintf(stderr, "ldmc merge: error: %s\n", ldm_last_error());
+        goto out;
+    }
+    fprintf(stderr, "ldmc merge: %d tensor%s merged, wrote %s\n", merged, merged == 1 ? "" : "s", out);
+    rc = 0;
+out:
+    for (int k = 0; k < n; k++) {
+        ldm_lora_free(loras[k]);
+        free(files[k]);
+    }
+    if (base_open) st_close(&bf);
+    free(loras);
+    free(files);
+    free(mults);
+    return rc;
+}
+
 static int add_define(DriverOptions *opt, const char *text) {
     const char *eq = strchr(text, '=');
     if (!eq || eq == text || !eq[1]) {
@@ -178,6 +288,7 @@ int ldmc_pipeline_main(int argc, char **argv); /* `ldmc pipeline` (pipeline.c) *
 
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "convert")) return convert_main(argc, argv);
+    if (argc > 1 && !strcmp(argv[1], "merge")) return merge_main(argc, argv);
     if (argc > 1 && !strcmp(argv[1], "randckpt")) return randckpt_main(argc, argv);
     if (argc > 1 && !strcmp(argv[1], "pipeline")) return ldmc_pipeline_main(argc, argv); /* pipeline.c */
     DriverOptions opt = {0};

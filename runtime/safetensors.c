@@ -555,6 +555,11 @@ static void writer_add_nocopy(StWriter *w, const char *name, StDtype dtype, int 
     e->owned = take_ownership ? (void *)data : NULL;
 }
 
+void st_writer_add_ref(StWriter *w, const char *name, StDtype dtype, int ndim,
+                       const int64_t *shape, const void *data, int take_ownership) {
+    writer_add_nocopy(w, name, dtype, ndim, shape, data, take_ownership);
+}
+
 void st_writer_meta(StWriter *w, const char *key, const char *value) {
     for (int i = 0; i < w->n_meta; i++) {
         if (strcmp(w->meta_keys[i], key) == 0) { /* later value wins */

@@ -92,6 +92,10 @@ StWriter *st_writer_new(void);
 void st_writer_free(StWriter *w);
 void st_writer_add(StWriter *w, const char *name, StDtype dtype, int ndim,
                    const int64_t *shape, const void *data);
+/* st_writer_add without the copy: data must stay valid until st_writer_save
+ * (take_ownership: the writer frees it, also on error). */
+void st_writer_add_ref(StWriter *w, const char *name, StDtype dtype, int ndim,
+                       const int64_t *shape, const void *data, int take_ownership);
 void st_writer_meta(StWriter *w, const char *key, const char *value);
 int st_writer_save(StWriter *w, const char *path);
 

@@ -1,0 +1,447 @@
+/*
+ * lora.c - kohya-ss LoRA / LoCon loading and merging (see lora.h).
+ *
+ * Name mapping as AUTOMATIC1111 webui's extensions-builtin/Lora
+ * (networks.convert_diffusers_name_to_compvis and load_network): the prefix
+ * is converted to a "network layer name" (a CompVis module path with '.'
+ * replaced by '_'); if that names no module, `lora_unet_X` is tried as
+ * `diffusion_model_X` (CompVis-style names). Part of libldmcore: no OpenMP,
+ * no BLAS.
+ */
+#include "lora.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+typedef struct LoraModule {
+    char *prefix;      /* kohya key prefix (before the first '.') */
+    char *key;         /* checkpoint key of the weight, NULL if unmatched */
+    int is_te;         /* text-encoder module (te multiplier) */
+    const StTensor *down_t, *up_t, *alpha_t; /* while opening */
+    float *down, *up;  /* float32 copies */
+    int down_ndim, up_ndim;
+    int64_t down_shape[ST_MAX_DIMS], up_shape[ST_MAX_DIMS];
+    int64_t rank;
+    double factor;     /* mult * alpha / rank */
+} LoraModule;
+
+struct LdmLora {
+    char *path;
+    LoraModule *mods;  /* matched modules only */
+    int n_mods;
+    int n_unmatched;
+    char *unmatched[LDM_LORA_KEEP_UNMATCHED];
+};
+
+/* ---- name conversion ------------------------------------------------------ */
+
+static int eat(const char **s, const char *lit) {
+    size_t n = strlen(lit);
+    if (strncmp(*s, lit, n) != 0) return 0;
+    *s += n;
+    return 1;
+}
+
+/* (\d+) */
+static int eat_num(const char **s, long *v) {
+    if (!isdigit((unsigned char)**s)) return 0;
+    char *e;
+    *v = strtol(*s, &e, 10);
+    *s = e;
+    return 1;
+}
+
+/* (attentions|resnets)_(\d+)_(.+): *attn, *j, *rest */
+static int eat_block(const char **s, int *attn, long *j) {
+    if (eat(s, "attentions_")) *attn = 1;
+    else if (eat(s, "resnets_")) *attn = 0;
+    else return 0;
+    return eat_num(s, j) && eat(s, "_") && **s;
+}
+
+/* ResBlock suffix map (the whole suffix), attention suffixes unchanged. */
+static const char *res_suffix(const char *s, int attn) {
+    static const char *const map[][2] = {
+        {"conv1", "in_layers_2"},   {"conv2", "out_layers_3"},       {"norm1", "in_layers_0"},
+        {"norm2", "out_layers_0"},  {"time_emb_proj", "emb_layers_1"}, {"conv_shortcut", "skip_connection"},
+    };
+    if (!attn)
+        for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+            if (!strcmp(s, map[i][0])) return map[i][1];
+    return s;
+}
+
+/* convert_diffusers_name_to_compvis (SD v1): a malloc'd network layer name,
+ * or a copy of p when no rule applies. Like Python's re.match, a rule only
+ * anchors at the start. */
+static char *convert_name(const char *p) {
+    const char *s = p;
+    long i, j;
+    int attn;
+    if (eat(&s, "lora_unet_")) {
+        const char *u = s;
+        if (eat(&u, "conv_in")) return ldm_xasprintf("diffusion_model_input_blocks_0_0%s", u);
+        u = s;
+        if (eat(&u, "conv_out")) return ldm_xasprintf("diffusion_model_out_2%s", u);
+        u = s;
+        if (eat(&u, "time_embedding_linear_") && eat_num(&u, &i))
+            return ldm_xasprintf("diffusion_model_time_embed_%ld%s", i * 2 - 2, u);
+        u = s;
+        if (eat(&u, "down_blocks_") && eat_num(&u, &i) && eat(&u, "_") && eat_block(&u, &attn, &j))
+            return ldm_xasprintf("diffusion_model_input_blocks_%ld_%d_%s", 1 + i * 3 + j, attn, res_suffix(u, attn));
+        u = s;
+        if (eat(&u, "mid_block_") && eat_block(&u, &attn, &j))
+            return ldm_xasprintf("diffusion_model_middle_block_%ld_%s", attn ? 1 : j * 2, res_suffix(u, attn));
+        u = s;
+        if (eat(&u, "up_blocks_") && eat_num(&u, &i) && eat(&u, "_") && eat_block(&u, &attn, &j))
+            return ldm_xasprintf("diffusion_model_output_blocks_%ld_%d_%s", i * 3 + j, attn, res_suffix(u, attn));
+        u = s;
+        if (eat(&u, "down_blocks_") && eat_num(&u, &i) && eat(&u, "_downsamplers_0_conv"))
+            return ldm_xasprintf("diffusion_model_input_blocks_%ld_0_op", 3 + i * 3);
+        u = s;
+        if (eat(&u, "up_blocks_") && eat_num(&u, &i) && eat(&u, "_upsamplers_0_conv"))
+            return ldm_xasprintf("diffusion_model_output_blocks_%ld_%d_conv", 2 + i * 3, i > 0 ? 2 : 1);
+    } else if (eat(&s, "lora_te_text_model_encoder_layers_")) {
+        const char *u = s;
+        if (eat_num(&u, &i) && eat(&u, "_") && *u)
+            return ldm_xasprintf("transformer_text_model_encoder_layers_%ld_%s", i, u);
+    }
+    return ldm_xstrdup(p);
+}
+
+/* Checkpoint weight key -> network layer name (malloc'd), NULL if the key
+ * is not a weight of the UNet or of the text encoder. */
+static char *layer_name_of_key(const char *key) {
+    const char *body;
+    size_t n = strlen(key);
+    if (n < 8 || strcmp(key + n - 7, ".weight") != 0) return NULL;
+    if (!strncmp(key, "model.diffusion_model.", 22)) body = key + 6;
+    else if (!strncmp(key, "cond_stage_model.transformer.", 29)) body = key + 17;
+    else return NULL;
+    char *s = ldm_xstrdup(body);
+    s[strlen(s) - 7] = 0;
+    for (char *c = s; *c; c++)
+        if (*c == '.') *c = '_';
+    return s;
+}
+
+typedef struct LayerMap {
+    char **names;        /* network layer names */
+    const char **keys;   /* checkpoint keys */
+    int n;
+} LayerMap;
+
+static const char *layer_lookup(const LayerMap *m, const char *name) {
+    for (int i = 0; i < m->n; i++)
+        if (!strcmp(m->names[i], name)) return m->keys[i];
+    return NULL;
+}
+
+/* ---- opening -------------------------------------------------------------- */
+
+static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+    size_t k = (size_t)snprintf(buf, cap, "[");
+    for (int d = 0; d < ndim && k < cap; d++)
+        k += (size_t)snprintf(buf + k, cap - k, "%s%lld", d ? ", " : "", (long long)shape[d]);
+    if (k < cap) snprintf(buf + k, cap - k, "]");
+}
+
+static int is_float_dtype(StDtype dt) { return dt == ST_F32 || dt == ST_F16 || dt == ST_BF16 || dt == ST_F64; }
+
+/* Float32 copy of a factor, checked finite. */
+static float *load_factor(const char *path, const StTensor *t) {
+    if (!is_float_dtype(t->dtype)) {
+        ldm_fail("%s: %s: expected a floating-point tensor, got %s", path, t->name, st_dtype_name(t->dtype));
+        return NULL;
+    }
+    float *v = ldm_xmalloc((size_t)t->numel * sizeof(float) + 1);
+    if (st_to_f32(t, v) != 0) {
+        free(v);
+        return NULL;
+    }
+    for (int64_t i = 0; i < t->numel; i++)
+        if (!isfinite(v[i])) {
+            ldm_fail("%s: %s: non-finite value %g at element %lld", path, t->name, (double)v[i], (long long)i);
+            free(v);
+            return NULL;
+        }
+    return v;
+}
+
+static void module_free(LoraModule *m) {
+    free(m->prefix);
+    free(m->key);
+    free(m->down);
+    free(m->up);
+}
+
+/* Check the factors of one module and load them. */
+static int module_load(const char *path, LoraModule *m, float mult_te, float mult_unet) {
+    char a[128], b[128];
+    if (!m->down_t || !m->up_t)
+        return ldm_fail("%s: LoRA module %s has %s but no %s.%s", path, m->prefix,
+                        m->down_t ? "lora_down.weight" : m->up_t ? "lora_up.weight" : "alpha", m->prefix,
+                        m->down_t ? "lora_up.weight" : "lora_down.weight");
+    const StTensor *d = m->down_t, *u = m->up_t;
+    shape_str(a, sizeof a, d->ndim, d->shape);
+    shape_str(b, sizeof b, u->ndim, u->shape);
+    if ((d->ndim != 2 && d->ndim != 4) || (u->ndim != 2 && u->ndim != 4) ||
+        (u->ndim == 4 && (u->shape[2] != 1 || u->shape[3] != 1)))
+        return ldm_fail("%s: LoRA module %s: expected lora_down [r, in] or [r, Cin, kh, kw] and lora_up [out, r] "
+                        "or [out, r, 1, 1], got lora_down %s and lora_up %s", path, m->prefix, a, b);
+    if (d->shape[0] <= 0 || u->shape[1] != d->shape[0])
+        return ldm_fail("%s: LoRA module %s: rank mismatch: lora_down %s has rank %lld, lora_up %s has %lld", path,
+                        m->prefix, a, (long long)d->shape[0], b, (long long)u->shape[1]);
+    m->rank = d->shape[0];
+    double alpha = (double)m->rank;
+    if (m->alpha_t) {
+        float av;
+        if (m->alpha_t->numel != 1 || !is_float_dtype(m->alpha_t->dtype))
+            return ldm_fail("%s: %s: expected one floating-point value, got %s with %lld elements", path,
+                            m->alpha_t->name, st_dtype_name(m->alpha_t->dtype), (long long)m->alpha_t->numel);
+        if (st_to_f32(m->alpha_t, &av) != 0) return -1;
+        if (!isfinite(av)) return ldm_fail("%s: %s: non-finite alpha %g", path, m->alpha_t->name, (double)av);
+        alpha = av;
+    }
+    m->factor = (double)(m->is_te ? mult_te : mult_unet) * (alpha / (double)m->rank);
+    m->down_ndim = d->ndim;
+    m->up_ndim = u->ndim;
+    memcpy(m->down_shape, d->shape, sizeof m->down_shape);
+    memcpy(m->up_shape, u->shape, sizeof m->up_shape);
+    if (!(m->down = load_factor(path, d)) || !(m->up = load_factor(path, u))) return -1;
+    return 0;
+}
+
+void ldm_lora_free(LdmLora *l) {
+    if (!l) return;
+    for (int i = 0; i < l->n_mods; i++) module_free(&l->mods[i]);
+    free(l->mods);
+    for (int i = 0; i < LDM_LORA_KEEP_UNMATCHED; i++) free(l->unmatched[i]);
+    free(l->path);
+    free(l);
+}
+
+int ldm_lora_open(LdmLora **out, const char *path, const char *const *keys, int n_keys, float te_mult,
+                  float unet_mult) {
+    *out = NULL;
+    if (!isfinite(te_mult) || !isfinite(unet_mult))
+        return ldm_fail("%s: LoRA multiplier must be finite, got %g / %g", path, (double)te_mult, (double)unet_mult);
+    StFile f;
+    if (st_open(&f, path) != 0) return -1;
+    LdmLora *l = ldm_xcalloc(1, sizeof *l);
+    l->path = ldm_xstrdup(path);
+    LoraModule *all = ldm_xcalloc((size_t)f.n_tensors + 1, sizeof *all);
+    int n_all = 0, rc = -1;
+    LayerMap map = {ldm_xcalloc((size_t)n_keys + 1, sizeof(char *)), ldm_xcalloc((size_t)n_keys + 1, sizeof(char *)),
+                    0};
+
+    /* group the tensors by prefix */
+    for (int i = 0; i < f.n_tensors; i++) {
+        const StTensor *t = &f.tensors[i];
+        const char *dot = strchr(t->name, '.');
+        if (!dot || dot == t->name) {
+            ldm_fail("%s: tensor '%s' is not a LoRA tensor (expected <module>.lora_down.weight, "
+                     "<module>.lora_up.weight or <module>.alpha)", path, t->name);
+            goto out;
+        }
+        size_t plen = (size_t)(dot - t->name);
+        LoraModule *m = NULL;
+        for (int k = 0; k < n_all && !m; k++)
+            if (strlen(all[k].prefix) == plen && !strncmp(all[k].prefix, t->name, plen)) m = &all[k];
+        if (!m) {
+            m = &all[n_all++];
+            m->prefix = strndup(t->name, plen);
+        }
+        const StTensor **slot = !strcmp(dot, ".lora_down.weight") ? &m->down_t
+                                : !strcmp(dot, ".lora_up.weight") ? &m->up_t
+                                : !strcmp(dot, ".alpha")          ? &m->alpha_t
+                                                                  : NULL;
+        if (!slot) {
+            ldm_fail("%s: tensor '%s': unsupported LoRA tensor kind '%s' (expected lora_down.weight, "
+                     "lora_up.weight or alpha)", path, t->name, dot + 1);
+            goto out;
+        }
+        *slot = t;
+    }
+
+    /* the checkpoint's modules */
+    for (int i = 0; i < n_keys; i++) {
+        char *name = layer_name_of_key(keys[i]);
+        if (!name) continue;
+        map.names[map.n] = name;
+        map.keys[map.n++] = keys[i];
+    }
+
+    l->mods = ldm_xcalloc((size_t)n_all + 1, sizeof *l->mods);
+    for (int k = 0; k < n_all; k++) {
+        LoraModule *m = &all[k];
+        char *name = convert_name(m->prefix);
+        const char *key = layer_lookup(&map, name);
+        if (!key && !strncmp(m->prefix, "lora_unet_", 10)) {
+            free(name);
+            name = ldm_xasprintf("diffusion_model_%s", m->prefix + 10);
+            key = layer_lookup(&map, name);
+        }
+        m->is_te = !strncmp(name, "transformer", 11);
+        free(name);
+        /* validated even when unmatched: a broken file is an error */
+        if (module_load(path, m, te_mult, unet_mult) != 0) goto out;
+        if (!key) {
+            if (l->n_unmatched < LDM_LORA_KEEP_UNMATCHED) l->unmatched[l->n_unmatched] = ldm_xstrdup(m->prefix);
+            l->n_unmatched++;
+            module_free(m);
+            memset(m, 0, sizeof *m);
+            continue;
+        }
+        for (int q = 0; q < l->n_mods; q++)
+            if (!strcmp(l->mods[q].key, key)) {
+                ldm_fail("%s: LoRA modules %s and %s both modify %s", path, l->mods[q].prefix, m->prefix, key);
+                goto out;
+            }
+        m->key = ldm_xstrdup(key);
+        m->down_t = m->up_t = m->alpha_t = NULL; /* point into the mapping, closed below */
+        l->mods[l->n_mods++] = *m;
+        memset(m, 0, sizeof *m);
+    }
+    rc = 0;
+out:
+    for (int k = 0; k < n_all; k++) module_free(&all[k]);
+    free(all);
+    for (int i = 0; i < map.n; i++) free(map.names[i]);
+    free(map.names);
+    free(map.keys);
+    st_close(&f);
+    if (rc != 0) ldm_lora_free(l);
+    else *out = l;
+    return rc;
+}
+
+int ldm_lora_n_modules(const LdmLora *l) { return l->n_mods; }
+const char *ldm_lora_module_key(const LdmLora *l, int i) { return i >= 0 && i < l->n_mods ? l->mods[i].key : NULL; }
+const char *ldm_lora_module_prefix(const LdmLora *l, int i) {
+    return i >= 0 && i < l->n_mods ? l->mods[i].prefix : NULL;
+}
+int ldm_lora_n_unmatched(const LdmLora *l) { return l->n_unmatched; }
+const char *ldm_lora_unmatched(const LdmLora *l, int i) {
+    return i >= 0 && i < l->n_unmatched && i < LDM_LORA_KEEP_UNMATCHED ? l->unmatched[i] : NULL;
+}
+
+static const LoraModule *find_module(const LdmLora *l, const char *key) {
+    for (int i = 0; i < l->n_mods; i++)
+        if (!strcmp(l->mods[i].key, key)) return &l->mods[i];
+    return NULL;
+}
+
+int ldm_lora_touches(const LdmLora *l, const char *key) { return find_module(l, key) != NULL; }
+
+/* Do the factors of m fit a weight of shape [ndim] shape? */
+static int check_fit(const LdmLora *l, const LoraModule *m, int ndim, const int64_t *shape) {
+    int ok = (ndim == 2 || ndim == 4) && shape[0] == m->up_shape[0] && !(m->up_ndim == 4 && ndim != 4);
+    int64_t k = 1;
+    for (int d = 1; d < ndim; d++) k *= shape[d];
+    int64_t dk = 1;
+    for (int d = 1; d < m->down_ndim; d++) dk *= m->down_shape[d];
+    ok = ok && dk == k;
+    if (ok && m->down_ndim == 4) ok = ndim == 4 && !memcmp(&m->down_shape[1], &shape[1], 3 * sizeof(int64_t));
+    if (ok && m->down_ndim == 2 && ndim == 4) ok = shape[2] == 1 && shape[3] == 1;
+    if (ok) return 0;
+    char a[128], b[128], w[128];
+    shape_str(a, sizeof a, m->down_ndim, m->down_shape);
+    shape_str(b, sizeof b, m->up_ndim, m->up_shape);
+    shape_str(w, sizeof w, ndim, shape);
+    return ldm_fail("%s: LoRA module %s (lora_down %s, lora_up %s) does not fit %s %s", l->path, m->prefix, a, b,
+                    m->key, w);
+}
+
+/* out[i] (+)= factor * (up @ down)[i], float64 accumulation. */
+static int delta_or_apply(const LdmLora *l, const char *key, int ndim, const int64_t *shape, float *buf, int add) {
+    const LoraModule *m = find_module(l, key);
+    if (!m) return 0;
+    if (check_fit(l, m, ndim, shape) != 0) return -1;
+    int64_t out = shape[0], r = m->rank, k = 1;
+    for (int d = 1; d < ndim; d++) k *= shape[d];
+    for (int64_t o = 0; o < out; o++) {
+        const float *up = m->up + o * r;
+        for (int64_t j = 0; j < k; j++) {
+            double s = 0;
+            for (int64_t q = 0; q < r; q++) s += (double)up[q] * (double)m->down[q * k + j];
+            double v = s * m->factor;
+            float *p = &buf[o * k + j];
+            *p = (float)(add ? (double)*p + v : v);
+        }
+    }
+    return 1;
+}
+
+int ldm_lora_delta(const LdmLora *l, const char *key, int ndim, const int64_t *shape, float *delta) {
+    return delta_or_apply(l, key, ndim, shape, delta, 0);
+}
+
+int ldm_lora_apply(const LdmLora *l, const char *key, int ndim, const int64_t *shape, float *w) {
+    return delta_or_apply(l, key, ndim, shape, w, 1);
+}
+
+/* ---- merging a checkpoint ------------------------------------------------ */
+
+/* float32 values -> a malloc'd buffer of dtype `to` (frees f unless to is F32). */
+static void *pack(float *f, int64_t n, StDtype to) {
+    if (to == ST_F32) return f;
+    uint8_t *out = ldm_xmalloc((size_t)n * st_dtype_size(to) + 1);
+    for (int64_t i = 0; i < n; i++) {
+        if (to == ST_F64) {
+            double d = f[i];
+            memcpy(out + 8 * i, &d, 8);
+        } else {
+            uint16_t h = to == ST_F16 ? st_f32_to_f16(f[i]) : st_f32_to_bf16(f[i]);
+            out[2 * i] = (uint8_t)h;
+            out[2 * i + 1] = (uint8_t)(h >> 8);
+        }
+    }
+    free(f);
+    return out;
+}
+
+int ldm_lora_merge_checkpoint(const StFile *base, LdmLora *const *loras, int n_loras, int out_dtype,
+                              const char *out_path, int *n_merged) {
+    if (out_dtype != -1 && out_dtype != ST_F32 && out_dtype != ST_F16 && out_dtype != ST_BF16)
+        return ldm_fail("%s: expected a target dtype F32, F16 or BF16, got %s", out_path,
+                        st_dtype_name((StDtype)out_dtype));
+    StWriter *w = st_writer_new();
+    int merged = 0, rc = -1;
+    for (int i = 0; i < base->n_meta; i++) st_writer_meta(w, base->meta_keys[i], base->meta_values[i]);
+    for (int i = 0; i < base->n_tensors; i++) {
+        const StTensor *t = &base->tensors[i];
+        int touched = 0;
+        for (int k = 0; k < n_loras; k++) touched |= ldm_lora_touches(loras[k], t->name);
+        StDtype to = t->dtype;
+        if (out_dtype >= 0 && is_float_dtype(t->dtype) && strchr(t->name, '.')) to = (StDtype)out_dtype;
+        if (!touched && to == t->dtype) { /* borrowed from the mapping, which outlives the save */
+            st_writer_add_ref(w, t->name, t->dtype, t->ndim, t->shape, t->data, 0);
+            continue;
+        }
+        if (!is_float_dtype(t->dtype)) {
+            ldm_fail("%s: %s: a LoRA modifies it but it is %s, not floating point", base->path, t->name,
+                     st_dtype_name(t->dtype));
+            goto out;
+        }
+        float *f = ldm_xmalloc((size_t)t->numel * sizeof(float) + 1);
+        st_to_f32(t, f); /* cannot fail: a float dtype */
+        for (int k = 0; k < n_loras; k++)
+            if (ldm_lora_apply(loras[k], t->name, t->ndim, t->shape, f) < 0) {
+                free(f);
+                goto out;
+            }
+        merged += touched;
+        st_writer_add_ref(w, t->name, to, t->ndim, t->shape, pack(f, t->numel, to), 1);
+    }
+    rc = st_writer_save(w, out_path);
+out:
+    st_writer_free(w);
+    if (rc == 0 && n_merged) *n_merged = merged;
+    return rc;
+}
