@@ -264,8 +264,10 @@ static void push_text(FragList *l, const char *s, size_t n) {
     size_t part = 0;
     for (size_t i = 0; i < n;) {
         size_t e = break_at(t, n, i);
-        if (!e) {
-            i++;
+        if (!e) { /* next code point (a match never starts inside one) */
+            int len;
+            utf8_at(t, i, &len);
+            i += (size_t)len;
             continue;
         }
         frag_push(l, substr(t + part, i - part), 1.0);

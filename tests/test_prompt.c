@@ -240,6 +240,11 @@ START_TEST(test_parse_break_boundary) {
      * splits it into "" and "y" */
     check_parse("(x)BREAK y", 4,
                 (PromptFragment[]){{"x", 1.1}, {"", 1.0}, {"BREAK", -1.0}, {"y", 1.0}});
+    /* Python's \w and \s are Unicode: "é" is a word character, U+3000 and
+     * U+00A0 are white space (consumed around BREAK) */
+    check_parse("caf\u00e9BREAK x", 1, (PromptFragment[]){{"caf\u00e9BREAK x", 1.0}});
+    check_parse("caf\u00e9\u3000BREAK\u00a0x", 3,
+                (PromptFragment[]){{"caf\u00e9", 1.0}, {"BREAK", -1.0}, {"x", 1.0}});
     /* lower case is a plain word */
     check_parse("a break b", 1, (PromptFragment[]){{"a break b", 1.0}});
 }
