@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "prompt.h"
+#include "safetensors.h"
 #include "testutil.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -173,6 +174,87 @@ START_TEST(test_goldens) {
     }
     ck_assert_msg(lineno == 39, "%d golden lines, README 4 says 39", lineno);
     free(text);
+    free(path);
+    clip_tokenizer_free(tok);
+}
+END_TEST
+
+/* prompt_cond.io.safetensors: the webui's chunk inputs of 8 prompts (named in
+ * the "cases" metadata as `caseK: "PROMPT" -> ...`, the prompt JSON-quoted):
+ * caseK.tokens I32 [k,77], caseK.multipliers F32 [k,77] (our float64 weights
+ * rounded to float32 must equal them), caseK.embedding_fixes I32 [n,3]
+ * (chunk, offset, n_vectors). The embedding's vector count is read from
+ * tinyemb.safetensors (one tensor, [n, C] or [C], README 1.5). */
+START_TEST(test_prompt_cond_inputs) {
+    ClipTokenizer *tok = load_vocab();
+    char *path = ldm_xasprintf("%s/goldens/sd1-adapters/prompt_cond.io.safetensors", test_shared_dir());
+    char *emb_path = ldm_xasprintf("%s/goldens/sd1-adapters/tinyemb.safetensors", test_shared_dir());
+    StFile f, ef;
+    ck_assert_msg(st_open(&f, path) == 0, "%s", ldm_last_error());
+    ck_assert_msg(st_open(&ef, emb_path) == 0, "%s", ldm_last_error());
+    ck_assert_int_eq(ef.n_tensors, 1);
+    PromptEmbedding emb = {.name = "tinyemb",
+                           .n_vectors = ef.tensors[0].ndim == 1 ? 1 : (int)ef.tensors[0].shape[0]};
+    ck_assert_int_eq(emb.n_vectors, 3);
+    const char *cases_json = st_metadata(&f, "cases");
+    ck_assert_msg(cases_json != NULL, "%s: no 'cases' metadata", path);
+    json_error_t err;
+    json_t *cases = json_loads(cases_json, 0, &err);
+    ck_assert_msg(json_is_array(cases), "cases: %s", err.text);
+    ck_assert_int_eq(json_array_size(cases), 8);
+    for (size_t k = 0; k < json_array_size(cases); k++) {
+        const char *line = json_string_value(json_array_get(cases, k));
+        const char *q0 = strchr(line, '"'), *q1 = strstr(line, "\" -> ");
+        ck_assert_msg(q0 && q1 && q1 > q0, "case %zu: '%s'", k, line);
+        json_t *js = json_loadb(q0, (size_t)(q1 - q0) + 1, JSON_DECODE_ANY, &err);
+        ck_assert_msg(json_is_string(js), "case %zu: prompt not a JSON string: %s", k, err.text);
+        const char *prompt = json_string_value(js);
+
+        PromptChunks c;
+        ck_assert_msg(prompt_tokenize(tok, prompt, &emb, 1, &c) == 0, "%s", ldm_last_error());
+        char name[64];
+        snprintf(name, sizeof name, "case%zu.tokens", k);
+        const StTensor *tt = st_find(&f, name);
+        snprintf(name, sizeof name, "case%zu.multipliers", k);
+        const StTensor *mt = st_find(&f, name);
+        snprintf(name, sizeof name, "case%zu.embedding_fixes", k);
+        const StTensor *ft = st_find(&f, name);
+        ck_assert_msg(tt && mt && ft, "case %zu: missing tensors", k);
+        ck_assert_msg(tt->ndim == 2 && tt->shape[0] == c.n_chunks && tt->shape[1] == 77,
+                      "case %zu '%s': %d chunks, golden [%lld, %lld]", k, prompt, c.n_chunks,
+                      (long long)tt->shape[0], (long long)tt->shape[1]);
+        int32_t *tokens = ldm_xmalloc((size_t)tt->numel * sizeof *tokens);
+        float *mults = ldm_xmalloc((size_t)mt->numel * sizeof *mults);
+        ck_assert_int_eq(st_to_i32(tt, tokens), 0);
+        ck_assert_int_eq(st_to_f32(mt, mults), 0);
+        ck_assert_int_eq(mt->numel, tt->numel);
+        for (int64_t i = 0; i < tt->numel; i++) {
+            ck_assert_msg(c.tokens[i] == tokens[i], "case %zu: token %lld = %d, expected %d", k,
+                          (long long)i, c.tokens[i], tokens[i]);
+            ck_assert_msg((float)c.multipliers[i] == mults[i], "case %zu: multiplier %lld = %.9g, expected %.9g",
+                          k, (long long)i, (float)c.multipliers[i], mults[i]);
+        }
+        int n_fix = ft->numel ? (int)ft->shape[0] : 0;
+        ck_assert_msg(n_fix == c.n_fixes, "case %zu: %d fixes, expected %d", k, c.n_fixes, n_fix);
+        if (n_fix) {
+            int32_t *fx = ldm_xmalloc((size_t)ft->numel * sizeof *fx);
+            ck_assert_int_eq(st_to_i32(ft, fx), 0);
+            for (int i = 0; i < n_fix; i++) {
+                ck_assert_int_eq(c.fixes[i].chunk, fx[3 * i]);
+                ck_assert_int_eq(c.fixes[i].offset, fx[3 * i + 1]);
+                ck_assert_int_eq(emb.n_vectors, fx[3 * i + 2]);
+            }
+            free(fx);
+        }
+        free(tokens);
+        free(mults);
+        prompt_chunks_free(&c);
+        json_decref(js);
+    }
+    json_decref(cases);
+    st_close(&ef);
+    st_close(&f);
+    free(emb_path);
     free(path);
     clip_tokenizer_free(tok);
 }
@@ -382,6 +464,7 @@ Suite *suite_prompt(void) {
     TCase *tc = tcase_create("prompt");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_goldens);
+    tcase_add_test(tc, test_prompt_cond_inputs);
     tcase_add_test(tc, test_parse_empty);
     tcase_add_test(tc, test_parse_only_break);
     tcase_add_test(tc, test_parse_empty_weight);
