@@ -325,15 +325,25 @@ static int check_models(App *a) {
     return rc;
 }
 
-/* tokens -> hidden states (ctx_len x ctx_dim) */
+/* tokens -> hidden states (ctx_len x ctx_dim): the output `hidden`, bound
+ * by name; the text encoder's other outputs (hidden_skip: every CLIP skip)
+ * go to scratch buffers. */
 static int encode_text(App *a, const char *prompt, float *hidden) {
+    const LdmModel *clip = net_model(a, NET_CLIP);
+    int oh = ldm_model_output(clip, "hidden");
+    if (oh < 0) return ldm_fail("internal: the text encoder has no output 'hidden'");
     int32_t *ids = ldm_xmalloc((size_t)a->ctx_len * sizeof *ids);
+    void **out = ldm_xcalloc((size_t)clip->n_outputs, sizeof *out);
     int rc = clip_tokenize_ctx(a->tok, prompt, a->ctx_len, ids, NULL);
     if (rc == 0) {
         const void *in[1] = {ids};
-        void *out[1] = {hidden};
+        for (int i = 0; i < clip->n_outputs; i++)
+            out[i] = i == oh ? hidden : ldm_aligned_alloc((size_t)ldm_numel(&clip->outputs[i]) * sizeof(float));
         rc = ldm_nets_run(&a->nets, net_index(a, NET_CLIP), in, out);
+        for (int i = 0; i < clip->n_outputs; i++)
+            if (i != oh) free(out[i]);
     }
+    free(out);
     free(ids);
     return rc;
 }
