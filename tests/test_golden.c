@@ -10,6 +10,9 @@
  *     `ldmc convert --dtype f16`; ldm-vq4-tiny: unet, vae_decode with the
  *     exact VQ indices, vae_encode), each output within the `tolerance`
  *     of its io file's metadata; the measured errors are printed;
+ *   - CLIP skip: the clip runner's hidden_skip (skips 1 and 2) on the
+ *     chunks of sd1-adapters/prompt_cond.io against z_raw_skip{1,2}
+ *     (cases without textual-inversion rows);
  *   - bad input (checkpoints missing a tensor, with a wrong shape or dtype,
  *     truncated or with a corrupt header; inputs missing, of the wrong
  *     shape or dtype, token ids out of range; bad flags; missing files):
@@ -1169,6 +1172,94 @@ START_TEST(test_nonsquare_sd1_unet) {
 END_TEST
 
 /* ------------------------------------------------------------------------
+ * CLIP skip (sd1-adapters/prompt_cond.io): hidden_skip vs z_raw_skip{1,2}
+ * ------------------------------------------------------------------------ */
+
+/* Case k of prompt_cond.io, if it has no textual-inversion rows (those
+ * need an embedding input the graph does not have): caseK.tokens [k, 77]
+ * through the clip runner (sd1-tiny, B <= 6: the k chunks are k rows of
+ * one run, and rows are independent, so each chunk is encoded on its own
+ * as the webui does); hidden_skip [CLIP_SKIPS, k, 77, 64] slice s-1, i.e.
+ * the k chunks concatenated, must match caseK.z_raw_skip<s> [1, 77k, 64]
+ * (the transformer output without emphasis) within the io file's per-case
+ * tolerance metadata (at most the README's 5e-05 for z_raw). */
+static void check_clip_skip(int k) {
+    const char *prog = runner(R_SD1_CLIP);
+    char weights[256], io[256], out[256], prefix[32];
+    golden(weights, sizeof weights, "sd1-tiny/model.safetensors");
+    golden(io, sizeof io, "sd1-adapters/prompt_cond.io.safetensors");
+    snprintf(prefix, sizeof prefix, "case%d.", k);
+    StFile gf;
+    open_st(&gf, io);
+    char name[128];
+    snprintf(name, sizeof name, "%sembedding_fixes", prefix);
+    const StTensor *fixes = find(&gf, name);
+    if (fixes->numel != 0) {
+        printf("golden: sd1-adapters clip skip case%d: skipped (%lld textual-inversion rows: no embedding input)\n",
+               k, (long long)(fixes->numel / 3));
+        fflush(stdout);
+        st_close(&gf);
+        return;
+    }
+    snprintf(name, sizeof name, "%stokens", prefix);
+    const StTensor *tok = find(&gf, name);
+    ck_assert_msg(tok->ndim == 2 && tok->shape[1] == 77 && tok->shape[0] >= 1 && tok->shape[0] <= 6,
+                  "%s: %s: expected [k <= 6, 77]", io, name);
+    const int64_t chunks = tok->shape[0];
+    scratch(out, sizeof out, "out-clip-skip-%d.safetensors", k);
+    char ext[32], *err;
+    snprintf(ext, sizeof ext, "B=%lld", (long long)chunks);
+    char *argv[] = {(char *)prog, "--weights", weights, "--inputs", io, "--outputs", out,
+                    "--prefix",   prefix,      "--extent", ext,     NULL};
+    int rc = test_run(argv, &err);
+    ck_assert_msg(rc == 0, "%s failed (status %d) on %s %s --extent %s:\n%s", prog, rc, io, prefix, ext, err);
+    free(err);
+
+    StFile of;
+    open_st(&of, out);
+    const StTensor *hs;
+    float *ours = load_f32(&of, "hidden_skip", &hs);
+    ck_assert_msg(hs->ndim == 4 && hs->shape[0] >= 2 && hs->shape[1] == chunks && hs->shape[2] == 77,
+                  "hidden_skip: expected [CLIP_SKIPS >= 2, %lld, 77, C]", (long long)chunks);
+    const int64_t C = hs->shape[3], per = chunks * 77 * C;
+    const char *tj = st_metadata(&gf, "tolerance");
+    ck_assert_msg(tj, "%s: no tolerance metadata", io);
+    json_error_t jerr;
+    json_t *tol = json_loads(tj, 0, &jerr);
+    ck_assert_msg(json_is_object(tol), "%s: tolerance metadata: %s", io, jerr.text);
+    /* the skip-1 slice is the output `hidden` itself */
+    float *hidden = load_f32(&of, "hidden", NULL);
+    ck_assert_msg(max_abs_diff(ours, hidden, per) == 0.0, "hidden_skip[0] differs from hidden");
+    free(hidden);
+    for (int s = 1; s <= 2; s++) {
+        char gname[128];
+        snprintf(gname, sizeof gname, "%sz_raw_skip%d", prefix, s);
+        const StTensor *g;
+        float *want = load_f32(&gf, gname, &g);
+        const int64_t shape[3] = {1, 77 * chunks, C};
+        assert_shape(g, 3, shape);
+        json_t *m = json_object_get(json_object_get(tol, gname), "max_abs");
+        ck_assert_msg(json_is_number(m), "no tolerance[\"%s\"].max_abs in %s", gname, io);
+        double lim = json_number_value(m);
+        ck_assert_msg(lim <= 5e-5, "%s: tolerance %g is looser than the README's 5e-05 for z_raw", gname, lim);
+        double d = max_abs_diff(ours + (s - 1) * per, want, per);
+        printf("golden: %-26s %-16s max|ours - golden| = %.3g (tolerance %.3g)\n", "sd1-adapters clip skip", gname,
+               d, lim);
+        fflush(stdout);
+        ck_assert_msg(d <= lim, "clip skip %d: %s: max |ours - golden| = %.6g > tolerance %.6g", s, gname, d, lim);
+        free(want);
+    }
+    json_decref(tol);
+    free(ours);
+    st_close(&of);
+    st_close(&gf);
+    remove(out);
+}
+
+START_TEST(test_clip_skip) { check_clip_skip(_i); }
+END_TEST
+
+/* ------------------------------------------------------------------------
  * suite
  * ------------------------------------------------------------------------ */
 
@@ -1181,6 +1272,7 @@ Suite *suite_golden(void) {
     tcase_add_loop_test(tc, test_sd1_unet, 0, 4);
     tcase_add_loop_test(tc, test_sd1_vae_decode, 0, 3);
     tcase_add_test(tc, test_sd1_vae_encode);
+    tcase_add_loop_test(tc, test_clip_skip, 0, 8);
     tcase_set_timeout(tc, 300);
     suite_add_tcase(s, tc);
 

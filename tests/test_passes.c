@@ -535,6 +535,16 @@ START_TEST(test_plan_sd_clip_vae) {
     ck_assert_int_eq(graph_param_count(b.g), 123060480);
     ck_assert_int_eq(b.g->n_weights, 196);
     EXPECT_SHAPE(output_node(b.g, "hidden"), 1, 77, 768);
+    /* hidden_skip [CLIP_SKIPS = 2, B, 77, 768]: CLIP skips 1 and 2 */
+    ck_assert_int_eq(b.g->n_outputs, 2);
+    EXPECT_SHAPE(output_node(b.g, "hidden_skip"), 2, 1, 77, 768);
+    ck_assert_int_eq(output_node(b.g, "hidden_skip")->dyn[1], 1);
+    if (fused) { /* the driver's passes (CSE) share skip 1's final LayerNorm with hidden */
+        const Node *cat = output_node(b.g, "hidden_skip");
+        ck_assert(cat->op == OPK_CONCAT && cat->nsrc == 2 && cat->src[0]->op == OPK_RESHAPE);
+        ck_assert_msg(cat->src[0]->src[0] == output_node(b.g, "hidden"),
+                      "skip 1 is not the node of hidden (CSE did not share the final LayerNorm)");
+    }
     ck_assert(b.g->inputs[0]->dtype == DT_I32);
     built_free(&b);
     Built enc = build_model("vae_encoder", "H=64 W=64", fused);
