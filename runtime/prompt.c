@@ -15,48 +15,23 @@
 #include <string.h>
 
 #include "unicode_tables.h"
+#include "utf8.h"
 #include "util.h"
 
-#define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
 #define CHUNK_CTX (PROMPT_CHUNK_LENGTH + 2) /* 77: SOT + 75 + EOT */
 
 /* ----------------------------------------------------------------------------
  * UTF-8 and character classes */
 
-/* Strict UTF-8 check (the tokenizer's rules): 0, or -1 (ldm_fail). */
+/* Strict UTF-8 check (utf8.h, the tokenizer's rules): 0, or -1 (ldm_fail). */
 static int utf8_check(const char *s) {
-    const unsigned char *p = (const unsigned char *)s;
-    size_t i = 0;
-    while (p[i]) {
-        uint32_t c = p[i], cp;
-        int n;
-        if (c < 0x80) { cp = c; n = 1; }
-        else if (c >= 0xC2 && c <= 0xDF) { cp = c & 0x1F; n = 2; }
-        else if (c >= 0xE0 && c <= 0xEF) { cp = c & 0x0F; n = 3; }
-        else if (c >= 0xF0 && c <= 0xF4) { cp = c & 0x07; n = 4; }
-        else return ldm_fail("prompt: invalid UTF-8 at byte %zu", i);
-        for (int k = 1; k < n; k++) {
-            uint32_t b = p[i + k];
-            if ((b & 0xC0) != 0x80) return ldm_fail("prompt: invalid UTF-8 at byte %zu", i);
-            cp = cp << 6 | (b & 0x3F);
-        }
-        if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF ||
-            (cp >= 0xD800 && cp <= 0xDFFF))
-            return ldm_fail("prompt: invalid UTF-8 at byte %zu", i);
+    for (size_t i = 0; s[i];) {
+        uint32_t cp;
+        int n = ldm_utf8_next(s, i, &cp);
+        if (n < 0) return ldm_fail("prompt: invalid UTF-8 at byte %zu", i);
         i += (size_t)n;
     }
     return 0;
-}
-
-/* Decodes the (valid) code point starting at s[i]; *len receives its size. */
-static uint32_t utf8_at(const char *s, size_t i, int *len) {
-    const unsigned char *p = (const unsigned char *)s + i;
-    if (p[0] < 0x80) { *len = 1; return p[0]; }
-    int n = p[0] >= 0xF0 ? 4 : p[0] >= 0xE0 ? 3 : 2;
-    uint32_t cp = p[0] & (0x7F >> n);
-    for (int k = 1; k < n; k++) cp = cp << 6 | (p[k] & 0x3F);
-    *len = n;
-    return cp;
 }
 
 /* The code point ending just before s[i] (i > 0, valid UTF-8). */
@@ -64,36 +39,24 @@ static uint32_t utf8_before(const char *s, size_t i) {
     size_t j = i - 1;
     while (j > 0 && ((unsigned char)s[j] & 0xC0) == 0x80) j--;
     int len;
-    return utf8_at(s, j, &len);
-}
-
-static int in_ranges(const UniRange *r, size_t n, uint32_t c) {
-    size_t lo = 0, hi = n;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (c < r[mid].lo) hi = mid;
-        else if (c > r[mid].hi) lo = mid + 1;
-        else return 1;
-    }
-    return 0;
+    return ldm_utf8_at(s, j, &len);
 }
 
 /* Python re \w (str pattern). */
 static int is_word(uint32_t c) {
     if (c < 0x80)
         return c == '_' || (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z');
-    return in_ranges(uni_letter, N_ELEMS(uni_letter), c) ||
-           in_ranges(uni_number, N_ELEMS(uni_number), c);
+    return LDM_IN_TABLE(uni_letter, c) || LDM_IN_TABLE(uni_number, c);
 }
 
 /* Python re \s (str pattern) = str.isspace(). */
-static int is_space(uint32_t c) { return in_ranges(uni_py_space, N_ELEMS(uni_py_space), c); }
+static int is_space(uint32_t c) { return ldm_is_py_space(c); }
 
 /* Length of the run of \s starting at s[i] (bytes). */
 static size_t space_run(const char *s, size_t i) {
     size_t j = i;
     int len;
-    while (s[j] && is_space(utf8_at(s, j, &len))) j += (size_t)len;
+    while (s[j] && is_space(ldm_utf8_at(s, j, &len))) j += (size_t)len;
     return j - i;
 }
 
@@ -117,7 +80,7 @@ int prompt_extract_tags(const char *prompt, PromptTags *out) {
         if (prompt[i] == '<') {
             size_t j = i + 1; /* after \w+ */
             int len;
-            while (prompt[j] && is_word(utf8_at(prompt, j, &len))) j += (size_t)len;
+            while (prompt[j] && is_word(ldm_utf8_at(prompt, j, &len))) j += (size_t)len;
             const char *gt = j > i + 1 && prompt[j] == ':' ? strchr(prompt + j + 1, '>') : NULL;
             if (gt && gt > prompt + j + 1) { /* [^>]+ is not empty */
                 PromptTag tag = {.type = substr(prompt + i + 1, j - i - 1)};
@@ -159,13 +122,13 @@ void prompt_tags_free(PromptTags *t) {
 static int py_float(const char *s, double *v) {
     const char *p = s;
     int len;
-    while (*p && is_space(utf8_at(p, 0, &len))) p += len;
+    while (*p && is_space(ldm_utf8_at(p, 0, &len))) p += len;
     const char *digits = p + (*p == '+' || *p == '-');
     if (digits[0] == '0' && (digits[1] | 0x20) == 'x') return -1;
     char *end;
     *v = strtod(p, &end);
     if (end == p) return -1;
-    while (*end && is_space(utf8_at(end, 0, &len))) end += len;
+    while (*end && is_space(ldm_utf8_at(end, 0, &len))) end += len;
     return *end ? -1 : 0;
 }
 
@@ -175,7 +138,7 @@ static int py_int(const char *s, int *v) {
     long x = strtol(s, &end, 10);
     int len;
     if (end == s || x < -2147483647L || x > 2147483647L) return -1;
-    while (*end && is_space(utf8_at(end, 0, &len))) end += len;
+    while (*end && is_space(ldm_utf8_at(end, 0, &len))) end += len;
     if (*end) return -1;
     *v = (int)x;
     return 0;
@@ -254,7 +217,7 @@ static size_t break_at(const char *s, size_t n, size_t i) {
     if (j + 5 > n || memcmp(s + j, "BREAK", 5) != 0) return 0;
     if (j > 0 && is_word(utf8_before(s, j))) return 0; /* \b before */
     int len;
-    if (j + 5 < n && is_word(utf8_at(s, j + 5, &len))) return 0; /* \b after */
+    if (j + 5 < n && is_word(ldm_utf8_at(s, j + 5, &len))) return 0; /* \b after */
     return j + 5 + space_run(s, j + 5);
 }
 
@@ -266,7 +229,7 @@ static void push_text(FragList *l, const char *s, size_t n) {
         size_t e = break_at(t, n, i);
         if (!e) { /* next code point (a match never starts inside one) */
             int len;
-            utf8_at(t, i, &len);
+            ldm_utf8_at(t, i, &len);
             i += (size_t)len;
             continue;
         }

@@ -21,6 +21,7 @@
 #include <zlib.h>
 
 #include "unicode_tables.h"
+#include "utf8.h"
 #include "util.h"
 
 #define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
@@ -78,23 +79,10 @@ static void id_push(IdBuf *b, int32_t id) {
 /* ----------------------------------------------------------------------------
  * Unicode lookups (tables from unicode_tables.h) */
 
-static int in_ranges(const UniRange *r, size_t n, uint32_t c) {
-    size_t lo = 0, hi = n;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (c < r[mid].lo) hi = mid;
-        else if (c > r[mid].hi) lo = mid + 1;
-        else return 1;
-    }
-    return 0;
-}
-#define IN_TABLE(table, c) in_ranges(table, N_ELEMS(table), c)
+#define IN_TABLE(table, c) LDM_IN_TABLE(table, c)
 
 /* str.isspace(): what Python's str.strip() removes. */
-static int is_py_space(uint32_t c) {
-    if (c < 0x80) return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20);
-    return IN_TABLE(uni_py_space, c);
-}
+static int is_py_space(uint32_t c) { return ldm_is_py_space(c); }
 
 /* \s of the `regex` module: Unicode White_Space. */
 static int is_white_space(uint32_t c) {
@@ -130,26 +118,13 @@ static CharClass char_class(uint32_t c) {
 /* Strict decoder: rejects stray continuation bytes, truncated sequences,
  * overlong forms, surrogates and code points above U+10FFFF. */
 static int utf8_decode(const char *s, CpBuf *out) {
-    const unsigned char *p = (const unsigned char *)s;
-    size_t i = 0;
-    while (p[i]) {
-        uint32_t c = p[i], cp;
-        int n;
-        if (c < 0x80) { cp = c; n = 1; }
-        else if (c >= 0xC2 && c <= 0xDF) { cp = c & 0x1F; n = 2; }
-        else if (c >= 0xE0 && c <= 0xEF) { cp = c & 0x0F; n = 3; }
-        else if (c >= 0xF0 && c <= 0xF4) { cp = c & 0x07; n = 4; }
-        else return ldm_fail("prompt: invalid UTF-8 at byte %zu (lead byte 0x%02X)", i, c);
-        for (int k = 1; k < n; k++) {
-            uint32_t b = p[i + k]; /* the terminating NUL fails this test */
-            if ((b & 0xC0) != 0x80)
-                return ldm_fail("prompt: invalid UTF-8 at byte %zu (truncated sequence)", i);
-            cp = cp << 6 | (b & 0x3F);
-        }
-        if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF ||
-            (cp >= 0xD800 && cp <= 0xDFFF))
-            return ldm_fail("prompt: invalid UTF-8 at byte %zu (overlong form or "
-                            "surrogate)", i);
+    for (size_t i = 0; s[i];) {
+        uint32_t cp;
+        int n = ldm_utf8_next(s, i, &cp);
+        if (n == LDM_UTF8_BAD_LEAD)
+            return ldm_fail("prompt: invalid UTF-8 at byte %zu (lead byte 0x%02X)", i, (unsigned)(unsigned char)s[i]);
+        if (n == LDM_UTF8_TRUNCATED) return ldm_fail("prompt: invalid UTF-8 at byte %zu (truncated sequence)", i);
+        if (n < 0) return ldm_fail("prompt: invalid UTF-8 at byte %zu (overlong form or surrogate)", i);
         cp_push(out, cp);
         i += (size_t)n;
     }
