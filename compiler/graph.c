@@ -613,13 +613,6 @@ void graph_sweep(Graph *g) {
     for (int i = 0; i < g->n_outputs; i++) g->outputs[i].node->n_uses++;
 }
 
-int *graph_positions(const Graph *g) {
-    int *pos = ldm_xmalloc((size_t)(g->next_id + 1) * sizeof *pos);
-    for (int i = 0; i <= g->next_id; i++) pos[i] = -1;
-    for (int i = 0; i < g->n_nodes; i++) pos[g->nodes[i]->id] = i;
-    return pos;
-}
-
 int64_t graph_param_count(const Graph *g) {
     int64_t k = 0;
     for (int i = 0; i < g->n_weights; i++) k += node_numel(g->weights[i]);

@@ -347,9 +347,6 @@ void graph_replace_uses(Graph *g, Node *old, Node *repl);
  * then recount uses (n_uses) and collect the live weights in first-use
  * order. Ids are kept. */
 void graph_sweep(Graph *g);
-/* Schedule position of every node, indexed by id (next_id entries, -1 for
- * ids no longer in the graph); free() it. */
-int *graph_positions(const Graph *g);
 
 /* Add extent `name` (max >= 1, step dividing max); its index. */
 int graph_add_extent(Graph *g, const char *name, int64_t max, int64_t step, SrcLoc loc);

@@ -1080,6 +1080,61 @@ static int fake_forward(const LdmW *w, const void *const *in, void *const *out, 
     return 0;
 }
 
+/* The guided UNet call at --cfg-scale 1 runs the UNet at batch 1 on the
+ * cond half of the context (its batch is a run-time extent); at any other
+ * scale on both halves. A fake UNet records the batch it was run at and
+ * answers each sample with the first value of that sample's context. */
+static int64_t g_unet_batch;
+static int fake_unet(const LdmW *w, const void *const *in, void *const *out, unsigned char *arena, const int64_t *ext) {
+    (void)w, (void)arena;
+    g_unet_batch = ext[0];
+    const float *ctx = in[2];
+    float *eps = out[0];
+    for (int64_t b = 0; b < ext[0]; b++)
+        for (int j = 0; j < 4; j++) eps[b * 4 + j] = ctx[b * 6];
+    return 0;
+}
+
+START_TEST(test_guide_cfg1_batch) {
+    const char *ckpt = test_tmp("guide.safetensors");
+    float one = 1;
+    int64_t s1[1] = {1};
+    StWriter *wr = st_writer_new();
+    st_writer_add(wr, "unused", ST_F32, 1, s1, &one);
+    ck_assert(st_writer_save(wr, ckpt) == 0);
+    st_writer_free(wr);
+    static const LdmTensorInfo ins[3] = {
+        {.name = "x", .dtype = LDM_F32, .ndim = 4, .shape = {2, 1, 2, 2}, .dyn = {1}},
+        {.name = "timesteps", .dtype = LDM_F32, .ndim = 1, .shape = {2}, .dyn = {1}},
+        {.name = "context", .dtype = LDM_F32, .ndim = 3, .shape = {2, 3, 2}, .dyn = {1}},
+    };
+    static const LdmTensorInfo outs[1] = {{.name = "eps", .dtype = LDM_F32, .ndim = 4, .shape = {2, 1, 2, 2}, .dyn = {1}}};
+    static const LdmExtent ext[1] = {{.name = "B", .max = 2, .step = 1}};
+    LdmModel unet = {.name = "unet", .banner = "fake", .n_inputs = 3, .inputs = ins, .n_outputs = 1, .outputs = outs,
+                     .arena_bytes = 64, .forward = fake_unet, .n_extents = 1, .extents = ext};
+    const LdmModel *models[1] = {&unet};
+    LdmNets nets;
+    ck_assert_msg(ldm_nets_load(&nets, ckpt, models, 1, "test") == 0, "%s", ldm_last_error());
+    /* context [uncond, cond]: 3 tokens x 2 channels each */
+    float context[12] = {-1, -1, -1, -1, -1, -1, 7, 7, 7, 7, 7, 7}, x[4] = {0}, eps[4];
+    for (int k = 0; k < 2; k++) {
+        LdmGuide g = {.nets = &nets, .unet = 0, .batch = 1, .sample_n = 4, .guided = 1, .scale = k ? 7.5 : 1.0,
+                      .context = context};
+        ck_assert_msg(ldm_guide_init(&g) == 0, "%s", ldm_last_error());
+        ck_assert_int_eq(ldm_guide_eps(&g, x, 500.0f, eps), 0);
+        if (k == 0) {
+            ck_assert_msg(g_unet_batch == 1, "--cfg-scale 1 ran the UNet at batch %lld", (long long)g_unet_batch);
+            ck_assert_msg(eps[0] == 7.0f, "--cfg-scale 1 did not use the cond half of the context (eps %g)", eps[0]);
+        } else {
+            ck_assert_msg(g_unet_batch == 2, "a guided step ran the UNet at batch %lld", (long long)g_unet_batch);
+            ck_assert_msg(eps[0] == -1.0f + 7.5f * (7.0f + 1.0f), "guided eps %g", eps[0]); /* e_u + s (e_c - e_u) */
+        }
+        ldm_guide_free(&g);
+    }
+    ldm_nets_free(&nets);
+}
+END_TEST
+
 START_TEST(test_weights_sharing) {
     /* a checkpoint with two tensors */
     const char *ckpt = test_tmp("share.safetensors");
@@ -1286,6 +1341,7 @@ Suite *suite_txt2img(void) {
     tcase_add_test(tc, test_ldmc_pipeline);
     tcase_add_test(tc, test_ldmc_sizes_and_symbol);
     tcase_add_test(tc, test_weights_sharing);
+    tcase_add_test(tc, test_guide_cfg1_batch);
     tcase_add_test(tc, test_split_args);
     suite_add_tcase(s, tc);
 
