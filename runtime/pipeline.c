@@ -203,6 +203,11 @@ int ldm_nets_run_ext(LdmNets *s, int i, const void *const *in, void *const *out,
     return ldm_forward(s->models[i], w->ptr, in, out, s->arena, ext);
 }
 
+int ldm_nets_set_loras(LdmNets *s, struct LdmLora *const *loras, int n) { /* TEMPORARY */
+    (void)s, (void)loras;
+    return n ? ldm_fail("LoRA merging is not built yet") : 0;
+}
+
 int ldm_model_input(const LdmModel *m, const char *name) {
     for (int i = 0; i < m->n_inputs; i++)
         if (strcmp(m->inputs[i].name, name) == 0) return i;
@@ -276,6 +281,36 @@ int ldm_guide_init(LdmGuide *g) {
     g->batch_ext = xi->dyn[0] > 0 ? xi->dyn[0] - 1 : -1;
     g->ext = ldm_xcalloc((size_t)m->n_extents + 1, sizeof *g->ext);
     for (int k = 0; k < m->n_extents; k++) g->ext[k] = m->extents[k].max;
+    g->ctx_ext = -1;
+    g->split = 0;
+    g->ctx_buf = NULL;
+    if (g->context_c) {
+        const LdmTensorInfo *ci = &m->inputs[g->in_ctx];
+        if (!g->guided || ci->ndim != 3)
+            return ldm_fail("UNet '%s': a separate cond context needs guidance and a context [B, T, dim]", m->name);
+        g->ctx_ext = ci->dyn[1] > 0 ? ci->dyn[1] - 1 : -1;
+        int64_t tmax = ci->shape[1], step = g->ctx_ext >= 0 ? m->extents[g->ctx_ext].step : tmax;
+        if (g->len_u <= 0) g->len_u = tmax;
+        if (g->len_c <= 0) g->len_c = tmax;
+        for (int h = 0; h < 2; h++) {
+            int64_t len = h ? g->len_c : g->len_u;
+            if (len > tmax || (g->ctx_ext < 0 && len != tmax) || len % step)
+                return ldm_fail("UNet '%s' takes a context of %s%lld tokens (a multiple of %lld), the %s prompt has %lld",
+                                m->name, g->ctx_ext >= 0 ? "up to " : "", (long long)tmax, (long long)step,
+                                h ? "" : "negative", (long long)len);
+        }
+        g->split = g->len_u != g->len_c;
+        if (g->split && g->batch_ext < 0)
+            return ldm_fail("UNet '%s' has a fixed batch: the prompt (%lld tokens) and the negative prompt (%lld) "
+                            "need two calls of their own lengths", m->name, (long long)g->len_c, (long long)g->len_u);
+        if (!g->split) {
+            /* one buffer [uncond x batch, cond x batch] at T = len */
+            int64_t half = (int64_t)g->batch * g->len_u * ci->shape[2];
+            g->ctx_buf = ldm_aligned_alloc((size_t)(2 * half) * sizeof(float));
+            memcpy(g->ctx_buf, g->context, (size_t)half * sizeof(float));
+            memcpy(g->ctx_buf + half, g->context_c, (size_t)half * sizeof(float));
+        }
+    }
     g->x = ldm_aligned_alloc((size_t)input_numel(m, g->in_x) * sizeof(float));
     g->t = ldm_aligned_alloc((size_t)B * sizeof(float));
     g->eps = ldm_aligned_alloc((size_t)ldm_numel(eo) * sizeof(float));
@@ -289,8 +324,30 @@ void ldm_guide_free(LdmGuide *g) {
     free(g->t);
     free(g->eps);
     free(g->ext);
+    free(g->ctx_buf);
     g->x = g->t = g->eps = NULL;
     g->ext = NULL;
+    g->ctx_buf = NULL;
+}
+
+/* One UNet call on `halves` copies of the batch (x, t already in place)
+ * with context ctx at length len (0: leave the extent as it is); the
+ * output goes to eps. */
+static int guide_call(LdmGuide *g, int halves, const float *ctx, int64_t len, float *eps) {
+    const LdmModel *m = g->nets->models[g->unet];
+    const void *in[3] = {NULL, NULL, NULL};
+    in[g->in_x] = g->x;
+    in[g->in_t] = g->t;
+    if (g->in_ctx >= 0) in[g->in_ctx] = ctx;
+    void *out[1] = {eps};
+    if (g->batch_ext >= 0) g->ext[g->batch_ext] = halves * g->batch;
+    if (g->ctx_ext >= 0 && len > 0) g->ext[g->ctx_ext] = len;
+    if (m->n_inputs > 3) return ldm_fail("UNet '%s' has %d inputs, expected at most 3", m->name, m->n_inputs);
+    double t0 = ldm_now();
+    if (ldm_nets_run_ext(g->nets, g->unet, in, out, g->ext) != 0) return -1;
+    g->seconds += ldm_now() - t0;
+    g->calls++;
+    return 0;
 }
 
 int ldm_guide_eps(void *ctx, const float *x_in, float t, float *eps_out) {
@@ -298,7 +355,8 @@ int ldm_guide_eps(void *ctx, const float *x_in, float t, float *eps_out) {
     const LdmModel *m = g->nets->models[g->unet];
     /* scale 1 is e = e_c: with a run-time batch only the cond half runs */
     const int cond_only = g->guided && g->scale == 1.0 && g->batch_ext >= 0;
-    int halves = g->guided && !cond_only ? 2 : 1;
+    /* prompt and negative prompt of different lengths: one half per call */
+    int halves = g->guided && !cond_only && !g->split ? 2 : 1;
     int64_t n = g->sample_n, plane = m->inputs[g->in_x].shape[2] * m->inputs[g->in_x].shape[3];
     int64_t cn = (int64_t)g->concat_channels * plane;
     /* x_in = torch.cat([x] * 2); with c_concat (DiffusionWrapper 'hybrid'):
@@ -315,22 +373,29 @@ int ldm_guide_eps(void *ctx, const float *x_in, float t, float *eps_out) {
         }
     int B = halves * g->batch;
     for (int b = 0; b < B; b++) g->t[b] = t;
-    const void *in[3] = {NULL, NULL, NULL};
-    if (m->n_inputs > 3) return ldm_fail("UNet '%s' has %d inputs, expected at most 3", m->name, m->n_inputs);
-    in[g->in_x] = g->x;
-    in[g->in_t] = g->t;
-    if (g->in_ctx >= 0) {
-        /* the context is [uncond x batch, cond x batch]: the cond half starts at row batch */
-        int64_t rows = m->inputs[g->in_ctx].shape[0];
-        in[g->in_ctx] = cond_only ? g->context + ldm_numel(&m->inputs[g->in_ctx]) / rows * g->batch : g->context;
-    }
-    void *out[1] = {g->eps};
-    if (g->batch_ext >= 0) g->ext[g->batch_ext] = B;
-    double t0 = ldm_now();
-    if (ldm_nets_run_ext(g->nets, g->unet, in, out, g->ext) != 0) return -1;
-    g->seconds += ldm_now() - t0;
-    g->calls++;
     int64_t total = g->batch * n;
+    if (g->context_c) {
+        /* contexts of their own lengths */
+        if (cond_only) {
+            if (guide_call(g, 1, g->context_c, g->len_c, g->eps) != 0) return -1;
+        } else if (g->split) {
+            /* the webui without pad_cond_uncond: uncond and cond are separate
+             * UNet batches, each with its own cross-attention length */
+            if (guide_call(g, 1, g->context, g->len_u, g->eps) != 0 ||
+                guide_call(g, 1, g->context_c, g->len_c, g->eps + total) != 0)
+                return -1;
+        } else {
+            if (guide_call(g, 2, g->ctx_buf, g->len_u, g->eps) != 0) return -1;
+        }
+    } else {
+        const float *ctx = g->context;
+        if (g->in_ctx >= 0 && cond_only) {
+            /* the context is [uncond x batch, cond x batch]: the cond half starts at row batch */
+            int64_t rows = m->inputs[g->in_ctx].shape[0];
+            ctx = g->context + ldm_numel(&m->inputs[g->in_ctx]) / rows * g->batch;
+        }
+        if (guide_call(g, halves, ctx, 0, g->eps) != 0) return -1;
+    }
     if (!g->guided || cond_only) {
         memcpy(eps_out, g->eps, (size_t)total * sizeof(float));
     } else if (g->scale == 1.0) {

@@ -133,6 +133,9 @@ int ldm_nets_load(LdmNets *s, const char *ckpt_path, const LdmModel *const *mode
 int ldm_nets_load_mapped(LdmNets *s, const char *ckpt_path, const LdmModel *const *models, const LdmKeyMapFn *maps,
                          int n, const char *what);
 void ldm_nets_free(LdmNets *s);
+/* TEMPORARY (replaced by the lora-bind branch) */
+struct LdmLora;
+int ldm_nets_set_loras(LdmNets *s, struct LdmLora *const *loras, int n);
 /* The bound weights model i runs on (w[owner[i]]), bound now if they are
  * not; when another weight set ran last, it is released first (below) and
  * the arena's pages past model i's arena_bytes are handed back (what the
@@ -200,11 +203,22 @@ typedef struct LdmGuide {
     int guided;                  /* 1: UNet batch is [uncond x batch, cond x batch] */
     double scale;                /* guidance scale */
     const float *context;        /* (2 * batch or batch, ctx, dim), or NULL if the UNet has no context */
+    /* Text contexts of their own lengths (webui prompts of several 77-token
+     * chunks, UNet context T a run-time extent): when context_c is set,
+     * context is the uncond (batch, len_u, dim) and context_c the cond
+     * (batch, len_c, dim). Equal lengths run as one batch [uncond, cond] at
+     * T = len; different lengths (the webui's default, no padding) as two
+     * UNet calls, each at its own T. len 0: the UNet's compiled maximum. */
+    const float *context_c;
+    int64_t len_u, len_c;
     const float *concat;         /* (batch, concat_channels, h, w) or NULL */
     int concat_channels;
     /* scratch, set up by ldm_guide_init */
     int in_x, in_t, in_ctx;      /* UNet input indices */
     int batch_ext;               /* index of the UNet's run-time batch extent (its x's first dim), or -1 */
+    int ctx_ext;                 /* index of the UNet's context-length extent (context's dim 1), or -1 */
+    int split;                   /* context_c with len_u != len_c: two calls per step */
+    float *ctx_buf;              /* context_c with equal lengths: [uncond, cond] in one buffer */
     int64_t *ext;                /* (n_extents) the values of the UNet's extents for a call */
     float *x;                    /* UNet input x */
     float *t;                    /* UNet input timesteps */

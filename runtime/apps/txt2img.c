@@ -34,12 +34,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "image.h"
+#include "lora.h"
 #include "model.h"
 #include "pipeline.h"
+#include "prompt.h"
 #include "sampler.h"
 #include "schedule.h"
+#include "textcond.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -86,6 +90,15 @@ typedef struct Options {
     int H, W;                  /* -H/--height, -W/--width */
     int has_H, has_W;
     int quiet;                 /* --quiet */
+    LdmPromptSyntax syntax;    /* --prompt-syntax webui|plain */
+    int clip_skip;             /* --clip-skip N */
+    int has_clip_skip;
+    const char *embeddings;    /* --embeddings DIR */
+    const char **loras;        /* --lora FILE[:MULT], in order */
+    int n_loras;
+    const char *lora_dir;      /* --lora-dir DIR (<lora:NAME:...> tags) */
+    int pad_cond_uncond;       /* --pad-cond-uncond */
+    const char *save_cond;     /* --save-cond F.safetensors (with --prompts: a directory) */
 } Options;
 
 static void usage(FILE *fp, const char *argv0) {
@@ -98,7 +111,9 @@ static void usage(FILE *fp, const char *argv0) {
             "          [--sampler ddim|plms|euler|euler_a|dpmpp_2m] [--schedule discrete|karras] [--eta E]\n"
             "          [--seed N] [--rng cpu|cuda] [--init-noise F.safetensors]\n"
             "          [--init-image PNG [--strength S] [--mask PNG]] [--save-latent F] [--compute f32|bf16] [--quiet]\n"
-            "          [-H PIXELS] [-W PIXELS]\n"
+            "          [-H PIXELS] [-W PIXELS] [--prompt-syntax webui|plain] [--clip-skip N]\n"
+            "          [--embeddings DIR] [--lora FILE[:MULT]]... [--lora-dir DIR] [--pad-cond-uncond]\n"
+            "          [--save-cond F]\n"
             "\n"
             "Text to image for %s.\n"
             "Sizes (height x width): %s.\n"
@@ -135,6 +150,21 @@ static void usage(FILE *fp, const char *argv0) {
             "  --compute f32|bf16  f32 (default), or the GEMM kernel's products (linear layers, im2col and\n"
             "                      pointwise convolutions) in bfloat16 with float32 sums, on CPUs with\n"
             "                      AVX-512 BF16; Winograd, attention and the rest stay f32\n"
+            "  --prompt-syntax S   webui (default): the AUTOMATIC1111 syntax, (word:1.3), [word], BREAK,\n"
+            "                      <lora:NAME:MULT> tags, prompts longer than 75 tokens in 75-token chunks\n"
+            "                      (up to the chunks the UNet was compiled for); plain: the text as the\n"
+            "                      CompVis scripts tokenise it (cut at 75 tokens)\n"
+            "  --clip-skip N       1 = the text encoder's last layer (default), 2 = the next to last, ...\n"
+            "                      (the webui's CLIP skip; the final LayerNorm still applies)\n"
+            "  --embeddings DIR    textual-inversion embeddings: every DIR/*.safetensors; a prompt word equal\n"
+            "                      to a file's name (without .safetensors) is replaced by its vectors\n"
+            "  --lora FILE[:MULT]  merge a kohya LoRA/LoCon into the weights (MULT default 1; repeatable)\n"
+            "  --lora-dir DIR      where <lora:NAME:MULT> tags of the prompt find NAME.safetensors\n"
+            "  --pad-cond-uncond   prompt and negative prompt of different chunk counts: pad the shorter with\n"
+            "                      the empty prompt's conditioning and run one UNet batch (the webui option);\n"
+            "                      default: two UNet calls per step, each over its own tokens\n"
+            "  --save-cond F       also write the conditioning (tensors cond, uncond, and with\n"
+            "                      --pad-cond-uncond empty_cond, cond_padded, uncond_padded) to F.safetensors\n"
             "  --quiet             no progress or timing output\n"
             "  LDM_PROFILE=1       (environment) print per-node kernel times at the end\n",
             argv0, CFG.banner, sizes);
@@ -150,7 +180,8 @@ static int is_flag(const char *a, const char *name) {
 static const char *const value_flags[] = {
     "--weights", "--vocab", "--prompt", "--negative-prompt", "--prompts", "-o", "--output", "--init-noise",
     "--init-image", "--mask", "--save-latent", "--steps", "--cfg-scale", "--sampler", "--schedule", "--eta",
-    "--seed", "--rng", "--strength", "--shard", "--compute", "-H", "--height", "-W", "--width", NULL,
+    "--seed", "--rng", "--strength", "--shard", "--compute", "-H", "--height", "-W", "--width", "--prompt-syntax",
+    "--clip-skip", "--embeddings", "--lora", "--lora-dir", "--save-cond", NULL,
 };
 
 /* 0, 1 for --help, or -1 (ldm_fail) on bad usage. */
@@ -163,11 +194,17 @@ static int parse_args(int argc, char **argv, Options *o) {
     o->schedule = LDM_SIGMAS_DISCRETE;
     o->rng = LDM_RNG_CPU;
     o->shard_n = 1;
+    o->clip_skip = 1;
+    o->syntax = LDM_SYNTAX_WEBUI;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *f = NULL, *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return 1;
         if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
             o->quiet = 1;
+            continue;
+        }
+        if (!strcmp(a, "--pad-cond-uncond")) {
+            o->pad_cond_uncond = 1;
             continue;
         }
         for (int k = 0; value_flags[k] && !f; k++)
@@ -223,6 +260,20 @@ static int parse_args(int argc, char **argv, Options *o) {
         } else if (!strcmp(f, "-W") || !strcmp(f, "--width")) {
             if (ldm_parse_int(f, v, 1, 65536, &o->W)) return -1;
             o->has_W = 1;
+        } else if (!strcmp(f, "--prompt-syntax")) {
+            if (ldm_prompt_syntax_parse(v, &o->syntax)) return -1;
+        } else if (!strcmp(f, "--clip-skip")) {
+            if (ldm_parse_int(f, v, 1, 64, &o->clip_skip)) return -1;
+            o->has_clip_skip = 1;
+        } else if (!strcmp(f, "--embeddings")) {
+            o->embeddings = v;
+        } else if (!strcmp(f, "--lora")) {
+            o->loras = ldm_xrealloc(o->loras, (size_t)(o->n_loras + 1) * sizeof *o->loras);
+            o->loras[o->n_loras++] = v;
+        } else if (!strcmp(f, "--lora-dir")) {
+            o->lora_dir = v;
+        } else if (!strcmp(f, "--save-cond")) {
+            o->save_cond = v;
         }
     }
     return 0;
@@ -240,6 +291,9 @@ static int check_options(const Options *o) {
     if (o->has_strength && !o->init_image) return ldm_fail("--strength needs --init-image");
     if (o->has_eta && o->sampler != LDM_SAMPLER_DDIM)
         return ldm_fail("--eta applies to the ddim sampler only (not %s)", ldm_sampler_name(o->sampler));
+    if (o->syntax == LDM_SYNTAX_PLAIN && (o->embeddings || o->lora_dir))
+        return ldm_fail("%s applies to --prompt-syntax webui (plain prompts have no embeddings or <lora:> tags)",
+                        o->embeddings ? "--embeddings" : "--lora-dir");
     if (o->has_schedule && (o->sampler == LDM_SAMPLER_DDIM || o->sampler == LDM_SAMPLER_PLMS))
         return ldm_fail("--schedule applies to euler, euler_a and dpmpp_2m (%s uses the DDIM timesteps)",
                         ldm_sampler_name(o->sampler));
@@ -249,6 +303,14 @@ static int check_options(const Options *o) {
 /* ----------------------------------------------------------------------------
  * The run
  * ------------------------------------------------------------------------- */
+
+/* A LoRA in use: its file, multipliers and the opened factors. */
+typedef struct ActiveLora {
+    char *path;
+    char *name;               /* for messages and the record: the file's stem */
+    double te, unet;          /* text-encoder and UNet multipliers */
+    LdmLora *l;
+} ActiveLora;
 
 typedef struct App {
     Options o;
@@ -270,12 +332,20 @@ typedef struct App {
     float *known;             /* (h * w) 1 = keep (latent blending), or NULL */
     float *concat;            /* (concat_ch, h, w) hybrid c_concat, or NULL */
     int concat_ch;
-    float *context;           /* (2, ctx, dim): uncond, then cond */
     double strength;          /* img2img strength actually used */
     int n_failed;             /* --prompts: lines that failed */
     int size;                 /* the size in use: index in ldm_pipeline_sizes */
     int run_size;             /* the size -H/-W chose (a --prompts line may use another) */
-    char *uc_prompt;          /* the negative prompt whose encoding context[0] holds, or NULL */
+    LdmEmbeddings emb;        /* --embeddings */
+    LdmCond uc;               /* the negative prompt's conditioning ... */
+    char *uc_prompt;          /* ... for this text (NULL: none yet) */
+    int uc_lora_gen;          /* ... under this LoRA set */
+    LdmCond empty;            /* encode(""), no LoRA, at load (--pad-cond-uncond) */
+    ActiveLora *act;          /* the LoRAs merged into the weights, in activation order */
+    int n_act;
+    int lora_gen;             /* changes with every new LoRA set */
+    const char *const *weight_names; /* every network's weight names (LoRA key matching) */
+    int n_weight_names;
 } App;
 
 /* Network `net` of the size in use, and its index in a->nets. */
@@ -305,7 +375,7 @@ static int check_size_models(const App *a) {
     if (it < 0 || oh < 0 || iz < 0 || oi < 0 || ii < 0 || om < 0)
         return ldm_fail("internal: the linked networks do not have the expected inputs and outputs");
     const LdmTensorInfo *tok = &clip->inputs[it], *hid = &clip->outputs[oh];
-    if (tok->ndim != 2 || tok->shape[0] != 1 || tok->shape[1] != a->ctx_len || hid->ndim != 3 ||
+    if (tok->ndim != 2 || tok->shape[0] < 1 || tok->shape[1] != a->ctx_len || hid->ndim != 3 ||
         hid->shape[2] != a->ctx_dim || ldm_numel(&dec->inputs[iz]) != a->n_lat ||
         ldm_numel(&dec->outputs[oi]) != 3LL * CFG.H * CFG.W || ldm_numel(&enc->inputs[ii]) != 3LL * CFG.H * CFG.W ||
         ldm_model_input(unet, "context") < 0)
@@ -325,26 +395,261 @@ static int check_models(App *a) {
     return rc;
 }
 
-/* tokens -> hidden states (ctx_len x ctx_dim): the output `hidden`, bound
- * by name; the text encoder's other outputs (hidden_skip: every CLIP skip)
- * go to scratch buffers. */
-static int encode_text(App *a, const char *prompt, float *hidden) {
-    const LdmModel *clip = net_model(a, NET_CLIP);
-    int oh = ldm_model_output(clip, "hidden");
-    if (oh < 0) return ldm_fail("internal: the text encoder has no output 'hidden'");
-    int32_t *ids = ldm_xmalloc((size_t)a->ctx_len * sizeof *ids);
-    void **out = ldm_xcalloc((size_t)clip->n_outputs, sizeof *out);
-    int rc = clip_tokenize_ctx(a->tok, prompt, a->ctx_len, ids, NULL);
-    if (rc == 0) {
-        const void *in[1] = {ids};
-        for (int i = 0; i < clip->n_outputs; i++)
-            out[i] = i == oh ? hidden : ldm_aligned_alloc((size_t)ldm_numel(&clip->outputs[i]) * sizeof(float));
-        rc = ldm_nets_run(&a->nets, net_index(a, NET_CLIP), in, out);
-        for (int i = 0; i < clip->n_outputs; i++)
-            if (i != oh) free(out[i]);
+/* The text encoder of the size in use, with the run's settings. */
+static LdmTextEncoder text_encoder(App *a) {
+    static char hint[1200];
+    const LdmModel *unet = net_model(a, NET_UNET);
+    int ic = ldm_model_input(unet, "context");
+    int64_t tmax = ic >= 0 && unet->inputs[ic].ndim == 3 ? unet->inputs[ic].shape[1] : a->ctx_len;
+    snprintf(hint, sizeof hint, "build it for more with make txt2img CONFIG=%s ... CHUNKS=N", CFG.config_path);
+    LdmTextEncoder te = {
+        .nets = &a->nets,
+        .model = net_index(a, NET_CLIP),
+        .tok = a->tok,
+        .syntax = a->o.syntax,
+        .clip_skip = a->o.clip_skip,
+        .emb = a->o.embeddings ? &a->emb : NULL,
+        .max_chunks = (int)(tmax / a->ctx_len),
+        .chunks_hint = hint,
+    };
+    return te;
+}
+
+/* prompt text (tags removed) -> conditioning */
+static int encode_text(App *a, const char *prompt, LdmCond *c) {
+    LdmTextEncoder te = text_encoder(a);
+    return ldm_text_encode(&te, prompt, c);
+}
+
+/* ----------------------------------------------------------------------------
+ * LoRAs and prompts
+ * ------------------------------------------------------------------------- */
+
+/* A LoRA a prompt asks for. */
+typedef struct LoraWant {
+    char *path;
+    char *name;
+    double te, unet;
+} LoraWant;
+
+static void wants_free(LoraWant *w, int n) {
+    for (int i = 0; i < n; i++) {
+        free(w[i].path);
+        free(w[i].name);
     }
-    free(out);
-    free(ids);
+    free(w);
+}
+
+/* "dir/name.safetensors" -> "name" */
+static char *stem(const char *path) {
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    const char *dot = strrchr(b, '.');
+    size_t n = dot && dot != b ? (size_t)(dot - b) : strlen(b);
+    char *r = ldm_xmalloc(n + 1);
+    memcpy(r, b, n);
+    r[n] = 0;
+    return r;
+}
+
+/* --lora FILE[:MULT]: the last ':' separates a multiplier when what follows
+ * it is a number (a path may hold ':' itself). */
+static void parse_lora_spec(const char *spec, LoraWant *w) {
+    const char *c = strrchr(spec, ':');
+    double m = 1.0;
+    size_t n = strlen(spec);
+    if (c && c[1]) {
+        char *end;
+        double v = strtod(c + 1, &end);
+        if (*end == 0 && isfinite(v)) {
+            m = v;
+            n = (size_t)(c - spec);
+        }
+    }
+    w->path = ldm_xmalloc(n + 1);
+    memcpy(w->path, spec, n);
+    w->path[n] = 0;
+    w->name = stem(w->path);
+    w->te = w->unet = m;
+}
+
+/* The prompt without its extra-network tags, and the LoRAs it asks for:
+ * the --lora files, then its <lora:NAME:...> tags resolved in --lora-dir
+ * (extra_networks.parse_prompt; the webui reads tags in the prompt only,
+ * a tag in the negative prompt is text). Plain syntax: no tags. */
+static int prompt_loras(App *a, const char *prompt, char **text, LoraWant **want, int *n_want) {
+    const Options *o = &a->o;
+    *text = NULL;
+    *want = ldm_xcalloc((size_t)o->n_loras + 1, sizeof **want);
+    *n_want = 0;
+    for (int i = 0; i < o->n_loras; i++) parse_lora_spec(o->loras[i], &(*want)[(*n_want)++]);
+    if (o->syntax == LDM_SYNTAX_PLAIN) {
+        *text = ldm_xstrdup(prompt);
+        return 0;
+    }
+    PromptTags tags;
+    if (prompt_extract_tags(prompt, &tags) != 0) goto fail;
+    int rc = 0;
+    for (int i = 0; i < tags.n_tags && rc == 0; i++) {
+        const PromptTag *t = &tags.tags[i];
+        if (strcmp(t->type, "lora") != 0) {
+            /* the webui: "Skipping unknown extra network" */
+            fprintf(stderr, "%s: warning: <%s:...>: unknown extra network type '%s' (only lora): ignored\n", a->argv0,
+                    t->type, t->type);
+            continue;
+        }
+        PromptLora pl;
+        if (prompt_lora_params(t, &pl) != 0) {
+            rc = -1;
+            break;
+        }
+        if (!o->lora_dir) {
+            rc = ldm_fail("the prompt has <lora:%s:...> but no --lora-dir DIR to find %s.safetensors in", pl.name,
+                          pl.name);
+            break;
+        }
+        char *path = ldm_xasprintf("%s/%s.safetensors", o->lora_dir, pl.name);
+        if (access(path, R_OK) != 0) {
+            rc = ldm_fail("<lora:%s:...>: no LoRA file %s (--lora-dir %s)", pl.name, path, o->lora_dir);
+            free(path);
+            break;
+        }
+        if (pl.dyn >= 0)
+            fprintf(stderr, "%s: warning: <lora:%s:...>: dyn=%d applies to DyLoRA files only: ignored\n", a->argv0,
+                    pl.name, pl.dyn);
+        *want = ldm_xrealloc(*want, (size_t)(*n_want + 1) * sizeof **want);
+        (*want)[(*n_want)++] = (LoraWant){path, ldm_xstrdup(pl.name), pl.te, pl.unet};
+    }
+    if (rc == 0) *text = ldm_xstrdup(tags.text);
+    prompt_tags_free(&tags);
+    if (rc == 0) return 0;
+fail:
+    wants_free(*want, *n_want);
+    *want = NULL;
+    *n_want = 0;
+    return -1;
+}
+
+static void active_free(ActiveLora *act, int n) {
+    for (int i = 0; i < n; i++) {
+        free(act[i].path);
+        free(act[i].name);
+        ldm_lora_free(act[i].l);
+    }
+    free(act);
+}
+
+/* Make `want` the LoRA set merged into the weights. A new set is merged
+ * when each network is next bound, from the checkpoint (nothing is
+ * subtracted); the same set again costs nothing. */
+static int use_loras(App *a, const LoraWant *want, int n) {
+    int same = n == a->n_act;
+    for (int i = 0; same && i < n; i++)
+        same = !strcmp(want[i].path, a->act[i].path) && want[i].te == a->act[i].te && want[i].unet == a->act[i].unet;
+    if (same) return 0;
+    double t0 = ldm_now();
+    ActiveLora *act = ldm_xcalloc((size_t)n + 1, sizeof *act);
+    LdmLora **ls = ldm_xcalloc((size_t)n + 1, sizeof *ls);
+    int rc = 0, k = 0;
+    for (; k < n && rc == 0; k++) {
+        act[k] = (ActiveLora){ldm_xstrdup(want[k].path), ldm_xstrdup(want[k].name), want[k].te, want[k].unet, NULL};
+        rc = ldm_lora_open(&act[k].l, want[k].path, a->weight_names, a->n_weight_names, (float)want[k].te,
+                           (float)want[k].unet);
+        ls[k] = act[k].l;
+        if (rc == 0 && ldm_lora_n_unmatched(act[k].l) > 0) {
+            /* the webui ignores them silently; say so */
+            int u = ldm_lora_n_unmatched(act[k].l), shown = u < LDM_LORA_KEEP_UNMATCHED ? u : LDM_LORA_KEEP_UNMATCHED;
+            fprintf(stderr, "%s: warning: LoRA %s: %d of its modules match nothing in this model (ignored): ",
+                    a->argv0, want[k].path, u);
+            for (int j = 0; j < shown && j < 3; j++) fprintf(stderr, "%s%s", j ? ", " : "", ldm_lora_unmatched(act[k].l, j));
+            fprintf(stderr, "%s\n", u > 3 ? ", ..." : "");
+        }
+    }
+    if (rc == 0) rc = ldm_nets_set_loras(&a->nets, ls, n);
+    free(ls);
+    if (rc != 0) {
+        active_free(act, k);
+        return -1;
+    }
+    active_free(a->act, a->n_act);
+    a->act = act;
+    a->n_act = n;
+    a->lora_gen++;
+    ldm_times_add(&a->times, "load lora", ldm_now() - t0);
+    return 0;
+}
+
+/* "tinylora:0.8, style:te=0.5:unet=1" (the active set), "" when none */
+static char *lora_record(const App *a) {
+    char *r = ldm_xstrdup("");
+    for (int i = 0; i < a->n_act; i++) {
+        const ActiveLora *l = &a->act[i];
+        char *n = l->te == l->unet ? ldm_xasprintf("%s%s%s:%g", r, i ? ", " : "", l->name, l->te)
+                                   : ldm_xasprintf("%s%s%s:te=%g:unet=%g", r, i ? ", " : "", l->name, l->te, l->unet);
+        free(r);
+        r = n;
+    }
+    return r;
+}
+
+/* "tinyemb, bad_hands" (the embeddings c and uc call), "" when none */
+static char *embedding_record(const App *a, const LdmCond *c, const LdmCond *uc) {
+    char *r = ldm_xstrdup("");
+    const LdmCond *cs[2] = {c, uc};
+    int *seen = ldm_xcalloc((size_t)a->emb.n + 1, sizeof *seen);
+    for (int h = 0; h < 2; h++)
+        for (int i = 0; i < cs[h]->n_used; i++) {
+            int e = cs[h]->used[i];
+            if (seen[e]++) continue;
+            char *n = ldm_xasprintf("%s%s%s", r, *r ? ", " : "", a->emb.e[e].name);
+            free(r);
+            r = n;
+        }
+    free(seen);
+    return r;
+}
+
+/* uc = the negative prompt's conditioning, unless a->uc holds it already
+ * (same text, same LoRA set) */
+static int encode_negative(App *a, const char *negative) {
+    if (a->uc_prompt && !strcmp(a->uc_prompt, negative) && a->uc_lora_gen == a->lora_gen) return 0;
+    double t0 = ldm_now();
+    free(a->uc_prompt);
+    a->uc_prompt = NULL;
+    ldm_cond_free(&a->uc);
+    if (encode_text(a, negative, &a->uc) != 0) return ldm_fail("negative prompt: %s", ldm_last_error());
+    a->uc_prompt = ldm_xstrdup(negative);
+    a->uc_lora_gen = a->lora_gen;
+    ldm_times_add(&a->times, "text encode", ldm_now() - t0);
+    return 0;
+}
+
+/* A copy of c with `chunks` chunks, the missing ones the empty prompt's */
+static void cond_padded(const LdmCond *c, int chunks, const LdmCond *empty, LdmCond *out) {
+    memset(out, 0, sizeof *out);
+    out->n_chunks = c->n_chunks;
+    out->width = c->width;
+    size_t bytes = (size_t)c->n_chunks * (PROMPT_CHUNK_LENGTH + 2) * c->width * sizeof(float);
+    out->z = ldm_aligned_alloc(bytes + 4);
+    memcpy(out->z, c->z, bytes);
+    LdmCond other = {.n_chunks = chunks, .width = c->width};
+    ldm_cond_pad(out, &other, empty);
+}
+
+/* --save-cond: the conditioning tensors, named as the goldens
+ * (goldens/sd1-adapters txt2img_combo.io) */
+static int save_cond_file(const App *a, const char *path, const LdmCond *c, const LdmCond *uc, const LdmCond *cp,
+                          const LdmCond *up) {
+    StWriter *w = st_writer_new();
+    const LdmCond *t[5] = {c, uc, a->o.pad_cond_uncond ? &a->empty : NULL, cp, up};
+    const char *names[5] = {"cond", "uncond", "empty_cond", "cond_padded", "uncond_padded"};
+    for (int i = 0; i < 5; i++) {
+        if (!t[i] || !t[i]->z) continue;
+        int64_t shape[3] = {1, (int64_t)t[i]->n_chunks * (PROMPT_CHUNK_LENGTH + 2), t[i]->width};
+        st_writer_add(w, names[i], ST_F32, 3, shape, t[i]->z);
+    }
+    int rc = st_writer_save(w, path);
+    st_writer_free(w);
     return rc;
 }
 
@@ -455,19 +760,50 @@ static void sampler_setup(const App *a, LdmSampler *p) {
 
 /* One image: prompt -> png_path (and latent_path). */
 static int make_image(App *a, const char *prompt, uint64_t seed, const char *png_path, const char *latent_path,
-                      const char *label) {
+                      const char *cond_path, const char *label) {
     int rc = -1;
     int64_t n = a->n_lat;
     float *x = ldm_aligned_alloc((size_t)n * sizeof(float));
     float *noise = ldm_aligned_alloc((size_t)n * sizeof(float));
     float *img = ldm_aligned_alloc((size_t)3 * CFG.H * CFG.W * sizeof(float));
     LdmGuide g = {0};
+    LdmCond c = {0}, cp = {0}, up = {0};
+    char *text = NULL, *loras = NULL, *embs = NULL;
+    LoraWant *want = NULL;
+    int n_want = 0, cond_written = 0;
 
-    /* c = model.get_learned_conditioning(prompts) (uc once per run) */
+    /* the prompt's LoRAs (merged when each network is next bound), then
+     * c = get_learned_conditioning(prompt), uc = ... (negative prompt) */
+    if (prompt_loras(a, prompt, &text, &want, &n_want) != 0 || use_loras(a, want, n_want) != 0) goto done;
+    if (encode_negative(a, a->o.negative) != 0) goto done;
     double t0 = ldm_now();
-    float *c = a->context + (int64_t)a->ctx_len * a->ctx_dim; /* after uc */
-    if (encode_text(a, prompt, c) != 0) goto done;
+    if (encode_text(a, text, &c) != 0) {
+        ldm_fail("prompt: %s", ldm_last_error());
+        goto done;
+    }
     ldm_times_add(&a->times, "text encode", ldm_now() - t0);
+    const LdmCond *cu = &c, *uu = &a->uc;
+    if (a->o.pad_cond_uncond && c.n_chunks != a->uc.n_chunks) {
+        /* CFGDenoiser.pad_cond_uncond: the shorter gets empty-prompt chunks */
+        int k = c.n_chunks > a->uc.n_chunks ? c.n_chunks : a->uc.n_chunks;
+        cond_padded(&c, k, &a->empty, &cp);
+        cond_padded(&a->uc, k, &a->empty, &up);
+        cu = &cp;
+        uu = &up;
+    }
+    loras = lora_record(a);
+    embs = embedding_record(a, &c, &a->uc);
+    if (a->pmode != LDM_PROGRESS_QUIET)
+        fprintf(stderr, "%s: %s: prompt %d chunk%s, negative prompt %d chunk%s%s, CLIP skip %d%s%s%s%s\n", a->argv0,
+                label, c.n_chunks, c.n_chunks == 1 ? "" : "s", a->uc.n_chunks, a->uc.n_chunks == 1 ? "" : "s",
+                cu->n_chunks != uu->n_chunks ? " (two UNet calls per step)"
+                : cu != &c                   ? " (padded with the empty prompt)"
+                                             : "",
+                a->o.clip_skip, *loras ? ", LoRA " : "", loras, *embs ? ", embeddings " : "", embs);
+    if (cond_path) {
+        if (save_cond_file(a, cond_path, &c, &a->uc, cu == &cp ? &cp : NULL, uu == &up ? &up : NULL) != 0) goto done;
+        cond_written = 1;
+    }
 
     /* torch.manual_seed(seed); x_T = torch.randn(shape). --init-noise
      * replaces the draw but the generator still advances past it, so later
@@ -484,7 +820,10 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
     g.sample_n = n;
     g.guided = 1;
     g.scale = a->o.cfg_scale;
-    g.context = a->context;
+    g.context = uu->z;
+    g.context_c = cu->z;
+    g.len_u = (int64_t)uu->n_chunks * a->ctx_len;
+    g.len_c = (int64_t)cu->n_chunks * a->ctx_len;
     g.concat = a->concat;
     g.concat_channels = a->concat_ch;
     if (ldm_guide_init(&g) != 0) goto done;
@@ -499,7 +838,10 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
 
     t0 = ldm_now();
     if (latent_path) {
-        char seed_s[32], steps_s[16], cfg_s[32], eta_s[32], str_s[32], hw_s[32];
+        char seed_s[32], steps_s[16], cfg_s[32], eta_s[32], str_s[32], hw_s[32], ch_s[16], uch_s[16], skip_s[16];
+        snprintf(ch_s, sizeof ch_s, "%d", c.n_chunks);
+        snprintf(uch_s, sizeof uch_s, "%d", a->uc.n_chunks);
+        snprintf(skip_s, sizeof skip_s, "%d", a->o.clip_skip);
         snprintf(seed_s, sizeof seed_s, "%llu", (unsigned long long)seed);
         snprintf(steps_s, sizeof steps_s, "%d", a->o.steps);
         snprintf(cfg_s, sizeof cfg_s, "%g", a->o.cfg_scale);
@@ -509,7 +851,10 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
         const char *meta[] = {"prompt", prompt, "negative_prompt", a->o.negative, "seed", seed_s, "rng",
                               ldm_rng_name(a->o.rng), "sampler", ldm_sampler_name(a->o.sampler), "schedule",
                               ldm_sigma_kind_name(a->o.schedule), "steps", steps_s, "cfg_scale", cfg_s, "eta", eta_s,
-                              "strength", str_s, "size", hw_s, "ldmc", CFG.banner, NULL};
+                              "strength", str_s, "size", hw_s, "prompt_syntax", ldm_prompt_syntax_name(a->o.syntax),
+                              "prompt_chunks", ch_s, "negative_prompt_chunks", uch_s, "pad_cond_uncond",
+                              a->o.pad_cond_uncond ? "true" : "false", "loras", loras, "embeddings", embs,
+                              "clip_skip", skip_s, "ldmc", CFG.banner, NULL};
         int64_t shape[4] = {1, a->C, a->h, a->w};
         if (ldm_latent_save(latent_path, x, noise, 4, shape, meta) != 0) goto done;
     }
@@ -521,7 +866,15 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
     a->times.images++;
     rc = 0;
 done:
+    if (rc != 0 && cond_written) remove(cond_path); /* a failed image leaves no files */
     ldm_guide_free(&g);
+    ldm_cond_free(&c);
+    ldm_cond_free(&cp);
+    ldm_cond_free(&up);
+    wants_free(want, n_want);
+    free(text);
+    free(loras);
+    free(embs);
     free(x);
     free(noise);
     free(img);
@@ -547,12 +900,56 @@ static int load_inputs(App *a) {
     if (o->init_image && ldm_image_load(o->init_image, CFG.W, CFG.H, &a->image, NULL, NULL) != 0) return -1;
     if (o->mask && ldm_mask_load(o->mask, CFG.W, CFG.H, &a->mask_px, NULL, NULL) != 0) return -1;
     a->strength = o->has_strength ? o->strength : a->hybrid ? 1.0 : 0.75;
+    if (!o->prompts && o->save_cond && ldm_check_output_path("--save-cond", o->save_cond) != 0) return -1;
+    /* the text encoder's CLIP skips, the embeddings, the LoRA files */
+    const LdmModel *clip = net_model(a, NET_CLIP);
+    int oh = ldm_model_output(clip, "hidden"), os = ldm_model_output(clip, "hidden_skip");
+    int skips = os >= 0 ? (int)clip->outputs[os].shape[0] : 1, width = (int)clip->outputs[oh].shape[2];
+    if (o->clip_skip > skips)
+        return ldm_fail("--clip-skip %d: this executable's text encoder gives CLIP skip 1 to %d; build it for more "
+                        "with make txt2img CONFIG=%s ... CLIP_SKIPS=%d", o->clip_skip, skips, CFG.config_path,
+                        o->clip_skip);
+    if (o->embeddings) {
+        t0 = ldm_now();
+        if (ldm_embeddings_load_dir(o->embeddings, width, &a->emb) != 0) return -1;
+        if (a->emb.n > 0 && ldm_model_input(clip, "emb_keep") < 0)
+            return ldm_fail("--embeddings: this executable's text encoder was compiled without EMBEDS=1");
+        for (const char *p = a->emb.notes; *p;) {
+            const char *e = strchr(p, '\n');
+            fprintf(stderr, "%s: warning: --embeddings: skipped %.*s\n", a->argv0, (int)(e ? e - p : (long)strlen(p)), p);
+            p = e ? e + 1 : p + strlen(p);
+        }
+        ldm_times_add(&a->times, "load embeddings", ldm_now() - t0);
+    }
+    for (int i = 0; i < o->n_loras; i++) {
+        /* a bad file fails now, before the weights are read */
+        LoraWant w;
+        parse_lora_spec(o->loras[i], &w);
+        LdmLora *l = NULL;
+        int rc = ldm_lora_open(&l, w.path, a->weight_names, a->n_weight_names, (float)w.te, (float)w.unet);
+        ldm_lora_free(l);
+        free(w.path);
+        free(w.name);
+        if (rc != 0) return ldm_fail("--lora %s: %s", o->loras[i], ldm_last_error());
+    }
     if (o->prompt) {
-        int32_t *ids = ldm_xmalloc((size_t)a->ctx_len * sizeof *ids);
-        int rc = clip_tokenize_ctx(a->tok, o->prompt, a->ctx_len, ids, NULL);
-        if (rc == 0) rc = clip_tokenize_ctx(a->tok, o->negative, a->ctx_len, ids, NULL);
-        free(ids);
-        if (rc != 0) return -1;
+        /* tags, LoRA names, UTF-8, weights and the chunk count of both texts */
+        const char *texts[2] = {o->prompt, o->negative};
+        for (int k = 0; k < 2; k++) {
+            char *text;
+            LoraWant *want;
+            int n_want, rc = k == 0 ? prompt_loras(a, texts[k], &text, &want, &n_want) : 0;
+            if (k == 1) text = ldm_xstrdup(texts[k]), want = NULL, n_want = 0;
+            if (rc == 0) {
+                LdmTextEncoder te = text_encoder(a);
+                PromptChunks ch;
+                rc = ldm_text_chunks(&te, text, &ch);
+                if (rc == 0) prompt_chunks_free(&ch);
+            }
+            free(text);
+            wants_free(want, n_want);
+            if (rc != 0) return ldm_fail("%s: %s", k ? "--negative-prompt" : "--prompt", ldm_last_error());
+        }
     }
     /* the sampler's own checks (step counts the schedule cannot make,
      * img2img with int(strength * steps) = 0, ...) */
@@ -570,19 +967,6 @@ static int load_inputs(App *a) {
     p.eps_fn = ldm_guide_eps;
     p.noise_fn = ldm_noise_draw;
     if (ldm_sample_count_steps(&a->sched, &p) < 0) return -1;
-    return 0;
-}
-
-/* uc = model.get_learned_conditioning(batch_size * [negative prompt]) into
- * context[0], unless it holds that prompt's encoding already. */
-static int encode_negative(App *a, const char *negative) {
-    if (a->uc_prompt && !strcmp(a->uc_prompt, negative)) return 0;
-    double t0 = ldm_now();
-    free(a->uc_prompt);
-    a->uc_prompt = NULL;
-    if (encode_text(a, negative, a->context) != 0) return -1;
-    a->uc_prompt = ldm_xstrdup(negative);
-    ldm_times_add(&a->times, "text encode", ldm_now() - t0);
     return 0;
 }
 
@@ -693,22 +1077,43 @@ static int make_line_image(App *a, const LdmPromptLine *l, int i, int n, char **
     if (rc == 0) use_size(a, k);
     char *png = ldm_output_name(o->out, l->line, seed, ".png");
     char *lat = o->save_latent ? ldm_output_name(o->save_latent, l->line, seed, ".safetensors") : NULL;
+    char *cnd = o->save_cond ? ldm_output_name(o->save_cond, l->line, seed, ".safetensors") : NULL;
     char label[96];
     if (ldm_pipeline_n_sizes > 1) snprintf(label, sizeof label, "[%d/%d] line %d, %dx%d", i + 1, n, l->line, CFG.H, CFG.W);
     else snprintf(label, sizeof label, "[%d/%d] line %d", i + 1, n, l->line);
-    if (rc == 0) rc = encode_negative(a, a->o.negative);
-    if (rc == 0) rc = make_image(a, prompt, seed, png, lat, label);
+    if (rc == 0) rc = make_image(a, prompt, seed, png, lat, cnd, label);
     a->o = saved;
     use_size(a, a->run_size);
     line_args_free(&la);
     free(lat);
+    free(cnd);
     *png_out = png;
     return rc;
+}
+
+/* Every network's weight names, each once (what LoRA keys are matched against). */
+static void collect_weight_names(App *a) {
+    int cap = 0, n = 0;
+    const char **names = NULL;
+    for (int k = 0; k < ldm_pipeline_n_sizes; k++)
+        for (int j = 0; j < N_NETS; j++) {
+            const LdmModel *m = ldm_pipeline_sizes[k].models[j];
+            for (int i = 0; i < m->n_weights; i++) {
+                int seen = 0;
+                for (int q = 0; q < n && !seen; q++) seen = !strcmp(names[q], m->weights[i].name);
+                if (seen) continue;
+                if (n == cap) names = ldm_xrealloc(names, (size_t)(cap = cap ? 2 * cap : 1024) * sizeof *names);
+                names[n++] = m->weights[i].name;
+            }
+        }
+    a->weight_names = names;
+    a->n_weight_names = n;
 }
 
 static int run(App *a) {
     const Options *o = &a->o;
     LdmPromptList list = {0};
+    collect_weight_names(a);
     if (o->prompts && ldm_prompts_read(o->prompts, o->shard_k, o->shard_n, &list) != 0) return -1;
     if (load_inputs(a) != 0) {
         ldm_prompts_free(&list);
@@ -747,19 +1152,26 @@ static int run(App *a) {
         ldm_prompts_free(&list);
         return -1;
     }
-    if (encode_negative(a, o->negative) != 0) {
-        ldm_prompts_free(&list);
-        return -1;
+    if (o->pad_cond_uncond) {
+        /* sd_models.get_empty_cond: encode("") at load, before any LoRA, at
+         * the run's CLIP skip: the filler of --pad-cond-uncond */
+        t0 = ldm_now();
+        if (encode_text(a, "", &a->empty) != 0) {
+            ldm_prompts_free(&list);
+            return -1;
+        }
+        ldm_times_add(&a->times, "text encode", ldm_now() - t0);
     }
 
     if (!o->prompts) {
-        rc = make_image(a, o->prompt, o->seed, o->out, o->save_latent, "sampling");
+        rc = make_image(a, o->prompt, o->seed, o->out, o->save_latent, o->save_cond, "sampling");
     } else {
         rc = 0;
         if (list.n == 0 && a->pmode != LDM_PROGRESS_QUIET)
             fprintf(stderr, "%s: no prompts in %s for shard %d/%d: nothing to do\n", a->argv0, o->prompts,
                     o->shard_k, o->shard_n);
-        if (list.n > 0 && (ldm_mkdirs(o->out) != 0 || (o->save_latent && ldm_mkdirs(o->save_latent) != 0))) {
+        if (list.n > 0 && (ldm_mkdirs(o->out) != 0 || (o->save_latent && ldm_mkdirs(o->save_latent) != 0) ||
+                           (o->save_cond && ldm_mkdirs(o->save_cond) != 0))) {
             ldm_prompts_free(&list);
             return -1;
         }
@@ -827,7 +1239,6 @@ int main(int argc, char **argv) {
     if (check_models(&a) != 0) goto out;
     use_size(&a, a.run_size);
     if (ldm_schedule_init(&a.sched, CFG.linear_start, CFG.linear_end, CFG.timesteps) != 0) goto out;
-    a.context = ldm_aligned_alloc((size_t)(2 * a.ctx_len * a.ctx_dim) * sizeof(float));
     if (run(&a) == 0) rc = 0;
 out:
     if (rc != 0) fprintf(stderr, "%s: error: %s\n", a.argv0, ldm_last_error());
@@ -843,7 +1254,12 @@ out:
     free(a.init_latent);
     free(a.known);
     free(a.concat);
-    free(a.context);
     free(a.uc_prompt);
+    ldm_cond_free(&a.uc);
+    ldm_cond_free(&a.empty);
+    ldm_embeddings_free(&a.emb);
+    active_free(a.act, a.n_act);
+    free((void *)a.weight_names);
+    free((void *)a.o.loras);
     return rc;
 }
