@@ -901,7 +901,7 @@ START_TEST(test_multi_matches_single) {
     /* the weights of the four networks bound once for all three sizes, but
      * the UNet's at 64x128 (some of its convolutions use other kernels) */
     ck_assert_msg(strstr(out, "3 sizes: 12 networks on 5 weight sets") &&
-                      strstr(out, "note: unet (H=64 W=128 B=2) binds its weights separately from unet (H=128 W=128"),
+                      strstr(out, "note: unet (H=64 W=128 B=2 CHUNKS=3) binds its weights separately from unet (H=128 W=128"),
                   "no sharing summary:\n%s", out);
     free(out);
     /* the single-size executable also takes -H/-W equal to its size */
