@@ -142,9 +142,8 @@ static void compare_golden(const char *label, const char *io, const char *gname,
 }
 
 /* unet_lora.io case k (0..4) with LoRA a (ab = 0) or a and b (ab = 1).
- * Fails when the merge is skipped in bind_piece (eps differs from eps_a by
- * up to 2.3: the LoRA's effect, README) and when b's sign or order is
- * wrong. */
+ * Seen failing when bind_piece skips the merge (eps then differs from the
+ * goldens by 1.8 to 2.3: the LoRA's effect). */
 START_TEST(test_unet_golden) {
     const int k = _i / 2, ab = _i % 2;
     const char *prog = need(g_unet, "the unet runner");
@@ -170,7 +169,7 @@ START_TEST(test_unet_golden) {
 END_TEST
 
 /* The text encoder's modules: clip_lora.io case0.last_hidden_state_a.
- * Fails without the merge (the LoRA moves hidden by far more than 2e-5). */
+ * Seen failing without the merge in bind_piece (off by 2.4). */
 START_TEST(test_clip_golden) {
     const char *prog = need(g_clip, "the clip_text runner");
     char io[512], out[512], la[600];
@@ -213,8 +212,8 @@ START_TEST(test_f16_bitwise) {
 END_TEST
 
 /* A LoRA whose factors do not fit: the runner fails (status 1) naming the
- * key and the shapes, and writes nothing. Fails if the fit is checked only
- * at bind time (abort: status 134) or not at all. */
+ * key and the shapes, and writes nothing. Seen failing (status 134: the
+ * bind-time abort) with the runner's ldm_lora_check loop removed. */
 START_TEST(test_runner_misfit) {
     const char *prog = need(g_unet, "the unet runner");
     StFile f;
@@ -269,7 +268,7 @@ END_TEST
 
 static const LdmTensorInfo k_tiny_weights[] = {
     {LIN, LDM_F32, 0, 2, {LIN_R, LIN_C}, {0}},
-    {CONV, LDM_F32, 0, 4, {8, 4, 3, 3}, {0}},
+    {CONV, LDM_F32, LDM_TF_F32, 4, {8, 4, 3, 3}, {0}}, /* a kernel reads it as float32 */
     {OTHER, LDM_F32, 0, 2, {16, 8}, {0}},
 };
 static const LdmModel k_tiny = {"tiny", "test table", 3, k_tiny_weights, 0, NULL, 0, NULL, 64, 0, 0, NULL, 0, NULL, NULL};
@@ -365,18 +364,27 @@ static LdmLora *open_tiny_lora(const char *path, float mult) {
     return l;
 }
 
-/* Weight i of w as bound (ROWS layout: the tensor itself), as raw bytes. */
+/* Weight i of w as bound (ROWS layout: the tensor itself), bit for bit
+ * what the float32 values want give when stored as the binding stores
+ * them: half for a half checkpoint, float32 for an F32 one or when a
+ * kernel reads the weight as float32 (LDM_TF_F32; from a half checkpoint
+ * still rounded to half once, as a merged half checkpoint holds it). */
 static void expect_bound(const LdmWeights *w, int i, StDtype dt, const float *want, const char *what) {
     const LdmTensorInfo *t = &k_tiny_weights[i];
     int64_t n = ldm_numel(t);
+    const int f32 = dt == ST_F32 || (t->flags & LDM_TF_F32);
     ck_assert_msg(w->ptr[i].p, "%s: %s not bound", what, t->name);
     ck_assert_int_eq(w->ptr[i].layout, LDM_WL_ROWS);
-    ck_assert_int_eq(w->ptr[i].type, dt == ST_F16 ? LDM_W_F16 : LDM_W_F32);
+    ck_assert_int_eq(w->ptr[i].type, f32 ? LDM_W_F32 : LDM_W_F16);
     int64_t bad = 0, first = -1;
     for (int64_t k = 0; k < n; k++) {
         int ok;
-        if (dt == ST_F16) ok = ((const uint16_t *)w->ptr[i].p)[k] == st_f32_to_f16(want[k]);
-        else ok = !memcmp((const float *)w->ptr[i].p + k, want + k, 4);
+        if (!f32) {
+            ok = ((const uint16_t *)w->ptr[i].p)[k] == st_f32_to_f16(want[k]);
+        } else {
+            float v = dt == ST_F16 ? st_f16_to_f32(st_f32_to_f16(want[k])) : want[k];
+            ok = !memcmp((const float *)w->ptr[i].p + k, &v, 4);
+        }
         if (!ok && first < 0) first = k;
         bad += !ok;
     }
@@ -402,11 +410,12 @@ static void expect_all(const LdmWeights *w, const StFile *f, StDtype dt, LdmLora
     }
 }
 
-/* _i = 0: F32 checkpoint, 1: F16. Fails when bind_piece skips the merge
- * (the first check), when set_loras does not release the region (the {a, b}
- * bind keeps a's bytes), when the rows of a piece are misplaced (apply_rows
- * with r0 = 0 for every piece of lin: seen failing at the second piece), and
- * when F16 is not rounded back (the raw compare). */
+/* _i = 0: F32 checkpoint, 1: F16. Seen failing when bind_piece skips the
+ * merge, when ldm_weights_set_loras does not release the region, when
+ * every piece gets the delta of rows [0, r1 - r0) (lin spans several
+ * pieces: wrong from the second on), when F16 weights are rounded to
+ * bfloat16, and (F16) when conv, which a kernel reads as float32, is not
+ * rounded to half after the merge. */
 START_TEST(test_rebind) {
     const StDtype dt = _i ? ST_F16 : ST_F32;
     char ck[512], pa[512], pb[512], pc[512];
@@ -443,8 +452,9 @@ START_TEST(test_rebind) {
     ck_assert_ptr_null(w.region);
     ldm_weights_bind(&w);
     expect_all(&w, &f, dt, NULL, 0, "{}");
-    /* the original bytes exactly */
+    /* the original bytes exactly (conv: float32 storage of an F16 checkpoint) */
     for (int i = 0; i < 3; i++) {
+        if (i == 1 && dt == ST_F16) continue;
         const StTensor *t = st_find(&f, k_tiny_weights[i].name);
         ck_assert_msg(!memcmp(w.ptr[i].p, t->data, t->nbytes), "{}: %s is not the checkpoint's bytes", t->name);
     }
@@ -491,8 +501,9 @@ START_TEST(test_apply_rows_split) {
 END_TEST
 
 /* ldm_nets_weight_names and ldm_nets_set_loras on the hand-written tables.
- * Fails if a misfit is stored anyway (the later bind aborts) or if the
- * names keep a duplicate. */
+ * Seen failing with ldm_nets_set_loras' checks removed (it accepts the
+ * misfit), without the release in ldm_weights_set_loras, and without the
+ * merge in bind_piece. */
 START_TEST(test_nets) {
     char ck[512], pa[512], pbad[512];
     snprintf(ck, sizeof ck, "%s", test_tmp("nets.safetensors"));
