@@ -184,6 +184,36 @@ START_TEST(test_clip_golden) {
 }
 END_TEST
 
+/* --lora FILE[:MULT] splits at the last ':' only before a number: a path
+ * with ':' in it works with and without a multiplier. (Seen failing with a
+ * split at the first ':'.) */
+START_TEST(test_lora_colon_path) {
+    const char *prog = need(g_clip, "the clip_text runner");
+    char link[512], arg[600], out[512], io[512];
+    snprintf(link, sizeof link, "%s", test_tmp("tiny:lora.safetensors"));
+    char *target = realpath(test_shared(ADAPT "tinylora.safetensors"), NULL);
+    ck_assert(target && symlink(target, link) == 0);
+    free(target);
+    snprintf(io, sizeof io, "%s", test_shared(ADAPT "clip_lora.io.safetensors"));
+    snprintf(out, sizeof out, "%s", test_tmp("colon.safetensors"));
+    snprintf(arg, sizeof arg, "%s:0.8", link);
+    const char *a1[] = {"--weights", test_shared(BASE), "--inputs", io, "--prefix", "case0.", "--outputs", out,
+                        "--lora", arg, NULL};
+    run_ok(prog, a1);
+    compare_golden("clip_text", io, "case0.last_hidden_state_a", out, "hidden");
+    const char *a2[] = {"--weights", test_shared(BASE), "--inputs", io, "--prefix", "case0.", "--outputs", out,
+                        "--lora", link, NULL};
+    run_ok(prog, a2); /* multiplier 1: runs, and differs from 0.8 */
+    int64_t n;
+    float *h1 = read_f32(out, "hidden", &n), *g = read_f32(io, "case0.last_hidden_state_a", NULL);
+    ck_assert_msg(max_abs_diff(h1, g, n) > 1e-3, "--lora %s ran at multiplier 0.8, not 1", link);
+    free(h1);
+    free(g);
+    remove(out);
+    remove(link);
+}
+END_TEST
+
 /* Half storage: f16(f32(W) + delta), rounded once, as `ldmc merge --dtype
  * f16` does. _i = 0: unet (case0), 1: clip_text. Fails when bind_piece
  * does not round a half checkpoint's merged weight back to f16 (the
@@ -571,6 +601,7 @@ Suite *suite_lora_bind(void) {
     tcase_add_unchecked_fixture(tc, setup_all, teardown_nothing);
     tcase_add_loop_test(tc, test_unet_golden, 0, 10);
     tcase_add_test(tc, test_clip_golden);
+    tcase_add_test(tc, test_lora_colon_path);
     tcase_add_loop_test(tc, test_f16_bitwise, 0, 2);
     tcase_add_test(tc, test_runner_misfit);
     tcase_set_timeout(tc, 300);
