@@ -164,7 +164,7 @@ typedef struct BindPiece {
 
 static size_t st_elem_size(int dtype) { return dtype == ST_F64 ? 8 : dtype == ST_F32 ? 4 : 2; }
 
-/* Element k of a checkpoint tensor's bytes as float32. */
+/* The checkpoint element at e (of dtype) as float32. */
 static float st_elem_f32(int dtype, const unsigned char *e) {
     uint16_t h;
     double v;
