@@ -32,8 +32,9 @@ typedef struct LoraModule {
 
 struct LdmLora {
     char *path;
-    LoraModule *mods;  /* matched modules only */
+    LoraModule *mods;  /* matched modules only, in file order */
     int n_mods;
+    int *by_key;       /* (n_mods) indices of mods sorted by key: find_module's binary search */
     int n_unmatched;
     char *unmatched[LDM_LORA_KEEP_UNMATCHED];
 };
@@ -144,6 +145,15 @@ static const char *layer_lookup(const LayerMap *m, const char *name) {
 
 /* ---- opening -------------------------------------------------------------- */
 
+/* qsort has no context argument; ldm_lora_open runs in one thread at a
+ * time per LoRA, but to stay reentrant the comparison reads the array
+ * through this thread-local. */
+static _Thread_local const struct LoraModule *g_sort_mods;
+
+static int cmp_by_key(const void *a, const void *b) {
+    return strcmp(g_sort_mods[*(const int *)a].key, g_sort_mods[*(const int *)b].key);
+}
+
 static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
     size_t k = (size_t)snprintf(buf, cap, "[");
     for (int d = 0; d < ndim && k < cap; d++)
@@ -221,6 +231,7 @@ void ldm_lora_free(LdmLora *l) {
     if (!l) return;
     for (int i = 0; i < l->n_mods; i++) module_free(&l->mods[i]);
     free(l->mods);
+    free(l->by_key);
     for (int i = 0; i < LDM_LORA_KEEP_UNMATCHED; i++) free(l->unmatched[i]);
     free(l->path);
     free(l);
@@ -308,6 +319,11 @@ int ldm_lora_open(LdmLora **out, const char *path, const char *const *keys, int 
         l->mods[l->n_mods++] = *m;
         memset(m, 0, sizeof *m);
     }
+    /* binding a model looks up every weight in every LoRA: sorted keys */
+    l->by_key = ldm_xcalloc((size_t)l->n_mods + 1, sizeof *l->by_key);
+    for (int i = 0; i < l->n_mods; i++) l->by_key[i] = i;
+    g_sort_mods = l->mods;
+    qsort(l->by_key, (size_t)l->n_mods, sizeof *l->by_key, cmp_by_key);
     rc = 0;
 out:
     for (int k = 0; k < n_all; k++) module_free(&all[k]);
@@ -332,8 +348,13 @@ const char *ldm_lora_unmatched(const LdmLora *l, int i) {
 }
 
 static const LoraModule *find_module(const LdmLora *l, const char *key) {
-    for (int i = 0; i < l->n_mods; i++)
-        if (!strcmp(l->mods[i].key, key)) return &l->mods[i];
+    int lo = 0, hi = l->n_mods;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2, c = strcmp(l->mods[l->by_key[mid]].key, key);
+        if (c == 0) return &l->mods[l->by_key[mid]];
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
     return NULL;
 }
 
@@ -358,32 +379,66 @@ static int check_fit(const LdmLora *l, const LoraModule *m, int ndim, const int6
                     m->key, w);
 }
 
-/* out[i] (+)= factor * (up @ down)[i], float64 accumulation. */
-static int delta_or_apply(const LdmLora *l, const char *key, int ndim, const int64_t *shape, float *buf, int add) {
+int ldm_lora_check(const LdmLora *l, const char *key, int ndim, const int64_t *shape) {
+    const LoraModule *m = find_module(l, key);
+    return m ? check_fit(l, m, ndim, shape) : 0;
+}
+
+/* Rows [r0, r1) of the delta of m for a weight of k columns per row:
+ * rows[(o - r0) * k + j] (+)= factor * sum_q up[o, q] * down[q, j].
+ * Per output row, a float64 accumulator over the k columns gets one axpy
+ * per rank component (up[o, q] * down[q, :]: contiguous, so it
+ * vectorizes), summed in the order q = 0, 1, ...; then each value is
+ * scaled and (added and) rounded to float32 once. Every entry point
+ * (delta, apply, apply_rows) goes through here, so they agree bit for bit
+ * whatever rows a caller splits a weight into. */
+static void module_rows(const LoraModule *m, int64_t k, int64_t r0, int64_t r1, float *rows, int add) {
+    const int64_t r = m->rank;
+    double *acc = ldm_xmalloc((size_t)k * sizeof *acc + 8);
+    for (int64_t o = r0; o < r1; o++) {
+        const float *up = m->up + o * r;
+        for (int64_t j = 0; j < k; j++) acc[j] = 0;
+        for (int64_t q = 0; q < r; q++) {
+            const double u = up[q];
+            const float *down = m->down + q * k;
+            for (int64_t j = 0; j < k; j++) acc[j] += u * (double)down[j];
+        }
+        float *w = rows + (o - r0) * k;
+        const double f = m->factor;
+        if (add)
+            for (int64_t j = 0; j < k; j++) w[j] = (float)((double)w[j] + acc[j] * f);
+        else
+            for (int64_t j = 0; j < k; j++) w[j] = (float)(acc[j] * f);
+    }
+    free(acc);
+}
+
+/* rows [r0, r1) of buf (+)= the delta of key's module. */
+static int delta_or_apply(const LdmLora *l, const char *key, int ndim, const int64_t *shape, int64_t r0, int64_t r1,
+                          float *buf, int add) {
     const LoraModule *m = find_module(l, key);
     if (!m) return 0;
     if (check_fit(l, m, ndim, shape) != 0) return -1;
-    int64_t out = shape[0], r = m->rank, k = 1;
+    if (r0 < 0 || r1 > shape[0] || r0 > r1)
+        return ldm_fail("%s: rows [%lld, %lld) of %s are out of range (it has %lld)", l->path, (long long)r0,
+                        (long long)r1, key, (long long)shape[0]);
+    int64_t k = 1;
     for (int d = 1; d < ndim; d++) k *= shape[d];
-    for (int64_t o = 0; o < out; o++) {
-        const float *up = m->up + o * r;
-        for (int64_t j = 0; j < k; j++) {
-            double s = 0;
-            for (int64_t q = 0; q < r; q++) s += (double)up[q] * (double)m->down[q * k + j];
-            double v = s * m->factor;
-            float *p = &buf[o * k + j];
-            *p = (float)(add ? (double)*p + v : v);
-        }
-    }
+    module_rows(m, k, r0, r1, buf, add);
     return 1;
 }
 
 int ldm_lora_delta(const LdmLora *l, const char *key, int ndim, const int64_t *shape, float *delta) {
-    return delta_or_apply(l, key, ndim, shape, delta, 0);
+    return delta_or_apply(l, key, ndim, shape, 0, ndim ? shape[0] : 0, delta, 0);
 }
 
 int ldm_lora_apply(const LdmLora *l, const char *key, int ndim, const int64_t *shape, float *w) {
-    return delta_or_apply(l, key, ndim, shape, w, 1);
+    return delta_or_apply(l, key, ndim, shape, 0, ndim ? shape[0] : 0, w, 1);
+}
+
+int ldm_lora_apply_rows(const LdmLora *l, const char *key, int ndim, const int64_t *shape, int64_t r0, int64_t r1,
+                        float *rows) {
+    return delta_or_apply(l, key, ndim, shape, r0, r1, rows, 1);
 }
 
 /* ---- merging a checkpoint ------------------------------------------------ */

@@ -57,7 +57,7 @@ const char *ldm_lora_module_prefix(const LdmLora *l, int i);
 int ldm_lora_n_unmatched(const LdmLora *l);
 const char *ldm_lora_unmatched(const LdmLora *l, int i);
 
-/* Does the LoRA modify checkpoint key `key`? */
+/* Does the LoRA modify checkpoint key `key`? (binary search) */
 int ldm_lora_touches(const LdmLora *l, const char *key);
 /* delta (numel of shape floats) = the module's delta for weight `key` of
  * shape [ndim] `shape`. Returns 1 (written), 0 (key not modified, delta
@@ -66,6 +66,18 @@ int ldm_lora_touches(const LdmLora *l, const char *key);
 int ldm_lora_delta(const LdmLora *l, const char *key, int ndim, const int64_t *shape, float *delta);
 /* w += delta, in place (float64 sum rounded once). Same returns. */
 int ldm_lora_apply(const LdmLora *l, const char *key, int ndim, const int64_t *shape, float *w);
+/* The same on rows [r0, r1) of the first dimension only (0 <= r0 <= r1 <=
+ * shape[0]): rows points at row r0, row-major, numel / shape[0] floats per
+ * row. Bit-identical to those rows of ldm_lora_apply (the same code), so a
+ * weight may be merged piece by piece (model.c binds it that way). Same
+ * returns; rows out of range are -1 as well. */
+int ldm_lora_apply_rows(const LdmLora *l, const char *key, int ndim, const int64_t *shape, int64_t r0, int64_t r1,
+                        float *rows);
+/* Would the LoRA's factors fit weight `key` of shape [ndim] shape? 0 if the
+ * LoRA does not touch key or they fit; -1 with an ldm_fail naming the LoRA
+ * file, the module prefix, the factor shapes, the key and its shape. What
+ * a caller checks before it merges where it cannot report an error. */
+int ldm_lora_check(const LdmLora *l, const char *key, int ndim, const int64_t *shape);
 
 /* `ldmc merge`: write every tensor of `base` to out_path (atomically), the
  * ones the LoRAs modify merged (in the order given). out_dtype: ST_F32,

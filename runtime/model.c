@@ -164,7 +164,21 @@ typedef struct BindPiece {
 
 static size_t st_elem_size(int dtype) { return dtype == ST_F64 ? 8 : dtype == ST_F32 ? 4 : 2; }
 
-static void bind_piece(LdmWeights *w, const BindPiece *pc) {
+/* The checkpoint element at e (of dtype) as float32. */
+static float st_elem_f32(int dtype, const unsigned char *e) {
+    uint16_t h;
+    double v;
+    float f;
+    switch (dtype) {
+    case ST_F16: memcpy(&h, e, 2); return st_f16_to_f32(h);
+    case ST_BF16: memcpy(&h, e, 2); return st_bf16_to_f32(h);
+    case ST_F64: memcpy(&v, e, 8); return (float)v;
+    default: memcpy(&f, e, 4); return f;
+    }
+}
+
+/* touched: some LoRA of w->loras modifies this weight */
+static void bind_piece(LdmWeights *w, const BindPiece *pc, int touched) {
     const StTensor *t = &w->src[pc->i];
     const LdmW *d = &w->ptr[pc->i];
     const int64_t rows = t->ndim ? t->shape[0] : 1, cols = rows ? t->numel / rows : 0;
@@ -174,22 +188,36 @@ static void bind_piece(LdmWeights *w, const BindPiece *pc) {
     unsigned char *dst = w->region + w->off[pc->i];
     const int same = (d->type == LDM_W_F32 && t->dtype == ST_F32) || (d->type == LDM_W_F16 && t->dtype == ST_F16) ||
                      (d->type == LDM_W_BF16 && t->dtype == ST_BF16);
-    if (same) {
+    if (same && !touched) {
         ldm_w_relayout(d->layout, s, ses, rows, cols, pc->r0, pc->r1, dst);
-    } else { /* to float32 first (F64; half that a kernel reads as float32) */
+    } else { /* to float32 first (F64; half that a kernel reads as float32; a LoRA to merge) */
         float *f = ldm_xmalloc(n * sizeof *f + 4);
-        for (size_t k = 0; k < n; k++) {
-            const unsigned char *e = s + k * ses;
-            uint16_t h;
-            double v;
-            switch (t->dtype) {
-            case ST_F16: memcpy(&h, e, 2), f[k] = st_f16_to_f32(h); break;
-            case ST_BF16: memcpy(&h, e, 2), f[k] = st_bf16_to_f32(h); break;
-            case ST_F64: memcpy(&v, e, 8), f[k] = (float)v; break;
-            default: memcpy(f + k, e, 4); break;
-            }
+        for (size_t k = 0; k < n; k++) f[k] = st_elem_f32(t->dtype, s + k * ses);
+        const int half = t->dtype == ST_F16 || t->dtype == ST_BF16;
+        if (touched) {
+            for (int l = 0; l < w->n_loras; l++)
+                if (ldm_lora_apply_rows(w->loras[l], t->name, t->ndim, t->shape, pc->r0, r1, f) < 0) {
+                    /* ldm_weights_set_loras' callers check the fit first */
+                    fprintf(stderr, "fatal: internal error: merging a LoRA at bind time: %s\n", ldm_last_error());
+                    abort();
+                }
         }
-        ldm_w_relayout(d->layout, f, 4, rows, cols, pc->r0, pc->r1, dst);
+        if (touched && half && d->type != LDM_W_F32) {
+            /* back to the checkpoint's half type, rounded once */
+            uint16_t *h = ldm_xmalloc(n * sizeof *h + 2);
+            for (size_t k = 0; k < n; k++) h[k] = t->dtype == ST_F16 ? st_f32_to_f16(f[k]) : st_f32_to_bf16(f[k]);
+            ldm_w_relayout(d->layout, h, 2, rows, cols, pc->r0, pc->r1, dst);
+            free(h);
+        } else {
+            /* A half checkpoint's weight that a kernel reads as float32 is
+             * rounded to the half type all the same: W + delta is then what
+             * a merged checkpoint of that type holds, whichever storage the
+             * kernels chose (`ldmc merge --dtype f16` binds to these bits). */
+            if (touched && half)
+                for (size_t k = 0; k < n; k++)
+                    f[k] = t->dtype == ST_F16 ? st_f16_to_f32(st_f32_to_f16(f[k])) : st_bf16_to_f32(st_f32_to_bf16(f[k]));
+            ldm_w_relayout(d->layout, f, 4, rows, cols, pc->r0, pc->r1, dst);
+        }
         free(f);
     }
     drop_pages(s, n * ses);
@@ -225,8 +253,13 @@ void ldm_weights_bind(LdmWeights *w) {
             pcs[np++] = (BindPiece){i, r, e};
         }
     }
+    /* which weights a LoRA touches: looked up once, not per piece */
+    unsigned char *touched = ldm_xcalloc((size_t)w->n + 1, 1);
+    for (int i = 0; i < w->n; i++)
+        for (int l = 0; l < w->n_loras && !touched[i]; l++) touched[i] = (unsigned char)ldm_lora_touches(w->loras[l], w->src[i].name);
 #pragma omp parallel for schedule(dynamic, 1)
-    for (size_t k = 0; k < np; k++) bind_piece(w, &pcs[k]);
+    for (size_t k = 0; k < np; k++) bind_piece(w, &pcs[k], touched[pcs[k].i]);
+    free(touched);
     free(pcs);
     for (int i = 0; i < w->n; i++) {
         w->ptr[i].p = w->region + w->off[i];
@@ -249,6 +282,18 @@ void ldm_weights_release(LdmWeights *w) {
     }
 }
 
+void ldm_weights_set_loras(LdmWeights *w, LdmLora *const *loras, int n) {
+    int hit = 0;
+    for (int i = 0; w->region && i < w->n && !hit; i++) {
+        for (int l = 0; l < w->n_loras && !hit; l++) hit = ldm_lora_touches(w->loras[l], w->src[i].name);
+        for (int l = 0; l < n && !hit; l++) hit = ldm_lora_touches(loras[l], w->src[i].name);
+    }
+    /* rebuilt from the checkpoint at the next bind, never un-merged */
+    if (hit) ldm_weights_release(w);
+    w->loras = n > 0 ? loras : NULL;
+    w->n_loras = n > 0 ? n : 0;
+}
+
 void ldm_weights_free(LdmWeights *w) {
     ldm_weights_release(w);
     free(w->ptr);
@@ -268,7 +313,7 @@ unsigned char *ldm_arena_new(const LdmModel *m) {
 static void runner_usage(const LdmModel *m, FILE *fp) {
     fprintf(fp,
             "usage: %s --weights CKPT.safetensors --inputs IN.safetensors --outputs OUT.safetensors\n"
-            "          [--prefix P] [--repeat N] [--compute f32|bf16] [--extent NAME=VALUE]...\n"
+            "          [--prefix P] [--repeat N] [--compute f32|bf16] [--extent NAME=VALUE]... [--lora FILE[:MULT]]...\n"
             "       %s --weights CKPT.safetensors --random-inputs SEED [--repeat N] [--outputs OUT]\n"
             "Runs graph '%s' (%s).\n"
             "Reads the inputs by name (P + name) from IN, writes the outputs by name to OUT.\n"
@@ -277,7 +322,9 @@ static void runner_usage(const LdmModel *m, FILE *fp) {
             "  --compute f32|bf16 f32 (default), or the GEMM kernel's products in bfloat16 with float32\n"
             "                     sums (CPUs with AVX-512 BF16; Winograd, attention and the rest stay f32)\n"
             "  --extent NAME=V    run at value V of run-time extent NAME (repeatable; default: its maximum);\n"
-            "                     inputs and outputs then have the shapes of that value\n",
+            "                     inputs and outputs then have the shapes of that value\n"
+            "  --lora FILE[:MULT] merge kohya LoRA FILE at multiplier MULT (default 1, UNet and text encoder)\n"
+            "                     into the weights as they are bound (repeatable: merged in order)\n",
             m->name, m->name, m->name, m->banner);
     if (m->n_extents) {
         fprintf(fp, "extents:");
@@ -327,37 +374,98 @@ static int parse_extent(const LdmModel *m, const char *v, int64_t *ext) {
     return 0;
 }
 
+/* --lora FILE[:MULT]: the file (malloc'd) and the multiplier. The split is
+ * at the last ':' and only when what follows is a number, so a path with
+ * ':' in it still works. */
+static char *parse_lora_arg(const char *v, float *mult) {
+    const char *colon = strrchr(v, ':');
+    *mult = 1.0f;
+    if (colon && colon[1]) {
+        char *end;
+        float x = strtof(colon + 1, &end);
+        if (!*end) {
+            *mult = x;
+            return strndup(v, (size_t)(colon - v));
+        }
+    }
+    return ldm_xstrdup(v);
+}
+
+/* Open the --lora files against m's weights (checked: every weight a LoRA
+ * touches must fit), report on stderr what each merges. 0 or -1. */
+static int runner_open_loras(const LdmModel *m, const LdmWeights *w, char **files, const float *mults, int n,
+                             LdmLora **loras) {
+    const char **keys = ldm_xcalloc((size_t)w->n + 1, sizeof *keys);
+    for (int i = 0; i < w->n; i++) keys[i] = m->weights[i].name;
+    int rc = 0;
+    for (int k = 0; k < n && !rc; k++) {
+        rc = ldm_lora_open(&loras[k], files[k], keys, w->n, mults[k], mults[k]);
+        for (int i = 0; i < w->n && !rc; i++) rc = ldm_lora_check(loras[k], w->src[i].name, w->src[i].ndim, w->src[i].shape);
+        if (rc) break;
+        int nu = ldm_lora_n_unmatched(loras[k]);
+        fprintf(stderr, "lora %s: %d modules merged", files[k], ldm_lora_n_modules(loras[k]));
+        if (nu) {
+            fprintf(stderr, ", %d keys matched nothing (first:", nu);
+            for (int i = 0; i < nu && i < LDM_LORA_KEEP_UNMATCHED; i++)
+                fprintf(stderr, "%s %s", i ? "," : "", ldm_lora_unmatched(loras[k], i));
+            fprintf(stderr, "%s)", nu > LDM_LORA_KEEP_UNMATCHED ? ", ..." : "");
+        }
+        fprintf(stderr, "\n");
+    }
+    free(keys);
+    return rc;
+}
+
+/* Free the --lora state; returns rc. */
+static int runner_loras_free(char **files, LdmLora **loras, int n, float *mults, int rc) {
+    for (int k = 0; k < n; k++) {
+        free(files[k]);
+        ldm_lora_free(loras[k]);
+    }
+    free(files);
+    free(loras);
+    free(mults);
+    return rc;
+}
+
 int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
     const char *weights = NULL, *inputs = NULL, *outputs = NULL, *prefix = "";
-    int repeat = 1, random_inputs = 0;
+    int repeat = 1, random_inputs = 0, n_loras = 0;
     unsigned long long seed = 0;
+    char **lora_files = ldm_xcalloc((size_t)argc + 1, sizeof *lora_files);
+    float *lora_mults = ldm_xcalloc((size_t)argc + 1, sizeof *lora_mults);
+    LdmLora **loras = ldm_xcalloc((size_t)argc + 1, sizeof *loras);
     int64_t ext[64] = {0}; /* values of the run-time extents (ldm_forward allows 64) */
     for (int k = 0; k < m->n_extents && k < 64; k++) ext[k] = m->extents[k].max;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             runner_usage(m, stdout);
-            return 0;
+            return runner_loras_free(lora_files, loras, n_loras, lora_mults, 0);
         }
         if (i + 1 >= argc) {
             fprintf(stderr, "%s: error: option %s needs a value (see --help)\n", argv[0], a);
-            return 2;
+            return runner_loras_free(lora_files, loras, n_loras, lora_mults, 2);
         }
         const char *v = argv[++i];
         if (!strcmp(a, "--weights")) weights = v;
         else if (!strcmp(a, "--inputs")) inputs = v;
         else if (!strcmp(a, "--outputs")) outputs = v;
         else if (!strcmp(a, "--prefix")) prefix = v;
+        else if (!strcmp(a, "--lora")) {
+            lora_files[n_loras] = parse_lora_arg(v, &lora_mults[n_loras]);
+            n_loras++;
+        }
         else if (!strcmp(a, "--extent")) {
             if (parse_extent(m, v, ext) != 0) {
                 fprintf(stderr, "%s: error: %s\n", argv[0], ldm_last_error());
-                return 2;
+                return runner_loras_free(lora_files, loras, n_loras, lora_mults, 2);
             }
         }
         else if (!strcmp(a, "--compute")) {
             if (ldm_set_compute(v) != 0) {
                 fprintf(stderr, "%s: error: %s\n", argv[0], ldm_last_error());
-                return 2;
+                return runner_loras_free(lora_files, loras, n_loras, lora_mults, 2);
             }
         }
         else if (!strcmp(a, "--random-inputs")) {
@@ -365,7 +473,7 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
             seed = strtoull(v, &end, 10);
             if (*end || !*v) {
                 fprintf(stderr, "%s: error: --random-inputs expects a seed (non-negative integer), got '%s'\n", argv[0], v);
-                return 2;
+                return runner_loras_free(lora_files, loras, n_loras, lora_mults, 2);
             }
             random_inputs = 1;
         }
@@ -374,22 +482,22 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
             long r = strtol(v, &end, 10);
             if (*end || r < 1 || r > 100000) {
                 fprintf(stderr, "%s: error: --repeat expects a positive integer, got '%s'\n", argv[0], v);
-                return 2;
+                return runner_loras_free(lora_files, loras, n_loras, lora_mults, 2);
             }
             repeat = (int)r;
         } else {
             fprintf(stderr, "%s: error: unknown option '%s' (see --help)\n", argv[0], a);
-            return 2;
+            return runner_loras_free(lora_files, loras, n_loras, lora_mults, 2);
         }
     }
     if (ldm_check_extents(m, ext) != 0) {
         fprintf(stderr, "%s: error: --extent: %s\n", argv[0], ldm_last_error());
-        return 2;
+        return runner_loras_free(lora_files, loras, n_loras, lora_mults, 2);
     }
     if (!weights || (!random_inputs && (!inputs || !outputs)) || (random_inputs && inputs)) {
         fprintf(stderr, "%s: error: give --weights and either --inputs and --outputs, or --random-inputs\n", argv[0]);
         runner_usage(m, stderr);
-        return 2;
+        return runner_loras_free(lora_files, loras, n_loras, lora_mults, 2);
     }
     int rc = 1;
     StFile wf = {0}, inf = {0};
@@ -400,7 +508,10 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
     ldm_profile_init();
     ldm_kernels_init();
     double t0 = ldm_now();
-    if (st_open(&wf, weights) != 0 || ldm_weights_load(m, &wf, &w) != 0) goto done;
+    if (st_open(&wf, weights) != 0 || ldm_weights_open(m, &wf, &w) != 0) goto done;
+    if (runner_open_loras(m, &w, lora_files, lora_mults, n_loras, loras) != 0) goto done;
+    ldm_weights_set_loras(&w, loras, n_loras);
+    ldm_weights_bind(&w);
     double t_load = ldm_now() - t0;
     if (random_inputs) {
         uint64_t st = seed * 0x9e3779b97f4a7c15ull + 1;
@@ -479,7 +590,7 @@ done:
     ldm_weights_free(&w);
     st_close(&inf);
     st_close(&wf);
-    return rc;
+    return runner_loras_free(lora_files, loras, n_loras, lora_mults, rc);
 }
 
 /* ---- weights stored under other names -------------------------------------- */

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "kernels.h"
+#include "lora.h"
 #include "safetensors.h"
 
 #define LDM_MAX_DIMS 6
@@ -82,7 +83,15 @@ typedef struct LdmModel {
  * float32 (LDM_TF_F32), and the weights a GEMM streams re-laid out in the
  * order its packers read them (LDM_TF_BPANELS, LDM_TF_APANELS). The mapped
  * pages are given back as they are copied, so the resident set holds each
- * weight once. */
+ * weight once.
+ *
+ * LoRAs (loras, set with ldm_weights_set_loras) are merged while binding:
+ * each piece of a weight a LoRA touches is converted to float32, gets the
+ * rows of every LoRA's delta in list order (ldm_lora_apply_rows), and is
+ * rounded back once to the checkpoint's half type when the checkpoint
+ * stores it in half (what `ldmc merge --dtype` of that type writes, so the
+ * two bind to the same bits), before it is laid out. A step then costs
+ * what it costs without LoRA, and no second copy of the model is held. */
 typedef struct LdmWeights {
     LdmW *ptr;                       /* ptr[i] = data, storage type and layout of weights[i] (p NULL until bound) */
     StTensor *src;                   /* src[i] = the checkpoint tensor weights[i] is made from */
@@ -92,6 +101,9 @@ typedef struct LdmWeights {
     unsigned char *region;           /* the bound weights, NULL when not bound */
     void *map;                       /* the region's mapping (aligned to 2 MB inside it) */
     size_t map_bytes;
+    LdmLora *const *loras;           /* merged at bind time, in order (not owned: the caller's list, which,
+                                      * like the LoRAs, must outlive the weights or the next set_loras) */
+    int n_loras;
 } LdmWeights;
 
 int64_t ldm_numel(const LdmTensorInfo *t);
@@ -130,14 +142,28 @@ void ldm_weights_free(LdmWeights *w);
  * cache or the file. */
 void ldm_weights_release(LdmWeights *w);
 
+/* Merge loras[0..n) (n = 0: none) into the weights from the next bind on.
+ * Every LoRA must have been checked against every weight it touches
+ * (ldm_lora_check): binding cannot report an error and aborts on a factor
+ * that does not fit. If the region is bound and the old list or the new
+ * one touches any weight, the region is released (ldm_weights_release):
+ * the next bind rebuilds every weight from the checkpoint, never
+ * subtracting a delta, so removing a LoRA gives back the exact original
+ * bytes. The list is kept by pointer, not copied. */
+void ldm_weights_set_loras(LdmWeights *w, LdmLora *const *loras, int n);
+
 /* Arena for m (64-byte aligned); free with free(). */
 unsigned char *ldm_arena_new(const LdmModel *m);
 
 /* main() of a graph runner:
  *   RUNNER --weights CKPT --inputs IN --outputs OUT [--prefix P] [--repeat N] [--extent NAME=VALUE]...
+ *          [--lora FILE[:MULT]]...
  * reads the inputs by name (P + name) from IN, runs the model, writes the
  * outputs by name to OUT, at the run-time extents given (default: their
- * maxima); a bad --extent exits with status 2. */
+ * maxima); a bad --extent exits with status 2. --lora merges a kohya LoRA
+ * at MULT (default 1; UNet and text encoder alike) into the weights at
+ * bind time; a LoRA that cannot be read or does not fit a weight is a load
+ * error (status 1, no output). */
 int ldm_runner_main(const LdmModel *m, int argc, char **argv);
 
 

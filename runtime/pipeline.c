@@ -157,6 +157,8 @@ int ldm_nets_load_mapped(LdmNets *s, const char *ckpt_path, const LdmModel *cons
 }
 
 void ldm_nets_free(LdmNets *s) {
+    free(s->weight_names);
+    free(s->loras);
     if (s->w)
         for (int i = 0; i < s->n; i++) ldm_weights_free(&s->w[i]);
     free(s->w);
@@ -190,6 +192,64 @@ LdmWeights *ldm_nets_weights(LdmNets *s, int i) {
     s->last_run = k + 1;
     ldm_weights_bind(&s->w[k]);
     return &s->w[k];
+}
+
+/* Binary search of name in the sorted names[0..n): its index or -(insertion point) - 1. */
+static int name_search(const char *const *names, int n, const char *name) {
+    int lo = 0, hi = n;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2, c = strcmp(names[mid], name);
+        if (c == 0) return mid;
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return -lo - 1;
+}
+
+const char *const *ldm_nets_weight_names(LdmNets *s, int *n) {
+    if (!s->weight_names) {
+        int cap = 0;
+        for (int i = 0; i < s->n; i++) cap += s->models[i]->n_weights;
+        s->weight_names = ldm_xcalloc((size_t)cap + 1, sizeof *s->weight_names);
+        /* sorted copy of what is in so far: the same network at several
+         * sizes lists every name again */
+        const char **sorted = ldm_xcalloc((size_t)cap + 1, sizeof *sorted);
+        int k = 0;
+        for (int i = 0; i < s->n; i++)
+            for (int j = 0; j < s->models[i]->n_weights; j++) {
+                const char *name = s->models[i]->weights[j].name;
+                int at = name_search(sorted, k, name);
+                if (at >= 0) continue;
+                at = -at - 1;
+                memmove(sorted + at + 1, sorted + at, (size_t)(k - at) * sizeof *sorted);
+                sorted[at] = name;
+                s->weight_names[k++] = name;
+            }
+        free(sorted);
+        s->n_weight_names = k;
+    }
+    *n = s->n_weight_names;
+    return s->weight_names;
+}
+
+int ldm_nets_set_loras(LdmNets *s, LdmLora *const *loras, int n) {
+    if (n < 0) return ldm_fail("ldm_nets_set_loras: %d LoRAs", n);
+    /* every check before any change: binding cannot fail */
+    for (int i = 0; i < s->n; i++) {
+        if (s->owner[i] != i) continue;
+        const LdmWeights *w = &s->w[i];
+        for (int l = 0; l < n; l++)
+            for (int j = 0; j < w->n; j++)
+                if (ldm_lora_check(loras[l], w->src[j].name, w->src[j].ndim, w->src[j].shape) != 0) return -1;
+    }
+    LdmLora **copy = n ? ldm_xmalloc((size_t)n * sizeof *copy) : NULL;
+    if (n) memcpy(copy, loras, (size_t)n * sizeof *copy);
+    for (int i = 0; i < s->n; i++)
+        if (s->owner[i] == i) ldm_weights_set_loras(&s->w[i], copy, n);
+    free(s->loras); /* the weight sets no longer point at it */
+    s->loras = copy;
+    s->n_loras = n;
+    return 0;
 }
 
 int ldm_nets_run(LdmNets *s, int i, const void *const *in, void *const *out) {

@@ -94,7 +94,9 @@ int ldm_pipeline_scale_factor(const LdmPipelineConfig *c, const StFile *f, doubl
 /* Several generated models run one at a time on the weights of one
  * checkpoint: the file is mapped once and every model's tensors are checked
  * against it (ldm_weights_open). The models share one arena of the largest
- * model's size: a forward pass only uses the arena while it runs. */
+ * model's size: a forward pass only uses the arena while it runs. LoRAs
+ * (ldm_nets_set_loras) are merged into every weight set as it is bound
+ * (model.h: LdmWeights), so they cost nothing per step. */
 typedef struct LdmNets {
     StFile ckpt;                 /* the checkpoint, mapped */
     int n;                       /* number of models */
@@ -110,6 +112,11 @@ typedef struct LdmNets {
                                   * another size; w[i] is then unused */
     int n_weight_sets;           /* models that own their weights */
     char *notes;                 /* "" or lines saying which same-named models could not share, and why */
+    const char **weight_names;   /* (n_weight_names) ldm_nets_weight_names, NULL until asked for; the
+                                  * strings are the models' tables' */
+    int n_weight_names;
+    LdmLora **loras;             /* (n_loras) copy of the list of ldm_nets_set_loras (LoRAs not owned) */
+    int n_loras;
 } LdmNets;
 
 /* Can a weight set bound for model a serve model b? Yes when their weight
@@ -152,6 +159,22 @@ int ldm_nets_run(LdmNets *s, int i, const void *const *in, void *const *out);
  * e.g. the UNet at batch 1 when guidance is off. Inputs and outputs are
  * compact at the shapes of those values. */
 int ldm_nets_run_ext(LdmNets *s, int i, const void *const *in, void *const *out, const int64_t *ext);
+/* The union of every model's weight names (the models' own names, also for
+ * a model whose weights are read under other keys, e.g. EMA), without
+ * duplicates, in first-seen order; *n gets their number. Kept in s (freed
+ * by ldm_nets_free). The key list for ldm_lora_open: canonical names such
+ * as model.diffusion_model.*.weight and
+ * cond_stage_model.transformer.text_model.*.weight. */
+const char *const *ldm_nets_weight_names(LdmNets *s, int *n);
+/* Merge loras[0..n) (in order) into every model's weights from now on:
+ * every LoRA is first checked against every weight it touches
+ * (ldm_lora_check; the first error is returned and nothing changes); then
+ * the list is copied into s and given to every weight set
+ * (ldm_weights_set_loras: a bound set the old or the new list touches is
+ * released and rebuilt from the checkpoint when it next runs). n = 0
+ * removes all LoRAs. The LdmLora objects stay the caller's and must
+ * outlive their use (until the next ldm_nets_set_loras or ldm_nets_free). */
+int ldm_nets_set_loras(LdmNets *s, LdmLora *const *loras, int n);
 /* Index of input `name` of m, or -1. */
 int ldm_model_input(const LdmModel *m, const char *name);
 /* Index of output `name` of m, or -1. */
