@@ -263,11 +263,6 @@ int ldm_nets_run_ext(LdmNets *s, int i, const void *const *in, void *const *out,
     return ldm_forward(s->models[i], w->ptr, in, out, s->arena, ext);
 }
 
-int ldm_nets_set_loras(LdmNets *s, struct LdmLora *const *loras, int n) { /* TEMPORARY */
-    (void)s, (void)loras;
-    return n ? ldm_fail("LoRA merging is not built yet") : 0;
-}
-
 int ldm_model_input(const LdmModel *m, const char *name) {
     for (int i = 0; i < m->n_inputs; i++)
         if (strcmp(m->inputs[i].name, name) == 0) return i;

@@ -140,9 +140,6 @@ int ldm_nets_load(LdmNets *s, const char *ckpt_path, const LdmModel *const *mode
 int ldm_nets_load_mapped(LdmNets *s, const char *ckpt_path, const LdmModel *const *models, const LdmKeyMapFn *maps,
                          int n, const char *what);
 void ldm_nets_free(LdmNets *s);
-/* TEMPORARY (replaced by the lora-bind branch) */
-struct LdmLora;
-int ldm_nets_set_loras(LdmNets *s, struct LdmLora *const *loras, int n);
 /* The bound weights model i runs on (w[owner[i]]), bound now if they are
  * not; when another weight set ran last, it is released first (below) and
  * the arena's pages past model i's arena_bytes are handed back (what the
