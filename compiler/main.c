@@ -180,29 +180,12 @@ static int merge_main(int argc, char **argv) {
             goto out;
         }
         if (!strcmp(a, "--lora")) {
-            const char *v = argv[++i];
-            const char *colon = strrchr(v, ':');
-            files[n] = strdup(v);
-            mults[n] = 1.0f;
-            if (colon) {
-                char *end;
-                float m = strtof(colon + 1, &end);
-                if (colon[1] && !*end) {
-                    if (!isfinite(m)) {
-                        fprintf(stderr, "ldmc merge: error: --lora %s: the multiplier must be finite\n", v);
-                        n++;
-                        goto out;
-                    }
-                    files[n][colon - v] = 0;
-                    mults[n] = m;
-                }
-            }
-            if (!files[n][0]) {
-                fprintf(stderr, "ldmc merge: error: --lora '%s': no file name\n", v);
-                n++;
+            double m;
+            if (ldm_lora_spec_parse(argv[++i], &files[n], &m) != 0) {
+                fprintf(stderr, "ldmc merge: error: %s\n", ldm_last_error());
                 goto out;
             }
-            n++;
+            mults[n++] = (float)m;
         } else if (!strcmp(a, "-o")) out = argv[++i];
         else if (!strcmp(a, "--dtype")) dtype = argv[++i];
         else if (!strncmp(a, "--dtype=", 8)) dtype = a + 8;

@@ -441,6 +441,27 @@ int ldm_lora_apply_rows(const LdmLora *l, const char *key, int ndim, const int64
     return delta_or_apply(l, key, ndim, shape, r0, r1, rows, 1);
 }
 
+int ldm_lora_spec_parse(const char *spec, char **path, double *mult) {
+    const char *colon = strrchr(spec, ':');
+    size_t n = strlen(spec);
+    *mult = 1.0;
+    *path = NULL;
+    if (colon && colon[1]) {
+        char *end;
+        double m = strtod(colon + 1, &end);
+        if (!*end) {
+            if (!isfinite(m)) return ldm_fail("--lora %s: the multiplier must be finite", spec);
+            *mult = m;
+            n = (size_t)(colon - spec);
+        }
+    }
+    if (n == 0) return ldm_fail("--lora '%s': no file name", spec);
+    *path = ldm_xmalloc(n + 1);
+    memcpy(*path, spec, n);
+    (*path)[n] = 0;
+    return 0;
+}
+
 /* ---- merging a checkpoint ------------------------------------------------ */
 
 /* float32 values -> a malloc'd buffer of dtype `to` (frees f unless to is F32). */

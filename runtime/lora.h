@@ -39,6 +39,13 @@
 
 typedef struct LdmLora LdmLora;
 
+/* "FILE[:MULT]" (the --lora flags of ldmc merge, the runner and the
+ * executables): *path = FILE (malloc'd), *mult = MULT (1 when absent). The
+ * split is at the last ':' and only when what follows is a number, so a path
+ * with ':' in it still works. -1 (ldm_fail, *path NULL) for an empty file
+ * name or a multiplier that is not finite. */
+int ldm_lora_spec_parse(const char *spec, char **path, double *mult);
+
 /* Open and validate the LoRA file `path` and bind its modules to the
  * checkpoint keys `keys` (n_keys names: every tensor name of the base
  * checkpoint will do). te_mult / unet_mult: the text-encoder and UNet

@@ -374,23 +374,6 @@ static int parse_extent(const LdmModel *m, const char *v, int64_t *ext) {
     return 0;
 }
 
-/* --lora FILE[:MULT]: the file (malloc'd) and the multiplier. The split is
- * at the last ':' and only when what follows is a number, so a path with
- * ':' in it still works. */
-static char *parse_lora_arg(const char *v, float *mult) {
-    const char *colon = strrchr(v, ':');
-    *mult = 1.0f;
-    if (colon && colon[1]) {
-        char *end;
-        float x = strtof(colon + 1, &end);
-        if (!*end) {
-            *mult = x;
-            return strndup(v, (size_t)(colon - v));
-        }
-    }
-    return ldm_xstrdup(v);
-}
-
 /* Open the --lora files against m's weights (checked: every weight a LoRA
  * touches must fit), report on stderr what each merges. 0 or -1. */
 static int runner_open_loras(const LdmModel *m, const LdmWeights *w, char **files, const float *mults, int n,
@@ -453,8 +436,12 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
         else if (!strcmp(a, "--outputs")) outputs = v;
         else if (!strcmp(a, "--prefix")) prefix = v;
         else if (!strcmp(a, "--lora")) {
-            lora_files[n_loras] = parse_lora_arg(v, &lora_mults[n_loras]);
-            n_loras++;
+            double mult;
+            if (ldm_lora_spec_parse(v, &lora_files[n_loras], &mult) != 0) {
+                fprintf(stderr, "%s: error: %s\n", argv[0], ldm_last_error());
+                return runner_loras_free(lora_files, loras, n_loras, lora_mults, 2);
+            }
+            lora_mults[n_loras++] = (float)mult;
         }
         else if (!strcmp(a, "--extent")) {
             if (parse_extent(m, v, ext) != 0) {

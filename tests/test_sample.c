@@ -570,6 +570,71 @@ START_TEST(test_ema) {
 }
 END_TEST
 
+/* --lora on an LDM UNet: a LoCon on two 3x3 convs (CompVis module names),
+ * merged when the weights are bound, gives the bits of the checkpoint
+ * `ldmc merge` makes with it; with --ema it merges into the EMA weights
+ * (the module names are the model's, whatever key the tensor is read from). */
+START_TEST(test_lora) {
+    const char *lora = test_tmp("locon.safetensors"), *merged = test_tmp("locon-merged.safetensors");
+    StWriter *w = st_writer_new();
+    static const char *mods[2] = {"lora_unet_input_blocks_0_0", "lora_unet_input_blocks_1_0_in_layers_2"};
+    static const int cin[2] = {3, 32};
+    float *v = ldm_xmalloc(32 * 32 * 9 * sizeof(float));
+    for (int i = 0; i < 32 * 32 * 9; i++) v[i] = 0.02f * (float)((i * 7919) % 23 - 11);
+    char key[160];
+    for (int m = 0; m < 2; m++) {
+        int64_t sd[4] = {4, cin[m], 3, 3}, su[4] = {32, 4, 1, 1}, s0[1] = {0};
+        float alpha = 2.0f;
+        snprintf(key, sizeof key, "%s.lora_down.weight", mods[m]);
+        st_writer_add(w, key, ST_F32, 4, sd, v);
+        snprintf(key, sizeof key, "%s.lora_up.weight", mods[m]);
+        st_writer_add(w, key, ST_F32, 4, su, v + 100);
+        snprintf(key, sizeof key, "%s.alpha", mods[m]);
+        st_writer_add(w, key, ST_F32, 0, s0, &alpha);
+    }
+    ck_assert_msg(st_writer_save(w, lora) == 0, "%s", ldm_last_error());
+    st_writer_free(w);
+    free(v);
+    char ldmc[300], spec[600];
+    snprintf(ldmc, sizeof ldmc, "%s/ldmc", test_build_dir());
+    snprintf(spec, sizeof spec, "%s:0.7", lora);
+    char *argv[] = {ldmc, "merge", "--lora", spec, (char *)vq_model(), "-o", (char *)merged, NULL};
+    char *out;
+    ck_assert_msg(test_run(argv, &out) == 0, "ldmc merge failed:\n%s", out);
+    free(out);
+    const char *la = test_tmp("lora-a.safetensors"), *lb = test_tmp("lora-b.safetensors");
+    const char *lc = test_tmp("lora-c.safetensors");
+    free(run_expect(1, vq_exe(), vq_model(), "--lora", spec, "--steps", "2", "--seed", "3", "--save-latent", la, "-o",
+                    test_tmp("lora-a.png"), "--quiet", NULL));
+    free(run_expect(1, vq_exe(), merged, "--steps", "2", "--seed", "3", "--save-latent", lb, "-o",
+                    test_tmp("lora-b.png"), "--quiet", NULL));
+    free(run_expect(1, vq_exe(), vq_model(), "--steps", "2", "--seed", "3", "--save-latent", lc, "-o",
+                    test_tmp("lora-c.png"), "--quiet", NULL));
+    ck_assert_msg(same_latent(la, lb), "--lora differs from the checkpoint ldmc merge wrote");
+    ck_assert_msg(!same_latent(la, lc), "--lora changed nothing");
+    char *rec = meta(la, "loras");
+    ck_assert_msg(strstr(rec, "locon.safetensors:0.7"), "latent metadata loras = '%s'", rec);
+    free(rec);
+    /* the EMA weights: the checkpoint whose EMA copies are the merged values */
+    const char *ema = test_tmp("lora-ema.safetensors"), *plain = test_tmp("lora-ema-as-plain.safetensors");
+    const char *le = test_tmp("lora-e.safetensors"), *lp = test_tmp("lora-p.safetensors");
+    EmaEdit e0 = {0, NULL}, e1 = {1, NULL};
+    rewrite_ckpt(vq_model(), ema, ema_edit, &e0);
+    rewrite_ckpt(vq_model(), plain, ema_edit, &e1);
+    free(run_expect(1, vq_exe(), ema, "--ema", "--lora", spec, "--steps", "2", "--seed", "3", "--save-latent", le, "-o",
+                    test_tmp("lora-e.png"), "--quiet", NULL));
+    free(run_expect(1, vq_exe(), plain, "--lora", spec, "--steps", "2", "--seed", "3", "--save-latent", lp, "-o",
+                    test_tmp("lora-p.png"), "--quiet", NULL));
+    ck_assert_msg(same_latent(lp, le), "--ema --lora did not merge into the EMA weights");
+    /* a file that is not there */
+    out = run_expect(0, vq_exe(), vq_model(), "--lora", test_tmp("nope.safetensors"), "--steps", "2", "-o",
+                     test_tmp("lora-bad.png"), NULL);
+    ck_assert_msg(strstr(out, "nope.safetensors"), "message:\n%s", out);
+    ck_assert_msg(!test_exists(test_tmp("lora-bad.png")), "an output was written despite the error");
+    free(out);
+}
+END_TEST
+
 /* The mapping itself (runtime/model.c). */
 START_TEST(test_ema_key) {
     char buf[256];
@@ -1123,6 +1188,7 @@ Suite *suite_sample(void) {
     tcase_set_timeout(tc, t);
     tcase_add_test(tc, test_ema);
     tcase_add_test(tc, test_ema_key);
+    tcase_add_test(tc, test_lora);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("class");

@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "image.h"
+#include "lora.h"
 #include "model.h"
 #include "pipeline.h"
 #include "safetensors.h"
@@ -81,6 +82,8 @@ typedef struct Options {
     int H, W;                  /* -H/--height, -W/--width */
     int has_H, has_W;
     int quiet;                 /* --quiet */
+    const char **loras;        /* --lora FILE[:MULT], in order */
+    int n_loras;
 } Options;
 
 static int n_classes(void) { return ldm_pipeline_sizes[0].models[NET_CLASS]->forward ? CFG.n_classes : 0; }
@@ -91,7 +94,7 @@ static void usage(FILE *fp, const char *argv0) {
     fprintf(fp,
             "usage: %s --weights CKPT.safetensors -o OUT.png [--steps N] [--eta E] [--seed N]\n"
             "          [--rng cpu|cuda] [--init-noise F] [--save-latent F] [--batch K]\n"
-            "          %s[--ema] [--compute f32|bf16] [--quiet] [-H PIXELS] [-W PIXELS]\n"
+            "          %s[--ema] [--lora FILE[:MULT]]... [--compute f32|bf16] [--quiet] [-H PIXELS] [-W PIXELS]\n"
             "\n"
             "DDIM sampling for %s (%s model).\n"
             "Sizes (height x width): %s.\n"
@@ -122,6 +125,8 @@ static void usage(FILE *fp, const char *argv0) {
                 CFG.n_classes, CFG.n_classes - 1, CFG.n_classes - 1, DEFAULT_CFG_SCALE);
     fprintf(fp,
             "  --ema               use the EMA weights (model_ema.*) of the UNet instead of model.diffusion_model.*\n"
+            "  --lora FILE[:MULT]  merge a kohya LoRA/LoCon (CompVis module names, lora_unet_*) into the UNet's\n"
+            "                      weights at MULT (default 1) when they are bound; repeatable\n"
             "  --compute f32|bf16  f32 (default), or the GEMM kernel's products (linear layers, im2col and\n"
             "                      pointwise convolutions) in bfloat16 with float32 sums, on CPUs with\n"
             "                      AVX-512 BF16; Winograd, attention and the rest stay f32\n"
@@ -138,7 +143,7 @@ static int is_flag(const char *a, const char *name) {
 /* The flags that take a value. */
 static const char *const value_flags[] = {
     "--weights", "-o", "--output", "--init-noise", "--save-latent", "--steps", "--eta", "--seed", "--rng",
-    "--batch", "--class", "--cfg-scale", "--compute", "-H", "--height", "-W", "--width", NULL,
+    "--batch", "--class", "--cfg-scale", "--compute", "-H", "--height", "-W", "--width", "--lora", NULL,
 };
 
 /* 0, 1 for --help, or -1 (ldm_fail) on bad usage. */
@@ -173,6 +178,10 @@ static int parse_args(int argc, char **argv, Options *o) {
         else if (!strcmp(f, "-o") || !strcmp(f, "--output")) o->out = v;
         else if (!strcmp(f, "--init-noise")) o->init_noise = v;
         else if (!strcmp(f, "--save-latent")) o->save_latent = v;
+        else if (!strcmp(f, "--lora")) {
+            o->loras = ldm_xrealloc(o->loras, (size_t)(o->n_loras + 1) * sizeof *o->loras);
+            o->loras[o->n_loras++] = v;
+        }
         else if (!strcmp(f, "--steps")) {
             if (ldm_parse_int(f, v, 1, CFG.timesteps, &o->steps)) return -1;
         } else if (!strcmp(f, "--eta")) {
@@ -241,6 +250,8 @@ typedef struct App {
     float *init_noise;        /* (batch, n_lat) --init-noise, or NULL */
     int size;                 /* the size in use: index in ldm_pipeline_sizes */
     int per_size;             /* networks loaded per size: unet, vae_decoder (, class_embed) */
+    LdmLora **loras;          /* (o.n_loras) --lora, merged when the weights are bound */
+    char *lora_record;        /* "name:mult, ..." for the latent's metadata */
 } App;
 
 /* Network `net` of the size in use, and its index in a->nets. */
@@ -381,7 +392,7 @@ static int save_latent(App *a, const char *path, const float *latent, const floa
     }
     const char *meta[] = {"seed", seed_s, "rng", ldm_rng_name(a->o.rng), "sampler", "ddim", "steps", steps_s,
                           "eta", eta_s, "weights", a->o.ema ? "ema" : "model", "image", img_s, "size", hw_s,
-                          "ldmc", CFG.banner, NULL};
+                          "loras", a->lora_record ? a->lora_record : "", "ldmc", CFG.banner, NULL};
     for (int i = 0; meta[i]; i += 2) st_writer_meta(w, meta[i], meta[i + 1]);
     int rc = st_writer_save(w, path);
     st_writer_free(w);
@@ -480,6 +491,37 @@ static int load_inputs(App *a) {
     return 0;
 }
 
+/* --lora: open each file against every network's weights (a misfit, a
+ * corrupt file: an error before anything runs) and have them merged when
+ * the weights are bound. Modules that match no weight are reported. */
+static int open_loras(App *a) {
+    double t0 = ldm_now();
+    int n_names;
+    const char *const *names = ldm_nets_weight_names(&a->nets, &n_names);
+    a->loras = ldm_xcalloc((size_t)a->o.n_loras + 1, sizeof *a->loras);
+    a->lora_record = ldm_xstrdup("");
+    for (int i = 0; i < a->o.n_loras; i++) {
+        char *path;
+        double mult;
+        if (ldm_lora_spec_parse(a->o.loras[i], &path, &mult) != 0) return -1;
+        int rc = ldm_lora_open(&a->loras[i], path, names, n_names, (float)mult, (float)mult);
+        if (rc == 0 && ldm_lora_n_unmatched(a->loras[i]) > 0) {
+            int u = ldm_lora_n_unmatched(a->loras[i]);
+            fprintf(stderr, "%s: warning: LoRA %s: %d of its modules match nothing in this model (ignored): %s%s\n",
+                    a->argv0, path, u, ldm_lora_unmatched(a->loras[i], 0), u > 1 ? ", ..." : "");
+        }
+        const char *b = strrchr(path, '/');
+        char *rec = ldm_xasprintf("%s%s%s:%g", a->lora_record, i ? ", " : "", b ? b + 1 : path, mult);
+        free(a->lora_record);
+        a->lora_record = rec;
+        free(path);
+        if (rc != 0) return -1;
+    }
+    if (ldm_nets_set_loras(&a->nets, a->loras, a->o.n_loras) != 0) return -1;
+    ldm_times_add(&a->times, "load lora", ldm_now() - t0);
+    return 0;
+}
+
 static int run(App *a) {
     const Options *o = &a->o;
     if (load_inputs(a) != 0) return -1;
@@ -503,6 +545,7 @@ static int run(App *a) {
     free(maps);
     if (rc != 0) return -1;
     if (ldm_pipeline_scale_factor(&CFG, &a->nets.ckpt, &a->scale) != 0) return -1;
+    if (o->n_loras > 0 && open_loras(a) != 0) return -1;
     ldm_times_add(&a->times, "load weights", ldm_now() - t0);
     if (ldm_pipeline_n_sizes > 1 && a->pmode != LDM_PROGRESS_QUIET) {
         fprintf(stderr, "%s: %d sizes: %d networks on %d weight sets (bound once, shared by the sizes)\n", a->argv0,
@@ -586,6 +629,10 @@ out:
     if (a.pmode != LDM_PROGRESS_QUIET && a.times.images > 0) ldm_times_print(&a.times, stderr);
     if (ldm_profiling) ldm_profile_report();
     ldm_nets_free(&a.nets);
+    for (int i = 0; a.loras && i < a.o.n_loras; i++) ldm_lora_free(a.loras[i]);
+    free(a.loras);
+    free(a.lora_record);
+    free((void *)a.o.loras);
     if (a.sched.alphas_cumprod) ldm_schedule_free(&a.sched);
     ldm_times_free(&a.times);
     free(a.context);

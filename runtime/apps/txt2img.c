@@ -452,25 +452,13 @@ static char *stem(const char *path) {
     return r;
 }
 
-/* --lora FILE[:MULT]: the last ':' separates a multiplier when what follows
- * it is a number (a path may hold ':' itself). */
-static void parse_lora_spec(const char *spec, LoraWant *w) {
-    const char *c = strrchr(spec, ':');
-    double m = 1.0;
-    size_t n = strlen(spec);
-    if (c && c[1]) {
-        char *end;
-        double v = strtod(c + 1, &end);
-        if (*end == 0 && isfinite(v)) {
-            m = v;
-            n = (size_t)(c - spec);
-        }
-    }
-    w->path = ldm_xmalloc(n + 1);
-    memcpy(w->path, spec, n);
-    w->path[n] = 0;
+/* --lora FILE[:MULT] (ldm_lora_spec_parse) */
+static int parse_lora_spec(const char *spec, LoraWant *w) {
+    memset(w, 0, sizeof *w);
+    if (ldm_lora_spec_parse(spec, &w->path, &w->te) != 0) return -1;
+    w->unet = w->te;
     w->name = stem(w->path);
-    w->te = w->unet = m;
+    return 0;
 }
 
 /* The prompt without its extra-network tags, and the LoRAs it asks for:
@@ -482,7 +470,8 @@ static int prompt_loras(App *a, const char *prompt, char **text, LoraWant **want
     *text = NULL;
     *want = ldm_xcalloc((size_t)o->n_loras + 1, sizeof **want);
     *n_want = 0;
-    for (int i = 0; i < o->n_loras; i++) parse_lora_spec(o->loras[i], &(*want)[(*n_want)++]);
+    for (int i = 0; i < o->n_loras; i++)
+        if (parse_lora_spec(o->loras[i], &(*want)[(*n_want)++]) != 0) goto fail;
     if (o->syntax == LDM_SYNTAX_PLAIN) {
         *text = ldm_xstrdup(prompt);
         return 0;
@@ -924,7 +913,7 @@ static int load_inputs(App *a) {
     for (int i = 0; i < o->n_loras; i++) {
         /* a bad file fails now, before the weights are read */
         LoraWant w;
-        parse_lora_spec(o->loras[i], &w);
+        if (parse_lora_spec(o->loras[i], &w) != 0) return -1;
         LdmLora *l = NULL;
         int rc = ldm_lora_open(&l, w.path, a->weight_names, a->n_weight_names, (float)w.te, (float)w.unet);
         ldm_lora_free(l);
