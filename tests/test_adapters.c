@@ -336,8 +336,17 @@ START_TEST(test_lora_set_changes) {
     char dir[600];
     snprintf(dir, sizeof dir, "%s", test_shared(ADAPT "tinylora.safetensors"));
     *strrchr(dir, '/') = 0;
+    const char *conddir = test_tmp("lines-cond");
     free(run_w(1, g_fp16, "--prompts", list, "--lora-dir", dir, "--steps", "2", "--seed", "5", "--save-latent",
-               latdir, "-o", outdir, "--quiet", NULL));
+               latdir, "--save-cond", conddir, "-o", outdir, "--quiet", NULL));
+    /* --save-cond with --prompts: a directory, one file per line */
+    for (int i = 1; i <= 3; i++) {
+        char c[700];
+        snprintf(c, sizeof c, "%s/%05d-%d.safetensors", conddir, i, 4 + i);
+        int64_t n;
+        free(read_f32(c, "cond", &n));
+        ck_assert_int_eq(n, 77 * 64);
+    }
     const char *single = test_tmp("lines-single.safetensors"), *png = test_tmp("lines-single.png");
     /* line 2 has seed 5 + 1 */
     free(run_w(1, g_fp16, "--prompt", "a red car", "--steps", "2", "--seed", "6", "--save-latent", single, "-o", png,
