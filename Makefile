@@ -45,7 +45,7 @@ ROOT    := $(abspath .)
 # samplers, PNG, ...), which needs libldmcore.a after it. RT_LIB is the
 # whole runtime in link order: what generated programs and the tests link.
 RT_SRC   := $(wildcard runtime/*.c)
-RT_OBJ   := $(RT_SRC:%.c=$(BUILD)/obj/%.o)
+RT_OBJ   := $(RT_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/runtime/vocab.o
 CORE_SRC := runtime/util.c runtime/safetensors.c runtime/lora.c
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
 CORE_LIB := $(BUILD)/libldmcore.a
@@ -83,6 +83,11 @@ $(CORE_LIB): $(CORE_OBJ)
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+# the CLIP vocabulary as data (.incbin, paths from the top directory)
+$(BUILD)/obj/runtime/vocab.o: runtime/vocab.S runtime/vocab/bpe_simple_vocab_16e6.txt.gz
+	@mkdir -p $(dir $@)
+	$(CC) -c $< -o $@
 
 # runtime/cli/foo_bar.c -> $(BUILD)/foo-bar
 define cli_rule
@@ -163,7 +168,8 @@ check: deps
 DEMO_RES    ?= 512
 DEMO_STEPS  ?= 20
 DEMO_PROMPT ?= a photograph of an astronaut riding a horse
-VOCAB       ?= ../shared/clip/bpe_simple_vocab_16e6.txt.gz
+# the CLIP vocabulary is compiled into the executables; VOCAB=FILE passes another copy
+VOCAB       ?=
 RANDOM_CKPT := $(BUILD)/sd15-random-f16.safetensors
 WEIGHTS     ?= $(RANDOM_CKPT)
 
@@ -176,7 +182,7 @@ demo: deps all
 	$(MAKE) txt2img CONFIG=models/sd1/v1-inference.yaml H=$(DEMO_RES) W=$(DEMO_RES)
 	@if [ "$(WEIGHTS)" = "$(RANDOM_CKPT)" ]; then $(MAKE) --no-print-directory $(RANDOM_CKPT); fi
 	@mkdir -p $(BUILD)/demo
-	$(BUILD)/txt2img-$(DEMO_RES)x$(DEMO_RES) --weights $(WEIGHTS) --vocab $(VOCAB) \
+	$(BUILD)/txt2img-$(DEMO_RES)x$(DEMO_RES) --weights $(WEIGHTS) $(if $(VOCAB),--vocab $(VOCAB)) \
 	    --prompt "$(DEMO_PROMPT)" --steps $(DEMO_STEPS) --seed 1 -o $(BUILD)/demo/demo-$(DEMO_RES)x$(DEMO_RES).png
 	@echo "wrote $(BUILD)/demo/demo-$(DEMO_RES)x$(DEMO_RES).png"
 

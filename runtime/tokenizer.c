@@ -625,10 +625,48 @@ static int parse_merges(const char *path, char *text, size_t len, char **left, c
     return 0;
 }
 
-ClipTokenizer *clip_tokenizer_load(const char *vocab_gz_path) {
-    size_t len;
-    char *text = read_gzip(vocab_gz_path, &len);
-    if (!text) return NULL;
+/* The gzip stream data[0..size) inflated, NUL-terminated; NULL + ldm_fail
+ * (naming `name`) on error. */
+static char *gunzip_mem(const char *name, const unsigned char *data, size_t size, size_t *len) {
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) {
+        ldm_fail("%s: zlib: cannot start inflating", name);
+        return NULL;
+    }
+    size_t cap = (size_t)1 << 21, n = 0;
+    char *buf = ldm_xmalloc(cap + 1);
+    z.next_in = (unsigned char *)data;
+    z.avail_in = (uInt)size;
+    int rc;
+    do {
+        if (n == cap) {
+            if (cap >= MAX_VOCAB_BYTES) {
+                ldm_fail("%s: decompressed size exceeds %zu MiB: not a CLIP vocabulary", name, MAX_VOCAB_BYTES >> 20);
+                rc = Z_DATA_ERROR;
+                break;
+            }
+            cap *= 2;
+            buf = ldm_xrealloc(buf, cap + 1);
+        }
+        z.next_out = (unsigned char *)buf + n;
+        z.avail_out = (uInt)(cap - n);
+        rc = inflate(&z, Z_NO_FLUSH);
+        n = cap - z.avail_out;
+    } while (rc == Z_OK);
+    inflateEnd(&z);
+    if (rc != Z_STREAM_END) {
+        if (rc != Z_DATA_ERROR || n < cap) ldm_fail("%s: corrupt or truncated gzip data", name);
+        free(buf);
+        return NULL;
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+/* The tokenizer of the decompressed vocabulary text (freed here). */
+static ClipTokenizer *tokenizer_from_text(const char *vocab_gz_path, char *text, size_t len) {
     char **left = ldm_xmalloc(CLIP_N_MERGES * sizeof *left);
     char **right = ldm_xmalloc(CLIP_N_MERGES * sizeof *right);
     ClipTokenizer *t = ldm_xcalloc(1, sizeof *t);
@@ -645,6 +683,24 @@ ClipTokenizer *clip_tokenizer_load(const char *vocab_gz_path) {
         return NULL;
     }
     return t;
+}
+
+ClipTokenizer *clip_tokenizer_load(const char *vocab_gz_path) {
+    size_t len;
+    char *text = read_gzip(vocab_gz_path, &len);
+    if (!text) return NULL;
+    return tokenizer_from_text(vocab_gz_path, text, len);
+}
+
+/* runtime/vocab.S */
+extern const unsigned char ldm_clip_vocab_gz[], ldm_clip_vocab_gz_end[];
+
+ClipTokenizer *clip_tokenizer_load_builtin(void) {
+    static const char name[] = "(built-in bpe_simple_vocab_16e6.txt.gz)";
+    size_t len;
+    char *text = gunzip_mem(name, ldm_clip_vocab_gz, (size_t)(ldm_clip_vocab_gz_end - ldm_clip_vocab_gz), &len);
+    if (!text) return NULL;
+    return tokenizer_from_text(name, text, len);
 }
 
 void clip_tokenizer_free(ClipTokenizer *t) {

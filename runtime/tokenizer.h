@@ -33,6 +33,10 @@ typedef struct ClipTokenizer ClipTokenizer;
  * vocabulary and the merge ranks. Returns NULL and records an error naming the
  * file (and line) when the file is missing, not gzip, truncated or malformed. */
 ClipTokenizer *clip_tokenizer_load(const char *vocab_gz_path);
+/* The same vocabulary compiled into the program (runtime/vocab.S: a
+ * byte-identical copy of openai/CLIP's file, MIT licence, see
+ * runtime/vocab/SOURCE.md): no file needed. */
+ClipTokenizer *clip_tokenizer_load_builtin(void);
 void clip_tokenizer_free(ClipTokenizer *t);
 
 /* Tokenizes one prompt into ids[CLIP_CONTEXT_LENGTH]: SOT, the first 75 BPE

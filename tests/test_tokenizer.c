@@ -140,6 +140,8 @@ static void check_load_fails(const char *path, const char *expect) {
     ck_assert_msg(strstr(msg, expect) != NULL, "error '%s' lacks '%s'", msg, expect);
 }
 
+static int run(const char *cmd, char **output);
+
 /* ---- goldens ------------------------------------------------------------ */
 
 START_TEST(test_golden_prompts) {
@@ -169,6 +171,49 @@ START_TEST(test_golden_prompts) {
     free(meta_path);
     free_goldens(g, n);
     clip_tokenizer_free(t);
+}
+END_TEST
+
+/* The vocabulary compiled into the programs (runtime/vocab.S) is
+ * openai/CLIP's file byte for byte, and tokenises every golden prompt as
+ * the golden says, in process and through ldm-tokenize without --vocab. */
+START_TEST(test_builtin_vocab) {
+    size_t na, nb;
+    char *ours = ldm_read_file("runtime/vocab/bpe_simple_vocab_16e6.txt.gz", &na);
+    char *theirs = ldm_read_file(vocab_path(), &nb);
+    ck_assert_msg(ours && theirs, "%s", ldm_last_error());
+    ck_assert_msg(na == nb && memcmp(ours, theirs, na) == 0,
+                  "runtime/vocab/bpe_simple_vocab_16e6.txt.gz differs from the shared copy");
+    free(ours);
+    free(theirs);
+    ClipTokenizer *t = clip_tokenizer_load_builtin();
+    ck_assert_msg(t, "%s", ldm_last_error());
+    Golden *g;
+    int n = load_goldens(&g);
+    for (int k = 0; k < n; k++) {
+        int32_t ids[CLIP_CONTEXT_LENGTH];
+        ck_assert_msg(clip_tokenize(t, g[k].prompt, ids, NULL) == 0, "'%s': %s", g[k].prompt, ldm_last_error());
+        for (int i = 0; i < CLIP_CONTEXT_LENGTH; i++)
+            ck_assert_msg(ids[i] == g[k].ids[i], "built-in vocabulary: '%s': ids[%d] = %d, expected %d", g[k].prompt,
+                          i, ids[i], g[k].ids[i]);
+    }
+    clip_tokenizer_free(t);
+    char *exe = ldm_xasprintf("%s/ldm-tokenize", test_build_dir()), *out;
+    const Golden *want = find_golden(g, n, "A painting of a fox in the snow, by Claude Monet");
+    char *cmd = ldm_xasprintf("%s '%s'", exe, want->prompt);
+    ck_assert_msg(run(cmd, &out) == 0, "%s: %s", cmd, out);
+    char *p = out;
+    for (int i = 0; i < CLIP_CONTEXT_LENGTH; i++) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        ck_assert_msg(end != p, "output too short: %s", out);
+        ck_assert_int_eq(v, want->ids[i]);
+        p = end;
+    }
+    free(out);
+    free(cmd);
+    free(exe);
+    free_goldens(g, n);
 }
 END_TEST
 
@@ -462,7 +507,7 @@ START_TEST(test_cli) {
     free(out);
     free(cmd);
 
-    const char *bad[] = {"'a cat'", "--vocab", "--bogus --vocab VOCAB 'a cat'",
+    const char *bad[] = {"--vocab", "--bogus --vocab VOCAB 'a cat'",
                          "--vocab VOCAB", "--vocab /nonexistent.gz 'a cat'",
                          "--vocab VOCAB --context 1 'a cat'", "--vocab VOCAB 'a' 'b'"};
     for (size_t k = 0; k < sizeof bad / sizeof *bad; k++) {
@@ -493,6 +538,7 @@ Suite *suite_tokenizer(void) {
     TCase *tc = tcase_create("clip");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_golden_prompts);
+    tcase_add_test(tc, test_builtin_vocab);
     tcase_add_test(tc, test_empty_prompt);
     tcase_add_test(tc, test_context_length);
     tcase_add_test(tc, test_vocab_layout);

@@ -105,7 +105,7 @@ static void usage(FILE *fp, const char *argv0) {
     char sizes[1024];
     ldm_pipeline_size_list(ldm_pipeline_sizes, ldm_pipeline_n_sizes, sizes, sizeof sizes);
     fprintf(fp,
-            "usage: %s --weights CKPT.safetensors --vocab bpe_simple_vocab_16e6.txt.gz\n"
+            "usage: %s --weights CKPT.safetensors [--vocab bpe_simple_vocab_16e6.txt.gz]\n"
             "          (--prompt TEXT | --prompts FILE [--shard K/N]) -o OUT\n"
             "          [--negative-prompt TEXT] [--steps N] [--cfg-scale S]\n"
             "          [--sampler ddim|plms|euler|euler_a|dpmpp_2m] [--schedule discrete|karras] [--eta E]\n"
@@ -119,7 +119,8 @@ static void usage(FILE *fp, const char *argv0) {
             "Sizes (height x width): %s.\n"
             "\n"
             "  --weights CKPT      SD v1.x single-file checkpoint (F32, F16 or BF16), checked tensor by tensor\n"
-            "  --vocab FILE        the CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz)\n"
+            "  --vocab FILE        another copy of the CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz); by\n"
+            "                      default the one compiled into this program (openai/CLIP's, MIT licence)\n"
             "  --prompt TEXT       what to draw\n"
             "  --negative-prompt T the unconditional prompt of classifier-free guidance (default \"\")\n"
             "  --prompts FILE      one prompt per line (blank lines skipped), weights loaded once; OUT (and\n"
@@ -282,7 +283,6 @@ static int parse_args(int argc, char **argv, Options *o) {
 /* Cross-flag checks that need no file. */
 static int check_options(const Options *o) {
     if (!o->weights) return ldm_fail("missing --weights CKPT.safetensors");
-    if (!o->vocab) return ldm_fail("missing --vocab FILE (bpe_simple_vocab_16e6.txt.gz)");
     if (!o->prompt && !o->prompts) return ldm_fail("missing --prompt TEXT (or --prompts FILE)");
     if (o->prompt && o->prompts) return ldm_fail("--prompt and --prompts exclude each other");
     if (o->has_shard && !o->prompts) return ldm_fail("--shard needs --prompts FILE");
@@ -878,7 +878,7 @@ static int load_inputs(App *a) {
                         (o->save_latent && ldm_check_output_path("--save-latent", o->save_latent) != 0)))
         return -1;
     double t0 = ldm_now();
-    a->tok = clip_tokenizer_load(o->vocab);
+    a->tok = o->vocab ? clip_tokenizer_load(o->vocab) : clip_tokenizer_load_builtin();
     if (!a->tok) return -1;
     ldm_times_add(&a->times, "load vocab", ldm_now() - t0);
     if (o->init_noise) {

@@ -3,7 +3,7 @@
  * with the Stable Diffusion v1 conventions (77 ids: SOT, up to 75 BPE ids,
  * EOT, EOT padding), one line, separated by single spaces.
  *
- *   build/ldm-tokenize --vocab ../shared/clip/bpe_simple_vocab_16e6.txt.gz "a cat"
+ *   build/ldm-tokenize "a cat"          (the vocabulary compiled in; --vocab FILE for another copy)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,12 +14,12 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: ldm-tokenize --vocab FILE [--context N] [--count] PROMPT\n"
+            "usage: ldm-tokenize [--vocab FILE] [--context N] [--count] PROMPT\n"
             "\n"
             "Prints the CLIP token ids of PROMPT (UTF-8) on one line: <|startoftext|>,\n"
             "the first N-2 BPE ids, <|endoftext|>, then <|endoftext|> padding to N ids.\n"
             "\n"
-            "  --vocab FILE   bpe_simple_vocab_16e6.txt.gz (gzip) of openai/CLIP\n"
+            "  --vocab FILE   bpe_simple_vocab_16e6.txt.gz (gzip) of openai/CLIP (default: the copy compiled in)\n"
             "  --context N    number of ids (default %d, the SD v1 text encoder)\n"
             "  --count        also print the number of BPE tokens before truncation\n"
             "                 on a second line\n"
@@ -70,7 +70,6 @@ static int parse_args(int argc, char **argv, Options *o) {
             return ldm_fail("unknown option '%s'", a);
         }
     }
-    if (!o->vocab) return ldm_fail("missing --vocab FILE (bpe_simple_vocab_16e6.txt.gz)");
     if (!o->prompt) return ldm_fail("missing PROMPT (use \"\" for the empty prompt)");
     return 0;
 }
@@ -87,7 +86,7 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    ClipTokenizer *t = clip_tokenizer_load(o.vocab);
+    ClipTokenizer *t = o.vocab ? clip_tokenizer_load(o.vocab) : clip_tokenizer_load_builtin();
     if (!t) {
         fprintf(stderr, "ldm-tokenize: %s\n", ldm_last_error());
         return 1;
