@@ -52,7 +52,41 @@ typedef struct PngRead {
     png_bytep *rows;   /* (h) row pointers into pixels */
     int w, h;
     int bad_format;    /* set when the decoded layout is not 8-bit RGB */
+    const char *key;   /* ldm_png_read_text: the text chunk wanted */
+    char *value;       /* its value, UTF-8 (malloc'd), NULL if absent */
 } PngRead;
+
+/* Latin-1 bytes (tEXt) -> UTF-8 (malloc'd) */
+static char *latin1_to_utf8(const char *s, size_t n) {
+    char *o = ldm_xmalloc(2 * n + 1), *p = o;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x80) *p++ = (char)c;
+        else *p++ = (char)(0xC0 | (c >> 6)), *p++ = (char)(0x80 | (c & 0x3F));
+    }
+    *p = 0;
+    return o;
+}
+
+/* The first text chunk (tEXt, zTXt or iTXt) named r->key, as UTF-8. */
+static void find_text(PngRead *r) {
+    png_textp t;
+    int n = 0;
+    if (!r->key || r->value || png_get_text(r->png, r->info, &t, &n) <= 0) return;
+    for (int i = 0; i < n; i++) {
+        if (strcmp(t[i].key, r->key) != 0) continue;
+        int itxt = t[i].compression == PNG_ITXT_COMPRESSION_NONE || t[i].compression == PNG_ITXT_COMPRESSION_zTXt;
+        size_t len = itxt ? t[i].itxt_length : t[i].text_length;
+        if (itxt) {
+            r->value = ldm_xmalloc(len + 1);
+            memcpy(r->value, t[i].text, len);
+            r->value[len] = 0;
+        } else {
+            r->value = latin1_to_utf8(t[i].text, len);
+        }
+        return;
+    }
+}
 
 /* The part that can longjmp: header, transforms to 8-bit RGB, pixels. */
 static int png_read_body(PngRead *r) {
@@ -83,15 +117,33 @@ static int png_read_body(PngRead *r) {
     r->rows = ldm_xmalloc((size_t)h * sizeof(png_bytep));
     for (png_uint_32 y = 0; y < h; y++) r->rows[y] = r->pixels + (size_t)y * w * 3;
     png_read_image(r->png, r->rows);
-    png_read_end(r->png, NULL);
+    find_text(r); /* chunks before the image data */
+    png_read_end(r->png, r->info);
+    find_text(r); /* and after it */
     return 0;
 }
 
+static int png_read_all(const char *path, uint8_t **rgb, int *width, int *height, const char *key, char **value);
+
 int ldm_png_read_rgb8(const char *path, uint8_t **rgb, int *width, int *height) {
+    return png_read_all(path, rgb, width, height, NULL, NULL);
+}
+
+int ldm_png_read_text(const char *path, const char *key, char **value) {
+    uint8_t *rgb;
+    int w, h;
+    *value = NULL;
+    if (png_read_all(path, &rgb, &w, &h, key, value) != 0) return -1;
+    free(rgb);
+    return *value != NULL;
+}
+
+static int png_read_all(const char *path, uint8_t **rgb, int *width, int *height, const char *key, char **value) {
     *rgb = NULL;
     PngRead r;
     memset(&r, 0, sizeof r);
     r.path = path;
+    r.key = key;
     r.fp = fopen(path, "rb");
     if (!r.fp) return ldm_fail("%s: cannot open: %s", path, strerror(errno));
     unsigned char sig[8];
@@ -116,11 +168,14 @@ int ldm_png_read_rgb8(const char *path, uint8_t **rgb, int *width, int *height) 
             ldm_fail("%s: bad or truncated PNG: %s", path, r.msg.text);
         free(r.pixels);
         r.pixels = NULL;
+        free(r.value);
+        r.value = NULL;
     }
     png_destroy_read_struct(&r.png, &r.info, NULL);
     free(r.rows);
     fclose(r.fp);
     if (rc != 0) return -1;
+    if (value) *value = r.value;
     *rgb = r.pixels;
     *width = r.w;
     *height = r.h;
@@ -138,6 +193,8 @@ typedef struct PngWrite {
     PngMsg msg;
     const uint8_t *rgb;
     int w, h;
+    png_textp text;    /* the text chunks */
+    int n_text;
 } PngWrite;
 
 static int png_write_body(PngWrite *wr) {
@@ -145,13 +202,37 @@ static int png_write_body(PngWrite *wr) {
     png_init_io(wr->png, wr->out.fp);
     png_set_IHDR(wr->png, wr->info, (png_uint_32)wr->w, (png_uint_32)wr->h, 8, PNG_COLOR_TYPE_RGB,
                  PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    if (wr->n_text) png_set_text(wr->png, wr->info, wr->text, wr->n_text);
     png_write_info(wr->png, wr->info);
     for (int y = 0; y < wr->h; y++) png_write_row(wr->png, wr->rgb + (size_t)y * wr->w * 3);
     png_write_end(wr->png, NULL);
     return 0;
 }
 
+/* UTF-8 s as Latin-1 (malloc'd) when every character is U+0000..U+00FF,
+ * else NULL. */
+static char *utf8_to_latin1(const char *s) {
+    size_t n = strlen(s);
+    char *o = ldm_xmalloc(n + 1), *p = o;
+    for (const unsigned char *c = (const unsigned char *)s; *c;) {
+        if (*c < 0x80) *p++ = (char)*c++;
+        else if ((c[0] == 0xC2 || c[0] == 0xC3) && (c[1] & 0xC0) == 0x80) {
+            *p++ = (char)(((c[0] & 0x03) << 6) | (c[1] & 0x3F));
+            c += 2;
+        } else {
+            free(o);
+            return NULL;
+        }
+    }
+    *p = 0;
+    return o;
+}
+
 int ldm_png_write_rgb8(const char *path, const uint8_t *rgb, int width, int height) {
+    return ldm_png_write_rgb8_text(path, rgb, width, height, NULL);
+}
+
+int ldm_png_write_rgb8_text(const char *path, const uint8_t *rgb, int width, int height, const char *const *kv) {
     if (width < 1 || height < 1 || width > LDM_IMAGE_MAX_DIM || height > LDM_IMAGE_MAX_DIM)
         return ldm_fail("%s: cannot write a %dx%d image (expected 1..%d pixels per side)", path, width, height,
                         LDM_IMAGE_MAX_DIM);
@@ -160,21 +241,52 @@ int ldm_png_write_rgb8(const char *path, const uint8_t *rgb, int width, int heig
     wr.rgb = rgb;
     wr.w = width;
     wr.h = height;
-    if (ldm_out_open(&wr.out, path) != 0) return -1;
+    /* PIL's PngInfo.add_text, as the webui writes `parameters`: tEXt when
+     * the value is Latin-1, else an uncompressed iTXt in UTF-8 */
+    int nkv = 0;
+    while (kv && kv[2 * nkv] && kv[2 * nkv + 1]) nkv++;
+    char **latin = ldm_xcalloc((size_t)nkv + 1, sizeof *latin);
+    wr.text = ldm_xcalloc((size_t)nkv + 1, sizeof *wr.text);
+    wr.n_text = nkv;
+    for (int i = 0; i < nkv; i++) {
+        png_text *t = &wr.text[i];
+        t->key = (char *)kv[2 * i];
+        latin[i] = utf8_to_latin1(kv[2 * i + 1]);
+        if (latin[i]) {
+            t->compression = PNG_TEXT_COMPRESSION_NONE;
+            t->text = latin[i];
+            t->text_length = strlen(latin[i]);
+        } else {
+            t->compression = PNG_ITXT_COMPRESSION_NONE;
+            t->text = (char *)kv[2 * i + 1];
+            t->itxt_length = strlen(kv[2 * i + 1]);
+            t->lang = (char *)"";
+            t->lang_key = (char *)"";
+        }
+    }
+    int rc = -1;
+    if (ldm_out_open(&wr.out, path) != 0) goto done;
     wr.png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &wr.msg, png_error_fn, png_warning_fn);
     if (wr.png) wr.info = png_create_info_struct(wr.png);
     if (!wr.png || !wr.info) {
         png_destroy_write_struct(&wr.png, &wr.info);
         ldm_out_abort(&wr.out);
-        return ldm_fail("%s: cannot initialise libpng", path);
+        ldm_fail("%s: cannot initialise libpng", path);
+        goto done;
     }
-    int rc = png_write_body(&wr);
+    rc = png_write_body(&wr);
     png_destroy_write_struct(&wr.png, &wr.info);
     if (rc != 0) {
         ldm_out_abort(&wr.out);
-        return ldm_fail("%s: cannot write PNG: %s", path, wr.msg.text);
+        ldm_fail("%s: cannot write PNG: %s", path, wr.msg.text);
+        goto done;
     }
-    return ldm_out_commit(&wr.out);
+    rc = ldm_out_commit(&wr.out);
+done:
+    for (int i = 0; i < nkv; i++) free(latin[i]);
+    free(latin);
+    free(wr.text);
+    return rc;
 }
 
 /* ----------------------------------------------------------------------------
@@ -277,12 +389,16 @@ void ldm_image01_to_rgb8(const float *chw01, int width, int height, uint8_t *rgb
 }
 
 int ldm_image_save(const char *path, const float *chw01, int width, int height) {
+    return ldm_image_save_text(path, chw01, width, height, NULL);
+}
+
+int ldm_image_save_text(const char *path, const float *chw01, int width, int height, const char *const *kv) {
     if (width < 1 || height < 1 || width > LDM_IMAGE_MAX_DIM || height > LDM_IMAGE_MAX_DIM)
         return ldm_fail("%s: cannot write a %dx%d image (expected 1..%d pixels per side)", path, width, height,
                         LDM_IMAGE_MAX_DIM);
     uint8_t *rgb = ldm_xmalloc((size_t)width * height * 3);
     ldm_image01_to_rgb8(chw01, width, height, rgb);
-    int rc = ldm_png_write_rgb8(path, rgb, width, height);
+    int rc = ldm_png_write_rgb8_text(path, rgb, width, height, kv);
     free(rgb);
     return rc;
 }

@@ -30,6 +30,14 @@
 int ldm_png_read_rgb8(const char *path, uint8_t **rgb, int *width, int *height);
 /* Encode (height, width, 3) bytes as an 8-bit RGB PNG, atomically. */
 int ldm_png_write_rgb8(const char *path, const uint8_t *rgb, int width, int height);
+/* The same with text chunks before the image data: kv = key, value, key,
+ * value, ..., NULL (values UTF-8). As PIL's PngInfo.add_text (which the
+ * AUTOMATIC1111 webui uses for `parameters`): a value that is all Latin-1
+ * is a tEXt chunk in Latin-1, any other an uncompressed iTXt in UTF-8. */
+int ldm_png_write_rgb8_text(const char *path, const uint8_t *rgb, int width, int height, const char *const *kv);
+/* The value (UTF-8, malloc'd) of the first tEXt/zTXt/iTXt chunk named key:
+ * 1, 0 when there is none (*value NULL), -1 on a bad PNG. */
+int ldm_png_read_text(const char *path, const char *key, char **value);
 
 /* scripts/img2img.py load_img without the resize: *chw = malloc'd
  * (3, height, width) floats, (float)u8 / 255 * 2 - 1. If expect_width /
@@ -61,5 +69,7 @@ void ldm_image_to01(const float *x, int64_t n, float *out);
 void ldm_image01_to_rgb8(const float *chw01, int width, int height, uint8_t *rgb);
 /* ldm_image01_to_rgb8 + ldm_png_write_rgb8. */
 int ldm_image_save(const char *path, const float *chw01, int width, int height);
+/* ... with text chunks (ldm_png_write_rgb8_text). */
+int ldm_image_save_text(const char *path, const float *chw01, int width, int height, const char *const *kv);
 
 #endif

@@ -7,6 +7,7 @@
  *   bit depth (written here with libpng directly), masks;
  * - garbage, truncated and corrupted files give an error naming the file.
  */
+#define _GNU_SOURCE
 #include <check.h>
 #include <jansson.h>
 #include <math.h>
@@ -228,6 +229,51 @@ START_TEST(test_roundtrip) {
     free(want);
     free(path);
     free(img);
+}
+END_TEST
+
+/* Text chunks as PIL's PngInfo.add_text writes them (the webui's
+ * `parameters`): Latin-1 values as tEXt in Latin-1, others as iTXt in
+ * UTF-8, read back as UTF-8; the pixels are unchanged. The chunk types and
+ * bytes are checked in the file itself. */
+START_TEST(test_text_chunks) {
+    const int w = 8, h = 4;
+    float img[3 * 8 * 4];
+    for (int i = 0; i < 3 * w * h; i++) img[i] = (float)(i % 11) / 10.0f;
+    char *path = scratch_path("text.png"), *plain = scratch_path("plain.png");
+    const char *latin = "a caf\xc3\xa9 at night\nNegative prompt: blurry\nSteps: 20, Seed: 42";
+    const char *wide = "\xe7\x8c\xab (cat:1.2) \xf0\x9f\x90\x88";
+    const char *kv[] = {"parameters", latin, "other", wide, NULL};
+    ck_assert_msg(ldm_image_save_text(path, img, w, h, kv) == 0, "%s", ldm_last_error());
+    ck_assert_msg(ldm_image_save(plain, img, w, h) == 0, "%s", ldm_last_error());
+    uint8_t *a, *b;
+    read_ok(path, &a, w, h);
+    read_ok(plain, &b, w, h);
+    ck_assert_int_eq(memcmp(a, b, (size_t)w * h * 3), 0);
+    free(a);
+    free(b);
+    char *v;
+    ck_assert_int_eq(ldm_png_read_text(path, "parameters", &v), 1);
+    ck_assert_str_eq(v, latin);
+    free(v);
+    ck_assert_int_eq(ldm_png_read_text(path, "other", &v), 1);
+    ck_assert_str_eq(v, wide);
+    free(v);
+    ck_assert_int_eq(ldm_png_read_text(path, "missing", &v), 0);
+    ck_assert_ptr_null(v);
+    ck_assert_int_eq(ldm_png_read_text(plain, "parameters", &v), 0);
+    /* the bytes: tEXt "parameters\0" + Latin-1 (one byte for the e-acute), iTXt for the other */
+    size_t n;
+    char *f = ldm_read_file(path, &n);
+    ck_assert(f);
+    const char tag[] = "tEXtparameters\0a caf\xe9 at night";
+    ck_assert_msg(memmem(f, n, tag, sizeof tag - 1) != NULL, "no Latin-1 tEXt chunk 'parameters'");
+    const char itxt[] = "iTXtother\0\0\0\0\0\xe7\x8c\xab";
+    ck_assert_msg(memmem(f, n, itxt, sizeof itxt - 1) != NULL, "no uncompressed UTF-8 iTXt chunk 'other'");
+    ck_assert_msg(memmem(f, n, "tEXt", 4) < memmem(f, n, "IDAT", 4), "the text comes after the image data");
+    free(f);
+    free(path);
+    free(plain);
 }
 END_TEST
 
@@ -462,6 +508,7 @@ Suite *suite_image(void) {
     tcase_add_test(tc, test_golden_pngs);
     tcase_add_test(tc, test_load_img_golden);
     tcase_add_test(tc, test_roundtrip);
+    tcase_add_test(tc, test_text_chunks);
     tcase_add_test(tc, test_truncation);
     tcase_add_test(tc, test_formats);
     tcase_add_test(tc, test_mask);
