@@ -845,10 +845,18 @@ int ldm_parse_u64(const char *flag, const char *s, uint64_t *out) {
     return 0;
 }
 
-/* LdmStepFn: one tick of the progress display. */
+/* The step callback of ldm_sample_guided: the caller's, then the progress. */
+typedef struct GuidedStep {
+    LdmProgress *prog;
+    LdmStepFn fn;                /* the caller's p->step_fn (or NULL) */
+    void *ctx;
+} GuidedStep;
+
+/* LdmStepFn: the caller's callback, then one tick of the progress display. */
 static int progress_tick(void *ctx, const LdmStepInfo *info) {
-    (void)info;
-    ldm_progress_step(ctx);
+    GuidedStep *gs = ctx;
+    if (gs->fn && gs->fn(gs->ctx, info) != 0) return -1;
+    ldm_progress_step(gs->prog);
     return 0;
 }
 
@@ -859,8 +867,9 @@ int ldm_sample_guided(const LdmSchedule *sched, LdmSampler *p, LdmGuide *g, LdmN
     p->eps_ctx = g;
     p->noise_fn = ldm_noise_draw;
     p->noise_ctx = gen;
+    GuidedStep gs = {&prog, p->step_fn, p->step_ctx};
     p->step_fn = progress_tick;
-    p->step_ctx = &prog;
+    p->step_ctx = &gs;
     int rc = -1, n_steps = ldm_sample_count_steps(sched, p);
     if (n_steps >= 0) {
         ldm_progress_start(&prog, stderr, mode, label, n_steps);
@@ -869,5 +878,7 @@ int ldm_sample_guided(const LdmSchedule *sched, LdmSampler *p, LdmGuide *g, LdmN
         if (rc == 0) ldm_times_add_steps(t, prog.step_seconds, prog.done < prog.n ? prog.done : prog.n);
     }
     ldm_progress_free(&prog);
+    p->step_fn = gs.fn;
+    p->step_ctx = gs.ctx;
     return rc;
 }

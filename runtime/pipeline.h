@@ -307,7 +307,9 @@ void ldm_times_add_steps(LdmTimes *t, const double *seconds, int n);
 
 /* Run sampler p (its schedule-dependent fields already set) on x with the
  * guided UNet g as the model and gen as the noise source, showing progress
- * on stderr under `label` and adding the step times to t. */
+ * on stderr under `label` and adding the step times to t. A step_fn the
+ * caller set in p runs after every step, before the progress tick (its time
+ * counts in the step's); its non-zero return stops sampling. */
 int ldm_sample_guided(const LdmSchedule *sched, LdmSampler *p, LdmGuide *g, LdmNoise *gen, LdmProgressMode mode,
                       const char *label, LdmTimes *t, float *x);
 /* The summary: one line per stage, the sampling steps (each one for a
