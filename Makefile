@@ -205,14 +205,15 @@ clean:
 # the default) $(BUILD)/txt2img holding every listed size (TXT2IMG_NAME=...
 # names either otherwise). For each size S, ldmc compiles the text encoder
 # (B <= CHUNKS: a prompt's chunks in one call), the UNet (B <= 2: [uncond,
-# cond] in one call; context up to 77 * CHUNKS tokens) and both autoencoder
-# halves (B=1) for CONFIG into $(BUILD)/<name>.d/<net>_S.c, exporting
+# cond] in one call; context up to 77 * CHUNKS tokens), both autoencoder
+# halves (B=1) and, with TAESD=1 (default), TAESD's two halves
+# (models/taesd/, B=1) for CONFIG into $(BUILD)/<name>.d/<net>_S.c, exporting
 # <net>_S_model (ldmc --symbol); `ldmc pipeline --size S... --nets ...` writes
 # the config's constants per size and the table of the sizes (pipeline.c);
 # runtime/apps/txt2img.c + the runtime link them into one -static program
 # (dynamic with SAN=1: the sanitizers need the dynamic loader). Config
 # overrides: TXT2IMG_DEFS='-D model.params.x=V'. A change of CONFIG,
-# TXT2IMG_DEFS, CHUNKS (default 3) or CLIP_SKIPS (default 2) rebuilds everything; another SIZES list compiles only the
+# TXT2IMG_DEFS, CHUNKS (default 3), CLIP_SKIPS (default 2) or TAESD rebuilds everything; another SIZES list compiles only the
 # sizes not compiled yet and writes the table again.
 TXT2IMG_GRAPH_DIR ?= models/sd1
 TXT2IMG_SIZES      = $(if $(SIZES),$(SIZES),$(if $(and $(H),$(W)),$(H)x$(W)))

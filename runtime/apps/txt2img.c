@@ -29,6 +29,11 @@
  *     concatenated to the latent (runwayml scripts/inpaint_st.py)
  *   latent = sampler(x_T, eps = e_u + cfg_scale * (e_c - e_u))
  *   image = decoder(latent / scale_factor); PNG = uint8(255 * clamp((image + 1) / 2, 0, 1))
+ *
+ * TAESD (built in with TAESD=1: two more networks per size): --taesd decodes
+ * with image01 = clamp(taesd_decoder(latent), 0, 1), the latent unscaled;
+ * --taesd-encoder encodes with latent = taesd_encoder((image + 1) / 2);
+ * --preview-every N --preview PNG decodes each N-th step's x0 prediction.
  */
 #include <math.h>
 #include <stdio.h>
