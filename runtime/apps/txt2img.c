@@ -1279,6 +1279,10 @@ static int run(App *a) {
         return -1;
     }
     ldm_times_add(&a->times, "load weights", ldm_now() - t0);
+    /* TAESD runs between UNet calls or instead of the VAE: one arena for all */
+    LdmNets *tn[3] = {&a->taesd_dec, &a->taesd_enc, &a->taesd_prev};
+    for (int k = 0; k < 3; k++)
+        if (tn[k]->n) ldm_nets_share_arena(tn[k], &a->nets);
     if (ldm_pipeline_n_sizes > 1 && a->pmode != LDM_PROGRESS_QUIET) {
         fprintf(stderr, "%s: %d sizes: %d networks on %d weight sets (bound once, shared by the sizes)\n", a->argv0,
                 ldm_pipeline_n_sizes, n_models, a->nets.n_weight_sets);
