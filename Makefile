@@ -211,20 +211,25 @@ clean:
 # the default) $(BUILD)/txt2img holding every listed size (TXT2IMG_NAME=...
 # names either otherwise). For each size S, ldmc compiles the text encoder
 # (B <= CHUNKS: a prompt's chunks in one call), the UNet (B <= 2: [uncond,
-# cond] in one call; context up to 77 * CHUNKS tokens) and both autoencoder
-# halves (B=1) for CONFIG into $(BUILD)/<name>.d/<net>_S.c, exporting
+# cond] in one call; context up to 77 * CHUNKS tokens), both autoencoder
+# halves (B=1) and, with TAESD=1 (default), TAESD's two halves
+# (models/taesd/, B=1) for CONFIG into $(BUILD)/<name>.d/<net>_S.c, exporting
 # <net>_S_model (ldmc --symbol); `ldmc pipeline --size S... --nets ...` writes
 # the config's constants per size and the table of the sizes (pipeline.c);
 # runtime/apps/txt2img.c + the runtime link them into one -static program
 # (dynamic with SAN=1: the sanitizers need the dynamic loader). Config
 # overrides: TXT2IMG_DEFS='-D model.params.x=V'. A change of CONFIG,
-# TXT2IMG_DEFS, CHUNKS (default 3) or CLIP_SKIPS (default 2) rebuilds everything; another SIZES list compiles only the
+# TXT2IMG_DEFS, CHUNKS (default 3), CLIP_SKIPS (default 2) or TAESD rebuilds everything; another SIZES list compiles only the
 # sizes not compiled yet and writes the table again.
 TXT2IMG_GRAPH_DIR ?= models/sd1
 TXT2IMG_SIZES      = $(if $(SIZES),$(SIZES),$(if $(and $(H),$(W)),$(H)x$(W)))
 TXT2IMG_NAME      ?= $(if $(SIZES),txt2img,txt2img-$(H)x$(W))
 TXT2IMG_DIR        = $(BUILD)/$(TXT2IMG_NAME).d
-TXT2IMG_GRAPHS     = clip_text unet vae_decoder vae_encoder
+# TAESD=1 (default) also compiles TAESD, the tiny autoencoder
+# (models/taesd/, 1.2 M parameters, B=1) for each size: --taesd,
+# --taesd-encoder and --preview of the executable; TAESD=0 leaves it out.
+TAESD             ?= 1
+TXT2IMG_GRAPHS     = clip_text unet vae_decoder vae_encoder $(if $(filter 1,$(TAESD)),taesd_decoder taesd_encoder)
 # Prompts of up to CHUNKS 75-token chunks (the UNet's context length is a
 # run-time extent up to 77 * CHUNKS: a 1-chunk prompt costs what it did);
 # the text encoder encodes a prompt's chunks in one call and gives CLIP skip
@@ -266,7 +271,7 @@ txt2img: $(BUILD)/$(TXT2IMG_NAME)
 # what every network depends on (config, overrides), and the size list
 $(TXT2IMG_DIR)/build.id: txt2img-force
 	@mkdir -p $(@D)
-	@echo '$(abspath $(CONFIG)) $(TXT2IMG_DEFS) CHUNKS=$(CHUNKS) CLIP_SKIPS=$(CLIP_SKIPS)' > $@.new
+	@echo '$(abspath $(CONFIG)) $(TXT2IMG_DEFS) CHUNKS=$(CHUNKS) CLIP_SKIPS=$(CLIP_SKIPS) TAESD=$(TAESD)' > $@.new
 	@if cmp -s $@.new $@; then rm -f $@.new; else mv -f $@.new $@; fi
 
 $(TXT2IMG_DIR)/sizes.id: txt2img-force
@@ -284,6 +289,11 @@ $(TXT2IMG_DIR)/%_$(1).c: $(TXT2IMG_GRAPH_DIR)/%.graph $(wildcard models/common/*
                          $(TXT2IMG_DIR)/build.id | $(TXT2IMG_DIR)/pipeline.c
 	$(BUILD)/ldmc $$< --config $(CONFIG) -D H=$(call size_h,$(1)) -D W=$(call size_w,$(1)) -D B=$$(TXT2IMG_B_$$*) \
 	    $$(TXT2IMG_D_$$*) $(TXT2IMG_DEFS) --symbol $$*_$(1) -o $$@
+
+# TAESD's halves (no config: the graph is fixed; B=1)
+$(TXT2IMG_DIR)/taesd_%_$(1).c: models/taesd/taesd_%.graph models/taesd/taesd.graph $(BUILD)/ldmc \
+                               $(TXT2IMG_DIR)/build.id | $(TXT2IMG_DIR)/pipeline.c
+	$(BUILD)/ldmc $$< -D H=$(call size_h,$(1)) -D W=$(call size_w,$(1)) -D B=1 --symbol taesd_$$*_$(1) -o $$@
 endef
 $(foreach s,$(TXT2IMG_SIZES),$(eval $(call txt2img_size_rule,$(s))))
 

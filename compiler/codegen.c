@@ -331,6 +331,8 @@ static void k_unary(const Node *n, FILE *fp) {
     case OPK_GELU: expr = "0.5f * v * (1.0f + erff(v * 0.70710678118654752f))"; break;
     case OPK_QUICK_GELU: expr = "v / (1.0f + expf(-1.702f * v))"; break;
     case OPK_SIGMOID: expr = "1.0f / (1.0f + expf(-v))"; break;
+    case OPK_RELU: expr = "v > 0.0f ? v : 0.0f"; break;
+    case OPK_TANH: expr = "tanhf(v)"; break;
     default: break;
     }
     E("static void n%d_%s(const float *restrict x, float *restrict y%s) {\n", n->id, op_names[n->op], ext_param(n));
@@ -623,7 +625,9 @@ static void emit_kernel_body(const Node *n, FILE *fp) {
     case OPK_SILU:
     case OPK_GELU:
     case OPK_QUICK_GELU:
-    case OPK_SIGMOID: k_unary(n, fp); break;
+    case OPK_SIGMOID:
+    case OPK_RELU:
+    case OPK_TANH: k_unary(n, fp); break;
     case OPK_GEGLU: k_geglu(n, fp); break;
     case OPK_SOFTMAX: k_softmax(n, fp); break;
     case OPK_ATTENTION: k_attention(n, fp); break;
@@ -804,6 +808,7 @@ static void emit_includes(const Graph *g, FILE *fp) {
         case OPK_GELU:
         case OPK_QUICK_GELU:
         case OPK_SIGMOID:
+        case OPK_TANH:
         case OPK_GEGLU:
         case OPK_SOFTMAX:
         case OPK_TIMESTEP_EMB:

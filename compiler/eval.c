@@ -628,6 +628,8 @@ static int bi_silu(Eval *E, Args *a, Value *out) { return unary(E, a, out, OPK_S
 static int bi_gelu(Eval *E, Args *a, Value *out) { return unary(E, a, out, OPK_GELU); }
 static int bi_quick_gelu(Eval *E, Args *a, Value *out) { return unary(E, a, out, OPK_QUICK_GELU); }
 static int bi_sigmoid(Eval *E, Args *a, Value *out) { return unary(E, a, out, OPK_SIGMOID); }
+static int bi_relu(Eval *E, Args *a, Value *out) { return unary(E, a, out, OPK_RELU); }
+static int bi_tanh(Eval *E, Args *a, Value *out) { return unary(E, a, out, OPK_TANH); }
 static int bi_softmax(Eval *E, Args *a, Value *out) { return unary(E, a, out, OPK_SOFTMAX); }
 static int bi_geglu(Eval *E, Args *a, Value *out) { return unary(E, a, out, OPK_GEGLU); }
 
@@ -804,6 +806,8 @@ static const Builtin builtins[] = {
     {"gelu", "x", bi_gelu},
     {"quick_gelu", "x", bi_quick_gelu},
     {"sigmoid", "x", bi_sigmoid},
+    {"relu", "x", bi_relu},
+    {"tanh", "x", bi_tanh},
     {"softmax", "x", bi_softmax},
     {"geglu", "x", bi_geglu},
     {"attention", "q,k,v,heads,scale,causal=false", bi_attention},

@@ -23,6 +23,8 @@ const char *const op_names[OPK_COUNT] = {
     [OPK_GELU] = "gelu",
     [OPK_QUICK_GELU] = "quick_gelu",
     [OPK_SIGMOID] = "sigmoid",
+    [OPK_RELU] = "relu",
+    [OPK_TANH] = "tanh",
     [OPK_GEGLU] = "geglu",
     [OPK_SOFTMAX] = "softmax",
     [OPK_ATTENTION] = "attention",
@@ -425,6 +427,8 @@ static int infer_op(Node *n) {
     case OPK_GELU:
     case OPK_QUICK_GELU:
     case OPK_SIGMOID:
+    case OPK_RELU:
+    case OPK_TANH:
     case OPK_SOFTMAX:
     case OPK_SCALE:
         if (want_f32(n, x, "input")) return -1;

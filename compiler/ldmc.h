@@ -179,6 +179,8 @@ typedef enum OpKind {
     OPK_GELU,         /* 0.5 x (1 + erf(x / sqrt 2)) */
     OPK_QUICK_GELU,   /* x * sigmoid(1.702 x) */
     OPK_SIGMOID,      /* 1 / (1 + exp(-x)) */
+    OPK_RELU,         /* max(x, 0) */
+    OPK_TANH,         /* tanh(x) */
     OPK_GEGLU,        /* [..., 2D] -> a * gelu(g), a = first D, g = second D */
     OPK_SOFTMAX,      /* softmax over the last dim */
     OPK_ATTENTION,    /* softmax(q k^T * scale [+ causal]) v, heads = contiguous chunks */

@@ -170,13 +170,34 @@ void ldm_nets_free(LdmNets *s) {
     memset(s, 0, sizeof *s);
 }
 
+void ldm_nets_share_arena(LdmNets *s, LdmNets *owner) {
+    if (s == owner || owner->arena_from) return;
+    if (owner->arena_bytes < s->arena_bytes) {
+        free(owner->arena); /* dead between runs */
+        owner->arena_bytes = s->arena_bytes;
+        owner->arena = ldm_aligned_alloc(owner->arena_bytes);
+    }
+    free(s->arena);
+    s->arena = NULL;
+    s->arena_from = owner;
+}
+
+/* The arena s's models run in. */
+static unsigned char *nets_arena(const LdmNets *s, size_t *bytes) {
+    const LdmNets *o = s->arena_from ? s->arena_from : s;
+    if (bytes) *bytes = o->arena_bytes;
+    return o->arena;
+}
+
 /* Hand the arena's pages past `keep` bytes back to the kernel: what a
  * previous network left there is dead (a forward pass only uses the arena
  * while it runs), and the next one will not touch it. */
 static void arena_trim(LdmNets *s, size_t keep) {
+    size_t bytes;
+    unsigned char *arena = nets_arena(s, &bytes);
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t lo = ((uintptr_t)s->arena + keep + page - 1) & ~(page - 1);
-    uintptr_t hi = ((uintptr_t)s->arena + s->arena_bytes) & ~(page - 1);
+    uintptr_t lo = ((uintptr_t)arena + keep + page - 1) & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)arena + bytes) & ~(page - 1);
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
@@ -260,7 +281,7 @@ int ldm_nets_run_ext(LdmNets *s, int i, const void *const *in, void *const *out,
     if (i < 0 || i >= s->n) return ldm_fail("no model %d (%d loaded)", i, s->n);
     if (ldm_check_extents(s->models[i], ext) != 0) return -1;
     LdmWeights *w = ldm_nets_weights(s, i); /* one weight set resident at a time, shared across sizes */
-    return ldm_forward(s->models[i], w->ptr, in, out, s->arena, ext);
+    return ldm_forward(s->models[i], w->ptr, in, out, nets_arena(s, NULL), ext);
 }
 
 int ldm_model_input(const LdmModel *m, const char *name) {
@@ -845,10 +866,18 @@ int ldm_parse_u64(const char *flag, const char *s, uint64_t *out) {
     return 0;
 }
 
-/* LdmStepFn: one tick of the progress display. */
+/* The step callback of ldm_sample_guided: the caller's, then the progress. */
+typedef struct GuidedStep {
+    LdmProgress *prog;
+    LdmStepFn fn;                /* the caller's p->step_fn (or NULL) */
+    void *ctx;
+} GuidedStep;
+
+/* LdmStepFn: the caller's callback, then one tick of the progress display. */
 static int progress_tick(void *ctx, const LdmStepInfo *info) {
-    (void)info;
-    ldm_progress_step(ctx);
+    GuidedStep *gs = ctx;
+    if (gs->fn && gs->fn(gs->ctx, info) != 0) return -1;
+    ldm_progress_step(gs->prog);
     return 0;
 }
 
@@ -859,8 +888,9 @@ int ldm_sample_guided(const LdmSchedule *sched, LdmSampler *p, LdmGuide *g, LdmN
     p->eps_ctx = g;
     p->noise_fn = ldm_noise_draw;
     p->noise_ctx = gen;
+    GuidedStep gs = {&prog, p->step_fn, p->step_ctx};
     p->step_fn = progress_tick;
-    p->step_ctx = &prog;
+    p->step_ctx = &gs;
     int rc = -1, n_steps = ldm_sample_count_steps(sched, p);
     if (n_steps >= 0) {
         ldm_progress_start(&prog, stderr, mode, label, n_steps);
@@ -869,5 +899,7 @@ int ldm_sample_guided(const LdmSchedule *sched, LdmSampler *p, LdmGuide *g, LdmN
         if (rc == 0) ldm_times_add_steps(t, prog.step_seconds, prog.done < prog.n ? prog.done : prog.n);
     }
     ldm_progress_free(&prog);
+    p->step_fn = gs.fn;
+    p->step_ctx = gs.ctx;
     return rc;
 }

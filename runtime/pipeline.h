@@ -117,6 +117,7 @@ typedef struct LdmNets {
     int n_weight_names;
     LdmLora **loras;             /* (n_loras) copy of the list of ldm_nets_set_loras (LoRAs not owned) */
     int n_loras;
+    struct LdmNets *arena_from;  /* NULL, or the LdmNets whose arena these models run in (ldm_nets_share_arena) */
 } LdmNets;
 
 /* Can a weight set bound for model a serve model b? Yes when their weight
@@ -140,6 +141,12 @@ int ldm_nets_load(LdmNets *s, const char *ckpt_path, const LdmModel *const *mode
 int ldm_nets_load_mapped(LdmNets *s, const char *ckpt_path, const LdmModel *const *models, const LdmKeyMapFn *maps,
                          int n, const char *what);
 void ldm_nets_free(LdmNets *s);
+/* Run s's models in owner's arena from now on, s's own given back: two
+ * LdmNets whose models never run at the same time (a forward pass uses the
+ * arena only while it runs; e.g. TAESD's file and the checkpoint) then hold
+ * one arena, not two. owner's grows to s's size if it is smaller; owner
+ * must outlive s's runs and must not itself run in another's arena. */
+void ldm_nets_share_arena(LdmNets *s, LdmNets *owner);
 /* The bound weights model i runs on (w[owner[i]]), bound now if they are
  * not; when another weight set ran last, it is released first (below) and
  * the arena's pages past model i's arena_bytes are handed back (what the
@@ -307,7 +314,9 @@ void ldm_times_add_steps(LdmTimes *t, const double *seconds, int n);
 
 /* Run sampler p (its schedule-dependent fields already set) on x with the
  * guided UNet g as the model and gen as the noise source, showing progress
- * on stderr under `label` and adding the step times to t. */
+ * on stderr under `label` and adding the step times to t. A step_fn the
+ * caller set in p runs after every step, before the progress tick (its time
+ * counts in the step's); its non-zero return stops sampling. */
 int ldm_sample_guided(const LdmSchedule *sched, LdmSampler *p, LdmGuide *g, LdmNoise *gen, LdmProgressMode mode,
                       const char *label, LdmTimes *t, float *x);
 /* The summary: one line per stage, the sampling steps (each one for a

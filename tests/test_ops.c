@@ -606,13 +606,15 @@ static void ref_layer_norm(const Tens *x, const Tens *w, const Tens *b, double e
 static double gelu_d(double x) { return 0.5 * x * (1.0 + erf(x / sqrt(2.0))); }
 static double sigmoid_d(double x) { return 1.0 / (1.0 + exp(-x)); }
 
-enum { U_SILU, U_GELU, U_QUICK_GELU, U_SIGMOID };
+enum { U_SILU, U_GELU, U_QUICK_GELU, U_SIGMOID, U_RELU, U_TANH };
 
 static double unary_d(int op, double x) {
     switch (op) {
     case U_SILU: return x * sigmoid_d(x);
     case U_GELU: return gelu_d(x);
     case U_QUICK_GELU: return x * sigmoid_d(1.702 * x);
+    case U_RELU: return x > 0 ? x : 0;
+    case U_TANH: return tanh(x);
     default: return sigmoid_d(x);
     }
 }
@@ -1120,6 +1122,12 @@ START_TEST(test_quick_gelu) { check_unary(_i, "quick_gelu", U_QUICK_GELU); }
 END_TEST
 
 START_TEST(test_sigmoid) { check_unary(_i, "sigmoid", U_SIGMOID); }
+END_TEST
+
+START_TEST(test_relu) { check_unary(_i, "relu", U_RELU); }
+END_TEST
+
+START_TEST(test_tanh) { check_unary(_i, "tanh", U_TANH); }
 END_TEST
 
 START_TEST(test_gelu_of_silu) {
@@ -2077,6 +2085,8 @@ Suite *suite_ops(void) {
     ADD(tc, act, test_gelu_erf);
     ADD(tc, act, test_quick_gelu);
     ADD(tc, act, test_sigmoid);
+    ADD(tc, act, test_relu);
+    ADD(tc, act, test_tanh);
     ADD(tc, act, test_gelu_of_silu);
     ADD(tc, act, test_geglu);
     ADD(tc, act, test_softmax);

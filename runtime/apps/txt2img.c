@@ -29,6 +29,11 @@
  *     concatenated to the latent (runwayml scripts/inpaint_st.py)
  *   latent = sampler(x_T, eps = e_u + cfg_scale * (e_c - e_u))
  *   image = decoder(latent / scale_factor); PNG = uint8(255 * clamp((image + 1) / 2, 0, 1))
+ *
+ * TAESD (built in with TAESD=1: two more networks per size): --taesd decodes
+ * with image01 = clamp(taesd_decoder(latent), 0, 1), the latent unscaled;
+ * --taesd-encoder encodes with latent = taesd_encoder((image + 1) / 2);
+ * --preview-every N --preview PNG decodes each N-th step's x0 prediction.
  */
 #include <math.h>
 #include <stdio.h>
@@ -43,6 +48,7 @@
 #include "prompt.h"
 #include "sampler.h"
 #include "schedule.h"
+#include "taesd.h"
 #include "textcond.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -54,6 +60,12 @@ extern const LdmPipelineSize ldm_pipeline_sizes[];
 extern const int ldm_pipeline_n_sizes;
 
 enum { NET_CLIP, NET_UNET, NET_DEC, NET_ENC, N_NETS };
+/* With TAESD (make txt2img ... TAESD=1, the default) every size lists two
+ * more networks after those: TAESD's decoder and encoder. Their weights come
+ * from their own files (--taesd, --taesd-encoder), so they are bound in
+ * LdmNets of their own (App.taesd_dec, App.taesd_enc: one checkpoint each,
+ * the model of size k at index k), never in App.nets (the checkpoint's). */
+enum { NET_TAESD_DEC = N_NETS, NET_TAESD_ENC, N_NETS_TAESD };
 
 /* The constants of the size in use (the default size until one is chosen). */
 static const LdmPipelineConfig *g_cfg;
@@ -99,6 +111,11 @@ typedef struct Options {
     const char *lora_dir;      /* --lora-dir DIR (<lora:NAME:...> tags) */
     int pad_cond_uncond;       /* --pad-cond-uncond */
     const char *save_cond;     /* --save-cond F.safetensors (with --prompts: a directory) */
+    const char *taesd;         /* --taesd FILE: decode with TAESD */
+    const char *taesd_encoder; /* --taesd-encoder FILE: encode --init-image with TAESD */
+    const char *preview;       /* --preview FILE.png */
+    int preview_every;         /* --preview-every N (0: not given) */
+    const char *preview_taesd; /* --preview-taesd FILE: TAESD decoder of the previews (default: --taesd's) */
 } Options;
 
 static void usage(FILE *fp, const char *argv0) {
@@ -113,7 +130,8 @@ static void usage(FILE *fp, const char *argv0) {
             "          [--init-image PNG [--strength S] [--mask PNG]] [--save-latent F] [--compute f32|bf16] [--quiet]\n"
             "          [-H PIXELS] [-W PIXELS] [--prompt-syntax webui|plain] [--clip-skip N]\n"
             "          [--embeddings DIR] [--lora FILE[:MULT]]... [--lora-dir DIR] [--pad-cond-uncond]\n"
-            "          [--save-cond F]\n"
+            "          [--save-cond F] [--taesd FILE] [--taesd-encoder FILE] [--preview-every N --preview PNG]\n"
+            "          [--preview-taesd FILE]\n"
             "\n"
             "Text to image for %s.\n"
             "Sizes (height x width): %s.\n"
@@ -166,6 +184,15 @@ static void usage(FILE *fp, const char *argv0) {
             "                      default: two UNet calls per step, each over its own tokens\n"
             "  --save-cond F       also write the conditioning (tensors cond, uncond, and with\n"
             "                      --pad-cond-uncond empty_cond, cond_padded, uncond_padded) to F.safetensors\n"
+            "  --taesd FILE        decode with TAESD, the tiny autoencoder, instead of the VAE decoder: its\n"
+            "                      taesd_decoder.safetensors, or diffusers AutoencoderTiny's file (the latent\n"
+            "                      is passed as the UNet gives it, unscaled)\n"
+            "  --taesd-encoder F   img2img/inpainting: encode the image with TAESD (taesd_encoder.safetensors,\n"
+            "                      or diffusers AutoencoderTiny's file) instead of the VAE encoder\n"
+            "  --preview-every N   with --preview PNG: every N steps write a TAESD decode of the current\n"
+            "                      prediction of the final image to PNG (replaced atomically); the TAESD\n"
+            "                      decoder of --taesd, or of --preview-taesd FILE to keep the VAE decoder\n"
+            "                      for the final image\n"
             "  --quiet             no progress or timing output\n"
             "  LDM_PROFILE=1       (environment) print per-node kernel times at the end\n",
             argv0, CFG.banner, sizes);
@@ -182,7 +209,8 @@ static const char *const value_flags[] = {
     "--weights", "--vocab", "--prompt", "--negative-prompt", "--prompts", "-o", "--output", "--init-noise",
     "--init-image", "--mask", "--save-latent", "--steps", "--cfg-scale", "--sampler", "--schedule", "--eta",
     "--seed", "--rng", "--strength", "--shard", "--compute", "-H", "--height", "-W", "--width", "--prompt-syntax",
-    "--clip-skip", "--embeddings", "--lora", "--lora-dir", "--save-cond", NULL,
+    "--clip-skip", "--embeddings", "--lora", "--lora-dir", "--save-cond", "--taesd", "--taesd-encoder", "--preview",
+    "--preview-every", "--preview-taesd", NULL,
 };
 
 /* 0, 1 for --help, or -1 (ldm_fail) on bad usage. */
@@ -275,6 +303,16 @@ static int parse_args(int argc, char **argv, Options *o) {
             o->lora_dir = v;
         } else if (!strcmp(f, "--save-cond")) {
             o->save_cond = v;
+        } else if (!strcmp(f, "--taesd")) {
+            o->taesd = v;
+        } else if (!strcmp(f, "--taesd-encoder")) {
+            o->taesd_encoder = v;
+        } else if (!strcmp(f, "--preview-taesd")) {
+            o->preview_taesd = v;
+        } else if (!strcmp(f, "--preview")) {
+            o->preview = v;
+        } else if (!strcmp(f, "--preview-every")) {
+            if (ldm_parse_int(f, v, 1, 100000, &o->preview_every)) return -1;
         }
     }
     return 0;
@@ -294,6 +332,13 @@ static int check_options(const Options *o) {
     if (o->syntax == LDM_SYNTAX_PLAIN && (o->embeddings || o->lora_dir))
         return ldm_fail("%s applies to --prompt-syntax webui (plain prompts have no embeddings or <lora:> tags)",
                         o->embeddings ? "--embeddings" : "--lora-dir");
+    if (o->preview && !o->preview_every) return ldm_fail("--preview needs --preview-every N (write it every N steps)");
+    if (o->preview_every && !o->preview) return ldm_fail("--preview-every needs --preview FILE.png (where to write)");
+    if (o->preview && !o->taesd && !o->preview_taesd)
+        return ldm_fail("--preview needs a TAESD decoder: --taesd FILE, or --preview-taesd FILE for the previews only");
+    if (o->preview_taesd && !o->preview) return ldm_fail("--preview-taesd needs --preview FILE.png");
+    if (o->taesd_encoder && !o->init_image)
+        return ldm_fail("--taesd-encoder needs --init-image (it encodes that image)");
     if (o->has_schedule && (o->sampler == LDM_SAMPLER_DDIM || o->sampler == LDM_SAMPLER_PLMS))
         return ldm_fail("--schedule applies to euler, euler_a and dpmpp_2m (%s uses the DDIM timesteps)",
                         ldm_sampler_name(o->sampler));
@@ -346,6 +391,9 @@ typedef struct App {
     int lora_gen;             /* changes with every new LoRA set */
     const char *const *weight_names; /* every network's weight names (LoRA key matching) */
     int n_weight_names;
+    LdmNets taesd_dec;        /* --taesd: TAESD's decoder of every size (size k at k) */
+    LdmNets taesd_enc;        /* --taesd-encoder: its encoder of every size */
+    LdmNets taesd_prev;       /* --preview-taesd: the previews' decoder (else they use taesd_dec) */
 } App;
 
 /* Network `net` of the size in use, and its index in a->nets. */
@@ -361,12 +409,34 @@ static void use_size(App *a, int k) {
     a->n_lat = (int64_t)a->C * a->h * a->w;
 }
 
+/* Was TAESD compiled in (make txt2img ... TAESD=1)? */
+static int has_taesd(void) { return ldm_pipeline_sizes[0].n_models == N_NETS_TAESD; }
+
+/* TAESD's networks of the size in use: decoder latent [1, C, h, w] ->
+ * image [1, 3, H, W], encoder image01 -> latent. */
+static int check_taesd_models(const App *a) {
+    const LdmModel *dec = net_model(a, NET_TAESD_DEC), *enc = net_model(a, NET_TAESD_ENC);
+    int il = ldm_model_input(dec, "latent"), oi = ldm_model_output(dec, "image");
+    int ii = ldm_model_input(enc, "image01"), ol = ldm_model_output(enc, "latent");
+    if (il < 0 || oi < 0 || ii < 0 || ol < 0)
+        return ldm_fail("internal: the linked TAESD networks do not have the expected inputs and outputs");
+    if (ldm_numel(&dec->inputs[il]) != a->n_lat || ldm_numel(&dec->outputs[oi]) != 3LL * CFG.H * CFG.W ||
+        ldm_numel(&enc->inputs[ii]) != 3LL * CFG.H * CFG.W || ldm_numel(&enc->outputs[ol]) != a->n_lat)
+        return ldm_fail("this executable's TAESD (4 latent channels, 8x downsampling) does not fit %s at %dx%d "
+                        "(latent %dx%dx%d): build it with TAESD=0", CFG.config_path, CFG.H, CFG.W, a->C, a->h, a->w);
+    return 0;
+}
+
 /* Check that the generated networks of the size in use fit together and
  * fit the constants. */
 static int check_size_models(const App *a) {
-    if (ldm_pipeline_sizes[a->size].n_models != N_NETS)
-        return ldm_fail("internal: the size table lists %d networks for %dx%d, expected %d",
-                        ldm_pipeline_sizes[a->size].n_models, CFG.H, CFG.W, N_NETS);
+    int n_nets = ldm_pipeline_sizes[a->size].n_models;
+    if (n_nets != N_NETS && n_nets != N_NETS_TAESD)
+        return ldm_fail("internal: the size table lists %d networks for %dx%d, expected %d (or %d with TAESD)",
+                        n_nets, CFG.H, CFG.W, N_NETS, N_NETS_TAESD);
+    if (n_nets != ldm_pipeline_sizes[0].n_models)
+        return ldm_fail("internal: the sizes of the table list different networks");
+    if (n_nets == N_NETS_TAESD && check_taesd_models(a) != 0) return -1;
     const LdmModel *clip = net_model(a, NET_CLIP), *unet = net_model(a, NET_UNET), *dec = net_model(a, NET_DEC),
                    *enc = net_model(a, NET_ENC);
     int it = ldm_model_input(clip, "tokens"), oh = ldm_model_output(clip, "hidden");
@@ -645,7 +715,9 @@ static int save_cond_file(const App *a, const char *path, const LdmCond *c, cons
 /* image (3, H, W) in [-1, 1] -> scale_factor * posterior mean (n_lat):
  * LatentDiffusion.get_first_stage_encoding(encode_first_stage(x)) with the
  * mode of the posterior instead of a sample (reproducible, as the goldens). */
+static int encode_image_taesd(App *a, const float *chw, float *latent);
 static int encode_image(App *a, const float *chw, float *latent) {
+    if (a->o.taesd_encoder) return encode_image_taesd(a, chw, latent);
     const LdmModel *enc = net_model(a, NET_ENC);
     int om = ldm_model_output(enc, "moments") >= 0 ? ldm_model_output(enc, "moments") : ldm_model_output(enc, "h");
     float *out = ldm_aligned_alloc((size_t)ldm_numel(&enc->outputs[om]) * sizeof(float));
@@ -667,8 +739,40 @@ static int encode_image(App *a, const float *chw, float *latent) {
     return rc;
 }
 
-/* latent -> image01 (3, H, W): decode_first_stage = decoder(1. / scale_factor * z) */
+/* TAESD: image (3, H, W) in [-1, 1] -> latent (n_lat) in UNet space, as is
+ * (TAESD's scale factor is 1): diffusers AutoencoderTiny.encode, whose
+ * EncoderTiny maps its input with (x + 1) / 2 first (taesd.py's encoder
+ * takes [0, 1]). */
+static int encode_image_taesd(App *a, const float *chw, float *latent) {
+    const LdmModel *enc = net_model(a, NET_TAESD_ENC);
+    int64_t n = 3LL * CFG.H * CFG.W;
+    float *x = ldm_aligned_alloc((size_t)n * sizeof(float));
+    for (int64_t j = 0; j < n; j++) x[j] = (chw[j] + 1.0f) / 2.0f;
+    const void *in[1] = {x};
+    void *out[1] = {latent};
+    int rc = enc->n_outputs == 1 ? ldm_nets_run(&a->taesd_enc, a->size, in, out)
+                                 : ldm_fail("internal: TAESD's encoder has %d outputs", enc->n_outputs);
+    free(x);
+    return rc;
+}
+
+/* TAESD (the decoder in s): latent (n_lat, UNet space, unscaled) -> image01
+ * (3, H, W) = clamp(decoder(latent), 0, 1) (taesd.py's output is ~[0, 1]). */
+static int decode_latent_taesd(App *a, LdmNets *s, const float *latent, float *image01) {
+    const LdmModel *dec = net_model(a, NET_TAESD_DEC);
+    if (dec->n_outputs != 1) return ldm_fail("internal: TAESD's decoder has %d outputs", dec->n_outputs);
+    const void *in[1] = {latent};
+    void *out[1] = {image01};
+    if (ldm_nets_run(s, a->size, in, out) != 0) return -1;
+    int64_t n = 3LL * CFG.H * CFG.W;
+    for (int64_t j = 0; j < n; j++) image01[j] = image01[j] < 0.0f ? 0.0f : image01[j] > 1.0f ? 1.0f : image01[j];
+    return 0;
+}
+
+/* latent -> image01 (3, H, W): decode_first_stage = decoder(1. / scale_factor * z),
+ * or TAESD's decoder with --taesd */
 static int decode_latent(App *a, const float *latent, float *image01) {
+    if (a->o.taesd) return decode_latent_taesd(a, &a->taesd_dec, latent, image01);
     const LdmModel *dec = net_model(a, NET_DEC);
     int oi = ldm_model_output(dec, "image");
     float *z = ldm_aligned_alloc((size_t)a->n_lat * sizeof(float));
@@ -747,6 +851,23 @@ static void sampler_setup(const App *a, LdmSampler *p) {
     }
 }
 
+/* LdmStepFn of --preview-every N --preview PNG: after every N-th step, the
+ * TAESD decode of the step's x0 prediction (info->denoised) to PNG, written
+ * atomically (a temporary file in its directory, renamed over it). */
+static int preview_step(void *ctx, const LdmStepInfo *info) {
+    App *a = ctx;
+    if ((info->step + 1) % a->o.preview_every != 0) return 0;
+    double t0 = ldm_now();
+    float *img = ldm_aligned_alloc((size_t)3 * CFG.H * CFG.W * sizeof(float));
+    LdmNets *s = a->o.preview_taesd ? &a->taesd_prev : &a->taesd_dec;
+    int rc = decode_latent_taesd(a, s, info->denoised, img);
+    if (rc == 0) rc = ldm_image_save(a->o.preview, img, CFG.W, CFG.H);
+    free(img);
+    if (rc != 0) return ldm_fail("--preview (step %d): %s", info->step + 1, ldm_last_error());
+    ldm_times_add(&a->times, "preview", ldm_now() - t0);
+    return 0;
+}
+
 /* One image: prompt -> png_path (and latent_path). */
 static int make_image(App *a, const char *prompt, uint64_t seed, const char *png_path, const char *latent_path,
                       const char *cond_path, const char *label) {
@@ -819,6 +940,10 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
 
     LdmSampler p;
     sampler_setup(a, &p);
+    if (a->o.preview) {
+        p.step_fn = preview_step;
+        p.step_ctx = a;
+    }
     if (ldm_sample_guided(&a->sched, &p, &g, &gen, a->pmode, label, &a->times, x) != 0) goto done;
 
     t0 = ldm_now();
@@ -870,6 +995,31 @@ done:
     return rc;
 }
 
+/* The TAESD files of --taesd, --taesd-encoder and --preview-taesd: every
+ * size's TAESD network bound to them (small: 1.2 M parameters each). */
+static int load_taesd(App *a) {
+    const Options *o = &a->o;
+    const char *flag = o->taesd ? "--taesd" : o->taesd_encoder ? "--taesd-encoder" : o->preview_taesd ? "--preview-taesd" : NULL;
+    if (!flag) return 0;
+    if (!has_taesd())
+        return ldm_fail("%s: this executable was built without TAESD (make txt2img CONFIG=%s ... TAESD=1)", flag,
+                        CFG.config_path);
+    double t0 = ldm_now();
+    int n = ldm_pipeline_n_sizes, rc = 0;
+    const LdmModel **dec = ldm_xcalloc((size_t)n, sizeof *dec), **enc = ldm_xcalloc((size_t)n, sizeof *enc);
+    for (int k = 0; k < n; k++) {
+        dec[k] = ldm_pipeline_sizes[k].models[NET_TAESD_DEC];
+        enc[k] = ldm_pipeline_sizes[k].models[NET_TAESD_ENC];
+    }
+    if (o->taesd) rc = ldm_taesd_nets_load(&a->taesd_dec, "--taesd", o->taesd, dec, n, 1);
+    if (rc == 0 && o->preview_taesd) rc = ldm_taesd_nets_load(&a->taesd_prev, "--preview-taesd", o->preview_taesd, dec, n, 1);
+    if (rc == 0 && o->taesd_encoder) rc = ldm_taesd_nets_load(&a->taesd_enc, "--taesd-encoder", o->taesd_encoder, enc, n, 0);
+    free(dec);
+    free(enc);
+    if (rc == 0) ldm_times_add(&a->times, "load taesd", ldm_now() - t0);
+    return rc;
+}
+
 /* Read the inputs named on the command line and check them against this
  * executable, before the (slow) weights are loaded. */
 static int load_inputs(App *a) {
@@ -890,6 +1040,8 @@ static int load_inputs(App *a) {
     if (o->mask && ldm_mask_load(o->mask, CFG.W, CFG.H, &a->mask_px, NULL, NULL) != 0) return -1;
     a->strength = o->has_strength ? o->strength : a->hybrid ? 1.0 : 0.75;
     if (!o->prompts && o->save_cond && ldm_check_output_path("--save-cond", o->save_cond) != 0) return -1;
+    if (o->preview && ldm_check_output_path("--preview", o->preview) != 0) return -1;
+    if (load_taesd(a) != 0) return -1;
     /* the text encoder's CLIP skips, the embeddings, the LoRA files */
     const LdmModel *clip = net_model(a, NET_CLIP);
     int oh = ldm_model_output(clip, "hidden"), os = ldm_model_output(clip, "hidden_skip");
@@ -1127,6 +1279,10 @@ static int run(App *a) {
         return -1;
     }
     ldm_times_add(&a->times, "load weights", ldm_now() - t0);
+    /* TAESD runs between UNet calls or instead of the VAE: one arena for all */
+    LdmNets *tn[3] = {&a->taesd_dec, &a->taesd_enc, &a->taesd_prev};
+    for (int k = 0; k < 3; k++)
+        if (tn[k]->n) ldm_nets_share_arena(tn[k], &a->nets);
     if (ldm_pipeline_n_sizes > 1 && a->pmode != LDM_PROGRESS_QUIET) {
         fprintf(stderr, "%s: %d sizes: %d networks on %d weight sets (bound once, shared by the sizes)\n", a->argv0,
                 ldm_pipeline_n_sizes, n_models, a->nets.n_weight_sets);
@@ -1234,6 +1390,9 @@ out:
     if (a.pmode != LDM_PROGRESS_QUIET && a.times.images > 0) ldm_times_print(&a.times, stderr);
     if (ldm_profiling) ldm_profile_report();
     ldm_nets_free(&a.nets);
+    ldm_nets_free(&a.taesd_dec);
+    ldm_nets_free(&a.taesd_enc);
+    ldm_nets_free(&a.taesd_prev);
     if (a.sched.alphas_cumprod) ldm_schedule_free(&a.sched);
     clip_tokenizer_free(a.tok);
     ldm_times_free(&a.times);
