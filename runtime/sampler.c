@@ -810,8 +810,7 @@ static int run_diffusers(Run *r, const Plan *pl) {
         goto done;
     }
     /* UniPC: sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5 at the timesteps, then 0 */
-    for (int i = 0; i < S; i++) usig[i] = sqrtf((1.0f - ac[ts[i]]) / ac[ts[i]]);
-    usig[S] = 0.0f;
+    ldm_unipc_sigmas(ac, ts, S, usig);
 
     int this_order = 0, lower_order_nums = 0;
     float *m_prev = r->old, *m_prev2 = r->den2, *last = r->x2;

@@ -471,3 +471,8 @@ int ldm_unipc_timesteps(int T, int steps, int *out) {
     free(v);
     return 0;
 }
+
+void ldm_unipc_sigmas(const float *ac, const int *ts, int steps, float *out) {
+    for (int i = 0; i < steps; i++) out[i] = sqrtf((1.0f - ac[ts[i]]) / ac[ts[i]]);
+    out[steps] = 0.0f;
+}

@@ -115,6 +115,10 @@ int ldm_lcm_timesteps(int T, int orig, int steps, int *out);
 /* UniPCMultistepScheduler.set_timesteps(steps) ('linspace' spacing):
  * round(linspace(0, T - 1, steps + 1))[::-1][:-1] (numpy round half to even). */
 int ldm_unipc_timesteps(int T, int steps, int *out);
+/* UniPC's sigmas: ((1 - ac) / ac) ** 0.5 in float32 at the `steps`
+ * timesteps ts (np.interp at integers = the table's entries), then 0
+ * (final_sigmas_type "zero"): steps + 1 values. ac: the diffusers table. */
+void ldm_unipc_sigmas(const float *ac, const int *ts, int steps, float *out);
 /* DiscreteSchedule.t_to_sigma: sigma at a fractional timestep t in [0, T-1]. */
 float ldm_t_to_sigma(const LdmSchedule *s, float t);
 /* DiscreteSchedule.sigma_to_t (quantize=False): the fractional UNet timestep
