@@ -430,18 +430,20 @@ void ldm_diffusers_alphas_cumprod(double beta_start, double beta_end, int T, flo
     /* betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
      * alphas = 1.0 - betas
      * alphas_cumprod = torch.cumprod(alphas, dim=0)
-     * torch's CPU cumprod accumulates a float32 input in double
+     * The ends are rounded to float32, the points start + i * (end - start)
+     * / (T - 1) computed in double and rounded (this matches the reference
+     * table best: within 7.5e-9, against 9e-8 for an all-float32 linspace);
+     * the CPU cumprod accumulates a float32 input in double
      * (at::acc_type<float, false>), rounding every output. */
-    float *b = ldm_xmalloc((size_t)T * sizeof(float));
-    ldm_linspace_f32((float)pow(beta_start, 0.5), (float)pow(beta_end, 0.5), T, b);
+    double s = (double)(float)pow(beta_start, 0.5), e = (double)(float)pow(beta_end, 0.5);
     double acc = 1.0;
     for (int i = 0; i < T; i++) {
-        float beta = b[i] * b[i];
+        float b = (float)(s + (double)i * (e - s) / (double)(T - 1));
+        float beta = b * b;
         float alpha = 1.0f - beta;
         acc *= (double)alpha;
         out[i] = (float)acc;
     }
-    free(b);
 }
 
 int ldm_lcm_timesteps(int T, int orig, int steps, int *out) {
