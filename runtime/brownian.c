@@ -85,22 +85,29 @@ double ldm_round6(double x) {
 
 /* ---- the tree ------------------------------------------------------------ */
 
+/* A node keeps its increment only while a query needs it: every query
+ * recomputes the increments along its paths from the root's (which is kept)
+ * and drops them at its end, so memory stays a few dozen latents however
+ * many nodes the tree has (torchsde keeps an LRU cache of 45 and recomputes
+ * the same way; the values depend only on the seed and the path). */
 struct LdmBrownianNode {
     double start, end, mid;  /* rounded; mid valid once split */
     uint64_t key;            /* spawn key */
     uint64_t depth;
-    float *W;                /* (n) increment over [start, end] */
-    LdmBrownianNode *left, *right;
+    uint32_t w_seed;         /* once split: the W_seed of its SeedSequence */
+    float *W;                /* (n) increment over [start, end], or NULL when not resident */
+    LdmBrownianNode *parent, *left, *right;
 };
 
-static LdmBrownianNode *node_new(LdmBrownian *b, double start, double end, uint64_t key, uint64_t depth) {
+static LdmBrownianNode *node_new(LdmBrownian *b, LdmBrownianNode *parent, double start, double end, uint64_t key,
+                                 uint64_t depth) {
     LdmBrownianNode *nd = ldm_xmalloc(sizeof *nd);
     memset(nd, 0, sizeof *nd);
     nd->start = ldm_round6(start);
     nd->end = ldm_round6(end);
     nd->key = key;
     nd->depth = depth;
-    nd->W = ldm_xmalloc((size_t)b->n * sizeof(float));
+    nd->parent = parent;
     b->n_nodes++;
     return nd;
 }
@@ -112,40 +119,71 @@ static void randn_seeded(uint32_t seed, float *out, int64_t n) {
     torch_randn(&g, out, n);
 }
 
-/* _split_exact(0.5 * (end + start)) and the children's increments
- * (_increment_and_space_time_levy_area without H):
- *   h_reciprocal = 1 / (end - start); left_diff = midway - start; right_diff = end - midway
- *   mean = left_diff * W * h_reciprocal
- *   var = left_diff * right_diff * h_reciprocal
- *   left_W = mean + math.sqrt(var) * randn(W_seed); right_W = W - left_W */
+/* _split_exact(0.5 * (end + start)): the midpoint, the seeds, the children */
 static void node_split(LdmBrownian *b, LdmBrownianNode *nd) {
     double midway = 0.5 * (nd->end + nd->start);
     nd->mid = ldm_round6(midway);
     uint64_t key[2] = {nd->key, nd->depth};
     uint32_t st[4];
     ldm_seedseq_state(b->seed, key, 2, st, 4);
-    nd->left = node_new(b, nd->start, midway, 2 * nd->key + 0, nd->depth + 1);
-    nd->right = node_new(b, midway, nd->end, 2 * nd->key + 1, nd->depth + 1);
+    nd->w_seed = st[0];
+    nd->left = node_new(b, nd, nd->start, midway, 2 * nd->key + 0, nd->depth + 1);
+    nd->right = node_new(b, nd, midway, nd->end, 2 * nd->key + 1, nd->depth + 1);
+}
+
+static const float *node_w(LdmBrownian *b, LdmBrownianNode *nd);
+
+/* The children's increments from the parent's
+ * (_increment_and_space_time_levy_area without H):
+ *   h_reciprocal = 1 / (end - start); left_diff = midway - start; right_diff = end - midway
+ *   mean = left_diff * W * h_reciprocal
+ *   var = left_diff * right_diff * h_reciprocal
+ *   left_W = mean + math.sqrt(var) * randn(W_seed); right_W = W - left_W */
+static void children_w(LdmBrownian *b, LdmBrownianNode *nd) {
+    const float *W = node_w(b, nd);
     double h_rec = 1.0 / (nd->end - nd->start);
     double left_diff = nd->mid - nd->start, right_diff = nd->end - nd->mid;
     float a = (float)left_diff, c = (float)h_rec;
     float sd = (float)sqrt(left_diff * right_diff * h_rec);
-    float *L = nd->left->W, *R = nd->right->W;
-    randn_seeded(st[0], L, b->n); /* noise */
+    float *L = ldm_xmalloc((size_t)b->n * sizeof(float)), *R = ldm_xmalloc((size_t)b->n * sizeof(float));
+    randn_seeded(nd->w_seed, L, b->n); /* noise */
     for (int64_t j = 0; j < b->n; j++) {
-        float mean = a * nd->W[j] * c;
+        float mean = a * W[j] * c;
         float lw = mean + sd * L[j];
         L[j] = lw;
-        R[j] = nd->W[j] - lw;
+        R[j] = W[j] - lw;
+    }
+    free(nd->left->W);
+    free(nd->right->W);
+    nd->left->W = L;
+    nd->right->W = R;
+}
+
+static const float *node_w(LdmBrownian *b, LdmBrownianNode *nd) {
+    if (!nd->W) children_w(b, nd->parent); /* the root's is always resident */
+    return nd->W;
+}
+
+/* drop every increment but the root's */
+static void evict(LdmBrownianNode *nd, int is_root) {
+    for (; nd; nd = nd->right) {
+        if (!is_root) {
+            free(nd->W);
+            nd->W = NULL;
+        }
+        is_root = 0;
+        evict(nd->left, 0);
     }
 }
 
 static void node_free(LdmBrownianNode *nd) {
-    if (!nd) return;
-    node_free(nd->left);
-    node_free(nd->right);
-    free(nd->W);
-    free(nd);
+    while (nd) {
+        LdmBrownianNode *r = nd->right;
+        node_free(nd->left);
+        free(nd->W);
+        free(nd);
+        nd = r;
+    }
 }
 
 int ldm_brownian_init(LdmBrownian *b, int64_t n, float sigma_min, float sigma_max, uint64_t seed) {
@@ -158,7 +196,8 @@ int ldm_brownian_init(LdmBrownian *b, int64_t n, float sigma_min, float sigma_ma
     b->seed = seed;
     b->t0 = (double)sigma_min;
     b->t1 = (double)sigma_max;
-    b->root = node_new(b, b->t0, b->t1, 0, 0);
+    b->root = node_new(b, NULL, b->t0, b->t1, 0, 0);
+    b->root->W = ldm_xmalloc((size_t)n * sizeof(float));
     /* generate_state(3) -> initial_W_seed, initial_H_seed, top_a_seed;
      * W = randn(initial_W_seed) * math.sqrt(t1 - t0) */
     uint32_t st[3];
@@ -176,23 +215,27 @@ void ldm_brownian_free(LdmBrownian *b) {
 
 /* _loc_inner: the covering nodes of [ta, tb] left to right, summed into acc
  * (the first one copied). */
+static void add_node(LdmBrownian *b, LdmBrownianNode *nd, float *acc, int *first) {
+    const float *W = node_w(b, nd);
+    if (*first) memcpy(acc, W, (size_t)b->n * sizeof(float));
+    else
+        for (int64_t j = 0; j < b->n; j++) acc[j] = acc[j] + W[j];
+    *first = 0;
+}
+
+/* _loc_inner: the covering nodes of [ta, tb] left to right, summed into acc
+ * (the first one copied). */
 static void cover(LdmBrownian *b, LdmBrownianNode *nd, double ta, double tb, float *acc, int *first) {
     for (;;) {
         if (ta == nd->start && tb == nd->end) {
-            if (*first) memcpy(acc, nd->W, (size_t)b->n * sizeof(float));
-            else
-                for (int64_t j = 0; j < b->n; j++) acc[j] = acc[j] + nd->W[j];
-            *first = 0;
+            add_node(b, nd, acc, first);
             return;
         }
         if (!nd->left) {
             double m = ldm_round6(0.5 * (nd->end + nd->start));
             if (!(m > nd->start && m < nd->end)) {
                 /* below the 1e-6 resolution: cannot happen for rounded query points */
-                if (*first) memcpy(acc, nd->W, (size_t)b->n * sizeof(float));
-                else
-                    for (int64_t j = 0; j < b->n; j++) acc[j] = acc[j] + nd->W[j];
-                *first = 0;
+                add_node(b, nd, acc, first);
                 return;
             }
             node_split(b, nd);
@@ -224,6 +267,7 @@ void ldm_brownian_increment(LdmBrownian *b, double ta, double tb, float *out) {
     }
     int first = 1;
     cover(b, b->root, ta, tb, out, &first);
+    evict(b->root, 1);
 }
 
 /* BrownianTreeNoiseSampler.__call__(sigma, sigma_next):

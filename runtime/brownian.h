@@ -20,8 +20,10 @@
  *     (the CPU generator, float32);
  *   - noise(s, s_next) = sign * W(lo, hi) / sqrt(|s_next - s|) (float32).
  *
- * Nodes are kept for the life of the tree (torchsde keeps an LRU cache and
- * recomputes: the values are the same, the tree is canonical).
+ * The tree's nodes (interval, seed) are kept; their increments only while
+ * a query runs (recomputed from the root's as needed, as torchsde does
+ * past its LRU cache: the values depend only on the seed and the path), so
+ * memory is a few dozen latents for any number of steps.
  */
 #ifndef LDM_BROWNIAN_H
 #define LDM_BROWNIAN_H
