@@ -1,10 +1,9 @@
 /*
  * sampler.h - the diffusion samplers: CompVis DDIM and PLMS; k-diffusion
- * Euler, Euler ancestral, Heun, DPM2, DPM++ 2S ancestral, DPM++ 2M, DPM++ SDE
- * and DPM++ 2M SDE; diffusers LCM, TCD and UniPC; txt2img, img2img and
- * inpainting by latent blending (CompVis and k-diffusion samplers; the
- * diffusers ones are txt2img only).
- *
+ * Euler, Euler ancestral, Heun, DPM2, DPM++ 2S ancestral, DPM++ 2M, DPM++
+ * SDE and DPM++ 2M SDE; diffusers LCM, TCD and UniPC. txt2img, and for the
+ * CompVis and k-diffusion samplers img2img and inpainting by latent
+ * blending (the diffusers schedulers are txt2img only: refused otherwise). *
  * The network is not linked in: a sampler calls the model through LdmEpsFn
  * (the generated UNet plus classifier-free guidance, written by the caller)
  * and asks for Gaussian noise through LdmNoiseFn (the torch-compatible RNG).
@@ -156,6 +155,14 @@ typedef struct LdmSampler {
  *     x = x0 + sigmas[steps - t_enc] * noise, then the last t_enc steps (the
  *     k-diffusion form of the same noising; the first step sees exactly the
  *     noise level it was noised to, as in the common k-diffusion UIs).
+ *     The SDE samplers' Brownian tree spans the sigmas that run.
+ *   lcm, tcd, uni_pc: not defined (diffusers' txt2img loop is their
+ *     reference): -1 with a message, as for inpainting.
+ *
+ * The diffusers schedulers work on the VP-space latent (x = x_T, the UNet
+ * gets x and the integer timestep) with their own float32 alphas_cumprod
+ * (ldm_diffusers_alphas_cumprod from s->linear_start / linear_end).
+ * lcm/tcd: 1..50 steps (the LCM grid of original_inference_steps 50).
  */
 int ldm_sample(const LdmSchedule *s, const LdmSampler *p, float *x);
 
