@@ -3,7 +3,8 @@
  * Euler, Euler ancestral, Heun, DPM2, DPM++ 2S ancestral, DPM++ 2M, DPM++
  * SDE and DPM++ 2M SDE; diffusers LCM, TCD and UniPC. txt2img, and for the
  * CompVis and k-diffusion samplers img2img and inpainting by latent
- * blending (the diffusers schedulers are txt2img only: refused otherwise). *
+ * blending (the diffusers schedulers are txt2img only: refused otherwise).
+ *
  * The network is not linked in: a sampler calls the model through LdmEpsFn
  * (the generated UNet plus classifier-free guidance, written by the caller)
  * and asks for Gaussian noise through LdmNoiseFn (the torch-compatible RNG).
