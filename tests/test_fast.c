@@ -3,6 +3,9 @@
  * Brownian-tree noise (goldens/sd1-fast, README sections 0-4 and 6).
  *
  * Unit level (no network):
+ *   - lcm, tcd and uni_pc replayed on the goldens' UNet outputs (step_eps)
+ *     and noise: the UNet timesteps, every step's x, denoised and prev and
+ *     the latent within their tolerances;
  *   - schedule_fast.io: the LCM/TCD and UniPC timesteps (exact), the
  *     diffusers float32 alphas_cumprod, UniPC's sigmas, the ays (4, 7, 10,
  *     20 steps), exponential, polyexponential (rho 1, 2), karras and normal
@@ -362,6 +365,127 @@ START_TEST(test_round6) {
 END_TEST
 
 /* ------------------------------------------------------------------------
+ * diffusers schedulers replayed on the goldens' UNet outputs
+ * ------------------------------------------------------------------------ */
+
+typedef struct Replay {
+    const float *eps, *noise, *step_x, *step_den, *step_prev;
+    const int32_t *ts;
+    int64_t n;
+    int calls, draws, n_draws, steps;
+    double dx, dden, dprev;
+    int bad_t;
+} Replay;
+
+static int replay_eps(void *ctx, const float *x_in, float t, float *eps_out) {
+    (void)x_in;
+    Replay *r = ctx;
+    ck_assert_int_lt(r->calls, r->steps);
+    if (t != (float)r->ts[r->calls]) r->bad_t = 1;
+    memcpy(eps_out, r->eps + (int64_t)r->calls * r->n, (size_t)r->n * sizeof(float));
+    r->calls++;
+    return 0;
+}
+
+static void replay_noise(void *ctx, float *out, int64_t n) {
+    Replay *r = ctx;
+    ck_assert_int_lt(r->draws, r->n_draws);
+    memcpy(out, r->noise + (int64_t)r->draws * n, (size_t)n * sizeof(float));
+    r->draws++;
+}
+
+static int replay_step(void *ctx, const LdmStepInfo *info) {
+    Replay *r = ctx;
+    int64_t o = (int64_t)info->step * r->n;
+    double d;
+    if (r->step_x) {
+        d = max_abs_diff(info->x, r->step_x + o, r->n);
+        if (d > r->dx) r->dx = d;
+    }
+    if (r->step_den) {
+        d = max_abs_diff(info->denoised, r->step_den + o, r->n);
+        if (d > r->dden) r->dden = d;
+    }
+    d = max_abs_diff(info->x_next, r->step_prev + o, r->n);
+    if (d > r->dprev) r->dprev = d;
+    return 0;
+}
+
+START_TEST(test_diffusers_replay) {
+    static const struct {
+        const char *file;
+        LdmSamplerKind kind;
+    } k[] = {{"txt2img_lcm2", LDM_SAMPLER_LCM},
+             {"txt2img_lcm4", LDM_SAMPLER_LCM},
+             {"txt2img_lcm8", LDM_SAMPLER_LCM},
+             {"txt2img_tcd4", LDM_SAMPLER_TCD},
+             {"txt2img_unipc10", LDM_SAMPLER_UNI_PC}};
+    const char *io = io_path(k[_i].file);
+    int64_t n_eps, n_ts, n_noise = 0, nx;
+    Replay r = {0};
+    float *eps = read_f32(io, "step_eps", &n_eps);
+    int32_t *ts = read_i32(io, "timesteps", &n_ts);
+    float *x = read_f32(io, "x_T", &nx);
+    float *step_x = read_f32(io, "step_x", NULL), *step_prev = read_f32(io, "step_prev", NULL);
+    float *step_den = k[_i].kind == LDM_SAMPLER_UNI_PC ? NULL : read_f32(io, "step_denoised", NULL);
+    float *noise = k[_i].kind == LDM_SAMPLER_UNI_PC ? NULL : read_f32(io, "noise", &n_noise);
+    float *gl = read_f32(io, "latent", NULL);
+    r.eps = eps;
+    r.noise = noise;
+    r.ts = ts;
+    r.n = nx;
+    r.steps = (int)n_ts;
+    r.n_draws = (int)(n_noise / nx);
+    /* UniPC's callback x is the corrected sample, the golden's the incoming one */
+    r.step_x = k[_i].kind == LDM_SAMPLER_UNI_PC ? NULL : step_x;
+    r.step_den = step_den;
+    r.step_prev = step_prev;
+    LdmSchedule s;
+    tiny_schedule(&s);
+    LdmSampler p;
+    memset(&p, 0, sizeof p);
+    p.kind = k[_i].kind;
+    p.steps = (int)n_ts;
+    p.n = nx;
+    char *g = meta_opt(io, "gamma_eta");
+    p.gamma = g ? atof(g) : 0.3;
+    free(g);
+    p.eps_fn = replay_eps;
+    p.eps_ctx = &r;
+    p.noise_fn = replay_noise;
+    p.noise_ctx = &r;
+    p.step_fn = replay_step;
+    p.step_ctx = &r;
+    ck_assert_msg(ldm_sample(&s, &p, x) == 0, "%s", ldm_last_error());
+    ck_assert_msg(!r.bad_t, "%s: a UNet timestep differs from the golden's", k[_i].file);
+    ck_assert_int_eq(r.calls, (int)n_ts);
+    ck_assert_int_eq(r.draws, r.n_draws);
+    char what[96];
+    if (r.step_x) {
+        snprintf(what, sizeof what, "%s replay step_x", k[_i].file);
+        check_close(what, &(float){(float)r.dx}, &(float){0.0f}, 1, tolerance(io, "step_x"));
+    }
+    if (step_den) {
+        snprintf(what, sizeof what, "%s replay step_denoised", k[_i].file);
+        check_close(what, &(float){(float)r.dden}, &(float){0.0f}, 1, tolerance(io, "step_denoised"));
+    }
+    snprintf(what, sizeof what, "%s replay step_prev", k[_i].file);
+    check_close(what, &(float){(float)r.dprev}, &(float){0.0f}, 1, tolerance(io, "step_prev"));
+    snprintf(what, sizeof what, "%s replay latent", k[_i].file);
+    check_close(what, x, gl, nx, tolerance(io, "latent"));
+    ldm_schedule_free(&s);
+    free(eps);
+    free(ts);
+    free(x);
+    free(step_x);
+    free(step_prev);
+    free(step_den);
+    free(noise);
+    free(gl);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------
  * txt2img end to end
  * ------------------------------------------------------------------------ */
 
@@ -700,6 +824,7 @@ Suite *suite_fast(void) {
     tcase_add_test(tc, test_diffusers_alphas);
     tcase_add_test(tc, test_sigma_tables);
     tcase_add_loop_test(tc, test_file_sigmas, 0, N_KFILES);
+    tcase_add_loop_test(tc, test_diffusers_replay, 0, 5);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("brownian");
