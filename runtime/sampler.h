@@ -99,7 +99,9 @@ typedef struct LdmStepInfo {
     float t;               /* UNet timestep of the step's (first) model call */
     float sigma;           /* noise level: k-diffusion sigma_i; DDIM/PLMS sqrt((1-a)/a) */
     const float *x;        /* (n) latent the step started from (after inpaint blending) */
-    const float *denoised; /* (n) x0 prediction: DDIM/PLMS pred_x0, k-diffusion denoised */
+    const float *denoised; /* (n) x0 prediction: DDIM/PLMS pred_x0, k-diffusion denoised (of the step's first
+                            * model call), LCM denoised, UniPC x0_pred; TCD: pred_noised_sample (its
+                            * x0 re-noised to timestep s, as the reference reports it) */
     const float *x_next;   /* (n) latent after the step (before the final inpaint paste) */
 } LdmStepInfo;
 /* Return 0 to go on; anything else stops sampling and ldm_sample returns -1
