@@ -1,7 +1,9 @@
 /*
- * sampler.h - the diffusion samplers: CompVis DDIM and PLMS, k-diffusion
- * Euler, Euler ancestral and DPM++ 2M; txt2img, img2img and inpainting by
- * latent blending.
+ * sampler.h - the diffusion samplers: CompVis DDIM and PLMS; k-diffusion
+ * Euler, Euler ancestral, Heun, DPM2, DPM++ 2S ancestral, DPM++ 2M, DPM++
+ * SDE and DPM++ 2M SDE; diffusers LCM, TCD and UniPC. txt2img, and for the
+ * CompVis and k-diffusion samplers img2img and inpainting by latent
+ * blending (the diffusers schedulers are txt2img only: refused otherwise).
  *
  * The network is not linked in: a sampler calls the model through LdmEpsFn
  * (the generated UNet plus classifier-free guidance, written by the caller)
@@ -16,6 +18,15 @@
  *   euler     1, before the model call (sample_euler draws eps for s_churn even at 0)
  *   euler_a   1, after the model call, except on the last step (sigma_next = 0)
  *   dpmpp_2m  0
+ *   heun, dpm2    1, before the first model call (drawn for s_churn even at 0)
+ *   dpmpp_2s_a    1, after both model calls, except on the last step
+ *   dpmpp_sde     noise_sampler randn: 2 per step except the last, one after
+ *                 each model call; brownian: none (the tree has its own seeds)
+ *   dpmpp_2m_sde  randn: 1 after the model call except on the last step;
+ *                 brownian: none
+ *   lcm           1 after the model call, except on the last step
+ *   tcd           as lcm when gamma > 0; none at gamma 0
+ *   uni_pc        0
  *   + inpainting: 1 more at the very start of every step (q_sample's randn_like)
  *
  * All arithmetic is float32, in the reference's order of operations.
@@ -44,12 +55,42 @@ typedef enum LdmSamplerKind {
     LDM_SAMPLER_EULER,    /* k_diffusion.sampling.sample_euler (s_churn = 0) */
     LDM_SAMPLER_EULER_A,  /* sample_euler_ancestral (eta = 1, s_noise = 1) */
     LDM_SAMPLER_DPMPP_2M, /* sample_dpmpp_2m */
+    LDM_SAMPLER_HEUN,     /* sample_heun (s_churn = 0) */
+    LDM_SAMPLER_DPM2,     /* sample_dpm_2 (s_churn = 0) */
+    LDM_SAMPLER_DPMPP_2S_A,   /* sample_dpmpp_2s_ancestral (eta = 1, s_noise = 1) */
+    LDM_SAMPLER_DPMPP_SDE,    /* sample_dpmpp_sde (eta = 1, s_noise = 1, r = 1/2) */
+    LDM_SAMPLER_DPMPP_2M_SDE, /* sample_dpmpp_2m_sde (eta = 1, s_noise = 1, solver 'midpoint') */
+    LDM_SAMPLER_LCM,      /* diffusers LCMScheduler (original_inference_steps 50, timestep_scaling 10) */
+    LDM_SAMPLER_TCD,      /* diffusers TCDScheduler (original_inference_steps 50, eta = gamma) */
+    LDM_SAMPLER_UNI_PC,   /* diffusers UniPCMultistepScheduler (bh2, order 2, predict_x0, lower_order_final) */
 } LdmSamplerKind;
 
-/* "ddim", "plms", "euler", "euler_a", "dpmpp_2m". */
+/* "ddim", "plms", "euler", "euler_a", "dpmpp_2m", "heun", "dpm2",
+ * "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde", "lcm", "tcd", "uni_pc". */
 const char *ldm_sampler_name(LdmSamplerKind k);
-/* Parse one of those names; -1 with an error listing them if unknown. */
+/* Those names, comma-separated (for messages). */
+const char *ldm_sampler_list(void);
+/* Parse one of those names, or a display name of the AUTOMATIC1111 webui
+ * ("Euler a", "DPM++ 2M SDE", "LCM", "UniPC", ...; case and the characters
+ * ' ', '-', '_', '+' are not significant beyond those). A webui name that
+ * also names a schedule ("DPM++ 2M Karras", "DPM++ SDE Karras",
+ * "DPM++ 2M SDE Exponential") sets *schedule when schedule is not NULL
+ * (else it is refused); *schedule is left alone otherwise. -1 with an error
+ * listing the accepted names if unknown. */
+int ldm_sampler_parse_ex(const char *name, LdmSamplerKind *out, int *has_schedule, LdmSigmaKind *schedule);
 int ldm_sampler_parse(const char *name, LdmSamplerKind *out);
+
+/* Family of a sampler: 0 CompVis (ddim, plms), 1 k-diffusion (sigmas),
+ * 2 diffusers (lcm, tcd, uni_pc: their own integer timesteps). */
+int ldm_sampler_family(LdmSamplerKind k);
+
+/* Noise of the SDE samplers (dpmpp_sde, dpmpp_2m_sde). */
+typedef enum LdmNoiseSamplerKind {
+    LDM_NOISE_BROWNIAN, /* k-diffusion BrownianTreeNoiseSampler: torchsde BrownianTree from `seed` (brownian.h) */
+    LDM_NOISE_RANDN,    /* default_noise_sampler: plain draws from noise_fn (stable-diffusion.cpp) */
+} LdmNoiseSamplerKind;
+const char *ldm_noise_sampler_name(LdmNoiseSamplerKind k);
+int ldm_noise_sampler_parse(const char *name, LdmNoiseSamplerKind *out);
 
 /* What the optional per-step callback sees, after step `step` has run. */
 typedef struct LdmStepInfo {
@@ -58,7 +99,9 @@ typedef struct LdmStepInfo {
     float t;               /* UNet timestep of the step's (first) model call */
     float sigma;           /* noise level: k-diffusion sigma_i; DDIM/PLMS sqrt((1-a)/a) */
     const float *x;        /* (n) latent the step started from (after inpaint blending) */
-    const float *denoised; /* (n) x0 prediction: DDIM/PLMS pred_x0, k-diffusion denoised */
+    const float *denoised; /* (n) x0 prediction: DDIM/PLMS pred_x0, k-diffusion denoised (of the step's first
+                            * model call), LCM denoised, UniPC x0_pred; TCD: pred_noised_sample (its
+                            * x0 re-noised to timestep s, as the reference reports it) */
     const float *x_next;   /* (n) latent after the step (before the final inpaint paste) */
 } LdmStepInfo;
 /* Return 0 to go on; anything else stops sampling and ldm_sample returns -1
@@ -69,7 +112,11 @@ typedef struct LdmSampler {
     LdmSamplerKind kind;
     int steps;              /* S: DDIM/PLMS ddim_steps (may run a few more, see LdmDdim), k-samplers n */
     double eta;             /* DDIM eta (0 = deterministic); PLMS requires 0; unused otherwise */
-    LdmSigmaKind sigmas;    /* k-samplers: discrete (model_wrap.get_sigmas) or karras */
+    LdmSigmaKind sigmas;    /* k-samplers: discrete (model_wrap.get_sigmas), karras, exponential, ... */
+    double rho;             /* karras / polyexponential rho; 0 = their default (7 / 1) */
+    double gamma;           /* tcd: gamma (TCDScheduler.step's eta), in [0, 1] */
+    LdmNoiseSamplerKind noise_sampler; /* dpmpp_sde, dpmpp_2m_sde: brownian (default) or randn */
+    uint64_t seed;          /* brownian: the tree's entropy (the run's seed) */
     int64_t n;              /* latent floats, batch included: B * C * H * W */
     int64_t plane;          /* H * W of the latent (size of `mask`); 0 if no mask */
 
@@ -111,6 +158,14 @@ typedef struct LdmSampler {
  *     x = x0 + sigmas[steps - t_enc] * noise, then the last t_enc steps (the
  *     k-diffusion form of the same noising; the first step sees exactly the
  *     noise level it was noised to, as in the common k-diffusion UIs).
+ *     The SDE samplers' Brownian tree spans the sigmas that run.
+ *   lcm, tcd, uni_pc: not defined (diffusers' txt2img loop is their
+ *     reference): -1 with a message, as for inpainting.
+ *
+ * The diffusers schedulers work on the VP-space latent (x = x_T, the UNet
+ * gets x and the integer timestep) with their own float32 alphas_cumprod
+ * (ldm_diffusers_alphas_cumprod from s->linear_start / linear_end).
+ * lcm/tcd: 1..50 steps (the LCM grid of original_inference_steps 50).
  */
 int ldm_sample(const LdmSchedule *s, const LdmSampler *p, float *x);
 

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "torchmath.h"
 #include "util.h"
 
 /* ----------------------------------------------------------------------------
@@ -118,6 +119,8 @@ int ldm_schedule_init(LdmSchedule *s, double linear_start, double linear_end, in
         s->alphas_cumprod[j] = (float)prod;
     }
     free(lin);
+    s->linear_start = linear_start;
+    s->linear_end = linear_end;
     if (schedule_derive(s) != 0) {
         ldm_schedule_free(s);
         return -1;
@@ -224,8 +227,30 @@ const char *ldm_sigma_kind_name(LdmSigmaKind k) {
     switch (k) {
     case LDM_SIGMAS_DISCRETE: return "discrete";
     case LDM_SIGMAS_KARRAS: return "karras";
+    case LDM_SIGMAS_EXPONENTIAL: return "exponential";
+    case LDM_SIGMAS_POLYEXPONENTIAL: return "polyexponential";
+    case LDM_SIGMAS_AYS: return "ays";
     }
     return "?";
+}
+
+const char *ldm_sigma_kind_list(void) { return "discrete, karras, exponential, polyexponential, ays"; }
+
+int ldm_sigma_kind_parse(const char *name, LdmSigmaKind *out) {
+    static const LdmSigmaKind all[] = {LDM_SIGMAS_DISCRETE, LDM_SIGMAS_KARRAS, LDM_SIGMAS_EXPONENTIAL,
+                                       LDM_SIGMAS_POLYEXPONENTIAL, LDM_SIGMAS_AYS};
+    if (!strcmp(name, "normal")) name = "discrete"; /* k-diffusion / ComfyUI's name of the same */
+    if (!strcmp(name, "align_your_steps")) name = "ays";
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (!strcmp(name, ldm_sigma_kind_name(all[i]))) {
+            *out = all[i];
+            return 0;
+        }
+    return ldm_fail("unknown schedule '%s', expected one of %s", name, ldm_sigma_kind_list());
+}
+
+double ldm_sigma_default_rho(LdmSigmaKind k) {
+    return k == LDM_SIGMAS_KARRAS ? 7.0 : k == LDM_SIGMAS_POLYEXPONENTIAL ? 1.0 : 0.0;
 }
 
 /* DiscreteSchedule.t_to_sigma, in float32:
@@ -264,7 +289,113 @@ float ldm_sigma_to_t(const LdmSchedule *s, float sigma) {
     return (1.0f - w) * (float)lo + w * (float)hi;
 }
 
+/* ComfyUI comfy_extras/nodes_align_your_steps.py NOISE_LEVELS["SD1"] */
+static const double ays_sd1[11] = {14.6146412293, 6.4745760956, 3.8636745985, 2.6946151520,
+                                   1.8841921177,  1.3943805092, 0.9642583904, 0.6523686016,
+                                   0.3977456272,  0.1515232662, 0.0291671582};
+
+/* np.linspace(start, stop, num) (endpoint): i * step + start, the last = stop */
+static void np_linspace(double start, double stop, int num, double *out) {
+    double step = num > 1 ? (stop - start) / (double)(num - 1) : 0.0;
+    for (int i = 0; i < num; i++) out[i] = (double)i * step + start;
+    if (num > 1) out[num - 1] = stop;
+}
+
+/* np.interp(x, xp, fp) for increasing xp (numpy arr_interp) */
+static double np_interp(double x, const double *xp, const double *fp, int n) {
+    if (x <= xp[0]) return fp[0];
+    if (x >= xp[n - 1]) return fp[n - 1];
+    int j = 0;
+    while (j + 1 < n && xp[j + 1] <= x) j++;
+    if (xp[j] == x) return fp[j];
+    double slope = (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j]);
+    return slope * (x - xp[j]) + fp[j];
+}
+
+int ldm_sigmas_from_range(LdmSigmaKind kind, int steps, double sigma_min, double sigma_max, double rho, float *out) {
+    if (steps < 1) return ldm_fail("k-diffusion: %d steps requested, expected at least 1", steps);
+    if (rho == 0.0) rho = ldm_sigma_default_rho(kind);
+    if ((kind == LDM_SIGMAS_KARRAS || kind == LDM_SIGMAS_POLYEXPONENTIAL) && !(rho > 0.0 && isfinite(rho)))
+        return ldm_fail("%s schedule: rho = %g, expected a finite value > 0", ldm_sigma_kind_name(kind), rho);
+    float *ramp = ldm_xmalloc((size_t)steps * sizeof(float));
+    switch (kind) {
+    case LDM_SIGMAS_KARRAS: {
+        /* get_sigmas_karras(n, sigma_min, sigma_max, rho):
+         *   ramp = torch.linspace(0, 1, n)                   (float32)
+         *   min_inv_rho = sigma_min ** (1 / rho)             (Python float64)
+         *   max_inv_rho = sigma_max ** (1 / rho)
+         *   sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+         * The tensor expression runs in float32 with the Python scalars
+         * rounded to float32. */
+        double min_inv_rho = pow(sigma_min, 1.0 / rho);
+        double max_inv_rho = pow(sigma_max, 1.0 / rho);
+        ldm_linspace_f32(0.0f, 1.0f, steps, ramp);
+        float span = (float)(min_inv_rho - max_inv_rho);
+        for (int i = 0; i < steps; i++) {
+            float base = (float)max_inv_rho + ramp[i] * span;
+            out[i] = powf(base, (float)rho);
+        }
+        break;
+    }
+    case LDM_SIGMAS_EXPONENTIAL: {
+        /* get_sigmas_exponential:
+         *   sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), n).exp() */
+        ldm_linspace_f32((float)log(sigma_max), (float)log(sigma_min), steps, ramp);
+        for (int i = 0; i < steps; i++) out[i] = ldm_torch_expf(ramp[i]);
+        break;
+    }
+    case LDM_SIGMAS_POLYEXPONENTIAL: {
+        /* get_sigmas_polyexponential:
+         *   ramp = torch.linspace(1, 0, n) ** rho
+         *   sigmas = torch.exp(ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min)) */
+        ldm_linspace_f32(1.0f, 0.0f, steps, ramp);
+        float span = (float)(log(sigma_max) - log(sigma_min)), lmin = (float)log(sigma_min);
+        for (int i = 0; i < steps; i++) {
+            /* torch's pow(x, 2) is x * x, pow(x, 1) x itself */
+            float r = rho == 1.0 ? ramp[i] : rho == 2.0 ? ramp[i] * ramp[i] : powf(ramp[i], (float)rho);
+            out[i] = ldm_torch_expf(r * span + lmin);
+        }
+        break;
+    }
+    case LDM_SIGMAS_AYS: {
+        /* AlignYourStepsScheduler.get_sigmas("SD1", steps, denoise=1):
+         *   sigmas = NOISE_LEVELS["SD1"][:]
+         *   if (steps + 1) != len(sigmas): sigmas = loglinear_interp(sigmas, steps + 1)
+         *   sigmas[-1] = 0
+         * loglinear_interp (float64 numpy):
+         *   xs = np.linspace(0, 1, len(t)); ys = np.log(t[::-1])
+         *   new_ys = np.interp(np.linspace(0, 1, num), xs, ys); return np.exp(new_ys)[::-1] */
+        int m = steps + 1;
+        double *v = ldm_xmalloc((size_t)m * sizeof(double));
+        if (m == 11) {
+            for (int i = 0; i < 11; i++) v[i] = ays_sd1[i];
+        } else {
+            double xs[11], ys[11];
+            np_linspace(0.0, 1.0, 11, xs);
+            for (int i = 0; i < 11; i++) ys[i] = log(ays_sd1[10 - i]);
+            double *nx = ldm_xmalloc((size_t)m * sizeof(double));
+            np_linspace(0.0, 1.0, m, nx);
+            for (int i = 0; i < m; i++) v[m - 1 - i] = exp(np_interp(nx[i], xs, ys, 11));
+            free(nx);
+        }
+        for (int i = 0; i < steps; i++) out[i] = (float)v[i];
+        free(v);
+        break;
+    }
+    default:
+        free(ramp);
+        return ldm_fail("k-diffusion: schedule %s needs the model's sigma table", ldm_sigma_kind_name(kind));
+    }
+    free(ramp);
+    out[steps] = 0.0f; /* append_zero (ays: the last entry replaced by 0) */
+    return 0;
+}
+
 int ldm_kdiff_sigmas(const LdmSchedule *s, LdmSigmaKind kind, int steps, float *out) {
+    return ldm_kdiff_sigmas_rho(s, kind, steps, 0.0, out);
+}
+
+int ldm_kdiff_sigmas_rho(const LdmSchedule *s, LdmSigmaKind kind, int steps, double rho, float *out) {
     if (steps < 1)
         return ldm_fail("k-diffusion: %d steps requested, expected at least 1", steps);
     switch (kind) {
@@ -278,30 +409,72 @@ int ldm_kdiff_sigmas(const LdmSchedule *s, LdmSigmaKind kind, int steps, float *
         free(t);
         break;
     }
-    case LDM_SIGMAS_KARRAS: {
-        /* get_sigmas_karras(n, sigma_min=sigmas[0].item(), sigma_max=sigmas[-1].item(), rho=7.):
-         *   ramp = torch.linspace(0, 1, n)                   (float32)
-         *   min_inv_rho = sigma_min ** (1 / rho)             (Python float64)
-         *   max_inv_rho = sigma_max ** (1 / rho)
-         *   sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
-         * The tensor expression runs in float32 with the Python scalars
-         * rounded to float32. */
-        const double rho = 7.0;
-        double min_inv_rho = pow((double)s->sigmas[0], 1.0 / rho);
-        double max_inv_rho = pow((double)s->sigmas[s->T - 1], 1.0 / rho);
-        float *ramp = ldm_xmalloc((size_t)steps * sizeof(float));
-        ldm_linspace_f32(0.0f, 1.0f, steps, ramp);
-        float span = (float)(min_inv_rho - max_inv_rho);
-        for (int i = 0; i < steps; i++) {
-            float base = (float)max_inv_rho + ramp[i] * span;
-            out[i] = powf(base, (float)rho);
-        }
-        free(ramp);
-        break;
-    }
+    case LDM_SIGMAS_KARRAS:
+    case LDM_SIGMAS_EXPONENTIAL:
+    case LDM_SIGMAS_POLYEXPONENTIAL:
+    case LDM_SIGMAS_AYS:
+        /* sigma_min=sigmas[0].item(), sigma_max=sigmas[-1].item() (Python floats) */
+        return ldm_sigmas_from_range(kind, steps, (double)s->sigmas[0], (double)s->sigmas[s->T - 1], rho, out);
     default:
         return ldm_fail("k-diffusion: unknown sigma schedule %d", (int)kind);
     }
     out[steps] = 0.0f; /* sampling.append_zero */
     return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * diffusers schedulers
+ * ------------------------------------------------------------------------- */
+
+void ldm_diffusers_alphas_cumprod(double beta_start, double beta_end, int T, float *out) {
+    /* betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
+     * alphas = 1.0 - betas
+     * alphas_cumprod = torch.cumprod(alphas, dim=0)
+     * The ends are rounded to float32, the points start + i * (end - start)
+     * / (T - 1) computed in double and rounded (this matches the reference
+     * table best: within 7.5e-9, against 9e-8 for an all-float32 linspace);
+     * the CPU cumprod accumulates a float32 input in double
+     * (at::acc_type<float, false>), rounding every output. */
+    double s = (double)(float)pow(beta_start, 0.5), e = (double)(float)pow(beta_end, 0.5);
+    double acc = 1.0;
+    for (int i = 0; i < T; i++) {
+        float b = (float)(s + (double)i * (e - s) / (double)(T - 1));
+        float beta = b * b;
+        float alpha = 1.0f - beta;
+        acc *= (double)alpha;
+        out[i] = (float)acc;
+    }
+}
+
+int ldm_lcm_timesteps(int T, int orig, int steps, int *out) {
+    if (orig < 1 || orig > T)
+        return ldm_fail("LCM: original_inference_steps %d, expected 1..%d", orig, T);
+    if (steps < 1 || steps > orig)
+        return ldm_fail("LCM/TCD: %d steps, expected 1..%d (original_inference_steps: the LCM grid has %d "
+                        "timesteps)", steps, orig, orig);
+    /* k = T // original_steps
+     * lcm_origin_timesteps = np.asarray(list(range(1, original_steps + 1))) * k - 1, reversed
+     * inference_indices = np.floor(np.linspace(0, len, num=steps, endpoint=False)).astype(np.int64)
+     * timesteps = lcm_origin_timesteps[inference_indices] */
+    int k = T / orig;
+    double step = (double)orig / (double)steps;
+    for (int i = 0; i < steps; i++) {
+        int idx = (int)floor((double)i * step + 0.0);
+        out[i] = (orig - idx) * k - 1;
+    }
+    return 0;
+}
+
+int ldm_unipc_timesteps(int T, int steps, int *out) {
+    if (steps < 1 || steps > T) return ldm_fail("UniPC: %d steps, expected 1..%d", steps, T);
+    double *v = ldm_xmalloc((size_t)(steps + 1) * sizeof(double));
+    np_linspace(0.0, (double)(T - 1), steps + 1, v);
+    for (int i = 0; i < steps; i++) out[i] = (int)nearbyint(v[steps - i]);
+    free(v);
+    return 0;
+}
+
+void ldm_unipc_sigmas(const float *ac, const int *ts, int steps, float *out) {
+    for (int i = 0; i < steps; i++) out[i] = sqrtf((1.0f - ac[ts[i]]) / ac[ts[i]]);
+    out[steps] = 0.0f;
 }

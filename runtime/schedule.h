@@ -34,6 +34,8 @@ typedef struct LdmSchedule {
     float *sqrt_one_minus_alphas_cumprod; /* (T) sqrt(1 - ac) in float64 -> float32 (q_sample) */
     float *sigmas;            /* (T) k-diffusion sqrt((1 - ac) / ac) in float32, increasing */
     float *log_sigmas;        /* (T) log(sigmas) in float32 */
+    double linear_start;      /* the 'linear' schedule's ends (ldm_schedule_init), 0 when built */
+    double linear_end;        /* from an alphas_cumprod buffer: the diffusers samplers need them */
 } LdmSchedule;
 
 /* The 'linear' schedule of make_beta_schedule. linear_start/linear_end are
@@ -68,13 +70,55 @@ void ldm_ddim_free(LdmDdim *d);
 typedef enum LdmSigmaKind {
     LDM_SIGMAS_DISCRETE, /* model_wrap.get_sigmas(n): t = linspace(T-1, 0, n), log-linear interpolation */
     LDM_SIGMAS_KARRAS,   /* get_sigmas_karras(n, sigmas[0], sigmas[T-1], rho = 7) */
+    LDM_SIGMAS_EXPONENTIAL,     /* get_sigmas_exponential(n, sigmas[0], sigmas[T-1]) */
+    LDM_SIGMAS_POLYEXPONENTIAL, /* get_sigmas_polyexponential(n, sigmas[0], sigmas[T-1], rho = 1) */
+    LDM_SIGMAS_AYS,      /* Align Your Steps, SD v1 table (ComfyUI AlignYourStepsScheduler 'SD1') */
 } LdmSigmaKind;
 
-/* "discrete" / "karras" (for messages and command lines). */
+/* "discrete", "karras", "exponential", "polyexponential", "ays" (for
+ * messages and command lines). */
 const char *ldm_sigma_kind_name(LdmSigmaKind k);
+/* Parse one of those names ("normal" is accepted for discrete, as
+ * k-diffusion and ComfyUI call it); -1 with a message listing them. */
+int ldm_sigma_kind_parse(const char *name, LdmSigmaKind *out);
+/* "discrete, karras, exponential, polyexponential, ays" */
+const char *ldm_sigma_kind_list(void);
+/* The rho a schedule uses when none is given: 7 (karras), 1
+ * (polyexponential), 0 for the others (no rho). */
+double ldm_sigma_default_rho(LdmSigmaKind k);
 
-/* The steps + 1 noise levels of a k-diffusion run (decreasing, last = 0). */
+/* The steps + 1 noise levels of a k-diffusion run (decreasing, last = 0),
+ * rho the default of the kind. */
 int ldm_kdiff_sigmas(const LdmSchedule *s, LdmSigmaKind kind, int steps, float *out);
+/* The same with rho given (karras, polyexponential; rho > 0; ignored by the
+ * other kinds; 0 = the default). */
+int ldm_kdiff_sigmas_rho(const LdmSchedule *s, LdmSigmaKind kind, int steps, double rho, float *out);
+/* The schedules that only need the end points (karras, exponential,
+ * polyexponential, ays: the last ignores them), sigma_min/sigma_max as the
+ * Python floats the reference passes (sigmas[0].item(), sigmas[-1].item()). */
+int ldm_sigmas_from_range(LdmSigmaKind kind, int steps, double sigma_min, double sigma_max, double rho, float *out);
+
+/* ---- the diffusers schedulers' own schedule ------------------------------- */
+
+/* diffusers 'scaled_linear' betas in float32 (LCMScheduler, TCDScheduler,
+ * UniPCMultistepScheduler): betas = torch.linspace(beta_start ** 0.5,
+ * beta_end ** 0.5, T, dtype=torch.float32) ** 2; alphas_cumprod =
+ * torch.cumprod(1 - betas, dim=0). out: T floats. Not the checkpoint's
+ * buffer (float64 computation): they differ by ~1e-7 relative. */
+void ldm_diffusers_alphas_cumprod(double beta_start, double beta_end, int T, float *out);
+/* LCMScheduler / TCDScheduler.set_timesteps(steps) with
+ * original_inference_steps = orig (50): the LCM grid
+ * [1..orig] * (T // orig) - 1 reversed, indexed at
+ * floor(linspace(0, orig, steps, endpoint=False)). -1 with a message when
+ * steps > orig or T // orig = 0. */
+int ldm_lcm_timesteps(int T, int orig, int steps, int *out);
+/* UniPCMultistepScheduler.set_timesteps(steps) ('linspace' spacing):
+ * round(linspace(0, T - 1, steps + 1))[::-1][:-1] (numpy round half to even). */
+int ldm_unipc_timesteps(int T, int steps, int *out);
+/* UniPC's sigmas: ((1 - ac) / ac) ** 0.5 in float32 at the `steps`
+ * timesteps ts (np.interp at integers = the table's entries), then 0
+ * (final_sigmas_type "zero"): steps + 1 values. ac: the diffusers table. */
+void ldm_unipc_sigmas(const float *ac, const int *ts, int steps, float *out);
 /* DiscreteSchedule.t_to_sigma: sigma at a fractional timestep t in [0, T-1]. */
 float ldm_t_to_sigma(const LdmSchedule *s, float t);
 /* DiscreteSchedule.sigma_to_t (quantize=False): the fractional UNet timestep

@@ -1019,10 +1019,25 @@ START_TEST(test_noise_counts) {
         LdmSamplerKind kind;
         double eta;
         int draws, draws_masked;
+        int calls;                  /* model calls (0: 10) */
+        LdmNoiseSamplerKind ns;
+        double gamma;
     } cases[] = {
-        {LDM_SAMPLER_DDIM, 0.0, 10, 20},    {LDM_SAMPLER_DDIM, 0.5, 10, 20}, {LDM_SAMPLER_PLMS, 0.0, 11, 21},
-        {LDM_SAMPLER_EULER, 0.0, 10, 20},   {LDM_SAMPLER_EULER_A, 0.0, 9, 19},
-        {LDM_SAMPLER_DPMPP_2M, 0.0, 0, 10},
+        {LDM_SAMPLER_DDIM, 0.0, 10, 20, 0, 0, 0},    {LDM_SAMPLER_DDIM, 0.5, 10, 20, 0, 0, 0},
+        {LDM_SAMPLER_PLMS, 0.0, 11, 21, 11, 0, 0},   {LDM_SAMPLER_EULER, 0.0, 10, 20, 0, 0, 0},
+        {LDM_SAMPLER_EULER_A, 0.0, 9, 19, 0, 0, 0},  {LDM_SAMPLER_DPMPP_2M, 0.0, 0, 10, 0, 0, 0},
+        /* heun, dpm2: the unused churn draw every step, a second call but on the last */
+        {LDM_SAMPLER_HEUN, 0.0, 10, 20, 19, 0, 0},   {LDM_SAMPLER_DPM2, 0.0, 10, 20, 19, 0, 0},
+        /* dpmpp_2s_a: one draw per step but the last */
+        {LDM_SAMPLER_DPMPP_2S_A, 0.0, 9, 19, 19, 0, 0},
+        /* the SDE samplers: two / one randn draws per step but the last; none from the tree */
+        {LDM_SAMPLER_DPMPP_SDE, 0.0, 18, 28, 19, LDM_NOISE_RANDN, 0},
+        {LDM_SAMPLER_DPMPP_SDE, 0.0, 0, 10, 19, LDM_NOISE_BROWNIAN, 0},
+        {LDM_SAMPLER_DPMPP_2M_SDE, 0.0, 9, 19, 0, LDM_NOISE_RANDN, 0},
+        {LDM_SAMPLER_DPMPP_2M_SDE, 0.0, 0, 10, 0, LDM_NOISE_BROWNIAN, 0},
+        /* diffusers (txt2img only): lcm and tcd draw after every step but the last */
+        {LDM_SAMPLER_LCM, 0.0, 9, -1, 0, 0, 0},      {LDM_SAMPLER_TCD, 0.0, 9, -1, 0, 0, 0.3},
+        {LDM_SAMPLER_TCD, 0.0, 0, -1, 0, 0, 0.0},    {LDM_SAMPLER_UNI_PC, 0.0, 0, -1, 0, 0, 0},
     };
     float *x = ldm_xmalloc((size_t)n * sizeof(float));
     float *x0 = ldm_xmalloc((size_t)n * sizeof(float));
@@ -1037,6 +1052,9 @@ START_TEST(test_noise_counts) {
             noise_init(&z, 7, n);
             LdmSampler p = sampler_defaults(cases[c].kind, 10, n);
             p.eta = cases[c].eta;
+            p.noise_sampler = cases[c].ns;
+            p.gamma = cases[c].gamma;
+            p.seed = 11;
             p.eps_fn = toy_fn;
             p.eps_ctx = &toy;
             p.noise_fn = noise_fn;
@@ -1047,12 +1065,21 @@ START_TEST(test_noise_counts) {
                 p.plane = plane;
             }
             fill_pattern(x, n, 5);
+            if (masked && cases[c].draws_masked < 0) {
+                /* not defined for inpainting: refused */
+                ck_assert_int_eq(ldm_sample(&s, &p, x), -1);
+                ck_assert_msg(strstr(ldm_last_error(), "inpainting") != NULL, "%s", ldm_last_error());
+                ck_assert_int_eq(toy.calls, 0);
+                noise_free(&z);
+                continue;
+            }
             ck_assert_msg(ldm_sample(&s, &p, x) == 0, "%s: %s", ldm_sampler_name(cases[c].kind), ldm_last_error());
             int want = masked ? cases[c].draws_masked : cases[c].draws;
             ck_assert_msg(z.draws == want, "%s%s: %lld noise draws, expected %d", ldm_sampler_name(cases[c].kind),
                           masked ? " (inpainting)" : "", (long long)z.draws, want);
             ck_assert(!z.bad_size);
-            ck_assert_int_eq(toy.calls, cases[c].kind == LDM_SAMPLER_PLMS ? 11 : 10);
+            ck_assert_msg(toy.calls == (cases[c].calls ? cases[c].calls : 10), "%s: %d model calls",
+                          ldm_sampler_name(cases[c].kind), toy.calls);
             for (int64_t j = 0; j < n; j++) ck_assert(isfinite(x[j]));
             noise_free(&z);
         }
@@ -1296,9 +1323,47 @@ START_TEST(test_sampler_errors) {
     ck_assert_int_eq(ldm_sample(&s, &p, x), -1);
     p.eps_fn = toy_fn;
 
+    /* tcd: gamma outside [0, 1]; samplers that need noise without a source */
+    p.kind = LDM_SAMPLER_TCD;
+    p.gamma = 1.5;
+    ck_assert_int_eq(ldm_sample(&s, &p, x), -1);
+    ck_assert_msg(strstr(ldm_last_error(), "gamma") != NULL, "%s", ldm_last_error());
+    p.gamma = -0.5;
+    ck_assert_int_eq(ldm_sample(&s, &p, x), -1);
+    p.gamma = 0.3;
+    ck_assert_int_eq(ldm_sample(&s, &p, x), -1); /* gamma > 0 needs noise */
+    ck_assert_msg(strstr(ldm_last_error(), "noise") != NULL, "%s", ldm_last_error());
+    p.gamma = 0.0;
+    p.kind = LDM_SAMPLER_LCM;
+    ck_assert_int_eq(ldm_sample(&s, &p, x), -1);
+    ck_assert_msg(strstr(ldm_last_error(), "noise") != NULL, "%s", ldm_last_error());
+    p.kind = LDM_SAMPLER_DPMPP_2M_SDE;
+    p.noise_sampler = LDM_NOISE_RANDN;
+    ck_assert_int_eq(ldm_sample(&s, &p, x), -1);
+    ck_assert_msg(strstr(ldm_last_error(), "noise") != NULL, "%s", ldm_last_error());
+    p.noise_sampler = LDM_NOISE_BROWNIAN;
+    p.kind = LDM_SAMPLER_LCM;
+    p.steps = 51; /* beyond the 50-step LCM grid */
+    p.noise_fn = noise_fn;
+    Noise z0;
+    noise_init(&z0, 3, n);
+    p.noise_ctx = &z0;
+    ck_assert_int_eq(ldm_sample(&s, &p, x), -1);
+    ck_assert_msg(strstr(ldm_last_error(), "51") != NULL, "%s", ldm_last_error());
+    p.steps = 10;
+    p.kind = LDM_SAMPLER_EULER;
+    p.sigmas = LDM_SIGMAS_POLYEXPONENTIAL;
+    p.rho = -1;
+    ck_assert_int_eq(ldm_sample(&s, &p, x), -1);
+    ck_assert_msg(strstr(ldm_last_error(), "rho") != NULL, "%s", ldm_last_error());
+    p.rho = 0;
+    p.sigmas = LDM_SIGMAS_DISCRETE;
+
     /* a failing model stops the run with its message */
-    LdmSamplerKind all[] = {LDM_SAMPLER_DDIM, LDM_SAMPLER_PLMS, LDM_SAMPLER_EULER, LDM_SAMPLER_DPMPP_2M};
-    for (size_t k = 0; k < 4; k++)
+    LdmSamplerKind all[] = {LDM_SAMPLER_DDIM,      LDM_SAMPLER_PLMS,       LDM_SAMPLER_EULER,       LDM_SAMPLER_DPMPP_2M,
+                            LDM_SAMPLER_HEUN,      LDM_SAMPLER_DPM2,       LDM_SAMPLER_DPMPP_2S_A,  LDM_SAMPLER_DPMPP_SDE,
+                            LDM_SAMPLER_DPMPP_2M_SDE, LDM_SAMPLER_LCM,     LDM_SAMPLER_TCD,         LDM_SAMPLER_UNI_PC};
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
         for (int at = 0; at < 3; at++) {
             toy_init(&toy, n);
             toy.fail_at = at;
@@ -1307,11 +1372,42 @@ START_TEST(test_sampler_errors) {
             ck_assert_msg(strstr(ldm_last_error(), "failing on purpose") != NULL, "%s", ldm_last_error());
         }
 
+    noise_free(&z0);
     LdmSamplerKind kind;
     ck_assert_int_eq(ldm_sampler_parse("euler_a", &kind), 0);
     ck_assert_int_eq(kind, LDM_SAMPLER_EULER_A);
     ck_assert_int_eq(ldm_sampler_parse("k_lms", &kind), -1);
     ck_assert_msg(strstr(ldm_last_error(), "k_lms") != NULL, "%s", ldm_last_error());
+    /* every name round-trips; the webui's display names */
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) {
+        ck_assert_int_eq(ldm_sampler_parse(ldm_sampler_name(all[k]), &kind), 0);
+        ck_assert_int_eq(kind, all[k]);
+    }
+    static const struct {
+        const char *name;
+        LdmSamplerKind kind;
+        int sched; /* -1: none implied */
+    } webui[] = {
+        {"Euler a", LDM_SAMPLER_EULER_A, -1},       {"DPM++ 2M", LDM_SAMPLER_DPMPP_2M, -1},
+        {"DPM++ 2M SDE", LDM_SAMPLER_DPMPP_2M_SDE, -1}, {"DPM++ SDE", LDM_SAMPLER_DPMPP_SDE, -1},
+        {"DPM++ 2S a", LDM_SAMPLER_DPMPP_2S_A, -1}, {"DPM2", LDM_SAMPLER_DPM2, -1},
+        {"Heun", LDM_SAMPLER_HEUN, -1},             {"LCM", LDM_SAMPLER_LCM, -1},
+        {"UniPC", LDM_SAMPLER_UNI_PC, -1},          {"DDIM", LDM_SAMPLER_DDIM, -1},
+        {"DPM++ 2M Karras", LDM_SAMPLER_DPMPP_2M, LDM_SIGMAS_KARRAS},
+        {"DPM++ 2M SDE Exponential", LDM_SAMPLER_DPMPP_2M_SDE, LDM_SIGMAS_EXPONENTIAL},
+    };
+    for (size_t k = 0; k < sizeof webui / sizeof webui[0]; k++) {
+        int has = 0;
+        LdmSigmaKind sk = LDM_SIGMAS_DISCRETE;
+        ck_assert_msg(ldm_sampler_parse_ex(webui[k].name, &kind, &has, &sk) == 0, "%s", ldm_last_error());
+        ck_assert_msg(kind == webui[k].kind, "%s -> %s", webui[k].name, ldm_sampler_name(kind));
+        ck_assert_int_eq(has, webui[k].sched >= 0);
+        if (has) ck_assert_int_eq(sk, webui[k].sched);
+    }
+    ck_assert_int_eq(ldm_sampler_parse("DPM++ 2M Karras", &kind), -1); /* no place for the schedule */
+    ck_assert_int_eq(ldm_sampler_parse("PLMS Karras", &kind), -1);
+    ck_assert_int_eq(ldm_sampler_parse("bogus", &kind), -1);
+    ck_assert_msg(strstr(ldm_last_error(), "dpmpp_2m_sde") && strstr(ldm_last_error(), "uni_pc"), "%s", ldm_last_error());
     ldm_schedule_free(&s);
 }
 END_TEST

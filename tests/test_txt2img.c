@@ -556,7 +556,7 @@ static const Bad k_bad[] = {
     {"steps 0", "model", {"--prompt", "x", "--steps", "0"}, "--steps"},
     {"steps text", "model", {"--prompt", "x", "--steps", "ten"}, "--steps"},
     {"steps the schedule cannot make", "model", {"--prompt", "x", "--steps", "3"}, "3"},
-    {"unknown sampler", "model", {"--prompt", "x", "--sampler", "heun"}, "heun"},
+    {"unknown sampler", "model", {"--prompt", "x", "--sampler", "k_lms"}, "k_lms"},
     {"unknown schedule", "model", {"--prompt", "x", "--sampler", "euler", "--schedule", "cosine"}, "cosine"},
     {"schedule for ddim", "model", {"--prompt", "x", "--schedule", "karras"}, "--schedule"},
     {"eta for plms", "model", {"--prompt", "x", "--sampler", "plms", "--eta", "0.5"}, "--eta"},

@@ -88,9 +88,18 @@ typedef struct Options {
     const char *save_latent;   /* --save-latent F.safetensors (with --prompts: a directory) */
     int steps;                 /* --steps */
     double cfg_scale;          /* --cfg-scale */
+    int has_cfg;
     LdmSamplerKind sampler;    /* --sampler */
     LdmSigmaKind schedule;     /* --schedule */
     int has_schedule;
+    LdmSigmaKind implied_schedule; /* the schedule a webui sampler name implies ("DPM++ 2M Karras") */
+    int has_implied_schedule;
+    double rho;                /* --rho (karras, polyexponential) */
+    int has_rho;
+    double gamma;              /* --gamma (tcd) */
+    int has_gamma;
+    LdmNoiseSamplerKind noise_sampler; /* --noise-sampler (dpmpp_sde, dpmpp_2m_sde) */
+    int has_noise_sampler;
     uint64_t seed;             /* --seed */
     LdmRngKind rng;            /* --rng */
     double strength;           /* --strength */
@@ -125,7 +134,8 @@ static void usage(FILE *fp, const char *argv0) {
             "usage: %s --weights CKPT.safetensors [--vocab bpe_simple_vocab_16e6.txt.gz]\n"
             "          (--prompt TEXT | --prompts FILE [--shard K/N]) -o OUT\n"
             "          [--negative-prompt TEXT] [--steps N] [--cfg-scale S]\n"
-            "          [--sampler ddim|plms|euler|euler_a|dpmpp_2m] [--schedule discrete|karras] [--eta E]\n"
+            "          [--sampler NAME] [--schedule NAME] [--eta E] [--rho R] [--gamma G]\n"
+            "          [--noise-sampler brownian|randn]\n"
             "          [--seed N] [--rng cpu|cuda] [--init-noise F.safetensors]\n"
             "          [--init-image PNG [--strength S] [--mask PNG]] [--save-latent F] [--compute f32|bf16] [--quiet]\n"
             "          [-H PIXELS] [-W PIXELS] [--prompt-syntax webui|plain] [--clip-skip N]\n"
@@ -152,10 +162,20 @@ static void usage(FILE *fp, const char *argv0) {
             "  -H, --height N      image height in pixels, -W, --width N its width: one of the sizes above\n"
             "                      (default: the first; one flag alone keeps the default's other side)\n"
             "  --steps N           sampling steps (default 20)\n"
-            "  --cfg-scale S       classifier-free guidance scale (default 7.5; 1 = no guidance)\n"
-            "  --sampler NAME      ddim (default), plms, euler, euler_a, dpmpp_2m\n"
-            "  --schedule NAME     noise levels of the k-samplers: discrete (default) or karras\n"
+            "  --cfg-scale S       classifier-free guidance scale (default 7.5, and 1 for lcm and tcd;\n"
+            "                      1 = no guidance: one UNet evaluation per step)\n"
+            "  --sampler NAME      ddim (default), plms (CompVis); euler, euler_a, heun, dpm2, dpmpp_2s_a,\n"
+            "                      dpmpp_2m, dpmpp_sde, dpmpp_2m_sde (k-diffusion); lcm, tcd, uni_pc\n"
+            "                      (diffusers, txt2img only); the webui's names too (\"Euler a\",\n"
+            "                      \"DPM++ 2M SDE\", \"DPM++ 2M Karras\" = dpmpp_2m + karras schedule, ...)\n"
+            "  --schedule NAME     noise levels of the k-diffusion samplers: discrete (default), karras,\n"
+            "                      exponential, polyexponential, ays (Align Your Steps, SD v1)\n"
+            "  --rho R             karras (default 7) and polyexponential (default 1) schedule exponent, > 0\n"
             "  --eta E             DDIM eta (default 0: deterministic)\n"
+            "  --gamma G           tcd: stochasticity in [0, 1] (default 0.3; 0 = deterministic)\n"
+            "  --noise-sampler N   dpmpp_sde, dpmpp_2m_sde: brownian (default: torchsde's Brownian tree from\n"
+            "                      the seed, as k-diffusion and ComfyUI) or randn (plain draws continuing\n"
+            "                      the generator, as stable-diffusion.cpp)\n"
             "  --seed N            torch.manual_seed(N) for all noise (default 0)\n"
             "  --rng cpu|cuda      draw noise as torch does on the CPU (default, the CompVis scripts) or on\n"
             "                      a CUDA GPU (the common SD UIs); no GPU is used either way\n"
@@ -208,6 +228,7 @@ static int is_flag(const char *a, const char *name) {
 static const char *const value_flags[] = {
     "--weights", "--vocab", "--prompt", "--negative-prompt", "--prompts", "-o", "--output", "--init-noise",
     "--init-image", "--mask", "--save-latent", "--steps", "--cfg-scale", "--sampler", "--schedule", "--eta",
+    "--rho", "--gamma", "--noise-sampler",
     "--seed", "--rng", "--strength", "--shard", "--compute", "-H", "--height", "-W", "--width", "--prompt-syntax",
     "--clip-skip", "--embeddings", "--lora", "--lora-dir", "--save-cond", "--taesd", "--taesd-encoder", "--preview",
     "--preview-every", "--preview-taesd", NULL,
@@ -260,13 +281,28 @@ static int parse_args(int argc, char **argv, Options *o) {
             if (ldm_parse_int(f, v, 1, CFG.timesteps, &o->steps)) return -1;
         } else if (!strcmp(f, "--cfg-scale")) {
             if (ldm_parse_double(f, v, -1e4, 1e4, &o->cfg_scale)) return -1;
+            o->has_cfg = 1;
         } else if (!strcmp(f, "--sampler")) {
-            if (ldm_sampler_parse(v, &o->sampler)) return ldm_fail("--sampler: %s", ldm_last_error());
+            int implied = 0;
+            LdmSigmaKind ik = LDM_SIGMAS_DISCRETE;
+            if (ldm_sampler_parse_ex(v, &o->sampler, &implied, &ik)) return ldm_fail("--sampler: %s", ldm_last_error());
+            o->has_implied_schedule = implied;
+            o->implied_schedule = ik;
         } else if (!strcmp(f, "--schedule")) {
-            if (!strcmp(v, "discrete")) o->schedule = LDM_SIGMAS_DISCRETE;
-            else if (!strcmp(v, "karras")) o->schedule = LDM_SIGMAS_KARRAS;
-            else return ldm_fail("--schedule: expected discrete or karras, got '%s'", v);
+            if (ldm_sigma_kind_parse(v, &o->schedule)) return ldm_fail("--schedule: %s", ldm_last_error());
             o->has_schedule = 1;
+        } else if (!strcmp(f, "--rho")) {
+            if (ldm_parse_double(f, v, -1e300, 1e300, &o->rho) || !(o->rho > 0.0))
+                return ldm_fail("--rho: expected a number R > 0, got '%s'", v);
+            o->has_rho = 1;
+        } else if (!strcmp(f, "--gamma")) {
+            if (ldm_parse_double(f, v, 0, 1, &o->gamma))
+                return ldm_fail("--gamma: expected a number from 0 to 1, got '%s'", v);
+            o->has_gamma = 1;
+        } else if (!strcmp(f, "--noise-sampler")) {
+            if (ldm_noise_sampler_parse(v, &o->noise_sampler))
+                return ldm_fail("--noise-sampler: %s", ldm_last_error());
+            o->has_noise_sampler = 1;
         } else if (!strcmp(f, "--eta")) {
             if (ldm_parse_double(f, v, 0, 1e3, &o->eta)) return -1;
             o->has_eta = 1;
@@ -315,6 +351,17 @@ static int parse_args(int argc, char **argv, Options *o) {
             if (ldm_parse_int(f, v, 1, 100000, &o->preview_every)) return -1;
         }
     }
+    /* a webui name such as "DPM++ 2M Karras" chose the schedule too */
+    if (o->has_implied_schedule) {
+        if (o->has_schedule && o->schedule != o->implied_schedule)
+            return ldm_fail("--sampler implies the %s schedule, but --schedule is %s",
+                            ldm_sigma_kind_name(o->implied_schedule), ldm_sigma_kind_name(o->schedule));
+        o->schedule = o->implied_schedule;
+        o->has_schedule = 1;
+    }
+    /* LCM and TCD run unguided unless a scale is given (LCM-LoRA / TCD-LoRA usage) */
+    if ((o->sampler == LDM_SAMPLER_LCM || o->sampler == LDM_SAMPLER_TCD) && !o->has_cfg) o->cfg_scale = 1.0;
+    if (!o->has_gamma) o->gamma = 0.3;
     return 0;
 }
 
@@ -339,8 +386,21 @@ static int check_options(const Options *o) {
     if (o->preview_taesd && !o->preview) return ldm_fail("--preview-taesd needs --preview FILE.png");
     if (o->taesd_encoder && !o->init_image)
         return ldm_fail("--taesd-encoder needs --init-image (it encodes that image)");
-    if (o->has_schedule && (o->sampler == LDM_SAMPLER_DDIM || o->sampler == LDM_SAMPLER_PLMS))
-        return ldm_fail("--schedule applies to euler, euler_a and dpmpp_2m (%s uses the DDIM timesteps)",
+    if (o->has_schedule && ldm_sampler_family(o->sampler) != 1)
+        return ldm_fail("--schedule applies to the k-diffusion samplers (euler, euler_a, heun, dpm2, dpmpp_2s_a, "
+                        "dpmpp_2m, dpmpp_sde, dpmpp_2m_sde); %s uses its own timesteps",
+                        ldm_sampler_name(o->sampler));
+    if (o->has_rho && o->schedule != LDM_SIGMAS_KARRAS && o->schedule != LDM_SIGMAS_POLYEXPONENTIAL)
+        return ldm_fail("--rho applies to the karras and polyexponential schedules (not %s)",
+                        ldm_sigma_kind_name(o->schedule));
+    if (o->has_gamma && o->sampler != LDM_SAMPLER_TCD)
+        return ldm_fail("--gamma applies to the tcd sampler only (not %s)", ldm_sampler_name(o->sampler));
+    if (o->has_noise_sampler && o->sampler != LDM_SAMPLER_DPMPP_SDE && o->sampler != LDM_SAMPLER_DPMPP_2M_SDE)
+        return ldm_fail("--noise-sampler applies to dpmpp_sde and dpmpp_2m_sde only (not %s)",
+                        ldm_sampler_name(o->sampler));
+    if (o->init_image && ldm_sampler_family(o->sampler) == 2)
+        return ldm_fail("--sampler %s: img2img and inpainting are not defined for it (its reference is the diffusers "
+                        "txt2img loop); use a CompVis or k-diffusion sampler (ddim, euler, dpmpp_2m, ...)",
                         ldm_sampler_name(o->sampler));
     return 0;
 }
@@ -842,6 +902,9 @@ static void sampler_setup(const App *a, LdmSampler *p) {
     p->steps = a->o.steps;
     p->eta = a->o.eta;
     p->sigmas = a->o.schedule;
+    p->rho = a->o.has_rho ? a->o.rho : 0.0;
+    p->gamma = a->o.gamma;
+    p->noise_sampler = a->o.noise_sampler;
     p->n = a->n_lat;
     p->init_latent = a->init_latent;
     p->strength = a->init_latent ? a->strength : 0.0;
@@ -944,6 +1007,7 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
         p.step_fn = preview_step;
         p.step_ctx = a;
     }
+    p.seed = seed; /* the Brownian tree's entropy */
     if (ldm_sample_guided(&a->sched, &p, &g, &gen, a->pmode, label, &a->times, x) != 0) goto done;
 
     t0 = ldm_now();
