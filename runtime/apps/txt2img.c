@@ -1026,15 +1026,34 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
         snprintf(eta_s, sizeof eta_s, "%g", a->o.eta);
         snprintf(str_s, sizeof str_s, "%g", a->init_latent ? a->strength : 1.0);
         snprintf(hw_s, sizeof hw_s, "%dx%d", CFG.H, CFG.W);
+        /* the schedule only where the sampler takes one (k-diffusion); its
+         * rho, the tcd gamma and the SDE noise only where they apply */
+        int kdiff = ldm_sampler_family(a->o.sampler) == 1;
+        int sde = a->o.sampler == LDM_SAMPLER_DPMPP_SDE || a->o.sampler == LDM_SAMPLER_DPMPP_2M_SDE;
+        char rho_s[32], gamma_s[32];
+        snprintf(rho_s, sizeof rho_s, "%g",
+                 a->o.has_rho ? a->o.rho : ldm_sigma_default_rho(a->o.schedule));
+        snprintf(gamma_s, sizeof gamma_s, "%g", a->o.gamma);
+        int has_rho = kdiff && (a->o.schedule == LDM_SIGMAS_KARRAS || a->o.schedule == LDM_SIGMAS_POLYEXPONENTIAL);
         const char *meta[] = {"prompt", prompt, "negative_prompt", a->o.negative, "seed", seed_s, "rng",
                               ldm_rng_name(a->o.rng), "sampler", ldm_sampler_name(a->o.sampler), "schedule",
-                              ldm_sigma_kind_name(a->o.schedule), "steps", steps_s, "cfg_scale", cfg_s, "eta", eta_s,
-                              "strength", str_s, "size", hw_s, "prompt_syntax", ldm_prompt_syntax_name(a->o.syntax),
-                              "prompt_chunks", ch_s, "negative_prompt_chunks", uch_s, "pad_cond_uncond",
-                              a->o.pad_cond_uncond ? "true" : "false", "loras", loras, "embeddings", embs,
-                              "clip_skip", skip_s, "ldmc", CFG.banner, NULL};
+                              kdiff ? ldm_sigma_kind_name(a->o.schedule) : "(the sampler's own)", "steps", steps_s,
+                              "cfg_scale", cfg_s, "eta", eta_s, "strength", str_s, "size", hw_s, "prompt_syntax",
+                              ldm_prompt_syntax_name(a->o.syntax), "prompt_chunks", ch_s, "negative_prompt_chunks",
+                              uch_s, "pad_cond_uncond", a->o.pad_cond_uncond ? "true" : "false", "loras", loras,
+                              "embeddings", embs, "clip_skip", skip_s, "decoder", a->o.taesd ? "taesd" : "vae",
+                              "ldmc", CFG.banner,
+                              /* optional ones last: a NULL value ends the list */
+                              has_rho ? "rho" : NULL, rho_s, a->o.sampler == LDM_SAMPLER_TCD ? "gamma" : NULL, gamma_s,
+                              sde ? "noise_sampler" : NULL, ldm_noise_sampler_name(a->o.noise_sampler), NULL};
+        /* drop the absent optional pairs */
+        const char *kv[64];
+        int nk = 0;
+        for (size_t i = 0; i + 1 < sizeof meta / sizeof *meta; i += 2)
+            if (meta[i]) kv[nk++] = meta[i], kv[nk++] = meta[i + 1];
+        kv[nk] = NULL;
         int64_t shape[4] = {1, a->C, a->h, a->w};
-        if (ldm_latent_save(latent_path, x, noise, 4, shape, meta) != 0) goto done;
+        if (ldm_latent_save(latent_path, x, noise, 4, shape, kv) != 0) goto done;
     }
     if (ldm_image_save(png_path, img, CFG.W, CFG.H) != 0) {
         if (latent_path) remove(latent_path);
