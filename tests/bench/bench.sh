@@ -41,7 +41,7 @@ echo "xsgemm: the network's nominal GFLOP/s over cblas_sgemm's on 2048^3 (2 thre
 echo "10-30% within minutes, so each network runs in $ROUNDS rounds, each between two sgemm measurements: a round's"
 echo "ratio uses the mean of the two around it, and the table shows the median round (time, rate and ratio) and"
 echo "the range of the sgemm rates measured."
-printf "%-12s %-9s %5s %9s %9s %8s %15s %9s %19s %8s\n" network res batch "s/call" GFLOP/s xsgemm "sgemm range" "arena MiB" "naive sum of buffers" "RSS MiB"
+printf "%-20s %-9s %5s %9s %9s %8s %15s %9s %19s %8s\n" network res batch "s/call" GFLOP/s xsgemm "sgemm range" "arena MiB" "naive sum of buffers" "RSS MiB"
 CFG1=""
 CHUNK3="" # the summary lines of the CHUNKS=3 rows
 declare -A NAIVE # "graph-res" -> the naive sum of its buffers, from ldmc --stats
@@ -74,7 +74,7 @@ run() { # name graph res batch repeat [runner flags] [ldmc defines] [executable 
     local med
     med=$(printf "%s" "$rounds" | awk '{print 2*$2/($3+$4), $1, $2}' | sort -n | awk '{r[NR]=$0} END {print r[int((NR+1)/2)]}')
     LAST_T=$(echo "$med" | cut -d' ' -f2)
-    printf "%-12s %-9s %5s %9s %9s %8.2f %15s %9s %19s %8s\n" "$name" "${res}x$res" "$batch" "$(echo "$med" | cut -d' ' -f2)" \
+    printf "%-20s %-9s %5s %9s %9s %8.2f %15s %9s %19s %8s\n" "$name" "${res}x$res" "$batch" "$(echo "$med" | cut -d' ' -f2)" \
         "$(echo "$med" | cut -d' ' -f3)" "$(echo "$med" | cut -d' ' -f1)" "$smin-$smax" "$a" "${stats#naive }" "$p"
 }
 # The optional bf16 compute mode (--compute bf16: the GEMM kernel's products
@@ -138,11 +138,18 @@ n_mod=$(echo "$mk" | sed -E 's/.*: ([0-9]+) modules.*/\1/')
 # forward (ldm_runner_main): the difference of the two loads is the merge.
 u=$B/unet-$last
 [ -x "$u" ] || $LDMC models/sd1/unet.graph --config $CONFIG -D H=$last -D W=$last -D B=2 -o "$u"
-out0=$($u --weights "$CKPT" --random-inputs 1 --repeat 1 2>&1)
-out1=$($u --weights "$CKPT" --random-inputs 1 --repeat 1 --lora "$LORA:0.8" 2>&1)
-load0=$(echo "$out0" | grep 'forward' | sed -E 's/.*: load ([0-9.]+) s.*/\1/')
-load1=$(echo "$out1" | grep 'forward' | sed -E 's/.*: load ([0-9.]+) s.*/\1/')
-echo "LoRA merge alone (unet ${last}x$last runner, --repeat 1; the UNet's modules merge, the text encoder's match nothing here):"
+# LORA_ROUNDS pairs (without, then with), the smallest load of each: the
+# first load may read the checkpoint from disk rather than the page cache.
+load0="" load1="" out1=""
+for i in $(seq "${LORA_ROUNDS:-2}"); do
+    out0=$($u --weights "$CKPT" --random-inputs 1 --repeat 1 2>&1)
+    out1=$($u --weights "$CKPT" --random-inputs 1 --repeat 1 --lora "$LORA:0.8" 2>&1)
+    l0=$(echo "$out0" | grep 'forward' | sed -E 's/.*: load ([0-9.]+) s.*/\1/')
+    l1=$(echo "$out1" | grep 'forward' | sed -E 's/.*: load ([0-9.]+) s.*/\1/')
+    load0=$(echo "$load0 $l0" | awk '{print ($1 == "" || $NF < $1) ? $NF : $1}')
+    load1=$(echo "$load1 $l1" | awk '{print ($1 == "" || $NF < $1) ? $NF : $1}')
+done
+echo "LoRA merge alone (unet ${last}x$last runner, --repeat 1, the smaller load of ${LORA_ROUNDS:-2} each; the UNet's modules merge, the text encoder's match nothing here):"
 echo "$out1" | grep '^lora ' | sed -E 's/ \(first:.*//; s/^/  /'  || true
 echo "  load without LoRA $load0 s, with --lora $(basename "$LORA"):0.8 $load1 s: the merge $(echo "$load1 $load0" | awk '{printf "%.3f", $1 - $2}') s"
 if [ "$HAVE_T2I" = 1 ]; then
