@@ -66,7 +66,7 @@ DEB_PACKAGES = build-essential pkg-config flex bison libopenblas-dev check libya
                zlib1g-dev libpng-dev libjansson-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all test check clean deps bench bench-quick demo depgraph FORCE
+.PHONY: all test check clean deps bench bench-quick fingerprint demo depgraph FORCE
 .SECONDARY:
 
 all: $(BUILD)/ldmc $(RT_LIB) $(CLI_BIN)
@@ -192,6 +192,14 @@ bench: all
 
 bench-quick: all
 	BUILD=$(BUILD) RESOLUTIONS=256 tests/bench/bench.sh
+
+# The machine's fingerprint alone (FMA peak, stream triad, sgemm, caches),
+# the line `make bench` prints first (tests/bench/fingerprint.c).
+fingerprint:
+	@mkdir -p $(BUILD)/bench
+	$(CC) -O2 -march=native -fopenmp -Wall -Wextra -Werror tests/bench/fingerprint.c \
+	    -I/usr/include/x86_64-linux-gnu/openblas-pthread -lopenblas -o $(BUILD)/bench/fingerprint
+	@$(BUILD)/bench/fingerprint
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

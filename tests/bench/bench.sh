@@ -2,12 +2,22 @@
 # bench.sh - `make bench` (and `make bench-quick`: 256x256 only).
 #
 # Makes a random-weight checkpoint of the real SD v1.5 shapes with
-# `ldmc randckpt` (no downloads), builds the networks for each resolution,
-# and prints per network: median time per call, achieved GFLOP/s (the
-# graph's nominal FLOPs / time), the ratio to cblas_sgemm on a 2048^3
-# product measured in this same run (ROUNDS rounds, each between two sgemm
-# measurements; the median round is shown), the planned arena and peak
-# RSS. Then times a whole 20-step generation with the txt2img executable.
+# `ldmc randckpt` (no downloads), prints the machine's fingerprint
+# (fingerprint.c: FMA peak, stream triad bandwidth, sgemm rate, caches),
+# builds the networks for each resolution, and prints per network: median
+# time per call, achieved GFLOP/s (the graph's nominal FLOPs / time), the
+# ratio to cblas_sgemm on a 2048^3 product measured in this same run (ROUNDS
+# rounds, each between two sgemm measurements; the median round is shown),
+# the planned arena and peak RSS. The UNet is also built as txt2img builds
+# it, for prompts of up to 3 chunks (-D CHUNKS=3), and run at a 1-chunk
+# (T=77) and a 3-chunk (T=231) context: what a long prompt costs per step,
+# and what the larger build costs a short prompt. Then times a whole 20-step
+# generation with the txt2img executable, and at the largest resolution the
+# cost of a LoRA: a random rank-LORA_RANK (default 32) LoRA/LoCon of every
+# attention and ResBlock conv weight of the UNet and the text encoder's
+# attention and MLP (make_lora.c), its merge alone (the UNet runner's load,
+# which binds the weights, with and without it) and the whole generation
+# with it (time and peak RSS against the run without).
 set -euo pipefail
 BUILD=${BUILD:-build}
 RESOLUTIONS=${RESOLUTIONS:-"256 512"}
@@ -24,22 +34,25 @@ fi
 cc -O2 tests/bench/sgemm_rate.c -I/usr/include/x86_64-linux-gnu/openblas-pthread -lopenblas -o $B/sgemm_rate
 sgemm() { $B/sgemm_rate 2048 2 | awk '{print $2}'; }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
+cc -O2 -march=native -fopenmp tests/bench/fingerprint.c -I/usr/include/x86_64-linux-gnu/openblas-pthread -lopenblas -o $B/fingerprint
+$B/fingerprint
 ROUNDS=${ROUNDS:-3}
 echo "xsgemm: the network's nominal GFLOP/s over cblas_sgemm's on 2048^3 (2 threads). The machine's speed drifts by"
 echo "10-30% within minutes, so each network runs in $ROUNDS rounds, each between two sgemm measurements: a round's"
 echo "ratio uses the mean of the two around it, and the table shows the median round (time, rate and ratio) and"
 echo "the range of the sgemm rates measured."
-printf "%-12s %-9s %5s %9s %9s %8s %15s %9s %19s %8s\n" network res batch "s/call" GFLOP/s xsgemm "sgemm range" "arena MiB" "naive sum of buffers" "RSS MiB"
+printf "%-20s %-9s %5s %9s %9s %8s %15s %9s %19s %8s\n" network res batch "s/call" GFLOP/s xsgemm "sgemm range" "arena MiB" "naive sum of buffers" "RSS MiB"
 CFG1=""
+CHUNK3="" # the summary lines of the CHUNKS=3 rows
 declare -A NAIVE # "graph-res" -> the naive sum of its buffers, from ldmc --stats
-run() { # name graph res batch repeat [runner flags]
-    local name=$1 graph=$2 res=$3 batch=$4 rep=$5 flags=${6:-}
-    local exe=$B/$graph-$res
-    if [ -z "${NAIVE[$graph-$res]:-}" ]; then # compiled once per resolution, whatever the flags
-        NAIVE[$graph-$res]=$($LDMC models/sd1/$graph.graph --config $CONFIG -D H=$res -D W=$res -D B=$batch -o $exe \
+run() { # name graph res batch repeat [runner flags] [ldmc defines] [executable stem, default graph]
+    local name=$1 graph=$2 res=$3 batch=$4 rep=$5 flags=${6:-} defs=${7:-} stem=${8:-$2}
+    local exe=$B/$stem-$res
+    if [ -z "${NAIVE[$stem-$res]:-}" ]; then # compiled once per resolution, whatever the flags
+        NAIVE[$stem-$res]=$($LDMC models/sd1/$graph.graph --config $CONFIG -D H=$res -D W=$res -D B=$batch $defs -o $exe \
             --stats 2>&1 | grep -o 'naive [0-9.]* MiB' || echo "naive ? MiB")
     fi
-    local stats=${NAIVE[$graph-$res]}
+    local stats=${NAIVE[$stem-$res]}
     local s_prev s_next out line rounds="" a p i
     s_prev=$(sgemm)
     local smin=$s_prev smax=$s_prev
@@ -61,7 +74,7 @@ run() { # name graph res batch repeat [runner flags]
     local med
     med=$(printf "%s" "$rounds" | awk '{print 2*$2/($3+$4), $1, $2}' | sort -n | awk '{r[NR]=$0} END {print r[int((NR+1)/2)]}')
     LAST_T=$(echo "$med" | cut -d' ' -f2)
-    printf "%-12s %-9s %5s %9s %9s %8.2f %15s %9s %19s %8s\n" "$name" "${res}x$res" "$batch" "$(echo "$med" | cut -d' ' -f2)" \
+    printf "%-20s %-9s %5s %9s %9s %8.2f %15s %9s %19s %8s\n" "$name" "${res}x$res" "$batch" "$(echo "$med" | cut -d' ' -f2)" \
         "$(echo "$med" | cut -d' ' -f3)" "$(echo "$med" | cut -d' ' -f1)" "$smin-$smax" "$a" "${stats#naive }" "$p"
 }
 # The optional bf16 compute mode (--compute bf16: the GEMM kernel's products
@@ -79,6 +92,13 @@ for res in $RESOLUTIONS; do
     run "unet cfg1" unet "$res" 1 3 "--extent B=1"
     CFG1="$CFG1${res}x$res: a step at cfg 1 takes $(echo "$LAST_T $t_guided" | awk '{printf "%.3f s = %.2f", $1, $1/$2}') of a step at cfg 7.5 ($t_guided s; target <= 0.55)
 "
+    # The UNet as txt2img builds it (-D CHUNKS=3: context T a run-time extent
+    # up to 231 tokens, step 77), at a 1-chunk and at a 3-chunk prompt
+    run "unet T=77 (CHUNKS=3)" unet "$res" 2 3 "--extent T=77" "-D CHUNKS=3" unet3
+    t_c3_77=$LAST_T
+    run "unet T=231" unet "$res" 2 3 "--extent T=231" "-D CHUNKS=3" unet3
+    CHUNK3="$CHUNK3${res}x$res: a 3-chunk prompt step takes $(echo "$LAST_T $t_c3_77" | awk '{printf "%.3f s = %.2f", $1, $1/$2}') of a 1-chunk step ($t_c3_77 s); the CHUNKS=3 build at 1 chunk takes $(echo "$t_c3_77 $t_guided" | awk '{printf "%.2f", $1/$2}') of the CHUNKS=1 build ($t_guided s)
+"
     run vae_decoder vae_decoder "$res" 1 3
     if [ $BF16 = 1 ]; then
         run "unet bf16" unet "$res" 2 3 "--compute bf16"
@@ -86,13 +106,65 @@ for res in $RESOLUTIONS; do
     fi
 done
 printf "%s" "$CFG1"
+printf "%s" "$CHUNK3"
 [ $BF16 = 1 ] || echo "(no AVX-512 BF16 on this CPU, or NO_BF16 set: the bf16 compute rows are skipped)"
 last=${RESOLUTIONS##* }
-if make -s BUILD=$BUILD txt2img CONFIG=$CONFIG H=$last W=$last >/dev/null 2>&1 && [ -x $BUILD/txt2img-${last}x$last ]; then
+VOCAB=${VOCAB:-../shared/clip/bpe_simple_vocab_16e6.txt.gz}
+T2I=$BUILD/txt2img-${last}x$last
+GEN_KEYS="^  |^timing|peak memory|Maximum resident|Elapsed|warning"
+generate() { # log [txt2img flags]: a whole 20-step generation, its output to log
+    local log=$1
+    shift
+    /usr/bin/time -v $T2I --weights "$CKPT" --vocab "$VOCAB" --prompt "a photograph of an astronaut riding a horse" \
+        --steps 20 --seed 1 -o $B/bench-$last.png "$@" >"$log" 2>&1 || true
+    grep -E "$GEN_KEYS" "$log" || true
+}
+if make -s BUILD=$BUILD txt2img CONFIG=$CONFIG H=$last W=$last >/dev/null 2>&1 && [ -x $T2I ]; then
     echo "whole 20-step ${last}x$last generation (ddim, guidance, random weights):"
-    /usr/bin/time -v $BUILD/txt2img-${last}x$last --weights "$CKPT" --vocab ${VOCAB:-../shared/clip/bpe_simple_vocab_16e6.txt.gz} \
-        --prompt "a photograph of an astronaut riding a horse" --steps 20 --seed 1 -o $B/bench-$last.png 2>&1 |
-        grep -E "^  |^timing|peak memory|Maximum resident|Elapsed" || true
+    generate $B/gen-$last.log
+    HAVE_T2I=1
 else
     echo "(txt2img executable not available: whole-generation timing skipped)"
+    HAVE_T2I=0
+fi
+# ---- LoRA: the merge at bind time, alone and in a whole generation --------
+LORA_RANK=${LORA_RANK:-32}
+LORA=$B/lora-r$LORA_RANK.safetensors
+cc -O2 -march=native -Iruntime tests/bench/make_lora.c $BUILD/libldmcore.a -ljansson -lm -o $B/make_lora
+mk=$($B/make_lora --rank "$LORA_RANK" --alpha 16 --seed 1 -o "$LORA" "$CKPT")
+echo "$mk"
+n_mod=$(echo "$mk" | sed -E 's/.*: ([0-9]+) modules.*/\1/')
+# The runner binds (and so merges) every weight at load, before its first
+# forward (ldm_runner_main): the difference of the two loads is the merge.
+u=$B/unet-$last
+[ -x "$u" ] || $LDMC models/sd1/unet.graph --config $CONFIG -D H=$last -D W=$last -D B=2 -o "$u"
+# LORA_ROUNDS pairs (without, then with), the smallest load of each: the
+# first load may read the checkpoint from disk rather than the page cache.
+load0="" load1="" out1=""
+for i in $(seq "${LORA_ROUNDS:-2}"); do
+    out0=$($u --weights "$CKPT" --random-inputs 1 --repeat 1 2>&1)
+    out1=$($u --weights "$CKPT" --random-inputs 1 --repeat 1 --lora "$LORA:0.8" 2>&1)
+    l0=$(echo "$out0" | grep 'forward' | sed -E 's/.*: load ([0-9.]+) s.*/\1/')
+    l1=$(echo "$out1" | grep 'forward' | sed -E 's/.*: load ([0-9.]+) s.*/\1/')
+    load0=$(echo "$load0 $l0" | awk '{print ($1 == "" || $NF < $1) ? $NF : $1}')
+    load1=$(echo "$load1 $l1" | awk '{print ($1 == "" || $NF < $1) ? $NF : $1}')
+done
+echo "LoRA merge alone (unet ${last}x$last runner, --repeat 1, the smaller load of ${LORA_ROUNDS:-2} each; the UNet's modules merge, the text encoder's match nothing here):"
+echo "$out1" | grep '^lora ' | sed -E 's/ \(first:.*//; s/^/  /'  || true
+echo "  load without LoRA $load0 s, with --lora $(basename "$LORA"):0.8 $load1 s: the merge $(echo "$load1 $load0" | awk '{printf "%.3f", $1 - $2}') s"
+if [ "$HAVE_T2I" = 1 ]; then
+    echo "whole 20-step ${last}x$last generation with --lora $(basename "$LORA"):0.8:"
+    generate $B/gen-lora-$last.log --lora "$LORA:0.8"
+    rss() { grep 'peak memory' "$1" | sed -E 's/.*: ([0-9.]+) MiB.*/\1/'; }
+    maxrss() { grep 'Maximum resident' "$1" | awk '{printf "%.1f", $NF / 1024}'; } # kB -> MiB
+    tot() { grep -E '^  total' "$1" | awk '{print $2}'; }
+    r0=$(rss $B/gen-$last.log) r1=$(rss $B/gen-lora-$last.log)
+    if [ -n "$r0" ] && [ -n "$r1" ]; then
+        echo "LoRA (rank $LORA_RANK, $n_mod modules): merge adds $(echo "$load1 $load0" | awk '{printf "%.3f", $1 - $2}') s to the load; peak RSS $r1 MiB with vs $r0 MiB without (ratio $(echo "$r1 $r0" | awk '{printf "%.3f", $1 / $2}'); target <= 1.05)"
+        echo "  /usr/bin/time maximum resident set: $(maxrss $B/gen-lora-$last.log) MiB with vs $(maxrss $B/gen-$last.log) MiB without;" \
+            "total $(tot $B/gen-lora-$last.log) s with vs $(tot $B/gen-$last.log) s without (txt2img binds each network when it" \
+            "first runs, so there the merge falls in text encode and the first sampling step)"
+    else
+        echo "(a generation failed: see $B/gen-$last.log and $B/gen-lora-$last.log)"
+    fi
 fi
