@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -22,8 +24,7 @@ typedef struct LoraModule {
     char *prefix;      /* kohya key prefix (before the first '.') */
     char *key;         /* checkpoint key of the weight, NULL if unmatched */
     int is_te;         /* text-encoder module (te multiplier) */
-    const StTensor *down_t, *up_t, *alpha_t; /* while opening */
-    float *down, *up;  /* float32 copies */
+    const StTensor *down_t, *up_t, *alpha_t; /* the factors, in the LoRA file's mapping */
     int down_ndim, up_ndim;
     int64_t down_shape[ST_MAX_DIMS], up_shape[ST_MAX_DIMS];
     int64_t rank;
@@ -32,6 +33,7 @@ typedef struct LoraModule {
 
 struct LdmLora {
     char *path;
+    StFile f;          /* the file, mapped while the LoRA is open: factors are read from it, never copied */
     LoraModule *mods;  /* matched modules only, in file order */
     int n_mods;
     int *by_key;       /* (n_mods) indices of mods sorted by key: find_module's binary search */
@@ -163,31 +165,40 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
 
 static int is_float_dtype(StDtype dt) { return dt == ST_F32 || dt == ST_F16 || dt == ST_BF16 || dt == ST_F64; }
 
-/* Float32 copy of a factor, checked finite. */
-static float *load_factor(const char *path, const StTensor *t) {
-    if (!is_float_dtype(t->dtype)) {
-        ldm_fail("%s: %s: expected a floating-point tensor, got %s", path, t->name, st_dtype_name(t->dtype));
-        return NULL;
-    }
-    float *v = ldm_xmalloc((size_t)t->numel * sizeof(float) + 1);
-    if (st_to_f32(t, v) != 0) {
-        free(v);
-        return NULL;
-    }
-    for (int64_t i = 0; i < t->numel; i++)
-        if (!isfinite(v[i])) {
-            ldm_fail("%s: %s: non-finite value %g at element %lld", path, t->name, (double)v[i], (long long)i);
-            free(v);
-            return NULL;
+/* Elements [i0, i0 + n) of a floating-point tensor as float32. */
+static void factor_f32(const StTensor *t, int64_t i0, int64_t n, float *out) {
+    const uint8_t *p = t->data + (size_t)i0 * st_dtype_size(t->dtype);
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t h;
+        double d;
+        switch (t->dtype) {
+        case ST_F16: memcpy(&h, p + 2 * i, 2), out[i] = st_f16_to_f32(h); break;
+        case ST_BF16: memcpy(&h, p + 2 * i, 2), out[i] = st_bf16_to_f32(h); break;
+        case ST_F64: memcpy(&d, p + 8 * i, 8), out[i] = (float)d; break;
+        default: memcpy(out + i, p + 4 * i, 4); break;
         }
-    return v;
+    }
+}
+
+/* A factor is floating point and finite (checked in blocks: no copy is kept). */
+static int check_factor(const char *path, const StTensor *t) {
+    if (!is_float_dtype(t->dtype))
+        return ldm_fail("%s: %s: expected a floating-point tensor, got %s", path, t->name, st_dtype_name(t->dtype));
+    float buf[4096];
+    for (int64_t i0 = 0; i0 < t->numel; i0 += 4096) {
+        int64_t n = t->numel - i0 < 4096 ? t->numel - i0 : 4096;
+        factor_f32(t, i0, n, buf);
+        for (int64_t i = 0; i < n; i++)
+            if (!isfinite(buf[i]))
+                return ldm_fail("%s: %s: non-finite value %g at element %lld", path, t->name, (double)buf[i],
+                                (long long)(i0 + i));
+    }
+    return 0;
 }
 
 static void module_free(LoraModule *m) {
     free(m->prefix);
     free(m->key);
-    free(m->down);
-    free(m->up);
 }
 
 /* Check the factors of one module and load them. */
@@ -223,7 +234,7 @@ static int module_load(const char *path, LoraModule *m, float mult_te, float mul
     m->up_ndim = u->ndim;
     memcpy(m->down_shape, d->shape, sizeof m->down_shape);
     memcpy(m->up_shape, u->shape, sizeof m->up_shape);
-    if (!(m->down = load_factor(path, d)) || !(m->up = load_factor(path, u))) return -1;
+    if (check_factor(path, d) != 0 || check_factor(path, u) != 0) return -1;
     return 0;
 }
 
@@ -233,6 +244,7 @@ void ldm_lora_free(LdmLora *l) {
     free(l->mods);
     free(l->by_key);
     for (int i = 0; i < LDM_LORA_KEEP_UNMATCHED; i++) free(l->unmatched[i]);
+    if (l->f.map) st_close(&l->f);
     free(l->path);
     free(l);
 }
@@ -315,7 +327,7 @@ int ldm_lora_open(LdmLora **out, const char *path, const char *const *keys, int 
                 goto out;
             }
         m->key = ldm_xstrdup(key);
-        m->down_t = m->up_t = m->alpha_t = NULL; /* point into the mapping, closed below */
+        m->alpha_t = NULL;
         l->mods[l->n_mods++] = *m;
         memset(m, 0, sizeof *m);
     }
@@ -331,9 +343,16 @@ out:
     for (int i = 0; i < map.n; i++) free(map.names[i]);
     free(map.names);
     free(map.keys);
-    st_close(&f);
-    if (rc != 0) ldm_lora_free(l);
-    else *out = l;
+    if (rc != 0) {
+        st_close(&f);
+        ldm_lora_free(l);
+        return rc;
+    }
+    /* the modules' tensors point into f: it stays mapped with the LoRA; the
+     * pages the checks read go back until a merge reads them again */
+    l->f = f;
+    ldm_lora_release_pages(l);
+    *out = l;
     return rc;
 }
 
@@ -386,31 +405,58 @@ int ldm_lora_check(const LdmLora *l, const char *key, int ndim, const int64_t *s
 
 /* Rows [r0, r1) of the delta of m for a weight of k columns per row:
  * rows[(o - r0) * k + j] (+)= factor * sum_q up[o, q] * down[q, j].
- * Per output row, a float64 accumulator over the k columns gets one axpy
- * per rank component (up[o, q] * down[q, :]: contiguous, so it
- * vectorizes), summed in the order q = 0, 1, ...; then each value is
+ * Each value is a float64 sum over q = 0, 1, ... in that order, then
  * scaled and (added and) rounded to float32 once. Every entry point
  * (delta, apply, apply_rows) goes through here, so they agree bit for bit
- * whatever rows a caller splits a weight into. */
+ * whatever rows a caller splits a weight into.
+ * The factors are read from the file's mapping (F32, F16, BF16 or F64),
+ * converted a block at a time: the up rows of the range, then down in
+ * column blocks of KB whose float64 copy (r x KB) stays in the L1/L2
+ * cache while every row of the range accumulates over it (one axpy per
+ * rank component, contiguous, so it vectorizes). */
 static void module_rows(const LoraModule *m, int64_t k, int64_t r0, int64_t r1, float *rows, int add) {
-    const int64_t r = m->rank;
-    double *acc = ldm_xmalloc((size_t)k * sizeof *acc + 8);
-    for (int64_t o = r0; o < r1; o++) {
-        const float *up = m->up + o * r;
-        for (int64_t j = 0; j < k; j++) acc[j] = 0;
+    const int64_t r = m->rank, n = r1 - r0;
+    int64_t kb = 8192 / (r > 0 ? r : 1); /* a tile of at most 64 KiB of doubles */
+    kb = kb < 64 ? 64 : kb > 1024 ? 1024 : kb;
+    float *upf = ldm_xmalloc((size_t)(n * r) * sizeof *upf + 8), *col = ldm_xmalloc((size_t)kb * sizeof *col + 8);
+    double *tile = ldm_xmalloc((size_t)(r * kb) * sizeof *tile + 8), *acc = ldm_xmalloc((size_t)kb * sizeof *acc + 8);
+    factor_f32(m->up_t, r0 * r, n * r, upf);
+    const double f = m->factor;
+    for (int64_t j0 = 0; j0 < k; j0 += kb) {
+        const int64_t nb = k - j0 < kb ? k - j0 : kb;
         for (int64_t q = 0; q < r; q++) {
-            const double u = up[q];
-            const float *down = m->down + q * k;
-            for (int64_t j = 0; j < k; j++) acc[j] += u * (double)down[j];
+            factor_f32(m->down_t, q * k + j0, nb, col);
+            for (int64_t j = 0; j < nb; j++) tile[q * kb + j] = col[j];
         }
-        float *w = rows + (o - r0) * k;
-        const double f = m->factor;
-        if (add)
-            for (int64_t j = 0; j < k; j++) w[j] = (float)((double)w[j] + acc[j] * f);
-        else
-            for (int64_t j = 0; j < k; j++) w[j] = (float)(acc[j] * f);
+        for (int64_t o = 0; o < n; o++) {
+            const float *up = upf + o * r;
+            double *restrict a = acc;
+            for (int64_t j = 0; j < nb; j++) a[j] = 0;
+            for (int64_t q = 0; q < r; q++) {
+                const double u = up[q], *restrict d = tile + q * kb;
+                /* vectorized (GCC's -O2 cost model would not, for the alias check) */
+#pragma omp simd
+                for (int64_t j = 0; j < nb; j++) a[j] += u * d[j];
+            }
+            float *w = rows + o * k + j0;
+            if (add)
+                for (int64_t j = 0; j < nb; j++) w[j] = (float)((double)w[j] + acc[j] * f);
+            else
+                for (int64_t j = 0; j < nb; j++) w[j] = (float)(acc[j] * f);
+        }
     }
+    free(upf);
+    free(col);
+    free(tile);
     free(acc);
+}
+
+void ldm_lora_release_pages(const LdmLora *l) {
+    if (l && l->f.map && l->f.size) {
+        uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+        uintptr_t lo = ((uintptr_t)l->f.map + page - 1) & ~(page - 1), hi = ((uintptr_t)l->f.map + l->f.size) & ~(page - 1);
+        if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    }
 }
 
 /* rows [r0, r1) of buf (+)= the delta of key's module. */

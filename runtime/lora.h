@@ -66,6 +66,12 @@ const char *ldm_lora_unmatched(const LdmLora *l, int i);
 
 /* Does the LoRA modify checkpoint key `key`? (binary search) */
 int ldm_lora_touches(const LdmLora *l, const char *key);
+
+/* The factors are read from the LoRA file's mapping whenever a delta is
+ * computed, never copied: after a merge (ldm_weights_bind merges while it
+ * binds) this gives the pages read back to the kernel, so an open LoRA
+ * costs no resident memory while the model runs. */
+void ldm_lora_release_pages(const LdmLora *l);
 /* delta (numel of shape floats) = the module's delta for weight `key` of
  * shape [ndim] `shape`. Returns 1 (written), 0 (key not modified, delta
  * untouched) or -1 (factors do not fit the shape: the error names the key,

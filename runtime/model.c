@@ -16,8 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "half.h"
 #include "model.h"
 #include "util.h"
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
 
 int64_t ldm_numel(const LdmTensorInfo *t) {
     int64_t k = 1;
@@ -177,8 +182,48 @@ static float st_elem_f32(int dtype, const unsigned char *e) {
     }
 }
 
+/* n elements of a checkpoint tensor (dtype) at s as float32 (F16 with the
+ * CPU's conversion instructions where it has them: exact either way) */
+static void elems_to_f32(int dtype, const unsigned char *s, size_t n, float *f) {
+    size_t k = 0;
+#if defined(__F16C__)
+    if (dtype == ST_F16)
+        for (; k + 8 <= n; k += 8)
+            _mm256_storeu_ps(f + k, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + 2 * k))));
+#endif
+    for (; k < n; k++) f[k] = st_elem_f32(dtype, s + k * st_elem_size(dtype));
+}
+
+/* n float32 to the half type (F16 or BF16), rounded to nearest even */
+static void f32_to_half(int dtype, const float *f, size_t n, uint16_t *h) {
+    size_t k = 0;
+#if defined(__F16C__)
+    if (dtype == ST_F16)
+        for (; k + 8 <= n; k += 8)
+            _mm_storeu_si128((__m128i *)(h + k), _mm256_cvtps_ph(_mm256_loadu_ps(f + k), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    for (; k < n; k++) h[k] = dtype == ST_F16 ? ldm_f32_to_f16(f[k]) : ldm_f32_to_bf16(f[k]);
+}
+
+/* Per-thread scratch of ldm_weights_bind: reused across pieces, so the
+ * large temporaries are not fresh zeroed pages for every piece. */
+typedef struct BindScratch {
+    float *f;
+    uint16_t *h;
+    size_t cap;          /* elements of each */
+} BindScratch;
+
+static void scratch_need(BindScratch *sc, size_t n) {
+    if (n <= sc->cap) return;
+    free(sc->f);
+    free(sc->h);
+    sc->f = ldm_xmalloc(n * sizeof *sc->f + 4);
+    sc->h = ldm_xmalloc(n * sizeof *sc->h + 4);
+    sc->cap = n;
+}
+
 /* touched: some LoRA of w->loras modifies this weight */
-static void bind_piece(LdmWeights *w, const BindPiece *pc, int touched) {
+static void bind_piece(LdmWeights *w, const BindPiece *pc, int touched, BindScratch *sc) {
     const StTensor *t = &w->src[pc->i];
     const LdmW *d = &w->ptr[pc->i];
     const int64_t rows = t->ndim ? t->shape[0] : 1, cols = rows ? t->numel / rows : 0;
@@ -191,8 +236,9 @@ static void bind_piece(LdmWeights *w, const BindPiece *pc, int touched) {
     if (same && !touched) {
         ldm_w_relayout(d->layout, s, ses, rows, cols, pc->r0, pc->r1, dst);
     } else { /* to float32 first (F64; half that a kernel reads as float32; a LoRA to merge) */
-        float *f = ldm_xmalloc(n * sizeof *f + 4);
-        for (size_t k = 0; k < n; k++) f[k] = st_elem_f32(t->dtype, s + k * ses);
+        scratch_need(sc, n);
+        float *f = sc->f;
+        elems_to_f32(t->dtype, s, n, f);
         const int half = t->dtype == ST_F16 || t->dtype == ST_BF16;
         if (touched) {
             for (int l = 0; l < w->n_loras; l++)
@@ -204,21 +250,20 @@ static void bind_piece(LdmWeights *w, const BindPiece *pc, int touched) {
         }
         if (touched && half && d->type != LDM_W_F32) {
             /* back to the checkpoint's half type, rounded once */
-            uint16_t *h = ldm_xmalloc(n * sizeof *h + 2);
-            for (size_t k = 0; k < n; k++) h[k] = t->dtype == ST_F16 ? st_f32_to_f16(f[k]) : st_f32_to_bf16(f[k]);
+            uint16_t *h = sc->h;
+            f32_to_half(t->dtype, f, n, h);
             ldm_w_relayout(d->layout, h, 2, rows, cols, pc->r0, pc->r1, dst);
-            free(h);
         } else {
             /* A half checkpoint's weight that a kernel reads as float32 is
              * rounded to the half type all the same: W + delta is then what
              * a merged checkpoint of that type holds, whichever storage the
              * kernels chose (`ldmc merge --dtype f16` binds to these bits). */
-            if (touched && half)
-                for (size_t k = 0; k < n; k++)
-                    f[k] = t->dtype == ST_F16 ? st_f16_to_f32(st_f32_to_f16(f[k])) : st_bf16_to_f32(st_f32_to_bf16(f[k]));
+            if (touched && half) {
+                f32_to_half(t->dtype, f, n, sc->h);
+                elems_to_f32(t->dtype, (const unsigned char *)sc->h, n, f);
+            }
             ldm_w_relayout(d->layout, f, 4, rows, cols, pc->r0, pc->r1, dst);
         }
-        free(f);
     }
     drop_pages(s, n * ses);
 }
@@ -257,14 +302,23 @@ void ldm_weights_bind(LdmWeights *w) {
     unsigned char *touched = ldm_xcalloc((size_t)w->n + 1, 1);
     for (int i = 0; i < w->n; i++)
         for (int l = 0; l < w->n_loras && !touched[i]; l++) touched[i] = (unsigned char)ldm_lora_touches(w->loras[l], w->src[i].name);
+    int nt = omp_get_max_threads();
+    BindScratch *sc = ldm_xcalloc((size_t)nt + 1, sizeof *sc);
 #pragma omp parallel for schedule(dynamic, 1)
-    for (size_t k = 0; k < np; k++) bind_piece(w, &pcs[k], touched[pcs[k].i]);
+    for (size_t k = 0; k < np; k++) bind_piece(w, &pcs[k], touched[pcs[k].i], &sc[omp_get_thread_num()]);
+    for (int t = 0; t < nt; t++) {
+        free(sc[t].f);
+        free(sc[t].h);
+    }
+    free(sc);
     free(touched);
     free(pcs);
     for (int i = 0; i < w->n; i++) {
         w->ptr[i].p = w->region + w->off[i];
         drop_pages(w->src[i].data, w->src[i].nbytes); /* the pages the pieces shared */
     }
+    /* the LoRA factors the merge read leave the resident set too */
+    for (int l = 0; l < w->n_loras; l++) ldm_lora_release_pages(w->loras[l]);
 }
 
 int ldm_weights_load(const LdmModel *m, const StFile *f, LdmWeights *w) {
