@@ -948,15 +948,23 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
     /* the prompt's LoRAs (merged when each network is next bound), then
      * c = get_learned_conditioning(prompt), uc = ... (negative prompt) */
     if (prompt_loras(a, prompt, &text, &want, &n_want) != 0 || use_loras(a, want, n_want) != 0) goto done;
-    if (encode_negative(a, a->o.negative) != 0) goto done;
+    /* At --cfg-scale 1 a UNet with a run-time batch makes only the
+     * conditional call (ldm_guide_eps): the negative prompt is not used,
+     * so it is not encoded either */
+    const LdmModel *un = net_model(a, NET_UNET);
+    int ix = ldm_model_input(un, "x");
+    const int unguided = a->o.cfg_scale == 1.0 && ix >= 0 && un->inputs[ix].dyn[0] > 0;
+    static const LdmCond none;
+    if (!unguided && encode_negative(a, a->o.negative) != 0) goto done;
+    const LdmCond *ucond = unguided ? &none : &a->uc;
     double t0 = ldm_now();
     if (encode_text(a, text, &c) != 0) {
         ldm_fail("prompt: %s", ldm_last_error());
         goto done;
     }
     ldm_times_add(&a->times, "text encode", ldm_now() - t0);
-    const LdmCond *cu = &c, *uu = &a->uc;
-    if (a->o.pad_cond_uncond && c.n_chunks != a->uc.n_chunks) {
+    const LdmCond *cu = &c, *uu = unguided ? &c : &a->uc;
+    if (!unguided && a->o.pad_cond_uncond && c.n_chunks != a->uc.n_chunks) {
         /* CFGDenoiser.pad_cond_uncond: the shorter gets empty-prompt chunks */
         int k = c.n_chunks > a->uc.n_chunks ? c.n_chunks : a->uc.n_chunks;
         cond_padded(&c, k, &a->empty, &cp);
@@ -965,16 +973,22 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
         uu = &up;
     }
     loras = lora_record(a);
-    embs = embedding_record(a, &c, &a->uc);
-    if (a->pmode != LDM_PROGRESS_QUIET)
-        fprintf(stderr, "%s: %s: prompt %d chunk%s, negative prompt %d chunk%s%s, CLIP skip %d%s%s%s%s\n", a->argv0,
-                label, c.n_chunks, c.n_chunks == 1 ? "" : "s", a->uc.n_chunks, a->uc.n_chunks == 1 ? "" : "s",
-                cu->n_chunks != uu->n_chunks ? " (two UNet calls per step)"
-                : cu != &c                   ? " (padded with the empty prompt)"
-                                             : "",
-                a->o.clip_skip, *loras ? ", LoRA " : "", loras, *embs ? ", embeddings " : "", embs);
+    embs = embedding_record(a, &c, ucond);
+    if (a->pmode != LDM_PROGRESS_QUIET) {
+        char neg[96];
+        if (unguided) snprintf(neg, sizeof neg, "no negative prompt (cfg 1: the conditional call alone)");
+        else
+            snprintf(neg, sizeof neg, "negative prompt %d chunk%s%s", ucond->n_chunks, ucond->n_chunks == 1 ? "" : "s",
+                     cu->n_chunks != uu->n_chunks ? " (two UNet calls per step)"
+                     : cu != &c                   ? " (padded with the empty prompt)"
+                                                  : "");
+        fprintf(stderr, "%s: %s: prompt %d chunk%s, %s, CLIP skip %d%s%s%s%s\n", a->argv0, label, c.n_chunks,
+                c.n_chunks == 1 ? "" : "s", neg, a->o.clip_skip, *loras ? ", LoRA " : "", loras,
+                *embs ? ", embeddings " : "", embs);
+    }
     if (cond_path) {
-        if (save_cond_file(a, cond_path, &c, &a->uc, cu == &cp ? &cp : NULL, uu == &up ? &up : NULL) != 0) goto done;
+        if (save_cond_file(a, cond_path, &c, unguided ? NULL : &a->uc, cu == &cp ? &cp : NULL, uu == &up ? &up : NULL) != 0)
+            goto done;
         cond_written = 1;
     }
 
@@ -1018,7 +1032,7 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
     if (latent_path) {
         char seed_s[32], steps_s[16], cfg_s[32], eta_s[32], str_s[32], hw_s[32], ch_s[16], uch_s[16], skip_s[16];
         snprintf(ch_s, sizeof ch_s, "%d", c.n_chunks);
-        snprintf(uch_s, sizeof uch_s, "%d", a->uc.n_chunks);
+        snprintf(uch_s, sizeof uch_s, "%d", ucond->n_chunks);
         snprintf(skip_s, sizeof skip_s, "%d", a->o.clip_skip);
         snprintf(seed_s, sizeof seed_s, "%llu", (unsigned long long)seed);
         snprintf(steps_s, sizeof steps_s, "%d", a->o.steps);
