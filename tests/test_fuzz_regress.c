@@ -5,7 +5,8 @@
  * tests/fuzz/corpus/SURFACE/ (the seeds) through fuzz_SURFACE, the entry of
  * tests/fuzz/fuzz_SURFACE.c built without libFuzzer (so under `make test
  * SAN=1` with ASan and UBSan too). A harness aborts on a broken invariant;
- * Check runs each test in its own process, so that fails the test.
+ * each input runs in a child process, and a child that dies or exits
+ * non-zero (a sanitizer report) fails the test naming the file.
  */
 #include <check.h>
 #include <dirent.h>
@@ -13,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -32,7 +35,8 @@ static const struct {
 };
 #define N_SURFACES ((int)(sizeof surfaces / sizeof surfaces[0]))
 
-/* Run fn on every file of dir (none when dir does not exist); the count. */
+/* Run fn on every file of dir (none when dir does not exist), each in a
+ * child process so that a crash names its file; the count. */
 static int replay_dir(const char *dir, int (*fn)(const uint8_t *, size_t)) {
     DIR *d = opendir(dir);
     if (!d) return 0;
@@ -44,7 +48,18 @@ static int replay_dir(const char *dir, int (*fn)(const uint8_t *, size_t)) {
         size_t len = 0;
         char *bytes = ldm_read_file(path, &len);
         ck_assert_msg(bytes, "%s: %s", path, ldm_last_error());
-        fn((const uint8_t *)bytes, len);
+        fflush(NULL);
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+            fn((const uint8_t *)bytes, len);
+            exit(0); /* exit, not _exit: LeakSanitizer checks at exit under SAN=1 */
+        }
+        int status = 0;
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: the harness %s %d", path,
+                      sig ? "died of signal" : "exited with", sig ? sig : WEXITSTATUS(status));
         free(bytes);
         free(path);
         n++;
