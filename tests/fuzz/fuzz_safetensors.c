@@ -7,7 +7,9 @@
  *     model table (names, shapes and layout flags of real SD v1 weights, at
  *     toy sizes), then ldm_weights_bind;
  *   - as a LoRA file (ldm_lora_open bound to the table's keys; each module
- *     checked against its weight, then merged at bind as txt2img --lora does);
+ *     checked against its weight, then merged at bind into the seed
+ *     checkpoint corpus/safetensors/ckpt_f16.safetensors as txt2img --lora
+ *     does);
  *   - as a textual-inversion embedding (ldm_embedding_load, width 4 and 768).
  * The input is the file's bytes.
  */
@@ -16,6 +18,7 @@
 #include "model.h"
 #include "safetensors.h"
 #include "textcond.h"
+#include "util.h"
 
 static const LdmTensorInfo weights[] = {
     {"model.diffusion_model.input_blocks.1.1.proj_in.weight", LDM_F32, LDM_TF_F32, 4, {4, 4, 1, 1}, {0}},
@@ -78,18 +81,34 @@ static LdmLora *as_lora(const char *path) {
     return l;
 }
 
+/* The checkpoint a fuzzed LoRA is merged into (opened once). */
+static const StFile *base_checkpoint(void) {
+    static StFile base;
+    static int opened;
+    if (!opened) {
+        if (st_open(&base, LDM_FUZZ_ROOT "/tests/fuzz/corpus/safetensors/ckpt_f16.safetensors") != 0) {
+            fprintf(stderr, "fuzz_safetensors: %s\n", ldm_last_error());
+            abort();
+        }
+        opened = 1;
+    }
+    return &base;
+}
+
 LDM_FUZZ_TARGET(safetensors) {
     const char *path = fuzz_file("fuzz.safetensors", data, size);
-    /* the LoRA reading the input, merged into a checkpoint that is the input too */
-    LdmLora *lora = as_lora(path);
     StFile f;
     memset(&f, 0, sizeof f);
     if (st_open(&f, path) == 0) {
         read_tensors(&f);
-        as_checkpoint(&f, lora);
+        as_checkpoint(&f, NULL);
         st_close(&f);
     }
-    ldm_lora_free(lora);
+    LdmLora *lora = as_lora(path);
+    if (lora) {
+        as_checkpoint(base_checkpoint(), lora);
+        ldm_lora_free(lora);
+    }
     int widths[] = {4, 768};
     for (int k = 0; k < 2; k++) {
         LdmEmbedding e;

@@ -94,7 +94,8 @@ for prefix, shape in [("lora_unet_down_blocks_0_attentions_0_proj_in", [4, 4, 1,
     lora += [(prefix + ".lora_down.weight", "F16", down, [0.1] * n(down)),
              (prefix + ".lora_up.weight", "F16", up, [0.2] * n(up)),
              (prefix + ".alpha", "F32", [], [1.0])]
-lora.append(("lora_unet_nothing.lora_down.weight", "F32", [1, 4], [0.0] * 4))
+lora += [("lora_unet_nothing.lora_down.weight", "F32", [1, 4], [0.0] * 4),
+         ("lora_unet_nothing.lora_up.weight", "F32", [4, 1], [0.0] * 4)]
 put("safetensors", "lora.safetensors", st(lora, {"ss_network_dim": "2"}))
 put("safetensors", "emb_f32.safetensors", st([("emb_params", "F32", [2, 4], [0.5] * 8)]))
 put("safetensors", "emb_string_to_param.safetensors", st([("string_to_param.*", "F16", [4], [0.25] * 4)]))
