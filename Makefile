@@ -26,6 +26,8 @@ CC      := clang
 BUILD   ?= build-fuzz
 SANFLAGS = -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 OPT      = -O1 -g
+# libFuzzer's convention: image.c then lets libpng ignore chunk CRCs
+FUZZDEFS = -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
 # clang, unlike gcc, warns of a static inline function no code of this CPU uses
 # and of `#pragma GCC optimize` (sampler.c), which it ignores
 FUZZWARN = -Wno-unused-function -Wno-unknown-pragmas
@@ -42,7 +44,7 @@ endif
 WARN     = -Wall -Wextra -Werror $(FUZZWARN)
 BASEFLAGS = -std=gnu11 $(OPT) $(SANFLAGS) $(WIDEFLAGS) -fopenmp -march=native
 CFLAGS   += $(BASEFLAGS) $(WARN)
-CPPFLAGS += -Iruntime -Icompiler -I$(BUILD)/gen -I/usr/include/x86_64-linux-gnu/openblas-pthread
+CPPFLAGS += -Iruntime -Icompiler -I$(BUILD)/gen -I/usr/include/x86_64-linux-gnu/openblas-pthread $(FUZZDEFS)
 LDLIBS   = -lopenblas -ljansson -lyaml -lpng -lz -lm
 LDFLAGS += $(SANFLAGS) -fopenmp
 
