@@ -52,7 +52,16 @@ typedef struct PngRead {
     png_bytep *rows;   /* (h) row pointers into pixels */
     int w, h;
     int bad_format;    /* set when the decoded layout is not 8-bit RGB */
+    const char *what;  /* "image", "mask": for the size check */
+    int ew, eh;        /* expected size (0: any), checked from the header before any pixel is read */
+    int bad_size;      /* set when the header's size is not the expected one (message recorded) */
 } PngRead;
+
+static int check_size(const char *path, const char *what, int w, int h, int ew, int eh) {
+    if ((ew > 0 && w != ew) || (eh > 0 && h != eh))
+        return ldm_fail("%s: %s is %dx%d, expected %dx%d", path, what, w, h, ew > 0 ? ew : w, eh > 0 ? eh : h);
+    return 0;
+}
 
 /* The part that can longjmp: header, transforms to 8-bit RGB, pixels. */
 static int png_read_body(PngRead *r) {
@@ -71,6 +80,12 @@ static int png_read_body(PngRead *r) {
     png_read_info(r->png, r->info);
 
     png_uint_32 w = png_get_image_width(r->png, r->info), h = png_get_image_height(r->png, r->info);
+    /* the size check before the pixels are allocated and decoded: a PNG of a
+     * few bytes may declare 16384x16384 */
+    if (check_size(r->path, r->what, (int)w, (int)h, r->ew, r->eh) != 0) {
+        r->bad_size = 1;
+        return -1;
+    }
     int color = png_get_color_type(r->png, r->info), depth = png_get_bit_depth(r->png, r->info);
     /* To 8-bit RGB, like PIL's Image.open(...).convert("RGB"): */
     if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(r->png); /* (adds tRNS alpha, stripped below) */
@@ -95,11 +110,17 @@ static int png_read_body(PngRead *r) {
     return 0;
 }
 
-int ldm_png_read_rgb8(const char *path, uint8_t **rgb, int *width, int *height) {
+/* ldm_png_read_rgb8 refusing, from the header, a size other than ew x eh
+ * (0: any) as check_size does. */
+static int png_read_rgb8_sized(const char *path, const char *what, int ew, int eh, uint8_t **rgb, int *width,
+                               int *height) {
     *rgb = NULL;
     PngRead r;
     memset(&r, 0, sizeof r);
     r.path = path;
+    r.what = what;
+    r.ew = ew;
+    r.eh = eh;
     r.fp = fopen(path, "rb");
     if (!r.fp) return ldm_fail("%s: cannot open: %s", path, strerror(errno));
     unsigned char sig[8];
@@ -120,7 +141,7 @@ int ldm_png_read_rgb8(const char *path, uint8_t **rgb, int *width, int *height) 
     if (rc != 0) {
         if (r.bad_format)
             ldm_fail("%s: unsupported PNG layout (could not convert it to 8-bit RGB)", path);
-        else
+        else if (!r.bad_size) /* (else check_size's message stands) */
             ldm_fail("%s: bad or truncated PNG: %s", path, r.msg.text);
         free(r.pixels);
         r.pixels = NULL;
@@ -133,6 +154,10 @@ int ldm_png_read_rgb8(const char *path, uint8_t **rgb, int *width, int *height) 
     *width = r.w;
     *height = r.h;
     return 0;
+}
+
+int ldm_png_read_rgb8(const char *path, uint8_t **rgb, int *width, int *height) {
+    return png_read_rgb8_sized(path, "image", 0, 0, rgb, width, height);
 }
 
 /* ----------------------------------------------------------------------------
@@ -189,22 +214,12 @@ int ldm_png_write_rgb8(const char *path, const uint8_t *rgb, int width, int heig
  * Float conversions
  * ------------------------------------------------------------------------- */
 
-static int check_size(const char *path, const char *what, int w, int h, int ew, int eh) {
-    if ((ew > 0 && w != ew) || (eh > 0 && h != eh))
-        return ldm_fail("%s: %s is %dx%d, expected %dx%d", path, what, w, h, ew > 0 ? ew : w, eh > 0 ? eh : h);
-    return 0;
-}
-
 int ldm_image_load(const char *path, int expect_width, int expect_height, float **chw, int *width,
                    int *height) {
     *chw = NULL;
     uint8_t *rgb;
     int w, h;
-    if (ldm_png_read_rgb8(path, &rgb, &w, &h) != 0) return -1;
-    if (check_size(path, "image", w, h, expect_width, expect_height) != 0) {
-        free(rgb);
-        return -1;
-    }
+    if (png_read_rgb8_sized(path, "image", expect_width, expect_height, &rgb, &w, &h) != 0) return -1;
     /* load_img: image = np.array(image).astype(np.float32) / 255.0
      *           image = image[None].transpose(0, 3, 1, 2)      # HWC -> CHW
      *           return 2. * image - 1.                          (float32) */
@@ -227,11 +242,7 @@ int ldm_mask_load(const char *path, int expect_width, int expect_height, float *
     *mask = NULL;
     uint8_t *rgb;
     int w, h;
-    if (ldm_png_read_rgb8(path, &rgb, &w, &h) != 0) return -1;
-    if (check_size(path, "mask", w, h, expect_width, expect_height) != 0) {
-        free(rgb);
-        return -1;
-    }
+    if (png_read_rgb8_sized(path, "mask", expect_width, expect_height, &rgb, &w, &h) != 0) return -1;
     /* inpaint.py: np.array(Image.open(mask).convert("L")).astype(np.float32) / 255.0
      * PIL's RGB -> L (Convert.c rgb2l): L = (R*19595 + G*38470 + B*7471 + 0x8000) >> 16 */
     size_t plane = (size_t)w * h;
