@@ -151,3 +151,4 @@ put("promptfile", "plain.txt", "a photograph of an astronaut\n\n  \nriding a hor
 put("promptfile", "options.txt", '--prompt "a cat" --seed 3 --steps 10\n--prompt \'it\'\'s\' --negative_prompt "a \\"b\\""\n'
     "a \\ b 'c d' \"e\\\\f\"\n--prompt \"unterminated\n")
 put("promptfile", "empty.txt", "")
+put("promptfile", "lora_shard.txt", "--lora style.safetensors:0.7 --lora a:b:c --lora :1 --lora x:nan --shard 1/3 --shard 3/3\n")
