@@ -2,7 +2,8 @@
 #
 #   make            build/ldmc, the runtime libraries and the runtime tools
 #   make test       build everything and run the Check suite
-#   make check      `make test`, then the suite again under ASan + UBSan
+#   make check      `make test`, then the suite again under ASan + UBSan, then `make fuzz FUZZ_S=20`
+#   make fuzz       the input readers under libFuzzer, FUZZ_S seconds each (tests/fuzz/README.md)
 #   make depgraph   the include and link graphs of compiler/ and runtime/; fails on a cycle
 #   make clean
 #
@@ -199,6 +200,9 @@ $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(COMP_LIB) $(RT_LIB
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -DLDM_LIBFUZZER -DLDM_FUZZ_ROOT='"$(ROOT)"' -fsanitize=fuzzer $< \
 	    $(COMP_LIB) $(RT_LIB) $(LDFLAGS) -fsanitize=fuzzer $(LDLIBS) -o $@
+else
+fuzz-build:
+	$(MAKE) FUZZ=1 fuzz-build
 endif
 
 # ---- the main job: a prompt to a 512x512 image ------------------------------
