@@ -1072,10 +1072,20 @@ static void print_after(const CfgNode *v, FILE *fp, int indent) {
     }
 }
 
+/* Keys longer than this print as explicit keys ("? key" then ": value"):
+ * printed quoted, with escapes, they could pass YAML's 1024-character limit
+ * of an implicit key. */
+#define LONG_KEY 200
+
 static void print_block(const CfgNode *n, FILE *fp, int indent) {
     for (int k = 0; k < n->n; k++) {
         fprintf(fp, "%*s", indent, "");
-        if (n->kind == CFG_MAP) {
+        if (n->kind == CFG_MAP && strlen(n->keys[k]) > LONG_KEY) {
+            /* an implicit key is at most 1024 characters in YAML: the explicit form */
+            fputs("? ", fp);
+            print_string(n->keys[k], fp);
+            fprintf(fp, "\n%*s:", indent, "");
+        } else if (n->kind == CFG_MAP) {
             print_key(n->keys[k], fp);
             fputc(':', fp);
         } else {
