@@ -2,7 +2,8 @@
 #
 #   make            build/ldmc, the runtime libraries and the runtime tools
 #   make test       build everything and run the Check suite
-#   make check      `make test`, then the suite again under ASan + UBSan
+#   make check      `make test`, then the suite again under ASan + UBSan, then `make fuzz FUZZ_S=20`
+#   make fuzz       the input readers under libFuzzer, FUZZ_S seconds each (tests/fuzz/README.md)
 #   make depgraph   the include and link graphs of compiler/ and runtime/; fails on a cycle
 #   make clean
 #
@@ -20,7 +21,18 @@ ifeq ($(WIDE),1)
 BUILD   ?= build-wide
 WIDEFLAGS = -DLDM_WIDE_KERNELS
 endif
-ifeq ($(SAN),1)
+ifeq ($(FUZZ),1)
+# FUZZ=1 (make fuzz): clang, the code instrumented for libFuzzer, ASan + UBSan
+CC      := clang
+BUILD   ?= build-fuzz
+SANFLAGS = -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+OPT      = -O1 -g
+# libFuzzer's convention: image.c then lets libpng ignore chunk CRCs
+FUZZDEFS = -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
+# clang, unlike gcc, warns of a static inline function no code of this CPU uses
+# and of `#pragma GCC optimize` (sampler.c), which it ignores
+FUZZWARN = -Wno-unused-function -Wno-unknown-pragmas
+else ifeq ($(SAN),1)
 BUILD   ?= build-san
 SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 OPT      = -O1 -g
@@ -30,10 +42,10 @@ SANFLAGS =
 OPT      = -O2 -g
 endif
 
-WARN     = -Wall -Wextra -Werror
+WARN     = -Wall -Wextra -Werror $(FUZZWARN)
 BASEFLAGS = -std=gnu11 $(OPT) $(SANFLAGS) $(WIDEFLAGS) -fopenmp -march=native
 CFLAGS   += $(BASEFLAGS) $(WARN)
-CPPFLAGS += -Iruntime -Icompiler -I$(BUILD)/gen -I/usr/include/x86_64-linux-gnu/openblas-pthread
+CPPFLAGS += -Iruntime -Icompiler -I$(BUILD)/gen -I/usr/include/x86_64-linux-gnu/openblas-pthread $(FUZZDEFS)
 LDLIBS   = -lopenblas -ljansson -lyaml -lpng -lz -lm
 LDFLAGS += $(SANFLAGS) -fopenmp
 
@@ -60,13 +72,18 @@ COMP_LIB := $(BUILD)/libldmc.a
 
 TEST_SRC ?= $(wildcard tests/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
+# The fuzz harnesses (tests/fuzz/fuzz_SURFACE.c): built plain into the test
+# runner, where tests/test_fuzz_regress.c replays their regress corpus.
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRC))
+FUZZ_HARNESS_OBJ := $(if $(filter tests/test_fuzz_regress.c,$(TEST_SRC)),$(FUZZ_SRC:%.c=$(BUILD)/obj/%.o))
 
 # Debian packages needed to build and test (and, statically, to deploy).
 DEB_PACKAGES = build-essential pkg-config flex bison libopenblas-dev check libyaml-dev \
-               zlib1g-dev libpng-dev libjansson-dev
+               zlib1g-dev libpng-dev libjansson-dev clang libclang-rt-dev libomp-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all test check clean deps bench bench-quick fingerprint demo depgraph FORCE
+.PHONY: all test check clean deps bench bench-quick fingerprint demo depgraph fuzz fuzz-build FORCE
 .SECONDARY:
 
 all: $(BUILD)/ldmc $(RT_LIB) $(CLI_BIN)
@@ -143,7 +160,9 @@ FORCE:
 
 $(BUILD)/obj/tests/main.o: $(BUILD)/gen/suites.inc
 
-$(BUILD)/tests/run_tests: $(TEST_OBJ) $(COMP_LIB) $(RT_LIB)
+$(FUZZ_HARNESS_OBJ): CPPFLAGS += -DLDM_FUZZ_ROOT='"$(ROOT)"'
+
+$(BUILD)/tests/run_tests: $(TEST_OBJ) $(FUZZ_HARNESS_OBJ) $(COMP_LIB) $(RT_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $$(pkg-config --libs check) $(LDLIBS) -o $@
 
@@ -160,6 +179,36 @@ check: deps
 	$(MAKE) test
 	$(MAKE) test SAN=1
 	$(MAKE) test WIDE=1 TEST_SRC="tests/main.c tests/test_gemm.c tests/test_winograd.c tests/test_ops.c"
+	$(MAKE) fuzz FUZZ_S=$(FUZZ_CHECK_S)
+
+# ---- fuzzing (tests/fuzz/README.md) ------------------------------------------
+# `make fuzz` builds every harness tests/fuzz/fuzz_SURFACE.c with libFuzzer
+# (clang, ASan + UBSan) into build-fuzz/ and runs each, one after the other,
+# for FUZZ_S seconds on its corpus (tests/fuzz/corpus/SURFACE, the regress
+# inputs and what earlier runs found in build-fuzz/corpus/SURFACE); it prints
+# executions, exec/s, coverage and crashes per harness and fails on a crash
+# (the input is in build-fuzz/crashes/SURFACE/). FUZZ_TARGETS="png prompt"
+# runs some. `make check` runs each for FUZZ_CHECK_S seconds.
+FUZZ_S       ?= 60
+FUZZ_CHECK_S ?= 20
+FUZZ_BUILD   := build-fuzz
+FUZZ_BINS     = $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz/fuzz_%)
+
+fuzz:
+	$(MAKE) FUZZ=1 fuzz-build
+	OMP_NUM_THREADS=1 tests/fuzz/run.sh -b $(FUZZ_BUILD) -t $(FUZZ_S) $(FUZZ_TARGETS)
+
+ifeq ($(FUZZ),1)
+fuzz-build: $(FUZZ_BINS)
+
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(COMP_LIB) $(RT_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -DLDM_LIBFUZZER -DLDM_FUZZ_ROOT='"$(ROOT)"' -fsanitize=fuzzer $< \
+	    $(COMP_LIB) $(RT_LIB) $(LDFLAGS) -fsanitize=fuzzer $(LDLIBS) -o $@
+else
+fuzz-build:
+	$(MAKE) FUZZ=1 fuzz-build
+endif
 
 # ---- the main job: a prompt to a 512x512 image ------------------------------
 # With no checkpoint of your own, the demo makes one with RANDOM weights of
@@ -210,7 +259,7 @@ deps:
 	else echo "all Debian packages present"; fi
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
 # ==== txt2img: per-resolution text-to-image executables =====================
 #   make txt2img CONFIG=models/sd1/v1-inference.yaml H=512 W=512

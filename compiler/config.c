@@ -892,6 +892,17 @@ static CfgNode *override_value(const char *value_text) {
     return v;
 }
 
+/* Levels of n: 1 for a scalar, 1 + the deepest item for a list or map. */
+static int node_depth(const CfgNode *n) {
+    int d = 0;
+    if (n->kind == CFG_LIST || n->kind == CFG_MAP)
+        for (int k = 0; k < n->n; k++) {
+            int dk = node_depth(n->items[k]);
+            if (dk > d) d = dk;
+        }
+    return d + 1;
+}
+
 int cfg_set_path(CfgNode *root, const char *dotted, const char *value_text) {
     if (!root || root->kind != CFG_MAP)
         return ldm_fail(CMDLINE ":1:1: error: -D %s: the config is not a map", dotted ? dotted : "");
@@ -899,6 +910,14 @@ int cfg_set_path(CfgNode *root, const char *dotted, const char *value_text) {
         return ldm_fail(CMDLINE ":1:1: error: -D '%s': not a dotted key path like a.b.c", dotted ? dotted : "");
     CfgNode *v = override_value(value_text ? value_text : "");
     if (!v) return -1;
+    /* no deeper than a config file may nest (what cfg_print writes must parse back) */
+    int levels = 1;
+    for (const char *q = dotted; *q; q++) levels += *q == '.';
+    if (levels + node_depth(v) > MAX_DEPTH) {
+        cfg_free(v);
+        return ldm_fail(CMDLINE ":1:1: error: -D %.40s...: nesting is too deep (more than %d levels)", dotted,
+                        MAX_DEPTH);
+    }
     CfgNode *n = root;
     const char *p = dotted;
     for (;;) {
@@ -1053,10 +1072,20 @@ static void print_after(const CfgNode *v, FILE *fp, int indent) {
     }
 }
 
+/* Keys longer than this print as explicit keys ("? key" then ": value"):
+ * printed quoted, with escapes, they could pass YAML's 1024-character limit
+ * of an implicit key. */
+#define LONG_KEY 200
+
 static void print_block(const CfgNode *n, FILE *fp, int indent) {
     for (int k = 0; k < n->n; k++) {
         fprintf(fp, "%*s", indent, "");
-        if (n->kind == CFG_MAP) {
+        if (n->kind == CFG_MAP && strlen(n->keys[k]) > LONG_KEY) {
+            /* an implicit key is at most 1024 characters in YAML: the explicit form */
+            fputs("? ", fp);
+            print_string(n->keys[k], fp);
+            fprintf(fp, "\n%*s:", indent, "");
+        } else if (n->kind == CFG_MAP) {
             print_key(n->keys[k], fp);
             fputc(':', fp);
         } else {

@@ -200,18 +200,44 @@ int model_facts(const CfgNode *root, ModelFacts *p) {
     return 0;
 }
 
+/* s as a YAML double-quoted scalar (malloc'd): '"', '\\' and the control
+ * characters escaped, so any string of the config (a target with a quote
+ * in it) reads back as itself. */
+static char *yaml_quoted(const char *s) {
+    if (!s) s = "";
+    size_t n = 3;
+    for (const char *p = s; *p; p++) n += 4;
+    char *out = ldm_xmalloc(n), *o = out;
+    *o++ = '"';
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') {
+            *o++ = '\\';
+            *o++ = (char)*p;
+        } else if (*p < 0x20 || *p == 0x7f) {
+            o += sprintf(o, "\\x%02x", *p);
+        } else {
+            *o++ = (char)*p;
+        }
+    }
+    *o++ = '"';
+    *o = 0;
+    return out;
+}
+
 /* The facts as a config map, for the DSL (every field by its name). */
 CfgNode *model_facts_map(const ModelFacts *p) {
+    char *q[4] = {yaml_quoted(p->conditioning_key), yaml_quoted(p->first_stage), yaml_quoted(p->cond_stage),
+                  yaml_quoted(p->cond_kind)};
     char *y = ldm_xasprintf("f: %d\nlatent_channels: %d\nunet_in_channels: %d\nunet_out_channels: %d\n"
                             "timesteps: %d\nlinear_start: %.17g\nlinear_end: %.17g\nscale_factor: %.17g\n"
-                            "conditioning_key: '%s'\nfirst_stage: '%s'\ncond_stage: '%s'\ncond_kind: '%s'\n"
+                            "conditioning_key: %s\nfirst_stage: %s\ncond_stage: %s\ncond_kind: %s\n"
                             "context_length: %d\nunet_context: %d\ncontext_dim: %d\nvocab_size: %d\nn_classes: %d\n",
                             p->f, p->latent_channels, p->unet_in, p->unet_out, p->timesteps, p->linear_start,
-                            p->linear_end, p->scale_factor, p->conditioning_key, p->first_stage, p->cond_stage,
-                            p->cond_kind, p->context_length, p->unet_context, p->context_dim, p->vocab_size,
-                            p->n_classes);
+                            p->linear_end, p->scale_factor, q[0], q[1], q[2], q[3], p->context_length,
+                            p->unet_context, p->context_dim, p->vocab_size, p->n_classes);
     CfgNode *m = cfg_parse_string(y, "<model_facts>");
     free(y);
+    for (int i = 0; i < 4; i++) free(q[i]);
     return m;
 }
 

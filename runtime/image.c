@@ -52,6 +52,9 @@ typedef struct PngRead {
     png_bytep *rows;   /* (h) row pointers into pixels */
     int w, h;
     int bad_format;    /* set when the decoded layout is not 8-bit RGB */
+    const char *what;  /* "image", "mask": for the size check */
+    int ew, eh;        /* expected size (0: any), checked from the header before any pixel is read */
+    int bad_size;      /* set when the header's size is not the expected one (message recorded) */
     const char *key;   /* ldm_png_read_text: the text chunk wanted */
     char *value;       /* its value, UTF-8 (malloc'd), NULL if absent */
 } PngRead;
@@ -88,15 +91,35 @@ static void find_text(PngRead *r) {
     }
 }
 
+static int check_size(const char *path, const char *what, int w, int h, int ew, int eh) {
+    if ((ew > 0 && w != ew) || (eh > 0 && h != eh))
+        return ldm_fail("%s: %s is %dx%d, expected %dx%d", path, what, w, h, ew > 0 ? ew : w, eh > 0 ? eh : h);
+    return 0;
+}
+
 /* The part that can longjmp: header, transforms to 8-bit RGB, pixels. */
 static int png_read_body(PngRead *r) {
     if (setjmp(png_jmpbuf(r->png))) return -1;
     png_init_io(r->png, r->fp);
     png_set_sig_bytes(r->png, 8);
     png_set_user_limits(r->png, LDM_IMAGE_MAX_DIM, LDM_IMAGE_MAX_DIM);
+#ifdef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
+    /* make fuzz (tests/fuzz/fuzz_png.c): a mutated chunk still reaches the
+     * decoder instead of failing its CRC or zlib's Adler-32 */
+    png_set_crc_action(r->png, PNG_CRC_QUIET_USE, PNG_CRC_QUIET_USE);
+#ifdef PNG_IGNORE_ADLER32
+    png_set_option(r->png, PNG_IGNORE_ADLER32, PNG_OPTION_ON);
+#endif
+#endif
     png_read_info(r->png, r->info);
 
     png_uint_32 w = png_get_image_width(r->png, r->info), h = png_get_image_height(r->png, r->info);
+    /* the size check before the pixels are allocated and decoded: a PNG of a
+     * few bytes may declare 16384x16384 */
+    if (check_size(r->path, r->what, (int)w, (int)h, r->ew, r->eh) != 0) {
+        r->bad_size = 1;
+        return -1;
+    }
     int color = png_get_color_type(r->png, r->info), depth = png_get_bit_depth(r->png, r->info);
     /* To 8-bit RGB, like PIL's Image.open(...).convert("RGB"): */
     if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(r->png); /* (adds tRNS alpha, stripped below) */
@@ -123,27 +146,18 @@ static int png_read_body(PngRead *r) {
     return 0;
 }
 
-static int png_read_all(const char *path, uint8_t **rgb, int *width, int *height, const char *key, char **value);
-
-int ldm_png_read_rgb8(const char *path, uint8_t **rgb, int *width, int *height) {
-    return png_read_all(path, rgb, width, height, NULL, NULL);
-}
-
-int ldm_png_read_text(const char *path, const char *key, char **value) {
-    uint8_t *rgb;
-    int w, h;
-    *value = NULL;
-    if (png_read_all(path, &rgb, &w, &h, key, value) != 0) return -1;
-    free(rgb);
-    return *value != NULL;
-}
-
-static int png_read_all(const char *path, uint8_t **rgb, int *width, int *height, const char *key, char **value) {
+/* ldm_png_read_rgb8 refusing, from the header, a size other than ew x eh
+ * (0: any) as check_size does. */
+static int png_read_rgb8_sized(const char *path, const char *what, int ew, int eh, uint8_t **rgb, int *width,
+                               int *height, const char *key, char **value) {
     *rgb = NULL;
     PngRead r;
     memset(&r, 0, sizeof r);
     r.path = path;
     r.key = key;
+    r.what = what;
+    r.ew = ew;
+    r.eh = eh;
     r.fp = fopen(path, "rb");
     if (!r.fp) return ldm_fail("%s: cannot open: %s", path, strerror(errno));
     unsigned char sig[8];
@@ -164,7 +178,7 @@ static int png_read_all(const char *path, uint8_t **rgb, int *width, int *height
     if (rc != 0) {
         if (r.bad_format)
             ldm_fail("%s: unsupported PNG layout (could not convert it to 8-bit RGB)", path);
-        else
+        else if (!r.bad_size) /* (else check_size's message stands) */
             ldm_fail("%s: bad or truncated PNG: %s", path, r.msg.text);
         free(r.pixels);
         r.pixels = NULL;
@@ -180,6 +194,19 @@ static int png_read_all(const char *path, uint8_t **rgb, int *width, int *height
     *width = r.w;
     *height = r.h;
     return 0;
+}
+
+int ldm_png_read_rgb8(const char *path, uint8_t **rgb, int *width, int *height) {
+    return png_read_rgb8_sized(path, "image", 0, 0, rgb, width, height, NULL, NULL);
+}
+
+int ldm_png_read_text(const char *path, const char *key, char **value) {
+    uint8_t *rgb;
+    int w, h;
+    *value = NULL;
+    if (png_read_rgb8_sized(path, "image", 0, 0, &rgb, &w, &h, key, value) != 0) return -1;
+    free(rgb);
+    return *value != NULL;
 }
 
 /* ----------------------------------------------------------------------------
@@ -293,22 +320,12 @@ done:
  * Float conversions
  * ------------------------------------------------------------------------- */
 
-static int check_size(const char *path, const char *what, int w, int h, int ew, int eh) {
-    if ((ew > 0 && w != ew) || (eh > 0 && h != eh))
-        return ldm_fail("%s: %s is %dx%d, expected %dx%d", path, what, w, h, ew > 0 ? ew : w, eh > 0 ? eh : h);
-    return 0;
-}
-
 int ldm_image_load(const char *path, int expect_width, int expect_height, float **chw, int *width,
                    int *height) {
     *chw = NULL;
     uint8_t *rgb;
     int w, h;
-    if (ldm_png_read_rgb8(path, &rgb, &w, &h) != 0) return -1;
-    if (check_size(path, "image", w, h, expect_width, expect_height) != 0) {
-        free(rgb);
-        return -1;
-    }
+    if (png_read_rgb8_sized(path, "image", expect_width, expect_height, &rgb, &w, &h, NULL, NULL) != 0) return -1;
     /* load_img: image = np.array(image).astype(np.float32) / 255.0
      *           image = image[None].transpose(0, 3, 1, 2)      # HWC -> CHW
      *           return 2. * image - 1.                          (float32) */
@@ -331,11 +348,7 @@ int ldm_mask_load(const char *path, int expect_width, int expect_height, float *
     *mask = NULL;
     uint8_t *rgb;
     int w, h;
-    if (ldm_png_read_rgb8(path, &rgb, &w, &h) != 0) return -1;
-    if (check_size(path, "mask", w, h, expect_width, expect_height) != 0) {
-        free(rgb);
-        return -1;
-    }
+    if (png_read_rgb8_sized(path, "mask", expect_width, expect_height, &rgb, &w, &h, NULL, NULL) != 0) return -1;
     /* inpaint.py: np.array(Image.open(mask).convert("L")).astype(np.float32) / 255.0
      * PIL's RGB -> L (Convert.c rgb2l): L = (R*19595 + G*38470 + B*7471 + 0x8000) >> 16 */
     size_t plane = (size_t)w * h;

@@ -745,6 +745,14 @@ START_TEST(test_deep_nesting) {
     CfgNode *ok = parse_ok("[[[[[[[[[[1]]]]]]]]]]");
     expect_int(ok, "0.0.0.0.0.0.0.0.0.0", 1);
     cfg_free(ok);
+    /* a -D may not nest deeper than a file may (found by fuzz_config) */
+    char path[1024] = "a";
+    for (int k = 1; k < 300; k++) strcat(path, ".a");
+    ok = parse_ok("b: 1\n");
+    ck_assert_int_eq(cfg_set_path(ok, path, "1"), -1);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "nesting is too deep"));
+    ck_assert_int_eq(cfg_set_path(ok, "a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a", "[[1]]"), 0);
+    cfg_free(ok);
 }
 END_TEST
 
@@ -946,6 +954,22 @@ START_TEST(test_print_roundtrip) {
     CfgNode *back = parse_ok(s1);
     ck_assert_msg(tree_equal(c, back), "dump:\n%s", s1);
     free(s1);
+    cfg_free(back);
+    cfg_free(c);
+    /* a key longer than YAML's 1024-character limit of an implicit key (a
+     * -D can make one; found by fuzz_config) prints as an explicit key */
+    c = parse_ok("a: 1\n");
+    char *key = ldm_xmalloc(1301), *val = ldm_xmalloc(2000);
+    memset(key, 'k', 1300);
+    key[1300] = 0;
+    snprintf(val, 2000, "{x: [1, 2], y: \"%s\"}", key);
+    ck_assert_int_eq(cfg_set_path(c, key, val), 0);
+    s1 = print_str(c);
+    back = parse_ok(s1);
+    ck_assert_msg(tree_equal(c, back), "dump:\n%s", s1);
+    free(s1);
+    free(key);
+    free(val);
     cfg_free(back);
     cfg_free(c);
 }

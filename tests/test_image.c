@@ -500,6 +500,27 @@ START_TEST(test_bad_files) {
 }
 END_TEST
 
+/* The size check is made from the header, before any pixel is allocated or
+ * decoded: a 69-byte PNG declaring 16384x16384 (found by fuzz_png: it made
+ * the reader allocate 805 MB before it refused the size) gets the size
+ * message, not libpng's complaint about the missing image data. */
+START_TEST(test_size_checked_from_header) {
+    char *p = scratch_path("huge.png");
+    size_t len = 0;
+    char *bytes = ldm_read_file("tests/fuzz/regress/png/huge_header_tiny_file.png", &len);
+    ck_assert_ptr_nonnull(bytes);
+    write_bytes(p, bytes, len);
+    float *x = NULL;
+    ck_assert_int_eq(ldm_image_load(p, 64, 64, &x, NULL, NULL), -1);
+    ck_assert_ptr_null(x);
+    ck_assert_msg(strstr(ldm_last_error(), "image is 16384x16384, expected 64x64"), "%s", ldm_last_error());
+    ck_assert_int_eq(ldm_mask_load(p, 64, 64, &x, NULL, NULL), -1);
+    ck_assert_msg(strstr(ldm_last_error(), "mask is 16384x16384, expected 64x64"), "%s", ldm_last_error());
+    free(bytes);
+    free(p);
+}
+END_TEST
+
 Suite *suite_image(void) {
     Suite *su = suite_create("image");
     TCase *tc = tcase_create("image");
@@ -513,6 +534,7 @@ Suite *suite_image(void) {
     tcase_add_test(tc, test_formats);
     tcase_add_test(tc, test_mask);
     tcase_add_test(tc, test_bad_files);
+    tcase_add_test(tc, test_size_checked_from_header);
     suite_add_tcase(su, tc);
     return su;
 }
