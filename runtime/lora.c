@@ -435,7 +435,9 @@ static void module_rows(const LoraModule *m, int64_t k, int64_t r0, int64_t r1, 
             for (int64_t q = 0; q < r; q++) {
                 const double u = up[q], *restrict d = tile + q * kb;
                 /* vectorized (GCC's -O2 cost model would not, for the alias check) */
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma omp simd
+#endif
                 for (int64_t j = 0; j < nb; j++) a[j] += u * d[j];
             }
             float *w = rows + o * k + j0;
