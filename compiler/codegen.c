@@ -217,8 +217,8 @@ static void k_conv2d(const Node *n, FILE *fp) {
     E("%*s.HO = %d, .WO = %d, .y_gap = %lld};\n", ind, "", c.HO, c.WO, (long long)n->out_gap);
     int has_b = 0;
     for (int s = 2; s < n->nsrc; s++) has_b |= !strcmp(names[s], "b");
-    E("    const LdmEpilogue ep = {.bias = %s, .rowadd = %s, .residual = %s};\n", has_b ? "b" : "NULL",
-      n->ep_rowadd ? "rowadd" : "NULL", n->ep_residual ? "residual" : "NULL");
+    E("    const LdmEpilogue ep = {.bias = %s, .rowadd = %s, .residual = %s, .relu = %d};\n", has_b ? "b" : "NULL",
+      n->ep_rowadd ? "rowadd" : "NULL", n->ep_residual ? "residual" : "NULL", n->act == ACT_RELU);
     E("    ldm_conv2d(&s, %s, x, w, &ep, y, %s);\n", algos[n->algo], n->scratch_bytes ? "scratch" : "NULL");
     E("}\n");
 }

@@ -7,6 +7,8 @@
  *   geglu(linear(x))               -> linear+geglu
  *   conv(x) + reshape(e, [B,C,1,1]) -> conv2d+rowadd   (ResBlock time embedding)
  *   conv(x) + r, linear(x) + r     -> conv2d+residual, linear+residual
+ *   relu(conv(...))                -> conv2d+relu, conv2d+residual+relu
+ *                                     (TAESD: relu(conv(x)), relu(conv(h) + x))
  *   linear(layer_norm(x))          -> layer_norm+linear (every reader of the
  *                                     norm a linear layer: each normalises
  *                                     the rows of x as its GEMM packs them)
@@ -44,10 +46,11 @@ static int same_shape(const Node *a, const Node *b) {
     return a->ndim == b->ndim && memcmp(a->shape, b->shape, (size_t)a->ndim * sizeof *a->shape) == 0;
 }
 
-/* A producer whose result can still take an epilogue. */
+/* A producer whose result can still take an epilogue (an add: not after
+ * its activation). */
 static int fusable_producer(const Graph *g, const Node *p) {
     return (p->op == OPK_CONV2D || p->op == OPK_LINEAR) && p->n_uses == 1 && !graph_is_output(g, p) && !p->ep_residual &&
-           p->nsrc < MAX_SRC;
+           p->act == ACT_NONE && p->nsrc < MAX_SRC;
 }
 
 /* Move producer p (schedule index j) to just before the add at index i, so
@@ -79,7 +82,7 @@ static int try_epilogue(Graph *g, Node *add, int i) {
      * (the later-computed one first, so the other is usually ready already) */
     for (int k = 0; k < 2; k++) {
         Node *p = (a->id > b->id) == (k == 0) ? a : b, *o = p == a ? b : a;
-        if (!fusable_producer(g, p) || p->act != ACT_NONE || !same_shape(p, add) || !same_shape(o, add)) continue;
+        if (!fusable_producer(g, p) || !same_shape(p, add) || !same_shape(o, add)) continue;
         p->src[p->nsrc++] = o;
         p->ep_residual = p->nsrc;
         replace_uses(g, add, p);
@@ -131,6 +134,12 @@ void pass_fuse(Graph *g) {
                    !graph_is_output(g, x)) {
             x->act = ACT_GEGLU;
             x->shape[x->ndim - 1] /= 2;
+            replace_uses(g, n, x);
+        } else if (n->op == OPK_RELU && x->op == OPK_CONV2D && x->n_uses == 1 && x->act == ACT_NONE &&
+                   !graph_is_output(g, x)) {
+            /* after the conv's bias, row add and residual: the add folded
+             * before this (it comes earlier in the schedule) */
+            x->act = ACT_RELU;
             replace_uses(g, n, x);
         } else if (n->op == OPK_ADD) {
             try_epilogue(g, n, i);

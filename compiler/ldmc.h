@@ -209,6 +209,7 @@ enum {
     ACT_NONE = 0,
     ACT_SILU = 1,     /* GROUP_NORM+silu */
     ACT_GEGLU = 2,    /* LINEAR+geglu: the result has half the features */
+    ACT_RELU = 3,     /* CONV2D+relu: max(., 0) after the epilogue's sums (bias, rowadd, residual) */
 };
 
 /* A run-time extent: a param whose value is given when the generated code

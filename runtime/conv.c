@@ -3,7 +3,9 @@
  * im2col / pointwise convolutions as GEMMs (kernels_gemm.c), 3x3 ones by
  * Winograd (kernels_winograd.c), and the direct convolution of a network's
  * last, few-channel layer. Epilogues (bias, per-sample row add, residual)
- * are folded into the GEMM by initialising y with them and accumulating.
+ * are folded into the GEMM by initialising y with them and accumulating;
+ * a fused ReLU is then one pass over y (Winograd applies it in registers
+ * as it writes y).
  * The scratch is cut as kernel_sizes.h sizes it for the compiler.
  */
 #include <immintrin.h>
@@ -208,14 +210,34 @@ static void conv_direct(const LdmConvShape *s, const float *x, LdmW w, float *y,
     free(wf);
 }
 
+/* y = max(y, 0) (as the relu op: NaN and -0 become +0). */
+static void relu_inplace(const LdmConvShape *s, float *y) {
+    long len = (long)s->O * s->HO * s->WO;
+    for (int n = 0; n < s->N; n++) {
+        float *yn = y + (size_t)n * (len + s->y_gap);
+#pragma omp parallel for schedule(static) if (len > 32768)
+        for (long i = 0; i < len; i++) yn[i] = yn[i] > 0.0f ? yn[i] : 0.0f;
+    }
+}
+
+static void conv2d_sums(const LdmConvShape *s, int algo, const float *x, LdmW w, const LdmEpilogue *ep, float *y,
+                        float *scratch);
+
 void ldm_conv2d(const LdmConvShape *s, int algo, const float *x, LdmW w, const LdmEpilogue *ep, float *y,
                 float *scratch) {
     if (w.layout != LDM_WL_ROWS && w.layout != (algo == LDM_CONV_IM2COL || algo == LDM_CONV_POINTWISE ? LDM_WL_APANELS : -1))
         ldm_internal_error("ldm_conv2d: algorithm %d cannot read a weight in layout %d", algo, w.layout);
-    if (algo == LDM_CONV_WINOGRAD) {
+    if (algo == LDM_CONV_WINOGRAD) { /* the whole epilogue, ReLU included, in the output transform */
         ldm_conv3x3_winograd(s, x, w, ep, y, scratch);
         return;
     }
+    conv2d_sums(s, algo, x, w, ep, y, scratch);
+    if (ep && ep->relu) relu_inplace(s, y);
+}
+
+/* y = conv(x, w) + bias + rowadd + residual, every algorithm but Winograd. */
+static void conv2d_sums(const LdmConvShape *s, int algo, const float *x, LdmW w, const LdmEpilogue *ep, float *y,
+                        float *scratch) {
     int acc = epilogue_init(s, ep, y);
     if (algo == LDM_CONV_DIRECT) {
         conv_direct(s, x, w, y, acc);

@@ -57,11 +57,13 @@ void ldm_w_to_f32(LdmW w, size_t off, size_t n, float *dst);
 
 /* ---- epilogue -------------------------------------------------------------
  * Many kernels finish with y = y + bias[o] + rowadd[n, o] + residual, where
- * o is the output channel (feature) and n the batch index; any may be NULL. */
+ * o is the output channel (feature) and n the batch index; any may be NULL;
+ * then, if relu (convolutions only: conv2d+relu), y = max(y, 0). */
 typedef struct LdmEpilogue {
     const float *bias;       /* [O] */
     const float *rowadd;     /* [N, O]: e.g. the ResBlock's time embedding */
     const float *residual;   /* same shape as y */
+    int relu;                /* 1: max(., 0) after the sums */
 } LdmEpilogue;
 
 /* ---- GEMM (kernels_gemm.c) -------------------------------------------------------

@@ -34,6 +34,7 @@
  *   P2 weight transform U[36][OB/4][kw][4]       own output rows
  *   P3 36 GEMMs         M[36][OB][sub-block]     own output rows
  *   P4 output transform and epilogue -> y        own output rows
+ *      (bias, row add, residual, then ReLU if asked: in registers)
  * Out-major with many tile blocks (run_private) instead splits V and M
  * into one slice per thread: U is made by all threads, then each thread
  * takes whole tile blocks (P1, P3, P4 for all rows) with no barrier at all,
@@ -131,6 +132,7 @@ typedef struct WgCtx {
     float *y;                  /* [N, O, H, W] */
     int nt_store;              /* stream y past the caches */
     float *V, *U, *M;          /* scratch parts */
+    int relu;                  /* max(., 0) after the sums */
 } WgCtx;
 
 /* Where a thread's transformed input and GEMM products go: the shared V
@@ -427,14 +429,17 @@ static void output_unit(const WgCtx *cx, int o, long t0, int nt, const float *m,
                 for (int e = 0; e < 4; e++) {
                     __m256 z = _mm256_add_ps(v[e], cst);
                     if (cx->residual) z = _mm256_add_ps(z, _mm256_loadu_ps(cx->residual + off + 8 * e));
+                    if (cx->relu) z = _mm256_max_ps(z, _mm256_setzero_ps());
                     if (nts) _mm256_stream_ps(yo + 8 * e, z);
                     else _mm256_storeu_ps(yo + 8 * e, z);
                 }
             } else {
                 float t[32];
                 for (int e = 0; e < 4; e++) _mm256_storeu_ps(t + 8 * e, _mm256_add_ps(v[e], cst));
-                for (int e = 0; e < ncol; e++)
-                    cx->y[off + (size_t)n * s->y_gap + e] = t[e] + (cx->residual ? cx->residual[off + e] : 0.0f);
+                for (int e = 0; e < ncol; e++) {
+                    float z = t[e] + (cx->residual ? cx->residual[off + e] : 0.0f);
+                    cx->y[off + (size_t)n * s->y_gap + e] = cx->relu && !(z > 0.0f) ? 0.0f : z;
+                }
             }
         }
         return;
@@ -451,7 +456,8 @@ static void output_unit(const WgCtx *cx, int o, long t0, int nt, const float *m,
         for (int q = 0; q < 4 && 4 * ti + q < H; q++)
             for (int r = 0; r < 4 && 4 * tj + r < W; r++) {
                 size_t off = plane + (size_t)(4 * ti + q) * W + 4 * tj + r;
-                cx->y[off + (size_t)tn * s->y_gap] = yt[4 * q + r][e] + cst + (cx->residual ? cx->residual[off] : 0.0f);
+                float z = yt[4 * q + r][e] + cst + (cx->residual ? cx->residual[off] : 0.0f);
+                cx->y[off + (size_t)tn * s->y_gap] = cx->relu && !(z > 0.0f) ? 0.0f : z;
             }
     }
 }
@@ -630,7 +636,7 @@ void ldm_conv3x3_winograd(const LdmConvShape *s, const float *x, LdmW w, const L
     ldm_wg_plan(s, &p);
     size_t ybytes = (size_t)s->N * s->O * s->H * s->W * sizeof(float);
     WgCtx cx = {s,    &p, x, w, ep ? ep->bias : NULL, ep ? ep->rowadd : NULL, ep ? ep->residual : NULL, y,
-                ybytes > WG_NT_BYTES, scratch, scratch + 36 * p.vxs, scratch + 36 * (p.vxs + p.uxs)};
+                ybytes > WG_NT_BYTES, scratch, scratch + 36 * p.vxs, scratch + 36 * (p.vxs + p.uxs), ep && ep->relu};
     int C = s->C;
 #pragma omp parallel
     {

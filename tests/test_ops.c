@@ -13,7 +13,8 @@
  * F16/BF16 run uses the weights rounded to that type). Shapes are odd and
  * non-square (C=6, H=7, W=5, batch 2) so that a swapped index shows. The
  * `fused` family holds the patterns the compiler fuses into one kernel
- * (group_norm+silu, linear+geglu, conv/linear + row add + residual).
+ * (group_norm+silu, linear+geglu, conv/linear + row add + residual, conv +
+ * residual + ReLU).
  *
  * Tolerance (float32 against a double reference):
  *   |got - ref| <= TOL * (|ref| + mag),  TOL = 1e-5,
@@ -1656,6 +1657,12 @@ END_TEST
  * fused kernels: group_norm+silu, linear+geglu, conv/linear epilogues
  * ------------------------------------------------------------------------ */
 
+/* A weight with the data of src under another name. */
+static void add_copy(Family *F, const char *name, const Tens *src) {
+    Tens *t = new_tens(F, T_WEIGHT, name, 0, src->ndim, src->shape);
+    memcpy(t->f, src->f, (size_t)src->n * sizeof *src->f);
+}
+
 static void make_fused(Family *F) {
     add_f32(F, T_INPUT, "x", -1, 2, SHAPE(2, 6, 7, 5));
     add_f32(F, T_INPUT, "e", -2, 2, SHAPE(2, 4));
@@ -1694,6 +1701,24 @@ static void make_fused(Family *F) {
     add_f32(F, T_WEIGHT, "lrb.weight", -0.5, 0.5, SHAPE(5, 6));
     add_f32(F, T_WEIGHT, "lrb.bias", -0.5, 0.5, SHAPE(5));
     add_f32(F, T_INPUT, "tb", -1, 1, SHAPE(1, 300, 6));
+    add_f32(F, T_INPUT, "xv", -1, 1, SHAPE(2, 16, 6, 30));
+    /* ReLU epilogues; cwr2 and cv2 are copies of cwr and cv */
+    const char *rconvs[] = {"crl", "crrl"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(b, sizeof b, "%s.weight", rconvs[i]);
+        add_f32(F, T_WEIGHT, b, -0.5, 0.5, SHAPE(4, 6, 3, 3));
+        snprintf(b, sizeof b, "%s.bias", rconvs[i]);
+        add_f32(F, T_WEIGHT, b, -0.5, 0.5, SHAPE(4));
+    }
+    add_f32(F, T_WEIGHT, "cnr.weight", -0.5, 0.5, SHAPE(4, 6, 3, 3));
+    add_f32(F, T_WEIGHT, "cil.weight", -0.5, 0.5, SHAPE(12, 6, 3, 3));
+    add_f32(F, T_WEIGHT, "cil.bias", -0.5, 0.5, SHAPE(12));
+    add_f32(F, T_WEIGHT, "cwl.weight", -0.3, 0.3, SHAPE(17, 16, 3, 3));
+    add_f32(F, T_WEIGHT, "cwl.bias", -0.5, 0.5, SHAPE(17));
+    add_copy(F, "cwr2.weight", add_f32(F, T_WEIGHT, "cwr.weight", -0.3, 0.3, SHAPE(17, 16, 3, 3)));
+    add_copy(F, "cwr2.bias", add_f32(F, T_WEIGHT, "cwr.bias", -0.5, 0.5, SHAPE(17)));
+    add_copy(F, "cv2.weight", add_f32(F, T_WEIGHT, "cv.weight", -0.3, 0.3, SHAPE(16, 16, 3, 3)));
+    add_copy(F, "cv2.bias", add_f32(F, T_WEIGHT, "cv.bias", -0.5, 0.5, SHAPE(16)));
     add_f32(F, T_WEIGHT, "ffb.weight", -0.5, 0.5, SHAPE(8200, 6));
     add_f32(F, T_WEIGHT, "ffb.bias", -0.5, 0.5, SHAPE(8200));
     const char *lns[] = {"ln", "ln2", "ln3"};
@@ -1885,6 +1910,71 @@ END_TEST
 START_TEST(test_unfused_conv_also_output) {
     check_conv_epilogue(_i, "conv_out", "x", "co", 1, 1, PAD1, NULL, NULL);
     check_conv_epilogue(_i, "conv_out_res", "x", "co", 1, 1, PAD1, NULL, "r");
+}
+END_TEST
+
+/* r = max(r, 0) (mag unchanged: the ReLU adds no rounding) */
+static void relu_ref(Ref *r) {
+    for (int64_t i = 0; i < r->n; i++) r->v[i] = r->v[i] > 0 ? r->v[i] : 0;
+}
+
+/* relu(conv(x) (+ residual)): conv2d+relu, conv2d+residual+relu, each
+ * convolution algorithm */
+static void check_conv_relu(int v, const char *out, const char *x, const char *w, int has_bias, int stride,
+                            const char *res) {
+    Run R = ready(&fused, v);
+    char wn[64], bn[64];
+    snprintf(wn, sizeof wn, "%s.weight", w);
+    snprintf(bn, sizeof bn, "%s.bias", w);
+    Ref r;
+    ref_conv2d(tens(&R, x), tens(&R, wn), has_bias ? tens(&R, bn) : NULL, stride, 1, 1, 1, 1, &r);
+    add_epilogue(&r, NULL, res ? tens(&R, res) : NULL);
+    relu_ref(&r);
+    expect_close(&R, out, &r);
+    ref_free(&r);
+}
+
+START_TEST(test_fused_conv_relu) {
+    check_conv_relu(_i, "conv_relu", "x", "crl", 1, 1, NULL);          /* direct */
+    check_conv_relu(_i, "conv_res_relu", "x", "crrl", 1, 1, "r");
+    check_conv_relu(_i, "convi_relu", "x", "cil", 1, 1, NULL);         /* im2col */
+    check_conv_relu(_i, "convi_s2_relu", "x", "cil", 0, 2, NULL);
+    check_conv_relu(_i, "convw_relu", "xw", "cwl", 1, 1, NULL);        /* Winograd */
+    check_conv_relu(_i, "convw_res_relu", "xw", "cwr", 1, 1, "rw");
+    check_conv_relu(_i, "convv_res_relu", "xv", "cv", 1, 1, "xv");
+}
+END_TEST
+
+/* The fused ReLU gives the bits of the unfused kernel's sums through relu. */
+START_TEST(test_fused_conv_relu_exact) {
+    Run R = ready(&fused, _i);
+    const char *pairs[][3] = {{"convw_res_relu", "convw_res_sum", "rw"}, {"convv_res_relu", "convv_res_sum", "xv"}};
+    for (int k = 0; k < 2; k++) {
+        Ref dummy; /* the shape, for output() */
+        const Tens *like = tens(&R, pairs[k][2]);
+        ref_init(&dummy, like->ndim, like->shape);
+        const Tens *got = output(&R, pairs[k][0], &dummy, 0), *s = output(&R, pairs[k][1], &dummy, 0);
+        int64_t bad = 0;
+        for (int64_t i = 0; i < s->n; i++) {
+            float want = s->f[i] > 0.0f ? s->f[i] : 0.0f;
+            bad += memcmp(&want, &got->f[i], sizeof want) != 0;
+        }
+        ck_assert_msg(bad == 0, "%s: %lld of %lld elements differ from relu(%s)", pairs[k][0], (long long)bad,
+                      (long long)s->n, pairs[k][1]);
+        ref_free(&dummy);
+    }
+}
+END_TEST
+
+/* relu(conv(x)) + r: the add stays a separate op */
+START_TEST(test_fused_conv_relu_then_add) {
+    Run R = ready(&fused, _i);
+    Ref r;
+    ref_conv2d(tens(&R, "x"), tens(&R, "cnr.weight"), NULL, 1, 1, 1, 1, 1, &r);
+    relu_ref(&r);
+    add_epilogue(&r, NULL, tens(&R, "r"));
+    expect_close(&R, "conv_relu_res", &r);
+    ref_free(&r);
 }
 END_TEST
 
@@ -2169,6 +2259,9 @@ Suite *suite_ops(void) {
     ADD(tc, fused, test_fused_conv_rowadd_intermediate);
     ADD(tc, fused, test_fused_linear_self_residual);
     ADD(tc, fused, test_unfused_conv_also_output);
+    ADD(tc, fused, test_fused_conv_relu);
+    ADD(tc, fused, test_fused_conv_relu_exact);
+    ADD(tc, fused, test_fused_conv_relu_then_add);
     ADD(tc, fused, test_fused_linear_residual);
     ADD(tc, fused, test_fused_linear_bias_residual);
     ADD(tc, fused, test_fused_layer_norm_linear);

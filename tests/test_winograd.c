@@ -5,7 +5,7 @@
  * Shapes are odd on purpose: H and W not multiples of 4 (partial edge
  * tiles), 1x1 images, channel counts not multiples of 4 or 8, batch 2, and
  * images wide enough (W > 32) for the kernel's one-tile-row fast paths.
- * Every epilogue combination (bias, rowadd, residual) and every weight
+ * Every epilogue combination (bias, rowadd, residual, ReLU) and every weight
  * storage type (float32, IEEE half, bfloat16; the reference uses the same
  * widened weights) is checked.
  *
@@ -119,7 +119,7 @@ static double ref_conv(const LdmConvShape *s, const float *x, const float *w, co
 
 /* ---- one case --------------------------------------------------------------- */
 
-enum { EP_BIAS = 1, EP_ROWADD = 2, EP_RES = 4 };
+enum { EP_BIAS = 1, EP_ROWADD = 2, EP_RES = 4, EP_RELU = 8 }; /* EP_RELU: max(., 0) after the sums */
 
 typedef struct Case {
     int N, C, H, W, O;
@@ -148,11 +148,13 @@ static double run_algo(Case k, int wtype, int epi, uint64_t seed, int algo, int 
     for (size_t i = 0; i < ny; i++) y[i] = NAN;
     size_t sb = algo < 0 ? ldm_winograd_scratch_bytes(&s) : ldm_conv_scratch_bytes(&s, algo);
     float *scratch = ldm_aligned_alloc(sb + 64);
-    LdmEpilogue ep = {bias, rowadd, res};
+    LdmEpilogue ep = {bias, rowadd, res, !!(epi & EP_RELU)};
     if (algo < 0) ldm_conv3x3_winograd(&s, x, (LdmW){wstore, wtype, LDM_WL_ROWS}, epi ? &ep : NULL, y, scratch);
     else ldm_conv2d(&s, algo, x, (LdmW){wstore, wtype, LDM_WL_ROWS}, epi ? &ep : NULL, y, scratch);
     double *ref = malloc(ny * sizeof *ref);
     double smax = ref_conv(&s, x, wf, bias, rowadd, res, ref);
+    if (epi & EP_RELU)
+        for (size_t i = 0; i < ny; i++) ref[i] = ref[i] > 0 ? ref[i] : 0;
     double maxe = 0;
     for (size_t i = 0; i < ny; i++) {
         double e = fabs((double)y[i] - ref[i]);
@@ -174,7 +176,7 @@ START_TEST(test_direct) {
                                   {2, 9, 5, 25, 6}, {1, 4, 8, 17, 7}, {2, 12, 3, 40, 8}, {1, 130, 4, 30, 2}};
     Case k = shapes[_i];
     for (int ks = 1; ks <= 3; ks += 2)
-        for (int epi = 0; epi < 8; epi++) {
+        for (int epi = 0; epi < 16; epi++) {
             int wt = epi % 3; /* f32, f16, bf16 */
             double e = run_algo(k, wt, epi, 500 + 31 * _i + epi, LDM_CONV_DIRECT, ks);
             ck_assert_msg(e <= TOL, "direct N%d C%d %dx%d O%d %dx%d weights %d epilogue %d: max err %.3g of scale", k.N,
@@ -196,7 +198,7 @@ static const Case small[] = {
 
 START_TEST(test_small_shapes_f32) {
     Case k = small[_i];
-    for (int epi = 0; epi < 8; epi++) {
+    for (int epi = 0; epi < 16; epi++) {
         double e = run_case(k, LDM_W_F32, epi, 1000 + 17 * _i + epi);
         ck_assert_msg(e <= TOL, "N%d C%d %dx%d O%d epilogue %d: max err %.3g of scale", k.N, k.C, k.H, k.W, k.O, epi, e);
     }
@@ -218,7 +220,7 @@ END_TEST
  * block, with C above one GEMM K block (256). */
 START_TEST(test_tile_blocks) {
     Case k = {2, 300, 40, 37, 12};
-    double e = run_case(k, LDM_W_F16, EP_BIAS | EP_RES, 31);
+    double e = run_case(k, LDM_W_F16, EP_BIAS | EP_RES | EP_RELU, 31);
     ck_assert_msg(e <= TOL, "max err %.3g of scale", e);
 }
 END_TEST
@@ -246,7 +248,7 @@ END_TEST
 /* A convolution writing its part of a channel concatenation (y_gap): every
  * algorithm puts sample n at y + n * (O*H*W + gap), the same values as
  * when it writes a tensor of its own, and leaves the gaps (the other
- * parts) alone. */
+ * parts) alone; with every epilogue, a ReLU included. */
 START_TEST(test_concat_part) {
     static const struct {
         Case k;
@@ -271,8 +273,8 @@ START_TEST(test_concat_part) {
     float *y = ldm_aligned_alloc(ny * sizeof(float));
     size_t nz = ny + (size_t)gap * k.N;
     float *z = ldm_aligned_alloc(nz * sizeof(float));
-    for (size_t i = 0; i < nz; i++) z[i] = 12345.0f;
-    LdmEpilogue ep = {bias, rowadd, res};
+    for (size_t i = 0; i < nz; i++) z[i] = -12345.0f; /* negative: a ReLU over the gaps would show */
+    LdmEpilogue ep = {bias, rowadd, res, 1};
     ldm_conv2d(&s, algo, x, (LdmW){w, LDM_W_F32, LDM_WL_ROWS}, &ep, y, scratch);
     LdmConvShape sg = s;
     sg.y_gap = gap;
@@ -283,7 +285,7 @@ START_TEST(test_concat_part) {
             ck_assert_msg(zn[i] == y[(size_t)n * k.O * P + i], "algo %d sample %d element %zu: %g in the concatenation, %g alone",
                           algo, n, i, zn[i], y[(size_t)n * k.O * P + i]);
         for (long i = 0; i < gap; i++)
-            ck_assert_msg(zn[k.O * P + i] == 12345.0f, "algo %d wrote into the gap after sample %d (at %ld)", algo, n, i);
+            ck_assert_msg(zn[k.O * P + i] == -12345.0f, "algo %d wrote into the gap after sample %d (at %ld)", algo, n, i);
     }
     free(x), free(w), free(bias), free(rowadd), free(res), free(scratch), free(y), free(z);
 }
@@ -303,7 +305,7 @@ START_TEST(test_threads) {
     float *x = rand_buf(nx, 1.0), *w = rand_buf(nw, 0.1), *bias = rand_buf((size_t)k.O, 1.0);
     float *scratch = ldm_aligned_alloc(ldm_winograd_scratch_bytes(&s));
     float *y1 = ldm_aligned_alloc(ny * sizeof(float)), *y = ldm_aligned_alloc(ny * sizeof(float));
-    LdmEpilogue ep = {bias, NULL, NULL};
+    LdmEpilogue ep = {bias, NULL, NULL, 0};
     int saved = omp_get_max_threads();
     omp_set_num_threads(1);
     ldm_conv3x3_winograd(&s, x, (LdmW){w, LDM_W_F32, LDM_WL_ROWS}, &ep, y1, scratch);
@@ -347,7 +349,7 @@ START_TEST(test_large_output) {
     float *x = rand_buf(nx, 1.0), *w = rand_buf(nw, 1.0 / 6), *bias = rand_buf((size_t)k.O, 1.0), *res = rand_buf(ny, 1.0);
     float *y = ldm_aligned_alloc(ny * sizeof *y), *scratch = ldm_aligned_alloc(ldm_winograd_scratch_bytes(&s));
     for (size_t i = 0; i < ny; i++) y[i] = NAN;
-    LdmEpilogue ep = {bias, NULL, res};
+    LdmEpilogue ep = {bias, NULL, res, 0};
     ldm_conv3x3_winograd(&s, x, (LdmW){w, LDM_W_F32, LDM_WL_ROWS}, &ep, y, scratch);
     double maxe = 0, smax = 0, mag;
     for (int o = 0; o < k.O; o++)

@@ -11,9 +11,12 @@
 # the planned arena and peak RSS. The UNet is also built as txt2img builds
 # it, for prompts of up to 3 chunks (-D CHUNKS=3), and run at a 1-chunk
 # (T=77) and a 3-chunk (T=231) context: what a long prompt costs per step,
-# and what the larger build costs a short prompt. Then times a whole 20-step
-# generation with the txt2img executable, and at the largest resolution the
-# cost of a LoRA: a random rank-LORA_RANK (default 32) LoRA/LoCon of every
+# and what the larger build costs a short prompt. Next to the VAE decoder,
+# TAESD's decoder (models/taesd, TAESD_DEC: the real shapes, 64 features;
+# random weights). Then times a whole 20-step generation with the txt2img
+# executable, at the largest resolution a whole 4-step LCM generation at
+# cfg 1 with the full VAE and with TAESD (time and peak RSS against the
+# 20-step one: the targets of issue 15), and the cost of a LoRA: a random rank-LORA_RANK (default 32) LoRA/LoCon of every
 # attention and ResBlock conv weight of the UNet and the text encoder's
 # attention and MLP (make_lora.c), its merge alone (the UNet runner's load,
 # which binds the weights, with and without it) and the whole generation
@@ -44,12 +47,22 @@ echo "the range of the sgemm rates measured."
 printf "%-20s %-9s %5s %9s %9s %8s %15s %9s %19s %8s\n" network res batch "s/call" GFLOP/s xsgemm "sgemm range" "arena MiB" "naive sum of buffers" "RSS MiB"
 CFG1=""
 CHUNK3="" # the summary lines of the CHUNKS=3 rows
+TAESD_LINES="" # TAESD decode / VAE decode, per resolution
+# TAESD's decoder: the same shapes for every SD v1 model (64 features); the
+# golden set's random-weight file has them, else a random one is made here
+TAESD_DEC=${TAESD_DEC:-../shared/goldens/sd1-fast/taesd_decoder.safetensors}
+if [ ! -f "$TAESD_DEC" ]; then
+    TAESD_DEC=$BUILD/taesd-decoder-random.safetensors
+    [ -f "$TAESD_DEC" ] || $LDMC randckpt --config $CONFIG --dtype f32 --seed 1 -o "$TAESD_DEC" models/taesd/taesd_decoder.graph
+fi
 declare -A NAIVE # "graph-res" -> the naive sum of its buffers, from ldmc --stats
-run() { # name graph res batch repeat [runner flags] [ldmc defines] [executable stem, default graph]
-    local name=$1 graph=$2 res=$3 batch=$4 rep=$5 flags=${6:-} defs=${7:-} stem=${8:-$2}
-    local exe=$B/$stem-$res
+run() { # name graph res batch repeat [runner flags] [ldmc defines] [executable stem, default graph] [weights, default CKPT]
+    # (graph: a name in models/sd1, or a path without .graph: models/taesd/taesd_decoder)
+    local name=$1 graph=$2 res=$3 batch=$4 rep=$5 flags=${6:-} defs=${7:-} stem=${8:-${2##*/}} weights=${9:-$CKPT}
+    local exe=$B/$stem-$res gfile=models/sd1/$graph.graph
+    case $graph in */*) gfile=$graph.graph ;; esac
     if [ -z "${NAIVE[$stem-$res]:-}" ]; then # compiled once per resolution, whatever the flags
-        NAIVE[$stem-$res]=$($LDMC models/sd1/$graph.graph --config $CONFIG -D H=$res -D W=$res -D B=$batch $defs -o $exe \
+        NAIVE[$stem-$res]=$($LDMC $gfile --config $CONFIG -D H=$res -D W=$res -D B=$batch $defs -o $exe \
             --stats 2>&1 | grep -o 'naive [0-9.]* MiB' || echo "naive ? MiB")
     fi
     local stats=${NAIVE[$stem-$res]}
@@ -57,7 +70,7 @@ run() { # name graph res batch repeat [runner flags] [ldmc defines] [executable 
     s_prev=$(sgemm)
     local smin=$s_prev smax=$s_prev
     for i in $(seq "$ROUNDS"); do
-        out=$($exe --weights "$CKPT" --random-inputs 1 --repeat $rep $flags 2>&1)
+        out=$($exe --weights "$weights" --random-inputs 1 --repeat $rep $flags 2>&1)
         line=$(echo "$out" | grep 'forward')
         [ -n "${KERNELS_SHOWN:-}" ] || { echo "$out" | grep -o 'kernels .*' | sed 's/^/  /'; KERNELS_SHOWN=1; }
         s_next=$(sgemm)
@@ -100,6 +113,12 @@ for res in $RESOLUTIONS; do
     CHUNK3="$CHUNK3${res}x$res: a 3-chunk prompt step takes $(echo "$LAST_T $t_c3_77" | awk '{printf "%.3f s = %.2f", $1, $1/$2}') of a 1-chunk step ($t_c3_77 s); the CHUNKS=3 build at 1 chunk takes $(echo "$t_c3_77 $t_guided" | awk '{printf "%.2f", $1/$2}') of the CHUNKS=1 build ($t_guided s)
 "
     run vae_decoder vae_decoder "$res" 1 3
+    t_vae=$LAST_T
+    run taesd_decoder models/taesd/taesd_decoder "$res" 1 5 "" "" "" "$TAESD_DEC"
+    tgt="" # issue 15's target is at 512x512
+    [ "$res" != 512 ] || tgt="; target <= 0.05"
+    TAESD_LINES="$TAESD_LINES${res}x$res: a TAESD decode takes $(echo "$LAST_T $t_vae" | awk '{printf "%s s = %.3f", $1, $1/$2}') of a VAE decode ($t_vae s$tgt)
+"
     if [ $BF16 = 1 ]; then
         run "unet bf16" unet "$res" 2 3 "--compute bf16"
         run "vae bf16" vae_decoder "$res" 1 3 "--compute bf16"
@@ -107,22 +126,41 @@ for res in $RESOLUTIONS; do
 done
 printf "%s" "$CFG1"
 printf "%s" "$CHUNK3"
+printf "%s" "$TAESD_LINES"
 [ $BF16 = 1 ] || echo "(no AVX-512 BF16 on this CPU, or NO_BF16 set: the bf16 compute rows are skipped)"
 last=${RESOLUTIONS##* }
 VOCAB=${VOCAB:-../shared/clip/bpe_simple_vocab_16e6.txt.gz}
 T2I=$BUILD/txt2img-${last}x$last
 GEN_KEYS="^  |^timing|peak memory|Maximum resident|Elapsed|warning"
-generate() { # log [txt2img flags]: a whole 20-step generation, its output to log
+generate() { # log [txt2img flags]: a whole generation (20 steps unless the flags say), its output to log
     local log=$1
     shift
     /usr/bin/time -v $T2I --weights "$CKPT" --vocab "$VOCAB" --prompt "a photograph of an astronaut riding a horse" \
-        --steps 20 --seed 1 -o $B/bench-$last.png "$@" >"$log" 2>&1 || true
+        --steps 20 --seed 1 -o "${log%.log}.png" "$@" >"$log" 2>&1 || true
     grep -E "$GEN_KEYS" "$log" || true
 }
+rss() { grep 'peak memory' "$1" | sed -E 's/.*: ([0-9.]+) MiB.*/\1/'; }
+maxrss() { grep 'Maximum resident' "$1" | awk '{printf "%.1f", $NF / 1024}'; } # kB -> MiB
+tot() { grep -E '^  total' "$1" | awk '{print $2}'; }
 if make -s BUILD=$BUILD txt2img CONFIG=$CONFIG H=$last W=$last >/dev/null 2>&1 && [ -x $T2I ]; then
     echo "whole 20-step ${last}x$last generation (ddim, guidance, random weights):"
     generate $B/gen-$last.log
     HAVE_T2I=1
+    # LCM, 4 steps at cfg 1 (the UNet at batch 1, no negative prompt): with
+    # the full VAE, then with TAESD's decoder (txt2img's TAESD=1 build)
+    echo "whole 4-step ${last}x$last LCM generation at cfg 1, full VAE:"
+    generate $B/gen-lcm4-$last.log --sampler lcm --steps 4
+    echo "whole 4-step ${last}x$last LCM generation at cfg 1, --taesd $(basename "$TAESD_DEC"):"
+    generate $B/gen-lcm4-taesd-$last.log --sampler lcm --steps 4 --taesd "$TAESD_DEC"
+    t20=$(tot $B/gen-$last.log) tv=$(tot $B/gen-lcm4-$last.log) tt=$(tot $B/gen-lcm4-taesd-$last.log)
+    r20=$(rss $B/gen-$last.log) rt=$(rss $B/gen-lcm4-taesd-$last.log)
+    if [ -n "$t20" ] && [ -n "$tv" ] && [ -n "$tt" ] && [ -n "$r20" ] && [ -n "$rt" ]; then
+        echo "${last}x$last: a 4-step cfg-1 LCM image with the full VAE takes $(echo "$tv $t20" | awk '{printf "%s s = %.3f", $1, $1/$2}') of the 20-step cfg-7.5 image ($t20 s; target <= 0.15)"
+        echo "${last}x$last: a 4-step cfg-1 LCM image with TAESD takes $(echo "$tt $t20" | awk '{printf "%s s = %.3f", $1, $1/$2}') of the 20-step cfg-7.5 image ($t20 s; target <= 0.11)"
+        echo "${last}x$last: peak RSS of the 4-step TAESD generation $(echo "$rt $r20" | awk '{printf "%s MiB = %.3f", $1, $1/$2}') of the 20-step one ($r20 MiB; target <= 1)"
+    else
+        echo "(a generation failed: see $B/gen-$last.log, $B/gen-lcm4-$last.log and $B/gen-lcm4-taesd-$last.log)"
+    fi
 else
     echo "(txt2img executable not available: whole-generation timing skipped)"
     HAVE_T2I=0
@@ -155,9 +193,6 @@ echo "  load without LoRA $load0 s, with --lora $(basename "$LORA"):0.8 $load1 s
 if [ "$HAVE_T2I" = 1 ]; then
     echo "whole 20-step ${last}x$last generation with --lora $(basename "$LORA"):0.8:"
     generate $B/gen-lora-$last.log --lora "$LORA:0.8"
-    rss() { grep 'peak memory' "$1" | sed -E 's/.*: ([0-9.]+) MiB.*/\1/'; }
-    maxrss() { grep 'Maximum resident' "$1" | awk '{printf "%.1f", $NF / 1024}'; } # kB -> MiB
-    tot() { grep -E '^  total' "$1" | awk '{print $2}'; }
     r0=$(rss $B/gen-$last.log) r1=$(rss $B/gen-lora-$last.log)
     if [ -n "$r0" ] && [ -n "$r1" ]; then
         echo "LoRA (rank $LORA_RANK, $n_mod modules): merge adds $(echo "$load1 $load0" | awk '{printf "%.3f", $1 - $2}') s to the load; peak RSS $r1 MiB with vs $r0 MiB without (ratio $(echo "$r1 $r0" | awk '{printf "%.3f", $1 / $2}'); target <= 1.05)"

@@ -135,7 +135,7 @@ int main(int argc, char **argv) {
             scratch = aligned_alloc(2u << 20, hb);
             madvise(scratch, hb, MADV_HUGEPAGE);
         }
-        LdmEpilogue ep = {bias, NULL, NULL};
+        LdmEpilogue ep = {bias, NULL, NULL, 0};
         /* half-precision weights: stored rounded, the reference uses the rounded values */
         void *wstore = w;
         if (wtype != LDM_W_F32) {
