@@ -201,6 +201,12 @@ static void arena_trim(LdmNets *s, size_t keep) {
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
+void ldm_nets_release(LdmNets *s, size_t keep_arena) {
+    if (s->last_run) ldm_weights_release(&s->w[s->last_run - 1]);
+    s->last_run = 0;
+    if (nets_arena(s, NULL)) arena_trim(s, keep_arena);
+}
+
 LdmWeights *ldm_nets_weights(LdmNets *s, int i) {
     int k = s->owner ? s->owner[i] : i;
     /* one weight set resident at a time; and the activations a larger

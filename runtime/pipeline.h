@@ -152,6 +152,10 @@ void ldm_nets_share_arena(LdmNets *s, LdmNets *owner);
  * the arena's pages past model i's arena_bytes are handed back (what the
  * previous network left there is dead). */
 LdmWeights *ldm_nets_weights(LdmNets *s, int i);
+/* Give back the weight set that ran last (bound again when a model needs
+ * it) and the arena's pages past keep_arena bytes: e.g. the UNet's weights
+ * before another LdmNets sharing the arena (TAESD's decoder) runs. */
+void ldm_nets_release(LdmNets *s, size_t keep_arena);
 /* Run model i: inputs / outputs in the model's table order. When the
  * previous call ran another model, that model's weight pages are handed
  * back to the kernel first (ldm_weights_release): the text encoder is not

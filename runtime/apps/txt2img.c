@@ -832,7 +832,12 @@ static int decode_latent_taesd(App *a, LdmNets *s, const float *latent, float *i
 /* latent -> image01 (3, H, W): decode_first_stage = decoder(1. / scale_factor * z),
  * or TAESD's decoder with --taesd */
 static int decode_latent(App *a, const float *latent, float *image01) {
-    if (a->o.taesd) return decode_latent_taesd(a, &a->taesd_dec, latent, image01);
+    if (a->o.taesd) {
+        /* as the VAE decoder's run would: the UNet's weights and the rest
+         * of its activations leave memory before the decode */
+        ldm_nets_release(&a->nets, net_model(a, NET_TAESD_DEC)->arena_bytes);
+        return decode_latent_taesd(a, &a->taesd_dec, latent, image01);
+    }
     const LdmModel *dec = net_model(a, NET_DEC);
     int oi = ldm_model_output(dec, "image");
     float *z = ldm_aligned_alloc((size_t)a->n_lat * sizeof(float));
