@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -336,6 +337,19 @@ void ldm_noise_draw(void *ctx, float *out, int64_t n) {
 
 static int64_t input_numel(const LdmModel *m, int i) { return ldm_numel(&m->inputs[i]); }
 
+/* ldm_fail for ldm_guide_init after g->ext is allocated: nothing stays allocated */
+static int guide_init_fail(LdmGuide *g, const char *fmt, ...) LDM_PRINTF(2, 3);
+static int guide_init_fail(LdmGuide *g, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    free(g->ext);
+    g->ext = NULL;
+    return ldm_fail("%s", msg);
+}
+
 int ldm_guide_init(LdmGuide *g) {
     const LdmModel *m = g->nets->models[g->unet];
     int B = g->guided ? 2 * g->batch : g->batch;
@@ -369,7 +383,7 @@ int ldm_guide_init(LdmGuide *g) {
     if (g->context_c) {
         const LdmTensorInfo *ci = &m->inputs[g->in_ctx];
         if (!g->guided || ci->ndim != 3)
-            return ldm_fail("UNet '%s': a separate cond context needs guidance and a context [B, T, dim]", m->name);
+            return guide_init_fail(g, "UNet '%s': a separate cond context needs guidance and a context [B, T, dim]", m->name);
         g->ctx_ext = ci->dyn[1] > 0 ? ci->dyn[1] - 1 : -1;
         int64_t tmax = ci->shape[1], step = g->ctx_ext >= 0 ? m->extents[g->ctx_ext].step : tmax;
         if (g->len_u <= 0) g->len_u = tmax;
@@ -377,13 +391,13 @@ int ldm_guide_init(LdmGuide *g) {
         for (int h = 0; h < 2; h++) {
             int64_t len = h ? g->len_c : g->len_u;
             if (len > tmax || (g->ctx_ext < 0 && len != tmax) || len % step)
-                return ldm_fail("UNet '%s' takes a context of %s%lld tokens (a multiple of %lld), the %s prompt has %lld",
+                return guide_init_fail(g, "UNet '%s' takes a context of %s%lld tokens (a multiple of %lld), the %s prompt has %lld",
                                 m->name, g->ctx_ext >= 0 ? "up to " : "", (long long)tmax, (long long)step,
                                 h ? "" : "negative", (long long)len);
         }
         g->split = g->len_u != g->len_c;
         if (g->split && g->batch_ext < 0)
-            return ldm_fail("UNet '%s' has a fixed batch: the prompt (%lld tokens) and the negative prompt (%lld) "
+            return guide_init_fail(g, "UNet '%s' has a fixed batch: the prompt (%lld tokens) and the negative prompt (%lld) "
                             "need two calls of their own lengths", m->name, (long long)g->len_c, (long long)g->len_u);
         if (!g->split) {
             /* one buffer [uncond x batch, cond x batch] at T = len */

@@ -471,6 +471,7 @@ START_TEST(test_guide_own_lengths) {
                    .context_c = c, .len_u = 3, .len_c = 9};
     ck_assert_int_eq(ldm_guide_init(&g3), -1);
     ck_assert_msg(strstr(ldm_last_error(), "up to 6 tokens"), "%s", ldm_last_error());
+    ldm_guide_free(&g3); /* nothing to free after a failed init, and harmless */
     ldm_nets_free(&nets);
 }
 END_TEST

@@ -282,8 +282,9 @@ START_TEST(test_seedseq) {
     ck_assert_msg(st[1] == (uint32_t)json_integer_value(json_object_get(bt, "root_H_seed_unused")), "root H seed %u",
                   st[1]);
     /* root interval: the rounded ends */
-    ck_assert(ldm_round6(json_number_value(json_array_get(meta_json(io, "sigma_min_max"), 0))) ==
-              json_number_value(json_object_get(bt, "t0")));
+    json_t *mm = meta_json(io, "sigma_min_max");
+    ck_assert(ldm_round6(json_number_value(json_array_get(mm, 0))) == json_number_value(json_object_get(bt, "t0")));
+    json_decref(mm);
     json_t *nodes = json_object_get(bt, "nodes");
     ck_assert(json_array_size(nodes) > 10);
     for (size_t k = 0; k < json_array_size(nodes); k++) {

@@ -180,7 +180,8 @@ END_TEST
 START_TEST(test_builtin_vocab) {
     size_t na, nb;
     char *ours = ldm_read_file("runtime/vocab/bpe_simple_vocab_16e6.txt.gz", &na);
-    char *theirs = ldm_read_file(vocab_path(), &nb);
+    char *vp = vocab_path(), *theirs = ldm_read_file(vp, &nb);
+    free(vp);
     ck_assert_msg(ours && theirs, "%s", ldm_last_error());
     ck_assert_msg(na == nb && memcmp(ours, theirs, na) == 0,
                   "runtime/vocab/bpe_simple_vocab_16e6.txt.gz differs from the shared copy");
