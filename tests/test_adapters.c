@@ -3,8 +3,8 @@
  * the txt2img executable, end to end (goldens/sd1-adapters, README 1-3).
  *
  * The fixture builds the sd1-tiny txt2img at 128x128 as a user does (make
- * txt2img ..., the defaults CHUNKS=3 CLIP_SKIPS=2), named
- * txt2img-test-adapters. Every golden goes through the executable, the
+ * txt2img ..., the defaults CHUNKS=3 CLIP_SKIPS=2): txt2img-test-sd1-tiny,
+ * shared with the other suites (testio.h). Every golden goes through the executable, the
  * conditioning through --save-cond (tensors named as the goldens):
  *   - prompt_cond.io: the 8 prompts at CLIP skip 1 and 2 (weights, BREAK,
  *     an embedding at weight 1.2, comma backtrack, 3 chunks with the
@@ -65,21 +65,7 @@ static char g_fp16[600];     /* sd1-tiny in F16 */
 static void setup_exe(void) {
     test_dir_init("ldm_adapters_");
     if (!test_dir[0] || g_exe[0] || g_build_log) return;
-    char build[300], config[512], path[600], log[600];
-    snprintf(build, sizeof build, "BUILD=%s", test_build_dir());
-    snprintf(config, sizeof config, "CONFIG=%s", test_shared("goldens/sd1-tiny/config.yaml"));
-    snprintf(path, sizeof path, "%s/txt2img-test-adapters", test_build_dir());
-    char *argv[] = {"make", "-s", "-j2", build, ADA_SAN ? "SAN=1" : "SAN=0", "txt2img", config, "H=128", "W=128",
-                    "TXT2IMG_NAME=txt2img-test-adapters", NULL};
-    snprintf(log, sizeof log, "%s/make.log", test_dir);
-    int rc = test_wait_status(test_spawn(argv, log));
-    if (rc == 0 && access(path, X_OK) == 0) {
-        snprintf(g_exe, sizeof g_exe, "%s", path);
-    } else {
-        size_t n;
-        g_build_log = ldm_read_file(log, &n);
-        if (!g_build_log) g_build_log = ldm_xasprintf("make exited with status %d", rc);
-    }
+    test_build_sd1_tiny_txt2img(ADA_SAN, g_exe, sizeof g_exe, &g_build_log);
     /* embeddings: a directory with tinyemb only (the goldens' directory also
      * holds the LoRA files) */
     snprintf(g_emb_dir, sizeof g_emb_dir, "%s/emb", test_dir);

@@ -17,7 +17,7 @@
  *     of every noise_calls entry against the `noise` tensors of the two
  *     _brownian files.
  * End to end, through the sd1-tiny txt2img built by the fixture at 128x128
- * (make txt2img ... TXT2IMG_NAME=txt2img-test-fast): every txt2img case of
+ * (txt2img-test-sd1-tiny, shared with the other suites): every txt2img case of
  * sd1-fast but TAESD, with the golden x_T through --init-noise and again
  * with the executable's own noise from --seed (prompt, steps, guidance
  * scale, schedule, rho, gamma, noise sampler and seed from the metadata, the
@@ -493,21 +493,7 @@ END_TEST
 static void setup_exe(void) {
     test_dir_init("ldm_fast_");
     if (!test_dir[0] || g_exe[0] || g_build_log) return;
-    char build[300], config[512], path[600], log[600];
-    snprintf(build, sizeof build, "BUILD=%s", test_build_dir());
-    snprintf(config, sizeof config, "CONFIG=%s", test_shared("goldens/sd1-tiny/config.yaml"));
-    snprintf(path, sizeof path, "%s/txt2img-test-fast", test_build_dir());
-    char *argv[] = {"make", "-s", "-j2", build, FAST_SAN ? "SAN=1" : "SAN=0", "txt2img", config, "H=128", "W=128",
-                    "TXT2IMG_NAME=txt2img-test-fast", NULL};
-    snprintf(log, sizeof log, "%s/make.log", test_dir);
-    int rc = test_wait_status(test_spawn(argv, log));
-    if (rc == 0 && access(path, X_OK) == 0) {
-        snprintf(g_exe, sizeof g_exe, "%s", path);
-    } else {
-        size_t n;
-        g_build_log = ldm_read_file(log, &n);
-        if (!g_build_log) g_build_log = ldm_xasprintf("make exited with status %d", rc);
-    }
+    test_build_sd1_tiny_txt2img(FAST_SAN, g_exe, sizeof g_exe, &g_build_log);
 }
 
 static void teardown_nothing(void) {}

@@ -6,7 +6,7 @@
  * The fixture compiles the two graphs into runners at 128x128 and 96x160
  * (ldmc GRAPH -D H -D W -o RUNNER), builds the sd1-tiny txt2img at 128x128
  * as a user does (make txt2img ..., TAESD=1 by default) named
- * txt2img-test-taesd, and writes the released TAESD files under diffusers
+ * txt2img-test-sd1-tiny (shared with other suites), and writes the released TAESD files under diffusers
  * AutoencoderTiny's names (decoder.layers.{i-1}.*, encoder.layers.{i}.*;
  * one file each, and one holding both halves, as the HF repo's).
  *   - taesd_decode.io: 5 cases (16x16 and 12x20 latents, N(0,1), 2.5 N(0,1),
@@ -127,21 +127,7 @@ static void setup(void) {
             g_runner[r][0] = 0;
         }
     }
-    char build[300], config[512], path[600], log[600];
-    snprintf(build, sizeof build, "BUILD=%s", test_build_dir());
-    snprintf(config, sizeof config, "CONFIG=%s", test_shared("goldens/sd1-tiny/config.yaml"));
-    snprintf(path, sizeof path, "%s/txt2img-test-taesd", test_build_dir());
-    char *argv[] = {"make", "-s", "-j2", build, TAESD_SAN ? "SAN=1" : "SAN=0", "txt2img", config, "H=128", "W=128",
-                    "TXT2IMG_NAME=txt2img-test-taesd", NULL};
-    snprintf(log, sizeof log, "%s/make.log", test_dir);
-    int rc = test_wait_status(test_spawn(argv, log));
-    if (rc == 0 && access(path, X_OK) == 0) {
-        snprintf(g_exe, sizeof g_exe, "%s", path);
-    } else {
-        size_t n;
-        g_build_log = ldm_read_file(log, &n);
-        if (!g_build_log) g_build_log = ldm_xasprintf("make exited with status %d", rc);
-    }
+    test_build_sd1_tiny_txt2img(TAESD_SAN, g_exe, sizeof g_exe, &g_build_log);
     snprintf(g_dec_diff, sizeof g_dec_diff, "%s/diffusers-decoder.safetensors", test_dir);
     snprintf(g_enc_diff, sizeof g_enc_diff, "%s/diffusers-encoder.safetensors", test_dir);
     snprintf(g_both_diff, sizeof g_both_diff, "%s/diffusion_pytorch_model.safetensors", test_dir);

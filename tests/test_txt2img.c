@@ -84,22 +84,7 @@ static char *g_fp16_log;
 static void setup_exe(void) {
     test_dir_init("ldm_txt2img_");
     if (!test_dir[0] || g_exe[0] || g_build_log) return;
-    char build[300], config[512], path[600];
-    snprintf(build, sizeof build, "BUILD=%s", test_build_dir());
-    snprintf(config, sizeof config, "CONFIG=%s", test_shared("goldens/sd1-tiny/config.yaml"));
-    snprintf(path, sizeof path, "%s/txt2img-test-sd1-tiny", test_build_dir());
-    char *argv[] = {"make", "-s", "-j2", build, T2I_SAN ? "SAN=1" : "SAN=0", "txt2img", config, "H=128", "W=128",
-                    "TXT2IMG_NAME=txt2img-test-sd1-tiny", NULL};
-    char log[300];
-    snprintf(log, sizeof log, "%s/make.log", test_dir);
-    int rc = test_wait_status(test_spawn(argv, log));
-    if (rc == 0 && access(path, X_OK) == 0) {
-        snprintf(g_exe, sizeof g_exe, "%s", path);
-    } else {
-        size_t n;
-        g_build_log = ldm_read_file(log, &n);
-        if (!g_build_log) g_build_log = ldm_xasprintf("make exited with status %d", rc);
-    }
+    test_build_sd1_tiny_txt2img(T2I_SAN, g_exe, sizeof g_exe, &g_build_log);
 }
 
 static void setup_fp16(void) {

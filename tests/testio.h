@@ -117,4 +117,29 @@ static inline void assert_no_output(const char *prefix) {
     closedir(d);
 }
 
+/* The sd1-tiny txt2img executable at 128x128, built as a user builds it
+ * (`make txt2img CONFIG=.../sd1-tiny/config.yaml H=128 W=128`, defaults
+ * CHUNKS=3 CLIP_SKIPS=2 TAESD=1) into the build directory under test as
+ * txt2img-test-sd1-tiny: one executable for every suite that runs it (make
+ * does nothing when it is up to date). san: the sanitized build (SAN=1).
+ * Sets path (size n) to it, or leaves it "" and *log to make's output. */
+static inline void test_build_sd1_tiny_txt2img(int san, char *path, size_t n, char **log) {
+    char build[300], config[512], exe[600], logf[600];
+    snprintf(build, sizeof build, "BUILD=%s", test_build_dir());
+    snprintf(config, sizeof config, "CONFIG=%s", test_shared("goldens/sd1-tiny/config.yaml"));
+    snprintf(exe, sizeof exe, "%s/txt2img-test-sd1-tiny", test_build_dir());
+    char *argv[] = {"make", "-s", "-j2", build, san ? "SAN=1" : "SAN=0", "txt2img", config, "H=128", "W=128",
+                    "TXT2IMG_NAME=txt2img-test-sd1-tiny", NULL};
+    snprintf(logf, sizeof logf, "%s/make-txt2img.log", test_dir);
+    int rc = test_wait_status(test_spawn(argv, logf));
+    if (rc == 0 && access(exe, X_OK) == 0) {
+        snprintf(path, n, "%s", exe);
+    } else {
+        size_t len;
+        path[0] = 0;
+        *log = ldm_read_file(logf, &len);
+        if (!*log) *log = ldm_xasprintf("make exited with status %d", rc);
+    }
+}
+
 #endif
