@@ -16,18 +16,6 @@
 
 /* ---- embeddings ------------------------------------------------------------ */
 
-/* "dir/name.safetensors" -> "name" (malloc'd) */
-static char *file_stem(const char *path) {
-    const char *b = strrchr(path, '/');
-    b = b ? b + 1 : path;
-    const char *dot = strrchr(b, '.');
-    size_t n = dot && dot != b ? (size_t)(dot - b) : strlen(b);
-    char *s = ldm_xmalloc(n + 1);
-    memcpy(s, b, n);
-    s[n] = 0;
-    return s;
-}
-
 int ldm_embedding_load(const char *path, int width, LdmEmbedding *out, char *why, size_t why_size) {
     memset(out, 0, sizeof *out);
     if (why_size) why[0] = 0;
@@ -78,7 +66,7 @@ int ldm_embedding_load(const char *path, int width, LdmEmbedding *out, char *why
             goto done;
         }
     out->n_vectors = (int)n;
-    out->name = file_stem(path);
+    out->name = ldm_path_stem(path);
     out->path = ldm_xstrdup(path);
 done:
     st_close(&f);

@@ -80,6 +80,17 @@ void *ldm_aligned_alloc(size_t n) {
     return p;
 }
 
+char *ldm_path_stem(const char *path) {
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    const char *dot = strrchr(b, '.');
+    size_t n = dot && dot != b ? (size_t)(dot - b) : strlen(b);
+    char *s = ldm_xmalloc(n + 1);
+    memcpy(s, b, n);
+    s[n] = 0;
+    return s;
+}
+
 char *ldm_read_file(const char *path, size_t *len) {
     FILE *fp = fopen(path, "rb");
     if (!fp) {

@@ -41,6 +41,9 @@ void *ldm_aligned_alloc(size_t n);
 /* Whole-file read into a NUL-terminated buffer; returns NULL and records an
  * error naming the path on failure. */
 char *ldm_read_file(const char *path, size_t *len);
+/* "dir/name.safetensors" -> "name" (malloc'd): the file name without its
+ * directory and its last extension (a leading dot is not an extension). */
+char *ldm_path_stem(const char *path);
 
 /* Atomic output: write to "<path>.tmp.<pid>", then rename over <path> on
  * success, so a failed run never leaves a half-written file behind. */

@@ -449,7 +449,7 @@ typedef struct App {
     ActiveLora *act;          /* the LoRAs merged into the weights, in activation order */
     int n_act;
     int lora_gen;             /* changes with every new LoRA set */
-    const char *const *weight_names; /* every network's weight names (LoRA key matching) */
+    const char *const *weight_names; /* every network's weight names (LoRA key matching; a->nets owns them) */
     int n_weight_names;
     LdmNets taesd_dec;        /* --taesd: TAESD's decoder of every size (size k at k) */
     LdmNets taesd_enc;        /* --taesd-encoder: its encoder of every size */
@@ -570,24 +570,12 @@ static void wants_free(LoraWant *w, int n) {
     free(w);
 }
 
-/* "dir/name.safetensors" -> "name" */
-static char *stem(const char *path) {
-    const char *b = strrchr(path, '/');
-    b = b ? b + 1 : path;
-    const char *dot = strrchr(b, '.');
-    size_t n = dot && dot != b ? (size_t)(dot - b) : strlen(b);
-    char *r = ldm_xmalloc(n + 1);
-    memcpy(r, b, n);
-    r[n] = 0;
-    return r;
-}
-
 /* --lora FILE[:MULT] (ldm_lora_spec_parse) */
 static int parse_lora_spec(const char *spec, LoraWant *w) {
     memset(w, 0, sizeof *w);
     if (ldm_lora_spec_parse(spec, &w->path, &w->te) != 0) return -1;
     w->unet = w->te;
-    w->name = stem(w->path);
+    w->name = ldm_path_stem(w->path);
     return 0;
 }
 
@@ -1164,17 +1152,6 @@ static int load_inputs(App *a) {
         }
         ldm_times_add(&a->times, "load embeddings", ldm_now() - t0);
     }
-    for (int i = 0; i < o->n_loras; i++) {
-        /* a bad file fails now, before the weights are read */
-        LoraWant w;
-        if (parse_lora_spec(o->loras[i], &w) != 0) return -1;
-        LdmLora *l = NULL;
-        int rc = ldm_lora_open(&l, w.path, a->weight_names, a->n_weight_names, (float)w.te, (float)w.unet);
-        ldm_lora_free(l);
-        free(w.path);
-        free(w.name);
-        if (rc != 0) return ldm_fail("--lora %s: %s", o->loras[i], ldm_last_error());
-    }
     if (o->prompt) {
         /* tags, LoRA names, UTF-8, weights and the chunk count of both texts */
         const char *texts[2] = {o->prompt, o->negative};
@@ -1334,29 +1311,26 @@ static int make_line_image(App *a, const LdmPromptLine *l, int i, int n, char **
     return rc;
 }
 
-/* Every network's weight names, each once (what LoRA keys are matched against). */
-static void collect_weight_names(App *a) {
-    int cap = 0, n = 0;
-    const char **names = NULL;
-    for (int k = 0; k < ldm_pipeline_n_sizes; k++)
-        for (int j = 0; j < N_NETS; j++) {
-            const LdmModel *m = ldm_pipeline_sizes[k].models[j];
-            for (int i = 0; i < m->n_weights; i++) {
-                int seen = 0;
-                for (int q = 0; q < n && !seen; q++) seen = !strcmp(names[q], m->weights[i].name);
-                if (seen) continue;
-                if (n == cap) names = ldm_xrealloc(names, (size_t)(cap = cap ? 2 * cap : 1024) * sizeof *names);
-                names[n++] = m->weights[i].name;
-            }
-        }
-    a->weight_names = names;
-    a->n_weight_names = n;
+/* Open every --lora file once against the networks' weight names: a bad
+ * file fails the run before anything is bound or sampled (each image opens
+ * its set again in use_loras). */
+static int check_loras(App *a) {
+    for (int i = 0; i < a->o.n_loras; i++) {
+        LoraWant w;
+        if (parse_lora_spec(a->o.loras[i], &w) != 0) return -1;
+        LdmLora *l = NULL;
+        int rc = ldm_lora_open(&l, w.path, a->weight_names, a->n_weight_names, (float)w.te, (float)w.unet);
+        ldm_lora_free(l);
+        free(w.path);
+        free(w.name);
+        if (rc != 0) return ldm_fail("--lora %s: %s", a->o.loras[i], ldm_last_error());
+    }
+    return 0;
 }
 
 static int run(App *a) {
     const Options *o = &a->o;
     LdmPromptList list = {0};
-    collect_weight_names(a);
     if (o->prompts && ldm_prompts_read(o->prompts, o->shard_k, o->shard_n, &list) != 0) return -1;
     if (load_inputs(a) != 0) {
         ldm_prompts_free(&list);
@@ -1376,6 +1350,11 @@ static int run(App *a) {
     int rc = ldm_nets_load(&a->nets, o->weights, models, n_models, what);
     free(models);
     if (rc == 0) rc = ldm_pipeline_scale_factor(&CFG, &a->nets.ckpt, &a->scale);
+    if (rc == 0) {
+        /* what LoRA keys are matched against: every network's weights */
+        a->weight_names = ldm_nets_weight_names(&a->nets, &a->n_weight_names);
+        rc = check_loras(a);
+    }
     if (rc != 0) {
         ldm_prompts_free(&list);
         return -1;
@@ -1509,7 +1488,6 @@ out:
     ldm_cond_free(&a.empty);
     ldm_embeddings_free(&a.emb);
     active_free(a.act, a.n_act);
-    free((void *)a.weight_names);
     free((void *)a.o.loras);
     return rc;
 }
