@@ -46,7 +46,7 @@ WARN     = -Wall -Wextra -Werror $(FUZZWARN)
 BASEFLAGS = -std=gnu11 $(OPT) $(SANFLAGS) $(WIDEFLAGS) -fopenmp -march=native
 CFLAGS   += $(BASEFLAGS) $(WARN)
 CPPFLAGS += -Iruntime -Icompiler -I$(BUILD)/gen -I/usr/include/x86_64-linux-gnu/openblas-pthread $(FUZZDEFS)
-LDLIBS   = -lopenblas -ljansson -lyaml -lpng -lz -lm
+LDLIBS   = -lopenblas -ljansson -lyaml -lpng -lnettle -lz -lm
 LDFLAGS += $(SANFLAGS) -fopenmp
 
 ROOT    := $(abspath .)
@@ -80,7 +80,7 @@ FUZZ_HARNESS_OBJ := $(if $(filter tests/test_fuzz_regress.c,$(TEST_SRC)),$(FUZZ_
 
 # Debian packages needed to build and test (and, statically, to deploy).
 DEB_PACKAGES = build-essential pkg-config flex bison libopenblas-dev check libyaml-dev \
-               zlib1g-dev libpng-dev libjansson-dev clang libclang-rt-dev libomp-dev
+               zlib1g-dev libpng-dev libjansson-dev nettle-dev clang libclang-rt-dev libomp-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all test check clean deps bench bench-quick fingerprint demo depgraph fuzz fuzz-build FORCE
@@ -299,7 +299,7 @@ TXT2IMG_B_vae_decoder = 1
 TXT2IMG_B_vae_encoder = 1
 TXT2IMG_D_clip_text   = -D CHUNKS=$(CHUNKS) -D CLIP_SKIPS=$(CLIP_SKIPS) -D EMBEDS=1
 TXT2IMG_D_unet        = -D CHUNKS=$(CHUNKS)
-TXT2IMG_LIBS       = -lopenblas -ljansson -lpng -lz -lm -lpthread
+TXT2IMG_LIBS       = -lopenblas -ljansson -lpng -lnettle -lz -lm -lpthread
 ifeq ($(SAN),1)
 TXT2IMG_STATIC     =
 else

@@ -45,6 +45,29 @@ const char *ldm_sampler_name(LdmSamplerKind k) {
     return "?";
 }
 
+/* The AUTOMATIC1111 webui's display names (modules/sd_samplers_kdiffusion.py,
+ * sd_samplers_timesteps.py, sd_samplers_lcm.py): what its infotext's
+ * "Sampler:" and /sdapi/v1/samplers say. TCD has no webui sampler; ComfyUI's
+ * name is used. */
+const char *ldm_sampler_webui_name(LdmSamplerKind k) {
+    switch (k) {
+    case LDM_SAMPLER_DDIM: return "DDIM";
+    case LDM_SAMPLER_PLMS: return "PLMS";
+    case LDM_SAMPLER_EULER: return "Euler";
+    case LDM_SAMPLER_EULER_A: return "Euler a";
+    case LDM_SAMPLER_DPMPP_2M: return "DPM++ 2M";
+    case LDM_SAMPLER_HEUN: return "Heun";
+    case LDM_SAMPLER_DPM2: return "DPM2";
+    case LDM_SAMPLER_DPMPP_2S_A: return "DPM++ 2S a";
+    case LDM_SAMPLER_DPMPP_SDE: return "DPM++ SDE";
+    case LDM_SAMPLER_DPMPP_2M_SDE: return "DPM++ 2M SDE";
+    case LDM_SAMPLER_LCM: return "LCM";
+    case LDM_SAMPLER_TCD: return "TCD";
+    case LDM_SAMPLER_UNI_PC: return "UniPC";
+    }
+    return "?";
+}
+
 static const LdmSamplerKind all_samplers[] = {
     LDM_SAMPLER_DDIM,      LDM_SAMPLER_PLMS,       LDM_SAMPLER_EULER,     LDM_SAMPLER_EULER_A,
     LDM_SAMPLER_DPMPP_2M,  LDM_SAMPLER_HEUN,       LDM_SAMPLER_DPM2,      LDM_SAMPLER_DPMPP_2S_A,
@@ -52,6 +75,11 @@ static const LdmSamplerKind all_samplers[] = {
     LDM_SAMPLER_UNI_PC,
 };
 #define N_SAMPLERS ((int)(sizeof all_samplers / sizeof all_samplers[0]))
+
+int ldm_sampler_all(const LdmSamplerKind **out) {
+    *out = all_samplers;
+    return N_SAMPLERS;
+}
 
 const char *ldm_sampler_list(void) {
     return "ddim, plms, euler, euler_a, dpmpp_2m, heun, dpm2, dpmpp_2s_a, dpmpp_sde, dpmpp_2m_sde, lcm, tcd, uni_pc";

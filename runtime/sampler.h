@@ -68,6 +68,10 @@ typedef enum LdmSamplerKind {
 /* "ddim", "plms", "euler", "euler_a", "dpmpp_2m", "heun", "dpm2",
  * "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde", "lcm", "tcd", "uni_pc". */
 const char *ldm_sampler_name(LdmSamplerKind k);
+/* The webui's display name ("DPM++ 2M", "Euler a", "DDIM", ...). */
+const char *ldm_sampler_webui_name(LdmSamplerKind k);
+/* Every sampler, in the order of ldm_sampler_list; returns the count. */
+int ldm_sampler_all(const LdmSamplerKind **out);
 /* Those names, comma-separated (for messages). */
 const char *ldm_sampler_list(void);
 /* Parse one of those names, or a display name of the AUTOMATIC1111 webui

@@ -236,17 +236,49 @@ const char *ldm_sigma_kind_name(LdmSigmaKind k) {
 
 const char *ldm_sigma_kind_list(void) { return "discrete, karras, exponential, polyexponential, ays"; }
 
+/* The webui's "Schedule type" labels (modules/sd_schedulers.py). Its
+ * "Uniform" is the model's own discrete sigmas (inner_model.get_sigmas(n)),
+ * ours. */
+const char *ldm_sigma_kind_webui_name(LdmSigmaKind k) {
+    switch (k) {
+    case LDM_SIGMAS_DISCRETE: return "Uniform";
+    case LDM_SIGMAS_KARRAS: return "Karras";
+    case LDM_SIGMAS_EXPONENTIAL: return "Exponential";
+    case LDM_SIGMAS_POLYEXPONENTIAL: return "Polyexponential";
+    case LDM_SIGMAS_AYS: return "Align Your Steps";
+    }
+    return "?";
+}
+
 int ldm_sigma_kind_parse(const char *name, LdmSigmaKind *out) {
-    static const LdmSigmaKind all[] = {LDM_SIGMAS_DISCRETE, LDM_SIGMAS_KARRAS, LDM_SIGMAS_EXPONENTIAL,
-                                       LDM_SIGMAS_POLYEXPONENTIAL, LDM_SIGMAS_AYS};
-    if (!strcmp(name, "normal")) name = "discrete"; /* k-diffusion / ComfyUI's name of the same */
-    if (!strcmp(name, "align_your_steps")) name = "ays";
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-        if (!strcmp(name, ldm_sigma_kind_name(all[i]))) {
-            *out = all[i];
+    /* our names, k-diffusion / ComfyUI's ("normal", "align_your_steps") and
+     * the webui's labels ("Karras", "Align Your Steps", "Uniform", and
+     * "Automatic": the sampler's default, discrete for every sampler here);
+     * case, ' ', '_' and '-' not significant */
+    static const struct {
+        const char *name;
+        LdmSigmaKind kind;
+    } names[] = {
+        {"discrete", LDM_SIGMAS_DISCRETE},   {"normal", LDM_SIGMAS_DISCRETE},
+        {"uniform", LDM_SIGMAS_DISCRETE},    {"automatic", LDM_SIGMAS_DISCRETE},
+        {"karras", LDM_SIGMAS_KARRAS},       {"exponential", LDM_SIGMAS_EXPONENTIAL},
+        {"polyexponential", LDM_SIGMAS_POLYEXPONENTIAL}, {"ays", LDM_SIGMAS_AYS},
+        {"alignyoursteps", LDM_SIGMAS_AYS},
+    };
+    char nn[64];
+    size_t k = 0;
+    for (const char *c = name; *c && k + 1 < sizeof nn; c++) {
+        if (*c == ' ' || *c == '_' || *c == '-') continue;
+        nn[k++] = (char)((*c >= 'A' && *c <= 'Z') ? *c - 'A' + 'a' : *c);
+    }
+    nn[k] = 0;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(nn, names[i].name)) {
+            *out = names[i].kind;
             return 0;
         }
-    return ldm_fail("unknown schedule '%s', expected one of %s", name, ldm_sigma_kind_list());
+    return ldm_fail("unknown schedule '%s', expected one of %s (or a webui label: \"Karras\", \"Align Your Steps\", "
+                    "...)", name, ldm_sigma_kind_list());
 }
 
 double ldm_sigma_default_rho(LdmSigmaKind k) {

@@ -78,6 +78,8 @@ typedef enum LdmSigmaKind {
 /* "discrete", "karras", "exponential", "polyexponential", "ays" (for
  * messages and command lines). */
 const char *ldm_sigma_kind_name(LdmSigmaKind k);
+/* The webui's "Schedule type" label ("Karras", "Uniform", ...). */
+const char *ldm_sigma_kind_webui_name(LdmSigmaKind k);
 /* Parse one of those names ("normal" is accepted for discrete, as
  * k-diffusion and ComfyUI call it); -1 with a message listing them. */
 int ldm_sigma_kind_parse(const char *name, LdmSigmaKind *out);

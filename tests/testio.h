@@ -2,11 +2,19 @@
  * testio.h - reading the files the executables write, shared by the suites
  * that run them (test_txt2img.c, test_sample.c): tensors of safetensors
  * files, PNG and byte comparisons, golden metadata, and the check that a
- * failed run left no output behind. Needs check.h, jansson.h, image.h,
- * safetensors.h, util.h and testproc.h (test_dir) first.
+ * failed run left no output behind.
  */
 #ifndef LDM_TESTIO_H
 #define LDM_TESTIO_H
+
+#include <check.h>
+#include <dirent.h>
+#include <jansson.h>
+
+#include "image.h"
+#include "safetensors.h"
+#include "testproc.h"
+#include "util.h"
 
 /* Tensor `name` of file `path` as float32, or as int32 when as_i32
  * (malloc'd), numel in *n. */

@@ -42,6 +42,7 @@
 #include <unistd.h>
 
 #include "image.h"
+#include "infotext.h"
 #include "lora.h"
 #include "model.h"
 #include "pipeline.h"
@@ -125,6 +126,7 @@ typedef struct Options {
     const char *preview;       /* --preview FILE.png */
     int preview_every;         /* --preview-every N (0: not given) */
     const char *preview_taesd; /* --preview-taesd FILE: TAESD decoder of the previews (default: --taesd's) */
+    int no_metadata;           /* --no-metadata: no `parameters` text chunk in the PNGs */
 } Options;
 
 static void usage(FILE *fp, const char *argv0) {
@@ -141,7 +143,7 @@ static void usage(FILE *fp, const char *argv0) {
             "          [-H PIXELS] [-W PIXELS] [--prompt-syntax webui|plain] [--clip-skip N]\n"
             "          [--embeddings DIR] [--lora FILE[:MULT]]... [--lora-dir DIR] [--pad-cond-uncond]\n"
             "          [--save-cond F] [--taesd FILE] [--taesd-encoder FILE] [--preview-every N --preview PNG]\n"
-            "          [--preview-taesd FILE]\n"
+            "          [--preview-taesd FILE] [--no-metadata]\n"
             "\n"
             "Text to image for %s.\n"
             "Sizes (height x width): %s.\n"
@@ -213,6 +215,8 @@ static void usage(FILE *fp, const char *argv0) {
             "                      prediction of the final image to PNG (replaced atomically); the TAESD\n"
             "                      decoder of --taesd, or of --preview-taesd FILE to keep the VAE decoder\n"
             "                      for the final image\n"
+            "  --no-metadata       leave out the PNG text chunk `parameters` (the generation parameters in the\n"
+            "                      AUTOMATIC1111 webui's infotext format, which its PNG Info reads)\n"
             "  --quiet             no progress or timing output\n"
             "  LDM_PROFILE=1       (environment) print per-node kernel times at the end\n",
             argv0, CFG.banner, sizes);
@@ -255,6 +259,10 @@ static int parse_args(int argc, char **argv, Options *o) {
         }
         if (!strcmp(a, "--pad-cond-uncond")) {
             o->pad_cond_uncond = 1;
+            continue;
+        }
+        if (!strcmp(a, "--no-metadata")) {
+            o->no_metadata = 1;
             continue;
         }
         for (int k = 0; value_flags[k] && !f; k++)
@@ -415,6 +423,7 @@ typedef struct ActiveLora {
     char *name;               /* for messages and the record: the file's stem */
     double te, unet;          /* text-encoder and UNet multipliers */
     LdmLora *l;
+    char hash[13];            /* the webui's "Lora hashes" entry: 12 hex of the addnet hash ("" unless metadata) */
 } ActiveLora;
 
 typedef struct App {
@@ -454,6 +463,8 @@ typedef struct App {
     LdmNets taesd_dec;        /* --taesd: TAESD's decoder of every size (size k at k) */
     LdmNets taesd_enc;        /* --taesd-encoder: its encoder of every size */
     LdmNets taesd_prev;       /* --preview-taesd: the previews' decoder (else they use taesd_dec) */
+    char model_hash[11];      /* the infotext's "Model hash" ("" with --no-metadata) */
+    char *model_name;         /* ... and "Model": the checkpoint's file stem */
 } App;
 
 /* Network `net` of the size in use, and its index in a->nets. */
@@ -659,9 +670,15 @@ static int use_loras(App *a, const LoraWant *want, int n) {
     LdmLora **ls = ldm_xcalloc((size_t)n + 1, sizeof *ls);
     int rc = 0, k = 0;
     for (; k < n && rc == 0; k++) {
-        act[k] = (ActiveLora){ldm_xstrdup(want[k].path), ldm_xstrdup(want[k].name), want[k].te, want[k].unet, NULL};
+        act[k] = (ActiveLora){ldm_xstrdup(want[k].path), ldm_xstrdup(want[k].name), want[k].te, want[k].unet, NULL,
+                              ""};
         rc = ldm_lora_open(&act[k].l, want[k].path, a->weight_names, a->n_weight_names, (float)want[k].te,
                            (float)want[k].unet);
+        char hex[65];
+        if (rc == 0 && !a->o.no_metadata && ldm_file_sha256(want[k].path, 1, hex) == 0) {
+            memcpy(act[k].hash, hex, 12);
+            act[k].hash[12] = 0;
+        }
         ls[k] = act[k].l;
         if (rc == 0 && ldm_lora_n_unmatched(act[k].l) > 0) {
             /* the webui ignores them silently; say so */
@@ -924,6 +941,69 @@ static int preview_step(void *ctx, const LdmStepInfo *info) {
     return 0;
 }
 
+/* The webui infotext of an image made from `prompt` with `seed` and the
+ * run's settings (the PNG's `parameters` chunk). --lora files are recorded
+ * as <lora:NAME:MULT> tags appended to the prompt, so that the webui, given
+ * the text, merges them as we did. */
+static char *image_infotext(const App *a, const char *prompt, uint64_t seed) {
+    const Options *o = &a->o;
+    char *p = ldm_xstrdup(prompt);
+    for (int i = 0; i < o->n_loras; i++) {
+        LoraWant w;
+        if (parse_lora_spec(o->loras[i], &w) != 0) continue;
+        char mult[32];
+        char *t = ldm_xasprintf("%s <lora:%s:%s>", p, w.name, ldm_py_float(w.te, mult, sizeof mult));
+        free(p);
+        p = t;
+        free(w.path);
+        free(w.name);
+    }
+    char *hashes = ldm_xstrdup("");
+    for (int i = 0; i < a->n_act; i++) {
+        if (!a->act[i].hash[0]) continue;
+        char *t = ldm_xasprintf("%s%s%s: %s", hashes, *hashes ? ", " : "", a->act[i].name, a->act[i].hash);
+        free(hashes);
+        hashes = t;
+    }
+    char gamma[32], rho[32];
+    const char *extra[16];
+    int ne = 0;
+    int kdiff = ldm_sampler_family(o->sampler) == 1;
+    if (o->sampler == LDM_SAMPLER_DDIM && o->eta != 0) extra[ne++] = "Eta DDIM", extra[ne++] = ldm_py_float(o->eta, gamma, sizeof gamma);
+    if (o->sampler == LDM_SAMPLER_TCD) extra[ne++] = "Gamma", extra[ne++] = ldm_py_float(o->gamma, gamma, sizeof gamma);
+    if (kdiff && o->has_rho) extra[ne++] = "Rho", extra[ne++] = ldm_py_float(o->rho, rho, sizeof rho);
+    if ((o->sampler == LDM_SAMPLER_DPMPP_SDE || o->sampler == LDM_SAMPLER_DPMPP_2M_SDE) &&
+        o->noise_sampler != LDM_NOISE_BROWNIAN)
+        extra[ne++] = "Noise sampler", extra[ne++] = ldm_noise_sampler_name(o->noise_sampler);
+    if (o->pad_cond_uncond) extra[ne++] = "Pad conds", extra[ne++] = "True";
+    if (o->syntax == LDM_SYNTAX_PLAIN) extra[ne++] = "Prompt syntax", extra[ne++] = "plain";
+    if (o->taesd) extra[ne++] = "VAE Decoder", extra[ne++] = "TAESD";
+    extra[ne] = NULL;
+    LdmInfotext t = {
+        .prompt = p,
+        .negative = o->negative,
+        .steps = o->steps,
+        .sampler = o->sampler,
+        .has_schedule = kdiff,
+        .schedule = o->schedule,
+        .cfg_scale = o->cfg_scale,
+        .seed = seed,
+        .width = CFG.W,
+        .height = CFG.H,
+        .model_hash = a->model_hash[0] ? a->model_hash : NULL,
+        .model = a->model_name,
+        .denoising_strength = a->init_latent ? a->strength : -1.0,
+        .clip_skip = o->clip_skip,
+        .rng = o->rng == LDM_RNG_CPU ? "CPU" : NULL,
+        .lora_hashes = hashes,
+        .extra = extra,
+    };
+    char *r = ldm_infotext_format(&t);
+    free(p);
+    free(hashes);
+    return r;
+}
+
 /* One image: prompt -> png_path (and latent_path). */
 static int make_image(App *a, const char *prompt, uint64_t seed, const char *png_path, const char *latent_path,
                       const char *cond_path, const char *label) {
@@ -1062,7 +1142,11 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
         int64_t shape[4] = {1, a->C, a->h, a->w};
         if (ldm_latent_save(latent_path, x, noise, 4, shape, kv) != 0) goto done;
     }
-    if (ldm_image_save(png_path, img, CFG.W, CFG.H) != 0) {
+    char *info = a->o.no_metadata ? NULL : image_infotext(a, prompt, seed);
+    const char *kv[] = {"parameters", info, NULL};
+    int src = ldm_image_save_text(png_path, img, CFG.W, CFG.H, info ? kv : NULL);
+    free(info);
+    if (src != 0) {
         if (latent_path) remove(latent_path);
         goto done;
     }
@@ -1360,6 +1444,16 @@ static int run(App *a) {
         return -1;
     }
     ldm_times_add(&a->times, "load weights", ldm_now() - t0);
+    if (!o->no_metadata) {
+        /* the webui's "Model hash" and "Model" (hashed once, then cached) */
+        t0 = ldm_now();
+        if (ldm_model_hash(o->weights, a->model_hash) != 0) {
+            ldm_prompts_free(&list);
+            return -1;
+        }
+        a->model_name = ldm_path_stem(o->weights);
+        ldm_times_add(&a->times, "hash weights", ldm_now() - t0);
+    }
     /* TAESD runs between UNet calls or instead of the VAE: one arena for all */
     LdmNets *tn[3] = {&a->taesd_dec, &a->taesd_enc, &a->taesd_prev};
     for (int k = 0; k < 3; k++)
@@ -1484,6 +1578,7 @@ out:
     free(a.known);
     free(a.concat);
     free(a.uc_prompt);
+    free(a.model_name);
     ldm_cond_free(&a.uc);
     ldm_cond_free(&a.empty);
     ldm_embeddings_free(&a.emb);
