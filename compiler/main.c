@@ -270,6 +270,8 @@ static int add_define(DriverOptions *opt, const char *text) {
 int ldmc_pipeline_main(int argc, char **argv); /* `ldmc pipeline` (pipeline.c) */
 
 int main(int argc, char **argv) {
+    ldm_set_progname("ldmc");
+    ldm_install_signal_handlers(); /* no half-written output on SIGINT/SIGTERM */
     if (argc > 1 && !strcmp(argv[1], "convert")) return convert_main(argc, argv);
     if (argc > 1 && !strcmp(argv[1], "merge")) return merge_main(argc, argv);
     if (argc > 1 && !strcmp(argv[1], "randckpt")) return randckpt_main(argc, argv);

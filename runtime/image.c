@@ -304,8 +304,10 @@ int ldm_png_write_rgb8_text(const char *path, const uint8_t *rgb, int width, int
     rc = png_write_body(&wr);
     png_destroy_write_struct(&wr.png, &wr.info);
     if (rc != 0) {
+        int e = wr.out.fp && ferror(wr.out.fp) ? errno : 0; /* libpng says "Write Error"; the system says why */
         ldm_out_abort(&wr.out);
-        ldm_fail("%s: cannot write PNG: %s", path, wr.msg.text);
+        if (e) ldm_fail("%s: cannot write PNG: write error: %s", path, strerror(e));
+        else ldm_fail("%s: cannot write PNG: %s", path, wr.msg.text);
         goto done;
     }
     rc = ldm_out_commit(&wr.out);

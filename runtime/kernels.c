@@ -19,6 +19,16 @@ void openblas_set_num_threads(int n);
 
 void ldm_kernels_init(void) { openblas_set_num_threads(1); }
 
+/* OpenBLAS starts its thread pool in its own constructor, from
+ * OPENBLAS_NUM_THREADS; the generated code calls it from inside OpenMP
+ * loops with one thread (ldm_kernels_init), so no pool is wanted at all.
+ * Without this it is started anyway, and when memory is short (ulimit -v)
+ * a pool thread retries its buffer allocation forever and exit() hangs
+ * joining it. This constructor runs before OpenBLAS's (priority 101). */
+__attribute__((constructor(101))) static void ldm_openblas_one_thread(void) {
+    setenv("OPENBLAS_NUM_THREADS", "1", 1);
+}
+
 /* ---- weights -------------------------------------------------------------- */
 
 void ldm_w_to_f32(LdmW w, size_t off, size_t n, float *dst) { ldm_w_widen(w, off, n, dst); }

@@ -274,10 +274,9 @@ void ldm_weights_bind(LdmWeights *w) {
     const size_t huge = (size_t)2 << 20;
     w->map_bytes = w->bytes + huge;
     w->map = mmap(NULL, w->map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (w->map == MAP_FAILED) {
-        fprintf(stderr, "fatal: out of memory mapping %zu bytes of weights\n", w->map_bytes);
-        abort();
-    }
+    if (w->map == MAP_FAILED)
+        ldm_fatal("out of memory: could not map %.1f MiB (%zu bytes) for the bound weights of a network (%d tensors)",
+                  (double)w->map_bytes / 1048576.0, w->map_bytes, w->n);
     w->region = (unsigned char *)(((uintptr_t)w->map + huge - 1) & ~(uintptr_t)(huge - 1));
 #ifdef MADV_HUGEPAGE
     madvise(w->region, w->bytes, MADV_HUGEPAGE);
@@ -357,7 +356,7 @@ void ldm_weights_free(LdmWeights *w) {
 }
 
 unsigned char *ldm_arena_new(const LdmModel *m) {
-    unsigned char *a = ldm_aligned_alloc(m->arena_bytes ? m->arena_bytes : 64);
+    unsigned char *a = ldm_aligned_alloc_for(m->arena_bytes ? m->arena_bytes : 64, "the activation arena (memory plan)");
     memset(a, 0, m->arena_bytes);
     return a;
 }

@@ -153,7 +153,8 @@ int ldm_nets_load_mapped(LdmNets *s, const char *ckpt_path, const LdmModel *cons
         }
         if (s->w[i].bytes > s->weight_bytes) s->weight_bytes = s->w[i].bytes;
     }
-    s->arena = ldm_aligned_alloc(s->arena_bytes ? s->arena_bytes : 64);
+    s->arena = ldm_aligned_alloc_for(s->arena_bytes ? s->arena_bytes : 64,
+                                     "the activation arena of the networks (their memory plan)");
     return 0;
 }
 
@@ -176,7 +177,7 @@ void ldm_nets_share_arena(LdmNets *s, LdmNets *owner) {
     if (owner->arena_bytes < s->arena_bytes) {
         free(owner->arena); /* dead between runs */
         owner->arena_bytes = s->arena_bytes;
-        owner->arena = ldm_aligned_alloc(owner->arena_bytes);
+        owner->arena = ldm_aligned_alloc_for(owner->arena_bytes, "the activation arena of the networks (their memory plan)");
     }
     free(s->arena);
     s->arena = NULL;
@@ -844,8 +845,10 @@ int ldm_check_output_path(const char *flag, const char *path) {
     else if (slash == dir) dir[1] = 0;
     else *slash = 0;
     int rc = 0;
-    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+    if (stat(dir, &sb) != 0)
         rc = ldm_fail("%s %s: the directory %s does not exist", flag, path, dir);
+    else if (!S_ISDIR(sb.st_mode))
+        rc = ldm_fail("%s %s: %s is not a directory", flag, path, dir);
     else if (access(dir, W_OK) != 0)
         rc = ldm_fail("%s %s: cannot write in %s: %s", flag, path, dir, strerror(errno));
     free(dir);

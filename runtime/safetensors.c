@@ -339,6 +339,9 @@ static int parse_header(StFile *f) {
 
     json_error_t jerr;
     json_t *root = json_loadb((const char *)f->map + 8, (size_t)n, JSON_REJECT_DUPLICATES, &jerr);
+    /* jansson fails without a message only when it cannot allocate (lex_init) */
+    if (!root && (json_error_code(&jerr) == json_error_out_of_memory || !jerr.text[0]))
+        ldm_fatal("out of memory: could not parse the %.1f MiB JSON header of %s", (double)n / 1048576.0, f->path);
     if (!root)
         return ldm_fail("%s: header: invalid JSON at byte %d (line %d, column %d): %s", f->path,
                         jerr.position + 8, jerr.line, jerr.column, jerr.text);
@@ -393,6 +396,9 @@ int st_open(StFile *f, const char *path) {
     f->size = (size_t)sb.st_size;
     if (f->size > 0) { /* mmap of length 0 fails; parse_header reports the size */
         void *m = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED && errno == ENOMEM) /* address space exhausted (ulimit -v): not the file's fault */
+            ldm_fatal("out of memory: could not map %.1f MiB (%zu bytes) of %s", (double)f->size / 1048576.0, f->size,
+                      path);
         if (m == MAP_FAILED) {
             rc = ldm_fail("%s: cannot mmap %zu bytes: %s", path, f->size, strerror(errno));
             close(fd);
@@ -401,6 +407,7 @@ int st_open(StFile *f, const char *path) {
             return rc;
         }
         f->map = m;
+        ldm_map_register(m, f->size, path); /* a SIGBUS here names the file */
     }
     close(fd);
     if (parse_header(f) != 0) {
@@ -411,7 +418,10 @@ int st_open(StFile *f, const char *path) {
 }
 
 void st_close(StFile *f) {
-    if (f->map) munmap(f->map, f->size);
+    if (f->map) {
+        ldm_map_unregister(f->map);
+        munmap(f->map, f->size);
+    }
     for (int i = 0; i < f->n_tensors; i++) free(f->tensors[i].name);
     free(f->tensors);
     for (int i = 0; i < f->n_meta; i++) {

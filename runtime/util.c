@@ -3,6 +3,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,9 +27,153 @@ int ldm_fail(const char *fmt, ...) {
 
 const char *ldm_last_error(void) { return last_error; }
 
+/* ----------------------------------------------------------------------------
+ * Registries the signal handlers read: temporary output files and mapped
+ * input files. Slots are claimed and released with atomic operations; a
+ * handler only reads them (unlink and write are async-signal-safe).
+ * ------------------------------------------------------------------------- */
+
+#define MAX_TMP 16
+#define MAX_MAPS 32
+static char *volatile tmp_slots[MAX_TMP];
+static struct {
+    const void *volatile addr;
+    size_t len;
+    char path[1024];
+} map_slots[MAX_MAPS];
+static char progname[64] = "ldm";
+
+void ldm_set_progname(const char *name) {
+    const char *b = strrchr(name, '/');
+    snprintf(progname, sizeof progname, "%s", b ? b + 1 : name);
+}
+
+static void tmp_register(char *path) {
+    for (int i = 0; i < MAX_TMP; i++) {
+        char *expected = NULL;
+        if (__atomic_compare_exchange_n(&tmp_slots[i], &expected, path, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+            return;
+    }
+    /* more than MAX_TMP outputs open at once: this one is not cleaned up by a signal */
+}
+
+static void tmp_unregister(const char *path) {
+    for (int i = 0; i < MAX_TMP; i++) {
+        char *expected = (char *)path;
+        if (path && __atomic_compare_exchange_n(&tmp_slots[i], &expected, NULL, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+            return;
+    }
+}
+
+static void tmp_remove_all(void) {
+    for (int i = 0; i < MAX_TMP; i++) {
+        char *p = __atomic_load_n(&tmp_slots[i], __ATOMIC_SEQ_CST);
+        if (p) unlink(p);
+    }
+}
+
+void ldm_map_register(const void *addr, size_t len, const char *path) {
+    for (int i = 0; i < MAX_MAPS; i++) {
+        if (__atomic_load_n(&map_slots[i].addr, __ATOMIC_SEQ_CST)) continue;
+        const void *expected = NULL;
+        /* claim with a dummy address, fill, then publish */
+        if (!__atomic_compare_exchange_n(&map_slots[i].addr, &expected, (const void *)1, 0, __ATOMIC_SEQ_CST,
+                                         __ATOMIC_SEQ_CST))
+            continue;
+        map_slots[i].len = len;
+        snprintf(map_slots[i].path, sizeof map_slots[i].path, "%s", path);
+        __atomic_store_n(&map_slots[i].addr, addr, __ATOMIC_SEQ_CST);
+        return;
+    }
+}
+
+void ldm_map_unregister(const void *addr) {
+    for (int i = 0; i < MAX_MAPS; i++)
+        if (addr && __atomic_load_n(&map_slots[i].addr, __ATOMIC_SEQ_CST) == addr) {
+            __atomic_store_n(&map_slots[i].addr, NULL, __ATOMIC_SEQ_CST);
+            return;
+        }
+}
+
+static void say(const char *s) {
+    ssize_t r = write(2, s, strlen(s));
+    (void)r;
+}
+
+/* n as decimal into buf (async-signal-safe) */
+static const char *u64_text(unsigned long long n, char *buf, size_t size) {
+    char *p = buf + size - 1;
+    *p = 0;
+    do {
+        *--p = (char)('0' + n % 10);
+        n /= 10;
+    } while (n && p > buf);
+    return p;
+}
+
+static void on_stop_signal(int sig) {
+    tmp_remove_all();
+    say(progname);
+    say(sig == SIGINT ? ": interrupted (SIGINT)" : sig == SIGTERM ? ": terminated (SIGTERM)" : ": hung up (SIGHUP)");
+    say(": stopped; no partial output was left\n");
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void on_sigbus(int sig, siginfo_t *si, void *ctx) {
+    (void)ctx;
+    const char *a = si ? (const char *)si->si_addr : NULL;
+    for (int i = 0; i < MAX_MAPS; i++) {
+        const char *base = __atomic_load_n(&map_slots[i].addr, __ATOMIC_SEQ_CST);
+        if (!base || base == (const char *)1 || a < base || a >= base + map_slots[i].len) continue;
+        char num[32];
+        tmp_remove_all();
+        say(progname);
+        say(": error: ");
+        say(map_slots[i].path);
+        say(": reading offset ");
+        say(u64_text((unsigned long long)(a - base), num, sizeof num));
+        say(" failed: the file was truncated or replaced while this program had it mapped; a checkpoint must "
+            "stay unchanged while a program uses it\n");
+        _exit(1);
+    }
+    /* not one of our files: a real bus error */
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+void ldm_install_signal_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    struct sigaction sb;
+    memset(&sb, 0, sizeof sb);
+    sigemptyset(&sb.sa_mask);
+    sb.sa_sigaction = on_sigbus;
+    sb.sa_flags = SA_SIGINFO;
+    sigaction(SIGBUS, &sb, NULL);
+}
+
+_Noreturn void ldm_fatal(const char *fmt, ...) {
+    tmp_remove_all();
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: error: ", progname);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    /* _exit: no atexit handlers, which may need what has run out (OpenBLAS
+     * joins its threads, one of which may be retrying an allocation) */
+    fflush(NULL);
+    _exit(1);
+}
+
 static void oom(size_t n) {
-    fprintf(stderr, "fatal: out of memory allocating %zu bytes\n", n);
-    abort();
+    ldm_fatal("out of memory: could not allocate %zu bytes (%.1f MiB)", n, (double)n / 1048576.0);
 }
 
 void *ldm_xmalloc(size_t n) {
@@ -80,6 +225,13 @@ void *ldm_aligned_alloc(size_t n) {
     return p;
 }
 
+void *ldm_aligned_alloc_for(size_t n, const char *what) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n ? n : 64) != 0)
+        ldm_fatal("out of memory: could not allocate %.1f MiB (%zu bytes) for %s", (double)n / 1048576.0, n, what);
+    return p;
+}
+
 char *ldm_path_stem(const char *path) {
     const char *b = strrchr(path, '/');
     b = b ? b + 1 : path;
@@ -125,6 +277,7 @@ int ldm_out_open(LdmOutFile *o, const char *path) {
     o->path = ldm_xstrdup(path);
     o->tmp_path = ldm_xasprintf("%s.tmp.%ld", path, (long)getpid());
     o->fp = fopen(o->tmp_path, "wb");
+    if (o->fp) tmp_register(o->tmp_path);
     if (!o->fp) {
         int r = ldm_fail("%s: cannot create: %s", path, strerror(errno));
         free(o->path);
@@ -140,11 +293,13 @@ int ldm_out_commit(LdmOutFile *o) {
     if (fclose(o->fp) != 0) bad = 1;
     o->fp = NULL;
     if (bad) {
-        int r = ldm_fail("%s: write error: %s", o->path, strerror(errno));
+        int r = ldm_fail("%s: write error: %s", o->path, strerror(errno ? errno : EIO));
         ldm_out_abort(o);
         return r;
     }
-    if (rename(o->tmp_path, o->path) != 0) {
+    int rn = rename(o->tmp_path, o->path);
+    tmp_unregister(o->tmp_path);
+    if (rn != 0) {
         int r = ldm_fail("%s: cannot rename from %s: %s", o->path, o->tmp_path, strerror(errno));
         ldm_out_abort(o);
         return r;
@@ -159,6 +314,7 @@ void ldm_out_abort(LdmOutFile *o) {
     if (o->fp) fclose(o->fp);
     o->fp = NULL;
     if (o->tmp_path) remove(o->tmp_path);
+    tmp_unregister(o->tmp_path);
     free(o->path);
     free(o->tmp_path);
     o->path = o->tmp_path = NULL;

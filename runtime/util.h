@@ -28,8 +28,10 @@ const char *ldm_last_error(void);
  * "internal error: ..." and aborts. */
 _Noreturn void ldm_internal_error(const char *fmt, ...) LDM_PRINTF(1, 2);
 
-/* Allocation that aborts with a message when memory is exhausted: running
- * out of memory is not an input error a caller can recover from. */
+/* Allocation that exits with a message when memory is exhausted
+ * ("error: out of memory: could not allocate N bytes"), removing the
+ * temporary output files first: running out of memory is not an input
+ * error a caller can recover from. */
 void *ldm_xmalloc(size_t n);
 void *ldm_xcalloc(size_t n, size_t size);
 void *ldm_xrealloc(void *p, size_t n);
@@ -37,6 +39,30 @@ char *ldm_xstrdup(const char *s);
 char *ldm_xasprintf(const char *fmt, ...) LDM_PRINTF(1, 2);
 /* 64-byte aligned allocation (free with free()). */
 void *ldm_aligned_alloc(size_t n);
+/* The same for a large block the message names when it cannot be had:
+ * "could not allocate 1234.5 MiB for <what>". */
+void *ldm_aligned_alloc_for(size_t n, const char *what);
+
+/* A fatal condition of the environment (memory exhausted, an input file
+ * changed under a mapping): removes the temporary output files, prints
+ * "<program>: error: <message>" and exits with status 1. */
+_Noreturn void ldm_fatal(const char *fmt, ...) LDM_PRINTF(1, 2);
+/* The program name of those messages (default "ldm"). */
+void ldm_set_progname(const char *name);
+
+/* Signal handling of every program (call once from main):
+ *   SIGINT, SIGTERM, SIGHUP: the temporary files of the outputs being
+ *     written (LdmOutFile) are removed, "<program>: interrupted by SIGTERM"
+ *     printed, and the signal raised again with its default action (so the
+ *     parent sees it); an output never stays half-written and a previous
+ *     file of the same name stays as it was;
+ *   SIGBUS on a page of a mapped input file (ldm_map_register): the file
+ *     was truncated or replaced while in use: a message naming it and the
+ *     offset, temporary files removed, exit status 1. */
+void ldm_install_signal_handlers(void);
+/* A read-only file mapping the SIGBUS handler names (at most 32 at once). */
+void ldm_map_register(const void *addr, size_t len, const char *path);
+void ldm_map_unregister(const void *addr);
 
 /* Whole-file read into a NUL-terminated buffer; returns NULL and records an
  * error naming the path on failure. */

@@ -590,6 +590,8 @@ int main(int argc, char **argv) {
     memset(&a, 0, sizeof a);
     const char *slash = strrchr(argv[0], '/');
     a.argv0 = slash ? slash + 1 : argv[0];
+    ldm_set_progname(a.argv0);
+    ldm_install_signal_handlers(); /* no half-written output on SIGINT/SIGTERM; SIGBUS of a changed checkpoint */
     g_cfg = ldm_pipeline_sizes[0].config;
     int prc = parse_args(argc, argv, &a.o);
     if (prc == 1) {
