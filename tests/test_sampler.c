@@ -1536,6 +1536,30 @@ START_TEST(test_diffusers_img2img_timesteps) {
     p.strength = 0.4;
     ck_assert_int_eq(ldm_sample_count_steps(&s, &p), -1);
     ck_assert_msg(strstr(ldm_last_error(), "0 denoising steps") != NULL, "%s", ldm_last_error());
+    /* LCMScheduler.set_timesteps(S, strength=...) (the LCM img2img
+     * pipeline's own schedule; not what ldm_sample runs), by hand:
+     * len = int(50 * strength), origin = [1..len] * 20 - 1 reversed
+     * (origin[j] = 20 len - 1 - 20 j), j = floor(i * len / S):
+     *   4, 0.5:  len 25, j = floor(0, 6.25, 12.5, 18.75) = 0, 6, 12, 18 -> 499, 379, 259, 139
+     *   2, 0.5:  j = 0, 12 -> 499, 259
+     *   4, 0.7:  50 * 0.7 = 35.0, len 35, j = floor(0, 8.75, 17.5, 26.25) = 0, 8, 17, 26 -> 699, 539, 359, 179
+     *   4, 0.57: 50 * 0.57 = 28.499999999999996, len 28, j = 0, 7, 14, 21 -> 559, 419, 279, 139
+     *   4, 0.05: len int(2.5) = 2, skipping_step 2 // 4 = 0 -> ValueError */
+    {
+        static const struct {
+            int steps;
+            double strength;
+            int ts[4];
+        } a[] = {{4, 0.5, {499, 379, 259, 139}}, {2, 0.5, {499, 259}}, {4, 0.7, {699, 539, 359, 179}},
+                 {4, 0.57, {559, 419, 279, 139}}, {4, 1.0, {999, 759, 499, 259}}};
+        for (size_t c = 0; c < sizeof a / sizeof a[0]; c++) {
+            ck_assert_int_eq(ldm_lcm_timesteps_strength(1000, 50, a[c].steps, a[c].strength, ts), 0);
+            for (int i = 0; i < a[c].steps; i++)
+                ck_assert_msg(ts[i] == a[c].ts[i], "LCM set_timesteps(%d, strength=%g)[%d] = %d, expected %d",
+                              a[c].steps, a[c].strength, i, ts[i], a[c].ts[i]);
+        }
+        ck_assert_int_eq(ldm_lcm_timesteps_strength(1000, 50, 4, 0.05, ts), -1);
+    }
     /* txt2img: all of them */
     p.init_latent = NULL;
     p.strength = 0;
