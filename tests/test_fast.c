@@ -815,8 +815,8 @@ END_TEST
  * counts int(strength * steps) steps, one UNet evaluation each (unguided at
  * cfg 1; uni_pc guided, still one batched call a step); inpainting keeps
  * the known (black) half exactly at the init image's latent (the golden
- * init_latent of sd1-tiny's img2img_ddim, same image) and repaints the
- * other half. */
+ * init_latent of sd1-tiny's img2img_ddim, same image), with diffusers'
+ * nearest-pixel latent mask, and repaints the other half. */
 START_TEST(test_diffusers_img2img) {
     static const struct {
         const char *sampler, *steps, *strength, *step_line, *no_line;
@@ -838,6 +838,10 @@ START_TEST(test_diffusers_img2img) {
     memset(px, 0, 128 * 128 * 3);
     for (int y = 0; y < 128; y++)
         for (int x = 64; x < 128; x++) memset(px + (y * 128 + x) * 3, 255, 3);
+    /* diffusers' latent mask is the pixel (8 y, 8 x) of each 8x8 block
+     * (interpolate, nearest): a white pixel elsewhere in a block of the
+     * black half does not make that latent pixel repainted */
+    memset(px + (3 * 128 + 3) * 3, 255, 3);
     ck_assert(ldm_png_write_rgb8(mask, px, 128, 128) == 0);
     free(px);
     const char *la = test_tmp("dimg-%s-a.safetensors", s), *lb = test_tmp("dimg-%s-b.safetensors", s),

@@ -850,6 +850,13 @@ static int prepare_images(App *a) {
         if (a->mask_px) {
             a->known = ldm_xmalloc((size_t)plane * sizeof(float));
             if (ldm_mask_to_latent(a->mask_px, CFG.W, CFG.H, CFG.f, a->known) != 0) return -1;
+            /* lcm, tcd, uni_pc: StableDiffusionInpaintPipeline's mask, binarised at 0.5 and
+             * interpolate(mask, latent size) (nearest: pixel (f*y, f*x)) */
+            if (ldm_sampler_family(a->o.sampler) == 2)
+                for (int y = 0; y < a->h; y++)
+                    for (int x = 0; x < a->w; x++)
+                        a->known[(int64_t)y * a->w + x] =
+                            a->mask_px[(int64_t)y * CFG.f * CFG.W + (int64_t)x * CFG.f] < 0.5f ? 1.0f : 0.0f;
         }
     }
     if (a->hybrid) {
