@@ -9,6 +9,10 @@
  *   k-diffusion k_diffusion/external.py   DiscreteEpsDDPMDenoiser.forward
  *   k-diffusion k_diffusion/sampling.py   sample_euler, sample_euler_ancestral,
  *                                         get_ancestral_step, sample_dpmpp_2m
+ *   diffusers schedulers/scheduling_{lcm,tcd,unipc_multistep}.py  step, add_noise
+ *   diffusers pipelines/stable_diffusion/pipeline_stable_diffusion_img2img.py
+ *     and pipeline_stable_diffusion_inpaint.py  get_timesteps, prepare_latents,
+ *     the 4-channel latent blending (lcm, tcd, uni_pc img2img / inpainting)
  * Every elementwise expression keeps the reference's float32 order of
  * operations ("in PyTorch this is ..." comments give the original line).
  */
