@@ -9,6 +9,10 @@
  *   k-diffusion k_diffusion/external.py   DiscreteEpsDDPMDenoiser.forward
  *   k-diffusion k_diffusion/sampling.py   sample_euler, sample_euler_ancestral,
  *                                         get_ancestral_step, sample_dpmpp_2m
+ *   diffusers schedulers/scheduling_{lcm,tcd,unipc_multistep}.py  step, add_noise
+ *   diffusers pipelines/stable_diffusion/pipeline_stable_diffusion_img2img.py
+ *     and pipeline_stable_diffusion_inpaint.py  get_timesteps, prepare_latents,
+ *     the 4-channel latent blending (lcm, tcd, uni_pc img2img / inpainting)
  * Every elementwise expression keeps the reference's float32 order of
  * operations ("in PyTorch this is ..." comments give the original line).
  */
@@ -184,6 +188,7 @@ typedef struct Plan {
     int img2img; /* start from init_latent */
     int t_enc;   /* img2img: int(strength * steps) steps run */
     int n_steps; /* steps this run takes */
+    int start;   /* diffusers: index of the first timestep that runs (get_timesteps' t_start) */
 } Plan;
 
 /* Validate p; for DDIM/PLMS also build the DDIM constants into *d. */
@@ -207,9 +212,6 @@ static int plan_make(const LdmSchedule *s, const LdmSampler *p, LdmDdim *d, Plan
             return ldm_fail("%s: mask of %lld values does not tile a latent of %lld values (expected H*W of the latent)",
                             name, (long long)p->plane, (long long)p->n);
     }
-    if (ldm_sampler_family(p->kind) == 2 && (p->mask || (p->init_latent && p->strength > 0.0 && p->strength < 1.0)))
-        return ldm_fail("%s: img2img and inpainting are not defined for this sampler (its reference is the diffusers "
-                        "txt2img loop); use a CompVis or k-diffusion sampler (ddim, euler, dpmpp_2m, ...)", name);
     if (p->kind == LDM_SAMPLER_TCD && !(p->gamma >= 0.0 && p->gamma <= 1.0))
         return ldm_fail("tcd: gamma = %g, expected a value in [0, 1]", p->gamma);
     if (is_kdiff(p->kind) && !(p->rho >= 0.0 && isfinite(p->rho)))
@@ -225,9 +227,13 @@ static int plan_make(const LdmSchedule *s, const LdmSampler *p, LdmDdim *d, Plan
             return ldm_fail("ddim: eta = %g needs a noise source (noise_fn)", p->eta);
     }
     pl->img2img = p->init_latent && p->strength > 0.0 && p->strength < 1.0;
+    if (ldm_sampler_family(p->kind) == 2 && p->init_latent && p->strength == 1.0 && !p->mask)
+        pl->img2img = 1; /* StableDiffusionImg2ImgPipeline at strength 1: add_noise at timesteps[0] */
     if (pl->img2img) {
-        /* scripts/img2img.py: t_enc = int(opt.strength * opt.ddim_steps) */
+        /* scripts/img2img.py: t_enc = int(opt.strength * opt.ddim_steps);
+         * diffusers get_timesteps: init_timestep = min(int(num_inference_steps * strength), num_inference_steps) */
         pl->t_enc = (int)(p->strength * (double)p->steps);
+        if (pl->t_enc > p->steps) pl->t_enc = p->steps;
         if (pl->t_enc < 1)
             return ldm_fail("%s: strength %g with %d steps gives int(strength * steps) = 0 denoising steps",
                             name, p->strength, p->steps);
@@ -243,7 +249,9 @@ static int plan_make(const LdmSchedule *s, const LdmSampler *p, LdmDdim *d, Plan
                                                : ldm_lcm_timesteps(s->T, 50, p->steps, ts);
         free(ts);
         if (rc != 0) return -1;
-        pl->n_steps = p->steps;
+        /* get_timesteps: t_start = max(num_inference_steps - init_timestep, 0); scheduler.order = 1 */
+        pl->start = pl->img2img ? p->steps - pl->t_enc : 0;
+        pl->n_steps = p->steps - pl->start;
     } else {
         if (ldm_ddim_make(s, p->steps, p->kind == LDM_SAMPLER_DDIM ? p->eta : 0.0, d) != 0) return -1;
         pl->n_steps = pl->img2img ? pl->t_enc : d->n;
@@ -256,6 +264,21 @@ int ldm_sample_count_steps(const LdmSchedule *s, const LdmSampler *p) {
     Plan pl;
     int r = plan_make(s, p, &d, &pl);
     ldm_ddim_free(&d);
+    return r != 0 ? -1 : pl.n_steps;
+}
+
+int ldm_sample_timesteps(const LdmSchedule *s, const LdmSampler *p, int *out) {
+    LdmDdim d;
+    Plan pl;
+    int r = plan_make(s, p, &d, &pl);
+    ldm_ddim_free(&d);
+    if (r != 0) return -1;
+    if (ldm_sampler_family(p->kind) != 2)
+        return ldm_fail("%s: not a diffusers scheduler (no integer timestep list)", ldm_sampler_name(p->kind));
+    int *ts = ldm_xmalloc((size_t)p->steps * sizeof(int));
+    r = p->kind == LDM_SAMPLER_UNI_PC ? ldm_unipc_timesteps(s->T, p->steps, ts) : ldm_lcm_timesteps(s->T, 50, p->steps, ts);
+    if (r == 0) memcpy(out, ts + pl.start, (size_t)pl.n_steps * sizeof(int));
+    free(ts);
     return r != 0 ? -1 : pl.n_steps;
 }
 
@@ -823,11 +846,57 @@ static void solve2(float rk, float b0, float b1, float *x0, float *x1) {
     }
 }
 
+/* add_noise(original_samples, noise, [timesteps[k]]) of the scheduler:
+ *   LCMScheduler, TCDScheduler (DDPMScheduler.add_noise):
+ *     sqrt_alpha_prod = alphas_cumprod[timesteps] ** 0.5
+ *     sqrt_one_minus_alpha_prod = (1 - alphas_cumprod[timesteps]) ** 0.5
+ *     noisy_samples = sqrt_alpha_prod * original_samples + sqrt_one_minus_alpha_prod * noise
+ *   UniPCMultistepScheduler (after set_begin_index the index is begin_index
+ *   before the first step and step_index after it, i.e. k either way):
+ *     sigma = sigmas[step_indices]; alpha_t, sigma_t = _sigma_to_alpha_sigma_t(sigma)
+ *     noisy_samples = alpha_t * original_samples + sigma_t * noise */
+static void diffusers_add_noise(const LdmSampler *p, const float *ac, const int *ts, const float *usig, int k,
+                                const float *x0, const float *noise, float *out, int64_t n) {
+    float a, b;
+    if (p->kind == LDM_SAMPLER_UNI_PC) {
+        float lam;
+        unipc_ast(usig[k], &a, &b, &lam);
+    } else {
+        a = sqrtf(ac[ts[k]]);
+        b = sqrtf(1.0f - ac[ts[k]]);
+    }
+    for (int64_t j = 0; j < n; j++) out[j] = a * x0[j] + b * noise[j];
+}
+
+/* StableDiffusionInpaintPipeline, 4-channel UNet, after step i (index into
+ * the full timesteps) with mask = 1 - known (diffusers: 1 = repaint):
+ *   init_latents_proper = image_latents
+ *   if i < len(timesteps) - 1:
+ *       noise_timestep = timesteps[i + 1]
+ *       init_latents_proper = self.scheduler.add_noise(init_latents_proper, noise, torch.tensor([noise_timestep]))
+ *   latents = (1 - init_mask) * init_latents_proper + init_mask * latents
+ * `noise` is the one draw the latents started from (no per-step draws). */
+static void diffusers_blend(Run *r, const float *ac, const int *ts, const float *usig, int i, int S,
+                            const float *noise0) {
+    const LdmSampler *p = r->p;
+    const float *x0 = p->init_latent, *m = p->mask;
+    int64_t plane = p->plane, n = r->n;
+    const float *proper = x0;
+    if (i < S - 1) {
+        diffusers_add_noise(p, ac, ts, usig, i + 1, x0, noise0, r->tmp, n);
+        proper = r->tmp;
+    }
+    for (int64_t j = 0; j < n; j++) {
+        float dm = 1.0f - m[j % plane];
+        r->xn[j] = (1.0f - dm) * proper[j] + dm * r->xn[j];
+    }
+}
+
 static int run_diffusers(Run *r, const Plan *pl) {
     const LdmSampler *p = r->p;
     const LdmSchedule *s = r->s;
     int64_t n = r->n;
-    int S = pl->n_steps, T = s->T;
+    int S = p->steps, T = s->T, start = pl->start;
     float *ac = ldm_xmalloc((size_t)T * sizeof(float));
     int *ts = ldm_xmalloc((size_t)S * sizeof(int));
     float *usig = ldm_xmalloc((size_t)(S + 1) * sizeof(float));
@@ -840,9 +909,24 @@ static int run_diffusers(Run *r, const Plan *pl) {
     /* UniPC: sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5 at the timesteps, then 0 */
     ldm_unipc_sigmas(ac, ts, S, usig);
 
+    /* The pipelines: StableDiffusionPipeline (txt2img: x = x_T);
+     * StableDiffusionImg2ImgPipeline: timesteps, num_inference_steps =
+     * get_timesteps(steps, strength) (timesteps[t_start:], and
+     * scheduler.set_begin_index(t_start)), latents = scheduler.add_noise(
+     * init_latents, noise, timesteps[:1]) - also at strength 1;
+     * StableDiffusionInpaintPipeline (4-channel UNet): the same timesteps,
+     * latents = noise at strength 1 (is_strength_max) else add_noise as
+     * img2img, and the known region blended in after every step with the
+     * same noise. The scheduler's state starts fresh at the first timestep
+     * that runs (step_index = begin_index = t_start; UniPC: no corrector on
+     * it, model_outputs empty, lower_order_nums 0). */
+    float *noise0 = r->aux;
+    memcpy(noise0, r->x, (size_t)n * sizeof(float));
+    if (pl->img2img) diffusers_add_noise(p, ac, ts, usig, start, p->init_latent, noise0, r->x, n);
+
     int this_order = 0, lower_order_nums = 0;
     float *m_prev = r->old, *m_prev2 = r->den2, *last = r->x2;
-    for (int i = 0; i < S; i++) {
+    for (int i = start; i < S; i++) {
         int t = ts[i];
         if (call_model(r, r->x, (float)t) != 0) goto fail;
         const float *eps = r->eps;
@@ -931,7 +1015,7 @@ static int run_diffusers(Run *r, const Plan *pl) {
             float al, sg, lam;
             unipc_ast(usig[i], &al, &sg, &lam);
             for (int64_t j = 0; j < n; j++) r->den[j] = (r->x[j] - sg * eps[j]) / al;
-            if (i > 0) {
+            if (i > start) { /* use_corrector: step_index > 0 and last_sample is not None */
                 /* multistep_uni_c_bh_update: from last_sample at sigmas[i-1] to sigmas[i]
                  *   h = lambda_t - lambda_s0; hh = -h; h_phi_1 = expm1(hh); B_h = expm1(hh)
                  *   order 2: rk = (lambda_{i-2} - lambda_s0) / h; D1 = (m_{i-2} - m0) / rk
@@ -1002,7 +1086,8 @@ static int run_diffusers(Run *r, const Plan *pl) {
             ldm_fail("diffusers: sampler %s is not a diffusers scheduler", ldm_sampler_name(p->kind));
             goto fail;
         }
-        if (report(r, i, S, (float)t, sqrtf((1.0f - ac[t]) / ac[t])) != 0) goto fail;
+        if (report(r, i - start, S - start, (float)t, sqrtf((1.0f - ac[t]) / ac[t])) != 0) goto fail;
+        if (p->mask) diffusers_blend(r, ac, ts, usig, i, S, noise0);
         memcpy(r->x, r->xn, (size_t)n * sizeof(float));
     }
     goto done;
@@ -1048,7 +1133,7 @@ int ldm_sample(const LdmSchedule *s, const LdmSampler *p, float *x) {
     int fam = ldm_sampler_family(p->kind);
     int ret = fam == 1 ? run_kdiff(&r, &pl) : fam == 2 ? run_diffusers(&r, &pl) : run_ddim_plms(&r, &d, &pl);
     if (ret == 0) {
-        if (p->mask) paste_known(&r);
+        if (p->mask && fam != 2) paste_known(&r); /* diffusers: the last step's blend is the paste */
         memcpy(x, r.x, bytes);
     }
 

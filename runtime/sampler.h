@@ -1,9 +1,9 @@
 /*
  * sampler.h - the diffusion samplers: CompVis DDIM and PLMS; k-diffusion
  * Euler, Euler ancestral, Heun, DPM2, DPM++ 2S ancestral, DPM++ 2M, DPM++
- * SDE and DPM++ 2M SDE; diffusers LCM, TCD and UniPC. txt2img, and for the
- * CompVis and k-diffusion samplers img2img and inpainting by latent
- * blending (the diffusers schedulers are txt2img only: refused otherwise).
+ * SDE and DPM++ 2M SDE; diffusers LCM, TCD and UniPC. txt2img, img2img
+ * and inpainting by latent blending (CompVis / k-diffusion conventions for
+ * theirs, diffusers' img2img and inpainting pipelines for LCM, TCD, UniPC).
  *
  * The network is not linked in: a sampler calls the model through LdmEpsFn
  * (the generated UNet plus classifier-free guidance, written by the caller)
@@ -27,7 +27,8 @@
  *   lcm           1 after the model call, except on the last step
  *   tcd           as lcm when gamma > 0; none at gamma 0
  *   uni_pc        0
- *   + inpainting: 1 more at the very start of every step (q_sample's randn_like)
+ *   + inpainting: 1 more at the very start of every step (q_sample's randn_like),
+ *     except lcm, tcd, uni_pc (diffusers re-uses the initial draw)
  *
  * All arithmetic is float32, in the reference's order of operations.
  */
@@ -127,7 +128,8 @@ typedef struct LdmSampler {
     /* img2img: start from init_latent (n floats, 0.18215 * the VAE posterior
      * mean) noised to the level of step int(strength * steps) counted from
      * the end. 0 < strength < 1; strength 0 or 1 means start from pure
-     * noise (txt2img), with init_latent then only used by the mask. */
+     * noise (txt2img), with init_latent then only used by the mask
+     * (lcm, tcd, uni_pc: strength 1 without a mask is img2img, see below). */
     const float *init_latent;
     double strength;
 
@@ -163,8 +165,23 @@ typedef struct LdmSampler {
  *     k-diffusion form of the same noising; the first step sees exactly the
  *     noise level it was noised to, as in the common k-diffusion UIs).
  *     The SDE samplers' Brownian tree spans the sigmas that run.
- *   lcm, tcd, uni_pc: not defined (diffusers' txt2img loop is their
- *     reference): -1 with a message, as for inpainting.
+ *   lcm, tcd, uni_pc: diffusers' StableDiffusionImg2ImgPipeline /
+ *     StableDiffusionInpaintPipeline (the pipelines LCM-LoRA and TCD-LoRA
+ *     run in on an SD checkpoint): the full `steps` timesteps, init_timestep
+ *     = min(int(strength * steps), steps), t_start = steps - init_timestep,
+ *     the timesteps[t_start:] run (get_timesteps, set_begin_index(t_start);
+ *     0 of them is an error) with the scheduler's state fresh at the first
+ *     (UniPC: first order, no corrector); x = add_noise(init_latent, noise,
+ *     timesteps[t_start]) with the scheduler's own add_noise (LCM/TCD:
+ *     sqrt(a) x0 + sqrt(1 - a) noise; UniPC: alpha(sigma) x0 + sigma_vp
+ *     noise). Strength 1 WITHOUT a mask is still img2img (the img2img
+ *     pipeline noises the init latent to timesteps[0]); with a mask it
+ *     starts from the noise itself (the inpainting pipeline's
+ *     is_strength_max). Inpainting (4-channel UNet): after every step
+ *     x = mask' * add_noise(init_latent, noise, timesteps[i + 1]) +
+ *     (1 - mask') * x with the SAME noise x started from (no draws; mask' =
+ *     1 - (1 - mask) as diffusers computes it), init_latent itself after the
+ *     last step; no separate final paste.
  *
  * The diffusers schedulers work on the VP-space latent (x = x_T, the UNet
  * gets x and the integer timestep) with their own float32 alphas_cumprod
@@ -176,5 +193,10 @@ int ldm_sample(const LdmSchedule *s, const LdmSampler *p, float *x);
 /* Number of steps ldm_sample will run for these parameters (for progress
  * output), or -1 with an error for invalid parameters. */
 int ldm_sample_count_steps(const LdmSchedule *s, const LdmSampler *p);
+
+/* lcm, tcd, uni_pc: the UNet timesteps of the steps ldm_sample will run
+ * (img2img: the last ones), into out (room for p->steps ints); returns
+ * their number, or -1 with an error (also for the other samplers). */
+int ldm_sample_timesteps(const LdmSchedule *s, const LdmSampler *p, int *out);
 
 #endif

@@ -478,23 +478,34 @@ void ldm_diffusers_alphas_cumprod(double beta_start, double beta_end, int T, flo
     }
 }
 
-int ldm_lcm_timesteps(int T, int orig, int steps, int *out) {
+int ldm_lcm_timesteps_strength(int T, int orig, int steps, double strength, int *out) {
     if (orig < 1 || orig > T)
         return ldm_fail("LCM: original_inference_steps %d, expected 1..%d", orig, T);
     if (steps < 1 || steps > orig)
         return ldm_fail("LCM/TCD: %d steps, expected 1..%d (original_inference_steps: the LCM grid has %d "
                         "timesteps)", steps, orig, orig);
+    if (!(strength >= 0.0 && strength <= 1.0))
+        return ldm_fail("LCM/TCD: strength %g, expected a value in [0, 1]", strength);
     /* k = T // original_steps
-     * lcm_origin_timesteps = np.asarray(list(range(1, original_steps + 1))) * k - 1, reversed
+     * lcm_origin_timesteps = np.asarray(list(range(1, int(original_steps * strength) + 1))) * k - 1, reversed
+     * skipping_step = len(lcm_origin_timesteps) // num_inference_steps; < 1 is a ValueError
      * inference_indices = np.floor(np.linspace(0, len, num=steps, endpoint=False)).astype(np.int64)
      * timesteps = lcm_origin_timesteps[inference_indices] */
     int k = T / orig;
-    double step = (double)orig / (double)steps;
+    int len = (int)((double)orig * strength);
+    if (len / steps < 1)
+        return ldm_fail("LCM/TCD: original_inference_steps x strength = %d x %g leaves %d grid timesteps, fewer than "
+                        "the %d steps", orig, strength, len, steps);
+    double step = (double)len / (double)steps;
     for (int i = 0; i < steps; i++) {
         int idx = (int)floor((double)i * step + 0.0);
-        out[i] = (orig - idx) * k - 1;
+        out[i] = (len - idx) * k - 1;
     }
     return 0;
+}
+
+int ldm_lcm_timesteps(int T, int orig, int steps, int *out) {
+    return ldm_lcm_timesteps_strength(T, orig, steps, 1.0, out);
 }
 
 int ldm_unipc_timesteps(int T, int steps, int *out) {

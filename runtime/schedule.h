@@ -114,6 +114,12 @@ void ldm_diffusers_alphas_cumprod(double beta_start, double beta_end, int T, flo
  * floor(linspace(0, orig, steps, endpoint=False)). -1 with a message when
  * steps > orig or T // orig = 0. */
 int ldm_lcm_timesteps(int T, int orig, int steps, int *out);
+/* The same with set_timesteps' `strength` (LatentConsistencyModelImg2ImgPipeline
+ * only): the grid shortened to [1..int(orig * strength)] * (T // orig) - 1,
+ * the steps spread over it (4 steps at 0.5: 499, 379, 259, 139); -1 when
+ * fewer grid points than steps remain. ldm_sample does not use it: the
+ * executables' img2img is StableDiffusionImg2ImgPipeline's (sampler.h). */
+int ldm_lcm_timesteps_strength(int T, int orig, int steps, double strength, int *out);
 /* UniPCMultistepScheduler.set_timesteps(steps) ('linspace' spacing):
  * round(linspace(0, T - 1, steps + 1))[::-1][:-1] (numpy round half to even). */
 int ldm_unipc_timesteps(int T, int steps, int *out);

@@ -707,9 +707,14 @@ static const Bad k_bad[] = {
     {"webui name that is no sampler", {"--sampler", "DDIM Karras"}, {"DDIM Karras", "lcm", NULL}},
     {"unknown schedule", {"--sampler", "euler", "--schedule", "cosine"}, {"cosine", "polyexponential", "ays"}},
     {"unknown noise sampler", {"--sampler", "dpmpp_sde", "--noise-sampler", "gpu"}, {"gpu", "brownian", "randn"}},
-    {"lcm img2img", {"--sampler", "lcm", "--init-image", "$IMG"}, {"lcm", "img2img", NULL}},
-    {"uni_pc inpainting", {"--sampler", "uni_pc", "--init-image", "$IMG", "--mask", "$IMG"}, {"uni_pc", "inpainting", NULL}},
-    {"tcd img2img", {"--sampler", "TCD", "--init-image", "$IMG", "--strength", "0.5"}, {"tcd", "img2img", NULL}},
+    /* img2img / inpainting with int(strength * steps) = 0: diffusers' get_timesteps leaves no timestep */
+    {"lcm img2img without a step", {"--sampler", "lcm", "--steps", "2", "--init-image", "$IMG", "--strength", "0.4"},
+     {"lcm", "0 denoising steps", NULL}},
+    {"uni_pc inpainting without a step",
+     {"--sampler", "uni_pc", "--steps", "10", "--init-image", "$IMG", "--mask", "$IMG", "--strength", "0.05"},
+     {"uni_pc", "0 denoising steps", NULL}},
+    {"tcd img2img without a step", {"--sampler", "TCD", "--steps", "4", "--init-image", "$IMG", "--strength", "0.2"},
+     {"tcd", "0.2", "0 denoising steps"}},
     {"gamma above 1", {"--sampler", "tcd", "--gamma", "1.5"}, {"--gamma", "0 to 1", NULL}},
     {"gamma below 0", {"--sampler", "tcd", "--gamma", "-0.1"}, {"--gamma", "0 to 1", NULL}},
     {"gamma nan", {"--sampler", "tcd", "--gamma", "nan"}, {"--gamma", NULL, NULL}},
@@ -804,6 +809,86 @@ START_TEST(test_kdiff_img2img) {
 }
 END_TEST
 
+/* lcm, tcd and uni_pc in img2img and inpainting (diffusers' img2img and
+ * inpainting pipelines, sampler.h), end to end; no golden exists, so
+ * properties: the result depends on the init image; the progress output
+ * counts int(strength * steps) steps, one UNet evaluation each (unguided at
+ * cfg 1; uni_pc guided, still one batched call a step); inpainting keeps
+ * the known (black) half exactly at the init image's latent (the golden
+ * init_latent of sd1-tiny's img2img_ddim, same image), with diffusers'
+ * nearest-pixel latent mask, and repaints the other half. */
+START_TEST(test_diffusers_img2img) {
+    static const struct {
+        const char *sampler, *steps, *strength, *step_line, *no_line;
+    } k[] = {
+        /* 4 steps, strength 0.5: int(2.0) = 2 steps (timesteps 499, 259) */
+        {"lcm", "4", "0.5", " step 2/2,", " step 3/"},
+        /* 4 steps, strength 0.75: int(3.0) = 3 steps (759, 499, 259) */
+        {"tcd", "4", "0.75", " step 3/3,", " step 4/"},
+        /* 10 steps, strength 0.5: 5 steps (500, 400, 300, 200, 100) */
+        {"uni_pc", "10", "0.5", " step 5/5,", " step 6/"},
+    };
+    const char *s = k[_i].sampler;
+    const char *init = test_shared("goldens/sd1-tiny/img2img_input.png");
+    const char *other = test_tmp("dimg-other.png");
+    const char *mask = test_tmp("dimg-mask.png");
+    uint8_t *px = ldm_xcalloc(128 * 128 * 3, 1);
+    for (int i = 0; i < 128 * 128 * 3; i++) px[i] = (uint8_t)((i / 3) % 251);
+    ck_assert(ldm_png_write_rgb8(other, px, 128, 128) == 0);
+    memset(px, 0, 128 * 128 * 3);
+    for (int y = 0; y < 128; y++)
+        for (int x = 64; x < 128; x++) memset(px + (y * 128 + x) * 3, 255, 3);
+    /* diffusers' latent mask is the pixel (8 y, 8 x) of each 8x8 block
+     * (interpolate, nearest): a white pixel elsewhere in a block of the
+     * black half does not make that latent pixel repainted */
+    memset(px + (3 * 128 + 3) * 3, 255, 3);
+    ck_assert(ldm_png_write_rgb8(mask, px, 128, 128) == 0);
+    free(px);
+    const char *la = test_tmp("dimg-%s-a.safetensors", s), *lb = test_tmp("dimg-%s-b.safetensors", s),
+               *lc = test_tmp("dimg-%s-c.safetensors", s);
+    const char *ra[] = {"--prompt", "a fox", "--sampler", s, "--steps", k[_i].steps, "--seed", "5", "--init-image", init,
+                        "--strength", k[_i].strength, "--save-latent", la, "-o", test_tmp("dimg-%s-a.png", s), NULL};
+    const char *rb[] = {"--prompt", "a fox", "--sampler", s, "--steps", k[_i].steps, "--seed", "5", "--init-image", other,
+                        "--strength", k[_i].strength, "--save-latent", lb, "-o", test_tmp("dimg-%s-b.png", s), "--quiet",
+                        NULL};
+    const char *rc[] = {"--prompt", "a fox", "--sampler", s, "--steps", k[_i].steps, "--seed", "5", "--init-image", init,
+                        "--strength", k[_i].strength, "--mask", mask, "--save-latent", lc, "-o",
+                        test_tmp("dimg-%s-c.png", s), NULL};
+    char *out = run_args(1, ra);
+    ck_assert_msg(strstr(out, k[_i].step_line) && !strstr(out, k[_i].no_line),
+                  "%s img2img: expected the progress to end at '%s':\n%s", s, k[_i].step_line, out);
+    free(out);
+    free(run_args(1, rb));
+    ck_assert_msg(!same_latent(la, lb), "%s img2img: the init image made no difference", s);
+    out = run_args(1, rc);
+    ck_assert_msg(strstr(out, k[_i].step_line) && !strstr(out, k[_i].no_line),
+                  "%s inpainting: expected the progress to end at '%s':\n%s", s, k[_i].step_line, out);
+    free(out);
+    const char *io = test_shared("goldens/sd1-tiny/img2img_ddim.io.safetensors");
+    int64_t n, ng;
+    float *ours = read_f32(lc, "latent", &n), *x0 = read_f32(io, "init_latent", &ng), *plain = read_f32(la, "latent", &n);
+    ck_assert_int_eq(n, 4 * 16 * 16);
+    ck_assert_int_eq(n, ng);
+    double tol = tolerance(io, "init_latent"), known = 0, painted = 0;
+    for (int c = 0; c < 4; c++)
+        for (int y = 0; y < 16; y++)
+            for (int x = 0; x < 16; x++) {
+                int i = (c * 16 + y) * 16 + x;
+                double d = fabs((double)ours[i] - (double)x0[i]);
+                if (x < 8) known = fmax(known, d);
+                else painted = fmax(painted, d);
+            }
+    printf("fast: %s inpainting: known region within %g of the init latent (tolerance %g), painted region moved %g\n",
+           s, known, tol, painted);
+    fflush(stdout);
+    ck_assert_msg(known <= tol, "%s: known region moved by %g (> %g)", s, known, tol);
+    ck_assert_msg(painted > 100 * tol, "%s: the masked region was not repainted (max change %g)", s, painted);
+    free(ours);
+    free(x0);
+    free(plain);
+}
+END_TEST
+
 Suite *suite_fast(void) {
     Suite *s = suite_create("fast");
     TCase *tc = tcase_create("schedule");
@@ -831,6 +916,7 @@ Suite *suite_fast(void) {
     tcase_add_unchecked_fixture(tc, setup_exe, teardown_nothing);
     tcase_add_test(tc, test_lcm_default_cfg);
     tcase_add_loop_test(tc, test_kdiff_img2img, 0, 5);
+    tcase_add_loop_test(tc, test_diffusers_img2img, 0, 3);
     tcase_add_loop_test(tc, test_bad_input, 0, N_BAD);
     tcase_set_timeout(tc, 300);
     suite_add_tcase(s, tc);

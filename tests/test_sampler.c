@@ -1035,9 +1035,10 @@ START_TEST(test_noise_counts) {
         {LDM_SAMPLER_DPMPP_SDE, 0.0, 0, 10, 19, LDM_NOISE_BROWNIAN, 0},
         {LDM_SAMPLER_DPMPP_2M_SDE, 0.0, 9, 19, 0, LDM_NOISE_RANDN, 0},
         {LDM_SAMPLER_DPMPP_2M_SDE, 0.0, 0, 10, 0, LDM_NOISE_BROWNIAN, 0},
-        /* diffusers (txt2img only): lcm and tcd draw after every step but the last */
-        {LDM_SAMPLER_LCM, 0.0, 9, -1, 0, 0, 0},      {LDM_SAMPLER_TCD, 0.0, 9, -1, 0, 0, 0.3},
-        {LDM_SAMPLER_TCD, 0.0, 0, -1, 0, 0, 0.0},    {LDM_SAMPLER_UNI_PC, 0.0, 0, -1, 0, 0, 0},
+        /* diffusers: lcm and tcd draw after every step but the last; their
+         * inpainting re-uses the initial noise (no draws) */
+        {LDM_SAMPLER_LCM, 0.0, 9, 9, 0, 0, 0},       {LDM_SAMPLER_TCD, 0.0, 9, 9, 0, 0, 0.3},
+        {LDM_SAMPLER_TCD, 0.0, 0, 0, 0, 0, 0.0},     {LDM_SAMPLER_UNI_PC, 0.0, 0, 0, 0, 0, 0},
     };
     float *x = ldm_xmalloc((size_t)n * sizeof(float));
     float *x0 = ldm_xmalloc((size_t)n * sizeof(float));
@@ -1412,6 +1413,290 @@ START_TEST(test_sampler_errors) {
 }
 END_TEST
 
+/* ----------------------------------------------------------------------------
+ * lcm, tcd, uni_pc in img2img and inpainting (diffusers' pipelines)
+ * ------------------------------------------------------------------------- */
+
+/* A model that records every call's input and timestep (eps = 0.3 x + an
+ * offset, as toy_fn). */
+typedef struct Calls {
+    int64_t n;
+    int count, max;
+    float *x, *t; /* (max, n), (max) */
+    float *eps;   /* (max, n) the outputs */
+} Calls;
+
+static int calls_fn(void *ctx, const float *x_in, float t, float *eps_out) {
+    Calls *c = ctx;
+    for (int64_t j = 0; j < c->n; j++) eps_out[j] = 0.3f * x_in[j] + 0.01f * sinf(0.001f * t + (float)(j % 7));
+    if (c->count < c->max) {
+        memcpy(c->x + (int64_t)c->count * c->n, x_in, (size_t)c->n * sizeof(float));
+        memcpy(c->eps + (int64_t)c->count * c->n, eps_out, (size_t)c->n * sizeof(float));
+        c->t[c->count] = t;
+    }
+    c->count++;
+    return 0;
+}
+
+static void calls_init(Calls *c, int64_t n, int max) {
+    memset(c, 0, sizeof *c);
+    c->n = n;
+    c->max = max;
+    c->x = ldm_xcalloc((size_t)(max * n), sizeof(float));
+    c->eps = ldm_xcalloc((size_t)(max * n), sizeof(float));
+    c->t = ldm_xcalloc((size_t)max, sizeof(float));
+}
+
+static void calls_free(Calls *c) {
+    free(c->x);
+    free(c->eps);
+    free(c->t);
+}
+
+/* The timesteps that run, derived by hand from diffusers (no golden has them):
+ *   LCMScheduler / TCDScheduler.set_timesteps(S) (strength 1): k = 1000 // 50 = 20,
+ *     lcm_origin_timesteps = [1..50] * 20 - 1, reversed: origin[j] = 999 - 20 j;
+ *     timesteps[i] = origin[floor(linspace(0, 50, S, endpoint=False))[i]] = origin[floor(50 i / S)].
+ *   UniPCMultistepScheduler.set_timesteps(S): round(linspace(0, 999, S + 1))[::-1][:-1]
+ *     (numpy round half to even).
+ *   StableDiffusionImg2ImgPipeline / StableDiffusionInpaintPipeline.get_timesteps(S, strength):
+ *     init_timestep = min(int(S * strength), S); t_start = max(S - init_timestep, 0);
+ *     timesteps[t_start * scheduler.order:] with order = 1 for all three.
+ * So:
+ *   lcm 4, 0.5:  j = floor(0, 12.5, 25, 37.5) = 0, 12, 25, 37 -> 999, 759, 499, 259;
+ *                int(2.0) = 2, t_start 2 -> 499, 259
+ *   lcm 4, 0.6:  int(2.4) = 2 -> 499, 259
+ *   lcm 4, 0.75: int(3.0) = 3, t_start 1 -> 759, 499, 259
+ *   lcm 4, 1 (init latent, no mask: the img2img pipeline at strength 1): t_start 0 -> 999, 759, 499, 259
+ *   lcm 3, 0.5:  j = floor(0, 16.67, 33.33) = 0, 16, 33 -> 999, 679, 339; int(1.5) = 1, t_start 2 -> 339
+ *   lcm 8, 0.3:  j = 0, 6, 12, 18, 25, 31, 37, 43 -> 999, 879, 759, 639, 499, 379, 259, 139;
+ *                int(2.4) = 2, t_start 6 -> 259, 139
+ *   lcm 1, 1:    999
+ *   tcd 4, 0.5:  as lcm -> 499, 259
+ *   uni_pc 10, 0.5: linspace 0, 99.9, ..., 499.5, ..., 999 rounded 0, 100, 200, 300, 400, 500 (half to
+ *                even), 599, 699, 799, 899, 999 -> 999, 899, 799, 699, 599, 500, 400, 300, 200, 100;
+ *                int(5.0) = 5, t_start 5 -> 500, 400, 300, 200, 100
+ *   uni_pc 10, 0.7: 10 * 0.7 = 7.0, t_start 3 -> 699, 599, 500, 400, 300, 200, 100
+ *   uni_pc 100, 0.29: 100 * 0.29 = 28.999999999999996 in doubles -> int 28 (not 29), t_start 72:
+ *                first round(72nd from the top) = round(9.99 * 28) = round(279.72) = 280, last round(9.99) = 10
+ *   lcm 2, 0.4 (int(0.8) = 0) and uni_pc 10, 0.05 (int(0.5) = 0): no step runs -> error.
+ * (Cross-checked once by re-running these formulas in plain python3.) */
+START_TEST(test_diffusers_img2img_timesteps) {
+    LdmSchedule s;
+    ck_assert_int_eq(ldm_schedule_init(&s, 0.00085, 0.012, 1000), 0);
+    static const struct {
+        LdmSamplerKind kind;
+        int steps;
+        double strength;
+        int n;
+        int ts[8];
+    } k[] = {
+        {LDM_SAMPLER_LCM, 4, 0.5, 2, {499, 259}},
+        {LDM_SAMPLER_LCM, 4, 0.6, 2, {499, 259}},
+        {LDM_SAMPLER_LCM, 4, 0.75, 3, {759, 499, 259}},
+        {LDM_SAMPLER_LCM, 4, 1.0, 4, {999, 759, 499, 259}},
+        {LDM_SAMPLER_LCM, 3, 0.5, 1, {339}},
+        {LDM_SAMPLER_LCM, 8, 0.3, 2, {259, 139}},
+        {LDM_SAMPLER_LCM, 1, 1.0, 1, {999}},
+        {LDM_SAMPLER_TCD, 4, 0.5, 2, {499, 259}},
+        {LDM_SAMPLER_UNI_PC, 10, 0.5, 5, {500, 400, 300, 200, 100}},
+        {LDM_SAMPLER_UNI_PC, 10, 0.7, 7, {699, 599, 500, 400, 300, 200, 100}},
+    };
+    float x0[16] = {0};
+    int ts[128];
+    for (size_t c = 0; c < sizeof k / sizeof k[0]; c++) {
+        LdmSampler p = sampler_defaults(k[c].kind, k[c].steps, 16);
+        p.eps_fn = toy_fn;
+        p.noise_fn = noise_fn;
+        p.init_latent = x0;
+        p.strength = k[c].strength;
+        int got = ldm_sample_timesteps(&s, &p, ts);
+        ck_assert_msg(got == k[c].n, "%s %d steps, strength %g: %d timesteps (%s), expected %d",
+                      ldm_sampler_name(k[c].kind), k[c].steps, k[c].strength, got, ldm_last_error(), k[c].n);
+        for (int i = 0; i < got; i++)
+            ck_assert_msg(ts[i] == k[c].ts[i], "%s %d steps, strength %g: timestep %d is %d, expected %d",
+                          ldm_sampler_name(k[c].kind), k[c].steps, k[c].strength, i, ts[i], k[c].ts[i]);
+        ck_assert_int_eq(ldm_sample_count_steps(&s, &p), k[c].n);
+    }
+    LdmSampler p = sampler_defaults(LDM_SAMPLER_UNI_PC, 100, 16);
+    p.eps_fn = toy_fn;
+    p.init_latent = x0;
+    p.strength = 0.29;
+    ck_assert_int_eq(ldm_sample_timesteps(&s, &p, ts), 28);
+    ck_assert_int_eq(ts[0], 280);
+    ck_assert_int_eq(ts[27], 10);
+    /* no step left */
+    p.strength = 0.05;
+    p.steps = 10;
+    ck_assert_int_eq(ldm_sample_timesteps(&s, &p, ts), -1);
+    ck_assert_msg(strstr(ldm_last_error(), "0 denoising steps") != NULL, "%s", ldm_last_error());
+    p.kind = LDM_SAMPLER_LCM;
+    p.noise_fn = noise_fn;
+    p.steps = 2;
+    p.strength = 0.4;
+    ck_assert_int_eq(ldm_sample_count_steps(&s, &p), -1);
+    ck_assert_msg(strstr(ldm_last_error(), "0 denoising steps") != NULL, "%s", ldm_last_error());
+    /* LCMScheduler.set_timesteps(S, strength=...) (the LCM img2img
+     * pipeline's own schedule; not what ldm_sample runs), by hand:
+     * len = int(50 * strength), origin = [1..len] * 20 - 1 reversed
+     * (origin[j] = 20 len - 1 - 20 j), j = floor(i * len / S):
+     *   4, 0.5:  len 25, j = floor(0, 6.25, 12.5, 18.75) = 0, 6, 12, 18 -> 499, 379, 259, 139
+     *   2, 0.5:  j = 0, 12 -> 499, 259
+     *   4, 0.7:  50 * 0.7 = 35.0, len 35, j = floor(0, 8.75, 17.5, 26.25) = 0, 8, 17, 26 -> 699, 539, 359, 179
+     *   4, 0.57: 50 * 0.57 = 28.499999999999996, len 28, j = 0, 7, 14, 21 -> 559, 419, 279, 139
+     *   4, 0.05: len int(2.5) = 2, skipping_step 2 // 4 = 0 -> ValueError */
+    {
+        static const struct {
+            int steps;
+            double strength;
+            int ts[4];
+        } a[] = {{4, 0.5, {499, 379, 259, 139}}, {2, 0.5, {499, 259}}, {4, 0.7, {699, 539, 359, 179}},
+                 {4, 0.57, {559, 419, 279, 139}}, {4, 1.0, {999, 759, 499, 259}}};
+        for (size_t c = 0; c < sizeof a / sizeof a[0]; c++) {
+            ck_assert_int_eq(ldm_lcm_timesteps_strength(1000, 50, a[c].steps, a[c].strength, ts), 0);
+            for (int i = 0; i < a[c].steps; i++)
+                ck_assert_msg(ts[i] == a[c].ts[i], "LCM set_timesteps(%d, strength=%g)[%d] = %d, expected %d",
+                              a[c].steps, a[c].strength, i, ts[i], a[c].ts[i]);
+        }
+        ck_assert_int_eq(ldm_lcm_timesteps_strength(1000, 50, 4, 0.05, ts), -1);
+    }
+    /* txt2img: all of them */
+    p.init_latent = NULL;
+    p.strength = 0;
+    ck_assert_int_eq(ldm_sample_timesteps(&s, &p, ts), 2);
+    ck_assert(ts[0] == 999 && ts[1] == 499);
+    ldm_schedule_free(&s);
+}
+END_TEST
+
+/* The runs themselves, with a recording model: the UNet calls (number,
+ * timesteps), the starting latent (the scheduler's add_noise of the init
+ * latent, recomputed here in double from the float32 alphas), UniPC's first
+ * step of first order from there, and inpainting: the known region of
+ * every call's input is add_noise(init, the SAME initial noise, that
+ * call's timestep), the final latent is exactly the init latent there, the
+ * run starts from the noise itself at strength 1, and no noise is drawn for
+ * the blending. */
+START_TEST(test_diffusers_img2img_run) {
+    LdmSchedule s;
+    ck_assert_int_eq(ldm_schedule_init(&s, 0.00085, 0.012, 1000), 0);
+    const int64_t n = 4 * 8 * 8, plane = 64;
+    float *ac = ldm_xmalloc(1000 * sizeof(float));
+    ldm_diffusers_alphas_cumprod(0.00085, 0.012, 1000, ac);
+    float *x = ldm_xmalloc((size_t)n * sizeof(float)), *xT = ldm_xmalloc((size_t)n * sizeof(float));
+    float *x0 = ldm_xmalloc((size_t)n * sizeof(float));
+    float mask[64];
+    for (int j = 0; j < 64; j++) mask[j] = (j % 8) < 4 ? 1.0f : 0.0f; /* left half known */
+    fill_pattern(x0, n, 99);
+    fill_pattern(xT, n, 5);
+    for (int j = 0; j < n; j++) x0[j] *= 3.0f;
+    static const struct {
+        LdmSamplerKind kind;
+        int steps;
+        double strength;
+        int masked;
+        int calls, draws;
+        int t0, t1; /* the first two UNet timesteps */
+    } k[] = {
+        {LDM_SAMPLER_LCM, 4, 0.5, 0, 2, 1, 499, 259},   {LDM_SAMPLER_LCM, 4, 0.5, 1, 2, 1, 499, 259},
+        {LDM_SAMPLER_LCM, 4, 1.0, 0, 4, 3, 999, 759},   {LDM_SAMPLER_LCM, 4, 1.0, 1, 4, 3, 999, 759},
+        {LDM_SAMPLER_TCD, 4, 0.75, 1, 3, 2, 759, 499},  {LDM_SAMPLER_UNI_PC, 10, 0.5, 0, 5, 0, 500, 400},
+        {LDM_SAMPLER_UNI_PC, 10, 0.5, 1, 5, 0, 500, 400},
+    };
+    for (size_t c = 0; c < sizeof k / sizeof k[0]; c++) {
+        const char *name = ldm_sampler_name(k[c].kind);
+        Calls cl;
+        calls_init(&cl, n, 16);
+        Noise z;
+        noise_init(&z, 7, n);
+        Record rec;
+        record_init(&rec, n, 16);
+        LdmSampler p = sampler_defaults(k[c].kind, k[c].steps, n);
+        p.gamma = 0.3;
+        p.eps_fn = calls_fn;
+        p.eps_ctx = &cl;
+        p.noise_fn = noise_fn;
+        p.noise_ctx = &z;
+        p.step_fn = record_fn;
+        p.step_ctx = &rec;
+        p.init_latent = x0;
+        p.strength = k[c].strength;
+        if (k[c].masked) {
+            p.mask = mask;
+            p.plane = plane;
+        }
+        memcpy(x, xT, (size_t)n * sizeof(float));
+        ck_assert_msg(ldm_sample(&s, &p, x) == 0, "%s: %s", name, ldm_last_error());
+        ck_assert_msg(cl.count == k[c].calls, "%s: %d UNet calls, expected %d", name, cl.count, k[c].calls);
+        ck_assert_msg(z.draws == k[c].draws, "%s: %lld noise draws, expected %d", name, (long long)z.draws,
+                      k[c].draws);
+        ck_assert_msg(cl.t[0] == (float)k[c].t0 && cl.t[1] == (float)k[c].t1, "%s: timesteps %g, %g", name,
+                      cl.t[0], cl.t[1]);
+        ck_assert_int_eq(rec.steps, k[c].calls);
+        /* the starting latent: pure noise for inpainting at strength 1, else add_noise at t0 */
+        double worst = 0;
+        for (int i = 0; i < cl.count && i < cl.max; i++) {
+            int t = (int)cl.t[i];
+            double a = ac[t], ca, cb;
+            if (k[c].kind == LDM_SAMPLER_UNI_PC) {
+                /* sigma = ((1 - a) / a) ** 0.5; alpha_t = 1 / (sigma^2 + 1) ** 0.5; sigma_t = sigma alpha_t */
+                double sg = sqrt((1.0 - a) / a);
+                ca = 1.0 / sqrt(sg * sg + 1.0);
+                cb = sg * ca;
+            } else {
+                ca = sqrt(a);
+                cb = sqrt(1.0 - a);
+            }
+            for (int64_t j = 0; j < n; j++) {
+                int known = k[c].masked && mask[j % plane] == 1.0f;
+                double want;
+                if (i == 0 && k[c].masked && k[c].strength == 1.0) want = xT[j]; /* is_strength_max: latents = noise */
+                else if (i == 0 || known) want = ca * x0[j] + cb * xT[j];
+                else continue;
+                double d = fabs(cl.x[(int64_t)i * n + j] - want) / (1.0 + fabs(want));
+                if (d > worst) worst = d;
+            }
+            if (!k[c].masked) break;
+        }
+        ck_assert_msg(worst < 2e-6, "%s (strength %g%s): UNet input off the expected noised init latent by %g", name,
+                      k[c].strength, k[c].masked ? ", masked" : "", worst);
+        if (k[c].masked) {
+            for (int64_t j = 0; j < n; j++)
+                if (mask[j % plane] == 1.0f)
+                    ck_assert_msg(x[j] == x0[j], "%s: known latent %lld is %g, not the init latent's %g", name,
+                                  (long long)j, x[j], x0[j]);
+        }
+        if (k[c].kind == LDM_SAMPLER_UNI_PC && !k[c].masked) {
+            /* step 0 of the run (t = 500 -> 400) is UniPC's first order update
+             * (no corrector, no older model output), in double:
+             *   m0 = (x - sigma_s eps) / alpha_s; h = lambda_t - lambda_s
+             *   x_t = sigma_t / sigma_s x - alpha_t expm1(-h) m0 */
+            double as = ac[500], at = ac[400];
+            double ss = sqrt((1 - as) / as), st = sqrt((1 - at) / at);
+            double a_s = 1 / sqrt(ss * ss + 1), s_s = ss * a_s, a_t = 1 / sqrt(st * st + 1), s_t = st * a_t;
+            double h = (log(a_t) - log(s_t)) - (log(a_s) - log(s_s));
+            double w = 0;
+            for (int64_t j = 0; j < n; j++) {
+                double xin = cl.x[j], e = cl.eps[j];
+                double m0 = (xin - s_s * e) / a_s;
+                double want = s_t / s_s * xin - a_t * expm1(-h) * m0;
+                double d = fabs(rec.xn[j] - want) / (1.0 + fabs(want));
+                if (d > w) w = d;
+            }
+            ck_assert_msg(w < 1e-5, "uni_pc img2img: the first step is not first order from a fresh state (%g)", w);
+        }
+        calls_free(&cl);
+        record_free(&rec);
+        noise_free(&z);
+    }
+    free(ac);
+    free(x);
+    free(xT);
+    free(x0);
+    ldm_schedule_free(&s);
+}
+END_TEST
+
 Suite *suite_sampler(void) {
     Suite *su = suite_create("sampler");
     TCase *tc = tcase_create("replay");
@@ -1432,6 +1717,8 @@ Suite *suite_sampler(void) {
     tcase_add_test(tp, test_euler_a_deterministic);
     tcase_add_test(tp, test_inpaint_known_region);
     tcase_add_test(tp, test_sampler_errors);
+    tcase_add_test(tp, test_diffusers_img2img_timesteps);
+    tcase_add_test(tp, test_diffusers_img2img_run);
     suite_add_tcase(su, tp);
     return su;
 }

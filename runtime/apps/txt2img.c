@@ -168,7 +168,7 @@ static void usage(FILE *fp, const char *argv0) {
             "                      1 = no guidance: one UNet evaluation per step)\n"
             "  --sampler NAME      ddim (default), plms (CompVis); euler, euler_a, heun, dpm2, dpmpp_2s_a,\n"
             "                      dpmpp_2m, dpmpp_sde, dpmpp_2m_sde (k-diffusion); lcm, tcd, uni_pc\n"
-            "                      (diffusers, txt2img only); the webui's names too (\"Euler a\",\n"
+            "                      (diffusers); the webui's names too (\"Euler a\",\n"
             "                      \"DPM++ 2M SDE\", \"DPM++ 2M Karras\" = dpmpp_2m + karras schedule, ...)\n"
             "  --schedule NAME     noise levels of the k-diffusion samplers: discrete (default), karras,\n"
             "                      exponential, polyexponential, ays (Align Your Steps, SD v1)\n"
@@ -405,10 +405,6 @@ static int check_options(const Options *o) {
         return ldm_fail("--gamma applies to the tcd sampler only (not %s)", ldm_sampler_name(o->sampler));
     if (o->has_noise_sampler && o->sampler != LDM_SAMPLER_DPMPP_SDE && o->sampler != LDM_SAMPLER_DPMPP_2M_SDE)
         return ldm_fail("--noise-sampler applies to dpmpp_sde and dpmpp_2m_sde only (not %s)",
-                        ldm_sampler_name(o->sampler));
-    if (o->init_image && ldm_sampler_family(o->sampler) == 2)
-        return ldm_fail("--sampler %s: img2img and inpainting are not defined for it (its reference is the diffusers "
-                        "txt2img loop); use a CompVis or k-diffusion sampler (ddim, euler, dpmpp_2m, ...)",
                         ldm_sampler_name(o->sampler));
     return 0;
 }
@@ -871,6 +867,13 @@ static int prepare_images(App *a) {
         if (a->mask_px) {
             a->known = ldm_xmalloc((size_t)plane * sizeof(float));
             if (ldm_mask_to_latent(a->mask_px, CFG.W, CFG.H, CFG.f, a->known) != 0) return -1;
+            /* lcm, tcd, uni_pc: StableDiffusionInpaintPipeline's mask, binarised at 0.5 and
+             * interpolate(mask, latent size) (nearest: pixel (f*y, f*x)) */
+            if (ldm_sampler_family(a->o.sampler) == 2)
+                for (int y = 0; y < a->h; y++)
+                    for (int x = 0; x < a->w; x++)
+                        a->known[(int64_t)y * a->w + x] =
+                            a->mask_px[(int64_t)y * CFG.f * CFG.W + (int64_t)x * CFG.f] < 0.5f ? 1.0f : 0.0f;
         }
     }
     if (a->hybrid) {
@@ -916,8 +919,10 @@ static void sampler_setup(const App *a, LdmSampler *p) {
     p->gamma = a->o.gamma;
     p->noise_sampler = a->o.noise_sampler;
     p->n = a->n_lat;
-    p->init_latent = a->init_latent;
-    p->strength = a->init_latent ? a->strength : 0.0;
+    /* hybrid models at strength 1 start from pure noise (for lcm, tcd and
+     * uni_pc an init_latent at strength 1 would mean diffusers' img2img) */
+    p->init_latent = a->hybrid && a->strength >= 1.0 ? NULL : a->init_latent;
+    p->strength = p->init_latent ? a->strength : 0.0;
     if (a->known) {
         p->mask = a->known;
         p->plane = (int64_t)a->h * a->w;
