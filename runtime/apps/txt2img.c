@@ -41,6 +41,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cpu.h"
 #include "image.h"
 #include "lora.h"
 #include "model.h"
@@ -125,6 +126,7 @@ typedef struct Options {
     const char *preview;       /* --preview FILE.png */
     int preview_every;         /* --preview-every N (0: not given) */
     const char *preview_taesd; /* --preview-taesd FILE: TAESD decoder of the previews (default: --taesd's) */
+    int threads;               /* -t/--threads N (0: OMP_NUM_THREADS, else the CPUs this process may use) */
 } Options;
 
 static void usage(FILE *fp, const char *argv0) {
@@ -141,7 +143,7 @@ static void usage(FILE *fp, const char *argv0) {
             "          [-H PIXELS] [-W PIXELS] [--prompt-syntax webui|plain] [--clip-skip N]\n"
             "          [--embeddings DIR] [--lora FILE[:MULT]]... [--lora-dir DIR] [--pad-cond-uncond]\n"
             "          [--save-cond F] [--taesd FILE] [--taesd-encoder FILE] [--preview-every N --preview PNG]\n"
-            "          [--preview-taesd FILE]\n"
+            "          [--preview-taesd FILE] [-t N]\n"
             "\n"
             "Text to image for %s.\n"
             "Sizes (height x width): %s.\n"
@@ -213,6 +215,8 @@ static void usage(FILE *fp, const char *argv0) {
             "                      prediction of the final image to PNG (replaced atomically); the TAESD\n"
             "                      decoder of --taesd, or of --preview-taesd FILE to keep the VAE decoder\n"
             "                      for the final image\n"
+            "  -t, --threads N     threads (default: OMP_NUM_THREADS, else the CPUs this process may use:\n"
+            "                      its affinity mask and cgroup CPU quota)\n"
             "  --quiet             no progress or timing output\n"
             "  LDM_PROFILE=1       (environment) print per-node kernel times at the end\n",
             argv0, CFG.banner, sizes);
@@ -231,7 +235,7 @@ static const char *const value_flags[] = {
     "--rho", "--gamma", "--noise-sampler",
     "--seed", "--rng", "--strength", "--shard", "--compute", "-H", "--height", "-W", "--width", "--prompt-syntax",
     "--clip-skip", "--embeddings", "--lora", "--lora-dir", "--save-cond", "--taesd", "--taesd-encoder", "--preview",
-    "--preview-every", "--preview-taesd", NULL,
+    "--preview-every", "--preview-taesd", "-t", "--threads", NULL,
 };
 
 /* 0, 1 for --help, or -1 (ldm_fail) on bad usage. */
@@ -349,6 +353,8 @@ static int parse_args(int argc, char **argv, Options *o) {
             o->preview = v;
         } else if (!strcmp(f, "--preview-every")) {
             if (ldm_parse_int(f, v, 1, 100000, &o->preview_every)) return -1;
+        } else if (!strcmp(f, "-t") || !strcmp(f, "--threads")) {
+            if (ldm_threads_parse(f, v, &o->threads)) return -1;
         }
     }
     /* a webui name such as "DPM++ 2M Karras" chose the schedule too */
@@ -1444,6 +1450,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     ldm_profile_init();
+    LdmThreadsFrom threads_from;
+    int threads = ldm_threads_setup(a.o.threads, &threads_from);
     a.pmode = ldm_progress_mode(stderr, a.o.quiet);
     a.hybrid = !strcmp(CFG.conditioning_key, "hybrid");
     a.C = CFG.latent_channels;
@@ -1468,7 +1476,10 @@ int main(int argc, char **argv) {
     if (run(&a) == 0) rc = 0;
 out:
     if (rc != 0) fprintf(stderr, "%s: error: %s\n", a.argv0, ldm_last_error());
-    if (a.pmode != LDM_PROGRESS_QUIET && a.times.images > 0) ldm_times_print(&a.times, stderr);
+    if (a.pmode != LDM_PROGRESS_QUIET && a.times.images > 0) {
+        ldm_times_print(&a.times, stderr);
+        fprintf(stderr, "threads: %d (%s)\n", threads, ldm_threads_from_name(threads_from));
+    }
     if (ldm_profiling) ldm_profile_report();
     ldm_nets_free(&a.nets);
     ldm_nets_free(&a.taesd_dec);
