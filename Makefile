@@ -216,6 +216,7 @@ FORCE:
 $(BUILD)/obj/tests/main.o: $(BUILD)/gen/suites.inc
 
 $(FUZZ_HARNESS_OBJ): CPPFLAGS += -DLDM_FUZZ_ROOT='"$(ROOT)"'
+$(BUILD)/obj/tests/test_deploy.o: CPPFLAGS += -DLDM_DEPLOY_ROOT='"$(ROOT)"'
 
 $(BUILD)/tests/run_tests: $(TEST_OBJ) $(FUZZ_HARNESS_OBJ) $(COMP_LIB) $(RT_LIB)
 	@mkdir -p $(dir $@)
