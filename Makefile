@@ -322,7 +322,8 @@ clean:
 #   make txt2img CONFIG=models/sd1/v1-inference.yaml SIZES="512x512 512x768 768x512"
 # builds $(BUILD)/txt2img-<H>x<W>, or with SIZES (each HEIGHTxWIDTH, the first
 # the default) $(BUILD)/txt2img holding every listed size (TXT2IMG_NAME=...
-# names either otherwise). For each size S, ldmc compiles the text encoder
+# names either otherwise); with ARCH=x86-64-v3 or x86-64-v4 (see ARCH above)
+# the executable's name ends in -ARCH. For each size S, ldmc compiles the text encoder
 # (B <= CHUNKS: a prompt's chunks in one call), the UNet (B <= 2: [uncond,
 # cond] in one call; context up to 77 * CHUNKS tokens), both autoencoder
 # halves (B=1) and, with TAESD=1 (default), TAESD's two halves
@@ -377,8 +378,8 @@ space := $(empty) $(empty)
 .PHONY: txt2img txt2img-force
 ifeq ($(and $(CONFIG),$(TXT2IMG_SIZES)),)
 txt2img:
-	@echo "usage: make txt2img CONFIG=<config.yaml> H=<pixels> W=<pixels> [BUILD=<dir>]" >&2; \
-	 echo "       make txt2img CONFIG=<config.yaml> SIZES=\"<H>x<W> <H>x<W> ...\" [BUILD=<dir>]" >&2; exit 2
+	@echo "usage: make txt2img CONFIG=<config.yaml> H=<pixels> W=<pixels> [BUILD=<dir>] [ARCH=native|x86-64-v3|x86-64-v4]" >&2; \
+	 echo "       make txt2img CONFIG=<config.yaml> SIZES=\"<H>x<W> <H>x<W> ...\" [BUILD=<dir>] [ARCH=...]" >&2; exit 2
 else ifneq ($(and $(SIZES),$(or $(H),$(W))),)
 txt2img:
 	@echo "make txt2img: give SIZES=\"<H>x<W> ...\" or H= and W=, not both" >&2; exit 2

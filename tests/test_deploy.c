@@ -489,7 +489,7 @@ START_TEST(test_slurm_array) {
     const char *script = repo_file("docs/deploy/slurm-array.sh");
     char *out;
     for (int k = 0; k < 2; k++) {
-        char id[8];
+        char id[16];
         snprintf(id, sizeof id, "%d", k);
         const char *env[] = {"TXT2IMG", exe(), "WEIGHTS", model(), "PROMPTS", prompts, "OUT", dir,
                              "SLURM_ARRAY_TASK_ID", id, "SLURM_ARRAY_TASK_COUNT", "2", NULL};
@@ -512,7 +512,7 @@ START_TEST(test_slurm_array) {
     ck_assert(remove(victim) == 0);
     int made = 0, skipped = 0;
     for (int k = 0; k < 2; k++) {
-        char id[8];
+        char id[16];
         snprintf(id, sizeof id, "%d", k);
         const char *env[] = {"TXT2IMG", exe(), "WEIGHTS", model(), "PROMPTS", prompts, "OUT", dir,
                              "SLURM_ARRAY_TASK_ID", id, "SLURM_ARRAY_TASK_COUNT", "2", NULL};
@@ -581,7 +581,7 @@ START_TEST(test_indexed_job) {
     const char *script = test_tmp("k8s-cmd.sh");
     write_text(script, cmd);
     for (int k = 0; k < 2; k++) {
-        char id[8];
+        char id[16];
         snprintf(id, sizeof id, "%d", k);
         const char *envv[] = {"TXT2IMG", exe(), "WEIGHTS", model(), "PROMPTS", prompts, "OUT", dir,
                               "JOB_COMPLETION_INDEX", id, "SHARDS", "2", NULL};
