@@ -155,7 +155,7 @@ END_TEST
 START_TEST(test_manifest_appends) {
     test_dir_init("ldm_deploy_");
     const char *path = test_tmp("appends.jsonl");
-    enum { WORKERS = 4, LINES = 150 };
+    enum { WORKERS = 4, LINES = 100 };
     pid_t pids[WORKERS];
     for (int w = 0; w < WORKERS; w++) {
         pids[w] = fork();
@@ -598,6 +598,7 @@ END_TEST
 Suite *suite_deploy(void) {
     Suite *s = suite_create("deploy");
     TCase *tc = tcase_create("lines");
+    tcase_set_timeout(tc, 120); /* the appends fork four writers (slow under ASan) */
     tcase_add_test(tc, test_line_plain_and_options);
     tcase_add_test(tc, test_line_json);
     tcase_add_loop_test(tc, test_line_json_bad, 0, N_BAD_JSON);
