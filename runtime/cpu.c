@@ -83,9 +83,73 @@ int ldm_cpu_cgroup_quota(const char *root) {
     return 0;
 }
 
+/* The quota of one cgroup directory: v2 DIR/cpu.max when v2, else v1's
+ * DIR/cpu.cfs_quota_us and DIR/cpu.cfs_period_us; 0 when none. */
+static int dir_quota(const char *dir, int v2) {
+    char buf[256];
+    if (v2) {
+        if (!read_line(dir, "cpu.max", buf, sizeof buf)) return 0;
+        char q[64];
+        long long period = 0;
+        if (sscanf(buf, "%63s %lld", q, &period) < 1 || !strcmp(q, "max")) return 0;
+        char *end;
+        errno = 0;
+        long long quota = strtoll(q, &end, 10);
+        if (*end || errno) return 0;
+        return quota_cpus(quota, period ? period : 100000);
+    }
+    char bq[64], bp[64];
+    long long quota = 0, period = 0;
+    if (!read_line(dir, "cpu.cfs_quota_us", bq, sizeof bq) || !read_line(dir, "cpu.cfs_period_us", bp, sizeof bp))
+        return 0;
+    if (sscanf(bq, "%lld", &quota) != 1 || sscanf(bp, "%lld", &period) != 1) return 0;
+    return quota_cpus(quota, period);
+}
+
+/* the smaller of two quotas, 0 meaning none */
+static int min_quota(int a, int b) { return a <= 0 ? b : b <= 0 ? a : a < b ? a : b; }
+
+int ldm_cpu_cgroup_quota_of(const char *root, const char *proc_cgroup) {
+    int best = ldm_cpu_cgroup_quota(root);
+    FILE *fp = proc_cgroup ? fopen(proc_cgroup, "r") : NULL;
+    if (!fp) return best;
+    char line[4096];
+    while (fgets(line, sizeof line, fp)) {
+        line[strcspn(line, "\n")] = 0;
+        /* "ID:CONTROLLERS:PATH" */
+        char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2 || c2[1] != '/') continue;
+        *c2 = 0;
+        const char *ctl = c1 + 1, *path = c2 + 1;
+        int v2 = !*ctl, has_cpu = 0;
+        for (const char *p = ctl; *p;) {
+            size_t k = strcspn(p, ",");
+            if (k == 3 && !strncmp(p, "cpu", 3)) has_cpu = 1;
+            p += k + (p[k] == ',');
+        }
+        if (!v2 && !has_cpu) continue;
+        /* the cgroup's directory, then its parents (their limits apply too) */
+        char dir[4096 + 512];
+        int base = snprintf(dir, sizeof dir, "%s%s%s", root, v2 ? "" : "/", ctl);
+        if (base < 0 || (size_t)base >= sizeof dir) continue;
+        snprintf(dir + base, sizeof dir - (size_t)base, "%s", path);
+        for (;;) {
+            size_t len = strlen(dir);
+            while (len > (size_t)base && dir[len - 1] == '/') dir[--len] = 0;
+            if (len <= (size_t)base) break;
+            best = min_quota(best, dir_quota(dir, v2));
+            char *slash = strrchr(dir + base, '/');
+            if (!slash) break;
+            *slash = 0;
+        }
+    }
+    fclose(fp);
+    return best;
+}
+
 int ldm_cpu_default_threads(const char *cgroup_root, LdmThreadsFrom *from) {
     int n = ldm_cpu_affinity_count();
-    int q = cgroup_root ? ldm_cpu_cgroup_quota(cgroup_root) : 0;
+    int q = cgroup_root ? ldm_cpu_cgroup_quota_of(cgroup_root, "/proc/self/cgroup") : 0;
     LdmThreadsFrom f = LDM_THREADS_AFFINITY;
     if (q > 0 && q < n) {
         n = q;

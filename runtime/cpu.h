@@ -9,6 +9,8 @@
  *     "max" = none): ceil(QUOTA / PERIOD),
  *   - the cgroup v1 quota (cpu/cpu.cfs_quota_us / cpu/cpu.cfs_period_us,
  *     -1 = none), ceil as well,
+ *   - the same files of the process's own cgroup and its parents, as
+ *     /proc/self/cgroup names them, when there is no cgroup namespace,
  * and never the host's CPU count when one of those is smaller. -t N wins
  * over OMP_NUM_THREADS, which wins over that default.
  *
@@ -27,6 +29,14 @@ int ldm_cpu_affinity_count(void);
  * ceil(quota / period), or 0 when there is no quota or no such file. */
 int ldm_cpu_cgroup_quota(const char *root);
 
+/* The same, also for the cgroup this process is in when the file system
+ * shows the host's tree (no cgroup namespace): each line of proc_cgroup
+ * (normally "/proc/self/cgroup", "ID:CONTROLLERS:PATH") of cgroup v2 (no
+ * controllers) or of v1's "cpu" controller names a directory ROOT[/CONTROLLERS]PATH;
+ * its quota and those of its parents up to ROOT count. The smallest, or
+ * 0 when none. */
+int ldm_cpu_cgroup_quota_of(const char *root, const char *proc_cgroup);
+
 /* Where a thread count came from. */
 typedef enum LdmThreadsFrom {
     LDM_THREADS_FLAG = 0,   /* -t N */
@@ -35,7 +45,8 @@ typedef enum LdmThreadsFrom {
     LDM_THREADS_CGROUP,     /* the cgroup quota (smaller than the affinity mask) */
 } LdmThreadsFrom;
 
-/* The default: min(affinity, cgroup quota under cgroup_root, when one).
+/* The default: min(affinity, cgroup quota under cgroup_root for
+ * /proc/self/cgroup (ldm_cpu_cgroup_quota_of), when one).
  * *from (may be NULL) says which of the two it was. */
 int ldm_cpu_default_threads(const char *cgroup_root, LdmThreadsFrom *from);
 

@@ -44,7 +44,7 @@
 
 static void put(const char *root, const char *rel, const char *text) {
     char path[600];
-    snprintf(path, sizeof path, "%s/%s", root, rel);
+    snprintf(path, sizeof path, "%s%s%s", root, *rel ? "/" : "", rel);
     char *slash = strrchr(path, '/');
     *slash = 0;
     ck_assert(ldm_mkdirs(path) == 0);
@@ -98,6 +98,37 @@ START_TEST(test_cgroup_v1) {
     put(root, "cpu/cpu.cfs_quota_us", "100000\n");
     put(root, "cpu/cpu.cfs_period_us", "100000\n");
     ck_assert_int_eq(ldm_cpu_cgroup_quota(root), 0);
+}
+END_TEST
+
+/* the process's own cgroup and its parents, as /proc/self/cgroup names
+ * them (no cgroup namespace): the smallest quota on the way to the root */
+START_TEST(test_cgroup_own) {
+    const char *root = test_tmp("own-v2"), *proc = test_tmp("own-v2.cgroup");
+    put(root, "cpu.max", "max 100000\n");
+    put(root, "kubepods/cpu.max", "400000 100000\n");
+    put(root, "kubepods/pod1/cpu.max", "max 100000\n");
+    put(root, "kubepods/pod1/ctr/cpu.max", "max 100000\n");
+    put(proc, "", "0::/kubepods/pod1/ctr\n");
+    ck_assert_int_eq(ldm_cpu_cgroup_quota_of(root, proc), 4);
+    put(root, "kubepods/pod1/ctr/cpu.max", "150000 100000\n");
+    ck_assert_int_eq(ldm_cpu_cgroup_quota_of(root, proc), 2);
+    put(proc, "", "0::/\n");
+    ck_assert_int_eq(ldm_cpu_cgroup_quota_of(root, proc), 0);
+    ck_assert_int_eq(ldm_cpu_cgroup_quota_of(root, test_tmp("no-such-file")), 0);
+    /* v1: the cpu controller's line only */
+    root = test_tmp("own-v1");
+    proc = test_tmp("own-v1.cgroup");
+    put(root, "cpu,cpuacct/slurm/job_7/cpu.cfs_quota_us", "300000\n");
+    put(root, "cpu,cpuacct/slurm/job_7/cpu.cfs_period_us", "100000\n");
+    put(root, "cpu,cpuacct/slurm/job_7/step_0/cpu.cfs_quota_us", "-1\n");
+    put(root, "cpu,cpuacct/slurm/job_7/step_0/cpu.cfs_period_us", "100000\n");
+    put(root, "memory/slurm/job_7/step_0/cpu.cfs_quota_us", "100000\n");
+    put(root, "memory/slurm/job_7/step_0/cpu.cfs_period_us", "100000\n");
+    put(proc, "", "4:memory:/slurm/job_7/step_0\n2:cpu,cpuacct:/slurm/job_7/step_0\n1:name=systemd:/x\n");
+    ck_assert_int_eq(ldm_cpu_cgroup_quota_of(root, proc), 3);
+    put(proc, "", "garbage\n::\n3::relative\n");
+    ck_assert_int_eq(ldm_cpu_cgroup_quota_of(root, proc), 0);
 }
 END_TEST
 
@@ -368,6 +399,7 @@ Suite *suite_cpu(void) {
     tcase_add_unchecked_fixture(tc, scratch, nothing);
     tcase_add_test(tc, test_cgroup_v2);
     tcase_add_test(tc, test_cgroup_v1);
+    tcase_add_test(tc, test_cgroup_own);
     tcase_add_test(tc, test_default_threads);
     tcase_add_test(tc, test_threads_parse);
     tcase_add_test(tc, test_cpu_missing);
