@@ -287,7 +287,7 @@ demo: deps all
 	$(MAKE) txt2img CONFIG=models/sd1/v1-inference.yaml H=$(DEMO_RES) W=$(DEMO_RES)
 	@if [ "$(WEIGHTS)" = "$(RANDOM_CKPT)" ]; then $(MAKE) --no-print-directory $(RANDOM_CKPT); fi
 	@mkdir -p $(BUILD)/demo
-	$(BUILD)/txt2img-$(DEMO_RES)x$(DEMO_RES) --weights $(WEIGHTS) $(if $(VOCAB),--vocab $(VOCAB)) \
+	$(BUILD)/txt2img-$(DEMO_RES)x$(DEMO_RES)$(ARCH_SUFFIX) --weights $(WEIGHTS) $(if $(VOCAB),--vocab $(VOCAB)) \
 	    --prompt "$(DEMO_PROMPT)" --steps $(DEMO_STEPS) --seed 1 -o $(BUILD)/demo/demo-$(DEMO_RES)x$(DEMO_RES).png
 	@echo "wrote $(BUILD)/demo/demo-$(DEMO_RES)x$(DEMO_RES).png"
 
