@@ -42,8 +42,26 @@ SANFLAGS =
 OPT      = -O2 -g
 endif
 
+# ARCH: the CPUs the executables (make txt2img, make sample) run on.
+# native (default) is the build machine's; x86-64-v3 (AVX2, FMA, F16C,
+# BMI2) and x86-64-v4 (+ AVX-512 F/BW/CD/DQ/VL) run on any CPU of that level.
+# The runtime's objects for another ARCH than native are compiled into
+# $(BUILD)/arch-ARCH/ (the native ones stay in $(BUILD)/obj/), the
+# networks' objects into <name>.d/arch-ARCH/ next to the generated C they
+# share with the native build, and the executable is named <name>-ARCH.
+# The executables check the CPU before main (runtime/cpu_check.c).
+ARCH    ?= native
+ARCHES   = native x86-64-v3 x86-64-v4
+ifeq ($(filter $(ARCHES),$(ARCH)),)
+$(error ARCH=$(ARCH): expected one of $(ARCHES) (native: this machine's CPU))
+endif
+ifneq ($(words $(ARCH)),1)
+$(error ARCH=$(ARCH): expected one of $(ARCHES) (native: this machine's CPU))
+endif
+ARCH_SUFFIX = $(if $(filter native,$(ARCH)),,-$(ARCH))
+
 WARN     = -Wall -Wextra -Werror $(FUZZWARN)
-BASEFLAGS = -std=gnu11 $(OPT) $(SANFLAGS) $(WIDEFLAGS) -fopenmp -march=native
+BASEFLAGS = -std=gnu11 $(OPT) $(SANFLAGS) $(WIDEFLAGS) -fopenmp -march=$(ARCH)
 CFLAGS   += $(BASEFLAGS) $(WARN)
 CPPFLAGS += -Iruntime -Icompiler -I$(BUILD)/gen -I/usr/include/x86_64-linux-gnu/openblas-pthread $(FUZZDEFS)
 LDLIBS   = -lopenblas -ljansson -lyaml -lpng -lnettle -lz -lm
@@ -106,6 +124,43 @@ $(BUILD)/obj/runtime/vocab.o: runtime/vocab.S runtime/vocab/bpe_simple_vocab_16e
 	@mkdir -p $(dir $@)
 	$(CC) -c $< -o $@
 
+# The CPU check runs before main on any x86-64 CPU: compiled for the
+# baseline whatever ARCH is; cpu_features.c records what ARCH assumed.
+$(BUILD)/obj/runtime/cpu_check.o: CFLAGS += -march=x86-64 -mtune=generic
+$(BUILD)/obj/runtime/cpu_features.o: CPPFLAGS += -DLDM_ARCH='"$(ARCH)"'
+
+# The runtime of the executables: $(BUILD)'s for ARCH=native, else the same
+# sources compiled for ARCH into $(BUILD)/arch-ARCH/ (EXE_OBJ: their objects).
+ifeq ($(ARCH),native)
+EXE_OBJ    := $(BUILD)/obj
+EXE_RT_LIB := $(RT_LIB)
+else
+ARCH_DIR   := $(BUILD)/arch-$(ARCH)
+EXE_OBJ    := $(ARCH_DIR)/obj
+EXE_RT_LIB := $(ARCH_DIR)/libldmrt.a $(ARCH_DIR)/libldmcore.a
+ARCH_RT_OBJ   := $(RT_SRC:%.c=$(EXE_OBJ)/%.o) $(EXE_OBJ)/runtime/vocab.o
+ARCH_CORE_OBJ := $(CORE_SRC:%.c=$(EXE_OBJ)/%.o)
+
+$(ARCH_DIR)/libldmrt.a: $(filter-out $(ARCH_CORE_OBJ),$(ARCH_RT_OBJ))
+	@rm -f $@
+	ar rcs $@ $^
+
+$(ARCH_DIR)/libldmcore.a: $(ARCH_CORE_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(EXE_OBJ)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(EXE_OBJ)/runtime/vocab.o: runtime/vocab.S runtime/vocab/bpe_simple_vocab_16e6.txt.gz
+	@mkdir -p $(dir $@)
+	$(CC) -c $< -o $@
+
+$(EXE_OBJ)/runtime/cpu_check.o: CFLAGS += -march=x86-64 -mtune=generic
+$(EXE_OBJ)/runtime/cpu_features.o: CPPFLAGS += -DLDM_ARCH='"$(ARCH)"'
+endif
+
 # runtime/cli/foo_bar.c -> $(BUILD)/foo-bar
 define cli_rule
 $(BUILD)/$(subst _,-,$(1)): $(BUILD)/obj/runtime/cli/$(1).o $(RT_LIB)
@@ -161,6 +216,7 @@ FORCE:
 $(BUILD)/obj/tests/main.o: $(BUILD)/gen/suites.inc
 
 $(FUZZ_HARNESS_OBJ): CPPFLAGS += -DLDM_FUZZ_ROOT='"$(ROOT)"'
+$(BUILD)/obj/tests/test_deploy.o: CPPFLAGS += -DLDM_DEPLOY_ROOT='"$(ROOT)"'
 
 $(BUILD)/tests/run_tests: $(TEST_OBJ) $(FUZZ_HARNESS_OBJ) $(COMP_LIB) $(RT_LIB)
 	@mkdir -p $(dir $@)
@@ -231,7 +287,7 @@ demo: deps all
 	$(MAKE) txt2img CONFIG=models/sd1/v1-inference.yaml H=$(DEMO_RES) W=$(DEMO_RES)
 	@if [ "$(WEIGHTS)" = "$(RANDOM_CKPT)" ]; then $(MAKE) --no-print-directory $(RANDOM_CKPT); fi
 	@mkdir -p $(BUILD)/demo
-	$(BUILD)/txt2img-$(DEMO_RES)x$(DEMO_RES) --weights $(WEIGHTS) $(if $(VOCAB),--vocab $(VOCAB)) \
+	$(BUILD)/txt2img-$(DEMO_RES)x$(DEMO_RES)$(ARCH_SUFFIX) --weights $(WEIGHTS) $(if $(VOCAB),--vocab $(VOCAB)) \
 	    --prompt "$(DEMO_PROMPT)" --steps $(DEMO_STEPS) --seed 1 -o $(BUILD)/demo/demo-$(DEMO_RES)x$(DEMO_RES).png
 	@echo "wrote $(BUILD)/demo/demo-$(DEMO_RES)x$(DEMO_RES).png"
 
@@ -266,7 +322,8 @@ clean:
 #   make txt2img CONFIG=models/sd1/v1-inference.yaml SIZES="512x512 512x768 768x512"
 # builds $(BUILD)/txt2img-<H>x<W>, or with SIZES (each HEIGHTxWIDTH, the first
 # the default) $(BUILD)/txt2img holding every listed size (TXT2IMG_NAME=...
-# names either otherwise). For each size S, ldmc compiles the text encoder
+# names either otherwise); with ARCH=x86-64-v3 or x86-64-v4 (see ARCH above)
+# the executable's name ends in -ARCH. For each size S, ldmc compiles the text encoder
 # (B <= CHUNKS: a prompt's chunks in one call), the UNet (B <= 2: [uncond,
 # cond] in one call; context up to 77 * CHUNKS tokens), both autoencoder
 # halves (B=1) and, with TAESD=1 (default), TAESD's two halves
@@ -282,6 +339,10 @@ TXT2IMG_GRAPH_DIR ?= models/sd1
 TXT2IMG_SIZES      = $(if $(SIZES),$(SIZES),$(if $(and $(H),$(W)),$(H)x$(W)))
 TXT2IMG_NAME      ?= $(if $(SIZES),txt2img,txt2img-$(H)x$(W))
 TXT2IMG_DIR        = $(BUILD)/$(TXT2IMG_NAME).d
+# ARCH=x86-64-v3: the networks' objects in <name>.d/arch-x86-64-v3/, the
+# executable <name>-x86-64-v3 (the generated C is the native build's)
+TXT2IMG_OBJ_DIR    = $(TXT2IMG_DIR)$(if $(ARCH_SUFFIX),/arch-$(ARCH))
+TXT2IMG_EXE        = $(BUILD)/$(TXT2IMG_NAME)$(ARCH_SUFFIX)
 # TAESD=1 (default) also compiles TAESD, the tiny autoencoder
 # (models/taesd/, 1.2 M parameters, B=1) for each size: --taesd,
 # --taesd-encoder and --preview of the executable; TAESD=0 leaves it out.
@@ -317,13 +378,13 @@ space := $(empty) $(empty)
 .PHONY: txt2img txt2img-force
 ifeq ($(and $(CONFIG),$(TXT2IMG_SIZES)),)
 txt2img:
-	@echo "usage: make txt2img CONFIG=<config.yaml> H=<pixels> W=<pixels> [BUILD=<dir>]" >&2; \
-	 echo "       make txt2img CONFIG=<config.yaml> SIZES=\"<H>x<W> <H>x<W> ...\" [BUILD=<dir>]" >&2; exit 2
+	@echo "usage: make txt2img CONFIG=<config.yaml> H=<pixels> W=<pixels> [BUILD=<dir>] [ARCH=native|x86-64-v3|x86-64-v4]" >&2; \
+	 echo "       make txt2img CONFIG=<config.yaml> SIZES=\"<H>x<W> <H>x<W> ...\" [BUILD=<dir>] [ARCH=...]" >&2; exit 2
 else ifneq ($(and $(SIZES),$(or $(H),$(W))),)
 txt2img:
 	@echo "make txt2img: give SIZES=\"<H>x<W> ...\" or H= and W=, not both" >&2; exit 2
 else
-txt2img: $(BUILD)/$(TXT2IMG_NAME)
+txt2img: $(TXT2IMG_EXE)
 
 # what every network depends on (config, overrides), and the size list
 $(TXT2IMG_DIR)/build.id: txt2img-force
@@ -354,15 +415,16 @@ $(TXT2IMG_DIR)/taesd_%_$(1).c: models/taesd/taesd_%.graph models/taesd/taesd.gra
 endef
 $(foreach s,$(TXT2IMG_SIZES),$(eval $(call txt2img_size_rule,$(s))))
 
-$(TXT2IMG_DIR)/%.o: $(TXT2IMG_DIR)/%.c
+$(TXT2IMG_OBJ_DIR)/%.o: $(TXT2IMG_DIR)/%.c
+	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/$(TXT2IMG_NAME): $(BUILD)/obj/runtime/apps/txt2img.o \
-                          $(foreach s,$(TXT2IMG_SIZES),$(TXT2IMG_GRAPHS:%=$(TXT2IMG_DIR)/%_$(s).o)) \
-                          $(TXT2IMG_DIR)/pipeline.o $(RT_LIB)
+$(TXT2IMG_EXE): $(EXE_OBJ)/runtime/apps/txt2img.o \
+                          $(foreach s,$(TXT2IMG_SIZES),$(TXT2IMG_GRAPHS:%=$(TXT2IMG_OBJ_DIR)/%_$(s).o)) \
+                          $(TXT2IMG_OBJ_DIR)/pipeline.o $(EXE_RT_LIB)
 	$(CC) $(TXT2IMG_STATIC) $(LDFLAGS) $^ $(TXT2IMG_LIBS) -o $@
 
--include $(wildcard $(TXT2IMG_DIR)/*.d)
+-include $(wildcard $(TXT2IMG_OBJ_DIR)/*.d)
 endif
 # ==== end of txt2img ==========================================================
 
@@ -387,6 +449,8 @@ SAMPLE_GRAPH_DIR ?= models/ldm
 SAMPLE_SIZES      = $(if $(SIZES),$(SIZES),$(if $(and $(H),$(W)),$(H)x$(W)))
 SAMPLE_NAME      ?= $(if $(SIZES),sample,sample-$(H)x$(W))
 SAMPLE_DIR        = $(BUILD)/$(SAMPLE_NAME).d
+SAMPLE_OBJ_DIR    = $(SAMPLE_DIR)$(if $(ARCH_SUFFIX),/arch-$(ARCH))
+SAMPLE_EXE        = $(BUILD)/$(SAMPLE_NAME)$(ARCH_SUFFIX)
 SAMPLE_GRAPHS     = unet vae_decoder class_embed
 SAMPLE_DSL        = $(wildcard models/common/*.graph models/sd1/*.graph $(SAMPLE_GRAPH_DIR)/*.graph)
 
@@ -400,7 +464,7 @@ else ifneq ($(and $(SIZES),$(or $(H),$(W))),)
 sample:
 	@echo "make sample: give SIZES=\"<H>x<W> ...\" or H= and W=, not both" >&2; exit 2
 else
-sample: $(BUILD)/$(SAMPLE_NAME)
+sample: $(SAMPLE_EXE)
 
 $(SAMPLE_DIR)/build.id: sample-force
 	@mkdir -p $(@D)
@@ -447,17 +511,18 @@ $(SAMPLE_DIR)/class_embed_$(1).c: $(SAMPLE_GRAPH_DIR)/class_embed.graph $(SAMPLE
 endef
 $(foreach s,$(SAMPLE_SIZES),$(eval $(call sample_size_rule,$(s))))
 
-$(SAMPLE_DIR)/%.o: $(SAMPLE_DIR)/%.c
+$(SAMPLE_OBJ_DIR)/%.o: $(SAMPLE_DIR)/%.c
+	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
 # linked as the txt2img executables are
-$(BUILD)/$(SAMPLE_NAME): $(BUILD)/obj/runtime/apps/sample.o \
-                         $(foreach s,$(SAMPLE_SIZES),$(SAMPLE_GRAPHS:%=$(SAMPLE_DIR)/%_$(s).o)) \
-                         $(SAMPLE_DIR)/pipeline.o $(RT_LIB)
+$(SAMPLE_EXE): $(EXE_OBJ)/runtime/apps/sample.o \
+                         $(foreach s,$(SAMPLE_SIZES),$(SAMPLE_GRAPHS:%=$(SAMPLE_OBJ_DIR)/%_$(s).o)) \
+                         $(SAMPLE_OBJ_DIR)/pipeline.o $(EXE_RT_LIB)
 	$(CC) $(TXT2IMG_STATIC) $(LDFLAGS) $^ $(TXT2IMG_LIBS) -o $@
 
--include $(wildcard $(SAMPLE_DIR)/*.d)
+-include $(wildcard $(SAMPLE_OBJ_DIR)/*.d)
 endif
 # ==== end of sample ===========================================================
 
--include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj $(if $(ARCH_DIR),$(ARCH_DIR)/obj) -name '*.d' 2>/dev/null)

@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu.h"
 #include "image.h"
 #include "lora.h"
 #include "model.h"
@@ -84,6 +85,7 @@ typedef struct Options {
     int quiet;                 /* --quiet */
     const char **loras;        /* --lora FILE[:MULT], in order */
     int n_loras;
+    int threads;               /* -t/--threads N (0: OMP_NUM_THREADS, else the CPUs this process may use) */
 } Options;
 
 static int n_classes(void) { return ldm_pipeline_sizes[0].models[NET_CLASS]->forward ? CFG.n_classes : 0; }
@@ -94,7 +96,7 @@ static void usage(FILE *fp, const char *argv0) {
     fprintf(fp,
             "usage: %s --weights CKPT.safetensors -o OUT.png [--steps N] [--eta E] [--seed N]\n"
             "          [--rng cpu|cuda] [--init-noise F] [--save-latent F] [--batch K]\n"
-            "          %s[--ema] [--lora FILE[:MULT]]... [--compute f32|bf16] [--quiet] [-H PIXELS] [-W PIXELS]\n"
+            "          %s[--ema] [--lora FILE[:MULT]]... [--compute f32|bf16] [--quiet] [-H PIXELS] [-W PIXELS] [-t N]\n"
             "\n"
             "DDIM sampling for %s (%s model).\n"
             "Sizes (height x width): %s.\n"
@@ -130,6 +132,8 @@ static void usage(FILE *fp, const char *argv0) {
             "  --compute f32|bf16  f32 (default), or the GEMM kernel's products (linear layers, im2col and\n"
             "                      pointwise convolutions) in bfloat16 with float32 sums, on CPUs with\n"
             "                      AVX-512 BF16; Winograd, attention and the rest stay f32\n"
+            "  -t, --threads N     threads (default: OMP_NUM_THREADS, else the CPUs this process may use:\n"
+            "                      its affinity mask and cgroup CPU quota)\n"
             "  --quiet             no progress or timing output\n"
             "  LDM_PROFILE=1       (environment) print per-node kernel times at the end\n");
 }
@@ -143,7 +147,7 @@ static int is_flag(const char *a, const char *name) {
 /* The flags that take a value. */
 static const char *const value_flags[] = {
     "--weights", "-o", "--output", "--init-noise", "--save-latent", "--steps", "--eta", "--seed", "--rng",
-    "--batch", "--class", "--cfg-scale", "--compute", "-H", "--height", "-W", "--width", "--lora", NULL,
+    "--batch", "--class", "--cfg-scale", "--compute", "-H", "--height", "-W", "--width", "--lora", "-t", "--threads", NULL,
 };
 
 /* 0, 1 for --help, or -1 (ldm_fail) on bad usage. */
@@ -213,6 +217,8 @@ static int parse_args(int argc, char **argv, Options *o) {
         } else if (!strcmp(f, "-W") || !strcmp(f, "--width")) {
             if (ldm_parse_int(f, v, 1, 65536, &o->W)) return -1;
             o->has_W = 1;
+        } else if (!strcmp(f, "-t") || !strcmp(f, "--threads")) {
+            if (ldm_threads_parse(f, v, &o->threads)) return -1;
         }
     }
     return 0;
@@ -614,6 +620,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     ldm_profile_init();
+    LdmThreadsFrom threads_from;
+    int threads = ldm_threads_setup(a.o.threads, &threads_from);
     a.pmode = ldm_progress_mode(stderr, a.o.quiet);
     a.classes = n_classes();
     a.vq = strcmp(CFG.first_stage, "vq") == 0;
@@ -628,7 +636,10 @@ int main(int argc, char **argv) {
     if (run(&a) == 0) rc = 0;
 out:
     if (rc != 0) fprintf(stderr, "%s: error: %s\n", a.argv0, ldm_last_error());
-    if (a.pmode != LDM_PROGRESS_QUIET && a.times.images > 0) ldm_times_print(&a.times, stderr);
+    if (a.pmode != LDM_PROGRESS_QUIET && a.times.images > 0) {
+        ldm_times_print(&a.times, stderr);
+        fprintf(stderr, "threads: %d (%s)\n", threads, ldm_threads_from_name(threads_from));
+    }
     if (ldm_profiling) ldm_profile_report();
     ldm_nets_free(&a.nets);
     for (int i = 0; a.loras && i < a.o.n_loras; i++) ldm_lora_free(a.loras[i]);

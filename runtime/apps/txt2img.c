@@ -35,18 +35,22 @@
  * --taesd-encoder encodes with latent = taesd_encoder((image + 1) / 2);
  * --preview-every N --preview PNG decodes each N-th step's x0 prediction.
  */
+#include <jansson.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "cpu.h"
 #include "image.h"
 #include "infotext.h"
 #include "lora.h"
 #include "model.h"
 #include "pipeline.h"
 #include "prompt.h"
+#include "promptline.h"
 #include "sampler.h"
 #include "schedule.h"
 #include "taesd.h"
@@ -127,6 +131,8 @@ typedef struct Options {
     int preview_every;         /* --preview-every N (0: not given) */
     const char *preview_taesd; /* --preview-taesd FILE: TAESD decoder of the previews (default: --taesd's) */
     int no_metadata;           /* --no-metadata: no `parameters` text chunk in the PNGs */
+    int threads;               /* -t/--threads N (0: OMP_NUM_THREADS, else the CPUs this process may use) */
+    int skip_existing;         /* --skip-existing */
 } Options;
 
 static void usage(FILE *fp, const char *argv0) {
@@ -134,7 +140,7 @@ static void usage(FILE *fp, const char *argv0) {
     ldm_pipeline_size_list(ldm_pipeline_sizes, ldm_pipeline_n_sizes, sizes, sizeof sizes);
     fprintf(fp,
             "usage: %s --weights CKPT.safetensors [--vocab bpe_simple_vocab_16e6.txt.gz]\n"
-            "          (--prompt TEXT | --prompts FILE [--shard K/N]) -o OUT\n"
+            "          (--prompt TEXT | --prompts FILE [--shard K/N] [--skip-existing]) -o OUT\n"
             "          [--negative-prompt TEXT] [--steps N] [--cfg-scale S]\n"
             "          [--sampler NAME] [--schedule NAME] [--eta E] [--rho R] [--gamma G]\n"
             "          [--noise-sampler brownian|randn]\n"
@@ -143,7 +149,7 @@ static void usage(FILE *fp, const char *argv0) {
             "          [-H PIXELS] [-W PIXELS] [--prompt-syntax webui|plain] [--clip-skip N]\n"
             "          [--embeddings DIR] [--lora FILE[:MULT]]... [--lora-dir DIR] [--pad-cond-uncond]\n"
             "          [--save-cond F] [--taesd FILE] [--taesd-encoder FILE] [--preview-every N --preview PNG]\n"
-            "          [--preview-taesd FILE] [--no-metadata]\n"
+            "          [--preview-taesd FILE] [--no-metadata] [-t N]\n"
             "\n"
             "Text to image for %s.\n"
             "Sizes (height x width): %s.\n"
@@ -158,8 +164,12 @@ static void usage(FILE *fp, const char *argv0) {
             "                      line L (1-based) drawn with seed N + L - 1. A line starting with --\n"
             "                      holds options, as in the webui's prompts from file: --prompt TEXT...\n"
             "                      [--negative_prompt TEXT...] [--height N] [--width N] [--seed N]\n"
-            "                      [--steps N] [--cfg_scale S]\n"
+            "                      [--steps N] [--cfg_scale S] [--sampler_name NAME]; a line starting with {\n"
+            "                      is a JSON object: {\"prompt\": ..., \"negative_prompt\": ..., \"seed\": N,\n"
+            "                      \"steps\": N, \"cfg_scale\": S, \"sampler\": NAME, \"size\": \"WxH\"} (or\n"
+            "                      \"width\", \"height\"). Each image appends a JSON line to OUT/manifest.jsonl\n"
             "  --shard K/N         only the lines whose 0-based index i has i %% N == K (0 <= K < N)\n"
+            "  --skip-existing     a line whose PNG exists already is skipped (a re-run of a pre-empted shard)\n"
             "  -o, --output OUT    the PNG to write (8-bit RGB)\n"
             "  -H, --height N      image height in pixels, -W, --width N its width: one of the sizes above\n"
             "                      (default: the first; one flag alone keeps the default's other side)\n"
@@ -217,6 +227,8 @@ static void usage(FILE *fp, const char *argv0) {
             "                      for the final image\n"
             "  --no-metadata       leave out the PNG text chunk `parameters` (the generation parameters in the\n"
             "                      AUTOMATIC1111 webui's infotext format, which its PNG Info reads)\n"
+            "  -t, --threads N     threads (default: OMP_NUM_THREADS, else the CPUs this process may use:\n"
+            "                      its affinity mask and cgroup CPU quota)\n"
             "  --quiet             no progress or timing output\n"
             "  LDM_PROFILE=1       (environment) print per-node kernel times at the end\n",
             argv0, CFG.banner, sizes);
@@ -235,7 +247,7 @@ static const char *const value_flags[] = {
     "--rho", "--gamma", "--noise-sampler",
     "--seed", "--rng", "--strength", "--shard", "--compute", "-H", "--height", "-W", "--width", "--prompt-syntax",
     "--clip-skip", "--embeddings", "--lora", "--lora-dir", "--save-cond", "--taesd", "--taesd-encoder", "--preview",
-    "--preview-every", "--preview-taesd", NULL,
+    "--preview-every", "--preview-taesd", "-t", "--threads", NULL,
 };
 
 /* 0, 1 for --help, or -1 (ldm_fail) on bad usage. */
@@ -263,6 +275,10 @@ static int parse_args(int argc, char **argv, Options *o) {
         }
         if (!strcmp(a, "--no-metadata")) {
             o->no_metadata = 1;
+            continue;
+        }
+        if (!strcmp(a, "--skip-existing")) {
+            o->skip_existing = 1;
             continue;
         }
         for (int k = 0; value_flags[k] && !f; k++)
@@ -357,6 +373,8 @@ static int parse_args(int argc, char **argv, Options *o) {
             o->preview = v;
         } else if (!strcmp(f, "--preview-every")) {
             if (ldm_parse_int(f, v, 1, 100000, &o->preview_every)) return -1;
+        } else if (!strcmp(f, "-t") || !strcmp(f, "--threads")) {
+            if (ldm_threads_parse(f, v, &o->threads)) return -1;
         }
     }
     /* a webui name such as "DPM++ 2M Karras" chose the schedule too */
@@ -379,6 +397,7 @@ static int check_options(const Options *o) {
     if (!o->prompt && !o->prompts) return ldm_fail("missing --prompt TEXT (or --prompts FILE)");
     if (o->prompt && o->prompts) return ldm_fail("--prompt and --prompts exclude each other");
     if (o->has_shard && !o->prompts) return ldm_fail("--shard needs --prompts FILE");
+    if (o->skip_existing && !o->prompts) return ldm_fail("--skip-existing needs --prompts FILE");
     if (!o->out) return ldm_fail(o->prompts ? "missing -o DIR (where the images go)" : "missing -o OUT.png");
     if (o->mask && !o->init_image) return ldm_fail("--mask needs --init-image (the image to inpaint)");
     if (o->has_strength && !o->init_image) return ldm_fail("--strength needs --init-image");
@@ -1279,125 +1298,181 @@ static int load_inputs(App *a) {
     return 0;
 }
 
-/* A --prompts line's own settings (a line starting with "--"). */
-typedef struct LineArgs {
-    char *prompt, *negative;   /* malloc'd; NULL: the line is the prompt / --negative-prompt */
-    int H, W, has_H, has_W;
-    uint64_t seed;
-    int has_seed;
-    int steps, has_steps;
-    double cfg_scale;
-    int has_cfg;
-} LineArgs;
-
-static void line_args_free(LineArgs *l) {
-    free(l->prompt);
-    free(l->negative);
-    memset(l, 0, sizeof *l);
+/* The run's options with a --prompts line's own over them (runtime/promptline.h),
+ * checked as the command line's are, and the size the line picks. 0, or -1
+ * (ldm_fail). */
+static int line_options(const App *a, const LdmLineArgs *la, Options *o, int *size) {
+    *o = a->o;
+    *size = a->run_size;
+    if (la->has_H || la->has_W) {
+        int H = la->has_H ? la->H : ldm_pipeline_sizes[a->run_size].config->H;
+        int W = la->has_W ? la->W : ldm_pipeline_sizes[a->run_size].config->W;
+        int k = ldm_pipeline_find_size(ldm_pipeline_sizes, ldm_pipeline_n_sizes, H, W, "txt2img", "TXT2IMG_DEFS");
+        if (k < 0) return -1;
+        if (k != a->run_size && (o->init_image || o->mask || o->init_noise))
+            return ldm_fail("%dx%d: --init-image, --mask and --init-noise are of the run's size, %dx%d: a line cannot "
+                            "choose another size with them", H, W, CFG.H, CFG.W);
+        *size = k;
+    }
+    if (la->negative) o->negative = la->negative;
+    if (la->has_steps) o->steps = la->steps;
+    if (la->has_cfg) {
+        o->cfg_scale = la->cfg_scale;
+        o->has_cfg = 1;
+    }
+    if (la->has_sampler) {
+        o->sampler = la->sampler;
+        /* the schedule a webui name of the run's sampler implied goes with it */
+        if (o->has_implied_schedule) {
+            o->has_schedule = o->has_implied_schedule = 0;
+            o->schedule = LDM_SIGMAS_DISCRETE;
+        }
+        if (la->has_schedule) {
+            if (o->has_schedule && o->schedule != la->schedule)
+                return ldm_fail("sampler %s implies the %s schedule, but --schedule is %s", ldm_sampler_name(la->sampler),
+                                ldm_sigma_kind_name(la->schedule), ldm_sigma_kind_name(o->schedule));
+            o->schedule = la->schedule;
+            o->has_schedule = 1;
+        }
+        if (!o->has_cfg) o->cfg_scale = o->sampler == LDM_SAMPLER_LCM || o->sampler == LDM_SAMPLER_TCD ? 1.0 : 7.5;
+        if (check_options(o) != 0) return -1;
+    }
+    return 0;
 }
 
-/* Parse a line of options the way the AUTOMATIC1111 webui's "prompts from
- * file" script does (scripts/prompts_from_file.py, cmdargs): shell words;
- * --prompt and --negative_prompt take every word up to the next one starting
- * with "--", joined by spaces; every other option takes one value. */
-static int parse_line_args(const char *text, LineArgs *l) {
-    memset(l, 0, sizeof *l);
-    int argc;
-    char **argv;
-    if (ldm_split_args(text, &argc, &argv) != 0) return -1;
-    int rc = 0;
-    for (int i = 0; i < argc && rc == 0;) {
-        const char *f = argv[i];
-        if (strncmp(f, "--", 2) != 0) {
-            rc = ldm_fail("'%s': expected an option starting with \"--\" (a line starting with -- holds options: "
-                          "--prompt TEXT [--height N] ...)", f);
-            break;
-        }
-        if (i + 1 >= argc || !strncmp(argv[i + 1], "--", 2)) {
-            rc = ldm_fail("%s: expected a value after it", f);
-            break;
-        }
-        if (!strcmp(f, "--prompt") || !strcmp(f, "--negative_prompt") || !strcmp(f, "--negative-prompt")) {
-            size_t n = 0;
-            int j = i + 1;
-            for (; j < argc && strncmp(argv[j], "--", 2) != 0; j++) n += strlen(argv[j]) + 1;
-            char *t = ldm_xmalloc(n + 1);
-            t[0] = 0;
-            for (int k = i + 1; k < j; k++) {
-                if (k > i + 1) strcat(t, " ");
-                strcat(t, argv[k]);
-            }
-            char **dst = !strcmp(f, "--prompt") ? &l->prompt : &l->negative;
-            free(*dst);
-            *dst = t;
-            i = j;
-            continue;
-        }
-        const char *v = argv[i + 1];
-        if (!strcmp(f, "--height")) {
-            rc = ldm_parse_int(f, v, 1, 65536, &l->H);
-            l->has_H = 1;
-        } else if (!strcmp(f, "--width")) {
-            rc = ldm_parse_int(f, v, 1, 65536, &l->W);
-            l->has_W = 1;
-        } else if (!strcmp(f, "--seed")) {
-            rc = ldm_parse_u64(f, v, &l->seed);
-            l->has_seed = 1;
-        } else if (!strcmp(f, "--steps")) {
-            rc = ldm_parse_int(f, v, 1, CFG.timesteps, &l->steps);
-            l->has_steps = 1;
-        } else if (!strcmp(f, "--cfg_scale") || !strcmp(f, "--cfg-scale")) {
-            rc = ldm_parse_double(f, v, -1e4, 1e4, &l->cfg_scale);
-            l->has_cfg = 1;
-        } else {
-            rc = ldm_fail("unknown option '%s' (a line takes --prompt, --negative_prompt, --height, --width, --seed, "
-                          "--steps, --cfg_scale)", f);
-        }
-        i += 2;
-    }
-    if (rc == 0 && !l->prompt) rc = ldm_fail("the line has options but no --prompt");
-    ldm_args_free(argc, argv);
-    if (rc != 0) line_args_free(l);
+/* A JSON string of s (which should be UTF-8). */
+static json_t *jstr(const char *s) {
+    json_t *j = json_string(s);
+    return j ? j : json_string("(not UTF-8)");
+}
+
+/* One line of OUT/manifest.jsonl for the image of --prompts line `line`
+ * (seconds < 0: it existed already and was skipped), with the settings in
+ * use (a->o, CFG). */
+static int manifest_line(const App *a, int line, const char *prompt, const char *png, uint64_t seed, double seconds) {
+    const Options *o = &a->o;
+    json_t *p = json_object();
+    json_object_set_new(p, "prompt", jstr(prompt));
+    json_object_set_new(p, "negative_prompt", jstr(o->negative));
+    json_object_set_new(p, "steps", json_integer(o->steps));
+    json_object_set_new(p, "cfg_scale", json_real(o->cfg_scale));
+    json_object_set_new(p, "sampler", json_string(ldm_sampler_name(o->sampler)));
+    json_object_set_new(p, "schedule", ldm_sampler_family(o->sampler) == 1 ? json_string(ldm_sigma_kind_name(o->schedule))
+                                                                             : json_null());
+    if (o->sampler == LDM_SAMPLER_DDIM) json_object_set_new(p, "eta", json_real(o->eta));
+    char size[32];
+    snprintf(size, sizeof size, "%dx%d", CFG.W, CFG.H);
+    json_object_set_new(p, "size", json_string(size));
+    json_object_set_new(p, "clip_skip", json_integer(o->clip_skip));
+    json_object_set_new(p, "rng", json_string(ldm_rng_name(o->rng)));
+    char *model = ldm_path_stem(o->weights);
+    json_object_set_new(p, "model", jstr(model));
+    free(model);
+    json_t *m = json_object();
+    json_object_set_new(m, "line", json_integer(line));
+    const char *slash = strrchr(png, '/');
+    json_object_set_new(m, "file", jstr(slash ? slash + 1 : png));
+    json_object_set_new(m, "seed", seed <= INT64_MAX ? json_integer((json_int_t)seed) : json_real((double)seed));
+    json_object_set_new(m, "parameters", p);
+    if (seconds >= 0) json_object_set_new(m, "seconds", json_real(round(seconds * 1000) / 1000));
+    else json_object_set_new(m, "skipped", json_true());
+    char *text = json_dumps(m, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    json_decref(m);
+    char *path = ldm_xasprintf("%s/manifest.jsonl", o->out);
+    int rc = text ? ldm_manifest_append(path, text) : ldm_fail("internal: cannot write the manifest line as JSON");
+    free(path);
+    free(text);
     return rc;
 }
 
-/* One --prompts line: its own settings (if any) over the run's. */
-static int make_line_image(App *a, const LdmPromptLine *l, int i, int n, char **png_out) {
+/* One --prompts line: its own settings (if any) over the run's. *skipped:
+ * --skip-existing found its PNG. */
+static int make_line_image(App *a, const LdmPromptLine *l, int i, int n, char **png_out, int *skipped) {
     const Options *o = &a->o;
-    LineArgs la = {0};
-    int has_args = !strncmp(l->text + strspn(l->text, " \t"), "--", 2);
-    if (has_args && parse_line_args(l->text, &la) != 0) return -1;
-    int rc = 0, k = a->run_size;
-    if (la.has_H || la.has_W) {
-        int H = la.has_H ? la.H : ldm_pipeline_sizes[a->run_size].config->H;
-        int W = la.has_W ? la.W : ldm_pipeline_sizes[a->run_size].config->W;
-        k = ldm_pipeline_find_size(ldm_pipeline_sizes, ldm_pipeline_n_sizes, H, W, "txt2img", "TXT2IMG_DEFS");
-        if (k < 0) rc = -1;
-        else if (k != a->run_size && (o->init_image || o->mask || o->init_noise))
-            rc = ldm_fail("%dx%d: --init-image, --mask and --init-noise are of the run's size, %dx%d: a line cannot "
-                          "choose another size with them", H, W, CFG.H, CFG.W);
-    }
-    Options saved = a->o;
-    const char *prompt = la.prompt ? la.prompt : l->text;
+    LdmLineArgs la;
+    Options lo;
+    int k = a->run_size;
+    int rc = ldm_line_args_parse(l->text, CFG.timesteps, &la);
+    if (rc == 0) rc = line_options(a, &la, &lo, &k);
     uint64_t seed = la.has_seed ? la.seed : ldm_line_seed(o->seed, l->line);
-    if (la.negative) a->o.negative = la.negative;
-    if (la.has_steps) a->o.steps = la.steps;
-    if (la.has_cfg) a->o.cfg_scale = la.cfg_scale;
-    if (rc == 0) use_size(a, k);
-    char *png = ldm_output_name(o->out, l->line, seed, ".png");
-    char *lat = o->save_latent ? ldm_output_name(o->save_latent, l->line, seed, ".safetensors") : NULL;
-    char *cnd = o->save_cond ? ldm_output_name(o->save_cond, l->line, seed, ".safetensors") : NULL;
-    char label[96];
-    if (ldm_pipeline_n_sizes > 1) snprintf(label, sizeof label, "[%d/%d] line %d, %dx%d", i + 1, n, l->line, CFG.H, CFG.W);
-    else snprintf(label, sizeof label, "[%d/%d] line %d", i + 1, n, l->line);
-    if (rc == 0) rc = make_image(a, prompt, seed, png, lat, cnd, label);
+    *png_out = ldm_output_name(o->out, l->line, seed, ".png");
+    *skipped = 0;
+    if (rc != 0) {
+        ldm_line_args_free(&la);
+        return -1;
+    }
+    const char *png = *png_out;
+    Options saved = a->o;
+    a->o = lo;
+    use_size(a, k);
+    if (saved.skip_existing && access(png, F_OK) == 0) {
+        /* PNGs are renamed into place complete (ldm_image_save): one that exists is done */
+        *skipped = 1;
+        rc = manifest_line(a, l->line, la.prompt, png, seed, -1);
+    } else {
+        char *lat = o->save_latent ? ldm_output_name(o->save_latent, l->line, seed, ".safetensors") : NULL;
+        char *cnd = o->save_cond ? ldm_output_name(o->save_cond, l->line, seed, ".safetensors") : NULL;
+        char label[96];
+        if (ldm_pipeline_n_sizes > 1) snprintf(label, sizeof label, "[%d/%d] line %d, %dx%d", i + 1, n, l->line, CFG.H, CFG.W);
+        else snprintf(label, sizeof label, "[%d/%d] line %d", i + 1, n, l->line);
+        double t0 = ldm_now();
+        rc = make_image(a, la.prompt, seed, png, lat, cnd, label);
+        if (rc == 0) rc = manifest_line(a, l->line, la.prompt, png, seed, ldm_now() - t0);
+        free(lat);
+        free(cnd);
+    }
     a->o = saved;
     use_size(a, a->run_size);
-    line_args_free(&la);
-    free(lat);
-    free(cnd);
-    *png_out = png;
+    ldm_line_args_free(&la);
     return rc;
+}
+
+/* --skip-existing: do all the lines' PNGs exist already? (Then the weights
+ * need not be loaded.) A line that does not parse counts as missing. */
+static int all_exist(const App *a, const LdmPromptList *list) {
+    for (int i = 0; i < list->n; i++) {
+        LdmLineArgs la;
+        int ok = ldm_line_args_parse(list->items[i].text, CFG.timesteps, &la) == 0;
+        uint64_t seed = la.has_seed ? la.seed : ldm_line_seed(a->o.seed, list->items[i].line);
+        ldm_line_args_free(&la);
+        char *png = ldm_output_name(a->o.out, list->items[i].line, seed, ".png");
+        ok = ok && access(png, F_OK) == 0;
+        free(png);
+        if (!ok) return 0;
+    }
+    return 1;
+}
+
+/* Every line of the --prompts file (this shard's). */
+static int run_lines(App *a, const LdmPromptList *list) {
+    const Options *o = &a->o;
+    if (list->n == 0 && a->pmode != LDM_PROGRESS_QUIET)
+        fprintf(stderr, "%s: no prompts in %s for shard %d/%d: nothing to do\n", a->argv0, o->prompts, o->shard_k,
+                o->shard_n);
+    if (list->n > 0 && (ldm_mkdirs(o->out) != 0 || (o->save_latent && ldm_mkdirs(o->save_latent) != 0) ||
+                        (o->save_cond && ldm_mkdirs(o->save_cond) != 0)))
+        return -1;
+    int n_skipped = 0;
+    for (int i = 0; i < list->n; i++) {
+        const LdmPromptLine *l = &list->items[i];
+        char *png = NULL;
+        int skipped = 0;
+        if (make_line_image(a, l, i, list->n, &png, &skipped) != 0) {
+            fprintf(stderr, "%s: error: %s:%d: %s\n", a->argv0, o->prompts, l->line, ldm_last_error());
+            a->n_failed++;
+        } else if (skipped) {
+            n_skipped++;
+            if (a->pmode != LDM_PROGRESS_QUIET)
+                fprintf(stderr, "%s: line %d: %s exists: skipped (--skip-existing)\n", a->argv0, l->line, png);
+        } else if (a->pmode == LDM_PROGRESS_LINES) {
+            fprintf(stderr, "%s: line %d -> %s\n", a->argv0, l->line, png);
+        }
+        free(png);
+    }
+    if (n_skipped && a->pmode != LDM_PROGRESS_QUIET)
+        fprintf(stderr, "%s: %d of %d images existed already: skipped\n", a->argv0, n_skipped, list->n);
+    if (a->n_failed) return ldm_fail("%d of %d prompts failed", a->n_failed, list->n);
+    return 0;
 }
 
 /* Open every --lora file once against the networks' weight names: a bad
@@ -1424,6 +1499,12 @@ static int run(App *a) {
     if (load_inputs(a) != 0) {
         ldm_prompts_free(&list);
         return -1;
+    }
+    if (o->prompts && o->skip_existing && list.n > 0 && all_exist(a, &list)) {
+        /* a re-run of a finished shard: nothing to load */
+        int rc = run_lines(a, &list);
+        ldm_prompts_free(&list);
+        return rc;
     }
 
     /* every size's networks, size k's at k * N_NETS: those of one network
@@ -1488,31 +1569,8 @@ static int run(App *a) {
         ldm_times_add(&a->times, "text encode", ldm_now() - t0);
     }
 
-    if (!o->prompts) {
-        rc = make_image(a, o->prompt, o->seed, o->out, o->save_latent, o->save_cond, "sampling");
-    } else {
-        rc = 0;
-        if (list.n == 0 && a->pmode != LDM_PROGRESS_QUIET)
-            fprintf(stderr, "%s: no prompts in %s for shard %d/%d: nothing to do\n", a->argv0, o->prompts,
-                    o->shard_k, o->shard_n);
-        if (list.n > 0 && (ldm_mkdirs(o->out) != 0 || (o->save_latent && ldm_mkdirs(o->save_latent) != 0) ||
-                           (o->save_cond && ldm_mkdirs(o->save_cond) != 0))) {
-            ldm_prompts_free(&list);
-            return -1;
-        }
-        for (int i = 0; i < list.n; i++) {
-            const LdmPromptLine *l = &list.items[i];
-            char *png = NULL;
-            if (make_line_image(a, l, i, list.n, &png) != 0) {
-                fprintf(stderr, "%s: error: %s:%d: %s\n", a->argv0, o->prompts, l->line, ldm_last_error());
-                a->n_failed++;
-            } else if (a->pmode == LDM_PROGRESS_LINES) {
-                fprintf(stderr, "%s: line %d -> %s\n", a->argv0, l->line, png);
-            }
-            free(png);
-        }
-        if (a->n_failed) rc = ldm_fail("%d of %d prompts failed", a->n_failed, list.n);
-    }
+    if (!o->prompts) rc = make_image(a, o->prompt, o->seed, o->out, o->save_latent, o->save_cond, "sampling");
+    else rc = run_lines(a, &list);
     ldm_prompts_free(&list);
     return rc;
 }
@@ -1545,6 +1603,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     ldm_profile_init();
+    LdmThreadsFrom threads_from;
+    int threads = ldm_threads_setup(a.o.threads, &threads_from);
     a.pmode = ldm_progress_mode(stderr, a.o.quiet);
     a.hybrid = !strcmp(CFG.conditioning_key, "hybrid");
     a.C = CFG.latent_channels;
@@ -1569,7 +1629,10 @@ int main(int argc, char **argv) {
     if (run(&a) == 0) rc = 0;
 out:
     if (rc != 0) fprintf(stderr, "%s: error: %s\n", a.argv0, ldm_last_error());
-    if (a.pmode != LDM_PROGRESS_QUIET && a.times.images > 0) ldm_times_print(&a.times, stderr);
+    if (a.pmode != LDM_PROGRESS_QUIET && a.times.images > 0) {
+        ldm_times_print(&a.times, stderr);
+        fprintf(stderr, "threads: %d (%s)\n", threads, ldm_threads_from_name(threads_from));
+    }
     if (ldm_profiling) ldm_profile_report();
     ldm_nets_free(&a.nets);
     ldm_nets_free(&a.taesd_dec);

@@ -151,4 +151,10 @@ put("promptfile", "plain.txt", "a photograph of an astronaut\n\n  \nriding a hor
 put("promptfile", "options.txt", '--prompt "a cat" --seed 3 --steps 10\n--prompt \'it\'\'s\' --negative_prompt "a \\"b\\""\n'
     "a \\ b 'c d' \"e\\\\f\"\n--prompt \"unterminated\n")
 put("promptfile", "empty.txt", "")
+put("promptfile", "jsonl.txt", (
+    '{"prompt": "a red fox <lora:tiny:0.8>", "negative_prompt": "blurry", "seed": 5, "steps": 20, "cfg_scale": 7.5, '
+    '"sampler": "DPM++ 2M Karras", "size": "512x768"}\n'
+    '{"prompt": "an owl", "width": 512, "height": 512, "sampler_name": "Euler a"}\n'
+    '{"prompt": "x", "steps": "3"}\n{"prompt": "x", "stepz": 3}\n{"prompt": "x", "size": "512x", "width": 3}\n'
+    '[1, 2]\n{"prompt": "x",\n--prompt a cat --sampler_name \'DPM++ 2M\' --seed 3\na plain prompt\n'))
 put("promptfile", "lora_shard.txt", "--lora style.safetensors:0.7 --lora a:b:c --lora :1 --lora x:nan --shard 1/3 --shard 3/3\n")
