@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ldm_limits.h"
 #include "util.h"
 
 /* ----------------------------------------------------------------------------
@@ -673,15 +674,34 @@ int ldm_prompts_read(const char *path, int shard_k, int shard_n, LdmPromptList *
     memset(out, 0, sizeof *out);
     if (shard_n < 1 || shard_k < 0 || shard_k >= shard_n)
         return ldm_fail("shard %d/%d: needs 0 <= K < N", shard_k, shard_n);
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode) && (size_t)sb.st_size > LDM_MAX_PROMPT_FILE_BYTES)
+        return ldm_fail("%s: %lld bytes; the limit of a prompt file is %zu MiB (split it, e.g. with --shard)", path,
+                        (long long)sb.st_size, LDM_MAX_PROMPT_FILE_BYTES >> 20);
     size_t len;
     char *buf = ldm_read_file(path, &len);
     if (!buf) return -1;
+    if (len > LDM_MAX_PROMPT_FILE_BYTES) { /* not a regular file: checked after reading */
+        free(buf);
+        return ldm_fail("%s: more than %zu MiB; the limit of a prompt file", path, LDM_MAX_PROMPT_FILE_BYTES >> 20);
+    }
     int cap = 0, line = 0;
     size_t pos = 0;
     while (pos < len) {
         size_t end = pos;
         while (end < len && buf[end] != '\n' && buf[end] != 0) end++;
         line++;
+        if (line > LDM_MAX_PROMPT_LINES) {
+            free(buf);
+            ldm_prompts_free(out);
+            return ldm_fail("%s: more than %d lines; the limit of a prompt file (split it, e.g. with --shard)", path,
+                            LDM_MAX_PROMPT_LINES);
+        }
+        if (end - pos > LDM_LINE_MAX_BYTES) {
+            free(buf);
+            ldm_prompts_free(out);
+            return ldm_fail("%s:%d: the line is %zu bytes; the limit is %d", path, line, end - pos, LDM_LINE_MAX_BYTES);
+        }
         if (end < len && buf[end] == 0) {
             free(buf);
             ldm_prompts_free(out);

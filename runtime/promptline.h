@@ -53,8 +53,8 @@ typedef struct LdmLineArgs {
     int has_schedule;
 } LdmLineArgs;
 
-/* The prompt length a line may have (bytes): longer lines are refused. */
-#define LDM_LINE_MAX_BYTES (1 << 20)
+/* LDM_LINE_MAX_BYTES (ldm_limits.h): longer lines are refused. */
+#include "ldm_limits.h"
 
 /* Parse one line (without its end of line). max_steps bounds "steps"
  * (the model's timesteps). Returns 0, or -1 (ldm_fail: the message names

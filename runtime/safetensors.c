@@ -13,6 +13,7 @@
 #include "safetensors.h"
 
 #include "half.h"
+#include "ldm_limits.h"
 #include "util.h"
 
 #include <errno.h>
@@ -349,6 +350,11 @@ static int parse_header(StFile *f) {
     if (!json_is_object(root)) {
         rc = ldm_fail("%s: header: expected a JSON object, got %s", f->path, json_kind(root));
         goto out;
+    }
+    if (json_object_size(root) - (json_object_get(root, "__metadata__") ? 1 : 0) > ST_MAX_TENSORS) {
+        size_t k = json_object_size(root) - (json_object_get(root, "__metadata__") ? 1 : 0);
+        json_decref(root);
+        return ldm_fail("%s: header lists %zu tensors; the limit is %d tensors", f->path, k, ST_MAX_TENSORS);
     }
     f->tensors = ldm_xcalloc(json_object_size(root), sizeof(StTensor));
     const char *key;

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ldm_limits.h"
 #include "safetensors.h"
 #include "util.h"
 
@@ -272,6 +273,10 @@ static void emphasis_original(float *z, const double *mult, int ctx, int width) 
 
 int ldm_text_chunks(const LdmTextEncoder *te, const char *prompt, PromptChunks *ch) {
     memset(ch, 0, sizeof *ch);
+    size_t bytes = strlen(prompt);
+    if (bytes > LDM_MAX_PROMPT_BYTES)
+        return ldm_fail("the text is %zu bytes; the limit is %d (a prompt takes at most its chunks of 75 tokens)",
+                        bytes, LDM_MAX_PROMPT_BYTES);
     const LdmEmbeddings *emb = te->emb;
     const int ctx = PROMPT_CHUNK_LENGTH + 2;
     if (te->syntax == LDM_SYNTAX_PLAIN) {

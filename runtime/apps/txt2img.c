@@ -46,6 +46,7 @@
 #include "cpu.h"
 #include "image.h"
 #include "infotext.h"
+#include "ldm_limits.h"
 #include "lora.h"
 #include "model.h"
 #include "pipeline.h"
@@ -400,6 +401,7 @@ static int check_options(const Options *o) {
     if (o->skip_existing && !o->prompts) return ldm_fail("--skip-existing needs --prompts FILE");
     if (!o->out) return ldm_fail(o->prompts ? "missing -o DIR (where the images go)" : "missing -o OUT.png");
     if (o->mask && !o->init_image) return ldm_fail("--mask needs --init-image (the image to inpaint)");
+    if (o->n_loras > LDM_MAX_LORAS) return ldm_fail("%d --lora files; the limit is %d", o->n_loras, LDM_MAX_LORAS);
     if (o->has_strength && !o->init_image) return ldm_fail("--strength needs --init-image");
     if (o->has_eta && o->sampler != LDM_SAMPLER_DDIM)
         return ldm_fail("--eta applies to the ddim sampler only (not %s)", ldm_sampler_name(o->sampler));
@@ -623,6 +625,12 @@ static int prompt_loras(App *a, const char *prompt, char **text, LoraWant **want
     PromptTags tags;
     if (prompt_extract_tags(prompt, &tags) != 0) goto fail;
     int rc = 0;
+    if (o->n_loras + tags.n_tags > LDM_MAX_LORAS) {
+        ldm_fail("%d LoRAs (%d --lora, %d <...> tags in the prompt); the limit is %d per image", o->n_loras + tags.n_tags,
+                 o->n_loras, tags.n_tags, LDM_MAX_LORAS);
+        prompt_tags_free(&tags);
+        goto fail;
+    }
     for (int i = 0; i < tags.n_tags && rc == 0; i++) {
         const PromptTag *t = &tags.tags[i];
         if (strcmp(t->type, "lora") != 0) {
