@@ -1127,7 +1127,7 @@ START_TEST(test_size_refused) {
     char want[1024];
     snprintf(want, sizeof want, "make sample CONFIG=%s SIZES=\"64x64 64x96 96x64\"",
              test_shared("goldens/ldm-vq4-tiny/config.yaml"));
-    ck_assert_msg(strstr(out, "96x64 (height x width) was not compiled") && strstr(out, "64x64 (default), 64x96") &&
+    ck_assert_msg(strstr(out, "64x96 (width x height) was not compiled") && strstr(out, "64x64 (default), 96x64") &&
                       strstr(out, want),
                   "message:\n%s", out);
     free(out);

@@ -97,7 +97,7 @@ static void usage(FILE *fp, const char *argv0) {
             "          %s[--ema] [--lora FILE[:MULT]]... [--compute f32|bf16] [--quiet] [-H PIXELS] [-W PIXELS]\n"
             "\n"
             "DDIM sampling for %s (%s model).\n"
-            "Sizes (height x width): %s.\n"
+            "Sizes (width x height): %s.\n"
             "\n"
             "  --weights CKPT      LDM checkpoint (LatentDiffusion state dict as .safetensors; F32, F16 or BF16),\n"
             "                      checked tensor by tensor\n"
@@ -272,7 +272,7 @@ static void use_size(App *a, int k) {
 static int check_size_models(const App *a) {
     if (ldm_pipeline_sizes[a->size].n_models != N_NETS)
         return ldm_fail("internal: the size table lists %d networks for %dx%d, expected %d",
-                        ldm_pipeline_sizes[a->size].n_models, CFG.H, CFG.W, N_NETS);
+                        ldm_pipeline_sizes[a->size].n_models, CFG.W, CFG.H, N_NETS);
     const LdmModel *unet = net_model(a, NET_UNET), *dec = net_model(a, NET_DEC), *ce = net_model(a, NET_CLASS);
     int iz = ldm_model_input(dec, "z"), oi = ldm_model_output(dec, "image");
     if (iz < 0 || oi < 0 || ldm_numel(&dec->inputs[iz]) != a->n_lat ||
@@ -281,7 +281,7 @@ static int check_size_models(const App *a) {
                         CFG.banner);
     if (a->vq && (ldm_model_output(dec, "indices") < 0 ||
                   ldm_numel(&dec->outputs[ldm_model_output(dec, "indices")]) != (int64_t)a->h * a->w))
-        return ldm_fail("internal: the linked VQ decoder has no indices output of %dx%d", a->h, a->w);
+        return ldm_fail("internal: the linked VQ decoder has no indices output of %dx%d", a->w, a->h);
     if ((CFG.n_classes > 0) != (ce->forward != NULL))
         return ldm_fail("internal: %s %s a ClassEmbedder but the executable was linked %s class_embed",
                         CFG.config_path, CFG.n_classes > 0 ? "has" : "has no", CFG.n_classes > 0 ? "without" : "with");
