@@ -171,3 +171,32 @@ char *ldm_batch_name(const char *path, int i) {
     if (!dot || dot == base) dot = base + strlen(base); /* no extension (".png" alone is a name) */
     return ldm_xasprintf("%.*s_%d%s", (int)(dot - path), path, i + 1, dot);
 }
+
+typedef struct Collect {
+    LdmArg *v;
+    int n;
+} Collect;
+
+static int collect_one(void *ctx, const LdmOption *opt, const char *flag, const char *value) {
+    (void)flag;
+    Collect *c = ctx;
+    c->v = ldm_xrealloc(c->v, (size_t)(c->n + 1) * sizeof *c->v);
+    c->v[c->n].opt = opt;
+    c->v[c->n].value = value;
+    c->n++;
+    return 0;
+}
+
+int ldm_args_collect(int argc, char **argv, const LdmOption *opts, int n, LdmArg **out, int *n_out, int *first_pos) {
+    Collect c = {ldm_xmalloc(sizeof *c.v), 0};
+    int rc = ldm_args_parse(argc, argv, opts, n, collect_one, &c, first_pos);
+    *out = c.v;
+    *n_out = c.n;
+    return rc;
+}
+
+const char *ldm_option_name(const LdmOption *o, char *buf, size_t size) {
+    if (o->short_name) snprintf(buf, size, "-%c", o->short_name);
+    else snprintf(buf, size, "--%s", o->name);
+    return buf;
+}

@@ -36,6 +36,19 @@ typedef int (*LdmOptionFn)(void *ctx, const LdmOption *opt, const char *flag, co
  * '--pre' (--preview, --preview-every)". */
 int ldm_args_parse(int argc, char **argv, const LdmOption *opts, int n, LdmOptionFn fn, void *ctx, int *first_pos);
 
+/* One option of a command line, for ldm_args_collect. */
+typedef struct LdmArg {
+    const LdmOption *opt;
+    const char *value;  /* NULL for LDM_ARG_NONE (and an absent optional value) */
+} LdmArg;
+
+/* ldm_args_parse into *out (malloc'd, *n_out entries, command-line order):
+ * for programs that walk their options in a loop of their own. */
+int ldm_args_collect(int argc, char **argv, const LdmOption *opts, int n, LdmArg **out, int *n_out, int *first_pos);
+
+/* "-c" for a row with a short name, else "--name" (messages). */
+const char *ldm_option_name(const LdmOption *o, char *buf, size_t size);
+
 /* The table one row a line: "--name<TAB>-c<TAB>value" ("-" when no short
  * name; value|none|optional): what --list-options prints. */
 void ldm_args_list(FILE *fp, const LdmOption *opts, int n);
