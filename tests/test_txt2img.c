@@ -930,7 +930,7 @@ START_TEST(test_multi_prompts_file) {
     ck_assert_msg(lw && !strstr(lw + 1, "  load weights") && strstr(out, "timing (4 images)"), "summary:\n%s", out);
     char *eol = strchr(lw, '\n');
     ck_assert_msg(eol && !memchr(lw, '(', (size_t)(eol - lw)), "weights loaded more than once:\n%s", out);
-    ck_assert_msg(strstr(out, "line 2, 128x192") && strstr(out, "line 3, 64x128"), "labels:\n%s", out);
+    ck_assert_msg(strstr(out, "line 2, 192x128") && strstr(out, "line 3, 128x64"), "labels:\n%s", out);
     free(out);
     ck_assert_msg(!test_exists(test_tmp("sizes-out/00004-13.png")), "the failed line wrote an image");
     /* the same images from the single-size executables */

@@ -138,7 +138,7 @@ static void usage(FILE *fp, const char *argv0) {
                 "                      (default %g as in the cin256 notebook; 1 = no guidance)\n",
                 CFG.n_classes, CFG.n_classes - 1, CFG.n_classes - 1, DEFAULT_CFG_SCALE);
     else
-        fprintf(fp, "  --class N, --cfg-scale S  class-conditional models only (this one is unconditional: refused)\n");
+        fprintf(fp, "  --class, --cfg-scale  class-conditional models only (this one is unconditional: refused)\n");
     fprintf(fp,
             "  --ema               use the EMA weights (model_ema.*) of the UNet instead of model.diffusion_model.*\n"
             "  --lora FILE[:MULT]  merge a kohya LoRA/LoCon (CompVis module names, lora_unet_*) into the UNet's\n"
