@@ -76,7 +76,7 @@ ROOT    := $(abspath .)
 # whole runtime in link order: what generated programs and the tests link.
 RT_SRC   := $(wildcard runtime/*.c)
 RT_OBJ   := $(RT_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/runtime/vocab.o
-CORE_SRC := runtime/util.c runtime/safetensors.c runtime/lora.c
+CORE_SRC := runtime/util.c runtime/safetensors.c runtime/lora.c runtime/args.c
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
 CORE_LIB := $(BUILD)/libldmcore.a
 RT_LIB   := $(BUILD)/libldmrt.a $(CORE_LIB)
@@ -160,6 +160,16 @@ $(EXE_OBJ)/runtime/vocab.o: runtime/vocab.S runtime/vocab/bpe_simple_vocab_16e6.
 $(EXE_OBJ)/runtime/cpu_check.o: CFLAGS += -march=x86-64 -mtune=generic
 $(EXE_OBJ)/runtime/cpu_features.o: CPPFLAGS += -DLDM_ARCH='"$(ARCH)"'
 endif
+# The build's version (--version of every program): `git describe` of the
+# checkout, "unknown" outside one; LDM_GIT_VERSION=... overrides it. The
+# header is rewritten only when it changes (only args.o depends on it).
+LDM_GIT_VERSION ?= $(or $(shell git -C $(ROOT) describe --always --dirty 2>/dev/null),unknown)
+$(BUILD)/gen/version.h: FORCE
+	@mkdir -p $(dir $@)
+	@echo '#define LDM_GIT_VERSION "$(LDM_GIT_VERSION)"' > $@.tmp
+	@cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@
+
+$(BUILD)/obj/runtime/args.o: $(BUILD)/gen/version.h
 
 # runtime/cli/foo_bar.c -> $(BUILD)/foo-bar
 define cli_rule

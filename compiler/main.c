@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "args.h"
 #include "driver.h"
 #include "lora.h"
 #include "safetensors.h"
@@ -42,7 +43,10 @@ static void usage(FILE *fp) {
             "  --dot FILE        write the graph in Graphviz format\n"
             "  --plot-memory F   draw the arena usage over the schedule as SVG\n"
             "  --stats           print node, parameter and FLOP counts and timings on stderr\n"
-            "  --version         print the version\n"
+            "  --version         print the version (and the build's git describe)\n"
+            "  -h, --help        this message\n"
+            "Every flag takes its value as --flag VALUE or --flag=VALUE (-o, --output; -D, --define);\n"
+            "--dump's only as --dump=WHAT.\n"
             "\n"
             "passes, in the order they run:\n");
     for (int i = 0; i < ldmc_n_passes; i++) fprintf(fp, "  %-8s %s\n", ldmc_passes[i].name, ldmc_passes[i].what);
@@ -76,37 +80,45 @@ static int randckpt_main(int argc, char **argv) {
     int n_graphs = 0, rc = 2;
     StDtype dtype = ST_F32;
     unsigned long long seed = 0;
-    for (int i = 2; i < argc; i++) {
-        const char *a = argv[i];
-        int has_value = i + 1 < argc;
-        if ((!strcmp(a, "--config") || !strcmp(a, "-o") || !strcmp(a, "--dtype") || !strcmp(a, "--seed") ||
-             !strcmp(a, "-D")) && !has_value) {
-            fprintf(stderr, "ldmc randckpt: error: %s needs a value\n", a);
-            goto out;
-        }
-        if (!strcmp(a, "--config")) opt.config_path = argv[++i];
-        else if (!strcmp(a, "-o")) opt.out_path = argv[++i];
-        else if (!strcmp(a, "--dtype")) {
-            if (parse_dtype(argv[++i], &dtype)) {
-                fprintf(stderr, "ldmc randckpt: error: --dtype must be f32, f16 or bf16, got '%s'\n", argv[i]);
+    static const LdmOption opts[] = {
+        {"config", 0, LDM_ARG_REQUIRED, 'c'}, {"output", 'o', LDM_ARG_REQUIRED, 'o'},
+        {"dtype", 0, LDM_ARG_REQUIRED, 't'},  {"seed", 0, LDM_ARG_REQUIRED, 's'},
+        {"define", 'D', LDM_ARG_REQUIRED, 'D'}, {"help", 'h', LDM_ARG_NONE, 'h'},
+    };
+    LdmArg *args = NULL;
+    int n_args = 0, first = argc;
+    if (ldm_args_collect(argc - 1, argv + 1, opts, (int)(sizeof opts / sizeof *opts), &args, &n_args, &first) != 0) {
+        fprintf(stderr, "ldmc randckpt: error: %s\n", ldm_last_error());
+        goto out;
+    }
+    for (int i = 1 + first; i < argc; i++) graphs[n_graphs++] = argv[i];
+    for (int i = 0; i < n_args; i++) {
+        const char *v = args[i].value;
+        switch (args[i].opt->id) {
+        case 'c': opt.config_path = v; break;
+        case 'o': opt.out_path = v; break;
+        case 't':
+            if (parse_dtype(v, &dtype)) {
+                fprintf(stderr, "ldmc randckpt: error: --dtype must be f32, f16 or bf16, got '%s'\n", v);
                 goto out;
             }
-        } else if (!strcmp(a, "--seed")) {
+            break;
+        case 'h':
+            printf("usage: ldmc randckpt --config YAML [-D NAME=VALUE]... [--dtype f32|f16|bf16] [--seed N] "
+                   "-o OUT.safetensors GRAPH...\n");
+            rc = 0;
+            goto out;
+        case 's': {
             char *end;
-            seed = strtoull(argv[++i], &end, 10);
-            if (*end || !*argv[i]) {
-                fprintf(stderr, "ldmc randckpt: error: --seed expects a non-negative integer, got '%s'\n", argv[i]);
+            seed = strtoull(v, &end, 10);
+            if (*end || !*v || *v == '-') {
+                fprintf(stderr, "ldmc randckpt: error: --seed expects a non-negative integer, got '%s'\n", v);
                 goto out;
             }
-        } else if (!strcmp(a, "-D")) {
-            if (add_define(&opt, argv[++i])) goto out;
-        } else if (!strncmp(a, "-D", 2)) {
-            if (add_define(&opt, a + 2)) goto out;
-        } else if (a[0] == '-') {
-            fprintf(stderr, "ldmc randckpt: error: unknown option '%s'\n", a);
-            goto out;
-        } else {
-            graphs[n_graphs++] = a;
+            break;
+        }
+        default:
+            if (add_define(&opt, v)) goto out;
         }
     }
     if (!opt.out_path || !n_graphs) {
@@ -127,18 +139,31 @@ out:
     }
     free(opt.defines);
     free(graphs);
+    free(args);
     return rc;
 }
 
 static int convert_main(int argc, char **argv) {
     const char *dtype = NULL, *in = NULL, *out = NULL;
-    for (int i = 2; i < argc; i++) {
-        if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = argv[++i];
-        else if (!strncmp(argv[i], "--dtype=", 8)) dtype = argv[i] + 8;
-        else if (argv[i][0] == '-' && argv[i][1]) {
-            fprintf(stderr, "ldmc convert: error: unknown option '%s'\n", argv[i]);
-            return 2;
-        } else if (!in) in = argv[i];
+    static const LdmOption opts[] = {{"dtype", 0, LDM_ARG_REQUIRED, 't'}, {"help", 'h', LDM_ARG_NONE, 'h'}};
+    LdmArg *args = NULL;
+    int n_args = 0, first = argc, help = 0;
+    int prc = ldm_args_collect(argc - 1, argv + 1, opts, 2, &args, &n_args, &first);
+    for (int i = 0; i < n_args; i++) {
+        if (args[i].opt->id == 'h') help = 1;
+        else dtype = args[i].value;
+    }
+    free(args);
+    if (prc == 0 && help) {
+        printf("usage: ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors\n");
+        return 0;
+    }
+    if (prc != 0) {
+        fprintf(stderr, "ldmc convert: error: %s\n", ldm_last_error());
+        return 2;
+    }
+    for (int i = 1 + first; i < argc; i++) {
+        if (!in) in = argv[i];
         else if (!out) out = argv[i];
         else {
             fprintf(stderr, "ldmc convert: error: unexpected argument '%s'\n", argv[i]);
@@ -173,28 +198,36 @@ static int merge_main(int argc, char **argv) {
     LdmLora **loras = calloc((size_t)argc, sizeof *loras);
     int n = 0, rc = 2, base_open = 0;
     StFile bf;
-    for (int i = 2; i < argc; i++) {
-        const char *a = argv[i];
-        if ((!strcmp(a, "--lora") || !strcmp(a, "-o") || !strcmp(a, "--dtype")) && i + 1 >= argc) {
-            fprintf(stderr, "ldmc merge: error: %s needs a value\n", a);
+    static const LdmOption opts[] = {
+        {"lora", 0, LDM_ARG_REQUIRED, 'l'}, {"output", 'o', LDM_ARG_REQUIRED, 'o'}, {"dtype", 0, LDM_ARG_REQUIRED, 't'},
+        {"help", 'h', LDM_ARG_NONE, 'h'}};
+    LdmArg *args = NULL;
+    int n_args = 0, first = argc;
+    if (ldm_args_collect(argc - 1, argv + 1, opts, 4, &args, &n_args, &first) != 0) {
+        fprintf(stderr, "ldmc merge: error: %s\n", ldm_last_error());
+        goto out;
+    }
+    for (int i = 0; i < n_args; i++) {
+        const char *v = args[i].value;
+        if (args[i].opt->id == 'h') {
+            fputs(usage_merge, stdout);
+            rc = 0;
             goto out;
         }
-        if (!strcmp(a, "--lora")) {
+        if (args[i].opt->id == 'l') {
             double m;
-            if (ldm_lora_spec_parse(argv[++i], &files[n], &m) != 0) {
+            if (ldm_lora_spec_parse(v, &files[n], &m) != 0) {
                 fprintf(stderr, "ldmc merge: error: %s\n", ldm_last_error());
                 goto out;
             }
             mults[n++] = (float)m;
-        } else if (!strcmp(a, "-o")) out = argv[++i];
-        else if (!strcmp(a, "--dtype")) dtype = argv[++i];
-        else if (!strncmp(a, "--dtype=", 8)) dtype = a + 8;
-        else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "ldmc merge: error: unknown option '%s'\n", a);
-            goto out;
-        } else if (!base) base = a;
+        } else if (args[i].opt->id == 'o') out = v;
+        else dtype = v;
+    }
+    for (int i = 1 + first; i < argc; i++) {
+        if (!base) base = argv[i];
         else {
-            fprintf(stderr, "ldmc merge: error: unexpected argument '%s'\n", a);
+            fprintf(stderr, "ldmc merge: error: unexpected argument '%s'\n", argv[i]);
             goto out;
         }
     }
@@ -244,6 +277,7 @@ out:
         free(files[k]);
     }
     if (base_open) st_close(&bf);
+    free(args);
     free(loras);
     free(files);
     free(mults);
@@ -279,59 +313,70 @@ int main(int argc, char **argv) {
     DriverOptions opt = {0};
     opt.defines = calloc((size_t)argc, sizeof *opt.defines);
     int rc = 2;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+    /* one row per flag (runtime/args.h): --flag=value and --flag value */
+    static const LdmOption opts[] = {
+        {"config", 0, LDM_ARG_REQUIRED, 'c'},      {"output", 'o', LDM_ARG_REQUIRED, 'o'},
+        {"dot", 0, LDM_ARG_REQUIRED, 'g'},         {"define", 'D', LDM_ARG_REQUIRED, 'D'},
+        {"plot-memory", 0, LDM_ARG_REQUIRED, 'p'}, {"symbol", 0, LDM_ARG_REQUIRED, 'y'},
+        {"dump", 0, LDM_ARG_OPTIONAL, 'd'},        {"stats", 0, LDM_ARG_NONE, 's'},
+        {"help", 'h', LDM_ARG_NONE, 'h'},          {"version", 0, LDM_ARG_NONE, 'V'},
+    };
+    LdmArg *args = NULL;
+    int n_args = 0, first = argc;
+    if (ldm_args_collect(argc, argv, opts, (int)(sizeof opts / sizeof *opts), &args, &n_args, &first) != 0) {
+        fprintf(stderr, "ldmc: error: %s (see ldmc --help)\n", ldm_last_error());
+        goto out;
+    }
+    for (int i = 0; i < n_args; i++) {
+        const char *v = args[i].value;
+        switch (args[i].opt->id) {
+        case 'h':
             usage(stdout);
             rc = 0;
             goto out;
-        } else if (!strcmp(a, "--version")) {
-            printf("ldmc %s\n", LDMC_VERSION);
+        case 'V':
+            printf("ldmc %s (git %s)\n", LDMC_VERSION, ldm_version());
             rc = 0;
             goto out;
-        } else if (!strcmp(a, "--config") || !strcmp(a, "-o") || !strcmp(a, "--dot") || !strcmp(a, "-D") ||
-                   !strcmp(a, "--plot-memory") || !strcmp(a, "--symbol")) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "ldmc: error: %s needs a value\n", a);
+        case 'c': opt.config_path = v; break;
+        case 'o': opt.out_path = v; break;
+        case 'g': opt.dot_path = v; break;
+        case 'p': opt.svg_path = v; break;
+        case 'y':
+            if (!is_c_identifier(v)) {
+                fprintf(stderr, "ldmc: error: --symbol: '%s' is not a C identifier (letters, digits and '_', "
+                                "not starting with a digit)\n", v);
                 goto out;
             }
-            const char *v = argv[++i];
-            if (!strcmp(a, "--config")) opt.config_path = v;
-            else if (!strcmp(a, "-o")) opt.out_path = v;
-            else if (!strcmp(a, "--dot")) opt.dot_path = v;
-            else if (!strcmp(a, "--plot-memory")) opt.svg_path = v;
-            else if (!strcmp(a, "--symbol")) {
-                if (!is_c_identifier(v)) {
-                    fprintf(stderr, "ldmc: error: --symbol: '%s' is not a C identifier (letters, digits and '_', "
-                                    "not starting with a digit)\n", v);
+            opt.symbol = v;
+            break;
+        case 'D':
+            if (add_define(&opt, v) != 0) goto out;
+            break;
+        case 's': opt.stats = 1; break;
+        case 'd':
+            if (!v || !strcmp(v, "graph")) {
+                opt.dump_graph = 1;
+            } else if (!strcmp(v, "build")) {
+                opt.dump_build = 1;
+            } else {
+                int k = ldmc_pass_index(v);
+                if (k < 0) {
+                    fprintf(stderr, "ldmc: error: --dump=%s: no such pass (expected build, graph or one of:", v);
+                    for (int p = 0; p < ldmc_n_passes; p++) fprintf(stderr, " %s", ldmc_passes[p].name);
+                    fprintf(stderr, ")\n");
                     goto out;
                 }
-                opt.symbol = v;
-            } else if (add_define(&opt, v) != 0) goto out;
-        } else if (!strncmp(a, "-D", 2)) {
-            if (add_define(&opt, a + 2) != 0) goto out;
-        } else if (!strcmp(a, "--dump") || !strcmp(a, "--dump=graph")) {
-            opt.dump_graph = 1;
-        } else if (!strcmp(a, "--dump=build")) {
-            opt.dump_build = 1;
-        } else if (!strncmp(a, "--dump=", 7)) {
-            int k = ldmc_pass_index(a + 7);
-            if (k < 0) {
-                fprintf(stderr, "ldmc: error: --dump=%s: no such pass (expected build, graph or one of:", a + 7);
-                for (int p = 0; p < ldmc_n_passes; p++) fprintf(stderr, " %s", ldmc_passes[p].name);
-                fprintf(stderr, ")\n");
-                goto out;
+                opt.dump_after |= 1u << k;
             }
-            opt.dump_after |= 1u << k;
-        } else if (!strcmp(a, "--stats")) {
-            opt.stats = 1;
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "ldmc: error: unknown option '%s' (see ldmc --help)\n", a);
-            goto out;
-        } else if (!opt.graph_path) {
-            opt.graph_path = a;
+            break;
+        }
+    }
+    for (int i = first; i < argc; i++) {
+        if (!opt.graph_path) {
+            opt.graph_path = argv[i];
         } else {
-            fprintf(stderr, "ldmc: error: more than one graph file ('%s' and '%s')\n", opt.graph_path, a);
+            fprintf(stderr, "ldmc: error: more than one graph file ('%s' and '%s')\n", opt.graph_path, argv[i]);
             goto out;
         }
     }
@@ -352,5 +397,6 @@ out:
         free(opt.defines[i].value);
     }
     free(opt.defines);
+    free(args);
     return rc;
 }

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "args.h"
 #include "config.h"
 #include "ldmc.h"
 #include "pipeline.h"
@@ -190,28 +191,38 @@ int ldmc_pipeline_main(int argc, char **argv) {
     char overrides[1024] = "";
     CfgNode *root = NULL;
     PipeInfo *ps = NULL;
-    for (int i = 2; i < argc; i++) {
-        const char *a = argv[i], *v = NULL;
-        if (!strcmp(a, "--config") || !strcmp(a, "-o") || !strcmp(a, "-D") || !strcmp(a, "--size") ||
-            !strcmp(a, "--nets")) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "ldmc pipeline: error: %s needs a value\n", a);
-                goto out;
-            }
-            v = argv[++i];
-        } else if (!strncmp(a, "-D", 2)) {
-            v = a + 2;
-            a = "-D";
-        } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+    /* one row per flag (runtime/args.h): --flag=value and --flag value */
+    static const LdmOption opts[] = {
+        {"config", 0, LDM_ARG_REQUIRED, 'c'}, {"output", 'o', LDM_ARG_REQUIRED, 'o'},
+        {"define", 'D', LDM_ARG_REQUIRED, 'D'}, {"size", 0, LDM_ARG_REQUIRED, 's'},
+        {"nets", 0, LDM_ARG_REQUIRED, 'n'},   {"help", 'h', LDM_ARG_NONE, 'h'},
+    };
+    LdmArg *args = NULL;
+    int n_args = 0, first = argc;
+    if (ldm_args_collect(argc - 1, argv + 1, opts, (int)(sizeof opts / sizeof *opts), &args, &n_args, &first) != 0) {
+        fprintf(stderr, "ldmc pipeline: error: %s\n", ldm_last_error());
+        goto out;
+    }
+    if (first < argc - 1) {
+        fprintf(stderr, "ldmc pipeline: error: unexpected argument '%s'\n", argv[1 + first]);
+        goto out;
+    }
+    for (int i = 0; i < n_args; i++) {
+        const char *a = NULL, *v = args[i].value;
+        switch (args[i].opt->id) {
+        case 'c': a = "--config"; break;
+        case 'o': a = "-o"; break;
+        case 'D': a = "-D"; break;
+        case 's': a = "--size"; break;
+        case 'n': a = "--nets"; break;
+        default:
             printf(PIPE_USAGE
                    "Writes the config-derived constants of a pipeline executable (runtime/pipeline.h): with -D H/W\n"
                    "`ldm_pipeline_config`; with --size, `ldm_pipeline_config_<H>x<W>` per size and the table\n"
                    "`ldm_pipeline_sizes` (the first size is the default) whose entries list the networks\n"
-                   "`<net>_<H>x<W>_model` of --nets (ldmc GRAPH --symbol <net>_<H>x<W>).\n");
+                   "`<net>_<H>x<W>_model` of --nets (ldmc GRAPH --symbol <net>_<H>x<W>). Every flag takes its\n"
+                   "value as --flag VALUE or --flag=VALUE (-o, --output; -D, --define).\n");
             rc = 0;
-            goto out;
-        } else {
-            fprintf(stderr, "ldmc pipeline: error: unexpected argument '%s'\n", a);
             goto out;
         }
         if (!strcmp(a, "--config")) config_path = v;
@@ -331,6 +342,7 @@ int ldmc_pipeline_main(int argc, char **argv) {
     }
     rc = 0;
 out:
+    free(args);
     cfg_free(root);
     free(over);
     free(sizes);

@@ -36,7 +36,7 @@ const char *ldm_pipeline_size_list(const LdmPipelineSize *sizes, int n, char *bu
     size_t k = 0;
     buf[0] = 0;
     for (int i = 0; i < n && k < size; i++) {
-        int r = snprintf(buf + k, size - k, "%s%dx%d%s", i ? ", " : "", sizes[i].config->H, sizes[i].config->W,
+        int r = snprintf(buf + k, size - k, "%s%dx%d%s", i ? ", " : "", sizes[i].config->W, sizes[i].config->H,
                          i == 0 && n > 1 ? " (default)" : "");
         if (r < 0) break;
         k += (size_t)r;
@@ -63,8 +63,9 @@ int ldm_pipeline_find_size(const LdmPipelineSize *sizes, int n, int H, int W, co
         free(copy);
         if (k < sizeof cmd) snprintf(cmd + k, sizeof cmd - k, "'");
     }
-    return ldm_fail("%dx%d (height x width) was not compiled into this executable; it has %s %s. To add it, build "
-                    "with: %s", H, W, n == 1 ? "only" : "these sizes:", list, cmd);
+    return ldm_fail("%dx%d (width x height) was not compiled into this executable; it has %s %s. To add it, build "
+                    "with: %s (make's SIZES are HEIGHTxWIDTH, as the executables' names)", W, H,
+                    n == 1 ? "only" : "these sizes:", list, cmd);
 }
 
 /* ----------------------------------------------------------------------------

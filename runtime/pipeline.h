@@ -77,12 +77,14 @@ typedef struct LdmPipelineSize {
 } LdmPipelineSize;
 
 /* The entry of sizes[0..n) that is H x W, or -1 with the message every
- * executable prints: the size was not compiled, these were, and the make
+ * executable prints: the size was not compiled, these were (sizes as
+ * WIDTHxHEIGHT, as every message says them), and the make
  * command that adds it ("make <target> CONFIG=<config> SIZES=\"... HxW\"",
  * with <defs_var>='-D ...' when the build had config overrides). */
 int ldm_pipeline_find_size(const LdmPipelineSize *sizes, int n, int H, int W, const char *target,
                            const char *defs_var);
-/* "128x128 (default), 128x192, 64x128" into buf. */
+/* The sizes as width x height, the way the webui and stable-diffusion.cpp
+ * say them: "128x128 (default), 192x128, 128x64" into buf. */
 const char *ldm_pipeline_size_list(const LdmPipelineSize *sizes, int n, char *buf, size_t size);
 
 /* The scale factor to use with checkpoint f: c->scale_factor, or for

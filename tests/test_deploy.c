@@ -387,7 +387,7 @@ START_TEST(test_json_lines_bad) {
         "bad.txt:2: unknown field \"stepz\"",
         "bad.txt:3: \"sampler\": unknown sampler 'k_lms'",
         "bad.txt:4: \"size\": expected \"WxH\"",
-        "bad.txt:5: 128x256 (height x width) was not compiled",
+        "bad.txt:5: 256x128 (width x height) was not compiled",
         "bad.txt:6: \"steps\": expected an integer from 1 to 1000, got a string",
         "bad.txt:7: invalid JSON",
         "6 of 8 prompts failed",

@@ -505,7 +505,7 @@ START_TEST(test_ldmc_merge_errors) {
         {{"--lora", misfit, test_shared(BASE), "-o", out, NULL}, 1, TE_Q},
         {{"--lora", test_tmp("nope.safetensors"), test_shared(BASE), "-o", out, NULL}, 1, "nope.safetensors"},
         {{"--lora", misfit, test_tmp("nobase.safetensors"), "-o", out, NULL}, 1, "nobase.safetensors"},
-        {{"--lora", misfit, test_shared(BASE), "-o", out, "--dtype"}, 2, "needs a value"},
+        {{"--lora", misfit, test_shared(BASE), "-o", out, "--dtype"}, 2, "--dtype: expected a value"},
         {{"--lora", misfit, test_shared(BASE), "--dtype", "f8", NULL}, 2, "usage"},
         {{"--lora", ":0.5", test_shared(BASE), "-o", out, NULL}, 2, "no file name"},
         {{test_shared(BASE), "-o", out, NULL}, 2, "usage"},

@@ -63,6 +63,7 @@
 #include <unistd.h>
 
 #include "image.h"
+#include "infotext.h"
 #include "model.h"
 #include "safetensors.h"
 #include "testproc.h"
@@ -765,6 +766,30 @@ START_TEST(test_cfg1_is_conditional) {
 }
 END_TEST
 
+/* The PNG's `parameters` (webui infotext) of a class-conditional image: an
+ * empty prompt, the class as the field "Class", the guidance scale, the
+ * seed; read back as the webui reads it. */
+START_TEST(test_class_metadata) {
+    const char *png = test_tmp("cin-meta.png");
+    free(run_expect(1, cin_exe(), cin_ckpt(), "--class=3", "--cfg-scale", "2.5", "-s", "11", "--steps", "2", "-o", png,
+                    NULL));
+    char *text = NULL;
+    ck_assert_int_eq(ldm_png_read_text(png, "parameters", &text), 1);
+    LdmInfotextParsed p;
+    ck_assert_int_eq(ldm_infotext_parse(text, &p), 0);
+    const char *want[][2] = {{"Class", "3"}, {"CFG scale", "2.5"}, {"Seed", "11"}, {"Steps", "2"},
+                             {"Sampler", "DDIM"}, {"Size", "48x32"}, {"Model", "cin"}};
+    ck_assert_msg(!strcmp(p.prompt, ""), "prompt '%s'", p.prompt);
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const char *v = ldm_infotext_get(&p, want[i][0]);
+        ck_assert_msg(v && !strcmp(v, want[i][1]), "%s: '%s', expected '%s' in:\n%s", want[i][0], v ? v : "(absent)",
+                      want[i][1], text);
+    }
+    ldm_infotext_parsed_free(&p);
+    free(text);
+}
+END_TEST
+
 /* Guidance is against the unconditional class: with row n_classes-1 equal
  * to row 2, class 2 at scale 3 is class 2 at scale 1 (e_u = e_c). The two
  * halves of the batch-2 UNet call then get identical inputs; they are
@@ -929,7 +954,7 @@ static const Bad k_bad[] = {
     {"steps text", 0, "vq", {"--steps", "ten"}, "'ten'"},
     {"steps the schedule cannot make", 0, "vq", {"--steps", "3"}, "3"},
     {"negative eta", 0, "vq", {"--eta", "-1"}, "--eta"},
-    {"negative seed", 0, "vq", {"--seed", "-1"}, "--seed"},
+    {"negative seed", 0, "vq", {"--seed", "-2"}, "--seed"},
     {"unknown rng", 0, "vq", {"--rng", "gpu"}, "--rng"},
     {"unknown compute mode", 0, "vq", {"--compute", "f16"}, "expected f32 or bf16, got 'f16'"},
     {"batch 0", 0, "vq", {"--batch", "0"}, "--batch"},
@@ -1127,7 +1152,7 @@ START_TEST(test_size_refused) {
     char want[1024];
     snprintf(want, sizeof want, "make sample CONFIG=%s SIZES=\"64x64 64x96 96x64\"",
              test_shared("goldens/ldm-vq4-tiny/config.yaml"));
-    ck_assert_msg(strstr(out, "96x64 (height x width) was not compiled") && strstr(out, "64x64 (default), 64x96") &&
+    ck_assert_msg(strstr(out, "64x96 (width x height) was not compiled") && strstr(out, "64x64 (default), 96x64") &&
                       strstr(out, want),
                   "message:\n%s", out);
     free(out);
@@ -1199,6 +1224,7 @@ Suite *suite_sample(void) {
     tcase_add_test(tc, test_cfg1_is_conditional);
     tcase_add_test(tc, test_guidance_against_uncond_class);
     tcase_add_test(tc, test_guidance_formula);
+    tcase_add_test(tc, test_class_metadata);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("kl");

@@ -547,7 +547,7 @@ static const Bad k_bad[] = {
     {"eta for plms", "model", {"--prompt", "x", "--sampler", "plms", "--eta", "0.5"}, "--eta"},
     {"negative eta", "model", {"--prompt", "x", "--eta", "-1"}, "--eta"},
     {"cfg scale nan", "model", {"--prompt", "x", "--cfg-scale", "nan"}, "--cfg-scale"},
-    {"negative seed", "model", {"--prompt", "x", "--seed", "-1"}, "--seed"},
+    {"negative seed", "model", {"--prompt", "x", "--seed", "-2"}, "--seed"},
     {"seed too large", "model", {"--prompt", "x", "--seed", "18446744073709551616"}, "--seed"},
     {"unknown rng", "model", {"--prompt", "x", "--rng", "gpu"}, "--rng"},
     {"unknown compute mode", "model", {"--prompt", "x", "--compute", "f16"}, "expected f32 or bf16, got 'f16'"},
@@ -922,7 +922,7 @@ START_TEST(test_multi_prompts_file) {
     char *out;
     int rc = run_prog(multi_exe(), &out, "--prompts", file, "--steps", "2", "--seed", "10", "-o", dir, NULL);
     ck_assert_msg(rc == 1, "expected status 1 (line 4 fails), got %d:\n%s", rc, out);
-    ck_assert_msg(strstr(out, "sizes.txt:4: 96x128 (height x width) was not compiled") &&
+    ck_assert_msg(strstr(out, "sizes.txt:4: 128x96 (width x height) was not compiled") &&
                       strstr(out, "SIZES=\"128x128 128x192 64x128 96x128\"") && strstr(out, "1 of 5 prompts failed"),
                   "line 4's error:\n%s", out);
     /* weights loaded once: one "load weights" stage in the summary */
@@ -930,7 +930,7 @@ START_TEST(test_multi_prompts_file) {
     ck_assert_msg(lw && !strstr(lw + 1, "  load weights") && strstr(out, "timing (4 images)"), "summary:\n%s", out);
     char *eol = strchr(lw, '\n');
     ck_assert_msg(eol && !memchr(lw, '(', (size_t)(eol - lw)), "weights loaded more than once:\n%s", out);
-    ck_assert_msg(strstr(out, "line 2, 128x192") && strstr(out, "line 3, 64x128"), "labels:\n%s", out);
+    ck_assert_msg(strstr(out, "line 2, 192x128") && strstr(out, "line 3, 128x64"), "labels:\n%s", out);
     free(out);
     ck_assert_msg(!test_exists(test_tmp("sizes-out/00004-13.png")), "the failed line wrote an image");
     /* the same images from the single-size executables */
@@ -981,15 +981,15 @@ START_TEST(test_size_refused) {
     snprintf(want, sizeof want, "make txt2img CONFIG=%s SIZES=\"128x128 128x192 64x128 256x128\"",
              test_shared("goldens/sd1-tiny/config.yaml"));
     ck_assert_msg(rc == 2, "status %d:\n%s", rc, out);
-    ck_assert_msg(strstr(out, "error: 256x128 (height x width) was not compiled into this executable") &&
-                      strstr(out, "128x128 (default), 128x192, 64x128") && strstr(out, want),
+    ck_assert_msg(strstr(out, "error: 128x256 (width x height) was not compiled into this executable") &&
+                      strstr(out, "128x128 (default), 192x128, 128x64") && strstr(out, want),
                   "message:\n%s", out);
     free(out);
     /* the single-size executable the same way */
     rc = run_prog(exe(), &out, "--prompt", "x", "--width", "64", "-o", png, NULL);
     snprintf(want, sizeof want, "make txt2img CONFIG=%s SIZES=\"128x128 128x64\"",
              test_shared("goldens/sd1-tiny/config.yaml"));
-    ck_assert_msg(rc == 2 && strstr(out, "128x64 (height x width) was not compiled") && strstr(out, "only 128x128") &&
+    ck_assert_msg(rc == 2 && strstr(out, "64x128 (width x height) was not compiled") && strstr(out, "only 128x128") &&
                       strstr(out, want),
                   "status %d, message:\n%s", rc, out);
     free(out);
@@ -1020,7 +1020,7 @@ START_TEST(test_multi_help) {
     char *argv[] = {(char *)multi_exe(), "--help", NULL};
     char *out;
     ck_assert(test_run(argv, &out) == 0);
-    ck_assert_msg(strstr(out, "Sizes (height x width): 128x128 (default), 128x192, 64x128.") && strstr(out, "--height"),
+    ck_assert_msg(strstr(out, "Sizes (width x height): 128x128 (default), 192x128, 128x64.") && strstr(out, "--height"),
                   "help:\n%s", out);
     free(out);
 }

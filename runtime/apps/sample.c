@@ -30,12 +30,16 @@
  * loading are the ones every pipeline executable shares (runtime/pipeline.h,
  * runtime/sampler.h); this file only strings them together.
  */
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "args.h"
 #include "cpu.h"
 #include "image.h"
+#include "infotext.h"
+#include "kernels.h"
 #include "lora.h"
 #include "model.h"
 #include "pipeline.h"
@@ -85,7 +89,11 @@ typedef struct Options {
     int quiet;                 /* --quiet */
     const char **loras;        /* --lora FILE[:MULT], in order */
     int n_loras;
-    int threads;               /* -t/--threads N (0: OMP_NUM_THREADS, else the CPUs this process may use) */
+    int random_seed;           /* -s/--seed -1: draw the seed (ldm_random_seed) */
+    int threads;               /* -t/--threads N (0: the default) */
+    int no_metadata;           /* --no-metadata: no `parameters` text chunk in the PNGs */
+    int verbose;               /* -v/--verbose */
+    int dry_run;               /* --dry-run */
 } Options;
 
 static int n_classes(void) { return ldm_pipeline_sizes[0].models[NET_CLASS]->forward ? CFG.n_classes : 0; }
@@ -96,25 +104,30 @@ static void usage(FILE *fp, const char *argv0) {
     fprintf(fp,
             "usage: %s --weights CKPT.safetensors -o OUT.png [--steps N] [--eta E] [--seed N]\n"
             "          [--rng cpu|cuda] [--init-noise F] [--save-latent F] [--batch K]\n"
-            "          %s[--ema] [--lora FILE[:MULT]]... [--compute f32|bf16] [--quiet] [-H PIXELS] [-W PIXELS] [-t N]\n"
+            "          %s[--ema] [--lora FILE[:MULT]]... [--compute f32|bf16] [--quiet] [-W PIXELS] [-H PIXELS]\n"
+            "          [-t N] [--no-metadata] [-v] [--dry-run]\n"
+            "       %s --version | --help | --list-options\n"
             "\n"
             "DDIM sampling for %s (%s model).\n"
-            "Sizes (height x width): %s.\n"
+            "Sizes (width x height): %s.\n"
+            "\n"
+            "Every flag takes its value as --flag VALUE or --flag=VALUE.\n"
             "\n"
             "  --weights CKPT      LDM checkpoint (LatentDiffusion state dict as .safetensors; F32, F16 or BF16),\n"
-            "                      checked tensor by tensor\n"
+            "                      checked tensor by tensor (-m, --model CKPT: the same)\n"
             "  -o, --output OUT    the PNG to write (8-bit RGB, %d wide, %d high at the default size)\n"
-            "  -H, --height N      image height in pixels, -W, --width N its width: one of the sizes above\n"
+            "  -W, --width N       image width in pixels, -H, --height N its height: one of the sizes above\n"
             "                      (default: the first; one flag alone keeps the default's other side)\n"
             "  --steps N           DDIM steps (default 50)\n"
             "  --eta E             DDIM eta (default 0: deterministic; sample_diffusion.py uses 1)\n"
-            "  --seed N            torch.manual_seed(N) for all noise (default 0)\n"
+            "  -s, --seed N        torch.manual_seed(N) for all noise (default 0); -1: a random seed\n"
+            "                      (0 <= N < 4294967294, as the webui draws it), printed and recorded in the PNG\n"
             "  --rng cpu|cuda      draw noise as torch does on the CPU (default) or on a CUDA GPU\n"
             "  --init-noise F      start from tensor 'noise' of F ([K, %d, %d, %d]) instead of the seed's x_T\n"
             "  --save-latent F     also write the final latent ('latent'), the initial noise ('noise')%s%s to F\n"
             "  --batch K           K images, weights loaded once; OUT (and --save-latent) are then directories,\n"
             "                      image i (1-based) drawn with seed N + i - 1 and written to <i, 5 digits>-<seed>.png\n",
-            argv0, n_classes() ? "--class N [--cfg-scale S] " : "", CFG.banner,
+            argv0, n_classes() ? "--class N [--cfg-scale S] " : "", argv0, CFG.banner,
             n_classes() ? "class-conditional" : "unconditional", sizes, CFG.W, CFG.H, CFG.latent_channels, CFG.latent_h,
             CFG.latent_w, strcmp(CFG.first_stage, "vq") == 0 ? ", the codebook indices ('indices')" : "",
             n_classes() ? ", the context ('context', [uncond, cond]) and 'class_label'" : "");
@@ -125,6 +138,8 @@ static void usage(FILE *fp, const char *argv0) {
                 "  --cfg-scale S       classifier-free guidance scale against the unconditional class %d\n"
                 "                      (default %g as in the cin256 notebook; 1 = no guidance)\n",
                 CFG.n_classes, CFG.n_classes - 1, CFG.n_classes - 1, DEFAULT_CFG_SCALE);
+    else
+        fprintf(fp, "  --class, --cfg-scale  class-conditional models only (this one is unconditional: refused)\n");
     fprintf(fp,
             "  --ema               use the EMA weights (model_ema.*) of the UNet instead of model.diffusion_model.*\n"
             "  --lora FILE[:MULT]  merge a kohya LoRA/LoCon (CompVis module names, lora_unet_*) into the UNet's\n"
@@ -132,96 +147,172 @@ static void usage(FILE *fp, const char *argv0) {
             "  --compute f32|bf16  f32 (default), or the GEMM kernel's products (linear layers, im2col and\n"
             "                      pointwise convolutions) in bfloat16 with float32 sums, on CPUs with\n"
             "                      AVX-512 BF16; Winograd, attention and the rest stay f32\n"
-            "  -t, --threads N     threads (default: OMP_NUM_THREADS, else the CPUs this process may use:\n"
-            "                      its affinity mask and cgroup CPU quota)\n"
-            "  --quiet             no progress or timing output\n"
-            "  LDM_PROFILE=1       (environment) print per-node kernel times at the end\n");
+            "  -t, --threads N     threads (default: OMP_NUM_THREADS, else the CPUs this process may use: its\n"
+            "                      affinity mask and cgroup CPU quota; -1: the default)\n"
+            "  --no-metadata       leave out the PNG text chunk `parameters` (the generation parameters in the\n"
+            "                      AUTOMATIC1111 webui's infotext format: steps, sampler, seed, size, model hash;\n"
+            "                      the class as the field \"Class\"; the prompt is empty, or the LoRAs' tags)\n"
+            "  -q, --quiet         no progress or timing output\n"
+            "  -v, --verbose       print the version, the build and the options before the run\n"
+            "  --dry-run           check the command line, print the options it gives and stop (nothing is read)\n"
+            "  --version           print the version and the build (config, sizes) and exit\n"
+            "  --list-options      print every option (long name, short name, value or none) and exit\n"
+            "  -h, --help          this message\n"
+            "  LDM_PROFILE=       (environment) print per-node kernel times at the end\n");
 }
 
-/* Is a the flag `name` ("--name", or "--name=value" for long names)? */
-static int is_flag(const char *a, const char *name) {
-    size_t k = strlen(name);
-    return strncmp(a, name, k) == 0 && (a[k] == 0 || (a[k] == '=' && name[1] == '-'));
-}
-
-/* The flags that take a value. */
-static const char *const value_flags[] = {
-    "--weights", "-o", "--output", "--init-noise", "--save-latent", "--steps", "--eta", "--seed", "--rng",
-    "--batch", "--class", "--cfg-scale", "--compute", "-H", "--height", "-W", "--width", "--lora", "-t", "--threads", NULL,
+/* The flags, one row each (runtime/args.h); -m/--model is --weights, as
+ * stable-diffusion.cpp spells it. */
+enum {
+    OPT_WEIGHTS = 1, OPT_OUTPUT, OPT_INIT_NOISE, OPT_SAVE_LATENT, OPT_STEPS, OPT_ETA, OPT_SEED, OPT_RNG, OPT_BATCH,
+    OPT_CLASS, OPT_CFG_SCALE, OPT_COMPUTE, OPT_HEIGHT, OPT_WIDTH, OPT_LORA, OPT_THREADS, OPT_QUIET, OPT_EMA,
+    OPT_NO_METADATA, OPT_VERBOSE, OPT_VERSION, OPT_HELP, OPT_DRY_RUN, OPT_LIST_OPTIONS,
 };
+#define V LDM_ARG_REQUIRED
+#define N LDM_ARG_NONE
+static const LdmOption k_options[] = {
+    {"weights", 0, V, OPT_WEIGHTS},
+    {"model", 'm', V, OPT_WEIGHTS},
+    {"output", 'o', V, OPT_OUTPUT},
+    {"init-noise", 0, V, OPT_INIT_NOISE},
+    {"save-latent", 0, V, OPT_SAVE_LATENT},
+    {"steps", 0, V, OPT_STEPS},
+    {"eta", 0, V, OPT_ETA},
+    {"seed", 's', V, OPT_SEED},
+    {"rng", 0, V, OPT_RNG},
+    {"batch", 0, V, OPT_BATCH},
+    {"class", 0, V, OPT_CLASS},
+    {"cfg-scale", 0, V, OPT_CFG_SCALE},
+    {"compute", 0, V, OPT_COMPUTE},
+    {"height", 'H', V, OPT_HEIGHT},
+    {"width", 'W', V, OPT_WIDTH},
+    {"lora", 0, V, OPT_LORA},
+    {"threads", 't', V, OPT_THREADS},
+    {"quiet", 'q', N, OPT_QUIET},
+    {"ema", 0, N, OPT_EMA},
+    {"no-metadata", 0, N, OPT_NO_METADATA},
+    {"verbose", 'v', N, OPT_VERBOSE},
+    {"version", 0, N, OPT_VERSION},
+    {"help", 'h', N, OPT_HELP},
+    {"dry-run", 0, N, OPT_DRY_RUN},
+    {"list-options", 0, N, OPT_LIST_OPTIONS},
+};
+#undef V
+#undef N
+#define N_OPTIONS ((int)(sizeof k_options / sizeof k_options[0]))
 
-/* 0, 1 for --help, or -1 (ldm_fail) on bad usage. */
+typedef struct ParseState {
+    Options *o;
+    int help, version, list;
+} ParseState;
+
+static int parse_option(void *ctx, const LdmOption *opt, const char *f, const char *v) {
+    ParseState *ps = ctx;
+    Options *o = ps->o;
+    switch (opt->id) {
+    case OPT_HELP: ps->help = 1; break;
+    case OPT_VERSION: ps->version = 1; break;
+    case OPT_LIST_OPTIONS: ps->list = 1; break;
+    case OPT_QUIET: o->quiet = 1; break;
+    case OPT_EMA: o->ema = 1; break;
+    case OPT_NO_METADATA: o->no_metadata = 1; break;
+    case OPT_VERBOSE: o->verbose = 1; break;
+    case OPT_DRY_RUN: o->dry_run = 1; break;
+    case OPT_WEIGHTS: o->weights = v; break;
+    case OPT_OUTPUT: o->out = v; break;
+    case OPT_INIT_NOISE: o->init_noise = v; break;
+    case OPT_SAVE_LATENT: o->save_latent = v; break;
+    case OPT_LORA:
+        o->loras = ldm_xrealloc(o->loras, (size_t)(o->n_loras + 1) * sizeof *o->loras);
+        o->loras[o->n_loras++] = v;
+        break;
+    case OPT_STEPS: return ldm_parse_int(f, v, 1, CFG.timesteps, &o->steps);
+    case OPT_ETA: return ldm_parse_double(f, v, 0, 1e3, &o->eta);
+    case OPT_SEED: return ldm_parse_seed(f, v, &o->seed, &o->random_seed);
+    case OPT_RNG: return ldm_rng_parse(v, &o->rng);
+    case OPT_COMPUTE: return ldm_set_compute(v);
+    case OPT_BATCH:
+        o->has_batch = 1;
+        return ldm_parse_int(f, v, 1, 100000, &o->batch);
+    case OPT_CLASS:
+        if (!n_classes())
+            return ldm_fail("--class: this executable was built for %s, an unconditional model (no "
+                            "ClassEmbedder cond stage): it has no classes", CFG.config_path);
+        o->has_class = 1;
+        return ldm_parse_int(f, v, 0, n_classes() - 1, &o->class_label);
+    case OPT_CFG_SCALE:
+        if (!n_classes())
+            return ldm_fail("--cfg-scale: this executable was built for %s, an unconditional model: there is "
+                            "nothing to guide towards", CFG.config_path);
+        o->has_cfg = 1;
+        return ldm_parse_double(f, v, -1e4, 1e4, &o->cfg_scale);
+    case OPT_HEIGHT:
+        o->has_H = 1;
+        return ldm_parse_int(f, v, 1, 65536, &o->H);
+    case OPT_WIDTH:
+        o->has_W = 1;
+        return ldm_parse_int(f, v, 1, 65536, &o->W);
+    case OPT_THREADS:
+        if (!strcmp(v, "-1")) {
+            o->threads = 0;
+            break;
+        }
+        if (ldm_parse_int(f, v, 1, 4096, &o->threads))
+            return ldm_fail("%s: expected a thread count from 1 to 4096 (or -1: the default), got '%s'", f, v);
+        break;
+    default: return ldm_fail("internal: option %s has no handler", f);
+    }
+    return 0;
+}
+
+/* 0, 1 for --help, 2 for --version, 3 for --list-options, or -1 (ldm_fail)
+ * on bad usage. */
 static int parse_args(int argc, char **argv, Options *o) {
     memset(o, 0, sizeof *o);
     o->steps = 50;
     o->rng = LDM_RNG_CPU;
     o->batch = 1;
     o->cfg_scale = DEFAULT_CFG_SCALE;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *f = NULL, *v;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) return 1;
-        if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
-            o->quiet = 1;
-            continue;
-        }
-        if (!strcmp(a, "--ema")) {
-            o->ema = 1;
-            continue;
-        }
-        for (int k = 0; value_flags[k] && !f; k++)
-            if (is_flag(a, value_flags[k])) f = value_flags[k];
-        if (!f) {
-            if (a[0] == '-') return ldm_fail("unknown option '%s'", a);
-            return ldm_fail("unexpected argument '%s'", a);
-        }
-        if (a[strlen(f)] == '=') v = a + strlen(f) + 1;
-        else if (i + 1 < argc) v = argv[++i];
-        else return ldm_fail("%s: expected a value after it", f);
-
-        if (!strcmp(f, "--weights")) o->weights = v;
-        else if (!strcmp(f, "-o") || !strcmp(f, "--output")) o->out = v;
-        else if (!strcmp(f, "--init-noise")) o->init_noise = v;
-        else if (!strcmp(f, "--save-latent")) o->save_latent = v;
-        else if (!strcmp(f, "--lora")) {
-            o->loras = ldm_xrealloc(o->loras, (size_t)(o->n_loras + 1) * sizeof *o->loras);
-            o->loras[o->n_loras++] = v;
-        }
-        else if (!strcmp(f, "--steps")) {
-            if (ldm_parse_int(f, v, 1, CFG.timesteps, &o->steps)) return -1;
-        } else if (!strcmp(f, "--eta")) {
-            if (ldm_parse_double(f, v, 0, 1e3, &o->eta)) return -1;
-        } else if (!strcmp(f, "--seed")) {
-            if (ldm_parse_u64(f, v, &o->seed)) return -1;
-        } else if (!strcmp(f, "--rng")) {
-            if (ldm_rng_parse(v, &o->rng)) return -1;
-        } else if (!strcmp(f, "--compute")) {
-            if (ldm_set_compute(v)) return -1;
-        } else if (!strcmp(f, "--batch")) {
-            if (ldm_parse_int(f, v, 1, 100000, &o->batch)) return -1;
-            o->has_batch = 1;
-        } else if (!strcmp(f, "--class")) {
-            if (!n_classes())
-                return ldm_fail("--class: this executable was built for %s, an unconditional model (no "
-                                "ClassEmbedder cond stage): it has no classes", CFG.config_path);
-            if (ldm_parse_int(f, v, 0, n_classes() - 1, &o->class_label)) return -1;
-            o->has_class = 1;
-        } else if (!strcmp(f, "--cfg-scale")) {
-            if (!n_classes())
-                return ldm_fail("--cfg-scale: this executable was built for %s, an unconditional model: there is "
-                                "nothing to guide towards", CFG.config_path);
-            if (ldm_parse_double(f, v, -1e4, 1e4, &o->cfg_scale)) return -1;
-            o->has_cfg = 1;
-        } else if (!strcmp(f, "-H") || !strcmp(f, "--height")) {
-            if (ldm_parse_int(f, v, 1, 65536, &o->H)) return -1;
-            o->has_H = 1;
-        } else if (!strcmp(f, "-W") || !strcmp(f, "--width")) {
-            if (ldm_parse_int(f, v, 1, 65536, &o->W)) return -1;
-            o->has_W = 1;
-        } else if (!strcmp(f, "-t") || !strcmp(f, "--threads")) {
-            if (ldm_threads_parse(f, v, &o->threads)) return -1;
-        }
-    }
+    ParseState ps = {.o = o};
+    int first = argc;
+    if (ldm_args_parse(argc, argv, k_options, N_OPTIONS, parse_option, &ps, &first) != 0) return -1;
+    if (ps.help) return 1;
+    if (ps.version) return 2;
+    if (ps.list) return 3;
+    if (first < argc) return ldm_fail("unexpected argument '%s'", argv[first]);
     return 0;
+}
+
+/* The options as parsed, one "name: value" a line (--dry-run, --verbose). */
+static void print_options(FILE *fp, const Options *o) {
+#define S(name, v) fprintf(fp, "  %-14s %s\n", name ":", (v) ? (v) : "(none)")
+#define I(name, v) fprintf(fp, "  %-14s %d\n", name ":", (int)(v))
+#define D(name, v) fprintf(fp, "  %-14s %.17g\n", name ":", (double)(v))
+    S("weights", o->weights);
+    S("output", o->out);
+    S("init-noise", o->init_noise);
+    S("save-latent", o->save_latent);
+    I("steps", o->steps);
+    D("eta", o->eta);
+    if (o->random_seed) S("seed", "random (-1)");
+    else fprintf(fp, "  %-14s %llu\n", "seed:", (unsigned long long)o->seed);
+    S("rng", ldm_rng_name(o->rng));
+    I("batch", o->batch);
+    if (o->has_class) I("class", o->class_label);
+    if (n_classes()) D("cfg-scale", o->cfg_scale);
+    if (o->has_H) I("height", o->H);
+    if (o->has_W) I("width", o->W);
+    for (int i = 0; i < o->n_loras; i++) S("lora", o->loras[i]);
+    if (o->threads) I("threads", o->threads);
+    else S("threads", "(the default)");
+    I("ema", o->ema);
+    I("quiet", o->quiet);
+    I("no-metadata", o->no_metadata);
+    I("verbose", o->verbose);
+    S("compute", ldm_compute_mode());
+#undef S
+#undef I
+#undef D
 }
 
 /* Cross-flag checks that need no file. */
@@ -258,6 +349,10 @@ typedef struct App {
     int per_size;             /* networks loaded per size: unet, vae_decoder (, class_embed) */
     LdmLora **loras;          /* (o.n_loras) --lora, merged when the weights are bound */
     char *lora_record;        /* "name:mult, ..." for the latent's metadata */
+    char model_hash[11];      /* the infotext's "Model hash" ("" with --no-metadata) */
+    char *model_name;         /* ... and "Model": the checkpoint's file stem */
+    char *info_prompt;        /* ... its prompt: the LoRAs' <lora:NAME:MULT> tags ("" without) */
+    char *lora_hashes;        /* ... and their "Lora hashes" ("name: 12 hex of the addnet hash, ...") */
 } App;
 
 /* Network `net` of the size in use, and its index in a->nets. */
@@ -278,7 +373,7 @@ static void use_size(App *a, int k) {
 static int check_size_models(const App *a) {
     if (ldm_pipeline_sizes[a->size].n_models != N_NETS)
         return ldm_fail("internal: the size table lists %d networks for %dx%d, expected %d",
-                        ldm_pipeline_sizes[a->size].n_models, CFG.H, CFG.W, N_NETS);
+                        ldm_pipeline_sizes[a->size].n_models, CFG.W, CFG.H, N_NETS);
     const LdmModel *unet = net_model(a, NET_UNET), *dec = net_model(a, NET_DEC), *ce = net_model(a, NET_CLASS);
     int iz = ldm_model_input(dec, "z"), oi = ldm_model_output(dec, "image");
     if (iz < 0 || oi < 0 || ldm_numel(&dec->inputs[iz]) != a->n_lat ||
@@ -287,7 +382,7 @@ static int check_size_models(const App *a) {
                         CFG.banner);
     if (a->vq && (ldm_model_output(dec, "indices") < 0 ||
                   ldm_numel(&dec->outputs[ldm_model_output(dec, "indices")]) != (int64_t)a->h * a->w))
-        return ldm_fail("internal: the linked VQ decoder has no indices output of %dx%d", a->h, a->w);
+        return ldm_fail("internal: the linked VQ decoder has no indices output of %dx%d", a->w, a->h);
     if ((CFG.n_classes > 0) != (ce->forward != NULL))
         return ldm_fail("internal: %s %s a ClassEmbedder but the executable was linked %s class_embed",
                         CFG.config_path, CFG.n_classes > 0 ? "has" : "has no", CFG.n_classes > 0 ? "without" : "with");
@@ -405,6 +500,72 @@ static int save_latent(App *a, const char *path, const float *latent, const floa
     return rc;
 }
 
+/* The webui infotext of an image of this run made with `seed` (the PNG's
+ * `parameters` chunk): an LDM has no text prompt, so the prompt line is
+ * empty (or the --lora files as <lora:NAME:MULT> tags, as txt2img records
+ * them), and a class-conditional model's class is the field "Class" (the
+ * webui keeps fields it does not know), with the guidance scale against
+ * the unconditional class as "CFG scale" (1 for unconditional models). */
+static char *image_infotext(const App *a, uint64_t seed) {
+    const Options *o = &a->o;
+    char class_s[16], eta_s[32];
+    const char *extra[12];
+    int ne = 0;
+    if (a->classes) {
+        snprintf(class_s, sizeof class_s, "%d", o->class_label);
+        extra[ne++] = "Class", extra[ne++] = class_s;
+    }
+    if (o->eta != 0) extra[ne++] = "Eta DDIM", extra[ne++] = ldm_py_float(o->eta, eta_s, sizeof eta_s);
+    if (o->ema) extra[ne++] = "EMA weights", extra[ne++] = "True";
+    extra[ne] = NULL;
+    LdmInfotext t = {
+        .prompt = a->info_prompt ? a->info_prompt : "",
+        .negative = NULL,
+        .steps = o->steps,
+        .sampler = LDM_SAMPLER_DDIM,
+        .cfg_scale = a->classes ? o->cfg_scale : 1.0,
+        .seed = seed,
+        .width = CFG.W,
+        .height = CFG.H,
+        .model_hash = a->model_hash[0] ? a->model_hash : NULL,
+        .model = a->model_name,
+        .denoising_strength = -1.0,
+        .rng = o->rng == LDM_RNG_CPU ? "CPU" : NULL,
+        .lora_hashes = a->lora_hashes && a->lora_hashes[0] ? a->lora_hashes : NULL,
+        .extra = extra,
+    };
+    return ldm_infotext_format(&t);
+}
+
+/* The infotext's model and LoRA fields, once per run (hashes are cached). */
+static int metadata_setup(App *a) {
+    const Options *o = &a->o;
+    double t0 = ldm_now();
+    if (ldm_model_hash(o->weights, a->model_hash) != 0) return -1;
+    a->model_name = ldm_path_stem(o->weights);
+    a->info_prompt = ldm_xstrdup("");
+    a->lora_hashes = ldm_xstrdup("");
+    for (int i = 0; i < o->n_loras; i++) {
+        char *path, *name, hex[65], mult_s[32];
+        double mult;
+        if (ldm_lora_spec_parse(o->loras[i], &path, &mult) != 0) return -1;
+        name = ldm_path_stem(path);
+        char *p = ldm_xasprintf("%s%s<lora:%s:%s>", a->info_prompt, i ? " " : "", name,
+                                ldm_py_float(mult, mult_s, sizeof mult_s));
+        free(a->info_prompt);
+        a->info_prompt = p;
+        if (ldm_file_sha256(path, 1, hex) == 0) {
+            char *h = ldm_xasprintf("%s%s%s: %.12s", a->lora_hashes, *a->lora_hashes ? ", " : "", name, hex);
+            free(a->lora_hashes);
+            a->lora_hashes = h;
+        }
+        free(name);
+        free(path);
+    }
+    ldm_times_add(&a->times, "hash weights", ldm_now() - t0);
+    return 0;
+}
+
 /* Image `image` (0-based) of the run: seed -> png_path (and latent_path). */
 static int make_image(App *a, int image, uint64_t seed, const char *png_path, const char *latent_path,
                       const char *label) {
@@ -444,7 +605,11 @@ static int make_image(App *a, int image, uint64_t seed, const char *png_path, co
 
     t0 = ldm_now();
     if (latent_path && save_latent(a, latent_path, x, noise, indices, seed, image + 1) != 0) goto done;
-    if (ldm_image_save(png_path, img, CFG.W, CFG.H) != 0) {
+    char *info = a->o.no_metadata ? NULL : image_infotext(a, seed);
+    const char *kv[] = {"parameters", info, NULL};
+    int src = ldm_image_save_text(png_path, img, CFG.W, CFG.H, info ? kv : NULL);
+    free(info);
+    if (src != 0) {
         if (latent_path) remove(latent_path);
         goto done;
     }
@@ -553,6 +718,7 @@ static int run(App *a) {
     if (ldm_pipeline_scale_factor(&CFG, &a->nets.ckpt, &a->scale) != 0) return -1;
     if (o->n_loras > 0 && open_loras(a) != 0) return -1;
     ldm_times_add(&a->times, "load weights", ldm_now() - t0);
+    if (!o->no_metadata && metadata_setup(a) != 0) return -1;
     if (ldm_pipeline_n_sizes > 1 && a->pmode != LDM_PROGRESS_QUIET) {
         fprintf(stderr, "%s: %d sizes: %d networks on %d weight sets (bound once, shared by the sizes)\n", a->argv0,
                 ldm_pipeline_n_sizes, n_models, a->nets.n_weight_sets);
@@ -591,6 +757,14 @@ static int run(App *a) {
     return 0;
 }
 
+/* --version: the build's version, what it was compiled for, its sizes. */
+static void print_version(FILE *fp, const char *argv0) {
+    char sizes[1024];
+    ldm_pipeline_size_list(ldm_pipeline_sizes, ldm_pipeline_n_sizes, sizes, sizeof sizes);
+    fprintf(fp, "%s (ldmc, git %s)\nbuilt for: %s (%s)\nsizes (width x height): %s\n", argv0, ldm_version(), CFG.banner,
+            n_classes() ? "class-conditional" : "unconditional", sizes);
+}
+
 int main(int argc, char **argv) {
     App a;
     memset(&a, 0, sizeof a);
@@ -600,9 +774,16 @@ int main(int argc, char **argv) {
     ldm_install_signal_handlers(); /* no half-written output on SIGINT/SIGTERM; SIGBUS of a changed checkpoint */
     g_cfg = ldm_pipeline_sizes[0].config;
     int prc = parse_args(argc, argv, &a.o);
-    if (prc == 1) {
-        usage(stdout, a.argv0);
-        return 0;
+    if (prc >= 1) {
+        if (prc == 1) usage(stdout, a.argv0);
+        else if (prc == 2) print_version(stdout, a.argv0);
+        else ldm_args_list(stdout, k_options, N_OPTIONS);
+        free((void *)a.o.loras);
+        return fflush(stdout) == 0 ? 0 : 1;
+    }
+    if (prc == 0 && a.o.dry_run) {
+        printf("%s: options:\n", a.argv0);
+        print_options(stdout, &a.o);
     }
     if (prc == 0) prc = check_options(&a.o);
     int run_size = 0;
@@ -612,16 +793,38 @@ int main(int argc, char **argv) {
         run_size = ldm_pipeline_find_size(ldm_pipeline_sizes, ldm_pipeline_n_sizes, H, W, "sample", "SAMPLE_DEFS");
         if (run_size < 0) {
             fprintf(stderr, "%s: error: %s\n", a.argv0, ldm_last_error());
+            free((void *)a.o.loras);
             return 2;
         }
     }
     if (prc != 0) {
         fprintf(stderr, "%s: error: %s\n(see %s --help)\n", a.argv0, ldm_last_error(), a.argv0);
+        free((void *)a.o.loras);
         return 2;
     }
-    ldm_profile_init();
+    if (a.o.dry_run) {
+        printf("%s: the command line is good (--dry-run: nothing read, nothing written)\n", a.argv0);
+        free((void *)a.o.loras);
+        return fflush(stdout) == 0 ? 0 : 1;
+    }
+    /* -t, else OMP_NUM_THREADS, else the CPUs this process may use */
     LdmThreadsFrom threads_from;
     int threads = ldm_threads_setup(a.o.threads, &threads_from);
+    if (a.o.random_seed) {
+        /* -s -1: the seed is drawn now, printed, and recorded in every PNG */
+        if (ldm_random_seed(&a.o.seed) != 0) {
+            fprintf(stderr, "%s: error: %s\n", a.argv0, ldm_last_error());
+            free((void *)a.o.loras);
+            return 1;
+        }
+        fprintf(stderr, "%s: seed %llu (random: --seed -1)\n", a.argv0, (unsigned long long)a.o.seed);
+    }
+    if (a.o.verbose) {
+        print_version(stderr, a.argv0);
+        fprintf(stderr, "%s: %d OpenMP threads; options:\n", a.argv0, omp_get_max_threads());
+        print_options(stderr, &a.o);
+    }
+    ldm_profile_init();
     a.pmode = ldm_progress_mode(stderr, a.o.quiet);
     a.classes = n_classes();
     a.vq = strcmp(CFG.first_stage, "vq") == 0;
@@ -645,6 +848,9 @@ out:
     for (int i = 0; a.loras && i < a.o.n_loras; i++) ldm_lora_free(a.loras[i]);
     free(a.loras);
     free(a.lora_record);
+    free(a.model_name);
+    free(a.info_prompt);
+    free(a.lora_hashes);
     free((void *)a.o.loras);
     if (a.sched.alphas_cumprod) ldm_schedule_free(&a.sched);
     ldm_times_free(&a.times);

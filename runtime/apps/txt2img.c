@@ -37,12 +37,14 @@
  */
 #include <jansson.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "cpu.h"
 #include "image.h"
 #include "infotext.h"
@@ -134,6 +136,11 @@ typedef struct Options {
     int no_metadata;           /* --no-metadata: no `parameters` text chunk in the PNGs */
     int threads;               /* -t/--threads N (0: OMP_NUM_THREADS, else the CPUs this process may use) */
     int skip_existing;         /* --skip-existing */
+    int random_seed;           /* -s/--seed -1: draw the seed (ldm_random_seed) */
+    int batch_count;           /* -b/--batch-count N: N images, seeds seed, seed + 1, ... */
+    int has_batch_count;
+    int verbose;               /* -v/--verbose */
+    int dry_run;               /* --dry-run */
 } Options;
 
 static void usage(FILE *fp, const char *argv0) {
@@ -141,7 +148,7 @@ static void usage(FILE *fp, const char *argv0) {
     ldm_pipeline_size_list(ldm_pipeline_sizes, ldm_pipeline_n_sizes, sizes, sizeof sizes);
     fprintf(fp,
             "usage: %s --weights CKPT.safetensors [--vocab bpe_simple_vocab_16e6.txt.gz]\n"
-            "          (--prompt TEXT | --prompts FILE [--shard K/N] [--skip-existing]) -o OUT\n"
+            "          (--prompt TEXT | --prompts FILE [--shard K/N] [--skip-existing]) [-o OUT]\n"
             "          [--negative-prompt TEXT] [--steps N] [--cfg-scale S]\n"
             "          [--sampler NAME] [--schedule NAME] [--eta E] [--rho R] [--gamma G]\n"
             "          [--noise-sampler brownian|randn]\n"
@@ -150,16 +157,24 @@ static void usage(FILE *fp, const char *argv0) {
             "          [-H PIXELS] [-W PIXELS] [--prompt-syntax webui|plain] [--clip-skip N]\n"
             "          [--embeddings DIR] [--lora FILE[:MULT]]... [--lora-dir DIR] [--pad-cond-uncond]\n"
             "          [--save-cond F] [--taesd FILE] [--taesd-encoder FILE] [--preview-every N --preview PNG]\n"
-            "          [--preview-taesd FILE] [--no-metadata] [-t N]\n"
+            "          [--preview-taesd FILE] [--no-metadata] [-t N] [-b N] [-v] [--dry-run]\n"
+            "       %s -m CKPT -p TEXT [-n TEXT] [-s SEED] [-W PIXELS] [-H PIXELS] [--sampling-method NAME]\n"
+            "          [--scheduler NAME] [-i PNG [--mask PNG] [--strength S]] [-o OUT] [-t N] [-b N] [-v]\n"
+            "          (stable-diffusion.cpp's spellings)\n"
+            "       %s --version | --help | --list-options\n"
             "\n"
             "Text to image for %s.\n"
-            "Sizes (height x width): %s.\n"
+            "Sizes (width x height): %s.\n"
+            "\n"
+            "Every flag takes its value as --flag VALUE or --flag=VALUE.\n"
             "\n"
             "  --weights CKPT      SD v1.x single-file checkpoint (F32, F16 or BF16), checked tensor by tensor\n"
+            "  -m, --model CKPT    the same (stable-diffusion.cpp's name)\n"
             "  --vocab FILE        another copy of the CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz); by\n"
             "                      default the one compiled into this program (openai/CLIP's, MIT licence)\n"
-            "  --prompt TEXT       what to draw\n"
-            "  --negative-prompt T the unconditional prompt of classifier-free guidance (default \"\")\n"
+            "  -p, --prompt TEXT   what to draw\n"
+            "  -n, --negative-prompt TEXT\n"
+            "                      the unconditional prompt of classifier-free guidance (default \"\")\n"
             "  --prompts FILE      one prompt per line (blank lines skipped), weights loaded once; OUT (and\n"
             "                      --save-latent) are then directories, images named <line>-<seed>.png,\n"
             "                      line L (1-based) drawn with seed N + L - 1. A line starting with --\n"
@@ -171,8 +186,9 @@ static void usage(FILE *fp, const char *argv0) {
             "                      \"width\", \"height\"). Each image appends a JSON line to OUT/manifest.jsonl\n"
             "  --shard K/N         only the lines whose 0-based index i has i %% N == K (0 <= K < N)\n"
             "  --skip-existing     a line whose PNG exists already is skipped (a re-run of a pre-empted shard)\n"
-            "  -o, --output OUT    the PNG to write (8-bit RGB)\n"
-            "  -H, --height N      image height in pixels, -W, --width N its width: one of the sizes above\n"
+            "  -o, --output OUT    the PNG to write (8-bit RGB; default ./output.png, as stable-diffusion.cpp;\n"
+            "                      with --prompts a directory, required)\n"
+            "  -W, --width N       image width in pixels, -H, --height N its height: one of the sizes above\n"
             "                      (default: the first; one flag alone keeps the default's other side)\n"
             "  --steps N           sampling steps (default 20)\n"
             "  --cfg-scale S       classifier-free guidance scale (default 7.5, and 1 for lcm and tcd;\n"
@@ -181,19 +197,26 @@ static void usage(FILE *fp, const char *argv0) {
             "                      dpmpp_2m, dpmpp_sde, dpmpp_2m_sde (k-diffusion); lcm, tcd, uni_pc\n"
             "                      (diffusers); the webui's names too (\"Euler a\",\n"
             "                      \"DPM++ 2M SDE\", \"DPM++ 2M Karras\" = dpmpp_2m + karras schedule, ...)\n"
+            "  --sampling-method M stable-diffusion.cpp's sampler names: euler, euler_a, heun, dpm2, dpm++2s_a,\n"
+            "                      dpm++2m, dpm++2m_sde, lcm, tcd (= ours; its dpm++2mv2, ipndm, ipndm_v,\n"
+            "                      ddim_trailing, ... are not implemented and refused), or a --sampler name\n"
             "  --schedule NAME     noise levels of the k-diffusion samplers: discrete (default), karras,\n"
             "                      exponential, polyexponential, ays (Align Your Steps, SD v1)\n"
+            "  --scheduler NAME    stable-diffusion.cpp's names: discrete, karras, exponential, ays (= ours;\n"
+            "                      its gits, sgm_uniform, simple, smoothstep, ... are refused), or a --schedule name\n"
             "  --rho R             karras (default 7) and polyexponential (default 1) schedule exponent, > 0\n"
             "  --eta E             DDIM eta (default 0: deterministic)\n"
             "  --gamma G           tcd: stochasticity in [0, 1] (default 0.3; 0 = deterministic)\n"
             "  --noise-sampler N   dpmpp_sde, dpmpp_2m_sde: brownian (default: torchsde's Brownian tree from\n"
             "                      the seed, as k-diffusion and ComfyUI) or randn (plain draws continuing\n"
             "                      the generator, as stable-diffusion.cpp)\n"
-            "  --seed N            torch.manual_seed(N) for all noise (default 0)\n"
+            "  -s, --seed N        torch.manual_seed(N) for all noise (default 0); -1: a random seed\n"
+            "                      (0 <= N < 4294967294, as the webui draws it), printed and recorded in the PNG\n"
             "  --rng cpu|cuda      draw noise as torch does on the CPU (default, the CompVis scripts) or on\n"
             "                      a CUDA GPU (the common SD UIs); no GPU is used either way\n"
             "  --init-noise F      start from tensor 'noise' of F (latent shape) instead of the seed's x_T\n"
-            "  --init-image PNG    img2img: start from this image, of the chosen size\n"
+            "  -i, --init-image PNG\n"
+            "                      img2img: start from this image, of the chosen size (--init-img: the same)\n"
             "  --strength S        img2img: how much to change it, 0 < S <= 1 (default 0.75; 1 for\n"
             "                      inpainting models)\n"
             "  --mask PNG          inpainting: repaint where the mask is white, keep where it is black\n"
@@ -228,30 +251,292 @@ static void usage(FILE *fp, const char *argv0) {
             "                      for the final image\n"
             "  --no-metadata       leave out the PNG text chunk `parameters` (the generation parameters in the\n"
             "                      AUTOMATIC1111 webui's infotext format, which its PNG Info reads)\n"
-            "  -t, --threads N     threads (default: OMP_NUM_THREADS, else the CPUs this process may use:\n"
-            "                      its affinity mask and cgroup CPU quota)\n"
-            "  --quiet             no progress or timing output\n"
+            "  -t, --threads N     threads (default: OMP_NUM_THREADS, else the CPUs this process may use: its\n"
+            "                      affinity mask and cgroup CPU quota; -1: the default)\n"
+            "  -b, --batch-count N N images of --prompt with seeds S, S + 1, ... (S = --seed), written as\n"
+            "                      stable-diffusion.cpp names them: OUT, then OUT's name with _2, _3, ... before\n"
+            "                      its extension (output.png, output_2.png, ...); --save-latent, --save-cond alike\n"
+            "  -q, --quiet         no progress or timing output\n"
+            "  -v, --verbose       print the version, the build and the options before the run\n"
+            "  --dry-run           check the command line, print the options it gives and stop (nothing is read)\n"
+            "  --version           print the version and the build (config, sizes) and exit\n"
+            "  --list-options      print every option (long name, short name, value or none) and exit\n"
+            "  -h, --help          this message\n"
             "  LDM_PROFILE=1       (environment) print per-node kernel times at the end\n",
-            argv0, CFG.banner, sizes);
+            argv0, argv0, argv0, CFG.banner, sizes);
 }
 
-/* Is a the flag `name` ("--name", or "--name=value" for long names)? */
-static int is_flag(const char *a, const char *name) {
-    size_t k = strlen(name);
-    return strncmp(a, name, k) == 0 && (a[k] == 0 || (a[k] == '=' && name[1] == '-'));
-}
+/* The flags, one row each (runtime/args.h): long name, short name, whether
+ * it takes a value, and the code parse_option switches on. The
+ * stable-diffusion.cpp spellings are rows of their own that share the code
+ * of ours (-m/--model = --weights, -i/--init-img = --init-image,
+ * --sampling-method = --sampler with sd.cpp's sampler names, --scheduler =
+ * --schedule with sd.cpp's schedule names). */
+enum {
+    OPT_WEIGHTS = 1, OPT_VOCAB, OPT_PROMPT, OPT_NEGATIVE, OPT_PROMPTS, OPT_OUTPUT, OPT_INIT_NOISE, OPT_INIT_IMAGE,
+    OPT_MASK, OPT_SAVE_LATENT, OPT_STEPS, OPT_CFG_SCALE, OPT_SAMPLER, OPT_SAMPLING_METHOD, OPT_SCHEDULE,
+    OPT_SCHEDULER, OPT_ETA, OPT_RHO, OPT_GAMMA, OPT_NOISE_SAMPLER, OPT_SEED, OPT_RNG, OPT_STRENGTH, OPT_SHARD,
+    OPT_COMPUTE, OPT_HEIGHT, OPT_WIDTH, OPT_PROMPT_SYNTAX, OPT_CLIP_SKIP, OPT_EMBEDDINGS, OPT_LORA, OPT_LORA_DIR,
+    OPT_SAVE_COND, OPT_TAESD, OPT_TAESD_ENCODER, OPT_PREVIEW, OPT_PREVIEW_EVERY, OPT_PREVIEW_TAESD, OPT_THREADS,
+    OPT_BATCH_COUNT, OPT_QUIET, OPT_PAD_COND_UNCOND, OPT_NO_METADATA, OPT_VERBOSE, OPT_VERSION, OPT_HELP,
+    OPT_DRY_RUN, OPT_LIST_OPTIONS, OPT_SKIP_EXISTING,
+};
+#define V LDM_ARG_REQUIRED
+#define N LDM_ARG_NONE
+static const LdmOption k_options[] = {
+    {"weights", 0, V, OPT_WEIGHTS},
+    {"model", 'm', V, OPT_WEIGHTS},
+    {"vocab", 0, V, OPT_VOCAB},
+    {"prompt", 'p', V, OPT_PROMPT},
+    {"negative-prompt", 'n', V, OPT_NEGATIVE},
+    {"prompts", 0, V, OPT_PROMPTS},
+    {"output", 'o', V, OPT_OUTPUT},
+    {"init-noise", 0, V, OPT_INIT_NOISE},
+    {"init-image", 0, V, OPT_INIT_IMAGE},
+    {"init-img", 'i', V, OPT_INIT_IMAGE},
+    {"mask", 0, V, OPT_MASK},
+    {"save-latent", 0, V, OPT_SAVE_LATENT},
+    {"steps", 0, V, OPT_STEPS},
+    {"cfg-scale", 0, V, OPT_CFG_SCALE},
+    {"sampler", 0, V, OPT_SAMPLER},
+    {"sampling-method", 0, V, OPT_SAMPLING_METHOD},
+    {"schedule", 0, V, OPT_SCHEDULE},
+    {"scheduler", 0, V, OPT_SCHEDULER},
+    {"eta", 0, V, OPT_ETA},
+    {"rho", 0, V, OPT_RHO},
+    {"gamma", 0, V, OPT_GAMMA},
+    {"noise-sampler", 0, V, OPT_NOISE_SAMPLER},
+    {"seed", 's', V, OPT_SEED},
+    {"rng", 0, V, OPT_RNG},
+    {"strength", 0, V, OPT_STRENGTH},
+    {"shard", 0, V, OPT_SHARD},
+    {"compute", 0, V, OPT_COMPUTE},
+    {"height", 'H', V, OPT_HEIGHT},
+    {"width", 'W', V, OPT_WIDTH},
+    {"prompt-syntax", 0, V, OPT_PROMPT_SYNTAX},
+    {"clip-skip", 0, V, OPT_CLIP_SKIP},
+    {"embeddings", 0, V, OPT_EMBEDDINGS},
+    {"lora", 0, V, OPT_LORA},
+    {"lora-dir", 0, V, OPT_LORA_DIR},
+    {"save-cond", 0, V, OPT_SAVE_COND},
+    {"taesd", 0, V, OPT_TAESD},
+    {"taesd-encoder", 0, V, OPT_TAESD_ENCODER},
+    {"preview", 0, V, OPT_PREVIEW},
+    {"preview-every", 0, V, OPT_PREVIEW_EVERY},
+    {"preview-taesd", 0, V, OPT_PREVIEW_TAESD},
+    {"threads", 't', V, OPT_THREADS},
+    {"batch-count", 'b', V, OPT_BATCH_COUNT},
+    {"quiet", 'q', N, OPT_QUIET},
+    {"pad-cond-uncond", 0, N, OPT_PAD_COND_UNCOND},
+    {"skip-existing", 0, N, OPT_SKIP_EXISTING},
+    {"no-metadata", 0, N, OPT_NO_METADATA},
+    {"verbose", 'v', N, OPT_VERBOSE},
+    {"version", 0, N, OPT_VERSION},
+    {"help", 'h', N, OPT_HELP},
+    {"dry-run", 0, N, OPT_DRY_RUN},
+    {"list-options", 0, N, OPT_LIST_OPTIONS},
+};
+#undef V
+#undef N
+#define N_OPTIONS ((int)(sizeof k_options / sizeof k_options[0]))
 
-/* The flags that take a value. */
-static const char *const value_flags[] = {
-    "--weights", "--vocab", "--prompt", "--negative-prompt", "--prompts", "-o", "--output", "--init-noise",
-    "--init-image", "--mask", "--save-latent", "--steps", "--cfg-scale", "--sampler", "--schedule", "--eta",
-    "--rho", "--gamma", "--noise-sampler",
-    "--seed", "--rng", "--strength", "--shard", "--compute", "-H", "--height", "-W", "--width", "--prompt-syntax",
-    "--clip-skip", "--embeddings", "--lora", "--lora-dir", "--save-cond", "--taesd", "--taesd-encoder", "--preview",
-    "--preview-every", "--preview-taesd", "-t", "--threads", NULL,
+/* stable-diffusion.cpp's --sampling-method names: ours for those we
+ * implement (NULL: not implemented here). */
+static const struct {
+    const char *sdcpp, *ours;
+} k_sdcpp_samplers[] = {
+    {"euler", "euler"},     {"euler_a", "euler_a"},   {"heun", "heun"},           {"dpm2", "dpm2"},
+    {"dpm++2s_a", "dpmpp_2s_a"}, {"dpm++2m", "dpmpp_2m"}, {"dpm++2m_sde", "dpmpp_2m_sde"}, {"lcm", "lcm"},
+    {"tcd", "tcd"},         {"dpm++2mv2", NULL},      {"ipndm", NULL},            {"ipndm_v", NULL},
+    {"ddim_trailing", NULL}, {"res_multistep", NULL}, {"res_2s", NULL},           {"er_sde", NULL},
+    {"euler_cfg_pp", NULL}, {"euler_a_cfg_pp", NULL}, {"euler_ge", NULL},         {"dpm++2m_sde_bt", NULL},
+    {"lms", NULL},
 };
 
-/* 0, 1 for --help, or -1 (ldm_fail) on bad usage. */
+/* ... and its --scheduler names (ours are the same names where we have them). */
+static const struct {
+    const char *sdcpp, *ours;
+} k_sdcpp_schedules[] = {
+    {"discrete", "discrete"}, {"karras", "karras"}, {"exponential", "exponential"}, {"ays", "ays"},
+    {"gits", NULL},           {"sgm_uniform", NULL}, {"simple", NULL},           {"smoothstep", NULL},
+    {"kl_optimal", NULL},     {"lcm", NULL},         {"bong_tangent", NULL},
+};
+
+/* "a, b, c": the sd.cpp names of a table that we accept */
+#define SDCPP_ACCEPTED(tab, buf)                                                                                     \
+    do {                                                                                                             \
+        (buf)[0] = 0;                                                                                                \
+        for (size_t i_ = 0; i_ < sizeof(tab) / sizeof(tab)[0]; i_++)                                                 \
+            if ((tab)[i_].ours) {                                                                                    \
+                size_t m_ = strlen(buf);                                                                             \
+                snprintf((buf) + m_, sizeof(buf) - m_, "%s%s", m_ ? ", " : "", (tab)[i_].sdcpp);                     \
+            }                                                                                                        \
+    } while (0)
+
+/* --sampling-method NAME: sd.cpp's name -> ours; any --sampler name too. */
+static int parse_sampling_method(const char *v, const char **ours) {
+    char acc[512];
+    SDCPP_ACCEPTED(k_sdcpp_samplers, acc);
+    for (size_t i = 0; i < sizeof k_sdcpp_samplers / sizeof *k_sdcpp_samplers; i++)
+        if (!strcmp(v, k_sdcpp_samplers[i].sdcpp)) {
+            if (!k_sdcpp_samplers[i].ours)
+                return ldm_fail("--sampling-method %s: stable-diffusion.cpp's %s is not implemented here; accepted: %s "
+                                "(stable-diffusion.cpp's names), or a --sampler name (%s)", v, v, acc,
+                                ldm_sampler_list());
+            *ours = k_sdcpp_samplers[i].ours;
+            return 0;
+        }
+    *ours = v; /* one of ours, checked by the caller */
+    return 0;
+}
+
+/* --scheduler NAME: sd.cpp's name -> ours; any --schedule name too. */
+static int check_sdcpp_schedule(const char *v) {
+    char acc[256];
+    SDCPP_ACCEPTED(k_sdcpp_schedules, acc);
+    for (size_t i = 0; i < sizeof k_sdcpp_schedules / sizeof *k_sdcpp_schedules; i++)
+        if (!strcmp(v, k_sdcpp_schedules[i].sdcpp) && !k_sdcpp_schedules[i].ours)
+            return ldm_fail("--scheduler %s: stable-diffusion.cpp's %s schedule is not implemented here; accepted: %s "
+                            "(stable-diffusion.cpp's names), or a --schedule name (%s)", v, v, acc,
+                            ldm_sigma_kind_list());
+    return 0;
+}
+
+typedef struct ParseState {
+    Options *o;
+    int help, version, list;   /* --help, --version, --list-options seen */
+} ParseState;
+
+static int parse_option(void *ctx, const LdmOption *opt, const char *f, const char *v) {
+    ParseState *ps = ctx;
+    Options *o = ps->o;
+    switch (opt->id) {
+    case OPT_HELP: ps->help = 1; break;
+    case OPT_VERSION: ps->version = 1; break;
+    case OPT_LIST_OPTIONS: ps->list = 1; break;
+    case OPT_QUIET: o->quiet = 1; break;
+    case OPT_PAD_COND_UNCOND: o->pad_cond_uncond = 1; break;
+    case OPT_SKIP_EXISTING: o->skip_existing = 1; break;
+    case OPT_NO_METADATA: o->no_metadata = 1; break;
+    case OPT_VERBOSE: o->verbose = 1; break;
+    case OPT_DRY_RUN: o->dry_run = 1; break;
+    case OPT_WEIGHTS: o->weights = v; break;
+    case OPT_VOCAB: o->vocab = v; break;
+    case OPT_PROMPT: o->prompt = v; break;
+    case OPT_NEGATIVE: o->negative = v; break;
+    case OPT_PROMPTS: o->prompts = v; break;
+    case OPT_OUTPUT: o->out = v; break;
+    case OPT_INIT_NOISE: o->init_noise = v; break;
+    case OPT_INIT_IMAGE: o->init_image = v; break;
+    case OPT_MASK: o->mask = v; break;
+    case OPT_SAVE_LATENT: o->save_latent = v; break;
+    case OPT_STEPS: return ldm_parse_int(f, v, 1, CFG.timesteps, &o->steps);
+    case OPT_CFG_SCALE:
+        o->has_cfg = 1;
+        return ldm_parse_double(f, v, -1e4, 1e4, &o->cfg_scale);
+    case OPT_SAMPLER:
+    case OPT_SAMPLING_METHOD: {
+        const char *name = v;
+        if (opt->id == OPT_SAMPLING_METHOD && parse_sampling_method(v, &name) != 0) return -1;
+        int implied = 0;
+        LdmSigmaKind ik = LDM_SIGMAS_DISCRETE;
+        if (ldm_sampler_parse_ex(name, &o->sampler, &implied, &ik)) {
+            if (opt->id == OPT_SAMPLING_METHOD) {
+                char acc[512];
+                SDCPP_ACCEPTED(k_sdcpp_samplers, acc);
+                return ldm_fail("--sampling-method: unknown sampler '%s'; accepted: %s (stable-diffusion.cpp's names), "
+                                "or a --sampler name (%s)", v, acc, ldm_sampler_list());
+            }
+            return ldm_fail("%s: %s", f, ldm_last_error());
+        }
+        o->has_implied_schedule = implied;
+        o->implied_schedule = ik;
+        break;
+    }
+    case OPT_SCHEDULE:
+    case OPT_SCHEDULER:
+        if (opt->id == OPT_SCHEDULER && check_sdcpp_schedule(v) != 0) return -1;
+        if (ldm_sigma_kind_parse(v, &o->schedule)) {
+            if (opt->id == OPT_SCHEDULER) {
+                char acc[256];
+                SDCPP_ACCEPTED(k_sdcpp_schedules, acc);
+                return ldm_fail("--scheduler: unknown schedule '%s'; accepted: %s (stable-diffusion.cpp's names), or a "
+                                "--schedule name (%s)", v, acc, ldm_sigma_kind_list());
+            }
+            return ldm_fail("%s: %s", f, ldm_last_error());
+        }
+        o->has_schedule = 1;
+        break;
+    case OPT_RHO:
+        if (ldm_parse_double(f, v, -1e300, 1e300, &o->rho) || !(o->rho > 0.0))
+            return ldm_fail("--rho: expected a number R > 0, got '%s'", v);
+        o->has_rho = 1;
+        break;
+    case OPT_GAMMA:
+        if (ldm_parse_double(f, v, 0, 1, &o->gamma)) return ldm_fail("--gamma: expected a number from 0 to 1, got '%s'", v);
+        o->has_gamma = 1;
+        break;
+    case OPT_NOISE_SAMPLER:
+        if (ldm_noise_sampler_parse(v, &o->noise_sampler)) return ldm_fail("--noise-sampler: %s", ldm_last_error());
+        o->has_noise_sampler = 1;
+        break;
+    case OPT_ETA:
+        o->has_eta = 1;
+        return ldm_parse_double(f, v, 0, 1e3, &o->eta);
+    case OPT_SEED: return ldm_parse_seed(f, v, &o->seed, &o->random_seed);
+    case OPT_RNG: return ldm_rng_parse(v, &o->rng);
+    case OPT_STRENGTH:
+        if (ldm_parse_double(f, v, 0, 1, &o->strength) || !(o->strength > 0))
+            return ldm_fail("--strength: expected a number S with 0 < S <= 1, got '%s'", v);
+        o->has_strength = 1;
+        break;
+    case OPT_COMPUTE: return ldm_set_compute(v);
+    case OPT_SHARD:
+        o->has_shard = 1;
+        return ldm_shard_parse(v, &o->shard_k, &o->shard_n);
+    case OPT_HEIGHT:
+        o->has_H = 1;
+        return ldm_parse_int(f, v, 1, 65536, &o->H);
+    case OPT_WIDTH:
+        o->has_W = 1;
+        return ldm_parse_int(f, v, 1, 65536, &o->W);
+    case OPT_PROMPT_SYNTAX: return ldm_prompt_syntax_parse(v, &o->syntax);
+    case OPT_CLIP_SKIP:
+        o->has_clip_skip = 1;
+        return ldm_parse_int(f, v, 1, 64, &o->clip_skip);
+    case OPT_EMBEDDINGS: o->embeddings = v; break;
+    case OPT_LORA:
+        o->loras = ldm_xrealloc(o->loras, (size_t)(o->n_loras + 1) * sizeof *o->loras);
+        o->loras[o->n_loras++] = v;
+        break;
+    case OPT_LORA_DIR: o->lora_dir = v; break;
+    case OPT_SAVE_COND: o->save_cond = v; break;
+    case OPT_TAESD: o->taesd = v; break;
+    case OPT_TAESD_ENCODER: o->taesd_encoder = v; break;
+    case OPT_PREVIEW_TAESD: o->preview_taesd = v; break;
+    case OPT_PREVIEW: o->preview = v; break;
+    case OPT_PREVIEW_EVERY: return ldm_parse_int(f, v, 1, 100000, &o->preview_every);
+    case OPT_THREADS:
+        /* sd.cpp's -t -1: the default */
+        if (!strcmp(v, "-1")) {
+            o->threads = 0;
+            break;
+        }
+        if (ldm_parse_int(f, v, 1, 4096, &o->threads))
+            return ldm_fail("%s: expected a thread count from 1 to 4096 (or -1: the default), got '%s'", f, v);
+        break;
+    case OPT_BATCH_COUNT:
+        if (ldm_parse_int(f, v, 1, 100000, &o->batch_count))
+            return ldm_fail("%s: expected an image count from 1 to 100000, got '%s'", f, v);
+        o->has_batch_count = 1;
+        break;
+    default: return ldm_fail("internal: option %s has no handler", f);
+    }
+    return 0;
+}
+
+/* 0, 1 for --help, 2 for --version, 3 for --list-options, or -1 (ldm_fail)
+ * on bad usage. */
 static int parse_args(int argc, char **argv, Options *o) {
     memset(o, 0, sizeof *o);
     o->negative = "";
@@ -263,121 +548,14 @@ static int parse_args(int argc, char **argv, Options *o) {
     o->shard_n = 1;
     o->clip_skip = 1;
     o->syntax = LDM_SYNTAX_WEBUI;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *f = NULL, *v;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) return 1;
-        if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
-            o->quiet = 1;
-            continue;
-        }
-        if (!strcmp(a, "--pad-cond-uncond")) {
-            o->pad_cond_uncond = 1;
-            continue;
-        }
-        if (!strcmp(a, "--no-metadata")) {
-            o->no_metadata = 1;
-            continue;
-        }
-        if (!strcmp(a, "--skip-existing")) {
-            o->skip_existing = 1;
-            continue;
-        }
-        for (int k = 0; value_flags[k] && !f; k++)
-            if (is_flag(a, value_flags[k])) f = value_flags[k];
-        if (!f) {
-            if (a[0] == '-') return ldm_fail("unknown option '%s'", a);
-            return ldm_fail("unexpected argument '%s' (a prompt goes after --prompt, in quotes)", a);
-        }
-        if (a[strlen(f)] == '=') v = a + strlen(f) + 1;
-        else if (i + 1 < argc) v = argv[++i];
-        else return ldm_fail("%s: expected a value after it", f);
-
-        if (!strcmp(f, "--weights")) o->weights = v;
-        else if (!strcmp(f, "--vocab")) o->vocab = v;
-        else if (!strcmp(f, "--prompt")) o->prompt = v;
-        else if (!strcmp(f, "--negative-prompt")) o->negative = v;
-        else if (!strcmp(f, "--prompts")) o->prompts = v;
-        else if (!strcmp(f, "-o") || !strcmp(f, "--output")) o->out = v;
-        else if (!strcmp(f, "--init-noise")) o->init_noise = v;
-        else if (!strcmp(f, "--init-image")) o->init_image = v;
-        else if (!strcmp(f, "--mask")) o->mask = v;
-        else if (!strcmp(f, "--save-latent")) o->save_latent = v;
-        else if (!strcmp(f, "--steps")) {
-            if (ldm_parse_int(f, v, 1, CFG.timesteps, &o->steps)) return -1;
-        } else if (!strcmp(f, "--cfg-scale")) {
-            if (ldm_parse_double(f, v, -1e4, 1e4, &o->cfg_scale)) return -1;
-            o->has_cfg = 1;
-        } else if (!strcmp(f, "--sampler")) {
-            int implied = 0;
-            LdmSigmaKind ik = LDM_SIGMAS_DISCRETE;
-            if (ldm_sampler_parse_ex(v, &o->sampler, &implied, &ik)) return ldm_fail("--sampler: %s", ldm_last_error());
-            o->has_implied_schedule = implied;
-            o->implied_schedule = ik;
-        } else if (!strcmp(f, "--schedule")) {
-            if (ldm_sigma_kind_parse(v, &o->schedule)) return ldm_fail("--schedule: %s", ldm_last_error());
-            o->has_schedule = 1;
-        } else if (!strcmp(f, "--rho")) {
-            if (ldm_parse_double(f, v, -1e300, 1e300, &o->rho) || !(o->rho > 0.0))
-                return ldm_fail("--rho: expected a number R > 0, got '%s'", v);
-            o->has_rho = 1;
-        } else if (!strcmp(f, "--gamma")) {
-            if (ldm_parse_double(f, v, 0, 1, &o->gamma))
-                return ldm_fail("--gamma: expected a number from 0 to 1, got '%s'", v);
-            o->has_gamma = 1;
-        } else if (!strcmp(f, "--noise-sampler")) {
-            if (ldm_noise_sampler_parse(v, &o->noise_sampler))
-                return ldm_fail("--noise-sampler: %s", ldm_last_error());
-            o->has_noise_sampler = 1;
-        } else if (!strcmp(f, "--eta")) {
-            if (ldm_parse_double(f, v, 0, 1e3, &o->eta)) return -1;
-            o->has_eta = 1;
-        } else if (!strcmp(f, "--seed")) {
-            if (ldm_parse_u64(f, v, &o->seed)) return -1;
-        } else if (!strcmp(f, "--rng")) {
-            if (ldm_rng_parse(v, &o->rng)) return -1;
-        } else if (!strcmp(f, "--strength")) {
-            if (ldm_parse_double(f, v, 0, 1, &o->strength) || !(o->strength > 0))
-                return ldm_fail("--strength: expected a number S with 0 < S <= 1, got '%s'", v);
-            o->has_strength = 1;
-        } else if (!strcmp(f, "--compute")) {
-            if (ldm_set_compute(v)) return -1;
-        } else if (!strcmp(f, "--shard")) {
-            if (ldm_shard_parse(v, &o->shard_k, &o->shard_n)) return -1;
-            o->has_shard = 1;
-        } else if (!strcmp(f, "-H") || !strcmp(f, "--height")) {
-            if (ldm_parse_int(f, v, 1, 65536, &o->H)) return -1;
-            o->has_H = 1;
-        } else if (!strcmp(f, "-W") || !strcmp(f, "--width")) {
-            if (ldm_parse_int(f, v, 1, 65536, &o->W)) return -1;
-            o->has_W = 1;
-        } else if (!strcmp(f, "--prompt-syntax")) {
-            if (ldm_prompt_syntax_parse(v, &o->syntax)) return -1;
-        } else if (!strcmp(f, "--clip-skip")) {
-            if (ldm_parse_int(f, v, 1, 64, &o->clip_skip)) return -1;
-            o->has_clip_skip = 1;
-        } else if (!strcmp(f, "--embeddings")) {
-            o->embeddings = v;
-        } else if (!strcmp(f, "--lora")) {
-            o->loras = ldm_xrealloc(o->loras, (size_t)(o->n_loras + 1) * sizeof *o->loras);
-            o->loras[o->n_loras++] = v;
-        } else if (!strcmp(f, "--lora-dir")) {
-            o->lora_dir = v;
-        } else if (!strcmp(f, "--save-cond")) {
-            o->save_cond = v;
-        } else if (!strcmp(f, "--taesd")) {
-            o->taesd = v;
-        } else if (!strcmp(f, "--taesd-encoder")) {
-            o->taesd_encoder = v;
-        } else if (!strcmp(f, "--preview-taesd")) {
-            o->preview_taesd = v;
-        } else if (!strcmp(f, "--preview")) {
-            o->preview = v;
-        } else if (!strcmp(f, "--preview-every")) {
-            if (ldm_parse_int(f, v, 1, 100000, &o->preview_every)) return -1;
-        } else if (!strcmp(f, "-t") || !strcmp(f, "--threads")) {
-            if (ldm_threads_parse(f, v, &o->threads)) return -1;
-        }
-    }
+    o->batch_count = 1;
+    ParseState ps = {.o = o};
+    int first = argc;
+    if (ldm_args_parse(argc, argv, k_options, N_OPTIONS, parse_option, &ps, &first) != 0) return -1;
+    if (ps.help) return 1;
+    if (ps.version) return 2;
+    if (ps.list) return 3;
+    if (first < argc) return ldm_fail("unexpected argument '%s' (a prompt goes after --prompt, in quotes)", argv[first]);
     /* a webui name such as "DPM++ 2M Karras" chose the schedule too */
     if (o->has_implied_schedule) {
         if (o->has_schedule && o->schedule != o->implied_schedule)
@@ -389,7 +567,64 @@ static int parse_args(int argc, char **argv, Options *o) {
     /* LCM and TCD run unguided unless a scale is given (LCM-LoRA / TCD-LoRA usage) */
     if ((o->sampler == LDM_SAMPLER_LCM || o->sampler == LDM_SAMPLER_TCD) && !o->has_cfg) o->cfg_scale = 1.0;
     if (!o->has_gamma) o->gamma = 0.3;
+    /* no -o: ./output.png, as stable-diffusion.cpp (a --prompts run needs a directory) */
+    if (!o->out && !o->prompts) o->out = "./output.png";
     return 0;
+}
+
+/* The options as parsed, one "name: value" a line (--dry-run, --verbose). */
+static void print_options(FILE *fp, const Options *o) {
+#define S(name, v) fprintf(fp, "  %-16s %s\n", name ":", (v) ? (v) : "(none)")
+#define I(name, v) fprintf(fp, "  %-16s %d\n", name ":", (int)(v))
+#define D(name, v) fprintf(fp, "  %-16s %.17g\n", name ":", (double)(v))
+    S("weights", o->weights);
+    S("vocab", o->vocab ? o->vocab : "(built in)");
+    S("prompt", o->prompt);
+    S("negative-prompt", o->negative);
+    S("prompts", o->prompts);
+    S("output", o->out);
+    S("init-noise", o->init_noise);
+    S("init-image", o->init_image);
+    S("mask", o->mask);
+    S("save-latent", o->save_latent);
+    S("save-cond", o->save_cond);
+    I("steps", o->steps);
+    D("cfg-scale", o->cfg_scale);
+    S("sampler", ldm_sampler_name(o->sampler));
+    S("schedule", o->has_schedule ? ldm_sigma_kind_name(o->schedule) : "(the sampler's default)");
+    if (o->has_eta) D("eta", o->eta);
+    if (o->has_rho) D("rho", o->rho);
+    if (o->has_gamma) D("gamma", o->gamma);
+    if (o->has_noise_sampler) S("noise-sampler", ldm_noise_sampler_name(o->noise_sampler));
+    if (o->random_seed) S("seed", "random (-1)");
+    else fprintf(fp, "  %-16s %llu\n", "seed:", (unsigned long long)o->seed);
+    S("rng", ldm_rng_name(o->rng));
+    if (o->has_strength) D("strength", o->strength);
+    if (o->has_shard) fprintf(fp, "  %-16s %d/%d\n", "shard:", o->shard_k, o->shard_n);
+    if (o->has_H) I("height", o->H);
+    if (o->has_W) I("width", o->W);
+    S("prompt-syntax", ldm_prompt_syntax_name(o->syntax));
+    I("clip-skip", o->clip_skip);
+    S("embeddings", o->embeddings);
+    for (int i = 0; i < o->n_loras; i++) S("lora", o->loras[i]);
+    S("lora-dir", o->lora_dir);
+    S("taesd", o->taesd);
+    S("taesd-encoder", o->taesd_encoder);
+    S("preview", o->preview);
+    I("preview-every", o->preview_every);
+    S("preview-taesd", o->preview_taesd);
+    if (o->threads) I("threads", o->threads);
+    else S("threads", "(the default)");
+    I("batch-count", o->batch_count);
+    I("quiet", o->quiet);
+    I("pad-cond-uncond", o->pad_cond_uncond);
+    I("skip-existing", o->skip_existing);
+    I("no-metadata", o->no_metadata);
+    I("verbose", o->verbose);
+    S("compute", ldm_compute_mode());
+#undef S
+#undef I
+#undef D
 }
 
 /* Cross-flag checks that need no file. */
@@ -399,7 +634,9 @@ static int check_options(const Options *o) {
     if (o->prompt && o->prompts) return ldm_fail("--prompt and --prompts exclude each other");
     if (o->has_shard && !o->prompts) return ldm_fail("--shard needs --prompts FILE");
     if (o->skip_existing && !o->prompts) return ldm_fail("--skip-existing needs --prompts FILE");
-    if (!o->out) return ldm_fail(o->prompts ? "missing -o DIR (where the images go)" : "missing -o OUT.png");
+    if (!o->out) return ldm_fail("missing -o DIR (where the images go)");
+    if (o->batch_count > 1 && o->prompts)
+        return ldm_fail("--batch-count applies to --prompt (a --prompts file gives each line its own seed)");
     if (o->mask && !o->init_image) return ldm_fail("--mask needs --init-image (the image to inpaint)");
     if (o->n_loras > LDM_MAX_LORAS) return ldm_fail("%d --lora files; the limit is %d", o->n_loras, LDM_MAX_LORAS);
     if (o->has_strength && !o->init_image) return ldm_fail("--strength needs --init-image");
@@ -511,7 +748,8 @@ static int check_taesd_models(const App *a) {
     if (ldm_numel(&dec->inputs[il]) != a->n_lat || ldm_numel(&dec->outputs[oi]) != 3LL * CFG.H * CFG.W ||
         ldm_numel(&enc->inputs[ii]) != 3LL * CFG.H * CFG.W || ldm_numel(&enc->outputs[ol]) != a->n_lat)
         return ldm_fail("this executable's TAESD (4 latent channels, 8x downsampling) does not fit %s at %dx%d "
-                        "(latent %dx%dx%d): build it with TAESD=0", CFG.config_path, CFG.H, CFG.W, a->C, a->h, a->w);
+                        "(latent %d channels of %dx%d): build it with TAESD=0", CFG.config_path, CFG.W, CFG.H, a->C, a->w,
+                        a->h);
     return 0;
 }
 
@@ -521,7 +759,7 @@ static int check_size_models(const App *a) {
     int n_nets = ldm_pipeline_sizes[a->size].n_models;
     if (n_nets != N_NETS && n_nets != N_NETS_TAESD)
         return ldm_fail("internal: the size table lists %d networks for %dx%d, expected %d (or %d with TAESD)",
-                        n_nets, CFG.H, CFG.W, N_NETS, N_NETS_TAESD);
+                        n_nets, CFG.W, CFG.H, N_NETS, N_NETS_TAESD);
     if (n_nets != ldm_pipeline_sizes[0].n_models)
         return ldm_fail("internal: the sizes of the table list different networks");
     if (n_nets == N_NETS_TAESD && check_taesd_models(a) != 0) return -1;
@@ -1319,7 +1557,7 @@ static int line_options(const App *a, const LdmLineArgs *la, Options *o, int *si
         if (k < 0) return -1;
         if (k != a->run_size && (o->init_image || o->mask || o->init_noise))
             return ldm_fail("%dx%d: --init-image, --mask and --init-noise are of the run's size, %dx%d: a line cannot "
-                            "choose another size with them", H, W, CFG.H, CFG.W);
+                            "choose another size with them", W, H, CFG.W, CFG.H);
         *size = k;
     }
     if (la->negative) o->negative = la->negative;
@@ -1421,7 +1659,7 @@ static int make_line_image(App *a, const LdmPromptLine *l, int i, int n, char **
         char *lat = o->save_latent ? ldm_output_name(o->save_latent, l->line, seed, ".safetensors") : NULL;
         char *cnd = o->save_cond ? ldm_output_name(o->save_cond, l->line, seed, ".safetensors") : NULL;
         char label[96];
-        if (ldm_pipeline_n_sizes > 1) snprintf(label, sizeof label, "[%d/%d] line %d, %dx%d", i + 1, n, l->line, CFG.H, CFG.W);
+        if (ldm_pipeline_n_sizes > 1) snprintf(label, sizeof label, "[%d/%d] line %d, %dx%d", i + 1, n, l->line, CFG.W, CFG.H);
         else snprintf(label, sizeof label, "[%d/%d] line %d", i + 1, n, l->line);
         double t0 = ldm_now();
         rc = make_image(a, la.prompt, seed, png, lat, cnd, label);
@@ -1577,10 +1815,38 @@ static int run(App *a) {
         ldm_times_add(&a->times, "text encode", ldm_now() - t0);
     }
 
-    if (!o->prompts) rc = make_image(a, o->prompt, o->seed, o->out, o->save_latent, o->save_cond, "sampling");
-    else rc = run_lines(a, &list);
+    if (!o->prompts && o->batch_count == 1) {
+        rc = make_image(a, o->prompt, o->seed, o->out, o->save_latent, o->save_cond, "sampling");
+    } else if (!o->prompts) {
+        /* -b N: seeds seed, seed + 1, ...; files OUT, OUT_2, ... (sd.cpp) */
+        rc = 0;
+        for (int i = 0; i < o->batch_count && rc == 0; i++) {
+            uint64_t seed = o->seed + (uint64_t)i;
+            char *png = ldm_batch_name(o->out, i), *lat = o->save_latent ? ldm_batch_name(o->save_latent, i) : NULL;
+            char *cnd = o->save_cond ? ldm_batch_name(o->save_cond, i) : NULL;
+            char label[96];
+            snprintf(label, sizeof label, "[%d/%d] seed %llu", i + 1, o->batch_count, (unsigned long long)seed);
+            rc = make_image(a, o->prompt, seed, png, lat, cnd, label);
+            if (rc != 0) ldm_fail("image %d of %d (seed %llu): %s", i + 1, o->batch_count, (unsigned long long)seed,
+                                  ldm_last_error());
+            else if (a->pmode == LDM_PROGRESS_LINES) fprintf(stderr, "%s: image %d -> %s\n", a->argv0, i + 1, png);
+            free(png);
+            free(lat);
+            free(cnd);
+        }
+    } else {
+        rc = run_lines(a, &list);
+    }
     ldm_prompts_free(&list);
     return rc;
+}
+
+/* --version: the build's version, what it was compiled for, its sizes. */
+static void print_version(FILE *fp, const char *argv0) {
+    char sizes[1024];
+    ldm_pipeline_size_list(ldm_pipeline_sizes, ldm_pipeline_n_sizes, sizes, sizeof sizes);
+    fprintf(fp, "%s (ldmc, git %s)\nbuilt for: %s\nsizes (width x height): %s\nTAESD: %s\n", argv0, ldm_version(),
+            CFG.banner, sizes, has_taesd() ? "yes" : "no (TAESD=0)");
 }
 
 int main(int argc, char **argv) {
@@ -1592,9 +1858,16 @@ int main(int argc, char **argv) {
     ldm_install_signal_handlers(); /* no half-written output on SIGINT/SIGTERM; SIGBUS of a changed checkpoint */
     g_cfg = ldm_pipeline_sizes[0].config;
     int prc = parse_args(argc, argv, &a.o);
-    if (prc == 1) {
-        usage(stdout, a.argv0);
-        return 0;
+    if (prc >= 1) {
+        if (prc == 1) usage(stdout, a.argv0);
+        else if (prc == 2) print_version(stdout, a.argv0);
+        else ldm_args_list(stdout, k_options, N_OPTIONS);
+        free((void *)a.o.loras);
+        return fflush(stdout) == 0 ? 0 : 1;
+    }
+    if (prc == 0 && a.o.dry_run) {
+        printf("%s: options:\n", a.argv0);
+        print_options(stdout, &a.o);
     }
     if (prc == 0) prc = check_options(&a.o);
     if (prc == 0) {
@@ -1603,16 +1876,38 @@ int main(int argc, char **argv) {
         a.run_size = ldm_pipeline_find_size(ldm_pipeline_sizes, ldm_pipeline_n_sizes, H, W, "txt2img", "TXT2IMG_DEFS");
         if (a.run_size < 0) {
             fprintf(stderr, "%s: error: %s\n", a.argv0, ldm_last_error());
+            free((void *)a.o.loras);
             return 2;
         }
     }
     if (prc != 0) {
         fprintf(stderr, "%s: error: %s\n(see %s --help)\n", a.argv0, ldm_last_error(), a.argv0);
+        free((void *)a.o.loras);
         return 2;
     }
-    ldm_profile_init();
+    if (a.o.dry_run) {
+        printf("%s: the command line is good (--dry-run: nothing read, nothing written)\n", a.argv0);
+        free((void *)a.o.loras);
+        return fflush(stdout) == 0 ? 0 : 1;
+    }
+    /* -t, else OMP_NUM_THREADS, else the CPUs this process may use */
     LdmThreadsFrom threads_from;
     int threads = ldm_threads_setup(a.o.threads, &threads_from);
+    if (a.o.random_seed) {
+        /* -s -1: the seed is drawn now, printed, and recorded in every PNG */
+        if (ldm_random_seed(&a.o.seed) != 0) {
+            fprintf(stderr, "%s: error: %s\n", a.argv0, ldm_last_error());
+            free((void *)a.o.loras);
+            return 1;
+        }
+        fprintf(stderr, "%s: seed %llu (random: --seed -1)\n", a.argv0, (unsigned long long)a.o.seed);
+    }
+    if (a.o.verbose) {
+        print_version(stderr, a.argv0);
+        fprintf(stderr, "%s: %d OpenMP threads; options:\n", a.argv0, omp_get_max_threads());
+        print_options(stderr, &a.o);
+    }
+    ldm_profile_init();
     a.pmode = ldm_progress_mode(stderr, a.o.quiet);
     a.hybrid = !strcmp(CFG.conditioning_key, "hybrid");
     a.C = CFG.latent_channels;

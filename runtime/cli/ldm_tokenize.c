@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "args.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -24,7 +25,9 @@ static void usage(FILE *f) {
             "  --count        also print the number of BPE tokens before truncation\n"
             "                 on a second line\n"
             "  --help         this message\n"
-            "  --             end of options (for a prompt that starts with '-')\n",
+            "  --version      print the version\n"
+            "  --             end of options (for a prompt that starts with '-')\n"
+            "Every flag takes its value as --flag VALUE or --flag=VALUE.\n",
             CLIP_CONTEXT_LENGTH);
 }
 
@@ -36,41 +39,45 @@ typedef struct Options {
     int count;          /* --count given */
 } Options;
 
-/* Fills o from argv; returns 0, 1 for --help, or -1 (ldm_fail) on bad usage. */
+/* The flags, one row each (runtime/args.h). */
+static const LdmOption k_options[] = {
+    {"vocab", 0, LDM_ARG_REQUIRED, 'v'}, {"context", 0, LDM_ARG_REQUIRED, 'c'}, {"count", 0, LDM_ARG_NONE, 'n'},
+    {"help", 'h', LDM_ARG_NONE, 'h'},    {"version", 0, LDM_ARG_NONE, 'V'},
+};
+
+/* Fills o from argv; returns 0, 1 for --help, 2 for --version, or -1
+ * (ldm_fail) on bad usage. */
 static int parse_args(int argc, char **argv, Options *o) {
     o->vocab = NULL;
     o->prompt = NULL;
     o->context = CLIP_CONTEXT_LENGTH;
     o->count = 0;
-    int options_done = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (options_done || a[0] != '-' || a[1] == 0) {
-            if (o->prompt) return ldm_fail("expected one prompt, got a second one: '%s'", a);
-            o->prompt = a;
-        } else if (strcmp(a, "--") == 0) {
-            options_done = 1;
-        } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            return 1;
-        } else if (strcmp(a, "--count") == 0) {
-            o->count = 1;
-        } else if (strcmp(a, "--vocab") == 0 || strcmp(a, "--context") == 0) {
-            if (i + 1 >= argc) return ldm_fail("%s: expected a value after it", a);
-            const char *v = argv[++i];
-            if (a[2] == 'v') {
-                o->vocab = v;
-            } else {
-                char *end;
-                long n = strtol(v, &end, 10);
-                if (*v == 0 || *end || n < 2 || n > 100000)
-                    return ldm_fail("--context: expected an integer 2..100000, got '%s'", v);
-                o->context = (int)n;
-            }
-        } else {
-            return ldm_fail("unknown option '%s'", a);
+    LdmArg *args = NULL;
+    int n_args = 0, first = argc, rc = 0;
+    if (ldm_args_collect(argc, argv, k_options, (int)(sizeof k_options / sizeof *k_options), &args, &n_args, &first) != 0)
+        rc = -1;
+    for (int i = 0; i < n_args && rc == 0; i++) {
+        const char *v = args[i].value;
+        switch (args[i].opt->id) {
+        case 'h': rc = 1; break;
+        case 'V': rc = 2; break;
+        case 'n': o->count = 1; break;
+        case 'v': o->vocab = v; break;
+        case 'c': {
+            char *end;
+            long n = strtol(v, &end, 10);
+            if (*v == 0 || *end || n < 2 || n > 100000)
+                rc = ldm_fail("--context: expected an integer 2..100000, got '%s'", v);
+            else o->context = (int)n;
+            break;
+        }
         }
     }
-    if (!o->prompt) return ldm_fail("missing PROMPT (use \"\" for the empty prompt)");
+    free(args);
+    if (rc != 0) return rc;
+    if (first < argc - 1) return ldm_fail("expected one prompt, got a second one: '%s'", argv[first + 1]);
+    if (first >= argc) return ldm_fail("missing PROMPT (use \"\" for the empty prompt)");
+    o->prompt = argv[first];
     return 0;
 }
 
@@ -79,6 +86,10 @@ int main(int argc, char **argv) {
     int rc = parse_args(argc, argv, &o);
     if (rc == 1) {
         usage(stdout);
+        return 0;
+    }
+    if (rc == 2) {
+        printf("ldm-tokenize (ldmc, git %s)\n", ldm_version());
         return 0;
     }
     if (rc < 0) {
