@@ -80,7 +80,8 @@ FUZZ_HARNESS_OBJ := $(if $(filter tests/test_fuzz_regress.c,$(TEST_SRC)),$(FUZZ_
 
 # Debian packages needed to build and test (and, statically, to deploy).
 DEB_PACKAGES = build-essential pkg-config flex bison libopenblas-dev check libyaml-dev \
-               zlib1g-dev libpng-dev libjansson-dev nettle-dev clang libclang-rt-dev libomp-dev
+               zlib1g-dev libpng-dev libjansson-dev nettle-dev clang libclang-rt-dev libomp-dev \
+               libmicrohttpd-dev chromium chromium-driver python3-selenium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all test check clean deps bench bench-quick fingerprint demo depgraph fuzz fuzz-build FORCE
@@ -103,6 +104,16 @@ $(BUILD)/obj/%.o: %.c
 
 # the CLIP vocabulary as data (.incbin, paths from the top directory)
 $(BUILD)/obj/runtime/vocab.o: runtime/vocab.S runtime/vocab/bpe_simple_vocab_16e6.txt.gz
+	@mkdir -p $(dir $@)
+	$(CC) -c $< -o $@
+
+# The HTTP server of the txt2img executables (runtime/apps/server.c, its
+# page embedded by server_page.S), also linked into the test runner and the
+# fuzz harnesses (tests/test_server.c, tests/fuzz/fuzz_http.c).
+SERVER_OBJ  := $(BUILD)/obj/runtime/apps/server.o $(BUILD)/obj/runtime/apps/server_page.o
+SERVER_LIBS  = -lmicrohttpd
+
+$(BUILD)/obj/runtime/apps/server_page.o: runtime/apps/server_page.S runtime/apps/server_page.html
 	@mkdir -p $(dir $@)
 	$(CC) -c $< -o $@
 
@@ -162,9 +173,9 @@ $(BUILD)/obj/tests/main.o: $(BUILD)/gen/suites.inc
 
 $(FUZZ_HARNESS_OBJ): CPPFLAGS += -DLDM_FUZZ_ROOT='"$(ROOT)"'
 
-$(BUILD)/tests/run_tests: $(TEST_OBJ) $(FUZZ_HARNESS_OBJ) $(COMP_LIB) $(RT_LIB)
+$(BUILD)/tests/run_tests: $(TEST_OBJ) $(FUZZ_HARNESS_OBJ) $(SERVER_OBJ) $(COMP_LIB) $(RT_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $^ $$(pkg-config --libs check) $(LDLIBS) -o $@
+	$(CC) $(LDFLAGS) $^ $$(pkg-config --libs check) $(LDLIBS) $(SERVER_LIBS) -o $@
 
 test: all $(BUILD)/tests/run_tests
 	LDM_BUILD=$(BUILD) $(BUILD)/tests/run_tests
@@ -201,10 +212,10 @@ fuzz:
 ifeq ($(FUZZ),1)
 fuzz-build: $(FUZZ_BINS)
 
-$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(COMP_LIB) $(RT_LIB)
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(SERVER_OBJ) $(COMP_LIB) $(RT_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -DLDM_LIBFUZZER -DLDM_FUZZ_ROOT='"$(ROOT)"' -fsanitize=fuzzer $< \
-	    $(COMP_LIB) $(RT_LIB) $(LDFLAGS) -fsanitize=fuzzer $(LDLIBS) -o $@
+	    $(SERVER_OBJ) $(COMP_LIB) $(RT_LIB) $(LDFLAGS) -fsanitize=fuzzer $(LDLIBS) $(SERVER_LIBS) -o $@
 else
 fuzz-build:
 	$(MAKE) FUZZ=1 fuzz-build
@@ -300,10 +311,16 @@ TXT2IMG_B_vae_encoder = 1
 TXT2IMG_D_clip_text   = -D CHUNKS=$(CHUNKS) -D CLIP_SKIPS=$(CLIP_SKIPS) -D EMBEDS=1
 TXT2IMG_D_unet        = -D CHUNKS=$(CHUNKS)
 TXT2IMG_LIBS       = -lopenblas -ljansson -lpng -lnettle -lz -lm -lpthread
+# --listen: libmicrohttpd, statically from Debian's libmicrohttpd.a; its
+# HTTPS half refers to GnuTLS, which cannot link statically on Debian (no
+# libp11-kit.a): mhd_notls.c stubs the GnuTLS functions (TLS is never
+# enabled; docs/server.md). The dynamic SAN=1 build links the real ones.
 ifeq ($(SAN),1)
 TXT2IMG_STATIC     =
+TXT2IMG_SERVER     = $(SERVER_OBJ)
 else
 TXT2IMG_STATIC     = -static
+TXT2IMG_SERVER     = $(SERVER_OBJ) $(BUILD)/obj/runtime/apps/mhd_notls.o
 endif
 # HxW -> H, W
 size_h = $(word 1,$(subst x, ,$(1)))
@@ -357,10 +374,10 @@ $(foreach s,$(TXT2IMG_SIZES),$(eval $(call txt2img_size_rule,$(s))))
 $(TXT2IMG_DIR)/%.o: $(TXT2IMG_DIR)/%.c
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/$(TXT2IMG_NAME): $(BUILD)/obj/runtime/apps/txt2img.o \
+$(BUILD)/$(TXT2IMG_NAME): $(BUILD)/obj/runtime/apps/txt2img.o $(TXT2IMG_SERVER) \
                           $(foreach s,$(TXT2IMG_SIZES),$(TXT2IMG_GRAPHS:%=$(TXT2IMG_DIR)/%_$(s).o)) \
                           $(TXT2IMG_DIR)/pipeline.o $(RT_LIB)
-	$(CC) $(TXT2IMG_STATIC) $(LDFLAGS) $^ $(TXT2IMG_LIBS) -o $@
+	$(CC) $(TXT2IMG_STATIC) $(LDFLAGS) $^ $(SERVER_LIBS) $(TXT2IMG_LIBS) -o $@
 
 -include $(wildcard $(TXT2IMG_DIR)/*.d)
 endif
