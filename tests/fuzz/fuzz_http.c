@@ -71,8 +71,8 @@ static void check_response(const LdmHttpRequest *rq, const LdmHttpResponse *r) {
     if (!known || !r->body || !r->content_type) abort();
     if (r->status == 204 || strstr(r->content_type, "text/html")) return;
     json_error_t e;
-    json_t *j = json_loadb(r->body, r->body_n, 0, &e);
-    if (!j) abort(); /* every API answer is JSON */
+    json_t *j = json_loadb(r->body, r->body_n, JSON_DECODE_ANY, &e);
+    if (!j) abort(); /* every API answer is JSON (POST options: null, as the webui) */
     if (r->status >= 400) {
         if (!json_is_string(json_object_get(j, "error")) || !json_is_string(json_object_get(j, "detail"))) abort();
     } else if (!strcmp(rq->method, "POST") && strstr(rq->url, "2img")) {
