@@ -815,6 +815,51 @@ START_TEST(test_http_interrupt_queue_sigterm) {
 }
 END_TEST
 
+START_TEST(test_http_preview) {
+    Srv s;
+    srv_start(&s, "preview", "--preview-taesd", test_shared("goldens/sd1-fast/taesd_decoder.safetensors"), NULL);
+    Bg a;
+    bg_start(&a, s.port, "/sdapi/v1/img2img", NULL);
+    pthread_join(a.t, NULL); /* (a 422: no body) */
+    http_free(&a.h);
+    bg_start(&a, s.port, "/sdapi/v1/txt2img", "{\"prompt\": \"x\", \"steps\": 30, \"sampler_name\": \"Euler\"}");
+    /* no current_image unless asked for; then a TAESD decode of the current step */
+    int got = 0;
+    for (int i = 0; i < 1200 && !got; i++) {
+        Http h;
+        if (http(s.port, "GET", "/sdapi/v1/progress?skip_current_image=false", NULL, NULL, &h) == 0) {
+            json_t *j = json_loadb(h.body, h.n, 0, NULL);
+            const char *b = json_string_value(json_object_get(j, "current_image"));
+            if (b) {
+                uint8_t *png;
+                size_t n;
+                float *chw;
+                ck_assert(ldm_base64_decode(b, strlen(b), &png, &n) == 0);
+                ck_assert_msg(ldm_image_load_mem(png, n, "current_image", 128, 128, &chw, NULL, NULL) == 0, "%s",
+                              ldm_last_error());
+                free(chw);
+                free(png);
+                got = 1;
+            }
+            json_decref(j);
+            http_free(&h);
+        }
+        usleep(50000);
+    }
+    ck_assert_msg(got, "no current_image while sampling");
+    Http h;
+    ck_assert(http(s.port, "POST", "/sdapi/v1/interrupt", NULL, NULL, &h) == 0);
+    http_free(&h);
+    pthread_join(a.t, NULL);
+    ck_assert_int_eq(a.h.status, 200);
+    http_free(&a.h);
+    ck_assert(http(s.port, "GET", "/sdapi/v1/progress?skip_current_image=false", NULL, NULL, &h) == 0);
+    ck_assert(strstr(h.body, "\"current_image\":null"));
+    http_free(&h);
+    ck_assert_int_eq(srv_stop(&s), 0);
+}
+END_TEST
+
 START_TEST(test_http_auth_body) {
     Srv s;
     setenv("LDM_API_KEY", "k3y", 1);
@@ -1036,6 +1081,7 @@ Suite *suite_server(void) {
     tcase_add_unchecked_fixture(tc, setup_exe, teardown_nothing);
     tcase_add_test(tc, test_http_same_as_cli);
     tcase_add_test(tc, test_http_interrupt_queue_sigterm);
+    tcase_add_test(tc, test_http_preview);
     tcase_add_test(tc, test_http_auth_body);
     tcase_add_test(tc, test_load);
     tcase_add_test(tc, test_browser);

@@ -187,7 +187,11 @@ struct LdmServer {
     int job_image, job_images; /* image i of n of the current job */
     int step, n_steps;
     double job_t0;
+    const char *job_name;      /* "txt2img", "img2img" */
     char job_timestamp[16];
+    uint8_t *preview;          /* the current job's last preview PNG, or NULL */
+    size_t preview_n;
+    double preview_wanted;     /* when a client last asked for current_image */
     uint64_t jobs_done;
     /* options */
     int clip_skip;             /* CLIP_stop_at_last_layers */
@@ -219,6 +223,7 @@ LdmServer *ldm_server_new(const LdmServerBackend *b, const LdmServerOptions *o) 
 
 void ldm_server_free(LdmServer *s) {
     if (!s) return;
+    free(s->preview);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s);
@@ -686,8 +691,29 @@ static int step_hook(void *hctx, int image, int n_images, int step, int n_steps)
     return rc;
 }
 
+static int wants_preview_hook(void *hctx) {
+    LdmServer *s = hctx;
+    pthread_mutex_lock(&s->mu);
+    int w = s->preview_wanted > 0 && now_s() - s->preview_wanted < 10.0;
+    pthread_mutex_unlock(&s->mu);
+    return w;
+}
+
+static void preview_hook(void *hctx, uint8_t *png, size_t n) {
+    LdmServer *s = hctx;
+    pthread_mutex_lock(&s->mu);
+    free(s->preview);
+    s->preview = png;
+    s->preview_n = n;
+    pthread_mutex_unlock(&s->mu);
+}
+
 static void job_start(LdmServer *s, Job *j) {
     s->current = j;
+    s->job_name = j->rq.img2img ? "img2img" : "txt2img";
+    free(s->preview);
+    s->preview = NULL;
+    s->preview_n = 0;
     s->interrupt = 0;
     s->job_image = 0;
     s->job_images = j->rq.n_images;
@@ -703,6 +729,8 @@ static void job_start(LdmServer *s, Job *j) {
 /* Make job j in this thread. */
 static void job_run(LdmServer *s, Job *j) {
     j->rq.step = step_hook;
+    j->rq.wants_preview = wants_preview_hook;
+    j->rq.preview = preview_hook;
     j->rq.hctx = s;
     ldm_fail("%s", "");
     j->rc = s->b.generate(s->b.ctx, &j->rq, &j->res);
@@ -710,6 +738,9 @@ static void job_run(LdmServer *s, Job *j) {
     pthread_mutex_lock(&s->mu);
     j->res.interrupted = j->res.interrupted || (s->interrupt && j->rc == 0);
     s->current = NULL;
+    free(s->preview);
+    s->preview = NULL;
+    s->preview_n = 0;
     s->jobs_done++;
     pthread_mutex_unlock(&s->mu);
 }
@@ -913,9 +944,26 @@ static void endpoint_openai(LdmServer *s, LdmHttpResponse *r, json_t *o) {
     json_decref(wo);
 }
 
+/* Is key=value (value case-insensitive) in the query "a=1&b=2"? */
+static int query_has(const char *query, const char *key, const char *value) {
+    size_t kl = strlen(key), vl = strlen(value);
+    for (const char *p = query; p && *p;) {
+        const char *e = strchr(p, '&');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        if (n == kl + 1 + vl && !strncmp(p, key, kl) && p[kl] == '=' && !strncasecmp(p + kl + 1, value, vl)) return 1;
+        p = e ? e + 1 : p + n;
+    }
+    return 0;
+}
+
 static void endpoint_progress(LdmServer *s, LdmHttpResponse *r, const char *query) {
-    (void)query; /* skip_current_image: no live preview image is made (current_image is null) */
+    /* current_image: the webui's default is skip_current_image=false; we
+     * make previews only while a client asks for them explicitly (a TAESD
+     * decode per step is not free), and only with a TAESD decoder */
+    int want_image = query_has(query, "skip_current_image", "false");
     pthread_mutex_lock(&s->mu);
+    if (want_image) s->preview_wanted = now_s();
+    char *image = want_image && s->preview ? ldm_base64_encode(s->preview, s->preview_n, NULL) : NULL;
     int busy = s->current != NULL;
     double progress = 0, eta = 0;
     if (busy && s->job_images > 0 && s->n_steps > 0) {
@@ -926,14 +974,17 @@ static void endpoint_progress(LdmServer *s, LdmHttpResponse *r, const char *quer
     }
     json_t *state = json_pack("{s:b, s:b, s:b, s:s, s:i, s:s, s:i, s:i, s:i}", "skipped", 0, "interrupted",
                               busy && s->interrupt, "stopping_generation", s->stopping, "job",
-                              busy ? "txt2img" : "", "job_count", busy ? 1 + s->n_queued : s->n_queued,
+                              busy ? s->job_name : "", "job_count", busy ? 1 + s->n_queued : s->n_queued,
                               "job_timestamp", s->job_timestamp[0] ? s->job_timestamp : "0", "job_no",
                               busy ? s->job_image : 0, "sampling_step", busy ? s->step : 0, "sampling_steps",
                               busy ? s->n_steps : 0);
     json_object_set_new(state, "queued", json_integer(s->n_queued));
     pthread_mutex_unlock(&s->mu);
-    respond_json(r, 200, json_pack("{s:f, s:f, s:o, s:n, s:n, s:n}", "progress", progress, "eta_relative", eta,
-                                   "state", state, "current_image", "textinfo", "current_task"));
+    json_t *o = json_pack("{s:f, s:f, s:o, s:n, s:n, s:n}", "progress", progress, "eta_relative", eta, "state", state,
+                          "current_image", "textinfo", "current_task");
+    if (image) json_object_set_new(o, "current_image", json_string(image));
+    free(image);
+    respond_json(r, 200, o);
 }
 
 static void endpoint_samplers(LdmHttpResponse *r) {

@@ -25,6 +25,11 @@
  * "Interrupt") or LDM_GEN_ABORT (the server is shutting down: fail). */
 enum { LDM_GEN_GO_ON = 0, LDM_GEN_INTERRUPT = 1, LDM_GEN_ABORT = 2 };
 typedef int (*LdmGenStepFn)(void *hctx, int image, int n_images, int step, int n_steps);
+/* Live previews (/sdapi/v1/progress's current_image): wants(hctx) says
+ * whether a client asked for one lately; put(hctx, png, n) hands the server
+ * a PNG of the current x0 prediction (malloc'd; the server takes it). */
+typedef int (*LdmGenWantsPreviewFn)(void *hctx);
+typedef void (*LdmGenPreviewFn)(void *hctx, uint8_t *png, size_t n);
 
 /* One generation request, checked and with every default filled in. */
 typedef struct LdmGenRequest {
@@ -45,6 +50,8 @@ typedef struct LdmGenRequest {
     const float *mask;         /* (height, width) in [0, 1], white = repaint, or NULL */
     int clip_skip;
     LdmGenStepFn step;         /* progress and interruption (see above) */
+    LdmGenWantsPreviewFn wants_preview;
+    LdmGenPreviewFn preview;
     void *hctx;
 } LdmGenRequest;
 

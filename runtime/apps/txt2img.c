@@ -1487,6 +1487,17 @@ static int serve_step(void *ctx, const LdmStepInfo *info) {
         memcpy(v->x0, info->denoised, (size_t)a->n_lat * sizeof(float));
         v->have_x0 = 1;
     }
+    /* /sdapi/v1/progress's current_image: a TAESD decode of this step's x0
+     * prediction, while a client asks for it (--taesd or --preview-taesd) */
+    LdmNets *tn = a->o.preview_taesd ? &a->taesd_prev : a->o.taesd ? &a->taesd_dec : NULL;
+    if (tn && info->denoised && v->rq->wants_preview(v->rq->hctx)) {
+        float *img = ldm_aligned_alloc((size_t)3 * CFG.H * CFG.W * sizeof(float));
+        uint8_t *png;
+        size_t n;
+        if (decode_latent_taesd(a, tn, info->denoised, img) == 0 && ldm_image_encode_text(img, CFG.W, CFG.H, NULL, &png, &n) == 0)
+            v->rq->preview(v->rq->hctx, png, n);
+        free(img);
+    }
     v->verdict = v->rq->step(v->rq->hctx, v->image, v->rq->n_images, info->step + 1, info->n_steps);
     /* an interrupt after the last step changes nothing */
     if (v->verdict == LDM_GEN_INTERRUPT && info->step + 1 >= info->n_steps) v->verdict = LDM_GEN_GO_ON;
