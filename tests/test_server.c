@@ -226,6 +226,22 @@ START_TEST(test_sampler_names) {
     ck_assert_int_eq(st, 200);
     ck_assert(g_last.sampler == LDM_SAMPLER_DDIM && !g_last.has_schedule);
     json_decref(j);
+    /* the webui's default schedules ("Automatic"): DPM++ 2M is Karras, Euler uniform */
+    j = call(s, "POST", "/sdapi/v1/txt2img", "{\"prompt\": \"x\", \"sampler_name\": \"DPM++ 2M\"}", &st, NULL);
+    ck_assert(g_last.sampler == LDM_SAMPLER_DPMPP_2M && g_last.has_schedule && g_last.schedule == LDM_SIGMAS_KARRAS);
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(j, "parameters"), "scheduler")), "Karras");
+    json_decref(j);
+    j = call(s, "POST", "/sdapi/v1/txt2img", "{\"prompt\": \"x\", \"sampler_name\": \"DPM++ 2M SDE\", \"scheduler\": \"Automatic\"}",
+             &st, NULL);
+    ck_assert(g_last.has_schedule && g_last.schedule == LDM_SIGMAS_EXPONENTIAL);
+    json_decref(j);
+    j = call(s, "POST", "/sdapi/v1/txt2img", "{\"prompt\": \"x\", \"sampler_name\": \"DPM++ 2M\", \"scheduler\": \"Uniform\"}",
+             &st, NULL);
+    ck_assert(g_last.has_schedule && g_last.schedule == LDM_SIGMAS_DISCRETE);
+    json_decref(j);
+    j = call(s, "POST", "/sdapi/v1/txt2img", "{\"prompt\": \"x\", \"sampler_name\": \"Euler a\"}", &st, NULL);
+    ck_assert(g_last.sampler == LDM_SAMPLER_EULER_A && !g_last.has_schedule);
+    json_decref(j);
     expect_error(s, "POST", "/sdapi/v1/txt2img", "{\"prompt\": \"x\", \"sampler_name\": \"Foo\"}", 422, "sampler_name");
     expect_error(s, "POST", "/sdapi/v1/txt2img", "{\"prompt\": \"x\", \"scheduler\": \"Bar\"}", 422, "scheduler");
     expect_error(s, "POST", "/sdapi/v1/txt2img",

@@ -512,6 +512,19 @@ static int apply_settings(LdmServer *s, LdmHttpResponse *r, json_t *o, const cha
     return 0;
 }
 
+/* The schedule the webui (1.9 and later: modules/sd_samplers_kdiffusion.py,
+ * the samplers' options) uses for a sampler when the scheduler is
+ * "Automatic": 1 and *k, or 0 for the sampler's plain (uniform) sigmas. */
+static int webui_default_schedule(LdmSamplerKind sampler, LdmSigmaKind *k) {
+    switch (sampler) {
+    case LDM_SAMPLER_DPMPP_2M:
+    case LDM_SAMPLER_DPMPP_SDE:
+    case LDM_SAMPLER_DPMPP_2S_A: *k = LDM_SIGMAS_KARRAS; return 1;
+    case LDM_SAMPLER_DPMPP_2M_SDE: *k = LDM_SIGMAS_EXPONENTIAL; return 1;
+    default: return 0;
+    }
+}
+
 /* sampler_name (or sampler_index) and scheduler */
 static int parse_sampler(LdmHttpResponse *r, json_t *o, Parsed *p) {
     const char *name, *idx, *sched;
@@ -531,6 +544,8 @@ static int parse_sampler(LdmHttpResponse *r, json_t *o, Parsed *p) {
     p->rq.has_schedule = 0;
     p->rq.schedule = LDM_SIGMAS_DISCRETE;
     if (implied) p->rq.has_schedule = 1, p->rq.schedule = ik;
+    else if ((!sched || !*sched || !strcasecmp(sched, "automatic")) && webui_default_schedule(p->rq.sampler, &ik))
+        p->rq.has_schedule = 1, p->rq.schedule = ik; /* "DPM++ 2M" is DPM++ 2M Karras, as in the webui */
     if (sched && *sched) {
         LdmSigmaKind k;
         if (ldm_sigma_kind_parse(sched, &k) != 0) {
@@ -993,7 +1008,8 @@ static void endpoint_samplers(LdmHttpResponse *r) {
     json_t *a = json_array();
     for (int i = 0; i < n; i++) {
         json_t *opts = json_object();
-        if (ldm_sampler_family(all[i]) == 1) json_object_set_new(opts, "scheduler", json_string("automatic"));
+        LdmSigmaKind k;
+        if (webui_default_schedule(all[i], &k)) json_object_set_new(opts, "scheduler", json_string(ldm_sigma_kind_name(k)));
         json_array_append_new(a, json_pack("{s:s, s:[s], s:o}", "name", ldm_sampler_webui_name(all[i]), "aliases",
                                            ldm_sampler_name(all[i]), "options", opts));
     }
