@@ -51,10 +51,13 @@
 static const int k_widths[] = {64, 96}, k_heights[] = {64, 64};
 static LdmGenRequest g_last;   /* the last request the fake saw */
 static int g_fake_fail;        /* make it fail with this code */
+static float g_init0, g_mask0; /* its init image's and mask's first values (-9: none) */
 
 static int fake_generate(void *ctx, const LdmGenRequest *rq, LdmGenResult *out) {
     (void)ctx;
     g_last = *rq;
+    g_init0 = rq->init_image ? rq->init_image[0] : -9.0f;
+    g_mask0 = rq->mask ? rq->mask[0] : -9.0f;
     memset(out, 0, sizeof *out);
     if (g_fake_fail) return ldm_fail("fake failure"), g_fake_fail;
     for (int i = 0; i < rq->n_images; i++) {
@@ -295,8 +298,8 @@ START_TEST(test_img2img) {
     json_t *j = call(s, "POST", "/sdapi/v1/img2img", body, &st, NULL);
     ck_assert_msg(st == 200, "%d", st);
     ck_assert(g_last.img2img && g_last.width == 96 && g_last.height == 64 && g_last.strength == 0.5);
-    ck_assert(g_last.init_image && g_last.mask);
-    ck_assert(fabsf(g_last.init_image[0] - 1.0f) < 1e-6f && fabsf(g_last.mask[0] - 1.0f) < 1e-6f);
+    /* (the request's images are freed with the request: their first values) */
+    ck_assert(fabsf(g_init0 - 1.0f) < 1e-6f && fabsf(g_mask0 - 1.0f) < 1e-6f);
     json_t *p = json_object_get(j, "parameters");
     ck_assert(json_is_null(json_object_get(p, "init_images")) && json_is_null(json_object_get(p, "mask")));
     json_decref(j);
@@ -1034,7 +1037,8 @@ START_TEST(test_load) {
             100.0 * (double)(rss1 - rss0) / (double)rss0);
     ck_assert_int_eq(ok + refused, LOAD_CLIENTS * LOAD_REQUESTS);
     ck_assert_int_eq(refused, 0); /* 8 clients never fill a queue of 16 */
-    ck_assert_msg(rss1 <= rss0 * 11 / 10, "VmRSS grew from %ld kB to %ld kB", rss0, rss1);
+    /* (under ASan freed memory stays in its quarantine, up to 256 MB: RSS says nothing there) */
+    if (!SRV_SAN) ck_assert_msg(rss1 <= rss0 * 11 / 10, "VmRSS grew from %ld kB to %ld kB", rss0, rss1);
     ck_assert_int_eq(srv_stop(&s), 0);
 }
 END_TEST
