@@ -879,6 +879,35 @@ START_TEST(test_http_preview) {
 }
 END_TEST
 
+START_TEST(test_http_flags) {
+    /* --listen's own flags, checked before anything is loaded (exit status 2) */
+    struct {
+        const char *a[6];
+        const char *want;
+    } cases[] = {
+        {{"--listen", "1.2.3:80"}, "'1.2.3' is not an IPv4 address"},
+        {{"--listen", "99999"}, "bad port"},
+        {{"--listen", "8080", "--prompt", "x"}, "--prompt does not go with --listen"},
+        {{"--listen", "8080", "-o", "x.png"}, "-o does not go with --listen"},
+        {{"--prompt", "x", "-o", "x.png", "--queue", "3"}, "go with --listen"},
+        {{"--prompt", "x", "-o", "x.png", "--api-key", "k"}, "go with --listen"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *argv[12];
+        int k = 0;
+        argv[k++] = (char *)exe();
+        argv[k++] = "--weights";
+        argv[k++] = "/nonexistent.safetensors";
+        for (int j = 0; j < 6 && cases[i].a[j]; j++) argv[k++] = (char *)cases[i].a[j];
+        argv[k] = NULL;
+        char *out;
+        int rc = test_run(argv, &out);
+        ck_assert_msg(rc == 2 && strstr(out, cases[i].want), "case %zu: status %d, output:\n%s", i, rc, out);
+        free(out);
+    }
+}
+END_TEST
+
 START_TEST(test_http_auth_body) {
     Srv s;
     setenv("LDM_API_KEY", "k3y", 1);
@@ -1101,6 +1130,7 @@ Suite *suite_server(void) {
     tcase_add_unchecked_fixture(tc, setup_exe, teardown_nothing);
     tcase_add_test(tc, test_http_same_as_cli);
     tcase_add_test(tc, test_http_interrupt_queue_sigterm);
+    tcase_add_test(tc, test_http_flags);
     tcase_add_test(tc, test_http_preview);
     tcase_add_test(tc, test_http_auth_body);
     tcase_add_test(tc, test_load);

@@ -1368,6 +1368,11 @@ static int parse_listen(const char *l, struct sockaddr_in *sa) {
     return 0;
 }
 
+int ldm_server_check_listen(const char *listen) {
+    struct sockaddr_in sa;
+    return parse_listen(listen, &sa);
+}
+
 int ldm_server_run(LdmServer *s) {
     struct sockaddr_in sa;
     if (parse_listen(s->o.listen, &sa) != 0) return -1;

@@ -115,6 +115,8 @@ void ldm_server_set_clip_skip(LdmServer *s, int clip_skip);
  * its next step, it and every queued request are answered 503, and 0 is
  * returned; -1 (ldm_fail) if the server cannot start. */
 int ldm_server_run(LdmServer *s);
+/* Is --listen's value ("PORT", "HOST:PORT") well-formed? 0, or -1 (ldm_fail). */
+int ldm_server_check_listen(const char *listen);
 
 /* ---- the request -> response logic, without sockets ---------------------- */
 

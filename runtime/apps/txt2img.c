@@ -410,7 +410,7 @@ static int check_options(const Options *o) {
                        : o->preview ? "--preview" : NULL;
         if (no) return ldm_fail("%s does not go with --listen (requests bring their prompts and images; the server "
                                 "writes no files)", no);
-        return 0;
+        return ldm_server_check_listen(o->listen);
     }
     if (o->queue || o->max_body || o->api_key || o->cors_origin)
         return ldm_fail("--queue, --max-body, --api-key and --cors-origin go with --listen");
