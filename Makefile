@@ -98,7 +98,8 @@ FUZZ_HARNESS_OBJ := $(if $(filter tests/test_fuzz_regress.c,$(TEST_SRC)),$(FUZZ_
 
 # Debian packages needed to build and test (and, statically, to deploy).
 DEB_PACKAGES = build-essential pkg-config flex bison libopenblas-dev check libyaml-dev \
-               zlib1g-dev libpng-dev libjansson-dev nettle-dev clang libclang-rt-dev libomp-dev
+               zlib1g-dev libpng-dev libjansson-dev nettle-dev clang libclang-rt-dev libomp-dev \
+               libmicrohttpd-dev chromium chromium-driver python3-selenium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all test check clean deps bench bench-quick fingerprint demo depgraph fuzz fuzz-build FORCE
@@ -171,6 +172,16 @@ $(BUILD)/gen/version.h: FORCE
 
 $(BUILD)/obj/runtime/args.o: $(BUILD)/gen/version.h
 
+# The HTTP server of the txt2img executables (runtime/apps/server.c, its
+# page embedded by server_page.S), also linked into the test runner and the
+# fuzz harnesses (tests/test_server.c, tests/fuzz/fuzz_http.c).
+SERVER_OBJ  := $(BUILD)/obj/runtime/apps/server.o $(BUILD)/obj/runtime/apps/server_page.o
+SERVER_LIBS  = -lmicrohttpd
+
+$(BUILD)/obj/runtime/apps/server_page.o: runtime/apps/server_page.S runtime/apps/server_page.html
+	@mkdir -p $(dir $@)
+	$(CC) -c $< -o $@
+
 # runtime/cli/foo_bar.c -> $(BUILD)/foo-bar
 define cli_rule
 $(BUILD)/$(subst _,-,$(1)): $(BUILD)/obj/runtime/cli/$(1).o $(RT_LIB)
@@ -228,9 +239,9 @@ $(BUILD)/obj/tests/main.o: $(BUILD)/gen/suites.inc
 $(FUZZ_HARNESS_OBJ): CPPFLAGS += -DLDM_FUZZ_ROOT='"$(ROOT)"'
 $(BUILD)/obj/tests/test_deploy.o: CPPFLAGS += -DLDM_DEPLOY_ROOT='"$(ROOT)"'
 
-$(BUILD)/tests/run_tests: $(TEST_OBJ) $(FUZZ_HARNESS_OBJ) $(COMP_LIB) $(RT_LIB)
+$(BUILD)/tests/run_tests: $(TEST_OBJ) $(FUZZ_HARNESS_OBJ) $(SERVER_OBJ) $(COMP_LIB) $(RT_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $^ $$(pkg-config --libs check) $(LDLIBS) -o $@
+	$(CC) $(LDFLAGS) $^ $$(pkg-config --libs check) $(LDLIBS) $(SERVER_LIBS) -o $@
 
 test: all $(BUILD)/tests/run_tests
 	LDM_BUILD=$(BUILD) $(BUILD)/tests/run_tests
@@ -267,10 +278,10 @@ fuzz:
 ifeq ($(FUZZ),1)
 fuzz-build: $(FUZZ_BINS)
 
-$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(COMP_LIB) $(RT_LIB)
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(SERVER_OBJ) $(COMP_LIB) $(RT_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -DLDM_LIBFUZZER -DLDM_FUZZ_ROOT='"$(ROOT)"' -fsanitize=fuzzer $< \
-	    $(COMP_LIB) $(RT_LIB) $(LDFLAGS) -fsanitize=fuzzer $(LDLIBS) -o $@
+	    $(SERVER_OBJ) $(COMP_LIB) $(RT_LIB) $(LDFLAGS) -fsanitize=fuzzer $(LDLIBS) $(SERVER_LIBS) -o $@
 else
 fuzz-build:
 	$(MAKE) FUZZ=1 fuzz-build
@@ -371,10 +382,18 @@ TXT2IMG_B_vae_encoder = 1
 TXT2IMG_D_clip_text   = -D CHUNKS=$(CHUNKS) -D CLIP_SKIPS=$(CLIP_SKIPS) -D EMBEDS=1
 TXT2IMG_D_unet        = -D CHUNKS=$(CHUNKS)
 TXT2IMG_LIBS       = -lopenblas -ljansson -lpng -lnettle -lz -lm -lpthread
+# --listen: libmicrohttpd, statically from Debian's libmicrohttpd.a; its
+# HTTPS half refers to GnuTLS, which cannot link statically on Debian (no
+# libp11-kit.a): mhd_notls.c stubs the GnuTLS functions (TLS is never
+# enabled; docs/server.md). The dynamic SAN=1 build links the real ones.
+# The server's objects follow ARCH like the rest of the executable.
+TXT2IMG_SERVER_OBJ = $(EXE_OBJ)/runtime/apps/server.o $(BUILD)/obj/runtime/apps/server_page.o
 ifeq ($(SAN),1)
 TXT2IMG_STATIC     =
+TXT2IMG_SERVER     = $(TXT2IMG_SERVER_OBJ)
 else
 TXT2IMG_STATIC     = -static
+TXT2IMG_SERVER     = $(TXT2IMG_SERVER_OBJ) $(EXE_OBJ)/runtime/apps/mhd_notls.o
 endif
 # HxW -> H, W
 size_h = $(word 1,$(subst x, ,$(1)))
@@ -429,10 +448,10 @@ $(TXT2IMG_OBJ_DIR)/%.o: $(TXT2IMG_DIR)/%.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(TXT2IMG_EXE): $(EXE_OBJ)/runtime/apps/txt2img.o \
+$(TXT2IMG_EXE): $(EXE_OBJ)/runtime/apps/txt2img.o $(TXT2IMG_SERVER) \
                           $(foreach s,$(TXT2IMG_SIZES),$(TXT2IMG_GRAPHS:%=$(TXT2IMG_OBJ_DIR)/%_$(s).o)) \
                           $(TXT2IMG_OBJ_DIR)/pipeline.o $(EXE_RT_LIB)
-	$(CC) $(TXT2IMG_STATIC) $(LDFLAGS) $^ $(TXT2IMG_LIBS) -o $@
+	$(CC) $(TXT2IMG_STATIC) $(LDFLAGS) $^ $(SERVER_LIBS) $(TXT2IMG_LIBS) -o $@
 
 -include $(wildcard $(TXT2IMG_OBJ_DIR)/*.d)
 endif

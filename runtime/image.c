@@ -148,8 +148,8 @@ static int png_read_body(PngRead *r) {
 
 /* ldm_png_read_rgb8 refusing, from the header, a size other than ew x eh
  * (0: any) as check_size does. */
-static int png_read_rgb8_sized(const char *path, const char *what, int ew, int eh, uint8_t **rgb, int *width,
-                               int *height, const char *key, char **value) {
+static int png_read_rgb8_fp(FILE *fp, const char *path, const char *what, int ew, int eh, uint8_t **rgb,
+                            int *width, int *height, const char *key, char **value) {
     *rgb = NULL;
     PngRead r;
     memset(&r, 0, sizeof r);
@@ -158,8 +158,7 @@ static int png_read_rgb8_sized(const char *path, const char *what, int ew, int e
     r.what = what;
     r.ew = ew;
     r.eh = eh;
-    r.fp = fopen(path, "rb");
-    if (!r.fp) return ldm_fail("%s: cannot open: %s", path, strerror(errno));
+    r.fp = fp;
     unsigned char sig[8];
     size_t got = fread(sig, 1, sizeof sig, r.fp);
     if (got < sizeof sig || png_sig_cmp(sig, 0, sizeof sig) != 0) {
@@ -196,6 +195,24 @@ static int png_read_rgb8_sized(const char *path, const char *what, int ew, int e
     return 0;
 }
 
+static int png_read_rgb8_sized(const char *path, const char *what, int ew, int eh, uint8_t **rgb, int *width,
+                               int *height, const char *key, char **value) {
+    *rgb = NULL;
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return ldm_fail("%s: cannot open: %s", path, strerror(errno));
+    return png_read_rgb8_fp(fp, path, what, ew, eh, rgb, width, height, key, value);
+}
+
+/* The same from memory (name: for messages). */
+static int png_read_rgb8_mem(const void *data, size_t n, const char *name, const char *what, int ew, int eh,
+                             uint8_t **rgb, int *width, int *height) {
+    *rgb = NULL;
+    if (n == 0) return ldm_fail("%s: not a PNG file (empty)", name);
+    FILE *fp = fmemopen((void *)data, n, "rb");
+    if (!fp) return ldm_fail("%s: cannot read from memory: %s", name, strerror(errno));
+    return png_read_rgb8_fp(fp, name, what, ew, eh, rgb, width, height, NULL, NULL);
+}
+
 int ldm_png_read_rgb8(const char *path, uint8_t **rgb, int *width, int *height) {
     return png_read_rgb8_sized(path, "image", 0, 0, rgb, width, height, NULL, NULL);
 }
@@ -215,6 +232,7 @@ int ldm_png_read_text(const char *path, const char *key, char **value) {
 
 typedef struct PngWrite {
     LdmOutFile out;
+    FILE *fp;          /* out.fp, or a memory stream */
     png_structp png;
     png_infop info;
     PngMsg msg;
@@ -226,7 +244,7 @@ typedef struct PngWrite {
 
 static int png_write_body(PngWrite *wr) {
     if (setjmp(png_jmpbuf(wr->png))) return -1;
-    png_init_io(wr->png, wr->out.fp);
+    png_init_io(wr->png, wr->fp);
     png_set_IHDR(wr->png, wr->info, (png_uint_32)wr->w, (png_uint_32)wr->h, 8, PNG_COLOR_TYPE_RGB,
                  PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
     if (wr->n_text) png_set_text(wr->png, wr->info, wr->text, wr->n_text);
@@ -259,7 +277,9 @@ int ldm_png_write_rgb8(const char *path, const uint8_t *rgb, int width, int heig
     return ldm_png_write_rgb8_text(path, rgb, width, height, NULL);
 }
 
-int ldm_png_write_rgb8_text(const char *path, const uint8_t *rgb, int width, int height, const char *const *kv) {
+/* To path atomically, or (mem != NULL) to a malloc'd buffer *mem of *mem_n bytes. */
+static int png_write_any(const char *path, uint8_t **mem, size_t *mem_n, const uint8_t *rgb, int width, int height,
+                         const char *const *kv) {
     if (width < 1 || height < 1 || width > LDM_IMAGE_MAX_DIM || height > LDM_IMAGE_MAX_DIM)
         return ldm_fail("%s: cannot write a %dx%d image (expected 1..%d pixels per side)", path, width, height,
                         LDM_IMAGE_MAX_DIM);
@@ -292,25 +312,49 @@ int ldm_png_write_rgb8_text(const char *path, const uint8_t *rgb, int width, int
         }
     }
     int rc = -1;
-    if (ldm_out_open(&wr.out, path) != 0) goto done;
+    char *buf = NULL;
+    size_t buf_n = 0;
+    if (mem) {
+        wr.fp = open_memstream(&buf, &buf_n);
+        if (!wr.fp) {
+            ldm_fail("%s: cannot open a memory stream: %s", path, strerror(errno));
+            goto done;
+        }
+    } else {
+        if (ldm_out_open(&wr.out, path) != 0) goto done;
+        wr.fp = wr.out.fp;
+    }
     wr.png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &wr.msg, png_error_fn, png_warning_fn);
     if (wr.png) wr.info = png_create_info_struct(wr.png);
     if (!wr.png || !wr.info) {
         png_destroy_write_struct(&wr.png, &wr.info);
-        ldm_out_abort(&wr.out);
+        if (mem) fclose(wr.fp), free(buf);
+        else ldm_out_abort(&wr.out);
         ldm_fail("%s: cannot initialise libpng", path);
+        rc = -1;
         goto done;
     }
     rc = png_write_body(&wr);
     png_destroy_write_struct(&wr.png, &wr.info);
     if (rc != 0) {
-        int e = wr.out.fp && ferror(wr.out.fp) ? errno : 0; /* libpng says "Write Error"; the system says why */
-        ldm_out_abort(&wr.out);
+        int e = !mem && wr.out.fp && ferror(wr.out.fp) ? errno : 0; /* libpng says "Write Error"; the system says why */
+        if (mem) fclose(wr.fp), free(buf);
+        else ldm_out_abort(&wr.out);
         if (e) ldm_fail("%s: cannot write PNG: write error: %s", path, strerror(e));
         else ldm_fail("%s: cannot write PNG: %s", path, wr.msg.text);
         goto done;
     }
-    rc = ldm_out_commit(&wr.out);
+    if (mem) {
+        if (fclose(wr.fp) != 0) {
+            free(buf);
+            rc = ldm_fail("%s: cannot write PNG to memory: %s", path, strerror(errno));
+        } else {
+            *mem = (uint8_t *)buf;
+            *mem_n = buf_n;
+        }
+    } else {
+        rc = ldm_out_commit(&wr.out);
+    }
 done:
     for (int i = 0; i < nkv; i++) free(latin[i]);
     free(latin);
@@ -318,16 +362,23 @@ done:
     return rc;
 }
 
+int ldm_png_write_rgb8_text(const char *path, const uint8_t *rgb, int width, int height, const char *const *kv) {
+    return png_write_any(path, NULL, NULL, rgb, width, height, kv);
+}
+
+int ldm_png_encode_rgb8_text(const uint8_t *rgb, int width, int height, const char *const *kv, uint8_t **png,
+                             size_t *n) {
+    *png = NULL;
+    *n = 0;
+    return png_write_any("(PNG in memory)", png, n, rgb, width, height, kv);
+}
+
 /* ----------------------------------------------------------------------------
  * Float conversions
  * ------------------------------------------------------------------------- */
 
-int ldm_image_load(const char *path, int expect_width, int expect_height, float **chw, int *width,
-                   int *height) {
-    *chw = NULL;
-    uint8_t *rgb;
-    int w, h;
-    if (png_read_rgb8_sized(path, "image", expect_width, expect_height, &rgb, &w, &h, NULL, NULL) != 0) return -1;
+/* rgb (freed) -> the float image of ldm_image_load */
+static void image_from_rgb8(uint8_t *rgb, int w, int h, float **chw, int *width, int *height) {
     /* load_img: image = np.array(image).astype(np.float32) / 255.0
      *           image = image[None].transpose(0, 3, 1, 2)      # HWC -> CHW
      *           return 2. * image - 1.                          (float32) */
@@ -342,15 +393,30 @@ int ldm_image_load(const char *path, int expect_width, int expect_height, float 
     *chw = out;
     if (width) *width = w;
     if (height) *height = h;
+}
+
+int ldm_image_load(const char *path, int expect_width, int expect_height, float **chw, int *width,
+                   int *height) {
+    *chw = NULL;
+    uint8_t *rgb;
+    int w, h;
+    if (png_read_rgb8_sized(path, "image", expect_width, expect_height, &rgb, &w, &h, NULL, NULL) != 0) return -1;
+    image_from_rgb8(rgb, w, h, chw, width, height);
     return 0;
 }
 
-int ldm_mask_load(const char *path, int expect_width, int expect_height, float **mask, int *width,
-                  int *height) {
-    *mask = NULL;
+int ldm_image_load_mem(const void *data, size_t n, const char *name, int expect_width, int expect_height,
+                       float **chw, int *width, int *height) {
+    *chw = NULL;
     uint8_t *rgb;
     int w, h;
-    if (png_read_rgb8_sized(path, "mask", expect_width, expect_height, &rgb, &w, &h, NULL, NULL) != 0) return -1;
+    if (png_read_rgb8_mem(data, n, name, "image", expect_width, expect_height, &rgb, &w, &h) != 0) return -1;
+    image_from_rgb8(rgb, w, h, chw, width, height);
+    return 0;
+}
+
+/* rgb (freed) -> the mask of ldm_mask_load */
+static void mask_from_rgb8(uint8_t *rgb, int w, int h, float **mask, int *width, int *height) {
     /* inpaint.py: np.array(Image.open(mask).convert("L")).astype(np.float32) / 255.0
      * PIL's RGB -> L (Convert.c rgb2l): L = (R*19595 + G*38470 + B*7471 + 0x8000) >> 16 */
     size_t plane = (size_t)w * h;
@@ -364,6 +430,25 @@ int ldm_mask_load(const char *path, int expect_width, int expect_height, float *
     *mask = out;
     if (width) *width = w;
     if (height) *height = h;
+}
+
+int ldm_mask_load(const char *path, int expect_width, int expect_height, float **mask, int *width,
+                  int *height) {
+    *mask = NULL;
+    uint8_t *rgb;
+    int w, h;
+    if (png_read_rgb8_sized(path, "mask", expect_width, expect_height, &rgb, &w, &h, NULL, NULL) != 0) return -1;
+    mask_from_rgb8(rgb, w, h, mask, width, height);
+    return 0;
+}
+
+int ldm_mask_load_mem(const void *data, size_t n, const char *name, int expect_width, int expect_height,
+                      float **mask, int *width, int *height) {
+    *mask = NULL;
+    uint8_t *rgb;
+    int w, h;
+    if (png_read_rgb8_mem(data, n, name, "mask", expect_width, expect_height, &rgb, &w, &h) != 0) return -1;
+    mask_from_rgb8(rgb, w, h, mask, width, height);
     return 0;
 }
 
@@ -405,6 +490,19 @@ void ldm_image01_to_rgb8(const float *chw01, int width, int height, uint8_t *rgb
 
 int ldm_image_save(const char *path, const float *chw01, int width, int height) {
     return ldm_image_save_text(path, chw01, width, height, NULL);
+}
+
+int ldm_image_encode_text(const float *chw01, int width, int height, const char *const *kv, uint8_t **png,
+                          size_t *n) {
+    *png = NULL;
+    *n = 0;
+    if (width < 1 || height < 1 || width > LDM_IMAGE_MAX_DIM || height > LDM_IMAGE_MAX_DIM)
+        return ldm_fail("cannot encode a %dx%d image", width, height);
+    uint8_t *rgb = ldm_xmalloc((size_t)width * height * 3);
+    ldm_image01_to_rgb8(chw01, width, height, rgb);
+    int rc = ldm_png_encode_rgb8_text(rgb, width, height, kv, png, n);
+    free(rgb);
+    return rc;
 }
 
 int ldm_image_save_text(const char *path, const float *chw01, int width, int height, const char *const *kv) {

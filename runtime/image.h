@@ -22,6 +22,7 @@
 #ifndef LDM_IMAGE_H
 #define LDM_IMAGE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define LDM_IMAGE_MAX_DIM 16384 /* larger images are refused (width or height) */
@@ -35,6 +36,9 @@ int ldm_png_write_rgb8(const char *path, const uint8_t *rgb, int width, int heig
  * AUTOMATIC1111 webui uses for `parameters`): a value that is all Latin-1
  * is a tEXt chunk in Latin-1, any other an uncompressed iTXt in UTF-8. */
 int ldm_png_write_rgb8_text(const char *path, const uint8_t *rgb, int width, int height, const char *const *kv);
+/* ldm_png_write_rgb8_text into memory: *png = malloc'd PNG bytes, *n their count. */
+int ldm_png_encode_rgb8_text(const uint8_t *rgb, int width, int height, const char *const *kv, uint8_t **png,
+                             size_t *n);
 /* The value (UTF-8, malloc'd) of the first tEXt/zTXt/iTXt chunk named key:
  * 1, 0 when there is none (*value NULL), -1 on a bad PNG. */
 int ldm_png_read_text(const char *path, const char *key, char **value);
@@ -46,12 +50,21 @@ int ldm_png_read_text(const char *path, const char *key, char **value);
 int ldm_image_load(const char *path, int expect_width, int expect_height, float **chw, int *width,
                    int *height);
 
+/* ldm_image_load of the PNG bytes data[0..n) (name: for messages, e.g.
+ * "init_images[0]"); the same checks. */
+int ldm_image_load_mem(const void *data, size_t n, const char *name, int expect_width, int expect_height,
+                       float **chw, int *width, int *height);
+
 /* Inpainting mask: *mask = malloc'd (height, width) floats in [0, 1], the
  * luminance of PIL's convert("L") (L = (19595 R + 38470 G + 7471 B + 32768)
  * >> 16, so gray images keep their value) divided by 255. Size check as
  * above. */
 int ldm_mask_load(const char *path, int expect_width, int expect_height, float **mask, int *width,
                   int *height);
+
+/* ldm_mask_load of the PNG bytes data[0..n). */
+int ldm_mask_load_mem(const void *data, size_t n, const char *name, int expect_width, int expect_height,
+                      float **mask, int *width, int *height);
 
 /* Latent-resolution "known" mask for LdmSampler.mask from an image mask
  * (white = repaint): known[y][x] = 1 where every pixel of the factor x
@@ -71,5 +84,8 @@ void ldm_image01_to_rgb8(const float *chw01, int width, int height, uint8_t *rgb
 int ldm_image_save(const char *path, const float *chw01, int width, int height);
 /* ... with text chunks (ldm_png_write_rgb8_text). */
 int ldm_image_save_text(const char *path, const float *chw01, int width, int height, const char *const *kv);
+/* ... into memory (ldm_png_encode_rgb8_text). */
+int ldm_image_encode_text(const float *chw01, int width, int height, const char *const *kv, uint8_t **png,
+                          size_t *n);
 
 #endif

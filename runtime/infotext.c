@@ -389,6 +389,14 @@ static char *hash_cache_path(void) {
 }
 
 int ldm_model_hash(const char *path, char hex10[11]) {
+    char full[65];
+    if (ldm_model_sha256(path, full) != 0) return -1;
+    memcpy(hex10, full, 10);
+    hex10[10] = 0;
+    return 0;
+}
+
+int ldm_model_sha256(const char *path, char full[65]) {
     struct stat st;
     if (stat(path, &st) != 0) return ldm_fail("%s: cannot stat: %s", path, strerror(errno));
     char *abs = realpath(path, NULL);
@@ -398,7 +406,7 @@ int ldm_model_hash(const char *path, char hex10[11]) {
     snprintf(key, sizeof key, "%lld %lld.%09ld ", (long long)st.st_size, (long long)st.st_mtim.tv_sec,
              (long)st.st_mtim.tv_nsec);
     char *cache = hash_cache_path();
-    char full[65] = {0};
+    memset(full, 0, 65);
     int found = 0;
     if (cache) {
         FILE *f = fopen(cache, "r");
@@ -444,8 +452,5 @@ int ldm_model_hash(const char *path, char hex10[11]) {
     }
     free(cache);
     free(abs);
-    if (rc != 0) return rc;
-    memcpy(hex10, full, 10);
-    hex10[10] = 0;
-    return 0;
+    return rc;
 }

@@ -81,5 +81,7 @@ int ldm_file_sha256(const char *path, int addnet, char hex[65]);
  * ~/.cache/ldmc/hashes.txt (a cache that cannot be written is not an
  * error); LDM_HASH_CACHE=off disables it. */
 int ldm_model_hash(const char *path, char hex10[11]);
+/* The same with all 64 hex digits (the webui's sd-models "sha256"). */
+int ldm_model_sha256(const char *path, char hex64[65]);
 
 #endif

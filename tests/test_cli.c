@@ -364,6 +364,8 @@ static const char *const k_values[][2] = {
     {"--save-cond", "/c.safetensors"}, {"--taesd", "/t.safetensors"}, {"--taesd-encoder", "/te.safetensors"},
     {"--preview", "/pv.png"}, {"--preview-every", "3"}, {"--preview-taesd", "/pt.safetensors"},
     {"--threads", "3"}, {"--batch-count", "4"}, {"--batch", "2"}, {"--class", "1"},
+    {"--listen", "127.0.0.1:7861"}, {"--queue", "5"}, {"--max-body", "4096"}, {"--api-key", "sekrit"},
+    {"--cors-origin", "http://localhost:3000"},
 };
 
 static const char *value_for(const char *exe, const char *name) {
@@ -405,6 +407,7 @@ static void check_value_forms(const char *exe, const char *model) {
          * unconditional model): the same message for every form */
         const char *shown = !strcmp(rows[i].name, "--sampler")           ? "dpmpp_2m"
                             : !strcmp(rows[i].name, "--sampling-method") ? "dpmpp_2s_a"
+                            : !strcmp(rows[i].name, "--api-key")         ? "(given)" /* not echoed */
                                                                          : v;
         if (strstr(outs[0], "options:"))
             ck_assert_msg(strstr(outs[0], shown), "%s: the parse does not show '%s':\n%s", eq, shown, outs[0]);

@@ -25,6 +25,7 @@ int fuzz_safetensors(const uint8_t *data, size_t size);
 int fuzz_png(const uint8_t *data, size_t size);
 int fuzz_prompt(const uint8_t *data, size_t size);
 int fuzz_promptfile(const uint8_t *data, size_t size);
+int fuzz_http(const uint8_t *data, size_t size);
 
 static const struct {
     const char *name;
@@ -32,6 +33,7 @@ static const struct {
 } surfaces[] = {
     {"dsl", fuzz_dsl}, {"config", fuzz_config}, {"safetensors", fuzz_safetensors},
     {"png", fuzz_png}, {"prompt", fuzz_prompt}, {"promptfile", fuzz_promptfile},
+    {"http", fuzz_http},
 };
 #define N_SURFACES ((int)(sizeof surfaces / sizeof surfaces[0]))
 

@@ -56,6 +56,7 @@
 #include "promptline.h"
 #include "sampler.h"
 #include "schedule.h"
+#include "server.h"
 #include "taesd.h"
 #include "textcond.h"
 #include "tokenizer.h"
@@ -141,6 +142,11 @@ typedef struct Options {
     int has_batch_count;
     int verbose;               /* -v/--verbose */
     int dry_run;               /* --dry-run */
+    const char *listen;        /* --listen [HOST:]PORT: serve HTTP (server.h) */
+    int queue;                 /* --queue N */
+    long long max_body;        /* --max-body BYTES */
+    const char *api_key;       /* --api-key KEY (or $LDM_API_KEY) */
+    const char *cors_origin;   /* --cors-origin ORIGIN */
 } Options;
 
 static void usage(FILE *fp, const char *argv0) {
@@ -162,6 +168,8 @@ static void usage(FILE *fp, const char *argv0) {
             "          [--scheduler NAME] [-i PNG [--mask PNG] [--strength S]] [-o OUT] [-t N] [-b N] [-v]\n"
             "          (stable-diffusion.cpp's spellings)\n"
             "       %s --version | --help | --list-options\n"
+            "       %s --weights CKPT --listen [HOST:]PORT [--queue N] [--max-body BYTES] [--api-key KEY]\n"
+            "          [--cors-origin ORIGIN] [options above as the defaults of the requests' ...]\n"
             "\n"
             "Text to image for %s.\n"
             "Sizes (width x height): %s.\n"
@@ -256,6 +264,13 @@ static void usage(FILE *fp, const char *argv0) {
             "  -b, --batch-count N N images of --prompt with seeds S, S + 1, ... (S = --seed), written as\n"
             "                      stable-diffusion.cpp names them: OUT, then OUT's name with _2, _3, ... before\n"
             "                      its extension (output.png, output_2.png, ...); --save-latent, --save-cond alike\n"
+            "  --listen [HOST:]PORT serve the AUTOMATIC1111 webui's API (/sdapi/v1/txt2img, img2img, progress, ...),\n"
+            "                      OpenAI's /v1/images/generations and a web page at / (docs/server.md) until\n"
+            "                      SIGINT/SIGTERM, the weights loaded once; PORT alone listens on 127.0.0.1\n"
+            "  --queue N           requests waiting beyond the one being made (default 16; more: 503)\n"
+            "  --max-body BYTES    largest request body (default 33554432; more: 413)\n"
+            "  --api-key KEY       require Authorization: Bearer KEY (all but the page; default $LDM_API_KEY)\n"
+            "  --cors-origin O     answer CORS preflights and allow origin O (e.g. http://localhost:3000, or *)\n"
             "  -q, --quiet         no progress or timing output\n"
             "  -v, --verbose       print the version, the build and the options before the run\n"
             "  --dry-run           check the command line, print the options it gives and stop (nothing is read)\n"
@@ -263,7 +278,7 @@ static void usage(FILE *fp, const char *argv0) {
             "  --list-options      print every option (long name, short name, value or none) and exit\n"
             "  -h, --help          this message\n"
             "  LDM_PROFILE=1       (environment) print per-node kernel times at the end\n",
-            argv0, argv0, argv0, CFG.banner, sizes);
+            argv0, argv0, argv0, argv0, CFG.banner, sizes);
 }
 
 /* The flags, one row each (runtime/args.h): long name, short name, whether
@@ -279,7 +294,8 @@ enum {
     OPT_COMPUTE, OPT_HEIGHT, OPT_WIDTH, OPT_PROMPT_SYNTAX, OPT_CLIP_SKIP, OPT_EMBEDDINGS, OPT_LORA, OPT_LORA_DIR,
     OPT_SAVE_COND, OPT_TAESD, OPT_TAESD_ENCODER, OPT_PREVIEW, OPT_PREVIEW_EVERY, OPT_PREVIEW_TAESD, OPT_THREADS,
     OPT_BATCH_COUNT, OPT_QUIET, OPT_PAD_COND_UNCOND, OPT_NO_METADATA, OPT_VERBOSE, OPT_VERSION, OPT_HELP,
-    OPT_DRY_RUN, OPT_LIST_OPTIONS, OPT_SKIP_EXISTING,
+    OPT_DRY_RUN, OPT_LIST_OPTIONS, OPT_SKIP_EXISTING, OPT_LISTEN, OPT_QUEUE, OPT_MAX_BODY, OPT_API_KEY,
+    OPT_CORS_ORIGIN,
 };
 #define V LDM_ARG_REQUIRED
 #define N LDM_ARG_NONE
@@ -335,6 +351,11 @@ static const LdmOption k_options[] = {
     {"help", 'h', N, OPT_HELP},
     {"dry-run", 0, N, OPT_DRY_RUN},
     {"list-options", 0, N, OPT_LIST_OPTIONS},
+    {"listen", 0, V, OPT_LISTEN},
+    {"queue", 0, V, OPT_QUEUE},
+    {"max-body", 0, V, OPT_MAX_BODY},
+    {"api-key", 0, V, OPT_API_KEY},
+    {"cors-origin", 0, V, OPT_CORS_ORIGIN},
 };
 #undef V
 #undef N
@@ -417,6 +438,16 @@ static int parse_option(void *ctx, const LdmOption *opt, const char *f, const ch
     case OPT_QUIET: o->quiet = 1; break;
     case OPT_PAD_COND_UNCOND: o->pad_cond_uncond = 1; break;
     case OPT_SKIP_EXISTING: o->skip_existing = 1; break;
+    case OPT_LISTEN: o->listen = v; break;
+    case OPT_QUEUE: return ldm_parse_int(f, v, 1, 4096, &o->queue);
+    case OPT_MAX_BODY: {
+        int n;
+        if (ldm_parse_int(f, v, 1024, 1 << 30, &n)) return -1;
+        o->max_body = n;
+        break;
+    }
+    case OPT_API_KEY: o->api_key = v; break;
+    case OPT_CORS_ORIGIN: o->cors_origin = v; break;
     case OPT_NO_METADATA: o->no_metadata = 1; break;
     case OPT_VERBOSE: o->verbose = 1; break;
     case OPT_DRY_RUN: o->dry_run = 1; break;
@@ -567,8 +598,8 @@ static int parse_args(int argc, char **argv, Options *o) {
     /* LCM and TCD run unguided unless a scale is given (LCM-LoRA / TCD-LoRA usage) */
     if ((o->sampler == LDM_SAMPLER_LCM || o->sampler == LDM_SAMPLER_TCD) && !o->has_cfg) o->cfg_scale = 1.0;
     if (!o->has_gamma) o->gamma = 0.3;
-    /* no -o: ./output.png, as stable-diffusion.cpp (a --prompts run needs a directory) */
-    if (!o->out && !o->prompts) o->out = "./output.png";
+    /* no -o: ./output.png, as stable-diffusion.cpp (a --prompts run needs a directory; a server writes no file) */
+    if (!o->out && !o->prompts && !o->listen) o->out = "./output.png";
     return 0;
 }
 
@@ -619,6 +650,11 @@ static void print_options(FILE *fp, const Options *o) {
     I("quiet", o->quiet);
     I("pad-cond-uncond", o->pad_cond_uncond);
     I("skip-existing", o->skip_existing);
+    S("listen", o->listen);
+    if (o->queue) I("queue", o->queue);
+    if (o->max_body) I("max-body", o->max_body);
+    S("api-key", o->api_key ? "(given)" : NULL);
+    S("cors-origin", o->cors_origin);
     I("no-metadata", o->no_metadata);
     I("verbose", o->verbose);
     S("compute", ldm_compute_mode());
@@ -630,6 +666,17 @@ static void print_options(FILE *fp, const Options *o) {
 /* Cross-flag checks that need no file. */
 static int check_options(const Options *o) {
     if (!o->weights) return ldm_fail("missing --weights CKPT.safetensors");
+    if (o->listen) {
+        /* a server: the prompts and the rest come with the requests */
+        const char *no = o->prompt ? "--prompt" : o->prompts ? "--prompts" : o->out ? "-o" : o->init_image ? "--init-image"
+                       : o->init_noise ? "--init-noise" : o->save_latent ? "--save-latent" : o->save_cond ? "--save-cond"
+                       : o->preview ? "--preview" : NULL;
+        if (no) return ldm_fail("%s does not go with --listen (requests bring their prompts and images; the server "
+                                "writes no files)", no);
+        return ldm_server_check_listen(o->listen);
+    }
+    if (o->queue || o->max_body || o->api_key || o->cors_origin)
+        return ldm_fail("--queue, --max-body, --api-key and --cors-origin go with --listen");
     if (!o->prompt && !o->prompts) return ldm_fail("missing --prompt TEXT (or --prompts FILE)");
     if (o->prompt && o->prompts) return ldm_fail("--prompt and --prompts exclude each other");
     if (o->has_shard && !o->prompts) return ldm_fail("--shard needs --prompts FILE");
@@ -719,7 +766,13 @@ typedef struct App {
     LdmNets taesd_prev;       /* --preview-taesd: the previews' decoder (else they use taesd_dec) */
     char model_hash[11];      /* the infotext's "Model hash" ("" with --no-metadata) */
     char *model_name;         /* ... and "Model": the checkpoint's file stem */
+    struct Serve *serve;      /* --listen: the request being made (server glue), else NULL */
 } App;
+
+/* --listen (the server glue section below) */
+static int serve_step(void *ctx, const LdmStepInfo *info);
+static int serve_interrupted(App *a, float *x);
+static int serve_encode(App *a, const float *img, const char *info, const char *prompt, uint64_t seed);
 
 /* Network `net` of the size in use, and its index in a->nets. */
 static const LdmModel *net_model(const App *a, int net) { return ldm_pipeline_sizes[a->size].models[net]; }
@@ -1364,8 +1417,13 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
         p.step_fn = preview_step;
         p.step_ctx = a;
     }
+    if (a->serve) {
+        p.step_fn = serve_step;
+        p.step_ctx = a;
+    }
     p.seed = seed; /* the Brownian tree's entropy */
-    if (ldm_sample_guided(&a->sched, &p, &g, &gen, a->pmode, label, &a->times, x) != 0) goto done;
+    if (ldm_sample_guided(&a->sched, &p, &g, &gen, a->pmode, label, &a->times, x) != 0 && !serve_interrupted(a, x))
+        goto done;
 
     t0 = ldm_now();
     if (decode_latent(a, x, img) != 0) goto done;
@@ -1414,7 +1472,8 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
     }
     char *info = a->o.no_metadata ? NULL : image_infotext(a, prompt, seed);
     const char *kv[] = {"parameters", info, NULL};
-    int src = ldm_image_save_text(png_path, img, CFG.W, CFG.H, info ? kv : NULL);
+    int src = a->serve ? serve_encode(a, img, info, prompt, seed)
+                       : ldm_image_save_text(png_path, img, CFG.W, CFG.H, info ? kv : NULL);
     free(info);
     if (src != 0) {
         if (latent_path) remove(latent_path);
@@ -1468,7 +1527,7 @@ static int load_taesd(App *a) {
  * executable, before the (slow) weights are loaded. */
 static int load_inputs(App *a) {
     const Options *o = &a->o;
-    if (!o->prompts && (ldm_check_output_path("-o", o->out) != 0 ||
+    if (!o->prompts && !o->listen && (ldm_check_output_path("-o", o->out) != 0 ||
                         (o->save_latent && ldm_check_output_path("--save-latent", o->save_latent) != 0)))
         return -1;
     double t0 = ldm_now();
@@ -1738,6 +1797,187 @@ static int check_loras(App *a) {
     return 0;
 }
 
+/* ----------------------------------------------------------------------------
+ * Server glue (--listen): runtime/apps/server.c takes the HTTP requests and
+ * calls serve_generate for each, one at a time, in this (the main) thread;
+ * the request's settings replace the run's Options while its images are
+ * made by make_image, which then encodes each PNG into memory
+ * (serve_encode) and reports every step to the server (serve_step:
+ * progress, /sdapi/v1/interrupt, SIGTERM).
+ * ------------------------------------------------------------------------- */
+
+typedef struct Serve {
+    const LdmGenRequest *rq;
+    LdmGenResult *out;
+    int image;                /* index of the image being made */
+    float *x0;                /* (n_lat) the last step's x0 prediction */
+    int have_x0;
+    int verdict;              /* the server's answer to the last step */
+} Serve;
+
+static int serve_step(void *ctx, const LdmStepInfo *info) {
+    App *a = ctx;
+    Serve *v = a->serve;
+    if (info->denoised) {
+        memcpy(v->x0, info->denoised, (size_t)a->n_lat * sizeof(float));
+        v->have_x0 = 1;
+    }
+    /* /sdapi/v1/progress's current_image: a TAESD decode of this step's x0
+     * prediction, while a client asks for it (--taesd or --preview-taesd) */
+    LdmNets *tn = a->o.preview_taesd ? &a->taesd_prev : a->o.taesd ? &a->taesd_dec : NULL;
+    if (tn && info->denoised && v->rq->wants_preview(v->rq->hctx)) {
+        float *img = ldm_aligned_alloc((size_t)3 * CFG.H * CFG.W * sizeof(float));
+        uint8_t *png;
+        size_t n;
+        if (decode_latent_taesd(a, tn, info->denoised, img) == 0 && ldm_image_encode_text(img, CFG.W, CFG.H, NULL, &png, &n) == 0)
+            v->rq->preview(v->rq->hctx, png, n);
+        free(img);
+    }
+    v->verdict = v->rq->step(v->rq->hctx, v->image, v->rq->n_images, info->step + 1, info->n_steps);
+    /* an interrupt after the last step changes nothing */
+    if (v->verdict == LDM_GEN_INTERRUPT && info->step + 1 >= info->n_steps) v->verdict = LDM_GEN_GO_ON;
+    if (v->verdict == LDM_GEN_ABORT) return ldm_fail("the server is shutting down");
+    if (v->verdict == LDM_GEN_INTERRUPT) return ldm_fail("interrupted");
+    return 0;
+}
+
+/* After a failed sampling run: was it /sdapi/v1/interrupt? Then, as the
+ * webui, the image is the decode of the last x0 prediction (x as it is if
+ * no step ran): x = that, 1. Otherwise 0. */
+static int serve_interrupted(App *a, float *x) {
+    Serve *v = a->serve;
+    if (!v || v->verdict != LDM_GEN_INTERRUPT) return 0;
+    if (v->have_x0) memcpy(x, v->x0, (size_t)a->n_lat * sizeof(float));
+    v->out->interrupted = 1;
+    return 1;
+}
+
+/* The image as a PNG in memory (with the infotext chunk unless
+ * --no-metadata), and its infotext, into the result. */
+static int serve_encode(App *a, const float *img, const char *info, const char *prompt, uint64_t seed) {
+    const char *kv[] = {"parameters", info, NULL};
+    uint8_t *png;
+    size_t n;
+    if (ldm_image_encode_text(img, CFG.W, CFG.H, info ? kv : NULL, &png, &n) != 0) return -1;
+    ldm_gen_result_add(a->serve->out, png, n, info ? ldm_xstrdup(info) : image_infotext(a, prompt, seed), seed);
+    return 0;
+}
+
+/* LdmServerBackend.generate: the request's images. */
+static int serve_generate(void *ctx, const LdmGenRequest *rq, LdmGenResult *out) {
+    App *a = ctx;
+    memset(out, 0, sizeof *out);
+    if (rq->img2img && ldm_sampler_family(rq->sampler) == 2)
+        return ldm_fail("sampler_name: %s: img2img is not defined for it; use a CompVis or k-diffusion sampler",
+                        ldm_sampler_webui_name(rq->sampler)), LDM_GEN_EBAD;
+    Options saved = a->o;
+    Options *o = &a->o;
+    o->negative = rq->negative;
+    o->steps = rq->steps;
+    o->cfg_scale = rq->cfg_scale;
+    o->sampler = rq->sampler;
+    o->has_schedule = rq->has_schedule;
+    o->schedule = rq->has_schedule ? rq->schedule : LDM_SIGMAS_DISCRETE;
+    o->clip_skip = rq->clip_skip;
+    if (o->has_eta && o->sampler != LDM_SAMPLER_DDIM) o->has_eta = 0, o->eta = 0;
+    if (o->has_rho && o->schedule != LDM_SIGMAS_KARRAS && o->schedule != LDM_SIGMAS_POLYEXPONENTIAL) o->has_rho = 0;
+    if (o->sampler != LDM_SAMPLER_TCD) o->has_gamma = 0;
+    use_size(a, rq->size);
+    a->image = (float *)rq->init_image;
+    a->mask_px = (float *)rq->mask;
+    a->strength = rq->img2img ? rq->strength : a->hybrid ? 1.0 : 0.75;
+    Serve v = {.rq = rq, .out = out, .x0 = ldm_aligned_alloc((size_t)a->n_lat * sizeof(float))};
+    a->serve = &v;
+    double t0 = ldm_now();
+    free(a->init_latent); /* (the run's, from before the first request) */
+    free(a->known);
+    free(a->concat);
+    a->init_latent = a->known = a->concat = NULL;
+    int rc = prepare_images(a) == 0 ? LDM_GEN_OK : LDM_GEN_EBAD;
+    for (int i = 0; i < rq->n_images && rc == LDM_GEN_OK && !out->interrupted; i++) {
+        v.image = i;
+        v.have_x0 = 0;
+        v.verdict = rq->step(rq->hctx, i, rq->n_images, 0, rq->steps);
+        if (v.verdict == LDM_GEN_ABORT) {
+            rc = LDM_GEN_ESHUTDOWN;
+            ldm_fail("the server is shutting down");
+        } else if (v.verdict == LDM_GEN_INTERRUPT && i > 0) {
+            out->interrupted = 1; /* the webui makes no more */
+        } else {
+            char label[64];
+            snprintf(label, sizeof label, "request image %d/%d", i + 1, rq->n_images);
+            v.verdict = LDM_GEN_GO_ON;
+            if (make_image(a, rq->prompt, rq->seed + (uint64_t)i, NULL, NULL, NULL, label) != 0)
+                rc = v.verdict == LDM_GEN_ABORT ? LDM_GEN_ESHUTDOWN : LDM_GEN_EBAD;
+        }
+    }
+    if (rc == LDM_GEN_OK && a->pmode != LDM_PROGRESS_QUIET)
+        fprintf(stderr, "%s: server: %d image%s %dx%d in %.2f s%s\n", a->argv0, out->n, out->n == 1 ? "" : "s",
+                CFG.W, CFG.H, ldm_now() - t0, out->interrupted ? " (interrupted)" : "");
+    if (rc != LDM_GEN_OK) ldm_gen_result_free(out);
+    a->serve = NULL;
+    free(v.x0);
+    free(a->init_latent);
+    free(a->known);
+    free(a->concat);
+    a->init_latent = a->known = a->concat = NULL;
+    a->image = a->mask_px = NULL;
+    a->o = saved;
+    use_size(a, a->run_size);
+    /* per-request timings are not kept (a server runs for long) */
+    ldm_times_free(&a->times);
+    memset(&a->times, 0, sizeof a->times);
+    return rc;
+}
+
+/* --listen: serve until SIGINT/SIGTERM (the weights are loaded). */
+static int serve(App *a) {
+    const Options *o = &a->o;
+    int *ws = ldm_xcalloc((size_t)ldm_pipeline_n_sizes, sizeof *ws), *hs = ldm_xcalloc((size_t)ldm_pipeline_n_sizes, sizeof *hs);
+    for (int k = 0; k < ldm_pipeline_n_sizes; k++) {
+        ws[k] = ldm_pipeline_sizes[k].config->W;
+        hs[k] = ldm_pipeline_sizes[k].config->H;
+    }
+    const LdmModel *clip = net_model(a, NET_CLIP);
+    int os = ldm_model_output(clip, "hidden_skip");
+    char sha[65] = "";
+    if (ldm_model_sha256(o->weights, sha) != 0) sha[0] = 0;
+    char hash10[11] = "";
+    memcpy(hash10, sha, sha[0] ? 10 : 0);
+    if (!a->model_name) a->model_name = ldm_path_stem(o->weights);
+    LdmServerBackend b = {
+        .ctx = a,
+        .generate = serve_generate,
+        .n_sizes = ldm_pipeline_n_sizes,
+        .widths = ws,
+        .heights = hs,
+        .max_steps = CFG.timesteps,
+        .clip_skips = os >= 0 ? (int)clip->outputs[os].shape[0] : 1,
+        .hybrid = a->hybrid,
+        .model_name = a->model_name,
+        .model_file = o->weights,
+        .model_hash = hash10,
+        .model_sha256 = sha,
+        .banner = CFG.banner,
+    };
+    const char *key = o->api_key ? o->api_key : getenv("LDM_API_KEY");
+    LdmServerOptions so = {
+        .listen = o->listen,
+        .queue = o->queue,
+        .max_body = (size_t)o->max_body,
+        .api_key = key && *key ? key : NULL,
+        .cors_origin = o->cors_origin,
+        .quiet = o->quiet,
+    };
+    LdmServer *s = ldm_server_new(&b, &so);
+    ldm_server_set_clip_skip(s, o->clip_skip);
+    int rc = ldm_server_run(s);
+    ldm_server_free(s);
+    free(ws);
+    free(hs);
+    return rc;
+}
+
 static int run(App *a) {
     const Options *o = &a->o;
     LdmPromptList list = {0};
@@ -1815,7 +2055,9 @@ static int run(App *a) {
         ldm_times_add(&a->times, "text encode", ldm_now() - t0);
     }
 
-    if (!o->prompts && o->batch_count == 1) {
+    if (o->listen) {
+        rc = serve(a);
+    } else if (!o->prompts && o->batch_count == 1) {
         rc = make_image(a, o->prompt, o->seed, o->out, o->save_latent, o->save_cond, "sampling");
     } else if (!o->prompts) {
         /* -b N: seeds seed, seed + 1, ...; files OUT, OUT_2, ... (sd.cpp) */

@@ -30,6 +30,7 @@ opts_for() {
     dsl) echo "-max_len=16384" ;;
     safetensors) echo "-max_len=8192" ;;
     png) echo "-max_len=16384" ;;
+    http) echo "-max_len=16384" ;;
     *) echo "" ;;
     esac
 }
