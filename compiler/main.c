@@ -3,7 +3,7 @@
  *
  *   ldmc GRAPH [--config YAML] [-D NAME=VALUE]... [-o OUT.c | -o OUT] [--symbol NAME]
  *        [--dump[=build|graph|PASS]]... [--dot FILE] [--stats]
- *   ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors
+ *   ldmc convert IN.safetensors|IN.ckpt -o OUT.safetensors [--dtype f32|f16|bf16]
  *   ldmc merge --lora FILE[:MULT]... BASE.safetensors -o OUT.safetensors [--dtype f32|f16|bf16]
  *   ldmc pipeline --config YAML -D H=.. -D W=.. -o OUT.c   (pipeline.c)
  *   ldmc pipeline --config YAML --size HxW... [--nets NET,...] -o OUT.c
@@ -20,7 +20,7 @@ static void usage(FILE *fp) {
     fprintf(fp,
             "usage: ldmc GRAPH [--config YAML] [-D NAME=VALUE]... [-o OUT.c | -o OUT] [--symbol NAME]\n"
             "            [--dump[=WHAT]]... [--dot FILE] [--plot-memory FILE.svg] [--stats]\n"
-            "       ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors\n"
+            "       ldmc convert IN.safetensors|IN.ckpt -o OUT.safetensors [--dtype f32|f16|bf16]\n"
             "       ldmc merge --lora FILE[:MULT]... BASE.safetensors -o OUT.safetensors [--dtype f32|f16|bf16]\n"
             "       ldmc randckpt --config YAML [-D NAME=VALUE]... [--dtype f32|f16|bf16] [--seed N] -o OUT GRAPH...\n"
             "       ldmc pipeline --config YAML -D H=PIXELS -D W=PIXELS [-D NAME=VALUE]... -o OUT.c\n"
@@ -130,27 +130,48 @@ out:
     return rc;
 }
 
+/* ldmc convert: a checkpoint (safetensors or PyTorch .ckpt) to safetensors,
+ * optionally with its floating-point weights in another dtype. */
 static int convert_main(int argc, char **argv) {
+    static const char usage_convert[] =
+        "usage: ldmc convert IN.safetensors|IN.ckpt -o OUT.safetensors [--dtype f32|f16|bf16]\n"
+        "       ldmc convert --dtype f32|f16|bf16 IN OUT.safetensors\n"
+        "  every tensor of IN (of a .ckpt: its state dict's, read without running its pickle) under the same\n"
+        "  name; --dtype: the floating-point weights in that type (default: each keeps its dtype)\n";
     const char *dtype = NULL, *in = NULL, *out = NULL;
     for (int i = 2; i < argc; i++) {
-        if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = argv[++i];
+        if ((!strcmp(argv[i], "--dtype") || !strcmp(argv[i], "-o")) && i + 1 >= argc) {
+            fprintf(stderr, "ldmc convert: error: %s needs a value\n%s", argv[i], usage_convert);
+            return 2;
+        }
+        if (!strcmp(argv[i], "--dtype")) dtype = argv[++i];
         else if (!strncmp(argv[i], "--dtype=", 8)) dtype = argv[i] + 8;
-        else if (argv[i][0] == '-' && argv[i][1]) {
-            fprintf(stderr, "ldmc convert: error: unknown option '%s'\n", argv[i]);
+        else if (!strcmp(argv[i], "-o") || !strcmp(argv[i], "--output")) {
+            if (out) {
+                fprintf(stderr, "ldmc convert: error: two outputs ('%s' and '%s')\n", out, argv[i + 1]);
+                return 2;
+            }
+            out = argv[++i];
+        } else if (!strncmp(argv[i], "--output=", 9)) out = argv[i] + 9;
+        else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            fputs(usage_convert, stdout);
+            return 0;
+        } else if (argv[i][0] == '-' && argv[i][1]) {
+            fprintf(stderr, "ldmc convert: error: unknown option '%s'\n%s", argv[i], usage_convert);
             return 2;
         } else if (!in) in = argv[i];
         else if (!out) out = argv[i];
         else {
-            fprintf(stderr, "ldmc convert: error: unexpected argument '%s'\n", argv[i]);
+            fprintf(stderr, "ldmc convert: error: unexpected argument '%s'\n%s", argv[i], usage_convert);
             return 2;
         }
     }
-    if (!dtype || !in || !out) {
-        fprintf(stderr, "usage: ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors\n");
+    if (!in || !out) {
+        fputs(usage_convert, stderr);
         return 2;
     }
-    StDtype to;
-    if (parse_dtype(dtype, &to)) {
+    StDtype to = ST_KEEP;
+    if (dtype && parse_dtype(dtype, &to)) {
         fprintf(stderr, "ldmc convert: error: --dtype must be f32, f16 or bf16, got '%s'\n", dtype);
         return 2;
     }

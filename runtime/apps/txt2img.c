@@ -77,6 +77,7 @@ static const LdmPipelineConfig *g_cfg;
 
 typedef struct Options {
     const char *weights;       /* --weights CKPT */
+    const char *vae;           /* --vae FILE: the autoencoder's weights from FILE */
     const char *vocab;         /* --vocab bpe_simple_vocab_16e6.txt.gz */
     const char *prompt;        /* --prompt */
     const char *negative;      /* --negative-prompt ("" = the unconditional prompt) */
@@ -131,7 +132,7 @@ static void usage(FILE *fp, const char *argv0) {
     char sizes[1024];
     ldm_pipeline_size_list(ldm_pipeline_sizes, ldm_pipeline_n_sizes, sizes, sizeof sizes);
     fprintf(fp,
-            "usage: %s --weights CKPT.safetensors [--vocab bpe_simple_vocab_16e6.txt.gz]\n"
+            "usage: %s --weights CKPT.safetensors|CKPT.ckpt [--vae FILE] [--vocab bpe_simple_vocab_16e6.txt.gz]\n"
             "          (--prompt TEXT | --prompts FILE [--shard K/N]) -o OUT\n"
             "          [--negative-prompt TEXT] [--steps N] [--cfg-scale S]\n"
             "          [--sampler NAME] [--schedule NAME] [--eta E] [--rho R] [--gamma G]\n"
@@ -146,7 +147,10 @@ static void usage(FILE *fp, const char *argv0) {
             "Text to image for %s.\n"
             "Sizes (height x width): %s.\n"
             "\n"
-            "  --weights CKPT      SD v1.x single-file checkpoint (F32, F16 or BF16), checked tensor by tensor\n"
+            "  --weights CKPT      SD v1.x single-file checkpoint (F32, F16 or BF16), checked tensor by tensor:\n"
+            "                      safetensors, or a PyTorch .ckpt (read without running its pickle)\n"
+            "  --vae FILE          the autoencoder's weights from FILE instead (safetensors or .ckpt, e.g.\n"
+            "                      vae-ft-mse-840000-ema-pruned; keys with or without first_stage_model.)\n"
             "  --vocab FILE        another copy of the CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz); by\n"
             "                      default the one compiled into this program (openai/CLIP's, MIT licence)\n"
             "  --prompt TEXT       what to draw\n"
@@ -226,7 +230,7 @@ static int is_flag(const char *a, const char *name) {
 
 /* The flags that take a value. */
 static const char *const value_flags[] = {
-    "--weights", "--vocab", "--prompt", "--negative-prompt", "--prompts", "-o", "--output", "--init-noise",
+    "--weights", "--vae", "--vocab", "--prompt", "--negative-prompt", "--prompts", "-o", "--output", "--init-noise",
     "--init-image", "--mask", "--save-latent", "--steps", "--cfg-scale", "--sampler", "--schedule", "--eta",
     "--rho", "--gamma", "--noise-sampler",
     "--seed", "--rng", "--strength", "--shard", "--compute", "-H", "--height", "-W", "--width", "--prompt-syntax",
@@ -268,6 +272,7 @@ static int parse_args(int argc, char **argv, Options *o) {
         else return ldm_fail("%s: expected a value after it", f);
 
         if (!strcmp(f, "--weights")) o->weights = v;
+        else if (!strcmp(f, "--vae")) o->vae = v;
         else if (!strcmp(f, "--vocab")) o->vocab = v;
         else if (!strcmp(f, "--prompt")) o->prompt = v;
         else if (!strcmp(f, "--negative-prompt")) o->negative = v;
@@ -1347,7 +1352,7 @@ static int run(App *a) {
     char what[1024], sizes[900];
     snprintf(what, sizeof what, "%s at %s", CFG.config_path,
              ldm_pipeline_size_list(ldm_pipeline_sizes, ldm_pipeline_n_sizes, sizes, sizeof sizes));
-    int rc = ldm_nets_load(&a->nets, o->weights, models, n_models, what);
+    int rc = ldm_nets_load_vae(&a->nets, o->weights, o->vae, models, n_models, what);
     free(models);
     if (rc == 0) rc = ldm_pipeline_scale_factor(&CFG, &a->nets.ckpt, &a->scale);
     if (rc == 0) {
