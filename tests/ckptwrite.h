@@ -268,8 +268,8 @@ static inline void ck_pickle(CkBuf *out, const CkTensor *t, int n, const CkOpts 
         ckb_u8(&k.b, 't');
         ckp_put(&k);
         ckb_u8(&k.b, 'b');
-        ckp_global(&k, "_codecs", "encode", NULL);
-        ckp_str(&k, "\xc2\x9a\x99\xc2\x99\xc2\x99\xc2\x99\xc2\x99\xc2\x99\xc3\xb9?");
+        ckp_global(&k, "_codecs", "encode", NULL); /* 0.1 as latin-1 text, UTF-8 encoded */
+        ckp_str(&k, "\xc2\x9a\xc2\x99\xc2\x99\xc2\x99\xc2\x99\xc2\x99\xc2\xb9?");
         ckp_str(&k, "latin1");
         ckb_u8(&k.b, 0x86);
         ckp_put(&k);

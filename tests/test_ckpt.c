@@ -13,6 +13,9 @@
  *     and F16 (bare state dict, plain zip, another top directory), and
  *     with deflated members: st_open gives the same tensors (names, order,
  *     dtypes, shapes, bytes) as the safetensors file;
+ *   - files pickled by Python's own pickler (the fuzz seeds, written by
+ *     tests/fuzz/make_seeds.py with stand-in torch modules) read right;
+ *     st_replace_vae with and without the first_stage_model. prefix;
  *   - `ldmc convert IN.ckpt -o OUT.safetensors` gives every tensor bit for
  *     bit, and --dtype f16 the same as converting the safetensors file;
  *   - refused, with the file, the byte offset and the opcode or global
@@ -186,6 +189,61 @@ START_TEST(test_open_small) {
     ck_assert(ck_write(p, t, 0, &(CkOpts){.nested = 1}) == 0);
     ck_assert_msg(st_open(&f, p) == 0, "%s", ldm_last_error());
     ck_assert_int_eq(f.n_tensors, 0);
+    st_close(&f);
+}
+END_TEST
+
+/* Files pickled by Python's own pickler (tests/fuzz/make_seeds.py: stand-in
+ * torch modules, zipfile): a check of the layout independent of
+ * ckptwrite.h. Weights 0.01 * i, position_ids 0..3, scalar a = 1.5. */
+START_TEST(test_python_pickled) {
+    static const char *const files[] = {"ckpt_f32.ckpt", "ckpt_f16.ckpt", "ckpt_bf16.ckpt"};
+    static const StDtype dts[] = {ST_F32, ST_F16, ST_BF16};
+    char path[600];
+    snprintf(path, sizeof path, "tests/fuzz/corpus/ckpt/%s", files[_i]);
+    StFile f;
+    ck_assert_msg(st_open(&f, path) == 0, "%s", ldm_last_error());
+    ck_assert_int_eq(f.n_tensors, 5);
+    const StTensor *t = st_find(&f, "model.diffusion_model.input_blocks.1.1.proj_in.weight");
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_eq(t->dtype, dts[_i]);
+    ck_assert_int_eq(t->ndim, 4);
+    ck_assert(t->shape[0] == 4 && t->shape[1] == 4 && t->shape[2] == 1 && t->shape[3] == 1);
+    float v[16];
+    ck_assert_int_eq(st_to_f32(t, v), 0);
+    for (int i = 0; i < 16; i++) /* bf16: truncated by the script, within 2^-7 */
+        ck_assert_msg(fabs(v[i] - 0.01 * i) <= 0.01 * i / 128 + 1e-7, "%s: element %d is %g", files[_i], i, v[i]);
+    int32_t ids[4];
+    ck_assert_int_eq(st_to_i32(st_find(&f, "cond_stage_model.transformer.text_model.embeddings.position_ids"), ids), 0);
+    ck_assert(ids[0] == 0 && ids[3] == 3);
+    const StTensor *a = st_find(&f, "a");
+    ck_assert_int_eq(a->ndim, 0);
+    ck_assert_int_eq(st_to_f32(a, v), 0);
+    ck_assert(v[0] == 1.5f);
+    st_close(&f);
+}
+END_TEST
+
+/* st_replace_vae in process: a VAE file without the prefix over a
+ * checkpoint (the F16 tensors replace the F32 ones; the rest unchanged). */
+START_TEST(test_replace_vae) {
+    StFile f;
+    ck_assert_msg(st_open(&f, "tests/fuzz/corpus/ckpt/ckpt_vae_base.ckpt") == 0, "%s", ldm_last_error());
+    ck_assert_msg(st_replace_vae(&f, "tests/fuzz/corpus/ckpt/vae_stripped.ckpt") == 0, "%s", ldm_last_error());
+    float v[72];
+    const StTensor *t = st_find(&f, "first_stage_model.decoder.conv_in.weight");
+    ck_assert_int_eq(t->dtype, ST_F16);
+    ck_assert_int_eq(st_to_f32(t, v), 0);
+    ck_assert(v[0] == 0.25f && v[71] == 0.25f);
+    t = st_find(&f, "model.diffusion_model.out.2.bias");
+    ck_assert_int_eq(t->dtype, ST_F32);
+    /* the base itself as the VAE: prefixed names */
+    ck_assert_msg(st_replace_vae(&f, "tests/fuzz/corpus/ckpt/ckpt_vae_base.ckpt") == 0, "%s", ldm_last_error());
+    ck_assert_int_eq(st_find(&f, "first_stage_model.decoder.conv_in.weight")->dtype, ST_F32);
+    /* a file without any of them: the first missing one is named, f unchanged */
+    ck_assert_int_eq(st_replace_vae(&f, "tests/fuzz/corpus/ckpt/ckpt_f32.ckpt"), -1);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "ckpt_f32.ckpt: --vae: tensor 'decoder.conv_in.weight' is missing"));
+    ck_assert_int_eq(st_find(&f, "first_stage_model.decoder.conv_in.weight")->dtype, ST_F32);
     st_close(&f);
 }
 END_TEST
@@ -451,7 +509,7 @@ static int t2i(const char *weights, const char *vae, const char *tag, char **out
     argv[k++] = "--prompt";
     argv[k++] = "a photograph of an astronaut riding a horse";
     argv[k++] = "--steps";
-    argv[k++] = "3";
+    argv[k++] = "4";
     argv[k++] = "--seed";
     argv[k++] = "42";
     argv[k++] = "-o";
@@ -550,6 +608,8 @@ Suite *suite_ckpt(void) {
     tcase_add_loop_test(tc, test_open_same_tensors, 0, 2);
     tcase_add_loop_test(tc, test_open_deflated, 0, 2);
     tcase_add_test(tc, test_open_small);
+    tcase_add_loop_test(tc, test_python_pickled, 0, 3);
+    tcase_add_test(tc, test_replace_vae);
     tcase_add_test(tc, test_convert_back);
     tcase_add_loop_test(tc, test_refused, 0, N_BAD);
     suite_add_tcase(s, tc);
