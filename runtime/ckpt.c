@@ -1130,7 +1130,10 @@ static int load_storages(StFile *f, Zip *z, Val **tv) {
     for (int k = 0; k < f->n_tensors && rc == 0; k++) {
         StTensor *t = &f->tensors[k];
         const Val *st = tv[k]->storage;
-        t->data = z->e[st->entry].bytes + (size_t)tv[k]->offset * dt_size(t->dtype);
+        if (t->numel == 0) /* its member was not loaded: any valid pointer */
+            t->data = f->map;
+        else
+            t->data = z->e[st->entry].bytes + (size_t)tv[k]->offset * dt_size(t->dtype);
     }
     return rc;
 }
@@ -1239,8 +1242,6 @@ int ckpt_parse(StFile *f) {
     for (int k = 0; k < f->n_tensors; k++)
         if (f->tensors[k].numel > 0) z.e[tv[k]->storage->entry].want = 1;
     if (load_storages(f, &z, tv) != 0) goto out;
-    for (int k = 0; k < f->n_tensors; k++)
-        if (f->tensors[k].numel == 0) f->tensors[k].data = f->map; /* empty: any valid pointer */
     rc = 0;
 out:
     free(tv);

@@ -31,7 +31,8 @@
  *     first_stage_model. prefix (safetensors and .ckpt) or with it gives
  *     the same output; a changed VAE tensor changes it; a VAE with a
  *     mis-shaped or missing tensor is an error naming the file and the
- *     tensor, with no output.
+ *     tensor, with no output; the same with the graph runner's --vae (the
+ *     sd1-tiny VAE decoder).
  */
 #define _GNU_SOURCE
 #include <check.h>
@@ -600,6 +601,43 @@ START_TEST(test_vae_bad) {
 }
 END_TEST
 
+/* The graph runner: the sd1-tiny VAE decoder on the .ckpt with --vae (a
+ * renamed .ckpt VAE) decodes as on the safetensors checkpoint. */
+START_TEST(test_runner_vae) {
+    ck_assert_msg(g_f32_ckpt[0], "could not make the .ckpt fixtures");
+    char ldmc[400], run[600], cfg[600];
+    snprintf(ldmc, sizeof ldmc, "%s/ldmc", test_build_dir());
+    snprintf(run, sizeof run, "%s/vae_decoder_runner", test_dir);
+    snprintf(cfg, sizeof cfg, "%s", test_shared("goldens/sd1-tiny/config.yaml"));
+    char *out;
+    char *argv[] = {ldmc, "models/sd1/vae_decoder.graph", "--config", cfg, "-D", "B=1", "-D", "H=128", "-D", "W=128",
+                    "-o", run, NULL};
+    int rc = test_run(argv, &out);
+    ck_assert_msg(rc == 0, "ldmc: status %d:\n%s", rc, out);
+    free(out);
+    const char *io = test_shared("goldens/sd1-tiny/vae_decode.io.safetensors");
+    const char *o1 = test_tmp("dec-st.safetensors"), *o2 = test_tmp("dec-ck.safetensors");
+    char *a1[] = {run, "--weights", (char *)model_path(), "--inputs", (char *)io, "--prefix", "case0.", "--outputs",
+                  (char *)o1, NULL};
+    rc = test_run(a1, &out);
+    ck_assert_msg(rc == 0, "runner: status %d:\n%s", rc, out);
+    free(out);
+    char *a2[] = {run, "--weights", g_f32_ckpt, "--vae", g_vae[1], "--inputs", (char *)io, "--prefix", "case0.",
+                  "--outputs", (char *)o2, NULL};
+    rc = test_run(a2, &out);
+    ck_assert_msg(rc == 0, "runner --vae: status %d:\n%s", rc, out);
+    free(out);
+    ck_assert_msg(same_tensor(o1, o2, "image"), "the runner's image differs with the .ckpt and --vae");
+    char *a3[] = {run, "--weights", g_f32_ckpt, "--vae", g_vae[2], "--inputs", (char *)io, "--prefix", "case0.",
+                  "--outputs", (char *)test_tmp("bad-dec.safetensors"), NULL};
+    rc = test_run(a3, &out);
+    ck_assert_msg(rc == 1 && strstr(out, g_vae[2]) && strstr(out, "'decoder.conv_in.bias' has shape"), "status %d:\n%s",
+                  rc, out);
+    free(out);
+    assert_no_output("bad-dec");
+}
+END_TEST
+
 Suite *suite_ckpt(void) {
     Suite *s = suite_create("ckpt");
     TCase *tc = tcase_create("read");
@@ -621,6 +659,7 @@ Suite *suite_ckpt(void) {
     tcase_add_test(tc, test_vae_same);
     tcase_add_test(tc, test_vae_used);
     tcase_add_loop_test(tc, test_vae_bad, 0, 4);
+    tcase_add_test(tc, test_runner_vae);
     suite_add_tcase(s, tc);
     return s;
 }
