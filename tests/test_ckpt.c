@@ -249,6 +249,41 @@ START_TEST(test_replace_vae) {
 }
 END_TEST
 
+/* Pickles a checkpoint may hold that carry no tensor: accepted. */
+START_TEST(test_pickle_accepted) {
+    static const struct {
+        const char *label;
+        const char *p;
+        size_t n;
+    } ok[] = {
+#define OK(label, s) {label, s, sizeof(s) - 1}
+        /* a callback object: NEWOBJ of the class, its state by BUILD, as a dict value */
+        OK("newobj", "\x80\x02}q\x00X\x01\x00\x00\x00" "cq\x01" "cpytorch_lightning.callbacks.model_checkpoint\n"
+                     "ModelCheckpoint\nq\x02)\x81q\x03}q\x04X\x01\x00\x00\x00" "kNsbs."),
+        /* protocol 4: FRAME, SHORT_BINUNICODE, MEMOIZE, STACK_GLOBAL */
+        OK("protocol 4", "\x80\x04\x95\x1d\x00\x00\x00\x00\x00\x00\x00\x8c\x0b" "collections\x94\x8c\x0b"
+                         "OrderedDict\x94\x93\x94)R\x94."),
+        /* sets, big ints, floats, bytes, DUP, POP, POP_MARK, APPENDS, LONG_BINPUT/GET */
+        OK("values", "\x80\x02}r\x00\x01\x00\x00(X\x01\x00\x00\x00s\x8f(K\x01K\x02\x90X\x01\x00\x00\x00"
+                     "l\x8a\x0a\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0aX\x01\x00\x00\x00" "fG?\xf0\x00\x00\x00\x00"
+                     "\x00\x00X\x01\x00\x00\x00" "bC\x02hiX\x01\x00\x00\x00" "a](K\x01K\x02" "e2" "0(N1X\x01\x00\x00\x00"
+                     "gj\x00\x01\x00\x00u."),
+        /* a set rebuilt the protocol-2 way, a frozenset, an int key, a bool key */
+        OK("set reduce", "\x80\x02}(K\x01" "c__builtin__\nset\n]\x85R\x88(\x91u."),
+#undef OK
+    };
+    for (size_t k = 0; k < sizeof ok / sizeof ok[0]; k++) {
+        const char *p = test_tmp("ok-%zu.ckpt", k);
+        ck_assert(ck_write(p, NULL, 0, &(CkOpts){.raw_pickle = (const uint8_t *)ok[k].p, .raw_len = ok[k].n}) == 0);
+        StFile f;
+        ck_assert_msg(st_open(&f, p) == 0, "%s: %s", ok[k].label, ldm_last_error());
+        ck_assert_int_eq(f.n_tensors, 0);
+        st_close(&f);
+        remove(p);
+    }
+}
+END_TEST
+
 /* ------------------------------------------------------------------------
  * ldmc convert
  * ------------------------------------------------------------------------ */
@@ -648,6 +683,7 @@ Suite *suite_ckpt(void) {
     tcase_add_test(tc, test_open_small);
     tcase_add_loop_test(tc, test_python_pickled, 0, 3);
     tcase_add_test(tc, test_replace_vae);
+    tcase_add_test(tc, test_pickle_accepted);
     tcase_add_test(tc, test_convert_back);
     tcase_add_loop_test(tc, test_refused, 0, N_BAD);
     suite_add_tcase(s, tc);
