@@ -249,6 +249,42 @@ START_TEST(test_replace_vae) {
 }
 END_TEST
 
+/* Two tensors viewing one storage at different offsets (tied or sliced
+ * weights), the storage named twice through the memo, as torch writes it. */
+START_TEST(test_shared_storage) {
+    static const float st[6] = {1, 2, 3, 4, 5, 6};
+    static const char pk[] =
+        "\x80\x02}q\x00(X\x01\x00\x00\x00" "aq\x01" "ctorch._utils\n_rebuild_tensor_v2\nq\x02"
+        "((X\x07\x00\x00\x00storageq\x03" "ctorch\nFloatStorage\nq\x04X\x01\x00\x00\x00" "0q\x05X\x03\x00\x00\x00"
+        "cpuq\x06K\x06tq\x07QK\x02K\x02K\x02\x86q\x08K\x02K\x01\x86q\x09\x89" "ccollections\nOrderedDict\nq\x0a)"
+        "Rq\x0btq\x0cRq\x0dX\x01\x00\x00\x00" "bq\x0eh\x02((h\x03h\x04h\x05h\x06K\x06tq\x0fQK\x00K\x02\x85q\x10"
+        "K\x01\x85q\x11\x89h\x0a)Rq\x12tq\x13Rq\x14u.";
+    CkTensor t = {"x", ST_F32, 1, {6}, st};
+    const char *p = test_tmp("shared.ckpt");
+    ck_assert(ck_write(p, &t, 1, &(CkOpts){.raw_pickle = (const uint8_t *)pk, .raw_len = sizeof pk - 1}) == 0);
+    StFile f;
+    ck_assert_msg(st_open(&f, p) == 0, "%s", ldm_last_error());
+    ck_assert_int_eq(f.n_tensors, 2);
+    float v[4];
+    ck_assert_int_eq(st_to_f32(st_find(&f, "a"), v), 0);
+    ck_assert(v[0] == 3 && v[3] == 6);
+    ck_assert_int_eq(st_to_f32(st_find(&f, "b"), v), 0);
+    ck_assert(v[0] == 1 && v[1] == 2);
+    st_close(&f);
+    /* the offset past the storage's end: refused */
+    char bad[sizeof pk];
+    memcpy(bad, pk, sizeof pk);
+    char *off = memmem(bad, sizeof pk - 1, "QK\x02K\x02K\x02", 7);
+    ck_assert_ptr_nonnull(off);
+    off[2] = 3; /* 3 + 4 elements > 6 */
+    ck_assert(ck_write(p, &t, 1, &(CkOpts){.raw_pickle = (const uint8_t *)bad, .raw_len = sizeof pk - 1}) == 0);
+    ck_assert_int_eq(st_open(&f, p), -1);
+    ck_assert_ptr_nonnull(strstr(ldm_last_error(), "too short"));
+    st_close(&f);
+    remove(p);
+}
+END_TEST
+
 /* Pickles a checkpoint may hold that carry no tensor: accepted. */
 START_TEST(test_pickle_accepted) {
     static const struct {
@@ -684,6 +720,7 @@ Suite *suite_ckpt(void) {
     tcase_add_loop_test(tc, test_python_pickled, 0, 3);
     tcase_add_test(tc, test_replace_vae);
     tcase_add_test(tc, test_pickle_accepted);
+    tcase_add_test(tc, test_shared_storage);
     tcase_add_test(tc, test_convert_back);
     tcase_add_loop_test(tc, test_refused, 0, N_BAD);
     suite_add_tcase(s, tc);
