@@ -17,7 +17,7 @@
  *    'state_dict': OrderedDict([(name, _rebuild_tensor_v2(
  *        persistent_id(('storage', torch.FloatStorage, '0', 'cpu', numel)),
  *        0, size, stride, False, OrderedDict())), ...]) with its _metadata
- *        state (BUILD),
+ *        state (BUILD), or (ck.plain_dict) a plain dict as in sd-v1-4.ckpt,
  *    'callbacks': {ModelCheckpoint: {'monitor': None, 'best_model_score':
  *        numpy scalar(dtype('f8'), _codecs.encode('...', 'latin1'))}}}
  * (ck.nested) or the bare OrderedDict. Hooks let a test break one thing:
@@ -140,6 +140,7 @@ typedef struct CkOpts {
     int zip64;                   /* torch's layout: zip64 extras and end records */
     int deflate;                 /* deflate the storage members */
     int nested;                  /* a Lightning checkpoint dict around the state dict */
+    int plain_dict;              /* the state dict a dict, not an OrderedDict (as in sd-v1-4.ckpt) */
     int bad_stride;              /* tensor 0 (2-D or more) written with its first two strides swapped */
     int short_storage;           /* tensor 0's storage member one element short */
     const uint8_t *raw_pickle;   /* data.pkl's bytes instead of the generated pickle */
@@ -210,8 +211,14 @@ static inline void ck_pickle(CkBuf *out, const CkTensor *t, int n, const CkOpts 
         ckp_str(&k, "1.4.2");
         ckp_str(&k, "state_dict");
     }
-    /* the state dict: OrderedDict, items in batches of 1000 (pickle's BATCHSIZE) */
-    ckp_odict(&k);
+    /* the state dict: an OrderedDict, or (plain_dict) a dict as sd-v1-4.ckpt
+     * has it; items in batches of 1000 (pickle's BATCHSIZE) */
+    if (o->plain_dict) {
+        ckb_u8(&k.b, '}');
+        ckp_put(&k);
+    } else {
+        ckp_odict(&k);
+    }
     for (int i = 0; i < n; i += 1000) {
         int m = n - i < 1000 ? n - i : 1000;
         if (m > 1) ckb_u8(&k.b, '(');
@@ -221,20 +228,22 @@ static inline void ck_pickle(CkBuf *out, const CkTensor *t, int n, const CkOpts 
         }
         ckb_u8(&k.b, m > 1 ? 'u' : 's');
     }
-    /* its state: {'_metadata': OrderedDict([('', {'version': 1})])} */
-    ckb_u8(&k.b, '}');
-    ckp_put(&k);
-    ckp_str(&k, "_metadata");
-    ckp_odict(&k);
-    ckp_str(&k, "");
-    ckb_u8(&k.b, '}');
-    ckp_put(&k);
-    ckp_str(&k, "version");
-    ckp_int(&k, 1);
-    ckb_u8(&k.b, 's');
-    ckb_u8(&k.b, 's');
-    ckb_u8(&k.b, 's');
-    ckb_u8(&k.b, 'b');
+    /* an OrderedDict's state: {'_metadata': OrderedDict([('', {'version': 1})])} */
+    if (!o->plain_dict) {
+        ckb_u8(&k.b, '}');
+        ckp_put(&k);
+        ckp_str(&k, "_metadata");
+        ckp_odict(&k);
+        ckp_str(&k, "");
+        ckb_u8(&k.b, '}');
+        ckp_put(&k);
+        ckp_str(&k, "version");
+        ckp_int(&k, 1);
+        ckb_u8(&k.b, 's');
+        ckb_u8(&k.b, 's');
+        ckb_u8(&k.b, 's');
+        ckb_u8(&k.b, 'b');
+    }
     if (o->nested) {
         ckp_str(&k, "callbacks");
         ckb_u8(&k.b, '}');

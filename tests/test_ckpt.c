@@ -9,8 +9,9 @@
  * BUILD, epoch, global_step, a ModelCheckpoint callback state holding a
  * numpy scalar). Cases:
  *
- *   - the sd1-tiny golden checkpoint as .ckpt, F32 (Lightning dict, zip64)
- *     and F16 (bare state dict, plain zip, another top directory), and
+ *   - the sd1-tiny golden checkpoint as .ckpt, F32 (sd-v1-4.ckpt's layout:
+ *     a Lightning dict holding a plain dict as state_dict, zip64) and F16
+ *     (a bare OrderedDict, plain zip, another top directory), and
  *     with deflated members: st_open gives the same tensors (names, order,
  *     dtypes, shapes, bytes) as the safetensors file;
  *   - files pickled by Python's own pickler (the fuzz seeds, written by
@@ -82,7 +83,7 @@ static void setup_files(void) {
     test_dir_init("ldm_ckpt_");
     if (!test_dir[0] || g_f32_ckpt[0]) return;
     snprintf(g_f32_ckpt, sizeof g_f32_ckpt, "%s/model.ckpt", test_dir);
-    CkOpts o32 = {.zip64 = 1, .nested = 1};
+    CkOpts o32 = {.zip64 = 1, .nested = 1, .plain_dict = 1}; /* sd-v1-4.ckpt's layout */
     to_ckpt(model_path(), g_f32_ckpt, &o32);
     snprintf(g_f16_st, sizeof g_f16_st, "%s/model-fp16.safetensors", test_dir);
     if (st_convert(model_path(), g_f16_st, ST_F16) != 0) {
