@@ -99,9 +99,10 @@ static int zname_cmp(const ZEntry *a, const char *name, size_t len) {
     return (a->name_len > len) - (a->name_len < len);
 }
 
-static const Zip *g_sort_zip; /* qsort context (single-threaded use) */
-static int cmp_entry_idx(const void *x, const void *y) {
-    const ZEntry *a = &g_sort_zip->e[*(const size_t *)x], *b = &g_sort_zip->e[*(const size_t *)y];
+/* qsort_r order of entry indices by name (ctx: the Zip) */
+static int cmp_entry_idx(const void *x, const void *y, void *ctx) {
+    const Zip *z = ctx;
+    const ZEntry *a = &z->e[*(const size_t *)x], *b = &z->e[*(const size_t *)y];
     return zname_cmp(a, b->name, b->name_len);
 }
 
@@ -205,8 +206,7 @@ static int zip_open(Zip *z) {
         z->sorted[i] = (size_t)i;
     }
     z->n = (size_t)n;
-    g_sort_zip = z;
-    qsort(z->sorted, z->n, sizeof *z->sorted, cmp_entry_idx);
+    qsort_r(z->sorted, z->n, sizeof *z->sorted, cmp_entry_idx, z);
     for (size_t i = 1; i < z->n; i++) {
         const ZEntry *a = &z->e[z->sorted[i - 1]], *b = &z->e[z->sorted[i]];
         if (zname_cmp(a, b->name, b->name_len) == 0)
