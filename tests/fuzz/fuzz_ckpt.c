@@ -10,8 +10,8 @@
  *     an archive written around it (tests/ckptwrite.h, storages "0".."5" of
  *     64 bytes each), so that the fuzzer reaches the pickle machine without
  *     having to keep a zip consistent;
- *   - either way the file is also used as `--vae` (st_replace_vae) on the
- *     seed corpus/ckpt/ckpt_vae_base.ckpt.
+ *   - either way the file is also used as `--vae` (st_replace_vae) on a
+ *     small checkpoint with an autoencoder, made in memory.
  * In the libFuzzer build (FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION) CRC
  * mismatches are not errors, as libpng's are not in fuzz_png.
  */
@@ -76,6 +76,32 @@ static const char *wrap_pickle(const uint8_t *data, size_t size) {
     return path;
 }
 
+/* A checkpoint with an autoencoder for the --vae use (made once, in
+ * memory: the names of vae_stripped.ckpt with the prefix, and one UNet
+ * tensor). */
+static const char *vae_base(void) {
+    static const char *path;
+    if (!path) {
+        static float v[72];
+        for (int i = 0; i < 72; i++) v[i] = 0.5f;
+        const CkTensor t[] = {
+            {"first_stage_model.decoder.conv_in.weight", ST_F32, 4, {4, 2, 3, 3}, v},
+            {"first_stage_model.decoder.conv_in.bias", ST_F32, 1, {4}, v},
+            {"first_stage_model.post_quant_conv.weight", ST_F32, 4, {2, 2, 1, 1}, v},
+            {"first_stage_model.encoder.conv_out.bias", ST_F32, 1, {4}, v},
+            {"first_stage_model.quant_conv.bias", ST_F32, 1, {4}, v},
+            {"model.diffusion_model.out.2.bias", ST_F32, 1, {4}, v},
+        };
+        CkBuf z;
+        ck_build(&z, t, 6, &(CkOpts){0});
+        static char keep[64];
+        snprintf(keep, sizeof keep, "%s", fuzz_file("base.ckpt", z.p, z.n));
+        free(z.p);
+        path = keep;
+    }
+    return path;
+}
+
 LDM_FUZZ_TARGET(ckpt) {
     const char *path = size >= 2 && data[0] == 'P' && data[1] == 'K' ? fuzz_file("fuzz.ckpt", data, size)
                                                                       : wrap_pickle(data, size);
@@ -87,8 +113,8 @@ LDM_FUZZ_TARGET(ckpt) {
         st_close(&f);
     }
     StFile base;
-    if (st_open(&base, LDM_FUZZ_ROOT "/tests/fuzz/corpus/ckpt/ckpt_vae_base.ckpt") != 0) {
-        fprintf(stderr, "fuzz_ckpt: %s\n", ldm_last_error());
+    if (st_open(&base, vae_base()) != 0) {
+        fprintf(stderr, "fuzz_ckpt: the --vae base: %s\n", ldm_last_error());
         abort();
     }
     if (st_replace_vae(&base, path) == 0) read_tensors(&base);
