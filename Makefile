@@ -76,7 +76,7 @@ ROOT    := $(abspath .)
 # whole runtime in link order: what generated programs and the tests link.
 RT_SRC   := $(wildcard runtime/*.c)
 RT_OBJ   := $(RT_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/runtime/vocab.o
-CORE_SRC := runtime/util.c runtime/safetensors.c runtime/lora.c runtime/args.c
+CORE_SRC := runtime/util.c runtime/safetensors.c runtime/ckpt.c runtime/lora.c runtime/args.c
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
 CORE_LIB := $(BUILD)/libldmcore.a
 RT_LIB   := $(BUILD)/libldmrt.a $(CORE_LIB)
@@ -218,7 +218,7 @@ $(COMP_LIB): $(COMP_OBJ)
 # ldmc is a compiler: only the runtime's core, no OpenMP, no BLAS, no kernels
 # (runtime/kernel_sizes.h gives it the kernels' scratch sizes inline).
 LDMC_LDFLAGS = $(filter-out -fopenmp,$(LDFLAGS))
-LDMC_LDLIBS  = -ljansson -lyaml -lm
+LDMC_LDLIBS  = -ljansson -lyaml -lz -lm
 $(BUILD)/ldmc: $(BUILD)/obj/compiler/main.o $(COMP_LIB) $(CORE_LIB)
 	$(CC) $(LDMC_LDFLAGS) $^ $(LDMC_LDLIBS) -o $@
 

@@ -3,7 +3,7 @@
  *
  *   ldmc GRAPH [--config YAML] [-D NAME=VALUE]... [-o OUT.c | -o OUT] [--symbol NAME]
  *        [--dump[=build|graph|PASS]]... [--dot FILE] [--stats]
- *   ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors
+ *   ldmc convert IN.safetensors|IN.ckpt -o OUT.safetensors [--dtype f32|f16|bf16]
  *   ldmc merge --lora FILE[:MULT]... BASE.safetensors -o OUT.safetensors [--dtype f32|f16|bf16]
  *   ldmc pipeline --config YAML -D H=.. -D W=.. -o OUT.c   (pipeline.c)
  *   ldmc pipeline --config YAML --size HxW... [--nets NET,...] -o OUT.c
@@ -21,7 +21,7 @@ static void usage(FILE *fp) {
     fprintf(fp,
             "usage: ldmc GRAPH [--config YAML] [-D NAME=VALUE]... [-o OUT.c | -o OUT] [--symbol NAME]\n"
             "            [--dump[=WHAT]]... [--dot FILE] [--plot-memory FILE.svg] [--stats]\n"
-            "       ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors\n"
+            "       ldmc convert IN.safetensors|IN.ckpt -o OUT.safetensors [--dtype f32|f16|bf16]\n"
             "       ldmc merge --lora FILE[:MULT]... BASE.safetensors -o OUT.safetensors [--dtype f32|f16|bf16]\n"
             "       ldmc randckpt --config YAML [-D NAME=VALUE]... [--dtype f32|f16|bf16] [--seed N] -o OUT GRAPH...\n"
             "       ldmc pipeline --config YAML -D H=PIXELS -D W=PIXELS [-D NAME=VALUE]... -o OUT.c\n"
@@ -143,39 +143,50 @@ out:
     return rc;
 }
 
+/* ldmc convert: a checkpoint (safetensors or PyTorch .ckpt) to safetensors,
+ * optionally with its floating-point weights in another dtype. */
 static int convert_main(int argc, char **argv) {
+    static const char usage_convert[] =
+        "usage: ldmc convert IN.safetensors|IN.ckpt -o OUT.safetensors [--dtype f32|f16|bf16]\n"
+        "       ldmc convert --dtype f32|f16|bf16 IN OUT.safetensors\n"
+        "  every tensor of IN (of a .ckpt: its state dict's, read without running its pickle) under the same\n"
+        "  name; --dtype: the floating-point weights in that type (default: each keeps its dtype)\n";
     const char *dtype = NULL, *in = NULL, *out = NULL;
-    static const LdmOption opts[] = {{"dtype", 0, LDM_ARG_REQUIRED, 't'}, {"help", 'h', LDM_ARG_NONE, 'h'}};
+    static const LdmOption opts[] = {{"dtype", 0, LDM_ARG_REQUIRED, 't'},
+                                     {"output", 'o', LDM_ARG_REQUIRED, 'o'},
+                                     {"help", 'h', LDM_ARG_NONE, 'h'}};
     LdmArg *args = NULL;
     int n_args = 0, first = argc, help = 0;
-    int prc = ldm_args_collect(argc - 1, argv + 1, opts, 2, &args, &n_args, &first);
-    for (int i = 0; i < n_args; i++) {
+    int prc = ldm_args_collect(argc - 1, argv + 1, opts, 3, &args, &n_args, &first);
+    for (int i = 0; prc == 0 && i < n_args; i++) {
         if (args[i].opt->id == 'h') help = 1;
-        else dtype = args[i].value;
+        else if (args[i].opt->id == 't') dtype = args[i].value;
+        else if (out) prc = ldm_fail("two outputs ('%s' and '%s')", out, args[i].value);
+        else out = args[i].value;
     }
     free(args);
     if (prc == 0 && help) {
-        printf("usage: ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors\n");
+        fputs(usage_convert, stdout);
         return 0;
     }
     if (prc != 0) {
-        fprintf(stderr, "ldmc convert: error: %s\n", ldm_last_error());
+        fprintf(stderr, "ldmc convert: error: %s\n%s", ldm_last_error(), usage_convert);
         return 2;
     }
     for (int i = 1 + first; i < argc; i++) {
         if (!in) in = argv[i];
         else if (!out) out = argv[i];
         else {
-            fprintf(stderr, "ldmc convert: error: unexpected argument '%s'\n", argv[i]);
+            fprintf(stderr, "ldmc convert: error: unexpected argument '%s'\n%s", argv[i], usage_convert);
             return 2;
         }
     }
-    if (!dtype || !in || !out) {
-        fprintf(stderr, "usage: ldmc convert --dtype f32|f16|bf16 IN.safetensors OUT.safetensors\n");
+    if (!in || !out) {
+        fputs(usage_convert, stderr);
         return 2;
     }
-    StDtype to;
-    if (parse_dtype(dtype, &to)) {
+    StDtype to = ST_KEEP;
+    if (dtype && parse_dtype(dtype, &to)) {
         fprintf(stderr, "ldmc convert: error: --dtype must be f32, f16 or bf16, got '%s'\n", dtype);
         return 2;
     }

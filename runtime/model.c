@@ -365,7 +365,7 @@ unsigned char *ldm_arena_new(const LdmModel *m) {
 
 static void runner_usage(const LdmModel *m, FILE *fp) {
     fprintf(fp,
-            "usage: %s --weights CKPT.safetensors --inputs IN.safetensors --outputs OUT.safetensors\n"
+            "usage: %s --weights CKPT.safetensors --inputs IN.safetensors --outputs OUT.safetensors [--vae FILE]\n"
             "          [--prefix P] [--repeat N] [--compute f32|bf16] [--extent NAME=VALUE]... [--lora FILE[:MULT]]...\n"
             "       %s --weights CKPT.safetensors --random-inputs SEED [--repeat N] [--outputs OUT]\n"
             "Runs graph '%s' (%s).\n"
@@ -377,7 +377,10 @@ static void runner_usage(const LdmModel *m, FILE *fp) {
             "  --extent NAME=V    run at value V of run-time extent NAME (repeatable; default: its maximum);\n"
             "                     inputs and outputs then have the shapes of that value\n"
             "  --lora FILE[:MULT] merge kohya LoRA FILE at multiplier MULT (default 1, UNet and text encoder)\n"
-            "                     into the weights as they are bound (repeatable: merged in order)\n",
+            "                     into the weights as they are bound (repeatable: merged in order)\n"
+            "  --vae FILE         the autoencoder's weights (first_stage_model.*) from FILE instead, named\n"
+            "                     with or without that prefix (e.g. vae-ft-mse-840000-ema-pruned)\n"
+            "CKPT and FILE may be safetensors files or PyTorch .ckpt archives.\n",
             m->name, m->name, m->name, m->banner);
     if (m->n_extents) {
         fprintf(fp, "extents:");
@@ -465,7 +468,7 @@ static int runner_loras_free(char **files, LdmLora **loras, int n, float *mults,
 }
 
 int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
-    const char *weights = NULL, *inputs = NULL, *outputs = NULL, *prefix = "";
+    const char *weights = NULL, *inputs = NULL, *outputs = NULL, *prefix = "", *vae = NULL;
     int repeat = 1, random_inputs = 0, n_loras = 0;
     unsigned long long seed = 0;
     char **lora_files = ldm_xcalloc((size_t)argc + 1, sizeof *lora_files);
@@ -485,6 +488,7 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
         }
         const char *v = argv[++i];
         if (!strcmp(a, "--weights")) weights = v;
+        else if (!strcmp(a, "--vae")) vae = v;
         else if (!strcmp(a, "--inputs")) inputs = v;
         else if (!strcmp(a, "--outputs")) outputs = v;
         else if (!strcmp(a, "--prefix")) prefix = v;
@@ -548,7 +552,8 @@ int ldm_runner_main(const LdmModel *m, int argc, char **argv) {
     ldm_profile_init();
     ldm_kernels_init();
     double t0 = ldm_now();
-    if (st_open(&wf, weights) != 0 || ldm_weights_open(m, &wf, &w) != 0) goto done;
+    if (st_open(&wf, weights) != 0 || (vae && st_replace_vae(&wf, vae) != 0) || ldm_weights_open(m, &wf, &w) != 0)
+        goto done;
     if (runner_open_loras(m, &w, lora_files, lora_mults, n_loras, loras) != 0) goto done;
     ldm_weights_set_loras(&w, loras, n_loras);
     ldm_weights_bind(&w);

@@ -72,8 +72,16 @@ int ldm_pipeline_find_size(const LdmPipelineSize *sizes, int n, int H, int W, co
  * Models bound to one checkpoint
  * ------------------------------------------------------------------------- */
 
+static int nets_load(LdmNets *s, const char *ckpt_path, const char *vae_path, const LdmModel *const *models,
+                     const LdmKeyMapFn *maps, int n, const char *what);
+
 int ldm_nets_load(LdmNets *s, const char *ckpt_path, const LdmModel *const *models, int n, const char *what) {
-    return ldm_nets_load_mapped(s, ckpt_path, models, NULL, n, what);
+    return nets_load(s, ckpt_path, NULL, models, NULL, n, what);
+}
+
+int ldm_nets_load_vae(LdmNets *s, const char *ckpt_path, const char *vae_path, const LdmModel *const *models, int n,
+                      const char *what) {
+    return nets_load(s, ckpt_path, vae_path, models, NULL, n, what);
 }
 
 /* "H=64 W=128 B=2" of a generated model's banner (its last field), or its name. */
@@ -109,9 +117,18 @@ int ldm_model_weights_compatible(const LdmModel *a, const LdmModel *b, char *why
 
 int ldm_nets_load_mapped(LdmNets *s, const char *ckpt_path, const LdmModel *const *models, const LdmKeyMapFn *maps,
                          int n, const char *what) {
+    return nets_load(s, ckpt_path, NULL, models, maps, n, what);
+}
+
+static int nets_load(LdmNets *s, const char *ckpt_path, const char *vae_path, const LdmModel *const *models,
+                     const LdmKeyMapFn *maps, int n, const char *what) {
     memset(s, 0, sizeof *s);
     ldm_kernels_init();
     if (st_open(&s->ckpt, ckpt_path) != 0) return -1;
+    if (vae_path && st_replace_vae(&s->ckpt, vae_path) != 0) {
+        st_close(&s->ckpt);
+        return -1;
+    }
     s->n = n;
     s->models = ldm_xcalloc((size_t)n + 1, sizeof *s->models);
     s->w = ldm_xcalloc((size_t)n + 1, sizeof *s->w);

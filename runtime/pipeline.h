@@ -137,6 +137,10 @@ int ldm_model_weights_compatible(const LdmModel *a, const LdmModel *b, char *why
  * not fit gives "<ckpt>: weight '...' has shape [..], expected [..] (...);
  * this executable was built for <what>". */
 int ldm_nets_load(LdmNets *s, const char *ckpt_path, const LdmModel *const *models, int n, const char *what);
+/* The same with the autoencoder's weights read from vae_path (NULL: from
+ * the checkpoint): st_replace_vae before any model is checked. */
+int ldm_nets_load_vae(LdmNets *s, const char *ckpt_path, const char *vae_path, const LdmModel *const *models, int n,
+                      const char *what);
 /* The same, model i reading its weights under the keys maps[i] gives
  * (ldm_weights_load_mapped; maps or maps[i] NULL: the plain names), e.g.
  * ldm_ema_key for the UNet of `--ema`. */

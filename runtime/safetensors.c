@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include "safetensors.h"
 
+#include "ckpt.h"
 #include "half.h"
 #include "ldm_limits.h"
 #include "util.h"
@@ -293,6 +294,14 @@ static int parse_metadata(StFile *f, const json_t *meta) {
     return 0;
 }
 
+/* "[320, 4, 3, 3]" */
+static const char *ldm_shape_str_core(int nd, const int64_t *s, char *buf, size_t size) {
+    size_t k = (size_t)snprintf(buf, size, "[");
+    for (int i = 0; i < nd && k < size; i++) k += (size_t)snprintf(buf + k, size - k, "%s%lld", i ? ", " : "", (long long)s[i]);
+    if (k < size) snprintf(buf + k, size - k, "]");
+    return buf;
+}
+
 /* Sort helper for the overlap check: tensor indices by data begin. */
 static int cmp_by_begin(const void *a, const void *b) {
     const StTensor *x = *(const StTensor *const *)a, *y = *(const StTensor *const *)b;
@@ -416,7 +425,16 @@ int st_open(StFile *f, const char *path) {
         ldm_map_register(m, f->size, path); /* a SIGBUS here names the file */
     }
     close(fd);
-    if (parse_header(f) != 0) {
+    int bad;
+    if (ckpt_is_zip(f->map, f->size))
+        bad = ckpt_parse(f);
+    else if (ckpt_is_legacy(f->map, f->size))
+        bad = ldm_fail("%s: a PyTorch checkpoint in the legacy format (torch.save before PyTorch 1.6, not a zip "
+                       "archive): not read; save it again with a newer torch.save, or convert it to safetensors",
+                       path);
+    else
+        bad = parse_header(f);
+    if (bad != 0) {
         st_close(f);
         return -1;
     }
@@ -428,6 +446,11 @@ void st_close(StFile *f) {
         ldm_map_unregister(f->map);
         munmap(f->map, f->size);
     }
+    if (f->aux) munmap(f->aux, f->aux_size);
+    if (f->vae) {
+        st_close(f->vae);
+        free(f->vae);
+    }
     for (int i = 0; i < f->n_tensors; i++) free(f->tensors[i].name);
     free(f->tensors);
     for (int i = 0; i < f->n_meta; i++) {
@@ -438,6 +461,74 @@ void st_close(StFile *f) {
     free(f->meta_values);
     free(f->path);
     memset(f, 0, sizeof *f);
+}
+
+/* Is name (without the prefix) one of the autoencoder's own weights? */
+static int vae_weight_name(const char *name) {
+    static const char *const parts[] = {"encoder.", "decoder.", "quant_conv.", "post_quant_conv."};
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+        if (!strncmp(name, parts[i], strlen(parts[i]))) return 1;
+    return 0;
+}
+
+int st_replace_vae(StFile *f, const char *vae_path) {
+    static const char prefix[] = "first_stage_model.";
+    const size_t pl = sizeof prefix - 1;
+    StFile *v = ldm_xcalloc(1, sizeof *v);
+    if (st_open(v, vae_path) != 0) {
+        free(v);
+        return -1;
+    }
+    /* the file's naming: with the prefix if any tensor has it */
+    int prefixed = 0;
+    for (int i = 0; i < v->n_tensors && !prefixed; i++) prefixed = !strncmp(v->tensors[i].name, prefix, pl);
+    const StTensor **src = ldm_xcalloc((size_t)f->n_tensors + 1, sizeof *src);
+    int n = 0, rc = 0;
+    for (int i = 0; i < f->n_tensors && rc == 0; i++) {
+        const StTensor *t = &f->tensors[i];
+        if (strncmp(t->name, prefix, pl) || !vae_weight_name(t->name + pl)) continue;
+        const char *key = prefixed ? t->name : t->name + pl;
+        const StTensor *s = st_find(v, key);
+        int same = s && s->ndim == t->ndim;
+        for (int d = 0; same && d < t->ndim; d++) same = s->shape[d] == t->shape[d];
+        char bw[160], bg[160];
+        ldm_shape_str_core(t->ndim, t->shape, bw, sizeof bw);
+        if (!s)
+            rc = ldm_fail("%s: --vae: tensor '%s' is missing (the checkpoint's %s is %s %s)", vae_path, key, t->name,
+                          st_dtype_name(t->dtype), bw);
+        else if (!dtype_is_float(s->dtype))
+            rc = ldm_fail("%s: --vae: tensor '%s' has dtype %s, expected F32, F16, BF16 or F64", vae_path, key,
+                          st_dtype_name(s->dtype));
+        else if (!same)
+            rc = ldm_fail("%s: --vae: tensor '%s' has shape %s, expected %s (the checkpoint's %s; a VAE for another "
+                          "model?)", vae_path, key, ldm_shape_str_core(s->ndim, s->shape, bg, sizeof bg), bw, t->name);
+        src[i] = s;
+        n += s != NULL;
+    }
+    if (rc == 0 && n == 0)
+        rc = ldm_fail("%s: --vae: the checkpoint has no autoencoder tensors (first_stage_model.encoder.* ...) to "
+                      "replace", vae_path);
+    if (rc != 0) {
+        free(src);
+        st_close(v);
+        free(v);
+        return -1;
+    }
+    for (int i = 0; i < f->n_tensors; i++) {
+        if (!src[i]) continue;
+        StTensor *t = &f->tensors[i];
+        t->dtype = src[i]->dtype;
+        t->numel = src[i]->numel;
+        t->data = src[i]->data;
+        t->nbytes = src[i]->nbytes;
+    }
+    free(src);
+    if (f->vae) { /* a second --vae replaces the first */
+        st_close(f->vae);
+        free(f->vae);
+    }
+    f->vae = v;
+    return 0;
 }
 
 const StTensor *st_find(const StFile *f, const char *name) {
@@ -684,7 +775,7 @@ static void *convert_tensor(const StTensor *t, StDtype to) {
 }
 
 int st_convert(const char *in_path, const char *out_path, StDtype to) {
-    if (to != ST_F32 && to != ST_F16 && to != ST_BF16)
+    if (to != ST_F32 && to != ST_F16 && to != ST_BF16 && to != ST_KEEP)
         return ldm_fail("%s: expected a target dtype F32, F16 or BF16, got %s", out_path,
                         st_dtype_name(to));
     StFile in;
@@ -693,7 +784,7 @@ int st_convert(const char *in_path, const char *out_path, StDtype to) {
     for (int i = 0; i < in.n_meta; i++) st_writer_meta(w, in.meta_keys[i], in.meta_values[i]);
     for (int i = 0; i < in.n_tensors; i++) {
         const StTensor *t = &in.tensors[i];
-        int keep = !dtype_is_float(t->dtype) || t->dtype == to || !strchr(t->name, '.');
+        int keep = to == ST_KEEP || !dtype_is_float(t->dtype) || t->dtype == to || !strchr(t->name, '.');
         if (keep) /* borrow from the mapping, which outlives the save */
             writer_add_nocopy(w, t->name, t->dtype, t->ndim, t->shape, t->data, 0);
         else

@@ -49,6 +49,9 @@ typedef struct StFile {
     char **meta_keys;    /* __metadata__ entries */
     char **meta_values;
     int n_meta;
+    uint8_t *aux;        /* .ckpt: the inflated storages of deflated members (read-only), or NULL */
+    size_t aux_size;
+    struct StFile *vae;  /* st_replace_vae: the file the autoencoder tensors now point into, or NULL */
 } StFile;
 
 /* Size in bytes of one element. */
@@ -58,9 +61,21 @@ const char *st_dtype_name(StDtype dt);
 /* Parse a header dtype name; -1 (no error recorded) if unknown. */
 int st_dtype_parse(const char *s, StDtype *out);
 
-/* Open, map and validate. On error records "<path>: ..." and returns -1. */
+/* Open, map and validate. On error records "<path>: ..." and returns -1.
+ * A PyTorch zip checkpoint (.ckpt; recognised by its zip signature "PK",
+ * not by its name) is read by ckpt.c's restricted loader into the same
+ * view: its state dict's tensors, data pointing into the mapped archive. */
 int st_open(StFile *f, const char *path);
 void st_close(StFile *f);
+/* --vae: the autoencoder of checkpoint f (every tensor
+ * first_stage_model.{encoder,decoder,quant_conv,post_quant_conv}.*) read from
+ * the file vae_path instead (safetensors or .ckpt, kept open with f): its
+ * tensors named without the prefix (encoder.conv_in.weight, as the
+ * separately published SD VAEs have them) or with it. Each one the
+ * checkpoint has must be in the file with the same shape (the dtype may
+ * differ); other tensors of the file are ignored. Errors name the file and
+ * the tensor; f is unchanged then. */
+int st_replace_vae(StFile *f, const char *vae_path);
 /* Tensor by name, or NULL. */
 const StTensor *st_find(const StFile *f, const char *name);
 /* Metadata value by key, or NULL. */
@@ -99,9 +114,13 @@ void st_writer_add_ref(StWriter *w, const char *name, StDtype dtype, int ndim,
 void st_writer_meta(StWriter *w, const char *key, const char *value);
 int st_writer_save(StWriter *w, const char *path);
 
-/* Checkpoint converter (`ldmc convert`): copy every tensor of in_path to
- * out_path, converting floating-point network weights to `to` (ST_F32,
- * ST_F16 or ST_BF16). Tensors whose name has no '.' (the LatentDiffusion
+/* st_convert's `to` that converts nothing: every tensor keeps its dtype. */
+#define ST_KEEP ((StDtype)-1)
+
+/* Checkpoint converter (`ldmc convert`): copy every tensor of in_path (a
+ * safetensors file or a .ckpt: st_open) to out_path, converting
+ * floating-point network weights to `to` (ST_F32, ST_F16, ST_BF16, or
+ * ST_KEEP: none). Tensors whose name has no '.' (the LatentDiffusion
  * noise-schedule buffers such as `betas`, `alphas_cumprod`) keep their dtype,
  * and so do integer tensors (e.g. `position_ids`). Metadata is copied. */
 int st_convert(const char *in_path, const char *out_path, StDtype to);

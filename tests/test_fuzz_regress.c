@@ -26,13 +26,14 @@ int fuzz_png(const uint8_t *data, size_t size);
 int fuzz_prompt(const uint8_t *data, size_t size);
 int fuzz_promptfile(const uint8_t *data, size_t size);
 int fuzz_http(const uint8_t *data, size_t size);
+int fuzz_ckpt(const uint8_t *data, size_t size);
 
 static const struct {
     const char *name;
     int (*fn)(const uint8_t *, size_t);
 } surfaces[] = {
     {"dsl", fuzz_dsl}, {"config", fuzz_config}, {"safetensors", fuzz_safetensors},
-    {"png", fuzz_png}, {"prompt", fuzz_prompt}, {"promptfile", fuzz_promptfile},
+    {"png", fuzz_png}, {"prompt", fuzz_prompt}, {"promptfile", fuzz_promptfile}, {"ckpt", fuzz_ckpt},
     {"http", fuzz_http},
 };
 #define N_SURFACES ((int)(sizeof surfaces / sizeof surfaces[0]))

@@ -86,6 +86,7 @@ static const LdmPipelineConfig *g_cfg;
 
 typedef struct Options {
     const char *weights;       /* --weights CKPT */
+    const char *vae;           /* --vae FILE: the autoencoder's weights from FILE */
     const char *vocab;         /* --vocab bpe_simple_vocab_16e6.txt.gz */
     const char *prompt;        /* --prompt */
     const char *negative;      /* --negative-prompt ("" = the unconditional prompt) */
@@ -153,7 +154,7 @@ static void usage(FILE *fp, const char *argv0) {
     char sizes[1024];
     ldm_pipeline_size_list(ldm_pipeline_sizes, ldm_pipeline_n_sizes, sizes, sizeof sizes);
     fprintf(fp,
-            "usage: %s --weights CKPT.safetensors [--vocab bpe_simple_vocab_16e6.txt.gz]\n"
+            "usage: %s --weights CKPT.safetensors|CKPT.ckpt [--vae FILE] [--vocab bpe_simple_vocab_16e6.txt.gz]\n"
             "          (--prompt TEXT | --prompts FILE [--shard K/N] [--skip-existing]) [-o OUT]\n"
             "          [--negative-prompt TEXT] [--steps N] [--cfg-scale S]\n"
             "          [--sampler NAME] [--schedule NAME] [--eta E] [--rho R] [--gamma G]\n"
@@ -176,8 +177,11 @@ static void usage(FILE *fp, const char *argv0) {
             "\n"
             "Every flag takes its value as --flag VALUE or --flag=VALUE.\n"
             "\n"
-            "  --weights CKPT      SD v1.x single-file checkpoint (F32, F16 or BF16), checked tensor by tensor\n"
+            "  --weights CKPT      SD v1.x single-file checkpoint (F32, F16 or BF16), checked tensor by tensor:\n"
+            "                      safetensors, or a PyTorch .ckpt (read without running its pickle)\n"
             "  -m, --model CKPT    the same (stable-diffusion.cpp's name)\n"
+            "  --vae FILE          the autoencoder's weights from FILE instead (safetensors or .ckpt, e.g.\n"
+            "                      vae-ft-mse-840000-ema-pruned; keys with or without first_stage_model.)\n"
             "  --vocab FILE        another copy of the CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz); by\n"
             "                      default the one compiled into this program (openai/CLIP's, MIT licence)\n"
             "  -p, --prompt TEXT   what to draw\n"
@@ -295,13 +299,14 @@ enum {
     OPT_SAVE_COND, OPT_TAESD, OPT_TAESD_ENCODER, OPT_PREVIEW, OPT_PREVIEW_EVERY, OPT_PREVIEW_TAESD, OPT_THREADS,
     OPT_BATCH_COUNT, OPT_QUIET, OPT_PAD_COND_UNCOND, OPT_NO_METADATA, OPT_VERBOSE, OPT_VERSION, OPT_HELP,
     OPT_DRY_RUN, OPT_LIST_OPTIONS, OPT_SKIP_EXISTING, OPT_LISTEN, OPT_QUEUE, OPT_MAX_BODY, OPT_API_KEY,
-    OPT_CORS_ORIGIN,
+    OPT_CORS_ORIGIN, OPT_VAE,
 };
 #define V LDM_ARG_REQUIRED
 #define N LDM_ARG_NONE
 static const LdmOption k_options[] = {
     {"weights", 0, V, OPT_WEIGHTS},
     {"model", 'm', V, OPT_WEIGHTS},
+    {"vae", 0, V, OPT_VAE},
     {"vocab", 0, V, OPT_VOCAB},
     {"prompt", 'p', V, OPT_PROMPT},
     {"negative-prompt", 'n', V, OPT_NEGATIVE},
@@ -452,6 +457,7 @@ static int parse_option(void *ctx, const LdmOption *opt, const char *f, const ch
     case OPT_VERBOSE: o->verbose = 1; break;
     case OPT_DRY_RUN: o->dry_run = 1; break;
     case OPT_WEIGHTS: o->weights = v; break;
+    case OPT_VAE: o->vae = v; break;
     case OPT_VOCAB: o->vocab = v; break;
     case OPT_PROMPT: o->prompt = v; break;
     case OPT_NEGATIVE: o->negative = v; break;
@@ -609,6 +615,7 @@ static void print_options(FILE *fp, const Options *o) {
 #define I(name, v) fprintf(fp, "  %-16s %d\n", name ":", (int)(v))
 #define D(name, v) fprintf(fp, "  %-16s %.17g\n", name ":", (double)(v))
     S("weights", o->weights);
+    S("vae", o->vae);
     S("vocab", o->vocab ? o->vocab : "(built in)");
     S("prompt", o->prompt);
     S("negative-prompt", o->negative);
@@ -2003,7 +2010,7 @@ static int run(App *a) {
     char what[1024], sizes[900];
     snprintf(what, sizeof what, "%s at %s", CFG.config_path,
              ldm_pipeline_size_list(ldm_pipeline_sizes, ldm_pipeline_n_sizes, sizes, sizeof sizes));
-    int rc = ldm_nets_load(&a->nets, o->weights, models, n_models, what);
+    int rc = ldm_nets_load_vae(&a->nets, o->weights, o->vae, models, n_models, what);
     free(models);
     if (rc == 0) rc = ldm_pipeline_scale_factor(&CFG, &a->nets.ckpt, &a->scale);
     if (rc == 0) {

@@ -105,6 +105,113 @@ tiny = os.path.join(SHARED, "goldens/sd1-adapters/tinyemb.safetensors")
 if os.path.exists(tiny):
     put("safetensors", "tinyemb.safetensors", open(tiny, "rb").read())
 
+# ---- ckpt: PyTorch zip checkpoints pickled by Python's own pickler ----
+# torch.save's layout without torch: stand-in modules named like torch's so
+# that pickle writes the same GLOBALs, the storages as persistent ids, and
+# each tensor reduced to torch._utils._rebuild_tensor_v2 (protocol 2).
+import collections, io, pickle, types, zipfile
+
+def fake_module(name, **attrs):
+    m = types.ModuleType(name)
+    for k, v in attrs.items():
+        if callable(v) and not isinstance(v, type):
+            v.__module__, v.__qualname__, v.__name__ = name, k, k
+        elif isinstance(v, type):
+            v.__module__, v.__qualname__ = name, k
+        setattr(m, k, v)
+    sys.modules[name] = m
+    return m
+
+def _rebuild_tensor_v2(*a): pass
+def _scalar(*a): pass
+class _Storage: pass
+STYPES = {dt: type(n, (), {}) for dt, n in [("F32", "FloatStorage"), ("F16", "HalfStorage"), ("BF16", "BFloat16Storage"),
+                                              ("F64", "DoubleStorage"), ("I64", "LongStorage"), ("U8", "ByteStorage")]}
+fake_module("torch", **{t.__name__: t for t in STYPES.values()})
+fake_module("torch._utils", _rebuild_tensor_v2=_rebuild_tensor_v2)
+class dtype:
+    def __init__(self, s): self.s = s
+    def __reduce__(self): return (dtype, (self.s, False, True), (3, "<", None, None, None, -1, -1, 0))
+    def __setstate__(self, st): pass
+fake_module("numpy", dtype=dtype)
+fake_module("numpy.core")
+fake_module("numpy.core.multiarray", scalar=_scalar)
+class ModelCheckpoint: pass
+fake_module("pytorch_lightning")
+fake_module("pytorch_lightning.callbacks")
+fake_module("pytorch_lightning.callbacks.model_checkpoint", ModelCheckpoint=ModelCheckpoint)
+
+class Scalar:
+    def __reduce__(self): return (_scalar, (dtype("f8"), struct.pack("<d", 0.25)))
+
+class StorageRef:
+    """A tensor's storage: pickled as torch's persistent id."""
+    def __init__(self, t): self.t = t
+
+class Tensor:
+    def __init__(self, key, dt, shape, raw):
+        self.key, self.dt, self.shape, self.raw = key, dt, shape, raw
+    def __reduce_ex__(self, proto):
+        stride, k = [], 1
+        for s in reversed(self.shape): stride.insert(0, k); k *= s
+        return (_rebuild_tensor_v2, (StorageRef(self), 0, tuple(self.shape), tuple(stride), False,
+                                     collections.OrderedDict()))
+
+class TorchPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, StorageRef):
+            t = obj.t
+            return ("storage", STYPES[t.dt], t.key, "cpu", n(t.shape))
+        return None
+
+def ckpt(tensors, nested=True, deflate=False, top="archive", zip64=False):
+    """tensors: [(name, dtype, shape, values)] -> the bytes of a torch.save zip."""
+    sd, raws = collections.OrderedDict(), []
+    for i, (name, dt, shape, vals) in enumerate(tensors):
+        if dt == "BF16": raw = b"".join(struct.pack("<f", v)[2:] for v in vals)
+        else: raw = b"".join(struct.pack(DT[dt][0], v) for v in vals)
+        sd[name] = Tensor(str(i), dt, shape, raw)
+        raws.append(raw)
+    sd._metadata = collections.OrderedDict([("", {"version": 1})])
+    obj = {"epoch": 6, "global_step": 470000, "pytorch-lightning_version": "1.4.2", "state_dict": sd,
+           "callbacks": {ModelCheckpoint: {"monitor": None, "best_model_score": Scalar()}}} if nested else sd
+    buf = io.BytesIO()
+    TorchPickler(buf, protocol=2).dump(obj)
+    out = io.BytesIO()
+    method = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as z:
+        def add(name, data, m):
+            zi = zipfile.ZipInfo(top + "/" + name, date_time=(2022, 8, 22, 0, 0, 0))
+            zi.compress_type = m
+            with z.open(zi, "w", force_zip64=zip64) as f: f.write(data)
+        add("data.pkl", buf.getvalue(), zipfile.ZIP_STORED)
+        add("byteorder", b"little", zipfile.ZIP_STORED)
+        for i, raw in enumerate(raws): add("data/%d" % i, raw, method)
+        add("version", b"3\n", zipfile.ZIP_STORED)
+    return out.getvalue()
+
+CK = [("model.diffusion_model.input_blocks.1.1.proj_in.weight", [4, 4, 1, 1]),
+      ("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight", [4, 4]),
+      ("cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight", [4, 4])]
+for dt, kw in [("F32", {}), ("F16", {"nested": False, "deflate": True, "top": "v1-5-pruned-emaonly"}),
+               ("BF16", {"zip64": True})]:
+    ts = [(k, dt, s, [0.01 * i for i in range(n(s))]) for k, s in CK]
+    ts.append(("cond_stage_model.transformer.text_model.embeddings.position_ids", "I64", [1, 4], [0, 1, 2, 3]))
+    ts.append(("a", dt, [], [1.5]))
+    put("ckpt", "ckpt_%s.ckpt" % dt.lower(), ckpt(ts, **kw))
+put("ckpt", "empty_state_dict.ckpt", ckpt([], nested=False))
+# fuzz_ckpt's --vae base (a checkpoint with an autoencoder) and a VAE file as published (no prefix)
+VAE = [("decoder.conv_in.weight", [4, 2, 3, 3]), ("decoder.conv_in.bias", [4]), ("post_quant_conv.weight", [2, 2, 1, 1]),
+       ("encoder.conv_out.bias", [4]), ("quant_conv.bias", [4])]
+put("ckpt", "ckpt_vae_base.ckpt", ckpt([("first_stage_model." + k, "F32", s, [0.5] * n(s)) for k, s in VAE] +
+                                       [("model.diffusion_model.out.2.bias", "F32", [4], [0.0] * 4)], nested=False))
+put("ckpt", "vae_stripped.ckpt", ckpt([(k, "F16", s, [0.25] * n(s)) for k, s in VAE], nested=False))
+# the pickles alone (fuzz_ckpt wraps an input that is not a zip into an archive)
+for name in ["ckpt_f32", "ckpt_f16"]:
+    with zipfile.ZipFile(os.path.join(OUT, "ckpt", name + ".ckpt")) as z:
+        pk = [x for x in z.namelist() if x.endswith("/data.pkl")][0]
+        put("ckpt", name + ".pkl", z.read(pk))
+
 # ---- png: every colour type and depth libpng hands the reader ----
 def chunk(t, d):
     return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)

@@ -29,6 +29,7 @@ opts_for() {
     promptfile) echo "-max_len=16384" ;;
     dsl) echo "-max_len=16384" ;;
     safetensors) echo "-max_len=8192" ;;
+    ckpt) echo "-max_len=8192" ;;
     png) echo "-max_len=16384" ;;
     http) echo "-max_len=16384" ;;
     *) echo "" ;;
