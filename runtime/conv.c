@@ -227,6 +227,8 @@ void ldm_conv2d(const LdmConvShape *s, int algo, const float *x, LdmW w, const L
                 float *scratch) {
     if (w.layout != LDM_WL_ROWS && w.layout != (algo == LDM_CONV_IM2COL || algo == LDM_CONV_POINTWISE ? LDM_WL_APANELS : -1))
         ldm_internal_error("ldm_conv2d: algorithm %d cannot read a weight in layout %d", algo, w.layout);
+    if (s->up && algo != LDM_CONV_WINOGRAD)
+        ldm_internal_error("ldm_conv2d: an upsampling prologue needs the Winograd algorithm, not %d", algo);
     if (algo == LDM_CONV_WINOGRAD) { /* the whole epilogue, ReLU included, in the output transform */
         ldm_conv3x3_winograd(s, x, w, ep, y, scratch);
         return;
