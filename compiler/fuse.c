@@ -9,12 +9,13 @@
  *   conv(x) + r, linear(x) + r     -> conv2d+residual, linear+residual
  *   relu(conv(...))                -> conv2d+relu, conv2d+residual+relu
  *                                     (TAESD: relu(conv(x)), relu(conv(h) + x))
- *   conv3x3(upsample_nearest(x,2)) -> upsample_nearest+conv2d (TAESD's and
- *                                     the VAE decoder's upsamplings: the
- *                                     conv reads the low-resolution x as 4
- *                                     sub-pixel phases, select.c
- *                                     conv_upsample_fusable; no upsampled
- *                                     intermediate)
+ *   conv3x3(upsample_nearest(x,2)) -> upsample_nearest+conv2d (TAESD's
+ *                                     upsamplings: the conv reads the
+ *                                     low-resolution x as 4 sub-pixel
+ *                                     phases, no upsampled intermediate;
+ *                                     where select.c conv_upsample_fusable
+ *                                     says it pays: not the VAE decoder's
+ *                                     wide ones)
  *   linear(layer_norm(x))          -> layer_norm+linear (every reader of the
  *                                     norm a linear layer: each normalises
  *                                     the rows of x as its GEMM packs them)

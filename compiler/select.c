@@ -47,7 +47,13 @@ int conv_upsample_fusable(const Node *n, const Node *up) {
     for (int i = 0; i < 4; i++)
         if (n->pad[i] != 1) return 0;
     int64_t tiles = ((x->shape[2] + 3) / 4) * ((x->shape[3] + 3) / 4);
-    return tiles >= 4 && x->shape[1] >= 16 && w->shape[0] >= 16;
+    if (tiles < 4 || x->shape[1] < 16 || w->shape[0] < 16) return 0;
+    /* the phases' transformed weights (4 O x C, 4 times the plain kernel's)
+     * must fit the kernel's resident budget, transformed once per call:
+     * TAESD's 64 -> 64 (2.4 MB) do; the VAE decoder's 512 -> 512 (151 MB)
+     * and 256 -> 256 (38 MB) would be transformed again for every tile
+     * block, and measured 1.3-1.6x slower than upsample + conv */
+    return 36.0 * 4 * (double)w->shape[0] * (double)x->shape[1] * sizeof(float) <= (double)WG_RES_BYTES;
 }
 
 /* ---- the shapes and scratch of the chosen kernels --------------------------- */
