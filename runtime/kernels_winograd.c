@@ -634,13 +634,6 @@ static void part(int n, int parts, int i, int *lo, int *hi) {
 
 /* Row chunk of the private schedule's GEMM sub-blocks. */
 #define WG_PRIV_ROWS 32
-/* A thread's GEMM products M for one sub-block of the private schedule, at
- * most: 32 rows x 4 units (147 KB) stay in L2 next to the V they read.
- * Sub-blocks of 8 units (295 KB, the shared M's share) measured 10-17%
- * slower in TAESD's 64 -> 64 and the VAE decoder's 128 -> 128
- * convolutions (thread CPU time, bench_winograd shapes) and no faster in
- * the VAE decoder's 256 -> 256 at 256x256. */
-#define WG_PRIV_M_BYTES (160u << 10)
 
 /* The private schedule gives each thread its own slices of V and M; their
  * size depends on the thread count, within the same scratch. 0 if the
@@ -650,9 +643,7 @@ static int private_slices(const LdmWgPlan *p, int C, int nth, int th, const WgCt
     int bu = p->blk_units / nth, rows = p->OB < WG_PRIV_ROWS ? p->OB : WG_PRIV_ROWS;
     while (bu >= 3 && 36 * ldm_wg_plane_stride((size_t)C * bu * 8) > vfl) bu--;
     int su = bu;
-    while (su >= 3 && (36 * ldm_wg_plane_stride((size_t)rows * su * 8) > mfl ||
-                       36 * (size_t)rows * su * 8 * sizeof(float) > WG_PRIV_M_BYTES))
-        su--;
+    while (su >= 3 && 36 * ldm_wg_plane_stride((size_t)rows * su * 8) > mfl) su--;
     if (bu < 3 || su < 3) return 0;
     bf->vxs = ldm_wg_plane_stride((size_t)C * bu * 8);
     bf->mxs = ldm_wg_plane_stride((size_t)rows * su * 8);
