@@ -209,12 +209,17 @@ static void k_conv2d(const Node *n, FILE *fp) {
     emit_params(n, fp, names);
     E(" {\n");
     if (n->out_gap) E("    /* y is this node's part of a concatenation: %lld floats between samples */\n", (long long)n->out_gap);
+    if (c.up)
+        E("    /* x [%d, %d] is read upsampled (nearest, x%d) to [%d, %d]: the Winograd kernel's 4 sub-pixel phases,\n"
+          "     * 2x2 sums of w's taps, on x itself (kernel_sizes.h ldm_wg_core_shape) */\n",
+          c.H, c.W, c.up, c.HO, c.WO);
     E("    %s LdmConvShape s = {.N = %s, .C = %d, .H = %d, .W = %d, .O = %d, .KH = %d, .KW = %d,\n", shape_qual(n),
       sz_int(sz_dim(n->src[0], 0)), c.C, c.H, c.W, c.O, c.KH, c.KW);
     const int ind = 4 + (int)strlen(shape_qual(n)) + (int)strlen(" LdmConvShape s = {");
     E("%*s.stride_h = %d, .stride_w = %d, .pad_t = %d, .pad_b = %d, .pad_l = %d, .pad_r = %d,\n", ind, "",
       c.stride_h, c.stride_w, c.pad_t, c.pad_b, c.pad_l, c.pad_r);
-    E("%*s.HO = %d, .WO = %d, .y_gap = %lld};\n", ind, "", c.HO, c.WO, (long long)n->out_gap);
+    if (c.up) E("%*s.HO = %d, .WO = %d, .y_gap = %lld, .up = %d};\n", ind, "", c.HO, c.WO, (long long)n->out_gap, c.up);
+    else E("%*s.HO = %d, .WO = %d, .y_gap = %lld};\n", ind, "", c.HO, c.WO, (long long)n->out_gap);
     int has_b = 0;
     for (int s = 2; s < n->nsrc; s++) has_b |= !strcmp(names[s], "b");
     E("    const LdmEpilogue ep = {.bias = %s, .rowadd = %s, .residual = %s, .relu = %d};\n", has_b ? "b" : "NULL",

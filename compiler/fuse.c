@@ -9,6 +9,13 @@
  *   conv(x) + r, linear(x) + r     -> conv2d+residual, linear+residual
  *   relu(conv(...))                -> conv2d+relu, conv2d+residual+relu
  *                                     (TAESD: relu(conv(x)), relu(conv(h) + x))
+ *   conv3x3(upsample_nearest(x,2)) -> upsample_nearest+conv2d (TAESD's
+ *                                     upsamplings: the conv reads the
+ *                                     low-resolution x as 4 sub-pixel
+ *                                     phases, no upsampled intermediate;
+ *                                     where select.c conv_upsample_fusable
+ *                                     says it pays: not the VAE decoder's
+ *                                     wide ones)
  *   linear(layer_norm(x))          -> layer_norm+linear (every reader of the
  *                                     norm a linear layer: each normalises
  *                                     the rows of x as its GEMM packs them)
@@ -123,10 +130,26 @@ static void try_lnorm(Graph *g, Node *ln) {
     ln->n_uses = 0;
 }
 
+/* conv(upsample_nearest(x, 2)): the conv reads x itself (a prologue, as
+ * layer_norm+linear's). */
+static void try_upsample(Graph *g, Node *conv) {
+    Node *up = conv->src[0];
+    if (up->op != OPK_UPSAMPLE || up->n_uses != 1 || graph_is_output(g, up) || conv->pro_upsample ||
+        !conv_upsample_fusable(conv, up))
+        return;
+    conv->src[0] = up->src[0];
+    conv->pro_upsample = up->factor;
+    note_fused(conv, up);
+    conv->fused_flops += node_flops(up);
+    up->src[0]->n_uses++;
+    up->n_uses = 0;
+}
+
 void pass_fuse(Graph *g) {
     for (int i = 0; i < g->n_nodes; i++) {
         Node *n = g->nodes[i];
         Node *x = n->nsrc ? n->src[0] : NULL;
+        if (n->op == OPK_CONV2D) try_upsample(g, n);
         if (n->op == OPK_SILU && x->op == OPK_GROUP_NORM && x->n_uses == 1 && x->act == ACT_NONE && !graph_is_output(g, x)) {
             x->act = ACT_SILU;
             replace_uses(g, n, x);

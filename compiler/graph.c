@@ -555,7 +555,8 @@ double node_op_flops(const Node *n) {
 /* ---- graph-level queries and edits shared by the passes ------------------ */
 
 const char *node_kernel_name(const Node *n, char *buf, size_t size) {
-    snprintf(buf, size, "%s%s%s%s%s%s", n->pro_lnorm ? "layer_norm+" : "", op_names[n->op],
+    snprintf(buf, size, "%s%s%s%s%s%s%s", n->pro_lnorm ? "layer_norm+" : "", n->pro_upsample ? "upsample_nearest+" : "",
+             op_names[n->op],
              n->act == ACT_SILU ? "+silu" : n->act == ACT_GEGLU ? "+geglu" : "", n->ep_rowadd ? "+rowadd" : "",
              n->ep_residual ? "+residual" : "", n->act == ACT_RELU ? "+relu" : "");
     return buf;

@@ -262,6 +262,9 @@ struct Node {
     int ep_residual;             /* CONV2D, LINEAR: 1 + index in src of a tensor added to the result; 0 = none */
     int pro_lnorm;               /* LINEAR: 1 + index in src of LayerNorm's weight (its bias follows): the input
                                     rows are layer-normalised (eps) while the GEMM packs them; 0 = none */
+    int pro_upsample;            /* CONV2D: 2 = its input is src[0] upsampled (nearest, x2), which the
+                                    kernel reads as the low-resolution src[0] (upsample_nearest+conv2d,
+                                    Winograd sub-pixel phases); 0 = none */
     int algo;                    /* CONV2D: LdmConvAlgo (runtime/kernels.h); -1 until the select pass */
     int needs_f32;               /* WEIGHT: some kernel reads it as plain float32 */
     int wlayout;                 /* WEIGHT: LdmWLayout the runtime binds it in: panels when every use is a
@@ -433,6 +436,10 @@ void pass_fuse(Graph *g);
 /* select.c: choose the kernel of every heavy node (convolution algorithm)
  * and the storage type and layout of every weight. */
 void pass_select_kernels(Graph *g);
+/* Whether conv (3x3, padding 1) of up = upsample_nearest(x, 2) can run as
+ * one upsample_nearest+conv2d kernel: the Winograd kernel's sub-pixel
+ * phases, which the select pass then chooses (fuse.c asks). */
+int conv_upsample_fusable(const Node *conv, const Node *up);
 /* Bytes of workspace the kernel chosen for n needs, the largest over every
  * run-time value of its extents (planned in the arena like any tensor). */
 int64_t kernel_scratch_bytes(const Node *n);

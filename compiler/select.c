@@ -36,6 +36,26 @@ static int use_winograd(const Node *n) {
     return LDMC_WINOGRAD && tiles >= 4 && x->shape[1] >= 16 && w->shape[0] >= 16;
 }
 
+/* conv3x3(upsample_nearest(x, 2)), padding 1, fused: the Winograd kernel
+ * runs it on the low-resolution x as 4 sub-pixel phases (4 O outputs, see
+ * kernel_sizes.h ldm_wg_core_shape), so the tiles and channel counts that
+ * matter are that convolution's. */
+int conv_upsample_fusable(const Node *n, const Node *up) {
+    const Node *x = up->src[0], *w = n->src[1];
+    if (!LDMC_WINOGRAD || n->op != OPK_CONV2D || up->op != OPK_UPSAMPLE || up->factor != 2 || n->src[0] != up) return 0;
+    if (w->shape[2] != 3 || w->shape[3] != 3 || n->stride[0] != 1 || n->stride[1] != 1) return 0;
+    for (int i = 0; i < 4; i++)
+        if (n->pad[i] != 1) return 0;
+    int64_t tiles = ((x->shape[2] + 3) / 4) * ((x->shape[3] + 3) / 4);
+    if (tiles < 4 || x->shape[1] < 16 || w->shape[0] < 16) return 0;
+    /* the phases' transformed weights (4 O x C, 4 times the plain kernel's)
+     * must fit the kernel's resident budget, transformed once per call:
+     * TAESD's 64 -> 64 (2.4 MB) do; the VAE decoder's 512 -> 512 (151 MB)
+     * and 256 -> 256 (38 MB) would be transformed again for every tile
+     * block, and measured 1.3-1.6x slower than upsample + conv */
+    return 36.0 * 4 * (double)w->shape[0] * (double)x->shape[1] * sizeof(float) <= (double)WG_RES_BYTES;
+}
+
 /* ---- the shapes and scratch of the chosen kernels --------------------------- */
 
 /* Dim d of n when the extents have the values val (NULL: the maxima), as an int. */
@@ -47,7 +67,7 @@ LdmConvShape node_conv_shape(const Node *n, const int64_t *val) {
                       .O = (int)w->shape[0], .KH = (int)w->shape[2], .KW = (int)w->shape[3],
                       .stride_h = n->stride[0], .stride_w = n->stride[1], .pad_t = n->pad[0], .pad_b = n->pad[1],
                       .pad_l = n->pad[2], .pad_r = n->pad[3], .HO = (int)n->shape[2], .WO = (int)n->shape[3],
-                      .y_gap = (long)n->out_gap};
+                      .y_gap = (long)n->out_gap, .up = n->pro_upsample};
     return s;
 }
 
@@ -136,7 +156,8 @@ void pass_select_kernels(Graph *g) {
             /* a handful of output channels (a network's last conv): no GEMM
              * has enough rows to pay for its packing */
             int direct = w->shape[0] <= 8 && n->stride[0] == 1 && n->stride[1] == 1;
-            n->algo = direct      ? LDM_CONV_DIRECT
+            n->algo = n->pro_upsample ? LDM_CONV_WINOGRAD /* the only kernel with the prologue */
+                      : direct    ? LDM_CONV_DIRECT
                       : pointwise ? LDM_CONV_POINTWISE
                       : use_winograd(n) ? LDM_CONV_WINOGRAD
                                         : LDM_CONV_IM2COL;

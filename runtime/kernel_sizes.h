@@ -84,6 +84,8 @@ typedef struct LdmConvShape {
     int HO, WO;              /* output */
     long y_gap;              /* floats between one sample's output and the next beyond O*HO*WO: the
                                 output is part of a channel concatenation; 0 = contiguous */
+    int up;                  /* 2: x is upsampled (nearest, x2) as it is read, the convolution's input
+                                being [N, C, 2H, 2W] (HO = 2H, WO = 2W; Winograd only); 0: none */
 } LdmConvShape;
 
 typedef enum LdmConvAlgo {
@@ -216,10 +218,32 @@ static inline void ldm_wg_plan(const LdmConvShape *s, LdmWgPlan *p) {
     p->mxs = ldm_wg_plane_stride((size_t)p->OB * (size_t)p->sub_units * 8);
 }
 
-/* Scratch of ldm_conv3x3_winograd: V, U and M of the plan. */
+/* The convolution the Winograd kernel runs for s. With an upsampling
+ * prologue (s->up == 2: conv3x3(upsample_nearest(x, 2)), padding 1) that
+ * is a 3x3 convolution of the low-resolution x itself with 4 O outputs:
+ * output 4o + 2dy + dx is phase (dy, dx) of output o, the outputs at
+ * (2i + dy, 2j + dx), whose 3x3 taps fall on the low-resolution rows
+ * i + (dy + ky - 1) / 2 (floor) and columns likewise: each phase's kernel
+ * sums the taps that land on the same source pixel (2x2 non-zero taps, the
+ * "sub-pixel" convolution), so no upsampled input is made and the input
+ * transform covers a quarter of the pixels. */
+static inline LdmConvShape ldm_wg_core_shape(const LdmConvShape *s) {
+    LdmConvShape c = *s;
+    if (s->up == 2) {
+        c.O = 4 * s->O;
+        c.HO = s->H;
+        c.WO = s->W;
+        c.y_gap = 0;
+        c.up = 0;
+    }
+    return c;
+}
+
+/* Scratch of ldm_conv3x3_winograd: V, U and M of the plan (of the core shape). */
 static inline size_t ldm_winograd_scratch_bytes(const LdmConvShape *s) {
     LdmWgPlan p;
-    ldm_wg_plan(s, &p);
+    LdmConvShape c = ldm_wg_core_shape(s);
+    ldm_wg_plan(&c, &p);
     return 36 * (p.vxs + p.uxs + p.mxs) * sizeof(float);
 }
 

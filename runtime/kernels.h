@@ -112,7 +112,9 @@ void ldm_conv2d(const LdmConvShape *s, int algo, const float *x, LdmW w, const L
                 float *scratch);
 
 /* Winograd F(4x4, 3x3) (kernels_winograd.c): 3x3, stride 1, padding 1;
- * scratch ldm_winograd_scratch_bytes (kernel_sizes.h). */
+ * with s->up == 2 of x upsampled (nearest, x2) as it is read (sub-pixel
+ * phases: ldm_wg_core_shape); scratch ldm_winograd_scratch_bytes
+ * (kernel_sizes.h). */
 void ldm_conv3x3_winograd(const LdmConvShape *s, const float *x, LdmW w, const LdmEpilogue *ep, float *y,
                           float *scratch);
 

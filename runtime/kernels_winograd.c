@@ -122,7 +122,10 @@ static inline void g3(__m256 g0, __m256 g1, __m256 g2, __m256 *o) {
  * ------------------------------------------------------------------------ */
 
 typedef struct WgCtx {
-    const LdmConvShape *s;
+    const LdmConvShape *s;     /* the convolution run: with an upsampling prologue the core
+                                  (low-resolution, 4 O outputs: ldm_wg_core_shape) */
+    const LdmConvShape *sy;    /* the caller's shape: y, bias, row add and residual */
+    int up;                    /* 1: upsampling prologue (sub-pixel phases, see output_unit_up) */
     const LdmWgPlan *p;
     const float *x;            /* [N, C, H, W] */
     LdmW w;                    /* [O, C, 3, 3] */
@@ -310,6 +313,32 @@ static void weight_group(const float *base, int ostride, int no, int nc, float *
     }
 }
 
+/* U of the 4 phases (rows 4 so .. 4 so + 3 of the core convolution) of
+ * output so of an upsampling convolution, channels [k0, k0 + kn): the 3x3
+ * kernel g of each phase (dy, dx) has the sum of the taps g[ky][kx] that
+ * read the same low-resolution pixel at offset ((dy + ky + 1) / 2 - 1,
+ * (dx + kx + 1) / 2 - 1), i.e. row 0 of phase dy = 0 is g's row 0, its
+ * row 1 rows 1 + 2, its row 2 zero (dy = 1: zero, rows 0 + 1, row 2). */
+static void weights_up(const WgCtx *cx, int so, int k0, int kn, float *dst, size_t xs) {
+    const int C = cx->s->C;
+    float raw[WG_WCHUNK * 9], wb[4 * WG_WCHUNK * 9];
+    for (int c = 0; c < kn; c += WG_WCHUNK) {
+        int nc = kn - c < WG_WCHUNK ? kn - c : WG_WCHUNK;
+        ldm_w_widen(cx->w, ((size_t)so * C + k0 + c) * 9, (size_t)nc * 9, raw);
+        for (int ph = 0; ph < 4; ph++) {
+            const int dy = ph >> 1, dx = ph & 1;
+            for (int cc = 0; cc < nc; cc++) {
+                float *k = wb + ((size_t)ph * WG_WCHUNK + cc) * 9;
+                const float *g = raw + (size_t)cc * 9;
+                for (int t = 0; t < 9; t++) k[t] = 0.0f;
+                for (int ky = 0; ky < 3; ky++)
+                    for (int kx = 0; kx < 3; kx++) k[3 * ((dy + ky + 1) >> 1) + ((dx + kx + 1) >> 1)] += g[3 * ky + kx];
+            }
+        }
+        weight_group(wb, WG_WCHUNK * 9, 4, nc, dst + (size_t)c * 4, xs);
+    }
+}
+
 /* P2: U for the 4-output groups [g0, g1) of the output block at o0 and
  * input channels [k0, k0 + kn) (U rows hold kw channels). */
 static void phase_weights(const WgCtx *cx, int o0, int g0, int g1, int k0, int kn) {
@@ -322,6 +351,10 @@ static void phase_weights(const WgCtx *cx, int o0, int g0, int g1, int k0, int k
         if (no <= 0) {
             /* padding rows past O: zeros */
             for (int xi = 0; xi < 36; xi++) memset(dst + xi * xs, 0, (size_t)kn * 4 * sizeof(float));
+            continue;
+        }
+        if (cx->up) {
+            weights_up(cx, o / 4, k0, kn, dst, xs);
             continue;
         }
         if (cx->w.type == LDM_W_F32) {
@@ -462,10 +495,107 @@ static void output_unit(const WgCtx *cx, int o, long t0, int nt, const float *m,
     }
 }
 
+/* Y[q][r] (vectors over 8 tiles): the 4x4 outputs of the tiles, from M
+ * at m + xi*xs. */
+static inline void output_tf(const float *m, size_t xs, __m256 Y[4][4]) {
+    __m256 Z[4][6];
+#pragma GCC unroll 6
+    for (int l = 0; l < 6; l++) {
+        __m256 col[6], r[4];
+#pragma GCC unroll 6
+        for (int k = 0; k < 6; k++) col[k] = _mm256_loadu_ps(m + (size_t)(6 * k + l) * xs);
+        at6(col, r);
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++) Z[q][l] = r[q];
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++) at6(Z[q], Y[q]);
+}
+
+/* y of an upsampling convolution for output channel o of the 8
+ * low-resolution tiles t0 .. t0+nt-1: M rows m + ph*ldm (ph = 2 dy + dx)
+ * are its 4 phases, low-resolution pixel (a, b) of phase (dy, dx) being
+ * output pixel (2a + dy, 2b + dx). A tile row gives 8 output rows of 64
+ * columns: the phases dx = 0 and 1 interleaved. */
+static void output_unit_up(const WgCtx *cx, int o, long t0, int nt, const float *m, size_t xs, size_t ldm) {
+    const LdmConvShape *s = cx->s, *sy = cx->sy;
+    const LdmWgPlan *p = cx->p;
+    const int H = s->H, W = s->W, WO = sy->WO, O = sy->O;
+    const long per_img = (long)p->TH * p->TW;
+    __m256 Y[4][4][4];
+    for (int ph = 0; ph < 4; ph++) output_tf(m + (size_t)ph * ldm, xs, Y[ph]);
+    const float bo = cx->bias ? cx->bias[o] : 0.0f;
+    long n = t0 / per_img, rem = t0 % per_img;
+    int i = (int)(rem / p->TW), j0 = (int)(rem % p->TW);
+    if (nt == 8 && j0 + 8 <= p->TW) {
+        const __m256 cst = _mm256_set1_ps(bo + (cx->rowadd ? cx->rowadd[(size_t)n * O + o] : 0.0f));
+        const size_t plane = ((size_t)n * O + o) * (size_t)sy->HO * WO;
+        const int col0 = 4 * j0, ncol = W - col0 < 32 ? W - col0 : 32; /* low-resolution columns */
+        for (int q = 0; q < 4 && 4 * i + q < H; q++)
+            for (int dy = 0; dy < 2; dy++) {
+                const size_t off = plane + (size_t)(2 * (4 * i + q) + dy) * WO + 2 * col0;
+                __m256 a[4], b[4], v[8];
+                interleave4(Y[2 * dy][q], a);
+                interleave4(Y[2 * dy + 1][q], b);
+                for (int e = 0; e < 4; e++) {
+                    __m256 lo = _mm256_unpacklo_ps(a[e], b[e]), hi = _mm256_unpackhi_ps(a[e], b[e]);
+                    v[2 * e] = _mm256_permute2f128_ps(lo, hi, 0x20);
+                    v[2 * e + 1] = _mm256_permute2f128_ps(lo, hi, 0x31);
+                }
+                float *yo = cx->y + off + (size_t)n * sy->y_gap;
+                if (ncol == 32) {
+                    const int nts = cx->nt_store && !((uintptr_t)yo & 31);
+                    for (int e = 0; e < 8; e++) {
+                        __m256 z = _mm256_add_ps(v[e], cst);
+                        if (cx->residual) z = _mm256_add_ps(z, _mm256_loadu_ps(cx->residual + off + 8 * e));
+                        if (cx->relu) z = _mm256_max_ps(z, _mm256_setzero_ps());
+                        if (nts) _mm256_stream_ps(yo + 8 * e, z);
+                        else _mm256_storeu_ps(yo + 8 * e, z);
+                    }
+                } else {
+                    float t[64];
+                    for (int e = 0; e < 8; e++) _mm256_storeu_ps(t + 8 * e, _mm256_add_ps(v[e], cst));
+                    for (int e = 0; e < 2 * ncol; e++) {
+                        float z = t[e] + (cx->residual ? cx->residual[off + e] : 0.0f);
+                        yo[e] = cx->relu && !(z > 0.0f) ? 0.0f : z;
+                    }
+                }
+            }
+        return;
+    }
+    /* tiles across rows or images: one by one */
+    float yt[4][16][8];
+    for (int ph = 0; ph < 4; ph++)
+        for (int q = 0; q < 4; q++)
+            for (int r = 0; r < 4; r++) _mm256_storeu_ps(yt[ph][4 * q + r], Y[ph][q][r]);
+    for (int e = 0; e < nt; e++) {
+        long t = t0 + e, tn = t / per_img, tr = t % per_img;
+        int ti = (int)(tr / p->TW), tj = (int)(tr % p->TW);
+        float cst = bo + (cx->rowadd ? cx->rowadd[(size_t)tn * O + o] : 0.0f);
+        size_t plane = ((size_t)tn * O + o) * (size_t)sy->HO * WO;
+        for (int q = 0; q < 4 && 4 * ti + q < H; q++)
+            for (int r = 0; r < 4 && 4 * tj + r < W; r++)
+                for (int ph = 0; ph < 4; ph++) {
+                    size_t off = plane + (size_t)(2 * (4 * ti + q) + (ph >> 1)) * WO + 2 * (4 * tj + r) + (ph & 1);
+                    float z = yt[ph][4 * q + r][e] + cst + (cx->residual ? cx->residual[off] : 0.0f);
+                    cx->y[off + (size_t)tn * sy->y_gap] = cx->relu && !(z > 0.0f) ? 0.0f : z;
+                }
+    }
+}
+
 /* P4: y for output channels o0 + [r0, r1) and the units [u0, u1) of the
  * tile block at tile bt0 (nb tiles). */
 static void phase_output(const WgCtx *cx, const WgBuf *bf, long bt0, long nb, int u0, int u1, int o0, int r0,
                          int r1) {
+    if (cx->up) { /* rows in groups of 4: the phases of one output (o0, r0 and r1 are multiples of 4) */
+        for (int r = r0; r < r1; r += 4)
+            for (int u = u0; u < u1; u++) {
+                int nt = nb - 8l * u < 8 ? (int)(nb - 8l * u) : 8;
+                const float *m = bf->M + (size_t)(r - bf->mrow0) * bf->ldm + (size_t)(u - u0) * 8;
+                output_unit_up(cx, (o0 + r) / 4, bt0 + 8l * u, nt, m, bf->mxs, (size_t)bf->ldm);
+            }
+        return;
+    }
     for (int r = r0; r < r1; r++)
         for (int u = u0; u < u1; u++) {
             int nt = nb - 8l * u < 8 ? (int)(nb - 8l * u) : 8;
@@ -624,18 +754,20 @@ static void run_shared(const WgCtx *cx, int nth, int th) {
         }
 }
 
-void ldm_conv3x3_winograd(const LdmConvShape *s, const float *x, LdmW w, const LdmEpilogue *ep, float *y,
+void ldm_conv3x3_winograd(const LdmConvShape *sy, const float *x, LdmW w, const LdmEpilogue *ep, float *y,
                           float *scratch) {
-    if (s->KH != 3 || s->KW != 3 || s->stride_h != 1 || s->stride_w != 1 || s->pad_t != 1 || s->pad_b != 1 ||
-        s->pad_l != 1 || s->pad_r != 1 || s->HO != s->H || s->WO != s->W) {
-        ldm_fail("winograd: needs a 3x3 kernel, stride 1 and padding 1");
+    const int f = sy->up ? sy->up : 1;
+    if (sy->KH != 3 || sy->KW != 3 || sy->stride_h != 1 || sy->stride_w != 1 || sy->pad_t != 1 || sy->pad_b != 1 ||
+        sy->pad_l != 1 || sy->pad_r != 1 || (f != 1 && f != 2) || sy->HO != f * sy->H || sy->WO != f * sy->W) {
+        ldm_fail("winograd: needs a 3x3 kernel, stride 1 and padding 1 (on x or on x upsampled by 2)");
         return;
     }
-    if (s->N <= 0 || s->O <= 0 || s->H <= 0 || s->W <= 0) return;
+    if (sy->N <= 0 || sy->O <= 0 || sy->H <= 0 || sy->W <= 0) return;
+    const LdmConvShape core = ldm_wg_core_shape(sy), *s = &core;
     LdmWgPlan p;
     ldm_wg_plan(s, &p);
-    size_t ybytes = (size_t)s->N * s->O * s->H * s->W * sizeof(float);
-    WgCtx cx = {s,    &p, x, w, ep ? ep->bias : NULL, ep ? ep->rowadd : NULL, ep ? ep->residual : NULL, y,
+    size_t ybytes = (size_t)sy->N * sy->O * sy->HO * sy->WO * sizeof(float);
+    WgCtx cx = {s,  sy, f == 2, &p, x, w, ep ? ep->bias : NULL, ep ? ep->rowadd : NULL, ep ? ep->residual : NULL, y,
                 ybytes > WG_NT_BYTES, scratch, scratch + 36 * p.vxs, scratch + 36 * (p.vxs + p.uxs), ep && ep->relu};
     int C = s->C;
 #pragma omp parallel

@@ -1732,6 +1732,14 @@ static void make_fused(Family *F) {
     add_f32(F, T_WEIGHT, "lk.weight", -0.5, 0.5, SHAPE(5, 6));
     add_f32(F, T_WEIGHT, "lk.bias", -0.5, 0.5, SHAPE(5));
     add_f32(F, T_WEIGHT, "lr2.weight", -0.5, 0.5, SHAPE(5, 6));
+    const Tens *xu = add_f32(F, T_INPUT, "xu", -1, 1, SHAPE(2, 16, 5, 36));
+    add_f32(F, T_INPUT, "xu2", -1, 1, SHAPE(1, 16, 9, 7));
+    Tens *xu3 = new_tens(F, T_INPUT, "xu3", 0, SHAPE(2, 16, 5, 36)); /* xu's values */
+    memcpy(xu3->f, xu->f, (size_t)xu->n * sizeof *xu->f);
+    add_f32(F, T_INPUT, "ru", -1, 1, SHAPE(1, 17, 18, 14));
+    add_f32(F, T_WEIGHT, "cu.weight", -0.3, 0.3, SHAPE(17, 16, 3, 3));
+    add_f32(F, T_WEIGHT, "cu.bias", -0.5, 0.5, SHAPE(17));
+    add_f32(F, T_WEIGHT, "cur.weight", -0.3, 0.3, SHAPE(17, 16, 3, 3));
 }
 
 static Family fused = {.name = "fused", .make = make_fused, .n_var = 2, .wdtype = {ST_F32, ST_F16}};
@@ -1975,6 +1983,35 @@ START_TEST(test_fused_conv_relu_then_add) {
     add_epilogue(&r, NULL, tens(&R, "r"));
     expect_close(&R, "conv_relu_res", &r);
     ref_free(&r);
+}
+END_TEST
+
+/* conv(upsample_nearest(x, 2)) (+ residual, relu): the fused kernel (the
+ * Winograd sub-pixel phases on x), and the unfused upsample + conv of the
+ * same values, both against the reference convolution of the upsampled x
+ * (its values are x's, exactly) */
+static void check_up_conv(int v, const char *out, const char *x, const char *w, int has_bias, const char *res, int relu) {
+    Run R = ready(&fused, v);
+    char wn[64], bn[64];
+    snprintf(wn, sizeof wn, "%s.weight", w);
+    snprintf(bn, sizeof bn, "%s.bias", w);
+    Ref u, r;
+    Tens ut = {0};
+    ref_upsample(tens(&R, x), 2, &u);
+    tens_of_ref(&u, &ut);
+    ref_conv2d(&ut, tens(&R, wn), has_bias ? tens(&R, bn) : NULL, 1, 1, 1, 1, 1, &r);
+    add_epilogue(&r, NULL, res ? tens(&R, res) : NULL);
+    if (relu) relu_ref(&r);
+    expect_close(&R, out, &r);
+    tens_free(&ut);
+    ref_free(&u);
+    ref_free(&r);
+}
+
+START_TEST(test_fused_upsample_conv) {
+    check_up_conv(_i, "up_conv", "xu", "cu", 1, NULL, 0);
+    check_up_conv(_i, "up_conv_res_relu", "xu2", "cur", 0, "ru", 1);
+    check_up_conv(_i, "up_conv_unfused", "xu3", "cu", 1, NULL, 0);
 }
 END_TEST
 
@@ -2262,6 +2299,7 @@ Suite *suite_ops(void) {
     ADD(tc, fused, test_fused_conv_relu);
     ADD(tc, fused, test_fused_conv_relu_exact);
     ADD(tc, fused, test_fused_conv_relu_then_add);
+    ADD(tc, fused, test_fused_upsample_conv);
     ADD(tc, fused, test_fused_linear_residual);
     ADD(tc, fused, test_fused_linear_bias_residual);
     ADD(tc, fused, test_fused_layer_norm_linear);

@@ -126,7 +126,7 @@ typedef struct Case {
 } Case;
 
 static LdmConvShape shape_of(Case k) {
-    return (LdmConvShape){k.N, k.C, k.H, k.W, k.O, 3, 3, 1, 1, 1, 1, 1, 1, k.H, k.W, 0};
+    return (LdmConvShape){k.N, k.C, k.H, k.W, k.O, 3, 3, 1, 1, 1, 1, 1, 1, k.H, k.W, 0, 0};
 }
 
 /* Runs one convolution and returns max |got - ref| / S (S: see the top).
@@ -245,6 +245,75 @@ START_TEST(test_out_blocks) {
 }
 END_TEST
 
+/* An upsampling prologue (s.up = 2: conv3x3(upsample_nearest(x, 2)), the
+ * kernel's 4 sub-pixel phases on the low-resolution x) against the
+ * reference convolution of the upsampled x made here, and against the
+ * plain Winograd kernel run on that upsampled x (the unfused graph). Both
+ * within TOL of the scale S of the upsampled convolution's terms: the
+ * phases' 2x2 kernels add up to 4 taps before multiplying (a reordered
+ * sum, a relative rounding of a few units of 2^-24 per tap) and their
+ * Winograd transform has the same terms' bound as the plain one.
+ * Shapes: edge tiles and odd sizes, tiles across rows and images, whole
+ * tile rows of 32 low-resolution columns (the interleaving fast path) and
+ * a ragged one, several output blocks; every epilogue; f32 and f16 weights;
+ * a part of a concatenation (y_gap). */
+START_TEST(test_upsample) {
+    static const Case cases[] = {
+        {2, 5, 7, 5, 6}, {2, 16, 4, 32, 17}, {1, 7, 5, 40, 9}, {2, 9, 1, 1, 4}, {1, 64, 20, 36, 64}, {1, 40, 9, 70, 300},
+    };
+    Case k = cases[_i];
+    for (int epi = 0; epi < 16; epi++) {
+        int wtype = epi & 1 ? LDM_W_F16 : LDM_W_F32;
+        long gap = epi == 5 ? 7 : 0;
+        rng_state = 7000 + 100 * _i + epi;
+        int H2 = 2 * k.H, W2 = 2 * k.W;
+        LdmConvShape su = {k.N, k.C, k.H, k.W, k.O, 3, 3, 1, 1, 1, 1, 1, 1, H2, W2, gap, 2};
+        LdmConvShape sp = {k.N, k.C, H2, W2, k.O, 3, 3, 1, 1, 1, 1, 1, 1, H2, W2, 0, 0};
+        size_t nx = (size_t)k.N * k.C * k.H * k.W, nxu = 4 * nx, ny = (size_t)k.N * k.O * H2 * W2,
+               nyg = ny + (size_t)k.N * gap, nw = (size_t)k.O * k.C * 9;
+        float *x = rand_buf(nx, 1.0), *w = rand_buf(nw, 1.0 / sqrt(9.0 * k.C));
+        float *bias = epi & EP_BIAS ? rand_buf((size_t)k.O, 1.0) : NULL;
+        float *rowadd = epi & EP_ROWADD ? rand_buf((size_t)k.N * k.O, 1.0) : NULL;
+        float *res = epi & EP_RES ? rand_buf(ny, 1.0) : NULL;
+        float *wf = ldm_aligned_alloc(nw * sizeof *wf);
+        void *wstore = store_weights(w, nw, wtype, wf);
+        float *xu = ldm_aligned_alloc(nxu * sizeof *xu);
+        for (size_t c = 0; c < (size_t)k.N * k.C; c++)
+            for (int i = 0; i < H2; i++)
+                for (int j = 0; j < W2; j++)
+                    xu[(c * H2 + i) * W2 + j] = x[(c * k.H + i / 2) * k.W + j / 2];
+        float *y = ldm_aligned_alloc(nyg * sizeof *y), *yp = ldm_aligned_alloc(ny * sizeof *yp);
+        for (size_t i = 0; i < nyg; i++) y[i] = NAN;
+        size_t sb = ldm_conv_scratch_bytes(&su, LDM_CONV_WINOGRAD), sbp = ldm_winograd_scratch_bytes(&sp);
+        float *scratch = ldm_aligned_alloc((sb > sbp ? sb : sbp) + 64);
+        LdmEpilogue ep = {bias, rowadd, res, !!(epi & EP_RELU)};
+        LdmW lw = {wstore, wtype, LDM_WL_ROWS};
+        ldm_conv2d(&su, LDM_CONV_WINOGRAD, x, lw, &ep, y, scratch);
+        ldm_conv3x3_winograd(&sp, xu, lw, &ep, yp, scratch);
+        double *ref = malloc(ny * sizeof *ref);
+        double smax = ref_conv(&sp, xu, wf, bias, rowadd, res, ref);
+        if (epi & EP_RELU)
+            for (size_t i = 0; i < ny; i++) ref[i] = ref[i] > 0 ? ref[i] : 0;
+        double maxe = 0, maxp = 0;
+        size_t per = (size_t)k.O * H2 * W2;
+        for (size_t i = 0; i < ny; i++) {
+            const float got = y[i + i / per * (size_t)gap];
+            double e = fabs((double)got - ref[i]), ep2 = fabs((double)got - (double)yp[i]);
+            if (!(e <= maxe)) maxe = e; /* NaN sticks */
+            if (!(ep2 <= maxp)) maxp = ep2;
+        }
+        for (int n = 0; n < k.N; n++) /* the gaps stay untouched */
+            for (long g = 0; g < gap; g++) ck_assert(isnan(y[(size_t)(n + 1) * per + (size_t)n * gap + (size_t)g]));
+        ck_assert_msg(maxe / smax <= TOL && maxp / smax <= TOL,
+                      "upsample N%d C%d %dx%d O%d weights %d epilogue %d: max err %.3g (reference), %.3g (unfused) of "
+                      "scale",
+                      k.N, k.C, k.H, k.W, k.O, wtype, epi, maxe / smax, maxp / smax);
+        free(x), free(w), free(bias), free(rowadd), free(res), free(wf), free(wstore), free(xu), free(y), free(yp);
+        free(scratch), free(ref);
+    }
+}
+END_TEST
+
 /* A convolution writing its part of a channel concatenation (y_gap): every
  * algorithm puts sample n at y + n * (O*H*W + gap), the same values as
  * when it writes a tensor of its own, and leaves the gaps (the other
@@ -262,7 +331,7 @@ START_TEST(test_concat_part) {
     };
     const Case k = cases[_i].k;
     const int kk = cases[_i].k1, algo = cases[_i].algo, pad = kk / 2;
-    LdmConvShape s = {k.N, k.C, k.H, k.W, k.O, kk, kk, 1, 1, pad, pad, pad, pad, k.H, k.W, 0};
+    LdmConvShape s = {k.N, k.C, k.H, k.W, k.O, kk, kk, 1, 1, pad, pad, pad, pad, k.H, k.W, 0, 0};
     rng_state = 99 + _i;
     size_t nx = (size_t)k.N * k.C * k.H * k.W, P = (size_t)k.H * k.W, ny = (size_t)k.N * k.O * P;
     size_t nw = (size_t)k.O * k.C * kk * kk;
@@ -409,6 +478,7 @@ Suite *suite_winograd(void) {
     tcase_set_timeout(tc, 120);
     int nsmall = (int)(sizeof small / sizeof *small);
     tcase_add_loop_test(tc, test_concat_part, 0, 5);
+    tcase_add_loop_test(tc, test_upsample, 0, 6);
     tcase_add_loop_test(tc, test_direct, 0, 8);
     tcase_add_loop_test(tc, test_small_shapes_f32, 0, nsmall);
     tcase_add_loop_test(tc, test_small_shapes_half, 0, nsmall);

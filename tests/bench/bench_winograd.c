@@ -102,6 +102,8 @@ int main(int argc, char **argv) {
         /* the UNet's low-resolution levels (im2col by default: few tiles) */
         {2, 1280, 8, 8, 1280},  {2, 2560, 8, 8, 1280},  {2, 1280, 4, 4, 1280},  {2, 2560, 4, 4, 1280},
         {1, 1280, 8, 8, 1280},  {4, 1280, 8, 8, 1280},
+        /* TAESD's decoder (64 features) at 512x512: its levels 512, 256, 128 */
+        {1, 64, 512, 512, 64},  {1, 64, 256, 256, 64},  {1, 64, 128, 128, 64},
     };
     int bt = getenv("BENCH_BLAS_THREADS") ? atoi(getenv("BENCH_BLAS_THREADS")) : 2;
     Sgemm sg;
