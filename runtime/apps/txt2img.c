@@ -771,7 +771,8 @@ typedef struct App {
     LdmNets taesd_dec;        /* --taesd: TAESD's decoder of every size (size k at k) */
     LdmNets taesd_enc;        /* --taesd-encoder: its encoder of every size */
     LdmNets taesd_prev;       /* --preview-taesd: the previews' decoder (else they use taesd_dec) */
-    char model_hash[11];      /* the infotext's "Model hash" ("" with --no-metadata) */
+    char model_sha256[65];    /* the checkpoint file's SHA-256 (--listen's sd-models, and the metadata's) */
+    char model_hash[11];      /* its first 10 digits: the infotext's "Model hash" ("" with --no-metadata) */
     char *model_name;         /* ... and "Model": the checkpoint's file stem */
     struct Serve *serve;      /* --listen: the request being made (server glue), else NULL */
 } App;
@@ -1947,11 +1948,8 @@ static int serve(App *a) {
     }
     const LdmModel *clip = net_model(a, NET_CLIP);
     int os = ldm_model_output(clip, "hidden_skip");
-    char sha[65] = "";
-    if (ldm_model_sha256(o->weights, sha) != 0) sha[0] = 0;
-    char hash10[11] = "";
-    memcpy(hash10, sha, sha[0] ? 10 : 0);
-    if (!a->model_name) a->model_name = ldm_path_stem(o->weights);
+    char hash10[11];
+    snprintf(hash10, sizeof hash10, "%.10s", a->model_sha256); /* hashed once, by run() */
     LdmServerBackend b = {
         .ctx = a,
         .generate = serve_generate,
@@ -1964,7 +1962,7 @@ static int serve(App *a) {
         .model_name = a->model_name,
         .model_file = o->weights,
         .model_hash = hash10,
-        .model_sha256 = sha,
+        .model_sha256 = a->model_sha256,
         .banner = CFG.banner,
     };
     const char *key = o->api_key ? o->api_key : getenv("LDM_API_KEY");
@@ -2023,13 +2021,15 @@ static int run(App *a) {
         return -1;
     }
     ldm_times_add(&a->times, "load weights", ldm_now() - t0);
-    if (!o->no_metadata) {
-        /* the webui's "Model hash" and "Model" (hashed once, then cached) */
+    if (!o->no_metadata || o->listen) {
+        /* the webui's "Model hash" and "Model", and the server's sd-models
+         * entry: the file hashed once (and cached across runs) */
         t0 = ldm_now();
-        if (ldm_model_hash(o->weights, a->model_hash) != 0) {
+        if (ldm_model_sha256(o->weights, a->model_sha256) != 0) {
             ldm_prompts_free(&list);
             return -1;
         }
+        if (!o->no_metadata) snprintf(a->model_hash, sizeof a->model_hash, "%.10s", a->model_sha256);
         a->model_name = ldm_path_stem(o->weights);
         ldm_times_add(&a->times, "hash weights", ldm_now() - t0);
     }
