@@ -243,17 +243,26 @@ START_TEST(test_sigterm_sampling) {
 }
 END_TEST
 
-START_TEST(test_sigterm_png_write) {
-    /* the handler the programs install, around an output half written */
-    const char *out = test_tmp("half.png");
-    write_text(out, "the previous file");
-    const char *log = test_tmp("half.log");
+/* fork(); in the child, stderr to log and the programs' signal handlers
+ * installed under the name "faulttest" (returns 0 there, as fork does). */
+static pid_t fork_with_handlers(const char *log) {
     pid_t pid = fork();
     if (pid == 0) {
         int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         dup2(fd, 2);
         ldm_set_progname("faulttest");
         ldm_install_signal_handlers();
+    }
+    return pid;
+}
+
+START_TEST(test_sigterm_png_write) {
+    /* the handler the programs install, around an output half written */
+    const char *out = test_tmp("half.png");
+    write_text(out, "the previous file");
+    const char *log = test_tmp("half.log");
+    pid_t pid = fork_with_handlers(log);
+    if (pid == 0) {
         LdmOutFile o;
         if (ldm_out_open(&o, out) != 0) _exit(3);
         fputs("\x89PNG half of it", o.fp);
@@ -285,12 +294,8 @@ START_TEST(test_sigbus_truncated) {
     fclose(f);
     free(data);
     const char *log = test_tmp("trunc.log");
-    pid_t pid = fork();
+    pid_t pid = fork_with_handlers(log);
     if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(fd, 2);
-        ldm_set_progname("faulttest");
-        ldm_install_signal_handlers();
         StFile sf;
         if (st_open(&sf, ck) != 0) _exit(3);
         if (truncate(ck, 0) != 0) _exit(4);
