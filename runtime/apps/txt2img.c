@@ -75,6 +75,12 @@ enum { NET_CLIP, NET_UNET, NET_DEC, NET_ENC, N_NETS };
  * LdmNets of their own (App.taesd_dec, App.taesd_enc: one checkpoint each,
  * the model of size k at index k), never in App.nets (the checkpoint's). */
 enum { NET_TAESD_DEC = N_NETS, NET_TAESD_ENC, N_NETS_TAESD };
+/* With ControlNet (make txt2img ... CONTROLNET=1) every size lists two more
+ * networks last: the UNet a ControlNet steers (unet.graph -D CONTROL=1; the
+ * checkpoint's UNet weights, so it is bound in App.nets, after the four, at
+ * NET_UNET_CONTROL) and the ControlNet (its own file, --control-net: bound in
+ * App.control, size k's at k). */
+enum { NET_UNET_CONTROL = N_NETS };
 
 /* The constants of the size in use (the default size until one is chosen). */
 static const LdmPipelineConfig *g_cfg;
@@ -148,6 +154,11 @@ typedef struct Options {
     long long max_body;        /* --max-body BYTES */
     const char *api_key;       /* --api-key KEY (or $LDM_API_KEY) */
     const char *cors_origin;   /* --cors-origin ORIGIN */
+    const char *control_net;   /* --control-net FILE: a ControlNet's weights (CONTROLNET=1 builds) */
+    const char *control_image; /* --control-image PNG: its hint, of the image's size */
+    double control_strength;   /* --control-strength S (default 1) */
+    int has_control_strength;
+    int guess_mode;            /* --guess-mode */
 } Options;
 
 static void usage(FILE *fp, const char *argv0) {
@@ -165,6 +176,7 @@ static void usage(FILE *fp, const char *argv0) {
             "          [--embeddings DIR] [--lora FILE[:MULT]]... [--lora-dir DIR] [--pad-cond-uncond]\n"
             "          [--save-cond F] [--taesd FILE] [--taesd-encoder FILE] [--preview-every N --preview PNG]\n"
             "          [--preview-taesd FILE] [--no-metadata] [-t N] [-b N] [-v] [--dry-run]\n"
+            "          [--control-net FILE --control-image PNG [--control-strength S] [--guess-mode]]\n"
             "       %s -m CKPT -p TEXT [-n TEXT] [-s SEED] [-W PIXELS] [-H PIXELS] [--sampling-method NAME]\n"
             "          [--scheduler NAME] [-i PNG [--mask PNG] [--strength S]] [-o OUT] [-t N] [-b N] [-v]\n"
             "          (stable-diffusion.cpp's spellings)\n"
@@ -261,6 +273,13 @@ static void usage(FILE *fp, const char *argv0) {
             "                      prediction of the final image to PNG (replaced atomically); the TAESD\n"
             "                      decoder of --taesd, or of --preview-taesd FILE to keep the VAE decoder\n"
             "                      for the final image\n"
+            "  --control-net FILE  steer the UNet with a ControlNet (executables built with CONTROLNET=1): an SD\n"
+            "                      v1 ControlNet 1.0/1.1 .safetensors (F32/F16/BF16, names with or without\n"
+            "                      `control_model.`), of the UNet's config; with --control-image PNG, the hint\n"
+            "                      (an edge map, pose, depth map, ...: RGB, the image's size)\n"
+            "  --control-strength S  scale of the ControlNet's residuals (default 1)\n"
+            "  --guess-mode        ControlNet guess mode: scales S * 0.825^(12 - i), no control on the\n"
+            "                      negative prompt's half\n"
             "  --no-metadata       leave out the PNG text chunk `parameters` (the generation parameters in the\n"
             "                      AUTOMATIC1111 webui's infotext format, which its PNG Info reads)\n"
             "  -t, --threads N     threads (default: OMP_NUM_THREADS, else the CPUs this process may use: its\n"
@@ -299,7 +318,7 @@ enum {
     OPT_SAVE_COND, OPT_TAESD, OPT_TAESD_ENCODER, OPT_PREVIEW, OPT_PREVIEW_EVERY, OPT_PREVIEW_TAESD, OPT_THREADS,
     OPT_BATCH_COUNT, OPT_QUIET, OPT_PAD_COND_UNCOND, OPT_NO_METADATA, OPT_VERBOSE, OPT_VERSION, OPT_HELP,
     OPT_DRY_RUN, OPT_LIST_OPTIONS, OPT_SKIP_EXISTING, OPT_LISTEN, OPT_QUEUE, OPT_MAX_BODY, OPT_API_KEY,
-    OPT_CORS_ORIGIN, OPT_VAE,
+    OPT_CORS_ORIGIN, OPT_VAE, OPT_CONTROL_NET, OPT_CONTROL_IMAGE, OPT_CONTROL_STRENGTH, OPT_GUESS_MODE,
 };
 #define V LDM_ARG_REQUIRED
 #define N LDM_ARG_NONE
@@ -345,6 +364,10 @@ static const LdmOption k_options[] = {
     {"preview", 0, V, OPT_PREVIEW},
     {"preview-every", 0, V, OPT_PREVIEW_EVERY},
     {"preview-taesd", 0, V, OPT_PREVIEW_TAESD},
+    {"control-net", 0, V, OPT_CONTROL_NET},
+    {"control-image", 0, V, OPT_CONTROL_IMAGE},
+    {"control-strength", 0, V, OPT_CONTROL_STRENGTH},
+    {"guess-mode", 0, N, OPT_GUESS_MODE},
     {"threads", 't', V, OPT_THREADS},
     {"batch-count", 'b', V, OPT_BATCH_COUNT},
     {"quiet", 'q', N, OPT_QUIET},
@@ -551,6 +574,12 @@ static int parse_option(void *ctx, const LdmOption *opt, const char *f, const ch
     case OPT_TAESD: o->taesd = v; break;
     case OPT_TAESD_ENCODER: o->taesd_encoder = v; break;
     case OPT_PREVIEW_TAESD: o->preview_taesd = v; break;
+    case OPT_CONTROL_NET: o->control_net = v; break;
+    case OPT_CONTROL_IMAGE: o->control_image = v; break;
+    case OPT_CONTROL_STRENGTH:
+        o->has_control_strength = 1;
+        return ldm_parse_double(f, v, -1e4, 1e4, &o->control_strength);
+    case OPT_GUESS_MODE: o->guess_mode = 1; break;
     case OPT_PREVIEW: o->preview = v; break;
     case OPT_PREVIEW_EVERY: return ldm_parse_int(f, v, 1, 100000, &o->preview_every);
     case OPT_THREADS:
@@ -579,6 +608,7 @@ static int parse_args(int argc, char **argv, Options *o) {
     o->negative = "";
     o->steps = 20;
     o->cfg_scale = 7.5;
+    o->control_strength = 1.0;
     o->sampler = LDM_SAMPLER_DDIM;
     o->schedule = LDM_SIGMAS_DISCRETE;
     o->rng = LDM_RNG_CPU;
@@ -651,6 +681,10 @@ static void print_options(FILE *fp, const Options *o) {
     S("preview", o->preview);
     I("preview-every", o->preview_every);
     S("preview-taesd", o->preview_taesd);
+    S("control-net", o->control_net);
+    S("control-image", o->control_image);
+    if (o->control_net) D("control-strength", o->control_strength);
+    I("guess-mode", o->guess_mode);
     if (o->threads) I("threads", o->threads);
     else S("threads", "(the default)");
     I("batch-count", o->batch_count);
@@ -706,6 +740,11 @@ static int check_options(const Options *o) {
     if (o->preview_taesd && !o->preview) return ldm_fail("--preview-taesd needs --preview FILE.png");
     if (o->taesd_encoder && !o->init_image)
         return ldm_fail("--taesd-encoder needs --init-image (it encodes that image)");
+    if (o->control_net && !o->control_image) return ldm_fail("--control-net needs --control-image PNG (the hint)");
+    if (!o->control_net && (o->control_image || o->has_control_strength || o->guess_mode))
+        return ldm_fail("%s needs --control-net FILE", o->control_image ? "--control-image"
+                                                       : o->guess_mode  ? "--guess-mode"
+                                                                        : "--control-strength");
     if (o->has_schedule && ldm_sampler_family(o->sampler) != 1)
         return ldm_fail("--schedule applies to the k-diffusion samplers (euler, euler_a, heun, dpm2, dpmpp_2s_a, "
                         "dpmpp_2m, dpmpp_sde, dpmpp_2m_sde); %s uses its own timesteps",
@@ -771,6 +810,8 @@ typedef struct App {
     LdmNets taesd_dec;        /* --taesd: TAESD's decoder of every size (size k at k) */
     LdmNets taesd_enc;        /* --taesd-encoder: its encoder of every size */
     LdmNets taesd_prev;       /* --preview-taesd: the previews' decoder (else they use taesd_dec) */
+    LdmNets control;          /* --control-net: the ControlNet of every size (size k at k) */
+    float *hint;              /* --control-image: (3, H, W) RGB in [0, 1] */
     char model_sha256[65];    /* the checkpoint file's SHA-256 (--listen's sd-models, and the metadata's) */
     char model_hash[11];      /* its first 10 digits: the infotext's "Model hash" ("" with --no-metadata) */
     char *model_name;         /* ... and "Model": the checkpoint's file stem */
@@ -782,9 +823,24 @@ static int serve_step(void *ctx, const LdmStepInfo *info);
 static int serve_interrupted(App *a, float *x);
 static int serve_encode(App *a, const float *img, const char *info, const char *prompt, uint64_t seed);
 
-/* Network `net` of the size in use, and its index in a->nets. */
+/* Was ControlNet compiled in (make txt2img ... CONTROLNET=1)? */
+static int has_control(void) {
+    const LdmPipelineSize *z = &ldm_pipeline_sizes[0];
+    return z->n_models >= 2 && !strcmp(z->models[z->n_models - 1]->name, "controlnet");
+}
+/* Networks per size in a->nets: the four, and the controlled UNet. */
+static int n_main_nets(void) { return N_NETS + has_control(); }
+/* Size k's controlled UNet and ControlNet in the size table. */
+static const LdmModel *control_unet_model(int k) {
+    return ldm_pipeline_sizes[k].models[ldm_pipeline_sizes[k].n_models - 2];
+}
+static const LdmModel *controlnet_model(int k) {
+    return ldm_pipeline_sizes[k].models[ldm_pipeline_sizes[k].n_models - 1];
+}
+
+/* Network `net` (< N_NETS_TAESD) of the size in use, and its index in a->nets (net < N_NETS, or NET_UNET_CONTROL). */
 static const LdmModel *net_model(const App *a, int net) { return ldm_pipeline_sizes[a->size].models[net]; }
-static int net_index(const App *a, int net) { return a->size * N_NETS + net; }
+static int net_index(const App *a, int net) { return a->size * n_main_nets() + net; }
 
 /* Make size k the one in use (CFG, latent shape, networks). */
 static void use_size(App *a, int k) {
@@ -796,7 +852,7 @@ static void use_size(App *a, int k) {
 }
 
 /* Was TAESD compiled in (make txt2img ... TAESD=1)? */
-static int has_taesd(void) { return ldm_pipeline_sizes[0].n_models == N_NETS_TAESD; }
+static int has_taesd(void) { return ldm_pipeline_sizes[0].n_models - 2 * has_control() == N_NETS_TAESD; }
 
 /* TAESD's networks of the size in use: decoder latent [1, C, h, w] ->
  * image [1, 3, H, W], encoder image01 -> latent. */
@@ -817,13 +873,16 @@ static int check_taesd_models(const App *a) {
 /* Check that the generated networks of the size in use fit together and
  * fit the constants. */
 static int check_size_models(const App *a) {
-    int n_nets = ldm_pipeline_sizes[a->size].n_models;
+    int n_nets = ldm_pipeline_sizes[a->size].n_models - 2 * has_control();
     if (n_nets != N_NETS && n_nets != N_NETS_TAESD)
-        return ldm_fail("internal: the size table lists %d networks for %dx%d, expected %d (or %d with TAESD)",
-                        n_nets, CFG.W, CFG.H, N_NETS, N_NETS_TAESD);
-    if (n_nets != ldm_pipeline_sizes[0].n_models)
+        return ldm_fail("internal: the size table lists %d networks for %dx%d, expected %d (or %d with TAESD, 2 more with "
+                        "ControlNet)", n_nets, CFG.W, CFG.H, N_NETS, N_NETS_TAESD);
+    if (ldm_pipeline_sizes[a->size].n_models != ldm_pipeline_sizes[0].n_models)
         return ldm_fail("internal: the sizes of the table list different networks");
     if (n_nets == N_NETS_TAESD && check_taesd_models(a) != 0) return -1;
+    if (has_control() && (ldm_model_input(control_unet_model(a->size), "control_scales") < 0 ||
+                          ldm_model_input(controlnet_model(a->size), "hint") < 0))
+        return ldm_fail("internal: the linked ControlNet networks do not have the expected inputs");
     const LdmModel *clip = net_model(a, NET_CLIP), *unet = net_model(a, NET_UNET), *dec = net_model(a, NET_DEC),
                    *enc = net_model(a, NET_ENC);
     int it = ldm_model_input(clip, "tokens"), oh = ldm_model_output(clip, "hidden");
@@ -1344,6 +1403,7 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
     float *noise = ldm_aligned_alloc((size_t)n * sizeof(float));
     float *img = ldm_aligned_alloc((size_t)3 * CFG.H * CFG.W * sizeof(float));
     LdmGuide g = {0};
+    LdmControl ctl = {0};
     LdmCond c = {0}, cp = {0}, up = {0};
     char *text = NULL, *loras = NULL, *embs = NULL;
     LoraWant *want = NULL;
@@ -1417,7 +1477,19 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
     g.len_c = (int64_t)cu->n_chunks * a->ctx_len;
     g.concat = a->concat;
     g.concat_channels = a->concat_ch;
+    if (a->o.control_net) {
+        /* the ControlNet steers the controlled UNet (the plain one: uncond
+         * half in guess mode) */
+        ctl.nets = &a->control;
+        ctl.net = a->size;
+        ctl.unet = net_index(a, NET_UNET_CONTROL);
+        ctl.hint = a->hint;
+        ctl.strength = a->o.control_strength;
+        ctl.guess = a->o.guess_mode;
+        g.control = &ctl;
+    }
     if (ldm_guide_init(&g) != 0) goto done;
+    if (g.control && ldm_control_init(&ctl, &g) != 0) goto done;
 
     LdmSampler p;
     sampler_setup(a, &p);
@@ -1493,6 +1565,7 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
 done:
     if (rc != 0 && cond_written) remove(cond_path); /* a failed image leaves no files */
     ldm_guide_free(&g);
+    ldm_control_free(&ctl);
     ldm_cond_free(&c);
     ldm_cond_free(&cp);
     ldm_cond_free(&up);
@@ -1531,6 +1604,50 @@ static int load_taesd(App *a) {
     return rc;
 }
 
+/* --control-net FILE: the ControlNet of every size, checked tensor by tensor
+ * against the UNet's config (a ControlNet of another UNet, e.g. SD 2's,
+ * fails naming the first tensor that does not fit), its weights at the
+ * file's precision; keys with or without `control_model.`. */
+static int load_control(App *a, const char *sizes) {
+    const Options *o = &a->o;
+    double t0 = ldm_now();
+    StFile f;
+    if (st_open(&f, o->control_net) != 0) return ldm_fail("--control-net: %s", ldm_last_error());
+    LdmKeyMapFn map = ldm_control_key_map(&f);
+    st_close(&f);
+    int n = ldm_pipeline_n_sizes;
+    const LdmModel **models = ldm_xcalloc((size_t)n, sizeof *models);
+    LdmKeyMapFn *maps = ldm_xcalloc((size_t)n, sizeof *maps);
+    for (int k = 0; k < n; k++) models[k] = controlnet_model(k), maps[k] = map;
+    char what[1200];
+    snprintf(what, sizeof what, "a ControlNet of the UNet of %s at %s", CFG.config_path, sizes);
+    int rc = ldm_nets_load_mapped(&a->control, o->control_net, models, maps, n, what);
+    free(models);
+    free(maps);
+    if (rc != 0) return ldm_fail("--control-net: %s", ldm_last_error());
+    ldm_times_add(&a->times, "load controlnet", ldm_now() - t0);
+    return 0;
+}
+
+/* --control-image PNG: the hint, RGB u8 / 255 (gradio scripts: HWC3, no
+ * resizing inside the model), of the image's size. */
+static int load_hint(App *a, const char *path) {
+    uint8_t *rgb;
+    int w, h;
+    if (ldm_png_read_rgb8(path, &rgb, &w, &h) != 0) return ldm_fail("--control-image: %s", ldm_last_error());
+    if (w != CFG.W || h != CFG.H) {
+        free(rgb);
+        return ldm_fail("--control-image %s: the hint is %dx%d, this run generates %dx%d (width x height): the hint "
+                        "must be the image's size", path, w, h, CFG.W, CFG.H);
+    }
+    free(a->hint);
+    a->hint = ldm_aligned_alloc((size_t)3 * w * h * sizeof(float));
+    for (int c = 0; c < 3; c++)
+        for (int64_t i = 0; i < (int64_t)w * h; i++) a->hint[c * (int64_t)w * h + i] = (float)rgb[i * 3 + c] / 255.0f;
+    free(rgb);
+    return 0;
+}
+
 /* Read the inputs named on the command line and check them against this
  * executable, before the (slow) weights are loaded. */
 static int load_inputs(App *a) {
@@ -1548,6 +1665,10 @@ static int load_inputs(App *a) {
         if (ldm_noise_load(o->init_noise, 4, shape, a->init_noise) != 0) return -1;
     }
     if (o->init_image && ldm_image_load(o->init_image, CFG.W, CFG.H, &a->image, NULL, NULL) != 0) return -1;
+    if (o->control_net && !has_control())
+        return ldm_fail("--control-net: this executable was built without ControlNet; build one with make txt2img "
+                        "CONFIG=%s ... CONTROLNET=1", CFG.config_path);
+    if (o->control_image && load_hint(a, o->control_image) != 0) return -1;
     if (o->mask && ldm_mask_load(o->mask, CFG.W, CFG.H, &a->mask_px, NULL, NULL) != 0) return -1;
     a->strength = o->has_strength ? o->strength : a->hybrid ? 1.0 : 0.75;
     if (!o->prompts && o->save_cond && ldm_check_output_path("--save-cond", o->save_cond) != 0) return -1;
@@ -1622,9 +1743,9 @@ static int line_options(const App *a, const LdmLineArgs *la, Options *o, int *si
         int W = la->has_W ? la->W : ldm_pipeline_sizes[a->run_size].config->W;
         int k = ldm_pipeline_find_size(ldm_pipeline_sizes, ldm_pipeline_n_sizes, H, W, "txt2img", "TXT2IMG_DEFS");
         if (k < 0) return -1;
-        if (k != a->run_size && (o->init_image || o->mask || o->init_noise))
-            return ldm_fail("%dx%d: --init-image, --mask and --init-noise are of the run's size, %dx%d: a line cannot "
-                            "choose another size with them", W, H, CFG.W, CFG.H);
+        if (k != a->run_size && (o->init_image || o->mask || o->init_noise || o->control_image))
+            return ldm_fail("%dx%d: --init-image, --mask, --init-noise and --control-image are of the run's size, %dx%d: "
+                            "a line cannot choose another size with them", W, H, CFG.W, CFG.H);
         *size = k;
     }
     if (la->negative) o->negative = la->negative;
@@ -2001,16 +2122,21 @@ static int run(App *a) {
     /* every size's networks, size k's at k * N_NETS: those of one network
      * share one weight set (ldm_nets_load_mapped), bound when it first runs */
     double t0 = ldm_now();
-    int n_models = ldm_pipeline_n_sizes * N_NETS;
+    const int per = n_main_nets();
+    int n_models = ldm_pipeline_n_sizes * per;
     const LdmModel **models = ldm_xcalloc((size_t)n_models, sizeof *models);
-    for (int k = 0; k < ldm_pipeline_n_sizes; k++)
-        for (int j = 0; j < N_NETS; j++) models[k * N_NETS + j] = ldm_pipeline_sizes[k].models[j];
+    for (int k = 0; k < ldm_pipeline_n_sizes; k++) {
+        for (int j = 0; j < N_NETS; j++) models[k * per + j] = ldm_pipeline_sizes[k].models[j];
+        /* the controlled UNet: the plain one's weights (one weight set for both) */
+        if (has_control()) models[k * per + NET_UNET_CONTROL] = control_unet_model(k);
+    }
     char what[1024], sizes[900];
     snprintf(what, sizeof what, "%s at %s", CFG.config_path,
              ldm_pipeline_size_list(ldm_pipeline_sizes, ldm_pipeline_n_sizes, sizes, sizeof sizes));
     int rc = ldm_nets_load_vae(&a->nets, o->weights, o->vae, models, n_models, what);
     free(models);
     if (rc == 0) rc = ldm_pipeline_scale_factor(&CFG, &a->nets.ckpt, &a->scale);
+    if (rc == 0 && o->control_net) rc = load_control(a, sizes);
     if (rc == 0) {
         /* what LoRA keys are matched against: every network's weights */
         a->weight_names = ldm_nets_weight_names(&a->nets, &a->n_weight_names);
@@ -2034,8 +2160,8 @@ static int run(App *a) {
         ldm_times_add(&a->times, "hash weights", ldm_now() - t0);
     }
     /* TAESD runs between UNet calls or instead of the VAE: one arena for all */
-    LdmNets *tn[3] = {&a->taesd_dec, &a->taesd_enc, &a->taesd_prev};
-    for (int k = 0; k < 3; k++)
+    LdmNets *tn[4] = {&a->taesd_dec, &a->taesd_enc, &a->taesd_prev, &a->control};
+    for (int k = 0; k < 4; k++)
         if (tn[k]->n) ldm_nets_share_arena(tn[k], &a->nets);
     if (ldm_pipeline_n_sizes > 1 && a->pmode != LDM_PROGRESS_QUIET) {
         fprintf(stderr, "%s: %d sizes: %d networks on %d weight sets (bound once, shared by the sizes)\n", a->argv0,
@@ -2190,6 +2316,8 @@ out:
     ldm_nets_free(&a.taesd_dec);
     ldm_nets_free(&a.taesd_enc);
     ldm_nets_free(&a.taesd_prev);
+    ldm_nets_free(&a.control);
+    free(a.hint);
     if (a.sched.alphas_cumprod) ldm_schedule_free(&a.sched);
     clip_tokenizer_free(a.tok);
     ldm_times_free(&a.times);
