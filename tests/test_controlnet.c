@@ -24,12 +24,14 @@
 #define _GNU_SOURCE
 #include <check.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "image.h"
 #include "safetensors.h"
 #include "testio.h"
 #include "testproc.h"
@@ -503,6 +505,252 @@ START_TEST(test_bad_weights) {
 }
 END_TEST
 
+
+/* ------------------------------------------------------------------------
+ * the executable: make txt2img ... CONTROLNET=1
+ * ------------------------------------------------------------------------ */
+
+static char g_exe[600], g_plain[600]; /* the CONTROLNET=1 sd1-tiny executable, the plain one */
+static char *g_exe_log, *g_plain_log;
+
+static void build_exe(void) {
+    build_all(); /* the other config's random ControlNet (bad input) */
+    if (!test_dir[0] || g_exe[0] || g_exe_log) return;
+    double t0 = ldm_now();
+    char build[320], config[600], logf[400];
+    snprintf(build, sizeof build, "BUILD=%s", test_build_dir());
+    snprintf(config, sizeof config, "CONFIG=%s", config_path());
+    snprintf(logf, sizeof logf, "%s/make-cn.log", test_dir);
+    char *argv[] = {"make", "-s", "-j2", build, "SAN=0", "txt2img", config, "H=128", "W=128", "CONTROLNET=1",
+                    "TXT2IMG_NAME=txt2img-test-sd1-tiny-cn", NULL};
+    int rc = test_wait_status(test_spawn(argv, logf));
+    snprintf(g_exe, sizeof g_exe, "%s/txt2img-test-sd1-tiny-cn", test_build_dir());
+    if (rc != 0 || access(g_exe, X_OK) != 0) {
+        size_t n;
+        g_exe[0] = 0;
+        g_exe_log = ldm_read_file(logf, &n);
+        if (!g_exe_log) g_exe_log = ldm_xasprintf("make exited with status %d", rc);
+    }
+    test_build_sd1_tiny_txt2img(0, g_plain, sizeof g_plain, &g_plain_log);
+    printf("controlnet: make txt2img CONTROLNET=1 (and the plain one) in %.1f s\n", ldm_now() - t0);
+    fflush(stdout);
+}
+
+static const char *exe(void) {
+    ck_assert_msg(g_exe[0], "make txt2img CONTROLNET=1 failed:\n%s", g_exe_log ? g_exe_log : "");
+    return g_exe;
+}
+
+/* Run argv (NULL-terminated, after the program); status, output in *out. */
+static int run_exe(const char *prog, char **out, ...) {
+    char *argv[64];
+    int k = 0;
+    argv[k++] = (char *)prog;
+    va_list ap;
+    va_start(ap, out);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) != NULL && k < 63) argv[k++] = (char *)a;
+    va_end(ap);
+    argv[k] = NULL;
+    return test_run(argv, out);
+}
+
+/* x_T of an io file as a --init-noise file */
+static const char *noise_file(const char *io, const char *tensor, const char *dst) {
+    StFile f;
+    ck_assert_msg(st_open(&f, io) == 0, "%s", ldm_last_error());
+    const StTensor *t = st_find(&f, tensor);
+    ck_assert_msg(t && t->dtype == ST_F32, "%s: no F32 %s", io, tensor);
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "noise", ST_F32, t->ndim, t->shape, t->data);
+    ck_assert_msg(st_writer_save(w, dst) == 0, "%s", ldm_last_error());
+    st_writer_free(w);
+    st_close(&f);
+    return dst;
+}
+
+static const char *hint_png(void) { return test_shared("goldens/sd1-controlnet/hint_edges.png"); }
+
+/* txt2img_ddim_controlnet (normal, _i = 0) and _guess (_i = 1): latent
+ * within the io file's tolerance, PNG within 1 level of the golden's. */
+START_TEST(test_txt2img_golden) {
+    const char *name = _i ? "txt2img_ddim_controlnet_guess" : "txt2img_ddim_controlnet";
+    char rel[200];
+    snprintf(rel, sizeof rel, "goldens/sd1-controlnet/%s.io.safetensors", name);
+    const char *io = test_shared(rel);
+    char *prompt = meta(io, "prompt"), *uncond = meta(io, "uncond_prompt"), *steps = meta(io, "steps");
+    char *scale = meta(io, "guidance_scale"), *strength = meta(io, "strength"), *hint = meta(io, "hint");
+    ck_assert_msg(strstr(hint, "hint_edges.png"), "%s: hint is %s", io, hint);
+    const char *noise = noise_file(io, "x_T", test_tmp("%s-noise.safetensors", name));
+    const char *lat = test_tmp("%s-latent.safetensors", name), *png = test_tmp("%s.png", name);
+    char *out;
+    int rc = run_exe(exe(), &out, "--weights", unet_weights(), "--prompt", prompt, "--negative-prompt", uncond,
+                     "--steps", steps, "--cfg-scale", scale, "--sampler", "ddim", "--init-noise", noise, "--control-net",
+                     cn_weights(), "--control-image", hint_png(), "--control-strength", strength,
+                     _i ? "--guess-mode" : "--quiet", "--save-latent", lat, "-o", png, NULL);
+    ck_assert_msg(rc == 0, "%s: status %d:\n%s", name, rc, out);
+    free(out);
+    compare(name, lat, "latent", io, "latent");
+    snprintf(rel, sizeof rel, "goldens/sd1-controlnet/%s.png", name);
+    int pd = png_max_diff(png, test_shared(rel));
+    printf("controlnet: %s PNG max diff %d (at most 1)\n", name, pd);
+    ck_assert_msg(pd <= 1, "%s: PNG differs from the golden by %d levels", name, pd);
+    free(prompt), free(uncond), free(steps), free(scale), free(strength), free(hint);
+}
+END_TEST
+
+/* A few steps with common settings; the latent into lat. extra: more flags (NULL-terminated list). */
+static void quick(const char *prog, const char *lat, const char *const *extra) {
+    char *argv[64], *out;
+    int k = 0;
+    const char *base[] = {"--weights", unet_weights(), "--prompt", "a red fox", "--steps", "4", "--seed", "5",
+                          "--quiet", "--save-latent", lat, "-o", test_tmp("q-%d.png", (int)getpid()), NULL};
+    argv[k++] = (char *)prog;
+    for (int i = 0; base[i]; i++) argv[k++] = (char *)base[i];
+    for (int i = 0; extra && extra[i]; i++) argv[k++] = (char *)extra[i];
+    argv[k] = NULL;
+    int rc = test_run(argv, &out);
+    ck_assert_msg(rc == 0, "%s: status %d:\n%s", prog, rc, out);
+    free(out);
+}
+
+/* Without --control-net the executable is the plain one (bit for bit);
+ * --control-strength 0 too; the control_model. prefix loads the same
+ * weights; the control changes the result. */
+START_TEST(test_txt2img_consistency) {
+    ck_assert_msg(g_plain[0], "the plain txt2img did not build:\n%s", g_plain_log ? g_plain_log : "");
+    const char *plain = test_tmp("c-plain.safetensors"), *none = test_tmp("c-none.safetensors");
+    const char *zero = test_tmp("c-zero.safetensors"), *one = test_tmp("c-one.safetensors");
+    const char *pre = test_tmp("c-prefix.safetensors"), *prefixed = test_tmp("cn-prefixed.safetensors");
+    quick(g_plain, plain, NULL);
+    quick(exe(), none, NULL);
+    ck_assert_msg(same_latent(plain, none), "without --control-net the latent differs from the plain executable's");
+    const char *z[] = {"--control-net", cn_weights(), "--control-image", hint_png(), "--control-strength", "0", NULL};
+    quick(exe(), zero, z);
+    ck_assert_msg(same_latent(plain, zero), "--control-strength 0 differs from the plain executable");
+    const char *c1[] = {"--control-net", cn_weights(), "--control-image", hint_png(), NULL};
+    quick(exe(), one, c1);
+    ck_assert_msg(!same_latent(plain, one), "the ControlNet changed nothing");
+    /* the same file with every key under control_model. */
+    StFile f;
+    ck_assert_msg(st_open(&f, cn_weights()) == 0, "%s", ldm_last_error());
+    StWriter *w = st_writer_new();
+    for (int i = 0; i < f.n_tensors; i++) {
+        char name[300];
+        snprintf(name, sizeof name, "control_model.%s", f.tensors[i].name);
+        st_writer_add(w, name, f.tensors[i].dtype, f.tensors[i].ndim, f.tensors[i].shape, f.tensors[i].data);
+    }
+    ck_assert_msg(st_writer_save(w, prefixed) == 0, "%s", ldm_last_error());
+    st_writer_free(w);
+    st_close(&f);
+    const char *c2[] = {"--control-net", prefixed, "--control-image", hint_png(), NULL};
+    quick(exe(), pre, c2);
+    ck_assert_msg(same_latent(one, pre), "the control_model. prefixed file gives another latent");
+    printf("controlnet: txt2img: no ControlNet and strength 0 = the plain executable; prefixed keys = plain keys\n");
+}
+END_TEST
+
+/* img2img, k-samplers, several prompt chunks, guess mode at cfg 1: they run,
+ * and the ControlNet changes each (against the same run without it). */
+START_TEST(test_txt2img_features) {
+    const char *img = test_shared("goldens/sd1-tiny/img2img_input.png");
+    static const char *const runs[][8] = {
+        {"--init-image", "IMG", "--strength", "0.6", NULL},
+        {"--sampler", "dpmpp_2m", "--schedule", "karras", NULL},
+        {"--sampler", "euler_a", "--negative-prompt", "(blurry:1.3), BREAK lowres", NULL},
+        {"--cfg-scale", "1", NULL},
+    };
+    for (int r = 0; r < 4; r++) {
+        const char *ex[16];
+        int k = 0;
+        for (int i = 0; runs[r][i]; i++) ex[k++] = strcmp(runs[r][i], "IMG") ? runs[r][i] : img;
+        ex[k] = NULL;
+        const char *a = test_tmp("f-%d-plain.safetensors", r), *b = test_tmp("f-%d-cn.safetensors", r);
+        quick(exe(), a, ex);
+        ex[k++] = "--control-net", ex[k++] = cn_weights(), ex[k++] = "--control-image", ex[k++] = hint_png();
+        ex[k++] = r == 3 ? "--guess-mode" : "--control-strength", ex[k++] = r == 3 ? NULL : "0.7";
+        ex[k] = NULL;
+        quick(exe(), b, ex);
+        int64_t n;
+        float *x = read_f32(b, "latent", &n);
+        for (int64_t i = 0; i < n; i++) ck_assert_msg(isfinite(x[i]), "run %d: latent not finite", r);
+        free(x);
+        ck_assert_msg(!same_latent(a, b), "run %d: the ControlNet changed nothing", r);
+    }
+}
+END_TEST
+
+/* Bad input: error naming what and where, non-zero exit, no output. */
+START_TEST(test_txt2img_bad) {
+    char *out;
+    const char *png = test_tmp("bad.png");
+    /* a hint of another size */
+    uint8_t px[64 * 32 * 3] = {0};
+    const char *small = test_tmp("hint-64x32.png");
+    ck_assert(ldm_png_write_rgb8(small, px, 64, 32) == 0);
+    int rc = run_exe(exe(), &out, "--weights", unet_weights(), "--prompt", "x", "--steps", "2", "--control-net",
+                     cn_weights(), "--control-image", small, "-o", png, NULL);
+    ck_assert_msg(rc != 0 && strstr(out, "64x32") && strstr(out, "128x128") && strstr(out, small), "size: %d:\n%s", rc,
+                  out);
+    ck_assert(!test_exists(png));
+    free(out);
+    /* an unreadable hint */
+    const char *junk = test_tmp("junk.png");
+    FILE *fp = fopen(junk, "w");
+    fputs("not a png", fp);
+    fclose(fp);
+    rc = run_exe(exe(), &out, "--weights", unet_weights(), "--prompt", "x", "--control-net", cn_weights(),
+                 "--control-image", junk, "-o", png, NULL);
+    ck_assert_msg(rc != 0 && strstr(out, junk) && strstr(out, "--control-image"), "junk: %d:\n%s", rc, out);
+    ck_assert(!test_exists(png));
+    free(out);
+    /* strengths that are not finite numbers */
+    const char *bad_s[] = {"nan", "inf", "-inf", "1e999", "abc", ""};
+    for (int i = 0; i < 6; i++) {
+        rc = run_exe(exe(), &out, "--weights", unet_weights(), "--prompt", "x", "--control-net", cn_weights(),
+                     "--control-image", hint_png(), "--control-strength", bad_s[i], "-o", png, NULL);
+        ck_assert_msg(rc != 0 && strstr(out, "--control-strength"), "strength '%s': %d:\n%s", bad_s[i], rc, out);
+        ck_assert(!test_exists(png));
+        free(out);
+    }
+    /* a ControlNet missing a tensor, one of another UNet config */
+    const char *missing = test_tmp("cn-missing-tensor.safetensors");
+    StFile f;
+    ck_assert_msg(st_open(&f, cn_weights()) == 0, "%s", ldm_last_error());
+    StWriter *w = st_writer_new();
+    for (int i = 0; i < f.n_tensors; i++)
+        if (strcmp(f.tensors[i].name, "input_hint_block.14.bias"))
+            st_writer_add(w, f.tensors[i].name, f.tensors[i].dtype, f.tensors[i].ndim, f.tensors[i].shape,
+                          f.tensors[i].data);
+    ck_assert_msg(st_writer_save(w, missing) == 0, "%s", ldm_last_error());
+    st_writer_free(w);
+    st_close(&f);
+    rc = run_exe(exe(), &out, "--weights", unet_weights(), "--prompt", "x", "--control-net", missing, "--control-image",
+                 hint_png(), "-o", png, NULL);
+    ck_assert_msg(rc != 0 && strstr(out, "input_hint_block.14.bias") && strstr(out, missing), "missing: %d:\n%s", rc, out);
+    ck_assert(!test_exists(png));
+    free(out);
+    ck_assert_msg(g_other_cn[0], "ldmc randckpt failed");
+    rc = run_exe(exe(), &out, "--weights", unet_weights(), "--prompt", "x", "--control-net", g_other_cn,
+                 "--control-image", hint_png(), "-o", png, NULL);
+    ck_assert_msg(rc != 0 && strstr(out, g_other_cn) && strstr(out, "expected") && strstr(out, "ControlNet"),
+                  "other config: %d:\n%s", rc, out);
+    ck_assert(!test_exists(png));
+    printf("controlnet: txt2img bad input: %s", out);
+    free(out);
+    /* flags without --control-net; --control-net in a build without ControlNet */
+    rc = run_exe(exe(), &out, "--weights", unet_weights(), "--prompt", "x", "--guess-mode", "-o", png, NULL);
+    ck_assert_msg(rc != 0 && strstr(out, "--guess-mode needs --control-net"), "%d:\n%s", rc, out);
+    free(out);
+    ck_assert_msg(g_plain[0], "the plain txt2img did not build");
+    rc = run_exe(g_plain, &out, "--weights", unet_weights(), "--prompt", "x", "--control-net", cn_weights(),
+                 "--control-image", hint_png(), "-o", png, NULL);
+    ck_assert_msg(rc != 0 && strstr(out, "CONTROLNET=1"), "plain build: %d:\n%s", rc, out);
+    ck_assert(!test_exists(png));
+    free(out);
+}
+END_TEST
+
 Suite *suite_controlnet(void) {
     Suite *s = suite_create("controlnet");
     TCase *tc = tcase_create("golden");
@@ -515,6 +763,14 @@ Suite *suite_controlnet(void) {
     tcase_add_test(tc, test_batch_independence);
     tcase_add_test(tc, test_other_config);
     tcase_add_test(tc, test_bad_weights);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("txt2img");
+    tcase_add_unchecked_fixture(tc, build_exe, teardown_nothing);
+    tcase_set_timeout(tc, 900);
+    tcase_add_loop_test(tc, test_txt2img_golden, 0, 2);
+    tcase_add_test(tc, test_txt2img_consistency);
+    tcase_add_test(tc, test_txt2img_features);
+    tcase_add_test(tc, test_txt2img_bad);
     suite_add_tcase(s, tc);
     return s;
 }

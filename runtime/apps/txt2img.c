@@ -683,7 +683,7 @@ static void print_options(FILE *fp, const Options *o) {
     S("preview-taesd", o->preview_taesd);
     S("control-net", o->control_net);
     S("control-image", o->control_image);
-    if (o->control_net) D("control-strength", o->control_strength);
+    if (o->control_net || o->has_control_strength) D("control-strength", o->control_strength);
     I("guess-mode", o->guess_mode);
     if (o->threads) I("threads", o->threads);
     else S("threads", "(the default)");
