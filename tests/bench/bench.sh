@@ -20,7 +20,9 @@
 # attention and ResBlock conv weight of the UNet and the text encoder's
 # attention and MLP (make_lora.c), its merge alone (the UNet runner's load,
 # which binds the weights, with and without it) and the whole generation
-# with it (time and peak RSS against the run without).
+# with it (time and peak RSS against the run without). Last the ControlNet
+# row (controlnet_row.sh): a controlled step against a plain one, and a
+# whole controlled generation's time and peak RSS.
 set -euo pipefail
 BUILD=${BUILD:-build}
 RESOLUTIONS=${RESOLUTIONS:-"256 512"}
@@ -203,3 +205,6 @@ if [ "$HAVE_T2I" = 1 ]; then
         echo "(a generation failed: see $B/gen-$last.log and $B/gen-lora-$last.log)"
     fi
 fi
+# ---- ControlNet: a controlled step against a plain one (tests/bench/controlnet_row.sh) ----
+echo "ControlNet (random weights of the SD v1.5 ControlNet 1.1 shapes, F16):"
+BUILD=$BUILD RES=$last CKPT=$CKPT ROUNDS=$ROUNDS GEN=$HAVE_T2I tests/bench/controlnet_row.sh || echo "(the ControlNet row failed)"
