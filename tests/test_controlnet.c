@@ -595,6 +595,13 @@ START_TEST(test_txt2img_golden) {
     int pd = png_max_diff(png, test_shared(rel));
     printf("controlnet: %s PNG max diff %d (at most 1)\n", name, pd);
     ck_assert_msg(pd <= 1, "%s: PNG differs from the golden by %d levels", name, pd);
+    /* the infotext names the ControlNet as the webui's extension does */
+    char *info = NULL;
+    ck_assert_msg(ldm_png_read_text(png, "parameters", &info) == 1, "%s: no parameters chunk", png);
+    ck_assert_msg(strstr(info, "ControlNet 0: \"Module: none, Model: controlnet-fp16, Weight: 1.0, Control Mode: ") &&
+                      strstr(info, _i ? "ControlNet is more important" : "Balanced"),
+                  "%s: infotext without the ControlNet: %s", png, info);
+    free(info);
     free(prompt), free(uncond), free(steps), free(scale), free(strength), free(hint);
 }
 END_TEST

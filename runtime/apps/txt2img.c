@@ -1368,6 +1368,17 @@ static char *image_infotext(const App *a, const char *prompt, uint64_t seed) {
     if (o->pad_cond_uncond) extra[ne++] = "Pad conds", extra[ne++] = "True";
     if (o->syntax == LDM_SYNTAX_PLAIN) extra[ne++] = "Prompt syntax", extra[ne++] = "plain";
     if (o->taesd) extra[ne++] = "VAE Decoder", extra[ne++] = "TAESD";
+    /* the webui ControlNet extension's entry (its "ControlNet is more
+     * important" mode is guess mode: the 0.825^(12-i) scales, no control on
+     * the uncond half) */
+    char cn[600], cs[32];
+    if (o->control_net) {
+        char *stem = ldm_path_stem(o->control_net);
+        snprintf(cn, sizeof cn, "Module: none, Model: %s, Weight: %s, Control Mode: %s", stem,
+                 ldm_py_float(o->control_strength, cs, sizeof cs), o->guess_mode ? "ControlNet is more important" : "Balanced");
+        free(stem);
+        extra[ne++] = "ControlNet 0", extra[ne++] = cn;
+    }
     extra[ne] = NULL;
     LdmInfotext t = {
         .prompt = p,
@@ -2220,8 +2231,9 @@ static int run(App *a) {
 static void print_version(FILE *fp, const char *argv0) {
     char sizes[1024];
     ldm_pipeline_size_list(ldm_pipeline_sizes, ldm_pipeline_n_sizes, sizes, sizeof sizes);
-    fprintf(fp, "%s (ldmc, git %s)\nbuilt for: %s\nsizes (width x height): %s\nTAESD: %s\n", argv0, ldm_version(),
-            CFG.banner, sizes, has_taesd() ? "yes" : "no (TAESD=0)");
+    fprintf(fp, "%s (ldmc, git %s)\nbuilt for: %s\nsizes (width x height): %s\nTAESD: %s\nControlNet: %s\n", argv0,
+            ldm_version(), CFG.banner, sizes, has_taesd() ? "yes" : "no (TAESD=0)",
+            has_control() ? "yes (--control-net)" : "no (CONTROLNET=0)");
 }
 
 int main(int argc, char **argv) {

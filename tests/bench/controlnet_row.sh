@@ -74,7 +74,7 @@ for f in plain cn; do
     log=$B/gen-cn-$RES.log
     [ $f = plain ] && log=$B/gen-cn-plain-$RES.log
     echo "whole $GEN_STEPS-step ${RES}x$RES generation, $([ $f = plain ] && echo "no --control-net" || echo "--control-net (random ControlNet 1.1 shapes, F16)"):" \
-        "$(grep -E '^  sample' "$log" | awk '{print $2}') s sampling, total $(grep -E '^  total' "$log" | awk '{print $2}') s," \
+        "$(grep -E '^  sampling' "$log" | awk '{print $2}') s sampling, total $(grep -E '^  total' "$log" | awk '{print $2}') s," \
         "peak RSS $(grep 'peak memory' "$log" | sed -E 's/.*: ([0-9.]+) MiB.*/\1/') MiB" \
         "(/usr/bin/time: $(grep 'Maximum resident' "$log" | awk '{printf "%.1f", $NF / 1024}') MiB)"
 done
