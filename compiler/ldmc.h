@@ -198,6 +198,7 @@ typedef enum OpKind {
     OPK_SLICE,        /* [start, end) along axis (a copy) */
     OPK_VQ_INDEX,     /* z[B,C,H,W], codebook[K,C] -> I32 [B,H,W] nearest row */
     OPK_VQ_LOOKUP,    /* codebook[K,C], idx I32 [B,H,W] -> [B,C,H,W] */
+    OPK_TAKE_ARGMAX,  /* x[B,T,C], ids I32 [B,T] -> [B,C]: x[b, first t of the largest ids[b, t]] */
     OPK_COUNT
 } OpKind;
 
@@ -393,6 +394,7 @@ typedef struct ModelFacts {
     int context_dim;             /* UNet cross-attention width, 0 without a spatial transformer */
     int vocab_size;              /* text encoder vocabulary, 0 without one */
     int n_classes;               /* ClassEmbedder classes, 0 otherwise */
+    const char *openclip_layer;  /* FrozenOpenCLIPEmbedder's layer ("last" or "penultimate"), NULL otherwise */
 } ModelFacts;
 
 /* Derive the facts from a config root; 0, or -1 with a located message. */
