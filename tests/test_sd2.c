@@ -259,6 +259,35 @@ START_TEST(test_sd2_pooled) {
 }
 END_TEST
 
+/* ---- UNet ---------------------------------------------------------------------- */
+
+static char g_unet[600];      /* the sd2-tiny UNet runner, B=2 96x96 ("" if ldmc failed) */
+static char *g_unet_log;
+
+static void setup_unet(void) {
+    char cfg[512];
+    const char *defs[] = {"B=2", "H=96", "W=96", NULL};
+    if (try_compile("unet-96", "unet", sd2(cfg, sizeof cfg, "v2-inference-v.yaml"), defs, g_unet, sizeof g_unet,
+                    &g_unet_log) != 0)
+        g_unet[0] = 0;
+}
+
+static void teardown_nothing(void) {}
+
+START_TEST(test_sd2_unet) {
+    char io[512], w[512], out[600], prefix[16], gname[32];
+    const char *prog = g_unet;
+    ck_assert_msg(prog[0], "ldmc unet.graph (sd2-tiny) failed:\n%s", g_unet_log ? g_unet_log : "");
+    sd2(io, sizeof io, "unet.io.safetensors");
+    sd2(w, sizeof w, "model.safetensors");
+    snprintf(prefix, sizeof prefix, "case%d.", _i);
+    snprintf(out, sizeof out, "%s/unet-out-%d.safetensors", test_dir, _i);
+    run_runner(prog, w, io, prefix, out);
+    snprintf(gname, sizeof gname, "case%d.out", _i);
+    check_close("sd2-tiny unet", io, gname, out, "eps");
+}
+END_TEST
+
 Suite *suite_sd2(void) {
     Suite *s = suite_create("sd2");
     TCase *tc = tcase_create("tokens");
@@ -268,6 +297,11 @@ Suite *suite_sd2(void) {
     tcase_set_timeout(tc, 600);
     tcase_add_loop_test(tc, test_sd2_clip, 0, 2);
     tcase_add_test(tc, test_sd2_pooled);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("unet");
+    tcase_set_timeout(tc, 600);
+    tcase_add_unchecked_fixture(tc, setup_unet, teardown_nothing);
+    tcase_add_loop_test(tc, test_sd2_unet, 0, 4);
     suite_add_tcase(s, tc);
     return s;
 }
