@@ -19,6 +19,16 @@
  * Generated constants
  * ------------------------------------------------------------------------- */
 
+int ldm_pipeline_v_pred(const LdmPipelineConfig *c) {
+    return c->parameterization && !strcmp(c->parameterization, "v");
+}
+
+const ClipTokStyle *ldm_pipeline_tok_style(const LdmPipelineConfig *c) {
+    return c->cond_stage && !strcmp(c->cond_stage, "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder")
+               ? &clip_style_openclip
+               : &clip_style_sd1;
+}
+
 int ldm_pipeline_scale_factor(const LdmPipelineConfig *c, const StFile *f, double *out) {
     *out = c->scale_factor;
     if (!c->scale_by_std) return 0;

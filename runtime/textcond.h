@@ -77,6 +77,8 @@ typedef struct LdmTextEncoder {
     LdmNets *nets;               /* where the text encoder lives */
     int model;                   /* its index in nets */
     const ClipTokenizer *tok;
+    const ClipTokStyle *style;   /* the text encoder's tokenizer conventions (NULL: SD v1's,
+                                  * clip_style_sd1; SD 2.x: clip_style_openclip, padding 0) */
     LdmPromptSyntax syntax;
     int clip_skip;               /* 1 = last layer, 2 = next to last, ... */
     const LdmEmbeddings *emb;    /* NULL: none */

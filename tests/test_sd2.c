@@ -22,6 +22,7 @@
 
 #include "image.h"
 #include "safetensors.h"
+#include "schedule.h"
 #include "testio.h"
 #include "testproc.h"
 #include "testutil.h"
@@ -259,6 +260,51 @@ START_TEST(test_sd2_pooled) {
 }
 END_TEST
 
+/* ---- schedule ------------------------------------------------------------------ */
+
+/* got[0..n) within max_ulps of tensor `name` of the io file. */
+static void check_ulps(const char *io, const char *name, const float *got, int64_t n, int max_ulps) {
+    int64_t ng;
+    float *g = read_f32(io, name, &ng);
+    ck_assert_msg(ng == n, "%s: %s has %lld values, expected %lld", io, name, (long long)ng, (long long)n);
+    for (int64_t i = 0; i < n; i++) {
+        double ulp = fabs(nextafterf(g[i], INFINITY) - g[i]);
+        double d = fabs((double)got[i] - (double)g[i]);
+        ck_assert_msg(d <= max_ulps * ulp, "%s[%lld]: ours %.9g, golden %.9g (%.1f ulps)", name, (long long)i,
+                      (double)got[i], (double)g[i], d / ulp);
+    }
+    free(g);
+}
+
+/* schedule.io: the SD v1 schedule from the config's values, and the
+ * checkpoint buffers the DDIM v branch reads (sqrt in float64, rounded). */
+START_TEST(test_sd2_schedule) {
+    char io[512];
+    sd2(io, sizeof io, "schedule.io.safetensors");
+    LdmSchedule s;
+    ck_assert_msg(ldm_schedule_init(&s, 0.00085, 0.012, 1000) == 0, "%s", ldm_last_error());
+    check_ulps(io, "betas", s.betas, 1000, 1);
+    check_ulps(io, "alphas_cumprod", s.alphas_cumprod, 1000, 1);
+    check_ulps(io, "sqrt_alphas_cumprod", s.sqrt_alphas_cumprod, 1000, 1);
+    check_ulps(io, "sqrt_one_minus_alphas_cumprod", s.sqrt_one_minus_alphas_cumprod, 1000, 1);
+    check_ulps(io, "kdiff_sigmas", s.sigmas, 1000, 1);
+    LdmDdim d;
+    ck_assert_msg(ldm_ddim_make(&s, 10, 0.0, &d) == 0, "%s", ldm_last_error());
+    int64_t nt;
+    int32_t *ts = read_i32(io, "ddim_timesteps", &nt);
+    ck_assert_int_eq(nt, 10);
+    for (int i = 0; i < 10; i++) ck_assert_int_eq(d.timesteps[i], ts[i]);
+    free(ts);
+    check_ulps(io, "ddim_alphas", d.alphas, 10, 1);
+    check_ulps(io, "ddim_alphas_prev", d.alphas_prev, 10, 1);
+    float sig[11];
+    ck_assert_int_eq(ldm_kdiff_sigmas(&s, LDM_SIGMAS_DISCRETE, 10, sig), 0);
+    check_ulps(io, "kdiff_sigmas_euler10", sig, 11, 1);
+    ldm_ddim_free(&d);
+    ldm_schedule_free(&s);
+}
+END_TEST
+
 /* ---- UNet ---------------------------------------------------------------------- */
 
 static char g_unet[600];      /* the sd2-tiny UNet runner, B=2 96x96 ("" if ldmc failed) */
@@ -288,10 +334,131 @@ START_TEST(test_sd2_unet) {
 }
 END_TEST
 
+/* ---- txt2img, end to end ----------------------------------------------------- */
+
+/* The sd2-tiny executables at 96x96 as a user builds them (make txt2img
+ * CONFIG=.../v2-inference[-v].yaml H=96 W=96; TAESD=0, which these tests do
+ * not use), in the build directory under test. */
+static char g_exe[2][600];       /* [0] eps (v2-inference.yaml), [1] v (v2-inference-v.yaml); "" if make failed */
+static char *g_exe_log[2];
+
+static void build_exe(int v) {
+    char build[300], config[600], name[64], logf[700], rel[64];
+    test_dir_init("ldm_sd2_");
+    snprintf(build, sizeof build, "BUILD=%s", test_build_dir());
+    snprintf(rel, sizeof rel, "v2-inference%s.yaml", v ? "-v" : "");
+    snprintf(config, sizeof config, "CONFIG=%s/goldens/sd2-tiny/%s", test_shared_dir(), rel);
+    snprintf(name, sizeof name, "TXT2IMG_NAME=txt2img-test-sd2-tiny-%s", v ? "v" : "eps");
+    snprintf(g_exe[v], sizeof g_exe[v], "%s/txt2img-test-sd2-tiny-%s", test_build_dir(), v ? "v" : "eps");
+    char *argv[] = {"make", "-s", "-j2", build, "SAN=0", "txt2img", config, "H=96", "W=96", "TAESD=0", name, NULL};
+    snprintf(logf, sizeof logf, "%s/make-sd2-%d.log", test_dir, v);
+    int rc = test_wait_status(test_spawn(argv, logf));
+    if (rc != 0 || access(g_exe[v], X_OK) != 0) {
+        size_t len;
+        g_exe[v][0] = 0;
+        g_exe_log[v] = ldm_read_file(logf, &len);
+        if (!g_exe_log[v]) g_exe_log[v] = ldm_xasprintf("make exited with status %d", rc);
+    }
+}
+
+static void setup_exes(void) {
+    if (!g_exe[0][0] && !g_exe_log[0]) build_exe(0);
+    if (!g_exe[1][0] && !g_exe_log[1]) build_exe(1);
+}
+
+/* The first string of a JSON list of strings in the io file's metadata. */
+static char *meta_first(const char *io, const char *key) {
+    char *m = meta(io, key);
+    json_error_t err;
+    json_t *j = json_loads(m, 0, &err);
+    ck_assert_msg(json_is_array(j) && json_is_string(json_array_get(j, 0)), "%s: metadata %s: %s", io, key, m);
+    char *s = ldm_xstrdup(json_string_value(json_array_get(j, 0)));
+    json_decref(j);
+    free(m);
+    return s;
+}
+
+typedef struct T2iCase {
+    const char *name;      /* io file stem and PNG */
+    int v;                 /* the v executable */
+    const char *sampler;
+} T2iCase;
+
+static const T2iCase k_t2i[] = {
+    {"txt2img_ddim_eps", 0, "ddim"},
+    {"txt2img_ddim_v", 1, "ddim"},
+    {"txt2img_euler_v", 1, "euler"},
+};
+
+/* x_T through --init-noise, the prompts, steps and guidance scale of the
+ * metadata: --save-latent within the io file's latent tolerance, the PNG
+ * within one level of the golden PNG (the PNG rounding of a value within
+ * the image tolerance can differ by one). */
+START_TEST(test_sd2_txt2img) {
+    const T2iCase *c = &k_t2i[_i];
+    const char *exe = g_exe[c->v];
+    ck_assert_msg(exe[0], "make txt2img (sd2-tiny %s) failed:\n%s", c->v ? "v" : "eps",
+                  g_exe_log[c->v] ? g_exe_log[c->v] : "");
+    char io[512], gpng[512], rel[128], noise[700], latent[700], png[700];
+    snprintf(rel, sizeof rel, "%s.io.safetensors", c->name);
+    sd2(io, sizeof io, rel);
+    snprintf(rel, sizeof rel, "%s.png", c->name);
+    sd2(gpng, sizeof gpng, rel);
+    char *param = meta(io, "parameterization");
+    ck_assert_str_eq(param, c->v ? "v" : "eps");
+    free(param);
+    char *prompt = meta_first(io, "prompts"), *neg = meta_first(io, "negative_prompts");
+    char *steps = meta(io, "steps"), *scale = meta(io, "guidance_scale");
+    snprintf(noise, sizeof noise, "%s/%s-noise.safetensors", test_dir, c->name);
+    snprintf(latent, sizeof latent, "%s/%s-latent.safetensors", test_dir, c->name);
+    snprintf(png, sizeof png, "%s/%s.png", test_dir, c->name);
+    {
+        StFile f;
+        ck_assert_msg(st_open(&f, io) == 0, "%s", ldm_last_error());
+        const StTensor *t = st_find(&f, "x_T");
+        ck_assert(t && t->dtype == ST_F32);
+        StWriter *w = st_writer_new();
+        st_writer_add(w, "noise", ST_F32, t->ndim, t->shape, t->data);
+        ck_assert_msg(st_writer_save(w, noise) == 0, "%s", ldm_last_error());
+        st_writer_free(w);
+        st_close(&f);
+    }
+    char w[512];
+    sd2(w, sizeof w, "model.safetensors");
+    /* k-diffusion: get_sigmas(10), the discrete schedule (DDIM: no schedule) */
+    int kdiff = !strcmp(c->sampler, "euler");
+    char *argv[] = {(char *)exe, "--weights", w, "--prompt", prompt, "--negative-prompt", neg, "--steps", steps,
+                    "--cfg-scale", scale, "--sampler", (char *)c->sampler, "--init-noise", noise, "--save-latent",
+                    latent, "-o", png, "--quiet", kdiff ? "--schedule" : NULL, "discrete", NULL};
+    char *out;
+    int rc = test_run(argv, &out);
+    ck_assert_msg(rc == 0, "%s failed (status %d):\n%s", exe, rc, out);
+    free(out);
+    int64_t n, ng;
+    float *ours = read_f32(latent, "latent", &n), *gold = read_f32(io, "latent", &ng);
+    ck_assert_int_eq(n, ng);
+    double d = max_abs_diff(ours, gold, n), tol = tolerance(io, "latent");
+    int pd = png_max_diff(png, gpng);
+    printf("sd2: %-24s latent max|ours - golden| = %.3g (tolerance %.3g), PNG max diff %d\n", c->name, d, tol, pd);
+    fflush(stdout);
+    ck_assert_msg(d <= tol, "%s: latent max |ours - golden| = %.6g > %.6g", c->name, d, tol);
+    ck_assert_msg(pd <= 1, "%s: PNG differs from the golden by %d levels (at most 1 allowed)", c->name, pd);
+    free(ours);
+    free(gold);
+    free(prompt);
+    free(neg);
+    free(steps);
+    free(scale);
+}
+END_TEST
+
 Suite *suite_sd2(void) {
     Suite *s = suite_create("sd2");
     TCase *tc = tcase_create("tokens");
     tcase_add_test(tc, test_sd2_tokens);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("schedule");
+    tcase_add_test(tc, test_sd2_schedule);
     suite_add_tcase(s, tc);
     tc = tcase_create("clip");
     tcase_set_timeout(tc, 600);
@@ -302,6 +469,16 @@ Suite *suite_sd2(void) {
     tcase_set_timeout(tc, 600);
     tcase_add_unchecked_fixture(tc, setup_unet, teardown_nothing);
     tcase_add_loop_test(tc, test_sd2_unet, 0, 4);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+Suite *suite_sd2_txt2img(void) {
+    Suite *s = suite_create("sd2_txt2img");
+    TCase *tc = tcase_create("goldens");
+    tcase_set_timeout(tc, 900);
+    tcase_add_unchecked_fixture(tc, setup_exes, teardown_nothing);
+    tcase_add_loop_test(tc, test_sd2_txt2img, 0, (int)(sizeof k_t2i / sizeof k_t2i[0]));
     suite_add_tcase(s, tc);
     return s;
 }
