@@ -22,6 +22,7 @@
 
 #include "image.h"
 #include "safetensors.h"
+#include "sampler.h"
 #include "schedule.h"
 #include "testio.h"
 #include "testproc.h"
@@ -305,6 +306,100 @@ START_TEST(test_sd2_schedule) {
 }
 END_TEST
 
+/* ---- v-prediction in every sampler --------------------------------------------- */
+
+/* A smooth stand-in for a guided UNet: eps(x, t) = 0.3 x + 0.2 sin(x + t / 150).
+ * Its v twin returns v = sqrt(a) eps - sqrt(1 - a) x0 of the same model, with
+ * x0 = (x - sqrt(1 - a) eps) / sqrt(a) and a = 1 / (1 + sigma(t)^2) (the
+ * DDPM point the sampler evaluates the model at: x is the VP-space latent,
+ * c_in x for the k-samplers). Every sampler must then give the same
+ * latent with v_pred = 1 on the twin as with v_pred = 0 on eps, up to
+ * float32 rounding. */
+typedef struct FakeModel {
+    const LdmSchedule *s;
+    int v;
+} FakeModel;
+
+static int fake_model(void *ctx, const float *x, float t, float *out) {
+    const FakeModel *m = ctx;
+    double sigma = ldm_t_to_sigma(m->s, t), a = 1.0 / (1.0 + sigma * sigma);
+    for (int64_t j = 0; j < 2 * 4 * 6 * 5; j++) {
+        double e = 0.3 * x[j] + 0.2 * sin(x[j] + t / 150.0);
+        if (m->v) {
+            double x0 = (x[j] - sqrt(1.0 - a) * e) / sqrt(a);
+            e = sqrt(a) * e - sqrt(1.0 - a) * x0;
+        }
+        out[j] = (float)e;
+    }
+    return 0;
+}
+
+typedef struct FakeNoise {
+    uint64_t state;
+} FakeNoise;
+
+static void fake_noise(void *ctx, float *out, int64_t n) {
+    FakeNoise *z = ctx;
+    for (int64_t i = 0; i < n; i++) {
+        z->state = z->state * 6364136223846793005ull + 1442695040888963407ull;
+        out[i] = (float)((double)(z->state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+    }
+}
+
+/* mode 0 txt2img, 1 img2img (strength 0.6), 2 inpainting (a mask, strength 1) */
+static void run_fake(const LdmSchedule *s, LdmSamplerKind kind, int mode, int v, float *x) {
+    enum { N = 2 * 4 * 6 * 5, PLANE = 6 * 5 };
+    static float init[N], mask[PLANE];
+    for (int j = 0; j < N; j++) init[j] = (float)sin(0.37 * j);
+    for (int j = 0; j < PLANE; j++) mask[j] = j % 3 == 0 ? 1.0f : j % 3 == 1 ? 0.0f : 0.5f;
+    FakeModel m = {s, v};
+    FakeNoise z = {12345};
+    LdmSampler p;
+    memset(&p, 0, sizeof p);
+    p.kind = kind;
+    p.steps = 8;
+    p.sigmas = LDM_SIGMAS_DISCRETE;
+    p.seed = 7;
+    p.n = N;
+    p.eps_fn = fake_model;
+    p.eps_ctx = &m;
+    p.noise_fn = fake_noise;
+    p.noise_ctx = &z;
+    p.v_pred = v;
+    if (mode >= 1) {
+        p.init_latent = init;
+        p.strength = mode == 1 ? 0.6 : 1.0;
+    }
+    if (mode == 2) {
+        p.mask = mask;
+        p.plane = PLANE;
+    }
+    fake_noise(&z, x, N); /* x_T (or the img2img noise) */
+    ck_assert_msg(ldm_sample(s, &p, x) == 0, "%s mode %d v %d: %s", ldm_sampler_name(kind), mode, v, ldm_last_error());
+}
+
+START_TEST(test_sd2_vpred_samplers) {
+    LdmSchedule s;
+    ck_assert_int_eq(ldm_schedule_init(&s, 0.00085, 0.012, 1000), 0);
+    const LdmSamplerKind *all;
+    int n = ldm_sampler_all(&all);
+    enum { N = 2 * 4 * 6 * 5 };
+    for (int k = 0; k < n; k++)
+        for (int mode = 0; mode < 3; mode++) {
+            float a[N], b[N];
+            run_fake(&s, all[k], mode, 0, a);
+            run_fake(&s, all[k], mode, 1, b);
+            double m = 0;
+            for (int j = 0; j < N; j++) m = fmax(m, fabs(a[j]));
+            double d = max_abs_diff(a, b, N);
+            /* a few float32 roundings per step, over 8 steps */
+            ck_assert_msg(d <= 1e-4 * fmax(m, 1.0), "%s (%s): v model gives max |diff| %.3g (max |x| %.3g)",
+                          ldm_sampler_name(all[k]), mode == 0 ? "txt2img" : mode == 1 ? "img2img" : "inpainting", d, m);
+        }
+    ldm_schedule_free(&s);
+}
+END_TEST
+
 /* ---- UNet ---------------------------------------------------------------------- */
 
 static char g_unet[600];      /* the sd2-tiny UNet runner, B=2 96x96 ("" if ldmc failed) */
@@ -459,6 +554,7 @@ Suite *suite_sd2(void) {
     suite_add_tcase(s, tc);
     tc = tcase_create("schedule");
     tcase_add_test(tc, test_sd2_schedule);
+    tcase_add_test(tc, test_sd2_vpred_samplers);
     suite_add_tcase(s, tc);
     tc = tcase_create("clip");
     tcase_set_timeout(tc, 600);
