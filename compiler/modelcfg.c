@@ -172,7 +172,7 @@ int model_facts(const CfgNode *root, ModelFacts *p) {
             if (err) return -1;
             if (strcmp(layer, "last") && strcmp(layer, "penultimate"))
                 return cfg_error(cfg_get(cp, "layer"),
-                                 "cond_stage_config.params.layer: unknown layer '%s' (expected \"last\" or "
+                                 "model.params.cond_stage_config.params.layer: unknown layer '%s' (expected \"last\" or "
                                  "\"penultimate\")%s", layer, NULL);
             p->openclip_layer = layer;
         } else if (!strcmp(p->cond_stage, "ldm.modules.encoders.modules.ClassEmbedder")) {

@@ -155,6 +155,15 @@ int ldm_nets_load_vae(LdmNets *s, const char *ckpt_path, const char *vae_path, c
 int ldm_nets_load_mapped(LdmNets *s, const char *ckpt_path, const LdmModel *const *models, const LdmKeyMapFn *maps,
                          int n, const char *what);
 void ldm_nets_free(LdmNets *s);
+/* The model family of a checkpoint by its text encoder's tensor names: 0
+ * Stable Diffusion v1, 1 Stable Diffusion 2.x (OpenCLIP), 2 Stable
+ * Diffusion XL; -1 none of them (an LDM model, a VAE, ...). */
+int ldm_ckpt_family(const StFile *f);
+/* 0, or -1 with a message naming the file, the family it looks like, the
+ * one the models were built for and the make command that builds an
+ * executable for the file, when f is of another family than the text
+ * encoder the models read (ldm_nets_load checks it before any weight). */
+int ldm_check_family(const StFile *f, const LdmModel *const *models, int n, const char *what);
 /* Run s's models in owner's arena from now on, s's own given back: two
  * LdmNets whose models never run at the same time (a forward pass uses the
  * arena only while it runs; e.g. TAESD's file and the checkpoint) then hold

@@ -547,6 +547,97 @@ START_TEST(test_sd2_txt2img) {
 }
 END_TEST
 
+/* ---- bad input ------------------------------------------------------------------ */
+
+static char g_sd1_exe[600];
+static char *g_sd1_log;
+
+static void setup_family(void) {
+    setup_exes();
+    if (!g_sd1_exe[0] && !g_sd1_log) test_build_sd1_tiny_txt2img(0, g_sd1_exe, sizeof g_sd1_exe, &g_sd1_log);
+}
+
+/* A checkpoint of the other family is refused before any work: status 1,
+ * the file, the family it looks like, the one the executable was built
+ * for, the make command for the file; no output file. */
+START_TEST(test_sd2_family) {
+    char sd1[512], sd2w[512], png[600];
+    snprintf(sd1, sizeof sd1, "%s/goldens/sd1-tiny/model.safetensors", test_shared_dir());
+    sd2(sd2w, sizeof sd2w, "model.safetensors");
+    const char *exe = _i == 0 ? g_exe[1] : g_sd1_exe;
+    ck_assert_msg(exe[0], "the %s executable was not built:\n%s", _i == 0 ? "sd2-tiny" : "sd1-tiny",
+                  _i == 0 ? (g_exe_log[1] ? g_exe_log[1] : "") : (g_sd1_log ? g_sd1_log : ""));
+    snprintf(png, sizeof png, "%s/family-%d.png", test_dir, _i);
+    char *argv[] = {(char *)exe, "--weights", _i == 0 ? sd1 : sd2w, "-p", "a cat", "--steps", "2", "-o", png, NULL};
+    char *out;
+    double t0 = ldm_now();
+    int rc = test_run(argv, &out);
+    double dt = ldm_now() - t0;
+    ck_assert_msg(rc == 1, "status %d, expected 1:\n%s", rc, out);
+    const char *want0[] = {sd1, "looks like Stable Diffusion v1", "cond_stage_model.transformer",
+                           "built for Stable Diffusion 2.x", "make txt2img CONFIG=models/sd1/v1-inference.yaml", NULL};
+    const char *want1[] = {sd2w, "looks like Stable Diffusion 2.x", "cond_stage_model.model.token_embedding.weight",
+                           "built for Stable Diffusion v1", "CONFIG=models/sd2/v2-inference-v.yaml",
+                           "CONFIG=models/sd2/v2-inference.yaml", NULL};
+    const char *const *want = _i == 0 ? want0 : want1;
+    for (int k = 0; want[k]; k++) ck_assert_msg(strstr(out, want[k]), "message lacks '%s':\n%s", want[k], out);
+    ck_assert_msg(!strstr(out, "step 1/"), "it sampled before refusing:\n%s", out);
+    ck_assert_msg(access(png, F_OK) != 0, "%s was written", png);
+    printf("sd2: family check %d refused in %.2f s\n", _i, dt);
+    free(out);
+}
+END_TEST
+
+/* ldmc names the key and the accepted values. */
+START_TEST(test_sd2_bad_config) {
+    char cfg[512], ldmc[256], out[600];
+    sd2(cfg, sizeof cfg, "v2-inference-v.yaml");
+    test_dir_init("ldm_sd2_");
+    snprintf(ldmc, sizeof ldmc, "%s/ldmc", test_build_dir());
+    snprintf(out, sizeof out, "%s/bad-%d.c", test_dir, _i);
+    static const char *cases[][4] = {
+        {"pipeline", "model.params.parameterization=x0", "model.params.parameterization: 'x0' is not supported",
+         "\"v\""},
+        {"pipeline", "model.params.cond_stage_config.params.layer=middle",
+         "model.params.cond_stage_config.params.layer: unknown layer 'middle'", "\"penultimate\""},
+        {"models/sd1/clip_text.graph", "model.params.cond_stage_config.target=my.TextEncoder",
+         "model.params.cond_stage_config.target: \"my.TextEncoder\" is not a text encoder",
+         "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder"},
+        {"models/sd1/clip_text.graph", "model.params.cond_stage_config.params.layer=middle",
+         "model.params.cond_stage_config.params.layer: expected \"last\" or \"penultimate\", got \"middle\"", "error"},
+        {"models/sd1/clip_text.graph", "model.params.cond_stage_config.params.arch=ViT-Q-99",
+         "\"ViT-Q-99\" is not an open_clip model config", "open_clip_model_config"},
+    };
+    const char *const *c = cases[_i];
+    /* the arch names the sizes only when no open_clip_model_config does (the real config) */
+    if (_i == 4) snprintf(cfg, sizeof cfg, "models/sd2/v2-inference-v.yaml");
+    char *argv[16];
+    int k = 0;
+    argv[k++] = ldmc;
+    argv[k++] = (char *)c[0];
+    argv[k++] = "--config";
+    argv[k++] = cfg;
+    if (!strcmp(c[0], "pipeline")) {
+        argv[k++] = "-D";
+        argv[k++] = "H=96";
+        argv[k++] = "-D";
+        argv[k++] = "W=96";
+    }
+    argv[k++] = "-D";
+    argv[k++] = (char *)c[1];
+    argv[k++] = "-o";
+    argv[k++] = out;
+    argv[k] = NULL;
+    char *log;
+    int rc = test_run(argv, &log);
+    ck_assert_msg(rc == 1, "ldmc %s -D %s: status %d, expected 1:\n%s", c[0], c[1], rc, log);
+    ck_assert_msg(strstr(log, c[2]) && strstr(log, c[3]), "ldmc %s -D %s: message lacks '%s' / '%s':\n%s", c[0], c[1],
+                  c[2], c[3], log);
+    ck_assert_msg(access(out, F_OK) != 0, "%s was written", out);
+    free(log);
+}
+END_TEST
+
 Suite *suite_sd2(void) {
     Suite *s = suite_create("sd2");
     TCase *tc = tcase_create("tokens");
@@ -555,6 +646,9 @@ Suite *suite_sd2(void) {
     tc = tcase_create("schedule");
     tcase_add_test(tc, test_sd2_schedule);
     tcase_add_test(tc, test_sd2_vpred_samplers);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("bad_config");
+    tcase_add_loop_test(tc, test_sd2_bad_config, 0, 5);
     suite_add_tcase(s, tc);
     tc = tcase_create("clip");
     tcase_set_timeout(tc, 600);
@@ -575,6 +669,11 @@ Suite *suite_sd2_txt2img(void) {
     tcase_set_timeout(tc, 900);
     tcase_add_unchecked_fixture(tc, setup_exes, teardown_nothing);
     tcase_add_loop_test(tc, test_sd2_txt2img, 0, (int)(sizeof k_t2i / sizeof k_t2i[0]));
+    suite_add_tcase(s, tc);
+    tc = tcase_create("family");
+    tcase_set_timeout(tc, 900);
+    tcase_add_unchecked_fixture(tc, setup_family, teardown_nothing);
+    tcase_add_loop_test(tc, test_sd2_family, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }
