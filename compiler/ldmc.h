@@ -305,6 +305,15 @@ typedef struct Output {
     SrcLoc loc;                  /* `output` statement */
 } Output;
 
+/* A checkpoint tensor the graph declares present but unread
+ * (`unused_weight(name, shape)`): e.g. the last block of SD 2's text
+ * tower under layer "penultimate". Reported by --stats and --dump. */
+typedef struct UnusedWeight {
+    char *name;                  /* full checkpoint key */
+    int ndim;
+    int64_t shape[MAX_DIMS];
+} UnusedWeight;
+
 struct Graph {
     char *name;                  /* graph name from `graph NAME {` */
     char *prefix;                /* checkpoint key prefix from `prefix "..."` */
@@ -326,6 +335,8 @@ struct Graph {
     double nominal_flops;        /* FLOPs of the graph as written, before fusion */
     Extent *extents;             /* run-time extents, in declaration order (index k: Node.dyn k + 1) */
     int n_extents;
+    UnusedWeight *unused;        /* tensors a checkpoint holds that the graph does not read, declaration order */
+    int n_unused;
 };
 
 Graph *graph_new(const char *name);
@@ -364,6 +375,8 @@ int node_is_dyn(const Node *n);
 
 /* Totals for reports. */
 int64_t graph_param_count(const Graph *g);
+/* Elements of the declared unused weights (Graph.unused). */
+int64_t graph_unused_count(const Graph *g);
 double graph_flops(const Graph *g);
 
 /* ===================================================================== *

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "image.h"
+#include "model.h"
 #include "safetensors.h"
 #include "sampler.h"
 #include "schedule.h"
@@ -207,6 +208,52 @@ START_TEST(test_sd2_clip) {
     }
     free(h);
     free(s);
+}
+END_TEST
+
+/* The text tower's accounting against the real file: every tensor
+ * `ldmc --dump` lists as present but unused is in the checkpoint with its
+ * shape, and read + unused = every cond_stage_model.* parameter the
+ * checkpoint holds (the --stats line says both). */
+START_TEST(test_sd2_clip_unused) {
+    char cfg[512], w[512], ldmc[256];
+    sd2(cfg, sizeof cfg, "v2-inference-v.yaml");
+    sd2(w, sizeof w, "model.safetensors");
+    test_dir_init("ldm_sd2_");
+    snprintf(ldmc, sizeof ldmc, "%s/ldmc", test_build_dir());
+    char *argv[] = {ldmc, "models/sd1/clip_text.graph", "--config", cfg, "--dump", "--stats", NULL};
+    char *out;
+    int rc = test_run(argv, &out);
+    ck_assert_msg(rc == 0, "ldmc --dump --stats failed:\n%s", out);
+    StFile f;
+    ck_assert_msg(st_open(&f, w) == 0, "%s", ldm_last_error());
+    int64_t held = 0, unused = 0;
+    int n_unused = 0;
+    for (int i = 0; i < f.n_tensors; i++)
+        if (!strncmp(f.tensors[i].name, "cond_stage_model.", 17)) held += f.tensors[i].numel;
+    for (char *p = strstr(out, "\nunused "); p; p = strstr(p + 1, "\nunused ")) {
+        char name[256], shape[64];
+        ck_assert(sscanf(p + 8, "%255s %63s", name, shape) == 2);
+        const StTensor *t = st_find(&f, name);
+        ck_assert_msg(t, "--dump says the checkpoint holds '%s' unused; it does not", name);
+        char sb[64];
+        ldm_shape_str(t->ndim, t->shape, sb, sizeof sb);
+        char *o = sb; /* "[192, 64]" as the dump writes it, "[192,64]" */
+        for (const char *q = sb; *q; q++)
+            if (*q != ' ') *o++ = *q;
+        *o = 0;
+        ck_assert_msg(!strcmp(sb, shape), "'%s': --dump says %s, the checkpoint %s", name, shape, sb);
+        unused += t->numel;
+        n_unused++;
+    }
+    /* layer penultimate of a 3-block tower: block 2's 12 tensors, text_projection, logit_scale */
+    ck_assert_int_eq(n_unused, 14);
+    char want[256];
+    snprintf(want, sizeof want, "reads %lld of the %lld parameters a checkpoint holds for it: %d tensors (%lld",
+             (long long)(held - unused), (long long)held, n_unused, (long long)unused);
+    ck_assert_msg(strstr(out, want), "--stats lacks '%s':\n%s", want, out);
+    st_close(&f);
+    free(out);
 }
 END_TEST
 
@@ -654,6 +701,7 @@ Suite *suite_sd2(void) {
     tcase_set_timeout(tc, 600);
     tcase_add_loop_test(tc, test_sd2_clip, 0, 2);
     tcase_add_test(tc, test_sd2_pooled);
+    tcase_add_test(tc, test_sd2_clip_unused);
     suite_add_tcase(s, tc);
     tc = tcase_create("unet");
     tcase_set_timeout(tc, 600);
