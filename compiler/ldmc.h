@@ -198,6 +198,7 @@ typedef enum OpKind {
     OPK_SLICE,        /* [start, end) along axis (a copy) */
     OPK_VQ_INDEX,     /* z[B,C,H,W], codebook[K,C] -> I32 [B,H,W] nearest row */
     OPK_VQ_LOOKUP,    /* codebook[K,C], idx I32 [B,H,W] -> [B,C,H,W] */
+    OPK_TAKE_ARGMAX,  /* x[B,T,C], ids I32 [B,T] -> [B,C]: x[b, first t of the largest ids[b, t]] */
     OPK_COUNT
 } OpKind;
 
@@ -304,6 +305,15 @@ typedef struct Output {
     SrcLoc loc;                  /* `output` statement */
 } Output;
 
+/* A checkpoint tensor the graph declares present but unread
+ * (`unused_weight(name, shape)`): e.g. the last block of SD 2's text
+ * tower under layer "penultimate". Reported by --stats and --dump. */
+typedef struct UnusedWeight {
+    char *name;                  /* full checkpoint key */
+    int ndim;
+    int64_t shape[MAX_DIMS];
+} UnusedWeight;
+
 struct Graph {
     char *name;                  /* graph name from `graph NAME {` */
     char *prefix;                /* checkpoint key prefix from `prefix "..."` */
@@ -325,6 +335,8 @@ struct Graph {
     double nominal_flops;        /* FLOPs of the graph as written, before fusion */
     Extent *extents;             /* run-time extents, in declaration order (index k: Node.dyn k + 1) */
     int n_extents;
+    UnusedWeight *unused;        /* tensors a checkpoint holds that the graph does not read, declaration order */
+    int n_unused;
 };
 
 Graph *graph_new(const char *name);
@@ -363,6 +375,8 @@ int node_is_dyn(const Node *n);
 
 /* Totals for reports. */
 int64_t graph_param_count(const Graph *g);
+/* Elements of the declared unused weights (Graph.unused). */
+int64_t graph_unused_count(const Graph *g);
 double graph_flops(const Graph *g);
 
 /* ===================================================================== *
@@ -393,6 +407,7 @@ typedef struct ModelFacts {
     int context_dim;             /* UNet cross-attention width, 0 without a spatial transformer */
     int vocab_size;              /* text encoder vocabulary, 0 without one */
     int n_classes;               /* ClassEmbedder classes, 0 otherwise */
+    const char *openclip_layer;  /* FrozenOpenCLIPEmbedder's layer ("last" or "penultimate"), NULL otherwise */
 } ModelFacts;
 
 /* Derive the facts from a config root; 0, or -1 with a located message. */

@@ -284,7 +284,7 @@ int ldm_text_chunks(const LdmTextEncoder *te, const char *prompt, PromptChunks *
         ch->n_chunks = 1;
         ch->tokens = ldm_xmalloc((size_t)ctx * sizeof *ch->tokens);
         ch->multipliers = ldm_xmalloc((size_t)ctx * sizeof *ch->multipliers);
-        if (clip_tokenize_ctx(te->tok, prompt, ctx, ch->tokens, &ch->token_count) != 0) {
+        if (clip_tokenize_style(te->tok, te->style, prompt, ctx, ch->tokens, &ch->token_count) != 0) {
             prompt_chunks_free(ch);
             return -1;
         }
@@ -296,6 +296,16 @@ int ldm_text_chunks(const LdmTextEncoder *te, const char *prompt, PromptChunks *
         int rc = prompt_tokenize(te->tok, prompt, pe, n_emb, ch);
         free(pe);
         if (rc != 0) return -1;
+        /* FrozenCLIPEmbedderWithCustomWordsBase.process_tokens: if id_end != id_pad,
+         * every position after a chunk's first end token becomes id_pad (0 for
+         * FrozenOpenCLIPEmbedderWithCustomWords, SD 2.x) */
+        int32_t pad = te->style ? te->style->pad_id : CLIP_EOT;
+        for (int c = 0; pad != CLIP_EOT && c < ch->n_chunks; c++) {
+            int32_t *t = ch->tokens + (size_t)c * ctx;
+            int end = 0;
+            while (end < ctx && t[end] != CLIP_EOT) end++;
+            for (int k = end + 1; k < ctx; k++) t[k] = pad;
+        }
     }
     if (ch->n_chunks > te->max_chunks) {
         ldm_fail("it has %d chunks of 75 tokens (%d tokens): this executable takes at most %d chunk%s (%d tokens); %s",

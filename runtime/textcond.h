@@ -15,6 +15,11 @@
  * Plain syntax: one chunk, clip_tokenize_ctx (truncated at 75 tokens), no
  * emphasis, no embeddings (tags and brackets are text).
  *
+ * SD 2.x (FrozenOpenCLIPEmbedder) is the same with the OpenCLIP tokenizer
+ * conventions (LdmTextEncoder.style: padding 0 after the end token, as the
+ * webui's FrozenOpenCLIPEmbedderWithCustomWords does) and the OpenCLIP text
+ * tower behind the same clip_text inputs and outputs.
+ *
  * The text encoder is a generated clip_text model (models/sd1/clip_text.graph)
  * bound in an LdmNets: input `tokens` [B, 77] with B a run-time extent (the
  * chunks of a prompt are encoded in one call, or in several when there are
@@ -77,6 +82,8 @@ typedef struct LdmTextEncoder {
     LdmNets *nets;               /* where the text encoder lives */
     int model;                   /* its index in nets */
     const ClipTokenizer *tok;
+    const ClipTokStyle *style;   /* the text encoder's tokenizer conventions (NULL: SD v1's,
+                                  * clip_style_sd1; SD 2.x: clip_style_openclip, padding 0) */
     LdmPromptSyntax syntax;
     int clip_skip;               /* 1 = last layer, 2 = next to last, ... */
     const LdmEmbeddings *emb;    /* NULL: none */

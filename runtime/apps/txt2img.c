@@ -922,6 +922,7 @@ static LdmTextEncoder text_encoder(App *a) {
         .nets = &a->nets,
         .model = net_index(a, NET_CLIP),
         .tok = a->tok,
+        .style = ldm_pipeline_tok_style(&CFG),
         .syntax = a->o.syntax,
         .clip_skip = a->o.clip_skip,
         .emb = a->o.embeddings ? &a->emb : NULL,
@@ -1304,6 +1305,7 @@ static void sampler_setup(const App *a, LdmSampler *p) {
     p->gamma = a->o.gamma;
     p->noise_sampler = a->o.noise_sampler;
     p->n = a->n_lat;
+    p->v_pred = ldm_pipeline_v_pred(&CFG);
     /* hybrid models at strength 1 start from pure noise (for lcm, tcd and
      * uni_pc an init_latent at strength 1 would mean diffusers' img2img) */
     p->init_latent = a->hybrid && a->strength >= 1.0 ? NULL : a->init_latent;
