@@ -38,6 +38,12 @@
 #include "testutil.h"
 #include "util.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define CN_SAN 1 /* the executables built as the run is (make test SAN=1) */
+#else
+#define CN_SAN 0
+#endif
+
 #define NRES 13 /* residuals of the sd1-tiny ControlNet */
 
 /* other config (3 levels, 1 ResBlock each: N = 1 + 2 + 2 + 1 + 1 = 7) */
@@ -521,7 +527,7 @@ static void build_exe(void) {
     snprintf(build, sizeof build, "BUILD=%s", test_build_dir());
     snprintf(config, sizeof config, "CONFIG=%s", config_path());
     snprintf(logf, sizeof logf, "%s/make-cn.log", test_dir);
-    char *argv[] = {"make", "-s", "-j2", build, "SAN=0", "txt2img", config, "H=128", "W=128", "CONTROLNET=1",
+    char *argv[] = {"make", "-s", "-j2", build, CN_SAN ? "SAN=1" : "SAN=0", "txt2img", config, "H=128", "W=128", "CONTROLNET=1",
                     "TXT2IMG_NAME=txt2img-test-sd1-tiny-cn", NULL};
     int rc = test_wait_status(test_spawn(argv, logf));
     snprintf(g_exe, sizeof g_exe, "%s/txt2img-test-sd1-tiny-cn", test_build_dir());
@@ -531,7 +537,7 @@ static void build_exe(void) {
         g_exe_log = ldm_read_file(logf, &n);
         if (!g_exe_log) g_exe_log = ldm_xasprintf("make exited with status %d", rc);
     }
-    test_build_sd1_tiny_txt2img(0, g_plain, sizeof g_plain, &g_plain_log);
+    test_build_sd1_tiny_txt2img(CN_SAN, g_plain, sizeof g_plain, &g_plain_log);
     printf("controlnet: make txt2img CONTROLNET=1 (and the plain one) in %.1f s\n", ldm_now() - t0);
     fflush(stdout);
 }
