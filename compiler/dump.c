@@ -98,6 +98,9 @@ void dump_graph_after(const Graph *g, const char *pass, FILE *fp) {
     }
     fprintf(fp, "# nodes %d (ops %d, weights %d, inputs %d)  params %lld  flops %.6g GFLOP\n", g->n_nodes, ops, weights,
             g->n_inputs, (long long)params, graph_flops(g) / 1e9);
+    if (g->n_unused_weights)
+        fprintf(fp, "# unused: %d weights (%lld params) that no output reads: %s\n", g->n_unused_weights,
+                (long long)g->unused_params, g->unused_weights);
     if (g->arena_bytes)
         fprintf(fp, "# arena %lld bytes (%.1f MiB), naive sum of buffers %lld bytes (%.1f MiB)\n",
                 (long long)g->arena_bytes, (double)g->arena_bytes / 1048576.0, (long long)g->naive_bytes,

@@ -61,6 +61,7 @@ void graph_free(Graph *g) {
         free(g->nodes[i]);
     }
     free(g->plan);
+    free(g->unused_weights);
     for (int i = 0; i < g->n_outputs; i++) free(g->outputs[i].name);
     for (int i = 0; i < g->n_extents; i++) free(g->extents[i].name);
     free(g->extents);

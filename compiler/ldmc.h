@@ -325,6 +325,10 @@ struct Graph {
     double nominal_flops;        /* FLOPs of the graph as written, before fusion */
     Extent *extents;             /* run-time extents, in declaration order (index k: Node.dyn k + 1) */
     int n_extents;
+    char *unused_weights;        /* dce: the checkpoint keys the graph declared but no output reads,
+                                    ", "-separated (NULL: none), e.g. a text encoder's last layer */
+    int n_unused_weights;
+    int64_t unused_params;       /* their parameter count */
 };
 
 Graph *graph_new(const char *name);

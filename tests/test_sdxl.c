@@ -24,8 +24,13 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "image.h"
 #include "ldmc.h"
 #include "safetensors.h"
+#include "sampler.h"
+#include "schedule.h"
+#include "sdxl.h"
+#include "tokenizer.h"
 #include "testproc.h"
 #include "testio.h"
 #include "testutil.h"
@@ -33,12 +38,17 @@
 
 #define XL "goldens/sdxl-tiny/"
 
+/* "<shared>/goldens/sdxl-tiny/<rel>" (malloc'd once per name, kept: the
+ * tests hold several of them at a time). */
 static const char *xl(const char *rel) {
-    static char ring[8][512];
-    static int k;
-    char *b = ring[k++ % 8];
-    snprintf(b, 512, "%s/" XL "%s", test_shared_dir(), rel);
-    return b;
+    static char *names[32], *paths[32];
+    static int n;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(names[i], rel)) return paths[i];
+    ck_assert(n < 32);
+    names[n] = ldm_xstrdup(rel);
+    paths[n] = ldm_xasprintf("%s/" XL "%s", test_shared_dir(), rel);
+    return paths[n++];
 }
 
 /* ---- configs ---------------------------------------------------------------- */
@@ -169,7 +179,7 @@ END_TEST
 static const char *build_runner(const char *graph, const char *name, char *const defs[]) {
     test_dir_init("ldm_sdxl_");
     ck_assert(test_dir[0]);
-    const char *exe = test_tmp("%s", name);
+    const char *exe = ldm_xstrdup(test_tmp("%s", name)); /* kept for the test's life */
     char *argv[40];
     int n = 0;
     argv[n++] = (char *)ldmc_path();
@@ -239,17 +249,415 @@ START_TEST(test_sdxl_unet) {
 }
 END_TEST
 
+
+/* ---- the text encoder of embedder 0 (CLIP ViT-L role) ------------------------- */
+
+/* Copy tensor `from` of src into a new file as `to` (the runners' input names). */
+static const char *renamed_inputs(const char *src, const char *const from[], const char *const to[], int n,
+                                  const char *name) {
+    StFile f;
+    ck_assert_msg(st_open(&f, src) == 0, "%s", ldm_last_error());
+    StWriter *w = st_writer_new();
+    for (int i = 0; i < n; i++) {
+        const StTensor *t = st_find(&f, from[i]);
+        ck_assert_msg(t, "%s: no tensor %s", src, from[i]);
+        StDtype dt = t->dtype == ST_I32 || t->dtype == ST_I64 ? ST_I32 : ST_F32;
+        void *buf = ldm_xmalloc((size_t)t->numel * 4 + 4);
+        ck_assert_msg((dt == ST_I32 ? st_to_i32(t, buf) : st_to_f32(t, buf)) == 0, "%s", ldm_last_error());
+        st_writer_add(w, to[i], dt, t->ndim, t->shape, buf);
+        free(buf);
+    }
+    st_close(&f);
+    const char *out = test_tmp("%s", name);
+    ck_assert_msg(st_writer_save(w, out) == 0, "%s", ldm_last_error());
+    st_writer_free(w);
+    return out;
+}
+
+START_TEST(test_sdxl_clip_l) {
+    char *d[] = {"B=3", NULL};
+    const char *exe = build_runner("models/sd1/clip_text.graph", "clip-l-sdxl-tiny", d);
+    const char *io = xl("conditioner.io.safetensors");
+    for (int k = 0; k < 2; k++) {
+        char from[64], prefix[16];
+        snprintf(from, sizeof from, "case%d.tokens_clip_l", k);
+        snprintf(prefix, sizeof prefix, "case%d.", k);
+        const char *fr[] = {from}, *to[] = {"tokens"};
+        const char *in = renamed_inputs(io, fr, to, 1, "clip-in.safetensors");
+        /* the renamed file has no tolerance metadata: compare by hand */
+        const char *out = test_tmp("clip-out-%d.safetensors", k);
+        char *argv[] = {(char *)exe, "--weights", (char *)xl("model-fp16.safetensors"), "--inputs", (char *)in,
+                        "--outputs", (char *)out, NULL};
+        char *log = NULL;
+        ck_assert_msg(test_run(argv, &log) == 0, "%s failed:\n%s", exe, log);
+        free(log);
+        char gname[64];
+        snprintf(gname, sizeof gname, "%semb0_hidden", prefix);
+        int64_t na, nb;
+        float *a = read_f32(out, "hidden", &na), *b = read_f32(io, gname, &nb);
+        ck_assert_int_eq(na, nb);
+        double dd = max_abs_diff(a, b, na), tol = tolerance(io, gname);
+        printf("sdxl: %-28s max|ours - golden| = %.3g (tolerance %.3g)\n", gname, dd, tol);
+        ck_assert_msg(dd <= tol, "%s: %.6g > %.6g", gname, dd, tol);
+        free(a);
+        free(b);
+    }
+}
+END_TEST
+
+/* --stats of the CLIP ViT-L role under the real config: the checkpoint's
+ * 123,060,480 parameters, of which the last layer and the final LayerNorm
+ * are named as unused. */
+START_TEST(test_sdxl_stats_clip_l) {
+    test_dir_init("ldm_sdxl_");
+    char *argv[] = {(char *)ldmc_path(), "models/sd1/clip_text.graph", "--config", "models/sdxl/sd_xl_base.yaml",
+                    "--stats", NULL};
+    char *out = NULL;
+    ck_assert_msg(test_run(argv, &out) == 0, "%s", out);
+    ck_assert_msg(strstr(out, "the checkpoint's tensors: 123060480 parameters"), "%s", out);
+    ck_assert_msg(strstr(out, "conditioner.embedders.0.transformer.text_model.encoder.layers.11.mlp.fc2.weight"), "%s",
+                  out);
+    ck_assert_msg(strstr(out, "conditioner.embedders.0.transformer.text_model.final_layer_norm.bias"), "%s", out);
+    ck_assert_msg(!strstr(out, "layers.10.mlp"), "%s", out);
+    free(out);
+}
+END_TEST
+
+/* ---- tokens: embedder 0 = the SD v1 tokenizer exactly --------------------------- */
+
+START_TEST(test_sdxl_tokens_clip_l) {
+    size_t n;
+    char *text = ldm_read_file(xl("tokens.jsonl"), &n);
+    ck_assert_msg(text, "%s", ldm_last_error());
+    ClipTokenizer *tok = clip_tokenizer_load_builtin();
+    ck_assert_msg(tok, "%s", ldm_last_error());
+    int cases = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        json_error_t err;
+        json_t *j = json_loads(line, 0, &err);
+        ck_assert_msg(j, "tokens.jsonl: %s", err.text);
+        const char *prompt = json_string_value(json_object_get(j, "prompt"));
+        json_t *ids = json_object_get(j, "ids_clip_l");
+        ck_assert(prompt && json_array_size(ids) == 77);
+        int32_t ours[77];
+        ck_assert_msg(clip_tokenize(tok, prompt, ours, NULL) == 0, "%s", ldm_last_error());
+        for (int i = 0; i < 77; i++)
+            ck_assert_msg(ours[i] == (int32_t)json_integer_value(json_array_get(ids, (size_t)i)),
+                          "prompt '%s': id %d is %d, golden %lld", prompt, i, ours[i],
+                          (long long)json_integer_value(json_array_get(ids, (size_t)i)));
+        json_decref(j);
+        cases++;
+    }
+    ck_assert_int_gt(cases, 10);
+    clip_tokenizer_free(tok);
+    free(text);
+}
+END_TEST
+
+/* ---- size embeddings and the vector's size part ---------------------------------- */
+
+static void check_sizes_case(int k, int have_embs) {
+    const char *io = xl("conditioner.io.safetensors");
+    char name[96];
+    int64_t nb;
+    snprintf(name, sizeof name, "case%d.original_size_as_tuple", k);
+    int32_t *orig = read_i32(io, name, &nb);
+    int B = (int)(nb / 2);
+    snprintf(name, sizeof name, "case%d.crop_coords_top_left", k);
+    int32_t *crop = read_i32(io, name, NULL);
+    snprintf(name, sizeof name, "case%d.target_size_as_tuple", k);
+    int32_t *tgt = read_i32(io, name, NULL);
+    snprintf(name, sizeof name, "case%d.vector", k);
+    int64_t nv;
+    float *vec = read_f32(io, name, &nv);
+    int adm = (int)(nv / B), E = adm - 1536;
+    double tol = tolerance(io, name), worst = 0;
+    float *ours = ldm_xmalloc((size_t)adm * sizeof(float));
+    for (int b = 0; b < B; b++) {
+        LdmSizeCond c = {orig[2 * b], orig[2 * b + 1], crop[2 * b], crop[2 * b + 1], tgt[2 * b], tgt[2 * b + 1]};
+        ck_assert_msg(ldm_size_cond_check(&c) == 0, "%s", ldm_last_error());
+        ldm_sdxl_vector(NULL, E, &c, 256, ours);
+        /* the size part of the vector (and, for the zeroed branch, the zeros) */
+        int from = k == 2 ? 0 : E;
+        double d = max_abs_diff(ours + from, vec + (size_t)b * adm + from, adm - from);
+        if (d > worst) worst = d;
+        if (have_embs) {
+            static const char *emb[3] = {"emb2_original_size_as_tuple", "emb3_crop_coords_top_left",
+                                         "emb4_target_size_as_tuple"};
+            for (int e = 0; e < 3; e++) {
+                snprintf(name, sizeof name, "case%d.%s", k, emb[e]);
+                float *g = read_f32(io, name, NULL);
+                double de = max_abs_diff(ours + E + 512 * e, g + (size_t)b * 512, 512), te = tolerance(io, name);
+                ck_assert_msg(de <= te, "%s row %d: %.6g > %.6g", name, b, de, te);
+                free(g);
+            }
+        }
+    }
+    printf("sdxl: case%d.vector (size part%s) max|ours - golden| = %.3g (tolerance %.3g)\n", k,
+           k == 2 ? " and zeroed pooled" : "", worst, tol);
+    ck_assert_msg(worst <= tol, "case%d.vector: %.6g > %.6g", k, worst, tol);
+    if (k == 2) { /* the unconditional branch: crossattn all zeros */
+        snprintf(name, sizeof name, "case%d.crossattn", k);
+        int64_t nc;
+        float *ca = read_f32(io, name, &nc);
+        for (int64_t i = 0; i < nc; i++) ck_assert_msg(ca[i] == 0.0f, "case2.crossattn is not all zeros");
+        free(ca);
+    }
+    free(ours);
+    free(vec);
+    free(orig);
+    free(crop);
+    free(tgt);
+}
+
+START_TEST(test_sdxl_size_embeddings) {
+    check_sizes_case(0, 1);
+    check_sizes_case(1, 1);
+    check_sizes_case(2, 0);
+}
+END_TEST
+
+START_TEST(test_sdxl_size_flags) {
+    int h, w;
+    ck_assert_int_eq(ldm_parse_hw("--original-size", "1024x768", &h, &w), 0);
+    ck_assert_int_eq(h, 1024);
+    ck_assert_int_eq(w, 768);
+    static const char *bad_hw[] = {"", "1024", "0x5", "5x0", "-1x5", "5x", "x5", "5x5x", "1e3x5", "5 x 5", "99999999999x1"};
+    for (size_t i = 0; i < sizeof bad_hw / sizeof *bad_hw; i++) {
+        ck_assert_msg(ldm_parse_hw("--target-size", bad_hw[i], &h, &w) != 0, "'%s' accepted", bad_hw[i]);
+        ck_assert_msg(strstr(ldm_last_error(), "--target-size") && strstr(ldm_last_error(), "two positive integers"),
+                      "%s", ldm_last_error());
+    }
+    ck_assert_int_eq(ldm_parse_top_left("--crop-top-left", "0,16", &h, &w), 0);
+    ck_assert_int_eq(w, 16);
+    static const char *bad_tl[] = {"", "0", "-1,0", "0,", ",0", "0;0", "0,0,0"};
+    for (size_t i = 0; i < sizeof bad_tl / sizeof *bad_tl; i++)
+        ck_assert_msg(ldm_parse_top_left("--crop-top-left", bad_tl[i], &h, &w) != 0, "'%s' accepted", bad_tl[i]);
+    LdmSizeCond c = {512, 512, 512, 0, 512, 512};
+    ck_assert_int_ne(ldm_size_cond_check(&c), 0);
+    ck_assert_msg(strstr(ldm_last_error(), "outside the original size"), "%s", ldm_last_error());
+    c.crop_top = 0;
+    c.target_w = 0;
+    ck_assert_int_ne(ldm_size_cond_check(&c), 0);
+}
+END_TEST
+
+/* ---- schedule ---------------------------------------------------------------------- */
+
+START_TEST(test_sdxl_schedule) {
+    CfgNode *cfg = load_cfg(xl("config.json"));
+    ModelFacts f;
+    ck_assert_msg(model_facts(cfg, &f) == 0, "%s", ldm_last_error());
+    LdmSchedule s;
+    ck_assert_int_eq(ldm_schedule_init(&s, f.linear_start, f.linear_end, f.timesteps), 0);
+    const char *io = xl("schedule.io.safetensors");
+    int64_t n;
+    float *ac = read_f32(io, "alphas_cumprod", &n);
+    ck_assert_int_eq(n, 1000);
+    float *tab = read_f32(io, "denoiser_sigmas", NULL);
+    float *ours = ldm_xmalloc(1000 * sizeof(float));
+    ldm_sgm_sigma_table(&s, ours);
+    for (int i = 0; i < 1000; i++) {
+        ck_assert_msg(s.alphas_cumprod[i] == ac[i], "alphas_cumprod[%d] %.9g, golden %.9g", i, s.alphas_cumprod[i], ac[i]);
+        ck_assert_msg(ours[i] == tab[i], "denoiser_sigmas[%d] %.9g, golden %.9g", i, ours[i], tab[i]);
+    }
+    float *sig = read_f32(io, "sampler_sigmas_10", NULL), got[11];
+    int32_t *idx = read_i32(io, "sampler_sigma_idx_10", NULL);
+    ck_assert_int_eq(ldm_kdiff_sigmas(&s, LDM_SIGMAS_SGM, 10, got), 0);
+    for (int i = 0; i < 11; i++) ck_assert_msg(got[i] == sig[i], "sigma %d: %.9g, golden %.9g", i, got[i], sig[i]);
+    for (int i = 0; i < 10; i++) ck_assert_int_eq(ldm_sgm_sigma_index(ours, 1000, got[i]), idx[i]);
+    LdmSigmaKind k;
+    ck_assert_int_eq(ldm_sigma_kind_parse("sgm", &k), 0);
+    ck_assert_int_eq(k, LDM_SIGMAS_SGM);
+    ck_assert_int_ne(ldm_kdiff_sigmas(&s, LDM_SIGMAS_SGM, 1001, got), 0);
+    free(ac), free(tab), free(ours), free(sig), free(idx);
+    ldm_schedule_free(&s);
+    cfg_free(cfg);
+}
+END_TEST
+
+/* ---- the sgm Euler EDM sampler through the UNet runner: txt2img_euler_cfg5 ------------ */
+
+typedef struct EpsCtx {
+    const char *unet;           /* the runner */
+    const float *ctx2, *y2;     /* [uc, c] context and vector */
+    int64_t nctx, ny;
+    int64_t shape[4];           /* latent of one sample */
+    int calls;
+} EpsCtx;
+
+static int eps_by_runner(void *vctx, const float *x_in, float t, float *eps_out) {
+    EpsCtx *c = vctx;
+    int64_t n = c->shape[0] * c->shape[1] * c->shape[2] * c->shape[3];
+    float *x2 = ldm_xmalloc((size_t)(2 * n) * sizeof(float));
+    memcpy(x2, x_in, (size_t)n * sizeof(float));
+    memcpy(x2 + n, x_in, (size_t)n * sizeof(float));
+    float ts[2] = {t, t};
+    StWriter *w = st_writer_new();
+    int64_t xs[4] = {2, c->shape[1], c->shape[2], c->shape[3]}, tsh[1] = {2};
+    int64_t cs[3] = {2, 77, c->nctx / (2 * 77)}, ysh[2] = {2, c->ny / 2};
+    st_writer_add(w, "x", ST_F32, 4, xs, x2);
+    st_writer_add(w, "timesteps", ST_F32, 1, tsh, ts);
+    st_writer_add(w, "context", ST_F32, 3, cs, c->ctx2);
+    st_writer_add(w, "y", ST_F32, 2, ysh, c->y2);
+    const char *in = test_tmp("eps-in.safetensors"), *out = test_tmp("eps-out.safetensors");
+    ck_assert_msg(st_writer_save(w, in) == 0, "%s", ldm_last_error());
+    st_writer_free(w);
+    char *argv[] = {(char *)c->unet, "--weights", (char *)xl("model-fp16.safetensors"), "--inputs", (char *)in,
+                    "--outputs", (char *)out, NULL};
+    char *log = NULL;
+    ck_assert_msg(test_run(argv, &log) == 0, "unet runner failed:\n%s", log);
+    free(log);
+    int64_t ne;
+    float *e = read_f32(out, "eps", &ne);
+    ck_assert_int_eq(ne, 2 * n);
+    /* VanillaCFG on the denoised output, uncond first: D = D_u + 5 (D_c - D_u)
+     * with D = x - sigma eps, i.e. the same guidance of eps */
+    for (int64_t i = 0; i < n; i++) eps_out[i] = e[i] + 5.0f * (e[n + i] - e[i]);
+    free(e);
+    free(x2);
+    c->calls++;
+    return 0;
+}
+
+typedef struct Steps {
+    float *x, *den;   /* (10, n) */
+    int64_t n;
+} Steps;
+
+static int record_step(void *vctx, const LdmStepInfo *info) {
+    Steps *s = vctx;
+    memcpy(s->x + (size_t)info->step * s->n, info->x, (size_t)s->n * sizeof(float));
+    memcpy(s->den + (size_t)info->step * s->n, info->denoised, (size_t)s->n * sizeof(float));
+    return 0;
+}
+
+static void expect_close(const char *io, const char *name, const float *ours, int64_t n) {
+    int64_t ng;
+    float *g = read_f32(io, name, &ng);
+    ck_assert_msg(ng == n, "%s: %lld values, ours %lld", name, (long long)ng, (long long)n);
+    double d = max_abs_diff(ours, g, n), tol = tolerance(io, name);
+    printf("sdxl: %-28s max|ours - golden| = %.3g (tolerance %.3g)\n", name, d, tol);
+    fflush(stdout);
+    ck_assert_msg(d <= tol, "%s: max |ours - golden| = %.6g > tolerance %.6g", name, d, tol);
+    free(g);
+}
+
+START_TEST(test_sdxl_euler_cfg5) {
+    char *d[] = {"B=2", "H=128", "W=128", NULL};
+    const char *unet = build_runner("models/sd1/unet.graph", "unet-sdxl-tiny", d);
+    char *dv[] = {"B=1", "H=128", "W=128", NULL};
+    const char *vae = build_runner("models/sd1/vae_decoder.graph", "vae-sdxl-tiny", dv);
+    const char *io = xl("txt2img_euler_cfg5.io.safetensors");
+
+    /* conditioning: the golden's own (checked against conditioner.io above) */
+    int64_t nc, ny, n;
+    float *c = read_f32(io, "c_crossattn", &nc), *uc = read_f32(io, "uc_crossattn", NULL);
+    float *cv = read_f32(io, "c_vector", &ny), *uv = read_f32(io, "uc_vector", NULL);
+    /* our zeroed unconditional branch from c_vector: pooled zeros, same sizes */
+    float *ours_uv = ldm_xmalloc((size_t)ny * sizeof(float));
+    memcpy(ours_uv, cv, (size_t)ny * sizeof(float));
+    memset(ours_uv, 0, (size_t)(ny - 1536) * sizeof(float));
+    expect_close(io, "uc_vector", ours_uv, ny);
+    float *zero = calloc((size_t)nc, sizeof(float));
+    expect_close(io, "uc_crossattn", zero, nc);
+    float *ctx2 = ldm_xmalloc((size_t)(2 * nc) * sizeof(float)), *y2 = ldm_xmalloc((size_t)(2 * ny) * sizeof(float));
+    memcpy(ctx2, zero, (size_t)nc * sizeof(float));
+    memcpy(ctx2 + nc, c, (size_t)nc * sizeof(float));
+    memcpy(y2, ours_uv, (size_t)ny * sizeof(float));
+    memcpy(y2 + ny, cv, (size_t)ny * sizeof(float));
+
+    float *x = read_f32(io, "randn", &n);
+    EpsCtx ec = {unet, ctx2, y2, 2 * nc, 2 * ny, {1, 4, 16, 16}, 0};
+    Steps st = {ldm_xmalloc((size_t)(10 * n) * sizeof(float)), ldm_xmalloc((size_t)(10 * n) * sizeof(float)), n};
+    CfgNode *cfg = load_cfg(xl("config.json"));
+    ModelFacts f;
+    ck_assert_msg(model_facts(cfg, &f) == 0, "%s", ldm_last_error());
+    LdmSchedule s;
+    ck_assert_int_eq(ldm_schedule_init(&s, f.linear_start, f.linear_end, f.timesteps), 0);
+    float sig[11];
+    ck_assert_int_eq(ldm_kdiff_sigmas(&s, LDM_SIGMAS_SGM, 10, sig), 0);
+    expect_close(io, "sigmas", sig, 11);
+    LdmSampler p = {0};
+    p.kind = LDM_SAMPLER_EULER;
+    p.steps = 10;
+    p.sigmas = LDM_SIGMAS_SGM;
+    p.n = n;
+    p.eps_fn = eps_by_runner;
+    p.eps_ctx = &ec;
+    p.step_fn = record_step;
+    p.step_ctx = &st;
+    ck_assert_msg(ldm_sample(&s, &p, x) == 0, "%s", ldm_last_error());
+    ck_assert_int_eq(ec.calls, 10);
+    expect_close(io, "x_start", st.x, n);
+    expect_close(io, "step_x", st.x, 10 * n);
+    expect_close(io, "step_denoised", st.den, 10 * n);
+    expect_close(io, "latent", x, n);
+
+    /* decode: first_stage_model.decode(latent / scale_factor) */
+    float *z = ldm_xmalloc((size_t)n * sizeof(float));
+    for (int64_t i = 0; i < n; i++) z[i] = x[i] / (float)f.scale_factor;
+    StWriter *w = st_writer_new();
+    int64_t zs[4] = {1, 4, 16, 16};
+    st_writer_add(w, "z", ST_F32, 4, zs, z);
+    const char *zin = test_tmp("z.safetensors"), *zout = test_tmp("image.safetensors");
+    ck_assert_msg(st_writer_save(w, zin) == 0, "%s", ldm_last_error());
+    st_writer_free(w);
+    char *argv[] = {(char *)vae, "--weights", (char *)xl("model-fp16.safetensors"), "--inputs", (char *)zin,
+                    "--outputs", (char *)zout, NULL};
+    char *log = NULL;
+    ck_assert_msg(test_run(argv, &log) == 0, "vae runner failed:\n%s", log);
+    free(log);
+    int64_t ni;
+    float *img = read_f32(zout, "image", &ni);
+    expect_close(io, "image", img, ni);
+    float *img01 = ldm_xmalloc((size_t)ni * sizeof(float));
+    for (int64_t i = 0; i < ni; i++) {
+        float v = (img[i] + 1.0f) / 2.0f;
+        img01[i] = v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v;
+    }
+    expect_close(io, "image01", img01, ni);
+    /* the PNG: uint8(255 * image01), truncating; a value within the image01
+     * tolerance of a step may land on the other side of it */
+    uint8_t *rgb;
+    int W, H;
+    ck_assert_msg(ldm_png_read_rgb8(xl("txt2img_euler_cfg5.png"), &rgb, &W, &H) == 0, "%s", ldm_last_error());
+    ck_assert_int_eq(W * H * 3, ni);
+    int worst = 0;
+    for (int y = 0; y < H; y++)
+        for (int xx = 0; xx < W; xx++)
+            for (int ch = 0; ch < 3; ch++) {
+                int v = (int)(255.0f * img01[(size_t)ch * H * W + (size_t)y * W + xx]);
+                int dd = abs(v - (int)rgb[((size_t)y * W + xx) * 3 + ch]);
+                if (dd > worst) worst = dd;
+            }
+    printf("sdxl: txt2img_euler_cfg5.png max byte difference %d\n", worst);
+    ck_assert_int_le(worst, 1);
+    free(rgb), free(img), free(img01), free(z), free(x), free(st.x), free(st.den);
+    free(c), free(uc), free(cv), free(uv), free(ours_uv), free(zero), free(ctx2), free(y2);
+    ldm_schedule_free(&s);
+    cfg_free(cfg);
+}
+END_TEST
+
 Suite *suite_sdxl(void) {
     Suite *s = suite_create("sdxl");
     TCase *tc = tcase_create("config");
     tcase_add_test(tc, test_sdxl_facts_real_yaml);
     tcase_add_test(tc, test_sdxl_facts_json);
     tcase_add_test(tc, test_sdxl_facts_bad);
+    tcase_add_test(tc, test_sdxl_tokens_clip_l);
+    tcase_add_test(tc, test_sdxl_size_embeddings);
+    tcase_add_test(tc, test_sdxl_size_flags);
+    tcase_add_test(tc, test_sdxl_schedule);
     suite_add_tcase(s, tc);
     tc = tcase_create("networks");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_sdxl_stats_real);
     tcase_add_test(tc, test_sdxl_unet);
+    tcase_add_test(tc, test_sdxl_clip_l);
+    tcase_add_test(tc, test_sdxl_stats_clip_l);
+    tcase_add_test(tc, test_sdxl_euler_cfg5);
     suite_add_tcase(s, tc);
     return s;
 }
