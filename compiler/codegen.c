@@ -619,6 +619,21 @@ static void k_vq_lookup(const Node *n, FILE *fp) {
     E("        }\n    return 0;\n}\n");
 }
 
+/* y[b] = x[b, t*] with t* the first position of the largest ids[b, t]
+ * (torch.argmax: CLIP's pooled output at the end token). */
+static void k_take_argmax(const Node *n, FILE *fp) {
+    int64_t T = n->src[0]->shape[1], C = n->shape[1];
+    E("static void n%d_take_argmax(const float *restrict x, const int32_t *restrict ids, float *restrict y%s) {\n",
+      n->id, ext_param(n));
+    E("    for (int b = 0; b < %s; b++) {\n", sz_c(sz_dim(n, 0)));
+    E("        int best = 0;\n");
+    E("        for (int t = 1; t < %lld; t++)\n", (long long)T);
+    E("            if (ids[(size_t)b * %lld + t] > ids[(size_t)b * %lld + best]) best = t;\n", (long long)T, (long long)T);
+    E("        memcpy(y + (size_t)b * %lld, x + ((size_t)b * %lld + best) * %lld, %lld * sizeof *y);\n", (long long)C,
+      (long long)T, (long long)C, (long long)C);
+    E("    }\n}\n");
+}
+
 /* Emit the kernel of n (nothing for inputs, weights and views). */
 static void emit_kernel_body(const Node *n, FILE *fp) {
     switch (n->op) {
@@ -649,6 +664,7 @@ static void emit_kernel_body(const Node *n, FILE *fp) {
     case OPK_SLICE: k_slice(n, fp); break;
     case OPK_VQ_INDEX: k_vq_index(n, fp); break;
     case OPK_VQ_LOOKUP: k_vq_lookup(n, fp); break;
+    case OPK_TAKE_ARGMAX: k_take_argmax(n, fp); break;
     default: break;
     }
 }

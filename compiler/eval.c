@@ -777,6 +777,13 @@ static int bi_vq_index(Eval *E, Args *a, Value *out) {
     RESULT(finish(mk(E, OPK_VQ_INDEX, a->loc, 2, src)));
 }
 
+static int bi_take_argmax(Eval *E, Args *a, Value *out) {
+    ARG_TENSOR(0, x, "x");
+    ARG_TENSOR(1, ids, "ids");
+    Node *src[2] = {x, ids};
+    RESULT(finish(mk(E, OPK_TAKE_ARGMAX, a->loc, 2, src)));
+}
+
 static int bi_vq_lookup(Eval *E, Args *a, Value *out) {
     ARG_TENSOR(0, cb, "codebook");
     ARG_TENSOR(1, idx, "indices");
@@ -821,6 +828,7 @@ static const Builtin builtins[] = {
     {"slice", "x,axis,start,end", bi_slice},
     {"vq_index", "z,codebook", bi_vq_index},
     {"vq_lookup", "codebook,indices", bi_vq_lookup},
+    {"take_argmax", "x,ids", bi_take_argmax},
 };
 #define N_BUILTINS ((int)(sizeof builtins / sizeof builtins[0]))
 

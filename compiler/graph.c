@@ -42,6 +42,7 @@ const char *const op_names[OPK_COUNT] = {
     [OPK_SLICE] = "slice",
     [OPK_VQ_INDEX] = "vq_index",
     [OPK_VQ_LOOKUP] = "vq_lookup",
+    [OPK_TAKE_ARGMAX] = "take_argmax",
 };
 
 Graph *graph_new(const char *name) {
@@ -513,6 +514,21 @@ static int infer_op(Node *n) {
         int64_t s[4] = {idx->shape[0], cb->shape[1], idx->shape[1], idx->shape[2]};
         set_shape(n, 4, s);
         n->dyn[0] = idx->dyn[0];
+        return 0;
+    }
+    case OPK_TAKE_ARGMAX: {
+        const Node *ids = n->src[1];
+        if (want_rank(n, x, 3, "x") || want_f32(n, x, "x") || want_rank(n, ids, 2, "ids")) return -1;
+        if (ids->dtype != DT_I32) return diag_error(n->loc, "take_argmax: ids must be i32");
+        if (static_dim(n, x, 1, "the sequence", "it is searched") || static_dim(n, x, 2, "the channels", "they are copied") ||
+            static_dim(n, ids, 1, "the sequence", "it is searched"))
+            return -1;
+        if (!same_dim(x, 0, ids, 0) || x->shape[1] != ids->shape[1])
+            return diag_error(n->loc, "take_argmax: x %s and ids %s differ in batch or sequence length",
+                              shape_str(x, b1, sizeof b1), shape_str(ids, b2, sizeof b2));
+        int64_t s[2] = {x->shape[0], x->shape[2]};
+        set_shape(n, 2, s);
+        n->dyn[0] = x->dyn[0];
         return 0;
     }
     case OPK_COUNT: break;

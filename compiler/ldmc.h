@@ -198,6 +198,7 @@ typedef enum OpKind {
     OPK_SLICE,        /* [start, end) along axis (a copy) */
     OPK_VQ_INDEX,     /* z[B,C,H,W], codebook[K,C] -> I32 [B,H,W] nearest row */
     OPK_VQ_LOOKUP,    /* codebook[K,C], idx I32 [B,H,W] -> [B,C,H,W] */
+    OPK_TAKE_ARGMAX,  /* x[B,T,C], ids I32 [B,T] -> [B,C]: x[b, first t of the largest ids[b, t]] */
     OPK_COUNT
 } OpKind;
 
@@ -403,6 +404,7 @@ typedef struct ModelFacts {
     int unet_spatial;            /* the UNet's attention blocks are SpatialTransformers (cross-attention) */
     int adm_in_channels;         /* width of the UNet's vector conditioning y (label_emb), 0 without */
     int n_text_embedders;        /* sgm: conditioner embedders whose input_key is txt (CompVis text: 1) */
+    const char *openclip_layer;  /* FrozenOpenCLIPEmbedder's layer ("last" or "penultimate"), NULL otherwise */
 } ModelFacts;
 
 /* Derive the facts from a config root; 0, or -1 with a located message. */

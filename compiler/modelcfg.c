@@ -319,6 +319,21 @@ int model_facts(const CfgNode *root, ModelFacts *p) {
             if (get_int(cp, "max_length", 77, 2, 100000, &p->context_length) ||
                 get_int(cp, "vocab_size", 49408, 1, 1 << 24, &p->vocab_size))
                 return -1;
+        } else if (!strcmp(p->cond_stage, "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder")) {
+            /* FrozenOpenCLIPEmbedder(arch="ViT-H-14", layer="last") = open_clip's text tower: 77
+             * positions, vocab 49408 unless an open_clip_model_config (the goldens' extension key)
+             * says otherwise; layer "last" or "penultimate" */
+            const CfgNode *tc = cfg_get(cfg_get(cs, "open_clip_model_config"), "text_cfg");
+            if (get_int(tc, "context_length", 77, 2, 100000, &p->context_length) ||
+                get_int(tc, "vocab_size", 49408, 1, 1 << 24, &p->vocab_size))
+                return -1;
+            const char *layer = get_str(cp, "layer", "last", &err);
+            if (err) return -1;
+            if (strcmp(layer, "last") && strcmp(layer, "penultimate"))
+                return cfg_error(cfg_get(cp, "layer"),
+                                 "cond_stage_config.params.layer: unknown layer '%s' (expected \"last\" or "
+                                 "\"penultimate\")%s", layer, NULL);
+            p->openclip_layer = layer;
         } else if (!strcmp(p->cond_stage, "ldm.modules.encoders.modules.ClassEmbedder")) {
             if (get_int(cp, "n_classes", 1000, 1, 1 << 24, &p->n_classes)) return -1;
         }
@@ -345,7 +360,8 @@ int model_facts(const CfgNode *root, ModelFacts *p) {
                          "model.params.channels%s", ck, NULL);
     /* the tokens the UNet cross-attends to: the text encoder's positions,
      * the ClassEmbedder's one embedding, none for an unconditional model */
-    if (!strcmp(p->cond_stage, "ldm.modules.encoders.modules.FrozenCLIPEmbedder")) {
+    if (!strcmp(p->cond_stage, "ldm.modules.encoders.modules.FrozenCLIPEmbedder") ||
+        !strcmp(p->cond_stage, "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder")) {
         p->cond_kind = "text";
         p->n_text_embedders = 1;
         p->unet_context = p->context_length;

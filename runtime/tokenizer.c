@@ -354,10 +354,11 @@ static size_t match_literal(const uint32_t *s, size_t n, size_t p, const char *l
     return k;
 }
 
-/* Length of the match starting at s[p] (0: nothing matches here). */
-static size_t match_piece(const uint32_t *s, size_t n, size_t p) {
-    static const char *const literals[] = {"<|startoftext|>", "<|endoftext|>", "'s", "'t",
-                                           "'re", "'ve", "'m", "'ll", "'d"};
+/* Length of the match starting at s[p] (0: nothing matches here); the
+ * special tokens are the style's (SimpleTokenizer's pattern starts with
+ * them). */
+static size_t match_piece(const ClipTokStyle *st, const uint32_t *s, size_t n, size_t p) {
+    const char *const literals[] = {st->sot_text, st->eot_text, "'s", "'t", "'re", "'ve", "'m", "'ll", "'d"};
     for (size_t k = 0; k < N_ELEMS(literals); k++) {
         size_t len = match_literal(s, n, p, literals[k]);
         if (len) return len;
@@ -867,8 +868,8 @@ static int clean_prompt(const char *utf8_prompt, CpBuf *text) {
 
 /* A piece spelling a special token exactly maps to its id (the reference
  * tokenizer's cache holds both), else -1. */
-static int32_t special_id(const uint32_t *s, size_t len) {
-    static const char *const names[2] = {"<|startoftext|>", "<|endoftext|>"};
+static int32_t special_id(const ClipTokStyle *st, const uint32_t *s, size_t len) {
+    const char *const names[2] = {st->sot_text, st->eot_text};
     for (int k = 0; k < 2; k++) {
         size_t n = strlen(names[k]), i = 0;
         while (i < n && i < len && s[i] == (uint32_t)names[k][i]) i++;
@@ -877,7 +878,7 @@ static int32_t special_id(const uint32_t *s, size_t len) {
     return -1;
 }
 
-static int encode_all(const ClipTokenizer *t, const char *utf8_prompt, IdBuf *out) {
+static int encode_all(const ClipTokenizer *t, const ClipTokStyle *st, const char *utf8_prompt, IdBuf *out) {
     if (!t) return ldm_fail("clip_tokenize: no tokenizer (NULL)");
     if (!utf8_prompt) return ldm_fail("clip_tokenize: no prompt (NULL)");
     CpBuf text = {0};
@@ -885,12 +886,12 @@ static int encode_all(const ClipTokenizer *t, const char *utf8_prompt, IdBuf *ou
     BpeWork w = {0};
     size_t bytes_cap = 0;
     for (size_t p = 0; p < text.n;) {
-        size_t len = match_piece(text.cp, text.n, p);
+        size_t len = match_piece(st, text.cp, text.n, p);
         if (len == 0) {
             p++;
             continue;
         }
-        int32_t special = special_id(text.cp + p, len);
+        int32_t special = special_id(st, text.cp + p, len);
         if (special >= 0) {
             id_push(out, special);
         } else {
@@ -909,9 +910,13 @@ static int encode_all(const ClipTokenizer *t, const char *utf8_prompt, IdBuf *ou
     return 0;
 }
 
-int clip_encode(const ClipTokenizer *t, const char *utf8_prompt, int32_t **ids) {
+const ClipTokStyle clip_style_sd1 = {"<|startoftext|>", "<|endoftext|>", CLIP_EOT};
+const ClipTokStyle clip_style_openclip = {"<start_of_text>", "<end_of_text>", 0};
+
+int clip_encode_style(const ClipTokenizer *t, const ClipTokStyle *st, const char *utf8_prompt, int32_t **ids) {
     IdBuf out = {0};
-    if (encode_all(t, utf8_prompt, &out)) {
+    if (!st) st = &clip_style_sd1;
+    if (encode_all(t, st, utf8_prompt, &out)) {
         free(out.id);
         *ids = NULL;
         return -1;
@@ -925,20 +930,31 @@ int clip_encode(const ClipTokenizer *t, const char *utf8_prompt, int32_t **ids) 
     return (int)out.n;
 }
 
-int clip_tokenize_ctx(const ClipTokenizer *t, const char *utf8_prompt, int context_length,
-                      int32_t *ids, int *n_bpe) {
+int clip_encode(const ClipTokenizer *t, const char *utf8_prompt, int32_t **ids) {
+    return clip_encode_style(t, &clip_style_sd1, utf8_prompt, ids);
+}
+
+int clip_tokenize_style(const ClipTokenizer *t, const ClipTokStyle *st, const char *utf8_prompt,
+                        int context_length, int32_t *ids, int *n_bpe) {
     if (context_length < 2)
         return ldm_fail("clip_tokenize: context length %d, expected at least 2", context_length);
+    if (!st) st = &clip_style_sd1;
     int32_t *bpe;
-    int n = clip_encode(t, utf8_prompt, &bpe);
+    int n = clip_encode_style(t, st, utf8_prompt, &bpe);
     if (n < 0) return -1;
     int keep = n < context_length - 2 ? n : context_length - 2;
     ids[0] = CLIP_SOT;
     memcpy(ids + 1, bpe, (size_t)keep * sizeof *ids);
-    for (int i = keep + 1; i < context_length; i++) ids[i] = CLIP_EOT;
+    ids[keep + 1] = CLIP_EOT;
+    for (int i = keep + 2; i < context_length; i++) ids[i] = st->pad_id;
     if (n_bpe) *n_bpe = n;
     free(bpe);
     return 0;
+}
+
+int clip_tokenize_ctx(const ClipTokenizer *t, const char *utf8_prompt, int context_length, int32_t *ids,
+                      int *n_bpe) {
+    return clip_tokenize_style(t, &clip_style_sd1, utf8_prompt, context_length, ids, n_bpe);
 }
 
 int clip_tokenize(const ClipTokenizer *t, const char *utf8_prompt,

@@ -50,9 +50,34 @@ int clip_tokenize(const ClipTokenizer *t, const char *utf8_prompt,
 int clip_tokenize_ctx(const ClipTokenizer *t, const char *utf8_prompt,
                       int context_length, int32_t *ids, int *n_bpe);
 
+/* The conventions in which text encoders' tokenizers differ around the
+ * same BPE (SimpleTokenizer, vocabulary and merges): the special tokens'
+ * text (a prompt spelling one gets its id, any case) and the padding id
+ * after the end token. */
+typedef struct ClipTokStyle {
+    const char *sot_text;    /* the start token's text (id CLIP_SOT) */
+    const char *eot_text;    /* the end token's text (id CLIP_EOT) */
+    int32_t pad_id;          /* what fills the positions after the end token */
+} ClipTokStyle;
+/* SD v1 (HF CLIPTokenizer, padding="max_length"): <|startoftext|>,
+ * <|endoftext|>, padded with the end token. */
+extern const ClipTokStyle clip_style_sd1;
+/* open_clip.tokenize (SD 2.x FrozenOpenCLIPEmbedder, SDXL's OpenCLIP
+ * encoder): <start_of_text>, <end_of_text>, padded with 0 (the token "!",
+ * embedded and attended to like any other). */
+extern const ClipTokStyle clip_style_openclip;
+
+/* clip_tokenize_ctx in a style (NULL: clip_style_sd1): SOT + the first
+ * context_length-2 BPE ids + EOT, then style->pad_id. */
+int clip_tokenize_style(const ClipTokenizer *t, const ClipTokStyle *style, const char *utf8_prompt,
+                        int context_length, int32_t *ids, int *n_bpe);
+
 /* All BPE ids of a prompt, without SOT/EOT and without truncation. Returns
  * the count and stores a malloc'd array (caller frees) in *ids, or -1. */
 int clip_encode(const ClipTokenizer *t, const char *utf8_prompt, int32_t **ids);
+
+/* clip_encode with the style's special-token texts (NULL: clip_style_sd1). */
+int clip_encode_style(const ClipTokenizer *t, const ClipTokStyle *style, const char *utf8_prompt, int32_t **ids);
 
 /* The vocabulary string of an id (byte-level symbols, "</w>" marks a word
  * end), or NULL when out of range. */

@@ -1552,6 +1552,23 @@ START_TEST(test_embedding) {
 }
 END_TEST
 
+/* take_argmax: row t* = the first position of the largest id, per batch */
+START_TEST(test_take_argmax) {
+    Run R = ready(&misc, _i);
+    const Tens *table = tens(&R, "emb.weight"), *ids = tens(&R, "ids");
+    Ref r;
+    ref_init(&r, 2, (int64_t[]){2, 6});
+    for (int b = 0; b < 2; b++) {
+        int at = 0;
+        for (int t = 1; t < 7; t++)
+            if (ids->i[b * 7 + t] > ids->i[b * 7 + at]) at = t;
+        for (int d = 0; d < 6; d++) r.v[b * 6 + d] = 2.0f * table->f[ids->i[b * 7 + at] * 6 + d];
+    }
+    expect_exact(&R, "take", &r, 0);
+    ref_free(&r);
+}
+END_TEST
+
 START_TEST(test_vq_index) {
     Run R = ready(&misc, _i);
     Ref r;
@@ -2272,6 +2289,7 @@ Suite *suite_ops(void) {
     ADD(tc, misc, test_timestep_embedding_odd);
     ADD(tc, misc, test_timestep_embedding_max_period);
     ADD(tc, misc, test_embedding);
+    ADD(tc, misc, test_take_argmax);
     ADD(tc, misc, test_vq_index);
     ADD(tc, misc, test_vq_index_first_on_ties);
     ADD(tc, misc, test_vq_lookup);

@@ -237,6 +237,17 @@ static void run_and_compare(const char *exe, const char *io, const char *prefix,
     remove(out);
 }
 
+static void expect_close(const char *io, const char *name, const float *ours, int64_t n) {
+    int64_t ng;
+    float *g = read_f32(io, name, &ng);
+    ck_assert_msg(ng == n, "%s: %lld values, ours %lld", name, (long long)ng, (long long)n);
+    double d = max_abs_diff(ours, g, n), tol = tolerance(io, name);
+    printf("sdxl: %-28s max|ours - golden| = %.3g (tolerance %.3g)\n", name, d, tol);
+    fflush(stdout);
+    ck_assert_msg(d <= tol, "%s: max |ours - golden| = %.6g > tolerance %.6g", name, d, tol);
+    free(g);
+}
+
 START_TEST(test_sdxl_unet) {
     char *d[] = {"B=2", "H=128", "W=128", NULL};
     const char *exe = build_runner("models/sd1/unet.graph", "unet-sdxl-tiny", d);
@@ -274,33 +285,69 @@ static const char *renamed_inputs(const char *src, const char *const from[], con
     return out;
 }
 
-START_TEST(test_sdxl_clip_l) {
-    char *d[] = {"B=3", NULL};
-    const char *exe = build_runner("models/sd1/clip_text.graph", "clip-l-sdxl-tiny", d);
-    const char *io = xl("conditioner.io.safetensors");
+/* Run a text-encoder runner on tokens `tok_name` of conditioner.io case k;
+ * the outputs file. */
+static const char *run_encoder(const char *exe, int k, const char *tok_name, const char *tag) {
+    char from[64];
+    snprintf(from, sizeof from, "case%d.%s", k, tok_name);
+    const char *fr[] = {from}, *to[] = {"tokens"};
+    const char *in = renamed_inputs(xl("conditioner.io.safetensors"), fr, to, 1, "enc-in.safetensors");
+    const char *out = ldm_xstrdup(test_tmp("%s-out-%d.safetensors", tag, k));
+    char *argv[] = {(char *)exe, "--weights", (char *)xl("model-fp16.safetensors"), "--inputs", (char *)in,
+                    "--outputs", (char *)out, NULL};
+    char *log = NULL;
+    ck_assert_msg(test_run(argv, &log) == 0, "%s failed:\n%s", exe, log);
+    free(log);
+    return out;
+}
+
+/* ours (n floats) against golden caseK.name of conditioner.io */
+static void cond_close(int k, const char *name, const float *ours, int64_t n) {
+    char g[64];
+    snprintf(g, sizeof g, "case%d.%s", k, name);
+    expect_close(xl("conditioner.io.safetensors"), g, ours, n);
+}
+
+/* GeneralConditioner: embedder 0 (CLIP ViT-L role, clip_text.graph
+ * EMBEDDER=0), embedder 1 (OpenCLIP bigG role, EMBEDDER=1: penultimate
+ * without ln_final, pooled), the size embeddings; crossattn = [emb0 | emb1]
+ * on channels, vector = [pooled | sizes]. */
+START_TEST(test_sdxl_conditioner) {
+    char *d0[] = {"B=3", "EMBEDDER=0", NULL}, *d1[] = {"B=3", "EMBEDDER=1", NULL};
+    const char *clip_l = build_runner("models/sd1/clip_text.graph", "clip-l-sdxl-tiny", d0);
+    const char *bigg = build_runner("models/sd1/clip_text.graph", "bigg-sdxl-tiny", d1);
     for (int k = 0; k < 2; k++) {
-        char from[64], prefix[16];
-        snprintf(from, sizeof from, "case%d.tokens_clip_l", k);
-        snprintf(prefix, sizeof prefix, "case%d.", k);
-        const char *fr[] = {from}, *to[] = {"tokens"};
-        const char *in = renamed_inputs(io, fr, to, 1, "clip-in.safetensors");
-        /* the renamed file has no tolerance metadata: compare by hand */
-        const char *out = test_tmp("clip-out-%d.safetensors", k);
-        char *argv[] = {(char *)exe, "--weights", (char *)xl("model-fp16.safetensors"), "--inputs", (char *)in,
-                        "--outputs", (char *)out, NULL};
-        char *log = NULL;
-        ck_assert_msg(test_run(argv, &log) == 0, "%s failed:\n%s", exe, log);
-        free(log);
-        char gname[64];
-        snprintf(gname, sizeof gname, "%semb0_hidden", prefix);
-        int64_t na, nb;
-        float *a = read_f32(out, "hidden", &na), *b = read_f32(io, gname, &nb);
-        ck_assert_int_eq(na, nb);
-        double dd = max_abs_diff(a, b, na), tol = tolerance(io, gname);
-        printf("sdxl: %-28s max|ours - golden| = %.3g (tolerance %.3g)\n", gname, dd, tol);
-        ck_assert_msg(dd <= tol, "%s: %.6g > %.6g", gname, dd, tol);
-        free(a);
-        free(b);
+        const char *o0 = run_encoder(clip_l, k, "tokens_clip_l", "clip-l");
+        const char *o1 = run_encoder(bigg, k, "tokens_open_clip", "bigg");
+        int64_t n0, n1, np;
+        float *h0 = read_f32(o0, "hidden", &n0), *h1 = read_f32(o1, "hidden", &n1), *pooled = read_f32(o1, "pooled", &np);
+        cond_close(k, "emb0_hidden", h0, n0);
+        cond_close(k, "emb1_penultimate", h1, n1);
+        cond_close(k, "emb1_pooled", pooled, np);
+        int B = 3, W0 = (int)(n0 / (B * 77)), W1 = (int)(n1 / (B * 77)), E = (int)(np / B);
+        float *ca = ldm_xmalloc((size_t)(n0 + n1) * sizeof(float));
+        for (int r = 0; r < B * 77; r++) {
+            memcpy(ca + (size_t)r * (W0 + W1), h0 + (size_t)r * W0, (size_t)W0 * sizeof(float));
+            memcpy(ca + (size_t)r * (W0 + W1) + W0, h1 + (size_t)r * W1, (size_t)W1 * sizeof(float));
+        }
+        cond_close(k, "crossattn", ca, n0 + n1);
+        char name[64];
+        snprintf(name, sizeof name, "case%d.original_size_as_tuple", k);
+        int32_t *orig = read_i32(xl("conditioner.io.safetensors"), name, NULL);
+        snprintf(name, sizeof name, "case%d.crop_coords_top_left", k);
+        int32_t *crop = read_i32(xl("conditioner.io.safetensors"), name, NULL);
+        snprintf(name, sizeof name, "case%d.target_size_as_tuple", k);
+        int32_t *tgt = read_i32(xl("conditioner.io.safetensors"), name, NULL);
+        int adm = E + 1536;
+        float *vec = ldm_xmalloc((size_t)(B * adm) * sizeof(float));
+        for (int b = 0; b < B; b++) {
+            LdmSizeCond c = {orig[2 * b], orig[2 * b + 1], crop[2 * b], crop[2 * b + 1], tgt[2 * b], tgt[2 * b + 1]};
+            ldm_sdxl_vector(pooled + (size_t)b * E, E, &c, 256, vec + (size_t)b * adm);
+        }
+        cond_close(k, "vector", vec, (int64_t)B * adm);
+        free(h0), free(h1), free(pooled), free(ca), free(vec), free(orig), free(crop), free(tgt);
+        remove(o0);
+        remove(o1);
     }
 }
 END_TEST
@@ -320,12 +367,18 @@ START_TEST(test_sdxl_stats_clip_l) {
     ck_assert_msg(strstr(out, "conditioner.embedders.0.transformer.text_model.final_layer_norm.bias"), "%s", out);
     ck_assert_msg(!strstr(out, "layers.10.mlp"), "%s", out);
     free(out);
+    char *argv1[] = {(char *)ldmc_path(), "models/sd1/clip_text.graph", "--config", "models/sdxl/sd_xl_base.yaml",
+                     "-D", "EMBEDDER=1", "--stats", NULL};
+    ck_assert_msg(test_run(argv1, &out) == 0, "%s", out);
+    ck_assert_msg(strstr(out, "the checkpoint's tensors: 694659841 parameters"), "%s", out);
+    ck_assert_msg(strstr(out, "conditioner.embedders.1.model.logit_scale"), "%s", out);
+    free(out);
 }
 END_TEST
 
 /* ---- tokens: embedder 0 = the SD v1 tokenizer exactly --------------------------- */
 
-START_TEST(test_sdxl_tokens_clip_l) {
+START_TEST(test_sdxl_tokens) {
     size_t n;
     char *text = ldm_read_file(xl("tokens.jsonl"), &n);
     ck_assert_msg(text, "%s", ldm_last_error());
@@ -337,14 +390,18 @@ START_TEST(test_sdxl_tokens_clip_l) {
         json_t *j = json_loads(line, 0, &err);
         ck_assert_msg(j, "tokens.jsonl: %s", err.text);
         const char *prompt = json_string_value(json_object_get(j, "prompt"));
-        json_t *ids = json_object_get(j, "ids_clip_l");
-        ck_assert(prompt && json_array_size(ids) == 77);
-        int32_t ours[77];
-        ck_assert_msg(clip_tokenize(tok, prompt, ours, NULL) == 0, "%s", ldm_last_error());
-        for (int i = 0; i < 77; i++)
-            ck_assert_msg(ours[i] == (int32_t)json_integer_value(json_array_get(ids, (size_t)i)),
-                          "prompt '%s': id %d is %d, golden %lld", prompt, i, ours[i],
-                          (long long)json_integer_value(json_array_get(ids, (size_t)i)));
+        for (int e = 0; e < 2; e++) {
+            /* embedder 0: SD v1's tokenizer (pad 49407); embedder 1: open_clip's (pad 0) */
+            json_t *ids = json_object_get(j, e ? "ids_open_clip" : "ids_clip_l");
+            ck_assert(prompt && json_array_size(ids) == 77);
+            int32_t ours[77];
+            ck_assert_msg(clip_tokenize_style(tok, e ? &clip_style_openclip : &clip_style_sd1, prompt, 77, ours, NULL) == 0,
+                          "%s", ldm_last_error());
+            for (int i = 0; i < 77; i++)
+                ck_assert_msg(ours[i] == (int32_t)json_integer_value(json_array_get(ids, (size_t)i)),
+                              "embedder %d, prompt '%s': id %d is %d, golden %lld", e, prompt, i, ours[i],
+                              (long long)json_integer_value(json_array_get(ids, (size_t)i)));
+        }
         json_decref(j);
         cases++;
     }
@@ -532,16 +589,6 @@ static int record_step(void *vctx, const LdmStepInfo *info) {
     return 0;
 }
 
-static void expect_close(const char *io, const char *name, const float *ours, int64_t n) {
-    int64_t ng;
-    float *g = read_f32(io, name, &ng);
-    ck_assert_msg(ng == n, "%s: %lld values, ours %lld", name, (long long)ng, (long long)n);
-    double d = max_abs_diff(ours, g, n), tol = tolerance(io, name);
-    printf("sdxl: %-28s max|ours - golden| = %.3g (tolerance %.3g)\n", name, d, tol);
-    fflush(stdout);
-    ck_assert_msg(d <= tol, "%s: max |ours - golden| = %.6g > tolerance %.6g", name, d, tol);
-    free(g);
-}
 
 START_TEST(test_sdxl_euler_cfg5) {
     char *d[] = {"B=2", "H=128", "W=128", NULL};
@@ -646,7 +693,7 @@ Suite *suite_sdxl(void) {
     tcase_add_test(tc, test_sdxl_facts_real_yaml);
     tcase_add_test(tc, test_sdxl_facts_json);
     tcase_add_test(tc, test_sdxl_facts_bad);
-    tcase_add_test(tc, test_sdxl_tokens_clip_l);
+    tcase_add_test(tc, test_sdxl_tokens);
     tcase_add_test(tc, test_sdxl_size_embeddings);
     tcase_add_test(tc, test_sdxl_size_flags);
     tcase_add_test(tc, test_sdxl_schedule);
@@ -655,7 +702,7 @@ Suite *suite_sdxl(void) {
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_sdxl_stats_real);
     tcase_add_test(tc, test_sdxl_unet);
-    tcase_add_test(tc, test_sdxl_clip_l);
+    tcase_add_test(tc, test_sdxl_conditioner);
     tcase_add_test(tc, test_sdxl_stats_clip_l);
     tcase_add_test(tc, test_sdxl_euler_cfg5);
     suite_add_tcase(s, tc);
