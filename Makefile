@@ -368,7 +368,13 @@ TXT2IMG_EXE        = $(BUILD)/$(TXT2IMG_NAME)$(ARCH_SUFFIX)
 # (models/taesd/, 1.2 M parameters, B=1) for each size: --taesd,
 # --taesd-encoder and --preview of the executable; TAESD=0 leaves it out.
 TAESD             ?= 1
-TXT2IMG_GRAPHS     = clip_text unet vae_decoder vae_encoder $(if $(filter 1,$(TAESD)),taesd_decoder taesd_encoder)
+# sgm configs (SDXL: network_config, conditioner_config) have a second text
+# encoder, clip_text2 = clip_text.graph for conditioner embedder
+# TXT2IMG_EMBEDDER2 (1: FrozenOpenCLIPEmbedder2), the last network of a size.
+TXT2IMG_SGM       := $(if $(CONFIG),$(shell grep -qs 'network_config' $(CONFIG) && echo 1))
+TXT2IMG_EMBEDDER2 ?= 1
+TXT2IMG_GRAPHS     = clip_text unet vae_decoder vae_encoder $(if $(filter 1,$(TAESD)),taesd_decoder taesd_encoder) \
+                     $(if $(TXT2IMG_SGM),clip_text2)
 # Prompts of up to CHUNKS 75-token chunks (the UNet's context length is a
 # run-time extent up to 77 * CHUNKS: a 1-chunk prompt costs what it did);
 # the text encoder encodes a prompt's chunks in one call and gives CLIP skip
@@ -381,6 +387,8 @@ TXT2IMG_B_vae_decoder = 1
 TXT2IMG_B_vae_encoder = 1
 TXT2IMG_D_clip_text   = -D CHUNKS=$(CHUNKS) -D CLIP_SKIPS=$(CLIP_SKIPS) -D EMBEDS=1
 TXT2IMG_D_unet        = -D CHUNKS=$(CHUNKS)
+TXT2IMG_B_clip_text2  = $(CHUNKS)
+TXT2IMG_D_clip_text2  = -D CHUNKS=$(CHUNKS) -D CLIP_SKIPS=$(CLIP_SKIPS) -D EMBEDS=1 -D EMBEDDER=$(TXT2IMG_EMBEDDER2)
 TXT2IMG_LIBS       = -lopenblas -ljansson -lpng -lnettle -lz -lm -lpthread
 # --listen: libmicrohttpd, statically from Debian's libmicrohttpd.a; its
 # HTTPS half refers to GnuTLS, which cannot link statically on Debian (no
@@ -436,6 +444,12 @@ $(TXT2IMG_DIR)/%_$(1).c: $(TXT2IMG_GRAPH_DIR)/%.graph $(wildcard models/common/*
                          $(TXT2IMG_DIR)/build.id | $(TXT2IMG_DIR)/pipeline.c
 	$(BUILD)/ldmc $$< --config $(CONFIG) -D H=$(call size_h,$(1)) -D W=$(call size_w,$(1)) -D B=$$(TXT2IMG_B_$$*) \
 	    $$(TXT2IMG_D_$$*) $(TXT2IMG_DEFS) --symbol $$*_$(1) -o $$@
+
+# sgm: the second text encoder from the same graph (-D EMBEDDER)
+$(TXT2IMG_DIR)/clip_text2_$(1).c: $(TXT2IMG_GRAPH_DIR)/clip_text.graph $(wildcard models/common/*.graph) $(CONFIG) \
+                                  $(BUILD)/ldmc $(TXT2IMG_DIR)/build.id | $(TXT2IMG_DIR)/pipeline.c
+	$(BUILD)/ldmc $$< --config $(CONFIG) -D H=$(call size_h,$(1)) -D W=$(call size_w,$(1)) -D B=$(CHUNKS) \
+	    $$(TXT2IMG_D_clip_text2) $(TXT2IMG_DEFS) --symbol clip_text2_$(1) -o $$@
 
 # TAESD's halves (no config: the graph is fixed; B=1)
 $(TXT2IMG_DIR)/taesd_%_$(1).c: models/taesd/taesd_%.graph models/taesd/taesd.graph $(BUILD)/ldmc \

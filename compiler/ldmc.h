@@ -407,6 +407,10 @@ typedef struct ModelFacts {
     const char *openclip_layer;  /* FrozenOpenCLIPEmbedder's layer ("last" or "penultimate"), NULL otherwise */
 } ModelFacts;
 
+/* The model family a config describes, as messages name it: "SDXL" (sgm,
+ * two text encoders), "sgm" (another sgm config), "SD 2.x" (CompVis with
+ * FrozenOpenCLIPEmbedder), "SD v1" (FrozenCLIPEmbedder) or "LDM". */
+const char *model_family(const ModelFacts *p);
 /* Derive the facts from a config root; 0, or -1 with a located message. */
 int model_facts(const CfgNode *root, ModelFacts *out);
 /* The facts as a config map (keys named as the fields; unet_in/unet_out as

@@ -376,6 +376,14 @@ int model_facts(const CfgNode *root, ModelFacts *p) {
     return 0;
 }
 
+const char *model_family(const ModelFacts *p) {
+    const char *cs = p->cond_stage ? p->cond_stage : "";
+    if (!strcmp(p->format ? p->format : "", "sgm")) return p->n_text_embedders == 2 ? "SDXL" : "sgm";
+    if (!strcmp(cs, "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder")) return "SD 2.x";
+    if (!strcmp(cs, "ldm.modules.encoders.modules.FrozenCLIPEmbedder")) return "SD v1";
+    return "LDM";
+}
+
 /* s as a YAML double-quoted scalar (malloc'd): '"', '\\' and the control
  * characters escaped, so any string of the config (a target with a quote
  * in it) reads back as itself. */

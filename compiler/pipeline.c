@@ -114,7 +114,11 @@ static void emit_config(FILE *fp, const PipeInfo *p, const char *banner, const c
             p->m.context_length, p->m.context_dim, p->m.vocab_size, p->m.n_classes);
     fputs("    .overrides = ", fp);
     put_cstr(fp, overrides);
-    fputs(",\n};\n", fp);
+    fputs(",\n    .format = ", fp);
+    put_cstr(fp, p->m.format);
+    fputs(",\n    .family = ", fp);
+    put_cstr(fp, model_family(&p->m));
+    fprintf(fp, ",\n    .adm_in_channels = %d,\n};\n", p->m.adm_in_channels);
 }
 
 /* "ldmc V | pipeline | config PATH | H=.. W=.. overrides" */

@@ -376,6 +376,12 @@ int ldm_guide_init(LdmGuide *g) {
     g->in_x = ldm_model_input(m, "x");
     g->in_t = ldm_model_input(m, "timesteps");
     g->in_ctx = ldm_model_input(m, "context");
+    g->in_y = ldm_model_input(m, "y");
+    if ((g->in_y >= 0) != (g->y != NULL))
+        return ldm_fail(g->y ? "UNet '%s' takes no vector input y" : "UNet '%s' needs a vector input y", m->name);
+    if (g->in_y >= 0 && input_numel(m, g->in_y) != B * g->y_width)
+        return ldm_fail("UNet '%s' takes y of %lld values, expected %lld", m->name, (long long)input_numel(m, g->in_y),
+                        (long long)(B * g->y_width));
     if (g->in_x < 0 || g->in_t < 0 || m->n_outputs != 1)
         return ldm_fail("model '%s' is not a UNet (inputs x, timesteps [, context]; output eps)", m->name);
     const LdmTensorInfo *xi = &m->inputs[g->in_x], *eo = &m->outputs[0];
@@ -449,16 +455,18 @@ void ldm_guide_free(LdmGuide *g) {
 /* One UNet call on `halves` copies of the batch (x, t already in place)
  * with context ctx at length len (0: leave the extent as it is); the
  * output goes to eps. */
-static int guide_call(LdmGuide *g, int halves, const float *ctx, int64_t len, float *eps) {
+static int guide_call(LdmGuide *g, int halves, const float *ctx, int64_t len, float *eps, int cond_first) {
     const LdmModel *m = g->nets->models[g->unet];
-    const void *in[3] = {NULL, NULL, NULL};
+    const void *in[4] = {NULL, NULL, NULL, NULL};
+    if (m->n_inputs > 4) return ldm_fail("UNet '%s' has %d inputs, expected at most 4", m->name, m->n_inputs);
     in[g->in_x] = g->x;
     in[g->in_t] = g->t;
     if (g->in_ctx >= 0) in[g->in_ctx] = ctx;
+    /* y rows as the context's: [uncond, cond]; a call on the cond half alone starts at the cond rows */
+    if (g->in_y >= 0) in[g->in_y] = g->y + (cond_first && g->guided ? (int64_t)g->batch * g->y_width : 0);
     void *out[1] = {eps};
     if (g->batch_ext >= 0) g->ext[g->batch_ext] = halves * g->batch;
     if (g->ctx_ext >= 0 && len > 0) g->ext[g->ctx_ext] = len;
-    if (m->n_inputs > 3) return ldm_fail("UNet '%s' has %d inputs, expected at most 3", m->name, m->n_inputs);
     double t0 = ldm_now();
     if (ldm_nets_run_ext(g->nets, g->unet, in, out, g->ext) != 0) return -1;
     g->seconds += ldm_now() - t0;
@@ -493,15 +501,15 @@ int ldm_guide_eps(void *ctx, const float *x_in, float t, float *eps_out) {
     if (g->context_c) {
         /* contexts of their own lengths */
         if (cond_only) {
-            if (guide_call(g, 1, g->context_c, g->len_c, g->eps) != 0) return -1;
+            if (guide_call(g, 1, g->context_c, g->len_c, g->eps, 1) != 0) return -1;
         } else if (g->split) {
             /* the webui without pad_cond_uncond: uncond and cond are separate
              * UNet batches, each with its own cross-attention length */
-            if (guide_call(g, 1, g->context, g->len_u, g->eps) != 0 ||
-                guide_call(g, 1, g->context_c, g->len_c, g->eps + total) != 0)
+            if (guide_call(g, 1, g->context, g->len_u, g->eps, 0) != 0 ||
+                guide_call(g, 1, g->context_c, g->len_c, g->eps + total, 1) != 0)
                 return -1;
         } else {
-            if (guide_call(g, 2, g->ctx_buf, g->len_u, g->eps) != 0) return -1;
+            if (guide_call(g, 2, g->ctx_buf, g->len_u, g->eps, 0) != 0) return -1;
         }
     } else {
         const float *ctx = g->context;
@@ -510,7 +518,7 @@ int ldm_guide_eps(void *ctx, const float *x_in, float t, float *eps_out) {
             int64_t rows = m->inputs[g->in_ctx].shape[0];
             ctx = g->context + ldm_numel(&m->inputs[g->in_ctx]) / rows * g->batch;
         }
-        if (guide_call(g, halves, ctx, 0, g->eps) != 0) return -1;
+        if (guide_call(g, halves, ctx, 0, g->eps, cond_only) != 0) return -1;
     }
     if (!g->guided || cond_only) {
         memcpy(eps_out, g->eps, (size_t)total * sizeof(float));
@@ -963,4 +971,32 @@ int ldm_sample_guided(const LdmSchedule *sched, LdmSampler *p, LdmGuide *g, LdmN
     p->step_fn = gs.fn;
     p->step_ctx = gs.ctx;
     return rc;
+}
+
+/* ---- checkpoint families ---------------------------------------------------- */
+
+const char *ldm_checkpoint_family(const StFile *f) {
+    int xl = 0, v2 = 0, v1 = 0;
+    for (int i = 0; i < f->n_tensors; i++) {
+        const char *k = f->tensors[i].name;
+        if (!strncmp(k, "conditioner.embedders.", 22)) xl = 1;
+        else if (!strncmp(k, "cond_stage_model.model.", 23)) v2 = 1;
+        else if (!strncmp(k, "cond_stage_model.transformer.", 29)) v1 = 1;
+    }
+    return xl ? "SDXL" : v2 ? "SD 2.x" : v1 ? "SD v1" : NULL;
+}
+
+int ldm_check_family(const LdmPipelineConfig *c, const StFile *f, const char *path) {
+    const char *want = c->family ? c->family : "";
+    const char *got = ldm_checkpoint_family(f);
+    if (!got || !strcmp(got, want)) return 0;
+    if (strcmp(want, "SDXL") && strcmp(want, "SD 2.x") && strcmp(want, "SD v1")) return 0;
+    static const char *why[] = {"SDXL", "its text encoders are under conditioner.embedders.*",
+                                "SD 2.x", "its OpenCLIP text encoder is under cond_stage_model.model.*",
+                                "SD v1", "its CLIP text encoder is under cond_stage_model.transformer.*"};
+    const char *reason = "";
+    for (int i = 0; i < 6; i += 2)
+        if (!strcmp(got, why[i])) reason = why[i + 1];
+    return ldm_fail("%s: this looks like an %s checkpoint (%s), but this executable is for %s (%s): refused before "
+                    "loading anything", path, got, reason, want, c->config_path);
 }

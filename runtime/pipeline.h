@@ -59,6 +59,9 @@ typedef struct LdmPipelineConfig {
     int vocab_size;              /* text encoder vocabulary, 0 without a text encoder */
     int n_classes;               /* ClassEmbedder classes, 0 otherwise */
     const char *overrides;       /* the config overrides it was built with ("name=value ...", "" for none) */
+    const char *format;          /* "compvis" or "sgm" (Stability-AI generative-models: SDXL) */
+    const char *family;          /* what the checkpoint must be: "SD v1", "SD 2.x", "SDXL" or "LDM" */
+    int adm_in_channels;         /* the UNet's vector input y (sgm num_classes 'sequential'), 0 without */
 } LdmPipelineConfig;
 
 /* ---- the sizes of an executable ---------------------------------------------
@@ -86,6 +89,17 @@ int ldm_pipeline_find_size(const LdmPipelineSize *sizes, int n, int H, int W, co
 /* The sizes as width x height, the way the webui and stable-diffusion.cpp
  * say them: "128x128 (default), 192x128, 128x64" into buf. */
 const char *ldm_pipeline_size_list(const LdmPipelineSize *sizes, int n, char *buf, size_t size);
+
+/* The family a checkpoint's tensor names say it is: "SDXL"
+ * (conditioner.embedders.*), "SD 2.x" (cond_stage_model.model.*, OpenCLIP),
+ * "SD v1" (cond_stage_model.transformer.*), else NULL (no text encoder:
+ * an LDM model, a UNet or VAE alone). */
+const char *ldm_checkpoint_family(const StFile *f);
+/* Refuse a checkpoint of another family than c->family (a UNet alone or a
+ * file without text encoder passes: the weight checks judge it): -1 with
+ * "<path>: this looks like an SD v1 checkpoint (...), this executable is
+ * for SDXL (<config>)". */
+int ldm_check_family(const LdmPipelineConfig *c, const StFile *f, const char *path);
 
 /* The scale factor to use with checkpoint f: c->scale_factor, or for
  * scale_by_std configs the checkpoint's scalar tensor `scale_factor`. */
@@ -250,8 +264,11 @@ typedef struct LdmGuide {
     int64_t len_u, len_c;
     const float *concat;         /* (batch, concat_channels, h, w) or NULL */
     int concat_channels;
+    const float *y;              /* SDXL's vector input (2 * batch or batch, adm): [uncond, cond] rows as
+                                  * the context, or NULL when the UNet has no input y */
+    int64_t y_width;
     /* scratch, set up by ldm_guide_init */
-    int in_x, in_t, in_ctx;      /* UNet input indices */
+    int in_x, in_t, in_ctx, in_y; /* UNet input indices (in_y -1: none) */
     int batch_ext;               /* index of the UNet's run-time batch extent (its x's first dim), or -1 */
     int ctx_ext;                 /* index of the UNet's context-length extent (context's dim 1), or -1 */
     int split;                   /* context_c with len_u != len_c: two calls per step */

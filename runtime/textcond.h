@@ -82,6 +82,8 @@ typedef struct LdmTextEncoder {
     const LdmEmbeddings *emb;    /* NULL: none */
     int max_chunks;              /* the most chunks the UNet takes (its context extent / 77) */
     const char *chunks_hint;     /* how to compile more, for the error ("make txt2img ... CHUNKS=N") */
+    const ClipTokStyle *style;   /* NULL: SD v1's; clip_style_openclip: every chunk's positions after
+                                  * its first end token become style->pad_id (open_clip.tokenize) */
 } LdmTextEncoder;
 
 /* Check the model's inputs and outputs against the settings: 0, or -1 with
@@ -96,6 +98,9 @@ typedef struct LdmCond {
     int token_count;         /* the webui's token count (informational) */
     int n_used;              /* embeddings the prompt calls */
     int *used;               /* (n_used) indices into the LdmEmbeddings, first-use order, no repeats */
+    float *pooled;           /* (pooled_width) the encoder's pooled output of the FIRST chunk (an
+                              * OpenCLIP tower with output `pooled`, SDXL's vector), else NULL */
+    int pooled_width;
 } LdmCond;
 
 /* The chunks of a prompt (tags already removed) under te's syntax and

@@ -687,6 +687,139 @@ START_TEST(test_sdxl_euler_cfg5) {
 }
 END_TEST
 
+/* ---- the txt2img executable (make txt2img CONFIG=.../sdxl-tiny/config.json) --------- */
+
+static char g_xl_exe[600];
+
+/* Build it once (make is a no-op when it is up to date); TAESD=0: the
+ * sdxl-tiny checkpoint has no TAESD and the suite does not need it. */
+static const char *xl_txt2img(void) {
+    if (g_xl_exe[0]) return g_xl_exe;
+    test_dir_init("ldm_sdxl_");
+    char build[300], config[512], exe[600], logf[600];
+    snprintf(build, sizeof build, "BUILD=%s", test_build_dir());
+    snprintf(config, sizeof config, "CONFIG=%s", xl("config.json"));
+    snprintf(exe, sizeof exe, "%s/txt2img-test-sdxl-tiny", test_build_dir());
+    char *argv[] = {"make", "-s", "-j2", build, "txt2img", config, "H=128", "W=128", "TAESD=0",
+                    "TXT2IMG_NAME=txt2img-test-sdxl-tiny", NULL};
+    snprintf(logf, sizeof logf, "%s/make-txt2img-sdxl.log", test_dir);
+    int rc = test_wait_status(test_spawn(argv, logf));
+    size_t len;
+    char *log = ldm_read_file(logf, &len);
+    ck_assert_msg(rc == 0 && access(exe, X_OK) == 0, "make txt2img for sdxl-tiny failed:\n%s", log ? log : "");
+    free(log);
+    snprintf(g_xl_exe, sizeof g_xl_exe, "%s", exe);
+    return g_xl_exe;
+}
+
+/* The golden's randn as tensor `noise` (--init-noise). */
+static const char *golden_noise(void) {
+    const char *fr[] = {"randn"}, *to[] = {"noise"};
+    return renamed_inputs(xl("txt2img_euler_cfg5.io.safetensors"), fr, to, 1, "noise.safetensors");
+}
+
+/* txt2img_euler_cfg5 end to end: the executable's defaults for an sgm
+ * config (sampler euler, schedule sgm), guidance 5, 10 steps, the golden's
+ * x_T and size conditioning, an empty negative prompt (the zeroed branch);
+ * the latent within its tolerance and the PNG within one step of 255. */
+START_TEST(test_sdxl_txt2img_euler_cfg5) {
+    const char *exe = xl_txt2img();
+    const char *noise = golden_noise();
+    const char *png = test_tmp("xl.png"), *lat = test_tmp("xl-latent.safetensors");
+    char *argv[] = {(char *)exe, "--weights", (char *)xl("model-fp16.safetensors"), "--prompt",
+                    "a photograph of an astronaut riding a horse", "--steps", "10", "--cfg-scale", "5",
+                    "--init-noise", (char *)noise, "-o", (char *)png, "--save-latent", (char *)lat, "--quiet",
+                    /* the golden's size conditioning (sgm's defaults, 1024; ours default to the image size) */
+                    "--original-size", "1024x1024", "--crop-top-left", "0,0", "--target-size", "1024x1024", NULL};
+    char *out = NULL;
+    ck_assert_msg(test_run(argv, &out) == 0, "%s", out);
+    free(out);
+    int64_t n;
+    float *l = read_f32(lat, "latent", &n);
+    expect_close(xl("txt2img_euler_cfg5.io.safetensors"), "latent", l, n);
+    free(l);
+    int d = png_max_diff(png, xl("txt2img_euler_cfg5.png"));
+    printf("sdxl: txt2img executable PNG max byte difference %d\n", d);
+    ck_assert_int_le(d, 1);
+}
+END_TEST
+
+/* non-default size conditioning changes the image; the flags' values are checked */
+START_TEST(test_sdxl_txt2img_sizes) {
+    const char *exe = xl_txt2img();
+    const char *noise = golden_noise();
+    const char *lat0 = test_tmp("s0.safetensors"), *lat1 = test_tmp("s1.safetensors");
+    char *a0[] = {(char *)exe, "--weights", (char *)xl("model-fp16.safetensors"), "--prompt", "cat", "--steps", "2",
+                  "--init-noise", (char *)noise, "-o", (char *)test_tmp("s0.png"), "--save-latent", (char *)lat0,
+                  "--quiet", "--original-size", "128x128", "--crop-top-left", "0,0", "--target-size", "128x128", NULL};
+    char *a1[] = {(char *)exe, "--weights", (char *)xl("model-fp16.safetensors"), "--prompt", "cat", "--steps", "2",
+                  "--init-noise", (char *)noise, "-o", (char *)test_tmp("s1.png"), "--save-latent", (char *)lat1,
+                  "--quiet", "--original-size", "1024x768", "--crop-top-left", "16,32", NULL};
+    char *out = NULL;
+    ck_assert_msg(test_run(a0, &out) == 0, "%s", out);
+    free(out);
+    ck_assert_msg(test_run(a1, &out) == 0, "%s", out);
+    free(out);
+    ck_assert_msg(!same_latent(lat0, lat1), "the size conditioning changed nothing");
+    /* the defaults are the image size: the same latent as without the flags */
+    const char *lat2 = test_tmp("s2.safetensors");
+    char *a2[] = {(char *)exe, "--weights", (char *)xl("model-fp16.safetensors"), "--prompt", "cat", "--steps", "2",
+                  "--init-noise", (char *)noise, "-o", (char *)test_tmp("s2.png"), "--save-latent", (char *)lat2,
+                  "--quiet", NULL};
+    ck_assert_msg(test_run(a2, &out) == 0, "%s", out);
+    free(out);
+    ck_assert_msg(same_latent(lat0, lat2), "--original-size/--target-size of the image size differ from the defaults");
+}
+END_TEST
+
+/* Bad input: refused with a clear message, exit status != 0, no output. */
+static void xl_refused(char *const argv[], const char *want) {
+    char *out = NULL;
+    int rc = test_run(argv, &out);
+    ck_assert_msg(rc != 0, "accepted: %s", out);
+    ck_assert_msg(strstr(out, want), "message lacks '%s':\n%s", want, out);
+    free(out);
+    assert_no_output("bad");
+}
+
+START_TEST(test_sdxl_txt2img_bad) {
+    const char *exe = xl_txt2img();
+    const char *w = xl("model-fp16.safetensors"), *png = test_tmp("bad.png");
+    static const char *bad_sizes[][2] = {{"--original-size", "0x128"}, {"--original-size", "128"},
+                                         {"--target-size", "-5x5"}, {"--target-size", "axb"},
+                                         {"--crop-top-left", "1,-1"}, {"--crop-top-left", "3"}};
+    for (size_t i = 0; i < sizeof bad_sizes / sizeof *bad_sizes; i++) {
+        char *argv[] = {(char *)exe, "--weights", (char *)w, "--prompt", "x", "-o", (char *)png,
+                        (char *)bad_sizes[i][0], (char *)bad_sizes[i][1], NULL};
+        xl_refused(argv, bad_sizes[i][0]);
+    }
+    /* a crop outside the original size */
+    char *crop[] = {(char *)exe, "--weights", (char *)w, "--prompt", "x", "-o", (char *)png, "--steps", "1",
+                    "--original-size", "64x64", "--crop-top-left", "64,0", NULL};
+    xl_refused(crop, "outside the original size");
+    /* an SD v1 checkpoint to the SDXL executable: refused before any work */
+    char *v1[] = {(char *)exe, "--weights", (char *)test_shared("goldens/sd1-tiny/model.safetensors"), "--prompt", "x",
+                  "-o", (char *)png, NULL};
+    xl_refused(v1, "looks like an SD v1 checkpoint");
+    char *v2[] = {(char *)exe, "--weights", (char *)test_shared("goldens/sd2-tiny/model.safetensors"), "--prompt", "x",
+                  "-o", (char *)png, NULL};
+    xl_refused(v2, "looks like an SD 2.x checkpoint");
+}
+END_TEST
+
+/* The reverse: the SDXL checkpoint to an SD v1 executable. */
+START_TEST(test_sdxl_checkpoint_to_sd1) {
+    test_dir_init("ldm_sdxl_");
+    char exe[600];
+    char *log = NULL;
+    test_build_sd1_tiny_txt2img(0, exe, sizeof exe, &log);
+    ck_assert_msg(exe[0], "make txt2img sd1-tiny failed:\n%s", log ? log : "");
+    char *argv[] = {exe, "--weights", (char *)xl("model-fp16.safetensors"), "--prompt", "x", "-o",
+                    (char *)test_tmp("bad.png"), NULL};
+    xl_refused(argv, "looks like an SDXL checkpoint");
+}
+END_TEST
+
 Suite *suite_sdxl(void) {
     Suite *s = suite_create("sdxl");
     TCase *tc = tcase_create("config");
@@ -705,6 +838,13 @@ Suite *suite_sdxl(void) {
     tcase_add_test(tc, test_sdxl_conditioner);
     tcase_add_test(tc, test_sdxl_stats_clip_l);
     tcase_add_test(tc, test_sdxl_euler_cfg5);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("txt2img");
+    tcase_set_timeout(tc, 900);
+    tcase_add_test(tc, test_sdxl_txt2img_euler_cfg5);
+    tcase_add_test(tc, test_sdxl_txt2img_sizes);
+    tcase_add_test(tc, test_sdxl_txt2img_bad);
+    tcase_add_test(tc, test_sdxl_checkpoint_to_sd1);
     suite_add_tcase(s, tc);
     return s;
 }
