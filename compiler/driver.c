@@ -192,10 +192,12 @@ int ldmc_compile(const DriverOptions *opt) {
                 g->name, g->n_nodes, (long long)graph_param_count(g), graph_flops(g) / 1e9,
                 (double)g->arena_bytes / 1048576.0, (double)g->naive_bytes / 1048576.0, t_parse - t0, t_build - t_parse,
                 t_pass - t_build, t_gen - t_pass, t_cc - t_gen);
-    if (rc == 0 && opt->stats && g->n_unused_weights)
-        fprintf(stderr, "ldmc: %s: the checkpoint's tensors: %lld parameters; %lld of them in %d weights that no output "
-                "reads: %s\n", g->name, (long long)(graph_param_count(g) + g->unused_params), (long long)g->unused_params,
-                g->n_unused_weights, g->unused_weights);
+    if (rc == 0 && opt->stats && g->n_unused)
+        fprintf(stderr,
+                "ldmc: %s: reads %lld of the %lld parameters a checkpoint holds for it: %d tensors (%lld parameters) "
+                "are present but unused (listed by --dump)\n",
+                g->name, (long long)graph_param_count(g), (long long)(graph_param_count(g) + graph_unused_count(g)),
+                g->n_unused, (long long)graph_unused_count(g));
     graph_free(g);
     program_free(prog);
     return rc;

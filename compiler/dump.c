@@ -98,9 +98,17 @@ void dump_graph_after(const Graph *g, const char *pass, FILE *fp) {
     }
     fprintf(fp, "# nodes %d (ops %d, weights %d, inputs %d)  params %lld  flops %.6g GFLOP\n", g->n_nodes, ops, weights,
             g->n_inputs, (long long)params, graph_flops(g) / 1e9);
-    if (g->n_unused_weights)
-        fprintf(fp, "# unused: %d weights (%lld params) that no output reads: %s\n", g->n_unused_weights,
-                (long long)g->unused_params, g->unused_weights);
+    if (g->n_unused) {
+        /* what the checkpoint holds beyond what is read (unused_weight) */
+        fprintf(fp, "# present in the checkpoint but unused: %d tensors, %lld params (%lld held in all)\n", g->n_unused,
+                (long long)graph_unused_count(g), (long long)(params + graph_unused_count(g)));
+        for (int i = 0; i < g->n_unused; i++) {
+            Node tmp = {0};
+            tmp.ndim = g->unused[i].ndim;
+            memcpy(tmp.shape, g->unused[i].shape, sizeof tmp.shape);
+            fprintf(fp, "unused %s  %s\n", g->unused[i].name, shape_str(&tmp, b, sizeof b));
+        }
+    }
     if (g->arena_bytes)
         fprintf(fp, "# arena %lld bytes (%.1f MiB), naive sum of buffers %lld bytes (%.1f MiB)\n",
                 (long long)g->arena_bytes, (double)g->arena_bytes / 1048576.0, (long long)g->naive_bytes,

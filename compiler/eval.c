@@ -546,6 +546,39 @@ static int bi_weight(Eval *E, Args *a, Value *out) {
     RESULT(make_weight(E, a->loc, name, shape, nd));
 }
 
+/* unused_weight(name, shape): the checkpoint holds <prefix><scopes><name>
+ * of that shape, and the graph does not read it (reported, never bound). */
+static int bi_unused_weight(Eval *E, Args *a, Value *out) {
+    const char *name = NULL;
+    int64_t shape[MAX_DIMS];
+    int nd;
+    if (want_str(&a->v[0], a->loc, "weight name", &name)) return -1;
+    if (want_int_list(&a->v[1], a->loc, "weight shape", shape, MAX_DIMS, &nd)) return -1;
+    char *sp = scope_prefix(E);
+    char *key = ldm_xasprintf("%s%s%s", E->g->prefix, sp, name);
+    free(sp);
+    Graph *g = E->g;
+    for (int i = 0; i < g->n_nodes; i++)
+        if (g->nodes[i]->op == OPK_WEIGHT && !strcmp(g->nodes[i]->name, key)) {
+            diag_error(a->loc, "unused_weight: '%s' is read by the graph (bound at %s)", key, loc_str(g->nodes[i]->loc));
+            free(key);
+            return -1;
+        }
+    for (int i = 0; i < g->n_unused; i++)
+        if (!strcmp(g->unused[i].name, key)) {
+            free(key);
+            *out = v_null();
+            return 0;
+        }
+    g->unused = ldm_xrealloc(g->unused, (size_t)(g->n_unused + 1) * sizeof *g->unused);
+    UnusedWeight *u = &g->unused[g->n_unused++];
+    u->name = key;
+    u->ndim = nd;
+    memcpy(u->shape, shape, (size_t)nd * sizeof *shape);
+    *out = v_null();
+    return 0;
+}
+
 /* pad: an int (all sides) or [top, bottom, left, right]. */
 static int parse_pad(const Value *v, SrcLoc loc, int pad[4]) {
     int64_t p[4];
@@ -804,6 +837,7 @@ static const Builtin builtins[] = {
     {"str", "x", bi_str},
     {"type", "x", bi_type},
     {"weight", "name,shape", bi_weight},
+    {"unused_weight", "name,shape", bi_unused_weight},
     {"conv2d", "x,w,b=null,stride=1,pad=0", bi_conv2d},
     {"linear", "x,w,b=null", bi_linear},
     {"matmul", "a,b,trans_b=false", bi_matmul},

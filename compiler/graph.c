@@ -62,10 +62,11 @@ void graph_free(Graph *g) {
         free(g->nodes[i]);
     }
     free(g->plan);
-    free(g->unused_weights);
     for (int i = 0; i < g->n_outputs; i++) free(g->outputs[i].name);
     for (int i = 0; i < g->n_extents; i++) free(g->extents[i].name);
     free(g->extents);
+    for (int i = 0; i < g->n_unused; i++) free(g->unused[i].name);
+    free(g->unused);
     free(g->nodes);
     free(g->inputs);
     free(g->weights);
@@ -633,6 +634,16 @@ void graph_sweep(Graph *g) {
         }
     }
     for (int i = 0; i < g->n_outputs; i++) g->outputs[i].node->n_uses++;
+}
+
+int64_t graph_unused_count(const Graph *g) {
+    int64_t k = 0;
+    for (int i = 0; i < g->n_unused; i++) {
+        int64_t e = 1;
+        for (int d = 0; d < g->unused[i].ndim; d++) e *= g->unused[i].shape[d];
+        k += e;
+    }
+    return k;
 }
 
 int64_t graph_param_count(const Graph *g) {

@@ -305,6 +305,15 @@ typedef struct Output {
     SrcLoc loc;                  /* `output` statement */
 } Output;
 
+/* A checkpoint tensor the graph declares present but unread
+ * (`unused_weight(name, shape)`): e.g. the last block of SD 2's text
+ * tower under layer "penultimate". Reported by --stats and --dump. */
+typedef struct UnusedWeight {
+    char *name;                  /* full checkpoint key */
+    int ndim;
+    int64_t shape[MAX_DIMS];
+} UnusedWeight;
+
 struct Graph {
     char *name;                  /* graph name from `graph NAME {` */
     char *prefix;                /* checkpoint key prefix from `prefix "..."` */
@@ -326,10 +335,8 @@ struct Graph {
     double nominal_flops;        /* FLOPs of the graph as written, before fusion */
     Extent *extents;             /* run-time extents, in declaration order (index k: Node.dyn k + 1) */
     int n_extents;
-    char *unused_weights;        /* dce: the checkpoint keys the graph declared but no output reads,
-                                    ", "-separated (NULL: none), e.g. a text encoder's last layer */
-    int n_unused_weights;
-    int64_t unused_params;       /* their parameter count */
+    UnusedWeight *unused;        /* tensors a checkpoint holds that the graph does not read, declaration order */
+    int n_unused;
 };
 
 Graph *graph_new(const char *name);
@@ -368,6 +375,8 @@ int node_is_dyn(const Node *n);
 
 /* Totals for reports. */
 int64_t graph_param_count(const Graph *g);
+/* Elements of the declared unused weights (Graph.unused). */
+int64_t graph_unused_count(const Graph *g);
 double graph_flops(const Graph *g);
 
 /* ===================================================================== *
@@ -398,19 +407,15 @@ typedef struct ModelFacts {
     int context_dim;             /* UNet cross-attention width, 0 without a spatial transformer */
     int vocab_size;              /* text encoder vocabulary, 0 without one */
     int n_classes;               /* ClassEmbedder classes, 0 otherwise */
+    const char *openclip_layer;  /* FrozenOpenCLIPEmbedder's layer ("last" or "penultimate"), NULL otherwise */
     const char *format;          /* "compvis" (unet_config, cond_stage_config) or "sgm" (Stability-AI
                                     generative-models: network_config, conditioner_config, denoiser_config) */
     const char *unet_config_key; /* "unet_config" or "network_config": model.params key of the UNet */
     int unet_spatial;            /* the UNet's attention blocks are SpatialTransformers (cross-attention) */
     int adm_in_channels;         /* width of the UNet's vector conditioning y (label_emb), 0 without */
     int n_text_embedders;        /* sgm: conditioner embedders whose input_key is txt (CompVis text: 1) */
-    const char *openclip_layer;  /* FrozenOpenCLIPEmbedder's layer ("last" or "penultimate"), NULL otherwise */
 } ModelFacts;
 
-/* The model family a config describes, as messages name it: "SDXL" (sgm,
- * two text encoders), "sgm" (another sgm config), "SD 2.x" (CompVis with
- * FrozenOpenCLIPEmbedder), "SD v1" (FrozenCLIPEmbedder) or "LDM". */
-const char *model_family(const ModelFacts *p);
 /* Derive the facts from a config root; 0, or -1 with a located message. */
 int model_facts(const CfgNode *root, ModelFacts *out);
 /* The facts as a config map (keys named as the fields; unet_in/unet_out as

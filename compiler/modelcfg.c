@@ -331,7 +331,7 @@ int model_facts(const CfgNode *root, ModelFacts *p) {
             if (err) return -1;
             if (strcmp(layer, "last") && strcmp(layer, "penultimate"))
                 return cfg_error(cfg_get(cp, "layer"),
-                                 "cond_stage_config.params.layer: unknown layer '%s' (expected \"last\" or "
+                                 "model.params.cond_stage_config.params.layer: unknown layer '%s' (expected \"last\" or "
                                  "\"penultimate\")%s", layer, NULL);
             p->openclip_layer = layer;
         } else if (!strcmp(p->cond_stage, "ldm.modules.encoders.modules.ClassEmbedder")) {
@@ -374,14 +374,6 @@ int model_facts(const CfgNode *root, ModelFacts *p) {
         p->cond_kind = "other";
     }
     return 0;
-}
-
-const char *model_family(const ModelFacts *p) {
-    const char *cs = p->cond_stage ? p->cond_stage : "";
-    if (!strcmp(p->format ? p->format : "", "sgm")) return p->n_text_embedders == 2 ? "SDXL" : "sgm";
-    if (!strcmp(cs, "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder")) return "SD 2.x";
-    if (!strcmp(cs, "ldm.modules.encoders.modules.FrozenCLIPEmbedder")) return "SD v1";
-    return "LDM";
 }
 
 /* s as a YAML double-quoted scalar (malloc'd): '"', '\\' and the control

@@ -53,8 +53,9 @@ static int pipe_info(const CfgNode *root, int H, int W, PipeInfo *p) {
     if (strcmp(p->m.beta_schedule, "linear") != 0)
         return ldm_fail("%s: error: beta_schedule '%s' is not supported (only 'linear')", where(cfg_get(M, "beta_schedule")),
                         p->m.beta_schedule);
-    if (strcmp(p->m.parameterization, "eps") != 0)
-        return ldm_fail("%s: error: parameterization '%s' is not supported (only 'eps': SD v1 and the LDM models)",
+    if (strcmp(p->m.parameterization, "eps") != 0 && strcmp(p->m.parameterization, "v") != 0)
+        return ldm_fail("%s: error: model.params.parameterization: '%s' is not supported (expected \"eps\": SD v1, "
+                        "SD 2.x 512-base and the LDM models, or \"v\": SD 2.x 768-v)",
                         where(cfg_get(M, "parameterization")), p->m.parameterization);
     if (H % p->m.f || W % p->m.f)
         return ldm_fail("%s: error: H=%d W=%d: both must be multiples of %d (the first stage downsamples by "
@@ -114,10 +115,10 @@ static void emit_config(FILE *fp, const PipeInfo *p, const char *banner, const c
             p->m.context_length, p->m.context_dim, p->m.vocab_size, p->m.n_classes);
     fputs("    .overrides = ", fp);
     put_cstr(fp, overrides);
+    fputs(",\n    .parameterization = ", fp);
+    put_cstr(fp, p->m.parameterization);
     fputs(",\n    .format = ", fp);
     put_cstr(fp, p->m.format);
-    fputs(",\n    .family = ", fp);
-    put_cstr(fp, model_family(&p->m));
     fprintf(fp, ",\n    .adm_in_channels = %d,\n};\n", p->m.adm_in_channels);
 }
 

@@ -19,6 +19,16 @@
  * Generated constants
  * ------------------------------------------------------------------------- */
 
+int ldm_pipeline_v_pred(const LdmPipelineConfig *c) {
+    return c->parameterization && !strcmp(c->parameterization, "v");
+}
+
+const ClipTokStyle *ldm_pipeline_tok_style(const LdmPipelineConfig *c) {
+    return c->cond_stage && !strcmp(c->cond_stage, "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder")
+               ? &clip_style_openclip
+               : &clip_style_sd1;
+}
+
 int ldm_pipeline_scale_factor(const LdmPipelineConfig *c, const StFile *f, double *out) {
     *out = c->scale_factor;
     if (!c->scale_by_std) return 0;
@@ -120,12 +130,66 @@ int ldm_nets_load_mapped(LdmNets *s, const char *ckpt_path, const LdmModel *cons
     return nets_load(s, ckpt_path, NULL, models, maps, n, what);
 }
 
+/* The model families a checkpoint can belong to, told apart by their text
+ * encoder's tensor names (the file's keys, and the weights the executable's
+ * networks read), and what to build for each. */
+typedef struct Family {
+    const char *name;   /* for messages */
+    const char *probe;  /* a tensor only checkpoints of the family hold */
+    const char *what;   /* what that tensor says */
+    const char *build;  /* the make command of an executable for it, NULL: none */
+} Family;
+
+static const Family k_families[] = {
+    {"Stable Diffusion v1", "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+     "the CLIP ViT-L/14 text encoder", "make txt2img CONFIG=models/sd1/v1-inference.yaml H=512 W=512"},
+    {"Stable Diffusion 2.x", "cond_stage_model.model.token_embedding.weight", "the OpenCLIP ViT-H/14 text encoder",
+     "make txt2img CONFIG=models/sd2/v2-inference-v.yaml H=768 W=768 for the 768-v models (SD 2.0, 2.1), "
+     "CONFIG=models/sd2/v2-inference.yaml H=512 W=512 for the 512-base ones"},
+    {"Stable Diffusion XL", "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
+     "SDXL's two text encoders", "make txt2img CONFIG=models/sdxl/sd_xl_base.yaml H=1024 W=1024"},
+};
+#define N_FAMILIES ((int)(sizeof k_families / sizeof k_families[0]))
+
+int ldm_ckpt_family(const StFile *f) {
+    for (int k = 0; k < N_FAMILIES; k++)
+        if (st_find(f, k_families[k].probe)) return k;
+    return -1;
+}
+
+/* The family whose text encoder the models read, or -1. */
+static int models_family(const LdmModel *const *models, int n) {
+    for (int k = 0; k < N_FAMILIES; k++)
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < models[i]->n_weights; j++)
+                if (!strcmp(models[i]->weights[j].name, k_families[k].probe)) return k;
+    return -1;
+}
+
+int ldm_check_family(const StFile *f, const LdmModel *const *models, int n, const char *what) {
+    int file = ldm_ckpt_family(f), exe = models_family(models, n);
+    if (file < 0 || exe < 0 || file == exe) return 0;
+    const Family *ff = &k_families[file];
+    if (ff->build)
+        return ldm_fail("%s: this checkpoint looks like %s (it holds %s, %s), but this executable was built for %s "
+                        "(%s); build one for it: %s",
+                        f->path, ff->name, ff->probe, ff->what, k_families[exe].name, what ? what : "another model",
+                        ff->build);
+    return ldm_fail("%s: this checkpoint looks like %s (it holds %s, %s), which ldmc has no config for; this executable "
+                    "was built for %s (%s)",
+                    f->path, ff->name, ff->probe, ff->what, k_families[exe].name, what ? what : "another model");
+}
+
 static int nets_load(LdmNets *s, const char *ckpt_path, const char *vae_path, const LdmModel *const *models,
                      const LdmKeyMapFn *maps, int n, const char *what) {
     memset(s, 0, sizeof *s);
     ldm_kernels_init();
     if (st_open(&s->ckpt, ckpt_path) != 0) return -1;
     if (vae_path && st_replace_vae(&s->ckpt, vae_path) != 0) {
+        st_close(&s->ckpt);
+        return -1;
+    }
+    if (ldm_check_family(&s->ckpt, models, n, what) != 0) {
         st_close(&s->ckpt);
         return -1;
     }
@@ -971,32 +1035,4 @@ int ldm_sample_guided(const LdmSchedule *sched, LdmSampler *p, LdmGuide *g, LdmN
     p->step_fn = gs.fn;
     p->step_ctx = gs.ctx;
     return rc;
-}
-
-/* ---- checkpoint families ---------------------------------------------------- */
-
-const char *ldm_checkpoint_family(const StFile *f) {
-    int xl = 0, v2 = 0, v1 = 0;
-    for (int i = 0; i < f->n_tensors; i++) {
-        const char *k = f->tensors[i].name;
-        if (!strncmp(k, "conditioner.embedders.", 22)) xl = 1;
-        else if (!strncmp(k, "cond_stage_model.model.", 23)) v2 = 1;
-        else if (!strncmp(k, "cond_stage_model.transformer.", 29)) v1 = 1;
-    }
-    return xl ? "SDXL" : v2 ? "SD 2.x" : v1 ? "SD v1" : NULL;
-}
-
-int ldm_check_family(const LdmPipelineConfig *c, const StFile *f, const char *path) {
-    const char *want = c->family ? c->family : "";
-    const char *got = ldm_checkpoint_family(f);
-    if (!got || !strcmp(got, want)) return 0;
-    if (strcmp(want, "SDXL") && strcmp(want, "SD 2.x") && strcmp(want, "SD v1")) return 0;
-    static const char *why[] = {"SDXL", "its text encoders are under conditioner.embedders.*",
-                                "SD 2.x", "its OpenCLIP text encoder is under cond_stage_model.model.*",
-                                "SD v1", "its CLIP text encoder is under cond_stage_model.transformer.*"};
-    const char *reason = "";
-    for (int i = 0; i < 6; i += 2)
-        if (!strcmp(got, why[i])) reason = why[i + 1];
-    return ldm_fail("%s: this looks like an %s checkpoint (%s), but this executable is for %s (%s): refused before "
-                    "loading anything", path, got, reason, want, c->config_path);
 }

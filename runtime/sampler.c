@@ -300,6 +300,7 @@ typedef struct Run {
     float *old;    /* plms: (3, n) previous raw eps, newest at old_pos; dpmpp_2m: (n) old_denoised */
     float *x2;     /* (n) k: second-order intermediate latent; uni_pc: last_sample */
     float *den2;   /* (n) k: denoised of the second model call; uni_pc: model_outputs[-2] */
+    float *vout;   /* (n) v_pred with ddim/plms/lcm/tcd/uni_pc: the raw model output (v), eps holds e_t */
     LdmBrownian *bt; /* dpmpp_sde / dpmpp_2m_sde with the Brownian tree, else NULL */
     float *sgm_table; /* schedule sgm: the DiscreteDenoiser's sigma table (T), else NULL */
     int n_old;     /* valid entries in old */
@@ -316,6 +317,17 @@ static void draw(Run *r, float *buf) {
 
 static int call_model(Run *r, const float *x_in, float t) {
     if (r->p->eps_fn(r->p->eps_ctx, x_in, t, r->eps) != 0) return -1;
+    return 0;
+}
+
+/* The model at integer timestep t of a VP-space latent x_in (ddim, plms,
+ * lcm, tcd, uni_pc): r->eps = eps; for a v model (p->v_pred) r->vout = the
+ * v it returned and r->eps = sa v + sb x_in (predict_eps_from_z_and_v with
+ * sa = sqrt(a_t), sb = sqrt(1 - a_t)). */
+static int call_model_vp(Run *r, const float *x_in, float t, float sa, float sb) {
+    if (!r->p->v_pred) return call_model(r, x_in, t);
+    if (r->p->eps_fn(r->p->eps_ctx, x_in, t, r->vout) != 0) return -1;
+    for (int64_t j = 0; j < r->n; j++) r->eps[j] = sa * r->vout[j] + sb * x_in[j];
     return 0;
 }
 
@@ -367,14 +379,17 @@ static int report(Run *r, int step, int n_steps, float t, float sigma) {
  *   dir_xt = (1. - a_prev - sigma_t**2).sqrt() * e_t
  *   noise = sigma_t * noise_like(x.shape, device, repeat_noise) * temperature
  *   x_prev = a_prev.sqrt() * pred_x0 + dir_xt + noise */
+/* v (a v model's output, NULL for eps models and PLMS): the v branch,
+ *   pred_x0 = predict_start_from_z_and_v(x, t, v) = sa * x - sb * v
+ * with the checkpoint's sqrt_alphas_cumprod[t], sqrt_one_minus_alphas_cumprod[t]. */
 static void ddim_update(const LdmDdim *d, int index, const float *x, const float *e, const float *noise,
-                        float *pred_x0, float *x_prev, int64_t n) {
+                        float *pred_x0, float *x_prev, int64_t n, const float *v, float sa, float sb) {
     float a_t = d->alphas[index], a_prev = d->alphas_prev[index], sigma_t = d->sigmas[index];
     float sqrt_one_minus_at = d->sqrt_one_minus_alphas[index];
     float sqrt_at = sqrtf(a_t), sqrt_a_prev = sqrtf(a_prev);
     float dir_coef = sqrtf(1.0f - a_prev - sigma_t * sigma_t);
     for (int64_t j = 0; j < n; j++) {
-        float p0 = (x[j] - sqrt_one_minus_at * e[j]) / sqrt_at;
+        float p0 = v ? sa * x[j] - sb * v[j] : (x[j] - sqrt_one_minus_at * e[j]) / sqrt_at;
         float dir_xt = dir_coef * e[j];
         float nz = sigma_t * noise[j] * 1.0f; /* temperature = 1 */
         pred_x0[j] = p0;
@@ -409,11 +424,12 @@ static int run_ddim_plms(Run *r, const LdmDdim *d, const Plan *pl) {
         float sigma_info = sqrtf((1.0f - a) / a);
         if (p->mask) blend_known(r, s->sqrt_alphas_cumprod[ts], s->sqrt_one_minus_alphas_cumprod[ts]);
 
-        if (call_model(r, r->x, (float)ts) != 0) return -1;
+        float vsa = s->sqrt_alphas_cumprod[ts], vsb = s->sqrt_one_minus_alphas_cumprod[ts];
+        if (call_model_vp(r, r->x, (float)ts, vsa, vsb) != 0) return -1;
 
         if (p->kind == LDM_SAMPLER_DDIM) {
             draw(r, r->noise);
-            ddim_update(d, index, r->x, r->eps, r->noise, r->den, r->xn, n);
+            ddim_update(d, index, r->x, r->eps, r->noise, r->den, r->xn, n, p->v_pred ? r->vout : NULL, vsa, vsb);
         } else {
             /* p_sample_plms */
             const float *e_t = r->eps;
@@ -426,11 +442,13 @@ static int run_ddim_plms(Run *r, const LdmDdim *d, const Plan *pl) {
                  * t_next = time_range[min(i + 1, len(time_range) - 1)] */
                 int ts_next = d->timesteps[index > 0 ? index - 1 : 0];
                 draw(r, r->noise);
-                ddim_update(d, index, r->x, e_t, r->noise, r->den, r->tmp, n);
+                ddim_update(d, index, r->x, e_t, r->noise, r->den, r->tmp, n, NULL, 0, 0);
                 /* keep e_t: the model writes into r->eps, so save it in the ring first */
                 float *slot = r->old + (int64_t)((r->old_pos + 1) % 3) * n;
                 memcpy(slot, e_t, (size_t)n * sizeof(float));
-                if (call_model(r, r->tmp, (float)ts_next) != 0) return -1;
+                if (call_model_vp(r, r->tmp, (float)ts_next, s->sqrt_alphas_cumprod[ts_next],
+                                  s->sqrt_one_minus_alphas_cumprod[ts_next]) != 0)
+                    return -1;
                 for (int64_t j = 0; j < n; j++) e_prime[j] = (slot[j] + r->eps[j]) / 2.0f;
                 memcpy(r->eps, slot, (size_t)n * sizeof(float)); /* e_t again */
             } else if (r->n_old == 1) {
@@ -449,7 +467,7 @@ static int run_ddim_plms(Run *r, const LdmDdim *d, const Plan *pl) {
                     e_prime[j] = (55.0f * e_t[j] - 59.0f * o1[j] + 37.0f * o2[j] - 9.0f * o3[j]) / 24.0f;
             }
             draw(r, r->noise);
-            ddim_update(d, index, r->x, e_prime, r->noise, r->den, r->xn, n);
+            ddim_update(d, index, r->x, e_prime, r->noise, r->den, r->xn, n, NULL, 0, 0);
             /* old_eps.append(e_t); if len(old_eps) >= 4: old_eps.pop(0) */
             r->old_pos = (r->old_pos + 1) % 3;
             memcpy(r->old + (int64_t)r->old_pos * n, e_t, (size_t)n * sizeof(float));
@@ -470,6 +488,11 @@ static int run_ddim_plms(Run *r, const LdmDdim *d, const Plan *pl) {
  *   c_out, c_in = -sigma, 1 / (sigma ** 2 + self.sigma_data ** 2) ** 0.5
  *   eps = self.get_eps(input * c_in, self.sigma_to_t(sigma), **kwargs)
  *   return input + eps * c_out
+ * or for a v model (p->v_pred) DiscreteVDDPMDenoiser (CompVisVDenoiser):
+ *   c_skip = sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)
+ *   c_out = -sigma * sigma_data / (sigma ** 2 + sigma_data ** 2) ** 0.5
+ *   c_in = 1 / (sigma ** 2 + sigma_data ** 2) ** 0.5          (sigma_data = 1)
+ *   return self.get_v(input * c_in, self.sigma_to_t(sigma), **kwargs) * c_out + input * c_skip
  * Leaves the denoised latent in r->den. */
 static int denoise_at(Run *r, const float *x, float sigma, float *den, float *t_out) {
     float t;
@@ -483,10 +506,16 @@ static int denoise_at(Run *r, const float *x, float sigma, float *den, float *t_
     } else {
         t = ldm_sigma_to_t(r->s, sigma);
     }
-    float c_in = 1.0f / sqrtf(sigma * sigma + 1.0f);
+    float q = sigma * sigma + 1.0f;
+    float c_in = 1.0f / sqrtf(q);
     for (int64_t j = 0; j < r->n; j++) r->tmp[j] = x[j] * c_in;
     if (call_model(r, r->tmp, t) != 0) return -1;
-    for (int64_t j = 0; j < r->n; j++) den[j] = x[j] + r->eps[j] * -sigma;
+    if (r->p->v_pred) {
+        float c_skip = 1.0f / q, c_out = -sigma * 1.0f / sqrtf(q);
+        for (int64_t j = 0; j < r->n; j++) den[j] = r->eps[j] * c_out + x[j] * c_skip;
+    } else {
+        for (int64_t j = 0; j < r->n; j++) den[j] = x[j] + r->eps[j] * -sigma;
+    }
     if (t_out) *t_out = t;
     return 0;
 }
@@ -943,7 +972,7 @@ static int run_diffusers(Run *r, const Plan *pl) {
     float *m_prev = r->old, *m_prev2 = r->den2, *last = r->x2;
     for (int i = start; i < S; i++) {
         int t = ts[i];
-        if (call_model(r, r->x, (float)t) != 0) goto fail;
+        if (call_model_vp(r, r->x, (float)t, sqrtf(ac[t]), sqrtf(1.0f - ac[t])) != 0) goto fail;
         const float *eps = r->eps;
         switch (p->kind) {
         case LDM_SAMPLER_LCM: {
@@ -1145,6 +1174,7 @@ int ldm_sample(const LdmSchedule *s, const LdmSampler *p, float *x) {
 
     r.x2 = ldm_xmalloc(bytes);
     r.den2 = ldm_xmalloc(bytes);
+    r.vout = p->v_pred ? ldm_xmalloc(bytes) : NULL;
     int fam = ldm_sampler_family(p->kind);
     if (fam == 1 && p->sigmas == LDM_SIGMAS_SGM) {
         r.sgm_table = ldm_xmalloc((size_t)s->T * sizeof(float));
@@ -1167,6 +1197,7 @@ int ldm_sample(const LdmSchedule *s, const LdmSampler *p, float *x) {
     free(r.x2);
     free(r.den2);
     free(r.sgm_table);
+    free(r.vout);
     ldm_ddim_free(&d);
     return ret;
 }

@@ -146,6 +146,21 @@ typedef struct LdmSampler {
     void *noise_ctx;
     LdmStepFn step_fn;      /* optional */
     void *step_ctx;
+
+    /* 1: eps_fn returns the (guided) v-prediction of a `parameterization:
+     * "v"` model (SD 2.x 768-v), v = sqrt(a) eps - sqrt(1-a) x0, and every
+     * sampler converts it as its reference does for such models:
+     *   ddim: e_t = sqrt_alphas_cumprod[t] v + sqrt_one_minus_alphas_cumprod[t] x,
+     *         pred_x0 = sqrt_alphas_cumprod[t] x - sqrt_one_minus_alphas_cumprod[t] v
+     *         (the stablediffusion DDIMSampler's v branch, the checkpoint buffers of s)
+     *   plms: e_t as ddim, then its usual eps update
+     *   k-samplers: k-diffusion's CompVisVDenoiser, D = x c_skip + v c_out with
+     *         c_skip = 1/(sigma^2 + 1), c_out = -sigma/sqrt(sigma^2 + 1), the UNet on c_in x
+     *   lcm, tcd, uni_pc: diffusers' prediction_type "v_prediction" through
+     *         eps = sqrt(a) v + sqrt(1-a) x with the scheduler's own alphas_cumprod
+     *         (its x0 = sqrt(a) x - sqrt(1-a) v, the same model)
+     * 0: eps_fn returns eps (every SD v1 / LDM model). */
+    int v_pred;
 } LdmSampler;
 
 /*

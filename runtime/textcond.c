@@ -300,14 +300,15 @@ int ldm_text_chunks(const LdmTextEncoder *te, const char *prompt, PromptChunks *
         int rc = prompt_tokenize(te->tok, prompt, pe, n_emb, ch);
         free(pe);
         if (rc != 0) return -1;
-    }
-    if (te->style && te->style->pad_id != CLIP_EOT) {
-        /* open_clip.tokenize's padding: what follows a chunk's first end token */
-        for (int c = 0; c < ch->n_chunks; c++) {
-            int32_t *t = ch->tokens + (int64_t)c * ctx;
-            int k = 1;
-            while (k < ctx && t[k] != CLIP_EOT) k++;
-            for (k++; k < ctx; k++) t[k] = te->style->pad_id;
+        /* FrozenCLIPEmbedderWithCustomWordsBase.process_tokens: if id_end != id_pad,
+         * every position after a chunk's first end token becomes id_pad (0 for
+         * FrozenOpenCLIPEmbedderWithCustomWords, SD 2.x) */
+        int32_t pad = te->style ? te->style->pad_id : CLIP_EOT;
+        for (int c = 0; pad != CLIP_EOT && c < ch->n_chunks; c++) {
+            int32_t *t = ch->tokens + (size_t)c * ctx;
+            int end = 0;
+            while (end < ctx && t[end] != CLIP_EOT) end++;
+            for (int k = end + 1; k < ctx; k++) t[k] = pad;
         }
     }
     if (ch->n_chunks > te->max_chunks) {

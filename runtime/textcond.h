@@ -77,13 +77,13 @@ typedef struct LdmTextEncoder {
     LdmNets *nets;               /* where the text encoder lives */
     int model;                   /* its index in nets */
     const ClipTokenizer *tok;
+    const ClipTokStyle *style;   /* the text encoder's tokenizer conventions (NULL: SD v1's,
+                                  * clip_style_sd1; SD 2.x: clip_style_openclip, padding 0) */
     LdmPromptSyntax syntax;
     int clip_skip;               /* 1 = last layer, 2 = next to last, ... */
     const LdmEmbeddings *emb;    /* NULL: none */
     int max_chunks;              /* the most chunks the UNet takes (its context extent / 77) */
     const char *chunks_hint;     /* how to compile more, for the error ("make txt2img ... CHUNKS=N") */
-    const ClipTokStyle *style;   /* NULL: SD v1's; clip_style_openclip: every chunk's positions after
-                                  * its first end token become style->pad_id (open_clip.tokenize) */
 } LdmTextEncoder;
 
 /* Check the model's inputs and outputs against the settings: 0, or -1 with

@@ -21,7 +21,10 @@
 #include <unistd.h>
 
 #include "image.h"
+#include "model.h"
 #include "safetensors.h"
+#include "sampler.h"
+#include "schedule.h"
 #include "testio.h"
 #include "testproc.h"
 #include "testutil.h"
@@ -208,6 +211,52 @@ START_TEST(test_sd2_clip) {
 }
 END_TEST
 
+/* The text tower's accounting against the real file: every tensor
+ * `ldmc --dump` lists as present but unused is in the checkpoint with its
+ * shape, and read + unused = every cond_stage_model.* parameter the
+ * checkpoint holds (the --stats line says both). */
+START_TEST(test_sd2_clip_unused) {
+    char cfg[512], w[512], ldmc[256];
+    sd2(cfg, sizeof cfg, "v2-inference-v.yaml");
+    sd2(w, sizeof w, "model.safetensors");
+    test_dir_init("ldm_sd2_");
+    snprintf(ldmc, sizeof ldmc, "%s/ldmc", test_build_dir());
+    char *argv[] = {ldmc, "models/sd1/clip_text.graph", "--config", cfg, "--dump", "--stats", NULL};
+    char *out;
+    int rc = test_run(argv, &out);
+    ck_assert_msg(rc == 0, "ldmc --dump --stats failed:\n%s", out);
+    StFile f;
+    ck_assert_msg(st_open(&f, w) == 0, "%s", ldm_last_error());
+    int64_t held = 0, unused = 0;
+    int n_unused = 0;
+    for (int i = 0; i < f.n_tensors; i++)
+        if (!strncmp(f.tensors[i].name, "cond_stage_model.", 17)) held += f.tensors[i].numel;
+    for (char *p = strstr(out, "\nunused "); p; p = strstr(p + 1, "\nunused ")) {
+        char name[256], shape[64];
+        ck_assert(sscanf(p + 8, "%255s %63s", name, shape) == 2);
+        const StTensor *t = st_find(&f, name);
+        ck_assert_msg(t, "--dump says the checkpoint holds '%s' unused; it does not", name);
+        char sb[64];
+        ldm_shape_str(t->ndim, t->shape, sb, sizeof sb);
+        char *o = sb; /* "[192, 64]" as the dump writes it, "[192,64]" */
+        for (const char *q = sb; *q; q++)
+            if (*q != ' ') *o++ = *q;
+        *o = 0;
+        ck_assert_msg(!strcmp(sb, shape), "'%s': --dump says %s, the checkpoint %s", name, shape, sb);
+        unused += t->numel;
+        n_unused++;
+    }
+    /* layer penultimate of a 3-block tower: block 2's 12 tensors, text_projection, logit_scale */
+    ck_assert_int_eq(n_unused, 14);
+    char want[256];
+    snprintf(want, sizeof want, "reads %lld of the %lld parameters a checkpoint holds for it: %d tensors (%lld",
+             (long long)(held - unused), (long long)held, n_unused, (long long)unused);
+    ck_assert_msg(strstr(out, want), "--stats lacks '%s':\n%s", want, out);
+    st_close(&f);
+    free(out);
+}
+END_TEST
+
 /* -D POOLED=1 (what SDXL's OpenCLIP encoder needs): pooled = ln_final of
  * ALL blocks (the golden hidden_layer_last) at the first end token (argmax
  * of the ids), times text_projection as `x @ P`, computed here in double
@@ -259,6 +308,145 @@ START_TEST(test_sd2_pooled) {
 }
 END_TEST
 
+/* ---- schedule ------------------------------------------------------------------ */
+
+/* got[0..n) within max_ulps of tensor `name` of the io file. */
+static void check_ulps(const char *io, const char *name, const float *got, int64_t n, int max_ulps) {
+    int64_t ng;
+    float *g = read_f32(io, name, &ng);
+    ck_assert_msg(ng == n, "%s: %s has %lld values, expected %lld", io, name, (long long)ng, (long long)n);
+    for (int64_t i = 0; i < n; i++) {
+        double ulp = fabs(nextafterf(g[i], INFINITY) - g[i]);
+        double d = fabs((double)got[i] - (double)g[i]);
+        ck_assert_msg(d <= max_ulps * ulp, "%s[%lld]: ours %.9g, golden %.9g (%.1f ulps)", name, (long long)i,
+                      (double)got[i], (double)g[i], d / ulp);
+    }
+    free(g);
+}
+
+/* schedule.io: the SD v1 schedule from the config's values, and the
+ * checkpoint buffers the DDIM v branch reads (sqrt in float64, rounded). */
+START_TEST(test_sd2_schedule) {
+    char io[512];
+    sd2(io, sizeof io, "schedule.io.safetensors");
+    LdmSchedule s;
+    ck_assert_msg(ldm_schedule_init(&s, 0.00085, 0.012, 1000) == 0, "%s", ldm_last_error());
+    check_ulps(io, "betas", s.betas, 1000, 1);
+    check_ulps(io, "alphas_cumprod", s.alphas_cumprod, 1000, 1);
+    check_ulps(io, "sqrt_alphas_cumprod", s.sqrt_alphas_cumprod, 1000, 1);
+    check_ulps(io, "sqrt_one_minus_alphas_cumprod", s.sqrt_one_minus_alphas_cumprod, 1000, 1);
+    check_ulps(io, "kdiff_sigmas", s.sigmas, 1000, 1);
+    LdmDdim d;
+    ck_assert_msg(ldm_ddim_make(&s, 10, 0.0, &d) == 0, "%s", ldm_last_error());
+    int64_t nt;
+    int32_t *ts = read_i32(io, "ddim_timesteps", &nt);
+    ck_assert_int_eq(nt, 10);
+    for (int i = 0; i < 10; i++) ck_assert_int_eq(d.timesteps[i], ts[i]);
+    free(ts);
+    check_ulps(io, "ddim_alphas", d.alphas, 10, 1);
+    check_ulps(io, "ddim_alphas_prev", d.alphas_prev, 10, 1);
+    float sig[11];
+    ck_assert_int_eq(ldm_kdiff_sigmas(&s, LDM_SIGMAS_DISCRETE, 10, sig), 0);
+    check_ulps(io, "kdiff_sigmas_euler10", sig, 11, 1);
+    ldm_ddim_free(&d);
+    ldm_schedule_free(&s);
+}
+END_TEST
+
+/* ---- v-prediction in every sampler --------------------------------------------- */
+
+/* A smooth stand-in for a guided UNet: eps(x, t) = 0.3 x + 0.2 sin(x + t / 150).
+ * Its v twin returns v = sqrt(a) eps - sqrt(1 - a) x0 of the same model, with
+ * x0 = (x - sqrt(1 - a) eps) / sqrt(a) and a = 1 / (1 + sigma(t)^2) (the
+ * DDPM point the sampler evaluates the model at: x is the VP-space latent,
+ * c_in x for the k-samplers). Every sampler must then give the same
+ * latent with v_pred = 1 on the twin as with v_pred = 0 on eps, up to
+ * float32 rounding. */
+typedef struct FakeModel {
+    const LdmSchedule *s;
+    int v;
+} FakeModel;
+
+static int fake_model(void *ctx, const float *x, float t, float *out) {
+    const FakeModel *m = ctx;
+    double sigma = ldm_t_to_sigma(m->s, t), a = 1.0 / (1.0 + sigma * sigma);
+    for (int64_t j = 0; j < 2 * 4 * 6 * 5; j++) {
+        double e = 0.3 * x[j] + 0.2 * sin(x[j] + t / 150.0);
+        if (m->v) {
+            double x0 = (x[j] - sqrt(1.0 - a) * e) / sqrt(a);
+            e = sqrt(a) * e - sqrt(1.0 - a) * x0;
+        }
+        out[j] = (float)e;
+    }
+    return 0;
+}
+
+typedef struct FakeNoise {
+    uint64_t state;
+} FakeNoise;
+
+static void fake_noise(void *ctx, float *out, int64_t n) {
+    FakeNoise *z = ctx;
+    for (int64_t i = 0; i < n; i++) {
+        z->state = z->state * 6364136223846793005ull + 1442695040888963407ull;
+        out[i] = (float)((double)(z->state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+    }
+}
+
+/* mode 0 txt2img, 1 img2img (strength 0.6), 2 inpainting (a mask, strength 1) */
+static void run_fake(const LdmSchedule *s, LdmSamplerKind kind, int mode, int v, float *x) {
+    enum { N = 2 * 4 * 6 * 5, PLANE = 6 * 5 };
+    static float init[N], mask[PLANE];
+    for (int j = 0; j < N; j++) init[j] = (float)sin(0.37 * j);
+    for (int j = 0; j < PLANE; j++) mask[j] = j % 3 == 0 ? 1.0f : j % 3 == 1 ? 0.0f : 0.5f;
+    FakeModel m = {s, v};
+    FakeNoise z = {12345};
+    LdmSampler p;
+    memset(&p, 0, sizeof p);
+    p.kind = kind;
+    p.steps = 8;
+    p.sigmas = LDM_SIGMAS_DISCRETE;
+    p.seed = 7;
+    p.n = N;
+    p.eps_fn = fake_model;
+    p.eps_ctx = &m;
+    p.noise_fn = fake_noise;
+    p.noise_ctx = &z;
+    p.v_pred = v;
+    if (mode >= 1) {
+        p.init_latent = init;
+        p.strength = mode == 1 ? 0.6 : 1.0;
+    }
+    if (mode == 2) {
+        p.mask = mask;
+        p.plane = PLANE;
+    }
+    fake_noise(&z, x, N); /* x_T (or the img2img noise) */
+    ck_assert_msg(ldm_sample(s, &p, x) == 0, "%s mode %d v %d: %s", ldm_sampler_name(kind), mode, v, ldm_last_error());
+}
+
+START_TEST(test_sd2_vpred_samplers) {
+    LdmSchedule s;
+    ck_assert_int_eq(ldm_schedule_init(&s, 0.00085, 0.012, 1000), 0);
+    const LdmSamplerKind *all;
+    int n = ldm_sampler_all(&all);
+    enum { N = 2 * 4 * 6 * 5 };
+    for (int k = 0; k < n; k++)
+        for (int mode = 0; mode < 3; mode++) {
+            float a[N], b[N];
+            run_fake(&s, all[k], mode, 0, a);
+            run_fake(&s, all[k], mode, 1, b);
+            double m = 0;
+            for (int j = 0; j < N; j++) m = fmax(m, fabs(a[j]));
+            double d = max_abs_diff(a, b, N);
+            /* a few float32 roundings per step, over 8 steps */
+            ck_assert_msg(d <= 1e-4 * fmax(m, 1.0), "%s (%s): v model gives max |diff| %.3g (max |x| %.3g)",
+                          ldm_sampler_name(all[k]), mode == 0 ? "txt2img" : mode == 1 ? "img2img" : "inpainting", d, m);
+        }
+    ldm_schedule_free(&s);
+}
+END_TEST
+
 /* ---- UNet ---------------------------------------------------------------------- */
 
 static char g_unet[600];      /* the sd2-tiny UNet runner, B=2 96x96 ("" if ldmc failed) */
@@ -288,20 +476,252 @@ START_TEST(test_sd2_unet) {
 }
 END_TEST
 
+/* ---- txt2img, end to end ----------------------------------------------------- */
+
+/* The sd2-tiny executables at 96x96 as a user builds them (make txt2img
+ * CONFIG=.../v2-inference[-v].yaml H=96 W=96; TAESD=0, which these tests do
+ * not use), in the build directory under test. */
+static char g_exe[2][600];       /* [0] eps (v2-inference.yaml), [1] v (v2-inference-v.yaml); "" if make failed */
+static char *g_exe_log[2];
+
+static void build_exe(int v) {
+    char build[300], config[600], name[64], logf[700], rel[64];
+    test_dir_init("ldm_sd2_");
+    snprintf(build, sizeof build, "BUILD=%s", test_build_dir());
+    snprintf(rel, sizeof rel, "v2-inference%s.yaml", v ? "-v" : "");
+    snprintf(config, sizeof config, "CONFIG=%s/goldens/sd2-tiny/%s", test_shared_dir(), rel);
+    snprintf(name, sizeof name, "TXT2IMG_NAME=txt2img-test-sd2-tiny-%s", v ? "v" : "eps");
+    snprintf(g_exe[v], sizeof g_exe[v], "%s/txt2img-test-sd2-tiny-%s", test_build_dir(), v ? "v" : "eps");
+    char *argv[] = {"make", "-s", "-j2", build, "SAN=0", "txt2img", config, "H=96", "W=96", "TAESD=0", name, NULL};
+    snprintf(logf, sizeof logf, "%s/make-sd2-%d.log", test_dir, v);
+    int rc = test_wait_status(test_spawn(argv, logf));
+    if (rc != 0 || access(g_exe[v], X_OK) != 0) {
+        size_t len;
+        g_exe[v][0] = 0;
+        g_exe_log[v] = ldm_read_file(logf, &len);
+        if (!g_exe_log[v]) g_exe_log[v] = ldm_xasprintf("make exited with status %d", rc);
+    }
+}
+
+static void setup_exes(void) {
+    if (!g_exe[0][0] && !g_exe_log[0]) build_exe(0);
+    if (!g_exe[1][0] && !g_exe_log[1]) build_exe(1);
+}
+
+/* The first string of a JSON list of strings in the io file's metadata. */
+static char *meta_first(const char *io, const char *key) {
+    char *m = meta(io, key);
+    json_error_t err;
+    json_t *j = json_loads(m, 0, &err);
+    ck_assert_msg(json_is_array(j) && json_is_string(json_array_get(j, 0)), "%s: metadata %s: %s", io, key, m);
+    char *s = ldm_xstrdup(json_string_value(json_array_get(j, 0)));
+    json_decref(j);
+    free(m);
+    return s;
+}
+
+typedef struct T2iCase {
+    const char *name;      /* io file stem and PNG */
+    int v;                 /* the v executable */
+    const char *sampler;
+} T2iCase;
+
+static const T2iCase k_t2i[] = {
+    {"txt2img_ddim_eps", 0, "ddim"},
+    {"txt2img_ddim_v", 1, "ddim"},
+    {"txt2img_euler_v", 1, "euler"},
+};
+
+/* x_T through --init-noise, the prompts, steps and guidance scale of the
+ * metadata: --save-latent within the io file's latent tolerance, the PNG
+ * within one level of the golden PNG (the PNG rounding of a value within
+ * the image tolerance can differ by one). */
+START_TEST(test_sd2_txt2img) {
+    const T2iCase *c = &k_t2i[_i];
+    const char *exe = g_exe[c->v];
+    ck_assert_msg(exe[0], "make txt2img (sd2-tiny %s) failed:\n%s", c->v ? "v" : "eps",
+                  g_exe_log[c->v] ? g_exe_log[c->v] : "");
+    char io[512], gpng[512], rel[128], noise[700], latent[700], png[700];
+    snprintf(rel, sizeof rel, "%s.io.safetensors", c->name);
+    sd2(io, sizeof io, rel);
+    snprintf(rel, sizeof rel, "%s.png", c->name);
+    sd2(gpng, sizeof gpng, rel);
+    char *param = meta(io, "parameterization");
+    ck_assert_str_eq(param, c->v ? "v" : "eps");
+    free(param);
+    char *prompt = meta_first(io, "prompts"), *neg = meta_first(io, "negative_prompts");
+    char *steps = meta(io, "steps"), *scale = meta(io, "guidance_scale");
+    snprintf(noise, sizeof noise, "%s/%s-noise.safetensors", test_dir, c->name);
+    snprintf(latent, sizeof latent, "%s/%s-latent.safetensors", test_dir, c->name);
+    snprintf(png, sizeof png, "%s/%s.png", test_dir, c->name);
+    {
+        StFile f;
+        ck_assert_msg(st_open(&f, io) == 0, "%s", ldm_last_error());
+        const StTensor *t = st_find(&f, "x_T");
+        ck_assert(t && t->dtype == ST_F32);
+        StWriter *w = st_writer_new();
+        st_writer_add(w, "noise", ST_F32, t->ndim, t->shape, t->data);
+        ck_assert_msg(st_writer_save(w, noise) == 0, "%s", ldm_last_error());
+        st_writer_free(w);
+        st_close(&f);
+    }
+    char w[512];
+    sd2(w, sizeof w, "model.safetensors");
+    /* k-diffusion: get_sigmas(10), the discrete schedule (DDIM: no schedule) */
+    int kdiff = !strcmp(c->sampler, "euler");
+    char *argv[] = {(char *)exe, "--weights", w, "--prompt", prompt, "--negative-prompt", neg, "--steps", steps,
+                    "--cfg-scale", scale, "--sampler", (char *)c->sampler, "--init-noise", noise, "--save-latent",
+                    latent, "-o", png, "--quiet", kdiff ? "--schedule" : NULL, "discrete", NULL};
+    char *out;
+    int rc = test_run(argv, &out);
+    ck_assert_msg(rc == 0, "%s failed (status %d):\n%s", exe, rc, out);
+    free(out);
+    int64_t n, ng;
+    float *ours = read_f32(latent, "latent", &n), *gold = read_f32(io, "latent", &ng);
+    ck_assert_int_eq(n, ng);
+    double d = max_abs_diff(ours, gold, n), tol = tolerance(io, "latent");
+    int pd = png_max_diff(png, gpng);
+    printf("sd2: %-24s latent max|ours - golden| = %.3g (tolerance %.3g), PNG max diff %d\n", c->name, d, tol, pd);
+    fflush(stdout);
+    ck_assert_msg(d <= tol, "%s: latent max |ours - golden| = %.6g > %.6g", c->name, d, tol);
+    ck_assert_msg(pd <= 1, "%s: PNG differs from the golden by %d levels (at most 1 allowed)", c->name, pd);
+    free(ours);
+    free(gold);
+    free(prompt);
+    free(neg);
+    free(steps);
+    free(scale);
+}
+END_TEST
+
+/* ---- bad input ------------------------------------------------------------------ */
+
+static char g_sd1_exe[600];
+static char *g_sd1_log;
+
+static void setup_family(void) {
+    setup_exes();
+    if (!g_sd1_exe[0] && !g_sd1_log) test_build_sd1_tiny_txt2img(0, g_sd1_exe, sizeof g_sd1_exe, &g_sd1_log);
+}
+
+/* A checkpoint of the other family is refused before any work: status 1,
+ * the file, the family it looks like, the one the executable was built
+ * for, the make command for the file; no output file. */
+START_TEST(test_sd2_family) {
+    char sd1[512], sd2w[512], png[600];
+    snprintf(sd1, sizeof sd1, "%s/goldens/sd1-tiny/model.safetensors", test_shared_dir());
+    sd2(sd2w, sizeof sd2w, "model.safetensors");
+    const char *exe = _i == 0 ? g_exe[1] : g_sd1_exe;
+    ck_assert_msg(exe[0], "the %s executable was not built:\n%s", _i == 0 ? "sd2-tiny" : "sd1-tiny",
+                  _i == 0 ? (g_exe_log[1] ? g_exe_log[1] : "") : (g_sd1_log ? g_sd1_log : ""));
+    snprintf(png, sizeof png, "%s/family-%d.png", test_dir, _i);
+    char *argv[] = {(char *)exe, "--weights", _i == 0 ? sd1 : sd2w, "-p", "a cat", "--steps", "2", "-o", png, NULL};
+    char *out;
+    double t0 = ldm_now();
+    int rc = test_run(argv, &out);
+    double dt = ldm_now() - t0;
+    ck_assert_msg(rc == 1, "status %d, expected 1:\n%s", rc, out);
+    const char *want0[] = {sd1, "looks like Stable Diffusion v1", "cond_stage_model.transformer",
+                           "built for Stable Diffusion 2.x", "make txt2img CONFIG=models/sd1/v1-inference.yaml", NULL};
+    const char *want1[] = {sd2w, "looks like Stable Diffusion 2.x", "cond_stage_model.model.token_embedding.weight",
+                           "built for Stable Diffusion v1", "CONFIG=models/sd2/v2-inference-v.yaml",
+                           "CONFIG=models/sd2/v2-inference.yaml", NULL};
+    const char *const *want = _i == 0 ? want0 : want1;
+    for (int k = 0; want[k]; k++) ck_assert_msg(strstr(out, want[k]), "message lacks '%s':\n%s", want[k], out);
+    ck_assert_msg(!strstr(out, "step 1/"), "it sampled before refusing:\n%s", out);
+    ck_assert_msg(access(png, F_OK) != 0, "%s was written", png);
+    printf("sd2: family check %d refused in %.2f s\n", _i, dt);
+    free(out);
+}
+END_TEST
+
+/* ldmc names the key and the accepted values. */
+START_TEST(test_sd2_bad_config) {
+    char cfg[512], ldmc[256], out[600];
+    sd2(cfg, sizeof cfg, "v2-inference-v.yaml");
+    test_dir_init("ldm_sd2_");
+    snprintf(ldmc, sizeof ldmc, "%s/ldmc", test_build_dir());
+    snprintf(out, sizeof out, "%s/bad-%d.c", test_dir, _i);
+    static const char *cases[][4] = {
+        {"pipeline", "model.params.parameterization=x0", "model.params.parameterization: 'x0' is not supported",
+         "\"v\""},
+        {"pipeline", "model.params.cond_stage_config.params.layer=middle",
+         "model.params.cond_stage_config.params.layer: unknown layer 'middle'", "\"penultimate\""},
+        {"models/sd1/clip_text.graph", "model.params.cond_stage_config.target=my.TextEncoder",
+         "model.params.cond_stage_config.target: \"my.TextEncoder\" is not a text encoder",
+         "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder"},
+        {"models/sd1/clip_text.graph", "model.params.cond_stage_config.params.layer=middle",
+         "model.params.cond_stage_config.params.layer: expected \"last\" or \"penultimate\", got \"middle\"", "error"},
+        {"models/sd1/clip_text.graph", "model.params.cond_stage_config.params.arch=ViT-Q-99",
+         "\"ViT-Q-99\" is not an open_clip model config", "open_clip_model_config"},
+    };
+    const char *const *c = cases[_i];
+    /* the arch names the sizes only when no open_clip_model_config does (the real config) */
+    if (_i == 4) snprintf(cfg, sizeof cfg, "models/sd2/v2-inference-v.yaml");
+    char *argv[16];
+    int k = 0;
+    argv[k++] = ldmc;
+    argv[k++] = (char *)c[0];
+    argv[k++] = "--config";
+    argv[k++] = cfg;
+    if (!strcmp(c[0], "pipeline")) {
+        argv[k++] = "-D";
+        argv[k++] = "H=96";
+        argv[k++] = "-D";
+        argv[k++] = "W=96";
+    }
+    argv[k++] = "-D";
+    argv[k++] = (char *)c[1];
+    argv[k++] = "-o";
+    argv[k++] = out;
+    argv[k] = NULL;
+    char *log;
+    int rc = test_run(argv, &log);
+    ck_assert_msg(rc == 1, "ldmc %s -D %s: status %d, expected 1:\n%s", c[0], c[1], rc, log);
+    ck_assert_msg(strstr(log, c[2]) && strstr(log, c[3]), "ldmc %s -D %s: message lacks '%s' / '%s':\n%s", c[0], c[1],
+                  c[2], c[3], log);
+    ck_assert_msg(access(out, F_OK) != 0, "%s was written", out);
+    free(log);
+}
+END_TEST
+
 Suite *suite_sd2(void) {
     Suite *s = suite_create("sd2");
     TCase *tc = tcase_create("tokens");
     tcase_add_test(tc, test_sd2_tokens);
     suite_add_tcase(s, tc);
+    tc = tcase_create("schedule");
+    tcase_add_test(tc, test_sd2_schedule);
+    tcase_add_test(tc, test_sd2_vpred_samplers);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("bad_config");
+    tcase_add_loop_test(tc, test_sd2_bad_config, 0, 5);
+    suite_add_tcase(s, tc);
     tc = tcase_create("clip");
     tcase_set_timeout(tc, 600);
     tcase_add_loop_test(tc, test_sd2_clip, 0, 2);
     tcase_add_test(tc, test_sd2_pooled);
+    tcase_add_test(tc, test_sd2_clip_unused);
     suite_add_tcase(s, tc);
     tc = tcase_create("unet");
     tcase_set_timeout(tc, 600);
     tcase_add_unchecked_fixture(tc, setup_unet, teardown_nothing);
     tcase_add_loop_test(tc, test_sd2_unet, 0, 4);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+Suite *suite_sd2_txt2img(void) {
+    Suite *s = suite_create("sd2_txt2img");
+    TCase *tc = tcase_create("goldens");
+    tcase_set_timeout(tc, 900);
+    tcase_add_unchecked_fixture(tc, setup_exes, teardown_nothing);
+    tcase_add_loop_test(tc, test_sd2_txt2img, 0, (int)(sizeof k_t2i / sizeof k_t2i[0]));
+    suite_add_tcase(s, tc);
+    tc = tcase_create("family");
+    tcase_set_timeout(tc, 900);
+    tcase_add_unchecked_fixture(tc, setup_family, teardown_nothing);
+    tcase_add_loop_test(tc, test_sd2_family, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -352,26 +352,27 @@ START_TEST(test_sdxl_conditioner) {
 }
 END_TEST
 
-/* --stats of the CLIP ViT-L role under the real config: the checkpoint's
- * 123,060,480 parameters, of which the last layer and the final LayerNorm
- * are named as unused. */
-START_TEST(test_sdxl_stats_clip_l) {
+/* --stats of the text encoders under the real config: the checkpoint's
+ * 123,060,480 (CLIP ViT-L) and 694,659,841 (OpenCLIP bigG) parameters; the
+ * dump lists what hidden layer 11 leaves unused (layer 11, final_layer_norm)
+ * and the tower's logit_scale. */
+START_TEST(test_sdxl_stats_text) {
     test_dir_init("ldm_sdxl_");
     char *argv[] = {(char *)ldmc_path(), "models/sd1/clip_text.graph", "--config", "models/sdxl/sd_xl_base.yaml",
-                    "--stats", NULL};
+                    "--stats", "--dump", NULL};
     char *out = NULL;
     ck_assert_msg(test_run(argv, &out) == 0, "%s", out);
-    ck_assert_msg(strstr(out, "the checkpoint's tensors: 123060480 parameters"), "%s", out);
-    ck_assert_msg(strstr(out, "conditioner.embedders.0.transformer.text_model.encoder.layers.11.mlp.fc2.weight"), "%s",
-                  out);
-    ck_assert_msg(strstr(out, "conditioner.embedders.0.transformer.text_model.final_layer_norm.bias"), "%s", out);
-    ck_assert_msg(!strstr(out, "layers.10.mlp"), "%s", out);
+    ck_assert_msg(strstr(out, "reads 115971072 of the 123060480 parameters a checkpoint holds"), "%s", out);
+    ck_assert_msg(strstr(out, "unused conditioner.embedders.0.transformer.text_model.encoder.layers.11.mlp.fc2.weight"),
+                  "%s", out);
+    ck_assert_msg(strstr(out, "unused conditioner.embedders.0.transformer.text_model.final_layer_norm.bias"), "%s", out);
+    ck_assert_msg(!strstr(out, "unused conditioner.embedders.0.transformer.text_model.encoder.layers.10."), "%s", out);
     free(out);
     char *argv1[] = {(char *)ldmc_path(), "models/sd1/clip_text.graph", "--config", "models/sdxl/sd_xl_base.yaml",
-                     "-D", "EMBEDDER=1", "--stats", NULL};
+                     "-D", "EMBEDDER=1", "--stats", "--dump", NULL};
     ck_assert_msg(test_run(argv1, &out) == 0, "%s", out);
-    ck_assert_msg(strstr(out, "the checkpoint's tensors: 694659841 parameters"), "%s", out);
-    ck_assert_msg(strstr(out, "conditioner.embedders.1.model.logit_scale"), "%s", out);
+    ck_assert_msg(strstr(out, "of the 694659841 parameters a checkpoint holds"), "%s", out);
+    ck_assert_msg(strstr(out, "unused conditioner.embedders.1.model.logit_scale"), "%s", out);
     free(out);
 }
 END_TEST
@@ -800,10 +801,10 @@ START_TEST(test_sdxl_txt2img_bad) {
     /* an SD v1 checkpoint to the SDXL executable: refused before any work */
     char *v1[] = {(char *)exe, "--weights", (char *)test_shared("goldens/sd1-tiny/model.safetensors"), "--prompt", "x",
                   "-o", (char *)png, NULL};
-    xl_refused(v1, "looks like an SD v1 checkpoint");
+    xl_refused(v1, "looks like Stable Diffusion v1");
     char *v2[] = {(char *)exe, "--weights", (char *)test_shared("goldens/sd2-tiny/model.safetensors"), "--prompt", "x",
                   "-o", (char *)png, NULL};
-    xl_refused(v2, "looks like an SD 2.x checkpoint");
+    xl_refused(v2, "looks like Stable Diffusion 2.x");
 }
 END_TEST
 
@@ -816,7 +817,112 @@ START_TEST(test_sdxl_checkpoint_to_sd1) {
     ck_assert_msg(exe[0], "make txt2img sd1-tiny failed:\n%s", log ? log : "");
     char *argv[] = {exe, "--weights", (char *)xl("model-fp16.safetensors"), "--prompt", "x", "-o",
                     (char *)test_tmp("bad.png"), NULL};
-    xl_refused(argv, "looks like an SDXL checkpoint");
+    xl_refused(argv, "looks like Stable Diffusion XL");
+}
+END_TEST
+
+/* Every sampler family and schedule works with the SDXL executable (a
+ * smoke run of 2 steps each: CompVis DDIM, k-diffusion with karras and
+ * with the sgm schedule, a second-order one, diffusers' UniPC). */
+START_TEST(test_sdxl_txt2img_samplers) {
+    const char *exe = xl_txt2img();
+    static const char *runs[][2] = {{"ddim", NULL}, {"dpmpp_2m", "karras"}, {"heun", "sgm"},
+                                    {"euler_a", "discrete"}, {"uni_pc", NULL}};
+    for (size_t i = 0; i < sizeof runs / sizeof *runs; i++) {
+        const char *png = test_tmp("smp%zu.png", i);
+        char *argv[] = {(char *)exe, "--weights", (char *)xl("model-fp16.safetensors"), "--prompt", "a red fox",
+                        "--negative-prompt", i % 2 ? "blurry" : "", "--steps", "2", "--sampler", (char *)runs[i][0],
+                        "--seed", "3", "-o", (char *)png, "--quiet", NULL, NULL, NULL};
+        if (runs[i][1]) { /* the k-samplers' schedule */
+            argv[16] = "--schedule";
+            argv[17] = (char *)runs[i][1];
+        }
+        char *out = NULL;
+        ck_assert_msg(test_run(argv, &out) == 0, "%s/%s: %s", runs[i][0], runs[i][1] ? runs[i][1] : "-", out);
+        free(out);
+        ck_assert_msg(test_exists(png), "%s: no image", runs[i][0]);
+    }
+}
+END_TEST
+
+/* The graphs on an SDXL-like configuration they were not tuned on: other
+ * depths per level (including 0 blocks), head size, width, a non-square
+ * size, batch 2; compiled and run on random weights of its own shapes
+ * (ldmc randckpt), the output finite and each sample independent of the
+ * other (batch 2 = two batch-1 runs). */
+START_TEST(test_sdxl_unseen_config) {
+    test_dir_init("ldm_sdxl_");
+    static char *const over[] = {"-D", "model.params.network_config.params.transformer_depth=[0,3,1]", "-D",
+                                 "model.params.network_config.params.num_head_channels=16", "-D",
+                                 "model.params.network_config.params.model_channels=64", NULL};
+    const char *ckpt = test_tmp("unseen.safetensors");
+    char *rargv[32];
+    int k = 0;
+    rargv[k++] = (char *)ldmc_path();
+    rargv[k++] = "randckpt";
+    rargv[k++] = "--config";
+    rargv[k++] = (char *)xl("config.json");
+    for (int i = 0; over[i]; i++) rargv[k++] = over[i];
+    rargv[k++] = "-o";
+    rargv[k++] = (char *)ckpt;
+    rargv[k++] = "models/sd1/unet.graph";
+    rargv[k] = NULL;
+    char *out = NULL;
+    ck_assert_msg(test_run(rargv, &out) == 0, "randckpt: %s", out);
+    free(out);
+    const char *exes[2];
+    for (int b = 0; b < 2; b++) {
+        char *argv[40];
+        int n = 0;
+        argv[n++] = (char *)ldmc_path();
+        argv[n++] = "models/sd1/unet.graph";
+        argv[n++] = "--config";
+        argv[n++] = (char *)xl("config.json");
+        for (int i = 0; over[i]; i++) argv[n++] = over[i];
+        argv[n++] = "-D";
+        argv[n++] = b ? "B=2" : "B=1";
+        argv[n++] = "-D";
+        argv[n++] = "H=64";
+        argv[n++] = "-D";
+        argv[n++] = "W=96";
+        argv[n++] = "-o";
+        exes[b] = ldm_xstrdup(test_tmp("unseen-b%d", b + 1));
+        argv[n++] = (char *)exes[b];
+        argv[n] = NULL;
+        ck_assert_msg(test_run(argv, &out) == 0, "ldmc: %s", out);
+        free(out);
+    }
+    /* inputs for batch 2: x [2,4,8,12], t, context [2,77,56], y [2,1576]; batch 1: the second sample */
+    int64_t nx = 4 * 8 * 12, nc = 77 * 56, ny = 1576;
+    float *x = ldm_xmalloc((size_t)(2 * nx) * sizeof(float)), *c = ldm_xmalloc((size_t)(2 * nc) * sizeof(float)),
+          *y = ldm_xmalloc((size_t)(2 * ny) * sizeof(float)), t[2] = {999.0f, 250.0f};
+    uint64_t st = 12345;
+    for (int64_t i = 0; i < 2 * nx; i++) x[i] = (float)((st = st * 6364136223846793005ull + 1) >> 40) / 16777216.0f - 0.5f;
+    for (int64_t i = 0; i < 2 * nc; i++) c[i] = (float)((st = st * 6364136223846793005ull + 1) >> 40) / 16777216.0f - 0.5f;
+    for (int64_t i = 0; i < 2 * ny; i++) y[i] = (float)((st = st * 6364136223846793005ull + 1) >> 40) / 16777216.0f - 0.5f;
+    float *eps[2];
+    for (int b = 0; b < 2; b++) {
+        int B = b + 1;
+        int64_t off = b ? 0 : 1; /* batch 1 runs sample 1 */
+        StWriter *w = st_writer_new();
+        int64_t xs[4] = {B, 4, 8, 12}, ts[1] = {B}, cs[3] = {B, 77, 56}, ys[2] = {B, ny};
+        st_writer_add(w, "x", ST_F32, 4, xs, x + off * nx);
+        st_writer_add(w, "timesteps", ST_F32, 1, ts, t + off);
+        st_writer_add(w, "context", ST_F32, 3, cs, c + off * nc);
+        st_writer_add(w, "y", ST_F32, 2, ys, y + off * ny);
+        const char *in = test_tmp("unseen-in%d.safetensors", B), *o = test_tmp("unseen-out%d.safetensors", B);
+        ck_assert_msg(st_writer_save(w, in) == 0, "%s", ldm_last_error());
+        st_writer_free(w);
+        char *argv[] = {(char *)exes[b], "--weights", (char *)ckpt, "--inputs", (char *)in, "--outputs", (char *)o, NULL};
+        ck_assert_msg(test_run(argv, &out) == 0, "%s", out);
+        free(out);
+        eps[b] = read_f32(o, "eps", NULL);
+    }
+    for (int64_t i = 0; i < 2 * nx; i++) ck_assert_msg(isfinite(eps[1][i]), "eps[%lld] is not finite", (long long)i);
+    double d = max_abs_diff(eps[1] + nx, eps[0], nx);
+    printf("sdxl: unseen config (depths [0,3,1], 16-channel heads, 64 channels, 64x96): batch 2 vs 1 max diff %.3g\n", d);
+    ck_assert_msg(d < 1e-4, "sample 1 of a batch-2 run differs from its batch-1 run by %g", d);
+    free(x), free(c), free(y), free(eps[0]), free(eps[1]);
 }
 END_TEST
 
@@ -836,8 +942,9 @@ Suite *suite_sdxl(void) {
     tcase_add_test(tc, test_sdxl_stats_real);
     tcase_add_test(tc, test_sdxl_unet);
     tcase_add_test(tc, test_sdxl_conditioner);
-    tcase_add_test(tc, test_sdxl_stats_clip_l);
+    tcase_add_test(tc, test_sdxl_stats_text);
     tcase_add_test(tc, test_sdxl_euler_cfg5);
+    tcase_add_test(tc, test_sdxl_unseen_config);
     suite_add_tcase(s, tc);
     tc = tcase_create("txt2img");
     tcase_set_timeout(tc, 900);
@@ -845,6 +952,7 @@ Suite *suite_sdxl(void) {
     tcase_add_test(tc, test_sdxl_txt2img_sizes);
     tcase_add_test(tc, test_sdxl_txt2img_bad);
     tcase_add_test(tc, test_sdxl_checkpoint_to_sd1);
+    tcase_add_test(tc, test_sdxl_txt2img_samplers);
     suite_add_tcase(s, tc);
     return s;
 }

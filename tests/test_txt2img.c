@@ -773,7 +773,7 @@ START_TEST(test_ldmc_pipeline) {
     static const char *bad[][3] = {{"H=100", "W=128", "multiples of 8"},
                                    {"H=128", "W=0", "-D W"},
                                    {"H=128", "Q=1", "unknown parameter"},
-                                   {"H=128", "model.params.parameterization=v", "parameterization"},
+                                   {"H=128", "model.params.parameterization=x0", "parameterization: 'x0' is not supported (expected \"eps\""},
                                    {"H=128", "model.params.conditioning_key=film", "conditioning_key"}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         const char *o = test_tmp("pipe-bad-%zu.c", i);

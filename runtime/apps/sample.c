@@ -462,6 +462,7 @@ static void sampler_setup(const App *a, LdmSampler *p) {
     p->steps = a->o.steps;
     p->eta = a->o.eta;
     p->n = a->n_lat;
+    p->v_pred = ldm_pipeline_v_pred(&CFG);
 }
 
 /* --save-latent: the final latent (what decode_first_stage takes), the

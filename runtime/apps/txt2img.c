@@ -904,6 +904,7 @@ static LdmTextEncoder text_encoder(App *a) {
         .nets = &a->nets,
         .model = net_index(a, NET_CLIP),
         .tok = a->tok,
+        .style = ldm_pipeline_tok_style(&CFG),
         .syntax = a->o.syntax,
         .clip_skip = a->o.clip_skip,
         .emb = a->o.embeddings ? &a->emb : NULL,
@@ -1344,6 +1345,7 @@ static void sampler_setup(const App *a, LdmSampler *p) {
     p->gamma = a->o.gamma;
     p->noise_sampler = a->o.noise_sampler;
     p->n = a->n_lat;
+    p->v_pred = ldm_pipeline_v_pred(&CFG);
     /* hybrid models at strength 1 start from pure noise (for lcm, tcd and
      * uni_pc an init_latent at strength 1 would mean diffusers' img2img) */
     p->init_latent = a->hybrid && a->strength >= 1.0 ? NULL : a->init_latent;
@@ -2121,21 +2123,8 @@ static int run(App *a) {
 
     if (a->sgm && (o->n_loras || o->lora_dir || o->embeddings)) {
         ldm_prompts_free(&list);
-        return ldm_fail("--lora, --lora-dir and --embeddings are not supported for %s models yet (%s)", CFG.family,
+        return ldm_fail("--lora, --lora-dir and --embeddings are not supported for SDXL (sgm) models yet (%s)",
                         CFG.config_path);
-    }
-    /* a checkpoint of another family is refused before anything is loaded */
-    {
-        StFile f;
-        int frc = st_open(&f, o->weights);
-        if (frc == 0) {
-            frc = ldm_check_family(&CFG, &f, o->weights);
-            st_close(&f);
-        }
-        if (frc != 0) {
-            ldm_prompts_free(&list);
-            return -1;
-        }
     }
     /* every size's networks, size k's at k * N_NETS: those of one network
      * share one weight set (ldm_nets_load_mapped), bound when it first runs */
