@@ -123,6 +123,20 @@ static int collect(const char *graph_arg, const BuildOptions *bo0, RWeight **lis
         r->ndim = w->ndim;
         memcpy(r->shape, w->shape, sizeof r->shape);
     }
+    /* what a real checkpoint holds beside them (unused_weight): the file has
+     * the real layout, e.g. SD 2's skipped last text block */
+    for (int i = 0; i < g->n_unused && rc == 0; i++) {
+        const UnusedWeight *u = &g->unused[i];
+        int found = 0;
+        for (int k = 0; k < *n && !found; k++) found = !strcmp((*list)[k].name, u->name);
+        if (found) continue;
+        *list = ldm_xrealloc(*list, (size_t)(*n + 1) * sizeof **list);
+        RWeight *r = &(*list)[(*n)++];
+        r->name = ldm_xstrdup(u->name);
+        r->ndim = u->ndim;
+        memset(r->shape, 0, sizeof r->shape);
+        memcpy(r->shape, u->shape, (size_t)u->ndim * sizeof *u->shape);
+    }
     graph_free(g);
     program_free(prog);
     free(defs);

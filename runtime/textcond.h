@@ -15,6 +15,11 @@
  * Plain syntax: one chunk, clip_tokenize_ctx (truncated at 75 tokens), no
  * emphasis, no embeddings (tags and brackets are text).
  *
+ * SD 2.x (FrozenOpenCLIPEmbedder) is the same with the OpenCLIP tokenizer
+ * conventions (LdmTextEncoder.style: padding 0 after the end token, as the
+ * webui's FrozenOpenCLIPEmbedderWithCustomWords does) and the OpenCLIP text
+ * tower behind the same clip_text inputs and outputs.
+ *
  * The text encoder is a generated clip_text model (models/sd1/clip_text.graph)
  * bound in an LdmNets: input `tokens` [B, 77] with B a run-time extent (the
  * chunks of a prompt are encoded in one call, or in several when there are

@@ -685,6 +685,353 @@ START_TEST(test_sd2_bad_config) {
 }
 END_TEST
 
+/* ---- the same graphs on SD 2 configurations the goldens do not have -------------- */
+
+/* Another SD 2.x-style model: 64 channels, channel_mult [1, 2], 2 res blocks,
+ * 32 channels per head (2 and 4 heads), transformer depth 2, a 96-wide
+ * context from a 4-block OpenCLIP tower with 3 heads; LINEAR and LAYER
+ * filled in. */
+static const char *k_unseen_yaml =
+    "model:\n"
+    "  target: ldm.models.diffusion.ddpm.LatentDiffusion\n"
+    "  params:\n"
+    "    parameterization: \"v\"\n"
+    "    linear_start: 0.00085\n"
+    "    linear_end: 0.0120\n"
+    "    timesteps: 1000\n"
+    "    image_size: 64\n"
+    "    channels: 4\n"
+    "    conditioning_key: crossattn\n"
+    "    scale_factor: 0.18215\n"
+    "    unet_config:\n"
+    "      target: ldm.modules.diffusionmodules.openaimodel.UNetModel\n"
+    "      params:\n"
+    "        use_fp16: false\n"
+    "        image_size: 32\n"
+    "        in_channels: 4\n"
+    "        out_channels: 4\n"
+    "        model_channels: 64\n"
+    "        attention_resolutions: [2, 1]\n"
+    "        num_res_blocks: 2\n"
+    "        channel_mult: [1, 2]\n"
+    "        num_head_channels: 32\n"
+    "        use_spatial_transformer: true\n"
+    "        use_linear_in_transformer: %s\n"
+    "        transformer_depth: 2\n"
+    "        context_dim: 96\n"
+    "        legacy: false\n"
+    "    first_stage_config:\n"
+    "      target: ldm.models.autoencoder.AutoencoderKL\n"
+    "      params:\n"
+    "        embed_dim: 4\n"
+    "        ddconfig: {double_z: true, z_channels: 4, resolution: 256, in_channels: 3, out_ch: 3, ch: 32,\n"
+    "                   ch_mult: [1, 1, 1, 1], num_res_blocks: 1, attn_resolutions: [], dropout: 0.0}\n"
+    "    cond_stage_config:\n"
+    "      target: ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder\n"
+    "      params: {freeze: true, layer: \"%s\"}\n"
+    "      open_clip_model_config:\n"
+    "        embed_dim: 48\n"
+    "        text_cfg: {context_length: 77, vocab_size: 49408, width: 96, heads: 3, layers: 4}\n";
+
+static char g_cfg[2][600];        /* [0] linear projections, layer penultimate; [1] 1x1 convs, layer last */
+static char g_ckpt[600];          /* randckpt of cfg 0 (unet, clip_text) */
+static char g_ckpt_conv[600];     /* the same weights with proj_in/proj_out as [C, C, 1, 1] */
+enum { U_B2, U_B1, U_64x96, U_96x64, U_CONV, C_PEN, C_LAST, N_UNSEEN };
+static char g_unseen[N_UNSEEN][600];
+static char *g_unseen_log;
+
+static void unseen_fail(const char *what, char *log) {
+    if (!g_unseen_log) g_unseen_log = ldm_xasprintf("%s:\n%s", what, log ? log : "");
+    free(log);
+}
+
+/* The configs, a random checkpoint of their shapes, its 1x1-conv twin, and
+ * the runners (an unchecked fixture: built once, in the parent). */
+static void setup_unseen(void) {
+    test_dir_init("ldm_sd2_");
+    if (!test_dir[0] || g_ckpt[0] || g_unseen_log) return;
+    for (int k = 0; k < 2; k++) {
+        snprintf(g_cfg[k], sizeof g_cfg[k], "%s/unseen-%d.yaml", test_dir, k);
+        FILE *fp = fopen(g_cfg[k], "w");
+        if (!fp) {
+            unseen_fail("fopen", NULL);
+            return;
+        }
+        fprintf(fp, k_unseen_yaml, k ? "false" : "true", k ? "last" : "penultimate");
+        fclose(fp);
+    }
+    char ldmc[256];
+    snprintf(ldmc, sizeof ldmc, "%s/ldmc", test_build_dir());
+    snprintf(g_ckpt, sizeof g_ckpt, "%s/unseen.safetensors", test_dir);
+    char *argv[] = {ldmc, "randckpt", "--config", g_cfg[0], "--dtype", "f32", "--seed", "3", "-o", g_ckpt,
+                    "models/sd1/unet.graph", "models/sd1/clip_text.graph", NULL};
+    char *log;
+    if (test_run(argv, &log) != 0) {
+        unseen_fail("ldmc randckpt", log);
+        return;
+    }
+    free(log);
+    /* proj_in / proj_out [C, C] -> [C, C, 1, 1]: the SD v1 layout of the same numbers */
+    StFile f;
+    if (st_open(&f, g_ckpt) != 0) {
+        unseen_fail("st_open", ldm_xstrdup(ldm_last_error()));
+        return;
+    }
+    StWriter *w = st_writer_new();
+    int n_proj = 0;
+    for (int i = 0; i < f.n_tensors; i++) {
+        const StTensor *t = &f.tensors[i];
+        size_t len = strlen(t->name);
+        int proj = t->ndim == 2 && len > 14 &&
+                   (!strcmp(t->name + len - 14, "proj_in.weight") || !strcmp(t->name + len - 15, "proj_out.weight"));
+        int64_t shape[4] = {t->shape[0], t->ndim > 1 ? t->shape[1] : 0, 1, 1};
+        st_writer_add(w, t->name, t->dtype, proj ? 4 : t->ndim, proj ? shape : t->shape, t->data);
+        n_proj += proj;
+    }
+    snprintf(g_ckpt_conv, sizeof g_ckpt_conv, "%s/unseen-conv.safetensors", test_dir);
+    int rc = st_writer_save(w, g_ckpt_conv);
+    st_writer_free(w);
+    st_close(&f);
+    /* 3 levels with attention x (2 input + 3 output blocks, + middle) ... at least 2 per block */
+    if (rc != 0 || n_proj < 20) {
+        unseen_fail("the 1x1-conv checkpoint", ldm_xasprintf("%d projections", n_proj));
+        return;
+    }
+    static const struct {
+        const char *graph;
+        int cfg;
+        const char *defs[4];
+    } runners[N_UNSEEN] = {
+        [U_B2] = {"unet", 0, {"B=2", "H=64", "W=96", NULL}},
+        [U_B1] = {"unet", 0, {"B=1", "H=64", "W=96", NULL}},
+        [U_64x96] = {"unet", 0, {"B=1", "H=64", "W=96", NULL}},
+        [U_96x64] = {"unet", 0, {"B=1", "H=96", "W=64", NULL}},
+        [U_CONV] = {"unet", 1, {"B=2", "H=64", "W=96", NULL}},
+        [C_PEN] = {"clip_text", 0, {"B=2", "CLIP_SKIPS=3", NULL}},
+        [C_LAST] = {"clip_text", 1, {"B=2", "CLIP_SKIPS=2", NULL}},
+    };
+    for (int r = 0; r < N_UNSEEN; r++) {
+        char name[32];
+        snprintf(name, sizeof name, "unseen-%d", r);
+        if (r == U_64x96) { /* the same build as U_B1 */
+            snprintf(g_unseen[r], sizeof g_unseen[r], "%s", g_unseen[U_B1]);
+            continue;
+        }
+        if (try_compile(name, runners[r].graph, g_cfg[runners[r].cfg], runners[r].defs, g_unseen[r],
+                        sizeof g_unseen[r], &log) != 0) {
+            unseen_fail(name, log);
+            return;
+        }
+        free(log);
+    }
+}
+
+static void need_unseen(void) {
+    ck_assert_msg(!g_unseen_log, "setting up the unseen-config runners failed: %s", g_unseen_log);
+    ck_assert_msg(g_ckpt[0] && g_unseen[C_LAST][0], "the unseen-config runners were not built");
+}
+
+static float rnd(uint64_t *s) {
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((double)(*s >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+/* UNet inputs for batch b of [b, 4, h, w] (h, w latent), seeded. */
+static void write_unet_inputs(const char *path, int b, int h, int w, uint64_t seed, float *x_out) {
+    uint64_t s = seed;
+    int64_t nx = (int64_t)b * 4 * h * w, nc = (int64_t)b * 77 * 96;
+    float *x = ldm_xmalloc((size_t)nx * 4), *t = ldm_xmalloc((size_t)b * 4), *c = ldm_xmalloc((size_t)nc * 4);
+    for (int64_t i = 0; i < nx; i++) x[i] = 1.5f * rnd(&s);
+    for (int i = 0; i < b; i++) t[i] = i ? 250.5f : 901.0f;
+    for (int64_t i = 0; i < nc; i++) c[i] = rnd(&s);
+    if (x_out) memcpy(x_out, x, (size_t)nx * 4);
+    StWriter *wr = st_writer_new();
+    st_writer_add(wr, "x", ST_F32, 4, (int64_t[]){b, 4, h, w}, x);
+    st_writer_add(wr, "timesteps", ST_F32, 1, (int64_t[]){b}, t);
+    st_writer_add(wr, "context", ST_F32, 3, (int64_t[]){b, 77, 96}, c);
+    ck_assert_msg(st_writer_save(wr, path) == 0, "%s", ldm_last_error());
+    st_writer_free(wr);
+    free(x);
+    free(t);
+    free(c);
+}
+
+static double max_abs(const float *v, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) m = fmax(m, fabs(v[i]));
+    return m;
+}
+
+/* Linear proj_in/proj_out on tokens = the SD v1 layout's 1x1 convolutions on
+ * the same numbers: the use_linear_in_transformer: false build on the
+ * reshaped checkpoint gives the same output (float32 rounding apart). */
+START_TEST(test_sd2_unseen_linear_vs_conv) {
+    need_unseen();
+    char in[700], o1[700], o2[700];
+    snprintf(in, sizeof in, "%s/unseen-in-b2.safetensors", test_dir);
+    snprintf(o1, sizeof o1, "%s/unseen-out-lin.safetensors", test_dir);
+    snprintf(o2, sizeof o2, "%s/unseen-out-conv.safetensors", test_dir);
+    write_unet_inputs(in, 2, 8, 12, 11, NULL);
+    run_runner(g_unseen[U_B2], g_ckpt, in, NULL, o1);
+    run_runner(g_unseen[U_CONV], g_ckpt_conv, in, NULL, o2);
+    int64_t n;
+    float *a = read_f32(o1, "eps", &n), *b = read_f32(o2, "eps", NULL);
+    double m = max_abs(a, n), d = max_abs_diff(a, b, n);
+    printf("sd2: unseen config, linear vs 1x1-conv projections: max |diff| %.3g (max |eps| %.3g)\n", d, m);
+    ck_assert_msg(m > 0.01, "the output is degenerate (max |eps| %g)", m);
+    ck_assert_msg(d <= 1e-5 * fmax(m, 1.0), "linear vs 1x1-conv projections: max |diff| %.6g", d);
+    free(a);
+    free(b);
+}
+END_TEST
+
+/* Batch 2 = two batch-1 runs (each sample's prediction is its own). */
+START_TEST(test_sd2_unseen_batch) {
+    need_unseen();
+    char in[700], in1[700], o[700], o1[700];
+    snprintf(in, sizeof in, "%s/unseen-in-b2b.safetensors", test_dir);
+    snprintf(o, sizeof o, "%s/unseen-out-b2.safetensors", test_dir);
+    write_unet_inputs(in, 2, 8, 12, 5, NULL);
+    run_runner(g_unseen[U_B2], g_ckpt, in, NULL, o);
+    int64_t n;
+    float *both = read_f32(o, "eps", &n);
+    /* sample k alone: its x, timestep and context */
+    float *x = read_f32(in, "x", NULL), *t = read_f32(in, "timesteps", NULL), *c = read_f32(in, "context", NULL);
+    double worst = 0, m = max_abs(both, n);
+    for (int k = 0; k < 2; k++) {
+        snprintf(in1, sizeof in1, "%s/unseen-in-b1-%d.safetensors", test_dir, k);
+        snprintf(o1, sizeof o1, "%s/unseen-out-b1-%d.safetensors", test_dir, k);
+        StWriter *wr = st_writer_new();
+        st_writer_add(wr, "x", ST_F32, 4, (int64_t[]){1, 4, 8, 12}, x + (int64_t)k * 4 * 8 * 12);
+        st_writer_add(wr, "timesteps", ST_F32, 1, (int64_t[]){1}, t + k);
+        st_writer_add(wr, "context", ST_F32, 3, (int64_t[]){1, 77, 96}, c + (int64_t)k * 77 * 96);
+        ck_assert_msg(st_writer_save(wr, in1) == 0, "%s", ldm_last_error());
+        st_writer_free(wr);
+        run_runner(g_unseen[U_B1], g_ckpt, in1, NULL, o1);
+        int64_t n1;
+        float *one = read_f32(o1, "eps", &n1);
+        ck_assert_int_eq(2 * n1, n);
+        worst = fmax(worst, max_abs_diff(one, both + k * n1, n1));
+        free(one);
+    }
+    printf("sd2: unseen config, batch 2 vs two batch-1 runs: max |diff| %.3g (max |eps| %.3g)\n", worst, m);
+    ck_assert_msg(worst <= 1e-5 * fmax(m, 1.0), "batch 2 vs batch 1: max |diff| %.6g", worst);
+    free(both);
+    free(x);
+    free(t);
+    free(c);
+}
+END_TEST
+
+/* Non-square: the 96-wide, 64-high build on x against the 64-wide, 96-high
+ * build on x transposed with every 3x3 kernel transposed gives the output
+ * transposed (attention over tokens has no positions, the rest is
+ * convolutions and per-channel ops). */
+START_TEST(test_sd2_unseen_nonsquare) {
+    need_unseen();
+    char in[700], inT[700], ckT[700], o[700], oT[700];
+    snprintf(in, sizeof in, "%s/unseen-in-ns.safetensors", test_dir);
+    snprintf(inT, sizeof inT, "%s/unseen-in-nsT.safetensors", test_dir);
+    snprintf(ckT, sizeof ckT, "%s/unseen-T.safetensors", test_dir);
+    snprintf(o, sizeof o, "%s/unseen-out-ns.safetensors", test_dir);
+    snprintf(oT, sizeof oT, "%s/unseen-out-nsT.safetensors", test_dir);
+    enum { H = 8, W = 12 };
+    float x[4 * H * W], xT[4 * H * W];
+    write_unet_inputs(in, 1, H, W, 9, x);
+    for (int c = 0; c < 4; c++)
+        for (int i = 0; i < H; i++)
+            for (int j = 0; j < W; j++) xT[(c * W + j) * H + i] = x[(c * H + i) * W + j];
+    float *t = read_f32(in, "timesteps", NULL), *ctx = read_f32(in, "context", NULL);
+    StWriter *wr = st_writer_new();
+    st_writer_add(wr, "x", ST_F32, 4, (int64_t[]){1, 4, W, H}, xT);
+    st_writer_add(wr, "timesteps", ST_F32, 1, (int64_t[]){1}, t);
+    st_writer_add(wr, "context", ST_F32, 3, (int64_t[]){1, 77, 96}, ctx);
+    ck_assert_msg(st_writer_save(wr, inT) == 0, "%s", ldm_last_error());
+    st_writer_free(wr);
+    free(t);
+    free(ctx);
+    /* every k x k kernel (k > 1) transposed */
+    StFile f;
+    ck_assert_msg(st_open(&f, g_ckpt) == 0, "%s", ldm_last_error());
+    wr = st_writer_new();
+    int n_conv = 0;
+    for (int i = 0; i < f.n_tensors; i++) {
+        const StTensor *tt = &f.tensors[i];
+        if (tt->ndim != 4 || tt->shape[2] == 1) {
+            st_writer_add(wr, tt->name, tt->dtype, tt->ndim, tt->shape, tt->data);
+            continue;
+        }
+        int64_t kh = tt->shape[2], kw = tt->shape[3], oi = tt->shape[0] * tt->shape[1];
+        float *src = ldm_xmalloc(tt->nbytes), *dst = ldm_xmalloc(tt->nbytes);
+        memcpy(src, tt->data, tt->nbytes);
+        for (int64_t m = 0; m < oi; m++)
+            for (int64_t a = 0; a < kh; a++)
+                for (int64_t b = 0; b < kw; b++) dst[m * kh * kw + b * kh + a] = src[m * kh * kw + a * kw + b];
+        st_writer_add(wr, tt->name, ST_F32, 4, (int64_t[]){tt->shape[0], tt->shape[1], kw, kh}, dst);
+        free(src);
+        free(dst);
+        n_conv++;
+    }
+    ck_assert_int_gt(n_conv, 10);
+    ck_assert_msg(st_writer_save(wr, ckT) == 0, "%s", ldm_last_error());
+    st_writer_free(wr);
+    st_close(&f);
+    run_runner(g_unseen[U_64x96], g_ckpt, in, NULL, o);
+    run_runner(g_unseen[U_96x64], ckT, inT, NULL, oT);
+    int64_t n;
+    float *a = read_f32(o, "eps", &n), *b = read_f32(oT, "eps", NULL);
+    ck_assert_int_eq(n, 4 * H * W);
+    double worst = 0, m = max_abs(a, n);
+    for (int c = 0; c < 4; c++)
+        for (int i = 0; i < H; i++)
+            for (int j = 0; j < W; j++)
+                worst = fmax(worst, fabs((double)a[(c * H + i) * W + j] - (double)b[(c * W + j) * H + i]));
+    printf("sd2: unseen config, 64x96 vs transposed 96x64: max |diff| %.3g (max |eps| %.3g)\n", worst, m);
+    ck_assert_msg(m > 0.01, "the output is degenerate (max |eps| %g)", m);
+    ck_assert_msg(worst <= 1e-5 * fmax(m, 1.0), "64x96 vs transposed 96x64: max |diff| %.6g", worst);
+    free(a);
+    free(b);
+}
+END_TEST
+
+/* The tower with 4 blocks and 3 heads: layer "penultimate" (hidden =
+ * ln_final after 3 blocks) equals layer "last"'s CLIP skip 2, and its own
+ * skip 2 and 3 are the earlier blocks' ln_final (those of layer last's
+ * skip 3 ... ). */
+START_TEST(test_sd2_unseen_layers) {
+    need_unseen();
+    char in[700], o1[700], o2[700];
+    snprintf(in, sizeof in, "%s/unseen-tokens.safetensors", test_dir);
+    snprintf(o1, sizeof o1, "%s/unseen-clip-pen.safetensors", test_dir);
+    snprintf(o2, sizeof o2, "%s/unseen-clip-last.safetensors", test_dir);
+    ClipTokenizer *tk = clip_tokenizer_load_builtin();
+    int32_t ids[2 * 77];
+    ck_assert_int_eq(clip_tokenize_style(tk, &clip_style_openclip, "a fox in the snow", 77, ids, NULL), 0);
+    ck_assert_int_eq(clip_tokenize_style(tk, &clip_style_openclip, "", 77, ids + 77, NULL), 0);
+    clip_tokenizer_free(tk);
+    StWriter *wr = st_writer_new();
+    st_writer_add(wr, "tokens", ST_I32, 2, (int64_t[]){2, 77}, ids);
+    ck_assert_msg(st_writer_save(wr, in) == 0, "%s", ldm_last_error());
+    st_writer_free(wr);
+    run_runner(g_unseen[C_PEN], g_ckpt, in, NULL, o1);
+    run_runner(g_unseen[C_LAST], g_ckpt, in, NULL, o2);
+    int64_t n, ns1, ns2;
+    float *h = read_f32(o1, "hidden", &n), *s1 = read_f32(o1, "hidden_skip", &ns1), *s2 = read_f32(o2, "hidden_skip", &ns2);
+    float *hl = read_f32(o2, "hidden", NULL);
+    ck_assert_int_eq(ns1, 3 * n);
+    ck_assert_int_eq(ns2, 2 * n);
+    double d = max_abs_diff(h, s2 + n, n), m = max_abs(h, n), dl = max_abs_diff(h, hl, n);
+    printf("sd2: unseen config, layer penultimate vs layer last skip 2: max |diff| %.3g; vs layer last %.3g\n", d, dl);
+    ck_assert_msg(d <= 1e-5 * fmax(m, 1.0), "penultimate vs last, skip 2: max |diff| %.6g", d);
+    ck_assert_msg(dl > 1e-3, "layer last gives the penultimate layer's output");
+    ck_assert_msg(memcmp(h, s1, (size_t)n * 4) == 0, "hidden_skip[0] is not hidden");
+    free(h);
+    free(s1);
+    free(s2);
+    free(hl);
+}
+END_TEST
+
 Suite *suite_sd2(void) {
     Suite *s = suite_create("sd2");
     TCase *tc = tcase_create("tokens");
@@ -722,6 +1069,19 @@ Suite *suite_sd2_txt2img(void) {
     tcase_set_timeout(tc, 900);
     tcase_add_unchecked_fixture(tc, setup_family, teardown_nothing);
     tcase_add_loop_test(tc, test_sd2_family, 0, 2);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+Suite *suite_sd2_graphs(void) {
+    Suite *s = suite_create("sd2_graphs");
+    TCase *tc = tcase_create("unseen");
+    tcase_set_timeout(tc, 900);
+    tcase_add_unchecked_fixture(tc, setup_unseen, teardown_nothing);
+    tcase_add_test(tc, test_sd2_unseen_linear_vs_conv);
+    tcase_add_test(tc, test_sd2_unseen_batch);
+    tcase_add_test(tc, test_sd2_unseen_nonsquare);
+    tcase_add_test(tc, test_sd2_unseen_layers);
     suite_add_tcase(s, tc);
     return s;
 }

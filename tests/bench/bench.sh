@@ -20,7 +20,12 @@
 # attention and ResBlock conv weight of the UNet and the text encoder's
 # attention and MLP (make_lora.c), its merge alone (the UNet runner's load,
 # which binds the weights, with and without it) and the whole generation
-# with it (time and peak RSS against the run without).
+# with it (time and peak RSS against the run without). Last, SD 2.x at
+# SD2_RES (default 768) from models/sd2/v2-inference-v.yaml, on a random
+# checkpoint of the real SD 2.x 768-v shapes (ldmc randckpt, with the text
+# tower's unread tensors): the text encoder and the guided UNet step, the
+# same per-step figures as SD v1's rows (ONLY_SD2=1: those rows alone;
+# SD2=0: without them).
 set -euo pipefail
 BUILD=${BUILD:-build}
 RESOLUTIONS=${RESOLUTIONS:-"256 512"}
@@ -29,7 +34,7 @@ B=$BUILD/bench
 mkdir -p "$B"
 LDMC=$BUILD/ldmc
 CKPT=$BUILD/sd15-random-f16.safetensors
-if [ ! -f "$CKPT" ]; then
+if [ ! -f "$CKPT" ] && [ -z "${ONLY_SD2:-}" ]; then
     echo "making $CKPT (RANDOM weights with the real SD v1.5 shapes, fp16)"
     $LDMC randckpt --config $CONFIG --dtype f16 --seed 1 -o "$CKPT" models/sd1/clip_text.graph models/sd1/unet.graph \
         models/sd1/vae_encoder.graph models/sd1/vae_decoder.graph
@@ -57,12 +62,14 @@ if [ ! -f "$TAESD_DEC" ]; then
 fi
 declare -A NAIVE # "graph-res" -> the naive sum of its buffers, from ldmc --stats
 run() { # name graph res batch repeat [runner flags] [ldmc defines] [executable stem, default graph] [weights, default CKPT]
-    # (graph: a name in models/sd1, or a path without .graph: models/taesd/taesd_decoder)
+    # (graph: a name in models/sd1, or a path without .graph: models/taesd/taesd_decoder;
+    # the config is RUN_CONFIG, default CONFIG)
     local name=$1 graph=$2 res=$3 batch=$4 rep=$5 flags=${6:-} defs=${7:-} stem=${8:-${2##*/}} weights=${9:-$CKPT}
+    local config=${RUN_CONFIG:-$CONFIG}
     local exe=$B/$stem-$res gfile=models/sd1/$graph.graph
     case $graph in */*) gfile=$graph.graph ;; esac
     if [ -z "${NAIVE[$stem-$res]:-}" ]; then # compiled once per resolution, whatever the flags
-        NAIVE[$stem-$res]=$($LDMC $gfile --config $CONFIG -D H=$res -D W=$res -D B=$batch $defs -o $exe \
+        NAIVE[$stem-$res]=$($LDMC $gfile --config $config -D H=$res -D W=$res -D B=$batch $defs -o $exe \
             --stats 2>&1 | grep -o 'naive [0-9.]* MiB' || echo "naive ? MiB")
     fi
     local stats=${NAIVE[$stem-$res]}
@@ -90,6 +97,26 @@ run() { # name graph res batch repeat [runner flags] [ldmc defines] [executable 
     printf "%-20s %-9s %5s %9s %9s %8.2f %15s %9s %19s %8s\n" "$name" "${res}x$res" "$batch" "$(echo "$med" | cut -d' ' -f2)" \
         "$(echo "$med" | cut -d' ' -f3)" "$(echo "$med" | cut -d' ' -f1)" "$smin-$smax" "$a" "${stats#naive }" "$p"
 }
+# SD 2.x (issue 18): the same rows for models/sd2/v2-inference-v.yaml at
+# SD2_RES, on random weights of the real 768-v shapes; a guided step is one
+# UNet call at batch 2, as for SD v1.
+sd2_rows() {
+    local res=${SD2_RES:-768} cfg=models/sd2/v2-inference-v.yaml
+    local ck=$BUILD/sd2-768v-random-f16.safetensors
+    if [ ! -f "$ck" ]; then
+        echo "making $ck (RANDOM weights with the real SD 2.x 768-v shapes, fp16)"
+        $LDMC randckpt --config $cfg --dtype f16 --seed 1 -o "$ck" models/sd1/clip_text.graph models/sd1/unet.graph \
+            models/sd1/vae_encoder.graph models/sd1/vae_decoder.graph
+    fi
+    $LDMC models/sd1/clip_text.graph --config $cfg --stats -o $B/sd2-clip-stats.c 2>&1 | grep 'reads' | sed 's/^/  /'
+    RUN_CONFIG=$cfg run "sd2 clip_text" clip_text "$res" 1 3 "" "" sd2_clip_text "$ck"
+    RUN_CONFIG=$cfg run "sd2 unet (768-v)" unet "$res" 2 1 "" "" sd2_unet "$ck"
+    echo "${res}x$res SD 2.x: a guided step (UNet at batch 2, $($LDMC models/sd1/unet.graph --config $cfg -D H=$res -D W=$res -D B=2 --stats -o $B/sd2-unet-stats.c 2>&1 | grep -o '[0-9]* GFLOP' | head -1)) takes $LAST_T s"
+}
+if [ -n "${ONLY_SD2:-}" ]; then
+    sd2_rows
+    exit 0
+fi
 # The optional bf16 compute mode (--compute bf16: the GEMM kernel's products
 # in bfloat16, float32 sums; Winograd, attention and the rest float32), on
 # CPUs with AVX-512 BF16. Its error against the goldens is printed by the
@@ -124,6 +151,7 @@ for res in $RESOLUTIONS; do
         run "vae bf16" vae_decoder "$res" 1 3 "--compute bf16"
     fi
 done
+[ "${SD2:-1}" = 0 ] || sd2_rows
 printf "%s" "$CFG1"
 printf "%s" "$CHUNK3"
 printf "%s" "$TAESD_LINES"
@@ -220,10 +248,9 @@ if [ -z "${NO_SDXL:-}" ]; then
             models/sd1/clip_text.graph@EMBEDDER=1 models/sd1/unet.graph models/sd1/vae_encoder.graph \
             models/sd1/vae_decoder.graph
     fi
-    CONFIG=$XL_CONFIG
     printf "%-20s %-9s %5s %9s %9s %8s %15s %9s %19s %8s\n" network res batch "s/call" GFLOP/s xsgemm "sgemm range" "arena MiB" "naive sum of buffers" "RSS MiB"
-    ROUNDS=1 run "sdxl unet (guided)" unet "$XL_RES" 2 1 "" "" sdxl-unet "$XL_CKPT"
-    ROUNDS=1 run "sdxl vae_decoder" vae_decoder "$XL_RES" 1 1 "" "" sdxl-vae_decoder "$XL_CKPT"
+    RUN_CONFIG=$XL_CONFIG ROUNDS=1 run "sdxl unet (guided)" unet "$XL_RES" 2 1 "" "" sdxl-unet "$XL_CKPT"
+    RUN_CONFIG=$XL_CONFIG ROUNDS=1 run "sdxl vae_decoder" vae_decoder "$XL_RES" 1 1 "" "" sdxl-vae_decoder "$XL_CKPT"
     XL_T2I=$BUILD/txt2img-sdxl-${XL_RES}x$XL_RES
     if make -s BUILD=$BUILD txt2img CONFIG=$XL_CONFIG H=$XL_RES W=$XL_RES TAESD=0 \
         TXT2IMG_NAME=txt2img-sdxl-${XL_RES}x$XL_RES >/dev/null 2>&1 && [ -x "$XL_T2I" ]; then
