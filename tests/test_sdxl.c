@@ -38,6 +38,13 @@
 
 #define XL "goldens/sdxl-tiny/"
 
+/* the executables are built as this run is (SAN=1 under the sanitizers), as the other suites do */
+#if defined(__SANITIZE_ADDRESS__)
+#define XL_SAN 1
+#else
+#define XL_SAN 0
+#endif
+
 /* "<shared>/goldens/sdxl-tiny/<rel>" (malloc'd once per name, kept: the
  * tests hold several of them at a time). */
 static const char *xl(const char *rel) {
@@ -701,7 +708,7 @@ static const char *xl_txt2img(void) {
     snprintf(build, sizeof build, "BUILD=%s", test_build_dir());
     snprintf(config, sizeof config, "CONFIG=%s", xl("config.json"));
     snprintf(exe, sizeof exe, "%s/txt2img-test-sdxl-tiny", test_build_dir());
-    char *argv[] = {"make", "-s", "-j2", build, "txt2img", config, "H=128", "W=128", "TAESD=0",
+    char *argv[] = {"make", "-s", "-j2", build, XL_SAN ? "SAN=1" : "SAN=0", "txt2img", config, "H=128", "W=128", "TAESD=0",
                     "TXT2IMG_NAME=txt2img-test-sdxl-tiny", NULL};
     snprintf(logf, sizeof logf, "%s/make-txt2img-sdxl.log", test_dir);
     int rc = test_wait_status(test_spawn(argv, logf));
@@ -813,7 +820,7 @@ START_TEST(test_sdxl_checkpoint_to_sd1) {
     test_dir_init("ldm_sdxl_");
     char exe[600];
     char *log = NULL;
-    test_build_sd1_tiny_txt2img(0, exe, sizeof exe, &log);
+    test_build_sd1_tiny_txt2img(XL_SAN, exe, sizeof exe, &log);
     ck_assert_msg(exe[0], "make txt2img sd1-tiny failed:\n%s", log ? log : "");
     char *argv[] = {exe, "--weights", (char *)xl("model-fp16.safetensors"), "--prompt", "x", "-o",
                     (char *)test_tmp("bad.png"), NULL};
