@@ -368,13 +368,19 @@ TXT2IMG_EXE        = $(BUILD)/$(TXT2IMG_NAME)$(ARCH_SUFFIX)
 # (models/taesd/, 1.2 M parameters, B=1) for each size: --taesd,
 # --taesd-encoder and --preview of the executable; TAESD=0 leaves it out.
 TAESD             ?= 1
+# CONTROLNET=1 also compiles a ControlNet (models/sd1/controlnet.graph, B=2
+# as the UNet) and the UNet it steers (unet.graph -D CONTROL=1, net
+# unet_control: the same weights as the plain UNet, which stays for runs
+# without --control-net) for each size: --control-net, --control-image,
+# --control-strength, --guess-mode of the executable (docs/txt2img.md).
+CONTROLNET        ?= 0
 # sgm configs (SDXL: network_config, conditioner_config) have a second text
 # encoder, clip_text2 = clip_text.graph for conditioner embedder
-# TXT2IMG_EMBEDDER2 (1: FrozenOpenCLIPEmbedder2), the last network of a size.
+# TXT2IMG_EMBEDDER2 (1: FrozenOpenCLIPEmbedder2), after TAESD's networks.
 TXT2IMG_SGM       := $(if $(CONFIG),$(shell grep -qs 'network_config' $(CONFIG) && echo 1))
 TXT2IMG_EMBEDDER2 ?= 1
 TXT2IMG_GRAPHS     = clip_text unet vae_decoder vae_encoder $(if $(filter 1,$(TAESD)),taesd_decoder taesd_encoder) \
-                     $(if $(TXT2IMG_SGM),clip_text2)
+                     $(if $(TXT2IMG_SGM),clip_text2) $(if $(filter 1,$(CONTROLNET)),unet_control controlnet)
 # Prompts of up to CHUNKS 75-token chunks (the UNet's context length is a
 # run-time extent up to 77 * CHUNKS: a 1-chunk prompt costs what it did);
 # the text encoder encodes a prompt's chunks in one call and gives CLIP skip
@@ -385,6 +391,8 @@ TXT2IMG_B_clip_text   = $(CHUNKS)
 TXT2IMG_B_unet        = 2
 TXT2IMG_B_vae_decoder = 1
 TXT2IMG_B_vae_encoder = 1
+TXT2IMG_B_controlnet  = 2
+TXT2IMG_D_controlnet  = -D CHUNKS=$(CHUNKS)
 TXT2IMG_D_clip_text   = -D CHUNKS=$(CHUNKS) -D CLIP_SKIPS=$(CLIP_SKIPS) -D EMBEDS=1
 TXT2IMG_D_unet        = -D CHUNKS=$(CHUNKS)
 TXT2IMG_B_clip_text2  = $(CHUNKS)
@@ -426,7 +434,7 @@ txt2img: $(TXT2IMG_EXE)
 # what every network depends on (config, overrides), and the size list
 $(TXT2IMG_DIR)/build.id: txt2img-force
 	@mkdir -p $(@D)
-	@echo '$(abspath $(CONFIG)) $(TXT2IMG_DEFS) CHUNKS=$(CHUNKS) CLIP_SKIPS=$(CLIP_SKIPS) TAESD=$(TAESD)' > $@.new
+	@echo '$(abspath $(CONFIG)) $(TXT2IMG_DEFS) CHUNKS=$(CHUNKS) CLIP_SKIPS=$(CLIP_SKIPS) TAESD=$(TAESD)$(if $(filter 1,$(CONTROLNET)), CONTROLNET=1)' > $@.new
 	@if cmp -s $@.new $@; then rm -f $@.new; else mv -f $@.new $@; fi
 
 $(TXT2IMG_DIR)/sizes.id: txt2img-force
@@ -450,6 +458,11 @@ $(TXT2IMG_DIR)/clip_text2_$(1).c: $(TXT2IMG_GRAPH_DIR)/clip_text.graph $(wildcar
                                   $(BUILD)/ldmc $(TXT2IMG_DIR)/build.id | $(TXT2IMG_DIR)/pipeline.c
 	$(BUILD)/ldmc $$< --config $(CONFIG) -D H=$(call size_h,$(1)) -D W=$(call size_w,$(1)) -D B=$(CHUNKS) \
 	    $$(TXT2IMG_D_clip_text2) $(TXT2IMG_DEFS) --symbol clip_text2_$(1) -o $$@
+# the UNet a ControlNet steers (CONTROLNET=1): unet.graph with CONTROL=1
+$(TXT2IMG_DIR)/unet_control_$(1).c: $(TXT2IMG_GRAPH_DIR)/unet.graph $(wildcard models/common/*.graph) $(CONFIG) $(BUILD)/ldmc \
+                         $(TXT2IMG_DIR)/build.id | $(TXT2IMG_DIR)/pipeline.c
+	$(BUILD)/ldmc $$< --config $(CONFIG) -D H=$(call size_h,$(1)) -D W=$(call size_w,$(1)) -D B=$(TXT2IMG_B_unet) \
+	    $(TXT2IMG_D_unet) -D CONTROL=1 $(TXT2IMG_DEFS) --symbol unet_control_$(1) -o $$@
 
 # TAESD's halves (no config: the graph is fixed; B=1)
 $(TXT2IMG_DIR)/taesd_%_$(1).c: models/taesd/taesd_%.graph models/taesd/taesd.graph $(BUILD)/ldmc \

@@ -115,6 +115,22 @@ void dump_graph_after(const Graph *g, const char *pass, FILE *fp) {
                 (double)g->naive_bytes / 1048576.0);
 }
 
+/* Schedule positions where input n is live: its own position, and the last
+ * node that reads it (or a view of it); the graph's end when an output is
+ * (a view of) it. */
+static void input_live(const Graph *g, const Node *n, int *first, int *last) {
+    *first = *last = 0;
+    for (int i = 0; i < g->n_nodes; i++) {
+        const Node *v = g->nodes[i];
+        if (v == n) *first = i;
+        for (int k = 0; k < v->nsrc; k++)
+            if (v->src[k]->storage == n && i > *last) *last = i;
+    }
+    for (int i = 0; i < g->n_outputs; i++)
+        if (g->outputs[i].node->storage == n) *last = g->n_nodes;
+    if (*last < *first) *last = *first;
+}
+
 void dump_plan(const Graph *g, FILE *fp) {
     char b[128], kn[64];
     fprintf(fp, "plan %s  arena %lld bytes  naive %lld bytes  strategy %s (first-fit %lld, best-fit %lld, size-ordered %lld)\n",
@@ -139,6 +155,17 @@ void dump_plan(const Graph *g, FILE *fp) {
                         (long long)(node_numel(v) / v->shape[0] + v->out_gap));
         }
     }
+    /* the inputs: the caller's buffers, live from the start until their last
+     * reader (e.g. a controlled UNet's ControlNet residuals, read by the
+     * output blocks near the end) */
+    if (g->n_inputs) fprintf(fp, "# inputs (the caller's buffers, outside the arena)\n");
+    for (int i = 0; i < g->n_inputs; i++) {
+        const Node *n = g->inputs[i];
+        int first, last;
+        input_live(g, n, &first, &last);
+        fprintf(fp, "%%%-6d %-20s %12s %12lld   %d..%d  %s %s\n", n->id, "input", "-", (long long)node_bytes(n), first,
+                last, n->name, shape_str(n, b, sizeof b));
+    }
 }
 
 void dump_dot(const Graph *g, FILE *fp) {
@@ -161,9 +188,11 @@ void dump_dot(const Graph *g, FILE *fp) {
 }
 
 void dump_memory_svg(const Graph *g, FILE *fp) {
-    const double W = 1200, H = 600, left = 80, top = 40, right = 20, bottom = 40;
+    const double W = 1200, left = 80, top = 40, right = 20, bottom = 40;
+    const double row = g->n_inputs > 40 ? 2 : 4, inputs_h = g->n_inputs ? 30 + row * g->n_inputs : 0;
+    const double H = 600 + inputs_h;
     int steps = g->n_nodes + 1;
-    double sx = (W - left - right) / steps, sy = (H - top - bottom) / (double)(g->arena_bytes ? g->arena_bytes : 1);
+    double sx = (W - left - right) / steps, sy = (H - inputs_h - top - bottom) / (double)(g->arena_bytes ? g->arena_bytes : 1);
     fprintf(fp, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"monospace\" font-size=\"12\">\n", W, H);
     fprintf(fp, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
     fprintf(fp, "<text x=\"%.0f\" y=\"20\">%s: arena %.1f MiB (%s; naive sum %.1f MiB) over %d steps</text>\n", left, g->name,
@@ -183,11 +212,27 @@ void dump_memory_svg(const Graph *g, FILE *fp) {
                     left + sx * p->first, top + sy * (double)p->offset, sx > 1 ? sx : 1, h, p->node->id, kn,
                     (long long)p->size, (long long)p->offset, p->first);
     }
-    fprintf(fp, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n", left, top, left, H - bottom);
-    fprintf(fp, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n", left, H - bottom, W - right, H - bottom);
-    fprintf(fp, "<text x=\"5\" y=\"%.0f\">0</text><text x=\"5\" y=\"%.0f\">%.0fM</text>\n", top + 4, H - bottom,
+    const double yb = H - inputs_h - bottom; /* the arena's bottom */
+    fprintf(fp, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n", left, top, left, yb);
+    fprintf(fp, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n", left, yb, W - right, yb);
+    fprintf(fp, "<text x=\"5\" y=\"%.0f\">0</text><text x=\"5\" y=\"%.0f\">%.0fM</text>\n", top + 4, yb,
             (double)g->arena_bytes / 1048576.0);
     fprintf(fp, "<text x=\"%.0f\" y=\"%.0f\">schedule step (node) &#8594;  blue: tensors, orange: scratch; y: arena offset</text>\n",
-            left, H - 12);
+            left, yb + 28);
+    /* the inputs (outside the arena): one row each over its live steps */
+    if (g->n_inputs) {
+        int64_t total = 0;
+        for (int i = 0; i < g->n_inputs; i++) total += node_bytes(g->inputs[i]);
+        fprintf(fp, "<text x=\"5\" y=\"%.0f\">inputs (caller's buffers, %.1f MiB): live steps</text>\n", yb + 50,
+                (double)total / 1048576.0);
+        for (int i = 0; i < g->n_inputs; i++) {
+            const Node *n = g->inputs[i];
+            int first, last;
+            input_live(g, n, &first, &last);
+            fprintf(fp, "<rect x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" fill=\"#7a7a7a\"><title>input %s %lld bytes, steps %d..%d</title></rect>\n",
+                    left + sx * first, yb + 56 + row * i, sx * (last - first + 1), row * 0.8, n->name,
+                    (long long)node_bytes(n), first, last);
+        }
+    }
     fprintf(fp, "</svg>\n");
 }

@@ -1402,11 +1402,17 @@ static int exec_input(Eval *E, Env *env, Ast *s) {
     if (strcmp(s->str, "f32") == 0) dt = DT_F32;
     else if (strcmp(s->str, "i32") == 0) dt = DT_I32;
     else return diag_error(s->loc, "unknown input type '%s' (expected f32 or i32)", s->str);
+    /* `input c = "ctrl.{j}": ...`: the variable c, the input named by the string */
+    const char *name = s->name;
+    if (s->b) {
+        Value nv = {0};
+        if (eval_expr(E, env, s->b, &nv) || want_str(&nv, s->b->loc, "input name", &name)) return -1;
+    }
     for (int i = 0; i < E->g->n_inputs; i++)
-        if (strcmp(E->g->inputs[i]->name, s->name) == 0) return diag_error(s->loc, "input '%s' declared twice", s->name);
-    if (s->items.n > MAX_DIMS) return diag_error(s->loc, "input '%s' has more than %d dimensions", s->name, MAX_DIMS);
+        if (strcmp(E->g->inputs[i]->name, name) == 0) return diag_error(s->loc, "input '%s' declared twice", name);
+    if (s->items.n > MAX_DIMS) return diag_error(s->loc, "input '%s' has more than %d dimensions", name, MAX_DIMS);
     Node *n = graph_add_here(E, OPK_INPUT, s->loc);
-    n->name = ldm_xstrdup(s->name);
+    n->name = ldm_xstrdup(name);
     n->dtype = dt;
     n->ndim = s->items.n;
     for (int i = 0; i < s->items.n; i++) {
@@ -1536,11 +1542,16 @@ static int exec_stmt(Eval *E, Env *env, Ast *s) {
     case S_INPUT: return exec_input(E, env, s);
     case S_OUTPUT: {
         Node *t = NULL;
+        const char *name = s->name;
+        if (!name) { /* output "ctrl.{j}" = ...; */
+            Value nv = {0};
+            if (eval_expr(E, env, s->b, &nv) || want_str(&nv, s->b->loc, "output name", &name)) return -1;
+        }
         if (eval_expr(E, env, s->a, &v) || want_tensor(&v, s->a->loc, "output", &t)) return -1;
         for (int i = 0; i < E->g->n_outputs; i++)
-            if (strcmp(E->g->outputs[i].name, s->name) == 0) return diag_error(s->loc, "output '%s' declared twice", s->name);
+            if (strcmp(E->g->outputs[i].name, name) == 0) return diag_error(s->loc, "output '%s' declared twice", name);
         E->g->outputs = ldm_xrealloc(E->g->outputs, (size_t)(E->g->n_outputs + 1) * sizeof *E->g->outputs);
-        E->g->outputs[E->g->n_outputs++] = (Output){ldm_xstrdup(s->name), t, s->loc};
+        E->g->outputs[E->g->n_outputs++] = (Output){ldm_xstrdup(name), t, s->loc};
         return 0;
     }
     case S_PARAM: {

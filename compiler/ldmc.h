@@ -96,8 +96,8 @@ typedef enum AstKind {
     S_SCOPE,      /* scope a block(b): weight-name prefix */
     S_RETURN,     /* return a; */
     S_ASSERT,     /* assert a, b; */
-    S_INPUT,      /* input name: dtype(str) [items]; */
-    S_OUTPUT,     /* output name = a; */
+    S_INPUT,      /* input name: dtype(str) [items];  (b: A_STR, the input's name when it is not `name`) */
+    S_OUTPUT,     /* output name = a;  (name NULL: b, an A_STR, gives it) */
     S_PARAM,      /* param name = a; (overridable with -D) */
     S_EXTENT,     /* param name <= a [step b]; a run-time extent of at most a (-D overrides a) */
     S_PREFIX,     /* prefix a; (checkpoint key prefix of the graph) */

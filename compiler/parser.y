@@ -9,6 +9,8 @@
  *              | 'if' expr block ['else' (block | if)] | 'for' IDENT 'in' expr block
  *              | 'scope' expr block | 'return' expr ';' | 'assert' expr [',' expr] ';'
  *              | 'input' IDENT ':' IDENT '[' exprs ']' ';' | 'output' IDENT '=' expr ';'
+ *              | 'input' IDENT '=' STRING ':' IDENT '[' exprs ']' ';'   (variable IDENT, name STRING)
+ *              | 'output' STRING '=' expr ';'   (STRING interpolated: names computed in loops)
  *              | 'param' IDENT '=' expr ';' | 'param' IDENT '<=' expr ['step' expr] ';'
  *              | 'prefix' expr ';' | block
  *   ('step' is a word only there: a range(..., step=2) argument keeps its name)
@@ -152,7 +154,17 @@ stmt
     | ASSERT expr ',' expr ';'  { $$ = node(S_ASSERT, LOC(@2)); $$->a = $2; $$->b = $4; }
     | INPUT IDENT ':' IDENT '[' exprs ']' ';'
                                 { $$ = named(S_INPUT, LOC(@2), $2, NULL); $$->str = $4; take_items($$, $6); }
+    | INPUT IDENT '=' STRING ':' IDENT '[' exprs ']' ';'
+                                {
+                                  $$ = named(S_INPUT, LOC(@2), $2, NULL); $$->str = $6; take_items($$, $8);
+                                  $$->b = node(A_STR, LOC(@4)); $$->b->str = $4;
+                                }
     | OUTPUT IDENT '=' expr ';' { $$ = named(S_OUTPUT, LOC(@2), $2, $4); }
+    | OUTPUT STRING '=' expr ';'
+                                {
+                                  $$ = named(S_OUTPUT, LOC(@2), NULL, $4);
+                                  $$->b = node(A_STR, LOC(@2)); $$->b->str = $2;
+                                }
     | PARAM IDENT '=' expr ';'  { $$ = named(S_PARAM, LOC(@2), $2, $4); }
     | PARAM IDENT LE expr ';'   { $$ = named(S_EXTENT, LOC(@2), $2, $4); }
     | PARAM IDENT LE expr IDENT expr ';'

@@ -147,7 +147,7 @@ static const Family k_families[] = {
      "make txt2img CONFIG=models/sd2/v2-inference-v.yaml H=768 W=768 for the 768-v models (SD 2.0, 2.1), "
      "CONFIG=models/sd2/v2-inference.yaml H=512 W=512 for the 512-base ones"},
     {"Stable Diffusion XL", "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
-     "SDXL's two text encoders", "make txt2img CONFIG=models/sdxl/sd_xl_base.yaml H=1024 W=1024"},
+     "SDXL's two text encoders", NULL},
 };
 #define N_FAMILIES ((int)(sizeof k_families / sizeof k_families[0]))
 
@@ -516,25 +516,169 @@ void ldm_guide_free(LdmGuide *g) {
     g->ctx_buf = NULL;
 }
 
+/* ControlNet: its residuals for a UNet call on `halves` copies of the batch
+ * (which: 0 the uncond half alone, 1 the cond half alone, 2 [uncond, cond])
+ * into c->res, at context ctx / length len (0: the UNet's current one). */
+static int control_call(LdmGuide *g, LdmControl *c, int halves, int which, const float *ctx, int64_t len) {
+    const LdmModel *cm = c->nets->models[c->net];
+    const LdmModel *m = g->nets->models[g->unet];
+    int rows = halves * g->batch, skip = 0;
+    if (c->guess && which == 2) {
+        /* guess mode: the uncond rows get no control (zero residuals), the
+         * ControlNet sees the cond rows alone */
+        skip = g->batch;
+        rows = g->batch;
+    }
+    int64_t T = len > 0 ? len : g->ctx_ext >= 0 ? g->ext[g->ctx_ext] : 0;
+    if (c->batch_ext >= 0) c->ext[c->batch_ext] = rows;
+    if (c->ctx_ext >= 0 && T > 0) c->ext[c->ctx_ext] = T;
+    int64_t ctx_row = (int64_t)m->inputs[g->in_ctx].shape[2] * (T > 0 ? T : m->inputs[g->in_ctx].shape[1]);
+    const void *in[8] = {0};
+    in[c->cn_x] = g->x + skip * g->sample_n;
+    in[c->cn_hint] = c->hint2;
+    in[c->cn_t] = g->t + skip;
+    in[c->cn_ctx] = ctx + skip * ctx_row;
+    void **out = ldm_xcalloc((size_t)cm->n_outputs, sizeof *out);
+    for (int j = 0; j < c->n_res; j++) {
+        if (skip) memset(c->res[j], 0, (size_t)(skip * c->res_row[j]) * sizeof(float));
+        out[c->cn_out[j]] = c->res[j] + skip * c->res_row[j];
+    }
+    double t0 = ldm_now();
+    int rc = ldm_nets_run_ext(c->nets, c->net, in, out, c->ext);
+    free(out);
+    c->seconds += ldm_now() - t0;
+    c->calls++;
+    return rc;
+}
+
 /* One UNet call on `halves` copies of the batch (x, t already in place)
  * with context ctx at length len (0: leave the extent as it is); the
- * output goes to eps. */
-static int guide_call(LdmGuide *g, int halves, const float *ctx, int64_t len, float *eps, int cond_first) {
-    const LdmModel *m = g->nets->models[g->unet];
-    const void *in[4] = {NULL, NULL, NULL, NULL};
-    if (m->n_inputs > 4) return ldm_fail("UNet '%s' has %d inputs, expected at most 4", m->name, m->n_inputs);
+ * output goes to eps. which: the halves it holds (0 uncond, 1 cond, 2 both),
+ * for the ControlNet. */
+static int guide_call(LdmGuide *g, int halves, int which, const float *ctx, int64_t len, float *eps) {
+    LdmControl *c = g->control;
+    /* guess mode: the uncond half alone is the plain UNet */
+    int controlled = c && !(c->guess && which == 0);
+    const LdmModel *m = g->nets->models[controlled ? c->unet : g->unet];
+    const void *in[64] = {NULL};
+    if (m->n_inputs > (controlled ? 64 : 4))
+        return ldm_fail("UNet '%s' has %d inputs, expected at most %d", m->name, m->n_inputs, controlled ? 64 : 4);
     in[g->in_x] = g->x;
     in[g->in_t] = g->t;
     if (g->in_ctx >= 0) in[g->in_ctx] = ctx;
-    /* y rows as the context's: [uncond, cond]; a call on the cond half alone starts at the cond rows */
-    if (g->in_y >= 0) in[g->in_y] = g->y + (cond_first && g->guided ? (int64_t)g->batch * g->y_width : 0);
+    /* y rows as the context's, [uncond, cond]: a call on the cond half alone starts at the cond rows */
+    if (g->in_y >= 0) in[g->in_y] = g->y + (which == 1 && g->guided ? (int64_t)g->batch * g->y_width : 0);
     void *out[1] = {eps};
     if (g->batch_ext >= 0) g->ext[g->batch_ext] = halves * g->batch;
     if (g->ctx_ext >= 0 && len > 0) g->ext[g->ctx_ext] = len;
     double t0 = ldm_now();
-    if (ldm_nets_run_ext(g->nets, g->unet, in, out, g->ext) != 0) return -1;
+    if (controlled) {
+        if (control_call(g, c, halves, which, ctx, len) != 0) return -1;
+        for (int j = 0; j < c->n_res; j++) in[c->res_in[j]] = c->res[j];
+        in[c->in_scales] = c->scales;
+    }
+    if (ldm_nets_run_ext(g->nets, controlled ? c->unet : g->unet, in, out, g->ext) != 0) return -1;
     g->seconds += ldm_now() - t0;
     g->calls++;
+    return 0;
+}
+
+void ldm_control_scales(double strength, int guess, int n, float *scales) {
+    /* gradio scripts: [strength * (0.825 ** float(12 - i)) for i in range(13)]
+     * if guess_mode else [strength] * 13 */
+    for (int j = 0; j < n; j++) scales[j] = (float)(guess ? strength * pow(0.825, (double)(12 - j)) : strength);
+}
+
+static const char *control_prefixed_key(const char *name, char *buf, size_t size) {
+    snprintf(buf, size, "control_model.%s", name);
+    return buf;
+}
+
+LdmKeyMapFn ldm_control_key_map(const StFile *f) {
+    /* ComfyUI's test: either control_model.zero_convs.0.0.weight or zero_convs.0.0.weight */
+    if (!st_find(f, "zero_convs.0.0.weight") && st_find(f, "control_model.zero_convs.0.0.weight"))
+        return control_prefixed_key;
+    return NULL;
+}
+
+void ldm_control_free(LdmControl *c) {
+    for (int j = 0; c->res && j < c->n_res; j++) free(c->res[j]);
+    free(c->res);
+    free(c->res_row);
+    free(c->res_in);
+    free(c->cn_out);
+    free(c->scales);
+    free(c->hint2);
+    free(c->ext);
+    c->res = NULL;
+    c->res_row = NULL;
+    c->res_in = c->cn_out = NULL;
+    c->scales = c->hint2 = NULL;
+    c->ext = NULL;
+}
+
+int ldm_control_init(LdmControl *c, const LdmGuide *g) {
+    const LdmModel *cm = c->nets->models[c->net], *um = g->nets->models[c->unet], *pm = g->nets->models[g->unet];
+    c->res = NULL, c->res_row = NULL, c->res_in = c->cn_out = NULL, c->scales = c->hint2 = NULL, c->ext = NULL;
+    c->calls = 0;
+    c->seconds = 0;
+    if (g->concat_channels > 0) return ldm_fail("a ControlNet cannot steer an inpainting (hybrid) UNet");
+    c->cn_x = ldm_model_input(cm, "x");
+    c->cn_hint = ldm_model_input(cm, "hint");
+    c->cn_t = ldm_model_input(cm, "timesteps");
+    c->cn_ctx = ldm_model_input(cm, "context");
+    c->in_scales = ldm_model_input(um, "control_scales");
+    if (c->cn_x < 0 || c->cn_hint < 0 || c->cn_t < 0 || c->cn_ctx < 0 || cm->n_inputs != 4 || cm->n_outputs > 64)
+        return ldm_fail("internal: '%s' is not a ControlNet (inputs x, hint, timesteps, context)", cm->name);
+    if (c->in_scales < 0 || g->in_ctx < 0)
+        return ldm_fail("internal: '%s' is not a controlled UNet (no input control_scales)", um->name);
+    c->n_res = (int)ldm_numel(&um->inputs[c->in_scales]);
+    if (c->n_res != cm->n_outputs || um->n_inputs != 4 + c->n_res || um->n_inputs > 64)
+        return ldm_fail("internal: the ControlNet gives %d residuals, the controlled UNet takes %lld", cm->n_outputs,
+                        (long long)c->n_res);
+    /* the controlled UNet takes x, timesteps and context as the plain one does */
+    for (int k = 0; k < pm->n_inputs; k++)
+        if (ldm_model_input(um, pm->inputs[k].name) != k)
+            return ldm_fail("internal: the controlled UNet's input '%s' is not where the plain UNet's is",
+                            pm->inputs[k].name);
+    const LdmTensorInfo *hi = &cm->inputs[c->cn_hint];
+    c->hint_n = hi->shape[1] * hi->shape[2] * hi->shape[3];
+    int B = g->guided ? 2 * g->batch : g->batch;
+    if (hi->shape[0] < B || um->inputs[g->in_x].shape[0] < B)
+        return ldm_fail("internal: the ControlNet is compiled for batch %lld, expected %d", (long long)hi->shape[0], B);
+    c->res = ldm_xcalloc((size_t)c->n_res, sizeof *c->res);
+    c->res_row = ldm_xcalloc((size_t)c->n_res, sizeof *c->res_row);
+    c->res_in = ldm_xcalloc((size_t)c->n_res, sizeof *c->res_in);
+    c->cn_out = ldm_xcalloc((size_t)c->n_res, sizeof *c->cn_out);
+    c->scales = ldm_aligned_alloc((size_t)c->n_res * sizeof(float));
+    for (int j = 0; j < c->n_res; j++) {
+        char name[32];
+        snprintf(name, sizeof name, "ctrl.%d", j);
+        c->res_in[j] = ldm_model_input(um, name);
+        c->cn_out[j] = ldm_model_output(cm, name);
+        if (c->res_in[j] < 0 || c->cn_out[j] < 0) {
+            ldm_control_free(c);
+            return ldm_fail("internal: residual '%s' missing in the ControlNet or the controlled UNet", name);
+        }
+        const LdmTensorInfo *a = &um->inputs[c->res_in[j]], *b = &cm->outputs[c->cn_out[j]];
+        int64_t na = ldm_numel(a) / a->shape[0], nb = ldm_numel(b) / b->shape[0];
+        if (na != nb) {
+            ldm_control_free(c);
+            return ldm_fail("internal: residual '%s' has %lld values per sample in the ControlNet, %lld in the UNet",
+                            name, (long long)nb, (long long)na);
+        }
+        c->res_row[j] = na;
+        c->res[j] = ldm_aligned_alloc((size_t)ldm_numel(a) * sizeof(float));
+    }
+    ldm_control_scales(c->strength, c->guess, c->n_res, c->scales);
+    /* the hint of each half: [hint x batch, hint x batch] */
+    c->hint2 = ldm_aligned_alloc((size_t)(2 * g->batch * c->hint_n) * sizeof(float));
+    for (int h = 0; h < 2; h++)
+        memcpy(c->hint2 + h * g->batch * c->hint_n, c->hint, (size_t)(g->batch * c->hint_n) * sizeof(float));
+    c->ext = ldm_xcalloc((size_t)cm->n_extents + 1, sizeof *c->ext);
+    for (int k = 0; k < cm->n_extents; k++) c->ext[k] = cm->extents[k].max;
+    c->batch_ext = hi->dyn[0] > 0 ? hi->dyn[0] - 1 : -1;
+    c->ctx_ext = cm->inputs[c->cn_ctx].dyn[1] > 0 ? cm->inputs[c->cn_ctx].dyn[1] - 1 : -1;
     return 0;
 }
 
@@ -565,15 +709,15 @@ int ldm_guide_eps(void *ctx, const float *x_in, float t, float *eps_out) {
     if (g->context_c) {
         /* contexts of their own lengths */
         if (cond_only) {
-            if (guide_call(g, 1, g->context_c, g->len_c, g->eps, 1) != 0) return -1;
+            if (guide_call(g, 1, 1, g->context_c, g->len_c, g->eps) != 0) return -1;
         } else if (g->split) {
             /* the webui without pad_cond_uncond: uncond and cond are separate
              * UNet batches, each with its own cross-attention length */
-            if (guide_call(g, 1, g->context, g->len_u, g->eps, 0) != 0 ||
-                guide_call(g, 1, g->context_c, g->len_c, g->eps + total, 1) != 0)
+            if (guide_call(g, 1, 0, g->context, g->len_u, g->eps) != 0 ||
+                guide_call(g, 1, 1, g->context_c, g->len_c, g->eps + total) != 0)
                 return -1;
         } else {
-            if (guide_call(g, 2, g->ctx_buf, g->len_u, g->eps, 0) != 0) return -1;
+            if (guide_call(g, 2, 2, g->ctx_buf, g->len_u, g->eps) != 0) return -1;
         }
     } else {
         const float *ctx = g->context;
@@ -582,7 +726,7 @@ int ldm_guide_eps(void *ctx, const float *x_in, float t, float *eps_out) {
             int64_t rows = m->inputs[g->in_ctx].shape[0];
             ctx = g->context + ldm_numel(&m->inputs[g->in_ctx]) / rows * g->batch;
         }
-        if (guide_call(g, halves, ctx, 0, g->eps, cond_only) != 0) return -1;
+        if (guide_call(g, halves, !g->guided || cond_only ? 1 : 2, ctx, 0, g->eps) != 0) return -1;
     }
     if (!g->guided || cond_only) {
         memcpy(eps_out, g->eps, (size_t)total * sizeof(float));

@@ -272,6 +272,7 @@ typedef struct LdmGuide {
     const float *y;              /* SDXL's vector input (2 * batch or batch, adm): [uncond, cond] rows as
                                   * the context, or NULL when the UNet has no input y */
     int64_t y_width;
+    struct LdmControl *control;  /* a ControlNet steering the UNet (NULL: none; ldm_control_init) */
     /* scratch, set up by ldm_guide_init */
     int in_x, in_t, in_ctx, in_y; /* UNet input indices (in_y -1: none) */
     int batch_ext;               /* index of the UNet's run-time batch extent (its x's first dim), or -1 */
@@ -285,6 +286,52 @@ typedef struct LdmGuide {
     int calls;                   /* UNet calls made */
     double seconds;              /* time in them */
 } LdmGuide;
+
+/* ControlNet (lllyasviel/ControlNet cldm.py; models/sd1/controlnet.graph):
+ * before each UNet call of a guide whose `control` is set, the ControlNet
+ * runs on the same latents, timesteps and contexts plus the hint, and its N
+ * residuals go to the controlled UNet (unet.graph -D CONTROL=1) with
+ * control_scales[j] = strength (normal mode) or strength * 0.825^(12 - j)
+ * (guess mode; the first N of the reference's 13-entry list). Normal mode:
+ * both CFG halves get the hint (one batched ControlNet call [uncond, cond],
+ * the same as the reference's two calls). Guess mode: the unconditional half
+ * gets no control: the ControlNet runs on the cond half alone and the
+ * uncond half's residuals are zero (adding 0 leaves the plain UNet's values
+ * exact); a call of the uncond half alone runs the plain UNet. */
+typedef struct LdmControl {
+    LdmNets *nets;               /* the ControlNet's (its own file) */
+    int net;                     /* its index there */
+    int unet;                    /* the controlled UNet's index in the guide's nets (guide.unet: the plain one) */
+    const float *hint;           /* (batch, 3, H, W), RGB in [0, 1] */
+    double strength;             /* --control-strength */
+    int guess;                   /* --guess-mode */
+    /* scratch, set up by ldm_control_init */
+    int n_res;                   /* residuals (13 for SD v1) */
+    float **res;                 /* (n_res) residual buffers at the UNet's maximum batch */
+    int64_t *res_row;            /* (n_res) floats of one batch row of each */
+    int *res_in;                 /* (n_res) the controlled UNet's input index of each */
+    int *cn_out;                 /* (n_res) the ControlNet's output index of each */
+    float *scales;               /* (n_res) control_scales */
+    int in_scales;               /* the controlled UNet's input index of control_scales */
+    float *hint2;                /* (2 * batch, 3, H, W): the hint for both halves */
+    int64_t hint_n;              /* floats of one hint */
+    int cn_x, cn_hint, cn_t, cn_ctx; /* the ControlNet's input indices */
+    int64_t *ext;                /* its extents for a call */
+    int batch_ext, ctx_ext;      /* its batch and context-length extents (-1: none) */
+    int calls;                   /* ControlNet calls made */
+    double seconds;              /* time in them */
+} LdmControl;
+/* Check the ControlNet and the controlled UNet against the guide g (its
+ * fields before "scratch" set, g->control == c) and allocate c's scratch. */
+int ldm_control_init(LdmControl *c, const LdmGuide *g);
+void ldm_control_free(LdmControl *c);
+/* control_scales for n residuals: strength, or guess mode's
+ * strength * 0.825^(12 - j) for j < n. */
+void ldm_control_scales(double strength, int guess, int n, float *scales);
+/* The key map of a ControlNet file: a leading `control_model.` (lllyasviel's
+ * .pth files and their key-for-key conversions) when the file's keys have
+ * it, else the names themselves (the 1.1 .safetensors files). */
+LdmKeyMapFn ldm_control_key_map(const StFile *f);
 
 /* Check the UNet's tables against these settings (x of [B, C + concat, h, w],
  * timesteps [B], context [B, ...] when the UNet has one) and allocate the

@@ -365,8 +365,9 @@ static const char *const k_values[][2] = {
     {"--preview", "/pv.png"}, {"--preview-every", "3"}, {"--preview-taesd", "/pt.safetensors"},
     {"--threads", "3"}, {"--batch-count", "4"}, {"--batch", "2"}, {"--class", "1"},
     {"--listen", "127.0.0.1:7861"}, {"--queue", "5"}, {"--max-body", "4096"}, {"--api-key", "sekrit"},
-    {"--cors-origin", "http://localhost:3000"}, {"--vae", "/v/vae.safetensors"}, {"--original-size", "1024x768"},
-    {"--crop-top-left", "16,32"}, {"--target-size", "768x1024"},
+    {"--cors-origin", "http://localhost:3000"}, {"--vae", "/v/vae.safetensors"}, {"--control-net", "/cn.safetensors"},
+    {"--control-image", "/hint.png"}, {"--control-strength", "0.5"},
+    {"--original-size", "1024x768"}, {"--crop-top-left", "16,32"}, {"--target-size", "768x1024"},
 };
 
 static const char *value_for(const char *exe, const char *name) {

@@ -992,7 +992,10 @@ START_TEST(test_dumps) {
                            "# node        op                  offset        bytes   live\n"
                            "%3      conv2d                          0          192   3..4  [1,3,4,4]\n"
                            "%4      silu                          192          192   4..6  [1,3,4,4]\n"
-                           "%5      reshape              view of %4\n");
+                           "%5      reshape              view of %4\n"
+                           /* x: 32 floats, read by the conv at step 3 */
+                           "# inputs (the caller's buffers, outside the arena)\n"
+                           "%0      input                           -          128   0..3  x [1,2,4,4]\n");
     free(text);
     fp = open_memstream(&text, &len);
     dump_dot(b.g, fp);

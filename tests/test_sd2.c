@@ -31,6 +31,12 @@
 #include "tokenizer.h"
 #include "util.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define SD2_SAN 1
+#else
+#define SD2_SAN 0
+#endif
+
 /* "<shared>/goldens/sd2-tiny/<rel>" (static buffer per call site use). */
 static const char *sd2(char *buf, size_t n, const char *rel) {
     snprintf(buf, n, "%s/goldens/sd2-tiny/%s", test_shared_dir(), rel);
@@ -492,7 +498,8 @@ static void build_exe(int v) {
     snprintf(config, sizeof config, "CONFIG=%s/goldens/sd2-tiny/%s", test_shared_dir(), rel);
     snprintf(name, sizeof name, "TXT2IMG_NAME=txt2img-test-sd2-tiny-%s", v ? "v" : "eps");
     snprintf(g_exe[v], sizeof g_exe[v], "%s/txt2img-test-sd2-tiny-%s", test_build_dir(), v ? "v" : "eps");
-    char *argv[] = {"make", "-s", "-j2", build, "SAN=0", "txt2img", config, "H=96", "W=96", "TAESD=0", name, NULL};
+    char *argv[] = {"make", "-s", "-j2", build, SD2_SAN ? "SAN=1" : "SAN=0", "txt2img", config, "H=96", "W=96", "TAESD=0",
+                    name, NULL};
     snprintf(logf, sizeof logf, "%s/make-sd2-%d.log", test_dir, v);
     int rc = test_wait_status(test_spawn(argv, logf));
     if (rc != 0 || access(g_exe[v], X_OK) != 0) {
@@ -601,7 +608,7 @@ static char *g_sd1_log;
 
 static void setup_family(void) {
     setup_exes();
-    if (!g_sd1_exe[0] && !g_sd1_log) test_build_sd1_tiny_txt2img(0, g_sd1_exe, sizeof g_sd1_exe, &g_sd1_log);
+    if (!g_sd1_exe[0] && !g_sd1_log) test_build_sd1_tiny_txt2img(SD2_SAN, g_sd1_exe, sizeof g_sd1_exe, &g_sd1_log);
 }
 
 /* A checkpoint of the other family is refused before any work: status 1,

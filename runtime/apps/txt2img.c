@@ -76,6 +76,12 @@ enum { NET_CLIP, NET_UNET, NET_DEC, NET_ENC, N_NETS };
  * LdmNets of their own (App.taesd_dec, App.taesd_enc: one checkpoint each,
  * the model of size k at index k), never in App.nets (the checkpoint's). */
 enum { NET_TAESD_DEC = N_NETS, NET_TAESD_ENC, N_NETS_TAESD };
+/* With ControlNet (make txt2img ... CONTROLNET=1) every size lists two more
+ * networks last: the UNet a ControlNet steers (unet.graph -D CONTROL=1; the
+ * checkpoint's UNet weights, so it is bound in App.nets, after the four, at
+ * NET_UNET_CONTROL) and the ControlNet (its own file, --control-net: bound in
+ * App.control, size k's at k). */
+enum { NET_UNET_CONTROL = N_NETS };
 
 /* The constants of the size in use (the default size until one is chosen). */
 static const LdmPipelineConfig *g_cfg;
@@ -153,6 +159,11 @@ typedef struct Options {
     int orig_h, orig_w, has_orig;     /* --original-size HxW (SDXL; default: the image size) */
     int crop_top, crop_left;          /* --crop-top-left T,L (SDXL; default 0,0) */
     int target_h, target_w, has_target; /* --target-size HxW (SDXL; default: the image size) */
+    const char *control_net;   /* --control-net FILE: a ControlNet's weights (CONTROLNET=1 builds) */
+    const char *control_image; /* --control-image PNG: its hint, of the image's size */
+    double control_strength;   /* --control-strength S (default 1) */
+    int has_control_strength;
+    int guess_mode;            /* --guess-mode */
 } Options;
 
 static void usage(FILE *fp, const char *argv0) {
@@ -170,6 +181,7 @@ static void usage(FILE *fp, const char *argv0) {
             "          [--embeddings DIR] [--lora FILE[:MULT]]... [--lora-dir DIR] [--pad-cond-uncond]\n"
             "          [--save-cond F] [--taesd FILE] [--taesd-encoder FILE] [--preview-every N --preview PNG]\n"
             "          [--preview-taesd FILE] [--no-metadata] [-t N] [-b N] [-v] [--dry-run]\n"
+            "          [--control-net FILE --control-image PNG [--control-strength S] [--guess-mode]]\n"
             "       %s -m CKPT -p TEXT [-n TEXT] [-s SEED] [-W PIXELS] [-H PIXELS] [--sampling-method NAME]\n"
             "          [--scheduler NAME] [-i PNG [--mask PNG] [--strength S]] [-o OUT] [-t N] [-b N] [-v]\n"
             "          (stable-diffusion.cpp's spellings)\n"
@@ -270,6 +282,13 @@ static void usage(FILE *fp, const char *argv0) {
             "                      prediction of the final image to PNG (replaced atomically); the TAESD\n"
             "                      decoder of --taesd, or of --preview-taesd FILE to keep the VAE decoder\n"
             "                      for the final image\n"
+            "  --control-net FILE  steer the UNet with a ControlNet (executables built with CONTROLNET=1): an SD\n"
+            "                      v1 ControlNet 1.0/1.1 .safetensors (F32/F16/BF16, names with or without\n"
+            "                      `control_model.`), of the UNet's config; with --control-image PNG, the hint\n"
+            "                      (an edge map, pose, depth map, ...: RGB, the image's size)\n"
+            "  --control-strength S  scale of the ControlNet's residuals (default 1)\n"
+            "  --guess-mode        ControlNet guess mode: scales S * 0.825^(12 - i), no control on the\n"
+            "                      negative prompt's half\n"
             "  --no-metadata       leave out the PNG text chunk `parameters` (the generation parameters in the\n"
             "                      AUTOMATIC1111 webui's infotext format, which its PNG Info reads)\n"
             "  -t, --threads N     threads (default: OMP_NUM_THREADS, else the CPUs this process may use: its\n"
@@ -308,7 +327,8 @@ enum {
     OPT_SAVE_COND, OPT_TAESD, OPT_TAESD_ENCODER, OPT_PREVIEW, OPT_PREVIEW_EVERY, OPT_PREVIEW_TAESD, OPT_THREADS,
     OPT_BATCH_COUNT, OPT_QUIET, OPT_PAD_COND_UNCOND, OPT_NO_METADATA, OPT_VERBOSE, OPT_VERSION, OPT_HELP,
     OPT_DRY_RUN, OPT_LIST_OPTIONS, OPT_SKIP_EXISTING, OPT_LISTEN, OPT_QUEUE, OPT_MAX_BODY, OPT_API_KEY,
-    OPT_CORS_ORIGIN, OPT_VAE, OPT_ORIGINAL_SIZE, OPT_CROP_TOP_LEFT, OPT_TARGET_SIZE,
+    OPT_CORS_ORIGIN, OPT_VAE, OPT_CONTROL_NET, OPT_CONTROL_IMAGE, OPT_CONTROL_STRENGTH, OPT_GUESS_MODE, OPT_ORIGINAL_SIZE, OPT_CROP_TOP_LEFT,
+    OPT_TARGET_SIZE,
 };
 #define V LDM_ARG_REQUIRED
 #define N LDM_ARG_NONE
@@ -357,6 +377,10 @@ static const LdmOption k_options[] = {
     {"preview", 0, V, OPT_PREVIEW},
     {"preview-every", 0, V, OPT_PREVIEW_EVERY},
     {"preview-taesd", 0, V, OPT_PREVIEW_TAESD},
+    {"control-net", 0, V, OPT_CONTROL_NET},
+    {"control-image", 0, V, OPT_CONTROL_IMAGE},
+    {"control-strength", 0, V, OPT_CONTROL_STRENGTH},
+    {"guess-mode", 0, N, OPT_GUESS_MODE},
     {"threads", 't', V, OPT_THREADS},
     {"batch-count", 'b', V, OPT_BATCH_COUNT},
     {"quiet", 'q', N, OPT_QUIET},
@@ -571,6 +595,12 @@ static int parse_option(void *ctx, const LdmOption *opt, const char *f, const ch
     case OPT_TAESD: o->taesd = v; break;
     case OPT_TAESD_ENCODER: o->taesd_encoder = v; break;
     case OPT_PREVIEW_TAESD: o->preview_taesd = v; break;
+    case OPT_CONTROL_NET: o->control_net = v; break;
+    case OPT_CONTROL_IMAGE: o->control_image = v; break;
+    case OPT_CONTROL_STRENGTH:
+        o->has_control_strength = 1;
+        return ldm_parse_double(f, v, -1e4, 1e4, &o->control_strength);
+    case OPT_GUESS_MODE: o->guess_mode = 1; break;
     case OPT_PREVIEW: o->preview = v; break;
     case OPT_PREVIEW_EVERY: return ldm_parse_int(f, v, 1, 100000, &o->preview_every);
     case OPT_THREADS:
@@ -599,6 +629,7 @@ static int parse_args(int argc, char **argv, Options *o) {
     o->negative = "";
     o->steps = 20;
     o->cfg_scale = 7.5;
+    o->control_strength = 1.0;
     /* sgm configs (SDXL): sgm's EulerEDMSampler with the DiscreteDenoiser's
      * own discretization, as its sampling scripts; CompVis configs: DDIM */
     int sgm = CFG.format && !strcmp(CFG.format, "sgm");
@@ -679,6 +710,10 @@ static void print_options(FILE *fp, const Options *o) {
     S("preview", o->preview);
     I("preview-every", o->preview_every);
     S("preview-taesd", o->preview_taesd);
+    S("control-net", o->control_net);
+    S("control-image", o->control_image);
+    if (o->control_net || o->has_control_strength) D("control-strength", o->control_strength);
+    I("guess-mode", o->guess_mode);
     if (o->threads) I("threads", o->threads);
     else S("threads", "(the default)");
     I("batch-count", o->batch_count);
@@ -734,6 +769,11 @@ static int check_options(const Options *o) {
     if (o->preview_taesd && !o->preview) return ldm_fail("--preview-taesd needs --preview FILE.png");
     if (o->taesd_encoder && !o->init_image)
         return ldm_fail("--taesd-encoder needs --init-image (it encodes that image)");
+    if (o->control_net && !o->control_image) return ldm_fail("--control-net needs --control-image PNG (the hint)");
+    if (!o->control_net && (o->control_image || o->has_control_strength || o->guess_mode))
+        return ldm_fail("%s needs --control-net FILE", o->control_image ? "--control-image"
+                                                       : o->guess_mode  ? "--guess-mode"
+                                                                        : "--control-strength");
     if (o->has_schedule && ldm_sampler_family(o->sampler) != 1)
         return ldm_fail("--schedule applies to the k-diffusion samplers (euler, euler_a, heun, dpm2, dpmpp_2s_a, "
                         "dpmpp_2m, dpmpp_sde, dpmpp_2m_sde); %s uses its own timesteps",
@@ -799,6 +839,8 @@ typedef struct App {
     LdmNets taesd_dec;        /* --taesd: TAESD's decoder of every size (size k at k) */
     LdmNets taesd_enc;        /* --taesd-encoder: its encoder of every size */
     LdmNets taesd_prev;       /* --preview-taesd: the previews' decoder (else they use taesd_dec) */
+    LdmNets control;          /* --control-net: the ControlNet of every size (size k at k) */
+    float *hint;              /* --control-image: (3, H, W) RGB in [0, 1] */
     char model_sha256[65];    /* the checkpoint file's SHA-256 (--listen's sd-models, and the metadata's) */
     char model_hash[11];      /* its first 10 digits: the infotext's "Model hash" ("" with --no-metadata) */
     char *model_name;         /* ... and "Model": the checkpoint's file stem */
@@ -812,9 +854,24 @@ static int serve_step(void *ctx, const LdmStepInfo *info);
 static int serve_interrupted(App *a, float *x);
 static int serve_encode(App *a, const float *img, const char *info, const char *prompt, uint64_t seed);
 
-/* Network `net` of the size in use, and its index in a->nets. */
+/* Was ControlNet compiled in (make txt2img ... CONTROLNET=1)? */
+static int has_control(void) {
+    const LdmPipelineSize *z = &ldm_pipeline_sizes[0];
+    return z->n_models >= 2 && !strcmp(z->models[z->n_models - 1]->name, "controlnet");
+}
+/* Networks per size in a->nets: the four, and the controlled UNet. */
+static int n_main_nets(void) { return N_NETS + has_control(); }
+/* Size k's controlled UNet and ControlNet in the size table. */
+static const LdmModel *control_unet_model(int k) {
+    return ldm_pipeline_sizes[k].models[ldm_pipeline_sizes[k].n_models - 2];
+}
+static const LdmModel *controlnet_model(int k) {
+    return ldm_pipeline_sizes[k].models[ldm_pipeline_sizes[k].n_models - 1];
+}
+
+/* Network `net` (< N_NETS_TAESD) of the size in use, and its index in a->nets (net < N_NETS, or NET_UNET_CONTROL). */
 static const LdmModel *net_model(const App *a, int net) { return ldm_pipeline_sizes[a->size].models[net]; }
-static int net_index(const App *a, int net) { return a->size * N_NETS + net; }
+static int net_index(const App *a, int net) { return a->size * n_main_nets() + net; }
 
 /* Make size k the one in use (CFG, latent shape, networks). */
 static void use_size(App *a, int k) {
@@ -826,8 +883,15 @@ static void use_size(App *a, int k) {
 }
 
 /* Was TAESD compiled in (make txt2img ... TAESD=1)? */
+/* An sgm config (SDXL): a second text encoder, clip_text2, after TAESD's
+ * networks and before the ControlNet's. */
+static int has_clip2(void) { return CFG.format && !strcmp(CFG.format, "sgm"); }
 static int has_taesd(void) {
-    return ldm_pipeline_sizes[0].n_models - (CFG.format && !strcmp(CFG.format, "sgm")) == N_NETS_TAESD;
+    return ldm_pipeline_sizes[0].n_models - 2 * has_control() - has_clip2() == N_NETS_TAESD;
+}
+/* Size k's second text encoder (sgm). */
+static const LdmModel *clip2_model(int k) {
+    return ldm_pipeline_sizes[k].models[ldm_pipeline_sizes[k].n_models - 2 * has_control() - 1];
 }
 
 /* TAESD's networks of the size in use: decoder latent [1, C, h, w] ->
@@ -849,13 +913,16 @@ static int check_taesd_models(const App *a) {
 /* Check that the generated networks of the size in use fit together and
  * fit the constants. */
 static int check_size_models(const App *a) {
-    int n_nets = ldm_pipeline_sizes[a->size].n_models - (a->sgm ? 1 : 0); /* sgm: + clip_text2, last */
+    int n_nets = ldm_pipeline_sizes[a->size].n_models - 2 * has_control() - has_clip2();
     if (n_nets != N_NETS && n_nets != N_NETS_TAESD)
-        return ldm_fail("internal: the size table lists %d networks for %dx%d, expected %d (or %d with TAESD)",
-                        n_nets, CFG.W, CFG.H, N_NETS, N_NETS_TAESD);
-    if (n_nets + (a->sgm ? 1 : 0) != ldm_pipeline_sizes[0].n_models)
+        return ldm_fail("internal: the size table lists %d networks for %dx%d, expected %d (or %d with TAESD, 2 more with "
+                        "ControlNet)", n_nets, CFG.W, CFG.H, N_NETS, N_NETS_TAESD);
+    if (ldm_pipeline_sizes[a->size].n_models != ldm_pipeline_sizes[0].n_models)
         return ldm_fail("internal: the sizes of the table list different networks");
     if (n_nets == N_NETS_TAESD && check_taesd_models(a) != 0) return -1;
+    if (has_control() && (ldm_model_input(control_unet_model(a->size), "control_scales") < 0 ||
+                          ldm_model_input(controlnet_model(a->size), "hint") < 0))
+        return ldm_fail("internal: the linked ControlNet networks do not have the expected inputs");
     const LdmModel *clip = net_model(a, NET_CLIP), *unet = net_model(a, NET_UNET), *dec = net_model(a, NET_DEC),
                    *enc = net_model(a, NET_ENC);
     int it = ldm_model_input(clip, "tokens"), oh = ldm_model_output(clip, "hidden");
@@ -867,7 +934,7 @@ static int check_size_models(const App *a) {
     int64_t width = hid->ndim == 3 ? hid->shape[2] : -1;
     if (a->sgm) {
         /* the second text encoder's channels follow the first's */
-        const LdmModel *c2 = ldm_pipeline_sizes[a->size].models[ldm_pipeline_sizes[a->size].n_models - 1];
+        const LdmModel *c2 = clip2_model(a->size);
         int oh2 = ldm_model_output(c2, "hidden"), op2 = ldm_model_output(c2, "pooled");
         if (oh2 < 0 || op2 < 0 || c2->outputs[oh2].ndim != 3 || ldm_model_input(unet, "y") < 0)
             return ldm_fail("internal: the linked sgm networks lack the second text encoder's hidden/pooled or the UNet's y");
@@ -1410,6 +1477,17 @@ static char *image_infotext(const App *a, const char *prompt, uint64_t seed) {
     if (o->pad_cond_uncond) extra[ne++] = "Pad conds", extra[ne++] = "True";
     if (o->syntax == LDM_SYNTAX_PLAIN) extra[ne++] = "Prompt syntax", extra[ne++] = "plain";
     if (o->taesd) extra[ne++] = "VAE Decoder", extra[ne++] = "TAESD";
+    /* the webui ControlNet extension's entry (its "ControlNet is more
+     * important" mode is guess mode: the 0.825^(12-i) scales, no control on
+     * the uncond half) */
+    char cn[600], cs[32];
+    if (o->control_net) {
+        char *stem = ldm_path_stem(o->control_net);
+        snprintf(cn, sizeof cn, "Module: none, Model: %s, Weight: %s, Control Mode: %s", stem,
+                 ldm_py_float(o->control_strength, cs, sizeof cs), o->guess_mode ? "ControlNet is more important" : "Balanced");
+        free(stem);
+        extra[ne++] = "ControlNet 0", extra[ne++] = cn;
+    }
     extra[ne] = NULL;
     LdmInfotext t = {
         .prompt = p,
@@ -1445,6 +1523,7 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
     float *noise = ldm_aligned_alloc((size_t)n * sizeof(float));
     float *img = ldm_aligned_alloc((size_t)3 * CFG.H * CFG.W * sizeof(float));
     LdmGuide g = {0};
+    LdmControl ctl = {0};
     LdmCond c = {0}, cp = {0}, up = {0};
     float *yvec = NULL;
     char *text = NULL, *loras = NULL, *embs = NULL;
@@ -1539,7 +1618,19 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
         g.y = yvec;
         g.y_width = adm;
     }
+    if (a->o.control_net) {
+        /* the ControlNet steers the controlled UNet (the plain one: uncond
+         * half in guess mode) */
+        ctl.nets = &a->control;
+        ctl.net = a->size;
+        ctl.unet = net_index(a, NET_UNET_CONTROL);
+        ctl.hint = a->hint;
+        ctl.strength = a->o.control_strength;
+        ctl.guess = a->o.guess_mode;
+        g.control = &ctl;
+    }
     if (ldm_guide_init(&g) != 0) goto done;
+    if (g.control && ldm_control_init(&ctl, &g) != 0) goto done;
 
     LdmSampler p;
     sampler_setup(a, &p);
@@ -1615,6 +1706,7 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
 done:
     if (rc != 0 && cond_written) remove(cond_path); /* a failed image leaves no files */
     ldm_guide_free(&g);
+    ldm_control_free(&ctl);
     ldm_cond_free(&c);
     ldm_cond_free(&cp);
     ldm_cond_free(&up);
@@ -1654,6 +1746,50 @@ static int load_taesd(App *a) {
     return rc;
 }
 
+/* --control-net FILE: the ControlNet of every size, checked tensor by tensor
+ * against the UNet's config (a ControlNet of another UNet, e.g. SD 2's,
+ * fails naming the first tensor that does not fit), its weights at the
+ * file's precision; keys with or without `control_model.`. */
+static int load_control(App *a, const char *sizes) {
+    const Options *o = &a->o;
+    double t0 = ldm_now();
+    StFile f;
+    if (st_open(&f, o->control_net) != 0) return ldm_fail("--control-net: %s", ldm_last_error());
+    LdmKeyMapFn map = ldm_control_key_map(&f);
+    st_close(&f);
+    int n = ldm_pipeline_n_sizes;
+    const LdmModel **models = ldm_xcalloc((size_t)n, sizeof *models);
+    LdmKeyMapFn *maps = ldm_xcalloc((size_t)n, sizeof *maps);
+    for (int k = 0; k < n; k++) models[k] = controlnet_model(k), maps[k] = map;
+    char what[1200];
+    snprintf(what, sizeof what, "a ControlNet of the UNet of %s at %s", CFG.config_path, sizes);
+    int rc = ldm_nets_load_mapped(&a->control, o->control_net, models, maps, n, what);
+    free(models);
+    free(maps);
+    if (rc != 0) return ldm_fail("--control-net: %s", ldm_last_error());
+    ldm_times_add(&a->times, "load controlnet", ldm_now() - t0);
+    return 0;
+}
+
+/* --control-image PNG: the hint, RGB u8 / 255 (gradio scripts: HWC3, no
+ * resizing inside the model), of the image's size. */
+static int load_hint(App *a, const char *path) {
+    uint8_t *rgb;
+    int w, h;
+    if (ldm_png_read_rgb8(path, &rgb, &w, &h) != 0) return ldm_fail("--control-image: %s", ldm_last_error());
+    if (w != CFG.W || h != CFG.H) {
+        free(rgb);
+        return ldm_fail("--control-image %s: the hint is %dx%d, this run generates %dx%d (width x height): the hint "
+                        "must be the image's size", path, w, h, CFG.W, CFG.H);
+    }
+    free(a->hint);
+    a->hint = ldm_aligned_alloc((size_t)3 * w * h * sizeof(float));
+    for (int c = 0; c < 3; c++)
+        for (int64_t i = 0; i < (int64_t)w * h; i++) a->hint[c * (int64_t)w * h + i] = (float)rgb[i * 3 + c] / 255.0f;
+    free(rgb);
+    return 0;
+}
+
 /* Read the inputs named on the command line and check them against this
  * executable, before the (slow) weights are loaded. */
 static int load_inputs(App *a) {
@@ -1671,6 +1807,10 @@ static int load_inputs(App *a) {
         if (ldm_noise_load(o->init_noise, 4, shape, a->init_noise) != 0) return -1;
     }
     if (o->init_image && ldm_image_load(o->init_image, CFG.W, CFG.H, &a->image, NULL, NULL) != 0) return -1;
+    if (o->control_net && !has_control())
+        return ldm_fail("--control-net: this executable was built without ControlNet; build one with make txt2img "
+                        "CONFIG=%s ... CONTROLNET=1", CFG.config_path);
+    if (o->control_image && load_hint(a, o->control_image) != 0) return -1;
     if (o->mask && ldm_mask_load(o->mask, CFG.W, CFG.H, &a->mask_px, NULL, NULL) != 0) return -1;
     a->strength = o->has_strength ? o->strength : a->hybrid ? 1.0 : 0.75;
     if (!o->prompts && o->save_cond && ldm_check_output_path("--save-cond", o->save_cond) != 0) return -1;
@@ -1745,9 +1885,9 @@ static int line_options(const App *a, const LdmLineArgs *la, Options *o, int *si
         int W = la->has_W ? la->W : ldm_pipeline_sizes[a->run_size].config->W;
         int k = ldm_pipeline_find_size(ldm_pipeline_sizes, ldm_pipeline_n_sizes, H, W, "txt2img", "TXT2IMG_DEFS");
         if (k < 0) return -1;
-        if (k != a->run_size && (o->init_image || o->mask || o->init_noise))
-            return ldm_fail("%dx%d: --init-image, --mask and --init-noise are of the run's size, %dx%d: a line cannot "
-                            "choose another size with them", W, H, CFG.W, CFG.H);
+        if (k != a->run_size && (o->init_image || o->mask || o->init_noise || o->control_image))
+            return ldm_fail("%dx%d: --init-image, --mask, --init-noise and --control-image are of the run's size, %dx%d: "
+                            "a line cannot choose another size with them", W, H, CFG.W, CFG.H);
         *size = k;
     }
     if (la->negative) o->negative = la->negative;
@@ -2129,24 +2269,29 @@ static int run(App *a) {
     /* every size's networks, size k's at k * N_NETS: those of one network
      * share one weight set (ldm_nets_load_mapped), bound when it first runs */
     double t0 = ldm_now();
-    int n_models = ldm_pipeline_n_sizes * N_NETS;
+    const int per = n_main_nets();
+    int n_models = ldm_pipeline_n_sizes * per;
     const LdmModel **models = ldm_xcalloc((size_t)n_models, sizeof *models);
-    for (int k = 0; k < ldm_pipeline_n_sizes; k++)
-        for (int j = 0; j < N_NETS; j++) models[k * N_NETS + j] = ldm_pipeline_sizes[k].models[j];
+    for (int k = 0; k < ldm_pipeline_n_sizes; k++) {
+        for (int j = 0; j < N_NETS; j++) models[k * per + j] = ldm_pipeline_sizes[k].models[j];
+        /* the controlled UNet: the plain one's weights (one weight set for both) */
+        if (has_control()) models[k * per + NET_UNET_CONTROL] = control_unet_model(k);
+    }
     char what[1024], sizes[900];
     snprintf(what, sizeof what, "%s at %s", CFG.config_path,
              ldm_pipeline_size_list(ldm_pipeline_sizes, ldm_pipeline_n_sizes, sizes, sizeof sizes));
     int rc = ldm_nets_load_vae(&a->nets, o->weights, o->vae, models, n_models, what);
     free(models);
     if (rc == 0 && a->sgm) {
-        /* sgm: the second text encoder, the last network of every size */
+        /* sgm: the second text encoder of every size */
         const LdmModel **m2 = ldm_xcalloc((size_t)ldm_pipeline_n_sizes, sizeof *m2);
-        for (int k = 0; k < ldm_pipeline_n_sizes; k++) m2[k] = ldm_pipeline_sizes[k].models[ldm_pipeline_sizes[k].n_models - 1];
+        for (int k = 0; k < ldm_pipeline_n_sizes; k++) m2[k] = clip2_model(k);
         rc = ldm_nets_load(&a->clip2, o->weights, m2, ldm_pipeline_n_sizes, what);
         free(m2);
         if (rc == 0) ldm_nets_share_arena(&a->clip2, &a->nets);
     }
     if (rc == 0) rc = ldm_pipeline_scale_factor(&CFG, &a->nets.ckpt, &a->scale);
+    if (rc == 0 && o->control_net) rc = load_control(a, sizes);
     if (rc == 0) {
         /* what LoRA keys are matched against: every network's weights */
         a->weight_names = ldm_nets_weight_names(&a->nets, &a->n_weight_names);
@@ -2170,8 +2315,8 @@ static int run(App *a) {
         ldm_times_add(&a->times, "hash weights", ldm_now() - t0);
     }
     /* TAESD runs between UNet calls or instead of the VAE: one arena for all */
-    LdmNets *tn[3] = {&a->taesd_dec, &a->taesd_enc, &a->taesd_prev};
-    for (int k = 0; k < 3; k++)
+    LdmNets *tn[4] = {&a->taesd_dec, &a->taesd_enc, &a->taesd_prev, &a->control};
+    for (int k = 0; k < 4; k++)
         if (tn[k]->n) ldm_nets_share_arena(tn[k], &a->nets);
     if (ldm_pipeline_n_sizes > 1 && a->pmode != LDM_PROGRESS_QUIET) {
         fprintf(stderr, "%s: %d sizes: %d networks on %d weight sets (bound once, shared by the sizes)\n", a->argv0,
@@ -2230,8 +2375,9 @@ static int run(App *a) {
 static void print_version(FILE *fp, const char *argv0) {
     char sizes[1024];
     ldm_pipeline_size_list(ldm_pipeline_sizes, ldm_pipeline_n_sizes, sizes, sizeof sizes);
-    fprintf(fp, "%s (ldmc, git %s)\nbuilt for: %s\nsizes (width x height): %s\nTAESD: %s\n", argv0, ldm_version(),
-            CFG.banner, sizes, has_taesd() ? "yes" : "no (TAESD=0)");
+    fprintf(fp, "%s (ldmc, git %s)\nbuilt for: %s\nsizes (width x height): %s\nTAESD: %s\nControlNet: %s\n", argv0,
+            ldm_version(), CFG.banner, sizes, has_taesd() ? "yes" : "no (TAESD=0)",
+            has_control() ? "yes (--control-net)" : "no (CONTROLNET=0)");
 }
 
 int main(int argc, char **argv) {
@@ -2328,6 +2474,8 @@ out:
     ldm_nets_free(&a.taesd_dec);
     ldm_nets_free(&a.taesd_enc);
     ldm_nets_free(&a.taesd_prev);
+    ldm_nets_free(&a.control);
+    free(a.hint);
     if (a.sched.alphas_cumprod) ldm_schedule_free(&a.sched);
     clip_tokenizer_free(a.tok);
     ldm_times_free(&a.times);

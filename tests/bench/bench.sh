@@ -20,7 +20,9 @@
 # attention and ResBlock conv weight of the UNet and the text encoder's
 # attention and MLP (make_lora.c), its merge alone (the UNet runner's load,
 # which binds the weights, with and without it) and the whole generation
-# with it (time and peak RSS against the run without). Last, SD 2.x at
+# with it (time and peak RSS against the run without). The ControlNet
+# row (controlnet_row.sh): a controlled step against a plain one, and a
+# whole controlled generation's time and peak RSS, comes last. SD 2.x at
 # SD2_RES (default 768) from models/sd2/v2-inference-v.yaml, on a random
 # checkpoint of the real SD 2.x 768-v shapes (ldmc randckpt, with the text
 # tower's unread tensors): the text encoder and the guided UNet step, the
@@ -231,6 +233,9 @@ if [ "$HAVE_T2I" = 1 ]; then
         echo "(a generation failed: see $B/gen-$last.log and $B/gen-lora-$last.log)"
     fi
 fi
+# ---- ControlNet: a controlled step against a plain one (tests/bench/controlnet_row.sh) ----
+echo "ControlNet (random weights of the SD v1.5 ControlNet 1.1 shapes, F16):"
+BUILD=$BUILD RES=$last CKPT=$CKPT ROUNDS=$ROUNDS GEN=$HAVE_T2I tests/bench/controlnet_row.sh || echo "(the ControlNet row failed)"
 # ---- SDXL base (issue 20): one guided step and one decode at 1024x1024 ------
 # Random weights of the real shapes (ldmc randckpt: both text encoders by
 # clip_text.graph@EMBEDDER=i), at the F16 file precision; the same columns
