@@ -374,8 +374,13 @@ TAESD             ?= 1
 # without --control-net) for each size: --control-net, --control-image,
 # --control-strength, --guess-mode of the executable (docs/txt2img.md).
 CONTROLNET        ?= 0
+# sgm configs (SDXL: network_config, conditioner_config) have a second text
+# encoder, clip_text2 = clip_text.graph for conditioner embedder
+# TXT2IMG_EMBEDDER2 (1: FrozenOpenCLIPEmbedder2), after TAESD's networks.
+TXT2IMG_SGM       := $(if $(CONFIG),$(shell grep -qs 'network_config' $(CONFIG) && echo 1))
+TXT2IMG_EMBEDDER2 ?= 1
 TXT2IMG_GRAPHS     = clip_text unet vae_decoder vae_encoder $(if $(filter 1,$(TAESD)),taesd_decoder taesd_encoder) \
-                     $(if $(filter 1,$(CONTROLNET)),unet_control controlnet)
+                     $(if $(TXT2IMG_SGM),clip_text2) $(if $(filter 1,$(CONTROLNET)),unet_control controlnet)
 # Prompts of up to CHUNKS 75-token chunks (the UNet's context length is a
 # run-time extent up to 77 * CHUNKS: a 1-chunk prompt costs what it did);
 # the text encoder encodes a prompt's chunks in one call and gives CLIP skip
@@ -390,6 +395,8 @@ TXT2IMG_B_controlnet  = 2
 TXT2IMG_D_controlnet  = -D CHUNKS=$(CHUNKS)
 TXT2IMG_D_clip_text   = -D CHUNKS=$(CHUNKS) -D CLIP_SKIPS=$(CLIP_SKIPS) -D EMBEDS=1
 TXT2IMG_D_unet        = -D CHUNKS=$(CHUNKS)
+TXT2IMG_B_clip_text2  = $(CHUNKS)
+TXT2IMG_D_clip_text2  = -D CHUNKS=$(CHUNKS) -D CLIP_SKIPS=$(CLIP_SKIPS) -D EMBEDS=1 -D EMBEDDER=$(TXT2IMG_EMBEDDER2)
 TXT2IMG_LIBS       = -lopenblas -ljansson -lpng -lnettle -lz -lm -lpthread
 # --listen: libmicrohttpd, statically from Debian's libmicrohttpd.a; its
 # HTTPS half refers to GnuTLS, which cannot link statically on Debian (no
@@ -446,6 +453,11 @@ $(TXT2IMG_DIR)/%_$(1).c: $(TXT2IMG_GRAPH_DIR)/%.graph $(wildcard models/common/*
 	$(BUILD)/ldmc $$< --config $(CONFIG) -D H=$(call size_h,$(1)) -D W=$(call size_w,$(1)) -D B=$$(TXT2IMG_B_$$*) \
 	    $$(TXT2IMG_D_$$*) $(TXT2IMG_DEFS) --symbol $$*_$(1) -o $$@
 
+# sgm: the second text encoder from the same graph (-D EMBEDDER)
+$(TXT2IMG_DIR)/clip_text2_$(1).c: $(TXT2IMG_GRAPH_DIR)/clip_text.graph $(wildcard models/common/*.graph) $(CONFIG) \
+                                  $(BUILD)/ldmc $(TXT2IMG_DIR)/build.id | $(TXT2IMG_DIR)/pipeline.c
+	$(BUILD)/ldmc $$< --config $(CONFIG) -D H=$(call size_h,$(1)) -D W=$(call size_w,$(1)) -D B=$(CHUNKS) \
+	    $$(TXT2IMG_D_clip_text2) $(TXT2IMG_DEFS) --symbol clip_text2_$(1) -o $$@
 # the UNet a ControlNet steers (CONTROLNET=1): unet.graph with CONTROL=1
 $(TXT2IMG_DIR)/unet_control_$(1).c: $(TXT2IMG_GRAPH_DIR)/unet.graph $(wildcard models/common/*.graph) $(CONFIG) $(BUILD)/ldmc \
                          $(TXT2IMG_DIR)/build.id | $(TXT2IMG_DIR)/pipeline.c

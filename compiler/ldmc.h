@@ -408,6 +408,12 @@ typedef struct ModelFacts {
     int vocab_size;              /* text encoder vocabulary, 0 without one */
     int n_classes;               /* ClassEmbedder classes, 0 otherwise */
     const char *openclip_layer;  /* FrozenOpenCLIPEmbedder's layer ("last" or "penultimate"), NULL otherwise */
+    const char *format;          /* "compvis" (unet_config, cond_stage_config) or "sgm" (Stability-AI
+                                    generative-models: network_config, conditioner_config, denoiser_config) */
+    const char *unet_config_key; /* "unet_config" or "network_config": model.params key of the UNet */
+    int unet_spatial;            /* the UNet's attention blocks are SpatialTransformers (cross-attention) */
+    int adm_in_channels;         /* width of the UNet's vector conditioning y (label_emb), 0 without */
+    int n_text_embedders;        /* sgm: conditioner embedders whose input_key is txt (CompVis text: 1) */
 } ModelFacts;
 
 /* Derive the facts from a config root; 0, or -1 with a located message. */

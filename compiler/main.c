@@ -23,7 +23,7 @@ static void usage(FILE *fp) {
             "            [--dump[=WHAT]]... [--dot FILE] [--plot-memory FILE.svg] [--stats]\n"
             "       ldmc convert IN.safetensors|IN.ckpt -o OUT.safetensors [--dtype f32|f16|bf16]\n"
             "       ldmc merge --lora FILE[:MULT]... BASE.safetensors -o OUT.safetensors [--dtype f32|f16|bf16]\n"
-            "       ldmc randckpt --config YAML [-D NAME=VALUE]... [--dtype f32|f16|bf16] [--seed N] -o OUT GRAPH...\n"
+            "       ldmc randckpt --config YAML [-D NAME=VALUE]... [--dtype f32|f16|bf16] [--seed N] -o OUT GRAPH[@NAME=VALUE,...]...\n"
             "       ldmc pipeline --config YAML -D H=PIXELS -D W=PIXELS [-D NAME=VALUE]... -o OUT.c\n"
             "       ldmc pipeline --config YAML --size HxW [--size HxW]... [--nets NET,...] [-D NAME=VALUE]... -o OUT.c\n"
             "\n"

@@ -117,7 +117,9 @@ static void emit_config(FILE *fp, const PipeInfo *p, const char *banner, const c
     put_cstr(fp, overrides);
     fputs(",\n    .parameterization = ", fp);
     put_cstr(fp, p->m.parameterization);
-    fputs(",\n};\n", fp);
+    fputs(",\n    .format = ", fp);
+    put_cstr(fp, p->m.format);
+    fprintf(fp, ",\n    .adm_in_channels = %d,\n};\n", p->m.adm_in_channels);
 }
 
 /* "ldmc V | pipeline | config PATH | H=.. W=.. overrides" */

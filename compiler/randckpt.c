@@ -63,13 +63,45 @@ static void fill(const RWeight *w, uint64_t seed, float *out, int64_t n) {
     }
 }
 
-/* Collect the live weights of one graph into the union list. */
-static int collect(const char *graph_path, const BuildOptions *bo, RWeight **list, int *n) {
+/* Collect the live weights of one graph into the union list. The graph
+ * argument may carry defines of its own after '@', comma-separated
+ * ("models/sd1/clip_text.graph@EMBEDDER=1"): the same graph for another
+ * part of the checkpoint (SDXL's second text encoder). */
+static int collect(const char *graph_arg, const BuildOptions *bo0, RWeight **list, int *n) {
+    char *graph_path = ldm_xstrdup(graph_arg);
+    BuildOptions bo = *bo0;
+    Define *defs = NULL;
+    char *at = strchr(graph_path, '@');
+    if (at) {
+        *at = 0;
+        int k = 0;
+        for (char *p = at + 1; p && *p; k++) p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL;
+        defs = ldm_xcalloc((size_t)(bo0->n_defines + k + 1), sizeof *defs);
+        memcpy(defs, bo0->defines, (size_t)bo0->n_defines * sizeof *defs);
+        int nd = bo0->n_defines;
+        for (char *p = at + 1; p && *p;) {
+            char *comma = strchr(p, ',');
+            if (comma) *comma = 0;
+            char *eq = strchr(p, '=');
+            if (!eq || eq == p) {
+                ldm_fail("%s: '%s' is not NAME=VALUE (a graph's own defines: GRAPH@NAME=VALUE,...)", graph_arg, p);
+                free(defs);
+                free(graph_path);
+                return -1;
+            }
+            *eq = 0;
+            defs[nd++] = (Define){p, eq + 1};
+            p = comma ? comma + 1 : NULL;
+        }
+        bo.defines = defs;
+        bo.n_defines = nd;
+    }
     Program *prog = program_parse(graph_path);
-    if (!prog) return -1;
-    Graph *g = graph_build(prog, bo);
+    Graph *g = prog ? graph_build(prog, &bo) : NULL;
     if (!g) {
-        program_free(prog);
+        if (prog) program_free(prog);
+        free(defs);
+        free(graph_path);
         return -1;
     }
     pass_dead_code(g);
@@ -81,7 +113,7 @@ static int collect(const char *graph_path, const BuildOptions *bo, RWeight **lis
             if (strcmp((*list)[k].name, w->name)) continue;
             found = 1;
             if ((*list)[k].ndim != w->ndim || memcmp((*list)[k].shape, w->shape, (size_t)w->ndim * sizeof *w->shape))
-                rc = ldm_fail("%s: weight '%s' is bound with two different shapes by the graphs", graph_path, w->name);
+                rc = ldm_fail("%s: weight '%s' is bound with two different shapes by the graphs", graph_arg, w->name);
             break;
         }
         if (found) continue;
@@ -107,6 +139,8 @@ static int collect(const char *graph_path, const BuildOptions *bo, RWeight **lis
     }
     graph_free(g);
     program_free(prog);
+    free(defs);
+    free(graph_path);
     return rc;
 }
 

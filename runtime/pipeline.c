@@ -440,6 +440,12 @@ int ldm_guide_init(LdmGuide *g) {
     g->in_x = ldm_model_input(m, "x");
     g->in_t = ldm_model_input(m, "timesteps");
     g->in_ctx = ldm_model_input(m, "context");
+    g->in_y = ldm_model_input(m, "y");
+    if ((g->in_y >= 0) != (g->y != NULL))
+        return ldm_fail(g->y ? "UNet '%s' takes no vector input y" : "UNet '%s' needs a vector input y", m->name);
+    if (g->in_y >= 0 && input_numel(m, g->in_y) != B * g->y_width)
+        return ldm_fail("UNet '%s' takes y of %lld values, expected %lld", m->name, (long long)input_numel(m, g->in_y),
+                        (long long)(B * g->y_width));
     if (g->in_x < 0 || g->in_t < 0 || m->n_outputs != 1)
         return ldm_fail("model '%s' is not a UNet (inputs x, timesteps [, context]; output eps)", m->name);
     const LdmTensorInfo *xi = &m->inputs[g->in_x], *eo = &m->outputs[0];
@@ -555,11 +561,13 @@ static int guide_call(LdmGuide *g, int halves, int which, const float *ctx, int6
     int controlled = c && !(c->guess && which == 0);
     const LdmModel *m = g->nets->models[controlled ? c->unet : g->unet];
     const void *in[64] = {NULL};
-    if (m->n_inputs > (controlled ? 64 : 3))
-        return ldm_fail("UNet '%s' has %d inputs, expected at most %d", m->name, m->n_inputs, controlled ? 64 : 3);
+    if (m->n_inputs > (controlled ? 64 : 4))
+        return ldm_fail("UNet '%s' has %d inputs, expected at most %d", m->name, m->n_inputs, controlled ? 64 : 4);
     in[g->in_x] = g->x;
     in[g->in_t] = g->t;
     if (g->in_ctx >= 0) in[g->in_ctx] = ctx;
+    /* y rows as the context's, [uncond, cond]: a call on the cond half alone starts at the cond rows */
+    if (g->in_y >= 0) in[g->in_y] = g->y + (which == 1 && g->guided ? (int64_t)g->batch * g->y_width : 0);
     void *out[1] = {eps};
     if (g->batch_ext >= 0) g->ext[g->batch_ext] = halves * g->batch;
     if (g->ctx_ext >= 0 && len > 0) g->ext[g->ctx_ext] = len;

@@ -60,6 +60,8 @@ typedef struct LdmPipelineConfig {
     int vocab_size;              /* text encoder vocabulary, 0 without a text encoder */
     int n_classes;               /* ClassEmbedder classes, 0 otherwise */
     const char *overrides;       /* the config overrides it was built with ("name=value ...", "" for none) */
+    const char *format;          /* "compvis" or "sgm" (Stability-AI generative-models: SDXL) */
+    int adm_in_channels;         /* the UNet's vector input y (sgm num_classes 'sequential'), 0 without */
     const char *parameterization; /* what the UNet predicts: "eps" (SD v1, SD 2.x 512-base) or "v" (SD 2.x 768-v) */
 } LdmPipelineConfig;
 
@@ -267,9 +269,12 @@ typedef struct LdmGuide {
     int64_t len_u, len_c;
     const float *concat;         /* (batch, concat_channels, h, w) or NULL */
     int concat_channels;
+    const float *y;              /* SDXL's vector input (2 * batch or batch, adm): [uncond, cond] rows as
+                                  * the context, or NULL when the UNet has no input y */
+    int64_t y_width;
     struct LdmControl *control;  /* a ControlNet steering the UNet (NULL: none; ldm_control_init) */
     /* scratch, set up by ldm_guide_init */
-    int in_x, in_t, in_ctx;      /* UNet input indices */
+    int in_x, in_t, in_ctx, in_y; /* UNet input indices (in_y -1: none) */
     int batch_ext;               /* index of the UNet's run-time batch extent (its x's first dim), or -1 */
     int ctx_ext;                 /* index of the UNet's context-length extent (context's dim 1), or -1 */
     int split;                   /* context_c with len_u != len_c: two calls per step */

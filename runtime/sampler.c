@@ -302,6 +302,7 @@ typedef struct Run {
     float *den2;   /* (n) k: denoised of the second model call; uni_pc: model_outputs[-2] */
     float *vout;   /* (n) v_pred with ddim/plms/lcm/tcd/uni_pc: the raw model output (v), eps holds e_t */
     LdmBrownian *bt; /* dpmpp_sde / dpmpp_2m_sde with the Brownian tree, else NULL */
+    float *sgm_table; /* schedule sgm: the DiscreteDenoiser's sigma table (T), else NULL */
     int n_old;     /* valid entries in old */
     float h_last;  /* dpmpp_2m_sde: h of the previous step */
     int old_pos;   /* plms ring position of the newest entry */
@@ -494,9 +495,19 @@ static int run_ddim_plms(Run *r, const LdmDdim *d, const Plan *pl) {
  *   return self.get_v(input * c_in, self.sigma_to_t(sigma), **kwargs) * c_out + input * c_skip
  * Leaves the denoised latent in r->den. */
 static int denoise_at(Run *r, const float *x, float sigma, float *den, float *t_out) {
+    float t;
+    if (r->sgm_table) {
+        /* sgm DiscreteDenoiser: sigma -> the nearest table entry; its index
+         * is the (integer) UNet timestep, c_in/c_out use the table's sigma
+         * (EpsScaling: c_skip 1, c_out -sigma, c_in 1/sqrt(sigma^2 + 1)) */
+        int idx = ldm_sgm_sigma_index(r->sgm_table, r->s->T, sigma);
+        sigma = r->sgm_table[idx];
+        t = (float)idx;
+    } else {
+        t = ldm_sigma_to_t(r->s, sigma);
+    }
     float q = sigma * sigma + 1.0f;
     float c_in = 1.0f / sqrtf(q);
-    float t = ldm_sigma_to_t(r->s, sigma);
     for (int64_t j = 0; j < r->n; j++) r->tmp[j] = x[j] * c_in;
     if (call_model(r, r->tmp, t) != 0) return -1;
     if (r->p->v_pred) {
@@ -558,6 +569,10 @@ static int run_kdiff(Run *r, const Plan *pl) {
     if (pl->img2img) {
         /* x = x0 + noise * sigmas[start] */
         for (int64_t j = 0; j < n; j++) r->x[j] = p->init_latent[j] + r->x[j] * sig[start];
+    } else if (p->sigmas == LDM_SIGMAS_SGM) {
+        /* sgm prepare_sampling_loop: x *= torch.sqrt(1.0 + sigmas[0] ** 2.0) */
+        float scale = sqrtf(1.0f + sig[0] * sig[0]);
+        for (int64_t j = 0; j < n; j++) r->x[j] = r->x[j] * scale;
     } else {
         /* x = torch.randn(shape) * sigmas[0] */
         for (int64_t j = 0; j < n; j++) r->x[j] = r->x[j] * sig[0];
@@ -1161,6 +1176,10 @@ int ldm_sample(const LdmSchedule *s, const LdmSampler *p, float *x) {
     r.den2 = ldm_xmalloc(bytes);
     r.vout = p->v_pred ? ldm_xmalloc(bytes) : NULL;
     int fam = ldm_sampler_family(p->kind);
+    if (fam == 1 && p->sigmas == LDM_SIGMAS_SGM) {
+        r.sgm_table = ldm_xmalloc((size_t)s->T * sizeof(float));
+        ldm_sgm_sigma_table(s, r.sgm_table);
+    }
     int ret = fam == 1 ? run_kdiff(&r, &pl) : fam == 2 ? run_diffusers(&r, &pl) : run_ddim_plms(&r, &d, &pl);
     if (ret == 0) {
         if (p->mask && fam != 2) paste_known(&r); /* diffusers: the last step's blend is the paste */
@@ -1177,6 +1196,7 @@ int ldm_sample(const LdmSchedule *s, const LdmSampler *p, float *x) {
     free(r.old);
     free(r.x2);
     free(r.den2);
+    free(r.sgm_table);
     free(r.vout);
     ldm_ddim_free(&d);
     return ret;

@@ -230,11 +230,12 @@ const char *ldm_sigma_kind_name(LdmSigmaKind k) {
     case LDM_SIGMAS_EXPONENTIAL: return "exponential";
     case LDM_SIGMAS_POLYEXPONENTIAL: return "polyexponential";
     case LDM_SIGMAS_AYS: return "ays";
+    case LDM_SIGMAS_SGM: return "sgm";
     }
     return "?";
 }
 
-const char *ldm_sigma_kind_list(void) { return "discrete, karras, exponential, polyexponential, ays"; }
+const char *ldm_sigma_kind_list(void) { return "discrete, karras, exponential, polyexponential, ays, sgm"; }
 
 /* The webui's "Schedule type" labels (modules/sd_schedulers.py). Its
  * "Uniform" is the model's own discrete sigmas (inner_model.get_sigmas(n)),
@@ -246,6 +247,7 @@ const char *ldm_sigma_kind_webui_name(LdmSigmaKind k) {
     case LDM_SIGMAS_EXPONENTIAL: return "Exponential";
     case LDM_SIGMAS_POLYEXPONENTIAL: return "Polyexponential";
     case LDM_SIGMAS_AYS: return "Align Your Steps";
+    case LDM_SIGMAS_SGM: return "SGM Legacy DDPM"; /* not the webui's "SGM Uniform" (fractional timesteps) */
     }
     return "?";
 }
@@ -263,7 +265,7 @@ int ldm_sigma_kind_parse(const char *name, LdmSigmaKind *out) {
         {"uniform", LDM_SIGMAS_DISCRETE},    {"automatic", LDM_SIGMAS_DISCRETE},
         {"karras", LDM_SIGMAS_KARRAS},       {"exponential", LDM_SIGMAS_EXPONENTIAL},
         {"polyexponential", LDM_SIGMAS_POLYEXPONENTIAL}, {"ays", LDM_SIGMAS_AYS},
-        {"alignyoursteps", LDM_SIGMAS_AYS},
+        {"alignyoursteps", LDM_SIGMAS_AYS},  {"sgm", LDM_SIGMAS_SGM},
     };
     char nn[64];
     size_t k = 0;
@@ -441,6 +443,18 @@ int ldm_kdiff_sigmas_rho(const LdmSchedule *s, LdmSigmaKind kind, int steps, dou
         free(t);
         break;
     }
+    case LDM_SIGMAS_SGM: {
+        /* LegacyDDPMDiscretization(n): table[t_k] for t_k = 999, 899, ... */
+        if (steps > s->T) return ldm_fail("sgm schedule: %d steps requested, at most %d", steps, s->T);
+        float *table = ldm_xmalloc((size_t)s->T * sizeof(float));
+        int *idx = ldm_xmalloc((size_t)steps * sizeof(int));
+        ldm_sgm_sigma_table(s, table);
+        ldm_sgm_timesteps(s->T, steps, idx);
+        for (int i = 0; i < steps; i++) out[i] = table[idx[i]];
+        free(idx);
+        free(table);
+        break;
+    }
     case LDM_SIGMAS_KARRAS:
     case LDM_SIGMAS_EXPONENTIAL:
     case LDM_SIGMAS_POLYEXPONENTIAL:
@@ -520,4 +534,41 @@ int ldm_unipc_timesteps(int T, int steps, int *out) {
 void ldm_unipc_sigmas(const float *ac, const int *ts, int steps, float *out) {
     for (int i = 0; i < steps; i++) out[i] = sqrtf((1.0f - ac[ts[i]]) / ac[ts[i]]);
     out[steps] = 0.0f;
+}
+
+/* ----------------------------------------------------------------------------
+ * sgm DiscreteDenoiser (sgm/modules/diffusionmodules/denoiser.py, discretizer.py)
+ * ------------------------------------------------------------------------- */
+
+void ldm_sgm_sigma_table(const LdmSchedule *s, float *out) {
+    /* to_torch((1 - alphas_cumprod) / alphas_cumprod) ** 0.5: numpy float64
+     * ratio -> float32 tensor -> float32 sqrt */
+    for (int i = 0; i < s->T; i++) {
+        double ac = s->alphas_cumprod64[i];
+        out[i] = sqrtf((float)((1.0 - ac) / ac));
+    }
+}
+
+int ldm_sgm_sigma_index(const float *table, int T, float sigma) {
+    /* dists = sigma - self.sigmas[:, None]; dists.abs().argmin(dim=0) (float32) */
+    int best = 0;
+    float bd = fabsf(sigma - table[0]);
+    for (int i = 1; i < T; i++) {
+        float d = fabsf(sigma - table[i]);
+        if (d < bd) {
+            bd = d;
+            best = i;
+        }
+    }
+    return best;
+}
+
+int ldm_sgm_timesteps(int T, int n, int *idx) {
+    /* generate_roughly_equally_spaced_steps: np.linspace(T - 1, 0, n,
+     * endpoint=False).astype(int)[::-1]; the sigmas are then flipped, so
+     * the sampler's order is this linspace's own: start + k * step */
+    if (n < 1 || n > T) return ldm_fail("sgm schedule: %d steps requested, expected 1..%d", n, T);
+    double step = (0.0 - (double)(T - 1)) / (double)n;
+    for (int k = 0; k < n; k++) idx[k] = (int)((double)k * step + (double)(T - 1));
+    return 0;
 }

@@ -73,6 +73,10 @@ typedef enum LdmSigmaKind {
     LDM_SIGMAS_EXPONENTIAL,     /* get_sigmas_exponential(n, sigmas[0], sigmas[T-1]) */
     LDM_SIGMAS_POLYEXPONENTIAL, /* get_sigmas_polyexponential(n, sigmas[0], sigmas[T-1], rho = 1) */
     LDM_SIGMAS_AYS,      /* Align Your Steps, SD v1 table (ComfyUI AlignYourStepsScheduler 'SD1') */
+    LDM_SIGMAS_SGM,      /* Stability-AI sgm (SDXL): LegacyDDPMDiscretization's integer timesteps
+                          * int(linspace(T-1, 0, n, endpoint=False)) and DiscreteDenoiser: the
+                          * sampler starts at noise * sqrt(1 + sigma_0^2) and the UNet gets the
+                          * index of the nearest table sigma (ldm_sgm_sigma_index) */
 } LdmSigmaKind;
 
 /* "discrete", "karras", "exponential", "polyexponential", "ays" (for
@@ -132,6 +136,19 @@ float ldm_t_to_sigma(const LdmSchedule *s, float t);
 /* DiscreteSchedule.sigma_to_t (quantize=False): the fractional UNet timestep
  * of noise level sigma > 0, by linear interpolation in log sigma. */
 float ldm_sigma_to_t(const LdmSchedule *s, float sigma);
+
+/* ---- sgm (Stability-AI generative-models) DiscreteDenoiser ---------------- */
+
+/* The denoiser's sigma table (T values, ascending): sqrt((1 - ac_i) / ac_i)
+ * with the ratio computed in float64 from the float64 alphas_cumprod, rounded
+ * to float32, the square root in float32 (LegacyDDPMDiscretization.get_sigmas). */
+void ldm_sgm_sigma_table(const LdmSchedule *s, float *out);
+/* DiscreteDenoiser.sigma_to_idx: argmin_i |sigma - table[i]| (first on ties). */
+int ldm_sgm_sigma_index(const float *table, int T, float sigma);
+/* The sampler's n timestep indices, descending: int(linspace(T-1, 0, n,
+ * endpoint=False)) (999, 899, ..., 99 for n = 10); their sigmas are
+ * table[idx[k]]. n must be 1..T. */
+int ldm_sgm_timesteps(int T, int n, int *idx);
 
 /* torch.linspace(start, end, n) in float32 / float64, computed the way
  * torch 1.13's CPU kernel does (start + i * step, in vector blocks), so the

@@ -161,6 +161,7 @@ typedef struct ClipIo {
     const LdmModel *m;
     int in_tok, in_keep, in_rows;  /* -1 when absent (keep/rows: built without EMBEDS) */
     int out_hidden, out_skip;      /* out_skip -1: no hidden_skip */
+    int out_pooled;                /* -1: no pooled output */
     int batch_ext;                 /* extent index of tokens' first dim, -1 if static */
     int64_t max_batch;
     int ctx, width, skips;         /* 77, width, CLIP skips available */
@@ -173,6 +174,7 @@ static int clip_io(const LdmTextEncoder *te, ClipIo *io) {
     io->in_rows = ldm_model_input(m, "emb_rows");
     io->out_hidden = ldm_model_output(m, "hidden");
     io->out_skip = ldm_model_output(m, "hidden_skip");
+    io->out_pooled = ldm_model_output(m, "pooled");
     if (io->in_tok < 0 || io->out_hidden < 0 || m->inputs[io->in_tok].ndim != 2 ||
         m->outputs[io->out_hidden].ndim != 3)
         return ldm_fail("internal: model '%s' is not a text encoder (input tokens [B, 77], output hidden [B, 77, "
@@ -210,7 +212,7 @@ int ldm_text_encoder_check(const LdmTextEncoder *te) {
 /* Run the text encoder on rows [0, n) of tokens (n * 77 ids) with keep/rows
  * (NULL: no embedding rows), writing the CLIP-skip layer's output to z. */
 static int run_clip(const LdmTextEncoder *te, const ClipIo *io, int n, const int32_t *tokens, const float *keep,
-                    const float *rows, float *z) {
+                    const float *rows, float *z, float *pooled) {
     const LdmModel *m = io->m;
     int64_t *ext = ldm_xcalloc((size_t)m->n_extents + 1, sizeof *ext);
     for (int k = 0; k < m->n_extents; k++) ext[k] = m->extents[k].max;
@@ -242,6 +244,8 @@ static int run_clip(const LdmTextEncoder *te, const ClipIo *io, int n, const int
                                ? out[io->out_hidden]
                                : (const float *)out[io->out_skip] + (int64_t)(te->clip_skip - 1) * slice;
         memcpy(z, src, (size_t)slice * sizeof(float));
+        if (pooled && io->out_pooled >= 0) /* the first row's */
+            memcpy(pooled, out[io->out_pooled], (size_t)m->outputs[io->out_pooled].shape[1] * sizeof(float));
     }
     for (int i = 0; i < m->n_outputs; i++) free(out[i]);
     free(out);
@@ -331,6 +335,10 @@ int ldm_text_encode(const LdmTextEncoder *te, const char *prompt, LdmCond *out) 
     out->token_count = ch.token_count;
     out->z = ldm_aligned_alloc((size_t)((int64_t)k * ctx * width) * sizeof(float) + 4);
     out->used = ldm_xcalloc((size_t)ch.n_fixes + 1, sizeof *out->used);
+    if (io.out_pooled >= 0) {
+        out->pooled_width = (int)io.m->outputs[io.out_pooled].shape[1];
+        out->pooled = ldm_xcalloc((size_t)out->pooled_width, sizeof(float));
+    }
 
     /* EmbeddingsWithFixes: rows offset+1 .. offset+n of the chunk take the
      * embedding's vectors (never past row 76); placeholders stay id 0 */
@@ -364,7 +372,7 @@ int ldm_text_encode(const LdmTextEncoder *te, const char *prompt, LdmCond *out) 
         int n = k - c0 < step ? k - c0 : step;
         int64_t r0 = (int64_t)c0 * ctx;
         if (run_clip(te, &io, n, ch.tokens + r0, keep ? keep + r0 : NULL, rows ? rows + r0 * width : NULL,
-                     out->z + r0 * width) != 0)
+                     out->z + r0 * width, c0 == 0 ? out->pooled : NULL) != 0)
             goto fail;
     }
     if (te->syntax == LDM_SYNTAX_WEBUI)
@@ -385,6 +393,7 @@ fail:
 void ldm_cond_free(LdmCond *c) {
     free(c->z);
     free(c->used);
+    free(c->pooled);
     memset(c, 0, sizeof *c);
 }
 

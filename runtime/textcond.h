@@ -103,6 +103,9 @@ typedef struct LdmCond {
     int token_count;         /* the webui's token count (informational) */
     int n_used;              /* embeddings the prompt calls */
     int *used;               /* (n_used) indices into the LdmEmbeddings, first-use order, no repeats */
+    float *pooled;           /* (pooled_width) the encoder's pooled output of the FIRST chunk (an
+                              * OpenCLIP tower with output `pooled`, SDXL's vector), else NULL */
+    int pooled_width;
 } LdmCond;
 
 /* The chunks of a prompt (tags already removed) under te's syntax and

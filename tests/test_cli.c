@@ -367,6 +367,7 @@ static const char *const k_values[][2] = {
     {"--listen", "127.0.0.1:7861"}, {"--queue", "5"}, {"--max-body", "4096"}, {"--api-key", "sekrit"},
     {"--cors-origin", "http://localhost:3000"}, {"--vae", "/v/vae.safetensors"}, {"--control-net", "/cn.safetensors"},
     {"--control-image", "/hint.png"}, {"--control-strength", "0.5"},
+    {"--original-size", "1024x768"}, {"--crop-top-left", "16,32"}, {"--target-size", "768x1024"},
 };
 
 static const char *value_for(const char *exe, const char *name) {

@@ -56,6 +56,7 @@
 #include "promptline.h"
 #include "sampler.h"
 #include "schedule.h"
+#include "sdxl.h"
 #include "server.h"
 #include "taesd.h"
 #include "textcond.h"
@@ -154,6 +155,10 @@ typedef struct Options {
     long long max_body;        /* --max-body BYTES */
     const char *api_key;       /* --api-key KEY (or $LDM_API_KEY) */
     const char *cors_origin;   /* --cors-origin ORIGIN */
+    int has_sampler;           /* --sampler given (else: the config's default, sgm: euler) */
+    int orig_h, orig_w, has_orig;     /* --original-size HxW (SDXL; default: the image size) */
+    int crop_top, crop_left;          /* --crop-top-left T,L (SDXL; default 0,0) */
+    int target_h, target_w, has_target; /* --target-size HxW (SDXL; default: the image size) */
     const char *control_net;   /* --control-net FILE: a ControlNet's weights (CONTROLNET=1 builds) */
     const char *control_image; /* --control-image PNG: its hint, of the image's size */
     double control_strength;   /* --control-strength S (default 1) */
@@ -254,6 +259,10 @@ static void usage(FILE *fp, const char *argv0) {
             "                      (up to the chunks the UNet was compiled for); plain: the text as the\n"
             "                      CompVis scripts tokenise it (cut at 75 tokens)\n"
             "  --clip-skip N       1 = the text encoder's last layer (default), 2 = the next to last, ...\n"
+            "                      (SDXL: its encoders' layers are fixed by the config, 1 only)\n"
+            "  --original-size HxW SDXL size conditioning: the original size (default: the image size)\n"
+            "  --crop-top-left T,L SDXL: the crop's top-left corner (default 0,0), inside the original size\n"
+            "  --target-size HxW   SDXL: the target size (default: the image size)\n"
             "                      (the webui's CLIP skip; the final LayerNorm still applies)\n"
             "  --embeddings DIR    textual-inversion embeddings: every DIR/*.safetensors; a prompt word equal\n"
             "                      to a file's name (without .safetensors) is replaced by its vectors\n"
@@ -318,7 +327,8 @@ enum {
     OPT_SAVE_COND, OPT_TAESD, OPT_TAESD_ENCODER, OPT_PREVIEW, OPT_PREVIEW_EVERY, OPT_PREVIEW_TAESD, OPT_THREADS,
     OPT_BATCH_COUNT, OPT_QUIET, OPT_PAD_COND_UNCOND, OPT_NO_METADATA, OPT_VERBOSE, OPT_VERSION, OPT_HELP,
     OPT_DRY_RUN, OPT_LIST_OPTIONS, OPT_SKIP_EXISTING, OPT_LISTEN, OPT_QUEUE, OPT_MAX_BODY, OPT_API_KEY,
-    OPT_CORS_ORIGIN, OPT_VAE, OPT_CONTROL_NET, OPT_CONTROL_IMAGE, OPT_CONTROL_STRENGTH, OPT_GUESS_MODE,
+    OPT_CORS_ORIGIN, OPT_VAE, OPT_CONTROL_NET, OPT_CONTROL_IMAGE, OPT_CONTROL_STRENGTH, OPT_GUESS_MODE, OPT_ORIGINAL_SIZE, OPT_CROP_TOP_LEFT,
+    OPT_TARGET_SIZE,
 };
 #define V LDM_ARG_REQUIRED
 #define N LDM_ARG_NONE
@@ -355,6 +365,9 @@ static const LdmOption k_options[] = {
     {"width", 'W', V, OPT_WIDTH},
     {"prompt-syntax", 0, V, OPT_PROMPT_SYNTAX},
     {"clip-skip", 0, V, OPT_CLIP_SKIP},
+    {"original-size", 0, V, OPT_ORIGINAL_SIZE},
+    {"crop-top-left", 0, V, OPT_CROP_TOP_LEFT},
+    {"target-size", 0, V, OPT_TARGET_SIZE},
     {"embeddings", 0, V, OPT_EMBEDDINGS},
     {"lora", 0, V, OPT_LORA},
     {"lora-dir", 0, V, OPT_LORA_DIR},
@@ -494,9 +507,17 @@ static int parse_option(void *ctx, const LdmOption *opt, const char *f, const ch
     case OPT_CFG_SCALE:
         o->has_cfg = 1;
         return ldm_parse_double(f, v, -1e4, 1e4, &o->cfg_scale);
+    case OPT_ORIGINAL_SIZE:
+        o->has_orig = 1;
+        return ldm_parse_hw(f, v, &o->orig_h, &o->orig_w);
+    case OPT_CROP_TOP_LEFT: return ldm_parse_top_left(f, v, &o->crop_top, &o->crop_left);
+    case OPT_TARGET_SIZE:
+        o->has_target = 1;
+        return ldm_parse_hw(f, v, &o->target_h, &o->target_w);
     case OPT_SAMPLER:
     case OPT_SAMPLING_METHOD: {
         const char *name = v;
+        o->has_sampler = 1;
         if (opt->id == OPT_SAMPLING_METHOD && parse_sampling_method(v, &name) != 0) return -1;
         int implied = 0;
         LdmSigmaKind ik = LDM_SIGMAS_DISCRETE;
@@ -609,8 +630,11 @@ static int parse_args(int argc, char **argv, Options *o) {
     o->steps = 20;
     o->cfg_scale = 7.5;
     o->control_strength = 1.0;
-    o->sampler = LDM_SAMPLER_DDIM;
-    o->schedule = LDM_SIGMAS_DISCRETE;
+    /* sgm configs (SDXL): sgm's EulerEDMSampler with the DiscreteDenoiser's
+     * own discretization, as its sampling scripts; CompVis configs: DDIM */
+    int sgm = CFG.format && !strcmp(CFG.format, "sgm");
+    o->sampler = sgm ? LDM_SAMPLER_EULER : LDM_SAMPLER_DDIM;
+    o->schedule = sgm ? LDM_SIGMAS_SGM : LDM_SIGMAS_DISCRETE;
     o->rng = LDM_RNG_CPU;
     o->shard_n = 1;
     o->clip_skip = 1;
@@ -655,6 +679,11 @@ static void print_options(FILE *fp, const Options *o) {
     S("init-image", o->init_image);
     S("mask", o->mask);
     S("save-latent", o->save_latent);
+    if (o->has_orig) fprintf(fp, "  %-16s %dx%d\n", "original-size:", o->orig_h, o->orig_w);
+    else S("original-size", "(the image size)");
+    fprintf(fp, "  %-16s %d,%d\n", "crop-top-left:", o->crop_top, o->crop_left);
+    if (o->has_target) fprintf(fp, "  %-16s %dx%d\n", "target-size:", o->target_h, o->target_w);
+    else S("target-size", "(the image size)");
     S("save-cond", o->save_cond);
     I("steps", o->steps);
     D("cfg-scale", o->cfg_scale);
@@ -816,6 +845,8 @@ typedef struct App {
     char model_hash[11];      /* its first 10 digits: the infotext's "Model hash" ("" with --no-metadata) */
     char *model_name;         /* ... and "Model": the checkpoint's file stem */
     struct Serve *serve;      /* --listen: the request being made (server glue), else NULL */
+    int sgm;                  /* an sgm config (SDXL): two text encoders, the UNet's vector input y */
+    LdmNets clip2;            /* sgm: the second text encoder (OpenCLIP, with `pooled`) of every size (size k at k) */
 } App;
 
 /* --listen (the server glue section below) */
@@ -852,7 +883,16 @@ static void use_size(App *a, int k) {
 }
 
 /* Was TAESD compiled in (make txt2img ... TAESD=1)? */
-static int has_taesd(void) { return ldm_pipeline_sizes[0].n_models - 2 * has_control() == N_NETS_TAESD; }
+/* An sgm config (SDXL): a second text encoder, clip_text2, after TAESD's
+ * networks and before the ControlNet's. */
+static int has_clip2(void) { return CFG.format && !strcmp(CFG.format, "sgm"); }
+static int has_taesd(void) {
+    return ldm_pipeline_sizes[0].n_models - 2 * has_control() - has_clip2() == N_NETS_TAESD;
+}
+/* Size k's second text encoder (sgm). */
+static const LdmModel *clip2_model(int k) {
+    return ldm_pipeline_sizes[k].models[ldm_pipeline_sizes[k].n_models - 2 * has_control() - 1];
+}
 
 /* TAESD's networks of the size in use: decoder latent [1, C, h, w] ->
  * image [1, 3, H, W], encoder image01 -> latent. */
@@ -873,7 +913,7 @@ static int check_taesd_models(const App *a) {
 /* Check that the generated networks of the size in use fit together and
  * fit the constants. */
 static int check_size_models(const App *a) {
-    int n_nets = ldm_pipeline_sizes[a->size].n_models - 2 * has_control();
+    int n_nets = ldm_pipeline_sizes[a->size].n_models - 2 * has_control() - has_clip2();
     if (n_nets != N_NETS && n_nets != N_NETS_TAESD)
         return ldm_fail("internal: the size table lists %d networks for %dx%d, expected %d (or %d with TAESD, 2 more with "
                         "ControlNet)", n_nets, CFG.W, CFG.H, N_NETS, N_NETS_TAESD);
@@ -891,8 +931,17 @@ static int check_size_models(const App *a) {
     if (it < 0 || oh < 0 || iz < 0 || oi < 0 || ii < 0 || om < 0)
         return ldm_fail("internal: the linked networks do not have the expected inputs and outputs");
     const LdmTensorInfo *tok = &clip->inputs[it], *hid = &clip->outputs[oh];
+    int64_t width = hid->ndim == 3 ? hid->shape[2] : -1;
+    if (a->sgm) {
+        /* the second text encoder's channels follow the first's */
+        const LdmModel *c2 = clip2_model(a->size);
+        int oh2 = ldm_model_output(c2, "hidden"), op2 = ldm_model_output(c2, "pooled");
+        if (oh2 < 0 || op2 < 0 || c2->outputs[oh2].ndim != 3 || ldm_model_input(unet, "y") < 0)
+            return ldm_fail("internal: the linked sgm networks lack the second text encoder's hidden/pooled or the UNet's y");
+        width += c2->outputs[oh2].shape[2];
+    }
     if (tok->ndim != 2 || tok->shape[0] < 1 || tok->shape[1] != a->ctx_len || hid->ndim != 3 ||
-        hid->shape[2] != a->ctx_dim || ldm_numel(&dec->inputs[iz]) != a->n_lat ||
+        width != a->ctx_dim || ldm_numel(&dec->inputs[iz]) != a->n_lat ||
         ldm_numel(&dec->outputs[oi]) != 3LL * CFG.H * CFG.W || ldm_numel(&enc->inputs[ii]) != 3LL * CFG.H * CFG.W ||
         ldm_model_input(unet, "context") < 0)
         return ldm_fail("internal: the linked networks were compiled for another config or resolution than %s",
@@ -932,10 +981,67 @@ static LdmTextEncoder text_encoder(App *a) {
     return te;
 }
 
+/* sgm (SDXL): the GeneralConditioner's text embedders, each on every chunk
+ * of the prompt (the webui's syntax and chunks apply to both): embedder 0
+ * (SD v1's tokenizer), embedder 1 (open_clip's: padded with 0; its pooled
+ * output of the first chunk), concatenated on channels, embedder 0 first. */
+static int encode_text_sgm(App *a, const char *prompt, LdmCond *c) {
+    memset(c, 0, sizeof *c);
+    LdmTextEncoder te0 = text_encoder(a), te1 = te0;
+    te0.emb = te1.emb = NULL;
+    te1.nets = &a->clip2;
+    te1.model = a->size;
+    te1.style = &clip_style_openclip;
+    LdmCond c0 = {0}, c1 = {0};
+    if (ldm_text_encode(&te0, prompt, &c0) != 0 || ldm_text_encode(&te1, prompt, &c1) != 0) {
+        ldm_cond_free(&c0);
+        return -1;
+    }
+    int rc = 0;
+    if (c0.n_chunks != c1.n_chunks || !c1.pooled || c0.width + c1.width != a->ctx_dim) {
+        rc = ldm_fail("internal: the two text encoders gave %d and %d chunks of widths %d + %d (context %d)%s",
+                      c0.n_chunks, c1.n_chunks, c0.width, c1.width, a->ctx_dim, c1.pooled ? "" : ", no pooled output");
+    } else {
+        const int ctx = PROMPT_CHUNK_LENGTH + 2;
+        int64_t rows = (int64_t)c0.n_chunks * ctx;
+        c->n_chunks = c0.n_chunks;
+        c->width = c0.width + c1.width;
+        c->token_count = c0.token_count;
+        c->z = ldm_aligned_alloc((size_t)(rows * c->width) * sizeof(float) + 4);
+        for (int64_t r = 0; r < rows; r++) {
+            memcpy(c->z + r * c->width, c0.z + r * c0.width, (size_t)c0.width * sizeof(float));
+            memcpy(c->z + r * c->width + c0.width, c1.z + r * c1.width, (size_t)c1.width * sizeof(float));
+        }
+        c->used = ldm_xcalloc(1, sizeof *c->used);
+        c->pooled = c1.pooled;
+        c->pooled_width = c1.pooled_width;
+        c1.pooled = NULL;
+    }
+    ldm_cond_free(&c0);
+    ldm_cond_free(&c1);
+    return rc;
+}
+
 /* prompt text (tags removed) -> conditioning */
 static int encode_text(App *a, const char *prompt, LdmCond *c) {
+    if (a->sgm) return encode_text_sgm(a, prompt, c);
     LdmTextEncoder te = text_encoder(a);
     return ldm_text_encode(&te, prompt, c);
+}
+
+/* sgm's unconditional branch for an empty negative prompt
+ * (force_uc_zero_embeddings=['txt'], as its sampling scripts and the
+ * webui): every text output zero, one chunk; the size embeddings stay. */
+static void zero_text_cond(const App *a, LdmCond *c) {
+    memset(c, 0, sizeof *c);
+    c->n_chunks = 1;
+    c->width = a->ctx_dim;
+    c->z = ldm_xcalloc((size_t)(PROMPT_CHUNK_LENGTH + 2) * (size_t)a->ctx_dim + 1, sizeof(float));
+    c->used = ldm_xcalloc(1, sizeof *c->used);
+    const LdmModel *m = a->clip2.models[a->size];
+    int op = ldm_model_output(m, "pooled");
+    c->pooled_width = op >= 0 ? (int)m->outputs[op].shape[1] : 0;
+    c->pooled = ldm_xcalloc((size_t)c->pooled_width + 1, sizeof(float));
 }
 
 /* ----------------------------------------------------------------------------
@@ -1123,7 +1229,8 @@ static int encode_negative(App *a, const char *negative) {
     free(a->uc_prompt);
     a->uc_prompt = NULL;
     ldm_cond_free(&a->uc);
-    if (encode_text(a, negative, &a->uc) != 0) return ldm_fail("negative prompt: %s", ldm_last_error());
+    if (a->sgm && !*negative) zero_text_cond(a, &a->uc);
+    else if (encode_text(a, negative, &a->uc) != 0) return ldm_fail("negative prompt: %s", ldm_last_error());
     a->uc_prompt = ldm_xstrdup(negative);
     a->uc_lora_gen = a->lora_gen;
     ldm_times_add(&a->times, "text encode", ldm_now() - t0);
@@ -1418,6 +1525,7 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
     LdmGuide g = {0};
     LdmControl ctl = {0};
     LdmCond c = {0}, cp = {0}, up = {0};
+    float *yvec = NULL;
     char *text = NULL, *loras = NULL, *embs = NULL;
     LoraWant *want = NULL;
     int n_want = 0, cond_written = 0;
@@ -1490,6 +1598,26 @@ static int make_image(App *a, const char *prompt, uint64_t seed, const char *png
     g.len_c = (int64_t)cu->n_chunks * a->ctx_len;
     g.concat = a->concat;
     g.concat_channels = a->concat_ch;
+    if (a->sgm) {
+        /* the UNet's y: [pooled | original size | crop | target size] embeddings,
+         * uncond row first (its pooled zeros for an empty negative prompt) */
+        LdmSizeCond sc = {a->o.has_orig ? a->o.orig_h : CFG.H, a->o.has_orig ? a->o.orig_w : CFG.W, a->o.crop_top,
+                          a->o.crop_left, a->o.has_target ? a->o.target_h : CFG.H, a->o.has_target ? a->o.target_w : CFG.W};
+        if (ldm_size_cond_check(&sc) != 0) {
+            ldm_fail("size conditioning: %s", ldm_last_error());
+            goto done;
+        }
+        int E = c.pooled_width, adm = CFG.adm_in_channels;
+        if (!c.pooled || adm <= E || (adm - E) % 6) {
+            ldm_fail("internal: a pooled text embedding of %d and a UNet vector of %d do not make 3 size pairs", E, adm);
+            goto done;
+        }
+        yvec = ldm_xmalloc((size_t)(2 * adm) * sizeof(float));
+        ldm_sdxl_vector(unguided ? c.pooled : ucond->pooled, E, &sc, (adm - E) / 6, yvec);
+        ldm_sdxl_vector(c.pooled, E, &sc, (adm - E) / 6, yvec + adm);
+        g.y = yvec;
+        g.y_width = adm;
+    }
     if (a->o.control_net) {
         /* the ControlNet steers the controlled UNet (the plain one: uncond
          * half in guess mode) */
@@ -1582,6 +1710,7 @@ done:
     ldm_cond_free(&c);
     ldm_cond_free(&cp);
     ldm_cond_free(&up);
+    free(yvec);
     wants_free(want, n_want);
     free(text);
     free(loras);
@@ -2132,6 +2261,11 @@ static int run(App *a) {
         return rc;
     }
 
+    if (a->sgm && (o->n_loras || o->lora_dir || o->embeddings)) {
+        ldm_prompts_free(&list);
+        return ldm_fail("--lora, --lora-dir and --embeddings are not supported for SDXL (sgm) models yet (%s)",
+                        CFG.config_path);
+    }
     /* every size's networks, size k's at k * N_NETS: those of one network
      * share one weight set (ldm_nets_load_mapped), bound when it first runs */
     double t0 = ldm_now();
@@ -2148,6 +2282,14 @@ static int run(App *a) {
              ldm_pipeline_size_list(ldm_pipeline_sizes, ldm_pipeline_n_sizes, sizes, sizeof sizes));
     int rc = ldm_nets_load_vae(&a->nets, o->weights, o->vae, models, n_models, what);
     free(models);
+    if (rc == 0 && a->sgm) {
+        /* sgm: the second text encoder of every size */
+        const LdmModel **m2 = ldm_xcalloc((size_t)ldm_pipeline_n_sizes, sizeof *m2);
+        for (int k = 0; k < ldm_pipeline_n_sizes; k++) m2[k] = clip2_model(k);
+        rc = ldm_nets_load(&a->clip2, o->weights, m2, ldm_pipeline_n_sizes, what);
+        free(m2);
+        if (rc == 0) ldm_nets_share_arena(&a->clip2, &a->nets);
+    }
     if (rc == 0) rc = ldm_pipeline_scale_factor(&CFG, &a->nets.ckpt, &a->scale);
     if (rc == 0 && o->control_net) rc = load_control(a, sizes);
     if (rc == 0) {
@@ -2299,6 +2441,7 @@ int main(int argc, char **argv) {
     ldm_profile_init();
     a.pmode = ldm_progress_mode(stderr, a.o.quiet);
     a.hybrid = !strcmp(CFG.conditioning_key, "hybrid");
+    a.sgm = CFG.format && !strcmp(CFG.format, "sgm");
     a.C = CFG.latent_channels;
     a.ctx_len = CFG.context_length;
     a.ctx_dim = CFG.context_dim;
@@ -2327,6 +2470,7 @@ out:
     }
     if (ldm_profiling) ldm_profile_report();
     ldm_nets_free(&a.nets);
+    ldm_nets_free(&a.clip2);
     ldm_nets_free(&a.taesd_dec);
     ldm_nets_free(&a.taesd_enc);
     ldm_nets_free(&a.taesd_prev);
