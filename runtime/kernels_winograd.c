@@ -642,8 +642,14 @@ static void part(int n, int parts, int i, int *lo, int *hi) {
  * split over the threads (1.5 MB a thread with 2): 64 x 512 x 512 went
  * from 78-93 to 70-72 ms of CPU on one thread (bench_winograd, Zen 4,
  * L2 1 MB a core), at 5 units; at 6 (one panel of the wide kernel, 1 MB
- * with U) it was back at 76-80. Large U (the VAE's and the UNet's layers):
- * no limit. Each tile's sums do not depend on the block size. */
+ * with U) it was back at 76-80. When the whole U does not fit (TAESD's
+ * upsampling convolutions: 4 x 64 outputs, 2.3 MB), the GEMMs sweep it in
+ * row chunks over the whole tile block, so the U of two chunks (the one in
+ * use and the next coming in) counts: 5 units, 64 x 256 x 256 upsampled
+ * to 512 x 512 from 80-98 to 66-78 ms of CPU on one thread (7-9 units
+ * about the same, 12 units 76). Larger U (C above ~100: the VAE's and the
+ * UNet's layers): no limit. Each tile's sums do not depend on the block
+ * size. */
 #ifdef WG_TUNE
 #define WG_PRIV_L2_BYTES ((size_t)ldm_wg_env("WG_PRIV_L2_KB", 960) << 10)
 #else
@@ -651,6 +657,8 @@ static void part(int n, int parts, int i, int *lo, int *hi) {
 #endif
 static int wg_priv_units(const LdmWgPlan *p, int C) {
     size_t ub = 36 * (size_t)p->OB * C * sizeof(float), unit = 36ul * 8 * sizeof(float) * (size_t)C;
+    if (ub + 3 * unit > WG_PRIV_L2_BYTES) /* U of two chunks of WG_PRIV_ROWS rows (gemm_output_all_rows) */
+        ub = 2 * 36 * (size_t)(p->OB < WG_PRIV_ROWS ? p->OB : WG_PRIV_ROWS) * C * sizeof(float);
     if (ub + 3 * unit > WG_PRIV_L2_BYTES) return p->blk_units;
     return (int)((WG_PRIV_L2_BYTES - ub) / unit);
 }
