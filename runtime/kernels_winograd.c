@@ -635,12 +635,42 @@ static void part(int n, int parts, int i, int *lo, int *hi) {
 /* Row chunk of the private schedule's GEMM sub-blocks. */
 #define WG_PRIV_ROWS 32
 
+/* Most units of a private tile block. When the transformed weights of
+ * the output block are small (TAESD: 64 x 64 channels, U 576 KB), V is cut
+ * so that U and V together stay in a core's L2 cache (WG_PRIV_L2_BYTES)
+ * from the input transform to the GEMMs, instead of the plan's block
+ * split over the threads (1.5 MB a thread with 2): 64 x 512 x 512 went
+ * from 78-93 to 70-72 ms of CPU on one thread (bench_winograd, Zen 4,
+ * L2 1 MB a core), at 5 units; at 6 (one panel of the wide kernel, 1 MB
+ * with U) it was back at 76-80. When the whole U does not fit (TAESD's
+ * upsampling convolutions: 4 x 64 outputs, 2.3 MB), the GEMMs sweep it in
+ * row chunks over the whole tile block, so the U of two chunks (the one in
+ * use and the next coming in) counts: 5 units, 64 x 256 x 256 upsampled
+ * to 512 x 512 from 80-98 to 66-78 ms of CPU on one thread (7-9 units
+ * about the same, 12 units 76). Larger U (C above ~100: the VAE's and the
+ * UNet's layers): no limit. Each tile's sums do not depend on the block
+ * size. */
+#ifdef WG_TUNE
+#define WG_PRIV_L2_BYTES ((size_t)ldm_wg_env("WG_PRIV_L2_KB", 960) << 10)
+#else
+#define WG_PRIV_L2_BYTES (960u << 10)
+#endif
+static int wg_priv_units(const LdmWgPlan *p, int C) {
+    size_t ub = 36 * (size_t)p->OB * C * sizeof(float), unit = 36ul * 8 * sizeof(float) * (size_t)C;
+    if (ub + 3 * unit > WG_PRIV_L2_BYTES) /* U of two chunks of WG_PRIV_ROWS rows (gemm_output_all_rows) */
+        ub = 2 * 36 * (size_t)(p->OB < WG_PRIV_ROWS ? p->OB : WG_PRIV_ROWS) * C * sizeof(float);
+    if (ub + 3 * unit > WG_PRIV_L2_BYTES) return p->blk_units;
+    return (int)((WG_PRIV_L2_BYTES - ub) / unit);
+}
+
 /* The private schedule gives each thread its own slices of V and M; their
  * size depends on the thread count, within the same scratch. 0 if the
  * slices would be too small to be worth it (then: the shared schedule). */
 static int private_slices(const LdmWgPlan *p, int C, int nth, int th, const WgCtx *cx, WgBuf *bf) {
     size_t vfl = 36 * p->vxs / (size_t)nth & ~(size_t)15, mfl = 36 * p->mxs / (size_t)nth & ~(size_t)15;
     int bu = p->blk_units / nth, rows = p->OB < WG_PRIV_ROWS ? p->OB : WG_PRIV_ROWS;
+    int bmax = wg_priv_units(p, C);
+    if (bu > bmax) bu = bmax;
     while (bu >= 3 && 36 * ldm_wg_plane_stride((size_t)C * bu * 8) > vfl) bu--;
     int su = bu;
     while (su >= 3 && 36 * ldm_wg_plane_stride((size_t)rows * su * 8) > mfl) su--;

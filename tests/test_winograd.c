@@ -362,11 +362,12 @@ END_TEST
 
 /* The result must not depend on the number of threads: every output is
  * computed by the same operations whichever thread does it, however the
- * tiles are blocked. Two shapes: few tiles (threads split each block's
- * output channels) and many tiles with few channels (threads take whole
- * tile blocks, units across tile rows). */
+ * tiles are blocked. Three shapes: few tiles (threads split each block's
+ * output channels), many tiles with few channels (threads take whole
+ * tile blocks, units across tile rows), and TAESD's 64 x 64 channels (the
+ * blocks cut to the L2 cache). */
 START_TEST(test_threads) {
-    static const Case cases[] = {{2, 21, 13, 45, 18}, {1, 64, 100, 112, 40}};
+    static const Case cases[] = {{2, 21, 13, 45, 18}, {1, 64, 100, 112, 40}, {1, 64, 45, 83, 64}};
     Case k = cases[_i];
     LdmConvShape s = shape_of(k);
     rng_state = 77;
@@ -403,6 +404,17 @@ END_TEST
 START_TEST(test_many_tiles) {
     Case k = {1, 64, 100, 112, 40};
     double e = run_case(k, LDM_W_F16, EP_BIAS | EP_ROWADD | EP_RES, 35);
+    ck_assert_msg(e <= TOL, "max err %.3g of scale", e);
+}
+END_TEST
+
+/* TAESD's 64 x 64 channels: U (576 KB) is small, so the private schedule
+ * cuts its tile blocks to a few units (U and V within a core's L2 cache,
+ * wg_priv_units), several per tile row and across rows (odd sizes, ragged
+ * last block), with the epilogue of TAESD's Block (bias, residual, ReLU). */
+START_TEST(test_small_u_blocks) {
+    Case k = {1, 64, 45, 83, 64};
+    double e = run_case(k, LDM_W_F32, EP_BIAS | EP_RES | EP_RELU, 36);
     ck_assert_msg(e <= TOL, "max err %.3g of scale", e);
 }
 END_TEST
@@ -486,7 +498,8 @@ Suite *suite_winograd(void) {
     tcase_add_test(tc, test_blocks);
     tcase_add_test(tc, test_out_blocks);
     tcase_add_test(tc, test_large_output);
-    tcase_add_loop_test(tc, test_threads, 0, 2);
+    tcase_add_loop_test(tc, test_threads, 0, 3);
+    tcase_add_test(tc, test_small_u_blocks);
     tcase_add_test(tc, test_many_tiles);
     tcase_add_test(tc, test_error_large_c);
     tcase_add_test(tc, test_scratch_size);
