@@ -23,6 +23,12 @@
 
 /* ---- the passes, in order ------------------------------------------------- */
 
+/* a + b, INT64_MAX when it overflows (a fuzzed graph's counts) */
+static int64_t ldm_sat_add64(int64_t a, int64_t b) {
+    int64_t r;
+    return __builtin_add_overflow(a, b, &r) ? INT64_MAX : r;
+}
+
 static int run_dce(Graph *g) {
     pass_dead_code(g);
     g->nominal_flops = graph_flops(g); /* the graph as written, before any rewrite */
@@ -196,7 +202,7 @@ int ldmc_compile(const DriverOptions *opt) {
         fprintf(stderr,
                 "ldmc: %s: reads %lld of the %lld parameters a checkpoint holds for it: %d tensors (%lld parameters) "
                 "are present but unused (listed by --dump)\n",
-                g->name, (long long)graph_param_count(g), (long long)(graph_param_count(g) + graph_unused_count(g)),
+                g->name, (long long)graph_param_count(g), (long long)ldm_sat_add64(graph_param_count(g), graph_unused_count(g)),
                 g->n_unused, (long long)graph_unused_count(g));
     graph_free(g);
     program_free(prog);

@@ -639,16 +639,20 @@ void graph_sweep(Graph *g) {
 int64_t graph_unused_count(const Graph *g) {
     int64_t k = 0;
     for (int i = 0; i < g->n_unused; i++) {
-        int64_t e = 1;
-        for (int d = 0; d < g->unused[i].ndim; d++) e *= g->unused[i].shape[d];
-        k += e;
+        int64_t e = 1;   /* saturating, as graph_param_count */
+        for (int d = 0; d < g->unused[i].ndim; d++)
+            if (__builtin_mul_overflow(e, g->unused[i].shape[d], &e)) return INT64_MAX;
+        if (__builtin_add_overflow(k, e, &k)) return INT64_MAX;
     }
     return k;
 }
 
 int64_t graph_param_count(const Graph *g) {
     int64_t k = 0;
-    for (int i = 0; i < g->n_weights; i++) k += node_numel(g->weights[i]);
+    /* saturating: a fuzzed graph's weights can hold more than INT64_MAX
+     * elements in all (each one alone fits) */
+    for (int i = 0; i < g->n_weights; i++)
+        if (__builtin_add_overflow(k, node_numel(g->weights[i]), &k)) return INT64_MAX;
     return k;
 }
 

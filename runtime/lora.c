@@ -11,6 +11,7 @@
 #include "lora.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,9 +55,12 @@ static int eat(const char **s, const char *lit) {
 static int eat_num(const char **s, long *v) {
     if (!isdigit((unsigned char)**s)) return 0;
     char *e;
+    errno = 0;
     *v = strtol(*s, &e, 10);
     *s = e;
-    return 1;
+    /* a block index no real UNet has (the fuzzer's 9223372036854775807
+     * overflowed 1 + i * 3): the key is not a diffusers name we map */
+    return errno == 0 && *v <= 100000;
 }
 
 /* (attentions|resnets)_(\d+)_(.+): *attn, *j, *rest */

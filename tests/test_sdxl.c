@@ -260,7 +260,7 @@ START_TEST(test_sdxl_unet) {
     const char *exe = build_runner("models/sd1/unet.graph", "unet-sdxl-tiny", d);
     const char *ours[] = {"eps"}, *gold[] = {"out"};
     for (int k = 0; k < 3; k++) {
-        char prefix[16];
+        char prefix[32];
         snprintf(prefix, sizeof prefix, "case%d.", k);
         run_and_compare(exe, xl("unet.io.safetensors"), prefix, ours, gold, 1, NULL);
     }
