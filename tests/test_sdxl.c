@@ -47,6 +47,17 @@
 
 /* "<shared>/goldens/sdxl-tiny/<rel>" (malloc'd once per name, kept: the
  * tests hold several of them at a time). */
+/* A copy of path kept for the test's life, in static storage (a heap copy
+ * would be a leak to LeakSanitizer when the forked test exits). */
+static const char *kept_path(const char *path) {
+    static char bufs[32][512];
+    static int next;
+    char *b = bufs[next++ % 32];
+    ck_assert_msg(strlen(path) < sizeof bufs[0], "path too long: %s", path);
+    strcpy(b, path);
+    return b;
+}
+
 static const char *xl(const char *rel) {
     static char *names[32], *paths[32];
     static int n;
@@ -186,7 +197,7 @@ END_TEST
 static const char *build_runner(const char *graph, const char *name, char *const defs[]) {
     test_dir_init("ldm_sdxl_");
     ck_assert(test_dir[0]);
-    const char *exe = ldm_xstrdup(test_tmp("%s", name)); /* kept for the test's life */
+    const char *exe = kept_path(test_tmp("%s", name));
     char *argv[40];
     int n = 0;
     argv[n++] = (char *)ldmc_path();
@@ -299,7 +310,7 @@ static const char *run_encoder(const char *exe, int k, const char *tok_name, con
     snprintf(from, sizeof from, "case%d.%s", k, tok_name);
     const char *fr[] = {from}, *to[] = {"tokens"};
     const char *in = renamed_inputs(xl("conditioner.io.safetensors"), fr, to, 1, "enc-in.safetensors");
-    const char *out = ldm_xstrdup(test_tmp("%s-out-%d.safetensors", tag, k));
+    const char *out = kept_path(test_tmp("%s-out-%d.safetensors", tag, k));
     char *argv[] = {(char *)exe, "--weights", (char *)xl("model-fp16.safetensors"), "--inputs", (char *)in,
                     "--outputs", (char *)out, NULL};
     char *log = NULL;
@@ -893,7 +904,7 @@ START_TEST(test_sdxl_unseen_config) {
         argv[n++] = "-D";
         argv[n++] = "W=96";
         argv[n++] = "-o";
-        exes[b] = ldm_xstrdup(test_tmp("unseen-b%d", b + 1));
+        exes[b] = kept_path(test_tmp("unseen-b%d", b + 1));
         argv[n++] = (char *)exes[b];
         argv[n] = NULL;
         ck_assert_msg(test_run(argv, &out) == 0, "ldmc: %s", out);
