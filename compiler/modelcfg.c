@@ -97,6 +97,20 @@ static int sgm_target_error(const CfgNode *map, const char *where, const char *e
  * (GeneralConditioner: a list of embedders), first_stage_config,
  * denoiser_config (DiscreteDenoiser: scaling + LegacyDDPMDiscretization),
  * scale_factor. The defaults are those of the sgm classes. */
+/* first_stage_config.params.ddconfig (CompVis and sgm alike): ch_mult and
+ * the downsampling factor f = 2^(len(ch_mult) - 1). */
+static int first_stage_ddconfig(const CfgNode *fs, ModelFacts *p) {
+    const CfgNode *fsp = need_map(fs, "params", "first_stage_config");
+    const CfgNode *dd = fsp ? need_map(fsp, "ddconfig", "first_stage_config.params") : NULL;
+    if (!dd) return -1;
+    const CfgNode *mult = cfg_get(dd, "ch_mult");
+    if (!mult || mult->kind != CFG_LIST || mult->n < 1 || mult->n > 20)
+        return cfg_error(mult ? mult : dd, "ddconfig.ch_mult must be a non-empty list%s%s", "", NULL);
+    p->f = 1 << (mult->n - 1);
+    p->ch_mult = mult;
+    return 0;
+}
+
 static int sgm_facts(const CfgNode *M, ModelFacts *p) {
     int err = 0;
     p->format = "sgm";
@@ -144,14 +158,7 @@ static int sgm_facts(const CfgNode *M, ModelFacts *p) {
     if (!sgm_is(fs, "models.autoencoder.AutoencoderKL") && !sgm_is(fs, "models.autoencoder.AutoencoderKLInferenceWrapper"))
         return sgm_target_error(fs, "first_stage_config", "sgm.models.autoencoder.AutoencoderKL");
     p->first_stage = "kl";
-    const CfgNode *fsp = need_map(fs, "params", "first_stage_config");
-    const CfgNode *dd = fsp ? need_map(fsp, "ddconfig", "first_stage_config.params") : NULL;
-    if (!dd) return -1;
-    const CfgNode *mult = cfg_get(dd, "ch_mult");
-    if (!mult || mult->kind != CFG_LIST || mult->n < 1 || mult->n > 20)
-        return cfg_error(mult ? mult : dd, "ddconfig.ch_mult must be a non-empty list%s%s", "", NULL);
-    p->f = 1 << (mult->n - 1);
-    p->ch_mult = mult;
+    if (first_stage_ddconfig(fs, p) != 0) return -1;
 
     /* network_config: sgm's UNetModel; num_classes 'sequential' adds
      * label_emb(y) of width adm_in_channels to the time embedding */
@@ -275,14 +282,7 @@ int model_facts(const CfgNode *root, ModelFacts *p) {
     else
         return cfg_error(cfg_get(fs, "target") ? cfg_get(fs, "target") : fs,
                          "unsupported first stage '%s' (expected AutoencoderKL or VQModelInterface)%s", fst, NULL);
-    const CfgNode *fsp = need_map(fs, "params", "first_stage_config");
-    const CfgNode *dd = fsp ? need_map(fsp, "ddconfig", "first_stage_config.params") : NULL;
-    if (!dd) return -1;
-    const CfgNode *mult = cfg_get(dd, "ch_mult");
-    if (!mult || mult->kind != CFG_LIST || mult->n < 1 || mult->n > 20)
-        return cfg_error(mult ? mult : dd, "ddconfig.ch_mult must be a non-empty list%s%s", "", NULL);
-    p->f = 1 << (mult->n - 1);
-    p->ch_mult = mult;
+    if (first_stage_ddconfig(fs, p) != 0) return -1;
 
     /* UNet */
     const CfgNode *uc = need_map(M, "unet_config", "model.params");
