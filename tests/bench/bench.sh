@@ -115,6 +115,66 @@ sd2_rows() {
     RUN_CONFIG=$cfg run "sd2 unet (768-v)" unet "$res" 2 1 "" "" sd2_unet "$ck"
     echo "${res}x$res SD 2.x: a guided step (UNet at batch 2, $($LDMC models/sd1/unet.graph --config $cfg -D H=$res -D W=$res -D B=2 --stats -o $B/sd2-unet-stats.c 2>&1 | grep -o '[0-9]* GFLOP' | head -1)) takes $LAST_T s"
 }
+last=${RESOLUTIONS##* }
+VOCAB=${VOCAB:-../shared/clip/bpe_simple_vocab_16e6.txt.gz}
+T2I=$BUILD/txt2img-${last}x$last
+GEN_KEYS="^  |^timing|peak memory|Maximum resident|Elapsed|warning"
+generate() { # log [txt2img flags]: a whole generation (20 steps unless the flags say), its output to log
+    local log=$1
+    shift
+    /usr/bin/time -v $T2I --weights "$CKPT" --vocab "$VOCAB" --prompt "a photograph of an astronaut riding a horse" \
+        --steps 20 --seed 1 -o "${log%.log}.png" "$@" >"$log" 2>&1 || true
+    grep -E "$GEN_KEYS" "$log" || true
+}
+rss() { grep 'peak memory' "$1" | sed -E 's/.*: ([0-9.]+) MiB.*/\1/'; }
+maxrss() { grep 'Maximum resident' "$1" | awk '{printf "%.1f", $NF / 1024}'; } # kB -> MiB
+tot() { grep -E '^  total' "$1" | awk '{print $2}'; }
+# ---- SDXL base (issue 20): one guided step and one decode at 1024x1024 ------
+# Random weights of the real shapes (ldmc randckpt: both text encoders by
+# clip_text.graph@EMBEDDER=i), at the F16 file precision; the same columns
+# as above (the effective rate: the graph's nominal GFLOP/s, and over
+# sgemm's), then the peak RSS of a whole 1-step 1024x1024 generation with
+# the txt2img executable (two text encoders, UNet, VAE). XL_RES=N for
+# another size; NO_SDXL=1 skips it.
+# (ONLY_SDXL=1: the fingerprint and these rows alone.)
+sdxl_rows() {
+    XL_CONFIG=models/sdxl/sd_xl_base.yaml
+    XL_RES=${XL_RES:-1024}
+    XL_CKPT=$BUILD/sdxl-random-f16.safetensors
+    if [ ! -f "$XL_CKPT" ]; then
+        echo "making $XL_CKPT (RANDOM weights with the real SDXL base shapes, fp16)"
+        $LDMC randckpt --config $XL_CONFIG --dtype f16 --seed 1 -o "$XL_CKPT" models/sd1/clip_text.graph \
+            models/sd1/clip_text.graph@EMBEDDER=1 models/sd1/unet.graph models/sd1/vae_encoder.graph \
+            models/sd1/vae_decoder.graph
+    fi
+    printf "%-20s %-9s %5s %9s %9s %8s %15s %9s %19s %8s\n" network res batch "s/call" GFLOP/s xsgemm "sgemm range" "arena MiB" "naive sum of buffers" "RSS MiB"
+    RUN_CONFIG=$XL_CONFIG ROUNDS=1 run "sdxl unet (guided)" unet "$XL_RES" 2 1 "" "" sdxl-unet "$XL_CKPT"
+    RUN_CONFIG=$XL_CONFIG ROUNDS=1 run "sdxl vae_decoder" vae_decoder "$XL_RES" 1 1 "" "" sdxl-vae_decoder "$XL_CKPT"
+    XL_T2I=$BUILD/txt2img-sdxl-${XL_RES}x$XL_RES
+    # built from scratch each time (its generated C removed first): the
+    # wall time of the whole build, ldmc and cc for all five networks
+    rm -rf "$XL_T2I.d" "$XL_T2I"
+    local t0 t1
+    t0=$(date +%s.%N)
+    if make -s BUILD=$BUILD txt2img CONFIG=$XL_CONFIG H=$XL_RES W=$XL_RES TAESD=0 \
+        TXT2IMG_NAME=txt2img-sdxl-${XL_RES}x$XL_RES >/dev/null 2>&1 && [ -x "$XL_T2I" ]; then
+        t1=$(date +%s.%N)
+        echo "sdxl ${XL_RES}x$XL_RES: make txt2img (ldmc + cc of the two text encoders, UNet, VAE; one job at a time)" \
+            "took $(echo "$t0 $t1" | awk '{printf "%.1f", $2 - $1}') s wall"
+        echo "whole 1-step ${XL_RES}x$XL_RES SDXL generation (euler, sgm schedule, guidance, random weights):"
+        /usr/bin/time -v "$XL_T2I" --weights "$XL_CKPT" --vocab "$VOCAB" --prompt "a photograph of an astronaut riding a horse" \
+            --steps 1 --seed 1 -o $B/gen-sdxl-$XL_RES.png >$B/gen-sdxl-$XL_RES.log 2>&1 || true
+        grep -E "$GEN_KEYS" $B/gen-sdxl-$XL_RES.log || true
+        echo "sdxl ${XL_RES}x$XL_RES: peak RSS of a whole generation $(rss $B/gen-sdxl-$XL_RES.log) MiB" \
+            "(/usr/bin/time: $(maxrss $B/gen-sdxl-$XL_RES.log) MiB)"
+    else
+        echo "(the SDXL txt2img executable did not build: its generation is skipped)"
+    fi
+}
+if [ -n "${ONLY_SDXL:-}" ]; then
+    sdxl_rows
+    exit 0
+fi
 if [ -n "${ONLY_SD2:-}" ]; then
     sd2_rows
     exit 0
@@ -158,20 +218,6 @@ printf "%s" "$CFG1"
 printf "%s" "$CHUNK3"
 printf "%s" "$TAESD_LINES"
 [ $BF16 = 1 ] || echo "(no AVX-512 BF16 on this CPU, or NO_BF16 set: the bf16 compute rows are skipped)"
-last=${RESOLUTIONS##* }
-VOCAB=${VOCAB:-../shared/clip/bpe_simple_vocab_16e6.txt.gz}
-T2I=$BUILD/txt2img-${last}x$last
-GEN_KEYS="^  |^timing|peak memory|Maximum resident|Elapsed|warning"
-generate() { # log [txt2img flags]: a whole generation (20 steps unless the flags say), its output to log
-    local log=$1
-    shift
-    /usr/bin/time -v $T2I --weights "$CKPT" --vocab "$VOCAB" --prompt "a photograph of an astronaut riding a horse" \
-        --steps 20 --seed 1 -o "${log%.log}.png" "$@" >"$log" 2>&1 || true
-    grep -E "$GEN_KEYS" "$log" || true
-}
-rss() { grep 'peak memory' "$1" | sed -E 's/.*: ([0-9.]+) MiB.*/\1/'; }
-maxrss() { grep 'Maximum resident' "$1" | awk '{printf "%.1f", $NF / 1024}'; } # kB -> MiB
-tot() { grep -E '^  total' "$1" | awk '{print $2}'; }
 if make -s BUILD=$BUILD txt2img CONFIG=$CONFIG H=$last W=$last >/dev/null 2>&1 && [ -x $T2I ]; then
     echo "whole 20-step ${last}x$last generation (ddim, guidance, random weights):"
     generate $B/gen-$last.log
@@ -236,36 +282,4 @@ fi
 # ---- ControlNet: a controlled step against a plain one (tests/bench/controlnet_row.sh) ----
 echo "ControlNet (random weights of the SD v1.5 ControlNet 1.1 shapes, F16):"
 BUILD=$BUILD RES=$last CKPT=$CKPT ROUNDS=$ROUNDS GEN=$HAVE_T2I tests/bench/controlnet_row.sh || echo "(the ControlNet row failed)"
-# ---- SDXL base (issue 20): one guided step and one decode at 1024x1024 ------
-# Random weights of the real shapes (ldmc randckpt: both text encoders by
-# clip_text.graph@EMBEDDER=i), at the F16 file precision; the same columns
-# as above (the effective rate: the graph's nominal GFLOP/s, and over
-# sgemm's), then the peak RSS of a whole 1-step 1024x1024 generation with
-# the txt2img executable (two text encoders, UNet, VAE). XL_RES=N for
-# another size; NO_SDXL=1 skips it.
-if [ -z "${NO_SDXL:-}" ]; then
-    XL_CONFIG=models/sdxl/sd_xl_base.yaml
-    XL_RES=${XL_RES:-1024}
-    XL_CKPT=$BUILD/sdxl-random-f16.safetensors
-    if [ ! -f "$XL_CKPT" ]; then
-        echo "making $XL_CKPT (RANDOM weights with the real SDXL base shapes, fp16)"
-        $LDMC randckpt --config $XL_CONFIG --dtype f16 --seed 1 -o "$XL_CKPT" models/sd1/clip_text.graph \
-            models/sd1/clip_text.graph@EMBEDDER=1 models/sd1/unet.graph models/sd1/vae_encoder.graph \
-            models/sd1/vae_decoder.graph
-    fi
-    printf "%-20s %-9s %5s %9s %9s %8s %15s %9s %19s %8s\n" network res batch "s/call" GFLOP/s xsgemm "sgemm range" "arena MiB" "naive sum of buffers" "RSS MiB"
-    RUN_CONFIG=$XL_CONFIG ROUNDS=1 run "sdxl unet (guided)" unet "$XL_RES" 2 1 "" "" sdxl-unet "$XL_CKPT"
-    RUN_CONFIG=$XL_CONFIG ROUNDS=1 run "sdxl vae_decoder" vae_decoder "$XL_RES" 1 1 "" "" sdxl-vae_decoder "$XL_CKPT"
-    XL_T2I=$BUILD/txt2img-sdxl-${XL_RES}x$XL_RES
-    if make -s BUILD=$BUILD txt2img CONFIG=$XL_CONFIG H=$XL_RES W=$XL_RES TAESD=0 \
-        TXT2IMG_NAME=txt2img-sdxl-${XL_RES}x$XL_RES >/dev/null 2>&1 && [ -x "$XL_T2I" ]; then
-        echo "whole 1-step ${XL_RES}x$XL_RES SDXL generation (euler, sgm schedule, guidance, random weights):"
-        /usr/bin/time -v "$XL_T2I" --weights "$XL_CKPT" --vocab "$VOCAB" --prompt "a photograph of an astronaut riding a horse" \
-            --steps 1 --seed 1 -o $B/gen-sdxl-$XL_RES.png >$B/gen-sdxl-$XL_RES.log 2>&1 || true
-        grep -E "$GEN_KEYS" $B/gen-sdxl-$XL_RES.log || true
-        echo "sdxl ${XL_RES}x$XL_RES: peak RSS of a whole generation $(rss $B/gen-sdxl-$XL_RES.log) MiB" \
-            "(/usr/bin/time: $(maxrss $B/gen-sdxl-$XL_RES.log) MiB)"
-    else
-        echo "(the SDXL txt2img executable did not build: its generation is skipped)"
-    fi
-fi
+[ -n "${NO_SDXL:-}" ] || sdxl_rows

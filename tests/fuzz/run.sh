@@ -1,7 +1,8 @@
 #!/bin/sh
 # run.sh - run the fuzz harnesses one after the other (make fuzz).
-#   tests/fuzz/run.sh [-b BUILD] [-t SECONDS] [SURFACE...]
-# Each BUILD/fuzz/fuzz_SURFACE runs for SECONDS on one worker with the
+#   tests/fuzz/run.sh [-b BUILD] [-t SECONDS] [-n RUNS] [SURFACE...]
+# Each BUILD/fuzz/fuzz_SURFACE runs for SECONDS (or until RUNS executions,
+# whichever comes first: for long runs split to reach a count) on one worker with the
 # dictionary tests/fuzz/dict/SURFACE.dict (when there is one) and its corpus:
 # BUILD/corpus/SURFACE (where new inputs go, kept between runs), then the
 # seeds tests/fuzz/corpus/SURFACE and the regress inputs
@@ -11,10 +12,12 @@
 set -u
 BUILD=build-fuzz
 SECONDS_EACH=60
+RUNS=""
 while [ $# -gt 0 ]; do
     case "$1" in
     -b) BUILD=$2; shift 2 ;;
     -t) SECONDS_EACH=$2; shift 2 ;;
+    -n) RUNS="-runs=$2"; shift 2 ;;
     *) break ;;
     esac
 done
@@ -48,7 +51,7 @@ for s in "$@"; do
     for d in "$HERE/corpus/$s" "$HERE/regress/$s"; do [ -d "$d" ] && dirs="$dirs $d"; done
     before=$(ls "$BUILD/crashes/$s" | wc -l)
     # shellcheck disable=SC2086
-    "$bin" -max_total_time="$SECONDS_EACH" -print_final_stats=1 -timeout=25 -rss_limit_mb=4096 \
+    "$bin" -max_total_time="$SECONDS_EACH" $RUNS -print_final_stats=1 -timeout=25 -rss_limit_mb=4096 \
         -artifact_prefix="$BUILD/crashes/$s/" $dict $(opts_for "$s") $dirs >"$log" 2>&1
     rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
