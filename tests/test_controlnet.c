@@ -178,9 +178,8 @@ static int run(const char *prog, const char *w, const char *in, const char *out,
                char **err) {
     char ext[32];
     snprintf(ext, sizeof ext, "B=%d", B);
-    char *argv[] = {(char *)prog, "--weights", (char *)w, "--inputs", (char *)in, "--outputs", (char *)out,
-                    "--extent", ext, prefix ? "--prefix" : NULL, (char *)prefix, NULL};
-    return test_run(argv, err);
+    const char *extra[] = {"--extent", ext, NULL};
+    return test_run_runner(prog, w, in, out, prefix, extra, err);
 }
 
 static void run_ok(const char *prog, const char *w, const char *in, const char *out, const char *prefix, int B) {

@@ -306,26 +306,9 @@ static void assert_shape(const StTensor *t, int ndim, const int64_t *shape) {
 /* Run a runner; fails the test (with its messages) unless it succeeds. */
 static void run_ok_compute(const char *prog, const char *weights, const char *inputs, const char *outputs,
                            const char *prefix, const char *compute) {
-    char *argv[14];
-    int k = 0;
-    argv[k++] = (char *)prog;
-    argv[k++] = "--weights";
-    argv[k++] = (char *)weights;
-    argv[k++] = "--inputs";
-    argv[k++] = (char *)inputs;
-    argv[k++] = "--outputs";
-    argv[k++] = (char *)outputs;
-    if (prefix && *prefix) {
-        argv[k++] = "--prefix";
-        argv[k++] = (char *)prefix;
-    }
-    if (compute) {
-        argv[k++] = "--compute";
-        argv[k++] = (char *)compute;
-    }
-    argv[k] = NULL;
+    const char *extra[] = {compute ? "--compute" : NULL, compute, NULL};
     char *err;
-    int rc = test_run(argv, &err);
+    int rc = test_run_runner(prog, weights, inputs, outputs, prefix, extra, &err);
     ck_assert_msg(rc == 0, "%s failed (status %d) on %s %s:\n%s", prog, rc, inputs, prefix ? prefix : "", err);
     free(err);
 }
@@ -1209,9 +1192,8 @@ static void check_clip_skip(int k) {
     scratch(out, sizeof out, "out-clip-skip-%d.safetensors", k);
     char ext[32], *err;
     snprintf(ext, sizeof ext, "B=%lld", (long long)chunks);
-    char *argv[] = {(char *)prog, "--weights", weights, "--inputs", io, "--outputs", out,
-                    "--prefix",   prefix,      "--extent", ext,     NULL};
-    int rc = test_run(argv, &err);
+    const char *extra[] = {"--extent", ext, NULL};
+    int rc = test_run_runner(prog, weights, io, out, prefix, extra, &err);
     ck_assert_msg(rc == 0, "%s failed (status %d) on %s %s --extent %s:\n%s", prog, rc, io, prefix, ext, err);
     free(err);
 

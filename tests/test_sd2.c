@@ -89,22 +89,8 @@ static void compile(const char *name, const char *graph, const char *config, con
 /* Run a graph runner on inputs (prefix may be NULL), outputs to out. */
 static void run_runner(const char *prog, const char *weights, const char *inputs, const char *prefix,
                        const char *out) {
-    char *argv[12];
-    int k = 0;
-    argv[k++] = (char *)prog;
-    argv[k++] = "--weights";
-    argv[k++] = (char *)weights;
-    argv[k++] = "--inputs";
-    argv[k++] = (char *)inputs;
-    argv[k++] = "--outputs";
-    argv[k++] = (char *)out;
-    if (prefix) {
-        argv[k++] = "--prefix";
-        argv[k++] = (char *)prefix;
-    }
-    argv[k] = NULL;
     char *log;
-    int rc = test_run(argv, &log);
+    int rc = test_run_runner(prog, weights, inputs, out, prefix, NULL, &log);
     ck_assert_msg(rc == 0, "%s failed (status %d) on %s %s:\n%s", prog, rc, inputs, prefix ? prefix : "", log);
     free(log);
 }

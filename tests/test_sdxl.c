@@ -222,21 +222,8 @@ static const char *build_runner(const char *graph, const char *name, char *const
 static void run_and_compare(const char *exe, const char *io, const char *prefix, const char *const ours[],
                             const char *const gold[], int n, char *const extra[]) {
     const char *out = test_tmp("out-%s%d.safetensors", prefix, n);
-    char *argv[32];
-    int k = 0;
-    argv[k++] = (char *)exe;
-    argv[k++] = "--weights";
-    argv[k++] = (char *)xl("model-fp16.safetensors");
-    argv[k++] = "--inputs";
-    argv[k++] = (char *)io;
-    argv[k++] = "--prefix";
-    argv[k++] = (char *)prefix;
-    argv[k++] = "--outputs";
-    argv[k++] = (char *)out;
-    for (int i = 0; extra && extra[i]; i++) argv[k++] = extra[i];
-    argv[k] = NULL;
     char *log = NULL;
-    int rc = test_run(argv, &log);
+    int rc = test_run_runner(exe, xl("model-fp16.safetensors"), io, out, prefix, (const char *const *)extra, &log);
     ck_assert_msg(rc == 0, "%s failed:\n%s", exe, log);
     free(log);
     for (int i = 0; i < n; i++) {
@@ -931,8 +918,7 @@ START_TEST(test_sdxl_unseen_config) {
         const char *in = test_tmp("unseen-in%d.safetensors", B), *o = test_tmp("unseen-out%d.safetensors", B);
         ck_assert_msg(st_writer_save(w, in) == 0, "%s", ldm_last_error());
         st_writer_free(w);
-        char *argv[] = {(char *)exes[b], "--weights", (char *)ckpt, "--inputs", (char *)in, "--outputs", (char *)o, NULL};
-        ck_assert_msg(test_run(argv, &out) == 0, "%s", out);
+        ck_assert_msg(test_run_runner(exes[b], ckpt, in, o, NULL, NULL, &out) == 0, "%s", out);
         free(out);
         eps[b] = read_f32(o, "eps", NULL);
     }

@@ -127,4 +127,31 @@ static inline int test_run_in(const char *dir, char *const argv[], char **out) {
 /* test_run_in the scratch directory. */
 static inline int test_run(char *const argv[], char **out) { return test_run_in(test_dir, argv, out); }
 
+/* A graph runner (ldmc's executables) on one input file:
+ *     prog --weights W --inputs IN --outputs OUT [--prefix P] [extra...]
+ * --prefix only when P is neither NULL nor empty; extra is NULL-terminated
+ * (or NULL). test_run's status, the runner's messages in *out. */
+static inline int test_run_runner(const char *prog, const char *weights, const char *inputs, const char *outputs,
+                                  const char *prefix, const char *const *extra, char **out) {
+    const char *argv[40];
+    int k = 0;
+    argv[k++] = prog;
+    argv[k++] = "--weights";
+    argv[k++] = weights;
+    argv[k++] = "--inputs";
+    argv[k++] = inputs;
+    argv[k++] = "--outputs";
+    argv[k++] = outputs;
+    if (prefix && *prefix) {
+        argv[k++] = "--prefix";
+        argv[k++] = prefix;
+    }
+    for (int i = 0; extra && extra[i]; i++) {
+        ck_assert_msg(k < 39, "test_run_runner: too many arguments");
+        argv[k++] = extra[i];
+    }
+    argv[k] = NULL;
+    return test_run((char *const *)argv, out);
+}
+
 #endif
