@@ -6,15 +6,16 @@
  * (ldmc_run_passes) and codegen, the C discarded.
  *
  * Input: a .graph text. Leading lines "#config NAME" (a config of
- * tests/graphs/ or models/sd1/, models/ldm/: see config_path) and
+ * tests/graphs/ or models/sd1/, sd2/, sdxl/, ldm/: see config_path) and
  * "#D NAME=VALUE" (a -D, at most 8) give the config and definitions, as a
  * .args file does; they are comments to the DSL itself.
  */
 #include "fuzz.h"
 #include "driver.h"
 
-/* "#config small.yaml" (tests/graphs), "#config sd1/v1-inference.yaml" or
- * "#config ldm/NAME.yaml" (models/): only names of those directories, so an
+/* "#config small.yaml" (tests/graphs), "#config sd1/v1-inference.yaml",
+ * "#config sd2/NAME.yaml", "#config sdxl/NAME.yaml" or "#config
+ * ldm/NAME.yaml" (models/): only names of those directories, so an
  * input cannot make the harness read /dev/zero or the like. */
 static char *config_path(const char *name, size_t len) {
     char buf[128];
@@ -23,7 +24,8 @@ static char *config_path(const char *name, size_t len) {
     buf[len] = 0;
     const char *dir = LDM_FUZZ_ROOT "/tests/graphs/";
     const char *base = buf;
-    if (!strncmp(buf, "sd1/", 4) || !strncmp(buf, "ldm/", 4)) dir = LDM_FUZZ_ROOT "/models/";
+    if (!strncmp(buf, "sd1/", 4) || !strncmp(buf, "sd2/", 4) || !strncmp(buf, "sdxl/", 5) || !strncmp(buf, "ldm/", 4))
+        dir = LDM_FUZZ_ROOT "/models/";
     else if (strchr(buf, '/')) return NULL;
     for (const char *p = base; *p; p++)
         if (!(*p == '/' || *p == '.' || *p == '_' || *p == '-' || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9')))

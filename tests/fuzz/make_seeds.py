@@ -32,16 +32,33 @@ for g in sorted(glob.glob("tests/graphs/*.graph")):
             else: i += 1
     put("dsl", base + ".graph", head + text)
 # the real networks at a toy size, imports seen from tests/graphs/
-for g, defs in [("models/ldm/class_embed.graph", "#config ldm/cin256-v2.yaml\n#D B=1\n"),
-                ("models/sd1/vae_decoder.graph", "#config sd1/v1-inference.yaml\n#D H=16\n#D W=16\n#D B=1\n")]:
+# (and the SD 2.x text tower, a narrow SDXL UNet and a narrow ControlNet
+# and controlled UNet: config values shrunk by "#D model.params...=")
+NET = "#D model.params.network_config.params."
+UC = "#D model.params.unet_config.params."
+for g, defs, name in [
+        ("models/ldm/class_embed.graph", "#config ldm/cin256-v2.yaml\n#D B=1\n", None),
+        ("models/sd1/vae_decoder.graph", "#config sd1/v1-inference.yaml\n#D H=16\n#D W=16\n#D B=1\n", None),
+        ("models/sd1/clip_text.graph", "#config sd2/v2-inference-v.yaml\n#D B=1\n", "sd2_clip_text.graph"),
+        ("models/sd1/unet.graph", "#config sdxl/sd_xl_base.yaml\n#D H=64\n#D W=64\n#D B=1\n" + NET +
+         "model_channels=32\n" + NET + "transformer_depth=[0,1,1]\n" + NET + "num_head_channels=16\n",
+         "sdxl_unet.graph"),
+        ("models/sd1/controlnet.graph", "#config sd1/v1-inference.yaml\n#D H=64\n#D W=64\n#D B=1\n" + UC +
+         "model_channels=32\n", None),
+        ("models/sd1/unet.graph", "#config sd1/v1-inference.yaml\n#D H=64\n#D W=64\n#D B=2\n#D CONTROL=1\n" + UC +
+         "model_channels=32\n", "sd1_unet_control.graph")]:
     text = open(g).read()
     d = os.path.dirname(g)  # models/sd1 -> ../../models/sd1
     text = re.sub(r'import "([^"]*)"', lambda m: 'import "../../%s"' % os.path.normpath(os.path.join(d, m.group(1))), text)
-    put("dsl", os.path.basename(d) + "_" + os.path.basename(g), defs + text)
+    put("dsl", name or os.path.basename(d) + "_" + os.path.basename(g), defs + text)
 
 # ---- config: the configs of the repository, one with -D lines ----
 for y in sorted(glob.glob("models/*/*.yaml") + glob.glob("tests/graphs/*.yaml") + glob.glob("tests/sample/*.yaml")):
     put("config", y.replace("/", "_"), open(y, "rb").read())
+# sgm's config as JSON (its YAML's JSON subset: the golden set's sdxl-tiny)
+xl_json = os.path.join(SHARED, "goldens/sdxl-tiny/config.json")
+if os.path.exists(xl_json):
+    put("config", "sdxl-tiny_config.json", open(xl_json, "rb").read())
 put("config", "overrides.yaml", open("tests/graphs/small.yaml").read() +
     "#-D model.params.depth=3\n#-D model.params.mult=[1, 2]\n#-D model.params.new.deep.key='a b'\n"
     "#-D model.params.mult.0=0x10\n#-D a..b=1\n")
