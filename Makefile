@@ -317,7 +317,7 @@ bench: all
 	BUILD=$(BUILD) tests/bench/bench.sh
 
 bench-quick: all
-	BUILD=$(BUILD) RESOLUTIONS=256 tests/bench/bench.sh
+	BUILD=$(BUILD) RESOLUTIONS=256 SD2=0 NO_SDXL=1 tests/bench/bench.sh
 
 # The machine's fingerprint alone (FMA peak, stream triad, sgemm, caches),
 # the line `make bench` prints first (tests/bench/fingerprint.c).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench.sh - `make bench` (and `make bench-quick`: 256x256 only).
+# bench.sh - `make bench` (and `make bench-quick`: 256x256 only, without the SD 2.x and SDXL rows).
 #
 # Makes a random-weight checkpoint of the real SD v1.5 shapes with
 # `ldmc randckpt` (no downloads), prints the machine's fingerprint
