@@ -5,7 +5,14 @@
  * (networks.convert_diffusers_name_to_compvis and load_network): the prefix
  * is converted to a "network layer name" (a CompVis module path with '.'
  * replaced by '_'); if that names no module, `lora_unet_X` is tried as
- * `diffusion_model_X` (CompVis-style names). Part of libldmcore: no OpenMP,
+ * `diffusion_model_X` (CompVis-style names, and SDXL's kohya names), and
+ * `lora_te1_text_model_X` as `0_transformer_text_model_X` (SDXL's first
+ * text encoder), then as SD v1's `transformer_text_model_X`. The webui's
+ * layer names of the OpenCLIP towers (SD 2.x: `model_...`; SDXL's second
+ * encoder: `1_model_...`) name the packed attention input projection's
+ * thirds `..._attn_q_proj`, `_k_proj`, `_v_proj`: such a module changes
+ * rows [0, W), [W, 2W) or [2W, 3W) of `attn.in_proj_weight`, as the webui's
+ * MultiheadAttention support stacks them. Part of libldmcore: no OpenMP,
  * no BLAS.
  */
 #include "lora.h"
@@ -24,6 +31,7 @@
 typedef struct LoraModule {
     char *prefix;      /* kohya key prefix (before the first '.') */
     char *key;         /* checkpoint key of the weight, NULL if unmatched */
+    int part;          /* -1: the whole weight; 0, 1, 2: the q, k or v third of a packed in_proj_weight */
     int is_te;         /* text-encoder module (te multiplier) */
     const StTensor *down_t, *up_t, *alpha_t; /* the factors, in the LoRA file's mapping */
     int down_ndim, up_ndim;
@@ -37,7 +45,7 @@ struct LdmLora {
     StFile f;          /* the file, mapped while the LoRA is open: factors are read from it, never copied */
     LoraModule *mods;  /* matched modules only, in file order */
     int n_mods;
-    int *by_key;       /* (n_mods) indices of mods sorted by key: find_module's binary search */
+    int *by_key;       /* (n_mods) indices of mods sorted by key, then part: find_first's binary search */
     int n_unmatched;
     char *unmatched[LDM_LORA_KEEP_UNMATCHED];
 };
@@ -83,6 +91,22 @@ static const char *res_suffix(const char *s, int attn) {
     return s;
 }
 
+/* The webui's name of an OpenCLIP tower's layer `rest` (after
+ * `..._encoder_layers_<i>_` of a diffusers/kohya name) under `base`:
+ * `<base>_transformer_resblocks_<i>_` with mlp_fc1 -> mlp_c_fc, mlp_fc2 ->
+ * mlp_c_proj, self_attn -> attn (the first occurrence, as Python's replace
+ * of a name that holds one). */
+static char *openclip_name(const char *base, long i, const char *rest) {
+    static const char *const map[][2] = {{"mlp_fc1", "mlp_c_fc"}, {"mlp_fc2", "mlp_c_proj"}, {"self_attn", "attn"}};
+    for (size_t k = 0; k < sizeof map / sizeof map[0]; k++) {
+        const char *at = strstr(rest, map[k][0]);
+        if (at)
+            return ldm_xasprintf("%s_transformer_resblocks_%ld_%.*s%s%s", base, i, (int)(at - rest), rest, map[k][1],
+                                 at + strlen(map[k][0]));
+    }
+    return ldm_xasprintf("%s_transformer_resblocks_%ld_%s", base, i, rest);
+}
+
 /* convert_diffusers_name_to_compvis (SD v1): a malloc'd network layer name,
  * or a copy of p when no rule applies. Like Python's re.match, a rule only
  * anchors at the start. */
@@ -117,35 +141,64 @@ static char *convert_name(const char *p) {
         const char *u = s;
         if (eat_num(&u, &i) && eat(&u, "_") && *u)
             return ldm_xasprintf("transformer_text_model_encoder_layers_%ld_%s", i, u);
+    } else if (eat(&s, "lora_te2_text_model_encoder_layers_")) {
+        const char *u = s;
+        if (eat_num(&u, &i) && eat(&u, "_") && *u) return openclip_name("1_model", i, u);
     }
     return ldm_xstrdup(p);
 }
 
-/* Checkpoint weight key -> network layer name (malloc'd), NULL if the key
- * is not a weight of the UNet or of the text encoder. */
-static char *layer_name_of_key(const char *key) {
-    const char *body;
+/* Checkpoint weight key -> network layer name (malloc'd) as the webui
+ * names the module, NULL if the key is not a weight of the UNet or of a
+ * text encoder: model.diffusion_model.X -> diffusion_model_X;
+ * cond_stage_model.transformer.X -> transformer_X (SD v1),
+ * cond_stage_model.model.X -> model_X (SD 2.x); SDXL's
+ * conditioner.embedders.0.transformer.X -> 0_transformer_X and
+ * conditioner.embedders.1.model.X -> 1_model_X. A packed
+ * `attn.in_proj_weight` gives the name of its third `part` (0, 1, 2:
+ * `attn_q_proj`, `attn_k_proj`, `attn_v_proj`); *packed says whether the
+ * key is one. */
+static char *layer_name_of_key(const char *key, int part, int *packed) {
+    static const char *const roots[][2] = {
+        {"model.diffusion_model.", "diffusion_model."}, {"cond_stage_model.transformer.", "transformer."},
+        {"cond_stage_model.model.", "model."},          {"conditioner.embedders.0.transformer.", "0_transformer."},
+        {"conditioner.embedders.1.model.", "1_model."},
+    };
+    static const char *const qkv[3] = {"q_proj", "k_proj", "v_proj"};
+    static const char in_proj[] = ".in_proj_weight", weight[] = ".weight";
     size_t n = strlen(key);
-    if (n < 8 || strcmp(key + n - 7, ".weight") != 0) return NULL;
-    if (!strncmp(key, "model.diffusion_model.", 22)) body = key + 6;
-    else if (!strncmp(key, "cond_stage_model.transformer.", 29)) body = key + 17;
+    *packed = 0;
+    const char *suffix = NULL, *tail = NULL;
+    if (n > sizeof in_proj - 1 && !strcmp(key + n - (sizeof in_proj - 1), in_proj)) suffix = in_proj, tail = qkv[part];
+    else if (n > sizeof weight - 1 && !strcmp(key + n - (sizeof weight - 1), weight)) suffix = weight;
     else return NULL;
-    char *s = ldm_xstrdup(body);
-    s[strlen(s) - 7] = 0;
-    for (char *c = s; *c; c++)
-        if (*c == '.') *c = '_';
-    return s;
+    for (size_t r = 0; r < sizeof roots / sizeof roots[0]; r++) {
+        size_t rl = strlen(roots[r][0]);
+        if (strncmp(key, roots[r][0], rl) != 0) continue;
+        if (tail && r < 2) return NULL; /* the packed projection is OpenCLIP's */
+        *packed = tail != NULL;
+        char *s = ldm_xasprintf("%s%.*s%s%s", roots[r][1], (int)(n - rl - strlen(suffix)), key + rl, tail ? "_" : "",
+                                tail ? tail : "");
+        for (char *c = s; *c; c++)
+            if (*c == '.') *c = '_';
+        return s;
+    }
+    return NULL;
 }
 
 typedef struct LayerMap {
     char **names;        /* network layer names */
     const char **keys;   /* checkpoint keys */
+    int *parts;          /* -1, or the third of a packed in_proj_weight */
     int n;
 } LayerMap;
 
-static const char *layer_lookup(const LayerMap *m, const char *name) {
+static const char *layer_lookup(const LayerMap *m, const char *name, int *part) {
     for (int i = 0; i < m->n; i++)
-        if (!strcmp(m->names[i], name)) return m->keys[i];
+        if (!strcmp(m->names[i], name)) {
+            *part = m->parts[i];
+            return m->keys[i];
+        }
     return NULL;
 }
 
@@ -157,7 +210,9 @@ static const char *layer_lookup(const LayerMap *m, const char *name) {
 static _Thread_local const struct LoraModule *g_sort_mods;
 
 static int cmp_by_key(const void *a, const void *b) {
-    return strcmp(g_sort_mods[*(const int *)a].key, g_sort_mods[*(const int *)b].key);
+    const LoraModule *x = &g_sort_mods[*(const int *)a], *y = &g_sort_mods[*(const int *)b];
+    int c = strcmp(x->key, y->key);
+    return c ? c : (x->part > y->part) - (x->part < y->part);
 }
 
 static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
@@ -264,7 +319,9 @@ int ldm_lora_open(LdmLora **out, const char *path, const char *const *keys, int 
     l->path = ldm_xstrdup(path);
     LoraModule *all = ldm_xcalloc((size_t)f.n_tensors + 1, sizeof *all);
     int n_all = 0, rc = -1;
-    LayerMap map = {ldm_xcalloc((size_t)n_keys + 1, sizeof(char *)), ldm_xcalloc((size_t)n_keys + 1, sizeof(char *)),
+    /* up to 3 names a key (the thirds of a packed projection) */
+    LayerMap map = {ldm_xcalloc(3 * (size_t)n_keys + 1, sizeof(char *)),
+                    ldm_xcalloc(3 * (size_t)n_keys + 1, sizeof(char *)), ldm_xcalloc(3 * (size_t)n_keys + 1, sizeof(int)),
                     0};
 
     /* group the tensors by prefix */
@@ -298,23 +355,47 @@ int ldm_lora_open(LdmLora **out, const char *path, const char *const *keys, int 
 
     /* the checkpoint's modules */
     for (int i = 0; i < n_keys; i++) {
-        char *name = layer_name_of_key(keys[i]);
-        if (!name) continue;
-        map.names[map.n] = name;
-        map.keys[map.n++] = keys[i];
+        int packed = 0;
+        for (int part = 0; part < 3; part++) {
+            char *name = layer_name_of_key(keys[i], part, &packed);
+            if (!name) break;
+            map.names[map.n] = name;
+            map.parts[map.n] = packed ? part : -1;
+            map.keys[map.n++] = keys[i];
+            if (!packed) break;
+        }
     }
 
     l->mods = ldm_xcalloc((size_t)n_all + 1, sizeof *l->mods);
     for (int k = 0; k < n_all; k++) {
         LoraModule *m = &all[k];
         char *name = convert_name(m->prefix);
-        const char *key = layer_lookup(&map, name);
+        int part = -1;
+        const char *key = layer_lookup(&map, name, &part), *sfx = NULL;
+        long li;
         if (!key && !strncmp(m->prefix, "lora_unet_", 10)) {
             free(name);
             name = ldm_xasprintf("diffusion_model_%s", m->prefix + 10);
-            key = layer_lookup(&map, name);
+            key = layer_lookup(&map, name, &part);
+        } else if (!key && !strncmp(m->prefix, "lora_te1_text_model", 19)) {
+            /* SDXL's first encoder, else an SD v1 LoRA's CompVis-style name */
+            free(name);
+            name = ldm_xasprintf("0_transformer_text_model%s", m->prefix + 19);
+            key = layer_lookup(&map, name, &part);
+            if (!key) {
+                free(name);
+                name = ldm_xasprintf("transformer_text_model%s", m->prefix + 19);
+                key = layer_lookup(&map, name, &part);
+            }
+        } else if (!key && (sfx = m->prefix) && eat(&sfx, "lora_te_text_model_encoder_layers_") && eat_num(&sfx, &li) &&
+                   eat(&sfx, "_") && *sfx) {
+            /* SD 2.x: the same kohya names on the OpenCLIP tower (the webui's is_sd2) */
+            free(name);
+            name = openclip_name("model", li, sfx);
+            key = layer_lookup(&map, name, &part);
         }
-        m->is_te = !strncmp(name, "transformer", 11);
+        m->is_te = strncmp(name, "diffusion_model", 15) != 0;
+        m->part = part;
         free(name);
         /* validated even when unmatched: a broken file is an error */
         if (module_load(path, m, te_mult, unet_mult) != 0) goto out;
@@ -326,7 +407,7 @@ int ldm_lora_open(LdmLora **out, const char *path, const char *const *keys, int 
             continue;
         }
         for (int q = 0; q < l->n_mods; q++)
-            if (!strcmp(l->mods[q].key, key)) {
+            if (!strcmp(l->mods[q].key, key) && (l->mods[q].part < 0 || part < 0 || l->mods[q].part == part)) {
                 ldm_fail("%s: LoRA modules %s and %s both modify %s", path, l->mods[q].prefix, m->prefix, key);
                 goto out;
             }
@@ -347,6 +428,7 @@ out:
     for (int i = 0; i < map.n; i++) free(map.names[i]);
     free(map.names);
     free(map.keys);
+    free(map.parts);
     if (rc != 0) {
         st_close(&f);
         ldm_lora_free(l);
@@ -370,22 +452,30 @@ const char *ldm_lora_unmatched(const LdmLora *l, int i) {
     return i >= 0 && i < l->n_unmatched && i < LDM_LORA_KEEP_UNMATCHED ? l->unmatched[i] : NULL;
 }
 
-static const LoraModule *find_module(const LdmLora *l, const char *key) {
+/* The first of the modules of key in by_key order (a whole weight, or the
+ * thirds of a packed one in order), -1 if none. */
+static int find_first(const LdmLora *l, const char *key) {
     int lo = 0, hi = l->n_mods;
-    while (lo < hi) {
-        int mid = lo + (hi - lo) / 2, c = strcmp(l->mods[l->by_key[mid]].key, key);
-        if (c == 0) return &l->mods[l->by_key[mid]];
-        if (c < 0) lo = mid + 1;
+    while (lo < hi) { /* the first with mods[].key >= key */
+        int mid = lo + (hi - lo) / 2;
+        if (strcmp(l->mods[l->by_key[mid]].key, key) < 0) lo = mid + 1;
         else hi = mid;
     }
-    return NULL;
+    return lo < l->n_mods && !strcmp(l->mods[l->by_key[lo]].key, key) ? lo : -1;
 }
 
-int ldm_lora_touches(const LdmLora *l, const char *key) { return find_module(l, key) != NULL; }
+int ldm_lora_touches(const LdmLora *l, const char *key) { return find_first(l, key) >= 0; }
+
+/* The first row of the weight (shape[0] rows) that module m changes. */
+static int64_t module_row0(const LoraModule *m, const int64_t *shape) {
+    return m->part < 0 ? 0 : m->part * (shape[0] / 3);
+}
 
 /* Do the factors of m fit a weight of shape [ndim] shape? */
 static int check_fit(const LdmLora *l, const LoraModule *m, int ndim, const int64_t *shape) {
-    int ok = (ndim == 2 || ndim == 4) && shape[0] == m->up_shape[0] && !(m->up_ndim == 4 && ndim != 4);
+    int64_t rows = ndim >= 1 ? shape[0] : 0;
+    if (m->part >= 0) rows = ndim == 2 && shape[0] % 3 == 0 ? shape[0] / 3 : -1;
+    int ok = (ndim == 2 || ndim == 4) && rows == m->up_shape[0] && !(m->up_ndim == 4 && ndim != 4);
     int64_t k = 1;
     for (int d = 1; d < ndim; d++) k *= shape[d];
     int64_t dk = 1;
@@ -398,13 +488,16 @@ static int check_fit(const LdmLora *l, const LoraModule *m, int ndim, const int6
     shape_str(a, sizeof a, m->down_ndim, m->down_shape);
     shape_str(b, sizeof b, m->up_ndim, m->up_shape);
     shape_str(w, sizeof w, ndim, shape);
-    return ldm_fail("%s: LoRA module %s (lora_down %s, lora_up %s) does not fit %s %s", l->path, m->prefix, a, b,
-                    m->key, w);
+    return ldm_fail("%s: LoRA module %s (lora_down %s, lora_up %s) does not fit %s%s %s", l->path, m->prefix, a, b,
+                    m->key, m->part < 0 ? "" : m->part == 0 ? " (its q third)" : m->part == 1 ? " (its k third)" : " (its v third)",
+                    w);
 }
 
 int ldm_lora_check(const LdmLora *l, const char *key, int ndim, const int64_t *shape) {
-    const LoraModule *m = find_module(l, key);
-    return m ? check_fit(l, m, ndim, shape) : 0;
+    int i = find_first(l, key);
+    for (; i >= 0 && i < l->n_mods && !strcmp(l->mods[l->by_key[i]].key, key); i++)
+        if (check_fit(l, &l->mods[l->by_key[i]], ndim, shape) != 0) return -1;
+    return 0;
 }
 
 /* Rows [r0, r1) of the delta of m for a weight of k columns per row:
@@ -465,18 +558,27 @@ void ldm_lora_release_pages(const LdmLora *l) {
     }
 }
 
-/* rows [r0, r1) of buf (+)= the delta of key's module. */
+/* rows [r0, r1) of buf (+)= the delta of key's modules (one for a whole
+ * weight; up to three, on their own rows, for a packed projection; rows
+ * no module changes: untouched when adding, zero in a delta). */
 static int delta_or_apply(const LdmLora *l, const char *key, int ndim, const int64_t *shape, int64_t r0, int64_t r1,
                           float *buf, int add) {
-    const LoraModule *m = find_module(l, key);
-    if (!m) return 0;
-    if (check_fit(l, m, ndim, shape) != 0) return -1;
+    int first = find_first(l, key);
+    if (first < 0) return 0;
+    if (ldm_lora_check(l, key, ndim, shape) != 0) return -1;
     if (r0 < 0 || r1 > shape[0] || r0 > r1)
         return ldm_fail("%s: rows [%lld, %lld) of %s are out of range (it has %lld)", l->path, (long long)r0,
                         (long long)r1, key, (long long)shape[0]);
     int64_t k = 1;
     for (int d = 1; d < ndim; d++) k *= shape[d];
-    module_rows(m, k, r0, r1, buf, add);
+    if (!add) memset(buf, 0, (size_t)((r1 - r0) * k) * sizeof *buf);
+    for (int i = first; i < l->n_mods && !strcmp(l->mods[l->by_key[i]].key, key); i++) {
+        const LoraModule *m = &l->mods[l->by_key[i]];
+        int64_t m0 = module_row0(m, shape), m1 = m0 + m->up_shape[0];
+        int64_t a0 = r0 > m0 ? r0 : m0, a1 = r1 < m1 ? r1 : m1;
+        /* (0.0 + x is x: a delta added to zeros has the values module_rows writes without adding) */
+        if (a0 < a1) module_rows(m, k, a0 - m0, a1 - m0, buf + (a0 - r0) * k, 1);
+    }
     return 1;
 }
 

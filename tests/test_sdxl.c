@@ -850,6 +850,150 @@ START_TEST(test_sdxl_txt2img_samplers) {
 }
 END_TEST
 
+/* ---- LoRA: kohya's SDXL names (lora_unet_input_blocks_*, lora_te1_*, lora_te2_*) ---- */
+
+/* One module of the test LoRA: its kohya prefix, the checkpoint key the
+ * webui binds it to (extensions-builtin/Lora: SDXL UNet names are CompVis
+ * paths; te1 -> conditioner.embedders.0.transformer; te2 -> the OpenCLIP
+ * tower, q/k/v_proj as thirds of the packed attn.in_proj_weight), the third
+ * (-1: all rows), and the factor shapes. */
+typedef struct XlMod {
+    const char *prefix, *key;
+    int part;
+    int down_ndim;
+    int64_t down[4], up[4];
+} XlMod;
+
+#define XL_TE2 "conditioner.embedders.1.model.transformer.resblocks.0."
+static const XlMod k_xl_mods[] = {
+    {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q",
+     "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight", -1, 2, {4, 64}, {64, 4}},
+    {"lora_unet_input_blocks_1_0_in_layers_2", "model.diffusion_model.input_blocks.1.0.in_layers.2.weight", -1, 4,
+     {4, 32, 3, 3}, {32, 4, 1, 1}},
+    {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj",
+     "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight", -1, 2, {4, 24}, {24, 4}},
+    {"lora_te2_text_model_encoder_layers_0_self_attn_q_proj", XL_TE2 "attn.in_proj_weight", 0, 2, {4, 32}, {32, 4}},
+    {"lora_te2_text_model_encoder_layers_0_self_attn_k_proj", XL_TE2 "attn.in_proj_weight", 1, 2, {4, 32}, {32, 4}},
+    {"lora_te2_text_model_encoder_layers_0_self_attn_v_proj", XL_TE2 "attn.in_proj_weight", 2, 2, {4, 32}, {32, 4}},
+    {"lora_te2_text_model_encoder_layers_0_self_attn_out_proj", XL_TE2 "attn.out_proj.weight", -1, 2, {4, 32}, {32, 4}},
+    {"lora_te2_text_model_encoder_layers_0_mlp_fc1", XL_TE2 "mlp.c_fc.weight", -1, 2, {4, 32}, {128, 4}},
+};
+#define XL_N_MODS ((int)(sizeof k_xl_mods / sizeof k_xl_mods[0]))
+
+static int64_t numel_of(int ndim, const int64_t *shape) {
+    int64_t n = 1;
+    for (int d = 0; d < ndim; d++) n *= shape[d];
+    return n;
+}
+
+/* Writes the LoRA (rank 4, alpha 2, F32 factors uniform in [-0.5, 0.5)
+ * from a fixed LCG) to lora_path, and the checkpoint merged by hand at
+ * multiplier mult to merged_path: W' = f16(float(W + mult * alpha / rank *
+ * up @ down)), the sums in float64 in rank order, W read from its F16. */
+static void xl_lora_files(const char *lora_path, const char *merged_path, float mult) {
+    float *down[XL_N_MODS], *up[XL_N_MODS];
+    uint64_t st = 2024;
+    StWriter *lw = st_writer_new();
+    for (int m = 0; m < XL_N_MODS; m++) {
+        const XlMod *x = &k_xl_mods[m];
+        int64_t nd = numel_of(x->down_ndim, x->down), nu = numel_of(x->down_ndim == 4 ? 4 : 2, x->up);
+        down[m] = ldm_xmalloc((size_t)nd * sizeof(float));
+        up[m] = ldm_xmalloc((size_t)nu * sizeof(float));
+        for (int64_t i = 0; i < nd; i++) down[m][i] = (float)((st = st * 6364136223846793005ull + 1) >> 40) / 16777216.0f - 0.5f;
+        for (int64_t i = 0; i < nu; i++) up[m][i] = (float)((st = st * 6364136223846793005ull + 1) >> 40) / 16777216.0f - 0.5f;
+        char name[160];
+        snprintf(name, sizeof name, "%s.lora_down.weight", x->prefix);
+        st_writer_add(lw, name, ST_F32, x->down_ndim, x->down, down[m]);
+        snprintf(name, sizeof name, "%s.lora_up.weight", x->prefix);
+        st_writer_add(lw, name, ST_F32, x->down_ndim == 4 ? 4 : 2, x->up, up[m]);
+        snprintf(name, sizeof name, "%s.alpha", x->prefix);
+        float alpha = 2.0f;
+        st_writer_add(lw, name, ST_F32, 0, NULL, &alpha);
+    }
+    ck_assert_msg(st_writer_save(lw, lora_path) == 0, "%s", ldm_last_error());
+    st_writer_free(lw);
+
+    StFile f;
+    ck_assert_msg(st_open(&f, xl("model-fp16.safetensors")) == 0, "%s", ldm_last_error());
+    StWriter *w = st_writer_new();
+    const double factor = (double)mult * (2.0 / 4.0);
+    for (int i = 0; i < f.n_tensors; i++) {
+        const StTensor *t = &f.tensors[i];
+        int hit = 0;
+        for (int m = 0; m < XL_N_MODS; m++) hit |= !strcmp(k_xl_mods[m].key, t->name);
+        if (!hit) {
+            st_writer_add_ref(w, t->name, t->dtype, t->ndim, t->shape, t->data, 0);
+            continue;
+        }
+        ck_assert_msg(t->dtype == ST_F16, "%s: expected F16", t->name);
+        const uint16_t *src = (const uint16_t *)(const void *)t->data;
+        uint16_t *dst = ldm_xmalloc((size_t)t->numel * sizeof *dst);
+        int64_t cols = t->numel / t->shape[0];
+        for (int64_t e = 0; e < t->numel; e++) dst[e] = src[e];
+        for (int m = 0; m < XL_N_MODS; m++) {
+            const XlMod *x = &k_xl_mods[m];
+            if (strcmp(x->key, t->name)) continue;
+            int64_t rows = x->up[0], row0 = x->part < 0 ? 0 : x->part * rows;
+            ck_assert_int_eq(cols, numel_of(x->down_ndim, x->down) / 4);
+            for (int64_t o = 0; o < rows; o++)
+                for (int64_t j = 0; j < cols; j++) {
+                    double acc = 0;
+                    for (int q = 0; q < 4; q++) acc += (double)up[m][o * 4 + q] * (double)down[m][q * cols + j];
+                    size_t at = (size_t)((row0 + o) * cols + j);
+                    dst[at] = st_f32_to_f16((float)((double)st_f16_to_f32(src[at]) + acc * factor));
+                }
+        }
+        st_writer_add_ref(w, t->name, t->dtype, t->ndim, t->shape, dst, 1);
+    }
+    ck_assert_msg(st_writer_save(w, merged_path) == 0, "%s", ldm_last_error());
+    st_writer_free(w);
+    st_close(&f);
+    for (int m = 0; m < XL_N_MODS; m++) free(down[m]), free(up[m]);
+}
+
+/* A kohya SDXL LoRA (UNet attention and LoCon conv, both text encoders,
+ * the second one's q/k/v as thirds of its packed projection) given with
+ * --lora, and as a <lora:...> tag with --lora-dir, gives the latent of the
+ * checkpoint merged by hand, bit for bit; and it changes the image. */
+START_TEST(test_sdxl_txt2img_lora) {
+    const char *exe = xl_txt2img();
+    test_dir_init("ldm_sdxl_");
+    mkdir(test_tmp("loras"), 0755);
+    const char *lora = test_tmp("loras/xl_lora.safetensors"), *merged = test_tmp("xl-merged.safetensors");
+    xl_lora_files(lora, merged, 0.8f);
+    char spec[600];
+    snprintf(spec, sizeof spec, "%s:0.8", lora);
+    const char *lat[4] = {test_tmp("l-base.safetensors"), test_tmp("l-lora.safetensors"), test_tmp("l-merged.safetensors"),
+                          test_tmp("l-tag.safetensors")};
+    const char *base = xl("model-fp16.safetensors");
+    char *runs[4][20] = {
+        {(char *)exe, "--weights", (char *)base, "-p", "a cat", NULL},
+        {(char *)exe, "--weights", (char *)base, "-p", "a cat", "--lora", spec, NULL},
+        {(char *)exe, "--weights", (char *)merged, "-p", "a cat", NULL},
+        {(char *)exe, "--weights", (char *)base, "-p", "a cat <lora:xl_lora:0.8>", "--lora-dir", (char *)test_tmp("loras"),
+         NULL},
+    };
+    for (int r = 0; r < 4; r++) {
+        int k = 0;
+        while (runs[r][k]) k++;
+        char png[64];
+        snprintf(png, sizeof png, "l%d.png", r);
+        const char *tail[] = {"--steps", "2", "--seed", "7", "--quiet", "-o", test_tmp("%s", png), "--save-latent", lat[r],
+                              NULL};
+        for (int i = 0; tail[i]; i++) runs[r][k++] = (char *)tail[i];
+        runs[r][k] = NULL;
+        char *out = NULL;
+        int rc = test_run(runs[r], &out);
+        ck_assert_msg(rc == 0, "run %d failed (status %d):\n%s", r, rc, out);
+        ck_assert_msg(!strstr(out, "match nothing"), "run %d: a LoRA module matched nothing:\n%s", r, out);
+        free(out);
+    }
+    ck_assert_msg(!same_latent(lat[0], lat[1]), "the LoRA changed nothing");
+    ck_assert_msg(same_latent(lat[1], lat[2]), "--lora differs from the checkpoint merged by hand");
+    ck_assert_msg(same_latent(lat[3], lat[2]), "<lora:xl_lora:0.8> with --lora-dir differs from the merged checkpoint");
+}
+END_TEST
+
 /* The graphs on an SDXL-like configuration they were not tuned on: other
  * depths per level (including 0 blocks), head size, width, a non-square
  * size, batch 2; compiled and run on random weights of its own shapes
@@ -957,6 +1101,7 @@ Suite *suite_sdxl(void) {
     tcase_add_test(tc, test_sdxl_txt2img_bad);
     tcase_add_test(tc, test_sdxl_checkpoint_to_sd1);
     tcase_add_test(tc, test_sdxl_txt2img_samplers);
+    tcase_add_test(tc, test_sdxl_txt2img_lora);
     suite_add_tcase(s, tc);
     return s;
 }

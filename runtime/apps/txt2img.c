@@ -834,8 +834,10 @@ typedef struct App {
     ActiveLora *act;          /* the LoRAs merged into the weights, in activation order */
     int n_act;
     int lora_gen;             /* changes with every new LoRA set */
-    const char *const *weight_names; /* every network's weight names (LoRA key matching; a->nets owns them) */
+    const char *const *weight_names; /* every network's weight names (LoRA key matching; a->nets owns them,
+                                        or with sgm's second text encoder the array weight_names_own) */
     int n_weight_names;
+    const char **weight_names_own;   /* sgm: a->nets' names then a->clip2's (their strings owned by those) */
     LdmNets taesd_dec;        /* --taesd: TAESD's decoder of every size (size k at k) */
     LdmNets taesd_enc;        /* --taesd-encoder: its encoder of every size */
     LdmNets taesd_prev;       /* --preview-taesd: the previews' decoder (else they use taesd_dec) */
@@ -1177,7 +1179,18 @@ static int use_loras(App *a, const LoraWant *want, int n) {
             fprintf(stderr, "%s\n", u > 3 ? ", ..." : "");
         }
     }
-    if (rc == 0) rc = ldm_nets_set_loras(&a->nets, ls, n);
+    /* SDXL's second text encoder too (kohya's lora_te2_*): it is set first, and
+     * back to the set in use if the other networks refuse the new one */
+    if (rc == 0 && a->sgm) rc = ldm_nets_set_loras(&a->clip2, ls, n);
+    if (rc == 0) {
+        rc = ldm_nets_set_loras(&a->nets, ls, n);
+        if (rc != 0 && a->sgm) {
+            LdmLora **old = ldm_xcalloc((size_t)a->n_act + 1, sizeof *old);
+            for (int i = 0; i < a->n_act; i++) old[i] = a->act[i].l;
+            ldm_nets_set_loras(&a->clip2, old, a->n_act); /* cannot fail: it was in use */
+            free(old);
+        }
+    }
     free(ls);
     if (rc != 0) {
         active_free(act, k);
@@ -2261,9 +2274,9 @@ static int run(App *a) {
         return rc;
     }
 
-    if (a->sgm && (o->n_loras || o->lora_dir || o->embeddings)) {
+    if (a->sgm && o->embeddings) {
         ldm_prompts_free(&list);
-        return ldm_fail("--lora, --lora-dir and --embeddings are not supported for SDXL (sgm) models yet (%s)",
+        return ldm_fail("--embeddings (textual inversion) is not supported for SDXL (sgm) models yet (%s)",
                         CFG.config_path);
     }
     /* every size's networks, size k's at k * N_NETS: those of one network
@@ -2295,6 +2308,16 @@ static int run(App *a) {
     if (rc == 0) {
         /* what LoRA keys are matched against: every network's weights */
         a->weight_names = ldm_nets_weight_names(&a->nets, &a->n_weight_names);
+        if (a->sgm) {
+            /* and the second text encoder's (kohya's lora_te2_*) */
+            int n2;
+            const char *const *w2 = ldm_nets_weight_names(&a->clip2, &n2);
+            a->weight_names_own = ldm_xcalloc((size_t)(a->n_weight_names + n2) + 1, sizeof *a->weight_names_own);
+            memcpy(a->weight_names_own, a->weight_names, (size_t)a->n_weight_names * sizeof *a->weight_names_own);
+            memcpy(a->weight_names_own + a->n_weight_names, w2, (size_t)n2 * sizeof *a->weight_names_own);
+            a->weight_names = a->weight_names_own;
+            a->n_weight_names += n2;
+        }
         rc = check_loras(a);
     }
     if (rc != 0) {
@@ -2471,6 +2494,7 @@ out:
     if (ldm_profiling) ldm_profile_report();
     ldm_nets_free(&a.nets);
     ldm_nets_free(&a.clip2);
+    free(a.weight_names_own);
     ldm_nets_free(&a.taesd_dec);
     ldm_nets_free(&a.taesd_enc);
     ldm_nets_free(&a.taesd_prev);
