@@ -348,6 +348,71 @@ START_TEST(test_math_alpha_and_multipliers) {
 }
 END_TEST
 
+/* The OpenCLIP towers' packed attention projection (SD 2.x's
+ * cond_stage_model.model...; SDXL's second encoder is the same code with
+ * the 1_model names, tested end to end in the sdxl suite): kohya's
+ * lora_te_..._self_attn_k_proj and _v_proj change rows [W, 2W) and
+ * [2W, 3W) of attn.in_proj_weight (q's rows stay), mlp_fc2 binds to
+ * mlp.c_proj, the te multiplier applies; apply_rows over a range across
+ * two thirds changes only the rows of the modules in it; a k module whose
+ * factors do not fit a third is refused, naming the third. */
+#define OC "cond_stage_model.model.transformer.resblocks.0."
+START_TEST(test_openclip_packed_qkv) {
+    const int64_t W = 4, r = 2;
+    static const char *keys[] = {OC "attn.in_proj_weight", OC "attn.in_proj_bias", OC "attn.out_proj.weight",
+                                 OC "mlp.c_fc.weight", OC "mlp.c_proj.weight"};
+    StWriter *w = st_writer_new();
+    add_module(w, "lora_te_text_model_encoder_layers_0_self_attn_k_proj", W, W, r, 1.0f, 3);
+    add_module(w, "lora_te_text_model_encoder_layers_0_self_attn_v_proj", W, W, r, 0, 5);
+    add_module(w, "lora_te_text_model_encoder_layers_0_mlp_fc2", W, 4 * W, r, 0, 7);
+    const char *p = save(w, "openclip.safetensors");
+    LdmLora *l = NULL;
+    ck_assert_msg(ldm_lora_open(&l, p, keys, 5, 0.5f, 3.0f) == 0, "%s", ldm_last_error());
+    ck_assert_int_eq(ldm_lora_n_modules(l), 3);
+    ck_assert_int_eq(ldm_lora_n_unmatched(l), 0);
+    ck_assert(ldm_lora_touches(l, OC "attn.in_proj_weight") && ldm_lora_touches(l, OC "mlp.c_proj.weight"));
+    ck_assert(!ldm_lora_touches(l, OC "attn.out_proj.weight") && !ldm_lora_touches(l, OC "mlp.c_fc.weight"));
+    /* the delta of the packed weight [3W, W]: q rows zero, k and v their modules' */
+    int64_t shape[2] = {3 * W, W};
+    float delta[12 * 4];
+    ck_assert_int_eq(ldm_lora_delta(l, OC "attn.in_proj_weight", 2, shape, delta), 1);
+    struct { int seed; double scale; } third[3] = {{0, 0}, {3, 0.5 * 1.0 / 2}, {5, 0.5}};
+    for (int t = 0; t < 3; t++) {
+        float *d = t ? vals(r * W, third[t].seed) : NULL, *u = t ? vals(W * r, third[t].seed + 1) : NULL;
+        for (int64_t o = 0; o < W; o++)
+            for (int64_t j = 0; j < W; j++) {
+                double e = 0;
+                for (int64_t q = 0; t && q < r; q++) e += (double)u[o * r + q] * d[q * W + j];
+                e *= third[t].scale;
+                ck_assert_msg(fabs(delta[(t * W + o) * W + j] - e) <= 1e-6, "third %d [%lld, %lld]: %g, expected %g", t,
+                              (long long)o, (long long)j, (double)delta[(t * W + o) * W + j], e);
+            }
+        free(d);
+        free(u);
+    }
+    /* rows [2, 6) of the weight: rows 2, 3 (q) untouched, 4, 5 get k's delta */
+    float rows[4 * 4];
+    for (int i = 0; i < 16; i++) rows[i] = 1.0f;
+    ck_assert_int_eq(ldm_lora_apply_rows(l, OC "attn.in_proj_weight", 2, shape, 2, 6, rows), 1);
+    for (int i = 0; i < 8; i++) ck_assert_msg(rows[i] == 1.0f, "q row %d changed", 2 + i / 4);
+    for (int i = 8; i < 16; i++) ck_assert_msg(fabs(rows[i] - (1.0f + delta[4 * 4 + (i - 8)])) <= 1e-6, "k row %d", 2 + i / 4);
+    /* mlp_fc2 -> c_proj [W, 4W] at the te multiplier, no alpha: scale 0.5 */
+    int64_t pshape[2] = {W, 4 * W};
+    float pd[4 * 16];
+    ck_assert_int_eq(ldm_lora_delta(l, OC "mlp.c_proj.weight", 2, pshape, pd), 1);
+    float *d = vals(r * 4 * W, 7), *u = vals(W * r, 8);
+    double e = 0.5 * ((double)u[0] * d[0] + (double)u[1] * d[4 * W]);
+    ck_assert_msg(fabs(pd[0] - e) <= 1e-6, "c_proj[0, 0] = %g, expected %g", (double)pd[0], e);
+    free(d);
+    free(u);
+    /* a packed weight that is not three thirds of the k module's rows */
+    int64_t bad[2] = {3 * W + 3, W};
+    ck_assert_int_eq(ldm_lora_check(l, OC "attn.in_proj_weight", 2, bad), -1);
+    ck_assert_msg(strstr(ldm_last_error(), "its k third"), "%s", ldm_last_error());
+    ldm_lora_free(l);
+}
+END_TEST
+
 /* Prefixes naming no module: counted, the first few kept, not an error. */
 START_TEST(test_unmatched_counted) {
     StWriter *w = st_writer_new();
@@ -530,6 +595,7 @@ Suite *suite_lora(void) {
     tcase_add_test(tc, test_mapping_compvis);
     tcase_add_test(tc, test_golden_ldmc_merge);
     tcase_add_test(tc, test_math_alpha_and_multipliers);
+    tcase_add_test(tc, test_openclip_packed_qkv);
     tcase_add_test(tc, test_unmatched_counted);
     tcase_add_test(tc, test_errors_open);
     tcase_add_test(tc, test_errors_shape);
