@@ -1,5 +1,5 @@
 /*
- * lora.h - kohya-ss LoRA / LoCon files merged into CompVis SD v1 weights.
+ * lora.h - kohya-ss LoRA / LoCon files merged into CompVis SD v1, SD 2.x and SDXL weights.
  *
  * A LoRA file holds, per module, `<prefix>.lora_down.weight`,
  * `<prefix>.lora_up.weight` and optionally `<prefix>.alpha` (the prefix is
@@ -7,7 +7,12 @@
  * CompVis-style names) and `lora_te_text_model_*` are mapped, as the
  * AUTOMATIC1111 webui does, to checkpoint keys `model.diffusion_model.*.weight`
  * and `cond_stage_model.transformer.text_model.*.weight` (the diffusers
- * arithmetic assumes the SD v1 UNet layout). Prefixes that match no module of
+ * arithmetic assumes the SD v1 UNet layout), or SD 2.x's OpenCLIP tower
+ * `cond_stage_model.model.*`; SDXL's `lora_te1_*` and `lora_te2_*` to
+ * `conditioner.embedders.0.transformer.*` and `.1.model.*`. An OpenCLIP
+ * module `..._self_attn_{q,k,v}_proj` changes its third of the rows of the
+ * packed `attn.in_proj_weight` (so one key may have up to three modules,
+ * each on its own rows). Prefixes that match no module of
  * the checkpoint are not an error: they are counted and the first
  * LDM_LORA_KEEP_UNMATCHED kept for the caller to report.
  *
