@@ -34,6 +34,21 @@ static const LdmTensorInfo weights[] = {
 #define N_WEIGHTS ((int)(sizeof weights / sizeof weights[0]))
 static const LdmModel model = {.name = "fuzz", .n_weights = N_WEIGHTS, .weights = weights};
 
+/* Keys a LoRA is also opened against (not in the checkpoint the merge at
+ * bind uses): the OpenCLIP towers of SD 2.x and SDXL (packed q/k/v
+ * thirds) and SDXL's first text encoder, at toy sizes. */
+#define OC2 "cond_stage_model.model.transformer.resblocks.0."
+#define OCXL "conditioner.embedders.1.model.transformer.resblocks.0."
+static const LdmTensorInfo lora_only[] = {
+    {OC2 "attn.in_proj_weight", LDM_F32, 0, 2, {12, 4}, {0}},
+    {OC2 "attn.out_proj.weight", LDM_F32, 0, 2, {4, 4}, {0}},
+    {OCXL "attn.in_proj_weight", LDM_F32, 0, 2, {12, 4}, {0}},
+    {OCXL "mlp.c_fc.weight", LDM_F32, 0, 2, {16, 4}, {0}},
+    {"conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight", LDM_F32, 0, 2, {4, 4},
+     {0}},
+};
+#define N_LORA_ONLY ((int)(sizeof lora_only / sizeof lora_only[0]))
+
 static void read_tensors(const StFile *f) {
     (void)st_metadata(f, "format");
     for (int i = 0; i < f->n_tensors; i++) {
@@ -59,10 +74,11 @@ static void as_checkpoint(const StFile *f, LdmLora *lora) {
 }
 
 static LdmLora *as_lora(const char *path) {
-    const char *keys[N_WEIGHTS];
+    const char *keys[N_WEIGHTS + N_LORA_ONLY];
     for (int i = 0; i < N_WEIGHTS; i++) keys[i] = weights[i].name;
+    for (int i = 0; i < N_LORA_ONLY; i++) keys[N_WEIGHTS + i] = lora_only[i].name;
     LdmLora *l = NULL;
-    if (ldm_lora_open(&l, path, keys, N_WEIGHTS, 0.5f, 1.0f) != 0) return NULL;
+    if (ldm_lora_open(&l, path, keys, N_WEIGHTS + N_LORA_ONLY, 0.5f, 1.0f) != 0) return NULL;
     for (int i = 0; i < ldm_lora_n_modules(l); i++) {
         (void)ldm_lora_module_key(l, i);
         (void)ldm_lora_module_prefix(l, i);
@@ -78,6 +94,14 @@ static LdmLora *as_lora(const char *path) {
     float buf[4 * 4 * 3 * 3] = {0};
     for (int i = 0; i < N_WEIGHTS; i++)
         if (weights[i].dtype == LDM_F32) ldm_lora_apply(l, weights[i].name, weights[i].ndim, weights[i].shape, buf);
+    /* the LoRA-only weights: checked, their delta, and rows 2..9 of a packed
+     * projection (across its thirds) as bind pieces split it */
+    for (int i = 0; i < N_LORA_ONLY; i++) {
+        const LdmTensorInfo *t = &lora_only[i];
+        if (ldm_lora_check(l, t->name, t->ndim, t->shape) != 0) continue;
+        ldm_lora_delta(l, t->name, t->ndim, t->shape, buf);
+        if (t->shape[0] == 12) ldm_lora_apply_rows(l, t->name, t->ndim, t->shape, 2, 10, buf);
+    }
     return l;
 }
 

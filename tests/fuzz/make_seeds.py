@@ -114,6 +114,24 @@ for prefix, shape in [("lora_unet_down_blocks_0_attentions_0_proj_in", [4, 4, 1,
 lora += [("lora_unet_nothing.lora_down.weight", "F32", [1, 4], [0.0] * 4),
          ("lora_unet_nothing.lora_up.weight", "F32", [4, 1], [0.0] * 4)]
 put("safetensors", "lora.safetensors", st(lora, {"ss_network_dim": "2"}))
+# SD 2.x and SDXL LoRAs: the OpenCLIP towers' packed q/k/v thirds, mlp and
+# out_proj names, SDXL's te1 and CompVis-path UNet names (the harness's
+# key table has those weights at toy sizes)
+for name, mods in [("lora_sd2.safetensors", [("lora_te_text_model_encoder_layers_0_self_attn_q_proj", [4, 4]),
+                                              ("lora_te_text_model_encoder_layers_0_self_attn_v_proj", [4, 4]),
+                                              ("lora_te_text_model_encoder_layers_0_self_attn_out_proj", [4, 4])]),
+                   ("lora_sdxl.safetensors", [("lora_te1_text_model_encoder_layers_0_self_attn_q_proj", [4, 4]),
+                                               ("lora_te2_text_model_encoder_layers_0_self_attn_k_proj", [4, 4]),
+                                               ("lora_te2_text_model_encoder_layers_0_mlp_fc1", [16, 4]),
+                                               ("lora_unet_input_blocks_1_0_in_layers_2", [4, 4, 3, 3])])]:
+    ts = []
+    for prefix, shape in mods:
+        down = [2, shape[1]] + shape[2:]
+        up = [shape[0], 2] + [1] * (len(shape) - 2)
+        ts += [(prefix + ".lora_down.weight", "F32", down, [0.1] * n(down)),
+               (prefix + ".lora_up.weight", "F16", up, [0.2] * n(up)),
+               (prefix + ".alpha", "F32", [], [1.0])]
+    put("safetensors", name, st(ts))
 put("safetensors", "emb_f32.safetensors", st([("emb_params", "F32", [2, 4], [0.5] * 8)]))
 put("safetensors", "emb_string_to_param.safetensors", st([("string_to_param.*", "F16", [4], [0.25] * 4)]))
 put("safetensors", "emb_one.safetensors", st([("x", "BF16", [1, 768], [0.0] * 768)]))
