@@ -17,20 +17,45 @@
 
 /* ---- embeddings ------------------------------------------------------------ */
 
+/* Vectors of an embedding tensor ([n, width] or [width]). */
+static int64_t emb_rows(const StTensor *t) { return t->ndim == 2 ? t->shape[0] : 1; }
+
 int ldm_embedding_load(const char *path, int width, LdmEmbedding *out, char *why, size_t why_size) {
+    return ldm_embedding_load_key(path, NULL, width, out, why, why_size);
+}
+
+int ldm_embedding_load_key(const char *path, const char *key, int width, LdmEmbedding *out, char *why,
+                           size_t why_size) {
     memset(out, 0, sizeof *out);
     if (why_size) why[0] = 0;
     StFile f;
     if (st_open(&f, path) != 0) return -1; /* the message names the file and what is wrong */
     /* create_embedding_from_data: string_to_param (a .pt's dict, flattened
      * to "string_to_param.*" keys) or a single tensor (diffusers concept,
-     * `emb_params`) */
+     * `emb_params`); SDXL's: the tensors clip_l and clip_g, one per text
+     * encoder (the webui's textual_inversion_key) */
     const StTensor *t = NULL;
-    if (f.n_tensors == 1) t = &f.tensors[0];
-    for (int i = 0; i < f.n_tensors && !t; i++)
-        if (!strcmp(f.tensors[i].name, "emb_params") || !strncmp(f.tensors[i].name, "string_to_param.", 16))
-            t = &f.tensors[i];
     int rc = 0;
+    if (key) {
+        t = st_find(&f, key);
+        const StTensor *other = st_find(&f, !strcmp(key, "clip_l") ? "clip_g" : "clip_l");
+        if (!t || !other) {
+            snprintf(why, why_size, "%s: no clip_l and clip_g tensors (not an SDXL textual-inversion embedding)",
+                     path);
+            rc = 1;
+            goto done;
+        }
+        if (emb_rows(t) != emb_rows(other)) {
+            rc = ldm_fail("%s: %s holds %lld vectors, %s %lld: expected as many in both", path, t->name,
+                          (long long)emb_rows(t), other->name, (long long)emb_rows(other));
+            goto done;
+        }
+    } else {
+        if (f.n_tensors == 1) t = &f.tensors[0];
+        for (int i = 0; i < f.n_tensors && !t; i++)
+            if (!strcmp(f.tensors[i].name, "emb_params") || !strncmp(f.tensors[i].name, "string_to_param.", 16))
+                t = &f.tensors[i];
+    }
     if (!t) {
         snprintf(why, why_size, "%s: %d tensors, none of them emb_params or string_to_param.* (not an SD v1 "
                  "textual-inversion embedding)", path, f.n_tensors);
@@ -92,6 +117,10 @@ static int has_suffix(const char *s, const char *suf) {
 }
 
 int ldm_embeddings_load_dir(const char *dir, int width, LdmEmbeddings *out) {
+    return ldm_embeddings_load_dir_key(dir, NULL, width, out);
+}
+
+int ldm_embeddings_load_dir_key(const char *dir, const char *key, int width, LdmEmbeddings *out) {
     memset(out, 0, sizeof *out);
     out->width = width;
     out->notes = ldm_xstrdup("");
@@ -111,7 +140,7 @@ int ldm_embeddings_load_dir(const char *dir, int width, LdmEmbeddings *out) {
     out->e = ldm_xcalloc((size_t)n + 1, sizeof *out->e);
     for (int i = 0; i < n && rc == 0; i++) {
         char why[1024];
-        int r = ldm_embedding_load(names[i], width, &out->e[out->n], why, sizeof why);
+        int r = ldm_embedding_load_key(names[i], key, width, &out->e[out->n], why, sizeof why);
         if (r < 0) rc = -1;
         else if (r == 1) {
             char *notes = ldm_xasprintf("%s%s\n", out->notes, why);

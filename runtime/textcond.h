@@ -61,10 +61,18 @@ typedef struct LdmEmbeddings {
  * webui does); -1 (ldm_fail, naming the file) when it is unreadable,
  * truncated, corrupt, not floating point or not finite. */
 int ldm_embedding_load(const char *path, int width, LdmEmbedding *out, char *why, size_t why_size);
+/* The same for one text encoder of SDXL's embeddings (key "clip_l" or
+ * "clip_g": the file's tensor of that name, of the encoder's width; a file
+ * without both tensors is another model's: 1; both present with different
+ * numbers of vectors: -1). key NULL: ldm_embedding_load. */
+int ldm_embedding_load_key(const char *path, const char *key, int width, LdmEmbedding *out, char *why,
+                           size_t why_size);
 void ldm_embedding_free(LdmEmbedding *e);
 /* Every *.safetensors file of dir (not recursive). A refused file is
  * counted and described in notes; an error in any file fails the whole load. */
 int ldm_embeddings_load_dir(const char *dir, int width, LdmEmbeddings *out);
+/* ldm_embeddings_load_dir with ldm_embedding_load_key's key (NULL: SD v1/2). */
+int ldm_embeddings_load_dir_key(const char *dir, const char *key, int width, LdmEmbeddings *out);
 void ldm_embeddings_free(LdmEmbeddings *e);
 
 /* ---- the encoder ---------------------------------------------------------- */

@@ -994,6 +994,88 @@ START_TEST(test_sdxl_txt2img_lora) {
 }
 END_TEST
 
+/* ---- textual inversion: SDXL embeddings (clip_l and clip_g) ---------------------- */
+
+/* Row id of an F16 [rows, W] table of the checkpoint as float32. */
+static float *table_row(const StFile *f, const char *key, int32_t id, int64_t *w) {
+    const StTensor *t = st_find(f, key);
+    ck_assert_msg(t && t->dtype == ST_F16 && t->ndim == 2 && id < t->shape[0], "%s: expected an F16 table", key);
+    *w = t->shape[1];
+    float *v = ldm_xmalloc((size_t)*w * sizeof *v);
+    const uint16_t *h = (const uint16_t *)(const void *)t->data + (size_t)id * (size_t)*w;
+    for (int64_t j = 0; j < *w; j++) v[j] = st_f16_to_f32(h[j]);
+    return v;
+}
+
+/* An SDXL embedding (clip_l for the first encoder, clip_g for the second,
+ * as the webui's textual_inversion_key) whose one vector is each encoder's
+ * own token row of "cat": "a photo of mycat" gives the latent of "a photo
+ * of cat" bit for bit (emb_keep 0 and emb_rows = the row, against keep 1
+ * and rows 0), and the run names it; an SD v1 embedding in the same
+ * directory is skipped with a warning; clip_l and clip_g of different
+ * vector counts are refused. */
+START_TEST(test_sdxl_txt2img_embeddings) {
+    const char *exe = xl_txt2img();
+    test_dir_init("ldm_sdxl_");
+    ClipTokenizer *tok = clip_tokenizer_load_builtin();
+    ck_assert(tok);
+    int32_t *ids = NULL;
+    ck_assert_int_eq(clip_encode(tok, "cat", &ids), 1);
+    StFile f;
+    ck_assert_msg(st_open(&f, xl("model-fp16.safetensors")) == 0, "%s", ldm_last_error());
+    int64_t wl, wg;
+    float *l = table_row(&f, "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight", ids[0], &wl);
+    float *g = table_row(&f, "conditioner.embedders.1.model.token_embedding.weight", ids[0], &wg);
+    st_close(&f);
+    mkdir(test_tmp("emb"), 0755);
+    StWriter *w = st_writer_new();
+    int64_t sl[2] = {1, wl}, sg[2] = {1, wg};
+    st_writer_add(w, "clip_l", ST_F32, 2, sl, l);
+    st_writer_add(w, "clip_g", ST_F32, 2, sg, g);
+    ck_assert_msg(st_writer_save(w, test_tmp("emb/mycat.safetensors")) == 0, "%s", ldm_last_error());
+    st_writer_free(w);
+    w = st_writer_new(); /* an SD v1 embedding: skipped */
+    int64_t s1[2] = {1, 768};
+    float *z = ldm_xcalloc(768, sizeof *z);
+    st_writer_add(w, "emb_params", ST_F32, 2, s1, z);
+    ck_assert_msg(st_writer_save(w, test_tmp("emb/sd1emb.safetensors")) == 0, "%s", ldm_last_error());
+    st_writer_free(w);
+    const char *lat[2] = {test_tmp("e-word.safetensors"), test_tmp("e-emb.safetensors")};
+    const char *png = test_tmp("e-emb.png");
+    char *a0[] = {(char *)exe, "--weights", (char *)xl("model-fp16.safetensors"), "-p", "a photo of cat", "--steps", "2",
+                  "--seed", "3", "--quiet", "-o", (char *)test_tmp("e-word.png"), "--save-latent", (char *)lat[0], NULL};
+    char *a1[] = {(char *)exe, "--weights", (char *)xl("model-fp16.safetensors"), "-p", "a photo of mycat", "--steps", "2",
+                  "--seed", "3", "--embeddings", (char *)test_tmp("emb"), "-o", (char *)png, "--save-latent",
+                  (char *)lat[1], NULL};
+    char *out = NULL;
+    ck_assert_msg(test_run(a0, &out) == 0, "%s", out);
+    free(out);
+    ck_assert_msg(test_run(a1, &out) == 0, "%s", out);
+    ck_assert_msg(strstr(out, "skipped") && strstr(out, "sd1emb.safetensors"), "no warning for the SD v1 embedding:\n%s", out);
+    ck_assert_msg(strstr(out, "embeddings mycat"), "the run does not say it called the embedding:\n%s", out);
+    free(out);
+    ck_assert_msg(same_latent(lat[0], lat[1]), "the embedding of cat's rows differs from the word cat");
+    ck_assert(test_exists(png));
+    /* clip_l with 2 vectors, clip_g with 1: refused, no image */
+    w = st_writer_new();
+    int64_t sl2[2] = {2, wl};
+    float *l2 = ldm_xcalloc((size_t)(2 * wl), sizeof *l2);
+    st_writer_add(w, "clip_l", ST_F32, 2, sl2, l2);
+    st_writer_add(w, "clip_g", ST_F32, 2, sg, g);
+    ck_assert_msg(st_writer_save(w, test_tmp("emb/uneven.safetensors")) == 0, "%s", ldm_last_error());
+    st_writer_free(w);
+    const char *bad = test_tmp("e-bad.png");
+    char *a2[] = {(char *)exe, "--weights", (char *)xl("model-fp16.safetensors"), "-p", "x", "--steps", "1",
+                  "--embeddings", (char *)test_tmp("emb"), "-o", (char *)bad, NULL};
+    ck_assert_int_ne(test_run(a2, &out), 0);
+    ck_assert_msg(strstr(out, "uneven.safetensors") && strstr(out, "vectors"), "%s", out);
+    free(out);
+    ck_assert(!test_exists(bad));
+    free(l), free(g), free(z), free(l2), free(ids);
+    clip_tokenizer_free(tok);
+}
+END_TEST
+
 /* The graphs on an SDXL-like configuration they were not tuned on: other
  * depths per level (including 0 blocks), head size, width, a non-square
  * size, batch 2; compiled and run on random weights of its own shapes
@@ -1102,6 +1184,7 @@ Suite *suite_sdxl(void) {
     tcase_add_test(tc, test_sdxl_checkpoint_to_sd1);
     tcase_add_test(tc, test_sdxl_txt2img_samplers);
     tcase_add_test(tc, test_sdxl_txt2img_lora);
+    tcase_add_test(tc, test_sdxl_txt2img_embeddings);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -826,7 +826,8 @@ typedef struct App {
     int n_failed;             /* --prompts: lines that failed */
     int size;                 /* the size in use: index in ldm_pipeline_sizes */
     int run_size;             /* the size -H/-W chose (a --prompts line may use another) */
-    LdmEmbeddings emb;        /* --embeddings */
+    LdmEmbeddings emb;        /* --embeddings (sgm: each file's clip_l, for the first text encoder) */
+    LdmEmbeddings emb2;       /* sgm: the same files' clip_g, for the second (the same names, in the same order) */
     LdmCond uc;               /* the negative prompt's conditioning ... */
     char *uc_prompt;          /* ... for this text (NULL: none yet) */
     int uc_lora_gen;          /* ... under this LoRA set */
@@ -983,6 +984,41 @@ static LdmTextEncoder text_encoder(App *a) {
     return te;
 }
 
+/* Does text (lines ending in '\n') hold the line line[0..len)? */
+static int has_line(const char *text, const char *line, size_t len) {
+    for (const char *p = text; *p;) {
+        const char *e = strchr(p, '\n');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        if (n == len && !memcmp(p, line, len)) return 1;
+        p = e ? e + 1 : p + n;
+    }
+    return 0;
+}
+
+/* sgm (SDXL) --embeddings: each file's clip_l for the first text encoder
+ * (a->emb, width0) and clip_g for the second (a->emb2, the rest of the
+ * context's width), as the webui's textual_inversion_key picks them; an
+ * SD v1/2 embedding (one tensor) is another model's and skipped. Both sets
+ * keep only the names both have, so that an index means the same file in
+ * each (a file one encoder refuses has its note there). */
+static int load_embeddings_sgm(App *a, int width0) {
+    if (ldm_embeddings_load_dir_key(a->o.embeddings, "clip_l", width0, &a->emb) != 0) return -1;
+    if (ldm_embeddings_load_dir_key(a->o.embeddings, "clip_g", a->ctx_dim - width0, &a->emb2) != 0) return -1;
+    LdmEmbeddings *set[2] = {&a->emb, &a->emb2};
+    for (int k = 0; k < 2; k++) {
+        const LdmEmbeddings *other = set[1 - k];
+        int n = 0;
+        for (int i = 0; i < set[k]->n; i++) {
+            int in_other = 0;
+            for (int j = 0; j < other->n && !in_other; j++) in_other = !strcmp(other->e[j].name, set[k]->e[i].name);
+            if (in_other) set[k]->e[n++] = set[k]->e[i];
+            else ldm_embedding_free(&set[k]->e[i]);
+        }
+        set[k]->n = n;
+    }
+    return 0;
+}
+
 /* sgm (SDXL): the GeneralConditioner's text embedders, each on every chunk
  * of the prompt (the webui's syntax and chunks apply to both): embedder 0
  * (SD v1's tokenizer), embedder 1 (open_clip's: padded with 0; its pooled
@@ -990,7 +1026,7 @@ static LdmTextEncoder text_encoder(App *a) {
 static int encode_text_sgm(App *a, const char *prompt, LdmCond *c) {
     memset(c, 0, sizeof *c);
     LdmTextEncoder te0 = text_encoder(a), te1 = te0;
-    te0.emb = te1.emb = NULL;
+    te1.emb = te0.emb ? &a->emb2 : NULL; /* clip_l to the first encoder, clip_g to the second */
     te1.nets = &a->clip2;
     te1.model = a->size;
     te1.style = &clip_style_openclip;
@@ -1014,7 +1050,10 @@ static int encode_text_sgm(App *a, const char *prompt, LdmCond *c) {
             memcpy(c->z + r * c->width, c0.z + r * c0.width, (size_t)c0.width * sizeof(float));
             memcpy(c->z + r * c->width + c0.width, c1.z + r * c1.width, (size_t)c1.width * sizeof(float));
         }
-        c->used = ldm_xcalloc(1, sizeof *c->used);
+        /* the embeddings called: indices into a->emb (a->emb2's are the same) */
+        c->used = ldm_xcalloc((size_t)c0.n_used + 1, sizeof *c->used);
+        if (c0.n_used) memcpy(c->used, c0.used, (size_t)c0.n_used * sizeof *c->used);
+        c->n_used = c0.n_used;
         c->pooled = c1.pooled;
         c->pooled_width = c1.pooled_width;
         c1.pooled = NULL;
@@ -1839,14 +1878,20 @@ static int load_inputs(App *a) {
                         o->clip_skip);
     if (o->embeddings) {
         t0 = ldm_now();
-        if (ldm_embeddings_load_dir(o->embeddings, width, &a->emb) != 0) return -1;
-        if (a->emb.n > 0 && ldm_model_input(clip, "emb_keep") < 0)
+        if (a->sgm ? load_embeddings_sgm(a, width) != 0 : ldm_embeddings_load_dir(o->embeddings, width, &a->emb) != 0)
+            return -1;
+        if (a->emb.n > 0 && (ldm_model_input(clip, "emb_keep") < 0 ||
+                             (a->sgm && ldm_model_input(clip2_model(a->size), "emb_keep") < 0)))
             return ldm_fail("--embeddings: this executable's text encoder was compiled without EMBEDS=1");
-        for (const char *p = a->emb.notes; *p;) {
-            const char *e = strchr(p, '\n');
-            fprintf(stderr, "%s: warning: --embeddings: skipped %.*s\n", a->argv0, (int)(e ? e - p : (long)strlen(p)), p);
-            p = e ? e + 1 : p + strlen(p);
-        }
+        for (int k = 0; k < 2; k++)
+            for (const char *p = k ? a->emb2.notes : a->emb.notes; p && *p;) {
+                const char *e = strchr(p, '\n');
+                int len = (int)(e ? e - p : (long)strlen(p));
+                /* (sgm: a file neither encoder takes is said once) */
+                int said = k && a->emb.notes && has_line(a->emb.notes, p, (size_t)len);
+                if (!said) fprintf(stderr, "%s: warning: --embeddings: skipped %.*s\n", a->argv0, len, p);
+                p = e ? e + 1 : p + strlen(p);
+            }
         ldm_times_add(&a->times, "load embeddings", ldm_now() - t0);
     }
     if (o->prompt) {
@@ -2274,11 +2319,6 @@ static int run(App *a) {
         return rc;
     }
 
-    if (a->sgm && o->embeddings) {
-        ldm_prompts_free(&list);
-        return ldm_fail("--embeddings (textual inversion) is not supported for SDXL (sgm) models yet (%s)",
-                        CFG.config_path);
-    }
     /* every size's networks, size k's at k * N_NETS: those of one network
      * share one weight set (ldm_nets_load_mapped), bound when it first runs */
     double t0 = ldm_now();
@@ -2514,6 +2554,7 @@ out:
     ldm_cond_free(&a.uc);
     ldm_cond_free(&a.empty);
     ldm_embeddings_free(&a.emb);
+    ldm_embeddings_free(&a.emb2);
     active_free(a.act, a.n_act);
     free((void *)a.o.loras);
     return rc;
