@@ -10,7 +10,8 @@
  *     checked against its weight, then merged at bind into the seed
  *     checkpoint corpus/safetensors/ckpt_f16.safetensors as txt2img --lora
  *     does);
- *   - as a textual-inversion embedding (ldm_embedding_load, width 4 and 768).
+ *   - as a textual-inversion embedding (ldm_embedding_load, width 4 and 768;
+ *     ldm_embedding_load_key as SDXL's clip_l and clip_g, width 4).
  * The input is the file's bytes.
  */
 #include "fuzz.h"
@@ -139,6 +140,8 @@ LDM_FUZZ_TARGET(safetensors) {
         memset(&e, 0, sizeof e);
         char why[256];
         if (ldm_embedding_load(path, widths[k], &e, why, sizeof why) == 0) ldm_embedding_free(&e);
+        /* as an SDXL embedding: clip_l and clip_g */
+        if (ldm_embedding_load_key(path, k ? "clip_g" : "clip_l", 4, &e, why, sizeof why) == 0) ldm_embedding_free(&e);
     }
     return 0;
 }

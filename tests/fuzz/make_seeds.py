@@ -135,6 +135,7 @@ for name, mods in [("lora_sd2.safetensors", [("lora_te_text_model_encoder_layers
 put("safetensors", "emb_f32.safetensors", st([("emb_params", "F32", [2, 4], [0.5] * 8)]))
 put("safetensors", "emb_string_to_param.safetensors", st([("string_to_param.*", "F16", [4], [0.25] * 4)]))
 put("safetensors", "emb_one.safetensors", st([("x", "BF16", [1, 768], [0.0] * 768)]))
+put("safetensors", "emb_sdxl.safetensors", st([("clip_g", "F16", [2, 4], [0.5] * 8), ("clip_l", "F32", [2, 4], [0.25] * 8)]))
 put("safetensors", "empty.safetensors", st([]))
 tiny = os.path.join(SHARED, "goldens/sd1-adapters/tinyemb.safetensors")
 if os.path.exists(tiny):
