@@ -29,18 +29,10 @@
 # same per-step figures as SD v1's rows (ONLY_SD2=1: those rows alone;
 # SD2=0: without them).
 set -euo pipefail
-BUILD=${BUILD:-build}
 RESOLUTIONS=${RESOLUTIONS:-"256 512"}
-CONFIG=models/sd1/v1-inference.yaml
-B=$BUILD/bench
-mkdir -p "$B"
-LDMC=$BUILD/ldmc
-CKPT=$BUILD/sd15-random-f16.safetensors
-if [ ! -f "$CKPT" ] && [ -z "${ONLY_SD2:-}" ]; then
-    echo "making $CKPT (RANDOM weights with the real SD v1.5 shapes, fp16)"
-    $LDMC randckpt --config $CONFIG --dtype f16 --seed 1 -o "$CKPT" models/sd1/clip_text.graph models/sd1/unet.graph \
-        models/sd1/vae_encoder.graph models/sd1/vae_decoder.graph
-fi
+. "$(dirname "$0")/common.sh"
+CKPT=$SD15_CKPT
+[ -n "${ONLY_SD2:-}${ONLY_SDXL:-}" ] || make_sd15_ckpt
 cc -O2 tests/bench/sgemm_rate.c -I/usr/include/x86_64-linux-gnu/openblas-pthread -lopenblas -o $B/sgemm_rate
 sgemm() { $B/sgemm_rate 2048 2 | awk '{print $2}'; }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"

@@ -14,20 +14,14 @@
 # -v: its time per step and peak RSS against the same run without
 # --control-net.
 set -euo pipefail
-BUILD=${BUILD:-build}
 RES=${RES:-512}
 ROUNDS=${ROUNDS:-3}
 GEN=${GEN:-1}
 GEN_STEPS=${GEN_STEPS:-20}
-CONFIG=models/sd1/v1-inference.yaml
-B=$BUILD/bench
-mkdir -p "$B"
-LDMC=$BUILD/ldmc
-CKPT=${CKPT:-$BUILD/sd15-random-f16.safetensors}
-if [ ! -f "$CKPT" ]; then
-    echo "making $CKPT (RANDOM weights with the real SD v1.5 shapes, fp16)"
-    $LDMC randckpt --config $CONFIG --dtype f16 --seed 1 -o "$CKPT" models/sd1/clip_text.graph models/sd1/unet.graph \
-        models/sd1/vae_encoder.graph models/sd1/vae_decoder.graph
+. "$(dirname "$0")/common.sh"
+if [ -z "${CKPT:-}" ]; then
+    make_sd15_ckpt
+    CKPT=$SD15_CKPT
 fi
 CN=${CN:-$BUILD/controlnet-sd15-random-f16.safetensors}
 if [ ! -f "$CN" ]; then
@@ -37,7 +31,7 @@ fi
 $LDMC models/sd1/unet.graph --config $CONFIG -D H=$RES -D W=$RES -D B=2 -o $B/unet-$RES
 $LDMC models/sd1/unet.graph --config $CONFIG -D H=$RES -D W=$RES -D B=2 -D CONTROL=1 -o $B/unet_control-$RES
 $LDMC models/sd1/controlnet.graph --config $CONFIG -D H=$RES -D W=$RES -D B=2 -o $B/controlnet-$RES
-t() { "$@" --random-inputs 1 --repeat 3 2>&1 | grep forward | sed -E 's/.*forward ([0-9.]+) s.*/\1/'; }
+t() { runner_time "$@" --repeat 3; }
 ratios=""
 for i in $(seq "$ROUNDS"); do
     tp=$(t $B/unet-$RES --weights "$CKPT")

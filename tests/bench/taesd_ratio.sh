@@ -8,14 +8,10 @@
 # vae_decoder and taesd_decoder rows (random fp16 VAE weights of the real
 # SD v1.5 shapes; the golden set's random-weight TAESD decoder).
 set -euo pipefail
-BUILD=${BUILD:-build}
 RES=${RES:-512}
 ROUNDS=${ROUNDS:-3}
-CONFIG=models/sd1/v1-inference.yaml
-B=$BUILD/bench
-mkdir -p "$B"
-LDMC=$BUILD/ldmc
-CKPT=${CKPT:-$BUILD/sd15-random-f16.safetensors}
+. "$(dirname "$0")/common.sh"
+CKPT=${CKPT:-$SD15_CKPT}
 if [ ! -f "$CKPT" ]; then
     CKPT=$BUILD/vae-decoder-random-f16.safetensors
     [ -f "$CKPT" ] || $LDMC randckpt --config $CONFIG --dtype f16 --seed 1 -o "$CKPT" models/sd1/vae_decoder.graph
@@ -23,7 +19,7 @@ fi
 TAESD_DEC=${TAESD_DEC:-../shared/goldens/sd1-fast/taesd_decoder.safetensors}
 $LDMC models/sd1/vae_decoder.graph --config $CONFIG -D H=$RES -D W=$RES -D B=1 -o $B/vae_decoder-$RES
 $LDMC models/taesd/taesd_decoder.graph --config $CONFIG -D H=$RES -D W=$RES -D B=1 -o $B/taesd_decoder-$RES
-t() { "$@" --random-inputs 1 2>&1 | grep forward | sed -E 's/.*forward ([0-9.]+) s.*/\1/'; }
+t() { runner_time "$@"; }
 ratios=""
 for i in $(seq "$ROUNDS"); do
     tv=$(t $B/vae_decoder-$RES --weights "$CKPT" --repeat 3)
