@@ -122,6 +122,26 @@ static void expect_error(LdmServer *s, const char *method, const char *url, cons
     json_decref(j);
 }
 
+/* OpenAI's error shape (URLs under /v1/): {"error": {"message" naming
+ * `needle`, "type", "param", "code"}} and the status; no webui "detail". */
+static void expect_openai_error(LdmServer *s, const char *body, int status, const char *type, const char *code,
+                                const char *needle) {
+    int st;
+    json_t *j = call(s, "POST", "/v1/images/generations", body, &st, NULL);
+    ck_assert_msg(j, "%s: no JSON", body ? body : "");
+    json_t *e = json_object_get(j, "error");
+    const char *m = json_string_value(json_object_get(e, "message"));
+    ck_assert_msg(st == status, "%s: status %d, expected %d (%s)", body ? body : "", st, status, m ? m : "");
+    ck_assert_msg(json_is_object(e) && m && strstr(m, needle), "%s: error.message '%s' does not name '%s'",
+                  body ? body : "", m ? m : "", needle);
+    ck_assert_str_eq(json_string_value(json_object_get(e, "type")), type);
+    ck_assert(json_object_get(e, "param") && json_is_null(json_object_get(e, "param")));
+    if (code) ck_assert_str_eq(json_string_value(json_object_get(e, "code")), code);
+    else ck_assert(json_is_null(json_object_get(e, "code")));
+    ck_assert(!json_object_get(j, "detail"));
+    json_decref(j);
+}
+
 START_TEST(test_base64) {
     const uint8_t d[] = {0, 1, 2, 250, 251, 252, 253};
     for (size_t n = 0; n <= sizeof d; n++) {
@@ -471,13 +491,18 @@ START_TEST(test_openai) {
     ck_assert_str_eq(json_string_value(json_object_get(json_array_get(d, 0), "revised_prompt")), "a fox");
     ck_assert(g_last.width == 96 && g_last.height == 64 && g_last.n_images == 2);
     json_decref(j);
-    expect_error(s, "POST", "/v1/images/generations", "{\"prompt\": \"x\", \"response_format\": \"url\"}", 400,
-                 "only b64_json");
-    expect_error(s, "POST", "/v1/images/generations", "{\"prompt\": \"x\", \"size\": \"1024x1024\"}", 422,
-                 "size: 1024x1024");
-    expect_error(s, "POST", "/v1/images/generations", "{\"prompt\": \"x\", \"size\": \"big\"}", 422, "size");
-    expect_error(s, "POST", "/v1/images/generations", "{\"prompt\": \"x\", \"n\": 11}", 422, "n: 11");
-    expect_error(s, "POST", "/v1/images/generations", "{\"n\": 1}", 422, "prompt");
+    const char *ir = "invalid_request_error";
+    expect_openai_error(s, "{\"prompt\": \"x\", \"response_format\": \"url\"}", 400, ir, NULL, "only b64_json");
+    expect_openai_error(s, "{\"prompt\": \"x\", \"size\": \"1024x1024\"}", 422, ir, NULL, "size: 1024x1024");
+    expect_openai_error(s, "{\"prompt\": \"x\", \"size\": \"big\"}", 422, ir, NULL, "size");
+    expect_openai_error(s, "{\"prompt\": \"x\", \"n\": 11}", 422, ir, NULL, "n: 11");
+    expect_openai_error(s, "{\"n\": 1}", 422, ir, NULL, "prompt");
+    expect_openai_error(s, "{\"prompt\": ", 400, ir, NULL, "not valid JSON");
+    ldm_server_free(s);
+    /* a wrong key: 401, code invalid_api_key (OpenAI's answer); the webui endpoints keep their shape */
+    s = fake_server("sekret", NULL);
+    expect_openai_error(s, "{\"prompt\": \"x\"}", 401, ir, "invalid_api_key", "API key");
+    expect_error(s, "POST", "/sdapi/v1/txt2img", "{\"prompt\": \"x\"}", 401, "API key");
     ldm_server_free(s);
 }
 END_TEST

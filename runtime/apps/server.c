@@ -266,7 +266,11 @@ static void respond_json(LdmHttpResponse *r, int status, json_t *j) {
     json_decref(j);
 }
 
-/* {"error": "<reason>", "detail": "<message naming the field>"} */
+/* {"error": "<reason>", "detail": "<message naming the field>"}, the
+ * webui's (FastAPI's) shape; under /v1/ OpenAI's, which its client
+ * libraries read: {"error": {"message", "type", "param", "code"}} (type
+ * invalid_request_error, server_error from 500 on; code invalid_api_key
+ * for a wrong key, else null). */
 static void respond_error(LdmHttpResponse *r, int status, const char *fmt, ...) LDM_PRINTF(3, 4);
 static void respond_error(LdmHttpResponse *r, int status, const char *fmt, ...) {
     char msg[2048];
@@ -279,6 +283,13 @@ static void respond_error(LdmHttpResponse *r, int status, const char *fmt, ...) 
     /* (a message cut in the middle of a UTF-8 sequence: jansson refuses it) */
     json_t *d = json_string(msg);
     if (!d) d = json_string("(message not valid UTF-8)");
+    if (r->openai_errors) {
+        json_t *e = json_pack("{s:o, s:s, s:n, s:o}", "message", d, "type",
+                              status >= 500 ? "server_error" : "invalid_request_error", "param", "code",
+                              status == 401 ? json_string("invalid_api_key") : json_null());
+        respond_json(r, status, json_pack("{s:o}", "error", e));
+        return;
+    }
     respond_json(r, status, json_pack("{s:s, s:o}", "error", reason(status), "detail", d));
 }
 
@@ -932,8 +943,7 @@ static void endpoint_openai(LdmServer *s, LdmHttpResponse *r, json_t *o) {
     Parsed p;
     if (parse_generation(s, r, wo, 0, &p) != 0) {
         if (r->body && strstr(r->body, "width, height")) {
-            /* name the field the client sent */
-            ldm_http_response_free(r);
+            /* name the field the client sent (respond_error replaces the body) */
             char *l = size_list(s);
             respond_error(r, 422, "size: %dx%d is not a size compiled into this executable (%s)", w, h, l);
             free(l);
@@ -1119,6 +1129,7 @@ void ldm_server_handle(LdmServer *s, const LdmHttpRequest *rq, LdmHttpResponse *
     memset(r, 0, sizeof *r);
     r->cors = s->o.cors_origin != NULL;
     const char *method = rq->method ? rq->method : "", *url = rq->url ? rq->url : "";
+    r->openai_errors = !strncmp(url, "/v1/", 4);
     Endpoint ep = EP_NONE;
     const char *allow = NULL;
     size_t ul = strlen(url);

@@ -138,6 +138,7 @@ typedef struct LdmHttpResponse {
     int retry_after;           /* > 0: a Retry-After header (seconds) */
     const char *allow;         /* an Allow header (405, OPTIONS), or NULL */
     int cors;                  /* add the CORS headers (--cors-origin) */
+    int openai_errors;         /* errors in OpenAI's shape (URLs under /v1/) */
 } LdmHttpResponse;
 
 void ldm_server_handle(LdmServer *s, const LdmHttpRequest *rq, LdmHttpResponse *out);

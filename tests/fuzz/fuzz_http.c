@@ -11,7 +11,8 @@
  * Two servers answer each input: one without an API key, one with the key
  * "k" and a CORS origin. Oracles: every response has a status the server
  * documents and, but for the page, a JSON body; an error body is
- * {"error": string, "detail": string}; a webui 200 has one image per
+ * {"error": string, "detail": string} (under /v1/ OpenAI's {"error":
+ * {"message": string, "type": string, ...}}); a webui 200 has one image per
  * all_seeds entry, each a PNG the image reader takes; base64 round-trips.
  */
 #include "fuzz.h"
@@ -74,7 +75,14 @@ static void check_response(const LdmHttpRequest *rq, const LdmHttpResponse *r) {
     json_t *j = json_loadb(r->body, r->body_n, JSON_DECODE_ANY, &e);
     if (!j) abort(); /* every API answer is JSON (POST options: null, as the webui) */
     if (r->status >= 400) {
-        if (!json_is_string(json_object_get(j, "error")) || !json_is_string(json_object_get(j, "detail"))) abort();
+        if (!strncmp(rq->url, "/v1/", 4)) { /* OpenAI's shape */
+            json_t *e = json_object_get(j, "error");
+            if (!json_is_object(e) || !json_is_string(json_object_get(e, "message")) ||
+                !json_is_string(json_object_get(e, "type")))
+                abort();
+        } else if (!json_is_string(json_object_get(j, "error")) || !json_is_string(json_object_get(j, "detail"))) {
+            abort();
+        }
     } else if (!strcmp(rq->method, "POST") && strstr(rq->url, "2img")) {
         json_t *imgs = json_object_get(j, "images");
         json_t *info = json_loads(json_string_value(json_object_get(j, "info")), 0, &e);
