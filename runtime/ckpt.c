@@ -1196,29 +1196,46 @@ int ckpt_parse(StFile *f) {
         goto out;
     }
     const Val *sd = state_dict(result);
+    /* The tensors: the dict's string keys with a tensor value, and one
+     * level of dicts in it, named "outer.inner" (a webui textual-inversion
+     * .pt: {'string_to_param': {'*': tensor}, ...} -> "string_to_param.*");
+     * other values (numbers, strings, deeper dicts) are not weights. */
     size_t nt = 0;
-    for (size_t k = 0; k + 1 < sd->len; k += 2)
-        if (sd->items[k]->kind == V_STR && sd->items[k + 1]->kind == V_TENSOR) nt++;
+    for (size_t k = 0; k + 1 < sd->len; k += 2) {
+        const Val *key = sd->items[k], *v = sd->items[k + 1];
+        if (key->kind != V_STR) continue;
+        if (v->kind == V_TENSOR) nt++;
+        if (v->kind == V_DICT)
+            for (size_t j = 0; j + 1 < v->len; j += 2) nt += v->items[j]->kind == V_STR && v->items[j + 1]->kind == V_TENSOR;
+    }
     f->tensors = ldm_xcalloc(nt + 1, sizeof *f->tensors);
     tv = ldm_xcalloc(nt + 1, sizeof *tv);
     for (size_t k = 0; k + 1 < sd->len; k += 2) {
-        const Val *key = sd->items[k], *t = sd->items[k + 1];
-        if (key->kind != V_STR || t->kind != V_TENSOR) continue; /* e.g. a nested dict: not a weight */
-        if (memchr(key->s, 0, key->n) || key->n > 4096) {
-            ldm_fail("%s: %s: tensor name '%.*s...': expected a name without NUL bytes and under 4096 bytes", f->path,
-                     member, (int)(key->n > 64 ? 64 : key->n), key->s);
-            goto out;
+        const Val *outer = sd->items[k], *v = sd->items[k + 1];
+        if (outer->kind != V_STR || (v->kind != V_TENSOR && v->kind != V_DICT)) continue;
+        size_t nj = v->kind == V_DICT ? v->len : 2;
+        for (size_t j = 0; j + 1 < nj; j += 2) {
+            const Val *key = v->kind == V_DICT ? v->items[j] : outer, *t = v->kind == V_DICT ? v->items[j + 1] : v;
+            if (key->kind != V_STR || t->kind != V_TENSOR) continue;
+            size_t pre = v->kind == V_DICT ? outer->n + 1 : 0; /* "outer." */
+            if (memchr(key->s, 0, key->n) || (pre && memchr(outer->s, 0, outer->n)) || pre + key->n > 4096) {
+                ldm_fail("%s: %s: tensor name '%.*s%s%.*s...': expected a name without NUL bytes and under 4096 bytes",
+                         f->path, member, (int)(pre ? (outer->n > 64 ? 64 : outer->n) : 0), outer->s, pre ? "." : "",
+                         (int)(key->n > 64 ? 64 : key->n), key->s);
+                goto out;
+            }
+            StTensor *st = &f->tensors[f->n_tensors];
+            tv[f->n_tensors++] = (Val *)t;
+            st->name = ldm_xmalloc(pre + key->n + 1);
+            if (pre) memcpy(st->name, outer->s, outer->n), st->name[outer->n] = '.';
+            memcpy(st->name + pre, key->s, key->n);
+            st->name[pre + key->n] = 0;
+            st->dtype = t->storage->dtype;
+            st->ndim = t->ndim;
+            st->numel = 1;
+            for (int d = 0; d < t->ndim; d++) st->shape[d] = t->shape[d], st->numel *= t->shape[d];
+            st->nbytes = (size_t)st->numel * dt_size(st->dtype);
         }
-        StTensor *st = &f->tensors[f->n_tensors];
-        tv[f->n_tensors++] = (Val *)t;
-        st->name = ldm_xmalloc(key->n + 1);
-        memcpy(st->name, key->s, key->n);
-        st->name[key->n] = 0;
-        st->dtype = t->storage->dtype;
-        st->ndim = t->ndim;
-        st->numel = 1;
-        for (int d = 0; d < t->ndim; d++) st->shape[d] = t->shape[d], st->numel *= t->shape[d];
-        st->nbytes = (size_t)st->numel * dt_size(st->dtype);
     }
     /* a key set twice: the last value wins, as in Python (kept in first place) */
     if (f->n_tensors > 1) {

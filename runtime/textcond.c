@@ -130,7 +130,11 @@ int ldm_embeddings_load_dir_key(const char *dir, const char *key, int width, Ldm
     char **names = NULL;
     int n = 0, cap = 0;
     for (struct dirent *de; (de = readdir(d));) {
-        if (de->d_name[0] == '.' || !has_suffix(de->d_name, ".safetensors")) continue;
+        /* the webui's kinds: safetensors, and torch.save's .pt / .bin (its
+         * string_to_param dict, a diffusers concept's one tensor) */
+        if (de->d_name[0] == '.' ||
+            !(has_suffix(de->d_name, ".safetensors") || has_suffix(de->d_name, ".pt") || has_suffix(de->d_name, ".bin")))
+            continue;
         if (n == cap) names = ldm_xrealloc(names, (size_t)(cap = cap ? 2 * cap : 16) * sizeof *names);
         names[n++] = ldm_xasprintf("%s/%s", dir, de->d_name);
     }

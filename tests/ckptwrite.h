@@ -145,6 +145,9 @@ typedef struct CkOpts {
     int short_storage;           /* tensor 0's storage member one element short */
     const uint8_t *raw_pickle;   /* data.pkl's bytes instead of the generated pickle */
     size_t raw_len;
+    int embedding_pt;            /* instead: the webui's textual-inversion .pt, tensor 0 as the vectors:
+                                    {'string_to_token': {'*': 265}, 'string_to_param': {'*': t0},
+                                     'name': t0's name, 'step': 100} */
 } CkOpts;
 
 static inline const char *ck_storage_type(StDtype d) {
@@ -199,6 +202,32 @@ static inline void ck_pickle(CkBuf *out, const CkTensor *t, int n, const CkOpts 
     memset(&k, 0, sizeof k);
     ckb_u8(&k.b, 0x80);
     ckb_u8(&k.b, 2);
+    if (o->embedding_pt) {
+        ckb_u8(&k.b, '}');
+        ckp_put(&k);
+        ckb_u8(&k.b, '(');
+        ckp_str(&k, "string_to_token");
+        ckb_u8(&k.b, '}');
+        ckp_put(&k);
+        ckp_str(&k, "*");
+        ckp_int(&k, 265);
+        ckb_u8(&k.b, 's');
+        ckp_str(&k, "string_to_param");
+        ckb_u8(&k.b, '}');
+        ckp_put(&k);
+        ckp_str(&k, "*");
+        ck_pickle_tensor(&k, &t[0], 0, o);
+        ckb_u8(&k.b, 's');
+        ckp_str(&k, "name");
+        ckp_str(&k, t[0].name);
+        ckp_str(&k, "step");
+        ckp_int(&k, 100);
+        ckb_u8(&k.b, 'u');
+        ckb_u8(&k.b, '.');
+        *out = k.b;
+        (void)n;
+        return;
+    }
     if (o->nested) {
         ckb_u8(&k.b, '}');
         ckp_put(&k);

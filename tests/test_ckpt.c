@@ -44,10 +44,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "image.h"
 #include "safetensors.h"
+#include "textcond.h"
 #include "testproc.h"
 #include "testio.h"
 #include "testutil.h"
@@ -192,6 +194,51 @@ START_TEST(test_open_small) {
     ck_assert_msg(st_open(&f, p) == 0, "%s", ldm_last_error());
     ck_assert_int_eq(f.n_tensors, 0);
     st_close(&f);
+}
+END_TEST
+
+/* Textual-inversion embeddings saved by torch.save (.pt): the webui's
+ * {'string_to_param': {'*': tensor}, 'string_to_token': ..., 'name': ...,
+ * 'step': ...} names its tensor "string_to_param.*" (one level of nested
+ * dicts, "outer.inner"), which the embedding loader takes: pickled by
+ * Python (make_seeds.py: 2 vectors, 0.125 * i) and by ckptwrite.h; loaded
+ * from a directory (--embeddings) by the file's stem. */
+START_TEST(test_embedding_pt) {
+    const char *py = "tests/fuzz/corpus/ckpt/embedding_tinyemb.pt";
+    StFile f;
+    ck_assert_msg(st_open(&f, py) == 0, "%s", ldm_last_error());
+    ck_assert_int_eq(f.n_tensors, 1);
+    ck_assert_str_eq(f.tensors[0].name, "string_to_param.*");
+    st_close(&f);
+    LdmEmbedding e;
+    char why[512];
+    ck_assert_msg(ldm_embedding_load(py, 4, &e, why, sizeof why) == 0, "%s %s", why, ldm_last_error());
+    ck_assert_int_eq(e.n_vectors, 2);
+    for (int i = 0; i < 8; i++) ck_assert_msg(e.vec[i] == 0.125f * (float)i, "vec[%d] = %g", i, (double)e.vec[i]);
+    ck_assert_str_eq(e.name, "embedding_tinyemb");
+    ldm_embedding_free(&e);
+    /* another width: another model's, skipped (1) */
+    ck_assert_int_eq(ldm_embedding_load(py, 768, &e, why, sizeof why), 1);
+    ck_assert_msg(strstr(why, "width 4"), "%s", why);
+    /* ckptwrite.h's, in a directory with a safetensors one */
+    static const float v[3 * 4] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+    CkTensor t = {"easyneg", ST_F32, 2, {3, 4}, v};
+    mkdir(test_tmp("emb"), 0755);
+    ck_assert(ck_write(test_tmp("emb/easyneg.pt"), &t, 1, &(CkOpts){.embedding_pt = 1, .zip64 = 1}) == 0);
+    StWriter *w = st_writer_new();
+    int64_t sh[1] = {4};
+    st_writer_add(w, "emb_params", ST_F32, 1, sh, v);
+    ck_assert(st_writer_save(w, test_tmp("emb/other.safetensors")) == 0);
+    st_writer_free(w);
+    LdmEmbeddings all;
+    ck_assert_msg(ldm_embeddings_load_dir(test_tmp("emb"), 4, &all) == 0, "%s", ldm_last_error());
+    ck_assert_int_eq(all.n, 2);
+    ck_assert_str_eq(all.e[0].name, "easyneg");
+    ck_assert_int_eq(all.e[0].n_vectors, 3);
+    ck_assert(all.e[0].vec[11] == 12.0f);
+    ck_assert_str_eq(all.e[1].name, "other");
+    ck_assert_int_eq(all.e[1].n_vectors, 1);
+    ldm_embeddings_free(&all);
 }
 END_TEST
 
@@ -718,6 +765,7 @@ Suite *suite_ckpt(void) {
     tcase_add_loop_test(tc, test_open_same_tensors, 0, 2);
     tcase_add_loop_test(tc, test_open_deflated, 0, 2);
     tcase_add_test(tc, test_open_small);
+    tcase_add_test(tc, test_embedding_pt);
     tcase_add_loop_test(tc, test_python_pickled, 0, 3);
     tcase_add_test(tc, test_replace_vae);
     tcase_add_test(tc, test_pickle_accepted);

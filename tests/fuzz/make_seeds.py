@@ -200,8 +200,9 @@ class TorchPickler(pickle.Pickler):
             return ("storage", STYPES[t.dt], t.key, "cpu", n(t.shape))
         return None
 
-def ckpt(tensors, nested=True, deflate=False, top="archive", zip64=False):
-    """tensors: [(name, dtype, shape, values)] -> the bytes of a torch.save zip."""
+def ckpt(tensors, nested=True, deflate=False, top="archive", zip64=False, wrap=None):
+    """tensors: [(name, dtype, shape, values)] -> the bytes of a torch.save zip
+    (wrap: a function of the tensors' OrderedDict giving the object saved)."""
     sd, raws = collections.OrderedDict(), []
     for i, (name, dt, shape, vals) in enumerate(tensors):
         if dt == "BF16": raw = b"".join(struct.pack("<f", v)[2:] for v in vals)
@@ -211,6 +212,7 @@ def ckpt(tensors, nested=True, deflate=False, top="archive", zip64=False):
     sd._metadata = collections.OrderedDict([("", {"version": 1})])
     obj = {"epoch": 6, "global_step": 470000, "pytorch-lightning_version": "1.4.2", "state_dict": sd,
            "callbacks": {ModelCheckpoint: {"monitor": None, "best_model_score": Scalar()}}} if nested else sd
+    if wrap: obj = wrap(sd)
     buf = io.BytesIO()
     TorchPickler(buf, protocol=2).dump(obj)
     out = io.BytesIO()
@@ -236,6 +238,11 @@ for dt, kw in [("F32", {}), ("F16", {"nested": False, "deflate": True, "top": "v
     ts.append(("a", dt, [], [1.5]))
     put("ckpt", "ckpt_%s.ckpt" % dt.lower(), ckpt(ts, **kw))
 put("ckpt", "empty_state_dict.ckpt", ckpt([], nested=False))
+# a textual-inversion embedding as the webui's training saves it (.pt):
+# 2 vectors of width 4, 0.125 * i, under string_to_param's '*'
+put("ckpt", "embedding_tinyemb.pt", ckpt([("*", "F32", [2, 4], [0.125 * i for i in range(8)])], wrap=lambda sd: {
+    "string_to_token": {"*": 265}, "string_to_param": {"*": sd["*"]}, "name": "tinyemb", "step": 100,
+    "sd_checkpoint": "cc6cb27103", "sd_checkpoint_name": "v1-5-pruned-emaonly"}))
 # fuzz_ckpt's --vae base (a checkpoint with an autoencoder) and a VAE file as published (no prefix)
 VAE = [("decoder.conv_in.weight", [4, 2, 3, 3]), ("decoder.conv_in.bias", [4]), ("post_quant_conv.weight", [2, 2, 1, 1]),
        ("encoder.conv_out.bias", [4]), ("quant_conv.bias", [4])]
