@@ -949,7 +949,11 @@ START_TEST(test_print_roundtrip) {
                           "b: [\"\", \"yes\", \"1.5\", \"~\", \"a\\tb\\x01\", \"<<\", \"- x\", \"#c\"]\n"
                           "\"\": 1\n"
                           "\"a: b\": 2\n"
-                          "yes: 3\n");
+                          "yes: 3\n"
+                          /* YAML line breaks other than \n made by escapes (NEL, LS, PS; found by
+                           * fuzz_config) and the C1 controls: printed raw, a reader folds or refuses them */
+                          "c: [\"x\\Ny\", \"x\\Ly\\Pz\", \"\\x80\\x9f\", \"\\u0085 \\u00a0\"]\n"
+                          "\"k\\N\": 4\n");
     char *s1 = print_str(c);
     CfgNode *back = parse_ok(s1);
     ck_assert_msg(tree_equal(c, back), "dump:\n%s", s1);
