@@ -9,6 +9,7 @@
  * the caller can free it. Warnings are dropped: library code never prints.
  */
 #include "image.h"
+#include "ldm_limits.h"
 
 #include <errno.h>
 #include <png.h>
@@ -103,6 +104,18 @@ static int png_read_body(PngRead *r) {
     png_init_io(r->png, r->fp);
     png_set_sig_bytes(r->png, 8);
     png_set_user_limits(r->png, LDM_IMAGE_MAX_DIM, LDM_IMAGE_MAX_DIM);
+    /* Ancillary chunks: libpng's length check is a benign error (a warning
+     * on read), after which it allocates the chunk as declared: a 49-byte
+     * file declaring a 1.8 GB zTXt made it allocate (and ASan touch) 1.8 GB
+     * (the png fuzzer's slow input, regress/png/ztxt_length_1_8_gb.png).
+     * An init image or mask needs no text, ICC profile or the like: those
+     * are skipped unread. Text read for ldm_png_read_text (the tests'
+     * infotext checks) is held to LDM_PNG_CHUNK_MAX once decompressed. */
+    png_set_chunk_malloc_max(r->png, LDM_PNG_CHUNK_MAX);
+    if (!r->key) {
+        static const png_byte skip[] = "tEXt\0zTXt\0iTXt\0iCCP\0sPLT\0eXIf\0";
+        png_set_keep_unknown_chunks(r->png, PNG_HANDLE_CHUNK_NEVER, skip, 6);
+    }
 #ifdef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
     /* make fuzz (tests/fuzz/fuzz_png.c): a mutated chunk still reaches the
      * decoder instead of failing its CRC or zlib's Adler-32 */

@@ -11,6 +11,8 @@
  *   sampling steps                   1..timesteps of the config (1000 for SD)
  *   init image / mask                16384 px a side (LDM_IMAGE_MAX_DIM, image.h), and
  *                                    exactly the executable's size
+ *   a PNG's ancillary chunk          16 MiB (LDM_PNG_CHUNK_MAX: text, ICC profile; as read
+ *                                    or decompressed), else the chunk is skipped
  *   a safetensors file             header 100 MB (ST_MAX_HEADER, as the safetensors
  *                                  library), 262,144 tensors (SD v1 has ~1,100, SDXL ~2,500)
  */
@@ -23,5 +25,6 @@
 #define LDM_LINE_MAX_BYTES (1 << 20)
 #define LDM_MAX_LORAS 64
 #define ST_MAX_TENSORS 262144
+#define LDM_PNG_CHUNK_MAX ((size_t)16 << 20)
 
 #endif
