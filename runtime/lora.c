@@ -159,10 +159,15 @@ static char *convert_name(const char *p) {
  * `attn_q_proj`, `attn_k_proj`, `attn_v_proj`); *packed says whether the
  * key is one. */
 static char *layer_name_of_key(const char *key, int part, int *packed) {
-    static const char *const roots[][2] = {
-        {"model.diffusion_model.", "diffusion_model."}, {"cond_stage_model.transformer.", "transformer."},
-        {"cond_stage_model.model.", "model."},          {"conditioner.embedders.0.transformer.", "0_transformer."},
-        {"conditioner.embedders.1.model.", "1_model."},
+    static const struct {
+        const char *key, *name;
+        int openclip; /* holds packed attention projections */
+    } roots[] = {
+        {"model.diffusion_model.", "diffusion_model.", 0},
+        {"cond_stage_model.transformer.", "transformer.", 0},
+        {"cond_stage_model.model.", "model.", 1},
+        {"conditioner.embedders.0.transformer.", "0_transformer.", 0},
+        {"conditioner.embedders.1.model.", "1_model.", 1},
     };
     static const char *const qkv[3] = {"q_proj", "k_proj", "v_proj"};
     static const char in_proj[] = ".in_proj_weight", weight[] = ".weight";
@@ -173,11 +178,11 @@ static char *layer_name_of_key(const char *key, int part, int *packed) {
     else if (n > sizeof weight - 1 && !strcmp(key + n - (sizeof weight - 1), weight)) suffix = weight;
     else return NULL;
     for (size_t r = 0; r < sizeof roots / sizeof roots[0]; r++) {
-        size_t rl = strlen(roots[r][0]);
-        if (strncmp(key, roots[r][0], rl) != 0) continue;
-        if (tail && r < 2) return NULL; /* the packed projection is OpenCLIP's */
+        size_t rl = strlen(roots[r].key);
+        if (strncmp(key, roots[r].key, rl) != 0) continue;
+        if (tail && !roots[r].openclip) return NULL;
         *packed = tail != NULL;
-        char *s = ldm_xasprintf("%s%.*s%s%s", roots[r][1], (int)(n - rl - strlen(suffix)), key + rl, tail ? "_" : "",
+        char *s = ldm_xasprintf("%s%.*s%s%s", roots[r].name, (int)(n - rl - strlen(suffix)), key + rl, tail ? "_" : "",
                                 tail ? tail : "");
         for (char *c = s; *c; c++)
             if (*c == '.') *c = '_';
