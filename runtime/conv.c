@@ -206,6 +206,69 @@ static inline __attribute__((always_inline)) void direct_block16(const LdmConvSh
     }
 }
 
+/* direct_block16 for the two output rows oy and oy + 1 at once (yr and
+ * yq): each input row loaded feeds both rows it falls in, so a vector load
+ * feeds up to 2 NO FMAs instead of NO (TAESD's and the VAE's last layers,
+ * 3 outputs, were bound by the loads). */
+static inline __attribute__((always_inline)) void direct_block16x2(const LdmConvShape *s, const float *xn, long cs,
+                                                                   const float *w, float *const *yr,
+                                                                   float *const *yq, int oy, int ox0, const int NO,
+                                                                   const int V) {
+    __m512 acc[2][4][4];
+#pragma GCC unroll 2
+    for (int q = 0; q < 2; q++)
+#pragma GCC unroll 4
+        for (int o = 0; o < NO; o++)
+#pragma GCC unroll 4
+            for (int v = 0; v < V; v++) acc[q][o][v] = _mm512_setzero_ps();
+    const long taps = (long)s->KH * s->KW;
+    for (int c = 0; c < s->C; c++)
+        for (int r = 0; r <= s->KH; r++) { /* input row oy + r: ky = r for row oy, r - 1 for row oy + 1 */
+            const float *xr = xn + c * cs + (long)(oy + r) * s->W;
+            const float *wk = w + (long)c * taps;
+            for (int kx = 0; kx < s->KW; kx++) {
+                __m512 xv[4];
+#pragma GCC unroll 4
+                for (int v = 0; v < V; v++) xv[v] = load_row16(xr, ox0 + 16 * v - s->pad_l + kx, s->W);
+                if (r < s->KH)
+#pragma GCC unroll 4
+                    for (int o = 0; o < NO; o++) {
+                        __m512 wv = _mm512_set1_ps(wk[(long)o * s->C * taps + (long)r * s->KW + kx]);
+#pragma GCC unroll 4
+                        for (int v = 0; v < V; v++) acc[0][o][v] = _mm512_fmadd_ps(wv, xv[v], acc[0][o][v]);
+                    }
+                if (r > 0)
+#pragma GCC unroll 4
+                    for (int o = 0; o < NO; o++) {
+                        __m512 wv = _mm512_set1_ps(wk[(long)o * s->C * taps + (long)(r - 1) * s->KW + kx]);
+#pragma GCC unroll 4
+                        for (int v = 0; v < V; v++) acc[1][o][v] = _mm512_fmadd_ps(wv, xv[v], acc[1][o][v]);
+                    }
+            }
+        }
+#pragma GCC unroll 4
+    for (int v = 0; v < V; v++) {
+        const int left = s->WO - (ox0 + 16 * v);
+        const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (left > 0 ? left : 0)) - 1);
+#pragma GCC unroll 2
+        for (int q = 0; q < 2; q++)
+#pragma GCC unroll 4
+            for (int o = 0; o < NO; o++) {
+                float *d = (q ? yq : yr)[o] + ox0 + 16 * v;
+                _mm512_mask_storeu_ps(d, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, d), acc[q][o][v]));
+            }
+    }
+}
+
+/* Output rows oy and oy + 1, as direct_row16. */
+static inline __attribute__((always_inline)) void direct_row16x2(const LdmConvShape *s, const float *xn, long cs,
+                                                                 const float *w, float *const *yr, float *const *yq,
+                                                                 int oy, const int NO, const int V) {
+    int ox = 0;
+    for (; ox + 16 * V <= s->WO; ox += 16 * V) direct_block16x2(s, xn, cs, w, yr, yq, oy, ox, NO, V);
+    for (; ox < s->WO; ox += 16) direct_block16x2(s, xn, cs, w, yr, yq, oy, ox, NO, 1);
+}
+
 /* Output row oy: blocks of V vectors, then single (the last maybe masked)
  * ones; returns WO (no column left). */
 static inline __attribute__((always_inline)) int direct_row16(const LdmConvShape *s, const float *xn, long cs,
@@ -218,7 +281,8 @@ static inline __attribute__((always_inline)) int direct_row16(const LdmConvShape
 }
 #endif
 
-#define DIRECT_BAND 8 /* output rows per work item of conv_direct */
+#define DIRECT_BAND 8            /* output rows per work item of conv_direct */
+#define DIRECT_COPY_BYTES (384 << 10) /* a band's copied input rows, at most (a chunk of channels) */
 
 /* y (+)= conv(x, w) for at most 8 output channels, stride 1: every band of
  * DIRECT_BAND output rows of every sample is a work item; 8-pixel vectors
@@ -227,60 +291,95 @@ static inline __attribute__((always_inline)) int direct_row16(const LdmConvShape
  * zeros outside the image) are first copied side by side, channels
  * (rows W + 16) floats apart: in x they are H W apart, for the VAE's last
  * layer 256 KB, so the 3 x 128 rows of an output row fell into the same
- * few cache sets and every load came from L3 (10 GFLOP/s). */
+ * few cache sets and every load came from L3 (10 GFLOP/s). The copy is
+ * made for a chunk of channels at a time, at most DIRECT_COPY_BYTES, so
+ * that it stays in a core's L2 cache with the band's output rows (TAESD's
+ * last layer: 64 channels of 512 columns, 1.3 MB a band in one piece).
+ * The weights are repacked chunk by chunk, [O][chunk][KH KW] each, so a
+ * chunk is a convolution of its own. With the two-row blocks
+ * (direct_block16x2) that layer went from 20.5 to 17.4 ms on one thread
+ * (Zen 4); most of what is left is reading its 67 MB input. */
 static void conv_direct(const LdmConvShape *s, const float *x, LdmW w, float *y, int acc) {
     const long P = (long)s->HO * s->WO, HW = (long)s->H * s->W;
     const int rows = DIRECT_BAND + s->KH - 1, bands = (s->HO + DIRECT_BAND - 1) / DIRECT_BAND;
     const long cs = (long)rows * s->W + 16; /* channel stride of the copy */
-    const size_t nw = (size_t)s->O * s->C * s->KH * s->KW;
-    float *wf = ldm_aligned_alloc(nw * sizeof *wf);
-    ldm_w_widen(w, 0, nw, wf);
+    const long taps = (long)s->KH * s->KW;
+    long cc = DIRECT_COPY_BYTES / (cs * (long)sizeof(float));
+    if (cc < 1) cc = 1;
+    if (cc > s->C) cc = s->C;
+    const int chunk = (int)cc;
+    const size_t nw = (size_t)s->O * s->C * taps;
+    float *wrow = ldm_aligned_alloc(nw * sizeof *wrow), *wf = ldm_aligned_alloc(nw * sizeof *wf);
+    ldm_w_widen(w, 0, nw, wrow);
+    for (int c0 = 0; c0 < s->C; c0 += chunk) { /* [O][C][taps] -> chunks of [O][n][taps] */
+        const int n = s->C - c0 < chunk ? s->C - c0 : chunk;
+        for (int o = 0; o < s->O; o++)
+            memcpy(wf + (size_t)c0 * s->O * taps + (size_t)o * n * taps, wrow + ((size_t)o * s->C + c0) * taps,
+                   (size_t)n * taps * sizeof *wf);
+    }
+    free(wrow);
 #pragma omp parallel if ((long)s->N * P * s->C > 65536)
     {
-        float *xs = ldm_aligned_alloc((size_t)s->C * cs * sizeof *xs);
+        float *xs = ldm_aligned_alloc((size_t)chunk * cs * sizeof *xs);
 #pragma omp for collapse(2) schedule(dynamic, 1)
         for (int n = 0; n < s->N; n++)
             for (int band = 0; band < bands; band++) {
-                const float *xn = x + (size_t)n * s->C * HW;
                 const int oy0 = band * DIRECT_BAND, nb = s->HO - oy0 < DIRECT_BAND ? s->HO - oy0 : DIRECT_BAND;
-                for (int c = 0; c < s->C; c++)
-                    for (int r = 0; r < nb + s->KH - 1; r++) {
-                        const int iy = oy0 - s->pad_t + r;
-                        float *d = xs + (size_t)c * cs + (size_t)r * s->W;
-                        if (iy >= 0 && iy < s->H) memcpy(d, xn + (size_t)c * HW + (size_t)iy * s->W, (size_t)s->W * sizeof *d);
-                        else memset(d, 0, (size_t)s->W * sizeof *d);
-                    }
-                for (int oy = 0; oy < nb; oy++) {
-                    float *yr[8];
-                    for (int o = 0; o < s->O; o++) {
-                        yr[o] = y + (size_t)n * (s->O * P + s->y_gap) + (size_t)o * P + (size_t)(oy0 + oy) * s->WO;
-                        if (!acc) memset(yr[o], 0, (size_t)s->WO * sizeof(float));
-                    }
-                    int ox;
+                for (int c0 = 0; c0 < s->C; c0 += chunk) {
+                    LdmConvShape sc = *s;
+                    sc.C = s->C - c0 < chunk ? s->C - c0 : chunk;
+                    const float *xn = x + ((size_t)n * s->C + c0) * HW, *wc = wf + (size_t)c0 * s->O * taps;
+                    for (int c = 0; c < sc.C; c++)
+                        for (int r = 0; r < nb + s->KH - 1; r++) {
+                            const int iy = oy0 - s->pad_t + r;
+                            float *d = xs + (size_t)c * cs + (size_t)r * s->W;
+                            if (iy >= 0 && iy < s->H) memcpy(d, xn + (size_t)c * HW + (size_t)iy * s->W, (size_t)s->W * sizeof *d);
+                            else memset(d, 0, (size_t)s->W * sizeof *d);
+                        }
+                    for (int oy = 0; oy < nb; oy++) {
+                        float *yr[8], *yq[8];
+                        for (int o = 0; o < s->O; o++) {
+                            yr[o] = y + (size_t)n * (s->O * P + s->y_gap) + (size_t)o * P + (size_t)(oy0 + oy) * s->WO;
+                            yq[o] = yr[o] + s->WO;
+                            if (!acc && c0 == 0) memset(yr[o], 0, (size_t)s->WO * sizeof(float));
+                        }
+                        int ox;
 #ifdef __AVX512F__
-                    switch (s->O) { /* vectors per block: as many as the 32 registers hold */
-                    case 1: ox = direct_row16(s, xs, cs, wf, yr, oy, 1, 4); break;
-                    case 2: ox = direct_row16(s, xs, cs, wf, yr, oy, 2, 4); break;
-                    case 3: ox = direct_row16(s, xs, cs, wf, yr, oy, 3, 4); break;
-                    case 4: ox = direct_row16(s, xs, cs, wf, yr, oy, 4, 4); break;
-                    case 5: ox = direct_row16(s, xs, cs, wf, yr, oy, 5, 3); break;
-                    case 6: ox = direct_row16(s, xs, cs, wf, yr, oy, 6, 3); break;
-                    case 7: ox = direct_row16(s, xs, cs, wf, yr, oy, 7, 2); break;
-                    default: ox = direct_row16(s, xs, cs, wf, yr, oy, 8, 2); break;
-                    }
+                        if (oy + 1 < nb && s->O <= 4) { /* two rows at once */
+                            for (int o = 0; o < s->O && !acc && c0 == 0; o++) memset(yq[o], 0, (size_t)s->WO * sizeof(float));
+                            switch (s->O) {
+                            case 1: direct_row16x2(&sc, xs, cs, wc, yr, yq, oy, 1, 4); break;
+                            case 2: direct_row16x2(&sc, xs, cs, wc, yr, yq, oy, 2, 4); break;
+                            case 3: direct_row16x2(&sc, xs, cs, wc, yr, yq, oy, 3, 4); break;
+                            default: direct_row16x2(&sc, xs, cs, wc, yr, yq, oy, 4, 3); break;
+                            }
+                            oy++;
+                            continue;
+                        }
+                        switch (s->O) { /* vectors per block: as many as the 32 registers hold */
+                        case 1: ox = direct_row16(&sc, xs, cs, wc, yr, oy, 1, 4); break;
+                        case 2: ox = direct_row16(&sc, xs, cs, wc, yr, oy, 2, 4); break;
+                        case 3: ox = direct_row16(&sc, xs, cs, wc, yr, oy, 3, 4); break;
+                        case 4: ox = direct_row16(&sc, xs, cs, wc, yr, oy, 4, 4); break;
+                        case 5: ox = direct_row16(&sc, xs, cs, wc, yr, oy, 5, 3); break;
+                        case 6: ox = direct_row16(&sc, xs, cs, wc, yr, oy, 6, 3); break;
+                        case 7: ox = direct_row16(&sc, xs, cs, wc, yr, oy, 7, 2); break;
+                        default: ox = direct_row16(&sc, xs, cs, wc, yr, oy, 8, 2); break;
+                        }
 #else
-                    switch (s->O) { /* vectors per block: as many as the 16 registers hold */
-                    case 1: ox = direct_row(s, xs, cs, wf, yr, oy, 1, 4); break;
-                    case 2: ox = direct_row(s, xs, cs, wf, yr, oy, 2, 4); break;
-                    case 3: ox = direct_row(s, xs, cs, wf, yr, oy, 3, 3); break;
-                    case 4: ox = direct_row(s, xs, cs, wf, yr, oy, 4, 2); break;
-                    case 5: ox = direct_row(s, xs, cs, wf, yr, oy, 5, 2); break;
-                    case 6: ox = direct_row(s, xs, cs, wf, yr, oy, 6, 2); break;
-                    case 7: ox = direct_row(s, xs, cs, wf, yr, oy, 7, 1); break;
-                    default: ox = direct_row(s, xs, cs, wf, yr, oy, 8, 1); break;
-                    }
+                        switch (s->O) { /* vectors per block: as many as the 16 registers hold */
+                        case 1: ox = direct_row(&sc, xs, cs, wc, yr, oy, 1, 4); break;
+                        case 2: ox = direct_row(&sc, xs, cs, wc, yr, oy, 2, 4); break;
+                        case 3: ox = direct_row(&sc, xs, cs, wc, yr, oy, 3, 3); break;
+                        case 4: ox = direct_row(&sc, xs, cs, wc, yr, oy, 4, 2); break;
+                        case 5: ox = direct_row(&sc, xs, cs, wc, yr, oy, 5, 2); break;
+                        case 6: ox = direct_row(&sc, xs, cs, wc, yr, oy, 6, 2); break;
+                        case 7: ox = direct_row(&sc, xs, cs, wc, yr, oy, 7, 1); break;
+                        default: ox = direct_row(&sc, xs, cs, wc, yr, oy, 8, 1); break;
+                        }
 #endif
-                    for (; ox < s->WO; ox++) direct_pixel(s, xs, cs, wf, yr, oy, ox);
+                        for (; ox < s->WO; ox++) direct_pixel(&sc, xs, cs, wc, yr, oy, ox);
+                    }
                 }
             }
         free(xs);

@@ -459,6 +459,10 @@ static void output_unit(const WgCtx *cx, int o, long t0, int nt, const float *m,
             if (ncol == 32) {
                 float *yo = cx->y + off + (size_t)n * s->y_gap;
                 int nts = cx->nt_store && !((uintptr_t)yo & 31);
+                if (cx->residual) { /* the next units' residual: this read is the epilogue's only miss */
+                    _mm_prefetch((const char *)(cx->residual + off + 64), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(cx->residual + off + 80), _MM_HINT_T0);
+                }
                 for (int e = 0; e < 4; e++) {
                     __m256 z = _mm256_add_ps(v[e], cst);
                     if (cx->residual) z = _mm256_add_ps(z, _mm256_loadu_ps(cx->residual + off + 8 * e));

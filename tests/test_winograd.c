@@ -170,10 +170,13 @@ static double run_case(Case k, int wtype, int epi, uint64_t seed) { return run_a
 
 /* The direct convolution (at most 8 output channels): every channel count,
  * 3x3 and 1x1, rows shorter than a vector, not a multiple of 8 or of the
- * column blocks, every epilogue, half-precision weights. */
+ * column blocks, every epilogue, half-precision weights; rows so wide that
+ * a band's channels are copied in chunks (the last two: 40 and 33 channels
+ * in chunks of 8 and 14, odd and even band heights for the two-row blocks). */
 START_TEST(test_direct) {
     static const Case shapes[] = {{2, 5, 7, 5, 1}, {1, 3, 9, 37, 3}, {2, 16, 6, 64, 4}, {1, 7, 4, 3, 5},
-                                  {2, 9, 5, 25, 6}, {1, 4, 8, 17, 7}, {2, 12, 3, 40, 8}, {1, 130, 4, 30, 2}};
+                                  {2, 9, 5, 25, 6}, {1, 4, 8, 17, 7}, {2, 12, 3, 40, 8}, {1, 130, 4, 30, 2},
+                                  {1, 40, 11, 1100, 3}, {2, 33, 6, 700, 4}};
     Case k = shapes[_i];
     for (int ks = 1; ks <= 3; ks += 2)
         for (int epi = 0; epi < 16; epi++) {
@@ -491,7 +494,7 @@ Suite *suite_winograd(void) {
     int nsmall = (int)(sizeof small / sizeof *small);
     tcase_add_loop_test(tc, test_concat_part, 0, 5);
     tcase_add_loop_test(tc, test_upsample, 0, 6);
-    tcase_add_loop_test(tc, test_direct, 0, 8);
+    tcase_add_loop_test(tc, test_direct, 0, 10);
     tcase_add_loop_test(tc, test_small_shapes_f32, 0, nsmall);
     tcase_add_loop_test(tc, test_small_shapes_half, 0, nsmall);
     tcase_add_test(tc, test_tile_blocks);
