@@ -356,7 +356,7 @@ void ldm_weights_free(LdmWeights *w) {
 }
 
 unsigned char *ldm_arena_new(const LdmModel *m) {
-    unsigned char *a = ldm_aligned_alloc_for(m->arena_bytes ? m->arena_bytes : 64, "the activation arena (memory plan)");
+    unsigned char *a = ldm_arena_alloc(m->arena_bytes ? m->arena_bytes : 64, "the activation arena (memory plan)");
     memset(a, 0, m->arena_bytes);
     return a;
 }

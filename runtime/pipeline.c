@@ -236,7 +236,7 @@ static int nets_load(LdmNets *s, const char *ckpt_path, const char *vae_path, co
         }
         if (s->w[i].bytes > s->weight_bytes) s->weight_bytes = s->w[i].bytes;
     }
-    s->arena = ldm_aligned_alloc_for(s->arena_bytes ? s->arena_bytes : 64,
+    s->arena = ldm_arena_alloc(s->arena_bytes ? s->arena_bytes : 64,
                                      "the activation arena of the networks (their memory plan)");
     return 0;
 }
@@ -260,7 +260,7 @@ void ldm_nets_share_arena(LdmNets *s, LdmNets *owner) {
     if (owner->arena_bytes < s->arena_bytes) {
         free(owner->arena); /* dead between runs */
         owner->arena_bytes = s->arena_bytes;
-        owner->arena = ldm_aligned_alloc_for(owner->arena_bytes, "the activation arena of the networks (their memory plan)");
+        owner->arena = ldm_arena_alloc(owner->arena_bytes, "the activation arena of the networks (their memory plan)");
     }
     free(s->arena);
     s->arena = NULL;

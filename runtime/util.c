@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -229,6 +230,18 @@ void *ldm_aligned_alloc_for(size_t n, const char *what) {
     void *p = NULL;
     if (posix_memalign(&p, 64, n ? n : 64) != 0)
         ldm_fatal("out of memory: could not allocate %.1f MiB (%zu bytes) for %s", (double)n / 1048576.0, n, what);
+    return p;
+}
+
+void *ldm_arena_alloc(size_t n, const char *what) {
+    /* 2 MB aligned, so that its huge pages are whole ones */
+    const size_t huge = (size_t)2 << 20;
+    void *p = NULL;
+    if (posix_memalign(&p, n >= huge ? huge : 64, n ? n : 64) != 0)
+        ldm_fatal("out of memory: could not allocate %.1f MiB (%zu bytes) for %s", (double)n / 1048576.0, n, what);
+#ifdef MADV_HUGEPAGE
+    if (n >= huge) madvise(p, n & ~(huge - 1), MADV_HUGEPAGE);
+#endif
     return p;
 }
 

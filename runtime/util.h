@@ -42,6 +42,11 @@ void *ldm_aligned_alloc(size_t n);
 /* The same for a large block the message names when it cannot be had:
  * "could not allocate 1234.5 MiB for <what>". */
 void *ldm_aligned_alloc_for(size_t n, const char *what);
+/* An activation arena of n bytes (free with free()): as ldm_aligned_alloc_for,
+ * 2 MB aligned and in transparent huge pages where the system gives them
+ * (madvise mode): a kernel reading NCHW tensors touches every channel's
+ * plane, megabytes apart, and with 4 KB pages each is a TLB miss. */
+void *ldm_arena_alloc(size_t n, const char *what);
 
 /* A fatal condition of the environment (memory exhausted, an input file
  * changed under a mapping): removes the temporary output files, prints
