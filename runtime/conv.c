@@ -337,16 +337,19 @@ static void conv_direct(const LdmConvShape *s, const float *x, LdmW w, float *y,
                             else memset(d, 0, (size_t)s->W * sizeof *d);
                         }
                     for (int oy = 0; oy < nb; oy++) {
-                        float *yr[8], *yq[8];
+                        float *yr[8];
                         for (int o = 0; o < s->O; o++) {
                             yr[o] = y + (size_t)n * (s->O * P + s->y_gap) + (size_t)o * P + (size_t)(oy0 + oy) * s->WO;
-                            yq[o] = yr[o] + s->WO;
                             if (!acc && c0 == 0) memset(yr[o], 0, (size_t)s->WO * sizeof(float));
                         }
                         int ox;
 #ifdef __AVX512F__
                         if (oy + 1 < nb && s->O <= 4) { /* two rows at once */
-                            for (int o = 0; o < s->O && !acc && c0 == 0; o++) memset(yq[o], 0, (size_t)s->WO * sizeof(float));
+                            float *yq[8];
+                            for (int o = 0; o < s->O; o++) {
+                                yq[o] = yr[o] + s->WO;
+                                if (!acc && c0 == 0) memset(yq[o], 0, (size_t)s->WO * sizeof(float));
+                            }
                             switch (s->O) {
                             case 1: direct_row16x2(&sc, xs, cs, wc, yr, yq, oy, 1, 4); break;
                             case 2: direct_row16x2(&sc, xs, cs, wc, yr, yq, oy, 2, 4); break;
