@@ -208,8 +208,8 @@ static inline __attribute__((always_inline)) void direct_block16(const LdmConvSh
 
 /* direct_block16 for the two output rows oy and oy + 1 at once (yr and
  * yq): each input row loaded feeds both rows it falls in, so a vector load
- * feeds up to 2 NO FMAs instead of NO (TAESD's and the VAE's last layers,
- * 3 outputs, were bound by the loads). */
+ * feeds up to 2 NO FMAs instead of NO (for at most 4 outputs, whose
+ * accumulators for two rows fit the registers). */
 static inline __attribute__((always_inline)) void direct_block16x2(const LdmConvShape *s, const float *xn, long cs,
                                                                    const float *w, float *const *yr,
                                                                    float *const *yq, int oy, int ox0, const int NO,
@@ -309,15 +309,13 @@ static void conv_direct(const LdmConvShape *s, const float *x, LdmW w, float *y,
     if (cc > s->C) cc = s->C;
     const int chunk = (int)cc;
     const size_t nw = (size_t)s->O * s->C * taps;
-    float *wrow = ldm_aligned_alloc(nw * sizeof *wrow), *wf = ldm_aligned_alloc(nw * sizeof *wf);
-    ldm_w_widen(w, 0, nw, wrow);
-    for (int c0 = 0; c0 < s->C; c0 += chunk) { /* [O][C][taps] -> chunks of [O][n][taps] */
+    float *wf = ldm_aligned_alloc(nw * sizeof *wf);
+    for (int c0 = 0; c0 < s->C; c0 += chunk) { /* [O][C][taps] -> chunks of [O][n][taps], widened */
         const int n = s->C - c0 < chunk ? s->C - c0 : chunk;
         for (int o = 0; o < s->O; o++)
-            memcpy(wf + (size_t)c0 * s->O * taps + (size_t)o * n * taps, wrow + ((size_t)o * s->C + c0) * taps,
-                   (size_t)n * taps * sizeof *wf);
+            ldm_w_widen(w, ((size_t)o * s->C + c0) * taps, (size_t)n * taps,
+                        wf + (size_t)c0 * s->O * taps + (size_t)o * n * taps);
     }
-    free(wrow);
 #pragma omp parallel if ((long)s->N * P * s->C > 65536)
     {
         float *xs = ldm_aligned_alloc((size_t)chunk * cs * sizeof *xs);

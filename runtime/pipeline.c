@@ -237,7 +237,7 @@ static int nets_load(LdmNets *s, const char *ckpt_path, const char *vae_path, co
         if (s->w[i].bytes > s->weight_bytes) s->weight_bytes = s->w[i].bytes;
     }
     s->arena = ldm_arena_alloc(s->arena_bytes ? s->arena_bytes : 64,
-                                     "the activation arena of the networks (their memory plan)");
+                               "the activation arena of the networks (their memory plan)");
     return 0;
 }
 

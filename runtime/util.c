@@ -226,19 +226,20 @@ void *ldm_aligned_alloc(size_t n) {
     return p;
 }
 
-void *ldm_aligned_alloc_for(size_t n, const char *what) {
+/* n bytes aligned to `align`, or a fatal error naming what they were for. */
+static void *alloc_for(size_t n, size_t align, const char *what) {
     void *p = NULL;
-    if (posix_memalign(&p, 64, n ? n : 64) != 0)
+    if (posix_memalign(&p, align, n ? n : 64) != 0)
         ldm_fatal("out of memory: could not allocate %.1f MiB (%zu bytes) for %s", (double)n / 1048576.0, n, what);
     return p;
 }
 
+void *ldm_aligned_alloc_for(size_t n, const char *what) { return alloc_for(n, 64, what); }
+
 void *ldm_arena_alloc(size_t n, const char *what) {
     /* 2 MB aligned, so that its huge pages are whole ones */
     const size_t huge = (size_t)2 << 20;
-    void *p = NULL;
-    if (posix_memalign(&p, n >= huge ? huge : 64, n ? n : 64) != 0)
-        ldm_fatal("out of memory: could not allocate %.1f MiB (%zu bytes) for %s", (double)n / 1048576.0, n, what);
+    void *p = alloc_for(n, n >= huge ? huge : 64, what);
 #ifdef MADV_HUGEPAGE
     if (n >= huge) madvise(p, n & ~(huge - 1), MADV_HUGEPAGE);
 #endif
